@@ -1,0 +1,98 @@
+# rpal build. `make` builds everything, `make test` runs the suite,
+# `make test SAN=1` runs it under AddressSanitizer + UBSan, `make demo` runs
+# the region demo. Objects go to build/ (build-san/ with SAN=1).
+
+VERSION := 0.1.0
+SOVERSION := 0
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+BINDIR ?= $(PREFIX)/bin
+MANDIR ?= $(PREFIX)/share/man
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+
+CC ?= cc
+CFLAGS ?= -O2 -g
+WARN := -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE
+ifeq ($(SAN),1)
+B := build-san
+SANFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+else
+B := build
+SANFLAGS :=
+endif
+ALLCFLAGS := $(WARN) $(CFLAGS) $(SANFLAGS) -Iinclude -fvisibility=hidden
+LDFLAGS_ALL := $(LDFLAGS) $(SANFLAGS)
+
+LIB_SRC := src/prim.c src/region.c
+LIB_OBJ := $(LIB_SRC:src/%.c=$(B)/obj/%.o)
+LIB_PIC := $(LIB_SRC:src/%.c=$(B)/pic/%.o)
+HDRS := include/rpal.h src/internal.h src/atomics.h
+
+SO := $(B)/librpal.so.$(VERSION)
+A := $(B)/librpal.a
+TOOL := $(B)/rpal
+EXAMPLES := $(patsubst examples/%.c,$(B)/examples/%,$(wildcard examples/*.c))
+TESTS := $(patsubst tests/%.c,$(B)/tests/%,$(wildcard tests/*.c))
+
+.PHONY: all lib test demo install uninstall clean
+all: lib $(TOOL) $(EXAMPLES) $(TESTS)
+lib: $(SO) $(A)
+
+$(B)/obj/%.o: src/%.c $(HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(ALLCFLAGS) -c -o $@ $<
+$(B)/pic/%.o: src/%.c $(HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(ALLCFLAGS) -fPIC -c -o $@ $<
+
+$(SO): $(LIB_PIC) src/librpal.map
+	$(CC) -shared -Wl,-soname,librpal.so.$(SOVERSION) \
+	  -Wl,--version-script=src/librpal.map -Wl,-z,defs -o $@ $(LIB_PIC) $(LDFLAGS_ALL)
+	ln -sf librpal.so.$(VERSION) $(B)/librpal.so.$(SOVERSION)
+	ln -sf librpal.so.$(SOVERSION) $(B)/librpal.so
+$(A): $(LIB_OBJ)
+	rm -f $@
+	ar rcs $@ $^
+
+# The command and the examples link the static library so that they run from
+# the build tree; tests do too, and may reach the library's hidden test hooks.
+$(TOOL): tools/rpal.c $(A) include/rpal.h
+	$(CC) $(ALLCFLAGS) -o $@ $< $(A) $(LDFLAGS_ALL)
+$(B)/examples/%: examples/%.c $(A) include/rpal.h
+	@mkdir -p $(@D)
+	$(CC) $(ALLCFLAGS) -o $@ $< $(A) $(LDFLAGS_ALL)
+$(B)/tests/%: tests/%.c tests/testlib.h $(A) $(HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(ALLCFLAGS) -Isrc -o $@ $< $(A) $(LDFLAGS_ALL)
+
+test: all
+	B=$(B) sh tests/run.sh
+
+demo: all
+	$(B)/examples/shared_list
+
+rpal.pc: rpal.pc.in Makefile
+	sed -e 's|@PREFIX@|$(PREFIX)|; s|@LIBDIR@|$(LIBDIR)|; s|@INCLUDEDIR@|$(INCLUDEDIR)|; s|@VERSION@|$(VERSION)|' $< > $@
+
+install: lib $(TOOL) rpal.pc
+	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(BINDIR) \
+	  $(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man3 $(DESTDIR)$(MANDIR)/man7
+	install -m 644 include/rpal.h $(DESTDIR)$(INCLUDEDIR)/rpal.h
+	install -m 755 $(SO) $(DESTDIR)$(LIBDIR)/
+	ln -sf librpal.so.$(VERSION) $(DESTDIR)$(LIBDIR)/librpal.so.$(SOVERSION)
+	ln -sf librpal.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/librpal.so
+	install -m 644 $(A) $(DESTDIR)$(LIBDIR)/
+	install -m 755 $(TOOL) $(DESTDIR)$(BINDIR)/rpal
+	install -m 644 rpal.pc $(DESTDIR)$(PKGCONFIGDIR)/rpal.pc
+	install -m 644 man/*.1 $(DESTDIR)$(MANDIR)/man1/
+	install -m 644 man/*.3 $(DESTDIR)$(MANDIR)/man3/
+	install -m 644 man/*.7 $(DESTDIR)$(MANDIR)/man7/
+
+uninstall:
+	rm -f $(DESTDIR)$(INCLUDEDIR)/rpal.h $(DESTDIR)$(LIBDIR)/librpal.* \
+	  $(DESTDIR)$(BINDIR)/rpal $(DESTDIR)$(PKGCONFIGDIR)/rpal.pc
+	cd man && for f in *.[137]; do rm -f $(DESTDIR)$(MANDIR)/man$${f##*.}/$$f; done
+
+clean:
+	rm -rf build build-san rpal.pc

@@ -1,0 +1,24 @@
+/* C11 atomics with the memory order in the name, so that every shared access
+ * says how it is ordered. Each acquire/release use states in a comment what it
+ * pairs with. Internal header. */
+#ifndef RPAL_ATOMICS_H
+#define RPAL_ATOMICS_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#define rpal_load_relaxed(p)     atomic_load_explicit((p), memory_order_relaxed)
+#define rpal_load_acquire(p)     atomic_load_explicit((p), memory_order_acquire)
+#define rpal_store_relaxed(p, v) atomic_store_explicit((p), (v), memory_order_relaxed)
+#define rpal_store_release(p, v) atomic_store_explicit((p), (v), memory_order_release)
+#define rpal_fetch_add_relaxed(p, v) \
+    atomic_fetch_add_explicit((p), (v), memory_order_relaxed)
+#define rpal_fetch_add_acq_rel(p, v) \
+    atomic_fetch_add_explicit((p), (v), memory_order_acq_rel)
+#define rpal_cas_acq_rel(p, expp, v)                                          \
+    atomic_compare_exchange_strong_explicit((p), (expp), (v),                 \
+                                            memory_order_acq_rel,             \
+                                            memory_order_acquire)
+#define rpal_fence_seq_cst() atomic_thread_fence(memory_order_seq_cst)
+
+#endif

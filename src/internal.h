@@ -1,0 +1,54 @@
+/* Internal declarations shared by the layers of librpal. Not installed. */
+#ifndef RPAL_INTERNAL_H
+#define RPAL_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define RPAL_HIDDEN __attribute__((visibility("hidden")))
+
+/* The address window that every rpal process agrees on. Nothing outside it is
+ * ever mapped by rpal. It sits above AddressSanitizer's shadow memory
+ * (which ends below 0x100000000000 on x86-64) and far below the area where
+ * the kernel places ordinary mmap()s and stacks (0x7f..). The first half
+ * holds named regions; the second half is kept for domains. */
+#define RPAL_WINDOW_BASE        0x200000000000ull
+#define RPAL_REGION_WINDOW_SIZE 0x100000000000ull /* 16 TiB */
+
+/* Granule of region placement: data starts on a granule boundary and the
+ * granule before it holds the region's header page (the rest is a guard). */
+#define RPAL_REGION_GRANULE (2ull << 20)
+#define RPAL_PAGE 4096ull
+
+/* ---- prim: thin wrappers over the OS (src/prim.c) ---- */
+
+/* mmap at exactly ADDR; -EADDRINUSE if any of the range is already mapped. */
+RPAL_HIDDEN int prim_map_fixed(uint64_t addr, size_t len, int prot, int flags,
+                               int fd, off_t off);
+/* Start time of PID in clock ticks since boot (field 22 of /proc/PID/stat),
+ * which with the pid names a process uniquely; -ESRCH if there is none. */
+RPAL_HIDDEN int prim_proc_start(pid_t pid, uint64_t *start);
+/* 1 if the process PID that started at START still runs, else 0. */
+RPAL_HIDDEN int prim_proc_alive(pid_t pid, uint64_t start);
+/* The calling process's start time (cached per pid, so valid after fork). */
+RPAL_HIDDEN uint64_t prim_self_start(void);
+
+/* Every live process (that we may read) mapping a file: FN is called for
+ * each (pid, dev, ino) mapped by some process, once per pid and file. */
+RPAL_HIDDEN int prim_maps_scan(void (*fn)(pid_t pid, uint64_t dev,
+                                          uint64_t ino, void *arg),
+                               void *arg);
+
+/* Open DIRFD/PATH with openat2(2) confined beneath DIRFD and refusing every
+ * symlink on the way (-ELOOP), with O_CLOEXEC added. */
+RPAL_HIDDEN int prim_open_beneath(int dirfd, const char *path, int flags,
+                                  unsigned create_mode);
+/* mkdir -p of PATH beneath DIRFD, never following a symlink; new
+ * directories get exactly MODE. */
+RPAL_HIDDEN int prim_mkdirs_beneath(int dirfd, const char *path,
+                                    unsigned mode);
+
+RPAL_HIDDEN uint64_t prim_now_realtime_ns(void);
+
+#endif

@@ -1,0 +1,261 @@
+/* prim: thin wrappers over the operating system. Every function returns 0 or
+ * a negative errno; nothing above this layer touches errno. */
+#include "rpal.h"
+#include "internal.h"
+
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <time.h>
+#include <unistd.h>
+
+int prim_map_fixed(uint64_t addr, size_t len, int prot, int flags, int fd,
+                   off_t off)
+{
+    void *want = (void *)(uintptr_t)addr;
+    void *p = mmap(want, len, prot, flags | MAP_FIXED_NOREPLACE, fd, off);
+    if (p == MAP_FAILED)
+        return errno == EEXIST ? -EADDRINUSE : -errno;
+    if (p != want) {
+        /* Kernels before 4.17 ignore MAP_FIXED_NOREPLACE and treat the
+         * address as a hint: the range was taken. */
+        munmap(p, len);
+        return -EADDRINUSE;
+    }
+    return 0;
+}
+
+/* Field 22 of /proc/PID/stat. The command name (field 2) may hold spaces
+ * and parentheses, so fields are counted from the last ')'. */
+int prim_proc_start(pid_t pid, uint64_t *start)
+{
+    char path[64], buf[1024];
+    if (pid <= 0)
+        return -ESRCH;
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? -ESRCH : -errno;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    int e = errno;
+    close(fd);
+    if (n <= 0)
+        return n < 0 ? -e : -ESRCH;
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    if (!p)
+        return -EIO;
+    p++;
+    /* after ')' come fields 3.. separated by single spaces */
+    for (int field = 2; field < 22 && p; field++)
+        p = strchr(p + 1, ' ');
+    if (!p)
+        return -EIO;
+    char *end;
+    unsigned long long v = strtoull(p + 1, &end, 10);
+    if (end == p + 1)
+        return -EIO;
+    /* A zombie still has its stat file but is no longer running code. */
+    char *st = strrchr(buf, ')') + 2;
+    if (*st == 'Z' || *st == 'X')
+        return -ESRCH;
+    *start = v;
+    return 0;
+}
+
+int prim_proc_alive(pid_t pid, uint64_t start)
+{
+    uint64_t now;
+    if (prim_proc_start(pid, &now) < 0)
+        return 0;
+    return now == start;
+}
+
+uint64_t prim_self_start(void)
+{
+    static pid_t cached_pid;
+    static uint64_t cached_start;
+    pid_t me = getpid();
+    /* Re-read after fork: the child is a new process with its own start. */
+    if (cached_pid != me) {
+        uint64_t s = 0;
+        if (prim_proc_start(me, &s) == 0) {
+            cached_start = s;
+            cached_pid = me;
+        }
+        return s;
+    }
+    return cached_start;
+}
+
+uint64_t prim_now_realtime_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static int parse_maps_line(const char *line, uint64_t *dev, uint64_t *ino)
+{
+    /* start-end perms offset major:minor inode [path] */
+    unsigned long maj, min;
+    unsigned long long inode;
+    if (sscanf(line, "%*x-%*x %*4s %*x %lx:%lx %llu", &maj, &min, &inode) != 3)
+        return -1;
+    *dev = makedev(maj, min);
+    *ino = inode;
+    return inode ? 0 : -1;
+}
+
+int prim_maps_scan(void (*fn)(pid_t, uint64_t, uint64_t, void *), void *arg)
+{
+    DIR *d = opendir("/proc");
+    if (!d)
+        return -errno;
+    struct dirent *de;
+    char path[64], line[512];
+    while ((de = readdir(d))) {
+        if (!isdigit((unsigned char)de->d_name[0]))
+            continue;
+        pid_t pid = (pid_t)atoi(de->d_name);
+        snprintf(path, sizeof path, "/proc/%d/maps", (int)pid);
+        FILE *f = fopen(path, "re");
+        if (!f)
+            continue; /* gone, or another user's process we may not read */
+        /* One report per (pid, file): consecutive lines of one mapping
+         * repeat the file, and a region has two mappings. */
+        uint64_t seen[64][2];
+        int nseen = 0;
+        while (fgets(line, sizeof line, f)) {
+            uint64_t dev, ino;
+            size_t l = strlen(line);
+            if (l && line[l - 1] != '\n') { /* skip the rest of a long path */
+                int c;
+                while ((c = fgetc(f)) != EOF && c != '\n')
+                    ;
+            }
+            if (parse_maps_line(line, &dev, &ino) < 0)
+                continue;
+            int dup = 0;
+            for (int i = 0; i < nseen && !dup; i++)
+                dup = seen[i][0] == dev && seen[i][1] == ino;
+            if (dup)
+                continue;
+            if (nseen < 64) {
+                seen[nseen][0] = dev;
+                seen[nseen][1] = ino;
+                nseen++;
+            }
+            fn(pid, dev, ino, arg);
+        }
+        fclose(f);
+    }
+    closedir(d);
+    return 0;
+}
+
+static int sys_openat2(int dirfd, const char *path, int flags, unsigned mode)
+{
+    struct open_how how = {
+        .flags = (uint64_t)(flags | O_CLOEXEC),
+        .mode = (flags & (O_CREAT | __O_TMPFILE)) ? mode : 0,
+        .resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+                   RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV,
+    };
+    long fd = syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+    return fd < 0 ? -errno : (int)fd;
+}
+
+int prim_open_beneath(int dirfd, const char *path, int flags,
+                      unsigned create_mode)
+{
+    return sys_openat2(dirfd, path, flags, create_mode);
+}
+
+int prim_mkdirs_beneath(int dirfd, const char *path, unsigned mode)
+{
+    char buf[PATH_MAX];
+    size_t len = strlen(path);
+    if (len >= sizeof buf)
+        return -ENAMETOOLONG;
+    memcpy(buf, path, len + 1);
+    /* Each prefix is checked (or made) from a descriptor of its parent that
+     * was itself opened without following links. */
+    for (char *end = buf;; end++) {
+        if (*end != '/' && *end != 0)
+            continue;
+        char saved = *end;
+        *end = 0;
+        int fd = sys_openat2(dirfd, buf, O_PATH | O_DIRECTORY, 0);
+        if (fd == -ENOENT) {
+            char *leaf = strrchr(buf, '/');
+            int parent = dirfd;
+            if (leaf) {
+                *leaf = 0;
+                parent = sys_openat2(dirfd, buf, O_PATH | O_DIRECTORY, 0);
+                *leaf = '/';
+                if (parent < 0)
+                    return parent;
+            }
+            const char *name = leaf ? leaf + 1 : buf;
+            fd = mkdirat(parent, name, mode) < 0 ? -errno : 0;
+            /* mkdir applied the umask; the caller asked for MODE. */
+            if (fd == 0 && fchmodat(parent, name, mode, 0) < 0)
+                fd = -errno;
+            if (parent != dirfd)
+                close(parent);
+            if (fd < 0 && fd != -EEXIST)
+                return fd;
+        } else if (fd < 0) {
+            return fd;
+        } else {
+            close(fd);
+        }
+        if (saved == 0)
+            return 0;
+        *end = saved;
+    }
+}
+
+const char *rpal_version(void)
+{
+#define RPAL_STR2(x) #x
+#define RPAL_STR(x) RPAL_STR2(x)
+    return RPAL_STR(RPAL_VERSION_MAJOR) "." RPAL_STR(RPAL_VERSION_MINOR) "." RPAL_STR(
+        RPAL_VERSION_PATCH);
+}
+
+const char *rpal_strerror(int err)
+{
+    switch (-err) {
+    case 0:
+        return "success";
+    case EBADMSG:
+        return "not an rpal region, or its header is truncated or corrupt";
+    case EPROTO:
+        return "rpal region of an unsupported format version";
+    case EADDRINUSE:
+        return "the region's address range is already in use in this process";
+    case ELOOP:
+        return "a symbolic link in the namespace (never followed)";
+    case EFBIG:
+        return "size larger than the address window";
+    case ENOSPC:
+        return "no room left in the address window or the registry";
+    case ENAMETOOLONG:
+        return "name too long";
+    case EOPNOTSUPP:
+        return "the namespace directory does not support O_TMPFILE";
+    default:
+        return err < 0 ? strerror(-err) : "unknown error";
+    }
+}

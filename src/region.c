@@ -1,0 +1,860 @@
+/* region: named same-address shared regions (the mshare model in user space).
+ *
+ * A region is a file in the namespace directory. Its first granule holds a
+ * header page; the data follows at file offset `granule`. Every process maps
+ * the data at the address recorded in the header, so plain pointers stored in
+ * it mean the same thing everywhere. Addresses are handed out by a small
+ * registry file at the namespace root, under flock(2), so that two regions of
+ * one namespace never overlap. See docs/regions.md.
+ */
+#include "rpal.h"
+#include "internal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define RPAL_DEFAULT_DIR "/dev/shm/rpal"
+#define COMPONENT_MAX 64
+
+/* ---- the header ---------------------------------------------------------- */
+
+#define REGION_MAGIC   0x314745524c415052ull /* "RPALREG1" little-endian */
+#define REGION_VERSION 1u
+
+struct region_hdr {
+    uint64_t magic;
+    uint32_t version;
+    uint32_t hdr_size;     /* sizeof(struct region_hdr) when written */
+    uint64_t granule;      /* data's file offset and address alignment */
+    uint64_t base;         /* data address in every process */
+    uint64_t size;         /* data bytes */
+    uint32_t flags;        /* RPAL_REGION_TRANSIENT */
+    int32_t creator_pid;
+    uint32_t creator_uid;
+    uint32_t reserved0;
+    uint64_t creator_start;
+    uint64_t created_ns;
+    uint64_t check;        /* FNV-1a of all the fields above */
+};
+
+static uint64_t fnv1a(const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
+}
+
+static uint64_t hdr_check(const struct region_hdr *h)
+{
+    return fnv1a(h, offsetof(struct region_hdr, check));
+}
+
+/* The header comes from a file anybody with write access may have changed:
+ * validate every field before any of it is used (principle 3). */
+static int hdr_validate(const struct region_hdr *h, uint64_t file_size)
+{
+    if (h->magic != REGION_MAGIC)
+        return -EBADMSG;
+    if (h->version != REGION_VERSION)
+        return -EPROTO;
+    if (h->hdr_size != sizeof *h || h->check != hdr_check(h))
+        return -EBADMSG;
+    uint64_t g = h->granule, end = RPAL_WINDOW_BASE + RPAL_REGION_WINDOW_SIZE;
+    if (g != RPAL_REGION_GRANULE)
+        return -EBADMSG;
+    if (h->size == 0 || h->size % RPAL_PAGE || h->size > RPAL_REGION_WINDOW_SIZE)
+        return -EBADMSG;
+    if (h->base % g || h->base < RPAL_WINDOW_BASE + g || h->base > end ||
+        h->size > end - h->base)
+        return -EBADMSG;
+    if (file_size != g + h->size)
+        return -EBADMSG; /* truncated or grown behind our back */
+    if (h->flags & ~RPAL_REGION_TRANSIENT)
+        return -EBADMSG;
+    return 0;
+}
+
+/* ---- names and the namespace directory ----------------------------------- */
+
+const char *rpal_ns_dir(void)
+{
+    const char *d = getenv("RPAL_DIR");
+    return d && *d ? d : RPAL_DEFAULT_DIR;
+}
+
+static int name_validate(const char *name)
+{
+    if (!name || !*name)
+        return -EINVAL;
+    size_t len = strnlen(name, RPAL_NAME_MAX + 1);
+    if (len > RPAL_NAME_MAX)
+        return -ENAMETOOLONG;
+    size_t comp = 0;
+    for (size_t i = 0; i <= len; i++) {
+        char c = name[i];
+        if (c == '/' || c == 0) {
+            if (comp == 0)
+                return -EINVAL; /* absolute, empty component, trailing '/' */
+            comp = 0;
+            continue;
+        }
+        if (comp == 0 && c == '.')
+            return -EINVAL; /* ".", "..", and names hidden from listings */
+        if (++comp > COMPONENT_MAX)
+            return -ENAMETOOLONG;
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              (c >= '0' && c <= '9') || c == '_' || c == '-' || c == '.'))
+            return -EINVAL;
+    }
+    return 0;
+}
+
+/* Open the namespace root as an O_PATH descriptor. With CREATE, a missing
+ * root is made: the default one shared by all users like /tmp (1777), one
+ * named by RPAL_DIR private to its creator (0700). */
+static int ns_open(int create)
+{
+    const char *dir = rpal_ns_dir();
+    int fd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0 || errno != ENOENT || !create)
+        return fd >= 0 ? fd : -errno;
+    mode_t m = getenv("RPAL_DIR") && *getenv("RPAL_DIR") ? 0700 : 01777;
+    if (mkdir(dir, m) == 0)
+        chmod(dir, m); /* mkdir applied the umask */
+    else if (errno != EEXIST)
+        return -errno;
+    fd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    return fd >= 0 ? fd : -errno;
+}
+
+/* ---- the address registry ------------------------------------------------ */
+
+#define REG_FILE    ".rpal-registry"
+#define REG_MAGIC   0x3147455259524c52ull
+#define REG_CAP     4096u
+#define REG_FREE    0u
+#define REG_RESERVED 1u /* a creator is between reserving and linking */
+#define REG_LIVE    2u
+
+struct reg_entry {
+    uint64_t base;  /* data address */
+    uint64_t len;   /* bytes of address space from base - granule */
+    uint64_t ino;   /* the region file's inode once LIVE */
+    uint64_t pid_start;
+    int32_t pid;    /* the reserving process */
+    uint32_t state;
+    char name[RPAL_NAME_MAX + 16];
+};
+
+struct reg_file {
+    uint64_t magic;
+    uint32_t version, cap;
+    uint64_t cursor; /* next-fit: where the last allocation ended */
+    uint64_t pad[5];
+    struct reg_entry e[REG_CAP];
+};
+
+struct reg {
+    int fd;
+    struct reg_file *f;
+};
+
+static int reg_lock(int nsfd, struct reg *r)
+{
+    struct stat st;
+    /* The registry lives in a directory that may be shared by all users: it
+     * is read like a peer's memory, never trusted (entries are checked). */
+    int fd = prim_open_beneath(nsfd, REG_FILE, O_RDWR | O_CREAT, 0600);
+    if (fd < 0)
+        return fd;
+    if (flock(fd, LOCK_EX) < 0 || fstat(fd, &st) < 0) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return -EBADMSG;
+    }
+    int fresh = st.st_size == 0;
+    if (fresh) {
+        /* First use: a shared (world-writable) namespace needs a registry
+         * every user can update. */
+        struct stat ns;
+        if (fstat(nsfd, &ns) == 0 && (ns.st_mode & 0002))
+            fchmod(fd, 0666);
+        if (ftruncate(fd, sizeof(struct reg_file)) < 0) {
+            int e = -errno;
+            close(fd);
+            return e;
+        }
+    } else if ((uint64_t)st.st_size != sizeof(struct reg_file)) {
+        close(fd);
+        return -EBADMSG;
+    }
+    void *p = mmap(NULL, sizeof(struct reg_file), PROT_READ | PROT_WRITE,
+                   MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    r->fd = fd;
+    r->f = p;
+    if (r->f->magic != REG_MAGIC) {
+        /* A fresh file reads as zeros; only a corrupt one is cleared (which
+         * touches all of its pages). */
+        if (!fresh)
+            memset(r->f, 0, sizeof *r->f);
+        r->f->version = 1;
+        r->f->cap = REG_CAP;
+        r->f->cursor = 0;
+        r->f->magic = REG_MAGIC;
+    }
+    return 0;
+}
+
+static void reg_unlock(struct reg *r)
+{
+    munmap(r->f, sizeof *r->f);
+    close(r->fd); /* releases the flock */
+}
+
+/* An entry is used only if every field is in range; a corrupt one counts as
+ * free space (worst case a later attach reports -EADDRINUSE). */
+static int entry_valid(const struct reg_entry *e)
+{
+    uint64_t lo = RPAL_WINDOW_BASE, hi = lo + RPAL_REGION_WINDOW_SIZE;
+    if (e->state != REG_RESERVED && e->state != REG_LIVE)
+        return 0;
+    if (e->base < lo + RPAL_REGION_GRANULE || e->base > hi ||
+        e->len < RPAL_REGION_GRANULE || e->len > hi - lo ||
+        e->base - RPAL_REGION_GRANULE > hi - e->len)
+        return 0;
+    return memchr(e->name, 0, sizeof e->name) != NULL;
+}
+
+static int overlaps(const struct reg_file *f, uint64_t start, uint64_t len,
+                    uint64_t *next)
+{
+    for (unsigned i = 0; i < REG_CAP; i++) {
+        const struct reg_entry *e = &f->e[i];
+        if (!entry_valid(e))
+            continue;
+        uint64_t s = e->base - RPAL_REGION_GRANULE, end = s + e->len;
+        if (start < end && s < start + len) {
+            *next = end;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Next-fit in the window, so that a freed range is reused only after the
+ * whole window went round: a process that still maps an unlinked region is
+ * unlikely to meet its address again. */
+static int reg_alloc(struct reg_file *f, uint64_t len, uint64_t *start)
+{
+    uint64_t lo = RPAL_WINDOW_BASE, hi = lo + RPAL_REGION_WINDOW_SIZE;
+    uint64_t g = RPAL_REGION_GRANULE;
+    uint64_t c = f->cursor;
+    if (c < lo || c >= hi || c % g)
+        c = lo;
+    int wrapped = 0;
+    for (;;) {
+        uint64_t next;
+        if (len > hi - c) {
+            if (wrapped)
+                return -ENOSPC;
+            wrapped = 1;
+            c = lo;
+            continue;
+        }
+        if (!overlaps(f, c, len, &next)) {
+            *start = c;
+            f->cursor = c + len;
+            return 0;
+        }
+        c = (next + g - 1) / g * g;
+        if (wrapped && c >= f->cursor && f->cursor >= lo)
+            return -ENOSPC;
+    }
+}
+
+static int reg_reserve(int nsfd, const char *name, uint64_t size,
+                       uint64_t *base, unsigned *slot)
+{
+    struct reg r;
+    int err = reg_lock(nsfd, &r);
+    if (err < 0)
+        return err;
+    uint64_t g = RPAL_REGION_GRANULE;
+    uint64_t len = g + (size + g - 1) / g * g, start = 0;
+    unsigned i;
+    for (i = 0; i < REG_CAP; i++)
+        if (!entry_valid(&r.f->e[i]))
+            break;
+    if (i == REG_CAP)
+        err = -ENOSPC;
+    else
+        err = reg_alloc(r.f, len, &start);
+    if (err == 0) {
+        struct reg_entry *e = &r.f->e[i];
+        memset(e, 0, sizeof *e);
+        e->base = start + g;
+        e->len = len;
+        e->pid = getpid();
+        e->pid_start = prim_self_start();
+        snprintf(e->name, sizeof e->name, "%s", name);
+        e->state = REG_RESERVED;
+        *base = e->base;
+        *slot = i;
+    }
+    reg_unlock(&r);
+    return err;
+}
+
+/* Turn our reservation SLOT live (INO != 0) or give it back (INO == 0). */
+static void reg_settle(int nsfd, unsigned slot, uint64_t base, uint64_t ino)
+{
+    struct reg r;
+    if (reg_lock(nsfd, &r) < 0)
+        return; /* gc frees the reservation once we are gone */
+    struct reg_entry *e = &r.f->e[slot];
+    if (e->state == REG_RESERVED && e->pid == getpid() && e->base == base) {
+        if (ino) {
+            e->ino = ino;
+            e->state = REG_LIVE;
+        } else {
+            memset(e, 0, sizeof *e);
+        }
+    }
+    reg_unlock(&r);
+}
+
+static void reg_forget(int nsfd, const char *name, uint64_t ino)
+{
+    struct reg r;
+    if (reg_lock(nsfd, &r) < 0)
+        return;
+    for (unsigned i = 0; i < REG_CAP; i++) {
+        struct reg_entry *e = &r.f->e[i];
+        if (entry_valid(e) && e->state == REG_LIVE && e->ino == ino &&
+            strcmp(e->name, name) == 0)
+            memset(e, 0, sizeof *e);
+    }
+    reg_unlock(&r);
+}
+
+/* ---- regions ------------------------------------------------------------- */
+
+struct rpal_region {
+    uint64_t base, size, granule;
+    unsigned flags;
+};
+
+/* Test hook: called inside rpal_region_create() after the address is
+ * reserved and before the region is linked into the namespace, so that a
+ * test can kill a creator at that point. Not exported. */
+RPAL_HIDDEN void (*rpal__hook_create_reserved)(void);
+
+static int map_region(int fd, const struct region_hdr *h, int writable)
+{
+    int err = prim_map_fixed(h->base - h->granule, RPAL_PAGE, PROT_READ,
+                             MAP_SHARED, fd, 0);
+    if (err < 0)
+        return err;
+    int prot = PROT_READ | (writable ? PROT_WRITE : 0);
+    err = prim_map_fixed(h->base, h->size, prot, MAP_SHARED, fd,
+                         (off_t)h->granule);
+    if (err < 0)
+        munmap((void *)(uintptr_t)(h->base - h->granule), RPAL_PAGE);
+    return err;
+}
+
+static int region_new(const struct region_hdr *h, rpal_region **out)
+{
+    rpal_region *r = calloc(1, sizeof *r);
+    if (!r)
+        return -ENOMEM;
+    r->base = h->base;
+    r->size = h->size;
+    r->granule = h->granule;
+    r->flags = h->flags;
+    *out = r;
+    return 0;
+}
+
+/* Split NAME into the directory part (or ".") and the last component. */
+static void split_name(const char *name, char *dir, const char **leaf)
+{
+    const char *s = strrchr(name, '/');
+    if (!s) {
+        strcpy(dir, ".");
+        *leaf = name;
+    } else {
+        memcpy(dir, name, (size_t)(s - name));
+        dir[s - name] = 0;
+        *leaf = s + 1;
+    }
+}
+
+int rpal_region_create(const char *name, size_t size, unsigned mode,
+                       unsigned flags, rpal_region **out)
+{
+    int err = name_validate(name);
+    if (err < 0)
+        return err;
+    if (!out || (mode & ~0777u) || (flags & ~RPAL_REGION_TRANSIENT))
+        return -EINVAL;
+    if (size == 0 || size % RPAL_PAGE)
+        return -EINVAL;
+    if (size > RPAL_REGION_WINDOW_SIZE - 2 * RPAL_REGION_GRANULE)
+        return -EFBIG;
+    if (mode == 0)
+        mode = 0600;
+
+    int nsfd = ns_open(1);
+    if (nsfd < 0)
+        return nsfd;
+    char dir[RPAL_NAME_MAX + 2];
+    const char *leaf;
+    split_name(name, dir, &leaf);
+    /* The file is built unnamed (O_TMPFILE) and linked under its name only
+     * when complete: nobody ever sees half a region, and a creator killed
+     * half-way leaves no file behind. */
+    int fd = 0;
+    if (strcmp(dir, "."))
+        fd = prim_mkdirs_beneath(nsfd, dir, mode | ((mode & 0444) >> 2) | 0700);
+    if (fd == 0)
+        fd = prim_open_beneath(nsfd, dir, O_TMPFILE | O_RDWR, mode);
+    if (fd < 0) {
+        close(nsfd);
+        return fd == -EISDIR ? -EOPNOTSUPP : fd; /* no O_TMPFILE there */
+    }
+
+    uint64_t base;
+    unsigned slot;
+    struct region_hdr h = {0};
+    rpal_region *r = NULL;
+    err = reg_reserve(nsfd, name, size, &base, &slot);
+    if (err < 0)
+        goto out_close;
+    if (rpal__hook_create_reserved)
+        rpal__hook_create_reserved();
+
+    h.magic = REGION_MAGIC;
+    h.version = REGION_VERSION;
+    h.hdr_size = sizeof h;
+    h.granule = RPAL_REGION_GRANULE;
+    h.base = base;
+    h.size = size;
+    h.flags = flags & RPAL_REGION_TRANSIENT;
+    h.creator_pid = getpid();
+    h.creator_uid = getuid();
+    h.creator_start = prim_self_start();
+    h.created_ns = prim_now_realtime_ns();
+    h.check = hdr_check(&h);
+
+    if (fchmod(fd, mode) < 0 || ftruncate(fd, (off_t)(h.granule + size)) < 0 ||
+        pwrite(fd, &h, sizeof h, 0) != (ssize_t)sizeof h) {
+        err = -errno;
+        goto out_release;
+    }
+    err = map_region(fd, &h, 1);
+    if (err < 0)
+        goto out_release;
+
+    char proc[64];
+    snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+    int dfd = strcmp(dir, ".") ? prim_open_beneath(nsfd, dir, O_PATH | O_DIRECTORY, 0)
+                               : nsfd;
+    if (dfd < 0) {
+        err = dfd;
+    } else {
+        /* linkat fails with EEXIST if the name exists: exclusive creation. */
+        err = linkat(AT_FDCWD, proc, dfd, leaf, AT_SYMLINK_FOLLOW) < 0 ? -errno : 0;
+        if (dfd != nsfd)
+            close(dfd);
+    }
+    if (err == 0)
+        err = region_new(&h, &r);
+    if (err < 0) {
+        munmap((void *)(uintptr_t)(base - h.granule), RPAL_PAGE);
+        munmap((void *)(uintptr_t)base, size);
+        goto out_release;
+    }
+    struct stat st;
+    fstat(fd, &st);
+    reg_settle(nsfd, slot, base, st.st_ino);
+    *out = r;
+    goto out_close;
+
+out_release:
+    reg_settle(nsfd, slot, base, 0);
+out_close:
+    close(fd);
+    close(nsfd);
+    return err;
+}
+
+/* Open NAME for reading its header: descriptor, validated header, stat. */
+static int region_open(int nsfd, const char *name, int oflags,
+                       struct region_hdr *h, struct stat *st)
+{
+    /* O_NONBLOCK: a FIFO planted under a region's name must not hang us. */
+    int fd = prim_open_beneath(nsfd, name, oflags | O_NONBLOCK, 0);
+    if (fd < 0)
+        return fd;
+    int err = 0;
+    if (fstat(fd, st) < 0)
+        err = -errno;
+    else if (S_ISDIR(st->st_mode))
+        err = -EISDIR;
+    else if (!S_ISREG(st->st_mode) || st->st_size < (off_t)sizeof *h)
+        err = -EBADMSG;
+    else if (pread(fd, h, sizeof *h, 0) != (ssize_t)sizeof *h)
+        err = -EBADMSG;
+    else
+        err = hdr_validate(h, (uint64_t)st->st_size);
+    if (err < 0) {
+        close(fd);
+        return err;
+    }
+    return fd;
+}
+
+int rpal_region_attach(const char *name, unsigned flags, rpal_region **out)
+{
+    int err = name_validate(name);
+    if (err < 0)
+        return err;
+    if (!out || (flags & ~RPAL_REGION_RDONLY))
+        return -EINVAL;
+    int nsfd = ns_open(0);
+    if (nsfd < 0)
+        return nsfd;
+    int writable = !(flags & RPAL_REGION_RDONLY);
+    struct region_hdr h;
+    struct stat st;
+    int fd = region_open(nsfd, name, writable ? O_RDWR : O_RDONLY, &h, &st);
+    close(nsfd);
+    if (fd < 0)
+        return fd;
+    err = map_region(fd, &h, writable);
+    /* The descriptor is closed at once: a read-only attacher keeps no
+     * descriptor it could reopen read-write through /proc/self/fd. */
+    close(fd);
+    if (err < 0)
+        return err;
+    err = region_new(&h, out);
+    if (err < 0) {
+        munmap((void *)(uintptr_t)(h.base - h.granule), RPAL_PAGE);
+        munmap((void *)(uintptr_t)h.base, h.size);
+    }
+    return err;
+}
+
+int rpal_region_detach(rpal_region *r)
+{
+    if (!r)
+        return -EINVAL;
+    munmap((void *)(uintptr_t)(r->base - r->granule), RPAL_PAGE);
+    munmap((void *)(uintptr_t)r->base, r->size);
+    free(r);
+    return 0;
+}
+
+void *rpal_region_addr(const rpal_region *r)
+{
+    return r ? (void *)(uintptr_t)r->base : NULL;
+}
+
+size_t rpal_region_size(const rpal_region *r)
+{
+    return r ? (size_t)r->size : 0;
+}
+
+int rpal_region_unlink(const char *name)
+{
+    int err = name_validate(name);
+    if (err < 0)
+        return err;
+    int nsfd = ns_open(0);
+    if (nsfd < 0)
+        return nsfd;
+    char dir[RPAL_NAME_MAX + 2];
+    const char *leaf;
+    split_name(name, dir, &leaf);
+    struct stat st;
+    /* O_PATH needs no read permission: removal is governed, as for any
+     * file, by write permission on the directory. */
+    int fd = prim_open_beneath(nsfd, name, O_PATH, 0);
+    if (fd >= 0 && fstat(fd, &st) < 0)
+        st.st_mode = 0;
+    if (fd >= 0)
+        close(fd);
+    if (fd < 0) {
+        close(nsfd);
+        return fd;
+    }
+    if (S_ISDIR(st.st_mode) || !S_ISREG(st.st_mode)) {
+        close(nsfd);
+        return S_ISDIR(st.st_mode) ? -EISDIR : -EBADMSG;
+    }
+    int dfd = strcmp(dir, ".") ? prim_open_beneath(nsfd, dir, O_PATH | O_DIRECTORY, 0)
+                               : nsfd;
+    if (dfd < 0) {
+        close(nsfd);
+        return dfd;
+    }
+    err = unlinkat(dfd, leaf, 0) < 0 ? -errno : 0;
+    if (dfd != nsfd)
+        close(dfd);
+    if (err == 0)
+        reg_forget(nsfd, name, st.st_ino);
+    close(nsfd);
+    return err;
+}
+
+/* ---- listing ------------------------------------------------------------- */
+
+struct attach_scan {
+    uint64_t dev, ino;
+    int n;
+    pid_t *pids;
+    int max;
+};
+
+static void count_attached(pid_t pid, uint64_t dev, uint64_t ino, void *arg)
+{
+    struct attach_scan *s = arg;
+    if (dev != s->dev || ino != s->ino)
+        return;
+    if (s->n < s->max)
+        s->pids[s->n] = pid;
+    s->n++;
+}
+
+static void info_fill(struct rpal_region_info *info, const char *name,
+                      const struct region_hdr *h, const struct stat *st)
+{
+    memset(info, 0, sizeof *info);
+    snprintf(info->name, sizeof info->name, "%s", name);
+    info->size = h->size;
+    info->base = h->base;
+    info->mode = st->st_mode & 07777;
+    info->flags = h->flags;
+    info->uid = st->st_uid;
+    info->gid = st->st_gid;
+    info->creator_pid = h->creator_pid;
+    info->creator_uid = h->creator_uid;
+    info->creator_alive = prim_proc_alive(h->creator_pid, h->creator_start);
+    info->created_ns = h->created_ns;
+    struct attach_scan s = {st->st_dev, st->st_ino, 0, info->attached,
+                            (int)(sizeof info->attached / sizeof info->attached[0])};
+    prim_maps_scan(count_attached, &s);
+    info->nattached = s.n;
+}
+
+static int stat_at(int nsfd, const char *name, struct rpal_region_info *info)
+{
+    struct region_hdr h;
+    struct stat st;
+    /* Reading the header needs read permission, like attaching does. */
+    int fd = region_open(nsfd, name, O_RDONLY, &h, &st);
+    if (fd < 0)
+        return fd;
+    close(fd);
+    info_fill(info, name, &h, &st);
+    return 0;
+}
+
+int rpal_region_stat(const char *name, struct rpal_region_info *info)
+{
+    int err = name_validate(name);
+    if (err < 0)
+        return err;
+    if (!info)
+        return -EINVAL;
+    int nsfd = ns_open(0);
+    if (nsfd < 0)
+        return nsfd;
+    err = stat_at(nsfd, name, info);
+    close(nsfd);
+    return err;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Collect the names of regular files below PREFIX (relative to NSFD),
+ * recursing into the directories the caller may read. */
+static int collect(int nsfd, const char *prefix, char ***names, size_t *n,
+                   size_t *cap, int depth)
+{
+    if (depth > RPAL_NAME_MAX / 2)
+        return 0;
+    int fd = prim_open_beneath(nsfd, prefix, O_RDONLY | O_DIRECTORY, 0);
+    if (fd < 0)
+        return fd == -EACCES ? 0 : fd; /* a directory we may not see */
+    DIR *d = fdopendir(fd);
+    if (!d) {
+        close(fd);
+        return -errno;
+    }
+    struct dirent *de;
+    int err = 0;
+    while (!err && (de = readdir(d))) {
+        if (de->d_name[0] == '.')
+            continue;
+        char path[RPAL_NAME_MAX + 2];
+        int l = strcmp(prefix, ".")
+                    ? snprintf(path, sizeof path, "%s/%s", prefix, de->d_name)
+                    : snprintf(path, sizeof path, "%s", de->d_name);
+        if (l < 0 || (size_t)l >= sizeof path || name_validate(path) < 0)
+            continue; /* not a name rpal could have made */
+        if (de->d_type == DT_DIR) {
+            err = collect(nsfd, path, names, n, cap, depth + 1);
+            continue;
+        }
+        if (de->d_type != DT_REG && de->d_type != DT_UNKNOWN)
+            continue;
+        if (*n == *cap) {
+            size_t nc = *cap ? *cap * 2 : 64;
+            char **nn = realloc(*names, nc * sizeof *nn);
+            if (!nn) {
+                err = -ENOMEM;
+                break;
+            }
+            *names = nn;
+            *cap = nc;
+        }
+        if (!((*names)[*n] = strdup(path)))
+            err = -ENOMEM;
+        else
+            (*n)++;
+    }
+    closedir(d);
+    return err;
+}
+
+static int list_names(int nsfd, char ***names, size_t *n)
+{
+    size_t cap = 0;
+    *names = NULL;
+    *n = 0;
+    int err = collect(nsfd, ".", names, n, &cap, 0);
+    if (*n)
+        qsort(*names, *n, sizeof **names, cmp_str);
+    return err;
+}
+
+static void free_names(char **names, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+}
+
+int rpal_region_foreach(int (*fn)(const struct rpal_region_info *, void *),
+                        void *arg)
+{
+    if (!fn)
+        return -EINVAL;
+    int nsfd = ns_open(0);
+    if (nsfd < 0)
+        return nsfd == -ENOENT ? 0 : nsfd; /* no namespace yet: no regions */
+    char **names;
+    size_t n;
+    int err = list_names(nsfd, &names, &n);
+    struct rpal_region_info *info = malloc(sizeof *info);
+    if (!info)
+        err = -ENOMEM;
+    for (size_t i = 0; i < n && err == 0; i++)
+        if (stat_at(nsfd, names[i], info) == 0)
+            err = fn(info, arg);
+    free(info);
+    free_names(names, n);
+    close(nsfd);
+    return err;
+}
+
+/* ---- garbage collection -------------------------------------------------- */
+
+int rpal_gc(void (*fn)(const char *kind, const char *name, void *arg),
+            void *arg)
+{
+    int nsfd = ns_open(0);
+    if (nsfd < 0)
+        return nsfd == -ENOENT ? 0 : nsfd;
+    int removed = 0;
+    char **names;
+    size_t n;
+    int err = list_names(nsfd, &names, &n);
+    struct rpal_region_info *info = malloc(sizeof *info);
+    if (!info)
+        err = -ENOMEM;
+    for (size_t i = 0; i < n && err == 0; i++) {
+        if (stat_at(nsfd, names[i], info) < 0)
+            continue;
+        if (!(info->flags & RPAL_REGION_TRANSIENT) || info->creator_alive ||
+            info->nattached)
+            continue;
+        if (rpal_region_unlink(names[i]) == 0) {
+            removed++;
+            if (fn)
+                fn("region", names[i], arg);
+        }
+    }
+    free(info);
+    free_names(names, n);
+
+    struct reg r;
+    if (err == 0 && reg_lock(nsfd, &r) == 0) {
+        for (unsigned i = 0; i < REG_CAP; i++) {
+            struct reg_entry *e = &r.f->e[i];
+            if (e->state == REG_FREE)
+                continue;
+            int stale = !entry_valid(e);
+            if (!stale && e->state == REG_RESERVED)
+                stale = !prim_proc_alive(e->pid, e->pid_start);
+            if (!stale && e->state == REG_LIVE) {
+                struct stat st;
+                int fd = prim_open_beneath(nsfd, e->name, O_PATH, 0);
+                if (fd >= 0) {
+                    stale = fstat(fd, &st) == 0 && st.st_ino != e->ino;
+                    close(fd);
+                } else {
+                    stale = fd == -ENOENT;
+                }
+            }
+            if (!stale)
+                continue;
+            char what[sizeof e->name + 32];
+            snprintf(what, sizeof what, "%.*s (0x%llx)", (int)RPAL_NAME_MAX,
+                     entry_valid(e) ? e->name : "corrupt entry",
+                     (unsigned long long)e->base);
+            memset(e, 0, sizeof *e);
+            removed++;
+            if (fn)
+                fn("reservation", what, arg);
+        }
+        reg_unlock(&r);
+    }
+    close(nsfd);
+    return err < 0 ? err : removed;
+}

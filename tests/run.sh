@@ -1,0 +1,38 @@
+#!/bin/sh
+# The test runner: every program in $B/tests and every tests/*.sh runs under
+# a timeout with its own namespace directory; exit 0 is PASS, 77 SKIP (the
+# reason is the test's last line of output), anything else FAIL. The last
+# line is "N passed, N failed, N skipped"; any failure makes the exit status 1.
+# Usage: B=build sh tests/run.sh [NAME...]
+B=${B:-build}
+TIMEOUT=${TEST_TIMEOUT:-120}
+export RPAL_BIN="$(cd "$B" && pwd)"
+pass=0 fail=0 skip=0
+failed=""
+if [ $# -gt 0 ]; then list="$*"; else
+  list="$(ls "$B"/tests/ 2>/dev/null) $(cd tests && ls *.sh 2>/dev/null | grep -v '^run.sh$')"
+fi
+for t in $list; do
+  case $t in
+    *.sh) cmd="sh tests/$t" name=${t%.sh} ;;
+    *) cmd="$B/tests/$t" name=$t ;;
+  esac
+  dir=$(mktemp -d /dev/shm/rpal-test-XXXXXX)
+  chmod 755 "$dir"
+  out=$(mktemp)
+  start=$(date +%s.%N)
+  RPAL_DIR=$dir timeout -k 5 "$TIMEOUT" $cmd >"$out" 2>&1
+  rc=$?
+  secs=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
+  case $rc in
+    0) pass=$((pass + 1)); printf 'PASS %-28s %6ss\n' "$name" "$secs" ;;
+    77) skip=$((skip + 1)); printf 'SKIP %-28s (%s)\n' "$name" "$(tail -n 1 "$out")" ;;
+    *) fail=$((fail + 1)); failed="$failed $name"
+       [ $rc = 124 ] && echo "  (timed out after ${TIMEOUT}s)" >>"$out"
+       printf 'FAIL %-28s exit %s\n' "$name" "$rc"; sed 's/^/    /' "$out" | tail -n 40 ;;
+  esac
+  rm -rf "$dir" "$out"
+done
+[ -n "$failed" ] && echo "failed:$failed"
+echo "$pass passed, $fail failed, $skip skipped"
+[ $fail -eq 0 ]

@@ -1,0 +1,319 @@
+/* rpal: the command. Lists, inspects and cleans up what librpal creates.
+ * Every figure printed for a human also has a --json form. */
+#include "rpal.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+static const char *usage_text =
+    "usage: rpal COMMAND [ARGS]\n"
+    "\n"
+    "  rpal region create NAME --size SIZE [--mode MODE] [--transient]\n"
+    "  rpal region info NAME [--json]\n"
+    "  rpal region rm NAME\n"
+    "  rpal ls [--json]        every region: name, size, base, mode, creator,\n"
+    "                          attached live processes\n"
+    "  rpal gc [--json]        remove what belongs only to dead processes\n"
+    "  rpal version\n"
+    "\n"
+    "SIZE takes a K, M, G or T suffix (powers of 1024). MODE is octal.\n"
+    "The namespace directory is $RPAL_DIR, or /dev/shm/rpal.\n";
+
+static int usage(void)
+{
+    fputs(usage_text, stderr);
+    return 2;
+}
+
+static int fail(const char *what, const char *name, int err)
+{
+    fprintf(stderr, "rpal: %s%s%s: %s\n", what, name ? " " : "", name ? name : "",
+            rpal_strerror(err));
+    return 1;
+}
+
+/* "64K", "1G", "4096": bytes, or -1 for anything else (overflow included). */
+static long long parse_size(const char *s)
+{
+    char *end;
+    errno = 0;
+    if (!*s || *s == '-')
+        return -1;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s)
+        return -1;
+    int shift = 0;
+    switch (*end) {
+    case 'k': case 'K': shift = 10; end++; break;
+    case 'm': case 'M': shift = 20; end++; break;
+    case 'g': case 'G': shift = 30; end++; break;
+    case 't': case 'T': shift = 40; end++; break;
+    }
+    if (shift && (!strcasecmp(end, "iB") || !strcasecmp(end, "B")))
+        end += strlen(end);
+    if (*end || v > (unsigned long long)(LLONG_MAX >> shift))
+        return -1;
+    return (long long)(v << shift);
+}
+
+static void human_size(uint64_t v, char *buf, size_t n)
+{
+    static const char *unit[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int u = 0;
+    double d = (double)v;
+    while (d >= 1024 && u < 4) {
+        d /= 1024;
+        u++;
+    }
+    if (u == 0)
+        snprintf(buf, n, "%llu B", (unsigned long long)v);
+    else
+        snprintf(buf, n, "%.*f %s", d == (double)(uint64_t)d ? 0 : 1, d, unit[u]);
+}
+
+static const char *user_name(uint32_t uid, char *buf, size_t n)
+{
+    struct passwd *pw = getpwuid(uid);
+    if (pw)
+        snprintf(buf, n, "%s", pw->pw_name);
+    else
+        snprintf(buf, n, "%u", uid);
+    return buf;
+}
+
+/* Names are restricted to [A-Za-z0-9_./-], so they need no JSON escaping;
+ * this is kept anyway so that a future name rule cannot break the output. */
+static void json_str(const char *s)
+{
+    putchar('"');
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            printf("\\%c", c);
+        else if (c < 0x20)
+            printf("\\u%04x", c);
+        else
+            putchar(c);
+    }
+    putchar('"');
+}
+
+static void print_json(const struct rpal_region_info *i)
+{
+    printf("{\"name\":");
+    json_str(i->name);
+    printf(",\"size\":%llu,\"base\":\"0x%llx\",\"mode\":\"%04o\",\"uid\":%u,"
+           "\"gid\":%u,\"transient\":%s,\"creator_pid\":%d,\"creator_uid\":%u,"
+           "\"creator_alive\":%s,\"created_ns\":%llu,\"attached\":[",
+           (unsigned long long)i->size, (unsigned long long)i->base, i->mode,
+           i->uid, i->gid, (i->flags & RPAL_REGION_TRANSIENT) ? "true" : "false",
+           i->creator_pid, i->creator_uid, i->creator_alive ? "true" : "false",
+           (unsigned long long)i->created_ns);
+    int shown = i->nattached < 16 ? i->nattached : 16;
+    for (int k = 0; k < shown; k++)
+        printf("%s%d", k ? "," : "", (int)i->attached[k]);
+    printf("],\"nattached\":%d}", i->nattached);
+}
+
+static void print_info(const struct rpal_region_info *i)
+{
+    char sz[32], user[64], when[64];
+    time_t t = (time_t)(i->created_ns / 1000000000ull);
+    struct tm tm;
+    strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S UTC", gmtime_r(&t, &tm));
+    human_size(i->size, sz, sizeof sz);
+    printf("name:      %s\n", i->name);
+    printf("size:      %llu (%s)\n", (unsigned long long)i->size, sz);
+    printf("base:      0x%llx\n", (unsigned long long)i->base);
+    printf("mode:      %04o  owner %s\n", i->mode, user_name(i->uid, user, sizeof user));
+    printf("flags:     %s\n", (i->flags & RPAL_REGION_TRANSIENT) ? "transient" : "persistent");
+    printf("creator:   pid %d (%s), uid %u, %s\n", i->creator_pid,
+           i->creator_alive ? "alive" : "dead", i->creator_uid, when);
+    printf("attached:  %d", i->nattached);
+    int shown = i->nattached < 16 ? i->nattached : 16;
+    for (int k = 0; k < shown; k++)
+        printf("%s%d", k ? " " : " (pids ", (int)i->attached[k]);
+    printf("%s\n", shown < i->nattached ? " ...)" : shown ? ")" : "");
+}
+
+struct ls_state {
+    int json, count;
+};
+
+static int ls_one(const struct rpal_region_info *i, void *arg)
+{
+    struct ls_state *s = arg;
+    if (s->json) {
+        printf("%s", s->count ? ",\n  " : "\n  ");
+        print_json(i);
+    } else {
+        char sz[32], user[64], creator[48];
+        if (!s->count)
+            printf("%-24s %10s  %-16s %-5s %-8s %-14s %s\n", "NAME", "SIZE",
+                   "BASE", "MODE", "OWNER", "CREATOR", "ATTACHED");
+        human_size(i->size, sz, sizeof sz);
+        snprintf(creator, sizeof creator, "%d%s", i->creator_pid,
+                 i->creator_alive ? "" : " (dead)");
+        printf("%-24s %10s  0x%-14llx %04o  %-8s %-14s %d\n", i->name, sz,
+               (unsigned long long)i->base, i->mode,
+               user_name(i->uid, user, sizeof user), creator, i->nattached);
+    }
+    s->count++;
+    return 0;
+}
+
+static int cmd_ls(int argc, char **argv)
+{
+    struct ls_state s = {0, 0};
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--json"))
+            s.json = 1;
+        else
+            return usage();
+    }
+    if (s.json)
+    {
+        printf("{\"dir\":");
+        json_str(rpal_ns_dir());
+        printf(",\"regions\":[");
+    }
+    int err = rpal_region_foreach(ls_one, &s);
+    if (s.json)
+        printf("%s]}\n", s.count ? "\n" : "");
+    else if (!s.count && err == 0)
+        printf("no regions in %s\n", rpal_ns_dir());
+    return err < 0 ? fail("ls", NULL, err) : 0;
+}
+
+struct gc_state {
+    int json, count;
+};
+
+static void gc_one(const char *kind, const char *name, void *arg)
+{
+    struct gc_state *s = arg;
+    if (s->json) {
+        printf("%s{\"kind\":\"%s\",\"name\":", s->count ? "," : "", kind);
+        json_str(name);
+        printf("}");
+    } else {
+        printf("removed %s %s\n", kind, name);
+    }
+    s->count++;
+}
+
+static int cmd_gc(int argc, char **argv)
+{
+    struct gc_state s = {0, 0};
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--json"))
+            s.json = 1;
+        else
+            return usage();
+    }
+    if (s.json)
+        printf("{\"removed\":[");
+    int n = rpal_gc(gc_one, &s);
+    if (s.json)
+        printf("],\"count\":%d}\n", n < 0 ? s.count : n);
+    else if (n == 0)
+        printf("nothing to remove\n");
+    return n < 0 ? fail("gc", NULL, n) : 0;
+}
+
+static int cmd_region(int argc, char **argv)
+{
+    if (argc < 2)
+        return usage();
+    const char *sub = argv[0], *name = argv[1];
+    long long size = -1;
+    unsigned mode = 0, flags = 0;
+    int json = 0;
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--json")) {
+            json = 1;
+        } else if (!strcmp(a, "--transient")) {
+            flags |= RPAL_REGION_TRANSIENT;
+        } else if (!strcmp(a, "--size") && i + 1 < argc) {
+            size = parse_size(argv[++i]);
+            if (size < 0) {
+                fprintf(stderr, "rpal: bad size '%s' (a number with an optional "
+                                "K, M, G or T suffix)\n", argv[i]);
+                return 2;
+            }
+        } else if (!strcmp(a, "--mode") && i + 1 < argc) {
+            char *end;
+            unsigned long m = strtoul(argv[++i], &end, 8);
+            if (*end || !*argv[i] || m > 0777) {
+                fprintf(stderr, "rpal: bad mode '%s' (octal, at most 0777)\n", argv[i]);
+                return 2;
+            }
+            mode = (unsigned)m;
+        } else {
+            return usage();
+        }
+    }
+    if (!strcmp(sub, "create")) {
+        if (size < 0) {
+            fprintf(stderr, "rpal: region create needs --size SIZE\n");
+            return 2;
+        }
+        rpal_region *r;
+        int err = rpal_region_create(name, (size_t)size, mode, flags, &r);
+        if (err < 0)
+            return fail("region create", name, err);
+        printf("created %s at 0x%llx, %lld bytes\n", name,
+               (unsigned long long)(uintptr_t)rpal_region_addr(r), size);
+        rpal_region_detach(r);
+        return 0;
+    }
+    if (!strcmp(sub, "info")) {
+        struct rpal_region_info info;
+        int err = rpal_region_stat(name, &info);
+        if (err < 0)
+            return fail("region info", name, err);
+        if (json) {
+            print_json(&info);
+            putchar('\n');
+        } else {
+            print_info(&info);
+        }
+        return 0;
+    }
+    if (!strcmp(sub, "rm")) {
+        int err = rpal_region_unlink(name);
+        if (err < 0)
+            return fail("region rm", name, err);
+        return 0;
+    }
+    return usage();
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2)
+        return usage();
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "region"))
+        return cmd_region(argc - 2, argv + 2);
+    if (!strcmp(cmd, "ls"))
+        return cmd_ls(argc - 2, argv + 2);
+    if (!strcmp(cmd, "gc"))
+        return cmd_gc(argc - 2, argv + 2);
+    if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
+        printf("rpal %s\n", rpal_version());
+        return 0;
+    }
+    if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) {
+        fputs(usage_text, stdout);
+        return 0;
+    }
+    return usage();
+}

@@ -161,7 +161,9 @@ struct reg_file {
     uint64_t magic;
     uint32_t version, cap;
     uint64_t cursor; /* next-fit: where the last allocation ended */
-    uint64_t pad[5];
+    uint32_t used;   /* entries at or past this index were never used: */
+    uint32_t pad0;   /* scans stop there, so that pages of the file's */
+    uint64_t pad[4]; /* holes are never faulted in (tmpfs fills them) */
     struct reg_entry e[REG_CAP];
 };
 
@@ -225,8 +227,18 @@ static int reg_lock(int nsfd, struct reg *r)
     return 0;
 }
 
+/* How many entries to scan; the header is as untrusted as the entries. */
+static unsigned reg_used(const struct reg_file *f)
+{
+    return f->used < REG_CAP ? f->used : REG_CAP;
+}
+
 static void reg_unlock(struct reg *r)
 {
+    unsigned n = reg_used(r->f);
+    while (n > 0 && r->f->e[n - 1].state == REG_FREE)
+        n--;
+    r->f->used = n;
     munmap(r->f, sizeof *r->f);
     close(r->fd); /* releases the flock */
 }
@@ -248,7 +260,7 @@ static int entry_valid(const struct reg_entry *e)
 static int overlaps(const struct reg_file *f, uint64_t start, uint64_t len,
                     uint64_t *next)
 {
-    for (unsigned i = 0; i < REG_CAP; i++) {
+    for (unsigned i = 0; i < reg_used(f); i++) {
         const struct reg_entry *e = &f->e[i];
         if (!entry_valid(e))
             continue;
@@ -302,13 +314,15 @@ static int reg_reserve(int nsfd, const char *name, uint64_t size,
     uint64_t g = RPAL_REGION_GRANULE;
     uint64_t len = g + (size + g - 1) / g * g, start = 0;
     unsigned i;
-    for (i = 0; i < REG_CAP; i++)
+    for (i = 0; i < reg_used(r.f); i++)
         if (!entry_valid(&r.f->e[i]))
             break;
     if (i == REG_CAP)
         err = -ENOSPC;
     else
         err = reg_alloc(r.f, len, &start);
+    if (err == 0 && i == reg_used(r.f))
+        r.f->used = i + 1;
     if (err == 0) {
         struct reg_entry *e = &r.f->e[i];
         memset(e, 0, sizeof *e);
@@ -348,7 +362,7 @@ static void reg_forget(int nsfd, const char *name, uint64_t ino)
     struct reg r;
     if (reg_lock(nsfd, &r) < 0)
         return;
-    for (unsigned i = 0; i < REG_CAP; i++) {
+    for (unsigned i = 0; i < reg_used(r.f); i++) {
         struct reg_entry *e = &r.f->e[i];
         if (entry_valid(e) && e->state == REG_LIVE && e->ino == ino &&
             strcmp(e->name, name) == 0)
@@ -444,8 +458,8 @@ int rpal_region_create(const char *name, size_t size, unsigned mode,
         return fd == -EISDIR ? -EOPNOTSUPP : fd; /* no O_TMPFILE there */
     }
 
-    uint64_t base;
-    unsigned slot;
+    uint64_t base = 0;
+    unsigned slot = 0;
     struct region_hdr h = {0};
     rpal_region *r = NULL;
     err = reg_reserve(nsfd, name, size, &base, &slot);
@@ -825,7 +839,7 @@ int rpal_gc(void (*fn)(const char *kind, const char *name, void *arg),
 
     struct reg r;
     if (err == 0 && reg_lock(nsfd, &r) == 0) {
-        for (unsigned i = 0; i < REG_CAP; i++) {
+        for (unsigned i = 0; i < reg_used(r.f); i++) {
             struct reg_entry *e = &r.f->e[i];
             if (e->state == REG_FREE)
                 continue;

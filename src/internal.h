@@ -34,8 +34,9 @@ RPAL_HIDDEN int prim_proc_alive(pid_t pid, uint64_t start);
 /* The calling process's start time (cached per pid, so valid after fork). */
 RPAL_HIDDEN uint64_t prim_self_start(void);
 
-/* Every live process (that we may read) mapping a file: FN is called for
- * each (pid, dev, ino) mapped by some process, once per pid and file. */
+/* Every file mapped by a live process (that we may read): FN is called for
+ * each mapping line, grouped by pid; a file mapped several times by one
+ * process is reported several times in a row of that pid's calls. */
 RPAL_HIDDEN int prim_maps_scan(void (*fn)(pid_t pid, uint64_t dev,
                                           uint64_t ino, void *arg),
                                void *arg);
@@ -47,7 +48,10 @@ RPAL_HIDDEN int prim_open_beneath(int dirfd, const char *path, int flags,
 /* mkdir -p of PATH beneath DIRFD, never following a symlink; new
  * directories get exactly MODE. */
 RPAL_HIDDEN int prim_mkdirs_beneath(int dirfd, const char *path,
-                                    unsigned mode);
+                                    unsigned mode, size_t *made);
+/* Undo prim_mkdirs_beneath: remove the empty directories of PATH whose
+ * prefix is longer than MADE bytes (what it reported it created). */
+RPAL_HIDDEN void prim_rmdirs_beneath(int dirfd, const char *path, size_t keep);
 
 RPAL_HIDDEN uint64_t prim_now_realtime_ns(void);
 

@@ -2,6 +2,7 @@
  * a negative errno; nothing above this layer touches errno. */
 #include "rpal.h"
 #include "internal.h"
+#include "atomics.h"
 
 #include <ctype.h>
 #include <dirent.h>
@@ -54,9 +55,9 @@ int prim_proc_start(pid_t pid, uint64_t *start)
     char *p = strrchr(buf, ')');
     if (!p)
         return -EIO;
+    /* p+1 is the space before field 3; step to the space before field 22. */
     p++;
-    /* after ')' come fields 3.. separated by single spaces */
-    for (int field = 2; field < 22 && p; field++)
+    for (int field = 3; field < 22 && p; field++)
         p = strchr(p + 1, ' ');
     if (!p)
         return -EIO;
@@ -82,19 +83,20 @@ int prim_proc_alive(pid_t pid, uint64_t start)
 
 uint64_t prim_self_start(void)
 {
-    static pid_t cached_pid;
-    static uint64_t cached_start;
+    /* Cached per pid, so that a forked child reads its own. Threads may race
+     * to fill the cache: both compute the same value; the start is published
+     * before the pid (release) and read after it (acquire). */
+    static _Atomic pid_t cached_pid;
+    static _Atomic uint64_t cached_start;
     pid_t me = getpid();
-    /* Re-read after fork: the child is a new process with its own start. */
-    if (cached_pid != me) {
-        uint64_t s = 0;
-        if (prim_proc_start(me, &s) == 0) {
-            cached_start = s;
-            cached_pid = me;
-        }
-        return s;
+    if (rpal_load_acquire(&cached_pid) == me)
+        return rpal_load_relaxed(&cached_start);
+    uint64_t s = 0;
+    if (prim_proc_start(me, &s) == 0) {
+        rpal_store_relaxed(&cached_start, s);
+        rpal_store_release(&cached_pid, me); /* pairs with the acquire above */
     }
-    return cached_start;
+    return s;
 }
 
 uint64_t prim_now_realtime_ns(void)
@@ -131,10 +133,6 @@ int prim_maps_scan(void (*fn)(pid_t, uint64_t, uint64_t, void *), void *arg)
         FILE *f = fopen(path, "re");
         if (!f)
             continue; /* gone, or another user's process we may not read */
-        /* One report per (pid, file): consecutive lines of one mapping
-         * repeat the file, and a region has two mappings. */
-        uint64_t seen[64][2];
-        int nseen = 0;
         while (fgets(line, sizeof line, f)) {
             uint64_t dev, ino;
             size_t l = strlen(line);
@@ -145,16 +143,6 @@ int prim_maps_scan(void (*fn)(pid_t, uint64_t, uint64_t, void *), void *arg)
             }
             if (parse_maps_line(line, &dev, &ino) < 0)
                 continue;
-            int dup = 0;
-            for (int i = 0; i < nseen && !dup; i++)
-                dup = seen[i][0] == dev && seen[i][1] == ino;
-            if (dup)
-                continue;
-            if (nseen < 64) {
-                seen[nseen][0] = dev;
-                seen[nseen][1] = ino;
-                nseen++;
-            }
             fn(pid, dev, ino, arg);
         }
         fclose(f);
@@ -181,13 +169,15 @@ int prim_open_beneath(int dirfd, const char *path, int flags,
     return sys_openat2(dirfd, path, flags, create_mode);
 }
 
-int prim_mkdirs_beneath(int dirfd, const char *path, unsigned mode)
+int prim_mkdirs_beneath(int dirfd, const char *path, unsigned mode,
+                        size_t *made)
 {
     char buf[PATH_MAX];
     size_t len = strlen(path);
     if (len >= sizeof buf)
         return -ENAMETOOLONG;
     memcpy(buf, path, len + 1);
+    *made = SIZE_MAX;
     /* Each prefix is checked (or made) from a descriptor of its parent that
      * was itself opened without following links. */
     for (char *end = buf;; end++) {
@@ -211,6 +201,8 @@ int prim_mkdirs_beneath(int dirfd, const char *path, unsigned mode)
             /* mkdir applied the umask; the caller asked for MODE. */
             if (fd == 0 && fchmodat(parent, name, mode, 0) < 0)
                 fd = -errno;
+            if (fd == 0 && *made == SIZE_MAX)
+                *made = leaf ? (size_t)(leaf - buf) : 0;
             if (parent != dirfd)
                 close(parent);
             if (fd < 0 && fd != -EEXIST)
@@ -223,6 +215,32 @@ int prim_mkdirs_beneath(int dirfd, const char *path, unsigned mode)
         if (saved == 0)
             return 0;
         *end = saved;
+    }
+}
+
+void prim_rmdirs_beneath(int dirfd, const char *path, size_t keep)
+{
+    char buf[PATH_MAX];
+    size_t len = strlen(path);
+    if (len >= sizeof buf)
+        return;
+    memcpy(buf, path, len + 1);
+    /* Deepest first; rmdir fails harmlessly on a directory that someone
+     * else has meanwhile put something in. */
+    while (strlen(buf) > keep) {
+        char *leaf = strrchr(buf, '/');
+        int parent = dirfd;
+        if (leaf) {
+            *leaf = 0;
+            parent = sys_openat2(dirfd, buf, O_PATH | O_DIRECTORY, 0);
+            if (parent < 0)
+                return;
+        }
+        int r = unlinkat(parent, leaf ? leaf + 1 : buf, AT_REMOVEDIR);
+        if (parent != dirfd)
+            close(parent);
+        if (r < 0 || !leaf)
+            return;
     }
 }
 

@@ -177,7 +177,22 @@ static int reg_lock(int nsfd, struct reg *r)
     struct stat st;
     /* The registry lives in a directory that may be shared by all users: it
      * is read like a peer's memory, never trusted (entries are checked). */
-    int fd = prim_open_beneath(nsfd, REG_FILE, O_RDWR | O_CREAT, 0600);
+    /* Open without O_CREAT first: with fs.protected_regular, O_CREAT on
+     * another user's file in a sticky directory is refused even when it
+     * exists. A new registry gets the directory's group and other write
+     * permission, so that everyone who may create regions may reserve. */
+    int fd = prim_open_beneath(nsfd, REG_FILE, O_RDWR, 0);
+    if (fd == -ENOENT) {
+        struct stat ns;
+        unsigned m = 0600;
+        if (fstat(nsfd, &ns) == 0)
+            m |= ((ns.st_mode & 0020) ? 0060 : 0) | ((ns.st_mode & 0002) ? 0006 : 0);
+        fd = prim_open_beneath(nsfd, REG_FILE, O_RDWR | O_CREAT | O_EXCL, m);
+        if (fd >= 0)
+            fchmod(fd, m); /* the umask applied */
+        else if (fd == -EEXIST)
+            fd = prim_open_beneath(nsfd, REG_FILE, O_RDWR, 0);
+    }
     if (fd < 0)
         return fd;
     if (flock(fd, LOCK_EX) < 0 || fstat(fd, &st) < 0) {
@@ -191,11 +206,6 @@ static int reg_lock(int nsfd, struct reg *r)
     }
     int fresh = st.st_size == 0;
     if (fresh) {
-        /* First use: a shared (world-writable) namespace needs a registry
-         * every user can update. */
-        struct stat ns;
-        if (fstat(nsfd, &ns) == 0 && (ns.st_mode & 0002))
-            fchmod(fd, 0666);
         if (ftruncate(fd, sizeof(struct reg_file)) < 0) {
             int e = -errno;
             close(fd);
@@ -351,6 +361,10 @@ static void reg_settle(int nsfd, unsigned slot, uint64_t base, uint64_t ino)
             e->ino = ino;
             e->state = REG_LIVE;
         } else {
+            /* Undo the cursor move too, so that a refused create leaves the
+             * registry as it found it (unless another create came between). */
+            if (r.f->cursor == e->base - RPAL_REGION_GRANULE + e->len)
+                r.f->cursor = e->base - RPAL_REGION_GRANULE;
             memset(e, 0, sizeof *e);
         }
     }
@@ -445,26 +459,51 @@ int rpal_region_create(const char *name, size_t size, unsigned mode,
     char dir[RPAL_NAME_MAX + 2];
     const char *leaf;
     split_name(name, dir, &leaf);
-    /* The file is built unnamed (O_TMPFILE) and linked under its name only
-     * when complete: nobody ever sees half a region, and a creator killed
-     * half-way leaves no file behind. */
-    int fd = 0;
-    if (strcmp(dir, "."))
-        fd = prim_mkdirs_beneath(nsfd, dir, mode | ((mode & 0444) >> 2) | 0700);
-    if (fd == 0)
-        fd = prim_open_beneath(nsfd, dir, O_TMPFILE | O_RDWR, mode);
-    if (fd < 0) {
-        close(nsfd);
-        return fd == -EISDIR ? -EOPNOTSUPP : fd; /* no O_TMPFILE there */
-    }
-
+    int dfd = nsfd, fd = -1;
+    size_t made = SIZE_MAX;
     uint64_t base = 0;
     unsigned slot = 0;
     struct region_hdr h = {0};
+    struct stat st;
     rpal_region *r = NULL;
+
+    /* Every check that can refuse comes before anything is changed, so that
+     * a refused create leaves the namespace as it was. Parent directories
+     * grant others only read and search: write stays with the owner, or
+     * anyone could replace the regions inside. */
+    if (strcmp(dir, ".")) {
+        unsigned dmode = 0700 | (mode & 0044) | ((mode & 0044) >> 2);
+        err = prim_mkdirs_beneath(nsfd, dir, dmode, &made);
+        if (err == 0 && (dfd = prim_open_beneath(nsfd, dir, O_PATH | O_DIRECTORY, 0)) < 0)
+            err = dfd;
+        if (err < 0) {
+            dfd = nsfd;
+            goto out;
+        }
+    }
+    if (fstatat(dfd, leaf, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+        err = -EEXIST;
+        goto out;
+    }
+    if (errno != ENOENT) {
+        err = -errno;
+        goto out;
+    }
+    /* The file is built unnamed (O_TMPFILE) and linked under its name only
+     * when complete: nobody ever sees half a region, and a creator killed
+     * half-way leaves no file behind. */
+    fd = prim_open_beneath(dfd, ".", O_TMPFILE | O_RDWR, mode);
+    if (fd < 0) {
+        err = fd == -EISDIR ? -EOPNOTSUPP : fd; /* no O_TMPFILE there */
+        goto out;
+    }
+    if (!(r = calloc(1, sizeof *r))) {
+        err = -ENOMEM;
+        goto out;
+    }
     err = reg_reserve(nsfd, name, size, &base, &slot);
     if (err < 0)
-        goto out_close;
+        goto out;
     if (rpal__hook_create_reserved)
         rpal__hook_create_reserved();
 
@@ -481,9 +520,13 @@ int rpal_region_create(const char *name, size_t size, unsigned mode,
     h.created_ns = prim_now_realtime_ns();
     h.check = hdr_check(&h);
 
-    if (fchmod(fd, mode) < 0 || ftruncate(fd, (off_t)(h.granule + size)) < 0 ||
-        pwrite(fd, &h, sizeof h, 0) != (ssize_t)sizeof h) {
+    if (fchmod(fd, mode) < 0 || ftruncate(fd, (off_t)(h.granule + size)) < 0) {
         err = -errno;
+        goto out_release;
+    }
+    ssize_t w = pwrite(fd, &h, sizeof h, 0);
+    if (w != (ssize_t)sizeof h) {
+        err = w < 0 ? -errno : -EIO;
         goto out_release;
     }
     err = map_region(fd, &h, 1);
@@ -492,34 +535,34 @@ int rpal_region_create(const char *name, size_t size, unsigned mode,
 
     char proc[64];
     snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
-    int dfd = strcmp(dir, ".") ? prim_open_beneath(nsfd, dir, O_PATH | O_DIRECTORY, 0)
-                               : nsfd;
-    if (dfd < 0) {
-        err = dfd;
-    } else {
-        /* linkat fails with EEXIST if the name exists: exclusive creation. */
-        err = linkat(AT_FDCWD, proc, dfd, leaf, AT_SYMLINK_FOLLOW) < 0 ? -errno : 0;
-        if (dfd != nsfd)
-            close(dfd);
-    }
-    if (err == 0)
-        err = region_new(&h, &r);
-    if (err < 0) {
+    /* linkat fails with EEXIST if the name exists: exclusive creation, also
+     * against a racer that passed the check above at the same time. */
+    if (linkat(AT_FDCWD, proc, dfd, leaf, AT_SYMLINK_FOLLOW) < 0 || fstat(fd, &st) < 0) {
+        err = -errno;
         munmap((void *)(uintptr_t)(base - h.granule), RPAL_PAGE);
         munmap((void *)(uintptr_t)base, size);
         goto out_release;
     }
-    struct stat st;
-    fstat(fd, &st);
     reg_settle(nsfd, slot, base, st.st_ino);
+    r->base = h.base;
+    r->size = h.size;
+    r->granule = h.granule;
+    r->flags = h.flags;
     *out = r;
-    goto out_close;
+    r = NULL;
+    goto out;
 
 out_release:
     reg_settle(nsfd, slot, base, 0);
-out_close:
-    close(fd);
+out:
+    if (err < 0 && made != SIZE_MAX)
+        prim_rmdirs_beneath(nsfd, dir, made);
+    if (fd >= 0)
+        close(fd);
+    if (dfd != nsfd)
+        close(dfd);
     close(nsfd);
+    free(r);
     return err;
 }
 
@@ -649,13 +692,16 @@ struct attach_scan {
     int n;
     pid_t *pids;
     int max;
+    pid_t last;
 };
 
 static void count_attached(pid_t pid, uint64_t dev, uint64_t ino, void *arg)
 {
     struct attach_scan *s = arg;
-    if (dev != s->dev || ino != s->ino)
+    /* A region is two mappings, and calls come grouped by pid. */
+    if (dev != s->dev || ino != s->ino || (s->n && s->last == pid))
         return;
+    s->last = pid;
     if (s->n < s->max)
         s->pids[s->n] = pid;
     s->n++;
@@ -677,7 +723,7 @@ static void info_fill(struct rpal_region_info *info, const char *name,
     info->creator_alive = prim_proc_alive(h->creator_pid, h->creator_start);
     info->created_ns = h->created_ns;
     struct attach_scan s = {st->st_dev, st->st_ino, 0, info->attached,
-                            (int)(sizeof info->attached / sizeof info->attached[0])};
+                            (int)(sizeof info->attached / sizeof info->attached[0]), 0};
     prim_maps_scan(count_attached, &s);
     info->nattached = s.n;
 }

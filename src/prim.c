@@ -258,7 +258,7 @@ const char *rpal_strerror(int err)
     case 0:
         return "success";
     case EBADMSG:
-        return "not an rpal region, or its header is truncated or corrupt";
+        return "not an rpal region, or a corrupt region header or registry";
     case EPROTO:
         return "rpal region of an unsupported format version";
     case EADDRINUSE:
@@ -268,7 +268,7 @@ const char *rpal_strerror(int err)
     case EFBIG:
         return "size larger than the address window";
     case ENOSPC:
-        return "no room left in the address window or the registry";
+        return "no room left (address window, registry, or the filesystem)";
     case ENAMETOOLONG:
         return "name too long";
     case EOPNOTSUPP:

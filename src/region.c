@@ -787,11 +787,17 @@ static int collect(int nsfd, const char *prefix, char ***names, size_t *n,
                     : snprintf(path, sizeof path, "%s", de->d_name);
         if (l < 0 || (size_t)l >= sizeof path || name_validate(path) < 0)
             continue; /* not a name rpal could have made */
-        if (de->d_type == DT_DIR) {
+        unsigned char type = de->d_type;
+        struct stat st;
+        if (type == DT_UNKNOWN) /* filesystems that do not fill d_type */
+            type = fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ? DT_UNKNOWN
+                   : S_ISDIR(st.st_mode) ? DT_DIR
+                   : S_ISREG(st.st_mode) ? DT_REG : DT_UNKNOWN;
+        if (type == DT_DIR) {
             err = collect(nsfd, path, names, n, cap, depth + 1);
             continue;
         }
-        if (de->d_type != DT_REG && de->d_type != DT_UNKNOWN)
+        if (type != DT_REG)
             continue;
         if (*n == *cap) {
             size_t nc = *cap ? *cap * 2 : 64;
@@ -868,20 +874,28 @@ int rpal_gc(void (*fn)(const char *kind, const char *name, void *arg),
     struct rpal_region_info *info = malloc(sizeof *info);
     if (!info)
         err = -ENOMEM;
+    /* The inodes of the files that stay: a reservation whose file was
+     * renamed behind rpal's back is still in use (below). */
+    uint64_t *inos = calloc(n ? n : 1, sizeof *inos);
+    if (!inos)
+        err = -ENOMEM;
     for (size_t i = 0; i < n && err == 0; i++) {
+        struct stat st;
+        if (fstatat(nsfd, names[i], &st, AT_SYMLINK_NOFOLLOW) == 0)
+            inos[i] = st.st_ino;
         if (stat_at(nsfd, names[i], info) < 0)
             continue;
         if (!(info->flags & RPAL_REGION_TRANSIENT) || info->creator_alive ||
             info->nattached)
             continue;
         if (rpal_region_unlink(names[i]) == 0) {
+            inos[i] = 0;
             removed++;
             if (fn)
                 fn("region", names[i], arg);
         }
     }
     free(info);
-    free_names(names, n);
 
     struct reg r;
     if (err == 0 && reg_lock(nsfd, &r) == 0) {
@@ -901,6 +915,11 @@ int rpal_gc(void (*fn)(const char *kind, const char *name, void *arg),
                 } else {
                     stale = fd == -ENOENT;
                 }
+                for (size_t k = 0; stale && k < n; k++)
+                    if (inos[k] == e->ino) { /* renamed: follow the file */
+                        snprintf(e->name, sizeof e->name, "%s", names[k]);
+                        stale = 0;
+                    }
             }
             if (!stale)
                 continue;
@@ -915,6 +934,8 @@ int rpal_gc(void (*fn)(const char *kind, const char *name, void *arg),
         }
         reg_unlock(&r);
     }
+    free(inos);
+    free_names(names, n);
     close(nsfd);
     return err < 0 ? err : removed;
 }

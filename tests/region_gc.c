@@ -320,6 +320,23 @@ static void unlinked_behind(void)
     gc(out, sizeof out);
     CHECK(has_line(out, "nothing to remove"));
 
+    /* Renamed behind rpal's back: the file still holds its address, so gc
+     * keeps the reservation, and a new region does not get that address. */
+    REQUIRE(rpal_region_create("gc/moved", 65536, 0600, 0, &r) == 0);
+    uintptr_t moved_at = (uintptr_t)rpal_region_addr(r);
+    CHECK(rpal_region_detach(r) == 0);
+    char to[512];
+    snprintf(path, sizeof path, "%s/gc/moved", rpal_ns_dir());
+    snprintf(to, sizeof to, "%s/gc/moved-by-hand", rpal_ns_dir());
+    CHECK(rename(path, to) == 0);
+    gc(out, sizeof out);
+    CHECK(has_line(out, "nothing to remove"));
+    struct rpal_region_info info;
+    CHECK(rpal_region_stat("gc/moved-by-hand", &info) == 0 && info.base == moved_at);
+    CHECK(rpal_region_unlink("gc/moved-by-hand") == 0);
+    gc(out, sizeof out);
+    CHECK(has_line(out, "nothing to remove")); /* unlink found it by inode */
+
     /* Removed through rpal, nothing is left for gc. */
     REQUIRE(rpal_region_create("gc/gone", 65536, 0600, 0, &r) == 0);
     CHECK(rpal_region_detach(r) == 0);

@@ -260,7 +260,11 @@ static int cmd_region(int argc, char **argv)
             return usage();
         }
     }
-    if (!strcmp(sub, "create")) {
+    /* Each subcommand takes only its own options. */
+    int is_create = !strcmp(sub, "create"), is_info = !strcmp(sub, "info");
+    if ((!is_create && (size >= 0 || mode || flags)) || (!is_info && json))
+        return usage();
+    if (is_create) {
         if (size < 0) {
             fprintf(stderr, "rpal: region create needs --size SIZE\n");
             return 2;
@@ -274,7 +278,7 @@ static int cmd_region(int argc, char **argv)
         rpal_region_detach(r);
         return 0;
     }
-    if (!strcmp(sub, "info")) {
+    if (is_info) {
         struct rpal_region_info info;
         int err = rpal_region_stat(name, &info);
         if (err < 0)

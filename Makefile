@@ -21,13 +21,13 @@ else
 B := build
 SANFLAGS :=
 endif
-ALLCFLAGS := $(WARN) $(CFLAGS) $(SANFLAGS) -Iinclude -fvisibility=hidden
+ALLCFLAGS := $(WARN) $(CFLAGS) $(SANFLAGS) -Iinclude
 LDFLAGS_ALL := $(LDFLAGS) $(SANFLAGS)
 
 LIB_SRC := src/prim.c src/region.c
 LIB_OBJ := $(LIB_SRC:src/%.c=$(B)/obj/%.o)
 LIB_PIC := $(LIB_SRC:src/%.c=$(B)/pic/%.o)
-HDRS := include/rpal.h src/internal.h src/atomics.h
+HDRS := include/rpal.h src/internal.h src/atomics.h Makefile
 
 SO := $(B)/librpal.so.$(VERSION)
 A := $(B)/librpal.a
@@ -72,10 +72,7 @@ test: all
 demo: all
 	$(B)/examples/shared_list
 
-rpal.pc: rpal.pc.in Makefile
-	sed -e 's|@PREFIX@|$(PREFIX)|; s|@LIBDIR@|$(LIBDIR)|; s|@INCLUDEDIR@|$(INCLUDEDIR)|; s|@VERSION@|$(VERSION)|' $< > $@
-
-install: lib $(TOOL) rpal.pc
+install: lib $(TOOL)
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(BINDIR) \
 	  $(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man3 $(DESTDIR)$(MANDIR)/man7
 	install -m 644 include/rpal.h $(DESTDIR)$(INCLUDEDIR)/rpal.h
@@ -84,7 +81,8 @@ install: lib $(TOOL) rpal.pc
 	ln -sf librpal.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/librpal.so
 	install -m 644 $(A) $(DESTDIR)$(LIBDIR)/
 	install -m 755 $(TOOL) $(DESTDIR)$(BINDIR)/rpal
-	install -m 644 rpal.pc $(DESTDIR)$(PKGCONFIGDIR)/rpal.pc
+	sed -e 's|@PREFIX@|$(PREFIX)|; s|@LIBDIR@|$(LIBDIR)|; s|@INCLUDEDIR@|$(INCLUDEDIR)|; s|@VERSION@|$(VERSION)|' \
+	  rpal.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/rpal.pc
 	install -m 644 man/*.1 $(DESTDIR)$(MANDIR)/man1/
 	install -m 644 man/*.3 $(DESTDIR)$(MANDIR)/man3/
 	install -m 644 man/*.7 $(DESTDIR)$(MANDIR)/man7/
@@ -95,4 +93,4 @@ uninstall:
 	cd man && for f in *.[137]; do rm -f $(DESTDIR)$(MANDIR)/man$${f##*.}/$$f; done
 
 clean:
-	rm -rf build build-san rpal.pc
+	rm -rf build build-san

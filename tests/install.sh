@@ -1,0 +1,46 @@
+#!/bin/sh
+# `make install` puts the header, both libraries, rpal.pc, the command and the
+# man pages under PREFIX; a program built with pkg-config links against the
+# shared library, runs, and sees only the public symbols.
+set -u
+command -v pkg-config >/dev/null || { echo "pkg-config is not installed"; exit 77; }
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail=0
+check() { if ! eval "$1"; then echo "FAIL: $1"; fail=1; fi; }
+
+make -s install PREFIX="$tmp/usr" >"$tmp/log" 2>&1 || { cat "$tmp/log"; exit 1; }
+for f in include/rpal.h lib/librpal.a lib/librpal.so lib/librpal.so.0 \
+         lib/pkgconfig/rpal.pc bin/rpal share/man/man1/rpal.1 share/man/man7/rpal.7 \
+         share/man/man3/rpal_region_create.3; do
+  check "[ -e '$tmp/usr/$f' ]"
+done
+check "readelf -d '$tmp/usr/lib/librpal.so' | grep -q 'SONAME.*librpal.so.0'"
+# Exported: the public API only (the version script hides the rest).
+syms=$(nm -D --defined-only "$tmp/usr/lib/librpal.so" | awk '$2 == "T" { print $3 }' | sed 's/@.*//')
+check "echo '$syms' | grep -qx rpal_region_create"
+check "! echo '$syms' | grep -v '^rpal_' | grep -q ."
+check "! echo '$syms' | grep -q '^rpal__'"
+
+cat >"$tmp/app.c" <<'C'
+#include <rpal.h>
+#include <stdio.h>
+#include <string.h>
+int main(void)
+{
+    rpal_region *r;
+    int err = rpal_region_create("installed", 4096, 0600, 0, &r);
+    if (err < 0) { fprintf(stderr, "%s\n", rpal_strerror(err)); return 1; }
+    strcpy(rpal_region_addr(r), "hello");
+    printf("%s %s\n", rpal_version(), (char *)rpal_region_addr(r));
+    rpal_region_detach(r);
+    return rpal_region_unlink("installed") == 0 ? 0 : 1;
+}
+C
+export PKG_CONFIG_PATH="$tmp/usr/lib/pkgconfig"
+cc "$tmp/app.c" $(pkg-config --cflags --libs rpal) -o "$tmp/app" || exit 1
+out=$(LD_LIBRARY_PATH="$tmp/usr/lib" "$tmp/app") || { echo "app failed"; exit 1; }
+check "[ \"$out\" = \"$(pkg-config --modversion rpal) hello\" ]"
+check "LD_LIBRARY_PATH='$tmp/usr/lib' ldd '$tmp/app' | grep -q 'librpal.so.0 => $tmp/usr/lib'"
+check "\"$tmp/usr/bin/rpal\" version | grep -q '^rpal '"
+exit $fail

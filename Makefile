@@ -24,7 +24,7 @@ endif
 ALLCFLAGS := $(WARN) $(CFLAGS) $(SANFLAGS) -Iinclude
 LDFLAGS_ALL := $(LDFLAGS) $(SANFLAGS)
 
-LIB_SRC := src/prim.c src/region.c
+LIB_SRC := $(filter $(wildcard src/*.c),src/prim.c src/region.c src/heap.c src/domain.c src/service.c)
 LIB_OBJ := $(LIB_SRC:src/%.c=$(B)/obj/%.o)
 LIB_PIC := $(LIB_SRC:src/%.c=$(B)/pic/%.o)
 HDRS := include/rpal.h src/internal.h src/atomics.h Makefile
@@ -34,9 +34,10 @@ A := $(B)/librpal.a
 TOOL := $(B)/rpal
 EXAMPLES := $(patsubst examples/%.c,$(B)/examples/%,$(wildcard examples/*.c))
 TESTS := $(patsubst tests/%.c,$(B)/tests/%,$(wildcard tests/*.c))
+BENCHES := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
 
 .PHONY: all lib test demo install uninstall clean
-all: lib $(TOOL) $(EXAMPLES) $(TESTS)
+all: lib $(TOOL) $(EXAMPLES) $(TESTS) $(BENCHES)
 lib: $(SO) $(A)
 
 $(B)/obj/%.o: src/%.c $(HDRS)
@@ -62,6 +63,9 @@ $(TOOL): tools/rpal.c $(A) include/rpal.h
 $(B)/examples/%: examples/%.c $(A) include/rpal.h
 	@mkdir -p $(@D)
 	$(CC) $(ALLCFLAGS) -o $@ $< $(A) $(LDFLAGS_ALL)
+$(B)/bench/%: bench/%.c $(A) $(HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(ALLCFLAGS) -Isrc -o $@ $< $(A) $(LDFLAGS_ALL)
 $(B)/tests/%: tests/%.c tests/testlib.h $(A) $(HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(ALLCFLAGS) -Isrc -o $@ $< $(A) $(LDFLAGS_ALL)

@@ -108,6 +108,139 @@ const char *rpal_ns_dir(void);
 int rpal_gc(void (*fn)(const char *kind, const char *name, void *arg),
             void *arg);
 
+/* ------------------------------------------------------------------------ */
+/* Domains: slots at the same address in every member (RPAL's partitions).   */
+/* ------------------------------------------------------------------------ */
+
+/* A domain is a window of address space reserved (PROT_NONE) in every
+ * member. Each member owns one slot of it: writable by the owner, and mapped
+ * read-only in the peers that it shares with (after consent). A process is
+ * in at most one domain at a time. The slot is not inherited across fork():
+ * a child joins on its own. */
+
+#define RPAL_DEFAULT_DOMAIN "default"
+#define RPAL_DEFAULT_SLOT_SIZE (64ull << 30) /* 256 slots in the 16 TiB window */
+
+typedef struct rpal_domain rpal_domain;
+typedef struct rpal_service rpal_service;
+typedef struct rpal_peer rpal_peer;
+
+struct rpal_domain_opts {
+    uint64_t slot_size; /* bytes, a power of two >= 16 MiB; 0: the default.
+                           Used by the member that creates the domain; a
+                           later joiner passing a different size gets
+                           -EINVAL. */
+};
+
+/* Join the domain NAME (NULL: "default"), creating it if needed, and take a
+ * free slot. OPTS may be NULL. -EBUSY if this process is already in a
+ * domain; -ENOSPC if every slot is taken by a live member. */
+int rpal_domain_join(const char *name, const struct rpal_domain_opts *opts,
+                     rpal_domain **out);
+
+/* Release every peer, unregister every service, give the slot back. */
+int rpal_domain_leave(rpal_domain *d);
+
+/* This member's slot: its index, base address and size. */
+int rpal_domain_slot(const rpal_domain *d, unsigned *index, void **base,
+                     uint64_t *size);
+
+/* A descriptor that becomes readable (poll/epoll) when rpal_domain_dispatch()
+ * has work: a handshake to answer, a peer that died or released. */
+int rpal_domain_fd(const rpal_domain *d);
+
+enum rpal_event_type {
+    RPAL_EV_PEER_ACCEPTED = 1, /* a requester was granted one of our services */
+    RPAL_EV_PEER_GONE = 2,     /* a peer released, or died; its slot is unmapped */
+};
+
+struct rpal_event {
+    int type;          /* enum rpal_event_type */
+    int reason;        /* PEER_GONE: 0 released, -ESRCH died */
+    rpal_peer *peer;   /* valid until rpal_peer_release() */
+};
+
+/* Answer pending handshakes and collect peer events, waiting at most
+ * TIMEOUT_MS (0: do not wait, -1: forever) for the first one. Returns the
+ * number of events stored in EV (at most MAX), or a negative errno. */
+int rpal_domain_dispatch(rpal_domain *d, struct rpal_event *ev, int max,
+                         int timeout_ms);
+
+/* ---- the heap in one's own slot ---- */
+
+/* Allocate in the caller's own slot (thread-safe). Peers that share with us
+ * read these blocks at the same address. NULL if not in a domain or out of
+ * memory. */
+void *rpal_malloc(size_t size);
+void *rpal_calloc(size_t n, size_t size);
+void *rpal_realloc(void *p, size_t size);
+/* 0, or -EINVAL for a pointer that is not a live block of our own heap (a
+ * peer's memory, a stray pointer, a double free): reported, never followed. */
+int rpal_free(void *p);
+
+/* ---- services and consent ---- */
+
+/* An unguessable key (128 random bits) that a requester must present. */
+typedef struct {
+    uint8_t bytes[16];
+} rpal_key;
+
+/* 32 hex digits and a NUL; and back (-EINVAL on anything else). */
+int rpal_key_format(const rpal_key *key, char out[33]);
+int rpal_key_parse(const char *text, rpal_key *key);
+
+struct rpal_peer_info {
+    pid_t pid;          /* checked by the kernel (SO_PEERCRED) */
+    uint32_t uid, gid;
+    unsigned slot;
+    char service[RPAL_NAME_MAX + 1];
+};
+
+/* A policy callback: 0 accepts, a negative errno refuses (the requester gets
+ * -EACCES). Called only for requesters that presented the right key. */
+typedef int (*rpal_policy_fn)(const struct rpal_peer_info *requester,
+                              void *arg);
+
+/* Register the service NAME in D's domain; MODE (0: 0600) is the permission
+ * of its rendezvous socket: who may ask at all. POLICY may be NULL (accept
+ * anyone with the key). -EEXIST if a live process has the name. */
+int rpal_service_register(rpal_domain *d, const char *name, unsigned mode,
+                          rpal_policy_fn policy, void *arg,
+                          rpal_service **out);
+int rpal_service_key(const rpal_service *s, rpal_key *key);
+int rpal_service_unregister(rpal_service *s);
+
+/* Ask the service NAME for sharing, presenting KEY, waiting at most
+ * TIMEOUT_MS for its answer (the service answers from its dispatch loop).
+ * On success each side maps the other's slot read-only at its address.
+ * -EACCES: wrong key or refused (nothing is mapped); -ENOENT: no such
+ * service; -ETIMEDOUT; -ECONNREFUSED: its process is gone. */
+int rpal_service_request(rpal_domain *d, const char *name, const rpal_key *key,
+                         int timeout_ms, rpal_peer **out);
+
+/* End the sharing with P (either side may): both unmap each other's slot;
+ * the other side gets RPAL_EV_PEER_GONE with reason 0. Frees P. */
+int rpal_peer_release(rpal_peer *p);
+
+int rpal_peer_info(const rpal_peer *p, struct rpal_peer_info *info);
+/* The peer's slot, mapped read-only (NULL once the peer is gone). */
+const void *rpal_peer_base(const rpal_peer *p);
+uint64_t rpal_peer_size(const rpal_peer *p);
+
+/* ---- protection keys ---- */
+
+#define RPAL_CAP_PKU 0x1u /* peer slots are guarded by protection keys */
+
+/* What this machine gives: RPAL_CAP_PKU if the CPU and kernel have
+ * protection keys. */
+unsigned rpal_capabilities(void);
+
+/* Open and close a window, for the calling thread, in which P's slot may be
+ * read. Outside a window a read of a peer's slot faults (SEGV_PKUERR) when
+ * RPAL_CAP_PKU is set; without it these only count. Windows nest. */
+int rpal_peer_access_begin(rpal_peer *p);
+int rpal_peer_access_end(rpal_peer *p);
+
 #ifdef __cplusplus
 }
 #endif

@@ -55,4 +55,21 @@ RPAL_HIDDEN void prim_rmdirs_beneath(int dirfd, const char *path, size_t keep);
 
 RPAL_HIDDEN uint64_t prim_now_realtime_ns(void);
 
+/* ---- heap: the allocator of a member's own slot (src/heap.c) ---- */
+
+struct heap;
+/* Manage [BASE, BASE+LEN) (mapped read-write, reading as zeros, touched only
+ * as blocks are handed out). LEN is a multiple of 64 KiB. */
+RPAL_HIDDEN int heap_create(void *base, uint64_t len, struct heap **out);
+RPAL_HIDDEN void heap_destroy(struct heap *h);
+RPAL_HIDDEN void *heap_malloc(struct heap *h, size_t size);
+RPAL_HIDDEN void *heap_calloc(struct heap *h, size_t n, size_t size);
+RPAL_HIDDEN void *heap_realloc(struct heap *h, void *p, size_t size);
+/* -EINVAL for anything that is not a live block of H; H is left intact. */
+RPAL_HIDDEN int heap_free(struct heap *h, void *p);
+/* Walk every internal structure and check its invariants: 0 or -EUCLEAN. */
+RPAL_HIDDEN int heap_check(struct heap *h);
+/* The heap behind rpal_malloc() and friends (NULL: not in a domain). */
+RPAL_HIDDEN void heap_set_current(struct heap *h);
+
 #endif

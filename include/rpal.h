@@ -101,9 +101,10 @@ const char *rpal_ns_dir(void);
 
 /* Remove what belongs only to dead processes: transient regions whose
  * creator died and that no live process maps, address reservations of
- * processes that died while creating a region, and reservations of regions
- * whose file was removed by other means. FN (may be NULL) is called once per
- * removed item with a short kind ("region", "reservation") and a name.
+ * processes that died while creating a region, reservations of regions
+ * whose file was removed by other means, slot claims and service sockets of
+ * dead domain members. FN (may be NULL) is called once per removed item with
+ * a short kind ("region", "reservation", "member", "service") and a name.
  * Returns the number of items removed, or a negative errno. */
 int rpal_gc(void (*fn)(const char *kind, const char *name, void *arg),
             void *arg);
@@ -165,6 +166,24 @@ struct rpal_event {
  * number of events stored in EV (at most MAX), or a negative errno. */
 int rpal_domain_dispatch(rpal_domain *d, struct rpal_event *ev, int max,
                          int timeout_ms);
+
+/* A live member of a domain, as `rpal ls` shows it. */
+struct rpal_member_info {
+    char domain[65];
+    unsigned slot;
+    uint64_t base, slot_size;
+    pid_t pid;
+    uint32_t uid;
+    unsigned nservices, npeers;
+    char services[8][65];  /* the services it offers */
+    unsigned peers[256];   /* the slots of the members it shares with */
+};
+
+/* Call FN for every live member of every domain the caller may see, by
+ * domain name then slot. A non-zero return from FN stops the walk. */
+int rpal_domain_foreach(int (*fn)(const struct rpal_member_info *info,
+                                  void *arg),
+                        void *arg);
 
 /* ---- the heap in one's own slot ---- */
 

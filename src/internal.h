@@ -55,6 +55,17 @@ RPAL_HIDDEN void prim_rmdirs_beneath(int dirfd, const char *path, size_t keep);
 
 RPAL_HIDDEN uint64_t prim_now_realtime_ns(void);
 
+/* ---- region layer services used by the layers below it ---- */
+
+/* 0 if NAME follows the naming rules (see RPAL_NAME_MAX), else -EINVAL or
+ * -ENAMETOOLONG. */
+RPAL_HIDDEN int ns_name_validate(const char *name);
+/* O_PATH descriptor of the namespace root; CREATE makes it if missing. */
+RPAL_HIDDEN int ns_open(int create);
+/* The region half of rpal_gc(): returns the number of items removed. */
+RPAL_HIDDEN int region_gc(void (*fn)(const char *kind, const char *name, void *arg),
+                          void *arg);
+
 /* ---- heap: the allocator of a member's own slot (src/heap.c) ---- */
 
 struct heap;
@@ -71,5 +82,110 @@ RPAL_HIDDEN int heap_free(struct heap *h, void *p);
 RPAL_HIDDEN int heap_check(struct heap *h);
 /* The heap behind rpal_malloc() and friends (NULL: not in a domain). */
 RPAL_HIDDEN void heap_set_current(struct heap *h);
+
+/* ---- domain and service layers (src/domain.c, src/service.c) ---- */
+
+#include <pthread.h>
+#include "rpal.h"
+
+/* The second half of the window holds the domain's slots. */
+#define DOM_WINDOW_BASE (RPAL_WINDOW_BASE + RPAL_REGION_WINDOW_SIZE)
+#define DOM_WINDOW_SIZE 0x100000000000ull /* 16 TiB */
+#define DOM_MAX_SLOTS   1024u
+#define SLOT_HDR_SIZE   (1ull << 20) /* slot header area; the heap follows */
+#define SLOT_MAGIC      0x31544f534c415052ull /* "RPALSOT1" */
+#define MEMBER_MAGIC    0x314d454d4c415052ull /* "RPALMEM1" */
+#define MEMBER_MAX_SERVICES 8
+#define MEMBER_MAX_PEERS    256
+
+/* The start of every slot, written by its owner. */
+struct slot_hdr {
+    uint64_t magic;
+    uint32_t slot;
+    int32_t pid;
+};
+
+/* A member's claim record (<ns>/.domains/D/slot.N), rewritten by its owner
+ * only; read by `rpal ls` and by services checking a requester's claim. */
+struct member_rec {
+    uint64_t magic;
+    uint32_t version, slot;
+    int32_t pid;
+    uint32_t uid;
+    uint64_t start;
+    uint32_t nservices, npeers;
+    char services[MEMBER_MAX_SERVICES][65];
+    uint16_t peers[MEMBER_MAX_PEERS];
+};
+
+/* What an epoll event points at. */
+enum watch_kind { W_LISTEN = 1, W_PENDING, W_PEER_SOCK, W_PEER_PIDFD };
+struct watch {
+    int kind;
+    void *obj;
+};
+
+struct rpal_service {
+    struct watch w;
+    rpal_domain *d;
+    char name[65];
+    int lfd;
+    rpal_key key;
+    rpal_policy_fn policy;
+    void *arg;
+    struct rpal_service *next;
+};
+
+struct pending {
+    struct watch w;
+    struct rpal_service *svc;
+    int fd;
+    struct pending *next;
+};
+
+struct rpal_peer {
+    struct watch wsock, wpid;
+    rpal_domain *d;
+    struct rpal_peer_info info;
+    int sock, pidfd;
+    uint64_t base, size;
+    int mapped, gone, reason;
+    int pkey;            /* own protection key, or -1 (under the closed key) */
+    _Atomic int windows; /* access windows open on it, over all threads */
+    struct rpal_peer *next;
+};
+
+struct rpal_domain {
+    char name[65];
+    pid_t pid;           /* the member; a forked child is not */
+    int dirfd;           /* O_PATH of <ns>/.domains/NAME */
+    int claimfd;         /* slot.N, OFD-locked while we live */
+    int memfd;           /* our sealed slot, handed to peers */
+    int epfd;
+    uint64_t slot_size, window;
+    unsigned nslots, slot;
+    struct heap *heap;
+    pthread_mutex_t lock; /* services, peers, pending, keys */
+    struct rpal_service *services;
+    struct rpal_peer *peers;
+    struct pending *pending;
+    int npending;
+    int pkeys[16];
+    rpal_peer *pkey_owner[16];
+    int lockkey, have_lockkey;
+};
+
+RPAL_HIDDEN int dom_component_validate(const char *name);
+RPAL_HIDDEN int dom_check(const rpal_domain *d);
+RPAL_HIDDEN uint64_t dom_slot_addr(const rpal_domain *d, unsigned slot);
+RPAL_HIDDEN int dom_claim_locked(int fd);
+RPAL_HIDDEN void dom_publish(rpal_domain *d);
+RPAL_HIDDEN int dom_read_member(int dirfd, unsigned slot, struct member_rec *rec);
+RPAL_HIDDEN int dom_guard_peer(rpal_domain *d, rpal_peer *p);
+RPAL_HIDDEN void dom_unguard_peer(rpal_domain *d, rpal_peer *p);
+/* Handle one epoll event of the domain; 1 if it produced *EV. d->lock held. */
+RPAL_HIDDEN int svc_handle(rpal_domain *d, struct watch *w, uint32_t events,
+                           struct rpal_event *ev);
+RPAL_HIDDEN void svc_drop_pending(rpal_domain *d);
 
 #endif

@@ -93,7 +93,7 @@ const char *rpal_ns_dir(void)
     return d && *d ? d : RPAL_DEFAULT_DIR;
 }
 
-static int name_validate(const char *name)
+RPAL_HIDDEN int ns_name_validate(const char *name)
 {
     if (!name || !*name)
         return -EINVAL;
@@ -123,7 +123,7 @@ static int name_validate(const char *name)
 /* Open the namespace root as an O_PATH descriptor. With CREATE, a missing
  * root is made: the default one shared by all users like /tmp (1777), one
  * named by RPAL_DIR private to its creator (0700). */
-static int ns_open(int create)
+RPAL_HIDDEN int ns_open(int create)
 {
     const char *dir = rpal_ns_dir();
     int fd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
@@ -441,7 +441,7 @@ static void split_name(const char *name, char *dir, const char **leaf)
 int rpal_region_create(const char *name, size_t size, unsigned mode,
                        unsigned flags, rpal_region **out)
 {
-    int err = name_validate(name);
+    int err = ns_name_validate(name);
     if (err < 0)
         return err;
     if (!out || (mode & ~0777u) || (flags & ~RPAL_REGION_TRANSIENT))
@@ -594,7 +594,7 @@ static int region_open(int nsfd, const char *name, int oflags,
 
 int rpal_region_attach(const char *name, unsigned flags, rpal_region **out)
 {
-    int err = name_validate(name);
+    int err = ns_name_validate(name);
     if (err < 0)
         return err;
     if (!out || (flags & ~RPAL_REGION_RDONLY))
@@ -645,7 +645,7 @@ size_t rpal_region_size(const rpal_region *r)
 
 int rpal_region_unlink(const char *name)
 {
-    int err = name_validate(name);
+    int err = ns_name_validate(name);
     if (err < 0)
         return err;
     int nsfd = ns_open(0);
@@ -743,7 +743,7 @@ static int stat_at(int nsfd, const char *name, struct rpal_region_info *info)
 
 int rpal_region_stat(const char *name, struct rpal_region_info *info)
 {
-    int err = name_validate(name);
+    int err = ns_name_validate(name);
     if (err < 0)
         return err;
     if (!info)
@@ -785,7 +785,7 @@ static int collect(int nsfd, const char *prefix, char ***names, size_t *n,
         int l = strcmp(prefix, ".")
                     ? snprintf(path, sizeof path, "%s/%s", prefix, de->d_name)
                     : snprintf(path, sizeof path, "%s", de->d_name);
-        if (l < 0 || (size_t)l >= sizeof path || name_validate(path) < 0)
+        if (l < 0 || (size_t)l >= sizeof path || ns_name_validate(path) < 0)
             continue; /* not a name rpal could have made */
         unsigned char type = de->d_type;
         struct stat st;
@@ -861,8 +861,8 @@ int rpal_region_foreach(int (*fn)(const struct rpal_region_info *, void *),
 
 /* ---- garbage collection -------------------------------------------------- */
 
-int rpal_gc(void (*fn)(const char *kind, const char *name, void *arg),
-            void *arg)
+int region_gc(void (*fn)(const char *kind, const char *name, void *arg),
+              void *arg)
 {
     int nsfd = ns_open(0);
     if (nsfd < 0)

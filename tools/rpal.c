@@ -18,7 +18,8 @@ static const char *usage_text =
     "  rpal region info NAME [--json]\n"
     "  rpal region rm NAME\n"
     "  rpal ls [--json]        every region: name, size, base, mode, creator,\n"
-    "                          attached live processes\n"
+    "                          attached live processes; every domain member:\n"
+    "                          slot, pid, services, whom it shares with\n"
     "  rpal gc [--json]        remove what belongs only to dead processes\n"
     "  rpal version\n"
     "\n"
@@ -143,7 +144,7 @@ static void print_info(const struct rpal_region_info *i)
 }
 
 struct ls_state {
-    int json, count;
+    int json, count, regions;
 };
 
 static int ls_one(const struct rpal_region_info *i, void *arg)
@@ -168,9 +169,46 @@ static int ls_one(const struct rpal_region_info *i, void *arg)
     return 0;
 }
 
+static int member_one(const struct rpal_member_info *m, void *arg)
+{
+    struct ls_state *s = arg;
+    if (s->json) {
+        printf("%s{\"domain\":", s->count ? ",\n  " : "\n  ");
+        json_str(m->domain);
+        printf(",\"slot\":%u,\"base\":\"0x%llx\",\"slot_size\":%llu,\"pid\":%d,"
+               "\"uid\":%u,\"services\":[",
+               m->slot, (unsigned long long)m->base, (unsigned long long)m->slot_size,
+               (int)m->pid, m->uid);
+        for (unsigned i = 0; i < m->nservices; i++) {
+            printf("%s", i ? "," : "");
+            json_str(m->services[i]);
+        }
+        printf("],\"shares_with\":[");
+        for (unsigned i = 0; i < m->npeers; i++)
+            printf("%s%u", i ? "," : "", m->peers[i]);
+        printf("]}");
+    } else {
+        char user[64], svc[200] = "", peers[200] = "";
+        if (!s->count)
+            printf("%s%-12s %5s  %-16s %-8s %-8s %-20s %s\n", s->regions ? "\n" : "",
+                   "DOMAIN", "SLOT", "BASE", "PID", "OWNER", "SERVICES", "SHARES WITH (slots)");
+        for (unsigned i = 0; i < m->nservices; i++)
+            snprintf(svc + strlen(svc), sizeof svc - strlen(svc), "%s%s", i ? "," : "",
+                     m->services[i]);
+        for (unsigned i = 0; i < m->npeers && strlen(peers) < sizeof peers - 8; i++)
+            snprintf(peers + strlen(peers), sizeof peers - strlen(peers), "%s%u", i ? "," : "",
+                     m->peers[i]);
+        printf("%-12s %5u  0x%-14llx %-8d %-8s %-20s %s\n", m->domain, m->slot,
+               (unsigned long long)m->base, (int)m->pid, user_name(m->uid, user, sizeof user),
+               m->nservices ? svc : "-", m->npeers ? peers : "-");
+    }
+    s->count++;
+    return 0;
+}
+
 static int cmd_ls(int argc, char **argv)
 {
-    struct ls_state s = {0, 0};
+    struct ls_state s = {0, 0, 0};
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--json"))
             s.json = 1;
@@ -185,9 +223,18 @@ static int cmd_ls(int argc, char **argv)
     }
     int err = rpal_region_foreach(ls_one, &s);
     if (s.json)
-        printf("%s]}\n", s.count ? "\n" : "");
+        printf("%s],\"members\":[", s.count ? "\n" : "");
     else if (!s.count && err == 0)
         printf("no regions in %s\n", rpal_ns_dir());
+    s.regions = s.count;
+    s.count = 0;
+    int err2 = rpal_domain_foreach(member_one, &s);
+    if (s.json)
+        printf("%s]}\n", s.count ? "\n" : "");
+    else if (!s.count && err2 == 0)
+        printf("no domain members\n");
+    if (err == 0)
+        err = err2;
     return err < 0 ? fail("ls", NULL, err) : 0;
 }
 

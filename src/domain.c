@@ -1,0 +1,783 @@
+/* domain: the reserved window, one slot per member, membership, liveness,
+ * protection keys and the dispatch loop.
+ *
+ * A domain is a directory <ns>/.domains/NAME holding its geometry (`meta`)
+ * and one claim file per slot (`slot.N`). A member holds an OFD lock on its
+ * claim for as long as it lives, so a slot whose lock is free belongs to
+ * nobody, whatever the file says. The member's slot is a sealed memfd mapped
+ * read-write by its owner only; peers get the descriptor in the consent
+ * handshake (service.c) and can map it read-only, nothing else.
+ * See docs/domains.md.
+ */
+#include "rpal.h"
+#include "internal.h"
+#include "atomics.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#define META_MAGIC 0x314d4f444c415052ull /* "RPALDOM1" */
+
+struct dom_meta {
+    uint64_t magic;
+    uint32_t version, nslots;
+    uint64_t slot_size;
+    uint64_t window;
+    uint64_t check;
+};
+
+static uint64_t meta_check(const struct dom_meta *m)
+{
+    /* Not a secret: it only catches a torn or stray file. */
+    return (m->magic ^ m->slot_size * 31 ^ m->window * 17 ^ m->nslots) + m->version;
+}
+
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+static rpal_domain *g_dom; /* the one domain of this process */
+
+/* ---- names, geometry ---- */
+
+int dom_component_validate(const char *name)
+{
+    int err = ns_name_validate(name);
+    if (err < 0)
+        return err;
+    return strchr(name, '/') ? -EINVAL : 0;
+}
+
+static int slot_size_valid(uint64_t s)
+{
+    return s >= (16ull << 20) && (s & (s - 1)) == 0 && s <= DOM_WINDOW_SIZE;
+}
+
+uint64_t dom_slot_addr(const rpal_domain *d, unsigned slot)
+{
+    return d->window + (uint64_t)slot * d->slot_size;
+}
+
+/* Open (creating if needed) <ns>/.domains/NAME and agree on its geometry. */
+static int dom_open_dir(const char *name, uint64_t want_size, int *dirfd,
+                        struct dom_meta *m)
+{
+    int nsfd = ns_open(1);
+    if (nsfd < 0)
+        return nsfd;
+    char path[80];
+    snprintf(path, sizeof path, ".domains/%s", name);
+    size_t made;
+    /* Joining is decided by the directory's mode, like any file access:
+     * 0700 by default. */
+    int err = prim_mkdirs_beneath(nsfd, path, 0700, &made);
+    int fd = err < 0 ? err : prim_open_beneath(nsfd, path, O_PATH | O_DIRECTORY, 0);
+    close(nsfd);
+    if (fd < 0)
+        return fd;
+
+    /* The first member writes the geometry (exclusively); the others read
+     * it and must agree. */
+    uint64_t size = want_size ? want_size : RPAL_DEFAULT_SLOT_SIZE;
+    struct dom_meta mine = {
+        .magic = META_MAGIC, .version = 1,
+        .nslots = (uint32_t)(DOM_WINDOW_SIZE / size > DOM_MAX_SLOTS
+                                 ? DOM_MAX_SLOTS : DOM_WINDOW_SIZE / size),
+        .slot_size = size, .window = DOM_WINDOW_BASE,
+    };
+    mine.check = meta_check(&mine);
+    int mfd = prim_open_beneath(fd, "meta", O_RDONLY, 0);
+    if (mfd == -ENOENT) {
+        int tfd = prim_open_beneath(fd, ".", O_TMPFILE | O_RDWR, 0644);
+        if (tfd >= 0) {
+            char proc[64];
+            snprintf(proc, sizeof proc, "/proc/self/fd/%d", tfd);
+            if (fchmod(tfd, 0644) == 0 &&
+                pwrite(tfd, &mine, sizeof mine, 0) == (ssize_t)sizeof mine)
+                (void)linkat(AT_FDCWD, proc, fd, "meta", AT_SYMLINK_FOLLOW);
+            close(tfd);
+        }
+        mfd = prim_open_beneath(fd, "meta", O_RDONLY, 0);
+    }
+    if (mfd < 0) {
+        close(fd);
+        return mfd;
+    }
+    ssize_t n = pread(mfd, m, sizeof *m, 0);
+    close(mfd);
+    if (n != (ssize_t)sizeof *m || m->magic != META_MAGIC || m->version != 1 ||
+        m->check != meta_check(m) || !slot_size_valid(m->slot_size) ||
+        m->window != DOM_WINDOW_BASE || m->nslots == 0 || m->nslots > DOM_MAX_SLOTS ||
+        (uint64_t)m->nslots * m->slot_size > DOM_WINDOW_SIZE) {
+        close(fd);
+        return -EBADMSG;
+    }
+    if (want_size && want_size != m->slot_size) {
+        close(fd);
+        return -EINVAL;
+    }
+    *dirfd = fd;
+    return 0;
+}
+
+/* ---- claims ---- */
+
+/* 1 if someone holds the OFD lock of the claim file FD. */
+int dom_claim_locked(int fd)
+{
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+    if (fcntl(fd, F_OFD_GETLK, &fl) < 0)
+        return 0;
+    return fl.l_type != F_UNLCK;
+}
+
+static int dom_claim(rpal_domain *d)
+{
+    for (unsigned i = 0; i < d->nslots; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "slot.%u", i);
+        /* Without O_CREAT first: fs.protected_regular refuses O_CREAT on
+         * another user's file in a sticky directory. */
+        int fd = prim_open_beneath(d->dirfd, name, O_RDWR, 0);
+        if (fd == -ENOENT) {
+            fd = prim_open_beneath(d->dirfd, name, O_RDWR | O_CREAT | O_EXCL, 0644);
+            if (fd >= 0)
+                fchmod(fd, 0644);
+        }
+        if (fd < 0)
+            continue; /* another user's claim, or a race: next slot */
+        struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+        struct stat a, b;
+        /* `rpal gc` may have unlinked a dead claim between our open and our
+         * lock: a lock on a file that is no longer under the name is no
+         * claim at all. */
+        if (fcntl(fd, F_OFD_SETLK, &fl) < 0 || fstat(fd, &a) < 0 ||
+            fstatat(d->dirfd, name, &b, AT_SYMLINK_NOFOLLOW) < 0 || a.st_ino != b.st_ino) {
+            close(fd);
+            continue;
+        }
+        d->slot = i;
+        d->claimfd = fd;
+        return 0;
+    }
+    return -ENOSPC;
+}
+
+/* Rewrite our claim record: who we are, our services, whom we share with.
+ * Called with d->lock held. */
+void dom_publish(rpal_domain *d)
+{
+    struct member_rec *r = calloc(1, sizeof *r);
+    if (!r)
+        return;
+    r->magic = MEMBER_MAGIC;
+    r->version = 1;
+    r->slot = d->slot;
+    r->pid = d->pid;
+    r->uid = getuid();
+    r->start = prim_self_start();
+    for (struct rpal_service *s = d->services; s && r->nservices < MEMBER_MAX_SERVICES; s = s->next)
+        snprintf(r->services[r->nservices++], sizeof r->services[0], "%s", s->name);
+    for (struct rpal_peer *p = d->peers; p && r->npeers < MEMBER_MAX_PEERS; p = p->next)
+        if (!p->gone)
+            r->peers[r->npeers++] = (uint16_t)p->info.slot;
+    if (pwrite(d->claimfd, r, sizeof *r, 0) != (ssize_t)sizeof *r)
+        (void)ftruncate(d->claimfd, 0); /* a torn record reads as invalid */
+    free(r);
+}
+
+/* Read the claim record of SLOT in the domain directory DIRFD; 0 and *REC
+ * if the slot is held by a live member with a valid record. */
+int dom_read_member(int dirfd, unsigned slot, struct member_rec *rec)
+{
+    char name[32];
+    snprintf(name, sizeof name, "slot.%u", slot);
+    int fd = prim_open_beneath(dirfd, name, O_RDONLY | O_NONBLOCK, 0);
+    if (fd < 0)
+        return fd;
+    struct stat st;
+    int err = 0;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+        err = -EBADMSG;
+    else if (!dom_claim_locked(fd))
+        err = -ESRCH;
+    else if (pread(fd, rec, sizeof *rec, 0) != (ssize_t)sizeof *rec)
+        err = -EBADMSG;
+    close(fd);
+    if (err < 0)
+        return err;
+    /* Written by another process: checked before use (principle 3). */
+    if (rec->magic != MEMBER_MAGIC || rec->version != 1 || rec->slot != slot ||
+        rec->nservices > MEMBER_MAX_SERVICES || rec->npeers > MEMBER_MAX_PEERS)
+        return -EBADMSG;
+    for (unsigned i = 0; i < rec->nservices; i++)
+        rec->services[i][sizeof rec->services[i] - 1] = 0;
+    return 0;
+}
+
+/* ---- join and leave ---- */
+
+static void atfork_child(void)
+{
+    /* The slot is not inherited (MADV_DONTFORK): nothing in the child may
+     * allocate from it or act for the parent's membership. */
+    heap_set_current(NULL);
+    g_dom = NULL;
+}
+
+static void register_atfork(void)
+{
+    pthread_atfork(NULL, NULL, atfork_child);
+}
+
+static void unreserve(rpal_domain *d)
+{
+    munmap((void *)(uintptr_t)d->window, (size_t)d->nslots * d->slot_size);
+}
+
+int rpal_domain_join(const char *name, const struct rpal_domain_opts *opts,
+                     rpal_domain **out)
+{
+    if (!name)
+        name = RPAL_DEFAULT_DOMAIN;
+    int err = dom_component_validate(name);
+    if (err < 0)
+        return err;
+    uint64_t want = opts ? opts->slot_size : 0;
+    if (!out || (want && !slot_size_valid(want)))
+        return -EINVAL;
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, register_atfork);
+
+    pthread_mutex_lock(&g_lock);
+    if (g_dom) {
+        pthread_mutex_unlock(&g_lock);
+        return -EBUSY;
+    }
+    rpal_domain *d = calloc(1, sizeof *d);
+    if (!d) {
+        pthread_mutex_unlock(&g_lock);
+        return -ENOMEM;
+    }
+    d->dirfd = d->claimfd = d->memfd = d->epfd = -1;
+    d->pid = getpid();
+    snprintf(d->name, sizeof d->name, "%s", name);
+    pthread_mutex_init(&d->lock, NULL);
+    for (int i = 0; i < 16; i++)
+        d->pkeys[i] = -1;
+
+    struct dom_meta m;
+    int reserved = 0;
+    void *slot = NULL;
+    err = dom_open_dir(name, want, &d->dirfd, &m);
+    if (err < 0)
+        goto fail;
+    d->slot_size = m.slot_size;
+    d->nslots = m.nslots;
+    d->window = m.window;
+
+    /* The whole window, PROT_NONE, so that nothing else of ours lands where
+     * a peer's slot will be mapped. */
+    err = prim_map_fixed(d->window, (size_t)d->nslots * d->slot_size, PROT_NONE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (err < 0)
+        goto fail;
+    reserved = 1;
+    madvise((void *)(uintptr_t)d->window, (size_t)d->nslots * d->slot_size, MADV_DONTFORK);
+
+    if ((err = dom_claim(d)) < 0)
+        goto fail;
+    d->memfd = memfd_create("rpal-slot", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (d->memfd < 0 || ftruncate(d->memfd, (off_t)d->slot_size) < 0) {
+        err = -errno;
+        goto fail;
+    }
+    /* Map writable first, then seal: after the seals nobody, the owner
+     * included, can make a new writable mapping, write(), shrink or grow;
+     * this first mapping stays writable (principle 2). */
+    slot = mmap((void *)(uintptr_t)dom_slot_addr(d, d->slot), d->slot_size,
+                PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, d->memfd, 0);
+    if (slot == MAP_FAILED) {
+        err = -errno;
+        slot = NULL;
+        goto fail;
+    }
+    madvise(slot, d->slot_size, MADV_DONTFORK);
+    if (fcntl(d->memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW |
+                                         F_SEAL_FUTURE_WRITE | F_SEAL_SEAL) < 0) {
+        err = -errno;
+        goto fail;
+    }
+    struct slot_hdr *h = slot;
+    h->magic = SLOT_MAGIC;
+    h->slot = d->slot;
+    h->pid = d->pid;
+    if ((err = heap_create((char *)slot + SLOT_HDR_SIZE, d->slot_size - SLOT_HDR_SIZE,
+                           &d->heap)) < 0)
+        goto fail;
+    d->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (d->epfd < 0) {
+        err = -errno;
+        goto fail;
+    }
+    pthread_mutex_lock(&d->lock);
+    dom_publish(d);
+    pthread_mutex_unlock(&d->lock);
+    heap_set_current(d->heap);
+    g_dom = d;
+    pthread_mutex_unlock(&g_lock);
+    *out = d;
+    return 0;
+
+fail:
+    if (d->heap)
+        heap_destroy(d->heap);
+    if (reserved)
+        unreserve(d);
+    if (d->epfd >= 0)
+        close(d->epfd);
+    if (d->memfd >= 0)
+        close(d->memfd);
+    if (d->claimfd >= 0) {
+        (void)ftruncate(d->claimfd, 0);
+        close(d->claimfd); /* drops the lock */
+    }
+    if (d->dirfd >= 0)
+        close(d->dirfd);
+    pthread_mutex_destroy(&d->lock);
+    free(d);
+    pthread_mutex_unlock(&g_lock);
+    return err;
+}
+
+int dom_check(const rpal_domain *d)
+{
+    if (!d)
+        return -EINVAL;
+    /* A forked child holds a copy of the handle but not the membership. */
+    return d->pid == getpid() ? 0 : -ECHILD;
+}
+
+int rpal_domain_leave(rpal_domain *d)
+{
+    int err = dom_check(d);
+    if (err < 0)
+        return err;
+    while (d->services)
+        rpal_service_unregister(d->services);
+    while (d->peers)
+        rpal_peer_release(d->peers);
+    svc_drop_pending(d);
+    pthread_mutex_lock(&g_lock);
+    heap_set_current(NULL);
+    heap_destroy(d->heap);
+    unreserve(d);
+    for (int i = 0; i < 16; i++)
+        if (d->pkeys[i] >= 0)
+            pkey_free(d->pkeys[i]);
+    if (d->lockkey >= 0 && d->have_lockkey)
+        pkey_free(d->lockkey);
+    /* Unlinked while we still hold its lock: a joiner that opened it just
+     * before finds it gone from the name after locking, and moves on. */
+    char claim[32];
+    snprintf(claim, sizeof claim, "slot.%u", d->slot);
+    unlinkat(d->dirfd, claim, 0);
+    close(d->claimfd);
+    close(d->memfd);
+    close(d->epfd);
+    close(d->dirfd);
+    pthread_mutex_destroy(&d->lock);
+    g_dom = NULL;
+    pthread_mutex_unlock(&g_lock);
+    free(d);
+    return 0;
+}
+
+int rpal_domain_slot(const rpal_domain *d, unsigned *index, void **base,
+                     uint64_t *size)
+{
+    int err = dom_check(d);
+    if (err < 0)
+        return err;
+    if (index)
+        *index = d->slot;
+    if (base)
+        *base = (void *)(uintptr_t)dom_slot_addr(d, d->slot);
+    if (size)
+        *size = d->slot_size;
+    return 0;
+}
+
+int rpal_domain_fd(const rpal_domain *d)
+{
+    int err = dom_check(d);
+    return err < 0 ? err : d->epfd;
+}
+
+/* ---- dispatch ---- */
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int rpal_domain_dispatch(rpal_domain *d, struct rpal_event *ev, int max,
+                         int timeout_ms)
+{
+    int err = dom_check(d);
+    if (err < 0)
+        return err;
+    if (!ev || max <= 0)
+        return -EINVAL;
+    int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+    int n = 0;
+    for (;;) {
+        struct epoll_event ee[32];
+        int wait = deadline < 0 ? -1 : (int)(deadline - now_ms());
+        if (wait < 0 && deadline >= 0)
+            wait = 0;
+        int want = max - n < 32 ? max - n : 32;
+        int k = epoll_wait(d->epfd, ee, want, n ? 0 : wait);
+        if (k < 0) {
+            if (errno == EINTR)
+                continue;
+            return n ? n : -errno;
+        }
+        pthread_mutex_lock(&d->lock);
+        for (int i = 0; i < k; i++) {
+            struct watch *w = ee[i].data.ptr;
+            if (svc_handle(d, w, ee[i].events, &ev[n]) > 0)
+                n++;
+        }
+        pthread_mutex_unlock(&d->lock);
+        if (n >= max || (k == 0 && (n || wait == 0)) || (n && k < want))
+            return n;
+    }
+}
+
+/* ---- protection keys ---- */
+
+unsigned rpal_capabilities(void)
+{
+    static _Atomic int cached = -1;
+    int c = rpal_load_relaxed(&cached);
+    if (c < 0) {
+        /* Probe the kernel and CPU together: pkey_alloc fails without
+         * either (ENOSPC or EINVAL or ENOSYS). */
+        int k = pkey_alloc(0, PKEY_DISABLE_ACCESS);
+        c = k >= 0 ? (int)RPAL_CAP_PKU : 0;
+        if (k >= 0)
+            pkey_free(k);
+        rpal_store_relaxed(&cached, c);
+    }
+    return (unsigned)c;
+}
+
+/* Per thread: the windows this thread has open, so that windows nest and
+ * one thread's window does not open a peer for the others. */
+static __thread struct {
+    const rpal_peer *peer;
+    int depth;
+} t_windows[16];
+
+static int *t_depth(const rpal_peer *p, int create)
+{
+    int free_i = -1;
+    for (int i = 0; i < 16; i++) {
+        if (t_windows[i].peer == p && t_windows[i].depth > 0)
+            return &t_windows[i].depth;
+        if (free_i < 0 && t_windows[i].depth == 0)
+            free_i = i;
+    }
+    if (!create || free_i < 0)
+        return NULL;
+    t_windows[free_i].peer = p;
+    return &t_windows[free_i].depth;
+}
+
+/* Give P a key of its own, taking one from a peer with no open window if
+ * all are in use; that peer goes back under the always-closed key. */
+static int key_assign(rpal_domain *d, rpal_peer *p)
+{
+    if (p->pkey >= 0)
+        return 0;
+    if (!d->have_lockkey) {
+        d->lockkey = pkey_alloc(0, PKEY_DISABLE_ACCESS);
+        if (d->lockkey < 0)
+            return -errno;
+        d->have_lockkey = 1;
+    }
+    int slot = -1;
+    for (int i = 0; i < 16 && slot < 0; i++) {
+        if (d->pkeys[i] < 0) {
+            d->pkeys[i] = pkey_alloc(0, PKEY_DISABLE_ACCESS);
+            if (d->pkeys[i] >= 0)
+                slot = i;
+        } else if (!d->pkey_owner[i]) {
+            slot = i;
+        }
+    }
+    for (int i = 0; i < 16 && slot < 0; i++) {
+        rpal_peer *o = d->pkey_owner[i];
+        if (o && rpal_load_relaxed(&o->windows) == 0) {
+            if (o->mapped)
+                pkey_mprotect((void *)(uintptr_t)o->base, o->size, PROT_READ, d->lockkey);
+            o->pkey = -1;
+            d->pkey_owner[i] = NULL;
+            slot = i;
+        }
+    }
+    if (slot < 0)
+        return -EBUSY; /* every key is in an open window */
+    if (pkey_mprotect((void *)(uintptr_t)p->base, p->size, PROT_READ, d->pkeys[slot]) < 0)
+        return -errno;
+    d->pkey_owner[slot] = p;
+    p->pkey = d->pkeys[slot];
+    return 0;
+}
+
+/* A newly mapped peer slot starts under the always-closed key. */
+int dom_guard_peer(rpal_domain *d, rpal_peer *p)
+{
+    if (!(rpal_capabilities() & RPAL_CAP_PKU))
+        return 0;
+    if (!d->have_lockkey) {
+        d->lockkey = pkey_alloc(0, PKEY_DISABLE_ACCESS);
+        if (d->lockkey < 0)
+            return -errno;
+        d->have_lockkey = 1;
+    }
+    return pkey_mprotect((void *)(uintptr_t)p->base, p->size, PROT_READ, d->lockkey) < 0
+               ? -errno : 0;
+}
+
+void dom_unguard_peer(rpal_domain *d, rpal_peer *p)
+{
+    for (int i = 0; i < 16; i++)
+        if (d->pkey_owner[i] == p)
+            d->pkey_owner[i] = NULL;
+    p->pkey = -1;
+}
+
+int rpal_peer_access_begin(rpal_peer *p)
+{
+    if (!p || dom_check(p->d) < 0)
+        return -EINVAL;
+    if (p->gone)
+        return p->reason ? p->reason : -ESHUTDOWN;
+    int *depth = t_depth(p, 1);
+    if (!depth)
+        return -EMFILE; /* more than 16 peers open at once in one thread */
+    if ((*depth)++ > 0)
+        return 0;
+    rpal_fetch_add_relaxed(&p->windows, 1);
+    if (!(rpal_capabilities() & RPAL_CAP_PKU))
+        return 0;
+    pthread_mutex_lock(&p->d->lock);
+    int err = key_assign(p->d, p);
+    int key = p->pkey;
+    pthread_mutex_unlock(&p->d->lock);
+    if (err == 0 && pkey_set(key, 0) < 0)
+        err = -errno;
+    if (err < 0) {
+        (*depth)--;
+        rpal_fetch_add_relaxed(&p->windows, -1);
+    }
+    return err;
+}
+
+int rpal_peer_access_end(rpal_peer *p)
+{
+    if (!p)
+        return -EINVAL;
+    int *depth = t_depth(p, 0);
+    if (!depth)
+        return -EINVAL; /* no window open on P in this thread */
+    if (--(*depth) > 0)
+        return 0;
+    rpal_fetch_add_relaxed(&p->windows, -1);
+    if ((rpal_capabilities() & RPAL_CAP_PKU) && p->pkey >= 0)
+        pkey_set(p->pkey, PKEY_DISABLE_ACCESS);
+    return 0;
+}
+
+/* ---- listing and garbage collection ---- */
+
+/* Call FN(domain dirfd, domain name, meta) for every domain directory. */
+static int dom_walk(int (*fn)(int dirfd, const char *name, const struct dom_meta *m,
+                              void *arg),
+                    void *arg)
+{
+    int nsfd = ns_open(0);
+    if (nsfd < 0)
+        return nsfd == -ENOENT ? 0 : nsfd;
+    int dfd = prim_open_beneath(nsfd, ".domains", O_RDONLY | O_DIRECTORY, 0);
+    close(nsfd);
+    if (dfd < 0)
+        return dfd == -ENOENT || dfd == -EACCES ? 0 : dfd;
+    DIR *dir = fdopendir(dfd);
+    if (!dir) {
+        close(dfd);
+        return -errno;
+    }
+    /* Sorted, so that listings are stable. */
+    char (*names)[65] = NULL;
+    size_t n = 0, cap = 0;
+    struct dirent *de;
+    while ((de = readdir(dir))) {
+        if (dom_component_validate(de->d_name) < 0)
+            continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            void *nn = realloc(names, cap * sizeof *names);
+            if (!nn)
+                break;
+            names = nn;
+        }
+        snprintf(names[n++], sizeof names[0], "%.64s", de->d_name);
+    }
+    if (n)
+        qsort(names, n, sizeof *names, (int (*)(const void *, const void *))strcmp);
+    int err = 0;
+    for (size_t i = 0; i < n && !err; i++) {
+        int fd = prim_open_beneath(dirfd(dir), names[i], O_PATH | O_DIRECTORY, 0);
+        if (fd < 0)
+            continue;
+        struct dom_meta m;
+        int mfd = prim_open_beneath(fd, "meta", O_RDONLY | O_NONBLOCK, 0);
+        if (mfd >= 0 && pread(mfd, &m, sizeof m, 0) == (ssize_t)sizeof m &&
+            m.magic == META_MAGIC && m.check == meta_check(&m) &&
+            slot_size_valid(m.slot_size) && m.nslots && m.nslots <= DOM_MAX_SLOTS)
+            err = fn(fd, names[i], &m, arg);
+        if (mfd >= 0)
+            close(mfd);
+        close(fd);
+    }
+    free(names);
+    closedir(dir);
+    return err;
+}
+
+struct foreach_arg {
+    int (*fn)(const struct rpal_member_info *, void *);
+    void *arg;
+};
+
+static int foreach_domain(int dirfd, const char *name, const struct dom_meta *m, void *arg)
+{
+    struct foreach_arg *fa = arg;
+    struct member_rec *rec = malloc(sizeof *rec);
+    struct rpal_member_info *info = malloc(sizeof *info);
+    int err = rec && info ? 0 : -ENOMEM;
+    for (unsigned s = 0; s < m->nslots && !err; s++) {
+        if (dom_read_member(dirfd, s, rec) < 0)
+            continue;
+        memset(info, 0, sizeof *info);
+        snprintf(info->domain, sizeof info->domain, "%s", name);
+        info->slot = s;
+        info->slot_size = m->slot_size;
+        info->base = m->window + (uint64_t)s * m->slot_size;
+        info->pid = rec->pid;
+        info->uid = rec->uid;
+        info->nservices = rec->nservices;
+        for (unsigned i = 0; i < rec->nservices; i++)
+            memcpy(info->services[i], rec->services[i], sizeof info->services[i]);
+        info->npeers = rec->npeers;
+        for (unsigned i = 0; i < rec->npeers; i++)
+            info->peers[i] = rec->peers[i];
+        err = fa->fn(info, fa->arg);
+    }
+    free(rec);
+    free(info);
+    return err;
+}
+
+int rpal_domain_foreach(int (*fn)(const struct rpal_member_info *, void *), void *arg)
+{
+    if (!fn)
+        return -EINVAL;
+    struct foreach_arg fa = {fn, arg};
+    return dom_walk(foreach_domain, &fa);
+}
+
+struct gc_arg {
+    void (*fn)(const char *, const char *, void *);
+    void *arg;
+    int removed;
+};
+
+static int gc_domain(int dirfd, const char *name, const struct dom_meta *m, void *arg)
+{
+    struct gc_arg *g = arg;
+    (void)m;
+    DIR *dir;
+    int fd = prim_open_beneath(dirfd, ".", O_RDONLY | O_DIRECTORY, 0);
+    if (fd < 0 || !(dir = fdopendir(fd))) {
+        if (fd >= 0)
+            close(fd);
+        return 0;
+    }
+    struct dirent *de;
+    while ((de = readdir(dir))) {
+        char what[160];
+        if (!strncmp(de->d_name, "slot.", 5)) {
+            int cfd = prim_open_beneath(dirfd, de->d_name, O_RDWR | O_NONBLOCK, 0);
+            if (cfd < 0)
+                continue;
+            /* Take the claim's lock ourselves while unlinking, so that no
+             * joiner can be holding it (joiners re-check the name after
+             * locking). */
+            struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+            if (fcntl(cfd, F_OFD_SETLK, &fl) == 0 && unlinkat(dirfd, de->d_name, 0) == 0) {
+                snprintf(what, sizeof what, "%.64s/%.80s", name, de->d_name);
+                g->removed++;
+                if (g->fn)
+                    g->fn("member", what, g->arg);
+            }
+            close(cfd);
+        } else if (!strncmp(de->d_name, "svc.", 4)) {
+            struct stat st;
+            if (fstatat(dirfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISSOCK(st.st_mode))
+                continue;
+            struct sockaddr_un a = {.sun_family = AF_UNIX};
+            if (strlen(de->d_name) > 4 + 64)
+                continue;
+            snprintf(a.sun_path, sizeof a.sun_path, "/proc/self/fd/%d/%.68s", dirfd, de->d_name);
+            int c = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+            /* A socket nobody listens on refuses: its service is dead. */
+            int dead = c >= 0 && connect(c, (struct sockaddr *)&a, sizeof a) < 0 &&
+                       errno == ECONNREFUSED;
+            if (c >= 0)
+                close(c);
+            if (dead && unlinkat(dirfd, de->d_name, 0) == 0) {
+                snprintf(what, sizeof what, "%.64s/%.80s", name, de->d_name + 4);
+                g->removed++;
+                if (g->fn)
+                    g->fn("service", what, g->arg);
+            }
+        }
+    }
+    closedir(dir);
+    return 0;
+}
+
+int rpal_gc(void (*fn)(const char *kind, const char *name, void *arg), void *arg)
+{
+    int n = region_gc(fn, arg);
+    if (n < 0)
+        return n;
+    struct gc_arg g = {fn, arg, 0};
+    int err = dom_walk(gc_domain, &g);
+    return err < 0 ? err : n + g.removed;
+}

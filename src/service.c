@@ -1,0 +1,726 @@
+/* service: registration, keys, the consent handshake, release and death.
+ *
+ * A service listens on a SOCK_SEQPACKET socket <domain dir>/svc.NAME whose
+ * file mode says who may ask at all. A requester connects and sends its slot
+ * number, the key and its slot's memfd (SCM_RIGHTS); the service checks the
+ * key, the kernel-given credentials against the requester's slot claim, the
+ * memfd's size and seals, asks its policy, maps the requester's slot
+ * read-only and answers with its own memfd. Both ends keep the connection and
+ * a pidfd of the other: EOF is a release, a readable pidfd a death.
+ * See docs/domains.md.
+ */
+#include "rpal.h"
+#include "internal.h"
+#include "atomics.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define HS_MAGIC 0x3153484c41505231ull /* "1RPALHS1" */
+#define HS_VERSION 1u
+#define MAX_PENDING 64
+
+struct hs_req {
+    uint64_t magic;
+    uint32_t version, slot;
+    uint64_t slot_size;
+    char service[65];
+    uint8_t key[16];
+};
+
+struct hs_rep {
+    uint64_t magic;
+    uint32_t version;
+    int32_t status;
+    uint32_t slot, pad;
+    uint64_t slot_size;
+};
+
+/* ---- keys ---- */
+
+int rpal_key_format(const rpal_key *key, char out[33])
+{
+    if (!key || !out)
+        return -EINVAL;
+    for (int i = 0; i < 16; i++)
+        snprintf(out + 2 * i, 3, "%02x", key->bytes[i]);
+    return 0;
+}
+
+int rpal_key_parse(const char *text, rpal_key *key)
+{
+    if (!text || !key || strlen(text) != 32)
+        return -EINVAL;
+    rpal_key k;
+    for (int i = 0; i < 16; i++) {
+        unsigned v = 0;
+        for (int j = 0; j < 2; j++) {
+            char c = text[2 * i + j];
+            int x = c >= '0' && c <= '9' ? c - '0'
+                    : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                    : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+            if (x < 0)
+                return -EINVAL;
+            v = v * 16 + (unsigned)x;
+        }
+        k.bytes[i] = (uint8_t)v;
+    }
+    *key = k;
+    return 0;
+}
+
+/* Constant time, so that the answer's timing does not leak the key. */
+static int key_equal(const uint8_t *a, const uint8_t *b)
+{
+    unsigned diff = 0;
+    for (int i = 0; i < 16; i++)
+        diff |= (unsigned)(a[i] ^ b[i]);
+    return diff == 0;
+}
+
+/* ---- plumbing ---- */
+
+static int svc_path(const rpal_domain *d, const char *name, struct sockaddr_un *a)
+{
+    memset(a, 0, sizeof *a);
+    a->sun_family = AF_UNIX;
+    /* Through the directory's descriptor: a namespace path may be longer
+     * than sun_path allows, and this cannot be redirected by a rename. */
+    int n = snprintf(a->sun_path, sizeof a->sun_path, "/proc/self/fd/%d/svc.%s",
+                     d->dirfd, name);
+    return n > 0 && (size_t)n < sizeof a->sun_path ? 0 : -ENAMETOOLONG;
+}
+
+static int send_with_fd(int sock, const void *msg, size_t len, int fd)
+{
+    struct iovec iov = {(void *)msg, len};
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (fd >= 0) {
+        mh.msg_control = u.buf;
+        mh.msg_controllen = sizeof u.buf;
+        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &fd, sizeof fd);
+    }
+    ssize_t n = sendmsg(sock, &mh, MSG_NOSIGNAL);
+    return n == (ssize_t)len ? 0 : n < 0 ? -errno : -EIO;
+}
+
+/* Receive one message of exactly LEN bytes and at most one descriptor
+ * (*FD = -1 if none). Anything else a peer sends is closed and refused. */
+static int recv_with_fd(int sock, void *msg, size_t len, int *fd)
+{
+    struct iovec iov = {msg, len};
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * 4)];
+        struct cmsghdr align;
+    } u;
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1,
+                        .msg_control = u.buf, .msg_controllen = sizeof u.buf};
+    *fd = -1;
+    ssize_t n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+    if (n < 0)
+        return -errno;
+    int nfds = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < k; i++) {
+            int x;
+            memcpy(&x, CMSG_DATA(c) + i * sizeof(int), sizeof x);
+            if (nfds++ == 0)
+                *fd = x;
+            else
+                close(x);
+        }
+    }
+    if (n == 0)
+        return -ECONNRESET;
+    if ((size_t)n != len || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || nfds > 1) {
+        if (*fd >= 0)
+            close(*fd);
+        *fd = -1;
+        return -EPROTO;
+    }
+    return 0;
+}
+
+/* The memfd of a peer's slot must be exactly a slot and sealed so that it
+ * can neither shrink (no SIGBUS for us) nor be written through a new
+ * mapping; that is what makes our read-only mapping of it safe. */
+static int slot_fd_check(int fd, uint64_t size)
+{
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
+        (uint64_t)st.st_size != size)
+        return -EBADMSG;
+    int seals = fcntl(fd, F_GET_SEALS);
+    int need = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
+    if (seals < 0 || (seals & need) != need ||
+        !(seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE)))
+        return -EBADMSG;
+    return 0;
+}
+
+static rpal_peer *peer_at_slot(rpal_domain *d, unsigned slot)
+{
+    for (rpal_peer *p = d->peers; p; p = p->next)
+        if (!p->gone && p->info.slot == slot)
+            return p;
+    return NULL;
+}
+
+/* Check a peer's claimed slot against its claim record and credentials. */
+static int slot_claim_check(rpal_domain *d, unsigned slot, uint64_t size,
+                            pid_t pid, const char *service)
+{
+    if (slot >= d->nslots || slot == d->slot || size != d->slot_size)
+        return -EINVAL;
+    if (peer_at_slot(d, slot))
+        return -EBUSY;
+    struct member_rec *rec = malloc(sizeof *rec);
+    if (!rec)
+        return -ENOMEM;
+    int err = dom_read_member(d->dirfd, slot, rec);
+    if (err == 0 && rec->pid != pid)
+        err = -EACCES;
+    if (err == 0 && service) {
+        err = -EACCES;
+        for (unsigned i = 0; i < rec->nservices; i++)
+            if (!strcmp(rec->services[i], service))
+                err = 0;
+    }
+    free(rec);
+    return err;
+}
+
+static void unmap_peer(rpal_domain *d, rpal_peer *p)
+{
+    if (!p->mapped)
+        return;
+    /* Put the reservation back rather than leave a hole in the window. */
+    mmap((void *)(uintptr_t)p->base, p->size, PROT_NONE,
+         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+    madvise((void *)(uintptr_t)p->base, p->size, MADV_DONTFORK);
+    dom_unguard_peer(d, p);
+    p->mapped = 0;
+}
+
+/* Map the peer at SLOT and start watching it. Takes SOCK; not MEMFD. */
+static int peer_create(rpal_domain *d, int sock, int memfd, const struct ucred *cr,
+                       unsigned slot, const char *service, rpal_peer **out)
+{
+    rpal_peer *p = calloc(1, sizeof *p);
+    if (!p)
+        return -ENOMEM;
+    p->d = d;
+    p->sock = sock;
+    p->pidfd = -1;
+    p->pkey = -1;
+    p->info.pid = cr->pid;
+    p->info.uid = cr->uid;
+    p->info.gid = cr->gid;
+    p->info.slot = slot;
+    snprintf(p->info.service, sizeof p->info.service, "%s", service);
+    p->base = dom_slot_addr(d, slot);
+    p->size = d->slot_size;
+    int err = 0;
+    void *m = mmap((void *)(uintptr_t)p->base, p->size, PROT_READ,
+                   MAP_SHARED | MAP_FIXED, memfd, 0);
+    if (m == MAP_FAILED) {
+        err = -errno;
+        goto fail;
+    }
+    p->mapped = 1;
+    madvise(m, p->size, MADV_DONTFORK);
+    if ((err = dom_guard_peer(d, p)) < 0)
+        goto fail;
+    p->pidfd = (int)syscall(SYS_pidfd_open, cr->pid, 0);
+    if (p->pidfd < 0) {
+        err = -errno == -ESRCH ? -ECONNREFUSED : -errno;
+        goto fail;
+    }
+    p->wsock = (struct watch){W_PEER_SOCK, p};
+    p->wpid = (struct watch){W_PEER_PIDFD, p};
+    struct epoll_event es = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = &p->wsock};
+    struct epoll_event ep = {.events = EPOLLIN, .data.ptr = &p->wpid};
+    if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, sock, &es) < 0 ||
+        epoll_ctl(d->epfd, EPOLL_CTL_ADD, p->pidfd, &ep) < 0) {
+        err = -errno;
+        epoll_ctl(d->epfd, EPOLL_CTL_DEL, sock, NULL);
+        goto fail;
+    }
+    p->next = d->peers;
+    d->peers = p;
+    dom_publish(d);
+    *out = p;
+    return 0;
+fail:
+    unmap_peer(d, p);
+    if (p->pidfd >= 0)
+        close(p->pidfd);
+    free(p);
+    return err;
+}
+
+/* The sharing with P ends: unmap, stop watching, tell the app. */
+static void peer_gone(rpal_domain *d, rpal_peer *p, int reason)
+{
+    if (p->gone)
+        return;
+    unmap_peer(d, p);
+    epoll_ctl(d->epfd, EPOLL_CTL_DEL, p->sock, NULL);
+    epoll_ctl(d->epfd, EPOLL_CTL_DEL, p->pidfd, NULL);
+    close(p->sock);  /* the other side sees EOF: a release */
+    close(p->pidfd);
+    p->sock = p->pidfd = -1;
+    p->gone = 1;
+    p->reason = reason;
+    dom_publish(d);
+}
+
+/* ---- registration ---- */
+
+int rpal_service_register(rpal_domain *d, const char *name, unsigned mode,
+                          rpal_policy_fn policy, void *arg, rpal_service **out)
+{
+    int err = dom_check(d);
+    if (err < 0)
+        return err;
+    if ((err = dom_component_validate(name)) < 0)
+        return err;
+    if (!out || (mode & ~0777u))
+        return -EINVAL;
+    if (!mode)
+        mode = 0600;
+    rpal_service *s = calloc(1, sizeof *s);
+    if (!s)
+        return -ENOMEM;
+    s->d = d;
+    s->policy = policy;
+    s->arg = arg;
+    snprintf(s->name, sizeof s->name, "%s", name);
+    if (getrandom(s->key.bytes, sizeof s->key.bytes, 0) != (ssize_t)sizeof s->key.bytes) {
+        free(s);
+        return -EIO;
+    }
+    struct sockaddr_un a;
+    if ((err = svc_path(d, name, &a)) < 0) {
+        free(s);
+        return err;
+    }
+    char file[80];
+    snprintf(file, sizeof file, "svc.%s", name);
+
+    pthread_mutex_lock(&d->lock);
+    int n = 0;
+    for (rpal_service *o = d->services; o; o = o->next)
+        n++;
+    if (n >= MEMBER_MAX_SERVICES) {
+        err = -ENOSPC;
+        goto fail;
+    }
+    s->lfd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (s->lfd < 0) {
+        err = -errno;
+        goto fail;
+    }
+    for (int tries = 0; tries < 2; tries++) {
+        if (bind(s->lfd, (struct sockaddr *)&a, sizeof a) == 0) {
+            err = 0;
+            break;
+        }
+        err = -errno;
+        if (err != -EADDRINUSE)
+            break;
+        /* The name is taken: by a live service (-EEXIST), or left behind
+         * by a dead one, whose socket refuses connections. */
+        struct stat st;
+        if (fstatat(d->dirfd, file, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISSOCK(st.st_mode)) {
+            err = -EEXIST;
+            break;
+        }
+        int c = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+        int live = c >= 0 && (connect(c, (struct sockaddr *)&a, sizeof a) == 0 ||
+                              errno != ECONNREFUSED);
+        if (c >= 0)
+            close(c);
+        err = -EEXIST;
+        if (live || unlinkat(d->dirfd, file, 0) < 0)
+            break;
+    }
+    if (err < 0)
+        goto fail_sock;
+    if (fchmodat(d->dirfd, file, mode, 0) < 0 || listen(s->lfd, 64) < 0) {
+        err = -errno;
+        unlinkat(d->dirfd, file, 0);
+        goto fail_sock;
+    }
+    s->w = (struct watch){W_LISTEN, s};
+    struct epoll_event ee = {.events = EPOLLIN, .data.ptr = &s->w};
+    if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, s->lfd, &ee) < 0) {
+        err = -errno;
+        unlinkat(d->dirfd, file, 0);
+        goto fail_sock;
+    }
+    s->next = d->services;
+    d->services = s;
+    dom_publish(d);
+    pthread_mutex_unlock(&d->lock);
+    *out = s;
+    return 0;
+fail_sock:
+    close(s->lfd);
+fail:
+    pthread_mutex_unlock(&d->lock);
+    free(s);
+    return err;
+}
+
+int rpal_service_key(const rpal_service *s, rpal_key *key)
+{
+    if (!s || !key)
+        return -EINVAL;
+    *key = s->key;
+    return 0;
+}
+
+int rpal_service_unregister(rpal_service *s)
+{
+    if (!s)
+        return -EINVAL;
+    rpal_domain *d = s->d;
+    int err = dom_check(d);
+    if (err < 0)
+        return err;
+    pthread_mutex_lock(&d->lock);
+    rpal_service **pp = &d->services;
+    while (*pp && *pp != s)
+        pp = &(*pp)->next;
+    if (!*pp) {
+        pthread_mutex_unlock(&d->lock);
+        return -EINVAL;
+    }
+    *pp = s->next;
+    /* Handshakes still waiting for this service are refused by closing. */
+    for (struct pending **q = &d->pending; *q;) {
+        struct pending *x = *q;
+        if (x->svc == s) {
+            *q = x->next;
+            epoll_ctl(d->epfd, EPOLL_CTL_DEL, x->fd, NULL);
+            close(x->fd);
+            free(x);
+            d->npending--;
+        } else {
+            q = &x->next;
+        }
+    }
+    char file[80];
+    snprintf(file, sizeof file, "svc.%s", s->name);
+    unlinkat(d->dirfd, file, 0);
+    epoll_ctl(d->epfd, EPOLL_CTL_DEL, s->lfd, NULL);
+    close(s->lfd);
+    dom_publish(d);
+    pthread_mutex_unlock(&d->lock);
+    free(s);
+    return 0;
+}
+
+void svc_drop_pending(rpal_domain *d)
+{
+    pthread_mutex_lock(&d->lock);
+    while (d->pending) {
+        struct pending *x = d->pending;
+        d->pending = x->next;
+        close(x->fd);
+        free(x);
+    }
+    d->npending = 0;
+    pthread_mutex_unlock(&d->lock);
+}
+
+/* ---- the requester's side ---- */
+
+int rpal_service_request(rpal_domain *d, const char *name, const rpal_key *key,
+                         int timeout_ms, rpal_peer **out)
+{
+    int err = dom_check(d);
+    if (err < 0)
+        return err;
+    if ((err = dom_component_validate(name)) < 0)
+        return err;
+    if (!key || !out)
+        return -EINVAL;
+    char file[80];
+    snprintf(file, sizeof file, "svc.%s", name);
+    struct stat st;
+    if (fstatat(d->dirfd, file, &st, AT_SYMLINK_NOFOLLOW) < 0)
+        return errno == ENOENT ? -ENOENT : -errno;
+    if (S_ISLNK(st.st_mode))
+        return -ELOOP;
+    if (!S_ISSOCK(st.st_mode))
+        return -ENOENT;
+    struct sockaddr_un a;
+    if ((err = svc_path(d, name, &a)) < 0)
+        return err;
+    int sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (sock < 0)
+        return -errno;
+    if (connect(sock, (struct sockaddr *)&a, sizeof a) < 0) {
+        err = -errno;
+        close(sock);
+        return err == -ENOENT ? -ENOENT : err;
+    }
+    struct hs_req req = {.magic = HS_MAGIC, .version = HS_VERSION, .slot = d->slot,
+                         .slot_size = d->slot_size};
+    snprintf(req.service, sizeof req.service, "%s", name);
+    memcpy(req.key, key->bytes, sizeof req.key);
+    int memfd = -1;
+    struct hs_rep rep;
+    if ((err = send_with_fd(sock, &req, sizeof req, d->memfd)) < 0)
+        goto out;
+    struct pollfd pfd = {sock, POLLIN, 0};
+    int r;
+    do
+        r = poll(&pfd, 1, timeout_ms);
+    while (r < 0 && errno == EINTR);
+    if (r == 0) {
+        err = -ETIMEDOUT;
+        goto out;
+    }
+    err = recv_with_fd(sock, &rep, sizeof rep, &memfd);
+    if (err == -ECONNRESET) {
+        err = -EACCES; /* closed without an answer: refused */
+        goto out;
+    }
+    if (err < 0)
+        goto out;
+    if (rep.magic != HS_MAGIC || rep.version != HS_VERSION) {
+        err = -EPROTO;
+        goto out;
+    }
+    if (rep.status != 0) {
+        err = -EACCES; /* wrong key, or the service's policy said no */
+        goto out;
+    }
+    struct ucred cr;
+    socklen_t cl = sizeof cr;
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cr, &cl) < 0) {
+        err = -errno;
+        goto out;
+    }
+    pthread_mutex_lock(&d->lock);
+    /* The answer is from a peer: its slot must be the one its owner claims,
+     * held by the process the kernel says we talk to, offering NAME. */
+    err = slot_claim_check(d, rep.slot, rep.slot_size, cr.pid, name);
+    if (err == 0)
+        err = slot_fd_check(memfd, d->slot_size);
+    if (err == 0) {
+        err = peer_create(d, sock, memfd, &cr, rep.slot, name, out);
+        if (err == 0)
+            sock = -1; /* the peer owns it now */
+    }
+    pthread_mutex_unlock(&d->lock);
+    if (err == -EBADMSG || err == -EINVAL || err == -EBUSY)
+        err = -EPROTO;
+out:
+    if (memfd >= 0)
+        close(memfd);
+    if (sock >= 0)
+        close(sock);
+    return err;
+}
+
+/* ---- the service's side (from rpal_domain_dispatch, d->lock held) ---- */
+
+static void reply(int sock, const rpal_domain *d, int status, int memfd)
+{
+    struct hs_rep rep = {.magic = HS_MAGIC, .version = HS_VERSION, .status = status,
+                         .slot = d->slot, .slot_size = d->slot_size};
+    (void)send_with_fd(sock, &rep, sizeof rep, status == 0 ? memfd : -1);
+}
+
+static int answer(rpal_domain *d, struct pending *x, struct rpal_event *ev)
+{
+    struct hs_req req;
+    int memfd = -1, sock = x->fd;
+    rpal_service *s = x->svc;
+    int err = recv_with_fd(sock, &req, sizeof req, &memfd);
+    if (err == -EAGAIN)
+        return -EAGAIN; /* spurious wake-up: keep waiting */
+    struct ucred cr;
+    socklen_t cl = sizeof cr;
+    if (err == 0 && (req.magic != HS_MAGIC || req.version != HS_VERSION))
+        err = -EPROTO;
+    if (err == 0 && getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cr, &cl) < 0)
+        err = -errno;
+    req.service[sizeof req.service - 1] = 0;
+    if (err == 0 && (strcmp(req.service, s->name) || !key_equal(req.key, s->key.bytes)))
+        err = -EACCES;
+    if (err == 0)
+        err = slot_claim_check(d, req.slot, req.slot_size, cr.pid, NULL);
+    if (err == 0)
+        err = slot_fd_check(memfd, d->slot_size);
+    if (err == 0 && s->policy) {
+        struct rpal_peer_info info = {.pid = cr.pid, .uid = cr.uid, .gid = cr.gid,
+                                      .slot = req.slot};
+        snprintf(info.service, sizeof info.service, "%s", s->name);
+        if (s->policy(&info, s->arg) != 0)
+            err = -EACCES;
+    }
+    rpal_peer *p = NULL;
+    if (err == 0)
+        err = peer_create(d, sock, memfd, &cr, req.slot, s->name, &p);
+    if (memfd >= 0)
+        close(memfd);
+    if (err < 0) {
+        if (err != -ECONNRESET)
+            reply(sock, d, err, -1);
+        close(sock);
+        return err;
+    }
+    reply(sock, d, 0, d->memfd);
+    ev->type = RPAL_EV_PEER_ACCEPTED;
+    ev->reason = 0;
+    ev->peer = p;
+    return 0;
+}
+
+int svc_handle(rpal_domain *d, struct watch *w, uint32_t events,
+               struct rpal_event *ev)
+{
+    switch (w->kind) {
+    case W_LISTEN: {
+        rpal_service *s = w->obj;
+        for (;;) {
+            int c = accept4(s->lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+            if (c < 0)
+                break;
+            struct pending *x = d->npending < MAX_PENDING ? calloc(1, sizeof *x) : NULL;
+            if (!x) {
+                close(c); /* too many unanswered: the requester sees a refusal */
+                continue;
+            }
+            x->w = (struct watch){W_PENDING, x};
+            x->svc = s;
+            x->fd = c;
+            struct epoll_event ee = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = &x->w};
+            if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, c, &ee) < 0) {
+                close(c);
+                free(x);
+                continue;
+            }
+            x->next = d->pending;
+            d->pending = x;
+            d->npending++;
+        }
+        return 0;
+    }
+    case W_PENDING: {
+        struct pending *x = w->obj;
+        epoll_ctl(d->epfd, EPOLL_CTL_DEL, x->fd, NULL);
+        int err = answer(d, x, ev);
+        if (err == -EAGAIN) {
+            struct epoll_event ee = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = &x->w};
+            if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, x->fd, &ee) == 0)
+                return 0;
+            close(x->fd);
+        }
+        for (struct pending **q = &d->pending; *q; q = &(*q)->next)
+            if (*q == x) {
+                *q = x->next;
+                break;
+            }
+        d->npending--;
+        free(x);
+        return err == 0 ? 1 : 0;
+    }
+    case W_PEER_SOCK:
+    case W_PEER_PIDFD: {
+        rpal_peer *p = w->obj;
+        if (p->gone)
+            return 0;
+        int reason = 0;
+        if (w->kind == W_PEER_SOCK) {
+            char b[64];
+            ssize_t n = recv(p->sock, b, sizeof b, MSG_DONTWAIT);
+            if (n > 0 || (n < 0 && errno == EAGAIN && !(events & (EPOLLHUP | EPOLLRDHUP))))
+                return 0; /* nothing is expected on it: ignore */
+            struct pollfd pf = {p->pidfd, POLLIN, 0};
+            if (poll(&pf, 1, 0) == 1)
+                reason = -ESRCH;
+        } else {
+            reason = -ESRCH;
+        }
+        peer_gone(d, p, reason);
+        ev->type = RPAL_EV_PEER_GONE;
+        ev->reason = reason;
+        ev->peer = p;
+        return 1;
+    }
+    }
+    return 0;
+}
+
+/* ---- release and accessors ---- */
+
+int rpal_peer_release(rpal_peer *p)
+{
+    if (!p)
+        return -EINVAL;
+    rpal_domain *d = p->d;
+    int err = dom_check(d);
+    if (err < 0)
+        return err;
+    pthread_mutex_lock(&d->lock);
+    rpal_peer **pp = &d->peers;
+    while (*pp && *pp != p)
+        pp = &(*pp)->next;
+    if (!*pp) {
+        pthread_mutex_unlock(&d->lock);
+        return -EINVAL;
+    }
+    peer_gone(d, p, 0);
+    *pp = p->next;
+    dom_publish(d);
+    pthread_mutex_unlock(&d->lock);
+    free(p);
+    return 0;
+}
+
+int rpal_peer_info(const rpal_peer *p, struct rpal_peer_info *info)
+{
+    if (!p || !info)
+        return -EINVAL;
+    *info = p->info;
+    return 0;
+}
+
+const void *rpal_peer_base(const rpal_peer *p)
+{
+    return p && p->mapped ? (const void *)(uintptr_t)p->base : NULL;
+}
+
+uint64_t rpal_peer_size(const rpal_peer *p)
+{
+    return p && p->mapped ? p->size : 0;
+}

@@ -15,6 +15,8 @@
     atomic_fetch_add_explicit((p), (v), memory_order_relaxed)
 #define rpal_fetch_add_acq_rel(p, v) \
     atomic_fetch_add_explicit((p), (v), memory_order_acq_rel)
+#define rpal_fetch_or_relaxed(p, v) \
+    atomic_fetch_or_explicit((p), (v), memory_order_relaxed)
 #define rpal_cas_acq_rel(p, expp, v)                                          \
     atomic_compare_exchange_strong_explicit((p), (expp), (v),                 \
                                             memory_order_acq_rel,             \

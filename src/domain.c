@@ -229,9 +229,30 @@ int dom_read_member(int dirfd, unsigned slot, struct member_rec *rec)
 static void atfork_child(void)
 {
     /* The slot is not inherited (MADV_DONTFORK): nothing in the child may
-     * allocate from it or act for the parent's membership. */
+     * allocate from it or act for the parent's membership. Its copies of
+     * the parent's descriptors are closed too: the claim's OFD lock, the
+     * peers' connections and the listening sockets belong to open file
+     * descriptions that a live child would otherwise keep alive after the
+     * parent died or released (close(), unlike shutdown(), leaves the
+     * parent's own use of them untouched). */
     heap_set_current(NULL);
+    rpal_domain *d = g_dom;
     g_dom = NULL;
+    if (!d)
+        return;
+    close(d->claimfd);
+    close(d->memfd);
+    close(d->epfd);
+    close(d->dirfd);
+    for (struct rpal_service *s = d->services; s; s = s->next)
+        close(s->lfd);
+    for (struct pending *x = d->pending; x; x = x->next)
+        close(x->fd);
+    for (struct rpal_peer *q = d->peers; q; q = q->next)
+        if (!q->gone) {
+            close(q->sock);
+            close(q->pidfd);
+        }
 }
 
 static void register_atfork(void)
@@ -489,6 +510,7 @@ unsigned rpal_capabilities(void)
 static __thread struct {
     const rpal_peer *peer;
     int depth;
+    int keyslot; /* index in d->pkeys this window opened, or -1 */
 } t_windows[16];
 
 static int *t_depth(const rpal_peer *p, int create)
@@ -503,7 +525,17 @@ static int *t_depth(const rpal_peer *p, int create)
     if (!create || free_i < 0)
         return NULL;
     t_windows[free_i].peer = p;
+    t_windows[free_i].keyslot = -1;
     return &t_windows[free_i].depth;
+}
+
+static int *t_keyslot(int *depth)
+{
+    /* depth points into a t_windows entry; its keyslot sits beside it. */
+    for (int i = 0; i < 16; i++)
+        if (&t_windows[i].depth == depth)
+            return &t_windows[i].keyslot;
+    return NULL;
 }
 
 /* Give P a key of its own, taking one from a peer with no open window if
@@ -518,19 +550,22 @@ static int key_assign(rpal_domain *d, rpal_peer *p)
             return -errno;
         d->have_lockkey = 1;
     }
+    /* A key is reusable only when no thread has a window open under it:
+     * not even one on a peer that has gone meanwhile, whose thread will
+     * close that key in its own PKRU when it ends the window. */
     int slot = -1;
     for (int i = 0; i < 16 && slot < 0; i++) {
         if (d->pkeys[i] < 0) {
             d->pkeys[i] = pkey_alloc(0, PKEY_DISABLE_ACCESS);
             if (d->pkeys[i] >= 0)
                 slot = i;
-        } else if (!d->pkey_owner[i]) {
+        } else if (!d->pkey_owner[i] && rpal_load_relaxed(&d->key_windows[i]) == 0) {
             slot = i;
         }
     }
     for (int i = 0; i < 16 && slot < 0; i++) {
         rpal_peer *o = d->pkey_owner[i];
-        if (o && rpal_load_relaxed(&o->windows) == 0) {
+        if (o && rpal_load_relaxed(&d->key_windows[i]) == 0) {
             if (o->mapped)
                 pkey_mprotect((void *)(uintptr_t)o->base, o->size, PROT_READ, d->lockkey);
             o->pkey = -1;
@@ -544,6 +579,7 @@ static int key_assign(rpal_domain *d, rpal_peer *p)
         return -errno;
     d->pkey_owner[slot] = p;
     p->pkey = d->pkeys[slot];
+    p->keyslot = slot;
     return 0;
 }
 
@@ -568,6 +604,7 @@ void dom_unguard_peer(rpal_domain *d, rpal_peer *p)
         if (d->pkey_owner[i] == p)
             d->pkey_owner[i] = NULL;
     p->pkey = -1;
+    p->keyslot = -1;
 }
 
 int rpal_peer_access_begin(rpal_peer *p)
@@ -584,15 +621,22 @@ int rpal_peer_access_begin(rpal_peer *p)
     rpal_fetch_add_relaxed(&p->windows, 1);
     if (!(rpal_capabilities() & RPAL_CAP_PKU))
         return 0;
-    pthread_mutex_lock(&p->d->lock);
-    int err = key_assign(p->d, p);
-    int key = p->pkey;
-    pthread_mutex_unlock(&p->d->lock);
-    if (err == 0 && pkey_set(key, 0) < 0)
+    rpal_domain *d = p->d;
+    pthread_mutex_lock(&d->lock);
+    int err = key_assign(d, p);
+    int ks = p->keyslot;
+    if (err == 0)
+        rpal_fetch_add_relaxed(&d->key_windows[ks], 1);
+    pthread_mutex_unlock(&d->lock);
+    if (err == 0 && pkey_set(d->pkeys[ks], 0) < 0) {
         err = -errno;
+        rpal_fetch_add_relaxed(&d->key_windows[ks], -1);
+    }
     if (err < 0) {
         (*depth)--;
         rpal_fetch_add_relaxed(&p->windows, -1);
+    } else {
+        *t_keyslot(depth) = ks;
     }
     return err;
 }
@@ -607,8 +651,13 @@ int rpal_peer_access_end(rpal_peer *p)
     if (--(*depth) > 0)
         return 0;
     rpal_fetch_add_relaxed(&p->windows, -1);
-    if ((rpal_capabilities() & RPAL_CAP_PKU) && p->pkey >= 0)
-        pkey_set(p->pkey, PKEY_DISABLE_ACCESS);
+    /* Close the key this window opened, even if the peer has gone and lost
+     * it meanwhile: it is still open in this thread's PKRU. */
+    int ks = *t_keyslot(depth);
+    if (ks >= 0) {
+        pkey_set(p->d->pkeys[ks], PKEY_DISABLE_ACCESS);
+        rpal_fetch_add_relaxed(&p->d->key_windows[ks], -1);
+    }
     return 0;
 }
 

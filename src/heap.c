@@ -29,13 +29,11 @@
 #define likely(x)   __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)
 
-/* atomics.h has no fetch-or; same naming convention. Relaxed: the handing
- * over of a block between threads is ordered by the class locks (see
- * central_take/central_put), the bit only records ownership. */
-#define heap_fetch_or_relaxed(p, v) \
-    atomic_fetch_or_explicit((p), (v), memory_order_relaxed)
+/* Live bits use rpal_fetch_or_relaxed: relaxed, because the handing over
+ * of a block between threads is ordered by the class locks (see
+ * central_take/central_put); the bit only records ownership. */
 
-/* ---- geometry -------------------------------------------------------------- */
+/* ---- geometry ------------------------------------------------------------ */
 
 #define SPAN_SHIFT 16
 #define SPAN ((uint64_t)1 << SPAN_SHIFT)
@@ -55,7 +53,8 @@
 /* A size class. INV is ceil(2^40 / size): (offset * INV) >> 40 is the exact
  * block index for every offset below 2^40 / size, and runs are at most
  * 2 spans (2^17) of blocks of at most 2^15 bytes. CAP is the thread-cache
- * capacity, BATCH what one refill takes. */
+ * capacity (a refill takes half of it): 64 blocks, and at most 128 KiB, so
+ * that an idle thread does not sit on much memory. */
 struct sclass {
     uint32_t size, nspans, nblocks, cap;
     uint64_t inv;
@@ -90,7 +89,7 @@ static inline unsigned class_of(size_t size)
     return 8 + (b - 7) * 4 + (unsigned)(((size - 1) >> (b - 2)) & 3);
 }
 
-/* ---- per-span information ---------------------------------------------------- */
+/* ---- per-span information ------------------------------------------------ */
 
 /* info[i] describes span i; the lock-free free path reads it, so it is one
  * atomic word: kind in bits 0-2, a 29-bit value in bits 3-31 (the class of a
@@ -116,7 +115,10 @@ static inline uint64_t mkinfo(unsigned kind, uint32_t val, uint32_t epoch)
     return (uint64_t)kind | (uint64_t)val << 3 | (uint64_t)epoch << 32;
 }
 static inline unsigned info_kind(uint64_t v) { return (unsigned)(v & 7); }
-static inline uint32_t info_val(uint64_t v) { return (uint32_t)(v >> 3) & MAX_SPANS; }
+static inline uint32_t info_val(uint64_t v)
+{
+    return (uint32_t)(v >> 3) & MAX_SPANS;
+}
 static inline uint32_t info_epoch(uint64_t v) { return (uint32_t)(v >> 32); }
 
 /* Private metadata of a run, indexed by its head span. live[] is read and
@@ -135,7 +137,7 @@ struct meta {
     _Atomic uint64_t live[LIVE_WORDS];
 };
 
-/* ---- the heap ------------------------------------------------------------------ */
+/* ---- the heap ------------------------------------------------------------ */
 
 struct central {
     _Alignas(64) pthread_mutex_t lock;
@@ -163,11 +165,12 @@ struct heap {
     /* Read-only after heap_create; all the fast paths need. */
     uintptr_t base;
     uint64_t len;
-    uint64_t gen;          /* unique per heap: a cache of a dead heap never matches */
+    uint64_t gen;          /* unique: a dead heap's cache never matches */
     _Atomic uint64_t *info;
     struct meta *meta;
     uint32_t nspans;
     size_t info_bytes, meta_bytes;
+    size_t meta_open;      /* bytes of meta made accessible (page lock) */
     struct heap *next;     /* live heaps, under heaps_lock */
 
     _Alignas(64) pthread_mutex_t page_lock;
@@ -187,7 +190,8 @@ static struct heap *heaps;
 
 /* initial-exec: one TLS slot in the static block, no __tls_get_addr call on
  * the fast path even in the shared library. */
-static _Thread_local struct tcache *tc_self __attribute__((tls_model("initial-exec")));
+static _Thread_local struct tcache *tc_self
+    __attribute__((tls_model("initial-exec")));
 static pthread_key_t tc_key;
 static int tc_key_ok;
 static pthread_once_t tc_key_once = PTHREAD_ONCE_INIT;
@@ -200,7 +204,7 @@ static inline uint64_t span_addr(const struct heap *h, uint32_t s)
 static void lock(pthread_mutex_t *m) { pthread_mutex_lock(m); }
 static void unlock(pthread_mutex_t *m) { pthread_mutex_unlock(m); }
 
-/* ---- page heap: runs of spans (page_lock held) ----------------------------------- */
+/* ---- page heap: runs of spans (page_lock held) --------------------------- */
 
 static unsigned bin_of(uint32_t n)
 {
@@ -287,6 +291,26 @@ static void run_free(struct heap *h, uint32_t s, uint32_t n)
     bin_insert(h, s, n);
 }
 
+/* Move the bump pointer to B, first making the metadata of the new spans
+ * accessible. The meta table is reserved PROT_NONE and opened in steps as
+ * the heap grows, so that a 64 GiB slot does not charge 1.5 GiB of
+ * metadata to the commit limit where overcommit is strict. */
+static int bump_to(struct heap *h, uint32_t b)
+{
+    size_t need = (size_t)b * sizeof *h->meta;
+    if (need > h->meta_open) {
+        size_t step = (size_t)2 << 20, open = (need + step - 1) / step * step;
+        if (open > h->meta_bytes)
+            open = h->meta_bytes;
+        if (mprotect((char *)h->meta + h->meta_open, open - h->meta_open,
+                     PROT_READ | PROT_WRITE) < 0)
+            return -ENOMEM;
+        h->meta_open = open;
+    }
+    h->bump = b;
+    return 0;
+}
+
 /* Take N spans: the smallest binned run that fits, else the last free run
  * extended into untouched space, else untouched space. *DIRTY is how many
  * leading spans may hold old data (untouched spans read as zeros). The
@@ -312,24 +336,22 @@ static uint32_t run_alloc(struct heap *h, uint32_t n, uint32_t *dirty)
         uint32_t l = free_run_ending_at(h, h->bump - 1);
         if (l != NIL) {
             uint32_t m = h->bump - l;
-            if (n - m > room)
+            if (n - m > room || bump_to(h, l + n) < 0)
                 return NIL;
             bin_remove(h, l, m);
-            set_info(h, h->bump - 1, 0);
-            h->bump = l + n;
+            set_info(h, l + m - 1, 0);
             *dirty = m;
             return l;
         }
     }
-    if (n > room)
-        return NIL;
     uint32_t s = h->bump;
-    h->bump += n;
+    if (n > room || bump_to(h, s + n) < 0)
+        return NIL;
     *dirty = 0;
     return s;
 }
 
-/* ---- small runs (class lock held) ---------------------------------------------------- */
+/* ---- small runs (class lock held) ---------------------------------------- */
 
 static void partial_push(struct heap *h, struct central *cl, uint32_t s)
 {
@@ -393,6 +415,11 @@ static void run_release(struct heap *h, unsigned c, uint32_t s)
     struct central *cl = &h->cls[c];
     partial_unlink(h, cl, s);
     cl->nruns--;
+    /* Every block is back, so every avail bit in use is set: clear them, so
+     * that a later format for a class with fewer blocks finds no stale bits
+     * past its last block. */
+    memset(h->meta[s].avail, 0, (k->nblocks + 63) / 64 * sizeof(uint64_t));
+    h->meta[s].navail = 0;
     lock(&h->page_lock);
     for (uint32_t j = 0; j < k->nspans; j++)
         set_info(h, s + j, 0);
@@ -451,7 +478,7 @@ static void central_put(struct heap *h, unsigned c, uint64_t hd)
         run_release(h, c, s);
 }
 
-/* ---- thread caches ---------------------------------------------------------------------- */
+/* ---- thread caches ------------------------------------------------------- */
 
 static void tc_flush(struct heap *h, struct tbin *b, unsigned c, unsigned count)
 {
@@ -567,12 +594,12 @@ static void oom_recover(struct heap *h)
     }
 }
 
-/* ---- small blocks -------------------------------------------------------------------------- */
+/* ---- small blocks -------------------------------------------------------- */
 
 static inline void *block_take(struct heap *h, unsigned c, uint64_t hd)
 {
     uint32_t s = (uint32_t)(hd >> BI_BITS), bi = (uint32_t)(hd & (MAX_BLOCKS - 1));
-    heap_fetch_or_relaxed(&h->meta[s].live[bi / 32], 1ull << (bi % 32));
+    rpal_fetch_or_relaxed(&h->meta[s].live[bi / 32], 1ull << (bi % 32));
     return (void *)(span_addr(h, s) + (uint64_t)bi * classes[c].size);
 }
 
@@ -634,7 +661,7 @@ static __attribute__((noinline)) int small_free_slow(struct heap *h, unsigned c,
     return 0;
 }
 
-/* ---- large blocks (runs of spans) ----------------------------------------------------------- */
+/* ---- large blocks (runs of spans) ---------------------------------------- */
 
 static void *large_alloc(struct heap *h, size_t size, int zero)
 {
@@ -664,8 +691,8 @@ static void *large_alloc(struct heap *h, size_t size, int zero)
     return NULL;
 }
 
-/* The large block at span S (page lock held): its length, or 0 if P is not
- * the start of a live large block. */
+/* The large block that starts at OFF (page lock held): its length in spans
+ * and its span in *S, or 0 if OFF is not the start of a live large block. */
 static uint32_t large_lookup(struct heap *h, uint64_t off, uint32_t *s)
 {
     *s = (uint32_t)(off >> SPAN_SHIFT);
@@ -703,6 +730,8 @@ static int large_resize(struct heap *h, uint32_t s, uint32_t n, uint32_t n2)
     uint32_t untouched = (e + have == h->bump) ? h->nspans - h->bump : 0;
     if (have + untouched < need)
         return 0;
+    if (have < need && bump_to(h, s + n2) < 0)
+        return 0;
     if (have) {
         bin_remove(h, e, have);
         set_info(h, e, 0);
@@ -712,8 +741,6 @@ static int large_resize(struct heap *h, uint32_t s, uint32_t n, uint32_t n2)
     if (have > need) {
         set_run(h, s + n2, have - need, K_FREE, K_FREE_TAIL);
         bin_insert(h, s + n2, have - need);
-    } else if (have < need) {
-        h->bump = s + n2;
     }
     if (n > 1)
         set_info(h, s + n - 1, 0);
@@ -721,7 +748,36 @@ static int large_resize(struct heap *h, uint32_t s, uint32_t n, uint32_t n2)
     return 1;
 }
 
-/* ---- the interface ------------------------------------------------------------------------------ */
+/* ---- fork ---------------------------------------------------------------- */
+
+/* A heap belongs to the process that made it: the domain does not pass slots
+ * to a child (MADV_DONTFORK), and a child writing a heap it shares with its
+ * parent would corrupt it. The child also has only the forking thread, so a
+ * lock another thread held at fork() would stay held forever. Forget every
+ * heap, and unbind this thread's cache without flushing it. */
+static void heap_atfork_child(void)
+{
+    pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+    heaps_lock = fresh;
+    heaps = NULL;
+    rpal_store_relaxed(&current, NULL);
+    struct tcache *t = tc_self;
+    if (t) {
+        for (unsigned c = 0; c < NCLASS; c++)
+            rpal_store_relaxed(&t->bin[c].n, 0);
+        t->heap = NULL;
+        t->gen = 0;
+    }
+}
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void atfork_init(void)
+{
+    pthread_atfork(NULL, NULL, heap_atfork_child);
+}
+
+/* ---- the interface ------------------------------------------------------- */
 
 int heap_create(void *base, uint64_t len, struct heap **out)
 {
@@ -729,6 +785,7 @@ int heap_create(void *base, uint64_t len, struct heap **out)
     if (!out || !base || b % RPAL_PAGE || len == 0 || len % SPAN ||
         len / SPAN > MAX_SPANS || b + len < b)
         return -EINVAL;
+    pthread_once(&atfork_once, atfork_init);
     struct heap *h = aligned_alloc(64, sizeof *h);
     if (!h)
         return -ENOMEM;
@@ -736,13 +793,16 @@ int heap_create(void *base, uint64_t len, struct heap **out)
     h->base = b;
     h->len = len;
     h->nspans = (uint32_t)(len / SPAN);
-    /* Both tables are reserved for the whole slot and committed page by page
-     * as spans are used: untouched anonymous memory reads as zeros (K_NONE). */
-    h->info_bytes = (h->nspans * sizeof *h->info + RPAL_PAGE - 1) & ~(RPAL_PAGE - 1);
-    h->meta_bytes = (h->nspans * sizeof *h->meta + RPAL_PAGE - 1) & ~(RPAL_PAGE - 1);
+    /* Both tables cover the whole slot and cost memory only where touched:
+     * untouched anonymous memory reads as zeros (K_NONE). info (8 bytes a
+     * span) stays readable everywhere, since heap_free reads it for any
+     * pointer in the heap; meta is opened as the bump pointer moves. */
+    size_t pg = RPAL_PAGE - 1;
+    h->info_bytes = (h->nspans * sizeof *h->info + pg) & ~pg;
+    h->meta_bytes = (h->nspans * sizeof *h->meta + pg) & ~pg;
     int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
     void *info = mmap(NULL, h->info_bytes, PROT_READ | PROT_WRITE, flags, -1, 0);
-    void *meta = mmap(NULL, h->meta_bytes, PROT_READ | PROT_WRITE, flags, -1, 0);
+    void *meta = mmap(NULL, h->meta_bytes, PROT_NONE, flags, -1, 0);
     if (info == MAP_FAILED || meta == MAP_FAILED) {
         if (info != MAP_FAILED)
             munmap(info, h->info_bytes);
@@ -820,6 +880,8 @@ static inline int small_find(struct heap *h, uint64_t off, uint64_t v,
 {
     uint32_t s = (uint32_t)(off >> SPAN_SHIFT);
     if (info_kind(v) == K_SMALL_TAIL) {
+        if (info_val(v) > s)
+            return -EINVAL;
         s -= info_val(v);
         v = rpal_load_acquire(&h->info[s]); /* pairs with set_info */
         if (info_kind(v) != K_SMALL)
@@ -834,7 +896,8 @@ static inline int small_find(struct heap *h, uint64_t off, uint64_t v,
     if (bi * k->size != boff || bi >= k->nblocks)
         return -EINVAL;
     _Atomic uint64_t *w = &h->meta[s].live[bi / 32];
-    uint64_t bit = 1ull << (bi % 32), epoch = info_epoch(v), x = rpal_load_relaxed(w);
+    uint64_t bit = 1ull << (bi % 32), epoch = info_epoch(v);
+    uint64_t x = rpal_load_relaxed(w);
     do {
         if ((x >> 32) != epoch || !(x & bit))
             return -EINVAL;
@@ -974,7 +1037,7 @@ int rpal_free(void *p)
     return h ? do_free(h, p) : -EINVAL;
 }
 
-/* ---- the checker ------------------------------------------------------------------------------- */
+/* ---- the checker --------------------------------------------------------- */
 
 static int bad(const char *what, uint64_t a, uint64_t b)
 {
@@ -997,8 +1060,10 @@ static int check_classes(void)
         return 0;
     for (unsigned c = 0; c < NCLASS; c++) {
         const struct sclass *k = &classes[c];
-        if (k->size % 16 || k->nblocks > MAX_BLOCKS || k->nspans > MAX_RUN_SPANS ||
-            k->nblocks != k->nspans * SPAN / k->size || k->cap == 0 || k->cap > TC_CAP ||
+        if (k->size % 16 || k->nblocks > MAX_BLOCKS ||
+            k->nspans > MAX_RUN_SPANS ||
+            k->nblocks != k->nspans * SPAN / k->size ||
+            k->cap == 0 || k->cap > TC_CAP ||
             (c && k->size <= classes[c - 1].size))
             return bad("size class table", c, k->size);
         for (uint64_t off = 0; off < k->nspans * SPAN; off++)
@@ -1104,7 +1169,8 @@ int heap_check(struct heap *h)
     uint32_t seen = 0;
     for (unsigned b = 0; !err && b < NBINS; b++) {
         uint32_t prev = NIL;
-        for (uint32_t r = h->bins[b]; !err && r != NIL; r = h->meta[r].next) {
+        for (uint32_t r = h->bins[b]; !err && r != NIL;
+             r = err ? NIL : h->meta[r].next) {
             uint64_t v = r < h->bump ? rpal_load_relaxed(&h->info[r]) : 0;
             if (info_kind(v) != K_FREE || bin_of(info_val(v)) != b)
                 err = bad("free bin holds a wrong run", b, r);
@@ -1122,7 +1188,8 @@ int heap_check(struct heap *h)
         uint32_t count = 0, prev = NIL;
         if (nruns[c] != h->cls[c].nruns)
             err = bad("class run count", c, h->cls[c].nruns);
-        for (uint32_t r = h->cls[c].partial; !err && r != NIL; r = h->meta[r].next) {
+        for (uint32_t r = h->cls[c].partial; !err && r != NIL;
+             r = err ? NIL : h->meta[r].next) {
             uint64_t v = r < h->bump ? rpal_load_relaxed(&h->info[r]) : 0;
             if (info_kind(v) != K_SMALL || info_val(v) != c || !h->meta[r].navail)
                 err = bad("partial list holds a wrong run", c, r);
@@ -1133,7 +1200,7 @@ int heap_check(struct heap *h)
             prev = r;
         }
         if (!err && count != partial[c])
-            err = bad("runs with free blocks missing from the partial list", c, count);
+            err = bad("partial list misses runs", c, count);
     }
     /* Thread caches: every cached block neither live nor available, none
      * twice, and as many as the runs are missing. */
@@ -1148,9 +1215,11 @@ int heap_check(struct heap *h)
             }
             for (uint32_t i = 0; !err && i < n; i++) {
                 uint64_t hd = rpal_load_relaxed(&t->bin[c].hd[i]);
-                uint32_t r = (uint32_t)(hd >> BI_BITS), bi = (uint32_t)(hd & (MAX_BLOCKS - 1));
+                uint32_t r = (uint32_t)(hd >> BI_BITS);
+                uint32_t bi = (uint32_t)(hd & (MAX_BLOCKS - 1));
                 uint64_t v = r < h->bump ? rpal_load_relaxed(&h->info[r]) : 0;
-                if (info_kind(v) != K_SMALL || info_val(v) != c || bi >= classes[c].nblocks) {
+                if (info_kind(v) != K_SMALL || info_val(v) != c ||
+                    bi >= classes[c].nblocks) {
                     err = bad("cached block in a wrong run", c, hd);
                     break;
                 }

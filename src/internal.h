@@ -151,6 +151,7 @@ struct rpal_peer {
     uint64_t base, size;
     int mapped, gone, reason;
     int pkey;            /* own protection key, or -1 (under the closed key) */
+    int keyslot;         /* its index in d->pkeys, or -1 */
     _Atomic int windows; /* access windows open on it, over all threads */
     struct rpal_peer *next;
 };
@@ -172,6 +173,7 @@ struct rpal_domain {
     int npending;
     int pkeys[16];
     rpal_peer *pkey_owner[16];
+    _Atomic int key_windows[16]; /* windows open under each key, all threads */
     int lockkey, have_lockkey;
 };
 

@@ -31,6 +31,7 @@
 #define HS_MAGIC 0x3153484c41505231ull /* "1RPALHS1" */
 #define HS_VERSION 1u
 #define MAX_PENDING 64
+#define REL_BYTE "R" /* sent on the connection by a release */
 
 struct hs_req {
     uint64_t magic;
@@ -236,6 +237,7 @@ static int peer_create(rpal_domain *d, int sock, int memfd, const struct ucred *
     p->sock = sock;
     p->pidfd = -1;
     p->pkey = -1;
+    p->keyslot = -1;
     p->info.pid = cr->pid;
     p->info.uid = cr->uid;
     p->info.gid = cr->gid;
@@ -290,7 +292,14 @@ static void peer_gone(rpal_domain *d, rpal_peer *p, int reason)
     unmap_peer(d, p);
     epoll_ctl(d->epfd, EPOLL_CTL_DEL, p->sock, NULL);
     epoll_ctl(d->epfd, EPOLL_CTL_DEL, p->pidfd, NULL);
-    close(p->sock);  /* the other side sees EOF: a release */
+    /* A release says so before closing: an EOF alone means the process
+     * went (its socket closes a moment before its pidfd turns readable).
+     * shutdown() reaches the other side even if a forked child of ours
+     * still holds a copy of the socket. */
+    if (reason == 0)
+        (void)send(p->sock, REL_BYTE, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+    shutdown(p->sock, SHUT_RDWR);
+    close(p->sock);
     close(p->pidfd);
     p->sock = p->pidfd = -1;
     p->gone = 1;
@@ -552,11 +561,11 @@ out:
 
 /* ---- the service's side (from rpal_domain_dispatch, d->lock held) ---- */
 
-static void reply(int sock, const rpal_domain *d, int status, int memfd)
+static int reply(int sock, const rpal_domain *d, int status, int memfd)
 {
     struct hs_rep rep = {.magic = HS_MAGIC, .version = HS_VERSION, .status = status,
                          .slot = d->slot, .slot_size = d->slot_size};
-    (void)send_with_fd(sock, &rep, sizeof rep, status == 0 ? memfd : -1);
+    return send_with_fd(sock, &rep, sizeof rep, status == 0 ? memfd : -1);
 }
 
 static int answer(rpal_domain *d, struct pending *x, struct rpal_event *ev)
@@ -594,11 +603,17 @@ static int answer(rpal_domain *d, struct pending *x, struct rpal_event *ev)
         close(memfd);
     if (err < 0) {
         if (err != -ECONNRESET)
-            reply(sock, d, err, -1);
+            (void)reply(sock, d, err, -1);
         close(sock);
         return err;
     }
-    reply(sock, d, 0, d->memfd);
+    if (reply(sock, d, 0, d->memfd) < 0) {
+        /* The requester gave up (timed out) meanwhile: no sharing. */
+        peer_gone(d, p, -ECONNRESET);
+        d->peers = p->next; /* peer_create put it first */
+        free(p);
+        return -ECONNRESET;
+    }
     ev->type = RPAL_EV_PEER_ACCEPTED;
     ev->reason = 0;
     ev->peer = p;
@@ -659,17 +674,14 @@ int svc_handle(rpal_domain *d, struct watch *w, uint32_t events,
         rpal_peer *p = w->obj;
         if (p->gone)
             return 0;
-        int reason = 0;
+        int reason = -ESRCH;
         if (w->kind == W_PEER_SOCK) {
             char b[64];
             ssize_t n = recv(p->sock, b, sizeof b, MSG_DONTWAIT);
-            if (n > 0 || (n < 0 && errno == EAGAIN && !(events & (EPOLLHUP | EPOLLRDHUP))))
-                return 0; /* nothing is expected on it: ignore */
-            struct pollfd pf = {p->pidfd, POLLIN, 0};
-            if (poll(&pf, 1, 0) == 1)
-                reason = -ESRCH;
-        } else {
-            reason = -ESRCH;
+            if (n > 0 && memchr(b, REL_BYTE[0], (size_t)n))
+                reason = 0; /* released */
+            else if (n > 0 || (n < 0 && errno == EAGAIN && !(events & (EPOLLHUP | EPOLLRDHUP))))
+                return 0; /* nothing else is expected on it: ignore */
         }
         peer_gone(d, p, reason);
         ev->type = RPAL_EV_PEER_GONE;

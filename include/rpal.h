@@ -260,6 +260,84 @@ unsigned rpal_capabilities(void);
 int rpal_peer_access_begin(rpal_peer *p);
 int rpal_peer_access_end(rpal_peer *p);
 
+/* ------------------------------------------------------------------------ */
+/* Channels and calls.                                                       */
+/* ------------------------------------------------------------------------ */
+
+/* A channel joins one caller thread to a service it shares with. The
+ * requests live in the caller's slot, the replies in the service's: each
+ * side writes only its own memory. A channel is used by one thread at a
+ * time; open one per calling thread. */
+
+typedef struct rpal_chan rpal_chan;
+typedef struct rpal_receiver rpal_receiver;
+
+enum rpal_wait_policy {
+    RPAL_WAIT_ADAPTIVE = 0, /* spin a bounded time, then yield, then sleep */
+    RPAL_WAIT_POLL = 1,     /* spin until the deadline (burns a CPU) */
+    RPAL_WAIT_SLEEP = 2,    /* sleep on a futex at once */
+};
+
+struct rpal_chan_opts {
+    int wait;          /* enum rpal_wait_policy */
+    unsigned spin_us;  /* ADAPTIVE: how long to spin first (0: 20 us) */
+    int same_cpu;      /* caller and receiver share one CPU (RPAL's "cpu
+                          lock"): hand over with sched_yield(), never spin */
+    unsigned depth;    /* ring entries, a power of two <= 1024 (0: 64) */
+};
+
+/* Requests and replies up to this size travel inside the ring entry. */
+#define RPAL_INLINE_MAX 40
+
+/* Open a channel to the service behind PEER (a peer we requested). Blocks
+ * until the service's dispatch loop has accepted it, at most TIMEOUT_MS. */
+int rpal_chan_open(rpal_peer *peer, const struct rpal_chan_opts *opts,
+                   int timeout_ms, rpal_chan **out);
+int rpal_chan_close(rpal_chan *c);
+
+/* Synchronous call: send REQ (LEN bytes), wait for the reply, copy at most
+ * REPLY_MAX bytes of it into REPLY and its length into *REPLY_LEN.
+ * A request inside the caller's own slot (rpal_malloc) is passed as a
+ * pointer and read in place by the service (zero copy); a small one is
+ * copied into the ring; a large one elsewhere is copied once into the slot.
+ * -ETIMEDOUT: no reply by the deadline; -ESRCH: the service died;
+ * -ESHUTDOWN: it closed the channel or released us; -EMSGSIZE: the reply
+ * did not fit (*REPLY_LEN says how big it was). */
+int rpal_call(rpal_chan *c, const void *req, size_t len, void *reply,
+              size_t reply_max, size_t *reply_len, int timeout_ms);
+
+/* Asynchronous: queue a request tagged TAG (-EAGAIN if DEPTH are already
+ * outstanding) and collect replies in order with rpal_complete(). */
+int rpal_send(rpal_chan *c, const void *req, size_t len, uint64_t tag);
+int rpal_complete(rpal_chan *c, uint64_t *tag, void *reply, size_t reply_max,
+                  size_t *reply_len, int timeout_ms);
+
+/* A received request. DATA points into the caller's slot (read in place,
+ * inside an access window the library opens until the reply) or into the
+ * ring entry; it is valid until rpal_reply(). */
+struct rpal_msg {
+    const void *data;
+    size_t len;
+    rpal_peer *peer;    /* who called */
+    void *internal[2];  /* for rpal_reply */
+    unsigned char inline_copy[RPAL_INLINE_MAX]; /* small requests land here */
+};
+
+/* A receiver serves channels of service S on the calling thread; new
+ * channels are spread over a service's receivers. */
+int rpal_receiver_create(rpal_service *s, const struct rpal_chan_opts *opts,
+                         rpal_receiver **out);
+int rpal_receiver_destroy(rpal_receiver *r);
+
+/* Wait at most TIMEOUT_MS for the next request on any of R's channels. */
+int rpal_receive(rpal_receiver *r, struct rpal_msg *m, int timeout_ms);
+
+/* Answer M, exactly once. A reply up to RPAL_INLINE_MAX bytes travels in
+ * the ring; a larger one is copied once into our slot, where the caller
+ * reads it (the library frees it once the caller has taken it). */
+int rpal_reply(rpal_receiver *r, const struct rpal_msg *m, const void *data,
+               size_t len);
+
 #ifdef __cplusplus
 }
 #endif

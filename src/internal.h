@@ -54,6 +54,18 @@ RPAL_HIDDEN int prim_mkdirs_beneath(int dirfd, const char *path,
 RPAL_HIDDEN void prim_rmdirs_beneath(int dirfd, const char *path, size_t keep);
 
 RPAL_HIDDEN uint64_t prim_now_realtime_ns(void);
+RPAL_HIDDEN uint64_t prim_now_ns(void); /* CLOCK_MONOTONIC */
+
+/* Futex wait/wake; SHARED for words in memory other processes map.
+ * TIMEOUT_NS < 0: no timeout. Wait returns 0, -EAGAIN (value differed),
+ * -ETIMEDOUT or -EINTR. */
+struct futex_waitv;
+RPAL_HIDDEN int prim_futex_wait(const _Atomic uint32_t *addr, uint32_t val,
+                                int shared, int64_t timeout_ns);
+RPAL_HIDDEN int prim_futex_wake(const _Atomic uint32_t *addr, int n, int shared);
+/* Wait on several words at once (Linux 5.16+): index woken, or -errno. */
+RPAL_HIDDEN int prim_futex_waitv(struct futex_waitv *w, unsigned n,
+                                 int64_t timeout_ns);
 
 /* ---- region layer services used by the layers below it ---- */
 
@@ -118,12 +130,44 @@ struct member_rec {
     uint16_t peers[MEMBER_MAX_PEERS];
 };
 
-/* What an epoll event points at. */
-enum watch_kind { W_LISTEN = 1, W_PENDING, W_PEER_SOCK, W_PEER_PIDFD };
+/* What an epoll event points at. W_HOOK watches belong to a lower layer
+ * (channels) and are handed to their own function. */
+enum watch_kind { W_LISTEN = 1, W_PENDING, W_PEER_SOCK, W_PEER_PIDFD, W_HOOK };
 struct watch {
     int kind;
     void *obj;
+    void (*hook)(rpal_domain *d, struct watch *w, uint32_t events);
 };
+
+/* The handshake messages (service.c), also used to open channels. */
+#define HS_KIND_SHARE 0u
+#define HS_KIND_CHAN  1u
+struct hs_req {
+    uint64_t magic;
+    uint32_t version, slot;
+    uint64_t slot_size;
+    char service[65];
+    uint8_t key[16];
+    uint32_t kind;   /* HS_KIND_* */
+    uint32_t depth;  /* CHAN: ring entries */
+    uint64_t addr;   /* CHAN: the caller's ring, in its slot */
+};
+
+struct hs_rep {
+    uint64_t magic;
+    uint32_t version;
+    int32_t status;
+    uint32_t slot, pad;
+    uint64_t slot_size;
+    uint64_t addr;   /* CHAN: the service's ring, in its slot */
+};
+
+struct ucred;
+/* Set by the channel layer on a service that has receivers: answers a
+ * HS_KIND_CHAN request from the accepted peer P on SOCK (which it keeps on
+ * success). Returns 0 and *ADDR, or a negative errno. d->lock held. */
+typedef int (*chan_accept_fn)(rpal_service *s, rpal_peer *p, int sock,
+                              const struct hs_req *req, uint64_t *addr);
 
 struct rpal_service {
     struct watch w;
@@ -133,6 +177,9 @@ struct rpal_service {
     rpal_key key;
     rpal_policy_fn policy;
     void *arg;
+    chan_accept_fn chan_accept;  /* NULL until a receiver exists */
+    struct rpal_receiver *receivers; /* channel layer's, under d->lock */
+    unsigned rr;                 /* next receiver for a new channel */
     struct rpal_service *next;
 };
 
@@ -153,6 +200,7 @@ struct rpal_peer {
     int pkey;            /* own protection key, or -1 (under the closed key) */
     int keyslot;         /* its index in d->pkeys, or -1 */
     _Atomic int windows; /* access windows open on it, over all threads */
+    _Atomic int nchans;  /* channels that read its slot (channel layer) */
     struct rpal_peer *next;
 };
 
@@ -189,5 +237,10 @@ RPAL_HIDDEN void dom_unguard_peer(rpal_domain *d, rpal_peer *p);
 RPAL_HIDDEN int svc_handle(rpal_domain *d, struct watch *w, uint32_t events,
                            struct rpal_event *ev);
 RPAL_HIDDEN void svc_drop_pending(rpal_domain *d);
+/* Path of the rendezvous socket of service NAME of D. */
+struct sockaddr_un;
+RPAL_HIDDEN int svc_path(const rpal_domain *d, const char *name, struct sockaddr_un *a);
+RPAL_HIDDEN int svc_send_with_fd(int sock, const void *msg, size_t len, int fd);
+RPAL_HIDDEN int svc_recv_with_fd(int sock, void *msg, size_t len, int *fd);
 
 #endif

@@ -15,6 +15,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <linux/futex.h>
 #include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
@@ -242,6 +243,47 @@ void prim_rmdirs_beneath(int dirfd, const char *path, size_t keep)
         if (r < 0 || !leaf)
             return;
     }
+}
+
+/* Futexes on memory another process maps too are "shared" (keyed by the
+ * file and offset); ones only our threads see are private (cheaper). */
+int prim_futex_wait(const _Atomic uint32_t *addr, uint32_t val, int shared,
+                    int64_t timeout_ns)
+{
+    struct timespec ts, *tp = NULL;
+    if (timeout_ns >= 0) {
+        ts.tv_sec = timeout_ns / 1000000000;
+        ts.tv_nsec = timeout_ns % 1000000000;
+        tp = &ts;
+    }
+    long r = syscall(SYS_futex, addr, shared ? FUTEX_WAIT : FUTEX_WAIT_PRIVATE, val, tp,
+                     NULL, 0);
+    return r < 0 ? -errno : 0;
+}
+
+int prim_futex_wake(const _Atomic uint32_t *addr, int n, int shared)
+{
+    long r = syscall(SYS_futex, addr, shared ? FUTEX_WAKE : FUTEX_WAKE_PRIVATE, n, NULL,
+                     NULL, 0);
+    return r < 0 ? -errno : (int)r;
+}
+
+int prim_futex_waitv(struct futex_waitv *w, unsigned n, int64_t timeout_ns)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t abs = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec + timeout_ns;
+    ts.tv_sec = abs / 1000000000;
+    ts.tv_nsec = abs % 1000000000;
+    long r = syscall(SYS_futex_waitv, w, n, 0, &ts, CLOCK_MONOTONIC);
+    return r < 0 ? -errno : (int)r;
+}
+
+uint64_t prim_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
 const char *rpal_version(void)

@@ -33,21 +33,6 @@
 #define MAX_PENDING 64
 #define REL_BYTE "R" /* sent on the connection by a release */
 
-struct hs_req {
-    uint64_t magic;
-    uint32_t version, slot;
-    uint64_t slot_size;
-    char service[65];
-    uint8_t key[16];
-};
-
-struct hs_rep {
-    uint64_t magic;
-    uint32_t version;
-    int32_t status;
-    uint32_t slot, pad;
-    uint64_t slot_size;
-};
 
 /* ---- keys ---- */
 
@@ -93,7 +78,7 @@ static int key_equal(const uint8_t *a, const uint8_t *b)
 
 /* ---- plumbing ---- */
 
-static int svc_path(const rpal_domain *d, const char *name, struct sockaddr_un *a)
+int svc_path(const rpal_domain *d, const char *name, struct sockaddr_un *a)
 {
     memset(a, 0, sizeof *a);
     a->sun_family = AF_UNIX;
@@ -104,7 +89,7 @@ static int svc_path(const rpal_domain *d, const char *name, struct sockaddr_un *
     return n > 0 && (size_t)n < sizeof a->sun_path ? 0 : -ENAMETOOLONG;
 }
 
-static int send_with_fd(int sock, const void *msg, size_t len, int fd)
+int svc_send_with_fd(int sock, const void *msg, size_t len, int fd)
 {
     struct iovec iov = {(void *)msg, len};
     union {
@@ -127,7 +112,7 @@ static int send_with_fd(int sock, const void *msg, size_t len, int fd)
 
 /* Receive one message of exactly LEN bytes and at most one descriptor
  * (*FD = -1 if none). Anything else a peer sends is closed and refused. */
-static int recv_with_fd(int sock, void *msg, size_t len, int *fd)
+int svc_recv_with_fd(int sock, void *msg, size_t len, int *fd)
 {
     struct iovec iov = {msg, len};
     union {
@@ -218,8 +203,12 @@ static void unmap_peer(rpal_domain *d, rpal_peer *p)
 {
     if (!p->mapped)
         return;
-    /* Put the reservation back rather than leave a hole in the window. */
-    mmap((void *)(uintptr_t)p->base, p->size, PROT_NONE,
+    /* Put the reservation back rather than leave a hole in the window. A
+     * receiver or caller thread may be reading the slot through a channel
+     * right now: then the range reads as zeros instead (which the channel
+     * code takes for a broken ring), so that no thread faults. */
+    int busy = rpal_load_acquire(&p->nchans) > 0;
+    mmap((void *)(uintptr_t)p->base, p->size, busy ? PROT_READ : PROT_NONE,
          MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
     madvise((void *)(uintptr_t)p->base, p->size, MADV_DONTFORK);
     dom_unguard_peer(d, p);
@@ -261,8 +250,8 @@ static int peer_create(rpal_domain *d, int sock, int memfd, const struct ucred *
         err = -errno == -ESRCH ? -ECONNREFUSED : -errno;
         goto fail;
     }
-    p->wsock = (struct watch){W_PEER_SOCK, p};
-    p->wpid = (struct watch){W_PEER_PIDFD, p};
+    p->wsock = (struct watch){W_PEER_SOCK, p, NULL};
+    p->wpid = (struct watch){W_PEER_PIDFD, p, NULL};
     struct epoll_event es = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = &p->wsock};
     struct epoll_event ep = {.events = EPOLLIN, .data.ptr = &p->wpid};
     if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, sock, &es) < 0 ||
@@ -384,7 +373,7 @@ int rpal_service_register(rpal_domain *d, const char *name, unsigned mode,
         unlinkat(d->dirfd, file, 0);
         goto fail_sock;
     }
-    s->w = (struct watch){W_LISTEN, s};
+    s->w = (struct watch){W_LISTEN, s, NULL};
     struct epoll_event ee = {.events = EPOLLIN, .data.ptr = &s->w};
     if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, s->lfd, &ee) < 0) {
         err = -errno;
@@ -505,7 +494,7 @@ int rpal_service_request(rpal_domain *d, const char *name, const rpal_key *key,
     memcpy(req.key, key->bytes, sizeof req.key);
     int memfd = -1;
     struct hs_rep rep;
-    if ((err = send_with_fd(sock, &req, sizeof req, d->memfd)) < 0)
+    if ((err = svc_send_with_fd(sock, &req, sizeof req, d->memfd)) < 0)
         goto out;
     struct pollfd pfd = {sock, POLLIN, 0};
     int r;
@@ -516,7 +505,7 @@ int rpal_service_request(rpal_domain *d, const char *name, const rpal_key *key,
         err = -ETIMEDOUT;
         goto out;
     }
-    err = recv_with_fd(sock, &rep, sizeof rep, &memfd);
+    err = svc_recv_with_fd(sock, &rep, sizeof rep, &memfd);
     if (err == -ECONNRESET) {
         err = -EACCES; /* closed without an answer: refused */
         goto out;
@@ -565,7 +554,7 @@ static int reply(int sock, const rpal_domain *d, int status, int memfd)
 {
     struct hs_rep rep = {.magic = HS_MAGIC, .version = HS_VERSION, .status = status,
                          .slot = d->slot, .slot_size = d->slot_size};
-    return send_with_fd(sock, &rep, sizeof rep, status == 0 ? memfd : -1);
+    return svc_send_with_fd(sock, &rep, sizeof rep, status == 0 ? memfd : -1);
 }
 
 static int answer(rpal_domain *d, struct pending *x, struct rpal_event *ev)
@@ -573,7 +562,7 @@ static int answer(rpal_domain *d, struct pending *x, struct rpal_event *ev)
     struct hs_req req;
     int memfd = -1, sock = x->fd;
     rpal_service *s = x->svc;
-    int err = recv_with_fd(sock, &req, sizeof req, &memfd);
+    int err = svc_recv_with_fd(sock, &req, sizeof req, &memfd);
     if (err == -EAGAIN)
         return -EAGAIN; /* spurious wake-up: keep waiting */
     struct ucred cr;
@@ -583,6 +572,28 @@ static int answer(rpal_domain *d, struct pending *x, struct rpal_event *ev)
     if (err == 0 && getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cr, &cl) < 0)
         err = -errno;
     req.service[sizeof req.service - 1] = 0;
+    if (err == 0 && req.kind == HS_KIND_CHAN) {
+        /* A channel from a peer this service already accepted. */
+        if (memfd >= 0)
+            close(memfd);
+        rpal_peer *p = peer_at_slot(d, req.slot);
+        uint64_t addr = 0;
+        if (!p || p->info.pid != cr.pid || strcmp(p->info.service, s->name) ||
+            strcmp(req.service, s->name))
+            err = -EACCES;
+        else if (!s->chan_accept)
+            err = -ENOTCONN; /* no receiver yet */
+        else
+            err = s->chan_accept(s, p, sock, &req, &addr);
+        struct hs_rep rep = {.magic = HS_MAGIC, .version = HS_VERSION, .status = err,
+                             .slot = d->slot, .slot_size = d->slot_size, .addr = addr};
+        (void)svc_send_with_fd(sock, &rep, sizeof rep, -1);
+        if (err < 0)
+            close(sock);
+        return err < 0 ? err : -EINPROGRESS; /* no event for the app */
+    }
+    if (err == 0 && req.kind != HS_KIND_SHARE)
+        err = -EPROTO;
     if (err == 0 && (strcmp(req.service, s->name) || !key_equal(req.key, s->key.bytes)))
         err = -EACCES;
     if (err == 0)
@@ -635,7 +646,7 @@ int svc_handle(rpal_domain *d, struct watch *w, uint32_t events,
                 close(c); /* too many unanswered: the requester sees a refusal */
                 continue;
             }
-            x->w = (struct watch){W_PENDING, x};
+            x->w = (struct watch){W_PENDING, x, NULL};
             x->svc = s;
             x->fd = c;
             struct epoll_event ee = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = &x->w};
@@ -669,6 +680,9 @@ int svc_handle(rpal_domain *d, struct watch *w, uint32_t events,
         free(x);
         return err == 0 ? 1 : 0;
     }
+    case W_HOOK:
+        w->hook(d, w, events);
+        return 0;
     case W_PEER_SOCK:
     case W_PEER_PIDFD: {
         rpal_peer *p = w->obj;

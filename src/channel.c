@@ -1,0 +1,764 @@
+/* channel: single-producer rings between two peers, wait and wake, the call
+ * and the reply.
+ *
+ * The caller's ring (requests) lives in the caller's slot and is written only
+ * by the caller; the service's ring (replies) lives in the service's slot and
+ * is written only by the service. Each side reads the other's ring through
+ * its read-only mapping, and every index, length and pointer read there is
+ * checked before use (principle 3). A waiter spins a bounded time, yields,
+ * then sleeps on a futex; the other side wakes it only if it said it sleeps
+ * (principle 6). See docs/channels.md.
+ */
+#include "rpal.h"
+#include "internal.h"
+#include "atomics.h"
+
+#include <errno.h>
+#include <linux/futex.h>
+#include <poll.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define TX_MAGIC 0x315854434c415052ull /* "RPALCTX1" */
+#define RX_MAGIC 0x315852434c415052ull /* "RPALCRX1" */
+#define E_INLINE 1u
+#define E_PTR    2u
+#define MAX_DEPTH 1024u
+#define MAX_CHANS 120 /* per receiver: futex_waitv takes 128 words */
+
+#if defined(__x86_64__) || defined(__i386__)
+#define cpu_relax() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define cpu_relax() __asm__ volatile("yield")
+#else
+#define cpu_relax() ((void)0)
+#endif
+
+struct ch_entry { /* one cache line */
+    uint64_t tag;
+    uint32_t len, flags;
+    uint64_t ptr;
+    uint8_t data[RPAL_INLINE_MAX];
+};
+
+struct ch_tx { /* in the caller's slot */
+    uint64_t magic;
+    uint32_t depth, pad0;
+    _Alignas(64) _Atomic uint32_t tail;       /* requests published */
+    _Alignas(64) _Atomic uint32_t reply_head; /* replies consumed */
+    _Atomic uint32_t caller_sleeps;
+    _Alignas(64) struct ch_entry e[];
+};
+
+struct ch_rx { /* in the service's slot */
+    uint64_t magic;
+    uint32_t depth, pad0;
+    _Alignas(64) _Atomic uint32_t head;       /* requests taken */
+    _Atomic uint32_t recv_sleeps;
+    _Alignas(64) _Atomic uint32_t rtail;      /* replies published */
+    _Alignas(64) struct ch_entry e[];
+};
+
+struct rpal_chan {
+    rpal_peer *peer;
+    struct ch_tx *tx;
+    void *tx_raw;
+    const struct ch_rx *rx;
+    uint32_t depth, sent, done;
+    void **staging; /* per entry: a copy of a large request, freed on reply */
+    struct rpal_chan_opts o;
+    int sock, pidfd;
+    uint64_t sbase, ssize; /* the service's slot */
+};
+
+struct rx_chan {
+    struct watch w;
+    struct rpal_receiver *r;
+    rpal_peer *peer;
+    const struct ch_tx *tx;
+    struct ch_rx *rx;
+    void *rx_raw;
+    void **bufs; /* per reply entry: our copy of a large reply */
+    uint32_t depth, head, rtail;
+    uint64_t cbase, csize; /* the caller's slot */
+    int sock;
+    _Atomic int dead;
+    int windows; /* access windows this receiver holds open on the peer */
+};
+
+struct rpal_receiver {
+    rpal_service *s;
+    struct rpal_chan_opts o;
+    pthread_mutex_t lock; /* ch[] and n: the dispatcher adds, we remove */
+    struct rx_chan *ch[MAX_CHANS];
+    int n;
+    _Atomic uint32_t doorbell; /* bumped when ch[] changes; private futex */
+    unsigned next;
+    struct rpal_receiver *next_in_service;
+};
+
+static void opts_fill(struct rpal_chan_opts *o, const struct rpal_chan_opts *in)
+{
+    struct rpal_chan_opts def = {0};
+    *o = in ? *in : def;
+    if (!o->spin_us)
+        o->spin_us = 20;
+    if (!o->depth)
+        o->depth = 64;
+}
+
+static int opts_valid(const struct rpal_chan_opts *o)
+{
+    return !o || ((unsigned)o->wait <= RPAL_WAIT_SLEEP &&
+                  (o->depth == 0 || (o->depth <= MAX_DEPTH && !(o->depth & (o->depth - 1)))));
+}
+
+/* Allocate N bytes in our slot, 64-byte aligned; *RAW is what to free. */
+static void *slot_alloc(size_t n, void **raw)
+{
+    char *p = rpal_calloc(1, n + 64);
+    *raw = p;
+    return p ? (void *)(((uintptr_t)p + 63) & ~(uintptr_t)63) : NULL;
+}
+
+static int in_range(uint64_t p, uint64_t len, uint64_t base, uint64_t size)
+{
+    return p >= base && len <= size && p - base <= size - len;
+}
+
+/* The waiting ladder shared by both sides. READY is polled; before sleeping
+ * the waiter raises *SLEEPS, then checks READY once more (the other side
+ * publishes, then reads *SLEEPS: one of the two sees the other, the seq_cst
+ * fences pair), and sleeps on the futex word WORD while it still holds SEEN. */
+struct waiter {
+    const struct rpal_chan_opts *o;
+    uint64_t deadline;  /* CLOCK_MONOTONIC ns, or UINT64_MAX */
+    uint64_t spun_until;
+    unsigned yields;
+};
+
+enum { W_SPIN, W_YIELD, W_SLEEP };
+
+static int ladder_step(struct waiter *w, uint64_t now)
+{
+    if (w->o->wait == RPAL_WAIT_SLEEP)
+        return W_SLEEP;
+    if (w->o->same_cpu)
+        return w->o->wait == RPAL_WAIT_POLL || w->yields++ < 200 ? W_YIELD : W_SLEEP;
+    if (w->o->wait == RPAL_WAIT_POLL)
+        return W_SPIN;
+    if (!w->spun_until)
+        w->spun_until = now + (uint64_t)w->o->spin_us * 1000;
+    if (now < w->spun_until)
+        return W_SPIN;
+    return w->yields++ < 10 ? W_YIELD : W_SLEEP;
+}
+
+/* ---- the caller's side ---- */
+
+int rpal_chan_open(rpal_peer *peer, const struct rpal_chan_opts *opts,
+                   int timeout_ms, rpal_chan **out)
+{
+    if (!peer || !out || !opts_valid(opts))
+        return -EINVAL;
+    rpal_domain *d = peer->d;
+    int err = dom_check(d);
+    if (err < 0)
+        return err;
+    if (peer->gone)
+        return peer->reason ? peer->reason : -ESHUTDOWN;
+    rpal_chan *c = calloc(1, sizeof *c);
+    if (!c)
+        return -ENOMEM;
+    opts_fill(&c->o, opts);
+    c->peer = peer;
+    c->depth = c->o.depth;
+    c->sock = c->pidfd = -1;
+    c->sbase = peer->base;
+    c->ssize = peer->size;
+    c->staging = calloc(c->depth, sizeof *c->staging);
+    c->tx = slot_alloc(sizeof *c->tx + c->depth * sizeof(struct ch_entry), &c->tx_raw);
+    if (!c->staging || !c->tx) {
+        err = -ENOMEM;
+        goto fail;
+    }
+    c->tx->magic = TX_MAGIC;
+    c->tx->depth = c->depth;
+
+    struct sockaddr_un a;
+    if ((err = svc_path(d, peer->info.service, &a)) < 0)
+        goto fail;
+    c->sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (c->sock < 0 || connect(c->sock, (struct sockaddr *)&a, sizeof a) < 0) {
+        err = errno == ECONNREFUSED ? -ESRCH : -errno;
+        goto fail;
+    }
+    struct hs_req req = {.magic = 0x3153484c41505231ull, .version = 1, .slot = d->slot,
+                         .slot_size = d->slot_size, .kind = HS_KIND_CHAN,
+                         .depth = c->depth, .addr = (uint64_t)(uintptr_t)c->tx};
+    snprintf(req.service, sizeof req.service, "%.64s", peer->info.service);
+    if ((err = svc_send_with_fd(c->sock, &req, sizeof req, -1)) < 0)
+        goto fail;
+    struct pollfd pf = {c->sock, POLLIN, 0};
+    int r;
+    do
+        r = poll(&pf, 1, timeout_ms);
+    while (r < 0 && errno == EINTR);
+    struct hs_rep rep;
+    int fd;
+    if (r == 0) {
+        err = -ETIMEDOUT;
+        goto fail;
+    }
+    if ((err = svc_recv_with_fd(c->sock, &rep, sizeof rep, &fd)) < 0) {
+        if (fd >= 0)
+            close(fd);
+        err = err == -ECONNRESET ? -ESHUTDOWN : err;
+        goto fail;
+    }
+    if (fd >= 0)
+        close(fd);
+    if (rep.status != 0) {
+        err = rep.status == -ENOTCONN ? -EAGAIN : rep.status < 0 && rep.status > -4096
+                                                      ? rep.status : -EPROTO;
+        goto fail;
+    }
+    /* The service's ring must lie inside its slot, aligned, with our depth. */
+    uint64_t rsize = sizeof(struct ch_rx) + c->depth * sizeof(struct ch_entry);
+    if (rep.addr % 64 || !in_range(rep.addr, rsize, c->sbase, c->ssize)) {
+        err = -EPROTO;
+        goto fail;
+    }
+    c->rx = (const struct ch_rx *)(uintptr_t)rep.addr;
+    rpal_peer_access_begin(peer);
+    int ok = c->rx->magic == RX_MAGIC && c->rx->depth == c->depth;
+    rpal_peer_access_end(peer);
+    if (!ok) {
+        err = -EPROTO;
+        goto fail;
+    }
+    c->pidfd = (int)syscall(SYS_pidfd_open, peer->info.pid, 0);
+    if (c->pidfd < 0) {
+        err = -ESRCH;
+        goto fail;
+    }
+    rpal_fetch_add_acq_rel(&peer->nchans, 1);
+    *out = c;
+    return 0;
+fail:
+    if (c->sock >= 0)
+        close(c->sock);
+    if (c->tx_raw)
+        rpal_free(c->tx_raw);
+    free(c->staging);
+    free(c);
+    return err;
+}
+
+int rpal_chan_close(rpal_chan *c)
+{
+    if (!c)
+        return -EINVAL;
+    /* The service sees EOF and drops its side; requests not yet answered
+     * are abandoned (their replies would have nowhere to go). */
+    shutdown(c->sock, SHUT_RDWR);
+    close(c->sock);
+    close(c->pidfd);
+    for (uint32_t i = 0; i < c->depth; i++)
+        if (c->staging[i])
+            rpal_free(c->staging[i]);
+    rpal_fetch_add_acq_rel(&c->peer->nchans, -1);
+    rpal_free(c->tx_raw);
+    free(c->staging);
+    free(c);
+    return 0;
+}
+
+/* Is the other end still there? -ESRCH dead, -ESHUTDOWN closed, 0 yes. */
+static int chan_alive(int sock, int pidfd)
+{
+    struct pollfd pf[2] = {{pidfd, POLLIN, 0}, {sock, POLLIN | POLLRDHUP, 0}};
+    if (poll(pf, 2, 0) <= 0)
+        return 0;
+    if (pf[0].revents)
+        return -ESRCH;
+    return (pf[1].revents & (POLLHUP | POLLRDHUP | POLLERR)) ? -ESHUTDOWN : 0;
+}
+
+int rpal_send(rpal_chan *c, const void *req, size_t len, uint64_t tag)
+{
+    if (!c || (!req && len))
+        return -EINVAL;
+    if (c->sent - c->done >= c->depth)
+        return -EAGAIN;
+    uint32_t i = c->sent & (c->depth - 1);
+    struct ch_entry *e = &c->tx->e[i];
+    void *base;
+    uint64_t size;
+    rpal_domain_slot(c->peer->d, NULL, &base, &size);
+    e->tag = tag;
+    e->len = (uint32_t)len;
+    if (len > UINT32_MAX)
+        return -EMSGSIZE;
+    if (len <= RPAL_INLINE_MAX) {
+        e->flags = E_INLINE;
+        if (len)
+            memcpy(e->data, req, len);
+    } else if (in_range((uintptr_t)req, len, (uintptr_t)base, size)) {
+        e->flags = E_PTR; /* zero copy: the service reads it in place */
+        e->ptr = (uintptr_t)req;
+    } else {
+        void *copy = rpal_malloc(len); /* the one copy, into our slot */
+        if (!copy)
+            return -ENOMEM;
+        memcpy(copy, req, len);
+        c->staging[i] = copy;
+        e->flags = E_PTR;
+        e->ptr = (uintptr_t)copy;
+    }
+    c->sent++;
+    /* Publish the entry (release pairs with the receiver's acquire of tail),
+     * then see whether the receiver sleeps: the seq_cst fence pairs with the
+     * one the receiver issues between raising recv_sleeps and re-reading. */
+    rpal_store_release(&c->tx->tail, c->sent);
+    rpal_fence_seq_cst();
+    if (rpal_load_relaxed(&c->rx->recv_sleeps))
+        prim_futex_wake(&c->tx->tail, 1, 1);
+    return 0;
+}
+
+int rpal_complete(rpal_chan *c, uint64_t *tag, void *reply, size_t reply_max,
+                  size_t *reply_len, int timeout_ms)
+{
+    if (!c || c->sent == c->done)
+        return -EINVAL;
+    struct waiter w = {&c->o, timeout_ms < 0 ? UINT64_MAX
+                                             : prim_now_ns() + (uint64_t)timeout_ms * 1000000,
+                       0, 0};
+    unsigned spins = 0;
+    int slow = 0; /* the last step yielded or slept: cheap to check liveness */
+    for (;;) {
+        uint32_t t = rpal_load_acquire(&c->rx->rtail); /* pairs with rpal_reply */
+        uint32_t avail = t - c->done;
+        if (avail > c->sent - c->done) /* more replies than requests: broken */
+        {
+            int err = chan_alive(c->sock, c->pidfd);
+            return err ? err : -EPROTO;
+        }
+        if (avail)
+            break;
+        if ((++spins & 1023) == 0 || slow) {
+            int err = chan_alive(c->sock, c->pidfd);
+            if (err)
+                return err;
+        }
+        uint64_t now = (spins & 63) == 0 || w.o->wait != RPAL_WAIT_POLL ? prim_now_ns() : 0;
+        if (now && now >= w.deadline)
+            return -ETIMEDOUT;
+        int step = ladder_step(&w, now);
+        slow = step != W_SPIN;
+        switch (step) {
+        case W_SPIN:
+            cpu_relax();
+            break;
+        case W_YIELD:
+            sched_yield();
+            break;
+        default:
+            rpal_store_relaxed(&c->tx->caller_sleeps, 1);
+            rpal_fence_seq_cst(); /* pairs with the fence in rpal_reply */
+            if (rpal_load_relaxed(&c->rx->rtail) == t) {
+                int64_t slice = 20000000; /* wake to check liveness now and then */
+                if (w.deadline != UINT64_MAX && (int64_t)(w.deadline - now) < slice)
+                    slice = (int64_t)(w.deadline - now);
+                prim_futex_wait(&c->rx->rtail, t, 1, slice);
+            }
+            rpal_store_relaxed(&c->tx->caller_sleeps, 0);
+        }
+    }
+    struct ch_entry e = c->rx->e[c->done & (c->depth - 1)]; /* one read */
+    uint32_t i = c->done & (c->depth - 1);
+    if (c->staging[i]) {
+        rpal_free(c->staging[i]);
+        c->staging[i] = NULL;
+    }
+    c->done++;
+    int err = 0;
+    const void *src = e.data;
+    if (e.flags & E_PTR) {
+        if (!in_range(e.ptr, e.len, c->sbase, c->ssize))
+            err = -EPROTO;
+        src = (const void *)(uintptr_t)e.ptr;
+    } else if (e.len > RPAL_INLINE_MAX) {
+        err = -EPROTO;
+    }
+    if (tag)
+        *tag = e.tag;
+    if (reply_len)
+        *reply_len = e.len;
+    if (err == 0 && e.len > reply_max)
+        err = -EMSGSIZE;
+    if (err == 0 && e.len) {
+        rpal_peer_access_begin(c->peer);
+        memcpy(reply, src, e.len);
+        rpal_peer_access_end(c->peer);
+    }
+    /* Tell the service it may reuse the entry (and free its copy). */
+    rpal_store_release(&c->tx->reply_head, c->done);
+    return err;
+}
+
+int rpal_call(rpal_chan *c, const void *req, size_t len, void *reply,
+              size_t reply_max, size_t *reply_len, int timeout_ms)
+{
+    if (!c)
+        return -EINVAL;
+    if (c->sent != c->done)
+        return -EBUSY; /* asynchronous sends are outstanding */
+    int err = rpal_send(c, req, len, 0);
+    return err < 0 ? err : rpal_complete(c, NULL, reply, reply_max, reply_len, timeout_ms);
+}
+
+/* ---- the service's side ---- */
+
+static void rxc_free(struct rx_chan *x)
+{
+    for (uint32_t i = 0; i < x->depth; i++)
+        if (x->bufs[i])
+            rpal_free(x->bufs[i]);
+    while (x->windows-- > 0)
+        rpal_peer_access_end(x->peer);
+    rpal_fetch_add_acq_rel(&x->peer->nchans, -1);
+    rpal_free(x->rx_raw);
+    free(x->bufs);
+    free(x);
+}
+
+/* The dispatcher saw the channel's connection close. */
+static void rxc_hook(rpal_domain *d, struct watch *w, uint32_t events)
+{
+    struct rx_chan *x = w->obj;
+    char b[16];
+    if (!(events & (EPOLLHUP | EPOLLRDHUP | EPOLLERR)) && recv(x->sock, b, sizeof b, MSG_DONTWAIT) != 0)
+        return;
+    epoll_ctl(d->epfd, EPOLL_CTL_DEL, x->sock, NULL);
+    rpal_store_release(&x->dead, 1);
+    rpal_fetch_add_relaxed(&x->r->doorbell, 1);
+    prim_futex_wake(&x->r->doorbell, 1, 0);
+}
+
+static int chan_accept(rpal_service *s, rpal_peer *p, int sock,
+                       const struct hs_req *req, uint64_t *addr)
+{
+    rpal_domain *d = s->d;
+    uint32_t depth = req->depth;
+    if (!depth || depth > MAX_DEPTH || (depth & (depth - 1)))
+        return -EINVAL;
+    uint64_t tsize = sizeof(struct ch_tx) + depth * sizeof(struct ch_entry);
+    if (req->addr % 64 || !in_range(req->addr, tsize, p->base, p->size))
+        return -EINVAL;
+    const struct ch_tx *tx = (const struct ch_tx *)(uintptr_t)req->addr;
+    rpal_peer_access_begin(p);
+    int ok = tx->magic == TX_MAGIC && tx->depth == depth;
+    rpal_peer_access_end(p);
+    if (!ok)
+        return -EINVAL;
+    /* Round robin over the receivers that have room. */
+    struct rpal_receiver *r = NULL;
+    int nrecv = 0;
+    for (struct rpal_receiver *q = s->receivers; q; q = q->next_in_service)
+        nrecv++;
+    for (int k = 0; k < nrecv && !r; k++) {
+        struct rpal_receiver *q = s->receivers;
+        for (unsigned j = (s->rr + (unsigned)k) % (unsigned)nrecv; j; j--)
+            q = q->next_in_service;
+        if (q->n < MAX_CHANS)
+            r = q;
+    }
+    if (!r)
+        return nrecv ? -ENOSPC : -ENOTCONN;
+    s->rr++;
+    struct rx_chan *x = calloc(1, sizeof *x);
+    if (!x)
+        return -ENOMEM;
+    x->bufs = calloc(depth, sizeof *x->bufs);
+    x->rx = slot_alloc(sizeof *x->rx + depth * sizeof(struct ch_entry), &x->rx_raw);
+    if (!x->bufs || !x->rx) {
+        free(x->bufs);
+        if (x->rx_raw)
+            rpal_free(x->rx_raw);
+        free(x);
+        return -ENOMEM;
+    }
+    x->rx->magic = RX_MAGIC;
+    x->rx->depth = depth;
+    x->r = r;
+    x->peer = p;
+    x->tx = tx;
+    x->depth = depth;
+    x->cbase = p->base;
+    x->csize = p->size;
+    x->sock = sock;
+    x->w = (struct watch){W_HOOK, x, rxc_hook};
+    struct epoll_event ee = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = &x->w};
+    if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, sock, &ee) < 0) {
+        int err = -errno;
+        free(x->bufs);
+        rpal_free(x->rx_raw);
+        free(x);
+        return err;
+    }
+    rpal_fetch_add_acq_rel(&p->nchans, 1);
+    pthread_mutex_lock(&r->lock);
+    r->ch[r->n++] = x;
+    pthread_mutex_unlock(&r->lock);
+    rpal_fetch_add_relaxed(&r->doorbell, 1);
+    prim_futex_wake(&r->doorbell, 1, 0);
+    *addr = (uint64_t)(uintptr_t)x->rx;
+    return 0;
+}
+
+int rpal_receiver_create(rpal_service *s, const struct rpal_chan_opts *opts,
+                         rpal_receiver **out)
+{
+    if (!s || !out || !opts_valid(opts))
+        return -EINVAL;
+    int err = dom_check(s->d);
+    if (err < 0)
+        return err;
+    rpal_receiver *r = calloc(1, sizeof *r);
+    if (!r)
+        return -ENOMEM;
+    r->s = s;
+    opts_fill(&r->o, opts);
+    pthread_mutex_init(&r->lock, NULL);
+    pthread_mutex_lock(&s->d->lock);
+    r->next_in_service = s->receivers;
+    s->receivers = r;
+    s->chan_accept = chan_accept;
+    pthread_mutex_unlock(&s->d->lock);
+    *out = r;
+    return 0;
+}
+
+int rpal_receiver_destroy(rpal_receiver *r)
+{
+    if (!r)
+        return -EINVAL;
+    rpal_domain *d = r->s->d;
+    pthread_mutex_lock(&d->lock);
+    rpal_receiver **pp = &r->s->receivers;
+    while (*pp && *pp != r)
+        pp = &(*pp)->next_in_service;
+    if (*pp)
+        *pp = r->next_in_service;
+    if (!r->s->receivers)
+        r->s->chan_accept = NULL;
+    for (int i = 0; i < r->n; i++) {
+        struct rx_chan *x = r->ch[i];
+        if (!rpal_load_acquire(&x->dead))
+            epoll_ctl(d->epfd, EPOLL_CTL_DEL, x->sock, NULL);
+        close(x->sock); /* the caller sees its channel closed */
+        rxc_free(x);
+    }
+    pthread_mutex_unlock(&d->lock);
+    pthread_mutex_destroy(&r->lock);
+    free(r);
+    return 0;
+}
+
+/* Drop channels the dispatcher marked dead. */
+static void reap(rpal_receiver *r)
+{
+    pthread_mutex_lock(&r->s->d->lock);
+    pthread_mutex_lock(&r->lock);
+    for (int i = 0; i < r->n;) {
+        struct rx_chan *x = r->ch[i];
+        if (rpal_load_acquire(&x->dead)) {
+            r->ch[i] = r->ch[--r->n];
+            close(x->sock);
+            rxc_free(x);
+        } else {
+            i++;
+        }
+    }
+    pthread_mutex_unlock(&r->lock);
+    pthread_mutex_unlock(&r->s->d->lock);
+}
+
+/* A channel whose caller broke the ring's rules is closed. */
+static void poison(struct rx_chan *x)
+{
+    shutdown(x->sock, SHUT_RDWR);
+    rpal_store_release(&x->dead, 1);
+}
+
+int rpal_receive(rpal_receiver *r, struct rpal_msg *m, int timeout_ms)
+{
+    if (!r || !m)
+        return -EINVAL;
+    struct waiter w = {&r->o, timeout_ms < 0 ? UINT64_MAX
+                                             : prim_now_ns() + (uint64_t)timeout_ms * 1000000,
+                       0, 0};
+    uint32_t bell = rpal_load_acquire(&r->doorbell);
+    int reaped = 0;
+    for (unsigned spins = 0;; spins++) {
+        /* Only this thread removes channels, so ch[] entries stay valid
+         * while we scan; the dispatcher only appends (under r->lock). */
+        pthread_mutex_lock(&r->lock);
+        int n = r->n;
+        struct rx_chan *chs[MAX_CHANS];
+        memcpy(chs, r->ch, (size_t)n * sizeof *chs);
+        pthread_mutex_unlock(&r->lock);
+        for (int k = 0; k < n; k++) {
+            struct rx_chan *x = chs[(r->next + (unsigned)k) % (unsigned)n];
+            if (rpal_load_relaxed(&x->dead)) {
+                reaped = 1;
+                continue;
+            }
+            uint32_t t = rpal_load_acquire(&x->tx->tail); /* pairs with rpal_send */
+            uint32_t avail = t - x->head;
+            if (!avail)
+                continue;
+            if (avail > x->depth) {
+                poison(x);
+                reaped = 1;
+                continue;
+            }
+            struct ch_entry e = x->tx->e[x->head & (x->depth - 1)]; /* one read */
+            const void *data = e.data;
+            if (e.flags == E_PTR) {
+                if (!in_range(e.ptr, e.len, x->cbase, x->csize)) {
+                    poison(x);
+                    reaped = 1;
+                    continue;
+                }
+                data = (const void *)(uintptr_t)e.ptr;
+            } else if (e.flags != E_INLINE || e.len > RPAL_INLINE_MAX) {
+                poison(x);
+                reaped = 1;
+                continue;
+            }
+            x->head++;
+            /* The entry is copied: the caller may reuse it now. */
+            rpal_store_release(&x->rx->head, x->head);
+            r->next = (r->next + (unsigned)k + 1) % (unsigned)n;
+            if (e.flags == E_PTR) {
+                /* Read in place, inside a window until the reply. */
+                rpal_peer_access_begin(x->peer);
+                x->windows++;
+            }
+            m->len = e.len;
+            m->peer = x->peer;
+            m->internal[0] = x;
+            m->internal[1] = (void *)(uintptr_t)e.tag;
+            if (e.flags == E_INLINE) {
+                /* Inline data is copied out of the peer's ring into the
+                 * message: the caller may overwrite the entry from now on. */
+                memcpy(m->inline_copy, e.data, e.len);
+                m->data = m->inline_copy;
+            } else {
+                m->data = data;
+            }
+            return 0;
+        }
+        if (reaped) {
+            reap(r);
+            reaped = 0;
+            continue;
+        }
+        uint64_t now = (spins & 63) == 0 || w.o->wait != RPAL_WAIT_POLL ? prim_now_ns() : 0;
+        if (now && now >= w.deadline)
+            return -ETIMEDOUT;
+        switch (ladder_step(&w, now)) {
+        case W_SPIN:
+            cpu_relax();
+            break;
+        case W_YIELD:
+            sched_yield();
+            break;
+        default: {
+            struct futex_waitv fw[MAX_CHANS + 1];
+            unsigned nw = 0;
+            for (int k = 0; k < n; k++)
+                rpal_store_relaxed(&chs[k]->rx->recv_sleeps, 1);
+            rpal_fence_seq_cst(); /* pairs with the fence in rpal_send */
+            int ready = 0;
+            for (int k = 0; k < n; k++) {
+                uint32_t t = rpal_load_relaxed(&chs[k]->tx->tail);
+                if (t != chs[k]->head)
+                    ready = 1;
+                fw[nw++] = (struct futex_waitv){.val = t,
+                                                .uaddr = (uintptr_t)&chs[k]->tx->tail,
+                                                .flags = FUTEX_32};
+            }
+            fw[nw++] = (struct futex_waitv){.val = bell, .uaddr = (uintptr_t)&r->doorbell,
+                                            .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG};
+            if (!ready && rpal_load_acquire(&r->doorbell) == bell) {
+                int64_t slice = 100000000;
+                if (w.deadline != UINT64_MAX && (int64_t)(w.deadline - now) < slice)
+                    slice = (int64_t)(w.deadline - now);
+                prim_futex_waitv(fw, nw, slice);
+            }
+            for (int k = 0; k < n; k++)
+                rpal_store_relaxed(&chs[k]->rx->recv_sleeps, 0);
+            bell = rpal_load_acquire(&r->doorbell);
+            w.spun_until = 0;
+            w.yields = 0;
+        }
+        }
+    }
+}
+
+int rpal_reply(rpal_receiver *r, const struct rpal_msg *m, const void *data, size_t len)
+{
+    if (!r || !m || !m->internal[0] || (!data && len) || len > UINT32_MAX)
+        return -EINVAL;
+    struct rx_chan *x = m->internal[0];
+    if (m->data != m->inline_copy && x->windows > 0) {
+        rpal_peer_access_end(x->peer);
+        x->windows--;
+    }
+    if (rpal_load_relaxed(&x->dead))
+        return -ESHUTDOWN;
+    /* The caller must have taken the reply that used this entry before. */
+    uint32_t consumed = rpal_load_acquire(&x->tx->reply_head); /* pairs with rpal_complete */
+    if (x->rtail - consumed >= x->depth) {
+        poison(x);
+        return -EPROTO;
+    }
+    uint32_t i = x->rtail & (x->depth - 1);
+    if (x->bufs[i]) {
+        rpal_free(x->bufs[i]);
+        x->bufs[i] = NULL;
+    }
+    struct ch_entry *e = &x->rx->e[i];
+    e->tag = (uint64_t)(uintptr_t)m->internal[1];
+    e->len = (uint32_t)len;
+    if (len <= RPAL_INLINE_MAX) {
+        e->flags = E_INLINE;
+        if (len)
+            memcpy(e->data, data, len);
+    } else {
+        void *copy = rpal_malloc(len);
+        if (!copy)
+            return -ENOMEM;
+        memcpy(copy, data, len);
+        x->bufs[i] = copy;
+        e->flags = E_PTR;
+        e->ptr = (uintptr_t)copy;
+    }
+    x->rtail++;
+    rpal_store_release(&x->rx->rtail, x->rtail); /* pairs with rpal_complete */
+    rpal_fence_seq_cst(); /* pairs with the caller's fence before it sleeps */
+    if (rpal_load_relaxed(&x->tx->caller_sleeps))
+        prim_futex_wake(&x->rx->rtail, 1, 1);
+    return 0;
+}

@@ -76,7 +76,7 @@ test: all
 demo: all
 	$(B)/examples/shared_list
 
-install: lib $(TOOL)
+install: lib $(TOOL) $(BENCHES)
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(BINDIR) \
 	  $(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man3 $(DESTDIR)$(MANDIR)/man7
 	install -m 644 include/rpal.h $(DESTDIR)$(INCLUDEDIR)/rpal.h
@@ -85,6 +85,8 @@ install: lib $(TOOL)
 	ln -sf librpal.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/librpal.so
 	install -m 644 $(A) $(DESTDIR)$(LIBDIR)/
 	install -m 755 $(TOOL) $(DESTDIR)$(BINDIR)/rpal
+	install -d $(DESTDIR)$(PREFIX)/libexec/rpal
+	for b in $(BENCHES); do install -m 755 $$b $(DESTDIR)$(PREFIX)/libexec/rpal/; done
 	sed -e 's|@PREFIX@|$(PREFIX)|; s|@LIBDIR@|$(LIBDIR)|; s|@INCLUDEDIR@|$(INCLUDEDIR)|; s|@VERSION@|$(VERSION)|' \
 	  rpal.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/rpal.pc
 	install -m 644 man/*.1 $(DESTDIR)$(MANDIR)/man1/

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 static const char *usage_text =
     "usage: rpal COMMAND [ARGS]\n"
@@ -21,6 +22,8 @@ static const char *usage_text =
     "                          attached live processes; every domain member:\n"
     "                          slot, pid, services, whom it shares with\n"
     "  rpal gc [--json]        remove what belongs only to dead processes\n"
+    "  rpal bench NAME [ARGS]  run a benchmark: call (transports compared),\n"
+    "                          heap (rpal_malloc against glibc)\n"
     "  rpal version\n"
     "\n"
     "SIZE takes a K, M, G or T suffix (powers of 1024). MODE is octal.\n"
@@ -347,6 +350,31 @@ static int cmd_region(int argc, char **argv)
     return usage();
 }
 
+/* `rpal bench NAME ARGS`: run the benchmark program NAME, found beside the
+ * command in the build tree (bench/NAME) or in PREFIX/libexec/rpal/NAME. */
+static int cmd_bench(int argc, char **argv)
+{
+    if (argc < 1 || strchr(argv[0], '/') || argv[0][0] == '.')
+        return usage();
+    char self[PATH_MAX], path[PATH_MAX + 64];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0)
+        return fail("bench", argv[0], -errno);
+    self[n] = 0;
+    char *slash = strrchr(self, '/');
+    *slash = 0;
+    snprintf(path, sizeof path, "%s/bench/%s", self, argv[0]);
+    if (access(path, X_OK) != 0)
+        snprintf(path, sizeof path, "%s/../libexec/rpal/%s", self, argv[0]);
+    if (access(path, X_OK) != 0) {
+        fprintf(stderr, "rpal: no benchmark '%s' (looked in %s/bench and %s/../libexec/rpal)\n",
+                argv[0], self, self);
+        return 2;
+    }
+    execv(path, argv);
+    return fail("bench", path, -errno);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2)
@@ -358,6 +386,8 @@ int main(int argc, char **argv)
         return cmd_ls(argc - 2, argv + 2);
     if (!strcmp(cmd, "gc"))
         return cmd_gc(argc - 2, argv + 2);
+    if (!strcmp(cmd, "bench"))
+        return cmd_bench(argc - 2, argv + 2);
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
         printf("rpal %s\n", rpal_version());
         return 0;

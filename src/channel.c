@@ -195,7 +195,7 @@ int rpal_chan_open(rpal_peer *peer, const struct rpal_chan_opts *opts,
     struct sockaddr_un a;
     if ((err = svc_path(d, peer->info.service, &a)) < 0)
         goto fail;
-    c->sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    c->sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (c->sock < 0 || connect(c->sock, (struct sockaddr *)&a, sizeof a) < 0) {
         err = errno == ECONNREFUSED ? -ESRCH : -errno;
         goto fail;

@@ -77,9 +77,15 @@ static int dom_open_dir(const char *name, uint64_t want_size, int *dirfd,
     char path[80];
     snprintf(path, sizeof path, ".domains/%s", name);
     size_t made;
-    /* Joining is decided by the directory's mode, like any file access:
-     * 0700 by default. */
-    int err = prim_mkdirs_beneath(nsfd, path, 0700, &made);
+    /* .domains is shared like the namespace root (1777 in the default
+     * one), so that every user may have domains; joining one is decided by
+     * its own directory's mode, like any file access: 0700. */
+    struct stat ns;
+    int err = fstat(nsfd, &ns) < 0 ? -errno : 0;
+    if (err == 0)
+        err = prim_mkdirs_beneath(nsfd, ".domains", ns.st_mode & 07777, &made);
+    if (err == 0)
+        err = prim_mkdirs_beneath(nsfd, path, 0700, &made);
     int fd = err < 0 ? err : prim_open_beneath(nsfd, path, O_PATH | O_DIRECTORY, 0);
     close(nsfd);
     if (fd < 0)
@@ -369,8 +375,10 @@ fail:
     if (d->memfd >= 0)
         close(d->memfd);
     if (d->claimfd >= 0) {
-        (void)ftruncate(d->claimfd, 0);
-        close(d->claimfd); /* drops the lock */
+        char claim[32];
+        snprintf(claim, sizeof claim, "slot.%u", d->slot);
+        unlinkat(d->dirfd, claim, 0); /* under our lock: see leave */
+        close(d->claimfd);            /* drops the lock */
     }
     if (d->dirfd >= 0)
         close(d->dirfd);
@@ -803,7 +811,7 @@ static int gc_domain(int dirfd, const char *name, const struct dom_meta *m, void
             if (strlen(de->d_name) > 4 + 64)
                 continue;
             snprintf(a.sun_path, sizeof a.sun_path, "/proc/self/fd/%d/%.68s", dirfd, de->d_name);
-            int c = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+            int c = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
             /* A socket nobody listens on refuses: its service is dead. */
             int dead = c >= 0 && connect(c, (struct sockaddr *)&a, sizeof a) < 0 &&
                        errno == ECONNREFUSED;

@@ -300,11 +300,11 @@ const char *rpal_strerror(int err)
     case 0:
         return "success";
     case EBADMSG:
-        return "not an rpal region, or a corrupt region header or registry";
+        return "not an rpal object, or a corrupt header (region, registry or domain)";
     case EPROTO:
-        return "rpal region of an unsupported format version";
+        return "format or protocol version not understood (region header, handshake or ring)";
     case EADDRINUSE:
-        return "the region's address range is already in use in this process";
+        return "the address range (region or domain window) is already in use in this process";
     case ELOOP:
         return "a symbolic link in the namespace (never followed)";
     case EFBIG:

@@ -207,7 +207,7 @@ static void unmap_peer(rpal_domain *d, rpal_peer *p)
      * receiver or caller thread may be reading the slot through a channel
      * right now: then the range reads as zeros instead (which the channel
      * code takes for a broken ring), so that no thread faults. */
-    int busy = rpal_load_acquire(&p->nchans) > 0;
+    int busy = rpal_load_acquire(&p->nchans) > 0 || rpal_load_acquire(&p->windows) > 0;
     mmap((void *)(uintptr_t)p->base, p->size, busy ? PROT_READ : PROT_NONE,
          MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
     madvise((void *)(uintptr_t)p->base, p->size, MADV_DONTFORK);
@@ -357,7 +357,7 @@ int rpal_service_register(rpal_domain *d, const char *name, unsigned mode,
             err = -EEXIST;
             break;
         }
-        int c = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+        int c = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
         int live = c >= 0 && (connect(c, (struct sockaddr *)&a, sizeof a) == 0 ||
                               errno != ECONNREFUSED);
         if (c >= 0)
@@ -480,13 +480,15 @@ int rpal_service_request(rpal_domain *d, const char *name, const rpal_key *key,
     struct sockaddr_un a;
     if ((err = svc_path(d, name, &a)) < 0)
         return err;
-    int sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    /* Non-blocking: a full listen queue answers -EAGAIN at once instead
+     * of blocking past the deadline. */
+    int sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (sock < 0)
         return -errno;
     if (connect(sock, (struct sockaddr *)&a, sizeof a) < 0) {
         err = -errno;
         close(sock);
-        return err == -ENOENT ? -ENOENT : err;
+        return err;
     }
     struct hs_req req = {.magic = HS_MAGIC, .version = HS_VERSION, .slot = d->slot,
                          .slot_size = d->slot_size};
@@ -743,10 +745,10 @@ int rpal_peer_info(const rpal_peer *p, struct rpal_peer_info *info)
 
 const void *rpal_peer_base(const rpal_peer *p)
 {
-    return p && p->mapped ? (const void *)(uintptr_t)p->base : NULL;
+    return p && p->mapped && dom_check(p->d) == 0 ? (const void *)(uintptr_t)p->base : NULL;
 }
 
 uint64_t rpal_peer_size(const rpal_peer *p)
 {
-    return p && p->mapped ? p->size : 0;
+    return p && p->mapped && dom_check(p->d) == 0 ? p->size : 0;
 }

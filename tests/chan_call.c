@@ -139,6 +139,9 @@ static void client(pid_t spid, int wait, int same_cpu)
 
     /* A stopped service: the deadline holds. */
     kill(spid, SIGSTOP);
+    int st;
+    /* Stopping is asynchronous: wait until every thread of it has stopped. */
+    REQUIRE(waitpid(spid, &st, WUNTRACED) == spid && WIFSTOPPED(st));
     struct timespec a, b;
     clock_gettime(CLOCK_MONOTONIC, &a);
     CHECK_ERR(rpal_call(c, req, 4, rep, sizeof rep, &rlen, 200), -ETIMEDOUT);

@@ -63,6 +63,12 @@ $(TOOL): tools/rpal.c $(A) include/rpal.h
 $(B)/examples/%: examples/%.c $(A) include/rpal.h
 	@mkdir -p $(@D)
 	$(CC) $(ALLCFLAGS) -o $@ $< $(A) $(LDFLAGS_ALL)
+# bench/call compares rpal with iceoryx and ZeroMQ when their headers are
+# installed (their libraries are dlopen'ed at run time, so nothing to link).
+ICEORYX_INC := $(firstword $(wildcard /usr/include/iceoryx/v*))
+$(B)/bench/call: bench/call.c $(A) $(HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(ALLCFLAGS) -Isrc $(if $(ICEORYX_INC),-I$(ICEORYX_INC)) -o $@ $< $(A) $(LDFLAGS_ALL)
 $(B)/bench/%: bench/%.c $(A) $(HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(ALLCFLAGS) -Isrc -o $@ $< $(A) $(LDFLAGS_ALL)

@@ -269,6 +269,8 @@ int rpal_peer_access_end(rpal_peer *p);
  * side writes only its own memory. A channel is used by one thread at a
  * time; open one per calling thread. */
 
+#define RPAL_HAVE_CALL 1 /* this header has the channel API */
+
 typedef struct rpal_chan rpal_chan;
 typedef struct rpal_receiver rpal_receiver;
 

@@ -76,6 +76,7 @@ struct rpal_chan {
     struct rpal_chan_opts o;
     int sock, pidfd;
     uint64_t sbase, ssize; /* the service's slot */
+    uint64_t mybase, mysize; /* ours */
 };
 
 struct rx_chan {
@@ -183,6 +184,8 @@ int rpal_chan_open(rpal_peer *peer, const struct rpal_chan_opts *opts,
     c->sock = c->pidfd = -1;
     c->sbase = peer->base;
     c->ssize = peer->size;
+    c->mybase = dom_slot_addr(d, d->slot);
+    c->mysize = d->slot_size;
     c->staging = calloc(c->depth, sizeof *c->staging);
     c->tx = slot_alloc(sizeof *c->tx + c->depth * sizeof(struct ch_entry), &c->tx_raw);
     if (!c->staging || !c->tx) {
@@ -300,9 +303,6 @@ int rpal_send(rpal_chan *c, const void *req, size_t len, uint64_t tag)
         return -EAGAIN;
     uint32_t i = c->sent & (c->depth - 1);
     struct ch_entry *e = &c->tx->e[i];
-    void *base;
-    uint64_t size;
-    rpal_domain_slot(c->peer->d, NULL, &base, &size);
     e->tag = tag;
     e->len = (uint32_t)len;
     if (len > UINT32_MAX)
@@ -311,7 +311,7 @@ int rpal_send(rpal_chan *c, const void *req, size_t len, uint64_t tag)
         e->flags = E_INLINE;
         if (len)
             memcpy(e->data, req, len);
-    } else if (in_range((uintptr_t)req, len, (uintptr_t)base, size)) {
+    } else if (in_range((uintptr_t)req, len, c->mybase, c->mysize)) {
         e->flags = E_PTR; /* zero copy: the service reads it in place */
         e->ptr = (uintptr_t)req;
     } else {

@@ -243,7 +243,7 @@ static void atfork_child(void)
      * parent's own use of them untouched). */
     heap_set_current(NULL);
     rpal_domain *d = g_dom;
-    g_dom = NULL;
+    __atomic_store_n(&g_dom, NULL, __ATOMIC_RELAXED);
     if (!d)
         return;
     close(d->claimfd);
@@ -360,7 +360,7 @@ int rpal_domain_join(const char *name, const struct rpal_domain_opts *opts,
     dom_publish(d);
     pthread_mutex_unlock(&d->lock);
     heap_set_current(d->heap);
-    g_dom = d;
+    __atomic_store_n(&g_dom, d, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&g_lock);
     *out = d;
     return 0;
@@ -392,8 +392,10 @@ int dom_check(const rpal_domain *d)
 {
     if (!d)
         return -EINVAL;
-    /* A forked child holds a copy of the handle but not the membership. */
-    return d->pid == getpid() ? 0 : -ECHILD;
+    /* A forked child holds a copy of the handle but not the membership:
+     * the fork handler cleared g_dom there. (Not getpid(): that is a system
+     * call, and this check sits on the call path.) */
+    return d == __atomic_load_n(&g_dom, __ATOMIC_RELAXED) ? 0 : -ECHILD;
 }
 
 int rpal_domain_leave(rpal_domain *d)
@@ -425,7 +427,7 @@ int rpal_domain_leave(rpal_domain *d)
     close(d->epfd);
     close(d->dirfd);
     pthread_mutex_destroy(&d->lock);
-    g_dom = NULL;
+    __atomic_store_n(&g_dom, NULL, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&g_lock);
     free(d);
     return 0;

@@ -102,6 +102,12 @@ struct rpal_receiver {
     int n;
     _Atomic uint32_t doorbell; /* bumped when ch[] changes; private futex */
     unsigned next;
+    /* This thread's copy of ch[], refreshed when the doorbell moves, so
+     * that the fast path takes no lock. */
+    struct rx_chan *snap[MAX_CHANS];
+    int nsnap;
+    uint32_t snap_bell;
+    int snap_valid;
     struct rpal_receiver *next_in_service;
 };
 
@@ -405,10 +411,12 @@ int rpal_complete(rpal_chan *c, uint64_t *tag, void *reply, size_t reply_max,
         *reply_len = e.len;
     if (err == 0 && e.len > reply_max)
         err = -EMSGSIZE;
-    if (err == 0 && e.len) {
+    if (err == 0 && e.len && (e.flags & E_PTR)) {
         rpal_peer_access_begin(c->peer);
         memcpy(reply, src, e.len);
         rpal_peer_access_end(c->peer);
+    } else if (err == 0 && e.len) {
+        memcpy(reply, src, e.len); /* from our local copy of the entry */
     }
     /* Tell the service it may reuse the entry (and free its copy). */
     rpal_store_release(&c->tx->reply_head, c->done);
@@ -589,6 +597,7 @@ static void reap(rpal_receiver *r)
             i++;
         }
     }
+    r->snap_valid = 0;
     pthread_mutex_unlock(&r->lock);
     pthread_mutex_unlock(&r->s->d->lock);
 }
@@ -612,11 +621,17 @@ int rpal_receive(rpal_receiver *r, struct rpal_msg *m, int timeout_ms)
     for (unsigned spins = 0;; spins++) {
         /* Only this thread removes channels, so ch[] entries stay valid
          * while we scan; the dispatcher only appends (under r->lock). */
-        pthread_mutex_lock(&r->lock);
-        int n = r->n;
-        struct rx_chan *chs[MAX_CHANS];
-        memcpy(chs, r->ch, (size_t)n * sizeof *chs);
-        pthread_mutex_unlock(&r->lock);
+        uint32_t now_bell = rpal_load_acquire(&r->doorbell); /* pairs with chan_accept */
+        if (!r->snap_valid || now_bell != r->snap_bell) {
+            pthread_mutex_lock(&r->lock);
+            r->nsnap = r->n;
+            memcpy(r->snap, r->ch, (size_t)r->n * sizeof *r->snap);
+            pthread_mutex_unlock(&r->lock);
+            r->snap_bell = now_bell;
+            r->snap_valid = 1;
+        }
+        int n = r->nsnap;
+        struct rx_chan **chs = r->snap;
         for (int k = 0; k < n; k++) {
             struct rx_chan *x = chs[(r->next + (unsigned)k) % (unsigned)n];
             if (rpal_load_relaxed(&x->dead)) {

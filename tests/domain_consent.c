@@ -31,87 +31,15 @@
 
 static const struct rpal_domain_opts g_opts = {.slot_size = SLOT_SIZE};
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
-static void put_line(int fd, const char *fmt, ...)
-{
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    REQUIRE(n > 0 && (size_t)n < sizeof buf);
-    for (int off = 0; off < n;) {
-        ssize_t k = write(fd, buf + off, (size_t)(n - off));
-        if (k < 0 && errno == EINTR)
-            continue;
-        REQUIRE(k > 0);
-        off += (int)k;
-    }
-}
 
-/* One line from FD (without its newline) within MS milliseconds; 0, or -1
- * at end of file or on timeout. */
-static int get_line(int fd, char *buf, size_t size, int ms)
-{
-    int64_t deadline = now_ms() + ms;
-    size_t n = 0;
-    for (;;) {
-        struct pollfd pf = {fd, POLLIN, 0};
-        int64_t left = deadline - now_ms();
-        if (left < 0 || poll(&pf, 1, (int)left) == 0)
-            return -1;
-        char c;
-        ssize_t k = read(fd, &c, 1);
-        if (k < 0 && (errno == EINTR || errno == EAGAIN))
-            continue;
-        if (k <= 0)
-            return -1;
-        if (c == '\n') {
-            buf[n] = 0;
-            return 0;
-        }
-        if (n + 1 < size)
-            buf[n++] = c;
-    }
-}
 
-/* The permissions and file of the /proc/self/maps line covering ADDR
- * (path "" for anonymous memory); 0, or -1 if nothing covers it. */
-static int map_of(uint64_t addr, char perms[5], char *path, size_t pathsize)
-{
-    FILE *f = fopen("/proc/self/maps", "r");
-    REQUIRE(f);
-    char line[512];
-    int found = -1;
-    while (fgets(line, sizeof line, f)) {
-        uint64_t lo, hi;
-        int off = 0;
-        char p[5];
-        if (sscanf(line, "%" SCNx64 "-%" SCNx64 " %4s %*s %*s %*s %n", &lo, &hi, p, &off) < 3)
-            continue;
-        if (addr < lo || addr >= hi)
-            continue;
-        memcpy(perms, p, 5);
-        line[strcspn(line, "\n")] = 0;
-        snprintf(path, pathsize, "%s", off ? line + off : "");
-        found = 0;
-        break;
-    }
-    fclose(f);
-    return found;
-}
 
 /* 1 if ADDR is covered by nothing but the anonymous PROT_NONE reservation. */
 static int only_reserved(uint64_t addr)
 {
     char perms[5], path[256];
-    if (map_of(addr, perms, path, sizeof path) < 0)
+    if (t_map_of(addr, perms, path, sizeof path) < 0)
         return 0;
     if (strcmp(perms, "---p") != 0 || path[0]) {
         fprintf(stderr, "%#" PRIx64 " is mapped %s %s\n", addr, perms, path);
@@ -163,7 +91,7 @@ static int g_out; /* the service's line to the test */
 static int picky_policy(const struct rpal_peer_info *who, void *arg)
 {
     (void)arg;
-    put_line(g_out, "POLICY %d %u %u %u %s\n", (int)who->pid, who->uid, who->gid, who->slot,
+    t_put_line(g_out, "POLICY %d %u %u %u %s\n", (int)who->pid, who->uid, who->gid, who->slot,
              who->service);
     return -EPERM;
 }
@@ -173,7 +101,7 @@ static void announce_key(int out, rpal_service *s, const char *name)
     rpal_key k;
     char text[33];
     REQUIRE(rpal_service_key(s, &k) == 0 && rpal_key_format(&k, text) == 0);
-    put_line(out, "KEY %s %s\n", name, text);
+    t_put_line(out, "KEY %s %s\n", name, text);
 }
 
 /* MAIN: registers "svc" (accepts the key) and "picky" (refuses).
@@ -186,7 +114,7 @@ static int service_main(int kind, int in, int out)
     rpal_domain *d;
     int err = rpal_domain_join(DOMAIN, &g_opts, &d);
     if (err < 0) {
-        put_line(out, "FAIL join %d\n", err);
+        t_put_line(out, "FAIL join %d\n", err);
         return 1;
     }
     rpal_service *s;
@@ -197,14 +125,14 @@ static int service_main(int kind, int in, int out)
         announce_key(out, s, "picky");
     } else {
         err = rpal_service_register(d, "stale", 0600, NULL, NULL, &s);
-        put_line(out, "REG %d\n", err);
+        t_put_line(out, "REG %d\n", err);
         if (err == 0)
             announce_key(out, s, "stale");
     }
     unsigned slot;
     void *base;
     REQUIRE(rpal_domain_slot(d, &slot, &base, NULL) == 0);
-    put_line(out, "READY %u %" PRIx64 " %d\n", slot, (uint64_t)(uintptr_t)base, (int)getpid());
+    t_put_line(out, "READY %u %" PRIx64 " %d\n", slot, (uint64_t)(uintptr_t)base, (int)getpid());
 
     int dfd = rpal_domain_fd(d);
     REQUIRE(dfd >= 0);
@@ -222,27 +150,27 @@ static int service_main(int kind, int in, int out)
                 struct rpal_peer_info info;
                 rpal_peer_info(ev[i].peer, &info);
                 if (ev[i].type == RPAL_EV_PEER_ACCEPTED) {
-                    put_line(out, "EV ACCEPTED %d %u %s\n", (int)info.pid, info.slot,
+                    t_put_line(out, "EV ACCEPTED %d %u %s\n", (int)info.pid, info.slot,
                              info.service);
                 } else {
-                    put_line(out, "EV GONE %d\n", ev[i].reason);
+                    t_put_line(out, "EV GONE %d\n", ev[i].reason);
                     rpal_peer_release(ev[i].peer);
                 }
             }
         }
         if (pf[1].revents) {
             char line[256];
-            if (get_line(in, line, sizeof line, 5000) < 0 || strcmp(line, "QUIT") == 0)
+            if (t_get_line(in, line, sizeof line, 5000) < 0 || strcmp(line, "QUIT") == 0)
                 break;
             uint64_t addr;
             if (strncmp(line, "SYNC", 4) == 0) {
-                put_line(out, "SYNCED%s\n", line + 4);
+                t_put_line(out, "SYNCED%s\n", line + 4);
             } else if (sscanf(line, "CHECKMAP %" SCNx64, &addr) == 1) {
                 char perms[5], path[256];
-                if (map_of(addr, perms, path, sizeof path) < 0)
-                    put_line(out, "MAP none\n");
+                if (t_map_of(addr, perms, path, sizeof path) < 0)
+                    t_put_line(out, "MAP none\n");
                 else
-                    put_line(out, "MAP %s %s\n", perms, path[0] ? path : "-");
+                    t_put_line(out, "MAP %s %s\n", perms, path[0] ? path : "-");
             }
         }
     }
@@ -284,7 +212,7 @@ static int await_ready(struct svc *s, int *regerr)
 {
     char line[512];
     for (;;) {
-        if (get_line(s->out, line, sizeof line, 10000) < 0)
+        if (t_get_line(s->out, line, sizeof line, 10000) < 0)
             return -1;
         char name[80], text[80];
         int pid, e;
@@ -310,10 +238,10 @@ static void sync_svc(struct svc *s, char *all, size_t size)
     static int seq;
     char want[32], line[512];
     snprintf(want, sizeof want, "SYNCED %d", ++seq);
-    put_line(s->in, "SYNC %d\n", seq);
+    t_put_line(s->in, "SYNC %d\n", seq);
     all[0] = 0;
     for (;;) {
-        REQUIRE(get_line(s->out, line, sizeof line, 10000) == 0);
+        REQUIRE(t_get_line(s->out, line, sizeof line, 10000) == 0);
         if (strcmp(line, want) == 0)
             return;
         size_t used = strlen(all);
@@ -323,7 +251,7 @@ static void sync_svc(struct svc *s, char *all, size_t size)
 
 static void stop_svc(struct svc *s)
 {
-    put_line(s->in, "QUIT\n");
+    t_put_line(s->in, "QUIT\n");
     CHECK(t_wait(s->pid) == 0);
     close(s->in);
     close(s->out);
@@ -355,8 +283,8 @@ static int fork_child(rpal_domain *d, rpal_service *mine, rpal_peer *p,
     CHECK_ERR(rpal_free(block), -EINVAL);
     /* The slots did not come along (MADV_DONTFORK). */
     char perms[5], path[256];
-    CHECK(map_of((uint64_t)(uintptr_t)block, perms, path, sizeof path) < 0);
-    CHECK(map_of((uint64_t)(uintptr_t)rpal_peer_base(p), perms, path, sizeof path) < 0);
+    CHECK(t_map_of((uint64_t)(uintptr_t)block, perms, path, sizeof path) < 0);
+    CHECK(t_map_of((uint64_t)(uintptr_t)rpal_peer_base(p), perms, path, sizeof path) < 0);
 
     /* The child joins on its own and gets a slot of its own. */
     rpal_domain *cd;
@@ -488,7 +416,7 @@ int main(void)
     /* The other service's key is no key to this one. */
     CHECK_ERR(rpal_service_request(d, "svc", picky_key, 3000, &p), -EACCES);
     CHECK(p == NULL);
-    put_line(s1.in, "CHECKMAP %" PRIx64 "\n", mybase);
+    t_put_line(s1.in, "CHECKMAP %" PRIx64 "\n", mybase);
     sync_svc(&s1, said, sizeof said);
     CHECK(strncmp(said, "MAP ---p -|", 11) == 0);
     CHECK(!strstr(said, "ACCEPTED"));
@@ -501,7 +429,7 @@ int main(void)
     CHECK_ERR(rpal_service_request(d, "picky", picky_key, 3000, &p), -EACCES);
     CHECK(p == NULL);
     CHECK(only_reserved(s1.base));
-    put_line(s1.in, "CHECKMAP %" PRIx64 "\n", mybase);
+    t_put_line(s1.in, "CHECKMAP %" PRIx64 "\n", mybase);
     sync_svc(&s1, said, sizeof said);
     int ppid = 0;
     unsigned puid = 0, pgid = 0, pslot = 0;
@@ -521,7 +449,7 @@ int main(void)
     CHECK((uint64_t)(uintptr_t)rpal_peer_base(p) == s1.base);
     CHECK(read_faults(s1.base, &fcode) == 0);
     char perms[5], path[256];
-    CHECK(map_of(s1.base, perms, path, sizeof path) == 0 && strcmp(perms, "r--s") == 0 &&
+    CHECK(t_map_of(s1.base, perms, path, sizeof path) == 0 && strcmp(perms, "r--s") == 0 &&
           strstr(path, "memfd:rpal-slot"));
     sync_svc(&s1, said, sizeof said);
     char want[128];
@@ -555,10 +483,10 @@ int main(void)
     CHECK_ERR(rpal_peer_release(p), 0);
     p = NULL;
     CHECK(only_reserved(s1.base));
-    int64_t t0 = now_ms();
+    int64_t t0 = t_now_ms();
     for (;;) {
         sync_svc(&s1, said, sizeof said);
-        if (said[0] || now_ms() - t0 > 2000)
+        if (said[0] || t_now_ms() - t0 > 2000)
             break;
         usleep(10000);
     }
@@ -579,9 +507,9 @@ int main(void)
     REQUIRE(kill(s1.pid, SIGSTOP) == 0);
     int st;
     REQUIRE(waitpid(s1.pid, &st, WUNTRACED) == s1.pid && WIFSTOPPED(st));
-    t0 = now_ms();
+    t0 = t_now_ms();
     CHECK_ERR(rpal_service_request(d, "svc", svc_key, 400, &p), -ETIMEDOUT);
-    int64_t took = now_ms() - t0;
+    int64_t took = t_now_ms() - t0;
     if (took < 390 || took > 1400) {
         fprintf(stderr, "request to a stopped service took %" PRId64 " ms, deadline 400\n", took);
         t_failures++;
@@ -645,7 +573,7 @@ int main(void)
 
     /* Leaving frees the process for another join. */
     CHECK_ERR(rpal_domain_leave(d), 0);
-    CHECK(map_of(mybase, perms, path, sizeof path) < 0);
+    CHECK(t_map_of(mybase, perms, path, sizeof path) < 0);
     CHECK_ERR(rpal_domain_join(DOMAIN, &g_opts, &d), 0);
     CHECK_ERR(rpal_domain_leave(d), 0);
     return t_done();

@@ -38,50 +38,8 @@ static int64_t now_us(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
-static int64_t now_ms(void) { return now_us() / 1000; }
 
-static void put_line(int fd, const char *fmt, ...)
-{
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    REQUIRE(n > 0 && (size_t)n < sizeof buf);
-    for (int off = 0; off < n;) {
-        ssize_t k = write(fd, buf + off, (size_t)(n - off));
-        if (k < 0 && errno == EINTR)
-            continue;
-        REQUIRE(k > 0);
-        off += (int)k;
-    }
-}
 
-/* One line from FD (without its newline) within MS milliseconds; 0, or -1
- * at end of file or on timeout. */
-static int get_line(int fd, char *buf, size_t size, int ms)
-{
-    int64_t deadline = now_ms() + ms;
-    size_t n = 0;
-    for (;;) {
-        struct pollfd pf = {fd, POLLIN, 0};
-        int64_t left = deadline - now_ms();
-        if (left < 0 || poll(&pf, 1, (int)left) == 0)
-            return -1;
-        char c;
-        ssize_t k = read(fd, &c, 1);
-        if (k < 0 && (errno == EINTR || errno == EAGAIN))
-            continue;
-        if (k <= 0)
-            return -1;
-        if (c == '\n') {
-            buf[n] = 0;
-            return 0;
-        }
-        if (n + 1 < size)
-            buf[n++] = c;
-    }
-}
 
 /* 1 if ADDR is covered by nothing but an anonymous PROT_NONE mapping (the
  * domain's reservation). */
@@ -170,7 +128,7 @@ static int service_main(const char *name, int in, int out)
     rpal_domain *d;
     int err = rpal_domain_join(DOMAIN, &g_opts, &d);
     if (err < 0) {
-        put_line(out, "FAIL join %d\n", err);
+        t_put_line(out, "FAIL join %d\n", err);
         return 1;
     }
     rpal_service *s;
@@ -184,7 +142,7 @@ static int service_main(const char *name, int in, int out)
     uint64_t *block = rpal_malloc(sizeof *block);
     REQUIRE(block);
     *block = 0xdeadbeef00000000ull | (uint64_t)getpid();
-    put_line(out, "READY %s %u %" PRIx64 " %" PRIx64 " %" PRIx64 "\n", text, slot,
+    t_put_line(out, "READY %s %u %" PRIx64 " %" PRIx64 " %" PRIx64 "\n", text, slot,
              (uint64_t)(uintptr_t)base, (uint64_t)(uintptr_t)block, *block);
 
     rpal_peer *peers[16];
@@ -206,10 +164,10 @@ static int service_main(const char *name, int in, int out)
                     rpal_peer_info(ev[i].peer, &info);
                     if (npeers < 16)
                         peers[npeers++] = ev[i].peer;
-                    put_line(out, "EV ACCEPTED %d\n", (int)info.pid);
+                    t_put_line(out, "EV ACCEPTED %d\n", (int)info.pid);
                     continue;
                 }
-                put_line(out, "EV GONE %d %d %d\n", ev[i].reason,
+                t_put_line(out, "EV GONE %d %d %d\n", ev[i].reason,
                          rpal_peer_base(ev[i].peer) != NULL,
                          rpal_peer_access_begin(ev[i].peer) == 0);
                 for (int j = 0; j < npeers; j++)
@@ -220,13 +178,13 @@ static int service_main(const char *name, int in, int out)
         }
         if (pf[1].revents) {
             char line[256];
-            if (get_line(in, line, sizeof line, 5000) < 0 || strcmp(line, "QUIT") == 0)
+            if (t_get_line(in, line, sizeof line, 5000) < 0 || strcmp(line, "QUIT") == 0)
                 break;
             if (strcmp(line, "RELEASE") == 0) {
                 int n = npeers, bad = 0;
                 while (npeers)
                     bad += rpal_peer_release(peers[--npeers]) != 0;
-                put_line(out, "RELEASED %d %d\n", n, bad);
+                t_put_line(out, "RELEASED %d %d\n", n, bad);
             }
         }
     }
@@ -256,7 +214,7 @@ static void spawn(const char *name, struct svc *s)
     s->in = down[1];
     s->out = up[0];
     char line[512], text[80];
-    REQUIRE(get_line(s->out, line, sizeof line, 10000) == 0);
+    REQUIRE(t_get_line(s->out, line, sizeof line, 10000) == 0);
     if (sscanf(line, "READY %79s %u %" SCNx64 " %" SCNx64 " %" SCNx64, text, &s->slot, &s->base,
                &s->block, &s->value) != 5) {
         fprintf(stderr, "service: %s\n", line);
@@ -369,9 +327,9 @@ static void release_cases(rpal_domain *d)
     rpal_peer *p = NULL;
     CHECK_ERR(rpal_service_request(d, "rel", &s.key, 5000, &p), 0);
     REQUIRE(p);
-    CHECK(get_line(s.out, line, sizeof line, 5000) == 0 && strncmp(line, "EV ACCEPTED", 11) == 0);
-    put_line(s.in, "RELEASE\n");
-    CHECK(get_line(s.out, line, sizeof line, 5000) == 0 && strcmp(line, "RELEASED 1 0") == 0);
+    CHECK(t_get_line(s.out, line, sizeof line, 5000) == 0 && strncmp(line, "EV ACCEPTED", 11) == 0);
+    t_put_line(s.in, "RELEASE\n");
+    CHECK(t_get_line(s.out, line, sizeof line, 5000) == 0 && strcmp(line, "RELEASED 1 0") == 0);
     int64_t us = await_gone(d, p, now_us());
     CHECK(us >= 0 && us < 100000);
     CHECK(rpal_peer_base(p) == NULL);
@@ -383,11 +341,11 @@ static void release_cases(rpal_domain *d)
     p = NULL;
     CHECK_ERR(rpal_service_request(d, "rel", &s.key, 5000, &p), 0);
     REQUIRE(p);
-    CHECK(get_line(s.out, line, sizeof line, 5000) == 0 && strncmp(line, "EV ACCEPTED", 11) == 0);
+    CHECK(t_get_line(s.out, line, sizeof line, 5000) == 0 && strncmp(line, "EV ACCEPTED", 11) == 0);
     int64_t t0 = now_us();
     CHECK_ERR(rpal_peer_release(p), 0);
     CHECK(only_reserved(s.base));
-    CHECK(get_line(s.out, line, sizeof line, 1000) == 0);
+    CHECK(t_get_line(s.out, line, sizeof line, 1000) == 0);
     int64_t took = now_us() - t0;
     CHECK(strcmp(line, "EV GONE 0 0 0") == 0); /* reason 0, unmapped, no window */
     if (took > 100000) {
@@ -400,7 +358,7 @@ static void release_cases(rpal_domain *d)
     p = NULL;
     CHECK_ERR(rpal_service_request(d, "rel", &s.key, 5000, &p), 0);
     REQUIRE(p);
-    CHECK(get_line(s.out, line, sizeof line, 5000) == 0 && strncmp(line, "EV ACCEPTED", 11) == 0);
+    CHECK(t_get_line(s.out, line, sizeof line, 5000) == 0 && strncmp(line, "EV ACCEPTED", 11) == 0);
     int hold[2];
     REQUIRE(pipe(hold) == 0);
     pid_t k = fork();
@@ -414,7 +372,7 @@ static void release_cases(rpal_domain *d)
     }
     close(hold[0]);
     CHECK_ERR(rpal_peer_release(p), 0);
-    if (get_line(s.out, line, sizeof line, 1000) == 0) {
+    if (t_get_line(s.out, line, sizeof line, 1000) == 0) {
         CHECK(strcmp(line, "EV GONE 0 0 0") == 0);
     } else {
         fprintf(stderr, "a release while a forked child of ours runs did not reach the "
@@ -424,9 +382,9 @@ static void release_cases(rpal_domain *d)
     close(hold[1]);
     CHECK(t_wait(k) == 0);
     if (line[0] != 'E') /* it came late, when the child exited */
-        CHECK(get_line(s.out, line, sizeof line, 1000) == 0 && strcmp(line, "EV GONE 0 0 0") == 0);
+        CHECK(t_get_line(s.out, line, sizeof line, 1000) == 0 && strcmp(line, "EV GONE 0 0 0") == 0);
 
-    put_line(s.in, "QUIT\n");
+    t_put_line(s.in, "QUIT\n");
     CHECK(t_wait(s.pid) == 0);
     svc_close(&s);
 }
@@ -444,7 +402,7 @@ static int member_main(int in, int out, int hold, int fork_holder)
     rpal_domain *d;
     int err = rpal_domain_join(DOMAIN2, &o, &d);
     if (err < 0) {
-        put_line(out, "ERR %d\n", err);
+        t_put_line(out, "ERR %d\n", err);
         return 0;
     }
     unsigned slot;
@@ -471,9 +429,9 @@ static int member_main(int in, int out, int hold, int fork_holder)
         char c;
         REQUIRE(read(up[0], &c, 1) == 1 && c == 'g');
         close(up[0]);
-        put_line(out, "SLOT %u HOLDER %d\n", slot, (int)h);
+        t_put_line(out, "SLOT %u HOLDER %d\n", slot, (int)h);
     } else {
-        put_line(out, "SLOT %u\n", slot);
+        t_put_line(out, "SLOT %u\n", slot);
     }
     char c;
     while (read(in, &c, 1) < 0 && errno == EINTR)
@@ -503,7 +461,7 @@ static void member_start(struct member *m, int hold, int fork_holder)
     close(up[1]);
     m->in = down[1];
     m->out = up[0];
-    REQUIRE(get_line(m->out, m->said, sizeof m->said, 10000) == 0);
+    REQUIRE(t_get_line(m->out, m->said, sizeof m->said, 10000) == 0);
 }
 
 static void member_stop(struct member *m, int killed)

@@ -37,12 +37,6 @@ struct record {
     uint64_t block;
 };
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void close_inherited(int keep1, int keep2)
 {
@@ -148,8 +142,8 @@ int main(void)
     /* Accept all 64. */
     rpal_peer *peers[NCLIENTS];
     int n = 0;
-    int64_t t0 = now_ms(), deadline = t0 + 30000;
-    while (n < NCLIENTS && now_ms() < deadline) {
+    int64_t t0 = t_now_ms(), deadline = t0 + 30000;
+    while (n < NCLIENTS && t_now_ms() < deadline) {
         struct rpal_event ev[16];
         int k = rpal_domain_dispatch(d, ev, 16, 200);
         CHECK(k >= 0);
@@ -165,7 +159,7 @@ int main(void)
                 peers[n++] = ev[i].peer;
         }
     }
-    printf("%d peers accepted in %" PRId64 " ms\n", n, now_ms() - t0);
+    printf("%d peers accepted in %" PRId64 " ms\n", n, t_now_ms() - t0);
     CHECK(n == NCLIENTS);
 
     /* Every client's record. */
@@ -231,9 +225,9 @@ int main(void)
     close(go[1]);
     rpal_peer *gone[NCLIENTS];
     int ngone = 0;
-    t0 = now_ms();
+    t0 = t_now_ms();
     deadline = t0 + 20000;
-    while (ngone < n && now_ms() < deadline) {
+    while (ngone < n && t_now_ms() < deadline) {
         struct rpal_event ev[16];
         int k = rpal_domain_dispatch(d, ev, 16, 200);
         CHECK(k >= 0);
@@ -251,7 +245,7 @@ int main(void)
                 gone[ngone++] = ev[i].peer;
         }
     }
-    printf("%d peers gone in %" PRId64 " ms\n", ngone, now_ms() - t0);
+    printf("%d peers gone in %" PRId64 " ms\n", ngone, t_now_ms() - t0);
     CHECK(ngone == n);
     for (int i = 0; i < n; i++)
         CHECK_ERR(rpal_peer_release(peers[i]), 0);

@@ -50,12 +50,6 @@ struct record {
     uint64_t block;
 };
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void close_inherited(int keep1, int keep2)
 {
@@ -272,8 +266,8 @@ int main(void)
 
     rpal_peer *peers[NPEERS];
     int n = 0;
-    int64_t deadline = now_ms() + 20000;
-    while (n < NPEERS && now_ms() < deadline) {
+    int64_t deadline = t_now_ms() + 20000;
+    while (n < NPEERS && t_now_ms() < deadline) {
         struct rpal_event ev[16];
         int k = rpal_domain_dispatch(d, ev, 16, 200);
         for (int i = 0; i < k; i++)
@@ -404,9 +398,9 @@ int main(void)
     say(dy.to_thread[1], '1');
     CHECK(hear(dy.to_main[0]) == 'a');
     REQUIRE(kill(xinfo.pid, SIGKILL) == 0);
-    deadline = now_ms() + 5000;
+    deadline = t_now_ms() + 5000;
     int xgone = 0;
-    while (!xgone && now_ms() < deadline) {
+    while (!xgone && t_now_ms() < deadline) {
         struct rpal_event ev[16];
         int k = rpal_domain_dispatch(d, ev, 16, 200);
         for (int i = 0; i < k; i++)
@@ -429,8 +423,8 @@ int main(void)
 
     /* The clients go. */
     close(go[1]);
-    deadline = now_ms() + 10000;
-    while (ngone < NPEERS && now_ms() < deadline) {
+    deadline = t_now_ms() + 10000;
+    while (ngone < NPEERS && t_now_ms() < deadline) {
         struct rpal_event ev[16];
         int k = rpal_domain_dispatch(d, ev, 16, 200);
         for (int i = 0; i < k; i++)

@@ -36,55 +36,8 @@
 #define SLOT_SIZE (1ull << 30)
 #define PAGE 4096ull
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
-static void put_line(int fd, const char *fmt, ...)
-{
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    REQUIRE(n > 0 && (size_t)n < sizeof buf);
-    for (int off = 0; off < n;) {
-        ssize_t k = write(fd, buf + off, (size_t)(n - off));
-        if (k < 0 && errno == EINTR)
-            continue;
-        REQUIRE(k > 0);
-        off += (int)k;
-    }
-}
 
-/* One line from FD (without its newline) within MS milliseconds; 0, or -1
- * at end of file or on timeout. */
-static int get_line(int fd, char *buf, size_t size, int ms)
-{
-    int64_t deadline = now_ms() + ms;
-    size_t n = 0;
-    for (;;) {
-        struct pollfd pf = {fd, POLLIN, 0};
-        int64_t left = deadline - now_ms();
-        if (left < 0 || poll(&pf, 1, (int)left) == 0)
-            return -1;
-        char c;
-        ssize_t k = read(fd, &c, 1);
-        if (k < 0 && (errno == EINTR || errno == EAGAIN))
-            continue;
-        if (k <= 0)
-            return -1;
-        if (c == '\n') {
-            buf[n] = 0;
-            return 0;
-        }
-        if (n + 1 < size)
-            buf[n++] = c;
-    }
-}
 
 struct mapping {
     uint64_t lo, hi, ino;
@@ -443,8 +396,8 @@ static uint64_t gen_value(int side, int gen) { return 0x1000000000000000ull * (u
 /* Dispatch until a peer is accepted (10 s at most). */
 static rpal_peer *accept_one(rpal_domain *d)
 {
-    int64_t deadline = now_ms() + 10000;
-    while (now_ms() < deadline) {
+    int64_t deadline = t_now_ms() + 10000;
+    while (t_now_ms() < deadline) {
         struct rpal_event ev[8];
         int n = rpal_domain_dispatch(d, ev, 8, 100);
         for (int i = 0; i < n; i++)
@@ -470,7 +423,7 @@ static int client(int rfd, int wfd)
     char line[512], keytext[64];
     uint64_t starget, sbase, ssize;
     int spid;
-    REQUIRE(get_line(rfd, line, sizeof line, 10000) == 0);
+    REQUIRE(t_get_line(rfd, line, sizeof line, 10000) == 0);
     REQUIRE(sscanf(line, "KEY %40s BASE %" SCNx64 " SIZE %" SCNu64 " TARGET %" SCNx64
                    " PID %d", keytext, &sbase, &ssize, &starget, &spid) == 5);
     rpal_key key;
@@ -482,20 +435,20 @@ static int client(int rfd, int wfd)
         return 1;
     }
     CHECK((uint64_t)(uintptr_t)rpal_peer_base(p) == sbase);
-    put_line(wfd, "TARGET %" PRIx64 "\n", (uint64_t)(uintptr_t)mine);
+    t_put_line(wfd, "TARGET %" PRIx64 "\n", (uint64_t)(uintptr_t)mine);
 
     attack("client", p, spid, starget, gen_value(1, 0));
-    put_line(wfd, "ATTACKED\n");
+    t_put_line(wfd, "ATTACKED\n");
     /* The service writes its own slot; we see it. */
-    REQUIRE(get_line(rfd, line, sizeof line, 20000) == 0);
+    REQUIRE(t_get_line(rfd, line, sizeof line, 20000) == 0);
     CHECK(strcmp(line, "WROTE") == 0);
     CHECK_ERR(rpal_peer_access_begin(p), 0);
     CHECK(*(volatile uint64_t *)(uintptr_t)starget == gen_value(1, 1));
     CHECK_ERR(rpal_peer_access_end(p), 0);
     owner_checks("client", (uint64_t)(uintptr_t)bp);
     *(volatile uint64_t *)mine = gen_value(2, 1);
-    put_line(wfd, "WROTE\n");
-    REQUIRE(get_line(rfd, line, sizeof line, 20000) == 0);
+    t_put_line(wfd, "WROTE\n");
+    REQUIRE(t_get_line(rfd, line, sizeof line, 20000) == 0);
     CHECK(strcmp(line, "BYE") == 0);
     CHECK_ERR(rpal_peer_release(p), 0);
     CHECK_ERR(rpal_domain_leave(d), 0);
@@ -536,7 +489,7 @@ int main(void)
     rpal_key key;
     char keytext[33];
     REQUIRE(rpal_service_key(s, &key) == 0 && rpal_key_format(&key, keytext) == 0);
-    put_line(down[1], "KEY %s BASE %" PRIx64 " SIZE %" PRIu64 " TARGET %" PRIx64 " PID %d\n",
+    t_put_line(down[1], "KEY %s BASE %" PRIx64 " SIZE %" PRIu64 " TARGET %" PRIx64 " PID %d\n",
              keytext, base, size, (uint64_t)(uintptr_t)mine, (int)getpid());
 
     rpal_peer *p = accept_one(d);
@@ -548,11 +501,11 @@ int main(void)
     }
     char line[512];
     uint64_t ctarget;
-    REQUIRE(get_line(up[0], line, sizeof line, 10000) == 0);
+    REQUIRE(t_get_line(up[0], line, sizeof line, 10000) == 0);
     REQUIRE(sscanf(line, "TARGET %" SCNx64, &ctarget) == 1);
 
     attack("service", p, child, ctarget, gen_value(2, 0));
-    REQUIRE(get_line(up[0], line, sizeof line, 30000) == 0);
+    REQUIRE(t_get_line(up[0], line, sizeof line, 30000) == 0);
     CHECK(strcmp(line, "ATTACKED") == 0);
 
     /* Our own slot: untouched by the client's attempts, still ours to
@@ -560,13 +513,13 @@ int main(void)
     CHECK(*mine == gen_value(1, 0));
     owner_checks("service", base);
     *(volatile uint64_t *)mine = gen_value(1, 1);
-    put_line(down[1], "WROTE\n");
-    REQUIRE(get_line(up[0], line, sizeof line, 20000) == 0);
+    t_put_line(down[1], "WROTE\n");
+    REQUIRE(t_get_line(up[0], line, sizeof line, 20000) == 0);
     CHECK(strcmp(line, "WROTE") == 0);
     CHECK_ERR(rpal_peer_access_begin(p), 0);
     CHECK(*(volatile uint64_t *)(uintptr_t)ctarget == gen_value(2, 1));
     CHECK_ERR(rpal_peer_access_end(p), 0);
-    put_line(down[1], "BYE\n");
+    t_put_line(down[1], "BYE\n");
     int rc = t_wait(child);
     if (rc != 0) {
         fprintf(stderr, "client exited with %d\n", rc);

@@ -32,82 +32,9 @@ struct node {
 static uint64_t value_of(uint32_t i) { return (i + 1) * 0x9e3779b97f4a7c15ull ^ 0x5eedull; }
 static uint8_t client_byte(size_t i) { return (uint8_t)(i * 31 + 7); }
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
-static void put_line(int fd, const char *fmt, ...)
-{
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    REQUIRE(n > 0 && (size_t)n < sizeof buf);
-    for (int off = 0; off < n;) {
-        ssize_t k = write(fd, buf + off, (size_t)(n - off));
-        if (k < 0 && errno == EINTR)
-            continue;
-        REQUIRE(k > 0);
-        off += (int)k;
-    }
-}
 
-/* One line from FD (without its newline) within MS milliseconds; 0, or -1
- * at end of file or on timeout. Reads a byte at a time: nothing after the
- * line is consumed. */
-static int get_line(int fd, char *buf, size_t size, int ms)
-{
-    int64_t deadline = now_ms() + ms;
-    size_t n = 0;
-    for (;;) {
-        struct pollfd pf = {fd, POLLIN, 0};
-        int64_t left = deadline - now_ms();
-        if (left < 0 || poll(&pf, 1, (int)left) == 0)
-            return -1;
-        char c;
-        ssize_t k = read(fd, &c, 1);
-        if (k < 0 && (errno == EINTR || errno == EAGAIN))
-            continue;
-        if (k <= 0)
-            return -1;
-        if (c == '\n') {
-            buf[n] = 0;
-            return 0;
-        }
-        if (n + 1 < size)
-            buf[n++] = c;
-    }
-}
 
-/* The permissions and the file of the /proc/self/maps line covering ADDR
- * (path "" for anonymous memory); 0, or -1 if nothing covers it. */
-static int map_of(uint64_t addr, char perms[5], char *path, size_t pathsize)
-{
-    FILE *f = fopen("/proc/self/maps", "r");
-    REQUIRE(f);
-    char line[512];
-    int found = -1;
-    while (fgets(line, sizeof line, f)) {
-        uint64_t lo, hi;
-        int off = 0;
-        char p[5];
-        if (sscanf(line, "%" SCNx64 "-%" SCNx64 " %4s %*s %*s %*s %n", &lo, &hi, p, &off) < 3)
-            continue;
-        if (addr < lo || addr >= hi)
-            continue;
-        memcpy(perms, p, 5);
-        line[strcspn(line, "\n")] = 0;
-        snprintf(path, pathsize, "%s", off ? line + off : "");
-        found = 0;
-        break;
-    }
-    fclose(f);
-    return found;
-}
 
 static int in_range(const void *p, uint64_t base, uint64_t size, size_t len)
 {
@@ -121,7 +48,7 @@ static int client(int rfd, int wfd)
 {
     alarm(30);
     char line[512];
-    REQUIRE(get_line(rfd, line, sizeof line, 10000) == 0);
+    REQUIRE(t_get_line(rfd, line, sizeof line, 10000) == 0);
     char keytext[64];
     uint64_t head, sbase, ssize;
     unsigned sslot;
@@ -155,14 +82,14 @@ static int client(int rfd, int wfd)
     CHECK(in_range(blk, (uint64_t)(uintptr_t)base, size, CLIENT_BLOCK));
     for (size_t i = 0; i < CLIENT_BLOCK; i++)
         blk[i] = client_byte(i);
-    put_line(wfd, "CLIENT SLOT %u BASE %" PRIx64 " BLOCK %" PRIx64 "\n", slot,
+    t_put_line(wfd, "CLIENT SLOT %u BASE %" PRIx64 " BLOCK %" PRIx64 "\n", slot,
              (uint64_t)(uintptr_t)base, (uint64_t)(uintptr_t)blk);
 
     rpal_peer *p = NULL;
     err = rpal_service_request(d, "svc", &key, 5000, &p);
     if (err < 0) {
         fprintf(stderr, "client: request: %s\n", rpal_strerror(err));
-        put_line(wfd, "DONE 1\n");
+        t_put_line(wfd, "DONE 1\n");
         return 1;
     }
     REQUIRE(p);
@@ -178,7 +105,7 @@ static int client(int rfd, int wfd)
 
     /* The service's slot is here read-only, backed by its memfd. */
     char perms[5], path[256];
-    CHECK(map_of(sbase, perms, path, sizeof path) == 0 && strcmp(perms, "r--s") == 0 &&
+    CHECK(t_map_of(sbase, perms, path, sizeof path) == 0 && strcmp(perms, "r--s") == 0 &&
           strstr(path, "memfd:rpal-slot"));
 
     /* The walk: the service's pointers, followed as they are. */
@@ -218,9 +145,9 @@ static int client(int rfd, int wfd)
     CHECK(bad == 0);
     CHECK(named == (NNODES + NAMED_EVERY - 1) / NAMED_EVERY);
 
-    put_line(wfd, "DONE %d\n", t_failures);
+    t_put_line(wfd, "DONE %d\n", t_failures);
     /* Stay a peer until the service has read our block. */
-    CHECK(get_line(rfd, line, sizeof line, 10000) == 0 && strcmp(line, "BYE") == 0);
+    CHECK(t_get_line(rfd, line, sizeof line, 10000) == 0 && strcmp(line, "BYE") == 0);
     CHECK_ERR(rpal_peer_release(p), 0);
     CHECK_ERR(rpal_domain_leave(d), 0);
     return t_done();
@@ -249,7 +176,7 @@ int main(int argc, char **argv)
     CHECK(size == RPAL_DEFAULT_SLOT_SIZE);
     CHECK(base == DOM_WINDOW_BASE + (uint64_t)slot * size);
     char perms[5], path[256];
-    CHECK(map_of(base, perms, path, sizeof path) == 0 && strcmp(perms, "rw-s") == 0 &&
+    CHECK(t_map_of(base, perms, path, sizeof path) == 0 && strcmp(perms, "rw-s") == 0 &&
           strstr(path, "memfd:rpal-slot"));
 
     /* The list, built back to front so that the head is node 0. */
@@ -299,21 +226,21 @@ int main(int argc, char **argv)
     }
     close(down[0]);
     close(up[1]);
-    put_line(down[1], "KEY %s HEAD %" PRIx64 " BASE %" PRIx64 " SLOT %u SIZE %" PRIu64
+    t_put_line(down[1], "KEY %s HEAD %" PRIx64 " BASE %" PRIx64 " SLOT %u SIZE %" PRIu64
              " PID %d\n", keytext, (uint64_t)(uintptr_t)head, base, slot, size, (int)getpid());
 
     /* The client's own report comes before its request. */
     char line[512];
     unsigned cslot = 0;
     uint64_t cbase = 0, cblock = 0;
-    REQUIRE(get_line(up[0], line, sizeof line, 10000) == 0);
+    REQUIRE(t_get_line(up[0], line, sizeof line, 10000) == 0);
     REQUIRE(sscanf(line, "CLIENT SLOT %u BASE %" SCNx64 " BLOCK %" SCNx64, &cslot, &cbase,
                    &cblock) == 3);
 
     /* Dispatch until the client is accepted. */
     rpal_peer *p = NULL;
-    int64_t deadline = now_ms() + 10000;
-    while (!p && now_ms() < deadline) {
+    int64_t deadline = t_now_ms() + 10000;
+    while (!p && t_now_ms() < deadline) {
         struct rpal_event ev[8];
         int n = rpal_domain_dispatch(d, ev, 8, 100);
         CHECK(n >= 0);
@@ -345,7 +272,7 @@ int main(int argc, char **argv)
     CHECK(cbase != base);
     CHECK(rpal_peer_size(p) == size);
     /* The client's slot is here read-only. */
-    CHECK(map_of(cbase, perms, path, sizeof path) == 0 && strcmp(perms, "r--s") == 0 &&
+    CHECK(t_map_of(cbase, perms, path, sizeof path) == 0 && strcmp(perms, "r--s") == 0 &&
           strstr(path, "memfd:rpal-slot"));
 
     CHECK_ERR(rpal_peer_access_begin(p), 0);
@@ -364,16 +291,16 @@ int main(int argc, char **argv)
     CHECK_ERR(rpal_peer_access_end(p), 0);
 
     /* The client walks the list meanwhile. */
-    REQUIRE(get_line(up[0], line, sizeof line, 20000) == 0);
+    REQUIRE(t_get_line(up[0], line, sizeof line, 20000) == 0);
     int cfail = -1;
     CHECK(sscanf(line, "DONE %d", &cfail) == 1 && cfail == 0);
-    put_line(down[1], "BYE\n");
+    t_put_line(down[1], "BYE\n");
     CHECK(t_wait(child) == 0);
 
     /* Its release (or exit) reaches us; its slot is gone from here. */
     int gone = 0;
-    deadline = now_ms() + 5000;
-    while (!gone && now_ms() < deadline) {
+    deadline = t_now_ms() + 5000;
+    while (!gone && t_now_ms() < deadline) {
         struct rpal_event ev[8];
         int n = rpal_domain_dispatch(d, ev, 8, 100);
         for (int i = 0; i < n; i++)
@@ -382,7 +309,7 @@ int main(int argc, char **argv)
     }
     CHECK(gone);
     CHECK(rpal_peer_base(p) == NULL);
-    CHECK(map_of(cbase, perms, path, sizeof path) == 0 && strcmp(perms, "---p") == 0 &&
+    CHECK(t_map_of(cbase, perms, path, sizeof path) == 0 && strcmp(perms, "---p") == 0 &&
           path[0] == 0);
     CHECK_ERR(rpal_peer_release(p), 0);
 

@@ -10,22 +10,7 @@
 
 #define SIZE (1u << 20)
 
-static void put(int fd, char c)
-{
-    while (write(fd, &c, 1) < 0)
-        if (errno != EINTR)
-            _exit(3);
-}
 
-/* One byte from FD, or 0 at end of file. */
-static char get(int fd)
-{
-    char c;
-    ssize_t n;
-    while ((n = read(fd, &c, 1)) < 0 && errno == EINTR)
-        ;
-    return n == 1 ? c : 0;
-}
 
 static int is_mapped(const void *p)
 {
@@ -62,8 +47,8 @@ static int rw_child(rpal_region *r, uint32_t *parent_addr, int to_parent, int fr
         }
     w[7] = 0xc0ffee;
     w[SIZE / 4 - 1] = 0xfeed;
-    put(to_parent, 'w'); /* wrote */
-    if (get(from_parent) != 'd')
+    t_put(to_parent, 'w'); /* wrote */
+    if (t_get(from_parent) != 'd')
         return 1;
     /* Parent saw it; now it writes, we read. */
     if (w[8] != 0xabcdef) {
@@ -79,8 +64,8 @@ static int rw_child(rpal_region *r, uint32_t *parent_addr, int to_parent, int fr
         fprintf(stderr, "child: still mapped after detach\n");
         return 1;
     }
-    put(to_parent, 'x'); /* detached */
-    get(from_parent);    /* wait until the parent has looked, then exit */
+    t_put(to_parent, 'x'); /* detached */
+    t_get(from_parent);    /* wait until the parent has looked, then exit */
     return 0;
 }
 
@@ -104,7 +89,7 @@ static void rw_case(void)
     close(up[1]);
     close(down[0]);
 
-    CHECK(get(up[0]) == 'w');
+    CHECK(t_get(up[0]) == 'w');
     CHECK(w[7] == 0xc0ffee && w[SIZE / 4 - 1] == 0xfeed);
     CHECK(w[6] == pattern(6));
 
@@ -116,10 +101,10 @@ static void rw_case(void)
     CHECK(pid_listed(&info, child));
 
     w[8] = 0xabcdef;
-    put(down[1], 'd');
+    t_put(down[1], 'd');
 
     /* The child detached: only it lost the mapping. */
-    CHECK(get(up[0]) == 'x');
+    CHECK(t_get(up[0]) == 'x');
     CHECK(is_mapped(w));
     size_t bad = 0;
     for (size_t i = 9; i < SIZE / 4 - 1; i++)
@@ -131,7 +116,7 @@ static void rw_case(void)
     CHECK(!pid_listed(&info, child));
     CHECK(info.nattached == 1);
 
-    put(down[1], 'q');
+    t_put(down[1], 'q');
     CHECK(t_wait(child) == 0);
     CHECK_ERR(rpal_region_stat("fork/rw", &info), 0);
     CHECK(info.nattached == 1);
@@ -157,13 +142,13 @@ static void exit_case(void)
     if (child == 0) {
         close(up[0]);
         close(down[1]);
-        put(up[1], 'h');
-        get(down[0]);
+        t_put(up[1], 'h');
+        t_get(down[0]);
         _exit(0);
     }
     close(up[1]);
     close(down[0]);
-    CHECK(get(up[0]) == 'h');
+    CHECK(t_get(up[0]) == 'h');
     struct rpal_region_info info;
     CHECK_ERR(rpal_region_stat("fork/exit", &info), 0);
     CHECK(info.nattached == 2);
@@ -188,16 +173,16 @@ static int ro_child(rpal_region *r, int to_parent, int how)
     /* AddressSanitizer would catch the fault and exit 1: take it plain. */
     signal(SIGSEGV, SIG_DFL);
     signal(SIGBUS, SIG_DFL);
-    put(to_parent, p[123] == 0x77 && p[65535] == 0x77 ? 'r' : 'b');
+    t_put(to_parent, p[123] == 0x77 && p[65535] == 0x77 ? 'r' : 'b');
     if (how == 1) {
         if (mprotect((void *)p, 65536, PROT_READ | PROT_WRITE) == 0) {
-            put(to_parent, 'm'); /* the kernel let a read-only view turn writable */
+            t_put(to_parent, 'm'); /* the kernel let a read-only view turn writable */
         } else {
-            put(to_parent, errno == EACCES ? 'e' : '?');
+            t_put(to_parent, errno == EACCES ? 'e' : '?');
         }
     }
     p[123] = 0x88; /* must fault */
-    put(to_parent, 'W');
+    t_put(to_parent, 'W');
     return 0;
 }
 
@@ -219,21 +204,21 @@ static void ro_case(void)
             _exit(ro_child(r, up[1], how));
         }
         close(up[1]);
-        char c = get(up[0]);
+        char c = t_get(up[0]);
         if (c != 'r') {
             fprintf(stderr, "ro child %d: did not read the parent's content (%c)\n",
                     how, c ? c : '0');
             t_failures++;
         }
         if (how == 1) {
-            c = get(up[0]);
+            c = t_get(up[0]);
             if (c != 'e') {
                 fprintf(stderr, "ro child: mprotect(PROT_WRITE) %s\n",
                         c == 'm' ? "succeeded" : "failed without EACCES");
                 t_failures++;
             }
         }
-        c = get(up[0]);
+        c = t_get(up[0]);
         if (c == 'W') {
             fprintf(stderr, "ro child %d: wrote to a read-only region\n", how);
             t_failures++;

@@ -21,21 +21,7 @@ extern void (*rpal__hook_create_reserved)(void);
 
 static char rpal_cmd[4096];
 
-static void put(int fd, char c)
-{
-    while (write(fd, &c, 1) < 0)
-        if (errno != EINTR)
-            _exit(3);
-}
 
-static char get(int fd)
-{
-    char c;
-    ssize_t n;
-    while ((n = read(fd, &c, 1)) < 0 && errno == EINTR)
-        ;
-    return n == 1 ? c : 0;
-}
 
 /* Run `rpal ARG1 [ARG2]`; its stdout goes to OUT. Returns the exit code. */
 static int run_rpal(char *out, size_t cap, const char *a1, const char *a2)
@@ -147,12 +133,12 @@ static pid_t creator2(const char *n1, unsigned f1, const char *n2, unsigned f2,
             ok = rpal_region_detach(r) == 0;
         if (ok && n2)
             ok = rpal_region_create(n2, 65536, 0600, f2, &r) == 0;
-        put(p[1], ok ? 'c' : 'f');
+        t_put(p[1], ok ? 'c' : 'f');
         for (;;)
             pause();
     }
     close(p[1]);
-    char c = get(p[0]);
+    char c = t_get(p[0]);
     close(p[0]);
     if (c != 'c') {
         fprintf(stderr, "creator of %s could not create\n", n1);
@@ -222,13 +208,13 @@ static void still_attached(void)
         close(down[1]);
         rpal_region *r;
         int ok = rpal_region_attach("gc/shared", 0, &r) == 0;
-        put(up[1], ok ? 'a' : 'f');
-        get(down[0]); /* until the parent closes the pipe */
+        t_put(up[1], ok ? 'a' : 'f');
+        t_get(down[0]); /* until the parent closes the pipe */
         _exit(0);
     }
     close(up[1]);
     close(down[0]);
-    CHECK(get(up[0]) == 'a');
+    CHECK(t_get(up[0]) == 'a');
     kill_and_reap(pid);
 
     gc(out, sizeof out);
@@ -248,7 +234,7 @@ static int hook_fd = -1;
 
 static void hook(void)
 {
-    put(hook_fd, 'h');
+    t_put(hook_fd, 'h');
     for (;;)
         pause();
 }
@@ -266,11 +252,11 @@ static void killed_midway(void)
         rpal_region *r;
         int err = rpal_region_create("gc/half", 1 << 20, 0600, 0, &r);
         fprintf(stderr, "creator got past the hook: %d\n", err);
-        put(p[1], 'x');
+        t_put(p[1], 'x');
         _exit(1);
     }
     close(p[1]);
-    char c = get(p[0]);
+    char c = t_get(p[0]);
     close(p[0]);
     if (c != 'h') {
         fprintf(stderr, "the creation hook did not run (got %c)\n", c ? c : '0');

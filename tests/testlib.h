@@ -6,6 +6,9 @@
 #include "rpal.h"
 
 #include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <time.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -105,6 +108,101 @@ static inline int t_wait(pid_t child)
     if (WIFEXITED(st))
         return WEXITSTATUS(st);
     return 128 + WTERMSIG(st);
+}
+
+/* ---- helpers shared by the multi-process tests ---- */
+
+static inline void t_put(int fd, char c)
+{
+    while (write(fd, &c, 1) < 0)
+        if (errno != EINTR)
+            _exit(3);
+}
+
+/* One byte from FD, or 0 at end of file. */
+static inline char t_get(int fd)
+{
+    char c;
+    ssize_t n;
+    while ((n = read(fd, &c, 1)) < 0 && errno == EINTR)
+        ;
+    return n == 1 ? c : 0;
+}
+
+static inline int64_t t_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static inline void t_put_line(int fd, const char *fmt, ...)
+{
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    REQUIRE(n > 0 && (size_t)n < sizeof buf);
+    for (int off = 0; off < n;) {
+        ssize_t k = write(fd, buf + off, (size_t)(n - off));
+        if (k < 0 && errno == EINTR)
+            continue;
+        REQUIRE(k > 0);
+        off += (int)k;
+    }
+}
+
+/* One line from FD (without its newline) within MS milliseconds; 0, or -1
+ * at end of file or on timeout. */
+static inline int t_get_line(int fd, char *buf, size_t size, int ms)
+{
+    int64_t deadline = t_now_ms() + ms;
+    size_t n = 0;
+    for (;;) {
+        struct pollfd pf = {fd, POLLIN, 0};
+        int64_t left = deadline - t_now_ms();
+        if (left < 0 || poll(&pf, 1, (int)left) == 0)
+            return -1;
+        char c;
+        ssize_t k = read(fd, &c, 1);
+        if (k < 0 && (errno == EINTR || errno == EAGAIN))
+            continue;
+        if (k <= 0)
+            return -1;
+        if (c == '\n') {
+            buf[n] = 0;
+            return 0;
+        }
+        if (n + 1 < size)
+            buf[n++] = c;
+    }
+}
+
+/* The permissions and file of the /proc/self/maps line covering ADDR
+ * (path "" for anonymous memory); 0, or -1 if nothing covers it. */
+static inline int t_map_of(uint64_t addr, char perms[5], char *path, size_t pathsize)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    REQUIRE(f);
+    char line[512];
+    int found = -1;
+    while (fgets(line, sizeof line, f)) {
+        uint64_t lo, hi;
+        int off = 0;
+        char p[5];
+        if (sscanf(line, "%" SCNx64 "-%" SCNx64 " %4s %*s %*s %*s %n", &lo, &hi, p, &off) < 3)
+            continue;
+        if (addr < lo || addr >= hi)
+            continue;
+        memcpy(perms, p, 5);
+        line[strcspn(line, "\n")] = 0;
+        snprintf(path, pathsize, "%s", off ? line + off : "");
+        found = 0;
+        break;
+    }
+    fclose(f);
+    return found;
 }
 
 #endif

@@ -50,36 +50,8 @@ static int only_reserved(uint64_t addr)
 
 /* ---- catching faults ---- */
 
-static sigjmp_buf *volatile fault_jb;
-static volatile int fault_code;
 
-static void on_fault(int sig, siginfo_t *si, void *uc)
-{
-    (void)uc;
-    sigjmp_buf *jb = fault_jb;
-    if (!jb) {
-        signal(sig, SIG_DFL);
-        return;
-    }
-    fault_jb = NULL;
-    fault_code = si->si_code;
-    siglongjmp(*jb, sig);
-}
 
-/* The signal that reading ADDR raises (0 if none), *CODE its si_code. */
-static int read_faults(uint64_t addr, int *code)
-{
-    sigjmp_buf jb;
-    int sig = sigsetjmp(jb, 1);
-    if (sig) {
-        *code = fault_code;
-        return sig;
-    }
-    fault_jb = &jb;
-    (void)*(volatile uint64_t *)(uintptr_t)addr;
-    fault_jb = NULL;
-    return 0;
-}
 
 /* ---- a service process ---- */
 
@@ -348,7 +320,7 @@ int main(void)
     alarm(90);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
-    sa.sa_sigaction = on_fault;
+    sa.sa_sigaction = t_on_fault;
     sa.sa_flags = SA_SIGINFO;
     REQUIRE(sigaction(SIGSEGV, &sa, NULL) == 0);
     signal(SIGPIPE, SIG_IGN);
@@ -412,7 +384,7 @@ int main(void)
     CHECK(p == NULL);
     CHECK(only_reserved(s1.base));
     CHECK(only_reserved(s1.base + SLOT_SIZE - 1));
-    CHECK(read_faults(s1.base, &fcode) == SIGSEGV && fcode == SEGV_ACCERR);
+    CHECK(t_read_faults(s1.base, &fcode) == SIGSEGV && fcode == SEGV_ACCERR);
     /* The other service's key is no key to this one. */
     CHECK_ERR(rpal_service_request(d, "svc", picky_key, 3000, &p), -EACCES);
     CHECK(p == NULL);
@@ -447,7 +419,7 @@ int main(void)
     CHECK_ERR(rpal_service_request(d, "svc", svc_key, 3000, &p), 0);
     REQUIRE(p);
     CHECK((uint64_t)(uintptr_t)rpal_peer_base(p) == s1.base);
-    CHECK(read_faults(s1.base, &fcode) == 0);
+    CHECK(t_read_faults(s1.base, &fcode) == 0);
     char perms[5], path[256];
     CHECK(t_map_of(s1.base, perms, path, sizeof path) == 0 && strcmp(perms, "r--s") == 0 &&
           strstr(path, "memfd:rpal-slot"));
@@ -468,7 +440,7 @@ int main(void)
         _exit(fork_child(d, ms, p, svc_key, block, myslot));
     CHECK(t_wait(child) == 0);
     CHECK((uint64_t)(uintptr_t)rpal_peer_base(p) == s1.base);
-    CHECK(read_faults(s1.base, &fcode) == 0);
+    CHECK(t_read_faults(s1.base, &fcode) == 0);
     CHECK(((unsigned char *)block)[63] == 0x5a);
     CHECK_ERR(rpal_free(block), 0);
     void *more = rpal_malloc(64);

@@ -66,55 +66,9 @@ static int only_reserved(uint64_t addr)
     return ok;
 }
 
-static sigjmp_buf *volatile fault_jb;
-static volatile int fault_code;
 
-static void on_fault(int sig, siginfo_t *si, void *uc)
-{
-    (void)uc;
-    sigjmp_buf *jb = fault_jb;
-    if (!jb) {
-        signal(sig, SIG_DFL);
-        return;
-    }
-    fault_jb = NULL;
-    fault_code = si->si_code;
-    siglongjmp(*jb, sig);
-}
 
-/* The signal that reading ADDR raises (0 if none), *CODE its si_code. */
-static int read_faults(uint64_t addr, int *code)
-{
-    sigjmp_buf jb;
-    int sig = sigsetjmp(jb, 1);
-    if (sig) {
-        *code = fault_code;
-        return sig;
-    }
-    fault_jb = &jb;
-    (void)*(volatile uint64_t *)(uintptr_t)addr;
-    fault_jb = NULL;
-    return 0;
-}
 
-/* In a freshly forked child: close every descriptor inherited from the test
- * (its domain's among them) but stdio and KEEP1 to KEEP3 (-1: none). */
-static void close_inherited(int keep1, int keep2, int keep3)
-{
-    int fds[256], n = 0;
-    DIR *dir = opendir("/proc/self/fd");
-    REQUIRE(dir);
-    struct dirent *de;
-    while ((de = readdir(dir)) && n < 256) {
-        int fd = atoi(de->d_name);
-        if (de->d_name[0] != '.' && fd > 2 && fd != keep1 && fd != keep2 &&
-            fd != keep3 && fd != dirfd(dir))
-            fds[n++] = fd;
-    }
-    closedir(dir);
-    for (int i = 0; i < n; i++)
-        close(fds[i]);
-}
 
 /* ---- a service process ---- */
 
@@ -124,7 +78,7 @@ static void close_inherited(int keep1, int keep2, int keep3)
 static int service_main(const char *name, int in, int out)
 {
     alarm(60);
-    close_inherited(in, out, -1);
+    t_close_inherited(in, out, -1);
     rpal_domain *d;
     int err = rpal_domain_join(DOMAIN, &g_opts, &d);
     if (err < 0) {
@@ -288,7 +242,7 @@ static void kill_round(rpal_domain *d, int round)
     CHECK(only_reserved(s.base));
     CHECK(only_reserved(s.block));
     int code = 0;
-    CHECK(read_faults(s.block, &code) == SIGSEGV && code == SEGV_ACCERR);
+    CHECK(t_read_faults(s.block, &code) == SIGSEGV && code == SEGV_ACCERR);
     CHECK(rpal_peer_access_begin(p) < 0);
     struct rpal_peer_info info;
     CHECK_ERR(rpal_peer_info(p, &info), 0);
@@ -397,7 +351,7 @@ static void release_cases(rpal_domain *d)
 static int member_main(int in, int out, int hold, int fork_holder)
 {
     alarm(60);
-    close_inherited(in, out, hold);
+    t_close_inherited(in, out, hold);
     struct rpal_domain_opts o = {.slot_size = SLOT_SIZE2};
     rpal_domain *d;
     int err = rpal_domain_join(DOMAIN2, &o, &d);
@@ -521,7 +475,7 @@ int main(void)
     alarm(90);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
-    sa.sa_sigaction = on_fault;
+    sa.sa_sigaction = t_on_fault;
     sa.sa_flags = SA_SIGINFO;
     REQUIRE(sigaction(SIGSEGV, &sa, NULL) == 0);
     signal(SIGPIPE, SIG_IGN);

@@ -38,27 +38,12 @@ struct record {
 };
 
 
-static void close_inherited(int keep1, int keep2)
-{
-    int fds[256], n = 0;
-    DIR *dir = opendir("/proc/self/fd");
-    REQUIRE(dir);
-    struct dirent *de;
-    while ((de = readdir(dir)) && n < 256) {
-        int fd = atoi(de->d_name);
-        if (de->d_name[0] != '.' && fd > 2 && fd != keep1 && fd != keep2 && fd != dirfd(dir))
-            fds[n++] = fd;
-    }
-    closedir(dir);
-    for (int i = 0; i < n; i++)
-        close(fds[i]);
-}
 
 static int client(int rec_fd, int go_fd, const rpal_key *key, uint64_t sbase,
                   const struct block *sblock)
 {
     alarm(60);
-    close_inherited(rec_fd, go_fd);
+    t_close_inherited(rec_fd, go_fd, -1);
     struct record r = {.pid = getpid(), .err = -1};
     struct rpal_domain_opts o = {.slot_size = SLOT_SIZE};
     rpal_domain *d;

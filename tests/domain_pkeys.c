@@ -51,65 +51,18 @@ struct record {
 };
 
 
-static void close_inherited(int keep1, int keep2)
-{
-    int fds[256], n = 0;
-    DIR *dir = opendir("/proc/self/fd");
-    REQUIRE(dir);
-    struct dirent *de;
-    while ((de = readdir(dir)) && n < 256) {
-        int fd = atoi(de->d_name);
-        if (de->d_name[0] != '.' && fd > 2 && fd != keep1 && fd != keep2 && fd != dirfd(dir))
-            fds[n++] = fd;
-    }
-    closedir(dir);
-    for (int i = 0; i < n; i++)
-        close(fds[i]);
-}
 
 /* ---- catching faults, per thread ---- */
 
-static __thread sigjmp_buf *volatile fault_jb;
-static __thread volatile int fault_code;
-static __thread void *volatile fault_addr;
 
-static void on_fault(int sig, siginfo_t *si, void *uc)
-{
-    (void)uc;
-    sigjmp_buf *jb = fault_jb;
-    if (!jb) {
-        signal(sig, SIG_DFL);
-        return;
-    }
-    fault_jb = NULL;
-    fault_code = si->si_code;
-    fault_addr = si->si_addr;
-    siglongjmp(*jb, sig);
-}
 
-/* Read the word at ADDR into *V: 0, or the signal (code, address in
- * *CODE, *WHERE). */
-static int try_read(uint64_t addr, uint64_t *v, int *code, uint64_t *where)
-{
-    sigjmp_buf jb;
-    int sig = sigsetjmp(jb, 1);
-    if (sig) {
-        *code = fault_code;
-        *where = (uint64_t)(uintptr_t)fault_addr;
-        return sig;
-    }
-    fault_jb = &jb;
-    *v = *(volatile uint64_t *)(uintptr_t)addr;
-    fault_jb = NULL;
-    return 0;
-}
 
 /* 1 if reading ADDR faults with SEGV_PKUERR there (reported otherwise). */
 static int pku_faults(const char *what, uint64_t addr)
 {
     uint64_t v = 0, where = 0;
     int code = 0;
-    int sig = try_read(addr, &v, &code, &where);
+    int sig = t_try_read(addr, &v, &code, &where);
     if (sig == SIGSEGV && code == SEGV_PKUERR && where == addr)
         return 1;
     if (sig)
@@ -126,7 +79,7 @@ static int reads(const char *what, uint64_t addr, uint64_t want)
 {
     uint64_t v = 0, where = 0;
     int code = 0;
-    int sig = try_read(addr, &v, &code, &where);
+    int sig = t_try_read(addr, &v, &code, &where);
     if (sig == 0 && v == want)
         return 1;
     fprintf(stderr, "%s: read at %#" PRIx64 " inside a window: signal %d code %d, value %#"
@@ -139,7 +92,7 @@ static int reads(const char *what, uint64_t addr, uint64_t want)
 static int client(int rec_fd, int go_fd, const rpal_key *key)
 {
     alarm(60);
-    close_inherited(rec_fd, go_fd);
+    t_close_inherited(rec_fd, go_fd, -1);
     struct record r = {.pid = getpid(), .err = -1};
     struct rpal_domain_opts o = {.slot_size = SLOT_SIZE};
     rpal_domain *d;
@@ -237,7 +190,7 @@ int main(void)
 
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
-    sa.sa_sigaction = on_fault;
+    sa.sa_sigaction = t_on_fault;
     sa.sa_flags = SA_SIGINFO;
     REQUIRE(sigaction(SIGSEGV, &sa, NULL) == 0);
 

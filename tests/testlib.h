@@ -5,7 +5,9 @@
 
 #include "rpal.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <setjmp.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <time.h>
@@ -203,6 +205,68 @@ static inline int t_map_of(uint64_t addr, char perms[5], char *path, size_t path
     }
     fclose(f);
     return found;
+}
+
+/* Catching a fault per thread: t_try_read() reads a word and returns 0, or
+ * the signal it raised with its si_code and address. Install t_on_fault
+ * with SA_SIGINFO for SIGSEGV (and SIGBUS) first. */
+static __thread sigjmp_buf *volatile t_fault_jb;
+static __thread volatile int t_fault_code;
+static __thread void *volatile t_fault_addr;
+
+static inline void t_on_fault(int sig, siginfo_t *si, void *uc)
+{
+    (void)uc;
+    sigjmp_buf *jb = t_fault_jb;
+    if (!jb) {
+        signal(sig, SIG_DFL);
+        return;
+    }
+    t_fault_jb = NULL;
+    t_fault_code = si->si_code;
+    t_fault_addr = si->si_addr;
+    siglongjmp(*jb, sig);
+}
+
+static inline int t_try_read(uint64_t addr, uint64_t *v, int *code, uint64_t *where)
+{
+    sigjmp_buf jb;
+    int sig = sigsetjmp(jb, 1);
+    if (sig) {
+        *code = t_fault_code;
+        *where = (uint64_t)(uintptr_t)t_fault_addr;
+        return sig;
+    }
+    t_fault_jb = &jb;
+    *v = *(volatile uint64_t *)(uintptr_t)addr;
+    t_fault_jb = NULL;
+    return 0;
+}
+
+/* The signal that reading ADDR raises (0 if none), *CODE its si_code. */
+static inline int t_read_faults(uint64_t addr, int *code)
+{
+    uint64_t v, where;
+    return t_try_read(addr, &v, code, &where);
+}
+
+/* In a freshly forked child: close every descriptor inherited from the test
+ * (its domain's among them) but stdio and KEEP1 to KEEP3 (-1: none). */
+static inline void t_close_inherited(int keep1, int keep2, int keep3)
+{
+    int fds[256], n = 0;
+    DIR *dir = opendir("/proc/self/fd");
+    REQUIRE(dir);
+    struct dirent *de;
+    while ((de = readdir(dir)) && n < 256) {
+        int fd = atoi(de->d_name);
+        if (de->d_name[0] != '.' && fd > 2 && fd != keep1 && fd != keep2 &&
+            fd != keep3 && fd != dirfd(dir))
+            fds[n++] = fd;
+    }
+    closedir(dir);
+    for (int i = 0; i < n; i++)
+        close(fds[i]);
 }
 
 #endif

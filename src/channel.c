@@ -168,6 +168,31 @@ static int ladder_step(struct waiter *w, uint64_t now)
     return w->yields++ < 10 ? W_YIELD : W_SLEEP;
 }
 
+/* Put LEN bytes of DATA in entry E: inline if they fit; else as a pointer,
+ * to DATA itself if IN_PLACE (it lies in our own slot), or to the one copy
+ * made into our slot, stored in *COPY for the caller to free later. */
+static int entry_fill(struct ch_entry *e, const void *data, size_t len, int in_place,
+                      void **copy)
+{
+    if (len <= RPAL_INLINE_MAX) {
+        e->flags = E_INLINE;
+        if (len)
+            memcpy(e->data, data, len);
+        return 0;
+    }
+    if (!in_place) {
+        void *c = rpal_malloc(len);
+        if (!c)
+            return -ENOMEM;
+        memcpy(c, data, len);
+        *copy = c;
+        data = c;
+    }
+    e->flags = E_PTR;
+    e->ptr = (uintptr_t)data;
+    return 0;
+}
+
 /* ---- the caller's side ---- */
 
 int rpal_chan_open(rpal_peer *peer, const struct rpal_chan_opts *opts,
@@ -313,22 +338,12 @@ int rpal_send(rpal_chan *c, const void *req, size_t len, uint64_t tag)
     e->len = (uint32_t)len;
     if (len > UINT32_MAX)
         return -EMSGSIZE;
-    if (len <= RPAL_INLINE_MAX) {
-        e->flags = E_INLINE;
-        if (len)
-            memcpy(e->data, req, len);
-    } else if (in_range((uintptr_t)req, len, c->mybase, c->mysize)) {
-        e->flags = E_PTR; /* zero copy: the service reads it in place */
-        e->ptr = (uintptr_t)req;
-    } else {
-        void *copy = rpal_malloc(len); /* the one copy, into our slot */
-        if (!copy)
-            return -ENOMEM;
-        memcpy(copy, req, len);
-        c->staging[i] = copy;
-        e->flags = E_PTR;
-        e->ptr = (uintptr_t)copy;
-    }
+    /* Zero copy when the request already lies in our slot: the service
+     * reads it in place. */
+    int err = entry_fill(e, req, len, in_range((uintptr_t)req, len, c->mybase, c->mysize),
+                         &c->staging[i]);
+    if (err < 0)
+        return err;
     c->sent++;
     /* Publish the entry (release pairs with the receiver's acquire of tail),
      * then see whether the receiver sleeps: the seq_cst fence pairs with the
@@ -757,19 +772,9 @@ int rpal_reply(rpal_receiver *r, const struct rpal_msg *m, const void *data, siz
     struct ch_entry *e = &x->rx->e[i];
     e->tag = (uint64_t)(uintptr_t)m->internal[1];
     e->len = (uint32_t)len;
-    if (len <= RPAL_INLINE_MAX) {
-        e->flags = E_INLINE;
-        if (len)
-            memcpy(e->data, data, len);
-    } else {
-        void *copy = rpal_malloc(len);
-        if (!copy)
-            return -ENOMEM;
-        memcpy(copy, data, len);
-        x->bufs[i] = copy;
-        e->flags = E_PTR;
-        e->ptr = (uintptr_t)copy;
-    }
+    int err = entry_fill(e, data, len, 0, &x->bufs[i]);
+    if (err < 0)
+        return err;
     x->rtail++;
     rpal_store_release(&x->rx->rtail, x->rtail); /* pairs with rpal_complete */
     rpal_fence_seq_cst(); /* pairs with the caller's fence before it sleeps */

@@ -548,18 +548,27 @@ static int *t_keyslot(int *depth)
     return NULL;
 }
 
-/* Give P a key of its own, taking one from a peer with no open window if
- * all are in use; that peer goes back under the always-closed key. */
-static int key_assign(rpal_domain *d, rpal_peer *p)
+/* The always-closed key, allocated on first need. */
+static int lockkey_get(rpal_domain *d)
 {
-    if (p->pkey >= 0)
-        return 0;
     if (!d->have_lockkey) {
         d->lockkey = pkey_alloc(0, PKEY_DISABLE_ACCESS);
         if (d->lockkey < 0)
             return -errno;
         d->have_lockkey = 1;
     }
+    return 0;
+}
+
+/* Give P a key of its own, taking one from a peer with no open window if
+ * all are in use; that peer goes back under the always-closed key. */
+static int key_assign(rpal_domain *d, rpal_peer *p)
+{
+    if (p->pkey >= 0)
+        return 0;
+    int err = lockkey_get(d);
+    if (err < 0)
+        return err;
     /* A key is reusable only when no thread has a window open under it:
      * not even one on a peer that has gone meanwhile, whose thread will
      * close that key in its own PKRU when it ends the window. */
@@ -598,12 +607,9 @@ int dom_guard_peer(rpal_domain *d, rpal_peer *p)
 {
     if (!(rpal_capabilities() & RPAL_CAP_PKU))
         return 0;
-    if (!d->have_lockkey) {
-        d->lockkey = pkey_alloc(0, PKEY_DISABLE_ACCESS);
-        if (d->lockkey < 0)
-            return -errno;
-        d->have_lockkey = 1;
-    }
+    int err = lockkey_get(d);
+    if (err < 0)
+        return err;
     return pkey_mprotect((void *)(uintptr_t)p->base, p->size, PROT_READ, d->lockkey) < 0
                ? -errno : 0;
 }

@@ -41,9 +41,18 @@
 #define cpu_relax() ((void)0)
 #endif
 
+/* An entry is published by storing its seqf last (release): the sequence
+ * number of the message (1, 2, ... modulo 2^30) and its kind. The reader
+ * polls the entry itself, so a call moves one cache line each way, as a
+ * plain shared-memory ping-pong does; the ring indices are for sleepers. */
+#define SEQF(n, flag) ((((uint32_t)(n)) & 0x3fffffffu) << 2 | (flag))
+#define SEQ_OF(sf) ((sf) >> 2)
+#define FLAG_OF(sf) ((sf) & 3u)
+#define SEQ_WANT(n) (((uint32_t)(n)) & 0x3fffffffu)
+
 struct ch_entry { /* one cache line */
     uint64_t tag;
-    uint32_t len, flags;
+    uint32_t len, seqf;
     uint64_t ptr;
     uint8_t data[RPAL_INLINE_MAX];
 };
@@ -52,16 +61,14 @@ struct ch_tx { /* in the caller's slot */
     uint64_t magic;
     uint32_t depth, pad0;
     _Alignas(64) _Atomic uint32_t tail;       /* requests published */
-    _Alignas(64) _Atomic uint32_t reply_head; /* replies consumed */
-    _Atomic uint32_t caller_sleeps;
+    _Alignas(64) _Atomic uint32_t caller_sleeps;
     _Alignas(64) struct ch_entry e[];
 };
 
 struct ch_rx { /* in the service's slot */
     uint64_t magic;
     uint32_t depth, pad0;
-    _Alignas(64) _Atomic uint32_t head;       /* requests taken */
-    _Atomic uint32_t recv_sleeps;
+    _Alignas(64) _Atomic uint32_t recv_sleeps;
     _Alignas(64) _Atomic uint32_t rtail;      /* replies published */
     _Alignas(64) struct ch_entry e[];
 };
@@ -170,15 +177,15 @@ static int ladder_step(struct waiter *w, uint64_t now)
 
 /* Put LEN bytes of DATA in entry E: inline if they fit; else as a pointer,
  * to DATA itself if IN_PLACE (it lies in our own slot), or to the one copy
- * made into our slot, stored in *COPY for the caller to free later. */
+ * made into our slot, stored in *COPY for the caller to free later.
+ * Returns the entry's kind (E_INLINE, E_PTR) or a negative errno. */
 static int entry_fill(struct ch_entry *e, const void *data, size_t len, int in_place,
                       void **copy)
 {
     if (len <= RPAL_INLINE_MAX) {
-        e->flags = E_INLINE;
         if (len)
             memcpy(e->data, data, len);
-        return 0;
+        return E_INLINE;
     }
     if (!in_place) {
         void *c = rpal_malloc(len);
@@ -188,9 +195,8 @@ static int entry_fill(struct ch_entry *e, const void *data, size_t len, int in_p
         *copy = c;
         data = c;
     }
-    e->flags = E_PTR;
     e->ptr = (uintptr_t)data;
-    return 0;
+    return E_PTR;
 }
 
 /* ---- the caller's side ---- */
@@ -340,14 +346,16 @@ int rpal_send(rpal_chan *c, const void *req, size_t len, uint64_t tag)
         return -EMSGSIZE;
     /* Zero copy when the request already lies in our slot: the service
      * reads it in place. */
-    int err = entry_fill(e, req, len, in_range((uintptr_t)req, len, c->mybase, c->mysize),
-                         &c->staging[i]);
-    if (err < 0)
-        return err;
+    int kind = entry_fill(e, req, len, in_range((uintptr_t)req, len, c->mybase, c->mysize),
+                          &c->staging[i]);
+    if (kind < 0)
+        return kind;
+    /* The entry's seqf last: pairs with the receiver's acquire of it. */
+    __atomic_store_n(&e->seqf, SEQF(c->sent + 1, (uint32_t)kind), __ATOMIC_RELEASE);
     c->sent++;
-    /* Publish the entry (release pairs with the receiver's acquire of tail),
-     * then see whether the receiver sleeps: the seq_cst fence pairs with the
-     * one the receiver issues between raising recv_sleeps and re-reading. */
+    /* The index is for a sleeping receiver; then see whether it sleeps: the
+     * seq_cst fence pairs with the one the receiver issues between raising
+     * recv_sleeps and re-reading. */
     rpal_store_release(&c->tx->tail, c->sent);
     rpal_fence_seq_cst();
     if (rpal_load_relaxed(&c->rx->recv_sleeps))
@@ -365,15 +373,11 @@ int rpal_complete(rpal_chan *c, uint64_t *tag, void *reply, size_t reply_max,
                        0, 0};
     unsigned spins = 0;
     int slow = 0; /* the last step yielded or slept: cheap to check liveness */
+    const struct ch_entry *slot = &c->rx->e[c->done & (c->depth - 1)];
+    uint32_t want = SEQ_WANT(c->done + 1);
     for (;;) {
-        uint32_t t = rpal_load_acquire(&c->rx->rtail); /* pairs with rpal_reply */
-        uint32_t avail = t - c->done;
-        if (avail > c->sent - c->done) /* more replies than requests: broken */
-        {
-            int err = chan_alive(c->sock, c->pidfd);
-            return err ? err : -EPROTO;
-        }
-        if (avail)
+        /* pairs with the release store of seqf in rpal_reply */
+        if (SEQ_OF(__atomic_load_n(&slot->seqf, __ATOMIC_ACQUIRE)) == want)
             break;
         if ((++spins & 1023) == 0 || slow) {
             int err = chan_alive(c->sock, c->pidfd);
@@ -392,10 +396,11 @@ int rpal_complete(rpal_chan *c, uint64_t *tag, void *reply, size_t reply_max,
         case W_YIELD:
             sched_yield();
             break;
-        default:
+        default: {
+            uint32_t t = rpal_load_relaxed(&c->rx->rtail);
             rpal_store_relaxed(&c->tx->caller_sleeps, 1);
             rpal_fence_seq_cst(); /* pairs with the fence in rpal_reply */
-            if (rpal_load_relaxed(&c->rx->rtail) == t) {
+            if (SEQ_OF(__atomic_load_n(&slot->seqf, __ATOMIC_RELAXED)) != want) {
                 int64_t slice = 20000000; /* wake to check liveness now and then */
                 if (w.deadline != UINT64_MAX && (int64_t)(w.deadline - now) < slice)
                     slice = (int64_t)(w.deadline - now);
@@ -403,8 +408,10 @@ int rpal_complete(rpal_chan *c, uint64_t *tag, void *reply, size_t reply_max,
             }
             rpal_store_relaxed(&c->tx->caller_sleeps, 0);
         }
+        }
     }
-    struct ch_entry e = c->rx->e[c->done & (c->depth - 1)]; /* one read */
+    struct ch_entry e = *slot; /* one read */
+    uint32_t kind = FLAG_OF(e.seqf);
     uint32_t i = c->done & (c->depth - 1);
     if (c->staging[i]) {
         rpal_free(c->staging[i]);
@@ -413,11 +420,11 @@ int rpal_complete(rpal_chan *c, uint64_t *tag, void *reply, size_t reply_max,
     c->done++;
     int err = 0;
     const void *src = e.data;
-    if (e.flags & E_PTR) {
+    if (kind == E_PTR) {
         if (!in_range(e.ptr, e.len, c->sbase, c->ssize))
             err = -EPROTO;
         src = (const void *)(uintptr_t)e.ptr;
-    } else if (e.len > RPAL_INLINE_MAX) {
+    } else if (kind != E_INLINE || e.len > RPAL_INLINE_MAX) {
         err = -EPROTO;
     }
     if (tag)
@@ -426,15 +433,13 @@ int rpal_complete(rpal_chan *c, uint64_t *tag, void *reply, size_t reply_max,
         *reply_len = e.len;
     if (err == 0 && e.len > reply_max)
         err = -EMSGSIZE;
-    if (err == 0 && e.len && (e.flags & E_PTR)) {
+    if (err == 0 && e.len && kind == E_PTR) {
         rpal_peer_access_begin(c->peer);
         memcpy(reply, src, e.len);
         rpal_peer_access_end(c->peer);
     } else if (err == 0 && e.len) {
         memcpy(reply, src, e.len); /* from our local copy of the entry */
     }
-    /* Tell the service it may reuse the entry (and free its copy). */
-    rpal_store_release(&c->tx->reply_head, c->done);
     return err;
 }
 
@@ -653,34 +658,30 @@ int rpal_receive(rpal_receiver *r, struct rpal_msg *m, int timeout_ms)
                 reaped = 1;
                 continue;
             }
-            uint32_t t = rpal_load_acquire(&x->tx->tail); /* pairs with rpal_send */
-            uint32_t avail = t - x->head;
-            if (!avail)
+            const struct ch_entry *slot = &x->tx->e[x->head & (x->depth - 1)];
+            /* pairs with the release store of seqf in rpal_send */
+            if (SEQ_OF(__atomic_load_n(&slot->seqf, __ATOMIC_ACQUIRE)) != SEQ_WANT(x->head + 1))
                 continue;
-            if (avail > x->depth) {
-                poison(x);
-                reaped = 1;
-                continue;
-            }
-            struct ch_entry e = x->tx->e[x->head & (x->depth - 1)]; /* one read */
+            struct ch_entry e = *slot; /* one read */
+            uint32_t kind = FLAG_OF(e.seqf);
             const void *data = e.data;
-            if (e.flags == E_PTR) {
+            if (kind == E_PTR) {
                 if (!in_range(e.ptr, e.len, x->cbase, x->csize)) {
                     poison(x);
                     reaped = 1;
                     continue;
                 }
                 data = (const void *)(uintptr_t)e.ptr;
-            } else if (e.flags != E_INLINE || e.len > RPAL_INLINE_MAX) {
+            } else if (kind != E_INLINE || e.len > RPAL_INLINE_MAX) {
                 poison(x);
                 reaped = 1;
                 continue;
             }
+            /* The entry is copied. The caller reuses it only once it has
+             * the reply of a later request, which we give after this. */
             x->head++;
-            /* The entry is copied: the caller may reuse it now. */
-            rpal_store_release(&x->rx->head, x->head);
             r->next = (r->next + (unsigned)k + 1) % (unsigned)n;
-            if (e.flags == E_PTR) {
+            if (kind == E_PTR) {
                 /* Read in place, inside a window until the reply. */
                 rpal_peer_access_begin(x->peer);
                 x->windows++;
@@ -689,7 +690,7 @@ int rpal_receive(rpal_receiver *r, struct rpal_msg *m, int timeout_ms)
             m->peer = x->peer;
             m->internal[0] = x;
             m->internal[1] = (void *)(uintptr_t)e.tag;
-            if (e.flags == E_INLINE) {
+            if (kind == E_INLINE) {
                 /* Inline data is copied out of the peer's ring into the
                  * message: the caller may overwrite the entry from now on. */
                 memcpy(m->inline_copy, e.data, e.len);
@@ -723,8 +724,12 @@ int rpal_receive(rpal_receiver *r, struct rpal_msg *m, int timeout_ms)
             int ready = 0;
             for (int k = 0; k < n; k++) {
                 uint32_t t = rpal_load_relaxed(&chs[k]->tx->tail);
-                if (t != chs[k]->head)
+                if (t - chs[k]->head > chs[k]->depth) {
+                    poison(chs[k]); /* an index no honest caller writes */
                     ready = 1;
+                } else if (t != chs[k]->head) {
+                    ready = 1;
+                }
                 fw[nw++] = (struct futex_waitv){.val = t,
                                                 .uaddr = (uintptr_t)&chs[k]->tx->tail,
                                                 .flags = FUTEX_32};
@@ -758,12 +763,9 @@ int rpal_reply(rpal_receiver *r, const struct rpal_msg *m, const void *data, siz
     }
     if (rpal_load_relaxed(&x->dead))
         return -ESHUTDOWN;
-    /* The caller must have taken the reply that used this entry before. */
-    uint32_t consumed = rpal_load_acquire(&x->tx->reply_head); /* pairs with rpal_complete */
-    if (x->rtail - consumed >= x->depth) {
-        poison(x);
-        return -EPROTO;
-    }
+    /* The entry's previous reply was taken: the caller had at most DEPTH
+     * requests outstanding, and this reply answers one sent after it took
+     * that one (a caller that breaks this only garbles its own replies). */
     uint32_t i = x->rtail & (x->depth - 1);
     if (x->bufs[i]) {
         rpal_free(x->bufs[i]);
@@ -772,11 +774,13 @@ int rpal_reply(rpal_receiver *r, const struct rpal_msg *m, const void *data, siz
     struct ch_entry *e = &x->rx->e[i];
     e->tag = (uint64_t)(uintptr_t)m->internal[1];
     e->len = (uint32_t)len;
-    int err = entry_fill(e, data, len, 0, &x->bufs[i]);
-    if (err < 0)
-        return err;
+    int kind = entry_fill(e, data, len, 0, &x->bufs[i]);
+    if (kind < 0)
+        return kind;
+    /* seqf last: pairs with the caller's acquire of it in rpal_complete */
+    __atomic_store_n(&e->seqf, SEQF(x->rtail + 1, (uint32_t)kind), __ATOMIC_RELEASE);
     x->rtail++;
-    rpal_store_release(&x->rx->rtail, x->rtail); /* pairs with rpal_complete */
+    rpal_store_release(&x->rx->rtail, x->rtail); /* for a sleeping caller */
     rpal_fence_seq_cst(); /* pairs with the caller's fence before it sleeps */
     if (rpal_load_relaxed(&x->tx->caller_sleeps))
         prim_futex_wake(&x->rx->rtail, 1, 1);

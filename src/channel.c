@@ -79,7 +79,9 @@ struct rpal_chan {
     void *tx_raw;
     const struct ch_rx *rx;
     uint32_t depth, sent, done;
-    void **staging; /* per entry: a copy of a large request, freed on reply */
+    void **staging; /* per entry: a copy of a large request */
+    void **deferred; /* older copies still owed a reply */
+    size_t ndeferred, cdeferred;
     struct rpal_chan_opts o;
     int sock, pidfd;
     uint64_t sbase, ssize; /* the service's slot */
@@ -99,6 +101,7 @@ struct rx_chan {
     int sock;
     _Atomic int dead;
     int windows; /* access windows this receiver holds open on the peer */
+    int unanswered; /* messages handed out by rpal_receive, not yet replied */
 };
 
 struct rpal_receiver {
@@ -302,6 +305,35 @@ fail:
     return err;
 }
 
+static void staging_release(rpal_chan *c)
+{
+    for (uint32_t k = 0; k < c->depth; k++)
+        if (c->staging[k]) {
+            rpal_free(c->staging[k]);
+            c->staging[k] = NULL;
+        }
+    for (size_t k = 0; k < c->ndeferred; k++)
+        rpal_free(c->deferred[k]);
+    c->ndeferred = 0;
+}
+
+/* Entry I is reused while its old copy may still be read: keep that copy
+ * until nothing is outstanding. */
+static int staging_defer(rpal_chan *c, uint32_t i)
+{
+    if (c->ndeferred == c->cdeferred) {
+        size_t n = c->cdeferred ? c->cdeferred * 2 : 16;
+        void **d = realloc(c->deferred, n * sizeof *d);
+        if (!d)
+            return -ENOMEM;
+        c->deferred = d;
+        c->cdeferred = n;
+    }
+    c->deferred[c->ndeferred++] = c->staging[i];
+    c->staging[i] = NULL;
+    return 0;
+}
+
 int rpal_chan_close(rpal_chan *c)
 {
     if (!c)
@@ -311,9 +343,8 @@ int rpal_chan_close(rpal_chan *c)
     shutdown(c->sock, SHUT_RDWR);
     close(c->sock);
     close(c->pidfd);
-    for (uint32_t i = 0; i < c->depth; i++)
-        if (c->staging[i])
-            rpal_free(c->staging[i]);
+    staging_release(c);
+    free(c->deferred);
     rpal_fetch_add_acq_rel(&c->peer->nchans, -1);
     rpal_free(c->tx_raw);
     free(c->staging);
@@ -340,10 +371,13 @@ int rpal_send(rpal_chan *c, const void *req, size_t len, uint64_t tag)
         return -EAGAIN;
     uint32_t i = c->sent & (c->depth - 1);
     struct ch_entry *e = &c->tx->e[i];
+    int err;
     e->tag = tag;
     e->len = (uint32_t)len;
     if (len > UINT32_MAX)
         return -EMSGSIZE;
+    if (c->staging[i] && (err = staging_defer(c, i)) < 0)
+        return err;
     /* Zero copy when the request already lies in our slot: the service
      * reads it in place. */
     int kind = entry_fill(e, req, len, in_range((uintptr_t)req, len, c->mybase, c->mysize),
@@ -412,12 +446,12 @@ int rpal_complete(rpal_chan *c, uint64_t *tag, void *reply, size_t reply_max,
     }
     struct ch_entry e = *slot; /* one read */
     uint32_t kind = FLAG_OF(e.seqf);
-    uint32_t i = c->done & (c->depth - 1);
-    if (c->staging[i]) {
-        rpal_free(c->staging[i]);
-        c->staging[i] = NULL;
-    }
     c->done++;
+    /* Copies of large requests are freed only when nothing is outstanding:
+     * replies may come in another order than the requests, and the service
+     * reads a request in place until it answers it. */
+    if (c->sent == c->done)
+        staging_release(c);
     int err = 0;
     const void *src = e.data;
     if (kind == E_PTR) {
@@ -609,7 +643,9 @@ static void reap(rpal_receiver *r)
     pthread_mutex_lock(&r->lock);
     for (int i = 0; i < r->n;) {
         struct rx_chan *x = r->ch[i];
-        if (rpal_load_acquire(&x->dead)) {
+        /* A dead channel with an unanswered message stays until the reply
+         * (which then gets -ESHUTDOWN): the message points at it. */
+        if (rpal_load_acquire(&x->dead) && x->unanswered == 0) {
             r->ch[i] = r->ch[--r->n];
             close(x->sock);
             rxc_free(x);
@@ -686,6 +722,7 @@ int rpal_receive(rpal_receiver *r, struct rpal_msg *m, int timeout_ms)
                 rpal_peer_access_begin(x->peer);
                 x->windows++;
             }
+            x->unanswered++;
             m->len = e.len;
             m->peer = x->peer;
             m->internal[0] = x;
@@ -757,6 +794,9 @@ int rpal_reply(rpal_receiver *r, const struct rpal_msg *m, const void *data, siz
     if (!r || !m || !m->internal[0] || (!data && len) || len > UINT32_MAX)
         return -EINVAL;
     struct rx_chan *x = m->internal[0];
+    if (x->unanswered <= 0)
+        return -EINVAL; /* answered already */
+    x->unanswered--;
     if (m->data != m->inline_copy && x->windows > 0) {
         rpal_peer_access_end(x->peer);
         x->windows--;

@@ -82,6 +82,7 @@ struct rpal_chan {
     void **staging; /* per entry: a copy of a large request */
     void **deferred; /* older copies still owed a reply */
     size_t ndeferred, cdeferred;
+    size_t nstaged; /* copies made since staging was last released */
     struct rpal_chan_opts o;
     int sock, pidfd;
     uint64_t sbase, ssize; /* the service's slot */
@@ -307,6 +308,9 @@ fail:
 
 static void staging_release(rpal_chan *c)
 {
+    if (!c->nstaged && !c->ndeferred)
+        return; /* the common case: no large request was copied */
+    c->nstaged = 0;
     for (uint32_t k = 0; k < c->depth; k++)
         if (c->staging[k]) {
             rpal_free(c->staging[k]);
@@ -384,6 +388,8 @@ int rpal_send(rpal_chan *c, const void *req, size_t len, uint64_t tag)
                           &c->staging[i]);
     if (kind < 0)
         return kind;
+    if (c->staging[i])
+        c->nstaged++;
     /* The entry's seqf last: pairs with the receiver's acquire of it. */
     __atomic_store_n(&e->seqf, SEQF(c->sent + 1, (uint32_t)kind), __ATOMIC_RELEASE);
     c->sent++;

@@ -87,6 +87,7 @@ struct rpal_chan {
     int sock, pidfd;
     uint64_t sbase, ssize; /* the service's slot */
     uint64_t mybase, mysize; /* ours */
+    int window; /* the window on the service this channel holds */
 };
 
 struct rx_chan {
@@ -103,6 +104,7 @@ struct rx_chan {
     _Atomic int dead;
     int windows; /* access windows this receiver holds open on the peer */
     int unanswered; /* messages handed out by rpal_receive, not yet replied */
+    int ring_window; /* the receiver holds a window on the caller (counted in windows) */
 };
 
 struct rpal_receiver {
@@ -281,10 +283,13 @@ int rpal_chan_open(rpal_peer *peer, const struct rpal_chan_opts *opts,
         goto fail;
     }
     c->rx = (const struct ch_rx *)(uintptr_t)rep.addr;
-    rpal_peer_access_begin(peer);
-    int ok = c->rx->magic == RX_MAGIC && c->rx->depth == c->depth;
-    rpal_peer_access_end(peer);
-    if (!ok) {
+    /* The service's ring is read on every call: this thread keeps a window
+     * open on the service for the channel's life (with protection keys, one
+     * key per service with channels; -EBUSY when they are all in use). */
+    if ((err = rpal_peer_access_begin(peer)) < 0)
+        goto fail;
+    c->window = 1;
+    if (!(c->rx->magic == RX_MAGIC && c->rx->depth == c->depth)) {
         err = -EPROTO;
         goto fail;
     }
@@ -297,6 +302,8 @@ int rpal_chan_open(rpal_peer *peer, const struct rpal_chan_opts *opts,
     *out = c;
     return 0;
 fail:
+    if (c->window)
+        rpal_peer_access_end(peer);
     if (c->sock >= 0)
         close(c->sock);
     if (c->tx_raw)
@@ -349,6 +356,7 @@ int rpal_chan_close(rpal_chan *c)
     close(c->pidfd);
     staging_release(c);
     free(c->deferred);
+    rpal_peer_access_end(c->peer); /* the window chan_open opened */
     rpal_fetch_add_acq_rel(&c->peer->nchans, -1);
     rpal_free(c->tx_raw);
     free(c->staging);
@@ -691,6 +699,19 @@ int rpal_receive(rpal_receiver *r, struct rpal_msg *m, int timeout_ms)
             pthread_mutex_unlock(&r->lock);
             r->snap_bell = now_bell;
             r->snap_valid = 1;
+            /* The caller's ring is read on every scan: hold a window on each
+             * channel's caller for as long as this receiver serves it. */
+            for (int k = 0; k < r->nsnap; k++) {
+                struct rx_chan *x = r->snap[k];
+                if (!x->ring_window && !rpal_load_relaxed(&x->dead)) {
+                    if (rpal_peer_access_begin(x->peer) == 0) {
+                        x->ring_window = 1;
+                        x->windows++;
+                    } else {
+                        poison(x); /* no key left for it: refuse the channel */
+                    }
+                }
+            }
         }
         int n = r->nsnap;
         struct rx_chan **chs = r->snap;

@@ -205,6 +205,20 @@ static int entry_fill(struct ch_entry *e, const void *data, size_t len, int in_p
     return E_PTR;
 }
 
+/* Take one spin or yield step of the ladder; 1 if it is time to sleep
+ * instead (the caller does that, since what it sleeps on differs). */
+static int ladder_pause(struct waiter *w, uint64_t now, int *slow)
+{
+    int step = ladder_step(w, now);
+    if (slow)
+        *slow = step != W_SPIN;
+    if (step == W_SPIN)
+        cpu_relax();
+    else if (step == W_YIELD)
+        sched_yield();
+    return step == W_SLEEP;
+}
+
 /* ---- the caller's side ---- */
 
 int rpal_chan_open(rpal_peer *peer, const struct rpal_chan_opts *opts,
@@ -435,16 +449,7 @@ int rpal_complete(rpal_chan *c, uint64_t *tag, void *reply, size_t reply_max,
         uint64_t now = (spins & 63) == 0 || w.o->wait != RPAL_WAIT_POLL ? prim_now_ns() : 0;
         if (now && now >= w.deadline)
             return -ETIMEDOUT;
-        int step = ladder_step(&w, now);
-        slow = step != W_SPIN;
-        switch (step) {
-        case W_SPIN:
-            cpu_relax();
-            break;
-        case W_YIELD:
-            sched_yield();
-            break;
-        default: {
+        if (ladder_pause(&w, now, &slow)) {
             uint32_t t = rpal_load_relaxed(&c->rx->rtail);
             rpal_store_relaxed(&c->tx->caller_sleeps, 1);
             rpal_fence_seq_cst(); /* pairs with the fence in rpal_reply */
@@ -455,7 +460,6 @@ int rpal_complete(rpal_chan *c, uint64_t *tag, void *reply, size_t reply_max,
                 prim_futex_wait(&c->rx->rtail, t, 1, slice);
             }
             rpal_store_relaxed(&c->tx->caller_sleeps, 0);
-        }
         }
     }
     struct ch_entry e = *slot; /* one read */
@@ -772,14 +776,7 @@ int rpal_receive(rpal_receiver *r, struct rpal_msg *m, int timeout_ms)
         uint64_t now = (spins & 63) == 0 || w.o->wait != RPAL_WAIT_POLL ? prim_now_ns() : 0;
         if (now && now >= w.deadline)
             return -ETIMEDOUT;
-        switch (ladder_step(&w, now)) {
-        case W_SPIN:
-            cpu_relax();
-            break;
-        case W_YIELD:
-            sched_yield();
-            break;
-        default: {
+        if (ladder_pause(&w, now, NULL)) {
             struct futex_waitv fw[MAX_CHANS + 1];
             unsigned nw = 0;
             for (int k = 0; k < n; k++)
@@ -811,7 +808,6 @@ int rpal_receive(rpal_receiver *r, struct rpal_msg *m, int timeout_ms)
             bell = rpal_load_acquire(&r->doorbell);
             w.spun_until = 0;
             w.yields = 0;
-        }
         }
     }
 }

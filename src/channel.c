@@ -260,7 +260,7 @@ int rpal_chan_open(rpal_peer *peer, const struct rpal_chan_opts *opts,
         err = errno == ECONNREFUSED ? -ESRCH : -errno;
         goto fail;
     }
-    struct hs_req req = {.magic = 0x3153484c41505231ull, .version = 1, .slot = d->slot,
+    struct hs_req req = {.magic = HS_MAGIC, .version = HS_VERSION, .slot = d->slot,
                          .slot_size = d->slot_size, .kind = HS_KIND_CHAN,
                          .depth = c->depth, .addr = (uint64_t)(uintptr_t)c->tx};
     snprintf(req.service, sizeof req.service, "%.64s", peer->info.service);
@@ -285,6 +285,10 @@ int rpal_chan_open(rpal_peer *peer, const struct rpal_chan_opts *opts,
     }
     if (fd >= 0)
         close(fd);
+    if (rep.magic != HS_MAGIC || rep.version != HS_VERSION) {
+        err = -EPROTO; /* not an rpal service of our version */
+        goto fail;
+    }
     if (rep.status != 0) {
         err = rep.status == -ENOTCONN ? -EAGAIN : rep.status < 0 && rep.status > -4096
                                                       ? rep.status : -EPROTO;
@@ -363,6 +367,9 @@ int rpal_chan_close(rpal_chan *c)
 {
     if (!c)
         return -EINVAL;
+    int err = dom_check(c->peer->d);
+    if (err < 0)
+        return err; /* a forked child: the channel is its parent's */
     /* The service sees EOF and drops its side; requests not yet answered
      * are abandoned (their replies would have nowhere to go). */
     shutdown(c->sock, SHUT_RDWR);
@@ -393,6 +400,8 @@ int rpal_send(rpal_chan *c, const void *req, size_t len, uint64_t tag)
 {
     if (!c || (!req && len))
         return -EINVAL;
+    if (dom_check(c->peer->d) < 0)
+        return -ECHILD; /* a forked child: our slot is not mapped here */
     if (c->sent - c->done >= c->depth)
         return -EAGAIN;
     uint32_t i = c->sent & (c->depth - 1);
@@ -430,6 +439,8 @@ int rpal_complete(rpal_chan *c, uint64_t *tag, void *reply, size_t reply_max,
 {
     if (!c || c->sent == c->done)
         return -EINVAL;
+    if (dom_check(c->peer->d) < 0)
+        return -ECHILD;
     struct waiter w = {&c->o, timeout_ms < 0 ? UINT64_MAX
                                              : prim_now_ns() + (uint64_t)timeout_ms * 1000000,
                        0, 0};
@@ -632,6 +643,9 @@ int rpal_receiver_destroy(rpal_receiver *r)
 {
     if (!r)
         return -EINVAL;
+    int err = dom_check(r->s->d);
+    if (err < 0)
+        return err; /* a forked child: the receiver is its parent's */
     rpal_domain *d = r->s->d;
     pthread_mutex_lock(&d->lock);
     rpal_receiver **pp = &r->s->receivers;
@@ -687,6 +701,8 @@ int rpal_receive(rpal_receiver *r, struct rpal_msg *m, int timeout_ms)
 {
     if (!r || !m)
         return -EINVAL;
+    if (dom_check(r->s->d) < 0)
+        return -ECHILD;
     struct waiter w = {&r->o, timeout_ms < 0 ? UINT64_MAX
                                              : prim_now_ns() + (uint64_t)timeout_ms * 1000000,
                        0, 0};
@@ -816,6 +832,8 @@ int rpal_reply(rpal_receiver *r, const struct rpal_msg *m, const void *data, siz
 {
     if (!r || !m || !m->internal[0] || (!data && len) || len > UINT32_MAX)
         return -EINVAL;
+    if (dom_check(r->s->d) < 0)
+        return -ECHILD;
     struct rx_chan *x = m->internal[0];
     if (x->unanswered <= 0)
         return -EINVAL; /* answered already */

@@ -142,6 +142,10 @@ struct watch {
 /* The handshake messages (service.c), also used to open channels. */
 #define HS_KIND_SHARE 0u
 #define HS_KIND_CHAN  1u
+/* Every handshake message starts with these (src/service.c, src/channel.c). */
+#define HS_MAGIC 0x3153484c41505231ull /* "1RPALHS1" */
+#define HS_VERSION 1u
+
 struct hs_req {
     uint64_t magic;
     uint32_t version, slot;

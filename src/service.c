@@ -28,8 +28,6 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#define HS_MAGIC 0x3153484c41505231ull /* "1RPALHS1" */
-#define HS_VERSION 1u
 #define MAX_PENDING 64
 #define REL_BYTE "R" /* sent on the connection by a release */
 

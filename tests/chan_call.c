@@ -137,6 +137,20 @@ static void client(pid_t spid, int wait, int same_cpu)
     }
     CHECK_ERR(rpal_call(c, NULL, 0, rep, sizeof rep, &rlen, 2000), 0);
 
+    /* A forked child holds a copy of the handle, not the channel: every
+     * use is -ECHILD, and the parent's channel still works. */
+    pid_t kid = fork();
+    REQUIRE(kid >= 0);
+    if (kid == 0) {
+        int ok = rpal_call(c, req, 4, rep, sizeof rep, &rlen, 200) == -ECHILD &&
+                 rpal_send(c, req, 4, 1) == -ECHILD && rpal_chan_close(c) == -ECHILD;
+        _exit(ok ? 0 : 1);
+    }
+    int kst;
+    REQUIRE(waitpid(kid, &kst, 0) == kid);
+    CHECK(WIFEXITED(kst) && WEXITSTATUS(kst) == 0);
+    CHECK_ERR(rpal_call(c, req, 4, rep, sizeof rep, &rlen, 2000), 0);
+
     /* A stopped service: the deadline holds. */
     kill(spid, SIGSTOP);
     int st;

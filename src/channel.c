@@ -56,6 +56,7 @@ struct ch_entry { /* one cache line */
     uint64_t ptr;
     uint8_t data[RPAL_INLINE_MAX];
 };
+_Static_assert(sizeof(struct ch_entry) == 64, "an entry is one cache line");
 
 struct ch_tx { /* in the caller's slot */
     uint64_t magic;
@@ -735,8 +736,11 @@ int rpal_receive(rpal_receiver *r, struct rpal_msg *m, int timeout_ms)
         }
         int n = r->nsnap;
         struct rx_chan **chs = r->snap;
-        for (int k = 0; k < n; k++) {
-            struct rx_chan *x = chs[(r->next + (unsigned)k) % (unsigned)n];
+        /* Round robin from where the last message came from (no division:
+         * this loop is the poll path). */
+        unsigned idx = r->next < (unsigned)n ? r->next : 0;
+        for (int k = 0; k < n; k++, idx = idx + 1 == (unsigned)n ? 0 : idx + 1) {
+            struct rx_chan *x = chs[idx];
             if (rpal_load_relaxed(&x->dead)) {
                 reaped = 1;
                 continue;
@@ -763,7 +767,7 @@ int rpal_receive(rpal_receiver *r, struct rpal_msg *m, int timeout_ms)
             /* The entry is copied. The caller reuses it only once it has
              * the reply of a later request, which we give after this. */
             x->head++;
-            r->next = (r->next + (unsigned)k + 1) % (unsigned)n;
+            r->next = idx + 1 == (unsigned)n ? 0 : idx + 1;
             if (kind == E_PTR) {
                 /* Read in place, inside a window until the reply. */
                 rpal_peer_access_begin(x->peer);

@@ -340,6 +340,58 @@ int rpal_receive(rpal_receiver *r, struct rpal_msg *m, int timeout_ms);
 int rpal_reply(rpal_receiver *r, const struct rpal_msg *m, const void *data,
                size_t len);
 
+/* ------------------------------------------------------------------------ */
+/* Compat: an epoll + Unix-socket program switches with a few lines.
+ *
+ * rpal_uds_fdmap() upgrades a connected Unix stream socket between two
+ * members of one domain: each end then writes messages into a ring in its
+ * own slot and reads the other's, and the socket only carries wake-ups
+ * (one byte, sent only to a peer that said it sleeps) and the end of the
+ * connection. rpal_read/rpal_write/rpal_close take the place of
+ * read/write/close on such a descriptor, and act as those on any other.
+ * rpal_epoll_ctl/rpal_epoll_wait take the place of epoll_ctl/epoll_wait on
+ * an epoll set: mapped descriptors report EPOLLIN/EPOLLOUT from their rings
+ * (level-triggered, EPOLLET and EPOLLONESHOT as epoll has them), plain ones
+ * as the kernel says; while ring events are pending, waiting makes no
+ * system call. Add every descriptor of such a set with rpal_epoll_ctl.
+ * One thread at a time may wait on a set. See rpal_uds_fdmap(3). */
+
+#define RPAL_HAVE_COMPAT 1 /* this header has the compat API */
+
+struct epoll_event;
+
+/* Upgrade the connected Unix stream socket FD (connected to a process of
+ * D's domain, which calls rpal_uds_fdmap on its end too) to an rpal
+ * connection, with an in-band handshake (slot memfds pass as SCM_RIGHTS; the
+ * peer's credentials are checked against its slot claim).
+ * Returns 1 when upgraded; 0 when the peer is not a member of the domain:
+ * nothing was sent or received and FD works exactly as before; -ETIMEDOUT
+ * when the peer did not answer within TIMEOUT_MS, -EPROTO when it answered
+ * something else (the connection is then unusable: close it). */
+int rpal_uds_fdmap(rpal_domain *d, int fd, int timeout_ms);
+
+/* Like read(2)/write(2) on FD (stream semantics: a read may return part of
+ * a message, or several), but through the rings when FD is mapped. Bytes,
+ * 0 at the end of the connection, or a negative errno: -EAGAIN when FD is
+ * non-blocking and nothing can be done now. A write of up to
+ * RPAL_INLINE_MAX bytes travels inside the ring; a larger one is copied
+ * once into our slot. */
+ssize_t rpal_read(int fd, void *buf, size_t len);
+ssize_t rpal_write(int fd, const void *buf, size_t len);
+/* Close FD (and its rpal connection: the peer reads the end). */
+int rpal_close(int fd);
+
+/* epoll_ctl(2)/epoll_wait(2) for sets that may hold mapped descriptors.
+ * Wait returns the number of events or a negative errno. */
+int rpal_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev);
+int rpal_epoll_wait(int epfd, struct epoll_event *events, int maxevents,
+                    int timeout_ms);
+/* For a foreign event loop that watches EPFD (the "backend fd", as libuv's
+ * uv_backend_fd): call before the loop blocks. Returns the timeout the loop
+ * may block for: 0 when rpal events are pending (call rpal_epoll_wait with
+ * timeout 0), -1 when none (peers will wake EPFD up). */
+int rpal_epoll_timeout(int epfd);
+
 #ifdef __cplusplus
 }
 #endif

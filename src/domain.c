@@ -388,6 +388,23 @@ fail:
     return err;
 }
 
+int dom_member_slot(rpal_domain *d, pid_t pid, unsigned *slot)
+{
+    struct member_rec *rec = malloc(sizeof *rec);
+    if (!rec)
+        return -ENOMEM;
+    int err = -ESRCH;
+    /* dom_read_member checks that the claim is held: a live member. */
+    for (unsigned s = 0; s < d->nslots && err == -ESRCH; s++)
+        if (s != d->slot && dom_read_member(d->dirfd, s, rec) == 0 && rec->pid == pid &&
+            prim_proc_alive(pid, rec->start)) {
+            *slot = s;
+            err = 0;
+        }
+    free(rec);
+    return err;
+}
+
 int dom_check(const rpal_domain *d)
 {
     if (!d)

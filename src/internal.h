@@ -204,7 +204,9 @@ struct rpal_peer {
     int pkey;            /* own protection key, or -1 (under the closed key) */
     int keyslot;         /* its index in d->pkeys, or -1 */
     _Atomic int windows; /* access windows open on it, over all threads */
-    _Atomic int nchans;  /* channels that read its slot (channel layer) */
+    _Atomic int nchans;  /* channels and connections that read its slot */
+    int by_fdmap;        /* mapped by rpal_uds_fdmap: released with its last
+                            connection */
     struct rpal_peer *next;
 };
 
@@ -245,6 +247,57 @@ RPAL_HIDDEN void svc_drop_pending(rpal_domain *d);
 struct sockaddr_un;
 RPAL_HIDDEN int svc_path(const rpal_domain *d, const char *name, struct sockaddr_un *a);
 RPAL_HIDDEN int svc_send_with_fd(int sock, const void *msg, size_t len, int fd);
+RPAL_HIDDEN int svc_peer_adopt(rpal_domain *d, int memfd, const struct ucred *cr,
+                               unsigned slot, uint64_t slot_size, rpal_peer **out,
+                               int *created);
+/* The slot of the live member PID of D's domain: 0 and *SLOT, or -ESRCH. */
+RPAL_HIDDEN int dom_member_slot(rpal_domain *d, pid_t pid, unsigned *slot);
 RPAL_HIDDEN int svc_recv_with_fd(int sock, void *msg, size_t len, int *fd);
+
+/* ---- channel layer pieces shared with compat (src/channel.c) ---- */
+
+#if defined(__x86_64__) || defined(__i386__)
+#define cpu_relax() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define cpu_relax() __asm__ volatile("yield")
+#else
+#define cpu_relax() ((void)0)
+#endif
+
+#define E_INLINE 1u
+#define E_PTR    2u
+
+/* An entry is published by storing its seqf last (release): the sequence
+ * number of the message (1, 2, ... modulo 2^30) and its kind. The reader
+ * polls the entry itself, so a call moves one cache line each way, as a
+ * plain shared-memory ping-pong does; the ring indices are for sleepers. */
+#define SEQF(n, flag) ((((uint32_t)(n)) & 0x3fffffffu) << 2 | (flag))
+#define SEQ_OF(sf) ((sf) >> 2)
+#define FLAG_OF(sf) ((sf) & 3u)
+#define SEQ_WANT(n) (((uint32_t)(n)) & 0x3fffffffu)
+
+struct ch_entry { /* one cache line */
+    uint64_t tag;
+    uint32_t len, seqf;
+    uint64_t ptr;
+    uint8_t data[RPAL_INLINE_MAX];
+};
+_Static_assert(sizeof(struct ch_entry) == 64, "an entry is one cache line");
+
+/* P..P+LEN lies inside BASE..BASE+SIZE (no overflow). */
+static inline int span_inside(uint64_t p, uint64_t len, uint64_t base, uint64_t size)
+{
+    return p >= base && len <= size && p - base <= size - len;
+}
+
+/* Put LEN bytes of DATA in entry E: inline if they fit; else as a pointer,
+ * to DATA itself if IN_PLACE (it lies in our own slot), or to the one copy
+ * made into our slot, stored in *COPY for the caller to free later.
+ * Returns the entry's kind (E_INLINE, E_PTR) or a negative errno. */
+/* Allocate N zeroed bytes in our slot, 64-byte aligned; *RAW is what to
+ * give rpal_free(). */
+RPAL_HIDDEN void *ch_slot_alloc(size_t n, void **raw);
+RPAL_HIDDEN int ch_entry_fill(struct ch_entry *e, const void *data, size_t len,
+                              int in_place, void **copy);
 
 #endif

@@ -937,14 +937,20 @@ static int scan_sharers(int fd, pid_t *pids, int max)
     return n;
 }
 
-/* Drop the detached entries of processes that no longer hold a record. */
+/* Drop the detached entries of processes that no longer hold a record, and
+ * of new processes with the same pid (registered at or after the entry). */
 static void det_prune(struct lay_ctl *c, int fd)
 {
     uint32_t k = 0, n = c->ndet < LAY_DET_MAX ? c->ndet : LAY_DET_MAX;
     for (uint32_t i = 0; i < n; i++) {
         pid_t pid = c->det[i].pid;
+        uint64_t s;
         if (pid <= 0 || (uint64_t)pid >= LK_PID_LIMIT ||
-            prim_ofd_test(fd, rec_base(pid), 1ull << LK_REC_SHIFT, NULL, NULL) <= 0)
+            prim_ofd_test(fd, rec_base(pid), 1ull << LK_REC_SHIFT, &s, NULL) <= 0 ||
+            s < rec_base(pid))
+            continue;
+        uint32_t recgen = (uint32_t)((s - rec_base(pid)) >> 2);
+        if (((recgen - c->det[i].gen) & GEN_MASK) < GEN_MASK / 2)
             continue;
         c->det[k++] = c->det[i];
     }
@@ -1043,6 +1049,19 @@ static int change(rpal_region *r, const struct op *op, struct rpal_region_change
     int n = scan_sharers(cfd, pids, SCAN_MAX);
     if (n < 0)
         n = 0;
+    /* Sharers an earlier change gave up on are not waited for again (they
+     * drop their record when they run). */
+    for (int i = 0; i < n;) {
+        int listed = 0;
+        for (uint32_t k = 0; k < c->ndet && k < LAY_DET_MAX && !listed; k++)
+            listed = c->det[k].pid == pids[i];
+        if (!listed) {
+            i++;
+            continue;
+        }
+        res.detached++;
+        pids[i] = pids[--n];
+    }
     memcpy(rw + copy_off(g1), t, table_bytes(t));
     rpal_store_release(&c->gen, g1); /* pairs with the agents' acquire */
     prim_futex_wake(&l->ctl->gen, INT_MAX, 1);

@@ -140,10 +140,7 @@ static int dom_open_dir(const char *name, uint64_t want_size, int *dirfd,
 /* 1 if someone holds the OFD lock of the claim file FD. */
 int dom_claim_locked(int fd)
 {
-    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
-    if (fcntl(fd, F_OFD_GETLK, &fl) < 0)
-        return 0;
-    return fl.l_type != F_UNLCK;
+    return prim_ofd_test(fd, 0, 1, NULL, NULL) > 0;
 }
 
 static int dom_claim(rpal_domain *d)

@@ -54,6 +54,17 @@ RPAL_HIDDEN int prim_mkdirs_beneath(int dirfd, const char *path,
 RPAL_HIDDEN void prim_rmdirs_beneath(int dirfd, const char *path, size_t keep);
 
 RPAL_HIDDEN uint64_t prim_now_realtime_ns(void);
+/* FNV-1a 64 of N bytes: the checksum of records read from shared files. */
+RPAL_HIDDEN uint64_t prim_fnv1a(const void *p, size_t n);
+/* Open-file-description locks. prim_ofd_test: 1 and the first conflicting
+ * lock's range if some other description holds a lock on [OFF, OFF+LEN)
+ * (LEN 0: to the end), 0 if none. prim_ofd_lock: take a lock of TYPE
+ * (F_RDLCK, F_WRLCK, F_UNLCK), retrying with short sleeps for at most
+ * TIMEOUT_NS (0: once; then -EAGAIN), -ETIMEDOUT when that ran out. */
+RPAL_HIDDEN int prim_ofd_test(int fd, uint64_t off, uint64_t len,
+                              uint64_t *start, uint64_t *llen);
+RPAL_HIDDEN int prim_ofd_lock(int fd, int type, uint64_t off, uint64_t len,
+                              int64_t timeout_ns);
 RPAL_HIDDEN uint64_t prim_now_ns(void); /* CLOCK_MONOTONIC */
 
 /* Futex wait/wake; SHARED for words in memory other processes map.
@@ -66,6 +77,39 @@ RPAL_HIDDEN int prim_futex_wake(const _Atomic uint32_t *addr, int n, int shared)
 /* Wait on several words at once (Linux 5.16+): index woken, or -errno. */
 RPAL_HIDDEN int prim_futex_waitv(struct futex_waitv *w, unsigned n,
                                  int64_t timeout_ns);
+
+/* ---- layout: the objects inside a region (src/layout.c) ---- */
+
+/* Bytes of the header granule that every attacher maps read-only at
+ * base - granule: the header page, the layout control page and the two
+ * copies of the layout table. */
+#define REGION_HDR_MAP (128ull << 10)
+
+struct lay;
+struct rpal_region;
+struct rpal_region_object;
+/* Write the control page and the first layout table of a new region file:
+ * nothing (EMPTY) or one read-write anonymous object over SIZE bytes. */
+RPAL_HIDDEN int lay_init(int fd, uint64_t size, int empty);
+/* Open (with CREATE_MODE != 0, create if missing) the lock file of the
+ * region NAME (relative to the namespace root NSFD) whose inode is INO:
+ * `.LEAF.INO.lock` beside it, an empty file that only carries OFD locks. */
+RPAL_HIDDEN int lay_lock_open(int nsfd, const char *name, uint64_t ino,
+                              unsigned create_mode);
+RPAL_HIDDEN void lay_lock_unlink(int dirfd, const char *leaf, uint64_t ino);
+/* Follow the layout of the region file FD (header area and data already
+ * mapped at BASE - GRANULE and BASE): apply the current layout, register
+ * as a sharer on the lock file LKFD (taken over, closed on failure) and
+ * hand the region to this process's agent thread. Returns the number of
+ * objects that could not be mapped (>= 0) or a negative errno. */
+RPAL_HIDDEN int lay_attach(int fd, int lkfd, uint64_t base, uint64_t size,
+                           uint64_t granule, int rdonly, struct lay **out);
+RPAL_HIDDEN void lay_detach(struct lay *l);
+/* The layout of the region file FD of SIZE data bytes, for listing. */
+RPAL_HIDDEN int lay_read(int fd, uint64_t size, uint32_t *gen,
+                         struct rpal_region_object *objs, unsigned max);
+/* The layout state of a handle (region.c). */
+RPAL_HIDDEN struct lay *region_lay(const struct rpal_region *r);
 
 /* ---- region layer services used by the layers below it ---- */
 

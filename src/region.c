@@ -78,10 +78,15 @@ static int hdr_validate(const struct region_hdr *h, uint64_t file_size)
     if (h->base % g || h->base < RPAL_WINDOW_BASE + g || h->base > end ||
         h->size > end - h->base)
         return -EBADMSG;
-    if (file_size != g + h->size)
-        return -EBADMSG; /* truncated or grown behind our back */
-    if (h->flags & ~RPAL_REGION_TRANSIENT)
+    if (h->flags & ~(RPAL_REGION_TRANSIENT | RPAL_REGION_HUGE))
         return -EBADMSG;
+    /* A huge region's file is the header granule only; its data is on
+     * hugetlbfs (src/huge.c), on whole 1 GiB ranges. */
+    int huge = !!(h->flags & RPAL_REGION_HUGE);
+    if (huge && (h->base % RPAL_HUGE_ALIGN || h->size % RPAL_HUGE_ALIGN))
+        return -EBADMSG;
+    if (file_size != g + (huge ? 0 : h->size))
+        return -EBADMSG; /* truncated or grown behind our back */
     return 0;
 }
 
@@ -286,21 +291,31 @@ static int overlaps(const struct reg_file *f, uint64_t start, uint64_t len,
 /* Next-fit in the window, so that a freed range is reused only after the
  * whole window went round: a process that still maps an unlinked region is
  * unlikely to meet its address again. */
-static int reg_alloc(struct reg_file *f, uint64_t len, uint64_t *start)
+/* The first start at or after C whose data (a granule later) is aligned to
+ * ALIGN, a multiple of the granule. */
+static uint64_t align_start(uint64_t c, uint64_t align)
+{
+    uint64_t g = RPAL_REGION_GRANULE;
+    return (c + g + align - 1) / align * align - g;
+}
+
+static int reg_alloc(struct reg_file *f, uint64_t len, uint64_t align,
+                     uint64_t *start)
 {
     uint64_t lo = RPAL_WINDOW_BASE, hi = lo + RPAL_REGION_WINDOW_SIZE;
     uint64_t g = RPAL_REGION_GRANULE;
     uint64_t c = f->cursor;
     if (c < lo || c >= hi || c % g)
         c = lo;
+    c = align_start(c, align);
     int wrapped = 0;
     for (;;) {
         uint64_t next;
-        if (len > hi - c) {
+        if (c > hi || len > hi - c) {
             if (wrapped)
                 return -ENOSPC;
             wrapped = 1;
-            c = lo;
+            c = align_start(lo, align);
             continue;
         }
         if (!overlaps(f, c, len, &next)) {
@@ -308,14 +323,14 @@ static int reg_alloc(struct reg_file *f, uint64_t len, uint64_t *start)
             f->cursor = c + len;
             return 0;
         }
-        c = (next + g - 1) / g * g;
+        c = align_start((next + g - 1) / g * g, align);
         if (wrapped && c >= f->cursor && f->cursor >= lo)
             return -ENOSPC;
     }
 }
 
 static int reg_reserve(int nsfd, const char *name, uint64_t size,
-                       uint64_t *base, unsigned *slot)
+                       uint64_t align, uint64_t *base, unsigned *slot)
 {
     struct reg r;
     int err = reg_lock(nsfd, &r);
@@ -330,7 +345,7 @@ static int reg_reserve(int nsfd, const char *name, uint64_t size,
     if (i == REG_CAP)
         err = -ENOSPC;
     else
-        err = reg_alloc(r.f, len, &start);
+        err = reg_alloc(r.f, len, align, &start);
     if (err == 0 && i == reg_used(r.f))
         r.f->used = i + 1;
     if (err == 0) {
@@ -397,15 +412,19 @@ struct rpal_region {
  * test can kill a creator at that point. Not exported. */
 RPAL_HIDDEN void (*rpal__hook_create_reserved)(void);
 
-static int map_region(int fd, const struct region_hdr *h, int writable)
+/* The header page from FD, the data from DFD: the same file, or a huge
+ * region's data file on hugetlbfs. */
+static int map_region(int fd, int dfd, const struct region_hdr *h, int writable)
 {
     int err = prim_map_fixed(h->base - h->granule, RPAL_PAGE, PROT_READ,
                              MAP_SHARED, fd, 0);
     if (err < 0)
         return err;
     int prot = PROT_READ | (writable ? PROT_WRITE : 0);
-    err = prim_map_fixed(h->base, h->size, prot, MAP_SHARED, fd,
-                         (off_t)h->granule);
+    err = prim_map_fixed(h->base, h->size, prot, MAP_SHARED, dfd,
+                         dfd == fd ? (off_t)h->granule : 0);
+    if (err == -ENOMEM && dfd != fd)
+        err = -ENOSPC; /* hugetlbfs could not reserve the huge pages */
     if (err < 0)
         munmap((void *)(uintptr_t)(h->base - h->granule), RPAL_PAGE);
     return err;
@@ -444,14 +463,17 @@ int rpal_region_create(const char *name, size_t size, unsigned mode,
     int err = ns_name_validate(name);
     if (err < 0)
         return err;
-    if (!out || (mode & ~0777u) || (flags & ~RPAL_REGION_TRANSIENT))
+    if (!out || (mode & ~0777u) || (flags & ~(RPAL_REGION_TRANSIENT | RPAL_REGION_HUGE)))
         return -EINVAL;
-    if (size == 0 || size % RPAL_PAGE)
+    int huge = !!(flags & RPAL_REGION_HUGE);
+    if (size == 0 || size % (huge ? RPAL_HUGE_ALIGN : RPAL_PAGE))
         return -EINVAL;
-    if (size > RPAL_REGION_WINDOW_SIZE - 2 * RPAL_REGION_GRANULE)
+    if (size > RPAL_REGION_WINDOW_SIZE - (huge ? RPAL_HUGE_ALIGN : 2 * RPAL_REGION_GRANULE))
         return -EFBIG;
     if (mode == 0)
         mode = 0600;
+    if (huge && (err = huge_check_avail(size)) < 0)
+        return err;
 
     int nsfd = ns_open(1);
     if (nsfd < 0)
@@ -459,7 +481,8 @@ int rpal_region_create(const char *name, size_t size, unsigned mode,
     char dir[RPAL_NAME_MAX + 2];
     const char *leaf;
     split_name(name, dir, &leaf);
-    int dfd = nsfd, fd = -1;
+    int dfd = nsfd, fd = -1, datafd = -1;
+    struct huge_ext x;
     size_t made = SIZE_MAX;
     uint64_t base = 0;
     unsigned slot = 0;
@@ -501,11 +524,20 @@ int rpal_region_create(const char *name, size_t size, unsigned mode,
         err = -ENOMEM;
         goto out;
     }
-    err = reg_reserve(nsfd, name, size, &base, &slot);
+    err = reg_reserve(nsfd, name, size, huge ? RPAL_HUGE_ALIGN : RPAL_REGION_GRANULE,
+                      &base, &slot);
     if (err < 0)
         goto out;
     if (rpal__hook_create_reserved)
         rpal__hook_create_reserved();
+    if (huge) {
+        if (fstat(fd, &st) < 0)
+            err = -errno;
+        else if ((datafd = huge_create(nsfd, st.st_ino, size, mode, &x)) < 0)
+            err = datafd;
+        if (err < 0)
+            goto out_release;
+    }
 
     h.magic = REGION_MAGIC;
     h.version = REGION_VERSION;
@@ -513,23 +545,28 @@ int rpal_region_create(const char *name, size_t size, unsigned mode,
     h.granule = RPAL_REGION_GRANULE;
     h.base = base;
     h.size = size;
-    h.flags = flags & RPAL_REGION_TRANSIENT;
+    h.flags = flags & (RPAL_REGION_TRANSIENT | RPAL_REGION_HUGE);
     h.creator_pid = getpid();
     h.creator_uid = getuid();
     h.creator_start = prim_self_start();
     h.created_ns = prim_now_realtime_ns();
     h.check = hdr_check(&h);
 
-    if (fchmod(fd, mode) < 0 || ftruncate(fd, (off_t)(h.granule + size)) < 0) {
+    if (fchmod(fd, mode) < 0 ||
+        ftruncate(fd, (off_t)(h.granule + (huge ? 0 : size))) < 0) {
         err = -errno;
         goto out_release;
     }
     ssize_t w = pwrite(fd, &h, sizeof h, 0);
+    if (w == (ssize_t)sizeof h && huge) {
+        huge_seal(&x, h.check);
+        w = pwrite(fd, &x, sizeof x, HUGE_EXT_OFF) == (ssize_t)sizeof x ? w : -1;
+    }
     if (w != (ssize_t)sizeof h) {
         err = w < 0 ? -errno : -EIO;
         goto out_release;
     }
-    err = map_region(fd, &h, 1);
+    err = map_region(fd, huge ? datafd : fd, &h, 1);
     if (err < 0)
         goto out_release;
 
@@ -554,7 +591,11 @@ int rpal_region_create(const char *name, size_t size, unsigned mode,
 
 out_release:
     reg_settle(nsfd, slot, base, 0);
+    if (datafd >= 0)
+        huge_remove(&x);
 out:
+    if (datafd >= 0)
+        close(datafd);
     if (err < 0 && made != SIZE_MAX)
         prim_rmdirs_beneath(nsfd, dir, made);
     if (fd >= 0)
@@ -609,9 +650,16 @@ int rpal_region_attach(const char *name, unsigned flags, rpal_region **out)
     close(nsfd);
     if (fd < 0)
         return fd;
-    err = map_region(fd, &h, writable);
-    /* The descriptor is closed at once: a read-only attacher keeps no
+    int datafd = fd;
+    if (h.flags & RPAL_REGION_HUGE) {
+        struct huge_ext x;
+        datafd = huge_open(fd, h.check, h.size, st.st_uid, writable ? O_RDWR : O_RDONLY, &x);
+    }
+    err = datafd < 0 ? datafd : map_region(fd, datafd, &h, writable);
+    /* The descriptors are closed at once: a read-only attacher keeps no
      * descriptor it could reopen read-write through /proc/self/fd. */
+    if (datafd >= 0 && datafd != fd)
+        close(datafd);
     close(fd);
     if (err < 0)
         return err;
@@ -666,6 +714,20 @@ int rpal_region_unlink(const char *name)
         close(nsfd);
         return fd;
     }
+    /* A huge region's data file goes with it. Finding it takes reading the
+     * header; one we may not read leaves its data file to `rpal gc`. */
+    struct huge_ext x;
+    int have_x = 0;
+    if (S_ISREG(st.st_mode)) {
+        struct region_hdr h;
+        struct stat st2;
+        int rfd = region_open(nsfd, name, O_RDONLY, &h, &st2);
+        if (rfd >= 0) {
+            have_x = (h.flags & RPAL_REGION_HUGE) && st2.st_ino == st.st_ino &&
+                     st2.st_dev == st.st_dev && huge_read(rfd, h.check, &x) == 0;
+            close(rfd);
+        }
+    }
     if (S_ISDIR(st.st_mode) || !S_ISREG(st.st_mode)) {
         close(nsfd);
         return S_ISDIR(st.st_mode) ? -EISDIR : -EBADMSG;
@@ -681,6 +743,8 @@ int rpal_region_unlink(const char *name)
         close(dfd);
     if (err == 0)
         reg_forget(nsfd, name, st.st_ino);
+    if (err == 0 && have_x)
+        huge_remove(&x);
     close(nsfd);
     return err;
 }
@@ -861,6 +925,27 @@ int rpal_region_foreach(int (*fn)(const struct rpal_region_info *, void *),
 
 /* ---- garbage collection -------------------------------------------------- */
 
+struct gc_use {
+    const struct reg_file *f;
+    const uint64_t *inos;
+    size_t n;
+};
+
+/* Is a header file of inode INO still known: by a live registry entry, or
+ * as a file in the namespace (renamed, or its entry lost)? */
+static int ino_in_use(uint64_t ino, void *arg)
+{
+    const struct gc_use *u = arg;
+    for (unsigned i = 0; i < reg_used(u->f); i++)
+        if (entry_valid(&u->f->e[i]) && u->f->e[i].state == REG_LIVE &&
+            u->f->e[i].ino == ino)
+            return 1;
+    for (size_t k = 0; k < u->n; k++)
+        if (u->inos[k] == ino)
+            return 1;
+    return 0;
+}
+
 int region_gc(void (*fn)(const char *kind, const char *name, void *arg),
               void *arg)
 {
@@ -932,6 +1017,10 @@ int region_gc(void (*fn)(const char *kind, const char *name, void *arg),
             if (fn)
                 fn("reservation", what, arg);
         }
+        /* Data files of huge regions that lost their header (removed by
+         * someone who could not read it, or by hand). */
+        struct gc_use u = {r.f, inos, n};
+        removed += huge_gc(nsfd, ino_in_use, &u, fn, arg);
         reg_unlock(&r);
     }
     free(inos);

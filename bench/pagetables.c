@@ -34,6 +34,7 @@
 #include "hugesetup.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -46,6 +47,7 @@
 
 static struct huge_setup hs;
 static int have_hs;
+static char cur_name[64]; /* the region of the round under way */
 
 static long long parse_size(const char *s)
 {
@@ -152,18 +154,20 @@ static void child(const char *name, uint64_t size, int rfd_go, int rfd_quit, int
     _exit(err == 0 ? 0 : 1);
 }
 
+#define FAILED LONG_MIN
+
 /* One round: the growth of PageTables, in KiB, with PROCS processes that
- * hold the region; -1 on failure. */
+ * hold the region (noise can make it negative); FAILED on failure. */
 static long round_once(int huge, int procs, uint64_t size, int k, double *secs)
 {
-    char name[64];
-    snprintf(name, sizeof name, "pagetables-%d-%d", (int)getpid(), k);
+    char *name = cur_name;
+    snprintf(name, sizeof cur_name, "pagetables-%d-%d", (int)getpid(), k);
     rpal_region *r;
     int err = rpal_region_create(name, size, 0600, huge ? RPAL_REGION_HUGE : 0, &r);
     if (err < 0) {
         fprintf(stderr, "pagetables: create %s%s: %s\n", name, huge ? " (huge)" : "",
                 rpal_strerror(err));
-        return -1;
+        return FAILED;
     }
     uint64_t mark = 0x5061676554616231ull ^ (uint64_t)k;
     *(uint64_t *)rpal_region_addr(r) = mark;
@@ -193,7 +197,7 @@ static long round_once(int huge, int procs, uint64_t size, int k, double *secs)
         pids[started] = pid;
     }
     close(go[0]), close(quit[0]), close(ready[1]);
-    long growth = -1;
+    long growth = FAILED;
     char bad = 0;
     if (started == procs && read_n(ready[0], procs, &bad) == 0) {
         long before = settled_kib();
@@ -205,11 +209,14 @@ static long round_once(int huge, int procs, uint64_t size, int k, double *secs)
             clock_gettime(CLOCK_MONOTONIC, &t1);
             growth = pagetables_kib() - before;
             *secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
-        } else if (bad) {
+        } else {
             fprintf(stderr, "pagetables: a child %s\n",
                     bad == 'M' ? "saw other contents than the creator wrote"
-                               : "could not attach the region");
+                    : bad      ? "could not attach the region"
+                               : "died");
         }
+    } else {
+        fprintf(stderr, "pagetables: could not start %d processes\n", procs);
     }
     if (go[1] >= 0)
         close(go[1]);
@@ -221,6 +228,7 @@ static long round_once(int huge, int procs, uint64_t size, int k, double *secs)
     err = rpal_region_unlink(name);
     if (err < 0)
         fprintf(stderr, "pagetables: unlink %s: %s\n", name, rpal_strerror(err));
+    name[0] = 0;
     return growth;
 }
 
@@ -241,7 +249,7 @@ static int run_case(int huge, int procs, uint64_t size, int rounds, struct resul
     double secs = 0, s;
     for (int k = 0; k < rounds; k++) {
         v[k] = round_once(huge, procs, size, k + (huge ? 1000 : 0), &s);
-        if (v[k] < 0)
+        if (v[k] == FAILED)
             return -1;
         secs += s;
     }
@@ -258,6 +266,10 @@ static char ns_dir[64];
 
 static void cleanup(void)
 {
+    if (getpid() != hs.owner)
+        return;
+    if (cur_name[0])
+        rpal_region_unlink(cur_name);
     if (have_hs)
         huge_teardown(&hs);
     if (ns_dir[0] && getpid() == hs.owner) {
@@ -268,9 +280,13 @@ static void cleanup(void)
     }
 }
 
+/* Interrupted: the main thread sits in read() or waitpid(), so cleaning up
+ * from here is safe in practice. Killed by SIGKILL, the guardian still puts
+ * vm.nr_hugepages back and removes the mount point, but the namespace
+ * directory (/dev/shm/rpal-bench-*) and its region stay. */
 static void on_signal(int sig)
 {
-    /* The guardian puts nr_hugepages back and removes the mount point. */
+    cleanup();
     signal(sig, SIG_DFL);
     raise(sig);
 }

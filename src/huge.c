@@ -28,20 +28,10 @@
 #include <unistd.h>
 
 #define HUGE_MAGIC 0x314755484c415052ull /* "RPALHUG1" little-endian */
-#define HUGETLBFS_MAGIC_ 0x958458f6u
-
-static uint64_t fnv1a(const void *p, size_t n)
-{
-    const unsigned char *b = p;
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ b[i]) * 0x100000001b3ull;
-    return h;
-}
 
 static uint64_t ext_check(const struct huge_ext *x)
 {
-    return fnv1a(x, offsetof(struct huge_ext, check));
+    return prim_fnv1a(x, offsetof(struct huge_ext, check));
 }
 
 int huge_check_avail(uint64_t size)
@@ -135,7 +125,7 @@ int huge_open(int hfd, uint64_t hdr_check, uint64_t size, uid_t owner,
         err = -errno;
     else if (!S_ISREG(st.st_mode) || (uint64_t)st.st_dev != x->dev ||
              (uint64_t)st.st_ino != x->ino || (uint64_t)st.st_size != size ||
-             st.st_uid != owner || (uint32_t)sf.f_type != HUGETLBFS_MAGIC_ ||
+             st.st_uid != owner || (uint32_t)sf.f_type != PRIM_HUGETLBFS_MAGIC ||
              (uint64_t)sf.f_bsize != RPAL_HUGE_PAGE)
         err = -EBADMSG;
     if (err < 0) {

@@ -56,11 +56,15 @@ RPAL_HIDDEN void prim_rmdirs_beneath(int dirfd, const char *path, size_t keep);
 /* hugetlb. The directory for huge regions' data files: $RPAL_HUGE_DIR, or
  * the first hugetlbfs mount with 2 MiB pages in /proc/self/mounts; -ENODEV
  * if there is none (or $RPAL_HUGE_DIR is not on one). */
+#define PRIM_HUGETLBFS_MAGIC 0x958458f6u /* statfs f_type of hugetlbfs */
 #define RPAL_HUGE_PAGE  (2ull << 20)
 #define RPAL_HUGE_ALIGN (1ull << 30) /* base and size of huge regions */
 RPAL_HIDDEN int prim_huge_dir(char *out, size_t size);
 /* 2 MiB huge pages that are free and not reserved; -errno if unknown. */
 RPAL_HIDDEN int prim_huge_avail(uint64_t *pages);
+
+/* FNV-1a hash of N bytes (the header checks). */
+RPAL_HIDDEN uint64_t prim_fnv1a(const void *p, size_t n);
 
 RPAL_HIDDEN uint64_t prim_now_realtime_ns(void);
 RPAL_HIDDEN uint64_t prim_now_ns(void); /* CLOCK_MONOTONIC */

@@ -104,8 +104,6 @@ uint64_t prim_self_start(void)
 
 /* ---- hugetlb ------------------------------------------------------------- */
 
-#define HUGETLBFS_MAGIC_ 0x958458f6u
-
 /* 0 if DIR is a directory on hugetlbfs whose pages are 2 MiB. */
 static int huge_dir_ok(const char *dir)
 {
@@ -114,7 +112,7 @@ static int huge_dir_ok(const char *dir)
     if (dir[0] != '/' || statfs(dir, &sf) < 0 || stat(dir, &st) < 0 ||
         !S_ISDIR(st.st_mode))
         return -ENODEV;
-    if ((uint32_t)sf.f_type != HUGETLBFS_MAGIC_ || (uint64_t)sf.f_bsize != RPAL_HUGE_PAGE)
+    if ((uint32_t)sf.f_type != PRIM_HUGETLBFS_MAGIC || (uint64_t)sf.f_bsize != RPAL_HUGE_PAGE)
         return -ENODEV;
     return 0;
 }
@@ -181,6 +179,15 @@ int prim_huge_avail(uint64_t *pages)
     if (err == 0)
         *pages = free_p > resv ? free_p - resv : 0;
     return err;
+}
+
+uint64_t prim_fnv1a(const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
 }
 
 uint64_t prim_now_realtime_ns(void)

@@ -46,18 +46,9 @@ struct region_hdr {
     uint64_t check;        /* FNV-1a of all the fields above */
 };
 
-static uint64_t fnv1a(const void *p, size_t n)
-{
-    const unsigned char *b = p;
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ b[i]) * 0x100000001b3ull;
-    return h;
-}
-
 static uint64_t hdr_check(const struct region_hdr *h)
 {
-    return fnv1a(h, offsetof(struct region_hdr, check));
+    return prim_fnv1a(h, offsetof(struct region_hdr, check));
 }
 
 /* The header comes from a file anybody with write access may have changed:

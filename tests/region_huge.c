@@ -7,6 +7,8 @@
  * (src/hugesetup.h: private mount, vm.nr_hugepages raised and put back);
  * otherwise it skips with the reason after the checks that need neither. */
 #include "testlib.h"
+
+#include <sys/mman.h>
 #include "internal.h"
 #include "hugesetup.h"
 
@@ -175,7 +177,7 @@ int main(int argc, char **argv)
 
     /* One region, seen by another program. A small region first, so that
      * the huge one's base has to be aligned past it. */
-    rpal_region *small;
+    rpal_region *small, *two_;
     REQUIRE(rpal_region_create("small", 64 << 10, 0600, 0, &small) == 0);
     int err = rpal_region_create("h/one", GIB, 0600, RPAL_REGION_HUGE, &r);
     if (err < 0)
@@ -193,6 +195,11 @@ int main(int argc, char **argv)
     CHECK(p[1] == 0x3333);
     CHECK(p[(GIB / 2) / 8] == 0x4444);
     CHECK(run_child("ro", "h/one", base) == 0);
+    /* One object, no layout. */
+    CHECK_ERR(rpal_region_protect(r, 0, 2 << 20, PROT_READ, NULL), -EOPNOTSUPP);
+    CHECK_ERR(rpal_region_unmap(r, 0, 2 << 20, NULL), -EOPNOTSUPP);
+    CHECK_ERR(rpal_region_create("h/empty", GIB, 0600, RPAL_REGION_HUGE | RPAL_REGION_EMPTY, &two_),
+              -EINVAL);
 
     struct rpal_region_info info;
     CHECK(rpal_region_stat("h/one", &info) == 0);

@@ -78,7 +78,7 @@ struct rx_chan {
     _Atomic int dead;
     int windows; /* access windows this receiver holds open on the peer */
     int unanswered; /* messages handed out by rpal_receive, not yet replied */
-    int ring_window; /* the receiver holds a window on the caller (counted in windows) */
+    int ring_window; /* the receiver holds a pin on the caller */
 };
 
 struct rpal_receiver {
@@ -265,10 +265,10 @@ int rpal_chan_open(rpal_peer *peer, const struct rpal_chan_opts *opts,
         goto fail;
     }
     c->rx = (const struct ch_rx *)(uintptr_t)rep.addr;
-    /* The service's ring is read on every call: this thread keeps a window
-     * open on the service for the channel's life (with protection keys, one
-     * key per service with channels; -EBUSY when they are all in use). */
-    if ((err = rpal_peer_access_begin(peer)) < 0)
+    /* The service's ring is read on every call, from whichever thread
+     * calls: the service stays open to every thread (a pin) for the
+     * channel's life. */
+    if ((err = dom_peer_pin(peer)) < 0)
         goto fail;
     c->window = 1;
     if (!(c->rx->magic == RX_MAGIC && c->rx->depth == c->depth)) {
@@ -285,7 +285,7 @@ int rpal_chan_open(rpal_peer *peer, const struct rpal_chan_opts *opts,
     return 0;
 fail:
     if (c->window)
-        rpal_peer_access_end(peer);
+        dom_peer_unpin(peer, 0);
     if (c->sock >= 0)
         close(c->sock);
     if (c->tx_raw)
@@ -341,8 +341,8 @@ int rpal_chan_close(rpal_chan *c)
     close(c->pidfd);
     staging_release(c);
     free(c->deferred);
-    rpal_peer_access_end(c->peer); /* the window chan_open opened */
-    rpal_fetch_add_acq_rel(&c->peer->nchans, -1);
+    dom_peer_unpin(c->peer, 0); /* the pin chan_open took */
+    svc_peer_put(c->peer, 0);
     rpal_free(c->tx_raw);
     free(c->staging);
     free(c);
@@ -490,7 +490,9 @@ static void rxc_free(struct rx_chan *x)
             rpal_free(x->bufs[i]);
     while (x->windows-- > 0)
         rpal_peer_access_end(x->peer);
-    rpal_fetch_add_acq_rel(&x->peer->nchans, -1);
+    if (x->ring_window)
+        dom_peer_unpin(x->peer, 1);
+    svc_peer_put(x->peer, 1); /* every caller holds d->lock */
     rpal_free(x->rx_raw);
     free(x->bufs);
     free(x);
@@ -683,17 +685,16 @@ int rpal_receive(rpal_receiver *r, struct rpal_msg *m, int timeout_ms)
             pthread_mutex_unlock(&r->lock);
             r->snap_bell = now_bell;
             r->snap_valid = 1;
-            /* The caller's ring is read on every scan: hold a window on each
-             * channel's caller for as long as this receiver serves it. */
+            /* The caller's ring is read on every scan: each channel's
+             * caller stays open (a pin) for as long as this receiver
+             * serves it. */
             for (int k = 0; k < r->nsnap; k++) {
                 struct rx_chan *x = r->snap[k];
                 if (!x->ring_window && !rpal_load_relaxed(&x->dead)) {
-                    if (rpal_peer_access_begin(x->peer) == 0) {
+                    if (dom_peer_pin(x->peer) == 0)
                         x->ring_window = 1;
-                        x->windows++;
-                    } else {
-                        poison(x); /* no key left for it: refuse the channel */
-                    }
+                    else
+                        poison(x); /* it has gone */
                 }
             }
         }

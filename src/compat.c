@@ -92,7 +92,7 @@ struct ep_item {
     uint32_t events;         /* as the application asked */
     epoll_data_t data;
     uint32_t seen_tail;      /* EPOLLET: their tail at the last EPOLLIN */
-    uint8_t in_use, disabled, was_full, kmapped;
+    uint8_t in_use, disabled, was_full, kmapped, end_seen;
 };
 
 struct ep_set {
@@ -244,14 +244,13 @@ static ssize_t take(struct conn *c, char *buf, size_t len)
 /* Block (FD is blocking) until data (or the end), or room when FOR_ROOM. */
 static int conn_wait(struct conn *c, int for_room)
 {
+    int err = 0;
     uint64_t end = prim_now_ns() + spin_ns();
     if (!for_room)
         rpal_store_relaxed(&c->my->polling, 1);
     for (unsigned i = 1;; i++) {
-        if (for_room ? has_room(c) : next_ready(c))
-            return 0;
-        if (at_end(c))
-            return 0;
+        if ((for_room ? has_room(c) : next_ready(c)) || at_end(c))
+            goto out;
         cpu_relax();
         if ((i & 63) == 0 && prim_now_ns() >= end)
             break;
@@ -266,14 +265,19 @@ static int conn_wait(struct conn *c, int for_room)
             break;
         struct pollfd pf = {c->fd, POLLIN, 0};
         int r = poll(&pf, 1, 100); /* a slice: a closed flag needs no byte */
-        if (r < 0 && errno == EINTR)
-            return -EINTR;
+        if (r < 0 && errno == EINTR) {
+            err = -EINTR;
+            break;
+        }
         if (r > 0)
             drain(c);
     }
+out:
     if (for_room)
         rpal_store_relaxed(&c->my->want_room, 0);
-    return 0;
+    else
+        rpal_store_relaxed(&c->my->polling, 0); /* nobody looks after we return */
+    return err;
 }
 
 /* O_NONBLOCK as it is now: asked only when we would block (the
@@ -520,9 +524,10 @@ static void peer_drop(struct conn *c)
     if (!c->peer)
         return;
     rpal_peer *p = c->peer;
-    rpal_peer_access_end(p);
-    if (rpal_fetch_add_acq_rel(&p->nchans, -1) == 1 && p->by_fdmap)
+    dom_peer_unpin(p, 0);
+    if (p->by_fdmap && rpal_load_acquire(&p->nchans) == 1)
         rpal_peer_release(p); /* its last connection: we mapped it for them */
+    svc_peer_put(p, 0);
     c->peer = NULL;
 }
 
@@ -657,12 +662,12 @@ int rpal_uds_fdmap(rpal_domain *d, int fd, int timeout_ms)
     rpal_fetch_add_acq_rel(&c->peer->nchans, 1);
     c->sbase = c->peer->base;
     c->ssize = c->peer->size;
-    /* Their ring is read on every wait: a window on them for the
-     * connection's life (with protection keys, one key per peer). */
-    if ((err = rpal_peer_access_begin(c->peer)) < 0) {
-        rpal_fetch_add_acq_rel(&c->peer->nchans, -1);
+    /* Their ring is read on every wait, from whichever thread: they stay
+     * open to every thread (a pin) for the connection's life. */
+    if ((err = dom_peer_pin(c->peer)) < 0) {
         if (created)
             rpal_peer_release(c->peer);
+        svc_peer_put(c->peer, 0);
         c->peer = NULL;
         goto fail;
     }
@@ -755,9 +760,18 @@ static int set_sync(struct ep_set *s)
             struct conn *c = it && it->in_use ? conn_of(fd) : NULL;
             if (!c)
                 continue;
+            /* The kernel's set is the truth: a record it does not hold is
+             * stale (the set or the descriptor was closed and its number
+             * reused) and is dropped. MOD also re-registers a descriptor
+             * mapped after it was added, for wake-ups and hang-ups only. */
+            struct epoll_event kev = {.events = EPOLLIN | EPOLLRDHUP, .data.u64 = (uint64_t)fd};
+            if (epoll_ctl(s->epfd, EPOLL_CTL_MOD, fd, &kev) < 0) {
+                if (it->kmapped)
+                    c->nsets--;
+                it->in_use = 0;
+                continue;
+            }
             if (!it->kmapped) {
-                struct epoll_event kev = {.events = EPOLLIN | EPOLLRDHUP, .data.u64 = (uint64_t)fd};
-                epoll_ctl(s->epfd, EPOLL_CTL_MOD, fd, &kev);
                 it->kmapped = 1;
                 it->seen_tail = c->head;
                 c->nsets++;
@@ -798,9 +812,9 @@ static int collect(struct ep_set *s, struct epoll_event *ev, int max, int peek)
             if (!(want & EPOLLET)) {
                 if (readable || end)
                     r |= EPOLLIN;
-            } else if (readable || end) {
+            } else if (readable) {
                 /* An edge: messages published since the last report. */
-                uint32_t t = end ? c->head + 0x80000000u : rpal_load_acquire(&c->their->tail);
+                uint32_t t = rpal_load_acquire(&c->their->tail);
                 if (t != it->seen_tail) {
                     r |= EPOLLIN;
                     if (!peek)
@@ -808,8 +822,13 @@ static int collect(struct ep_set *s, struct epoll_event *ev, int max, int peek)
                 }
             }
         }
-        if (end && r)
-            r |= EPOLLHUP | (want & EPOLLRDHUP);
+        /* The end is reported whatever was asked for, as epoll does
+         * (once, with EPOLLET). */
+        if (end && (!(want & EPOLLET) || !it->end_seen)) {
+            r |= EPOLLHUP | (want & (EPOLLRDHUP | EPOLLIN));
+            if (!peek)
+                it->end_seen = 1;
+        }
         if (want & EPOLLOUT) {
             int room = !end && has_room(c);
             if (!(want & EPOLLET)) {
@@ -929,6 +948,7 @@ int rpal_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
         it->disabled = 0;
         it->was_full = 1; /* so that EPOLLET reports room once, as epoll does */
         it->kmapped = c != NULL;
+        it->end_seen = 0;
         it->seen_tail = c ? c->head : 0; /* unread messages count as new */
     }
     rpal_fetch_add_relaxed(&conn_gen, 1);
@@ -953,10 +973,12 @@ int rpal_epoll_wait(int epfd, struct epoll_event *ev, int max, int timeout_ms)
         if (c && dom_check(c->d) < 0)
             return -ECHILD;
     }
-    int n = collect(s, ev, max, 0);
+    /* Ring events cost no system call; look at the kernel's now and then
+     * (leaving room for its events) so that plain descriptors are not
+     * starved. */
+    int due = s->nosys + 1 >= 64;
+    int n = collect(s, ev, due && max > 1 ? max - 1 : max, 0);
     if (n > 0) {
-        /* Ring events cost no system call; look at the kernel's now and
-         * then so that plain descriptors are not starved. */
         if (++s->nosys < 64)
             return n;
         s->nosys = 0;
@@ -1016,6 +1038,11 @@ int rpal_epoll_timeout(int epfd)
         return -1;
     if (set_sync(s) < 0)
         return 0; /* let the loop come back and retry */
+    for (int k = 0; k < s->nmapped; k++) {
+        struct conn *c = conn_of(s->mapped[k]);
+        if (c && dom_check(c->d) < 0)
+            return -ECHILD;
+    }
     set_polling(s, 0);
     rpal_fence_seq_cst(); /* as before sleeping in rpal_epoll_wait */
     return collect(s, NULL, 1, 1) ? 0 : -1;

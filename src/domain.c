@@ -229,6 +229,14 @@ int dom_read_member(int dirfd, unsigned slot, struct member_rec *rec)
 
 /* ---- join and leave ---- */
 
+/* Per thread: the windows this thread has open, so that windows nest and
+ * one thread's window does not open a peer for the others. */
+static __thread struct {
+    const rpal_peer *peer;
+    int depth;
+    int keyslot; /* index in d->pkeys this window opened, or -1 */
+} t_windows[16];
+
 static void atfork_child(void)
 {
     /* The slot is not inherited (MADV_DONTFORK): nothing in the child may
@@ -239,6 +247,8 @@ static void atfork_child(void)
      * parent died or released (close(), unlike shutdown(), leaves the
      * parent's own use of them untouched). */
     heap_set_current(NULL);
+    /* The windows of the forking thread were its parent's. */
+    memset(t_windows, 0, sizeof t_windows);
     rpal_domain *d = g_dom;
     __atomic_store_n(&g_dom, NULL, __ATOMIC_RELAXED);
     if (!d)
@@ -529,13 +539,6 @@ unsigned rpal_capabilities(void)
     return (unsigned)c;
 }
 
-/* Per thread: the windows this thread has open, so that windows nest and
- * one thread's window does not open a peer for the others. */
-static __thread struct {
-    const rpal_peer *peer;
-    int depth;
-    int keyslot; /* index in d->pkeys this window opened, or -1 */
-} t_windows[16];
 
 static int *t_depth(const rpal_peer *p, int create)
 {
@@ -637,6 +640,41 @@ void dom_unguard_peer(rpal_domain *d, rpal_peer *p)
     p->keyslot = -1;
 }
 
+/* A window on P for every thread, for readers that live long and may run
+ * in any thread (channels, connections): while a pin holds, P's pages are
+ * under key 0, which every thread's PKRU opens. Without protection keys
+ * this only counts. */
+int dom_peer_pin(rpal_peer *p)
+{
+    rpal_domain *d = p->d;
+    int err = 0;
+    pthread_mutex_lock(&d->lock);
+    if (p->gone) {
+        err = p->reason ? p->reason : -ESHUTDOWN;
+    } else if (p->pins++ == 0 && (rpal_capabilities() & RPAL_CAP_PKU) && p->mapped) {
+        if (pkey_mprotect((void *)(uintptr_t)p->base, p->size, PROT_READ, 0) < 0) {
+            err = -errno;
+            p->pins--;
+        } else {
+            dom_unguard_peer(d, p); /* its own key, if it had one, is free */
+        }
+    }
+    pthread_mutex_unlock(&d->lock);
+    return err;
+}
+
+void dom_peer_unpin(rpal_peer *p, int locked)
+{
+    rpal_domain *d = p->d;
+    if (!locked)
+        pthread_mutex_lock(&d->lock);
+    if (p->pins > 0 && --p->pins == 0 && (rpal_capabilities() & RPAL_CAP_PKU) && p->mapped &&
+        lockkey_get(d) == 0)
+        pkey_mprotect((void *)(uintptr_t)p->base, p->size, PROT_READ, d->lockkey);
+    if (!locked)
+        pthread_mutex_unlock(&d->lock);
+}
+
 int rpal_peer_access_begin(rpal_peer *p)
 {
     if (!p || dom_check(p->d) < 0)
@@ -649,10 +687,15 @@ int rpal_peer_access_begin(rpal_peer *p)
     if ((*depth)++ > 0)
         return 0;
     rpal_fetch_add_relaxed(&p->windows, 1);
+    *t_keyslot(depth) = -1;
     if (!(rpal_capabilities() & RPAL_CAP_PKU))
         return 0;
     rpal_domain *d = p->d;
     pthread_mutex_lock(&d->lock);
+    if (p->pins > 0) { /* under key 0: open in every thread already */
+        pthread_mutex_unlock(&d->lock);
+        return 0;
+    }
     int err = key_assign(d, p);
     int ks = p->keyslot;
     if (err == 0)

@@ -298,6 +298,9 @@ struct rpal_peer {
     _Atomic int nchans;  /* channels and connections that read its slot */
     int by_fdmap;        /* mapped by rpal_uds_fdmap: released with its last
                             connection */
+    int pins;            /* dom_peer_pin()s held (d->lock) */
+    int released;        /* released while NCHANS held it: freed by the last
+                            svc_peer_put() */
     struct rpal_peer *next;
 };
 
@@ -330,6 +333,11 @@ RPAL_HIDDEN void dom_publish(rpal_domain *d);
 RPAL_HIDDEN int dom_read_member(int dirfd, unsigned slot, struct member_rec *rec);
 RPAL_HIDDEN int dom_guard_peer(rpal_domain *d, rpal_peer *p);
 RPAL_HIDDEN void dom_unguard_peer(rpal_domain *d, rpal_peer *p);
+RPAL_HIDDEN int dom_peer_pin(rpal_peer *p);
+/* Drop one NCHANS reference (taken with rpal_fetch_add_acq_rel); frees a
+ * peer the application released meanwhile. LOCKED: d->lock is held. */
+RPAL_HIDDEN void svc_peer_put(rpal_peer *p, int locked);
+RPAL_HIDDEN void dom_peer_unpin(rpal_peer *p, int locked); /* LOCKED: d->lock held */
 /* Handle one epoll event of the domain; 1 if it produced *EV. d->lock held. */
 RPAL_HIDDEN int svc_handle(rpal_domain *d, struct watch *w, uint32_t events,
                            struct rpal_event *ev);

@@ -763,9 +763,27 @@ int rpal_peer_release(rpal_peer *p)
     peer_gone(d, p, 0);
     *pp = p->next;
     dom_publish(d);
+    /* Channels and connections still holding P keep the memory (not the
+     * mapping) until the last lets go: svc_peer_put(). */
+    int held = rpal_load_acquire(&p->nchans) > 0;
+    if (held)
+        p->released = 1;
     pthread_mutex_unlock(&d->lock);
-    free(p);
+    if (!held)
+        free(p);
     return 0;
+}
+
+void svc_peer_put(rpal_peer *p, int locked)
+{
+    rpal_domain *d = p->d;
+    if (!locked)
+        pthread_mutex_lock(&d->lock);
+    int last = rpal_fetch_add_acq_rel(&p->nchans, -1) == 1 && p->released;
+    if (!locked)
+        pthread_mutex_unlock(&d->lock);
+    if (last)
+        free(p);
 }
 
 int rpal_peer_info(const rpal_peer *p, struct rpal_peer_info *info)

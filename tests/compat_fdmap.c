@@ -272,6 +272,49 @@ int main(void)
     CHECK_ERR(rpal_uds_fdmap(d, dg[0], 100), -EPROTOTYPE);
     close(dg[0]);
     close(dg[1]);
+    /* More peers than protection keys or per-thread windows: 20
+     * connections, each to another process, all in one thread; each echoes
+     * one message. */
+    enum { NP = 20 };
+    int cs[NP];
+    pid_t kids[NP];
+    for (int i = 0; i < NP; i++) {
+        int pr[2];
+        REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pr) == 0);
+        kids[i] = fork();
+        REQUIRE(kids[i] >= 0);
+        if (kids[i] == 0) {
+            close(pr[0]);
+            rpal_domain *dk;
+            REQUIRE(rpal_domain_join("compat", NULL, &dk) == 0);
+            REQUIRE(write(pr[1], "J", 1) == 1);
+            REQUIRE(rpal_uds_fdmap(dk, pr[1], 5000) == 1);
+            char b8[8];
+            REQUIRE(read_full(pr[1], b8, 8) == 0);
+            REQUIRE(write_full(pr[1], b8, 8) == 0);
+            REQUIRE(rpal_read(pr[1], b8, 1) == 0); /* until we close */
+            _exit(0);
+        }
+        close(pr[1]);
+        cs[i] = pr[0];
+        REQUIRE(read(cs[i], &j, 1) == 1);
+        CHECK_ERR(rpal_uds_fdmap(d, cs[i], 5000), 1);
+    }
+    for (int i = 0; i < NP; i++) {
+        char b8[8] = {'p', 'e', 'e', 'r', (char)('a' + i), 0, 0, 0}, r8[8];
+        CHECK_ERR(write_full(cs[i], b8, 8), 0);
+        CHECK_ERR(read_full(cs[i], r8, 8), 0);
+        CHECK(memcmp(b8, r8, 8) == 0);
+    }
+    /* The application releases peers the dispatcher reports (or any it
+     * holds): connections keep working memory-safely until closed. */
+    struct rpal_event evs[64];
+    rpal_domain_dispatch(d, evs, 64, 0);
+    for (int i = 0; i < NP; i++)
+        CHECK_ERR(rpal_close(cs[i]), 0);
+    for (int i = 0; i < NP; i++)
+        CHECK(t_wait(kids[i]) == 0);
+
     CHECK_ERR(rpal_domain_leave(d), 0);
     return t_done();
 }

@@ -19,61 +19,12 @@
  * (default 10000). A server that is not there, goes away or echoes something
  * else is an error message and exit 1.
  */
-#include <errno.h>
-#include <getopt.h>
-#include <inttypes.h>
-#include <sched.h>
 #include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
-#include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <x86intrin.h>
-static inline uint64_t stamp(void) { return __rdtsc(); } /* as the paper */
-#elif defined(__aarch64__)
-static inline uint64_t stamp(void)
-{
-    uint64_t v;
-    __asm__ volatile("isb; mrs %0, cntvct_el0" : "=r"(v) : : "memory");
-    return v;
-}
-#else
-static inline uint64_t stamp(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
-}
-#endif
-
-#define MAX_SIZE 65536
-
-static struct {
-    const char *path;
-    uint64_t count;
-    size_t size;
-    int cpu, timeout_ms, json;
-} opt = { "/tmp/echo.sock", 1000000, 32, -1, 10000, 0 };
-
-/* ERR is a negative errno. */
-static void fail(const char *what, int err)
-{
-    fprintf(stderr, "%s: %s: %s\n", program_invocation_short_name, what, strerror(-err));
-    exit(1);
-}
-
-/* The result of a system call, with its error as a negative errno (as
- * the rest of this program passes errors). */
-static long sys(long ret)
-{
-    return ret < 0 ? -errno : ret;
-}
+#include "echo_common.h"
 
 /* Writes all LEN bytes: a stream socket may take part of them. */
 static int io_write_all(int fd, const void *buf, size_t len)
@@ -95,54 +46,6 @@ static void watch(int ep, int fd)
     int err = sys(epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev));
     if (err < 0)
         fail("epoll_ctl", err);
-}
-
-static void parse_args(int argc, char **argv)
-{
-    static const struct option longopts[] = {
-        { "socket", required_argument, NULL, 's' },
-        { "count", required_argument, NULL, 'n' },
-        { "size", required_argument, NULL, 'z' },
-        { "cpu", required_argument, NULL, 'c' },
-        { "timeout", required_argument, NULL, 't' },
-        { "json", no_argument, NULL, 'j' },
-        { "help", no_argument, NULL, 'h' },
-        { 0 },
-    };
-    int c;
-    while ((c = getopt_long(argc, argv, "s:n:z:c:t:jh", longopts, NULL)) != -1) {
-        switch (c) {
-        case 's': opt.path = optarg; break;
-        case 'n': opt.count = strtoull(optarg, NULL, 0); break;
-        case 'z': opt.size = strtoul(optarg, NULL, 0); break;
-        case 'c': opt.cpu = atoi(optarg); break;
-        case 't': opt.timeout_ms = atoi(optarg); break;
-        case 'j': opt.json = 1; break;
-        default:
-            fprintf(stderr, "usage: %s [--socket PATH] [--count N] [--size BYTES] [--cpu N] "
-                    "[--timeout MS] [--json]\n", program_invocation_short_name);
-            exit(c == 'h' ? 0 : 2);
-        }
-    }
-    if (opt.size < sizeof(uint64_t) || opt.size > MAX_SIZE) {
-        fprintf(stderr, "%s: --size must be 8 to %d bytes\n", program_invocation_short_name, MAX_SIZE);
-        exit(2);
-    }
-    struct sockaddr_un sun;
-    if (strlen(opt.path) >= sizeof sun.sun_path) {
-        fprintf(stderr, "%s: socket path too long: %s\n", program_invocation_short_name, opt.path);
-        exit(2);
-    }
-}
-
-static void pin(int cpu)
-{
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(cpu, &set);
-    int err = cpu >= 0 ? sys(sched_setaffinity(0, sizeof set, &set)) : 0;
-    if (err < 0)
-        fail("--cpu", err);
 }
 
 /* Connects to PATH. A server that is starting may have bound its socket
@@ -173,16 +76,9 @@ static void fill(unsigned char *msg, size_t size, uint64_t i)
         msg[j] = (unsigned char)(i * 31 + j);
 }
 
-static double now_ns(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e9 + t.tv_nsec;
-}
-
 int main(int argc, char **argv)
 {
-    parse_args(argc, argv);
+    parse_args(argc, argv, 1);
     pin(opt.cpu);
     signal(SIGPIPE, SIG_IGN); /* a server gone is an error from write, not a signal */
 

@@ -17,61 +17,14 @@
  * (default 10000), so that a client that never comes or hangs cannot hang
  * the server. Exit 0 when a client was served, 1 on any error.
  */
-#include <errno.h>
-#include <getopt.h>
-#include <inttypes.h>
-#include <sched.h>
 #include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <x86intrin.h>
-static inline uint64_t stamp(void) { return __rdtsc(); } /* as the paper */
-#elif defined(__aarch64__)
-static inline uint64_t stamp(void)
-{
-    uint64_t v;
-    __asm__ volatile("isb; mrs %0, cntvct_el0" : "=r"(v) : : "memory");
-    return v;
-}
-#else
-#include <time.h>
-static inline uint64_t stamp(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
-}
-#endif
+#include "echo_common.h"
 
-#define MAX_SIZE 65536
 #define MAX_EVENTS 16
-
-static struct {
-    const char *path;
-    size_t size;
-    int cpu, timeout_ms, json;
-} opt = { "/tmp/echo.sock", 32, -1, 10000, 0 };
-
-/* ERR is a negative errno. */
-static void fail(const char *what, int err)
-{
-    fprintf(stderr, "%s: %s: %s\n", program_invocation_short_name, what, strerror(-err));
-    exit(1);
-}
-
-/* The result of a system call, with its error as a negative errno (as
- * the rest of this program passes errors). */
-static long sys(long ret)
-{
-    return ret < 0 ? -errno : ret;
-}
 
 /* Writes all LEN bytes: a stream socket may take part of them. */
 static int io_write_all(int fd, const void *buf, size_t len)
@@ -95,55 +48,9 @@ static void watch(int ep, int fd)
         fail("epoll_ctl", err);
 }
 
-static void parse_args(int argc, char **argv)
-{
-    static const struct option longopts[] = {
-        { "socket", required_argument, NULL, 's' },
-        { "size", required_argument, NULL, 'z' },
-        { "cpu", required_argument, NULL, 'c' },
-        { "timeout", required_argument, NULL, 't' },
-        { "json", no_argument, NULL, 'j' },
-        { "help", no_argument, NULL, 'h' },
-        { 0 },
-    };
-    int c;
-    while ((c = getopt_long(argc, argv, "s:z:c:t:jh", longopts, NULL)) != -1) {
-        switch (c) {
-        case 's': opt.path = optarg; break;
-        case 'z': opt.size = strtoul(optarg, NULL, 0); break;
-        case 'c': opt.cpu = atoi(optarg); break;
-        case 't': opt.timeout_ms = atoi(optarg); break;
-        case 'j': opt.json = 1; break;
-        default:
-            fprintf(stderr, "usage: %s [--socket PATH] [--size BYTES] [--cpu N] "
-                    "[--timeout MS] [--json]\n", program_invocation_short_name);
-            exit(c == 'h' ? 0 : 2);
-        }
-    }
-    if (opt.size < sizeof(uint64_t) || opt.size > MAX_SIZE) {
-        fprintf(stderr, "%s: --size must be 8 to %d bytes\n", program_invocation_short_name, MAX_SIZE);
-        exit(2);
-    }
-    struct sockaddr_un sun;
-    if (strlen(opt.path) >= sizeof sun.sun_path) {
-        fprintf(stderr, "%s: socket path too long: %s\n", program_invocation_short_name, opt.path);
-        exit(2);
-    }
-}
-
-static void pin(int cpu)
-{
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(cpu, &set);
-    int err = cpu >= 0 ? sys(sched_setaffinity(0, sizeof set, &set)) : 0;
-    if (err < 0)
-        fail("--cpu", err);
-}
-
 int main(int argc, char **argv)
 {
-    parse_args(argc, argv);
+    parse_args(argc, argv, 0);
     pin(opt.cpu);
     signal(SIGPIPE, SIG_IGN); /* a client gone is an error from write, not a signal */
 
@@ -224,13 +131,6 @@ int main(int argc, char **argv)
     close(lfd);
     unlink(opt.path);
 
-    uint64_t avg = count ? total / count : 0;
-    if (opt.json)
-        printf("{\"size\":%zu,\"total_cycles\":%" PRIu64 ",\"count\":%" PRIu64
-               ",\"avg_cycles\":%" PRIu64 "}\n", opt.size, total, count, avg);
-    else
-        printf("Message length: %zu bytes, Total TSC cycles: %" PRIu64
-               ", Message count: %" PRIu64 ", Average latency: %" PRIu64 " cycles\n",
-               opt.size, total, count, avg);
+    print_result(total, count);
     return done == 1 ? 0 : 1;
 }

@@ -311,8 +311,11 @@ int main(int argc, char **argv)
 
     FILE *info = json ? stderr : stdout;
     fprintf(info, "# the RPAL paper's sample benchmark: %s messages of %s bytes, one at a time;\n"
-                  "# client on CPU %d, server on CPU %d blocking in epoll_wait; %s %.1f MHz\n",
-            count, size, cpu_client, cpu_server, STAMP_CLOCK, hz / 1e6);
+                  "# client on CPU %d, server on CPU %d waiting in epoll_wait (blocking) or\n"
+                  "# rpal_epoll_wait (spins %s us, then blocks); %s %.1f MHz\n",
+            count, size, cpu_client, cpu_server,
+            /* 20: rpal_epoll_wait's default */
+            getenv("RPAL_SPIN_US") ? getenv("RPAL_SPIN_US") : "20", STAMP_CLOCK, hz / 1e6);
     fflush(info);
 
     struct result res[NTRANSPORTS];

@@ -41,6 +41,11 @@ const char *rpal_strerror(int err);
 #define RPAL_REGION_TRANSIENT 0x2u /* create: `rpal gc` may remove the region
                                       once its creator is dead and no live
                                       process has it attached */
+#define RPAL_REGION_EMPTY     0x10u /* create: address space only, every page
+                                       PROT_NONE; objects are placed later
+                                       with rpal_region_map() (without it the
+                                       region starts as one anonymous object
+                                       over its whole size, read-write) */
 
 typedef struct rpal_region rpal_region;
 
@@ -52,8 +57,11 @@ typedef struct rpal_region rpal_region;
 int rpal_region_create(const char *name, size_t size, unsigned mode,
                        unsigned flags, rpal_region **out);
 
-/* Attach the existing region NAME at the address it has in every process.
- * FLAGS: 0 or RPAL_REGION_RDONLY. The cost does not depend on the size. */
+/* Attach the existing region NAME at the address it has in every process,
+ * with its current layout (see rpal_region_map()). FLAGS: 0 or
+ * RPAL_REGION_RDONLY. The cost does not depend on the size. Returns 0, or
+ * the (positive) number of file objects that could not be opened here
+ * (moved, replaced or unreadable): their ranges stay PROT_NONE. */
 int rpal_region_attach(const char *name, unsigned flags, rpal_region **out);
 
 /* Unmap the region from this process and free the handle. The region itself
@@ -82,6 +90,66 @@ struct rpal_region_info {
     int nattached;         /* live processes that map it (that we may see) */
     pid_t attached[16];    /* the first of them */
 };
+
+/* ---- the layout: objects inside a region, the same for every sharer ---- */
+
+/* What is mapped inside a region, and with which protection, is the same in
+ * every process that has it attached, as memory is for threads: a change
+ * made by one process has been applied in every live sharer when the call
+ * returns. Changes need a read-write handle (-EBADF otherwise) and are
+ * serialised over all processes. OFFSET and LENGTH are multiples of 4096
+ * inside the region (-ERANGE outside it); PROT is PROT_NONE or a mix of
+ * PROT_READ, PROT_WRITE and PROT_EXEC (<sys/mman.h>). A read-only attacher
+ * maps every object without PROT_WRITE. See rpal_region_map(3) and
+ * docs/regions.md. */
+
+/* Optional in/out argument of the change calls (may be NULL). */
+struct rpal_region_change {
+    int timeout_ms;     /* in: how long to wait for the sharers (0: 1000) */
+    unsigned applied;   /* out: other sharers that applied the change */
+    unsigned failed;    /* out: sharers that answered but could not apply it
+                           (e.g. could not open a file object): they map the
+                           range PROT_NONE */
+    unsigned dead;      /* out: sharers that died before answering (skipped) */
+    unsigned detached;  /* out: sharers that did not answer in time: they are
+                           detached, and unmap the region when they run */
+};
+
+/* Place an object at OFFSET: anonymous shared memory (FD -1; it reads as
+ * zeros) or LENGTH bytes of the regular file FD from FILE_OFFSET (opened
+ * read-write for PROT_WRITE). The range must hold no object (-EEXIST). */
+int rpal_region_map(rpal_region *r, uint64_t offset, uint64_t length, int prot,
+                    int fd, uint64_t file_offset, struct rpal_region_change *chg);
+
+/* Change the protection of a range; every page of it must belong to an
+ * object (-ENXIO). */
+int rpal_region_protect(rpal_region *r, uint64_t offset, uint64_t length,
+                        int prot, struct rpal_region_change *chg);
+
+/* Remove the objects in a range (every page of it must belong to one,
+ * -ENXIO); the range becomes PROT_NONE again and anonymous memory is freed. */
+int rpal_region_unmap(rpal_region *r, uint64_t offset, uint64_t length,
+                      struct rpal_region_change *chg);
+
+#define RPAL_OBJ_ANON 1
+#define RPAL_OBJ_FILE 2
+#define RPAL_OBJ_PATH_MAX 256
+
+struct rpal_region_object {
+    uint64_t offset, length; /* in the region */
+    int kind;                /* RPAL_OBJ_ANON or RPAL_OBJ_FILE */
+    int prot;                /* PROT_* every read-write sharer maps it with */
+    uint64_t file_offset;    /* FILE: where in the file */
+    uint64_t dev, ino;       /* FILE: which file */
+    char path[RPAL_OBJ_PATH_MAX]; /* FILE: its path when it was mapped ("" if
+                                     longer), how later attachers open it */
+};
+
+/* The current layout of NAME: stores at most MAX objects in offset order
+ * and the change counter in *GENERATION (may be NULL); returns the number
+ * of objects (which may exceed MAX). Needs read permission, like stat. */
+int rpal_region_layout(const char *name, uint32_t *generation,
+                       struct rpal_region_object *objs, unsigned max);
 
 /* Describe NAME without attaching it. */
 int rpal_region_stat(const char *name, struct rpal_region_info *info);

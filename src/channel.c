@@ -28,35 +28,8 @@
 
 #define TX_MAGIC 0x315854434c415052ull /* "RPALCTX1" */
 #define RX_MAGIC 0x315852434c415052ull /* "RPALCRX1" */
-#define E_INLINE 1u
-#define E_PTR    2u
 #define MAX_DEPTH 1024u
 #define MAX_CHANS 120 /* per receiver: futex_waitv takes 128 words */
-
-#if defined(__x86_64__) || defined(__i386__)
-#define cpu_relax() __builtin_ia32_pause()
-#elif defined(__aarch64__)
-#define cpu_relax() __asm__ volatile("yield")
-#else
-#define cpu_relax() ((void)0)
-#endif
-
-/* An entry is published by storing its seqf last (release): the sequence
- * number of the message (1, 2, ... modulo 2^30) and its kind. The reader
- * polls the entry itself, so a call moves one cache line each way, as a
- * plain shared-memory ping-pong does; the ring indices are for sleepers. */
-#define SEQF(n, flag) ((((uint32_t)(n)) & 0x3fffffffu) << 2 | (flag))
-#define SEQ_OF(sf) ((sf) >> 2)
-#define FLAG_OF(sf) ((sf) & 3u)
-#define SEQ_WANT(n) (((uint32_t)(n)) & 0x3fffffffu)
-
-struct ch_entry { /* one cache line */
-    uint64_t tag;
-    uint32_t len, seqf;
-    uint64_t ptr;
-    uint8_t data[RPAL_INLINE_MAX];
-};
-_Static_assert(sizeof(struct ch_entry) == 64, "an entry is one cache line");
 
 struct ch_tx { /* in the caller's slot */
     uint64_t magic;
@@ -141,17 +114,11 @@ static int opts_valid(const struct rpal_chan_opts *o)
                   (o->depth == 0 || (o->depth <= MAX_DEPTH && !(o->depth & (o->depth - 1)))));
 }
 
-/* Allocate N bytes in our slot, 64-byte aligned; *RAW is what to free. */
-static void *slot_alloc(size_t n, void **raw)
+void *ch_slot_alloc(size_t n, void **raw)
 {
     char *p = rpal_calloc(1, n + 64);
     *raw = p;
     return p ? (void *)(((uintptr_t)p + 63) & ~(uintptr_t)63) : NULL;
-}
-
-static int in_range(uint64_t p, uint64_t len, uint64_t base, uint64_t size)
-{
-    return p >= base && len <= size && p - base <= size - len;
 }
 
 /* The waiting ladder shared by both sides. READY is polled; before sleeping
@@ -182,11 +149,7 @@ static int ladder_step(struct waiter *w, uint64_t now)
     return w->yields++ < 10 ? W_YIELD : W_SLEEP;
 }
 
-/* Put LEN bytes of DATA in entry E: inline if they fit; else as a pointer,
- * to DATA itself if IN_PLACE (it lies in our own slot), or to the one copy
- * made into our slot, stored in *COPY for the caller to free later.
- * Returns the entry's kind (E_INLINE, E_PTR) or a negative errno. */
-static int entry_fill(struct ch_entry *e, const void *data, size_t len, int in_place,
+int ch_entry_fill(struct ch_entry *e, const void *data, size_t len, int in_place,
                       void **copy)
 {
     if (len <= RPAL_INLINE_MAX) {
@@ -245,7 +208,7 @@ int rpal_chan_open(rpal_peer *peer, const struct rpal_chan_opts *opts,
     c->mybase = dom_slot_addr(d, d->slot);
     c->mysize = d->slot_size;
     c->staging = calloc(c->depth, sizeof *c->staging);
-    c->tx = slot_alloc(sizeof *c->tx + c->depth * sizeof(struct ch_entry), &c->tx_raw);
+    c->tx = ch_slot_alloc(sizeof *c->tx + c->depth * sizeof(struct ch_entry), &c->tx_raw);
     if (!c->staging || !c->tx) {
         err = -ENOMEM;
         goto fail;
@@ -297,7 +260,7 @@ int rpal_chan_open(rpal_peer *peer, const struct rpal_chan_opts *opts,
     }
     /* The service's ring must lie inside its slot, aligned, with our depth. */
     uint64_t rsize = sizeof(struct ch_rx) + c->depth * sizeof(struct ch_entry);
-    if (rep.addr % 64 || !in_range(rep.addr, rsize, c->sbase, c->ssize)) {
+    if (rep.addr % 64 || !span_inside(rep.addr, rsize, c->sbase, c->ssize)) {
         err = -EPROTO;
         goto fail;
     }
@@ -416,7 +379,7 @@ int rpal_send(rpal_chan *c, const void *req, size_t len, uint64_t tag)
         return err;
     /* Zero copy when the request already lies in our slot: the service
      * reads it in place. */
-    int kind = entry_fill(e, req, len, in_range((uintptr_t)req, len, c->mybase, c->mysize),
+    int kind = ch_entry_fill(e, req, len, span_inside((uintptr_t)req, len, c->mybase, c->mysize),
                           &c->staging[i]);
     if (kind < 0)
         return kind;
@@ -485,7 +448,7 @@ int rpal_complete(rpal_chan *c, uint64_t *tag, void *reply, size_t reply_max,
     int err = 0;
     const void *src = e.data;
     if (kind == E_PTR) {
-        if (!in_range(e.ptr, e.len, c->sbase, c->ssize))
+        if (!span_inside(e.ptr, e.len, c->sbase, c->ssize))
             err = -EPROTO;
         src = (const void *)(uintptr_t)e.ptr;
     } else if (kind != E_INLINE || e.len > RPAL_INLINE_MAX) {
@@ -554,7 +517,7 @@ static int chan_accept(rpal_service *s, rpal_peer *p, int sock,
     if (!depth || depth > MAX_DEPTH || (depth & (depth - 1)))
         return -EINVAL;
     uint64_t tsize = sizeof(struct ch_tx) + depth * sizeof(struct ch_entry);
-    if (req->addr % 64 || !in_range(req->addr, tsize, p->base, p->size))
+    if (req->addr % 64 || !span_inside(req->addr, tsize, p->base, p->size))
         return -EINVAL;
     const struct ch_tx *tx = (const struct ch_tx *)(uintptr_t)req->addr;
     rpal_peer_access_begin(p);
@@ -581,7 +544,7 @@ static int chan_accept(rpal_service *s, rpal_peer *p, int sock,
     if (!x)
         return -ENOMEM;
     x->bufs = calloc(depth, sizeof *x->bufs);
-    x->rx = slot_alloc(sizeof *x->rx + depth * sizeof(struct ch_entry), &x->rx_raw);
+    x->rx = ch_slot_alloc(sizeof *x->rx + depth * sizeof(struct ch_entry), &x->rx_raw);
     if (!x->bufs || !x->rx) {
         free(x->bufs);
         if (x->rx_raw)
@@ -753,7 +716,7 @@ int rpal_receive(rpal_receiver *r, struct rpal_msg *m, int timeout_ms)
             uint32_t kind = FLAG_OF(e.seqf);
             const void *data = e.data;
             if (kind == E_PTR) {
-                if (!in_range(e.ptr, e.len, x->cbase, x->csize)) {
+                if (!span_inside(e.ptr, e.len, x->cbase, x->csize)) {
                     poison(x);
                     reaped = 1;
                     continue;
@@ -859,7 +822,7 @@ int rpal_reply(rpal_receiver *r, const struct rpal_msg *m, const void *data, siz
     struct ch_entry *e = &x->rx->e[i];
     e->tag = (uint64_t)(uintptr_t)m->internal[1];
     e->len = (uint32_t)len;
-    int kind = entry_fill(e, data, len, 0, &x->bufs[i]);
+    int kind = ch_entry_fill(e, data, len, 0, &x->bufs[i]);
     if (kind < 0)
         return kind;
     /* seqf last: pairs with the caller's acquire of it in rpal_complete */

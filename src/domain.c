@@ -140,10 +140,7 @@ static int dom_open_dir(const char *name, uint64_t want_size, int *dirfd,
 /* 1 if someone holds the OFD lock of the claim file FD. */
 int dom_claim_locked(int fd)
 {
-    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
-    if (fcntl(fd, F_OFD_GETLK, &fl) < 0)
-        return 0;
-    return fl.l_type != F_UNLCK;
+    return prim_ofd_test(fd, 0, 1, NULL, NULL) > 0;
 }
 
 static int dom_claim(rpal_domain *d)
@@ -385,6 +382,23 @@ fail:
     pthread_mutex_destroy(&d->lock);
     free(d);
     pthread_mutex_unlock(&g_lock);
+    return err;
+}
+
+int dom_member_slot(rpal_domain *d, pid_t pid, unsigned *slot)
+{
+    struct member_rec *rec = malloc(sizeof *rec);
+    if (!rec)
+        return -ENOMEM;
+    int err = -ESRCH;
+    /* dom_read_member checks that the claim is held: a live member. */
+    for (unsigned s = 0; s < d->nslots && err == -ESRCH; s++)
+        if (s != d->slot && dom_read_member(d->dirfd, s, rec) == 0 && rec->pid == pid &&
+            prim_proc_alive(pid, rec->start)) {
+            *slot = s;
+            err = 0;
+        }
+    free(rec);
     return err;
 }
 

@@ -54,6 +54,17 @@ RPAL_HIDDEN int prim_mkdirs_beneath(int dirfd, const char *path,
 RPAL_HIDDEN void prim_rmdirs_beneath(int dirfd, const char *path, size_t keep);
 
 RPAL_HIDDEN uint64_t prim_now_realtime_ns(void);
+/* FNV-1a 64 of N bytes: the checksum of records read from shared files. */
+RPAL_HIDDEN uint64_t prim_fnv1a(const void *p, size_t n);
+/* Open-file-description locks. prim_ofd_test: 1 and the first conflicting
+ * lock's range if some other description holds a lock on [OFF, OFF+LEN)
+ * (LEN 0: to the end), 0 if none. prim_ofd_lock: take a lock of TYPE
+ * (F_RDLCK, F_WRLCK, F_UNLCK), retrying with short sleeps for at most
+ * TIMEOUT_NS (0: once; then -EAGAIN), -ETIMEDOUT when that ran out. */
+RPAL_HIDDEN int prim_ofd_test(int fd, uint64_t off, uint64_t len,
+                              uint64_t *start, uint64_t *llen);
+RPAL_HIDDEN int prim_ofd_lock(int fd, int type, uint64_t off, uint64_t len,
+                              int64_t timeout_ns);
 RPAL_HIDDEN uint64_t prim_now_ns(void); /* CLOCK_MONOTONIC */
 
 /* Futex wait/wake; SHARED for words in memory other processes map.
@@ -66,6 +77,39 @@ RPAL_HIDDEN int prim_futex_wake(const _Atomic uint32_t *addr, int n, int shared)
 /* Wait on several words at once (Linux 5.16+): index woken, or -errno. */
 RPAL_HIDDEN int prim_futex_waitv(struct futex_waitv *w, unsigned n,
                                  int64_t timeout_ns);
+
+/* ---- layout: the objects inside a region (src/layout.c) ---- */
+
+/* Bytes of the header granule that every attacher maps read-only at
+ * base - granule: the header page, the layout control page and the two
+ * copies of the layout table. */
+#define REGION_HDR_MAP (128ull << 10)
+
+struct lay;
+struct rpal_region;
+struct rpal_region_object;
+/* Write the control page and the first layout table of a new region file:
+ * nothing (EMPTY) or one read-write anonymous object over SIZE bytes. */
+RPAL_HIDDEN int lay_init(int fd, uint64_t size, int empty);
+/* Open (with CREATE_MODE != 0, create if missing) the lock file of the
+ * region NAME (relative to the namespace root NSFD) whose inode is INO:
+ * `.LEAF.INO.lock` beside it, an empty file that only carries OFD locks. */
+RPAL_HIDDEN int lay_lock_open(int nsfd, const char *name, uint64_t ino,
+                              unsigned create_mode);
+RPAL_HIDDEN void lay_lock_unlink(int dirfd, const char *leaf, uint64_t ino);
+/* Follow the layout of the region file FD (header area and data already
+ * mapped at BASE - GRANULE and BASE): apply the current layout, register
+ * as a sharer on the lock file LKFD (taken over, closed on failure) and
+ * hand the region to this process's agent thread. Returns the number of
+ * objects that could not be mapped (>= 0) or a negative errno. */
+RPAL_HIDDEN int lay_attach(int fd, int lkfd, uint64_t base, uint64_t size,
+                           uint64_t granule, int rdonly, struct lay **out);
+RPAL_HIDDEN void lay_detach(struct lay *l);
+/* The layout of the region file FD of SIZE data bytes, for listing. */
+RPAL_HIDDEN int lay_read(int fd, uint64_t size, uint32_t *gen,
+                         struct rpal_region_object *objs, unsigned max);
+/* The layout state of a handle (region.c). */
+RPAL_HIDDEN struct lay *region_lay(const struct rpal_region *r);
 
 /* ---- region layer services used by the layers below it ---- */
 
@@ -204,7 +248,9 @@ struct rpal_peer {
     int pkey;            /* own protection key, or -1 (under the closed key) */
     int keyslot;         /* its index in d->pkeys, or -1 */
     _Atomic int windows; /* access windows open on it, over all threads */
-    _Atomic int nchans;  /* channels that read its slot (channel layer) */
+    _Atomic int nchans;  /* channels and connections that read its slot */
+    int by_fdmap;        /* mapped by rpal_uds_fdmap: released with its last
+                            connection */
     struct rpal_peer *next;
 };
 
@@ -245,6 +291,57 @@ RPAL_HIDDEN void svc_drop_pending(rpal_domain *d);
 struct sockaddr_un;
 RPAL_HIDDEN int svc_path(const rpal_domain *d, const char *name, struct sockaddr_un *a);
 RPAL_HIDDEN int svc_send_with_fd(int sock, const void *msg, size_t len, int fd);
+RPAL_HIDDEN int svc_peer_adopt(rpal_domain *d, int memfd, const struct ucred *cr,
+                               unsigned slot, uint64_t slot_size, rpal_peer **out,
+                               int *created);
+/* The slot of the live member PID of D's domain: 0 and *SLOT, or -ESRCH. */
+RPAL_HIDDEN int dom_member_slot(rpal_domain *d, pid_t pid, unsigned *slot);
 RPAL_HIDDEN int svc_recv_with_fd(int sock, void *msg, size_t len, int *fd);
+
+/* ---- channel layer pieces shared with compat (src/channel.c) ---- */
+
+#if defined(__x86_64__) || defined(__i386__)
+#define cpu_relax() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define cpu_relax() __asm__ volatile("yield")
+#else
+#define cpu_relax() ((void)0)
+#endif
+
+#define E_INLINE 1u
+#define E_PTR    2u
+
+/* An entry is published by storing its seqf last (release): the sequence
+ * number of the message (1, 2, ... modulo 2^30) and its kind. The reader
+ * polls the entry itself, so a call moves one cache line each way, as a
+ * plain shared-memory ping-pong does; the ring indices are for sleepers. */
+#define SEQF(n, flag) ((((uint32_t)(n)) & 0x3fffffffu) << 2 | (flag))
+#define SEQ_OF(sf) ((sf) >> 2)
+#define FLAG_OF(sf) ((sf) & 3u)
+#define SEQ_WANT(n) (((uint32_t)(n)) & 0x3fffffffu)
+
+struct ch_entry { /* one cache line */
+    uint64_t tag;
+    uint32_t len, seqf;
+    uint64_t ptr;
+    uint8_t data[RPAL_INLINE_MAX];
+};
+_Static_assert(sizeof(struct ch_entry) == 64, "an entry is one cache line");
+
+/* P..P+LEN lies inside BASE..BASE+SIZE (no overflow). */
+static inline int span_inside(uint64_t p, uint64_t len, uint64_t base, uint64_t size)
+{
+    return p >= base && len <= size && p - base <= size - len;
+}
+
+/* Put LEN bytes of DATA in entry E: inline if they fit; else as a pointer,
+ * to DATA itself if IN_PLACE (it lies in our own slot), or to the one copy
+ * made into our slot, stored in *COPY for the caller to free later.
+ * Returns the entry's kind (E_INLINE, E_PTR) or a negative errno. */
+/* Allocate N zeroed bytes in our slot, 64-byte aligned; *RAW is what to
+ * give rpal_free(). */
+RPAL_HIDDEN void *ch_slot_alloc(size_t n, void **raw);
+RPAL_HIDDEN int ch_entry_fill(struct ch_entry *e, const void *data, size_t len,
+                              int in_place, void **copy);
 
 #endif

@@ -279,6 +279,58 @@ int prim_futex_waitv(struct futex_waitv *w, unsigned n, int64_t timeout_ns)
     return r < 0 ? -errno : (int)r;
 }
 
+uint64_t prim_fnv1a(const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
+}
+
+/* OFD locks (F_OFD_*): owned by the open file description, so two
+ * descriptors of one process conflict like two processes do, and a lock
+ * goes away with the last descriptor of its description (at death too). */
+int prim_ofd_test(int fd, uint64_t off, uint64_t len, uint64_t *start,
+                  uint64_t *llen)
+{
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET,
+                       .l_start = (off_t)off, .l_len = (off_t)len};
+    if (fcntl(fd, F_OFD_GETLK, &fl) < 0)
+        return -errno;
+    if (fl.l_type == F_UNLCK)
+        return 0;
+    if (start)
+        *start = (uint64_t)fl.l_start;
+    if (llen)
+        *llen = (uint64_t)fl.l_len;
+    return 1;
+}
+
+int prim_ofd_lock(int fd, int type, uint64_t off, uint64_t len,
+                  int64_t timeout_ns)
+{
+    struct flock fl = {.l_type = (short)type, .l_whence = SEEK_SET,
+                       .l_start = (off_t)off, .l_len = (off_t)len};
+    uint64_t deadline = prim_now_ns() + (uint64_t)(timeout_ns > 0 ? timeout_ns : 0);
+    int64_t nap = 20000; /* 20 us, doubling to 5 ms: a lock is held briefly */
+    for (;;) {
+        if (fcntl(fd, F_OFD_SETLK, &fl) == 0)
+            return 0;
+        if (errno != EAGAIN && errno != EACCES && errno != EINTR)
+            return -errno;
+        uint64_t now = prim_now_ns();
+        if (now >= deadline)
+            return timeout_ns > 0 ? -ETIMEDOUT : -EAGAIN;
+        if ((uint64_t)nap > deadline - now)
+            nap = (int64_t)(deadline - now);
+        struct timespec ts = {nap / 1000000000, nap % 1000000000};
+        nanosleep(&ts, NULL);
+        if (nap < 5000000)
+            nap *= 2;
+    }
+}
+
 uint64_t prim_now_ns(void)
 {
     struct timespec ts;

@@ -46,18 +46,9 @@ struct region_hdr {
     uint64_t check;        /* FNV-1a of all the fields above */
 };
 
-static uint64_t fnv1a(const void *p, size_t n)
-{
-    const unsigned char *b = p;
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ b[i]) * 0x100000001b3ull;
-    return h;
-}
-
 static uint64_t hdr_check(const struct region_hdr *h)
 {
-    return fnv1a(h, offsetof(struct region_hdr, check));
+    return prim_fnv1a(h, offsetof(struct region_hdr, check));
 }
 
 /* The header comes from a file anybody with write access may have changed:
@@ -390,24 +381,37 @@ static void reg_forget(int nsfd, const char *name, uint64_t ino)
 struct rpal_region {
     uint64_t base, size, granule;
     unsigned flags;
+    struct lay *lay; /* what is mapped inside (src/layout.c) */
 };
+
+struct lay *region_lay(const rpal_region *r)
+{
+    return r->lay;
+}
+
+static void unmap_region(uint64_t base, uint64_t granule, uint64_t size)
+{
+    munmap((void *)(uintptr_t)(base - granule), REGION_HDR_MAP);
+    munmap((void *)(uintptr_t)base, size);
+}
 
 /* Test hook: called inside rpal_region_create() after the address is
  * reserved and before the region is linked into the namespace, so that a
  * test can kill a creator at that point. Not exported. */
 RPAL_HIDDEN void (*rpal__hook_create_reserved)(void);
 
-static int map_region(int fd, const struct region_hdr *h, int writable)
+/* The header area read-only, and the data PROT_NONE: the layout (which
+ * lay_attach applies) says what becomes accessible. */
+static int map_region(int fd, const struct region_hdr *h)
 {
-    int err = prim_map_fixed(h->base - h->granule, RPAL_PAGE, PROT_READ,
+    int err = prim_map_fixed(h->base - h->granule, REGION_HDR_MAP, PROT_READ,
                              MAP_SHARED, fd, 0);
     if (err < 0)
         return err;
-    int prot = PROT_READ | (writable ? PROT_WRITE : 0);
-    err = prim_map_fixed(h->base, h->size, prot, MAP_SHARED, fd,
+    err = prim_map_fixed(h->base, h->size, PROT_NONE, MAP_SHARED | MAP_NORESERVE, fd,
                          (off_t)h->granule);
     if (err < 0)
-        munmap((void *)(uintptr_t)(h->base - h->granule), RPAL_PAGE);
+        munmap((void *)(uintptr_t)(h->base - h->granule), REGION_HDR_MAP);
     return err;
 }
 
@@ -444,7 +448,7 @@ int rpal_region_create(const char *name, size_t size, unsigned mode,
     int err = ns_name_validate(name);
     if (err < 0)
         return err;
-    if (!out || (mode & ~0777u) || (flags & ~RPAL_REGION_TRANSIENT))
+    if (!out || (mode & ~0777u) || (flags & ~(RPAL_REGION_TRANSIENT | RPAL_REGION_EMPTY)))
         return -EINVAL;
     if (size == 0 || size % RPAL_PAGE)
         return -EINVAL;
@@ -459,7 +463,8 @@ int rpal_region_create(const char *name, size_t size, unsigned mode,
     char dir[RPAL_NAME_MAX + 2];
     const char *leaf;
     split_name(name, dir, &leaf);
-    int dfd = nsfd, fd = -1;
+    int dfd = nsfd, fd = -1, lkfd = -1;
+    uint64_t ino = 0;
     size_t made = SIZE_MAX;
     uint64_t base = 0;
     unsigned slot = 0;
@@ -520,7 +525,8 @@ int rpal_region_create(const char *name, size_t size, unsigned mode,
     h.created_ns = prim_now_realtime_ns();
     h.check = hdr_check(&h);
 
-    if (fchmod(fd, mode) < 0 || ftruncate(fd, (off_t)(h.granule + size)) < 0) {
+    if (fchmod(fd, mode) < 0 || ftruncate(fd, (off_t)(h.granule + size)) < 0 ||
+        fstat(fd, &st) < 0) {
         err = -errno;
         goto out_release;
     }
@@ -529,9 +535,25 @@ int rpal_region_create(const char *name, size_t size, unsigned mode,
         err = w < 0 ? -errno : -EIO;
         goto out_release;
     }
-    err = map_region(fd, &h, 1);
+    if ((err = lay_init(fd, size, !!(flags & RPAL_REGION_EMPTY))) < 0)
+        goto out_release;
+    /* The lock file is named after the inode, so it exists before the
+     * region has a name and no attacher can come without it. */
+    ino = (uint64_t)st.st_ino;
+    if ((lkfd = lay_lock_open(nsfd, name, ino, mode & 0666)) < 0) {
+        err = lkfd;
+        goto out_release;
+    }
+    err = map_region(fd, &h);
     if (err < 0)
         goto out_release;
+    err = lay_attach(fd, lkfd, h.base, h.size, h.granule, 0, &r->lay);
+    lkfd = -1; /* taken over */
+    if (err != 0) {
+        err = err < 0 ? err : -EIO;
+        unmap_region(base, h.granule, size);
+        goto out_release;
+    }
 
     char proc[64];
     snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
@@ -539,8 +561,8 @@ int rpal_region_create(const char *name, size_t size, unsigned mode,
      * against a racer that passed the check above at the same time. */
     if (linkat(AT_FDCWD, proc, dfd, leaf, AT_SYMLINK_FOLLOW) < 0 || fstat(fd, &st) < 0) {
         err = -errno;
-        munmap((void *)(uintptr_t)(base - h.granule), RPAL_PAGE);
-        munmap((void *)(uintptr_t)base, size);
+        lay_detach(r->lay);
+        unmap_region(base, h.granule, size);
         goto out_release;
     }
     reg_settle(nsfd, slot, base, st.st_ino);
@@ -554,7 +576,11 @@ int rpal_region_create(const char *name, size_t size, unsigned mode,
 
 out_release:
     reg_settle(nsfd, slot, base, 0);
+    if (ino)
+        lay_lock_unlink(dfd, leaf, ino);
 out:
+    if (lkfd >= 0)
+        close(lkfd);
     if (err < 0 && made != SIZE_MAX)
         prim_rmdirs_beneath(nsfd, dir, made);
     if (fd >= 0)
@@ -606,29 +632,39 @@ int rpal_region_attach(const char *name, unsigned flags, rpal_region **out)
     struct region_hdr h;
     struct stat st;
     int fd = region_open(nsfd, name, writable ? O_RDWR : O_RDONLY, &h, &st);
-    close(nsfd);
-    if (fd < 0)
+    if (fd < 0) {
+        close(nsfd);
         return fd;
-    err = map_region(fd, &h, writable);
-    /* The descriptor is closed at once: a read-only attacher keeps no
-     * descriptor it could reopen read-write through /proc/self/fd. */
-    close(fd);
-    if (err < 0)
-        return err;
-    err = region_new(&h, out);
-    if (err < 0) {
-        munmap((void *)(uintptr_t)(h.base - h.granule), RPAL_PAGE);
-        munmap((void *)(uintptr_t)h.base, h.size);
     }
-    return err;
+    rpal_region *r = NULL;
+    int lkfd = -1;
+    err = map_region(fd, &h);
+    if (err == 0 && (err = region_new(&h, &r)) == 0 &&
+        (lkfd = lay_lock_open(nsfd, name, (uint64_t)st.st_ino, st.st_mode & 0666)) < 0)
+        err = lkfd;
+    if (err == 0)
+        err = lay_attach(fd, lkfd, h.base, h.size, h.granule, !writable, &r->lay);
+    /* The descriptor is closed at once: a read-only attacher keeps no
+     * descriptor it could reopen read-write through /proc/self/fd (the
+     * layout code keeps a PROT_NONE view of the file instead). */
+    close(fd);
+    close(nsfd);
+    if (err < 0) {
+        if (r)
+            unmap_region(h.base, h.granule, h.size);
+        free(r);
+        return err;
+    }
+    *out = r;
+    return err; /* > 0: file objects that could not be mapped here */
 }
 
 int rpal_region_detach(rpal_region *r)
 {
     if (!r)
         return -EINVAL;
-    munmap((void *)(uintptr_t)(r->base - r->granule), RPAL_PAGE);
-    munmap((void *)(uintptr_t)r->base, r->size);
+    lay_detach(r->lay);
+    unmap_region(r->base, r->granule, r->size);
     free(r);
     return 0;
 }
@@ -677,6 +713,8 @@ int rpal_region_unlink(const char *name)
         return dfd;
     }
     err = unlinkat(dfd, leaf, 0) < 0 ? -errno : 0;
+    if (err == 0)
+        lay_lock_unlink(dfd, leaf, (uint64_t)st.st_ino);
     if (dfd != nsfd)
         close(dfd);
     if (err == 0)
@@ -753,6 +791,28 @@ int rpal_region_stat(const char *name, struct rpal_region_info *info)
         return nsfd;
     err = stat_at(nsfd, name, info);
     close(nsfd);
+    return err;
+}
+
+int rpal_region_layout(const char *name, uint32_t *generation,
+                       struct rpal_region_object *objs, unsigned max)
+{
+    int err = ns_name_validate(name);
+    if (err < 0)
+        return err;
+    if (!objs && max)
+        return -EINVAL;
+    int nsfd = ns_open(0);
+    if (nsfd < 0)
+        return nsfd;
+    struct region_hdr h;
+    struct stat st;
+    int fd = region_open(nsfd, name, O_RDONLY, &h, &st);
+    close(nsfd);
+    if (fd < 0)
+        return fd;
+    err = lay_read(fd, h.size, generation, objs, max);
+    close(fd);
     return err;
 }
 

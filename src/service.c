@@ -252,10 +252,13 @@ static int peer_create(rpal_domain *d, int sock, int memfd, const struct ucred *
     p->wpid = (struct watch){W_PEER_PIDFD, p, NULL};
     struct epoll_event es = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = &p->wsock};
     struct epoll_event ep = {.events = EPOLLIN, .data.ptr = &p->wpid};
-    if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, sock, &es) < 0 ||
+    /* SOCK is -1 for a peer met through rpal_uds_fdmap: the application's
+     * connection is not ours to watch; its death still shows on the pidfd. */
+    if ((sock >= 0 && epoll_ctl(d->epfd, EPOLL_CTL_ADD, sock, &es) < 0) ||
         epoll_ctl(d->epfd, EPOLL_CTL_ADD, p->pidfd, &ep) < 0) {
         err = -errno;
-        epoll_ctl(d->epfd, EPOLL_CTL_DEL, sock, NULL);
+        if (sock >= 0)
+            epoll_ctl(d->epfd, EPOLL_CTL_DEL, sock, NULL);
         goto fail;
     }
     p->next = d->peers;
@@ -277,21 +280,53 @@ static void peer_gone(rpal_domain *d, rpal_peer *p, int reason)
     if (p->gone)
         return;
     unmap_peer(d, p);
-    epoll_ctl(d->epfd, EPOLL_CTL_DEL, p->sock, NULL);
     epoll_ctl(d->epfd, EPOLL_CTL_DEL, p->pidfd, NULL);
     /* A release says so before closing: an EOF alone means the process
      * went (its socket closes a moment before its pidfd turns readable).
      * shutdown() reaches the other side even if a forked child of ours
      * still holds a copy of the socket. */
-    if (reason == 0)
-        (void)send(p->sock, REL_BYTE, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-    shutdown(p->sock, SHUT_RDWR);
-    close(p->sock);
+    if (p->sock >= 0) {
+        epoll_ctl(d->epfd, EPOLL_CTL_DEL, p->sock, NULL);
+        if (reason == 0)
+            (void)send(p->sock, REL_BYTE, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+        shutdown(p->sock, SHUT_RDWR);
+        close(p->sock);
+    }
     close(p->pidfd);
     p->sock = p->pidfd = -1;
     p->gone = 1;
     p->reason = reason;
     dom_publish(d);
+}
+
+/* For rpal_uds_fdmap: the peer at SLOT, met on a connection whose other
+ * end the kernel says is CR, which sent MEMFD as its slot. An existing
+ * peer there is returned as it is (*CREATED 0); otherwise the slot is
+ * checked like a service's answer and mapped (*CREATED 1). */
+int svc_peer_adopt(rpal_domain *d, int memfd, const struct ucred *cr,
+                   unsigned slot, uint64_t slot_size, rpal_peer **out, int *created)
+{
+    pthread_mutex_lock(&d->lock);
+    int err = 0;
+    rpal_peer *p = slot < d->nslots ? peer_at_slot(d, slot) : NULL;
+    *created = 0;
+    if (p) {
+        if (p->info.pid != cr->pid || slot_size != d->slot_size)
+            err = -EPROTO;
+        else
+            *out = p;
+    } else {
+        err = slot_claim_check(d, slot, slot_size, cr->pid, NULL);
+        if (err == 0)
+            err = slot_fd_check(memfd, d->slot_size);
+        if (err == 0)
+            err = peer_create(d, -1, memfd, cr, slot, "", out);
+        if (err == -EBADMSG || err == -EINVAL || err == -EBUSY)
+            err = -EPROTO;
+        *created = err == 0;
+    }
+    pthread_mutex_unlock(&d->lock);
+    return err;
 }
 
 /* ---- registration ---- */

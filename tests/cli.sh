@@ -74,6 +74,14 @@ for spec in "s64k 64K 65536" "s1m 1M 1048576" "s1g 1G 1073741824" \
   out_has "$3" "region info $1 (human form)"
 done
 
+# ---- the layout in region info -----------------------------------------------
+run region info s64k
+out_has "layout:    generation 0, 1 object" "region info s64k (layout)"
+out_has "anon  rw-" "region info s64k (the default object)"
+run region info s64k --json
+out_has '"generation":0,"objects":[{"offset":0,"length":65536,"kind":"anon","prot":"rw-"}]}' \
+  "region info s64k --json (layout)"
+
 run region create m640 --size 64K --mode 0640
 expect_rc 0 "region create m640 --mode 0640"
 run region info m640 --json

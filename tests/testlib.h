@@ -243,6 +243,30 @@ static inline int t_try_read(uint64_t addr, uint64_t *v, int *code, uint64_t *wh
     return 0;
 }
 
+/* The signal that writing V to ADDR raises (0 if it was written). */
+static inline int t_write_faults(uint64_t addr, uint64_t v)
+{
+    sigjmp_buf jb;
+    int sig = sigsetjmp(jb, 1);
+    if (sig)
+        return sig;
+    t_fault_jb = &jb;
+    *(volatile uint64_t *)(uintptr_t)addr = v;
+    t_fault_jb = NULL;
+    return 0;
+}
+
+/* Catch SIGSEGV and SIGBUS with t_on_fault (for t_try_read and friends). */
+static inline void t_catch_faults(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = t_on_fault;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigaction(SIGSEGV, &sa, NULL);
+    sigaction(SIGBUS, &sa, NULL);
+}
+
 /* The signal that reading ADDR raises (0 if none), *CODE its si_code. */
 static inline int t_read_faults(uint64_t addr, int *code)
 {

@@ -16,7 +16,7 @@ static const char *usage_text =
     "usage: rpal COMMAND [ARGS]\n"
     "\n"
     "  rpal region create NAME --size SIZE [--mode MODE] [--transient]\n"
-    "  rpal region info NAME [--json]\n"
+    "  rpal region info NAME [--json]   header, attached processes and layout\n"
     "  rpal region rm NAME\n"
     "  rpal ls [--json]        every region: name, size, base, mode, creator,\n"
     "                          attached live processes; every domain member:\n"
@@ -25,7 +25,8 @@ static const char *usage_text =
     "  rpal bench NAME [ARGS]  run a benchmark: paper (the RPAL paper's\n"
     "                          measurement: epoll + Unix socket against rpal),\n"
     "                          call (transports compared), heap (rpal_malloc\n"
-    "                          against glibc)\n"
+    "                          against glibc), regionchange (latency of a\n"
+    "                          layout change for 1, 8, 64 sharers)\n"
     "  rpal version\n"
     "\n"
     "SIZE takes a K, M, G or T suffix (powers of 1024). MODE is octal.\n"
@@ -110,6 +111,7 @@ static void json_str(const char *s)
     putchar('"');
 }
 
+/* The region's JSON object without its closing brace. */
 static void print_json(const struct rpal_region_info *i)
 {
     printf("{\"name\":");
@@ -124,7 +126,63 @@ static void print_json(const struct rpal_region_info *i)
     int shown = i->nattached < 16 ? i->nattached : 16;
     for (int k = 0; k < shown; k++)
         printf("%s%d", k ? "," : "", (int)i->attached[k]);
-    printf("],\"nattached\":%d}", i->nattached);
+    printf("],\"nattached\":%d", i->nattached);
+}
+
+static void prot_str(int prot, char out[4])
+{
+    out[0] = prot & 1 ? 'r' : '-'; /* PROT_READ */
+    out[1] = prot & 2 ? 'w' : '-'; /* PROT_WRITE */
+    out[2] = prot & 4 ? 'x' : '-'; /* PROT_EXEC */
+    out[3] = 0;
+}
+
+#define LAYOUT_MAX 128
+
+/* The objects inside region NAME (-errno if it cannot be read). */
+static int print_layout(const char *name, int json)
+{
+    static struct rpal_region_object o[LAYOUT_MAX];
+    uint32_t gen = 0;
+    int n = rpal_region_layout(name, &gen, o, LAYOUT_MAX);
+    if (n < 0)
+        return n;
+    int shown = n < LAYOUT_MAX ? n : LAYOUT_MAX;
+    char p[4];
+    if (json) {
+        printf(",\"generation\":%u,\"objects\":[", gen);
+        for (int k = 0; k < shown; k++) {
+            prot_str(o[k].prot, p);
+            printf("%s{\"offset\":%llu,\"length\":%llu,\"kind\":\"%s\",\"prot\":\"%s\"",
+                   k ? "," : "", (unsigned long long)o[k].offset,
+                   (unsigned long long)o[k].length,
+                   o[k].kind == RPAL_OBJ_FILE ? "file" : "anon", p);
+            if (o[k].kind == RPAL_OBJ_FILE) {
+                printf(",\"path\":");
+                json_str(o[k].path);
+                printf(",\"file_offset\":%llu,\"dev\":%llu,\"ino\":%llu",
+                       (unsigned long long)o[k].file_offset, (unsigned long long)o[k].dev,
+                       (unsigned long long)o[k].ino);
+            }
+            printf("}");
+        }
+        printf("]");
+        return 0;
+    }
+    printf("layout:    generation %u, %d object%s%s\n", gen, n, n == 1 ? "" : "s",
+           n ? "" : " (address space only)");
+    if (n)
+        printf("  %-14s %-14s %-5s %-4s %s\n", "OFFSET", "LENGTH", "KIND", "PROT", "FILE");
+    for (int k = 0; k < shown; k++) {
+        prot_str(o[k].prot, p);
+        printf("  0x%-12llx 0x%-12llx %-5s %-4s", (unsigned long long)o[k].offset,
+               (unsigned long long)o[k].length, o[k].kind == RPAL_OBJ_FILE ? "file" : "anon", p);
+        if (o[k].kind == RPAL_OBJ_FILE)
+            printf(" %s +0x%llx (ino %llu)", o[k].path[0] ? o[k].path : "(no path)",
+                   (unsigned long long)o[k].file_offset, (unsigned long long)o[k].ino);
+        putchar('\n');
+    }
+    return 0;
 }
 
 static void print_info(const struct rpal_region_info *i)
@@ -158,6 +216,7 @@ static int ls_one(const struct rpal_region_info *i, void *arg)
     if (s->json) {
         printf("%s", s->count ? ",\n  " : "\n  ");
         print_json(i);
+        putchar('}');
     } else {
         char sz[32], user[64], creator[48];
         if (!s->count)
@@ -336,11 +395,15 @@ static int cmd_region(int argc, char **argv)
         if (err < 0)
             return fail("region info", name, err);
         if (json) {
-            print_json(&info);
-            putchar('\n');
+            print_json(&info); /* the layout goes inside the object */
         } else {
             print_info(&info);
         }
+        err = print_layout(name, json);
+        if (json)
+            printf("}\n");
+        if (err < 0)
+            return fail("region info (layout)", name, err);
         return 0;
     }
     if (!strcmp(sub, "rm")) {

@@ -1,0 +1,1022 @@
+/* compat: an epoll + Unix-socket program switches to rpal with a few lines.
+ *
+ * rpal_uds_fdmap() upgrades a connected Unix stream socket between two
+ * members of a domain. Each end then owns a ring in its own slot (the
+ * messages it writes, the count it has consumed of the other's, and whether
+ * it is polling), and reads the other's ring through its read-only mapping,
+ * checking every index, length and pointer (principles 2 and 3). The socket
+ * stays: it carries a one-byte wake-up when the reader said it is not
+ * polling (principle 6), and the end of the connection, so that kernel
+ * epoll sets, poll() and foreign event loops keep working.
+ *
+ * The epoll half keeps, per epoll set, what the application registered;
+ * the kernel set holds every descriptor with our own cookie (the fd), and
+ * mapped descriptors only for wake-ups and hang-ups. Ring readiness is
+ * computed in user space, so a wait that finds ring events returns without a
+ * system call. See docs/compat.md.
+ */
+#include "rpal.h"
+#include "internal.h"
+#include "atomics.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define CX_MAGIC   0x3158524c41505231ull /* "1RPALRX1": a connection's ring */
+#define FM_MAGIC   0x31504d4c41505231ull /* "1RPALMP1": the fdmap hello */
+#define FM_VERSION 1u
+#define CX_DEPTH   256u
+#define CX_MAX_MSG (1u << 30)    /* larger writes are split */
+#define FD_PAGE    1024          /* two-level fd tables: pages of this many */
+#define FD_PAGES   1024          /* so fds below 1,048,576 */
+#define KCHECK_NS  10000         /* while spinning, look at the kernel this often */
+
+/* The owner's half of a connection, in its slot. Peers read it only. */
+struct cx_ring {
+    uint64_t magic;
+    uint32_t depth, pad0;
+    _Alignas(64) _Atomic uint32_t tail;      /* messages published */
+    _Alignas(64) _Atomic uint32_t head;      /* messages of the other ring consumed */
+    _Alignas(64) _Atomic uint32_t polling;   /* 1: the owner looks at its rings
+                                                before it sleeps: no wake-up byte */
+    _Atomic uint32_t want_room;              /* 1: the owner waits for room */
+    _Atomic uint32_t closed;                 /* 1: the owner closed; nothing follows */
+    _Alignas(64) struct ch_entry e[];
+};
+
+struct fm_hello {
+    uint64_t magic;
+    uint32_t version, slot;
+    uint64_t slot_size;
+    uint64_t ring;    /* our cx_ring, in our slot */
+    uint32_t depth;
+    int32_t pid;
+    uint64_t pad[3];
+};
+
+struct conn {
+    int fd;
+    rpal_domain *d;
+    rpal_peer *peer;
+    int own_peer;            /* we mapped the peer for this connection */
+    struct cx_ring *my;
+    void *my_raw;
+    const struct cx_ring *their;
+    uint32_t depth, tdepth;  /* ours, theirs */
+    uint32_t sent;           /* our messages published */
+    uint32_t head;           /* their messages consumed */
+    uint32_t off;            /* bytes of their current message already read */
+    void **staging;          /* per entry of ours: the copy of a large write */
+    int eof;                 /* the socket said the other end is gone */
+    int broken;              /* the other end broke the ring's rules */
+    int nsets;               /* rpal epoll sets it is registered in */
+    uint64_t sbase, ssize;   /* their slot */
+    uint64_t mybase, mysize; /* ours */
+    struct conn *next_zombie;
+};
+
+/* A table indexed by descriptor that readers use without a lock: pages are
+ * allocated once and never freed, and entries are stored with release. */
+struct fdtab {
+    void **_Atomic pages[FD_PAGES];
+};
+
+struct ep_item {
+    uint32_t events;         /* as the application asked */
+    epoll_data_t data;
+    uint32_t seen_tail;      /* EPOLLET: their tail at the last EPOLLIN */
+    uint8_t in_use, disabled, was_full, kmapped;
+};
+
+struct ep_set {
+    int epfd;
+    struct fdtab *items;     /* fd -> struct ep_item */
+    int *mapped;             /* registered fds that are mapped */
+    int nmapped, cmapped;
+    unsigned gen;            /* conn_gen when MAPPED was computed */
+    unsigned nosys;          /* returns without a kernel look, in a row */
+    uint64_t next_kcheck;
+};
+
+static void *fdtab_get(struct fdtab *t, int fd)
+{
+    if (fd < 0 || fd >= FD_PAGE * FD_PAGES)
+        return NULL;
+    /* pairs with the release stores in fdtab_put */
+    void **pg = atomic_load_explicit(&t->pages[fd / FD_PAGE], memory_order_acquire);
+    return pg ? __atomic_load_n(&pg[fd % FD_PAGE], __ATOMIC_ACQUIRE) : NULL;
+}
+
+/* cx_lock held. */
+static int fdtab_put(struct fdtab *t, int fd, void *v)
+{
+    if (fd < 0 || fd >= FD_PAGE * FD_PAGES)
+        return -EMFILE;
+    void **pg = atomic_load_explicit(&t->pages[fd / FD_PAGE], memory_order_relaxed);
+    if (!pg) {
+        if (!(pg = calloc(FD_PAGE, sizeof *pg)))
+            return -ENOMEM;
+        atomic_store_explicit(&t->pages[fd / FD_PAGE], pg, memory_order_release);
+    }
+    __atomic_store_n(&pg[fd % FD_PAGE], v, __ATOMIC_RELEASE);
+    return 0;
+}
+
+static pthread_mutex_t cx_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct fdtab conns; /* fd -> struct conn */
+static struct fdtab sets;  /* epfd -> struct ep_set */
+static _Atomic unsigned conn_gen = 1; /* bumped when either table changes */
+static struct conn *zombies; /* closed; the other end may still read our ring */
+
+/* How long a waiter spins before it sleeps (RPAL_SPIN_US, default 20 us). */
+static uint64_t spin_ns(void)
+{
+    static _Atomic uint64_t ns;
+    uint64_t v = rpal_load_relaxed(&ns);
+    if (!v) {
+        const char *e = getenv("RPAL_SPIN_US");
+        char *end;
+        unsigned long us = e ? strtoul(e, &end, 10) : 20;
+        if (!e || *end || us > 1000000)
+            us = 20;
+        v = us * 1000 + 1; /* +1: 0 means "not read yet" */
+        rpal_store_relaxed(&ns, v);
+    }
+    return v - 1;
+}
+
+static struct conn *conn_of(int fd) { return fdtab_get(&conns, fd); }
+
+/* ---- the rings ---- */
+
+/* A one-byte wake-up on the socket: the other end said it is not polling. */
+static void ring_bell(const struct conn *c)
+{
+    (void)send(c->fd, "", 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+}
+
+/* Read the wake-up bytes; notice the end of the connection. */
+static void drain(struct conn *c)
+{
+    char b[256];
+    for (;;) {
+        ssize_t r = recv(c->fd, b, sizeof b, MSG_DONTWAIT);
+        if (r == 0)
+            c->eof = 1;
+        if (r < (ssize_t)sizeof b)
+            return;
+    }
+}
+
+static int next_ready(const struct conn *c)
+{
+    const struct ch_entry *e = &c->their->e[c->head & (c->tdepth - 1)];
+    /* pairs with the release store of seqf in rpal_write */
+    return SEQ_OF(__atomic_load_n(&e->seqf, __ATOMIC_ACQUIRE)) == SEQ_WANT(c->head + 1);
+}
+
+static int at_end(const struct conn *c)
+{
+    /* pairs with the release store of closed in rpal_close */
+    return c->eof || c->broken || rpal_load_acquire(&c->their->closed);
+}
+
+static int has_room(struct conn *c)
+{
+    /* pairs with the release store of head in take() */
+    uint32_t used = c->sent - rpal_load_acquire(&c->their->head);
+    if (used > c->depth)
+        c->broken = 1; /* a count no honest reader writes */
+    return used < c->depth;
+}
+
+/* Copy up to LEN bytes of the messages that are there; 0 if none is. */
+static ssize_t take(struct conn *c, char *buf, size_t len)
+{
+    size_t got = 0;
+    int consumed = 0;
+    while (got < len && !c->broken && next_ready(c)) {
+        const struct ch_entry *e = &c->their->e[c->head & (c->tdepth - 1)];
+        /* Each field read once, then checked (principle 3). */
+        uint32_t kind = FLAG_OF(__atomic_load_n(&e->seqf, __ATOMIC_RELAXED));
+        uint32_t elen = __atomic_load_n(&e->len, __ATOMIC_RELAXED);
+        uint64_t ptr = __atomic_load_n(&e->ptr, __ATOMIC_RELAXED);
+        const uint8_t *src;
+        if (kind == E_INLINE && elen <= RPAL_INLINE_MAX)
+            src = e->data;
+        else if (kind == E_PTR && span_inside(ptr, elen, c->sbase, c->ssize))
+            src = (const uint8_t *)(uintptr_t)ptr;
+        else
+            src = NULL;
+        if (!src || c->off > elen) {
+            c->broken = 1;
+            break;
+        }
+        size_t n = elen - c->off < len - got ? elen - c->off : len - got;
+        memcpy(buf + got, src + c->off, n);
+        got += n;
+        c->off += (uint32_t)n;
+        if (c->off < elen)
+            break; /* the buffer is full */
+        c->off = 0;
+        c->head++;
+        consumed = 1;
+    }
+    if (consumed) {
+        rpal_store_release(&c->my->head, c->head); /* pairs with has_room() */
+        rpal_fence_seq_cst(); /* pairs with the fence in conn_wait: it sees our head
+                                 or we see it wants room */
+        if (rpal_load_relaxed(&c->their->want_room))
+            ring_bell(c);
+    }
+    if (got == 0 && c->broken)
+        return -EPROTO;
+    return (ssize_t)got;
+}
+
+/* Block (FD is blocking) until data (or the end), or room when FOR_ROOM. */
+static int conn_wait(struct conn *c, int for_room)
+{
+    uint64_t end = prim_now_ns() + spin_ns();
+    if (!for_room)
+        rpal_store_relaxed(&c->my->polling, 1);
+    for (unsigned i = 1;; i++) {
+        if (for_room ? has_room(c) : next_ready(c))
+            return 0;
+        if (at_end(c))
+            return 0;
+        cpu_relax();
+        if ((i & 63) == 0 && prim_now_ns() >= end)
+            break;
+    }
+    for (;;) {
+        if (for_room)
+            rpal_store_relaxed(&c->my->want_room, 1);
+        else
+            rpal_store_relaxed(&c->my->polling, 0);
+        rpal_fence_seq_cst(); /* pairs with the fences in take() and rpal_write */
+        if ((for_room ? has_room(c) : next_ready(c)) || at_end(c))
+            break;
+        struct pollfd pf = {c->fd, POLLIN, 0};
+        int r = poll(&pf, 1, 100); /* a slice: a closed flag needs no byte */
+        if (r < 0 && errno == EINTR)
+            return -EINTR;
+        if (r > 0)
+            drain(c);
+    }
+    if (for_room)
+        rpal_store_relaxed(&c->my->want_room, 0);
+    return 0;
+}
+
+/* O_NONBLOCK as it is now: asked only when we would block (the
+ * application may change it at any time, as with a socket). */
+static int nonblocking(struct conn *c)
+{
+    int fl = fcntl(c->fd, F_GETFL);
+    return fl >= 0 && (fl & O_NONBLOCK);
+}
+
+ssize_t rpal_read(int fd, void *buf, size_t len)
+{
+    struct conn *c = conn_of(fd);
+    if (!c) {
+        ssize_t n = read(fd, buf, len);
+        return n < 0 ? -errno : n;
+    }
+    if (dom_check(c->d) < 0)
+        return -ECHILD; /* a forked child: the rings are not mapped here */
+    if (!buf && len)
+        return -EFAULT;
+    if (!len)
+        return 0;
+    for (;;) {
+        ssize_t n = take(c, buf, len);
+        if (n != 0)
+            return n;
+        if (at_end(c)) {
+            /* The closed flag is stored after the last message: one more look. */
+            n = take(c, buf, len);
+            return n;
+        }
+        if (nonblocking(c)) {
+            /* In an rpal epoll set the end comes as an event; otherwise
+             * look at the socket, as a read would. */
+            if (c->nsets > 0)
+                return -EAGAIN;
+            drain(c);
+            if (!c->eof)
+                return -EAGAIN;
+            continue;
+        }
+        int err = conn_wait(c, 0);
+        if (err < 0)
+            return err;
+    }
+}
+
+ssize_t rpal_write(int fd, const void *buf, size_t len)
+{
+    struct conn *c = conn_of(fd);
+    if (!c) {
+        ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+        if (n < 0 && errno == ENOTSOCK)
+            n = write(fd, buf, len);
+        return n < 0 ? -errno : n;
+    }
+    if (dom_check(c->d) < 0)
+        return -ECHILD;
+    if (!buf && len)
+        return -EFAULT;
+    if (!len)
+        return 0;
+    if (len > CX_MAX_MSG)
+        len = CX_MAX_MSG; /* a short write, as a socket may do */
+    for (;;) {
+        if (at_end(c))
+            return c->broken ? -EPROTO : -EPIPE;
+        if (has_room(c))
+            break;
+        if (c->broken)
+            return -EPROTO;
+        if (nonblocking(c)) {
+            /* Ask for a wake-up when the other end makes room (EPOLLOUT). */
+            rpal_store_relaxed(&c->my->want_room, 1);
+            rpal_fence_seq_cst(); /* pairs with the fence in take() */
+            if (!has_room(c))
+                return -EAGAIN;
+            continue;
+        }
+        int err = conn_wait(c, 1);
+        if (err < 0)
+            return err;
+    }
+    rpal_store_relaxed(&c->my->want_room, 0);
+    uint32_t i = c->sent & (c->depth - 1);
+    if (c->staging[i]) { /* read by the other end: its head passed it */
+        rpal_free(c->staging[i]);
+        c->staging[i] = NULL;
+    }
+    struct ch_entry *e = &c->my->e[i];
+    e->tag = 0;
+    e->len = (uint32_t)len;
+    int kind = ch_entry_fill(e, buf, len, 0, &c->staging[i]);
+    if (kind < 0)
+        return kind;
+    /* seqf last: pairs with the acquire in next_ready() */
+    __atomic_store_n(&e->seqf, SEQF(c->sent + 1, (uint32_t)kind), __ATOMIC_RELEASE);
+    c->sent++;
+    rpal_store_release(&c->my->tail, c->sent); /* for EPOLLET and sleepers */
+    rpal_fence_seq_cst(); /* pairs with the fence a reader issues before it
+                             sleeps: it sees our message or we see it sleeps */
+    if (!rpal_load_relaxed(&c->their->polling))
+        ring_bell(c);
+    return (ssize_t)len;
+}
+
+/* ---- the upgrade ---- */
+
+static int wait_io(int fd, short ev, uint64_t deadline)
+{
+    for (;;) {
+        uint64_t now = prim_now_ns();
+        if (now >= deadline)
+            return -ETIMEDOUT;
+        uint64_t left = (deadline - now + 999999) / 1000000;
+        struct pollfd pf = {fd, ev, 0};
+        int r = poll(&pf, 1, left > 1000 ? 1000 : (int)left);
+        if (r > 0)
+            return (pf.revents & (POLLERR | POLLNVAL)) ? -ECONNRESET : 0;
+        if (r < 0 && errno != EINTR)
+            return -errno;
+    }
+}
+
+static int hello_send(int fd, const struct fm_hello *h, int memfd, uint64_t deadline)
+{
+    union {
+        struct cmsghdr h;
+        char b[CMSG_SPACE(sizeof(int)) + CMSG_SPACE(sizeof(struct ucred))];
+    } u = {0};
+    const char *p = (const char *)h;
+    size_t done = 0;
+    while (done < sizeof *h) {
+        struct iovec iov = {(void *)(p + done), sizeof *h - done};
+        struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1};
+        if (done == 0) {
+            /* With the first byte: our slot, and our credentials, which the
+             * kernel checks (only root may claim another pid). */
+            m.msg_control = u.b;
+            m.msg_controllen = sizeof u.b;
+            struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
+            cm->cmsg_level = SOL_SOCKET;
+            cm->cmsg_type = SCM_RIGHTS;
+            cm->cmsg_len = CMSG_LEN(sizeof(int));
+            memcpy(CMSG_DATA(cm), &memfd, sizeof memfd);
+            cm = CMSG_NXTHDR(&m, cm);
+            struct ucred cr = {getpid(), getuid(), getgid()};
+            cm->cmsg_level = SOL_SOCKET;
+            cm->cmsg_type = SCM_CREDENTIALS;
+            cm->cmsg_len = CMSG_LEN(sizeof cr);
+            memcpy(CMSG_DATA(cm), &cr, sizeof cr);
+        }
+        ssize_t r = sendmsg(fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (r > 0) {
+            done += (size_t)r;
+            continue;
+        }
+        if (r < 0 && errno != EAGAIN && errno != EINTR)
+            return errno == EPIPE || errno == ECONNRESET ? -ECONNRESET : -errno;
+        int err = wait_io(fd, POLLOUT, deadline);
+        if (err < 0)
+            return err;
+    }
+    return 0;
+}
+
+/* Wait until the socket's next bytes are a hello's magic (0), other bytes
+ * (-EPROTO), the end (-ECONNRESET) or the deadline (-ETIMEDOUT; DEADLINE 0:
+ * look once). Nothing is consumed. */
+static int hello_peek(int fd, uint64_t deadline)
+{
+    for (;;) {
+        uint64_t magic = 0, want = FM_MAGIC;
+        ssize_t r = recv(fd, &magic, sizeof magic, MSG_PEEK | MSG_DONTWAIT);
+        if (r == 0)
+            return -ECONNRESET;
+        if (r > 0 && memcmp(&magic, &want, (size_t)r))
+            return -EPROTO;
+        if (r == (ssize_t)sizeof magic)
+            return 0;
+        if (r < 0 && errno != EAGAIN && errno != EINTR)
+            return -errno;
+        int err = wait_io(fd, POLLIN, deadline);
+        if (err < 0)
+            return err;
+    }
+}
+
+/* Receive the other end's hello and the descriptor sent with it. Its first
+ * bytes are only peeked at until they prove to be one, so that anything
+ * else is left in the socket. */
+static int hello_recv(int fd, struct fm_hello *h, int *memfd, struct ucred *cr,
+                      uint64_t deadline)
+{
+    *memfd = -1;
+    cr->pid = 0;
+    int err = hello_peek(fd, deadline);
+    if (err < 0)
+        return err;
+    char *p = (char *)h;
+    size_t done = 0;
+    while (done < sizeof *h) {
+        union {
+            struct cmsghdr h;
+            char b[CMSG_SPACE(sizeof(int) * 4) + CMSG_SPACE(sizeof(struct ucred))];
+        } u;
+        struct iovec iov = {p + done, sizeof *h - done};
+        struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.b,
+                           .msg_controllen = sizeof u.b};
+        ssize_t r = recvmsg(fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        if (r > 0) {
+            for (struct cmsghdr *cm = CMSG_FIRSTHDR(&m); cm; cm = CMSG_NXTHDR(&m, cm))
+                if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_CREDENTIALS &&
+                    cm->cmsg_len >= CMSG_LEN(sizeof *cr) && done == 0)
+                    memcpy(cr, CMSG_DATA(cm), sizeof *cr);
+                else if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+                    size_t nfd = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+                    for (size_t k = 0; k < nfd; k++) {
+                        int x;
+                        memcpy(&x, CMSG_DATA(cm) + k * sizeof(int), sizeof x);
+                        if (*memfd < 0)
+                            *memfd = x;
+                        else
+                            close(x); /* one was asked for */
+                    }
+                }
+            done += (size_t)r;
+            continue;
+        }
+        if (r == 0)
+            return -ECONNRESET;
+        if (errno != EAGAIN && errno != EINTR)
+            return -errno;
+        int err = wait_io(fd, POLLIN, deadline);
+        if (err < 0)
+            return err;
+    }
+    return 0;
+}
+
+static void peer_drop(struct conn *c)
+{
+    if (!c->peer)
+        return;
+    rpal_peer *p = c->peer;
+    rpal_peer_access_end(p);
+    if (rpal_fetch_add_acq_rel(&p->nchans, -1) == 1 && p->by_fdmap)
+        rpal_peer_release(p); /* its last connection: we mapped it for them */
+    c->peer = NULL;
+}
+
+static void conn_free(struct conn *c)
+{
+    peer_drop(c);
+    if (c->staging)
+        for (uint32_t k = 0; k < c->depth; k++)
+            if (c->staging[k])
+                rpal_free(c->staging[k]);
+    free(c->staging);
+    if (c->my_raw)
+        rpal_free(c->my_raw);
+    free(c);
+}
+
+/* Free the closed connections whose other end read everything or went. */
+static void zombies_reap(void)
+{
+    pthread_mutex_lock(&cx_lock);
+    struct conn **pp = &zombies;
+    while (*pp) {
+        struct conn *c = *pp;
+        if (dom_check(c->d) == 0 &&
+            (c->peer->gone || rpal_load_acquire(&c->their->head) == c->sent ||
+             poll(&(struct pollfd){c->peer->pidfd, POLLIN, 0}, 1, 0) != 0)) {
+            *pp = c->next_zombie;
+            conn_free(c);
+        } else {
+            pp = &c->next_zombie;
+        }
+    }
+    pthread_mutex_unlock(&cx_lock);
+}
+
+int rpal_uds_fdmap(rpal_domain *d, int fd, int timeout_ms)
+{
+    int err = dom_check(d);
+    if (err < 0)
+        return err;
+    if (fd < 0 || fd >= FD_PAGE * FD_PAGES)
+        return -EBADF;
+    if (conn_of(fd))
+        return 1;
+    zombies_reap();
+    int type;
+    socklen_t l = sizeof type;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l) < 0)
+        return -errno;
+    struct sockaddr_un sa;
+    l = sizeof sa;
+    if (getsockname(fd, (struct sockaddr *)&sa, &l) < 0)
+        return -errno;
+    if (type != SOCK_STREAM || sa.sun_family != AF_UNIX)
+        return -EPROTOTYPE;
+    struct ucred cr;
+    l = sizeof cr;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &l) < 0)
+        return -errno;
+    unsigned pslot;
+    /* The kernel's word on who connected (or, for a socketpair, who made
+     * it: then it may be us). Not a member of our domain: nothing is sent,
+     * the socket stays as it was. A hello already waiting says the other
+     * end speaks rpal whatever the records said a moment ago. */
+    if (cr.pid <= 0)
+        return 0;
+    uint64_t deadline = timeout_ms < 0 ? UINT64_MAX
+                                       : prim_now_ns() + (uint64_t)timeout_ms * 1000000;
+    if (cr.pid == getpid()) {
+        /* We made the socketpair: who is at the other end is unknown. Let
+         * it speak first; silence until the deadline means it is not rpal
+         * (and nothing was sent). */
+        if ((err = hello_peek(fd, deadline)) < 0)
+            return err == -ETIMEDOUT ? 0 : err;
+    } else if (dom_member_slot(d, cr.pid, &pslot) < 0 && hello_peek(fd, 0) < 0) {
+        return 0;
+    }
+    struct conn *c = calloc(1, sizeof *c);
+    if (!c)
+        return -ENOMEM;
+    c->fd = fd;
+    c->d = d;
+    c->depth = CX_DEPTH;
+    c->mybase = dom_slot_addr(d, d->slot);
+    c->mysize = d->slot_size;
+    c->staging = calloc(c->depth, sizeof *c->staging);
+    c->my = ch_slot_alloc(sizeof *c->my + c->depth * sizeof(struct ch_entry), &c->my_raw);
+    int memfd = -1;
+    if (!c->staging || !c->my) {
+        err = -ENOMEM;
+        goto fail;
+    }
+    c->my->magic = CX_MAGIC;
+    c->my->depth = c->depth;
+    struct fm_hello mine = {.magic = FM_MAGIC, .version = FM_VERSION, .slot = d->slot,
+                            .slot_size = d->slot_size, .ring = (uintptr_t)c->my,
+                            .depth = c->depth, .pid = d->pid};
+    struct fm_hello their;
+    /* Credentials ride with the hello (the connection's may be stale: a
+     * socketpair's are its maker's); the kernel adds them to what we read
+     * only while SO_PASSCRED is on. */
+    int one = 1, passcred = 0;
+    l = sizeof passcred;
+    getsockopt(fd, SOL_SOCKET, SO_PASSCRED, &passcred, &l);
+    setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one);
+    if ((err = hello_send(fd, &mine, d->memfd, deadline)) == 0)
+        err = hello_recv(fd, &their, &memfd, &cr, deadline);
+    if (!passcred)
+        setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &passcred, sizeof passcred);
+    if (err < 0)
+        goto fail;
+    /* Everything in the hello is the other process's word: check it
+     * against what the kernel says (credentials, its claim, the memfd). */
+    if (cr.pid <= 0 || cr.pid == getpid() || dom_member_slot(d, cr.pid, &pslot) < 0) {
+        err = -EPROTO;
+        goto fail;
+    }
+    uint64_t rsize = sizeof(struct cx_ring) + (uint64_t)their.depth * sizeof(struct ch_entry);
+    if (their.version != FM_VERSION || their.slot != pslot || their.pid != cr.pid ||
+        their.slot_size != d->slot_size || memfd < 0 || !their.depth ||
+        their.depth > 1024 || (their.depth & (their.depth - 1)) || their.ring % 64) {
+        err = -EPROTO;
+        goto fail;
+    }
+    int created;
+    if ((err = svc_peer_adopt(d, memfd, &cr, pslot, their.slot_size, &c->peer, &created)) < 0) {
+        c->peer = NULL;
+        goto fail;
+    }
+    if (created)
+        c->peer->by_fdmap = 1;
+    rpal_fetch_add_acq_rel(&c->peer->nchans, 1);
+    c->sbase = c->peer->base;
+    c->ssize = c->peer->size;
+    /* Their ring is read on every wait: a window on them for the
+     * connection's life (with protection keys, one key per peer). */
+    if ((err = rpal_peer_access_begin(c->peer)) < 0) {
+        rpal_fetch_add_acq_rel(&c->peer->nchans, -1);
+        if (created)
+            rpal_peer_release(c->peer);
+        c->peer = NULL;
+        goto fail;
+    }
+    if (!span_inside(their.ring, rsize, c->sbase, c->ssize) ||
+        (c->their = (const struct cx_ring *)(uintptr_t)their.ring)->magic != CX_MAGIC ||
+        c->their->depth != their.depth) {
+        err = -EPROTO;
+        goto fail;
+    }
+    c->tdepth = their.depth;
+    close(memfd);
+    pthread_mutex_lock(&cx_lock);
+    err = fdtab_put(&conns, fd, c);
+    rpal_fetch_add_relaxed(&conn_gen, 1);
+    pthread_mutex_unlock(&cx_lock);
+    if (err < 0) {
+        conn_free(c);
+        return err;
+    }
+    return 1;
+fail:
+    if (memfd >= 0)
+        close(memfd);
+    conn_free(c);
+    return err == -ECONNRESET || err == -EBADMSG || err == -EINVAL ? -EPROTO : err;
+}
+
+int rpal_close(int fd)
+{
+    struct conn *c = conn_of(fd);
+    if (c) {
+        pthread_mutex_lock(&cx_lock);
+        fdtab_put(&conns, fd, NULL);
+        /* As close() takes a descriptor out of every epoll set. */
+        for (int pg = 0; pg < FD_PAGES; pg++) {
+            void **sp = atomic_load_explicit(&sets.pages[pg], memory_order_relaxed);
+            for (int k = 0; sp && k < FD_PAGE; k++) {
+                struct ep_set *s = sp[k];
+                struct ep_item *it = s ? fdtab_get(s->items, fd) : NULL;
+                if (it)
+                    it->in_use = 0;
+            }
+        }
+        rpal_fetch_add_relaxed(&conn_gen, 1);
+        pthread_mutex_unlock(&cx_lock);
+        if (dom_check(c->d) < 0) {
+            c = NULL; /* a forked child: the rings are its parent's */
+        } else {
+            /* After our last message: pairs with the acquire in at_end(). */
+            rpal_store_release(&c->my->closed, 1);
+        }
+    }
+    int r = close(fd);
+    int err = r < 0 ? -errno : 0;
+    if (c) {
+        /* The other end may still be reading our ring: keep it until it
+         * has read everything or is gone. */
+        pthread_mutex_lock(&cx_lock);
+        c->next_zombie = zombies;
+        zombies = c;
+        pthread_mutex_unlock(&cx_lock);
+        zombies_reap();
+    }
+    return err;
+}
+
+/* ---- epoll ---- */
+
+static struct ep_item *item_of(struct ep_set *s, int fd)
+{
+    return fdtab_get(s->items, fd);
+}
+
+/* Recompute the set's list of mapped descriptors when any table changed;
+ * a descriptor mapped after it was added is re-registered in the kernel
+ * for wake-ups and hang-ups only. Only the waiting thread calls this. */
+static int set_sync(struct ep_set *s)
+{
+    unsigned g = rpal_load_acquire(&conn_gen);
+    if (g == s->gen)
+        return 0;
+    pthread_mutex_lock(&cx_lock);
+    s->nmapped = 0;
+    for (int pg = 0; pg < FD_PAGES; pg++) {
+        void **ip = atomic_load_explicit(&s->items->pages[pg],
+                                         memory_order_relaxed);
+        for (int k = 0; ip && k < FD_PAGE; k++) {
+            struct ep_item *it = ip[k];
+            int fd = pg * FD_PAGE + k;
+            struct conn *c = it && it->in_use ? conn_of(fd) : NULL;
+            if (!c)
+                continue;
+            if (!it->kmapped) {
+                struct epoll_event kev = {.events = EPOLLIN | EPOLLRDHUP, .data.u64 = (uint64_t)fd};
+                epoll_ctl(s->epfd, EPOLL_CTL_MOD, fd, &kev);
+                it->kmapped = 1;
+                it->seen_tail = c->head;
+                c->nsets++;
+            }
+            if (s->nmapped == s->cmapped) {
+                int n = s->cmapped ? s->cmapped * 2 : 16;
+                int *m = realloc(s->mapped, (size_t)n * sizeof *m);
+                if (!m) {
+                    pthread_mutex_unlock(&cx_lock);
+                    return -ENOMEM; /* retried at the next wait (gen unchanged) */
+                }
+                s->mapped = m;
+                s->cmapped = n;
+            }
+            s->mapped[s->nmapped++] = fd;
+        }
+    }
+    s->gen = g;
+    pthread_mutex_unlock(&cx_lock);
+    return 0;
+}
+
+/* The ring events of the set's mapped descriptors, into EV (at most MAX).
+ * PEEK: only say whether there is one, changing nothing. */
+static int collect(struct ep_set *s, struct epoll_event *ev, int max, int peek)
+{
+    int n = 0;
+    for (int k = 0; k < s->nmapped && n < max; k++) {
+        int fd = s->mapped[k];
+        struct ep_item *it = item_of(s, fd);
+        struct conn *c = conn_of(fd);
+        if (!c || !it || !it->in_use || it->disabled)
+            continue;
+        uint32_t want = it->events, r = 0;
+        int end = at_end(c);
+        if (want & EPOLLIN) {
+            int readable = c->off || next_ready(c);
+            if (!(want & EPOLLET)) {
+                if (readable || end)
+                    r |= EPOLLIN;
+            } else if (readable || end) {
+                /* An edge: messages published since the last report. */
+                uint32_t t = end ? c->head + 0x80000000u : rpal_load_acquire(&c->their->tail);
+                if (t != it->seen_tail) {
+                    r |= EPOLLIN;
+                    if (!peek)
+                        it->seen_tail = t;
+                }
+            }
+        }
+        if (end && r)
+            r |= EPOLLHUP | (want & EPOLLRDHUP);
+        if (want & EPOLLOUT) {
+            int room = !end && has_room(c);
+            if (!(want & EPOLLET)) {
+                if (room)
+                    r |= EPOLLOUT;
+            } else if (room && it->was_full) {
+                r |= EPOLLOUT;
+                if (!peek)
+                    it->was_full = 0;
+            } else if (!room && !peek) {
+                it->was_full = 1;
+            }
+        }
+        if (c->broken)
+            r |= EPOLLERR;
+        if (!r)
+            continue;
+        if (peek)
+            return 1;
+        ev[n].events = r;
+        ev[n].data = it->data;
+        n++;
+        if (want & EPOLLONESHOT)
+            it->disabled = 1;
+    }
+    return n;
+}
+
+/* One kernel epoll_wait: plain descriptors' events go to EV as they are;
+ * mapped ones only had a wake-up or a hang-up, read here; then, if
+ * RECOLLECT, their ring events follow. */
+static int kernel_wait(struct ep_set *s, struct epoll_event *ev, int max, int timeout_ms,
+                       int recollect)
+{
+    struct epoll_event kev[64];
+    int k = epoll_wait(s->epfd, kev, max < 64 ? max : 64, timeout_ms);
+    if (k < 0)
+        return -errno;
+    int n = 0, touched = 0;
+    for (int j = 0; j < k; j++) {
+        int fd = (int)kev[j].data.u64;
+        struct ep_item *it = item_of(s, fd);
+        if (!it || !it->in_use)
+            continue;
+        struct conn *c = conn_of(fd);
+        if (c) {
+            drain(c);
+            touched = 1;
+            continue;
+        }
+        if (it->disabled)
+            continue;
+        ev[n].events = kev[j].events;
+        ev[n].data = it->data;
+        n++;
+        if (it->events & EPOLLONESHOT)
+            it->disabled = 1;
+    }
+    if (touched && recollect && n < max)
+        n += collect(s, ev + n, max - n, 0);
+    return n;
+}
+
+static void set_polling(struct ep_set *s, uint32_t v)
+{
+    for (int k = 0; k < s->nmapped; k++) {
+        struct conn *c = conn_of(s->mapped[k]);
+        /* Written only when it changes: the other end reads this line. */
+        if (c && rpal_load_relaxed(&c->my->polling) != v)
+            rpal_store_relaxed(&c->my->polling, v);
+    }
+}
+
+int rpal_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
+{
+    if ((op != EPOLL_CTL_DEL && !ev) || (op != EPOLL_CTL_ADD && op != EPOLL_CTL_MOD &&
+                                         op != EPOLL_CTL_DEL))
+        return -EINVAL;
+    pthread_mutex_lock(&cx_lock);
+    int err = 0;
+    struct ep_set *s = fdtab_get(&sets, epfd);
+    if (!s) {
+        s = calloc(1, sizeof *s + sizeof(struct fdtab));
+        if (!s || (err = fdtab_put(&sets, epfd, s)) < 0) {
+            free(s);
+            pthread_mutex_unlock(&cx_lock);
+            return err < 0 ? err : -ENOMEM;
+        }
+        s->epfd = epfd;
+        s->items = (void *)(s + 1);
+    }
+    struct ep_item *it = item_of(s, fd);
+    if (!it && op == EPOLL_CTL_ADD) {
+        if (!(it = calloc(1, sizeof *it)) || (err = fdtab_put(s->items, fd, it)) < 0) {
+            free(it);
+            pthread_mutex_unlock(&cx_lock);
+            return err < 0 ? err : -ENOMEM;
+        }
+    }
+    struct conn *c = conn_of(fd);
+    struct epoll_event kev = {.events = c ? EPOLLIN | EPOLLRDHUP : (ev ? ev->events : 0),
+                              .data.u64 = (uint64_t)fd};
+    if (epoll_ctl(epfd, op, fd, op == EPOLL_CTL_DEL ? NULL : &kev) < 0) {
+        err = -errno;
+    } else if (op == EPOLL_CTL_DEL) {
+        if (it) {
+            if (it->kmapped && c)
+                c->nsets--;
+            it->in_use = 0;
+        }
+    } else {
+        if (c && !(op == EPOLL_CTL_MOD && it->kmapped))
+            c->nsets++;
+        it->events = ev->events;
+        it->data = ev->data;
+        it->in_use = 1;
+        it->disabled = 0;
+        it->was_full = 1; /* so that EPOLLET reports room once, as epoll does */
+        it->kmapped = c != NULL;
+        it->seen_tail = c ? c->head : 0; /* unread messages count as new */
+    }
+    rpal_fetch_add_relaxed(&conn_gen, 1);
+    pthread_mutex_unlock(&cx_lock);
+    return err;
+}
+
+int rpal_epoll_wait(int epfd, struct epoll_event *ev, int max, int timeout_ms)
+{
+    if (!ev || max <= 0)
+        return -EINVAL;
+    struct ep_set *s = fdtab_get(&sets, epfd);
+    if (!s) { /* nothing of ours in it */
+        int r = epoll_wait(epfd, ev, max, timeout_ms);
+        return r < 0 ? -errno : r;
+    }
+    int err = set_sync(s);
+    if (err < 0)
+        return err;
+    for (int k = 0; k < s->nmapped; k++) {
+        struct conn *c = conn_of(s->mapped[k]);
+        if (c && dom_check(c->d) < 0)
+            return -ECHILD;
+    }
+    int n = collect(s, ev, max, 0);
+    if (n > 0) {
+        /* Ring events cost no system call; look at the kernel's now and
+         * then so that plain descriptors are not starved. */
+        if (++s->nosys < 64)
+            return n;
+        s->nosys = 0;
+        int k = kernel_wait(s, ev + n, max - n, 0, 0);
+        return k > 0 ? n + k : n;
+    }
+    s->nosys = 0;
+    n = kernel_wait(s, ev, max, 0, 1);
+    if (n != 0 || timeout_ms == 0)
+        return n;
+    uint64_t now = prim_now_ns();
+    uint64_t deadline = timeout_ms < 0 ? UINT64_MAX : now + (uint64_t)timeout_ms * 1000000;
+    if (s->nmapped) {
+        /* Spin on the rings a bounded time (principle 6); the other ends
+         * see we poll and send no wake-up byte. */
+        set_polling(s, 1);
+        uint64_t spin_end = now + spin_ns(), next_k = now + KCHECK_NS;
+        for (unsigned i = 1;; i++) {
+            if ((n = collect(s, ev, max, 0)) != 0)
+                return n; /* still polling: we look at the rings before we sleep */
+            cpu_relax();
+            if ((i & 63) == 0) {
+                now = prim_now_ns();
+                if (now >= spin_end || now >= deadline)
+                    break;
+                if (now >= next_k) {
+                    if ((n = kernel_wait(s, ev, max, 0, 1)) != 0)
+                        return n;
+                    next_k = now + KCHECK_NS;
+                }
+            }
+        }
+    }
+    for (;;) {
+        set_polling(s, 0);
+        rpal_fence_seq_cst(); /* pairs with the fence in rpal_write: we see its
+                                 message, or it sees we do not poll */
+        if ((n = collect(s, ev, max, 0)) != 0)
+            return n;
+        now = prim_now_ns();
+        if (now >= deadline)
+            return 0;
+        int t = -1;
+        if (deadline != UINT64_MAX) {
+            uint64_t left = (deadline - now + 999999) / 1000000;
+            t = left > INT32_MAX ? INT32_MAX : (int)left;
+        }
+        if ((n = kernel_wait(s, ev, max, t, 1)) != 0)
+            return n;
+    }
+}
+
+int rpal_epoll_timeout(int epfd)
+{
+    struct ep_set *s = fdtab_get(&sets, epfd);
+    if (!s)
+        return -1;
+    if (set_sync(s) < 0)
+        return 0; /* let the loop come back and retry */
+    set_polling(s, 0);
+    rpal_fence_seq_cst(); /* as before sleeping in rpal_epoll_wait */
+    return collect(s, NULL, 1, 1) ? 0 : -1;
+}

@@ -8,7 +8,8 @@
  * Each pair runs as two real processes started with exec, client pinned to
  * CPU 0 and server to CPU 1 (or the first two CPUs we may use), with a
  * private socket path and namespace directory (RPAL_DIR) under a temporary
- * directory that is removed at the end. Printed: the server's line as the
+ * directory ($TMPDIR or /tmp) that is removed at the end, also when the run
+ * is interrupted (the children are stopped first). Printed: the server's line as the
  * paper prints it, for each transport; the ratio of the average latencies
  * against the paper's 19616 / 1703 = 11.5; and the CPU time per message of
  * each process (user + system over the process's whole life, from wait4),
@@ -60,9 +61,16 @@ struct result {
 };
 
 static char bindir[PATH_MAX];            /* where the example programs are */
-static char tmpdir[] = "/tmp/rpal-paper-XXXXXX";
+/* $TMPDIR/rpal-paper-XXXXXX, or under /tmp when $TMPDIR is unset or too
+ * long for the socket path that goes in it. */
+static char tmpdir[80];
 static int cpu_client, cpu_server;
 static double hz;
+/* Ctrl-C or a kill: the children are stopped and the temporary directory
+ * removed before we go. */
+static volatile sig_atomic_t interrupted;
+
+static void on_signal(int sig) { interrupted = sig; }
 
 static double mono_s(void) { return now_ns() / 1e9; }
 
@@ -170,7 +178,7 @@ static int exited_ok(const char *prog, int status)
 
 static void run(const struct transport *t, const char *count, const char *size, struct result *r)
 {
-    char sock[sizeof tmpdir + 16], ccpu[16], scpu[16];
+    char sock[sizeof tmpdir + 16], ccpu[16], scpu[16]; /* fits sun_path (108) */
     snprintf(sock, sizeof sock, "%s/echo.sock", tmpdir);
     snprintf(ccpu, sizeof ccpu, "%d", cpu_client);
     snprintf(scpu, sizeof scpu, "%d", cpu_server);
@@ -191,7 +199,10 @@ static void run(const struct transport *t, const char *count, const char *size, 
     }
     /* The client starts once the server's socket is there. */
     struct stat st;
+    unlink(sock); /* a server of an earlier pair that died left it */
     while (stat(sock, &st) < 0) {
+        if (interrupted)
+            kill(server, SIGTERM);
         if (waitpid(server, &status, WNOHANG) == server) {
             exited_ok(t->server, status);
             close(sout);
@@ -210,19 +221,31 @@ static void run(const struct transport *t, const char *count, const char *size, 
     /* Whichever ends first: if it failed, the other is stopped rather than
      * left to time out. The server normally ends just after the client. */
     int ok = 1;
-    for (int left = 2; left > 0; left--) {
+    while (server > 0 || client > 0) {
         pid_t pid = wait4(-1, &status, 0, &ru);
+        if (pid < 0 && errno == EINTR) { /* interrupted: stop them both */
+            if (server > 0)
+                kill(server, SIGTERM);
+            if (client > 0)
+                kill(client, SIGTERM);
+            continue;
+        }
         if (pid < 0)
             break;
         int is_client = pid == client;
         if (!exited_ok(is_client ? t->client : t->server, status)) {
             ok = 0;
-            kill(is_client ? server : client, SIGTERM);
+            pid_t other = is_client ? server : client;
+            if (other > 0)
+                kill(other, SIGTERM);
         }
-        if (is_client)
+        if (is_client) {
             r->client_cpu_ns = cpu_ns(&ru);
-        else
+            client = 0;
+        } else {
             r->server_cpu_ns = cpu_ns(&ru);
+            server = 0;
+        }
     }
     char cline[256];
     read_line(sout, r->line, sizeof r->line);
@@ -296,6 +319,10 @@ int main(int argc, char **argv)
     }
     if (find_programs() < 0)
         return 1;
+    const char *base = getenv("TMPDIR");
+    if (!base || !*base || strlen(base) > sizeof tmpdir - sizeof "/rpal-paper-XXXXXX")
+        base = "/tmp";
+    snprintf(tmpdir, sizeof tmpdir, "%s/rpal-paper-XXXXXX", base);
     if (!mkdtemp(tmpdir)) {
         perror("paper: mkdtemp");
         return 1;
@@ -306,6 +333,10 @@ int main(int argc, char **argv)
     snprintf(nsdir, sizeof nsdir, "%s/rpal", tmpdir);
     setenv("RPAL_DIR", nsdir, 1);
     signal(SIGPIPE, SIG_IGN);
+    struct sigaction sa = {.sa_handler = on_signal}; /* no SA_RESTART: wait4 returns */
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
     choose_cpus();
     hz = calibrate_hz();
 
@@ -318,16 +349,22 @@ int main(int argc, char **argv)
             getenv("RPAL_SPIN_US") ? getenv("RPAL_SPIN_US") : "20", STAMP_CLOCK, hz / 1e6);
     fflush(info);
 
-    struct result res[NTRANSPORTS];
+    struct result res[NTRANSPORTS] = {0};
     int failed = 0;
     for (size_t t = 0; t < NTRANSPORTS; t++) {
         if (!want[t])
             continue;
         run(&transports[t], count, size, &res[t]);
         failed |= !res[t].ok;
+        if (interrupted)
+            break;
     }
     if (nftw(tmpdir, remove_one, 16, FTW_DEPTH | FTW_PHYS) < 0)
         fprintf(stderr, "paper: could not remove %s: %s\n", tmpdir, strerror(errno));
+    if (interrupted) {
+        fprintf(stderr, "paper: interrupted\n");
+        return 128 + interrupted;
+    }
 
     for (size_t t = 0; t < NTRANSPORTS; t++) {
         const struct result *r = &res[t];

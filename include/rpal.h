@@ -46,6 +46,11 @@ const char *rpal_strerror(int err);
                                        with rpal_region_map() (without it the
                                        region starts as one anonymous object
                                        over its whole size, read-write) */
+#define RPAL_REGION_HUGE      0x4u /* create: data in 2 MiB huge pages on
+                                      hugetlbfs, base and size multiples of
+                                      1 GiB, so that every attacher shares
+                                      the kernel's page tables of the data
+                                      (see rpal_region_create()) */
 
 typedef struct rpal_region rpal_region;
 
@@ -53,7 +58,13 @@ typedef struct rpal_region rpal_region;
  * file mode MODE (0 means 0600; the umask does not apply) in the namespace
  * directory, and attach it read-write. Creation is exclusive: if NAME exists,
  * -EEXIST. Missing parent directories of NAME are created with MODE plus the
- * search bit wherever MODE grants read. The memory reads as zeros. */
+ * search bit wherever MODE grants read. The memory reads as zeros.
+ * FLAGS: RPAL_REGION_TRANSIENT, RPAL_REGION_HUGE. A huge region's SIZE is a
+ * multiple of 1 GiB (else -EINVAL); its data lives in a file on a hugetlbfs
+ * with 2 MiB pages ($RPAL_HUGE_DIR, or the first one mounted; none: -ENODEV),
+ * all of its huge pages are reserved at creation (too few free: -ENOSPC),
+ * and processes that attach it in the same mode share one set of page-table
+ * pages for it instead of 2 MiB per GiB each. */
 int rpal_region_create(const char *name, size_t size, unsigned mode,
                        unsigned flags, rpal_region **out);
 
@@ -81,7 +92,7 @@ struct rpal_region_info {
     uint64_t size;         /* bytes of data */
     uint64_t base;         /* address of the data in every process */
     uint32_t mode;         /* file permission bits */
-    uint32_t flags;        /* RPAL_REGION_TRANSIENT, ... */
+    uint32_t flags;        /* RPAL_REGION_TRANSIENT, RPAL_REGION_HUGE */
     uint32_t uid, gid;     /* owner of the region's file */
     int32_t creator_pid;
     uint32_t creator_uid;

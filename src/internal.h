@@ -53,6 +53,16 @@ RPAL_HIDDEN int prim_mkdirs_beneath(int dirfd, const char *path,
  * prefix is longer than MADE bytes (what it reported it created). */
 RPAL_HIDDEN void prim_rmdirs_beneath(int dirfd, const char *path, size_t keep);
 
+/* hugetlb. The directory for huge regions' data files: $RPAL_HUGE_DIR, or
+ * the first hugetlbfs mount with 2 MiB pages in /proc/self/mounts; -ENODEV
+ * if there is none (or $RPAL_HUGE_DIR is not on one). */
+#define PRIM_HUGETLBFS_MAGIC 0x958458f6u /* statfs f_type of hugetlbfs */
+#define RPAL_HUGE_PAGE  (2ull << 20)
+#define RPAL_HUGE_ALIGN (1ull << 30) /* base and size of huge regions */
+RPAL_HIDDEN int prim_huge_dir(char *out, size_t size);
+/* 2 MiB huge pages that are free and not reserved; -errno if unknown. */
+RPAL_HIDDEN int prim_huge_avail(uint64_t *pages);
+
 RPAL_HIDDEN uint64_t prim_now_realtime_ns(void);
 /* FNV-1a 64 of N bytes: the checksum of records read from shared files. */
 RPAL_HIDDEN uint64_t prim_fnv1a(const void *p, size_t n);
@@ -118,6 +128,43 @@ RPAL_HIDDEN struct lay *region_lay(const struct rpal_region *r);
 RPAL_HIDDEN int ns_name_validate(const char *name);
 /* O_PATH descriptor of the namespace root; CREATE makes it if missing. */
 RPAL_HIDDEN int ns_open(int create);
+/* ---- huge regions: the hugetlbfs data file (src/huge.c) ---- */
+
+/* Where the data file is, in the header page of a huge region's file. */
+#define HUGE_EXT_OFF 2048
+#define HUGE_DIR_MAX 256 /* longest hugetlbfs directory path, with the NUL */
+struct huge_ext {
+    uint64_t magic;
+    uint64_t page_size;  /* RPAL_HUGE_PAGE */
+    uint64_t dev, ino;   /* the data file */
+    uint64_t hdr_check;  /* the header's check: ties the two together */
+    char path[448];      /* absolute path of the data file */
+    uint64_t check;      /* FNV-1a of the fields above */
+};
+/* 0 if a hugetlbfs is there with SIZE bytes of free huge pages (a hint);
+ * -ENODEV or -ENOSPC otherwise. */
+RPAL_HIDDEN int huge_check_avail(uint64_t size);
+/* Make the data file for the header whose inode is HDR_INO in the namespace
+ * NSFD: SIZE bytes, mode MODE. Fills X (but for huge_seal) and returns its
+ * descriptor, or -errno. */
+RPAL_HIDDEN int huge_create(int nsfd, uint64_t hdr_ino, uint64_t size,
+                            unsigned mode, struct huge_ext *x);
+RPAL_HIDDEN void huge_seal(struct huge_ext *x, uint64_t hdr_check);
+/* Read and check the extension from the header file HFD. */
+RPAL_HIDDEN int huge_read(int hfd, uint64_t hdr_check, struct huge_ext *x);
+/* huge_read, then open the data file with OFLAGS and check it is the one
+ * named, of SIZE bytes, owned by OWNER; its descriptor, or -errno. */
+RPAL_HIDDEN int huge_open(int hfd, uint64_t hdr_check, uint64_t size,
+                          uid_t owner, int oflags, struct huge_ext *x);
+/* Remove the data file X names, if it is still that file. */
+RPAL_HIDDEN void huge_remove(const struct huge_ext *x);
+/* Remove this namespace's data files whose creator is dead and whose header
+ * inode IN_USE does not know; the number removed. */
+RPAL_HIDDEN int huge_gc(int nsfd, int (*in_use)(uint64_t hdr_ino, void *arg),
+                        void *use_arg,
+                        void (*fn)(const char *kind, const char *name, void *arg),
+                        void *arg);
+
 /* The region half of rpal_gc(): returns the number of items removed. */
 RPAL_HIDDEN int region_gc(void (*fn)(const char *kind, const char *name, void *arg),
                           void *arg);

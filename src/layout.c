@@ -972,6 +972,8 @@ static void det_add(struct lay_ctl *c, pid_t pid, uint32_t gen)
 static int change(rpal_region *r, const struct op *op, struct rpal_region_change *chg)
 {
     struct lay *l = r ? region_lay(r) : NULL;
+    if (r && !l)
+        return -EOPNOTSUPP; /* a huge region: one object, no layout */
     if (!l || (op->prot & ~PROT_ALL) || !op->len || op->off % RPAL_PAGE ||
         op->len % RPAL_PAGE || op->foff % RPAL_PAGE || op->foff > (uint64_t)INT64_MAX)
         return -EINVAL;

@@ -9,11 +9,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/openat2.h>
+#include <mntent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <linux/futex.h>
 #include <sys/sysmacros.h>
@@ -98,6 +100,94 @@ uint64_t prim_self_start(void)
         rpal_store_release(&cached_pid, me); /* pairs with the acquire above */
     }
     return s;
+}
+
+/* ---- hugetlb ------------------------------------------------------------- */
+
+/* 0 if DIR is a directory on hugetlbfs whose pages are 2 MiB. */
+static int huge_dir_ok(const char *dir)
+{
+    struct statfs sf;
+    struct stat st;
+    if (dir[0] != '/' || statfs(dir, &sf) < 0 || stat(dir, &st) < 0 ||
+        !S_ISDIR(st.st_mode))
+        return -ENODEV;
+    if ((uint32_t)sf.f_type != PRIM_HUGETLBFS_MAGIC || (uint64_t)sf.f_bsize != RPAL_HUGE_PAGE)
+        return -ENODEV;
+    return 0;
+}
+
+int prim_huge_dir(char *out, size_t size)
+{
+    const char *env = getenv("RPAL_HUGE_DIR");
+    if (env && *env) {
+        int err = huge_dir_ok(env);
+        if (err == 0 && strlen(env) >= size)
+            err = -ENAMETOOLONG;
+        if (err == 0)
+            snprintf(out, size, "%s", env);
+        return err;
+    }
+    FILE *f = setmntent("/proc/self/mounts", "re");
+    if (!f)
+        return -ENODEV;
+    int err = -ENODEV;
+    struct mntent me;
+    char buf[4096];
+    while (err == -ENODEV && getmntent_r(f, &me, buf, sizeof buf)) {
+        if (strcmp(me.mnt_type, "hugetlbfs") || huge_dir_ok(me.mnt_dir) < 0)
+            continue;
+        if (strlen(me.mnt_dir) >= size)
+            err = -ENAMETOOLONG;
+        else {
+            snprintf(out, size, "%s", me.mnt_dir);
+            err = 0;
+        }
+    }
+    endmntent(f);
+    return err;
+}
+
+static int read_u64_file(const char *path, uint64_t *v)
+{
+    char buf[64];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    int e = errno;
+    close(fd);
+    if (n <= 0)
+        return n < 0 ? -e : -EIO;
+    buf[n] = 0;
+    char *end;
+    *v = strtoull(buf, &end, 10);
+    return end == buf ? -EIO : 0;
+}
+
+int prim_huge_avail(uint64_t *pages)
+{
+    uint64_t free_p, resv;
+    const char *d = "/sys/kernel/mm/hugepages/hugepages-2048kB";
+    char p[128];
+    snprintf(p, sizeof p, "%s/free_hugepages", d);
+    int err = read_u64_file(p, &free_p);
+    if (err == 0) {
+        snprintf(p, sizeof p, "%s/resv_hugepages", d);
+        err = read_u64_file(p, &resv);
+    }
+    if (err == 0)
+        *pages = free_p > resv ? free_p - resv : 0;
+    return err;
+}
+
+uint64_t prim_fnv1a(const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
 }
 
 uint64_t prim_now_realtime_ns(void)
@@ -279,15 +369,6 @@ int prim_futex_waitv(struct futex_waitv *w, unsigned n, int64_t timeout_ns)
     return r < 0 ? -errno : (int)r;
 }
 
-uint64_t prim_fnv1a(const void *p, size_t n)
-{
-    const unsigned char *b = p;
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ b[i]) * 0x100000001b3ull;
-    return h;
-}
-
 /* OFD locks (F_OFD_*): owned by the open file description, so two
  * descriptors of one process conflict like two processes do, and a lock
  * goes away with the last descriptor of its description (at death too). */
@@ -362,7 +443,9 @@ const char *rpal_strerror(int err)
     case EFBIG:
         return "size larger than the address window";
     case ENOSPC:
-        return "no room left (address window, registry, or the filesystem)";
+        return "no room left (address window, registry, the filesystem, or free huge pages)";
+    case ENODEV:
+        return "no hugetlbfs with 2 MiB pages here (mount one, or set RPAL_HUGE_DIR)";
     case ENAMETOOLONG:
         return "name too long";
     case EOPNOTSUPP:

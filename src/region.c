@@ -69,10 +69,15 @@ static int hdr_validate(const struct region_hdr *h, uint64_t file_size)
     if (h->base % g || h->base < RPAL_WINDOW_BASE + g || h->base > end ||
         h->size > end - h->base)
         return -EBADMSG;
-    if (file_size != g + h->size)
-        return -EBADMSG; /* truncated or grown behind our back */
-    if (h->flags & ~RPAL_REGION_TRANSIENT)
+    if (h->flags & ~(RPAL_REGION_TRANSIENT | RPAL_REGION_HUGE))
         return -EBADMSG;
+    /* A huge region's file is the header granule only; its data is on
+     * hugetlbfs (src/huge.c), on whole 1 GiB ranges. */
+    int huge = !!(h->flags & RPAL_REGION_HUGE);
+    if (huge && (h->base % RPAL_HUGE_ALIGN || h->size % RPAL_HUGE_ALIGN))
+        return -EBADMSG;
+    if (file_size != g + (huge ? 0 : h->size))
+        return -EBADMSG; /* truncated or grown behind our back */
     return 0;
 }
 
@@ -277,21 +282,31 @@ static int overlaps(const struct reg_file *f, uint64_t start, uint64_t len,
 /* Next-fit in the window, so that a freed range is reused only after the
  * whole window went round: a process that still maps an unlinked region is
  * unlikely to meet its address again. */
-static int reg_alloc(struct reg_file *f, uint64_t len, uint64_t *start)
+/* The first start at or after C whose data (a granule later) is aligned to
+ * ALIGN, a multiple of the granule. */
+static uint64_t align_start(uint64_t c, uint64_t align)
+{
+    uint64_t g = RPAL_REGION_GRANULE;
+    return (c + g + align - 1) / align * align - g;
+}
+
+static int reg_alloc(struct reg_file *f, uint64_t len, uint64_t align,
+                     uint64_t *start)
 {
     uint64_t lo = RPAL_WINDOW_BASE, hi = lo + RPAL_REGION_WINDOW_SIZE;
     uint64_t g = RPAL_REGION_GRANULE;
     uint64_t c = f->cursor;
     if (c < lo || c >= hi || c % g)
         c = lo;
+    c = align_start(c, align);
     int wrapped = 0;
     for (;;) {
         uint64_t next;
-        if (len > hi - c) {
+        if (c > hi || len > hi - c) {
             if (wrapped)
                 return -ENOSPC;
             wrapped = 1;
-            c = lo;
+            c = align_start(lo, align);
             continue;
         }
         if (!overlaps(f, c, len, &next)) {
@@ -299,14 +314,14 @@ static int reg_alloc(struct reg_file *f, uint64_t len, uint64_t *start)
             f->cursor = c + len;
             return 0;
         }
-        c = (next + g - 1) / g * g;
+        c = align_start((next + g - 1) / g * g, align);
         if (wrapped && c >= f->cursor && f->cursor >= lo)
             return -ENOSPC;
     }
 }
 
 static int reg_reserve(int nsfd, const char *name, uint64_t size,
-                       uint64_t *base, unsigned *slot)
+                       uint64_t align, uint64_t *base, unsigned *slot)
 {
     struct reg r;
     int err = reg_lock(nsfd, &r);
@@ -321,7 +336,7 @@ static int reg_reserve(int nsfd, const char *name, uint64_t size,
     if (i == REG_CAP)
         err = -ENOSPC;
     else
-        err = reg_alloc(r.f, len, &start);
+        err = reg_alloc(r.f, len, align, &start);
     if (err == 0 && i == reg_used(r.f))
         r.f->used = i + 1;
     if (err == 0) {
@@ -400,16 +415,24 @@ static void unmap_region(uint64_t base, uint64_t granule, uint64_t size)
  * test can kill a creator at that point. Not exported. */
 RPAL_HIDDEN void (*rpal__hook_create_reserved)(void);
 
-/* The header area read-only, and the data PROT_NONE: the layout (which
- * lay_attach applies) says what becomes accessible. */
-static int map_region(int fd, const struct region_hdr *h)
+/* The header area read-only; the data PROT_NONE from FD, for the layout
+ * (which lay_attach applies) to say what becomes accessible, or, for a huge
+ * region (no layout), its data file DFD on hugetlbfs, mapped as WRITABLE says. */
+static int map_region(int fd, int dfd, const struct region_hdr *h, int writable)
 {
     int err = prim_map_fixed(h->base - h->granule, REGION_HDR_MAP, PROT_READ,
                              MAP_SHARED, fd, 0);
     if (err < 0)
         return err;
-    err = prim_map_fixed(h->base, h->size, PROT_NONE, MAP_SHARED | MAP_NORESERVE, fd,
-                         (off_t)h->granule);
+    if (dfd == fd) {
+        err = prim_map_fixed(h->base, h->size, PROT_NONE, MAP_SHARED | MAP_NORESERVE, fd,
+                             (off_t)h->granule);
+    } else {
+        err = prim_map_fixed(h->base, h->size, PROT_READ | (writable ? PROT_WRITE : 0),
+                             MAP_SHARED, dfd, 0);
+        if (err == -ENOMEM)
+            err = -ENOSPC; /* hugetlbfs could not reserve the huge pages */
+    }
     if (err < 0)
         munmap((void *)(uintptr_t)(h->base - h->granule), REGION_HDR_MAP);
     return err;
@@ -448,14 +471,22 @@ int rpal_region_create(const char *name, size_t size, unsigned mode,
     int err = ns_name_validate(name);
     if (err < 0)
         return err;
-    if (!out || (mode & ~0777u) || (flags & ~(RPAL_REGION_TRANSIENT | RPAL_REGION_EMPTY)))
+    if (!out || (mode & ~0777u) ||
+        (flags & ~(RPAL_REGION_TRANSIENT | RPAL_REGION_EMPTY | RPAL_REGION_HUGE)))
         return -EINVAL;
-    if (size == 0 || size % RPAL_PAGE)
+    /* A huge region is one object over its whole size: no layout (its data
+     * is another file, mapped as it is). */
+    if ((flags & RPAL_REGION_HUGE) && (flags & RPAL_REGION_EMPTY))
         return -EINVAL;
-    if (size > RPAL_REGION_WINDOW_SIZE - 2 * RPAL_REGION_GRANULE)
+    int huge = !!(flags & RPAL_REGION_HUGE);
+    if (size == 0 || size % (huge ? RPAL_HUGE_ALIGN : RPAL_PAGE))
+        return -EINVAL;
+    if (size > RPAL_REGION_WINDOW_SIZE - (huge ? RPAL_HUGE_ALIGN : 2 * RPAL_REGION_GRANULE))
         return -EFBIG;
     if (mode == 0)
         mode = 0600;
+    if (huge && (err = huge_check_avail(size)) < 0)
+        return err;
 
     int nsfd = ns_open(1);
     if (nsfd < 0)
@@ -463,8 +494,9 @@ int rpal_region_create(const char *name, size_t size, unsigned mode,
     char dir[RPAL_NAME_MAX + 2];
     const char *leaf;
     split_name(name, dir, &leaf);
-    int dfd = nsfd, fd = -1, lkfd = -1;
+    int dfd = nsfd, fd = -1, lkfd = -1, datafd = -1;
     uint64_t ino = 0;
+    struct huge_ext x;
     size_t made = SIZE_MAX;
     uint64_t base = 0;
     unsigned slot = 0;
@@ -506,11 +538,20 @@ int rpal_region_create(const char *name, size_t size, unsigned mode,
         err = -ENOMEM;
         goto out;
     }
-    err = reg_reserve(nsfd, name, size, &base, &slot);
+    err = reg_reserve(nsfd, name, size, huge ? RPAL_HUGE_ALIGN : RPAL_REGION_GRANULE,
+                      &base, &slot);
     if (err < 0)
         goto out;
     if (rpal__hook_create_reserved)
         rpal__hook_create_reserved();
+    if (huge) {
+        if (fstat(fd, &st) < 0)
+            err = -errno;
+        else if ((datafd = huge_create(nsfd, st.st_ino, size, mode, &x)) < 0)
+            err = datafd;
+        if (err < 0)
+            goto out_release;
+    }
 
     h.magic = REGION_MAGIC;
     h.version = REGION_VERSION;
@@ -518,36 +559,43 @@ int rpal_region_create(const char *name, size_t size, unsigned mode,
     h.granule = RPAL_REGION_GRANULE;
     h.base = base;
     h.size = size;
-    h.flags = flags & RPAL_REGION_TRANSIENT;
+    h.flags = flags & (RPAL_REGION_TRANSIENT | RPAL_REGION_HUGE);
     h.creator_pid = getpid();
     h.creator_uid = getuid();
     h.creator_start = prim_self_start();
     h.created_ns = prim_now_realtime_ns();
     h.check = hdr_check(&h);
 
-    if (fchmod(fd, mode) < 0 || ftruncate(fd, (off_t)(h.granule + size)) < 0 ||
-        fstat(fd, &st) < 0) {
+    if (fchmod(fd, mode) < 0 ||
+        ftruncate(fd, (off_t)(h.granule + (huge ? 0 : size))) < 0 || fstat(fd, &st) < 0) {
         err = -errno;
         goto out_release;
     }
     ssize_t w = pwrite(fd, &h, sizeof h, 0);
+    if (w == (ssize_t)sizeof h && huge) {
+        huge_seal(&x, h.check);
+        w = pwrite(fd, &x, sizeof x, HUGE_EXT_OFF) == (ssize_t)sizeof x ? w : -1;
+    }
     if (w != (ssize_t)sizeof h) {
         err = w < 0 ? -errno : -EIO;
         goto out_release;
     }
-    if ((err = lay_init(fd, size, !!(flags & RPAL_REGION_EMPTY))) < 0)
-        goto out_release;
-    /* The lock file is named after the inode, so it exists before the
-     * region has a name and no attacher can come without it. */
-    ino = (uint64_t)st.st_ino;
-    if ((lkfd = lay_lock_open(nsfd, name, ino, mode & 0666)) < 0) {
-        err = lkfd;
-        goto out_release;
+    if (!huge) {
+        if ((err = lay_init(fd, size, !!(flags & RPAL_REGION_EMPTY))) < 0)
+            goto out_release;
+        /* The lock file is named after the inode, so it exists before the
+         * region has a name and no attacher can come without it. */
+        ino = (uint64_t)st.st_ino;
+        if ((lkfd = lay_lock_open(nsfd, name, ino, mode & 0666)) < 0) {
+            err = lkfd;
+            goto out_release;
+        }
     }
-    err = map_region(fd, &h);
+    err = map_region(fd, huge ? datafd : fd, &h, 1);
     if (err < 0)
         goto out_release;
-    err = lay_attach(fd, lkfd, h.base, h.size, h.granule, 0, &r->lay);
+    if (!huge)
+        err = lay_attach(fd, lkfd, h.base, h.size, h.granule, 0, &r->lay);
     lkfd = -1; /* taken over */
     if (err != 0) {
         err = err < 0 ? err : -EIO;
@@ -578,9 +626,13 @@ out_release:
     reg_settle(nsfd, slot, base, 0);
     if (ino)
         lay_lock_unlink(dfd, leaf, ino);
+    if (datafd >= 0)
+        huge_remove(&x);
 out:
     if (lkfd >= 0)
         close(lkfd);
+    if (datafd >= 0)
+        close(datafd);
     if (err < 0 && made != SIZE_MAX)
         prim_rmdirs_beneath(nsfd, dir, made);
     if (fd >= 0)
@@ -637,16 +689,22 @@ int rpal_region_attach(const char *name, unsigned flags, rpal_region **out)
         return fd;
     }
     rpal_region *r = NULL;
-    int lkfd = -1;
-    err = map_region(fd, &h);
-    if (err == 0 && (err = region_new(&h, &r)) == 0 &&
+    int lkfd = -1, datafd = fd, huge = !!(h.flags & RPAL_REGION_HUGE);
+    if (huge) {
+        struct huge_ext x;
+        datafd = huge_open(fd, h.check, h.size, st.st_uid, writable ? O_RDWR : O_RDONLY, &x);
+    }
+    err = datafd < 0 ? datafd : map_region(fd, datafd, &h, writable);
+    if (err == 0 && (err = region_new(&h, &r)) == 0 && !huge &&
         (lkfd = lay_lock_open(nsfd, name, (uint64_t)st.st_ino, st.st_mode & 0666)) < 0)
         err = lkfd;
-    if (err == 0)
+    if (err == 0 && !huge)
         err = lay_attach(fd, lkfd, h.base, h.size, h.granule, !writable, &r->lay);
-    /* The descriptor is closed at once: a read-only attacher keeps no
+    /* The descriptors are closed at once: a read-only attacher keeps no
      * descriptor it could reopen read-write through /proc/self/fd (the
      * layout code keeps a PROT_NONE view of the file instead). */
+    if (datafd >= 0 && datafd != fd)
+        close(datafd);
     close(fd);
     close(nsfd);
     if (err < 0) {
@@ -702,6 +760,20 @@ int rpal_region_unlink(const char *name)
         close(nsfd);
         return fd;
     }
+    /* A huge region's data file goes with it. Finding it takes reading the
+     * header; one we may not read leaves its data file to `rpal gc`. */
+    struct huge_ext x;
+    int have_x = 0;
+    if (S_ISREG(st.st_mode)) {
+        struct region_hdr h;
+        struct stat st2;
+        int rfd = region_open(nsfd, name, O_RDONLY, &h, &st2);
+        if (rfd >= 0) {
+            have_x = (h.flags & RPAL_REGION_HUGE) && st2.st_ino == st.st_ino &&
+                     st2.st_dev == st.st_dev && huge_read(rfd, h.check, &x) == 0;
+            close(rfd);
+        }
+    }
     if (S_ISDIR(st.st_mode) || !S_ISREG(st.st_mode)) {
         close(nsfd);
         return S_ISDIR(st.st_mode) ? -EISDIR : -EBADMSG;
@@ -719,6 +791,8 @@ int rpal_region_unlink(const char *name)
         close(dfd);
     if (err == 0)
         reg_forget(nsfd, name, st.st_ino);
+    if (err == 0 && have_x)
+        huge_remove(&x);
     close(nsfd);
     return err;
 }
@@ -921,6 +995,27 @@ int rpal_region_foreach(int (*fn)(const struct rpal_region_info *, void *),
 
 /* ---- garbage collection -------------------------------------------------- */
 
+struct gc_use {
+    const struct reg_file *f;
+    const uint64_t *inos;
+    size_t n;
+};
+
+/* Is a header file of inode INO still known: by a live registry entry, or
+ * as a file in the namespace (renamed, or its entry lost)? */
+static int ino_in_use(uint64_t ino, void *arg)
+{
+    const struct gc_use *u = arg;
+    for (unsigned i = 0; i < reg_used(u->f); i++)
+        if (entry_valid(&u->f->e[i]) && u->f->e[i].state == REG_LIVE &&
+            u->f->e[i].ino == ino)
+            return 1;
+    for (size_t k = 0; k < u->n; k++)
+        if (u->inos[k] == ino)
+            return 1;
+    return 0;
+}
+
 int region_gc(void (*fn)(const char *kind, const char *name, void *arg),
               void *arg)
 {
@@ -992,6 +1087,10 @@ int region_gc(void (*fn)(const char *kind, const char *name, void *arg),
             if (fn)
                 fn("reservation", what, arg);
         }
+        /* Data files of huge regions that lost their header (removed by
+         * someone who could not read it, or by hand). */
+        struct gc_use u = {r.f, inos, n};
+        removed += huge_gc(nsfd, ino_in_use, &u, fn, arg);
         reg_unlock(&r);
     }
     free(inos);

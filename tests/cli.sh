@@ -191,6 +191,20 @@ expect_rc 1 "region info after rm"
 run region rm sub/dir/s128k
 expect_rc 0 "region rm sub/dir/s128k"
 
+# ---- huge regions: what fails without hugetlb pages (region_huge does more) --
+run region create hbad --size 64M --huge
+expect_rc 1 "region create --huge --size 64M"
+err_has "Invalid argument" "region create --huge --size 64M"
+[ -e "$RPAL_DIR/hbad" ] && fail "region create --huge --size 64M left a file"
+RPAL_HUGE_DIR=$tmp run region create hbad --size 1G --huge
+expect_rc 1 "region create --huge with RPAL_HUGE_DIR not on hugetlbfs"
+err_has "hugetlbfs" "region create --huge with RPAL_HUGE_DIR not on hugetlbfs"
+[ -e "$RPAL_DIR/hbad" ] && fail "region create --huge without hugetlbfs left a file"
+run region info s64k --huge
+expect_rc 2 "region info --huge"
+run region info s64k --json
+out_has '"huge":false' "region info --json of a 4 KiB-page region"
+
 # ---- gc, version, usage -----------------------------------------------------
 run gc
 expect_rc 0 "gc"

@@ -401,8 +401,11 @@ static void bad_args(void)
         BAD(rpal_region_create(n, 4096, modes[i], 0, &out_), -EINVAL);
     }
 
-    static const unsigned cflags[] = {0x4, 0x8, 0x100, 0x80000000u,
-                                      RPAL_REGION_TRANSIENT | 0x4, ~0u};
+    /* RPAL_REGION_HUGE (0x4) and RPAL_REGION_EMPTY (0x10) are create flags
+     * (tests/region_huge.c, tests/region_layout.c); together they are not. */
+    static const unsigned cflags[] = {0x8, 0x20, 0x100, 0x80000000u,
+                                      RPAL_REGION_TRANSIENT | 0x8,
+                                      RPAL_REGION_HUGE | RPAL_REGION_EMPTY, ~0u};
     for (size_t i = 0; i < sizeof cflags / sizeof *cflags; i++) {
         WHAT("flags %#x", cflags[i]);
         BAD(rpal_region_create(n, 4096, 0600, cflags[i], &out_), -EINVAL);

@@ -15,7 +15,7 @@
 static const char *usage_text =
     "usage: rpal COMMAND [ARGS]\n"
     "\n"
-    "  rpal region create NAME --size SIZE [--mode MODE] [--transient]\n"
+    "  rpal region create NAME --size SIZE [--mode MODE] [--transient] [--empty] [--huge]\n"
     "  rpal region info NAME [--json]   header, attached processes and layout\n"
     "  rpal region rm NAME\n"
     "  rpal ls [--json]        every region: name, size, base, mode, creator,\n"
@@ -26,10 +26,13 @@ static const char *usage_text =
     "                          measurement: epoll + Unix socket against rpal),\n"
     "                          call (transports compared), heap (rpal_malloc\n"
     "                          against glibc), regionchange (latency of a\n"
-    "                          layout change for 1, 8, 64 sharers)\n"
+    "                          layout change for 1, 8, 64 sharers), pagetables\n"
+    "                          (page tables of N processes, 4 KiB vs huge)\n"
     "  rpal version\n"
     "\n"
     "SIZE takes a K, M, G or T suffix (powers of 1024). MODE is octal.\n"
+    "--huge: 2 MiB pages on hugetlbfs ($RPAL_HUGE_DIR, or the one mounted),\n"
+    "SIZE a multiple of 1G; processes share the region's page tables.\n"
     "The namespace directory is $RPAL_DIR, or /dev/shm/rpal.\n";
 
 static int usage(void)
@@ -117,11 +120,11 @@ static void print_json(const struct rpal_region_info *i)
     printf("{\"name\":");
     json_str(i->name);
     printf(",\"size\":%llu,\"base\":\"0x%llx\",\"mode\":\"%04o\",\"uid\":%u,"
-           "\"gid\":%u,\"transient\":%s,\"creator_pid\":%d,\"creator_uid\":%u,"
+           "\"gid\":%u,\"transient\":%s,\"huge\":%s,\"creator_pid\":%d,\"creator_uid\":%u,"
            "\"creator_alive\":%s,\"created_ns\":%llu,\"attached\":[",
            (unsigned long long)i->size, (unsigned long long)i->base, i->mode,
            i->uid, i->gid, (i->flags & RPAL_REGION_TRANSIENT) ? "true" : "false",
-           i->creator_pid, i->creator_uid, i->creator_alive ? "true" : "false",
+           (i->flags & RPAL_REGION_HUGE) ? "true" : "false", i->creator_pid, i->creator_uid, i->creator_alive ? "true" : "false",
            (unsigned long long)i->created_ns);
     int shown = i->nattached < 16 ? i->nattached : 16;
     for (int k = 0; k < shown; k++)
@@ -196,7 +199,8 @@ static void print_info(const struct rpal_region_info *i)
     printf("size:      %llu (%s)\n", (unsigned long long)i->size, sz);
     printf("base:      0x%llx\n", (unsigned long long)i->base);
     printf("mode:      %04o  owner %s\n", i->mode, user_name(i->uid, user, sizeof user));
-    printf("flags:     %s\n", (i->flags & RPAL_REGION_TRANSIENT) ? "transient" : "persistent");
+    printf("flags:     %s%s\n", (i->flags & RPAL_REGION_TRANSIENT) ? "transient" : "persistent",
+           (i->flags & RPAL_REGION_HUGE) ? ", huge (2 MiB pages on hugetlbfs)" : "");
     printf("creator:   pid %d (%s), uid %u, %s\n", i->creator_pid,
            i->creator_alive ? "alive" : "dead", i->creator_uid, when);
     printf("attached:  %d", i->nattached);
@@ -352,6 +356,10 @@ static int cmd_region(int argc, char **argv)
             json = 1;
         } else if (!strcmp(a, "--transient")) {
             flags |= RPAL_REGION_TRANSIENT;
+        } else if (!strcmp(a, "--huge")) {
+            flags |= RPAL_REGION_HUGE;
+        } else if (!strcmp(a, "--empty")) {
+            flags |= RPAL_REGION_EMPTY;
         } else if (!strcmp(a, "--size") && i + 1 < argc) {
             size = parse_size(argv[++i]);
             if (size < 0) {

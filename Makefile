@@ -1,6 +1,8 @@
-# rpal build. `make` builds everything, `make test` runs the suite,
-# `make test SAN=1` runs it under AddressSanitizer + UBSan, `make demo` runs
-# the region demo. Objects go to build/ (build-san/ with SAN=1).
+# rpal build. `make bench` builds everything and runs the RPAL paper's
+# measurement (then `rpal bench call`), `make` builds everything, `make test`
+# runs the suite, `make test SAN=1` runs it under AddressSanitizer + UBSan,
+# `make demo` runs the region demo, `make docs-diff` rewrites the diffs
+# shown in docs/compat.md. Objects go to build/ (build-san/ with SAN=1).
 
 VERSION := 0.1.0
 SOVERSION := 0
@@ -32,11 +34,23 @@ HDRS := include/rpal.h src/internal.h src/atomics.h src/hugesetup.h Makefile
 SO := $(B)/librpal.so.$(VERSION)
 A := $(B)/librpal.a
 TOOL := $(B)/rpal
-EXAMPLES := $(patsubst examples/%.c,$(B)/examples/%,$(wildcard examples/*.c))
+# examples/uv_rpal_echo.c needs libuv (Debian: libuv1-dev); without it the
+# build says so and goes on.
+UV_EXAMPLE := examples/uv_rpal_echo.c
+HAVE_LIBUV := $(shell pkg-config --exists libuv 2>/dev/null && echo 1)
+EXAMPLES := $(patsubst examples/%.c,$(B)/examples/%,$(filter-out $(UV_EXAMPLE),$(wildcard examples/*.c)))
+ifeq ($(HAVE_LIBUV),1)
+EXAMPLES += $(B)/examples/uv_rpal_echo
+else
+EXAMPLES += skip-uv-example
+endif
+# The echo pairs that `rpal bench paper` runs (and `make install` installs
+# beside it).
+ECHO_PROGS := uds_echo_server uds_echo_client rpal_echo_server rpal_echo_client
 TESTS := $(patsubst tests/%.c,$(B)/tests/%,$(wildcard tests/*.c))
 BENCHES := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
 
-.PHONY: all lib test demo install uninstall clean
+.PHONY: all lib test demo bench docs-diff install uninstall clean skip-uv-example
 all: lib $(TOOL) $(EXAMPLES) $(TESTS) $(BENCHES)
 lib: $(SO) $(A)
 
@@ -60,15 +74,24 @@ $(A): $(LIB_OBJ)
 # the build tree; tests do too, and may reach the library's hidden test hooks.
 $(TOOL): tools/rpal.c $(A) include/rpal.h
 	$(CC) $(ALLCFLAGS) -o $@ $< $(A) $(LDFLAGS_ALL)
-$(B)/examples/%: examples/%.c $(A) include/rpal.h
+$(B)/examples/%: examples/%.c examples/echo_common.h $(A) include/rpal.h
 	@mkdir -p $(@D)
 	$(CC) $(ALLCFLAGS) -o $@ $< $(A) $(LDFLAGS_ALL)
+$(B)/examples/uv_rpal_echo: $(UV_EXAMPLE) examples/echo_common.h $(A) include/rpal.h
+	@mkdir -p $(@D)
+	$(CC) $(ALLCFLAGS) $(shell pkg-config --cflags libuv) -o $@ $< $(A) \
+	  $(shell pkg-config --libs libuv) $(LDFLAGS_ALL)
+skip-uv-example:
+	@echo "skipping $(UV_EXAMPLE): no libuv (pkg-config libuv; Debian: apt-get install libuv1-dev)"
 # bench/call compares rpal with iceoryx and ZeroMQ when their headers are
 # installed (their libraries are dlopen'ed at run time, so nothing to link).
 ICEORYX_INC := $(firstword $(wildcard /usr/include/iceoryx/v*))
 $(B)/bench/call: bench/call.c $(A) $(HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(ALLCFLAGS) -Isrc $(if $(ICEORYX_INC),-I$(ICEORYX_INC)) -o $@ $< $(A) $(LDFLAGS_ALL)
+$(B)/bench/paper: bench/paper.c examples/echo_common.h $(A) $(HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(ALLCFLAGS) -o $@ $< $(LDFLAGS_ALL)
 $(B)/bench/%: bench/%.c $(A) $(HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(ALLCFLAGS) -Isrc -o $@ $< $(A) $(LDFLAGS_ALL)
@@ -82,7 +105,18 @@ test: all
 demo: all
 	$(B)/examples/shared_list
 
-install: lib $(TOOL) $(BENCHES)
+# The main job: the RPAL paper's measurement (epoll + Unix socket against
+# rpal, 1,000,000 messages each), then every transport compared.
+bench: all
+	$(TOOL) bench paper
+	$(TOOL) bench call
+
+# docs/compat.md shows the diffs between the Unix-socket examples and their
+# rpal versions; tests/compat_diff.sh fails when they are out of date.
+docs-diff:
+	sh tests/compat_diff.sh --update
+
+install: lib $(TOOL) $(BENCHES) $(ECHO_PROGS:%=$(B)/examples/%)
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(BINDIR) \
 	  $(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man3 $(DESTDIR)$(MANDIR)/man7
 	install -m 644 include/rpal.h $(DESTDIR)$(INCLUDEDIR)/rpal.h
@@ -92,7 +126,8 @@ install: lib $(TOOL) $(BENCHES)
 	install -m 644 $(A) $(DESTDIR)$(LIBDIR)/
 	install -m 755 $(TOOL) $(DESTDIR)$(BINDIR)/rpal
 	install -d $(DESTDIR)$(PREFIX)/libexec/rpal
-	for b in $(BENCHES); do install -m 755 $$b $(DESTDIR)$(PREFIX)/libexec/rpal/; done
+	for b in $(BENCHES) $(ECHO_PROGS:%=$(B)/examples/%); do \
+	  install -m 755 $$b $(DESTDIR)$(PREFIX)/libexec/rpal/; done
 	sed -e 's|@PREFIX@|$(PREFIX)|; s|@LIBDIR@|$(LIBDIR)|; s|@INCLUDEDIR@|$(INCLUDEDIR)|; s|@VERSION@|$(VERSION)|' \
 	  rpal.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/rpal.pc
 	install -m 644 man/*.1 $(DESTDIR)$(MANDIR)/man1/

@@ -1,6 +1,6 @@
 #!/bin/sh
-# `make install` puts the header, both libraries, rpal.pc, the command and the
-# man pages under PREFIX; a program built with pkg-config links against the
+# `make install` puts the header, both libraries, rpal.pc, the command, its
+# benchmarks and the man pages under PREFIX; a program built with pkg-config links against the
 # shared library, runs, and sees only the public symbols.
 set -u
 command -v pkg-config >/dev/null || { echo "pkg-config is not installed"; exit 77; }
@@ -45,4 +45,7 @@ out=$(LD_LIBRARY_PATH="$tmp/usr/lib" "$tmp/app") || { echo "app failed"; exit 1;
 check "[ \"$out\" = \"$(pkg-config --modversion rpal) hello\" ]"
 check "LD_LIBRARY_PATH='$tmp/usr/lib' ldd '$tmp/app' | grep -q 'librpal.so.0 => $tmp/usr/lib'"
 check "\"$tmp/usr/bin/rpal\" version | grep -q '^rpal '"
+# The installed command finds its benchmarks, and `rpal bench paper` the
+# echo examples it runs, in PREFIX/libexec/rpal.
+check "\"$tmp/usr/bin/rpal\" bench paper --count 50 --transport uds 2>/dev/null | grep -q '^epoll+UDS: Message length: 32 bytes,'"
 exit $fail

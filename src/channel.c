@@ -44,6 +44,11 @@ struct ch_rx { /* in the service's slot */
     uint32_t depth, pad0;
     _Alignas(64) _Atomic uint32_t recv_sleeps;
     _Alignas(64) _Atomic uint32_t rtail;      /* replies published */
+    /* Per request entry: the sequence number of the last request read from
+     * it by pointer and answered, so that the caller frees its copy of a
+     * large request as soon as it is answered (replies may come out of
+     * order). */
+    _Alignas(64) _Atomic uint32_t ack[MAX_DEPTH];
     _Alignas(64) struct ch_entry e[];
 };
 
@@ -54,7 +59,8 @@ struct rpal_chan {
     const struct ch_rx *rx;
     uint32_t depth, sent, done;
     void **staging; /* per entry: a copy of a large request */
-    void **deferred; /* older copies still owed a reply */
+    uint32_t *staging_seq; /* per entry: the sequence number of that request */
+    struct deferred { void *p; uint32_t i, seq; } *deferred; /* older copies still owed a reply */
     size_t ndeferred, cdeferred;
     size_t nstaged; /* copies made since staging was last released */
     struct rpal_chan_opts o;
@@ -72,6 +78,9 @@ struct rx_chan {
     struct ch_rx *rx;
     void *rx_raw;
     void **bufs; /* per reply entry: our copy of a large reply */
+    uint64_t *pend_ptr; /* requests read in place, not yet answered: where */
+    uint32_t *pend_seq; /* and their sequence numbers */
+    uint32_t npend;
     uint32_t depth, head, rtail;
     uint64_t cbase, csize; /* the caller's slot */
     int sock;
@@ -208,8 +217,9 @@ int rpal_chan_open(rpal_peer *peer, const struct rpal_chan_opts *opts,
     c->mybase = dom_slot_addr(d, d->slot);
     c->mysize = d->slot_size;
     c->staging = calloc(c->depth, sizeof *c->staging);
+    c->staging_seq = calloc(c->depth, sizeof *c->staging_seq);
     c->tx = ch_slot_alloc(sizeof *c->tx + c->depth * sizeof(struct ch_entry), &c->tx_raw);
-    if (!c->staging || !c->tx) {
+    if (!c->staging || !c->staging_seq || !c->tx) {
         err = -ENOMEM;
         goto fail;
     }
@@ -291,6 +301,7 @@ fail:
     if (c->tx_raw)
         rpal_free(c->tx_raw);
     free(c->staging);
+    free(c->staging_seq);
     free(c);
     return err;
 }
@@ -306,23 +317,38 @@ static void staging_release(rpal_chan *c)
             c->staging[k] = NULL;
         }
     for (size_t k = 0; k < c->ndeferred; k++)
-        rpal_free(c->deferred[k]);
+        rpal_free(c->deferred[k].p);
     c->ndeferred = 0;
 }
 
+/* Free the kept copies whose requests the service has answered since. */
+static void staging_reclaim(rpal_chan *c)
+{
+    size_t k = 0;
+    while (k < c->ndeferred) {
+        struct deferred *x = &c->deferred[k];
+        if (rpal_load_acquire(&c->rx->ack[x->i]) == x->seq) { /* pairs with rpal_reply */
+            rpal_free(x->p);
+            *x = c->deferred[--c->ndeferred];
+        } else {
+            k++;
+        }
+    }
+}
+
 /* Entry I is reused while its old copy may still be read: keep that copy
- * until nothing is outstanding. */
+ * until it is answered, or nothing is outstanding. */
 static int staging_defer(rpal_chan *c, uint32_t i)
 {
     if (c->ndeferred == c->cdeferred) {
         size_t n = c->cdeferred ? c->cdeferred * 2 : 16;
-        void **d = realloc(c->deferred, n * sizeof *d);
+        struct deferred *d = realloc(c->deferred, n * sizeof *d);
         if (!d)
             return -ENOMEM;
         c->deferred = d;
         c->cdeferred = n;
     }
-    c->deferred[c->ndeferred++] = c->staging[i];
+    c->deferred[c->ndeferred++] = (struct deferred){c->staging[i], i, c->staging_seq[i]};
     c->staging[i] = NULL;
     return 0;
 }
@@ -341,6 +367,7 @@ int rpal_chan_close(rpal_chan *c)
     close(c->pidfd);
     staging_release(c);
     free(c->deferred);
+    free(c->staging_seq);
     dom_peer_unpin(c->peer, 0); /* the pin chan_open took */
     svc_peer_put(c->peer, 0);
     rpal_free(c->tx_raw);
@@ -375,6 +402,13 @@ int rpal_send(rpal_chan *c, const void *req, size_t len, uint64_t tag)
     e->len = (uint32_t)len;
     if (len > UINT32_MAX)
         return -EMSGSIZE;
+    if (c->ndeferred)
+        staging_reclaim(c);
+    /* pairs with the release store of ack[] in rpal_reply */
+    if (c->staging[i] && rpal_load_acquire(&c->rx->ack[i]) == c->staging_seq[i]) {
+        rpal_free(c->staging[i]); /* answered: the service is done with it */
+        c->staging[i] = NULL;
+    }
     if (c->staging[i] && (err = staging_defer(c, i)) < 0)
         return err;
     /* Zero copy when the request already lies in our slot: the service
@@ -383,8 +417,10 @@ int rpal_send(rpal_chan *c, const void *req, size_t len, uint64_t tag)
                           &c->staging[i]);
     if (kind < 0)
         return kind;
-    if (c->staging[i])
+    if (c->staging[i]) {
         c->nstaged++;
+        c->staging_seq[i] = SEQ_WANT(c->sent + 1);
+    }
     /* The entry's seqf last: pairs with the receiver's acquire of it. */
     __atomic_store_n(&e->seqf, SEQF(c->sent + 1, (uint32_t)kind), __ATOMIC_RELEASE);
     c->sent++;
@@ -495,6 +531,8 @@ static void rxc_free(struct rx_chan *x)
     svc_peer_put(x->peer, 1); /* every caller holds d->lock */
     rpal_free(x->rx_raw);
     free(x->bufs);
+    free(x->pend_ptr);
+    free(x->pend_seq);
     free(x);
 }
 
@@ -546,9 +584,13 @@ static int chan_accept(rpal_service *s, rpal_peer *p, int sock,
     if (!x)
         return -ENOMEM;
     x->bufs = calloc(depth, sizeof *x->bufs);
+    x->pend_ptr = calloc(depth, sizeof *x->pend_ptr);
+    x->pend_seq = calloc(depth, sizeof *x->pend_seq);
     x->rx = ch_slot_alloc(sizeof *x->rx + depth * sizeof(struct ch_entry), &x->rx_raw);
-    if (!x->bufs || !x->rx) {
+    if (!x->bufs || !x->pend_ptr || !x->pend_seq || !x->rx) {
         free(x->bufs);
+        free(x->pend_ptr);
+        free(x->pend_seq);
         if (x->rx_raw)
             rpal_free(x->rx_raw);
         free(x);
@@ -733,9 +775,14 @@ int rpal_receive(rpal_receiver *r, struct rpal_msg *m, int timeout_ms)
             x->head++;
             r->next = idx + 1 == (unsigned)n ? 0 : idx + 1;
             if (kind == E_PTR) {
-                /* Read in place, inside a window until the reply. */
+                /* Read in place, inside a window until the reply, which
+                 * tells the caller (ack) that it may free its copy. */
                 rpal_peer_access_begin(x->peer);
                 x->windows++;
+                if (x->npend < x->depth) {
+                    x->pend_ptr[x->npend] = e.ptr;
+                    x->pend_seq[x->npend++] = SEQ_WANT(x->head);
+                }
             }
             x->unanswered++;
             m->len = e.len;
@@ -810,6 +857,15 @@ int rpal_reply(rpal_receiver *r, const struct rpal_msg *m, const void *data, siz
         rpal_peer_access_end(x->peer);
         x->windows--;
     }
+    for (uint32_t k = 0; m->data != m->inline_copy && k < x->npend; k++)
+        if (x->pend_ptr[k] == (uintptr_t)m->data) {
+            uint32_t seq = x->pend_seq[k];
+            /* pairs with the caller's acquire before it frees its copy */
+            rpal_store_release(&x->rx->ack[(seq - 1) & (x->depth - 1)], seq);
+            x->pend_ptr[k] = x->pend_ptr[--x->npend];
+            x->pend_seq[k] = x->pend_seq[x->npend];
+            break;
+        }
     if (rpal_load_relaxed(&x->dead))
         return -ESHUTDOWN;
     /* The entry's previous reply was taken: the caller had at most DEPTH

@@ -78,7 +78,6 @@ struct conn {
     int broken;              /* the other end broke the ring's rules */
     int nsets;               /* rpal epoll sets it is registered in */
     uint64_t sbase, ssize;   /* their slot */
-    uint64_t mybase, mysize; /* ours */
     struct conn *next_zombie;
 };
 
@@ -490,21 +489,8 @@ static int hello_recv(int fd, struct fm_hello *h, int *memfd, struct ucred *cr,
                            .msg_controllen = sizeof u.b};
         ssize_t r = recvmsg(fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
         if (r > 0) {
-            for (struct cmsghdr *cm = CMSG_FIRSTHDR(&m); cm; cm = CMSG_NXTHDR(&m, cm))
-                if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_CREDENTIALS &&
-                    cm->cmsg_len >= CMSG_LEN(sizeof *cr) && done == 0)
-                    memcpy(cr, CMSG_DATA(cm), sizeof *cr);
-                else if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
-                    size_t nfd = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-                    for (size_t k = 0; k < nfd; k++) {
-                        int x;
-                        memcpy(&x, CMSG_DATA(cm) + k * sizeof(int), sizeof x);
-                        if (*memfd < 0)
-                            *memfd = x;
-                        else
-                            close(x); /* one was asked for */
-                    }
-                }
+            /* The credentials travel with the first byte only. */
+            svc_cmsg_take(&m, memfd, done == 0 ? cr : NULL);
             done += (size_t)r;
             continue;
         }
@@ -611,8 +597,6 @@ int rpal_uds_fdmap(rpal_domain *d, int fd, int timeout_ms)
     c->fd = fd;
     c->d = d;
     c->depth = CX_DEPTH;
-    c->mybase = dom_slot_addr(d, d->slot);
-    c->mysize = d->slot_size;
     c->staging = calloc(c->depth, sizeof *c->staging);
     c->my = ch_slot_alloc(sizeof *c->my + c->depth * sizeof(struct ch_entry), &c->my_raw);
     int memfd = -1;
@@ -892,6 +876,18 @@ static int kernel_wait(struct ep_set *s, struct epoll_event *ev, int max, int ti
     return n;
 }
 
+/* In a forked child the rings are not mapped. A process is a member of one
+ * domain at most, so one connection tells for all. */
+static int set_forked(const struct ep_set *s)
+{
+    for (int k = 0; k < s->nmapped; k++) {
+        struct conn *c = conn_of(s->mapped[k]);
+        if (c)
+            return dom_check(c->d) < 0;
+    }
+    return 0;
+}
+
 static void set_polling(struct ep_set *s, uint32_t v)
 {
     for (int k = 0; k < s->nmapped; k++) {
@@ -968,11 +964,8 @@ int rpal_epoll_wait(int epfd, struct epoll_event *ev, int max, int timeout_ms)
     int err = set_sync(s);
     if (err < 0)
         return err;
-    for (int k = 0; k < s->nmapped; k++) {
-        struct conn *c = conn_of(s->mapped[k]);
-        if (c && dom_check(c->d) < 0)
-            return -ECHILD;
-    }
+    if (set_forked(s))
+        return -ECHILD;
     /* Ring events cost no system call; look at the kernel's now and then
      * (leaving room for its events) so that plain descriptors are not
      * starved. */
@@ -1038,11 +1031,8 @@ int rpal_epoll_timeout(int epfd)
         return -1;
     if (set_sync(s) < 0)
         return 0; /* let the loop come back and retry */
-    for (int k = 0; k < s->nmapped; k++) {
-        struct conn *c = conn_of(s->mapped[k]);
-        if (c && dom_check(c->d) < 0)
-            return -ECHILD;
-    }
+    if (set_forked(s))
+        return -ECHILD;
     set_polling(s, 0);
     rpal_fence_seq_cst(); /* as before sleeping in rpal_epoll_wait */
     return collect(s, NULL, 1, 1) ? 0 : -1;

@@ -352,6 +352,11 @@ RPAL_HIDDEN int svc_peer_adopt(rpal_domain *d, int memfd, const struct ucred *cr
 /* The slot of the live member PID of D's domain: 0 and *SLOT, or -ESRCH. */
 RPAL_HIDDEN int dom_member_slot(rpal_domain *d, pid_t pid, unsigned *slot);
 RPAL_HIDDEN int svc_recv_with_fd(int sock, void *msg, size_t len, int *fd);
+/* Walk the control messages of a received MH: the first descriptor goes to
+ * *FD (if it is still -1), every other one is closed; credentials, if any,
+ * to *CR (CR may be NULL). Returns the number of descriptors seen. */
+struct msghdr;
+RPAL_HIDDEN int svc_cmsg_take(struct msghdr *mh, int *fd, struct ucred *cr);
 
 /* ---- channel layer pieces shared with compat (src/channel.c) ---- */
 

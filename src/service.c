@@ -108,6 +108,29 @@ int svc_send_with_fd(int sock, const void *msg, size_t len, int fd)
     return n == (ssize_t)len ? 0 : n < 0 ? -errno : -EIO;
 }
 
+int svc_cmsg_take(struct msghdr *mh, int *fd, struct ucred *cr)
+{
+    int nfds = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(mh); c; c = CMSG_NXTHDR(mh, c)) {
+        if (c->cmsg_level != SOL_SOCKET)
+            continue;
+        if (c->cmsg_type == SCM_CREDENTIALS && cr && c->cmsg_len >= CMSG_LEN(sizeof *cr))
+            memcpy(cr, CMSG_DATA(c), sizeof *cr);
+        if (c->cmsg_type != SCM_RIGHTS)
+            continue;
+        size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < k; i++) {
+            int x;
+            memcpy(&x, CMSG_DATA(c) + i * sizeof(int), sizeof x);
+            if (nfds++ == 0 && *fd < 0)
+                *fd = x;
+            else
+                close(x);
+        }
+    }
+    return nfds;
+}
+
 /* Receive one message of exactly LEN bytes and at most one descriptor
  * (*FD = -1 if none). Anything else a peer sends is closed and refused. */
 int svc_recv_with_fd(int sock, void *msg, size_t len, int *fd)
@@ -123,20 +146,7 @@ int svc_recv_with_fd(int sock, void *msg, size_t len, int *fd)
     ssize_t n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
     if (n < 0)
         return -errno;
-    int nfds = 0;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-            continue;
-        size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        for (size_t i = 0; i < k; i++) {
-            int x;
-            memcpy(&x, CMSG_DATA(c) + i * sizeof(int), sizeof x);
-            if (nfds++ == 0)
-                *fd = x;
-            else
-                close(x);
-        }
-    }
+    int nfds = svc_cmsg_take(&mh, fd, NULL);
     if (n == 0)
         return -ECONNRESET;
     if ((size_t)n != len || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || nfds > 1) {

@@ -27,6 +27,28 @@ const char *rpal_version(void);
  * meaning rpal gives to a few codes (EBADMSG: not an rpal region, ...). */
 const char *rpal_strerror(int err);
 
+/* ---- recovery points: access to memory that may vanish ---- */
+
+/* Run fn(arg) under a recovery point for [addr, addr+len): if fn touches a
+ * page of that range that is gone (a named region truncated by a writer, or
+ * unmapped / re-protected for every sharer), fn is abandoned where it
+ * faulted and rpal_guard returns -EIO (the page lies past the end of its
+ * file: SIGBUS) or -EFAULT (no mapping or no permission: SIGSEGV) instead of
+ * the signal killing the process. Otherwise it returns fn's own result.
+ * Guards are per thread and nest; a fault is recovered by the innermost guard
+ * whose range holds the address. A fault anywhere else, a kill(2)ed signal,
+ * and a fault in another thread go to the handler that was installed before
+ * rpal's (by default: the process dies as usual). Because fn may be
+ * abandoned half-way, it must not take locks or allocate. The first call
+ * installs rpal's SIGSEGV and SIGBUS handlers; a handler installed after
+ * that must chain to the previous one for guards to keep working.
+ * -EINVAL: fn NULL or the range wraps. */
+int rpal_guard(const void *addr, size_t len, int (*fn)(void *arg), void *arg);
+
+/* memcpy(dst, src, len) under a recovery point covering both ranges:
+ * 0, -EIO or -EFAULT as rpal_guard (dst may then be partly written). */
+int rpal_guard_copy(void *dst, const void *src, size_t len);
+
 /* ------------------------------------------------------------------------ */
 /* Regions: named, same-address shared memory (the mshare model).            */
 /* ------------------------------------------------------------------------ */

@@ -84,6 +84,12 @@ struct futex_waitv;
 RPAL_HIDDEN int prim_futex_wait(const _Atomic uint32_t *addr, uint32_t val,
                                 int shared, int64_t timeout_ns);
 RPAL_HIDDEN int prim_futex_wake(const _Atomic uint32_t *addr, int n, int shared);
+/* Copy LEN bytes within our own address space through the kernel
+ * (process_vm_readv/writev): 0, or -EFAULT if a page is gone (cut from its
+ * file, unmapped, no permission) where a plain access would raise SIGBUS or
+ * SIGSEGV. */
+RPAL_HIDDEN int prim_mem_read(void *dst, const void *src, size_t len);
+RPAL_HIDDEN int prim_mem_write(void *dst, const void *src, size_t len);
 /* Wait on several words at once (Linux 5.16+): index woken, or -errno. */
 RPAL_HIDDEN int prim_futex_waitv(struct futex_waitv *w, unsigned n,
                                  int64_t timeout_ns);

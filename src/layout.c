@@ -116,17 +116,60 @@ static int table_valid(const struct lay_table *t, uint32_t gen, uint64_t size)
     return 0;
 }
 
-/* Copy the table of generation GEN out of the mapped header area. */
-static int table_read(const uint8_t *hdr, uint32_t gen, uint64_t size,
+/* The header area is never touched directly: anyone who may write the
+ * region may truncate its file, and touching a mapping past the end of its
+ * file raises SIGBUS. It is read from the file (FD >= 0: pread) or from the
+ * header mapping HDR through the kernel (prim_mem_read), where a cut page
+ * is an error, -EIO. Directly, the mapping serves only as the futex words'
+ * address. */
+static int hdr_read(int fd, const uint8_t *hdr, void *dst, size_t len, uint64_t off)
+{
+    if (fd >= 0)
+        return pread(fd, dst, len, (off_t)off) == (ssize_t)len ? 0 : -EIO;
+    return prim_mem_read(dst, hdr + off, len) == 0 ? 0 : -EIO;
+}
+
+/* Copy the control page out of the header. */
+static int ctl_read(int fd, const uint8_t *hdr, struct lay_ctl *c)
+{
+    if (hdr_read(fd, hdr, c, sizeof *c, LAY_CTL_OFF) < 0)
+        return -EIO;
+    /* The tables are read after the generation that names them: pairs with
+     * the fence between a changer's table and generation writes. */
+    rpal_fence_seq_cst();
+    return c->magic == LAY_MAGIC ? 0 : -EBADMSG;
+}
+
+/* Copy the table of generation GEN out of the header. */
+static int table_read(int fd, const uint8_t *hdr, uint32_t gen, uint64_t size,
                       struct lay_table *t)
 {
-    const struct lay_table *s = (const void *)(hdr + copy_off(gen));
-    memcpy(t, s, offsetof(struct lay_table, obj));
+    const size_t head = offsetof(struct lay_table, obj);
+    uint64_t off = copy_off(gen);
+    if (hdr_read(fd, hdr, t, head, off) < 0)
+        return -EIO;
     uint32_t n = t->nobj;
     if (n > LAY_OBJ_MAX)
         return -EBADMSG;
-    memcpy(t->obj, s->obj, n * sizeof t->obj[0]);
+    if (hdr_read(fd, hdr, t->obj, n * sizeof t->obj[0], off + head) < 0)
+        return -EIO;
     return table_valid(t, gen, size);
+}
+
+/* The current generation and its table. A change may be rewriting the
+ * other copy: a torn read fails the checksum and is read again. */
+static int table_current(int fd, const uint8_t *hdr, uint64_t size, uint32_t *gen,
+                         struct lay_table *t)
+{
+    int err = -EBADMSG;
+    for (int tries = 0; tries < 8 && err == -EBADMSG; tries++) {
+        struct lay_ctl c;
+        if ((err = ctl_read(fd, hdr, &c)) < 0)
+            break;
+        *gen = c.gen;
+        err = table_read(fd, hdr, c.gen, size, t);
+    }
+    return err;
 }
 
 static size_t table_bytes(const struct lay_table *t)
@@ -162,20 +205,12 @@ int lay_read(int fd, uint64_t size, uint32_t *gen, struct rpal_region_object *ob
     struct lay_table *t = malloc(sizeof *t);
     if (!t)
         return -ENOMEM;
-    int err = -EBADMSG;
-    /* A change may be rewriting the other copy: a torn read fails the
-     * checksum and is read again. */
-    for (int tries = 0; tries < 8 && err == -EBADMSG; tries++) {
-        struct lay_ctl c;
-        if (pread(fd, &c, sizeof c, LAY_CTL_OFF) != (ssize_t)sizeof c || c.magic != LAY_MAGIC)
-            break;
-        uint32_t g = c.gen;
-        if (pread(fd, t, sizeof *t, (off_t)copy_off(g)) != (ssize_t)sizeof *t)
-            break;
-        err = table_valid(t, g, size);
-        if (err == 0 && gen)
-            *gen = g;
-    }
+    uint32_t g;
+    int err = table_current(fd, NULL, size, &g, t);
+    if (err == -EIO)
+        err = -EBADMSG; /* cut short: not a region file any more */
+    if (err == 0 && gen)
+        *gen = g;
     if (err == 0) {
         for (uint32_t i = 0; i < t->nobj && i < max; i++) {
             const struct lay_obj *o = &t->obj[i];
@@ -269,8 +304,9 @@ void lay_lock_unlink(int dirfd, const char *leaf, uint64_t ino)
 struct lay {
     pthread_mutex_t mu;         /* the fields below; agent and changers */
     uint64_t base, size, granule;
-    const uint8_t *hdr;         /* header area, read-only */
-    const struct lay_ctl *ctl;
+    const uint8_t *hdr;         /* header area, read-only; read through
+                                   hdr_read only (see there) */
+    const struct lay_ctl *ctl;  /* in it: the futex words' address */
     uint8_t *src;               /* PROT_NONE view of the whole file */
     int rdonly;
     int lkfd;                   /* the lock file: our record lives on it */
@@ -438,43 +474,60 @@ static void self_detach(struct lay *l)
     l->detached = 1;
 }
 
-static int listed_detached(const struct lay *l)
+static int listed_detached(const struct lay *l, const struct lay_ctl *c)
 {
-    uint32_t n = *(volatile const uint32_t *)&l->ctl->ndet;
     pid_t me = getpid();
-    for (uint32_t i = 0; i < n && i < LAY_DET_MAX; i++) {
-        uint32_t d = (l->ctl->det[i].gen - l->regen) & GEN_MASK;
+    for (uint32_t i = 0; i < c->ndet && i < LAY_DET_MAX; i++) {
+        uint32_t d = (c->det[i].gen - l->regen) & GEN_MASK;
         /* Only a change after our registration can have given up on us:
          * an older entry is a previous process with our pid. */
-        if (l->ctl->det[i].pid == me && d != 0 && d < GEN_MASK / 2)
+        if (c->det[i].pid == me && d != 0 && d < GEN_MASK / 2)
             return 1;
     }
     return 0;
 }
 
-/* The agent's step for one region (l->mu held): catch up with GEN. */
-static void sync_to(struct lay *l, uint32_t gen)
+/* The agent's step for one region (l->mu held): catch up with the region's
+ * generation, and say in *GEN which one to wait on next. A file cut short
+ * under its header (-EIO) cannot be followed any more: the region is
+ * detached here, its range PROT_NONE (a guarded access then fails with
+ * -EFAULT instead of SIGBUS), and changes through its handle are -ESTALE. */
+static void sync_region(struct lay *l, uint32_t *gen)
 {
-    if (l->detached || gen == l->applied)
-        return;
-    if (listed_detached(l)) {
+    struct lay_ctl c;
+    int err = ctl_read(-1, l->hdr, &c);
+    if (err == -EIO) {
         self_detach(l);
         return;
     }
-    int err = -EBADMSG;
-    for (int tries = 0; tries < 8 && err == -EBADMSG; tries++)
-        err = table_read(l->hdr, gen, l->size, l->tmp);
+    *gen = c.gen;
+    if (l->detached || c.gen == l->applied)
+        return;
+    if (err == 0 && listed_detached(l, &c)) {
+        self_detach(l);
+        return;
+    }
+    uint32_t g = c.gen;
+    if (err == 0)
+        err = table_read(-1, l->hdr, g, l->size, l->tmp);
+    if (err == -EBADMSG) /* torn by a change: read both again */
+        err = table_current(-1, l->hdr, l->size, &g, l->tmp);
+    if (err == -EIO) {
+        self_detach(l);
+        return;
+    }
+    *gen = g;
     int failed = err < 0;
     if (err == 0) {
-        if (l->tmp->op != OP_INIT && gen == ((l->applied + 1) & GEN_MASK))
+        if (l->tmp->op != OP_INIT && g == ((l->applied + 1) & GEN_MASK))
             failed = apply_op(l, l->tmp) < 0;
         else
             failed = apply_all(l, l->tmp) != 0;
         memcpy(l->cur, l->tmp, table_bytes(l->tmp));
     }
     /* A corrupt table leaves the mappings as they were, and says so. */
-    l->applied = gen;
-    rec_set(l, gen, failed);
+    l->applied = g;
+    rec_set(l, g, failed);
     prim_futex_wake(&l->ctl->ack, 1, 1);
 }
 
@@ -503,11 +556,13 @@ static void *agent_main(void *arg)
         for (struct lay *l = g_agent.list; l; l = l->next) {
             if (l->detached)
                 continue;
-            /* pairs with the changer's store_release of the generation */
-            uint32_t g = rpal_load_acquire(&l->ctl->gen);
+            uint32_t g = 0;
             pthread_mutex_lock(&l->mu);
-            sync_to(l, g);
+            sync_region(l, &g);
+            int gone = l->detached;
             pthread_mutex_unlock(&l->mu);
+            if (gone)
+                continue;
             if (n == AGENT_WAITV_MAX) {
                 more = 1;
                 continue;
@@ -523,8 +578,12 @@ static void *agent_main(void *arg)
         w[n].uaddr = (uintptr_t)&g_agent.ctl;
         w[n].val = c;
         w[n].flags = FUTEX_32 | FUTEX_PRIVATE_FLAG;
-        /* Regions past the waitv limit are polled every 10 ms. */
-        prim_futex_waitv(w, n + 1, more ? 10000000 : 3600ll * 1000000000);
+        /* Regions past the waitv limit are polled every 10 ms. A word whose
+         * page was cut from its file makes the wait fail at once (-EFAULT);
+         * the next round finds that region and detaches it, and the nap
+         * bounds the spin if it does not. */
+        if (prim_futex_waitv(w, n + 1, more ? 10000000 : 3600ll * 1000000000) == -EFAULT)
+            nanosleep(&(struct timespec){0, 1000000}, NULL);
     }
     return NULL;
 }
@@ -681,18 +740,17 @@ int lay_attach(int fd, int lkfd, uint64_t base, uint64_t size, uint64_t granule,
         goto fail;
     }
     l->src = src;
-    if (l->ctl->magic != LAY_MAGIC) {
-        err = -EBADMSG;
-        goto fail;
-    }
     pthread_once(&g_agent.once, agent_once);
     /* No change runs while we read the layout and register. */
     if ((err = prim_ofd_lock(lkfd, F_RDLCK, LK_CHANGE, 1, LK_ATTACH_NS)) < 0)
         goto fail;
     locked = 1;
-    uint32_t g = rpal_load_acquire(&l->ctl->gen); /* pairs with the changer's release */
-    if ((err = table_read(l->hdr, g, size, l->tmp)) < 0)
+    uint32_t g;
+    if ((err = table_current(-1, l->hdr, size, &g, l->tmp)) < 0) {
+        if (err == -EIO)
+            err = -EBADMSG; /* cut short: not a region file any more */
         goto fail;
+    }
     if ((failed = apply_all(l, l->tmp)) < 0) {
         err = failed;
         goto fail;
@@ -957,6 +1015,23 @@ static void det_prune(struct lay_ctl *c, int fd)
     c->ndet = k;
 }
 
+/* Write LEN bytes at OFF of the writable header mapping RW (see
+ * hdr_read): whole, or -EIO if the file was cut. */
+static int hdr_write(uint8_t *rw, const void *p, size_t len, uint64_t off)
+{
+    /* Whatever was written before (the new table) is visible before this:
+     * pairs with the fence in ctl_read. */
+    rpal_fence_seq_cst();
+    return prim_mem_write(rw + off, p, len) == 0 ? 0 : -EIO;
+}
+
+/* The list of detached sharers, from the changer's copy C. */
+static int det_write(uint8_t *rw, const struct lay_ctl *c)
+{
+    const size_t at = offsetof(struct lay_ctl, ndet);
+    return hdr_write(rw, (const uint8_t *)c + at, sizeof *c - at, LAY_CTL_OFF + at);
+}
+
 static void det_add(struct lay_ctl *c, pid_t pid, uint32_t gen)
 {
     uint32_t i = c->ndet < LAY_DET_MAX ? c->ndet : LAY_DET_MAX;
@@ -1004,19 +1079,20 @@ static int change(rpal_region *r, const struct op *op, struct rpal_region_change
                             LK_ATTACH_NS + timeout * 1000000);
     if (err < 0)
         goto out;
-    /* A writable duplicate of the header area, for this change only. */
+    /* A writable duplicate of the header area, for this change only; like
+     * the read-only one it is accessed through hdr_read/hdr_write only. */
     rw = mremap(l->src, 0, REGION_HDR_MAP, MREMAP_MAYMOVE);
     if (rw == MAP_FAILED || mprotect(rw, REGION_HDR_MAP, PROT_READ | PROT_WRITE) < 0) {
         err = -errno;
         goto out;
     }
-    struct lay_ctl *c = (struct lay_ctl *)(rw + LAY_CTL_OFF);
-    if (c->magic != LAY_MAGIC) {
-        err = -EBADMSG;
+    /* The control page, ours to rewrite while we hold the change lock (the
+     * agents only read it). */
+    struct lay_ctl ctl, *c = &ctl;
+    if ((err = ctl_read(-1, rw, c)) < 0)
         goto out;
-    }
-    uint32_t g = rpal_load_relaxed(&c->gen), g1 = (g + 1) & GEN_MASK;
-    if ((err = table_read(rw, g, l->size, old)) < 0)
+    uint32_t g = c->gen, g1 = (g + 1) & GEN_MASK;
+    if ((err = table_read(-1, rw, g, l->size, old)) < 0)
         goto out;
     memcpy(t, old, table_bytes(old));
     if ((err = edit(t, op)) < 0)
@@ -1027,10 +1103,14 @@ static int change(rpal_region *r, const struct op *op, struct rpal_region_change
     t->op_len = op->len;
     t->op_prot = (uint32_t)op->prot;
     t->check = table_check(t);
+    /* Into the spare copy, which no agent reads until the generation names
+     * it. */
+    if ((err = hdr_write(rw, t, table_bytes(t), copy_off(g1))) < 0)
+        goto out;
 
     /* Here first: if it cannot be done in the changer, it is not done. */
     pthread_mutex_lock(&l->mu);
-    if (l->detached || listed_detached(l)) { /* an earlier change gave up on us */
+    if (l->detached || listed_detached(l, c)) { /* an earlier change gave up on us */
         if (!l->detached)
             self_detach(l);
         pthread_mutex_unlock(&l->mu);
@@ -1064,8 +1144,13 @@ static int change(rpal_region *r, const struct op *op, struct rpal_region_change
         res.detached++;
         pids[i] = pids[--n];
     }
-    memcpy(rw + copy_off(g1), t, table_bytes(t));
-    rpal_store_release(&c->gen, g1); /* pairs with the agents' acquire */
+    if ((err = det_write(rw, c)) < 0 ||
+        (err = hdr_write(rw, &g1, sizeof g1, LAY_CTL_OFF + offsetof(struct lay_ctl, gen))) < 0) {
+        if (apply_all(l, l->cur) < 0) /* not published: put the old layout back */
+            self_detach(l);
+        pthread_mutex_unlock(&l->mu);
+        goto out;
+    }
     prim_futex_wake(&l->ctl->gen, INT_MAX, 1);
     memcpy(l->cur, t, table_bytes(t));
     l->applied = g1;
@@ -1102,7 +1187,8 @@ static int change(rpal_region *r, const struct op *op, struct rpal_region_change
         /* Agents wake this word after they moved their record; the value
          * never changes, so a wake that came before we sleep is missed and
          * the nap bounds the cost of that. */
-        prim_futex_wait(&l->ctl->ack, 0, 1, nap);
+        if (prim_futex_wait(&l->ctl->ack, 0, 1, nap) == -EFAULT) /* file cut */
+            nanosleep(&(struct timespec){0, (long)nap}, NULL);
         if (nap < 2000000)
             nap *= 2;
     }
@@ -1110,6 +1196,8 @@ static int change(rpal_region *r, const struct op *op, struct rpal_region_change
         det_add(c, pids[i], g1);
         res.detached++;
     }
+    if (n > 0)
+        det_write(rw, c); /* failing, they stay attached and are waited for again */
     if (op->op == OP_UNMAP)
         punch(l, old, op->off, op->len);
     if (res.detached)

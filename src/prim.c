@@ -10,6 +10,10 @@
 #include <fcntl.h>
 #include <linux/openat2.h>
 #include <mntent.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +23,7 @@
 #include <sys/syscall.h>
 #include <linux/futex.h>
 #include <sys/sysmacros.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -417,6 +422,173 @@ uint64_t prim_now_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Copy between two ranges of our own address space through the kernel:
+ * a page that is gone (past the end of its file, unmapped, or without the
+ * permission) makes the call fail with -EFAULT instead of raising SIGBUS or
+ * SIGSEGV. For the library's own reads and writes of shared memory that
+ * another process can cut (a region's header); no descriptor is needed. */
+static int mem_copy(void *dst, const void *src, size_t len, int write)
+{
+    struct iovec local = {write ? (void *)src : dst, len};
+    struct iovec remote = {write ? dst : (void *)src, len};
+    ssize_t n = write ? process_vm_writev(getpid(), &local, 1, &remote, 1, 0)
+                      : process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
+    if (n < 0)
+        return -errno;
+    return (size_t)n == len ? 0 : -EFAULT;
+}
+
+int prim_mem_read(void *dst, const void *src, size_t len)
+{
+    return mem_copy(dst, src, len, 0);
+}
+
+int prim_mem_write(void *dst, const void *src, size_t len)
+{
+    return mem_copy(dst, src, len, 1);
+}
+
+/* ---- recovery points ------------------------------------------------------
+ * A guard is a frame on the calling thread's stack, linked from a
+ * thread-local top pointer: the fault handler runs on the faulting thread, so
+ * it sees exactly that thread's guards and needs no lock. The handler is
+ * installed once, on first use, never by merely using the rest of the
+ * library: a library that takes over SIGSEGV behind the application's back
+ * breaks runtimes that rely on their own handler. */
+
+struct guard_frame {
+    sigjmp_buf jb;
+    uintptr_t lo[2], hi[2];    /* page-rounded ranges; empty when lo == hi */
+    struct guard_frame *up;
+};
+
+/* initial-exec: reading a dynamic TLS variable may allocate the first time
+ * in a thread, which a signal handler must not do. */
+static __thread struct guard_frame *g_guard_top __attribute__((tls_model("initial-exec")));
+static struct sigaction g_guard_old[2]; /* SIGSEGV, SIGBUS before ours */
+static pthread_once_t g_guard_once = PTHREAD_ONCE_INIT;
+static int g_guard_err;
+
+static void guard_chain(int sig, siginfo_t *si, void *uc)
+{
+    const struct sigaction *o = &g_guard_old[sig == SIGBUS];
+    if (o->sa_flags & SA_SIGINFO) {
+        o->sa_sigaction(sig, si, uc);
+    } else if (o->sa_handler != SIG_DFL && o->sa_handler != SIG_IGN) {
+        o->sa_handler(sig);
+    } else {
+        /* Default (an ignored fault would only repeat forever): restore it
+         * and return, so the faulting instruction runs again and the process
+         * dies of the original fault, core dump and all. A sent signal does
+         * not repeat: send it again. */
+        struct sigaction d = {.sa_handler = SIG_DFL};
+        sigemptyset(&d.sa_mask);
+        sigaction(sig, &d, NULL);
+        if (si->si_code <= 0)
+            raise(sig);
+    }
+}
+
+static void guard_handler(int sig, siginfo_t *si, void *uc)
+{
+    uintptr_t a = (uintptr_t)si->si_addr;
+    /* si_code > 0: a fault the kernel raised, not kill() or sigqueue(). */
+    if (si->si_code > 0)
+        for (struct guard_frame *f = g_guard_top; f; f = f->up)
+            for (int i = 0; i < 2; i++)
+                if (a >= f->lo[i] && a < f->hi[i]) {
+                    g_guard_top = f; /* inner frames are abandoned with their fn */
+                    siglongjmp(f->jb, sig);
+                }
+    guard_chain(sig, si, uc);
+}
+
+static void guard_install(void)
+{
+    /* SA_NODEFER: the handler leaves by siglongjmp, and sigsetjmp does not
+     * save the mask (that would be a system call per guard); so the signal
+     * must not be blocked while the handler runs. SA_ONSTACK: use the
+     * application's alternate stack if it set one (stack overflow). */
+    struct sigaction sa = {.sa_sigaction = guard_handler,
+                           .sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK};
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGSEGV, &sa, &g_guard_old[0]) < 0 ||
+        sigaction(SIGBUS, &sa, &g_guard_old[1]) < 0)
+        g_guard_err = -errno;
+}
+
+static void guard_range(struct guard_frame *f, int i, const void *addr, size_t len)
+{
+    /* Whole pages: a string or vector routine may fault at an aligned
+     * address below the first byte it was asked for, never outside the
+     * pages it was asked for. */
+    uintptr_t a = (uintptr_t)addr;
+    f->lo[i] = len ? a & ~(uintptr_t)(RPAL_PAGE - 1) : 0;
+    f->hi[i] = len ? ((a + len - 1) | (RPAL_PAGE - 1)) + 1 : 0;
+    if (f->hi[i] == 0 && len) /* the last page of the address space */
+        f->hi[i] = UINTPTR_MAX;
+}
+
+/* Run fn(arg) with frame f (its ranges set) on top of this thread's guards.
+ * sigsetjmp is here, in the frame that stays live while fn runs. */
+static int guard_run(struct guard_frame *f, int (*fn)(void *), void *arg)
+{
+    pthread_once(&g_guard_once, guard_install);
+    if (g_guard_err)
+        return g_guard_err;
+    f->up = g_guard_top;
+    int sig = sigsetjmp(f->jb, 0);
+    if (sig) {
+        g_guard_top = f->up;
+        return sig == SIGBUS ? -EIO : -EFAULT;
+    }
+    g_guard_top = f;
+    /* The handler must see the frame before fn's first access and until its
+     * last: signal fences order these stores against code on this thread. */
+    atomic_signal_fence(memory_order_seq_cst);
+    int ret = fn(arg);
+    atomic_signal_fence(memory_order_seq_cst);
+    g_guard_top = f->up;
+    return ret;
+}
+
+int rpal_guard(const void *addr, size_t len, int (*fn)(void *arg), void *arg)
+{
+    if (!fn || (uintptr_t)addr + len < (uintptr_t)addr)
+        return -EINVAL;
+    struct guard_frame f;
+    guard_range(&f, 0, addr, len);
+    guard_range(&f, 1, NULL, 0);
+    return guard_run(&f, fn, arg);
+}
+
+struct guard_copy {
+    void *dst;
+    const void *src;
+    size_t len;
+};
+
+static int guard_copy_fn(void *arg)
+{
+    struct guard_copy *c = arg;
+    memcpy(c->dst, c->src, c->len);
+    return 0;
+}
+
+int rpal_guard_copy(void *dst, const void *src, size_t len)
+{
+    if (!len)
+        return 0;
+    if (!dst || !src || (uintptr_t)dst + len < (uintptr_t)dst ||
+        (uintptr_t)src + len < (uintptr_t)src)
+        return -EINVAL;
+    struct guard_frame f;
+    guard_range(&f, 0, src, len);
+    guard_range(&f, 1, dst, len);
+    struct guard_copy c = {dst, src, len};
+    return guard_run(&f, guard_copy_fn, &c);
 }
 
 const char *rpal_version(void)

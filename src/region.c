@@ -165,8 +165,15 @@ struct reg_file {
 
 struct reg {
     int fd;
+    unsigned used0; /* entries read: all of them are written back */
     struct reg_file *f;
 };
+
+/* How many entries to scan; the header is as untrusted as the entries. */
+static unsigned reg_used(const struct reg_file *f)
+{
+    return f->used < REG_CAP ? f->used : REG_CAP;
+}
 
 static int reg_lock(int nsfd, struct reg *r)
 {
@@ -211,42 +218,54 @@ static int reg_lock(int nsfd, struct reg *r)
         close(fd);
         return -EBADMSG;
     }
-    void *p = mmap(NULL, sizeof(struct reg_file), PROT_READ | PROT_WRITE,
-                   MAP_SHARED, fd, 0);
-    if (p == MAP_FAILED) {
-        int e = -errno;
+    /* Read into private memory, not mapped: anyone who may write the
+     * registry may also truncate it, and a mapping of a truncated file
+     * raises SIGBUS in whoever touches it. Only the entries in use are read
+     * (and written back); the rest of the copy reads as zeros, like the
+     * file's never-used tail. */
+    struct reg_file *f = calloc(1, sizeof *f);
+    const size_t head = offsetof(struct reg_file, e);
+    if (!f) {
         close(fd);
-        return e;
+        return -ENOMEM;
+    }
+    if (pread(fd, f, head, 0) != (ssize_t)head ||
+        (f->magic == REG_MAGIC &&
+         pread(fd, f->e, reg_used(f) * sizeof f->e[0], (off_t)head) !=
+             (ssize_t)(reg_used(f) * sizeof f->e[0]))) {
+        free(f); /* shrunk under our lock by someone who ignores it */
+        close(fd);
+        return -EBADMSG;
     }
     r->fd = fd;
-    r->f = p;
-    if (r->f->magic != REG_MAGIC) {
-        /* A fresh file reads as zeros; only a corrupt one is cleared (which
-         * touches all of its pages). */
-        if (!fresh)
-            memset(r->f, 0, sizeof *r->f);
-        r->f->version = 1;
-        r->f->cap = REG_CAP;
-        r->f->cursor = 0;
-        r->f->magic = REG_MAGIC;
+    r->f = f;
+    r->used0 = f->magic == REG_MAGIC ? reg_used(f) : 0;
+    if (f->magic != REG_MAGIC) {
+        /* A fresh file reads as zeros; a corrupt one starts over. */
+        memset(f, 0, head);
+        f->version = 1;
+        f->cap = REG_CAP;
+        f->cursor = 0;
+        f->magic = REG_MAGIC;
     }
     return 0;
 }
 
-/* How many entries to scan; the header is as untrusted as the entries. */
-static unsigned reg_used(const struct reg_file *f)
-{
-    return f->used < REG_CAP ? f->used : REG_CAP;
-}
-
-static void reg_unlock(struct reg *r)
+/* Write the registry back and unlock it: 0, or -EIO if it could not be
+ * written (the file keeps what it had). */
+static int reg_unlock(struct reg *r)
 {
     unsigned n = reg_used(r->f);
     while (n > 0 && r->f->e[n - 1].state == REG_FREE)
         n--;
     r->f->used = n;
-    munmap(r->f, sizeof *r->f);
+    /* Entries freed past the new end are written too (as zeros). */
+    size_t len = offsetof(struct reg_file, e) +
+                 (n > r->used0 ? n : r->used0) * sizeof r->f->e[0];
+    int err = pwrite(r->fd, r->f, len, 0) == (ssize_t)len ? 0 : -EIO;
+    free(r->f);
     close(r->fd); /* releases the flock */
+    return err;
 }
 
 /* An entry is used only if every field is in range; a corrupt one counts as
@@ -351,8 +370,8 @@ static int reg_reserve(int nsfd, const char *name, uint64_t size,
         *base = e->base;
         *slot = i;
     }
-    reg_unlock(&r);
-    return err;
+    int werr = reg_unlock(&r);
+    return err ? err : werr;
 }
 
 /* Turn our reservation SLOT live (INO != 0) or give it back (INO == 0). */

@@ -120,8 +120,9 @@ static int table_valid(const struct lay_table *t, uint32_t gen, uint64_t size)
  * region may truncate its file, and touching a mapping past the end of its
  * file raises SIGBUS. It is read from the file (FD >= 0: pread) or from the
  * header mapping HDR through the kernel (prim_mem_read), where a cut page
- * is an error, -EIO. Directly, the mapping serves only as the futex words'
- * address. */
+ * is an error, -EIO (prim_mem_read costs about six times a pread, but
+ * needs no descriptor of the region kept open). Directly, the mapping
+ * serves only as the futex words' address. */
 static int hdr_read(int fd, const uint8_t *hdr, void *dst, size_t len, uint64_t off)
 {
     if (fd >= 0)
@@ -140,18 +141,24 @@ static int ctl_read(int fd, const uint8_t *hdr, struct lay_ctl *c)
     return c->magic == LAY_MAGIC ? 0 : -EBADMSG;
 }
 
+/* Objects read with a table's head in one copy: most layouts have fewer,
+ * and each copy through the kernel is a system call. */
+#define LAY_READ_FIRST 16u
+
 /* Copy the table of generation GEN out of the header. */
 static int table_read(int fd, const uint8_t *hdr, uint32_t gen, uint64_t size,
                       struct lay_table *t)
 {
-    const size_t head = offsetof(struct lay_table, obj);
+    const size_t head = offsetof(struct lay_table, obj), osz = sizeof t->obj[0];
     uint64_t off = copy_off(gen);
-    if (hdr_read(fd, hdr, t, head, off) < 0)
+    if (hdr_read(fd, hdr, t, head + LAY_READ_FIRST * osz, off) < 0)
         return -EIO;
     uint32_t n = t->nobj;
     if (n > LAY_OBJ_MAX)
         return -EBADMSG;
-    if (hdr_read(fd, hdr, t->obj, n * sizeof t->obj[0], off + head) < 0)
+    if (n > LAY_READ_FIRST &&
+        hdr_read(fd, hdr, &t->obj[LAY_READ_FIRST], (n - LAY_READ_FIRST) * osz,
+                 off + head + LAY_READ_FIRST * osz) < 0)
         return -EIO;
     return table_valid(t, gen, size);
 }
@@ -996,8 +1003,9 @@ static int scan_sharers(int fd, pid_t *pids, int max)
 }
 
 /* Drop the detached entries of processes that no longer hold a record, and
- * of new processes with the same pid (registered at or after the entry). */
-static void det_prune(struct lay_ctl *c, int fd)
+ * of new processes with the same pid (registered at or after the entry).
+ * 1 if any went. */
+static int det_prune(struct lay_ctl *c, int fd)
 {
     uint32_t k = 0, n = c->ndet < LAY_DET_MAX ? c->ndet : LAY_DET_MAX;
     for (uint32_t i = 0; i < n; i++) {
@@ -1012,7 +1020,9 @@ static void det_prune(struct lay_ctl *c, int fd)
             continue;
         c->det[k++] = c->det[i];
     }
+    int pruned = k != c->ndet;
     c->ndet = k;
+    return pruned;
 }
 
 /* Write LEN bytes at OFF of the writable header mapping RW (see
@@ -1127,7 +1137,7 @@ static int change(rpal_region *r, const struct op *op, struct rpal_region_change
         pthread_mutex_unlock(&l->mu);
         goto out;
     }
-    det_prune(c, cfd);
+    int pruned = det_prune(c, cfd);
     int n = scan_sharers(cfd, pids, SCAN_MAX);
     if (n < 0)
         n = 0;
@@ -1144,7 +1154,7 @@ static int change(rpal_region *r, const struct op *op, struct rpal_region_change
         res.detached++;
         pids[i] = pids[--n];
     }
-    if ((err = det_write(rw, c)) < 0 ||
+    if ((pruned && (err = det_write(rw, c)) < 0) ||
         (err = hdr_write(rw, &g1, sizeof g1, LAY_CTL_OFF + offsetof(struct lay_ctl, gen))) < 0) {
         if (apply_all(l, l->cur) < 0) /* not published: put the old layout back */
             self_detach(l);

@@ -36,7 +36,6 @@
 #define LAY_OBJ_MAX  128u
 #define LAY_DET_MAX  64u
 #define GEN_MASK     0x7fffffffu /* generations count modulo 2^31 */
-#define LAY_CTL_OFF  RPAL_PAGE
 #define LAY_COPY_OFF (2 * RPAL_PAGE)
 
 enum { OP_INIT = 0, OP_MAP = 1, OP_PROTECT = 2, OP_UNMAP = 3 };
@@ -156,26 +155,50 @@ int lay_init(int fd, uint64_t size, int empty)
     return err;
 }
 
+uint64_t lay_table_off(uint32_t gen)
+{
+    return copy_off(gen);
+}
+
+void lay_table_seal(uint8_t *hdr, uint32_t gen)
+{
+    struct lay_table *t = (struct lay_table *)(hdr + copy_off(gen));
+    t->check = table_check(t);
+}
+
 int lay_read(int fd, uint64_t size, uint32_t *gen, struct rpal_region_object *objs,
              unsigned max)
 {
-    struct lay_table *t = malloc(sizeof *t);
-    if (!t)
+    /* The control page and both tables, as an attacher maps them. */
+    size_t n = LAY_COPY_OFF + 2 * LAY_COPY_SIZE;
+    uint8_t *hdr = calloc(1, REGION_HDR_MAP);
+    if (!hdr)
         return -ENOMEM;
     int err = -EBADMSG;
     /* A change may be rewriting the other copy: a torn read fails the
      * checksum and is read again. */
     for (int tries = 0; tries < 8 && err == -EBADMSG; tries++) {
-        struct lay_ctl c;
-        if (pread(fd, &c, sizeof c, LAY_CTL_OFF) != (ssize_t)sizeof c || c.magic != LAY_MAGIC)
+        if (pread(fd, hdr, n, 0) != (ssize_t)n)
             break;
-        uint32_t g = c.gen;
-        if (pread(fd, t, sizeof *t, (off_t)copy_off(g)) != (ssize_t)sizeof *t)
-            break;
-        err = table_valid(t, g, size);
-        if (err == 0 && gen)
-            *gen = g;
+        err = lay_parse(hdr, size, gen, objs, max);
     }
+    free(hdr);
+    return err;
+}
+
+int lay_parse(const uint8_t *hdr, uint64_t size, uint32_t *gen,
+              struct rpal_region_object *objs, unsigned max)
+{
+    const struct lay_ctl *c = (const struct lay_ctl *)(hdr + LAY_CTL_OFF);
+    if (c->magic != LAY_MAGIC)
+        return -EBADMSG;
+    uint32_t g = c->gen;
+    struct lay_table *t = malloc(sizeof *t);
+    if (!t)
+        return -ENOMEM;
+    int err = table_read(hdr, g, size, t);
+    if (err == 0 && gen)
+        *gen = g;
     if (err == 0) {
         for (uint32_t i = 0; i < t->nobj && i < max; i++) {
             const struct lay_obj *o = &t->obj[i];

@@ -620,6 +620,8 @@ static int chan_accept(rpal_service *s, rpal_peer *p, int sock,
     if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, sock, &ee) < 0) {
         err = -errno;
         free(x->bufs);
+        free(x->pend_ptr);
+        free(x->pend_seq);
         rpal_free(x->rx_raw);
         free(x);
         return err;

@@ -2,7 +2,9 @@
 # measurement (then `rpal bench call`), `make` builds everything, `make test`
 # runs the suite, `make test SAN=1` runs it under AddressSanitizer + UBSan,
 # `make demo` runs the region demo, `make docs-diff` rewrites the diffs
-# shown in docs/compat.md. Objects go to build/ (build-san/ with SAN=1).
+# shown in docs/compat.md, `make fuzz` runs the fuzz targets (fuzz/*.c,
+# docs/fuzzing.md). Objects go to build/ (build-san/ with SAN=1, build-fuzz/
+# for the fuzz targets).
 
 VERSION := 0.1.0
 SOVERSION := 0
@@ -50,7 +52,7 @@ ECHO_PROGS := uds_echo_server uds_echo_client rpal_echo_server rpal_echo_client
 TESTS := $(patsubst tests/%.c,$(B)/tests/%,$(wildcard tests/*.c))
 BENCHES := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
 
-.PHONY: all lib test demo bench docs-diff install uninstall clean skip-uv-example
+.PHONY: all lib test demo bench docs-diff install uninstall clean skip-uv-example fuzz fuzz-build fuzz-seeds
 all: lib $(TOOL) $(EXAMPLES) $(TESTS) $(BENCHES)
 lib: $(SO) $(A)
 
@@ -116,6 +118,49 @@ bench: all
 docs-diff:
 	sh tests/compat_diff.sh --update
 
+# The fuzz targets: libFuzzer with AddressSanitizer and UBSan, the library's
+# sources compiled into each target with the same flags. Needs clang and its
+# runtime (Debian: clang libclang-rt-14-dev). Each target runs FUZZ_SECONDS
+# from its seeds (fuzz/corpus/T) plus what earlier runs found
+# (build-fuzz/corpus/T); a crash, a leak, an input slower than 10 s or
+# 2 GiB of memory fails make, and the input is kept in build-fuzz/artifacts/.
+FUZZ_CC ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_FLAGS ?=
+FB := build-fuzz
+FUZZ_CFLAGS := $(WARN) -O1 -g -fsanitize=fuzzer,address,undefined \
+  -fno-sanitize-recover=all -fno-omit-frame-pointer -Iinclude -Isrc
+FUZZ_TARGETS := $(patsubst fuzz/%.c,%,$(wildcard fuzz/fuzz_*.c))
+FUZZ_BINS := $(FUZZ_TARGETS:%=$(FB)/%)
+FUZZ_OBJ := $(LIB_SRC:src/%.c=$(FB)/obj/%.o)
+
+$(FB)/obj/%.o: src/%.c $(HDRS)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -c -o $@ $<
+$(FB)/fuzz_%: fuzz/fuzz_%.c fuzz/fuzz.h $(FUZZ_OBJ)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_OBJ) -lpthread
+
+fuzz-build: $(FUZZ_BINS)
+
+fuzz: fuzz-build
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(FB)/corpus/$$t $(FB)/artifacts; \
+	  $(FB)/$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
+	    -print_final_stats=1 -artifact_prefix=$(FB)/artifacts/$$t- $(FUZZ_FLAGS) \
+	    $(FB)/corpus/$$t fuzz/corpus/$$t >$(FB)/$$t.log 2>&1; \
+	  rc=$$?; \
+	  if [ $$rc -ne 0 ]; then tail -n 60 $(FB)/$$t.log; \
+	    echo "FAIL $$t (exit $$rc; log $(FB)/$$t.log)"; exit 1; fi; \
+	  printf 'PASS %-16s %s, %s execs/s\n' $$t \
+	    "$$(grep -o 'cov: [0-9]*' $(FB)/$$t.log | tail -n 1)" \
+	    "$$(sed -n 's/^stat::average_exec_per_sec: *//p' $(FB)/$$t.log)"; \
+	done
+
+# Rewrite the seed corpora from valid structures (FUZZ_WRITE_SEEDS, fuzz/fuzz.h).
+fuzz-seeds: fuzz-build
+	for t in $(FUZZ_TARGETS); do mkdir -p fuzz/corpus/$$t && \
+	  FUZZ_WRITE_SEEDS=fuzz/corpus/$$t $(FB)/$$t || exit 1; done
+
 install: lib $(TOOL) $(BENCHES) $(ECHO_PROGS:%=$(B)/examples/%)
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(BINDIR) \
 	  $(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man3 $(DESTDIR)$(MANDIR)/man7
@@ -140,4 +185,4 @@ uninstall:
 	cd man && for f in *.[137]; do rm -f $(DESTDIR)$(MANDIR)/man$${f##*.}/$$f; done
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-fuzz

@@ -178,6 +178,16 @@ int ch_entry_fill(struct ch_entry *e, const void *data, size_t len, int in_place
     return E_PTR;
 }
 
+int ch_entry_take(const struct ch_entry *slot, uint64_t base, uint64_t size,
+                  struct ch_entry *e)
+{
+    *e = *slot; /* one read: the peer may rewrite the entry meanwhile */
+    uint32_t kind = FLAG_OF(e->seqf);
+    if (kind == E_PTR)
+        return span_inside(e->ptr, e->len, base, size) ? (int)E_PTR : -EPROTO;
+    return kind == E_INLINE && e->len <= RPAL_INLINE_MAX ? (int)E_INLINE : -EPROTO;
+}
+
 /* Take one spin or yield step of the ladder; 1 if it is time to sleep
  * instead (the caller does that, since what it sleeps on differs). */
 static int ladder_pause(struct waiter *w, uint64_t now, int *slow)
@@ -473,23 +483,16 @@ int rpal_complete(rpal_chan *c, uint64_t *tag, void *reply, size_t reply_max,
             rpal_store_relaxed(&c->tx->caller_sleeps, 0);
         }
     }
-    struct ch_entry e = *slot; /* one read */
-    uint32_t kind = FLAG_OF(e.seqf);
+    struct ch_entry e;
+    int kind = ch_entry_take(slot, c->sbase, c->ssize, &e);
     c->done++;
     /* Copies of large requests are freed only when nothing is outstanding:
      * replies may come in another order than the requests, and the service
      * reads a request in place until it answers it. */
     if (c->sent == c->done)
         staging_release(c);
-    int err = 0;
-    const void *src = e.data;
-    if (kind == E_PTR) {
-        if (!span_inside(e.ptr, e.len, c->sbase, c->ssize))
-            err = -EPROTO;
-        src = (const void *)(uintptr_t)e.ptr;
-    } else if (kind != E_INLINE || e.len > RPAL_INLINE_MAX) {
-        err = -EPROTO;
-    }
+    int err = kind < 0 ? kind : 0;
+    const void *src = kind == E_PTR ? (const void *)(uintptr_t)e.ptr : e.data;
     if (tag)
         *tag = e.tag;
     if (reply_len)
@@ -549,22 +552,29 @@ static void rxc_hook(rpal_domain *d, struct watch *w, uint32_t events)
     prim_futex_wake(&x->r->doorbell, 1, 0);
 }
 
+int ch_tx_check(const struct hs_req *req, uint64_t base, uint64_t size)
+{
+    uint32_t depth = req->depth;
+    if (!depth || depth > MAX_DEPTH || (depth & (depth - 1)))
+        return -EINVAL;
+    uint64_t tsize = sizeof(struct ch_tx) + depth * sizeof(struct ch_entry);
+    if (req->addr % 64 || !span_inside(req->addr, tsize, base, size))
+        return -EINVAL;
+    const struct ch_tx *tx = (const struct ch_tx *)(uintptr_t)req->addr;
+    return tx->magic == TX_MAGIC && tx->depth == depth ? 0 : -EINVAL;
+}
+
 static int chan_accept(rpal_service *s, rpal_peer *p, int sock,
                        const struct hs_req *req, uint64_t *addr)
 {
     rpal_domain *d = s->d;
     uint32_t depth = req->depth;
-    if (!depth || depth > MAX_DEPTH || (depth & (depth - 1)))
-        return -EINVAL;
-    uint64_t tsize = sizeof(struct ch_tx) + depth * sizeof(struct ch_entry);
-    if (req->addr % 64 || !span_inside(req->addr, tsize, p->base, p->size))
-        return -EINVAL;
-    const struct ch_tx *tx = (const struct ch_tx *)(uintptr_t)req->addr;
     rpal_peer_access_begin(p);
-    int ok = tx->magic == TX_MAGIC && tx->depth == depth;
+    int err = ch_tx_check(req, p->base, p->size);
     rpal_peer_access_end(p);
-    if (!ok)
-        return -EINVAL;
+    if (err < 0)
+        return err;
+    const struct ch_tx *tx = (const struct ch_tx *)(uintptr_t)req->addr;
     /* Round robin over the receivers that have room. */
     struct rpal_receiver *r = NULL;
     int nrecv = 0;
@@ -608,8 +618,10 @@ static int chan_accept(rpal_service *s, rpal_peer *p, int sock,
     x->w = (struct watch){W_HOOK, x, rxc_hook};
     struct epoll_event ee = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = &x->w};
     if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, sock, &ee) < 0) {
-        int err = -errno;
+        err = -errno;
         free(x->bufs);
+        free(x->pend_ptr);
+        free(x->pend_seq);
         rpal_free(x->rx_raw);
         free(x);
         return err;
@@ -755,21 +767,14 @@ int rpal_receive(rpal_receiver *r, struct rpal_msg *m, int timeout_ms)
             /* pairs with the release store of seqf in rpal_send */
             if (SEQ_OF(__atomic_load_n(&slot->seqf, __ATOMIC_ACQUIRE)) != SEQ_WANT(x->head + 1))
                 continue;
-            struct ch_entry e = *slot; /* one read */
-            uint32_t kind = FLAG_OF(e.seqf);
-            const void *data = e.data;
-            if (kind == E_PTR) {
-                if (!span_inside(e.ptr, e.len, x->cbase, x->csize)) {
-                    poison(x);
-                    reaped = 1;
-                    continue;
-                }
-                data = (const void *)(uintptr_t)e.ptr;
-            } else if (kind != E_INLINE || e.len > RPAL_INLINE_MAX) {
+            struct ch_entry e;
+            int kind = ch_entry_take(slot, x->cbase, x->csize, &e);
+            if (kind < 0) {
                 poison(x);
                 reaped = 1;
                 continue;
             }
+            const void *data = kind == E_PTR ? (const void *)(uintptr_t)e.ptr : e.data;
             /* The entry is copied. The caller reuses it only once it has
              * the reply of a later request, which we give after this. */
             x->head++;

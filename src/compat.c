@@ -29,37 +29,14 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#define CX_MAGIC   0x3158524c41505231ull /* "1RPALRX1": a connection's ring */
-#define FM_MAGIC   0x31504d4c41505231ull /* "1RPALMP1": the fdmap hello */
-#define FM_VERSION 1u
 #define CX_DEPTH   256u
 #define CX_MAX_MSG (1u << 30)    /* larger writes are split */
 #define FD_PAGE    1024          /* two-level fd tables: pages of this many */
 #define FD_PAGES   1024          /* so fds below 1,048,576 */
 #define KCHECK_NS  10000         /* while spinning, look at the kernel this often */
 
-/* The owner's half of a connection, in its slot. Peers read it only. */
-struct cx_ring {
-    uint64_t magic;
-    uint32_t depth, pad0;
-    _Alignas(64) _Atomic uint32_t tail;      /* messages published */
-    _Alignas(64) _Atomic uint32_t head;      /* messages of the other ring consumed */
-    _Alignas(64) _Atomic uint32_t polling;   /* 1: the owner looks at its rings
-                                                before it sleeps: no wake-up byte */
-    _Atomic uint32_t want_room;              /* 1: the owner waits for room */
-    _Atomic uint32_t closed;                 /* 1: the owner closed; nothing follows */
-    _Alignas(64) struct ch_entry e[];
-};
-
-struct fm_hello {
-    uint64_t magic;
-    uint32_t version, slot;
-    uint64_t slot_size;
-    uint64_t ring;    /* our cx_ring, in our slot */
-    uint32_t depth;
-    int32_t pid;
-    uint64_t pad[3];
-};
+/* The owner's half of a connection, in its slot, is a struct cx_ring
+ * (src/internal.h): peers read it only. */
 
 struct conn {
     int fd;
@@ -68,16 +45,12 @@ struct conn {
     int own_peer;            /* we mapped the peer for this connection */
     struct cx_ring *my;
     void *my_raw;
-    const struct cx_ring *their;
-    uint32_t depth, tdepth;  /* ours, theirs */
+    struct cx_reader rd;     /* their ring, and how far we read it */
+    uint32_t depth;          /* of our ring */
     uint32_t sent;           /* our messages published */
-    uint32_t head;           /* their messages consumed */
-    uint32_t off;            /* bytes of their current message already read */
     void **staging;          /* per entry of ours: the copy of a large write */
     int eof;                 /* the socket said the other end is gone */
-    int broken;              /* the other end broke the ring's rules */
     int nsets;               /* rpal epoll sets it is registered in */
-    uint64_t sbase, ssize;   /* their slot */
     struct conn *next_zombie;
 };
 
@@ -174,35 +147,35 @@ static void drain(struct conn *c)
     }
 }
 
-static int next_ready(const struct conn *c)
+static int cx_ready(const struct cx_reader *r)
 {
-    const struct ch_entry *e = &c->their->e[c->head & (c->tdepth - 1)];
+    const struct ch_entry *e = &r->their->e[r->head & (r->tdepth - 1)];
     /* pairs with the release store of seqf in rpal_write */
-    return SEQ_OF(__atomic_load_n(&e->seqf, __ATOMIC_ACQUIRE)) == SEQ_WANT(c->head + 1);
+    return SEQ_OF(__atomic_load_n(&e->seqf, __ATOMIC_ACQUIRE)) == SEQ_WANT(r->head + 1);
 }
+
+static int next_ready(const struct conn *c) { return cx_ready(&c->rd); }
 
 static int at_end(const struct conn *c)
 {
     /* pairs with the release store of closed in rpal_close */
-    return c->eof || c->broken || rpal_load_acquire(&c->their->closed);
+    return c->eof || c->rd.broken || rpal_load_acquire(&c->rd.their->closed);
 }
 
 static int has_room(struct conn *c)
 {
     /* pairs with the release store of head in take() */
-    uint32_t used = c->sent - rpal_load_acquire(&c->their->head);
+    uint32_t used = c->sent - rpal_load_acquire(&c->rd.their->head);
     if (used > c->depth)
-        c->broken = 1; /* a count no honest reader writes */
+        c->rd.broken = 1; /* a count no honest reader writes */
     return used < c->depth;
 }
 
-/* Copy up to LEN bytes of the messages that are there; 0 if none is. */
-static ssize_t take(struct conn *c, char *buf, size_t len)
+size_t cx_take(struct cx_reader *r, char *buf, size_t len)
 {
     size_t got = 0;
-    int consumed = 0;
-    while (got < len && !c->broken && next_ready(c)) {
-        const struct ch_entry *e = &c->their->e[c->head & (c->tdepth - 1)];
+    while (got < len && !r->broken && cx_ready(r)) {
+        const struct ch_entry *e = &r->their->e[r->head & (r->tdepth - 1)];
         /* Each field read once, then checked (principle 3). */
         uint32_t kind = FLAG_OF(__atomic_load_n(&e->seqf, __ATOMIC_RELAXED));
         uint32_t elen = __atomic_load_n(&e->len, __ATOMIC_RELAXED);
@@ -210,32 +183,39 @@ static ssize_t take(struct conn *c, char *buf, size_t len)
         const uint8_t *src;
         if (kind == E_INLINE && elen <= RPAL_INLINE_MAX)
             src = e->data;
-        else if (kind == E_PTR && span_inside(ptr, elen, c->sbase, c->ssize))
+        else if (kind == E_PTR && span_inside(ptr, elen, r->sbase, r->ssize))
             src = (const uint8_t *)(uintptr_t)ptr;
         else
             src = NULL;
-        if (!src || c->off > elen) {
-            c->broken = 1;
+        if (!src || r->off > elen) {
+            r->broken = 1;
             break;
         }
-        size_t n = elen - c->off < len - got ? elen - c->off : len - got;
-        memcpy(buf + got, src + c->off, n);
+        size_t n = elen - r->off < len - got ? elen - r->off : len - got;
+        memcpy(buf + got, src + r->off, n);
         got += n;
-        c->off += (uint32_t)n;
-        if (c->off < elen)
+        r->off += (uint32_t)n;
+        if (r->off < elen)
             break; /* the buffer is full */
-        c->off = 0;
-        c->head++;
-        consumed = 1;
+        r->off = 0;
+        r->head++;
     }
-    if (consumed) {
-        rpal_store_release(&c->my->head, c->head); /* pairs with has_room() */
+    return got;
+}
+
+/* Copy up to LEN bytes of the messages that are there; 0 if none is. */
+static ssize_t take(struct conn *c, char *buf, size_t len)
+{
+    uint32_t head = c->rd.head;
+    size_t got = cx_take(&c->rd, buf, len);
+    if (c->rd.head != head) { /* consumed one or more */
+        rpal_store_release(&c->my->head, c->rd.head); /* pairs with has_room() */
         rpal_fence_seq_cst(); /* pairs with the fence in conn_wait: it sees our head
                                  or we see it wants room */
-        if (rpal_load_relaxed(&c->their->want_room))
+        if (rpal_load_relaxed(&c->rd.their->want_room))
             ring_bell(c);
     }
-    if (got == 0 && c->broken)
+    if (got == 0 && c->rd.broken)
         return -EPROTO;
     return (ssize_t)got;
 }
@@ -344,10 +324,10 @@ ssize_t rpal_write(int fd, const void *buf, size_t len)
         len = CX_MAX_MSG; /* a short write, as a socket may do */
     for (;;) {
         if (at_end(c))
-            return c->broken ? -EPROTO : -EPIPE;
+            return c->rd.broken ? -EPROTO : -EPIPE;
         if (has_room(c))
             break;
-        if (c->broken)
+        if (c->rd.broken)
             return -EPROTO;
         if (nonblocking(c)) {
             /* Ask for a wake-up when the other end makes room (EPOLLOUT). */
@@ -379,7 +359,7 @@ ssize_t rpal_write(int fd, const void *buf, size_t len)
     rpal_store_release(&c->my->tail, c->sent); /* for EPOLLET and sleepers */
     rpal_fence_seq_cst(); /* pairs with the fence a reader issues before it
                              sleeps: it sees our message or we see it sleeps */
-    if (!rpal_load_relaxed(&c->their->polling))
+    if (!rpal_load_relaxed(&c->rd.their->polling))
         ring_bell(c);
     return (ssize_t)len;
 }
@@ -505,6 +485,24 @@ static int hello_recv(int fd, struct fm_hello *h, int *memfd, struct ucred *cr,
     return 0;
 }
 
+int cx_hello_check(const struct fm_hello *h, pid_t pid, unsigned pslot, uint64_t slot_size)
+{
+    if (h->magic != FM_MAGIC || h->version != FM_VERSION || h->slot != pslot ||
+        h->pid != pid || h->slot_size != slot_size || !h->depth || h->depth > 1024 ||
+        (h->depth & (h->depth - 1)) || h->ring % 64)
+        return -EPROTO;
+    return 0;
+}
+
+int cx_ring_check(const struct fm_hello *h, uint64_t base, uint64_t size)
+{
+    uint64_t rsize = sizeof(struct cx_ring) + (uint64_t)h->depth * sizeof(struct ch_entry);
+    if (!span_inside(h->ring, rsize, base, size))
+        return -EPROTO;
+    const struct cx_ring *r = (const struct cx_ring *)(uintptr_t)h->ring;
+    return r->magic == CX_MAGIC && r->depth == h->depth ? 0 : -EPROTO;
+}
+
 static void peer_drop(struct conn *c)
 {
     if (!c->peer)
@@ -538,7 +536,7 @@ static void zombies_reap(void)
     while (*pp) {
         struct conn *c = *pp;
         if (dom_check(c->d) == 0 &&
-            (c->peer->gone || rpal_load_acquire(&c->their->head) == c->sent ||
+            (c->peer->gone || rpal_load_acquire(&c->rd.their->head) == c->sent ||
              poll(&(struct pollfd){c->peer->pidfd, POLLIN, 0}, 1, 0) != 0)) {
             *pp = c->next_zombie;
             conn_free(c);
@@ -629,10 +627,7 @@ int rpal_uds_fdmap(rpal_domain *d, int fd, int timeout_ms)
         err = -EPROTO;
         goto fail;
     }
-    uint64_t rsize = sizeof(struct cx_ring) + (uint64_t)their.depth * sizeof(struct ch_entry);
-    if (their.version != FM_VERSION || their.slot != pslot || their.pid != cr.pid ||
-        their.slot_size != d->slot_size || memfd < 0 || !their.depth ||
-        their.depth > 1024 || (their.depth & (their.depth - 1)) || their.ring % 64) {
+    if (memfd < 0 || cx_hello_check(&their, cr.pid, pslot, d->slot_size) < 0) {
         err = -EPROTO;
         goto fail;
     }
@@ -644,8 +639,8 @@ int rpal_uds_fdmap(rpal_domain *d, int fd, int timeout_ms)
     if (created)
         c->peer->by_fdmap = 1;
     rpal_fetch_add_acq_rel(&c->peer->nchans, 1);
-    c->sbase = c->peer->base;
-    c->ssize = c->peer->size;
+    c->rd.sbase = c->peer->base;
+    c->rd.ssize = c->peer->size;
     /* Their ring is read on every wait, from whichever thread: they stay
      * open to every thread (a pin) for the connection's life. */
     if ((err = dom_peer_pin(c->peer)) < 0) {
@@ -655,13 +650,10 @@ int rpal_uds_fdmap(rpal_domain *d, int fd, int timeout_ms)
         c->peer = NULL;
         goto fail;
     }
-    if (!span_inside(their.ring, rsize, c->sbase, c->ssize) ||
-        (c->their = (const struct cx_ring *)(uintptr_t)their.ring)->magic != CX_MAGIC ||
-        c->their->depth != their.depth) {
-        err = -EPROTO;
+    if ((err = cx_ring_check(&their, c->rd.sbase, c->rd.ssize)) < 0)
         goto fail;
-    }
-    c->tdepth = their.depth;
+    c->rd.their = (const struct cx_ring *)(uintptr_t)their.ring;
+    c->rd.tdepth = their.depth;
     close(memfd);
     pthread_mutex_lock(&cx_lock);
     err = fdtab_put(&conns, fd, c);
@@ -757,7 +749,7 @@ static int set_sync(struct ep_set *s)
             }
             if (!it->kmapped) {
                 it->kmapped = 1;
-                it->seen_tail = c->head;
+                it->seen_tail = c->rd.head;
                 c->nsets++;
             }
             if (s->nmapped == s->cmapped) {
@@ -792,13 +784,13 @@ static int collect(struct ep_set *s, struct epoll_event *ev, int max, int peek)
         uint32_t want = it->events, r = 0;
         int end = at_end(c);
         if (want & EPOLLIN) {
-            int readable = c->off || next_ready(c);
+            int readable = c->rd.off || next_ready(c);
             if (!(want & EPOLLET)) {
                 if (readable || end)
                     r |= EPOLLIN;
             } else if (readable) {
                 /* An edge: messages published since the last report. */
-                uint32_t t = rpal_load_acquire(&c->their->tail);
+                uint32_t t = rpal_load_acquire(&c->rd.their->tail);
                 if (t != it->seen_tail) {
                     r |= EPOLLIN;
                     if (!peek)
@@ -826,7 +818,7 @@ static int collect(struct ep_set *s, struct epoll_event *ev, int max, int peek)
                 it->was_full = 1;
             }
         }
-        if (c->broken)
+        if (c->rd.broken)
             r |= EPOLLERR;
         if (!r)
             continue;
@@ -945,7 +937,7 @@ int rpal_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
         it->was_full = 1; /* so that EPOLLET reports room once, as epoll does */
         it->kmapped = c != NULL;
         it->end_seen = 0;
-        it->seen_tail = c ? c->head : 0; /* unread messages count as new */
+        it->seen_tail = c ? c->rd.head : 0; /* unread messages count as new */
     }
     rpal_fetch_add_relaxed(&conn_gen, 1);
     pthread_mutex_unlock(&cx_lock);

@@ -28,17 +28,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#define META_MAGIC 0x314d4f444c415052ull /* "RPALDOM1" */
+/* struct dom_meta, the geometry in <ns>/.domains/NAME/meta, is in
+ * src/internal.h (the fuzz targets build them). */
 
-struct dom_meta {
-    uint64_t magic;
-    uint32_t version, nslots;
-    uint64_t slot_size;
-    uint64_t window;
-    uint64_t check;
-};
-
-static uint64_t meta_check(const struct dom_meta *m)
+uint64_t dom_meta_check(const struct dom_meta *m)
 {
     /* Not a secret: it only catches a torn or stray file. */
     return (m->magic ^ m->slot_size * 31 ^ m->window * 17 ^ m->nslots) + m->version;
@@ -65,6 +58,15 @@ static int slot_size_valid(uint64_t s)
 uint64_t dom_slot_addr(const rpal_domain *d, unsigned slot)
 {
     return d->window + (uint64_t)slot * d->slot_size;
+}
+
+int dom_meta_validate(const struct dom_meta *m)
+{
+    if (m->magic != META_MAGIC || m->version != 1 || m->check != dom_meta_check(m) ||
+        !slot_size_valid(m->slot_size) || m->window != DOM_WINDOW_BASE || m->nslots == 0 ||
+        m->nslots > DOM_MAX_SLOTS || (uint64_t)m->nslots * m->slot_size > DOM_WINDOW_SIZE)
+        return -EBADMSG;
+    return 0;
 }
 
 /* Open (creating if needed) <ns>/.domains/NAME and agree on its geometry. */
@@ -100,7 +102,7 @@ static int dom_open_dir(const char *name, uint64_t want_size, int *dirfd,
                                  ? DOM_MAX_SLOTS : DOM_WINDOW_SIZE / size),
         .slot_size = size, .window = DOM_WINDOW_BASE,
     };
-    mine.check = meta_check(&mine);
+    mine.check = dom_meta_check(&mine);
     int mfd = prim_open_beneath(fd, "meta", O_RDONLY, 0);
     if (mfd == -ENOENT) {
         int tfd = prim_open_beneath(fd, ".", O_TMPFILE | O_RDWR, 0644);
@@ -120,10 +122,7 @@ static int dom_open_dir(const char *name, uint64_t want_size, int *dirfd,
     }
     ssize_t n = pread(mfd, m, sizeof *m, 0);
     close(mfd);
-    if (n != (ssize_t)sizeof *m || m->magic != META_MAGIC || m->version != 1 ||
-        m->check != meta_check(m) || !slot_size_valid(m->slot_size) ||
-        m->window != DOM_WINDOW_BASE || m->nslots == 0 || m->nslots > DOM_MAX_SLOTS ||
-        (uint64_t)m->nslots * m->slot_size > DOM_WINDOW_SIZE) {
+    if (n != (ssize_t)sizeof *m || dom_meta_validate(m) < 0) {
         close(fd);
         return -EBADMSG;
     }
@@ -216,8 +215,11 @@ int dom_read_member(int dirfd, unsigned slot, struct member_rec *rec)
     else if (pread(fd, rec, sizeof *rec, 0) != (ssize_t)sizeof *rec)
         err = -EBADMSG;
     close(fd);
-    if (err < 0)
-        return err;
+    return err < 0 ? err : dom_member_validate(rec, slot);
+}
+
+int dom_member_validate(struct member_rec *rec, unsigned slot)
+{
     /* Written by another process: checked before use (principle 3). */
     if (rec->magic != MEMBER_MAGIC || rec->version != 1 || rec->slot != slot ||
         rec->nservices > MEMBER_MAX_SERVICES || rec->npeers > MEMBER_MAX_PEERS)
@@ -779,7 +781,7 @@ static int dom_walk(int (*fn)(int dirfd, const char *name, const struct dom_meta
         struct dom_meta m;
         int mfd = prim_open_beneath(fd, "meta", O_RDONLY | O_NONBLOCK, 0);
         if (mfd >= 0 && pread(mfd, &m, sizeof m, 0) == (ssize_t)sizeof m &&
-            m.magic == META_MAGIC && m.check == meta_check(&m) &&
+            m.magic == META_MAGIC && m.check == dom_meta_check(&m) &&
             slot_size_valid(m.slot_size) && m.nslots && m.nslots <= DOM_MAX_SLOTS)
             err = fn(fd, names[i], &m, arg);
         if (mfd >= 0)

@@ -410,4 +410,129 @@ RPAL_HIDDEN void *ch_slot_alloc(size_t n, void **raw);
 RPAL_HIDDEN int ch_entry_fill(struct ch_entry *e, const void *data, size_t len,
                               int in_place, void **copy);
 
+/* ---- parsers of what others wrote, callable on a snapshot -----------------
+ * Every function below reads memory or records another process wrote (its
+ * slot, a shared file) and checks it (principle 3). Each is split from the
+ * code that finds that memory, so that the fuzz targets in fuzz/ can feed it
+ * arbitrary bytes standing in for the peer's (docs/fuzzing.md). */
+
+/* Copy the entry SLOT of a peer's ring once into *E and check it: an inline
+ * entry holds at most RPAL_INLINE_MAX bytes; a pointer entry's bytes lie
+ * inside the peer's slot BASE..BASE+SIZE. Returns the kind (E_INLINE or
+ * E_PTR) or -EPROTO. */
+RPAL_HIDDEN int ch_entry_take(const struct ch_entry *slot, uint64_t base, uint64_t size,
+                              struct ch_entry *e);
+/* A HS_KIND_CHAN request's ring: DEPTH a power of two up to 1024, ADDR
+ * 64-aligned with the ring inside the caller's slot BASE..BASE+SIZE, and
+ * the ring there says TX_MAGIC and DEPTH (read from the slot: the caller
+ * holds a window on it). 0 or -EINVAL. */
+RPAL_HIDDEN int ch_tx_check(const struct hs_req *req, uint64_t base, uint64_t size);
+
+/* compat (src/compat.c): a connection's ring in its owner's slot, read by
+ * the other end, and the hello each end sends first. */
+#define CX_MAGIC   0x3158524c41505231ull /* "1RPALRX1": a connection's ring */
+#define FM_MAGIC   0x31504d4c41505231ull /* "1RPALMP1": the fdmap hello */
+#define FM_VERSION 1u
+struct cx_ring {
+    uint64_t magic;
+    uint32_t depth, pad0;
+    _Alignas(64) _Atomic uint32_t tail;      /* messages published */
+    _Alignas(64) _Atomic uint32_t head;      /* messages of the other ring consumed */
+    _Alignas(64) _Atomic uint32_t polling;   /* 1: the owner looks at its rings
+                                                before it sleeps: no wake-up byte */
+    _Atomic uint32_t want_room;              /* 1: the owner waits for room */
+    _Atomic uint32_t closed;                 /* 1: the owner closed; nothing follows */
+    _Alignas(64) struct ch_entry e[];
+};
+struct fm_hello {
+    uint64_t magic;
+    uint32_t version, slot;
+    uint64_t slot_size;
+    uint64_t ring;    /* our cx_ring, in our slot */
+    uint32_t depth;
+    int32_t pid;
+    uint64_t pad[3];
+};
+/* The reader's place in the other end's ring THEIR (TDEPTH entries, in its
+ * slot SBASE..SBASE+SSIZE). */
+struct cx_reader {
+    const struct cx_ring *their;
+    uint32_t tdepth;
+    uint32_t head;    /* their messages consumed */
+    uint32_t off;     /* bytes of their current message already read */
+    int broken;       /* the other end broke the ring's rules */
+    uint64_t sbase, ssize;
+};
+/* Copy up to LEN bytes of the messages published in R's ring into BUF,
+ * advancing R; the number copied (0: none is there, or R->broken). */
+RPAL_HIDDEN size_t cx_take(struct cx_reader *r, char *buf, size_t len);
+/* The other end's hello H against what the kernel says: it is the process
+ * PID in slot PSLOT of a domain of slots of SLOT_SIZE bytes. 0 or -EPROTO. */
+RPAL_HIDDEN int cx_hello_check(const struct fm_hello *h, pid_t pid, unsigned pslot,
+                               uint64_t slot_size);
+/* The ring H names, in the other end's slot BASE..BASE+SIZE (mapped, and
+ * read here): 0 or -EPROTO. */
+RPAL_HIDDEN int cx_ring_check(const struct fm_hello *h, uint64_t base, uint64_t size);
+
+/* region (src/region.c): the header page of a region file. */
+#define REGION_MAGIC   0x314745524c415052ull /* "RPALREG1" little-endian */
+#define REGION_VERSION 1u
+struct region_hdr {
+    uint64_t magic;
+    uint32_t version;
+    uint32_t hdr_size;     /* sizeof(struct region_hdr) when written */
+    uint64_t granule;      /* data's file offset and address alignment */
+    uint64_t base;         /* data address in every process */
+    uint64_t size;         /* data bytes */
+    uint32_t flags;        /* RPAL_REGION_TRANSIENT */
+    int32_t creator_pid;
+    uint32_t creator_uid;
+    uint32_t reserved0;
+    uint64_t creator_start;
+    uint64_t created_ns;
+    uint64_t check;        /* FNV-1a of all the fields above */
+};
+RPAL_HIDDEN uint64_t region_hdr_check(const struct region_hdr *h);
+/* 0 if H is the header of a region file of FILE_SIZE bytes, else -EBADMSG
+ * or -EPROTO (another version). */
+RPAL_HIDDEN int region_hdr_validate(const struct region_hdr *h, uint64_t file_size);
+
+/* layout (src/layout.c): the layout of a region of SIZE data bytes from the
+ * header area HDR (REGION_HDR_MAP bytes, as mapped or read from the file):
+ * the number of objects (the first MAX of them in OBJS) and *GEN, or
+ * -EBADMSG. */
+RPAL_HIDDEN int lay_parse(const uint8_t *hdr, uint64_t size, uint32_t *gen,
+                          struct rpal_region_object *objs, unsigned max);
+#define LAY_CTL_OFF RPAL_PAGE /* the control page, after the header page */
+/* Where the table of generation GEN lies in the header area. */
+RPAL_HIDDEN uint64_t lay_table_off(uint32_t gen);
+/* Store the right checksum in that table of HDR (for the fuzz targets). */
+RPAL_HIDDEN void lay_table_seal(uint8_t *hdr, uint32_t gen);
+
+/* domain (src/domain.c): a domain's geometry, <ns>/.domains/NAME/meta. */
+#define META_MAGIC 0x314d4f444c415052ull /* "RPALDOM1" */
+struct dom_meta {
+    uint64_t magic;
+    uint32_t version, nslots;
+    uint64_t slot_size;
+    uint64_t window;
+    uint64_t check;
+};
+RPAL_HIDDEN uint64_t dom_meta_check(const struct dom_meta *m);
+/* 0 if M is a geometry joiners accept, else -EBADMSG. */
+RPAL_HIDDEN int dom_meta_validate(const struct dom_meta *m);
+/* 0 if REC, read from the claim file of SLOT, is a valid record (its
+ * service names then end in a NUL), else -EBADMSG. */
+RPAL_HIDDEN int dom_member_validate(struct member_rec *rec, unsigned slot);
+
+/* service (src/service.c): a handshake request as received; 0 if it is one
+ * of our version (its service name then ends in a NUL), else -EPROTO. */
+RPAL_HIDDEN int svc_req_check(struct hs_req *req);
+/* A HS_KIND_SHARE request for the service NAME whose key is KEY: 0, or
+ * -EPROTO (another kind) or -EACCES (another service, a wrong key). */
+RPAL_HIDDEN int svc_req_admit(const struct hs_req *req, const char *name, const uint8_t *key);
+/* The validated claim record REC names the process PID, offering SERVICE
+ * (NULL: any): 0 or -EACCES. */
+RPAL_HIDDEN int svc_rec_match(const struct member_rec *rec, pid_t pid, const char *service);
+
 #endif

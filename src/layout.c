@@ -36,7 +36,6 @@
 #define LAY_OBJ_MAX  128u
 #define LAY_DET_MAX  64u
 #define GEN_MASK     0x7fffffffu /* generations count modulo 2^31 */
-#define LAY_CTL_OFF  RPAL_PAGE
 #define LAY_COPY_OFF (2 * RPAL_PAGE)
 
 enum { OP_INIT = 0, OP_MAP = 1, OP_PROTECT = 2, OP_UNMAP = 3 };
@@ -118,22 +117,25 @@ static int table_valid(const struct lay_table *t, uint32_t gen, uint64_t size)
 
 /* The header area is never touched directly: anyone who may write the
  * region may truncate its file, and touching a mapping past the end of its
- * file raises SIGBUS. It is read from the file (FD >= 0: pread) or from the
- * header mapping HDR through the kernel (prim_mem_read), where a cut page
- * is an error, -EIO (prim_mem_read costs about six times a pread, but
- * needs no descriptor of the region kept open). Directly, the mapping
- * serves only as the futex words' address. */
-static int hdr_read(int fd, const uint8_t *hdr, void *dst, size_t len, uint64_t off)
+ * file raises SIGBUS. It is read from the header mapping HDR through the
+ * kernel (prim_mem_read), where a cut page is an error, -EIO
+ * (prim_mem_read costs about six times a pread, but needs no descriptor of
+ * the region kept open), or, with PRIV, from a private copy of the header
+ * (lay_parse), which cannot vanish. Directly, the mapping serves only as
+ * the futex words' address. */
+static int hdr_read(int priv, const uint8_t *hdr, void *dst, size_t len, uint64_t off)
 {
-    if (fd >= 0)
-        return pread(fd, dst, len, (off_t)off) == (ssize_t)len ? 0 : -EIO;
+    if (priv) {
+        memcpy(dst, hdr + off, len);
+        return 0;
+    }
     return prim_mem_read(dst, hdr + off, len) == 0 ? 0 : -EIO;
 }
 
 /* Copy the control page out of the header. */
-static int ctl_read(int fd, const uint8_t *hdr, struct lay_ctl *c)
+static int ctl_read(int priv, const uint8_t *hdr, struct lay_ctl *c)
 {
-    if (hdr_read(fd, hdr, c, sizeof *c, LAY_CTL_OFF) < 0)
+    if (hdr_read(priv, hdr, c, sizeof *c, LAY_CTL_OFF) < 0)
         return -EIO;
     /* The tables are read after the generation that names them: pairs with
      * the fence between a changer's table and generation writes. */
@@ -146,18 +148,18 @@ static int ctl_read(int fd, const uint8_t *hdr, struct lay_ctl *c)
 #define LAY_READ_FIRST 16u
 
 /* Copy the table of generation GEN out of the header. */
-static int table_read(int fd, const uint8_t *hdr, uint32_t gen, uint64_t size,
+static int table_read(int priv, const uint8_t *hdr, uint32_t gen, uint64_t size,
                       struct lay_table *t)
 {
     const size_t head = offsetof(struct lay_table, obj), osz = sizeof t->obj[0];
     uint64_t off = copy_off(gen);
-    if (hdr_read(fd, hdr, t, head + LAY_READ_FIRST * osz, off) < 0)
+    if (hdr_read(priv, hdr, t, head + LAY_READ_FIRST * osz, off) < 0)
         return -EIO;
     uint32_t n = t->nobj;
     if (n > LAY_OBJ_MAX)
         return -EBADMSG;
     if (n > LAY_READ_FIRST &&
-        hdr_read(fd, hdr, &t->obj[LAY_READ_FIRST], (n - LAY_READ_FIRST) * osz,
+        hdr_read(priv, hdr, &t->obj[LAY_READ_FIRST], (n - LAY_READ_FIRST) * osz,
                  off + head + LAY_READ_FIRST * osz) < 0)
         return -EIO;
     return table_valid(t, gen, size);
@@ -165,16 +167,16 @@ static int table_read(int fd, const uint8_t *hdr, uint32_t gen, uint64_t size,
 
 /* The current generation and its table. A change may be rewriting the
  * other copy: a torn read fails the checksum and is read again. */
-static int table_current(int fd, const uint8_t *hdr, uint64_t size, uint32_t *gen,
+static int table_current(const uint8_t *hdr, uint64_t size, uint32_t *gen,
                          struct lay_table *t)
 {
     int err = -EBADMSG;
     for (int tries = 0; tries < 8 && err == -EBADMSG; tries++) {
         struct lay_ctl c;
-        if ((err = ctl_read(fd, hdr, &c)) < 0)
+        if ((err = ctl_read(0, hdr, &c)) < 0)
             break;
         *gen = c.gen;
-        err = table_read(fd, hdr, c.gen, size, t);
+        err = table_read(0, hdr, c.gen, size, t);
     }
     return err;
 }
@@ -206,16 +208,48 @@ int lay_init(int fd, uint64_t size, int empty)
     return err;
 }
 
+uint64_t lay_table_off(uint32_t gen)
+{
+    return copy_off(gen);
+}
+
+void lay_table_seal(uint8_t *hdr, uint32_t gen)
+{
+    struct lay_table *t = (struct lay_table *)(hdr + copy_off(gen));
+    t->check = table_check(t);
+}
+
 int lay_read(int fd, uint64_t size, uint32_t *gen, struct rpal_region_object *objs,
              unsigned max)
 {
+    /* The control page and both tables, as an attacher maps them. */
+    size_t n = LAY_COPY_OFF + 2 * LAY_COPY_SIZE;
+    uint8_t *hdr = calloc(1, REGION_HDR_MAP);
+    if (!hdr)
+        return -ENOMEM;
+    int err = -EBADMSG;
+    /* A change may be rewriting the other copy: a torn read fails the
+     * checksum and is read again. */
+    for (int tries = 0; tries < 8 && err == -EBADMSG; tries++) {
+        if (pread(fd, hdr, n, 0) != (ssize_t)n)
+            break;
+        err = lay_parse(hdr, size, gen, objs, max);
+    }
+    free(hdr);
+    return err;
+}
+
+int lay_parse(const uint8_t *hdr, uint64_t size, uint32_t *gen,
+              struct rpal_region_object *objs, unsigned max)
+{
+    const struct lay_ctl *c = (const struct lay_ctl *)(hdr + LAY_CTL_OFF);
+    if (c->magic != LAY_MAGIC)
+        return -EBADMSG;
+    uint32_t g = c->gen;
     struct lay_table *t = malloc(sizeof *t);
     if (!t)
         return -ENOMEM;
-    uint32_t g;
-    int err = table_current(fd, NULL, size, &g, t);
-    if (err == -EIO)
-        err = -EBADMSG; /* cut short: not a region file any more */
+    int err = table_read(1, hdr, g, size, t);
     if (err == 0 && gen)
         *gen = g;
     if (err == 0) {
@@ -502,7 +536,7 @@ static int listed_detached(const struct lay *l, const struct lay_ctl *c)
 static void sync_region(struct lay *l, uint32_t *gen)
 {
     struct lay_ctl c;
-    int err = ctl_read(-1, l->hdr, &c);
+    int err = ctl_read(0, l->hdr, &c);
     if (err == -EIO) {
         self_detach(l);
         return;
@@ -516,9 +550,9 @@ static void sync_region(struct lay *l, uint32_t *gen)
     }
     uint32_t g = c.gen;
     if (err == 0)
-        err = table_read(-1, l->hdr, g, l->size, l->tmp);
+        err = table_read(0, l->hdr, g, l->size, l->tmp);
     if (err == -EBADMSG) /* torn by a change: read both again */
-        err = table_current(-1, l->hdr, l->size, &g, l->tmp);
+        err = table_current(l->hdr, l->size, &g, l->tmp);
     if (err == -EIO) {
         self_detach(l);
         return;
@@ -753,7 +787,7 @@ int lay_attach(int fd, int lkfd, uint64_t base, uint64_t size, uint64_t granule,
         goto fail;
     locked = 1;
     uint32_t g;
-    if ((err = table_current(-1, l->hdr, size, &g, l->tmp)) < 0) {
+    if ((err = table_current(l->hdr, size, &g, l->tmp)) < 0) {
         if (err == -EIO)
             err = -EBADMSG; /* cut short: not a region file any more */
         goto fail;
@@ -1099,10 +1133,10 @@ static int change(rpal_region *r, const struct op *op, struct rpal_region_change
     /* The control page, ours to rewrite while we hold the change lock (the
      * agents only read it). */
     struct lay_ctl ctl, *c = &ctl;
-    if ((err = ctl_read(-1, rw, c)) < 0)
+    if ((err = ctl_read(0, rw, c)) < 0)
         goto out;
     uint32_t g = c->gen, g1 = (g + 1) & GEN_MASK;
-    if ((err = table_read(-1, rw, g, l->size, old)) < 0)
+    if ((err = table_read(0, rw, g, l->size, old)) < 0)
         goto out;
     memcpy(t, old, table_bytes(old));
     if ((err = edit(t, op)) < 0)

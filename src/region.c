@@ -27,39 +27,22 @@
 
 /* ---- the header ---------------------------------------------------------- */
 
-#define REGION_MAGIC   0x314745524c415052ull /* "RPALREG1" little-endian */
-#define REGION_VERSION 1u
+/* struct region_hdr is in src/internal.h (the fuzz targets build them). */
 
-struct region_hdr {
-    uint64_t magic;
-    uint32_t version;
-    uint32_t hdr_size;     /* sizeof(struct region_hdr) when written */
-    uint64_t granule;      /* data's file offset and address alignment */
-    uint64_t base;         /* data address in every process */
-    uint64_t size;         /* data bytes */
-    uint32_t flags;        /* RPAL_REGION_TRANSIENT */
-    int32_t creator_pid;
-    uint32_t creator_uid;
-    uint32_t reserved0;
-    uint64_t creator_start;
-    uint64_t created_ns;
-    uint64_t check;        /* FNV-1a of all the fields above */
-};
-
-static uint64_t hdr_check(const struct region_hdr *h)
+uint64_t region_hdr_check(const struct region_hdr *h)
 {
     return prim_fnv1a(h, offsetof(struct region_hdr, check));
 }
 
 /* The header comes from a file anybody with write access may have changed:
  * validate every field before any of it is used (principle 3). */
-static int hdr_validate(const struct region_hdr *h, uint64_t file_size)
+int region_hdr_validate(const struct region_hdr *h, uint64_t file_size)
 {
     if (h->magic != REGION_MAGIC)
         return -EBADMSG;
     if (h->version != REGION_VERSION)
         return -EPROTO;
-    if (h->hdr_size != sizeof *h || h->check != hdr_check(h))
+    if (h->hdr_size != sizeof *h || h->check != region_hdr_check(h))
         return -EBADMSG;
     uint64_t g = h->granule, end = RPAL_WINDOW_BASE + RPAL_REGION_WINDOW_SIZE;
     if (g != RPAL_REGION_GRANULE)
@@ -583,7 +566,7 @@ int rpal_region_create(const char *name, size_t size, unsigned mode,
     h.creator_uid = getuid();
     h.creator_start = prim_self_start();
     h.created_ns = prim_now_realtime_ns();
-    h.check = hdr_check(&h);
+    h.check = region_hdr_check(&h);
 
     if (fchmod(fd, mode) < 0 ||
         ftruncate(fd, (off_t)(h.granule + (huge ? 0 : size))) < 0 || fstat(fd, &st) < 0) {
@@ -681,7 +664,7 @@ static int region_open(int nsfd, const char *name, int oflags,
     else if (pread(fd, h, sizeof *h, 0) != (ssize_t)sizeof *h)
         err = -EBADMSG;
     else
-        err = hdr_validate(h, (uint64_t)st->st_size);
+        err = region_hdr_validate(h, (uint64_t)st->st_size);
     if (err < 0) {
         close(fd);
         return err;

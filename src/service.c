@@ -195,16 +195,22 @@ static int slot_claim_check(rpal_domain *d, unsigned slot, uint64_t size,
     if (!rec)
         return -ENOMEM;
     int err = dom_read_member(d->dirfd, slot, rec);
-    if (err == 0 && rec->pid != pid)
-        err = -EACCES;
-    if (err == 0 && service) {
-        err = -EACCES;
-        for (unsigned i = 0; i < rec->nservices; i++)
-            if (!strcmp(rec->services[i], service))
-                err = 0;
-    }
+    if (err == 0)
+        err = svc_rec_match(rec, pid, service);
     free(rec);
     return err;
+}
+
+int svc_rec_match(const struct member_rec *rec, pid_t pid, const char *service)
+{
+    if (rec->pid != pid)
+        return -EACCES;
+    if (!service)
+        return 0;
+    for (unsigned i = 0; i < rec->nservices && i < MEMBER_MAX_SERVICES; i++)
+        if (!strcmp(rec->services[i], service))
+            return 0;
+    return -EACCES;
 }
 
 static void unmap_peer(rpal_domain *d, rpal_peer *p)
@@ -602,6 +608,19 @@ static int reply(int sock, const rpal_domain *d, int status, int memfd)
     return svc_send_with_fd(sock, &rep, sizeof rep, status == 0 ? memfd : -1);
 }
 
+int svc_req_check(struct hs_req *req)
+{
+    req->service[sizeof req->service - 1] = 0; /* a string whatever the peer sent */
+    return req->magic == HS_MAGIC && req->version == HS_VERSION ? 0 : -EPROTO;
+}
+
+int svc_req_admit(const struct hs_req *req, const char *name, const uint8_t *key)
+{
+    if (req->kind != HS_KIND_SHARE)
+        return -EPROTO;
+    return strcmp(req->service, name) || !key_equal(req->key, key) ? -EACCES : 0;
+}
+
 static int answer(rpal_domain *d, struct pending *x, struct rpal_event *ev)
 {
     struct hs_req req;
@@ -612,11 +631,12 @@ static int answer(rpal_domain *d, struct pending *x, struct rpal_event *ev)
         return -EAGAIN; /* spurious wake-up: keep waiting */
     struct ucred cr;
     socklen_t cl = sizeof cr;
-    if (err == 0 && (req.magic != HS_MAGIC || req.version != HS_VERSION))
-        err = -EPROTO;
+    if (err == 0)
+        err = svc_req_check(&req);
+    else
+        req.service[sizeof req.service - 1] = 0;
     if (err == 0 && getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cr, &cl) < 0)
         err = -errno;
-    req.service[sizeof req.service - 1] = 0;
     if (err == 0 && req.kind == HS_KIND_CHAN) {
         /* A channel from a peer this service already accepted. */
         if (memfd >= 0)
@@ -637,10 +657,8 @@ static int answer(rpal_domain *d, struct pending *x, struct rpal_event *ev)
             close(sock);
         return err < 0 ? err : -EINPROGRESS; /* no event for the app */
     }
-    if (err == 0 && req.kind != HS_KIND_SHARE)
-        err = -EPROTO;
-    if (err == 0 && (strcmp(req.service, s->name) || !key_equal(req.key, s->key.bytes)))
-        err = -EACCES;
+    if (err == 0)
+        err = svc_req_admit(&req, s->name, s->key.bytes);
     if (err == 0)
         err = slot_claim_check(d, req.slot, req.slot_size, cr.pid, NULL);
     if (err == 0)

@@ -222,8 +222,17 @@ int dom_read_member(int dirfd, unsigned slot, struct member_rec *rec)
     if (rec->magic != MEMBER_MAGIC || rec->version != 1 || rec->slot != slot ||
         rec->nservices > MEMBER_MAX_SERVICES || rec->npeers > MEMBER_MAX_PEERS)
         return -EBADMSG;
-    for (unsigned i = 0; i < rec->nservices; i++)
+    /* The names and slots go on to `rpal ls`, a terminal and JSON: a record
+     * with a name that breaks the naming rules (control characters, escape
+     * sequences) or a slot that cannot exist is not a record. */
+    for (unsigned i = 0; i < rec->nservices; i++) {
         rec->services[i][sizeof rec->services[i] - 1] = 0;
+        if (dom_component_validate(rec->services[i]) < 0)
+            return -EBADMSG;
+    }
+    for (unsigned i = 0; i < rec->npeers; i++)
+        if (rec->peers[i] >= DOM_MAX_SLOTS)
+            return -EBADMSG;
     return 0;
 }
 

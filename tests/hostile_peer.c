@@ -45,7 +45,8 @@
 #define DOM "hostile"
 #define SLOT_SIZE (256ull << 20)
 #define DEPTH 16u
-#define NCONN 10
+#define NCONN 24 /* socketpairs for the random rounds; one more for the flood */
+#define FLOOD_MS 2000
 #define HONEST_MS 1000
 #define HOSTILE_MS 9000
 #define REPLY_MAX 16384
@@ -254,7 +255,7 @@ static rpal_domain *hd;
 static struct svc_ctx hx;
 static _Atomic(rpal_peer *) h_victim; /* V, once it was accepted */
 static atomic_int h_garbage;         /* the dispatcher sends garbage on V's connection */
-static int h_sv[NCONN];
+static int h_sv[NCONN + 1];
 static int h_fdsock; /* where they come from */
 static atomic_int h_conn = -1;       /* the connection H's compat thread serves */
 static atomic_int h_upgrading;       /* keep our claim honest meanwhile */
@@ -292,7 +293,7 @@ static void *h_compat_main(void *arg)
 {
     (void)arg;
     static unsigned char buf[1 << 16];
-    for (int k = 0; k < NCONN; k++)
+    for (int k = 0; k <= NCONN; k++)
         h_sv[k] = recv_fd(h_fdsock);
     for (int k = 0; k < NCONN && !atomic_load(&hx.stop); k++) {
         int fd = h_sv[k];
@@ -597,6 +598,66 @@ static void plant(unsigned nslots)
     (void)symlinkat(target, dfd, name);
 }
 
+/* The flood: on a fresh connection, keep the next lap of our ring
+ * published as empty messages just ahead of what the victim has consumed
+ * (read from its own ring, which we map), so that a reader that took empty
+ * messages as progress would never get out. */
+static void flood(int startfd)
+{
+    int fd = h_sv[NCONN];
+    uint64_t mine_before[RINGS_MAX];
+    int nbefore = h_scan(CX_MAGIC, mine_before, RINGS_MAX);
+    (void)nbefore;
+    atomic_store(&h_upgrading, 1);
+    pthread_mutex_lock(&hd->lock);
+    dom_publish(hd);
+    pthread_mutex_unlock(&hd->lock);
+    int mapped = rpal_uds_fdmap(hd, fd, 3000);
+    atomic_store(&h_upgrading, 0);
+    if (mapped != 1) {
+        fprintf(stderr, "H: the flood's connection: %d\n", mapped);
+        _exit(1);
+    }
+    /* Ours: the connection rings nothing was written to yet; theirs: the
+     * one in the victim's slot with nothing consumed or written. */
+    uint64_t mine[64], theirs[64];
+    int nm = 0, nt = 0, k = h_scan(CX_MAGIC, mine, 64);
+    for (int i = 0; i < k; i++)
+        if (((struct m_cx *)(uintptr_t)mine[i])->tail == 0)
+            mine[nm++] = mine[i];
+    uint64_t lo = v_base + SLOT_HDR_SIZE, len = 64ull << 20;
+    static unsigned char vec[(64u << 20) / 4096];
+    if (v_base && mincore((void *)(uintptr_t)lo, len, vec) == 0)
+        for (uint64_t pg = 0; pg < len / 4096 && nt < 64; pg++)
+            for (uint64_t off = 0; (vec[pg] & 1) && off < 4096 && nt < 64; off += 64) {
+                const struct m_cx *x = (const struct m_cx *)(uintptr_t)(lo + pg * 4096 + off);
+                if (x->magic == CX_MAGIC && x->head == 0 && x->tail == 0)
+                    theirs[nt++] = (uint64_t)(uintptr_t)x;
+            }
+    if (!nm || !nt) {
+        fprintf(stderr, "H: flood: %d rings of ours, %d of theirs\n", nm, nt);
+        _exit(1);
+    }
+    REQUIRE(write(startfd, "F", 1) == 1); /* go */
+    int64_t end = t_now_ms() + FLOOD_MS;
+    unsigned long laps = 0;
+    while (t_now_ms() < end) {
+        for (int t = 0; t < nt; t++) {
+            uint32_t h = ((const struct m_cx *)(uintptr_t)theirs[t])->head;
+            for (int m = 0; m < nm; m++) {
+                struct m_cx *x = (struct m_cx *)(uintptr_t)mine[m];
+                for (uint32_t i = 0; i < CX_DEPTH; i++) {
+                    struct ch_entry *e = &x->e[(h + i) & (CX_DEPTH - 1)];
+                    e->len = 0;
+                    __atomic_store_n(&e->seqf, SEQF(h + 1 + i, E_INLINE), __ATOMIC_RELEASE);
+                }
+            }
+        }
+        laps++;
+    }
+    printf("H: flood: %lu laps over %d of our rings, %d of theirs\n", laps, nm, nt);
+}
+
 static int evil_main(int keyfd, int qfd, int startfd, int fdsock, uint64_t seed)
 {
     h_fdsock = fdsock;
@@ -630,6 +691,8 @@ static int evil_main(int keyfd, int qfd, int startfd, int fdsock, uint64_t seed)
     unsigned long rounds = 0, planted = 0, swapped = 0;
     int64_t t0 = t_now_ms();
     while (!ctl_pending(qfd)) {
+        if (ctl_pending(startfd) && t_get(startfd) == 'Z')
+            flood(startfd);
         if (rounds % 64 == 0) { /* rings come as the victim reopens */
             nrx = h_rescan(RX_MAGIC, rx, nrx);
             ncx = h_rescan(CX_MAGIC, cx, ncx);
@@ -691,7 +754,7 @@ static struct {
 
 static void count_err(unsigned long *h, int err)
 {
-    h[err < 0 && err > -159 ? -err : 159]++;
+    h[err == 0 ? 0 : err < 0 && err > -159 ? -err : 159]++; /* 0: the end */
 }
 
 static void print_errs(const char *what, const unsigned long *h)
@@ -699,7 +762,7 @@ static void print_errs(const char *what, const unsigned long *h)
     printf("V: %s:", what);
     for (int i = 0; i < 160; i++)
         if (h[i])
-            printf(" %s %lu,", i == 159 ? "other" : strerrorname_np(i), h[i]);
+            printf(" %s %lu,", i == 0 ? "EOF" : i == 159 ? "other" : strerrorname_np(i), h[i]);
     printf("\n");
 }
 
@@ -842,7 +905,7 @@ struct vconn {
     unsigned char echo[1 << 16];
 };
 
-static int v_sv[NCONN];
+static int v_sv[NCONN + 1];
 static int v_fdsock;
 
 /* Drop the current connection; take the next socketpair (one attempt). */
@@ -984,7 +1047,7 @@ static int victim_main(int gkey, int hkey, int startfd, uint64_t seed)
     REQUIRE((evil_rep = malloc(evil_max + 16)) != NULL);
     memset(evil_rep + evil_max, CANARY, 16);
 
-    for (int k = 0; k < NCONN; k++) {
+    for (int k = 0; k <= NCONN; k++) {
         int sv[2];
         REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
         v_sv[k] = sv[0];
@@ -1069,6 +1132,33 @@ static int victim_main(int gkey, int hkey, int startfd, uint64_t seed)
         }
     }
 
+    /* The flood: reads on a connection whose other end keeps publishing
+     * empty messages just ahead of us must still return. */
+    {
+        REQUIRE(write(startfd, "Z", 1) == 1);
+        int fd = v_sv[NCONN];
+        int64_t t1 = t_now_ms();
+        int r = rpal_uds_fdmap(d, fd, 3000);
+        bound("rpal_uds_fdmap", t1, 3000, r);
+        CHECK_ERR(r, 1);
+        REQUIRE(t_get(startfd) == 'F');
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+        int64_t end = t_now_ms() + FLOOD_MS;
+        unsigned long reads = 0;
+        while (r == 1 && t_now_ms() < end) {
+            char b[100];
+            t1 = t_now_ms();
+            ssize_t n = rpal_read(fd, b, sizeof b);
+            bound("rpal_read (flooded)", t1, 0, n);
+            CHECK(n <= 0); /* nothing but empty messages was published */
+            reads++;
+            if (n != -EAGAIN)
+                break;
+        }
+        printf("V: flood: %lu reads\n", reads);
+        rpal_close(fd);
+    }
+
     /* Release the hostile peer and leave. G still answers. */
     int64_t t1 = t_now_ms();
     if (ch)
@@ -1134,7 +1224,8 @@ int main(void)
            (unsigned long long)seed);
 
     int gk[2], hk[2], gq[2], hq[2], st[2], fs[2];
-    REQUIRE(pipe(gk) == 0 && pipe(hk) == 0 && pipe(gq) == 0 && pipe(hq) == 0 && pipe(st) == 0);
+    REQUIRE(pipe(gk) == 0 && pipe(hk) == 0 && pipe(gq) == 0 && pipe(hq) == 0);
+    REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, st) == 0); /* V <-> H */
     REQUIRE(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fs) == 0);
     pid_t g = fork();
     REQUIRE(g >= 0);
@@ -1148,6 +1239,7 @@ int main(void)
     if (v == 0) {
         v_fdsock = fs[0];
         close(fs[1]);
+        close(st[0]);
         exit(victim_main(gk[0], hk[0], st[1], seed ^ 0x5555));
     }
     pid_t h = fork();

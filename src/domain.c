@@ -881,14 +881,12 @@ static int gc_domain(int dirfd, const char *name, const struct dom_meta *m, void
             struct stat st;
             if (fstatat(dirfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISSOCK(st.st_mode))
                 continue;
-            struct sockaddr_un a = {.sun_family = AF_UNIX};
             if (strlen(de->d_name) > 4 + 64)
                 continue;
-            snprintf(a.sun_path, sizeof a.sun_path, "/proc/self/fd/%d/%.68s", dirfd, de->d_name);
             int c = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-            /* A socket nobody listens on refuses: its service is dead. */
-            int dead = c >= 0 && connect(c, (struct sockaddr *)&a, sizeof a) < 0 &&
-                       errno == ECONNREFUSED;
+            /* A socket nobody listens on refuses: its service is dead. (Not
+             * connect() by name: a link swapped in would be followed.) */
+            int dead = c >= 0 && svc_connect(dirfd, de->d_name, c) == -ECONNREFUSED;
             if (c >= 0)
                 close(c);
             if (dead && unlinkat(dirfd, de->d_name, 0) == 0) {

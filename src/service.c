@@ -443,8 +443,8 @@ int rpal_service_register(rpal_domain *d, const char *name, unsigned mode,
     }
     if (err < 0)
         goto fail_sock;
-    /* The mode goes to the socket we bound, not to whatever a link swapped
-     * in under its name since would point at. */
+    /* The mode goes to the socket file, never to what a link swapped in
+     * under its name since bind() points at (fchmodat would follow it). */
     char proc[32];
     int pfd = svc_sock_open(d->dirfd, file, proc);
     err = pfd < 0 ? pfd : chmod(proc, mode) < 0 || listen(s->lfd, 64) < 0 ? -errno : 0;

@@ -14,7 +14,10 @@
  *    tail, head, polling, want_room, closed), sends garbage on the peer
  *    connection, plants a FIFO, a directory and a symlink among the claims,
  *    and late in the run replaces its rendezvous socket by a symlink to G's;
- *    its receiver also answers wrongly, too long, twice or never;
+ *    its receiver also answers wrongly, too long, twice or never, and some
+ *    connections it answers with a hello of its own making (torn, garbage,
+ *    or plausible with a wrong ring, depth, slot, pid or descriptor);
+ *    HOSTILE_DEBUG=1 traces the connections;
  *  - V, the victim: it calls G and H over channels (synchronous and
  *    pipelined, small, copied and zero-copy requests, every call with a
  *    deadline), talks to H over an upgraded socketpair (rpal_read,
@@ -259,6 +262,7 @@ static int h_sv[NCONN + 1];
 static int h_fdsock; /* where they come from */
 static atomic_int h_conn = -1;       /* the connection H's compat thread serves */
 static atomic_int h_upgrading;       /* keep our claim honest meanwhile */
+static atomic_int h_fakes;           /* connections answered with a fake hello */
 
 static void *h_dispatch_main(void *arg)
 {
@@ -289,9 +293,67 @@ static void *h_dispatch_main(void *arg)
 
 /* Echo whatever comes on the current connection; on its end, take the
  * next one. */
+static uint64_t pick_ptr(void);
+
+/* Instead of upgrading: a hello of our own making (the layout of
+ * src/compat.c's struct fm_hello), torn, garbage or plausible but wrong,
+ * with our slot, a pipe or nothing as the slot's descriptor. Then we wait
+ * for the victim to give up on the connection. */
+#define FM_MAGIC 0x31504d4c41505231ull
+static void fake_hello(int fd)
+{
+    struct {
+        uint64_t magic;
+        uint32_t version, slot;
+        uint64_t slot_size, ring;
+        uint32_t depth;
+        int32_t pid;
+        uint64_t pad[3];
+    } h;
+    _Static_assert(sizeof h == 64, "the hello is 64 bytes");
+    rnd_fill(&h, sizeof h);
+    h.magic = FM_MAGIC;
+    if (rnd() % 2) {
+        unsigned slot;
+        REQUIRE(rpal_domain_slot(hd, &slot, NULL, NULL) == 0);
+        h.version = 1;
+        h.slot = rnd() % 4 ? slot : (uint32_t)rnd() % 1024;
+        h.slot_size = SLOT_SIZE;
+        h.ring = pick_ptr() & ~63ull;
+        h.depth = rnd() % 2 ? CX_DEPTH : (uint32_t)rnd();
+        h.pid = rnd() % 4 ? getpid() : (int32_t)rnd();
+    }
+    int p[2] = {-1, -1};
+    switch (rnd() % 4) {
+    case 0:
+        (void)svc_send_with_fd(fd, &h, sizeof h, hd->memfd);
+        break;
+    case 1:
+        if (pipe(p) == 0)
+            (void)svc_send_with_fd(fd, &h, sizeof h, p[0]);
+        break;
+    case 2:
+        (void)send(fd, &h, 1 + rnd() % sizeof h, MSG_NOSIGNAL); /* torn */
+        break;
+    default:
+        (void)send(fd, &h, sizeof h, MSG_NOSIGNAL);
+        break;
+    }
+    if (p[0] >= 0) {
+        close(p[0]);
+        close(p[1]);
+    }
+    char b[256];
+    while (!atomic_load(&hx.stop)) {
+        struct pollfd pf = {fd, POLLIN, 0};
+        if (poll(&pf, 1, 5) > 0 && recv(fd, b, sizeof b, MSG_DONTWAIT) == 0)
+            break;
+    }
+}
+
 static void *h_compat_main(void *arg)
 {
-    (void)arg;
+    rnd_state = *(uint64_t *)arg;
     static unsigned char buf[1 << 16];
     for (int k = 0; k <= NCONN; k++)
         h_sv[k] = recv_fd(h_fdsock);
@@ -302,6 +364,14 @@ static void *h_compat_main(void *arg)
             REQUIRE(write(fd, "J", 1) == 1);
             REQUIRE(t_get(fd) == 'J');
         }
+        if (k > 0 && atomic_load(&hx.hostile) && rnd() % 3 == 0) {
+            atomic_fetch_add(&h_fakes, 1);
+            if (getenv("HOSTILE_DEBUG"))
+                fprintf(stderr, "H: conn %d: fake\n", k);
+            fake_hello(fd);
+            close(fd);
+            continue;
+        }
         /* Hostile, but it wants to be reached: the victim checks our
          * claim before it upgrades. */
         atomic_store(&h_upgrading, 1);
@@ -309,7 +379,10 @@ static void *h_compat_main(void *arg)
         dom_publish(hd);
         pthread_mutex_unlock(&hd->lock);
         int mapped = rpal_uds_fdmap(hd, fd, 3000);
+        usleep(20000); /* the victim checks our new ring after our answer */
         atomic_store(&h_upgrading, 0);
+        if (getenv("HOSTILE_DEBUG"))
+            fprintf(stderr, "H: conn %d: fdmap %d at %lld\n", k, mapped, (long long)t_now_ms() % 100000);
         if (k == 0 && mapped != 1) {
             fprintf(stderr, "H: fdmap of the first connection: %d\n", mapped);
             _exit(1);
@@ -676,7 +749,9 @@ static int evil_main(int keyfd, int qfd, int startfd, int fdsock, uint64_t seed)
     REQUIRE(pthread_create(&dt, NULL, h_dispatch_main, &dseed) == 0);
     REQUIRE(pthread_create(&rt, NULL, receiver_main, &hx) == 0);
     put_key(keyfd, hx.s);
-    REQUIRE(pthread_create(&ct, NULL, h_compat_main, NULL) == 0);
+    static uint64_t cseed;
+    cseed = seed ^ 0xc0;
+    REQUIRE(pthread_create(&ct, NULL, h_compat_main, &cseed) == 0);
 
     /* Honest until the victim has checked that everything works. */
     if (t_get(startfd) != 'S')
@@ -704,7 +779,7 @@ static int evil_main(int keyfd, int qfd, int startfd, int fdsock, uint64_t seed)
                 scribble_rx((struct m_rx *)(uintptr_t)rx[rnd() % (uint64_t)nrx]);
             break;
         case 6: case 7: case 8: case 9:
-            if (ncx)
+            if (ncx && !atomic_load(&h_upgrading))
                 scribble_cx((struct m_cx *)(uintptr_t)cx[rnd() % (uint64_t)ncx]);
             break;
         case 10: /* the slot header */
@@ -737,8 +812,8 @@ static int evil_main(int keyfd, int qfd, int startfd, int fdsock, uint64_t seed)
         if (rnd() % 4 == 0)
             usleep((useconds_t)(rnd() % 2000));
     }
-    printf("H: %lu rounds, %lu replies, %d reply rings, %d connection rings\n", rounds,
-           atomic_load(&hx.replies), nrx, ncx);
+    printf("H: %lu rounds, %lu replies, %d reply rings, %d connection rings, %d fake hellos\n",
+           rounds, atomic_load(&hx.replies), nrx, ncx, atomic_load(&h_fakes));
     /* The hostile peer just goes: no leave. */
     _exit(rounds > 100 ? 0 : 1);
 }
@@ -908,20 +983,27 @@ struct vconn {
 static int v_sv[NCONN + 1];
 static int v_fdsock;
 
-/* Drop the current connection; take the next socketpair (one attempt). */
-static void conn_next(rpal_domain *d, struct vconn *vc)
+static void conn_drop(struct vconn *vc)
 {
     if (vc->fd >= 0) {
         rpal_epoll_ctl(vc->ep, EPOLL_CTL_DEL, vc->fd, NULL);
         rpal_close(vc->fd);
         vc->fd = -1;
     }
+}
+
+/* Drop the current connection; take the next socketpair (one attempt). */
+static void conn_next(rpal_domain *d, struct vconn *vc)
+{
+    conn_drop(vc);
     if (++vc->k >= NCONN)
         return;
     int fd = v_sv[vc->k];
     int64_t t0 = t_now_ms();
     int r = rpal_uds_fdmap(d, fd, 500);
     bound("rpal_uds_fdmap", t0, 500, r);
+    if (getenv("HOSTILE_DEBUG"))
+        fprintf(stderr, "V: conn %d: fdmap %d at %lld\n", vc->k, r, (long long)t_now_ms() % 100000);
     if (r != 1) {
         vs.map_fail++;
         count_err(vs.map_errno, r);
@@ -1110,11 +1192,14 @@ static int victim_main(int gkey, int hkey, int startfd, uint64_t seed)
                 ch = NULL;
             }
         } else if (op < 9) {
-            if (vc.fd >= 0 && conn_step(&vc, 0) < 0)
+            /* A broken connection is replaced a while later, so that the
+             * socketpairs last the whole run. */
+            if (vc.fd >= 0 && conn_step(&vc, 0) < 0) {
+                conn_drop(&vc);
+                next_conn = t_now_ms() + 250;
+            } else if (vc.fd < 0 && t_now_ms() >= next_conn) {
                 conn_next(d, &vc);
-            else if (vc.fd < 0 && t_now_ms() >= next_conn) {
-                conn_next(d, &vc);
-                next_conn = t_now_ms() + 300;
+                next_conn = t_now_ms() + 250;
             }
         } else {
             struct rpal_event ev[8];

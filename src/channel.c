@@ -236,12 +236,16 @@ int rpal_chan_open(rpal_peer *peer, const struct rpal_chan_opts *opts,
     c->tx->magic = TX_MAGIC;
     c->tx->depth = c->depth;
 
-    struct sockaddr_un a;
-    if ((err = svc_path(d, peer->info.service, &a)) < 0)
-        goto fail;
+    char file[80];
+    snprintf(file, sizeof file, "svc.%.64s", peer->info.service);
     c->sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (c->sock < 0 || connect(c->sock, (struct sockaddr *)&a, sizeof a) < 0) {
-        err = errno == ECONNREFUSED ? -ESRCH : -errno;
+    if (c->sock < 0) {
+        err = -errno;
+        goto fail;
+    }
+    /* Not connect() by name: it would follow a link planted there. */
+    if ((err = svc_connect(d->dirfd, file, c->sock)) < 0) {
+        err = err == -ECONNREFUSED ? -ESRCH : err;
         goto fail;
     }
     struct hs_req req = {.magic = HS_MAGIC, .version = HS_VERSION, .slot = d->slot,

@@ -224,8 +224,17 @@ int dom_member_validate(struct member_rec *rec, unsigned slot)
     if (rec->magic != MEMBER_MAGIC || rec->version != 1 || rec->slot != slot ||
         rec->nservices > MEMBER_MAX_SERVICES || rec->npeers > MEMBER_MAX_PEERS)
         return -EBADMSG;
-    for (unsigned i = 0; i < rec->nservices; i++)
+    /* The names and slots go on to `rpal ls`, a terminal and JSON: a record
+     * with a name that breaks the naming rules (control characters, escape
+     * sequences) or a slot that cannot exist is not a record. */
+    for (unsigned i = 0; i < rec->nservices; i++) {
         rec->services[i][sizeof rec->services[i] - 1] = 0;
+        if (dom_component_validate(rec->services[i]) < 0)
+            return -EBADMSG;
+    }
+    for (unsigned i = 0; i < rec->npeers; i++)
+        if (rec->peers[i] >= DOM_MAX_SLOTS)
+            return -EBADMSG;
     return 0;
 }
 
@@ -874,14 +883,12 @@ static int gc_domain(int dirfd, const char *name, const struct dom_meta *m, void
             struct stat st;
             if (fstatat(dirfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISSOCK(st.st_mode))
                 continue;
-            struct sockaddr_un a = {.sun_family = AF_UNIX};
             if (strlen(de->d_name) > 4 + 64)
                 continue;
-            snprintf(a.sun_path, sizeof a.sun_path, "/proc/self/fd/%d/%.68s", dirfd, de->d_name);
             int c = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-            /* A socket nobody listens on refuses: its service is dead. */
-            int dead = c >= 0 && connect(c, (struct sockaddr *)&a, sizeof a) < 0 &&
-                       errno == ECONNREFUSED;
+            /* A socket nobody listens on refuses: its service is dead. (Not
+             * connect() by name: a link swapped in would be followed.) */
+            int dead = c >= 0 && svc_connect(dirfd, de->d_name, c) == -ECONNREFUSED;
             if (c >= 0)
                 close(c);
             if (dead && unlinkat(dirfd, de->d_name, 0) == 0) {

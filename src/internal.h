@@ -351,6 +351,9 @@ RPAL_HIDDEN void svc_drop_pending(rpal_domain *d);
 /* Path of the rendezvous socket of service NAME of D. */
 struct sockaddr_un;
 RPAL_HIDDEN int svc_path(const rpal_domain *d, const char *name, struct sockaddr_un *a);
+/* Connect SOCK to the service socket FILE ("svc.NAME") beneath DIRFD
+ * without following a symlink at its name (-ELOOP; not a socket: -ENOENT). */
+RPAL_HIDDEN int svc_connect(int dirfd, const char *file, int sock);
 RPAL_HIDDEN int svc_send_with_fd(int sock, const void *msg, size_t len, int fd);
 RPAL_HIDDEN int svc_peer_adopt(rpal_domain *d, int memfd, const struct ucred *cr,
                                unsigned slot, uint64_t slot_size, rpal_peer **out,

@@ -87,6 +87,39 @@ int svc_path(const rpal_domain *d, const char *name, struct sockaddr_un *a)
     return n > 0 && (size_t)n < sizeof a->sun_path ? 0 : -ENAMETOOLONG;
 }
 
+/* The rendezvous socket FILE (svc.NAME) beneath DIRFD as an O_PATH
+ * descriptor, refusing a symlink at its name (-ELOOP) and anything that is
+ * not a socket (-ENOENT). connect() and chmod() by name follow links; the
+ * callers below act through /proc/self/fd/N of this descriptor instead, so
+ * that a link planted (or swapped in) under the name never leads them to a
+ * socket or file elsewhere. */
+static int svc_sock_open(int dirfd, const char *file, char proc[32])
+{
+    int fd = prim_open_beneath(dirfd, file, O_PATH, 0);
+    if (fd < 0)
+        return fd;
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISSOCK(st.st_mode)) {
+        close(fd);
+        return -ENOENT;
+    }
+    snprintf(proc, 32, "/proc/self/fd/%d", fd);
+    return fd;
+}
+
+int svc_connect(int dirfd, const char *file, int sock)
+{
+    char proc[32];
+    int fd = svc_sock_open(dirfd, file, proc);
+    if (fd < 0)
+        return fd;
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", proc);
+    int err = connect(sock, (struct sockaddr *)&a, sizeof a) < 0 ? -errno : 0;
+    close(fd);
+    return err;
+}
+
 int svc_send_with_fd(int sock, const void *msg, size_t len, int fd)
 {
     struct iovec iov = {(void *)msg, len};
@@ -407,8 +440,7 @@ int rpal_service_register(rpal_domain *d, const char *name, unsigned mode,
             break;
         }
         int c = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-        int live = c >= 0 && (connect(c, (struct sockaddr *)&a, sizeof a) == 0 ||
-                              errno != ECONNREFUSED);
+        int live = c >= 0 && svc_connect(d->dirfd, file, c) != -ECONNREFUSED;
         if (c >= 0)
             close(c);
         err = -EEXIST;
@@ -417,8 +449,14 @@ int rpal_service_register(rpal_domain *d, const char *name, unsigned mode,
     }
     if (err < 0)
         goto fail_sock;
-    if (fchmodat(d->dirfd, file, mode, 0) < 0 || listen(s->lfd, 64) < 0) {
-        err = -errno;
+    /* The mode goes to the socket file, never to what a link swapped in
+     * under its name since bind() points at (fchmodat would follow it). */
+    char proc[32];
+    int pfd = svc_sock_open(d->dirfd, file, proc);
+    err = pfd < 0 ? pfd : chmod(proc, mode) < 0 || listen(s->lfd, 64) < 0 ? -errno : 0;
+    if (pfd >= 0)
+        close(pfd);
+    if (err < 0) {
         unlinkat(d->dirfd, file, 0);
         goto fail_sock;
     }
@@ -526,16 +564,12 @@ int rpal_service_request(rpal_domain *d, const char *name, const rpal_key *key,
         return -ELOOP;
     if (!S_ISSOCK(st.st_mode))
         return -ENOENT;
-    struct sockaddr_un a;
-    if ((err = svc_path(d, name, &a)) < 0)
-        return err;
     /* Non-blocking: a full listen queue answers -EAGAIN at once instead
      * of blocking past the deadline. */
     int sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (sock < 0)
         return -errno;
-    if (connect(sock, (struct sockaddr *)&a, sizeof a) < 0) {
-        err = -errno;
+    if ((err = svc_connect(d->dirfd, file, sock)) < 0) {
         close(sock);
         return err;
     }

@@ -503,9 +503,14 @@ static void *agent_main(void *arg)
         for (struct lay *l = g_agent.list; l; l = l->next) {
             if (l->detached)
                 continue;
-            /* pairs with the changer's store_release of the generation */
-            uint32_t g = rpal_load_acquire(&l->ctl->gen);
             pthread_mutex_lock(&l->mu);
+            /* Read the generation under l->mu: read before it, it can be
+             * older than one a changer of this process applied meanwhile,
+             * and sync_to would take this process back to a layout without
+             * that change (its own new object PROT_NONE again: found by
+             * `rpal chaos`, sharers changing their ranges at once).
+             * Pairs with the changer's store_release of the generation. */
+            uint32_t g = rpal_load_acquire(&l->ctl->gen);
             sync_to(l, g);
             pthread_mutex_unlock(&l->mu);
             if (n == AGENT_WAITV_MAX) {

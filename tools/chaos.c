@@ -723,11 +723,30 @@ static int worker_main(int argc, char **argv)
 enum { C_HANGS, C_CRASHES, C_LEAKS, C_CORRUPT, C_ERRORS, NCOUNTS };
 static const char *const count_names[NCOUNTS] = {"hangs", "crashes", "leaks", "corrupt", "errors"};
 
+#define MAX_POINTS 24
 struct tally {
     long trials;
     long c[NCOUNTS];
     uint64_t ops, torn;
+    /* Where the victims were when they were killed: the library call in
+     * progress, or between calls, or before main(). */
+    int npoints;
+    char point[MAX_POINTS][32];
+    long at_point[MAX_POINTS];
 };
+
+static void count_point(struct tally *t, const char *where)
+{
+    int i = 0;
+    while (i < t->npoints && strcmp(t->point[i], where))
+        i++;
+    if (i == t->npoints) {
+        if (i == MAX_POINTS)
+            return;
+        snprintf(t->point[t->npoints++], sizeof t->point[0], "%s", where);
+    }
+    t->at_point[i]++;
+}
 
 #define MAX_FAILS 200
 struct failure {
@@ -776,12 +795,15 @@ static const char *leak_root;
 static long leak_trial;
 static int leak_kind, leak_count;
 
-/* The registry's documented shape (docs/regions.md): a 64-byte header and
- * 4096 entries of 256 bytes; a free entry is all zeros. A used one names
- * its region at byte 40. */
+/* The registry's shape (docs/regions.md; struct reg_entry in src/region.c):
+ * a 64-byte header and 4096 entries of 256 bytes; an entry is held when its
+ * state word (byte 36) is not 0 (free), and names its region at byte 40.
+ * (A creator killed while filling a free entry leaves bytes in it, but the
+ * entry stays free: that is no leak.) */
 #define REG_HDR 64
 #define REG_ENTRY 256
 #define REG_ENTRIES 4096
+#define REG_STATE_AT 36
 #define REG_NAME_AT 40
 
 static void registry_leaks(const char *path)
@@ -795,16 +817,18 @@ static void registry_leaks(const char *path)
             close(fd);
         return;
     }
-    unsigned char e[REG_ENTRY], zero[REG_ENTRY] = {0};
+    unsigned char e[REG_ENTRY];
     for (unsigned i = 0; i < REG_ENTRIES; i++) {
+        uint32_t state;
         if (pread(fd, e, sizeof e, REG_HDR + (off_t)i * REG_ENTRY) != (ssize_t)sizeof e)
             break;
-        if (memcmp(e, zero, sizeof e) != 0) {
+        memcpy(&state, e + REG_STATE_AT, 4);
+        if (state != 0) {
             char name[RPAL_NAME_MAX + 1];
             memcpy(name, e + REG_NAME_AT, RPAL_NAME_MAX);
             name[RPAL_NAME_MAX] = 0;
-            record(leak_trial, leak_kind, C_LEAKS, "registry entry %u still held (region '%s')",
-                   i, name);
+            record(leak_trial, leak_kind, C_LEAKS, "registry entry %u still held (region '%s', state %u)",
+                   i, name, state);
             leak_count++;
         }
     }
@@ -937,6 +961,15 @@ static void run_trial(long t, const char *rundir)
         if (kill_at && !atomic_load(&B->killed) && now >= kill_at) {
             if (!w[v].reaped)
                 kill(w[v].pid, SIGKILL);
+            char where[32] = "(between calls)";
+            if (!atomic_load(&vs->started))
+                snprintf(where, sizeof where, "(before main)");
+            else if (atomic_load(&vs->op[0].start_ns))
+                snprintf(where, sizeof where, "%s", vs->op[0].name);
+            else if (atomic_load(&vs->op[1].start_ns))
+                snprintf(where, sizeof where, "%s", vs->op[1].name);
+            count_point(&G.total, where);
+            count_point(&G.per[kind], where);
             w[v].killed_by_us = 1;
             atomic_store(&B->killed, 1);
             stop_at = now + (int64_t)POST_MS * 1000000;
@@ -1054,8 +1087,11 @@ static void json_tally(const struct tally *t)
     printf("\"trials\":%ld", t->trials);
     for (int c = 0; c < NCOUNTS; c++)
         printf(",\"%s\":%ld", count_names[c], t->c[c]);
-    printf(",\"ops\":%llu,\"torn_requests\":%llu", (unsigned long long)t->ops,
+    printf(",\"ops\":%llu,\"torn_requests\":%llu,\"killed_in\":{", (unsigned long long)t->ops,
            (unsigned long long)t->torn);
+    for (int i = 0; i < t->npoints; i++)
+        printf("%s\"%s\":%ld", i ? "," : "", t->point[i], t->at_point[i]);
+    printf("}");
 }
 
 static void report(double secs)
@@ -1098,6 +1134,15 @@ static void report(double secs)
                t->trials, t->c[C_HANGS], t->c[C_CRASHES], t->c[C_LEAKS], t->c[C_CORRUPT],
                t->c[C_ERRORS], (unsigned long long)t->ops);
     }
+    if (G.verbose)
+        for (int k = 0; k < NKINDS; k++) {
+            if (!G.per[k].trials)
+                continue;
+            printf("%s victims killed in:", kind_names[k]);
+            for (int i = 0; i < G.per[k].npoints; i++)
+                printf("%s %s %ld", i ? "," : "", G.per[k].point[i], G.per[k].at_point[i]);
+            putchar('\n');
+        }
     int shown = 0;
     for (int i = 0; i < G.nfails && shown < 20; i++, shown++)
         printf("  trial %ld (%s): %s: %s\n", G.fails[i].trial, kind_names[G.fails[i].kind],

@@ -552,7 +552,24 @@ int rpal_service_request(rpal_domain *d, const char *name, const rpal_key *key,
     }
     err = svc_recv_with_fd(sock, &rep, sizeof rep, &memfd);
     if (err == -ECONNRESET) {
-        err = -EACCES; /* closed without an answer: refused */
+        /* Closed without an answer: refused, unless the service died (its
+         * socket closed with it). Told apart so that a requester whose
+         * service was killed mid-handshake is not told its key is wrong
+         * (`rpal chaos` saw -EACCES there). A dying process closes its
+         * sockets a moment before it is reaped, so its pidfd gets 100 ms
+         * to turn readable (only a refusal without an answer, which is
+         * rare, pays for that). */
+        struct ucred cr;
+        socklen_t cl = sizeof cr;
+        err = -EACCES;
+        if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cr, &cl) == 0) {
+            int pfd = (int)syscall(SYS_pidfd_open, cr.pid, 0);
+            struct pollfd pp = {pfd, POLLIN, 0};
+            if (pfd < 0 ? errno == ESRCH : poll(&pp, 1, 100) == 1)
+                err = -ECONNREFUSED;
+            if (pfd >= 0)
+                close(pfd);
+        }
         goto out;
     }
     if (err < 0)

@@ -39,7 +39,9 @@
  *            wrote, or a new anonymous object that does not read as zeros.
  *
  * `errors` (informational) counts calls between two live processes that
- * failed anyway (e.g. -ETIMEDOUT on a starved machine).
+ * failed anyway (e.g. -ETIMEDOUT on a starved machine); `victim_errors`
+ * counts, by errno, the survivors' calls that failed because of the death
+ * (-ESRCH is expected; -ETIMEDOUT would say the death was not seen).
  *
  * --self-test corrupt|leak|hang|crash makes one worker misbehave on purpose,
  * so that each failure class can be seen to be detected.
@@ -83,6 +85,7 @@
 #define REQ_MAX 4096
 #define REPLY_MAX (16 + 3000)
 #define DEPTH 4
+#define NERRNO 134 /* errno values counted (EHWPOISON is 133) */
 
 enum kind { K_CALLER, K_RECEIVER, K_OWNER, K_HANDSHAKE, K_CHANGE, NKINDS };
 static const char *const kind_names[NKINDS] = {"caller", "receiver", "region-owner",
@@ -108,6 +111,7 @@ struct wslot {
         char name[32];
     } op[2];
     _Atomic uint64_t ops, errors, corrupt, hangs, torn;
+    _Atomic uint32_t expected[NERRNO]; /* errors from the victim, by errno */
     char note[160];               /* the first failure, for the report */
 };
 
@@ -249,6 +253,14 @@ static void error(const char *what, long err)
     note("%s: %s", what, rpal_strerror((int)err));
 }
 
+/* A failure caused by the victim's death: expected, counted by errno so
+ * that a slow death detection (-ETIMEDOUT instead of -ESRCH) shows. */
+static void expected(long err)
+{
+    if (err < 0 && -err < NERRNO)
+        atomic_fetch_add(&W->expected[-err], 1);
+}
+
 static void corrupt(const char *fmt, ...)
 {
     atomic_fetch_add(&W->corrupt, 1);
@@ -359,7 +371,9 @@ static void service_main(void)
         if (B->selftest == ST_CORRUPT && my_idx == 1 && ++replies == 10)
             reply[rl - 1] ^= 1;
         err = (int)OP("rpal_reply", CALL_MS, rpal_reply(sv.r, &m, reply, rl));
-        if (err < 0 && err != -ESHUTDOWN && err != -ESRCH)
+        if (err == -ESHUTDOWN || err == -ESRCH)
+            expected(err); /* the caller is gone */
+        else if (err < 0)
             error("rpal_reply", err);
         selftest_point();
     }
@@ -502,8 +516,10 @@ static void caller_main(void)
             if (!l[k].chan) {
                 err = link_open(d, k, &l[k], CALL_MS);
                 if (err < 0) {
-                    if (err != -EAGAIN && !(service_is_victim(k)))
+                    if (err != -EAGAIN && !service_is_victim(k))
                         error("connect", err);
+                    else if (err != -EAGAIN)
+                        expected(err);
                     if (service_is_victim(k) && victim_dead())
                         gone[k] = 1;
                     continue;
@@ -515,6 +531,8 @@ static void caller_main(void)
             if (err < 0) {
                 if (!service_is_victim(k))
                     error("call", err);
+                else
+                    expected(err);
                 link_close(&l[k]);
                 if (service_is_victim(k) && victim_dead())
                     gone[k] = 1;
@@ -555,8 +573,12 @@ static void handshaker_main(void)
             err = exercise(&l, 0, &seq);
             if (err < 0 && !service_is_victim(0))
                 error("call", err);
+            else
+                expected(err);
         } else if (err != -EAGAIN && !service_is_victim(0)) {
             error("connect", err);
+        } else if (err != -EAGAIN) {
+            expected(err);
         }
         link_close(&l);
         OP("rpal_domain_leave", CALL_MS, rpal_domain_leave(d));
@@ -728,6 +750,7 @@ struct tally {
     long trials;
     long c[NCOUNTS];
     uint64_t ops, torn;
+    long expected[NERRNO];
     /* Where the victims were when they were killed: the library call in
      * progress, or between calls, or before main(). */
     int npoints;
@@ -1052,6 +1075,10 @@ static void run_trial(long t, const char *rundir)
         G.per[kind].ops += atomic_load(&s->ops);
         G.total.torn += atomic_load(&s->torn);
         G.per[kind].torn += atomic_load(&s->torn);
+        for (int e = 0; e < NERRNO; e++) {
+            G.total.expected[e] += atomic_load(&s->expected[e]);
+            G.per[kind].expected[e] += atomic_load(&s->expected[e]);
+        }
     }
     /* Everyone is gone: what gc leaves is leaked. */
     int removed = rpal_gc(gc_note, NULL);
@@ -1091,6 +1118,12 @@ static void json_tally(const struct tally *t)
            (unsigned long long)t->torn);
     for (int i = 0; i < t->npoints; i++)
         printf("%s\"%s\":%ld", i ? "," : "", t->point[i], t->at_point[i]);
+    printf("},\"victim_errors\":{");
+    for (int e = 0, first = 1; e < NERRNO; e++)
+        if (t->expected[e]) {
+            printf("%s\"%s\":%ld", first ? "" : ",", strerrorname_np(e), t->expected[e]);
+            first = 0;
+        }
     printf("}");
 }
 
@@ -1141,6 +1174,12 @@ static void report(double secs)
             printf("%s victims killed in:", kind_names[k]);
             for (int i = 0; i < G.per[k].npoints; i++)
                 printf("%s %s %ld", i ? "," : "", G.per[k].point[i], G.per[k].at_point[i]);
+            printf("\n  survivors' calls failed by the death:");
+            for (int e = 0, first = 1; e < NERRNO; e++)
+                if (G.per[k].expected[e]) {
+                    printf("%s %s %ld", first ? "" : ",", strerrorname_np(e), G.per[k].expected[e]);
+                    first = 0;
+                }
             putchar('\n');
         }
     int shown = 0;

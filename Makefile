@@ -36,6 +36,8 @@ HDRS := include/rpal.h src/internal.h src/atomics.h src/hugesetup.h Makefile
 SO := $(B)/librpal.so.$(VERSION)
 A := $(B)/librpal.a
 TOOL := $(B)/rpal
+# `rpal chaos` execs this program (beside the command, or in libexec).
+CHAOS := $(B)/chaos
 # examples/uv_rpal_echo.c needs libuv (Debian: libuv1-dev); without it the
 # build says so and goes on.
 UV_EXAMPLE := examples/uv_rpal_echo.c
@@ -53,7 +55,7 @@ TESTS := $(patsubst tests/%.c,$(B)/tests/%,$(wildcard tests/*.c))
 BENCHES := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
 
 .PHONY: all lib test demo bench docs-diff install uninstall clean skip-uv-example fuzz fuzz-build fuzz-seeds
-all: lib $(TOOL) $(EXAMPLES) $(TESTS) $(BENCHES)
+all: lib $(TOOL) $(CHAOS) $(EXAMPLES) $(TESTS) $(BENCHES)
 lib: $(SO) $(A)
 
 $(B)/obj/%.o: src/%.c $(HDRS)
@@ -76,6 +78,8 @@ $(A): $(LIB_OBJ)
 # the build tree; tests do too, and may reach the library's hidden test hooks.
 $(TOOL): tools/rpal.c $(A) include/rpal.h
 	$(CC) $(ALLCFLAGS) -o $@ $< $(A) $(LDFLAGS_ALL)
+$(CHAOS): tools/chaos.c $(A) include/rpal.h
+	$(CC) $(ALLCFLAGS) -o $@ $< $(A) -lpthread $(LDFLAGS_ALL)
 $(B)/examples/%: examples/%.c examples/echo_common.h $(A) include/rpal.h
 	@mkdir -p $(@D)
 	$(CC) $(ALLCFLAGS) -o $@ $< $(A) $(LDFLAGS_ALL)
@@ -161,7 +165,7 @@ fuzz-seeds: fuzz-build
 	for t in $(FUZZ_TARGETS); do mkdir -p fuzz/corpus/$$t && \
 	  FUZZ_WRITE_SEEDS=fuzz/corpus/$$t $(FB)/$$t || exit 1; done
 
-install: lib $(TOOL) $(BENCHES) $(ECHO_PROGS:%=$(B)/examples/%)
+install: lib $(TOOL) $(CHAOS) $(BENCHES) $(ECHO_PROGS:%=$(B)/examples/%)
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(BINDIR) \
 	  $(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man3 $(DESTDIR)$(MANDIR)/man7
 	install -m 644 include/rpal.h $(DESTDIR)$(INCLUDEDIR)/rpal.h
@@ -171,7 +175,7 @@ install: lib $(TOOL) $(BENCHES) $(ECHO_PROGS:%=$(B)/examples/%)
 	install -m 644 $(A) $(DESTDIR)$(LIBDIR)/
 	install -m 755 $(TOOL) $(DESTDIR)$(BINDIR)/rpal
 	install -d $(DESTDIR)$(PREFIX)/libexec/rpal
-	for b in $(BENCHES) $(ECHO_PROGS:%=$(B)/examples/%); do \
+	for b in $(CHAOS) $(BENCHES) $(ECHO_PROGS:%=$(B)/examples/%); do \
 	  install -m 755 $$b $(DESTDIR)$(PREFIX)/libexec/rpal/; done
 	sed -e 's|@PREFIX@|$(PREFIX)|; s|@LIBDIR@|$(LIBDIR)|; s|@INCLUDEDIR@|$(INCLUDEDIR)|; s|@VERSION@|$(VERSION)|' \
 	  rpal.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/rpal.pc

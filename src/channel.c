@@ -252,8 +252,13 @@ int rpal_chan_open(rpal_peer *peer, const struct rpal_chan_opts *opts,
                          .slot_size = d->slot_size, .kind = HS_KIND_CHAN,
                          .depth = c->depth, .addr = (uint64_t)(uintptr_t)c->tx};
     snprintf(req.service, sizeof req.service, "%.64s", peer->info.service);
-    if ((err = svc_send_with_fd(c->sock, &req, sizeof req, -1)) < 0)
+    if ((err = svc_send_with_fd(c->sock, &req, sizeof req, -1)) < 0) {
+        /* Closed before we sent (the service died or unregistered right
+         * after accepting): as a close without an answer below, not a
+         * raw -EPIPE (`rpal chaos` saw one). */
+        err = err == -EPIPE || err == -ECONNRESET ? -ESHUTDOWN : err;
         goto fail;
+    }
     struct pollfd pf = {c->sock, POLLIN, 0};
     int r;
     do

@@ -598,6 +598,12 @@ static void *agent_main(void *arg)
             if (l->detached)
                 continue;
             uint32_t g = 0;
+            /* sync_region reads the generation under l->mu: read before it,
+             * it can be older than one a changer of this process applied
+             * meanwhile, and the agent would take this process back to a
+             * layout without that change (its own new object PROT_NONE
+             * again: found by `rpal chaos`, sharers changing their ranges at
+             * once). */
             pthread_mutex_lock(&l->mu);
             sync_region(l, &g);
             int gone = l->detached;

@@ -897,10 +897,18 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* Is LEAF a layout lock file's name, ".REGIONLEAF.INO.lock"? */
+static int is_lock_leaf(const char *leaf)
+{
+    size_t l = strlen(leaf);
+    return leaf[0] == '.' && l > 7 && !strcmp(leaf + l - 5, ".lock");
+}
+
 /* Collect the names of regular files below PREFIX (relative to NSFD),
- * recursing into the directories the caller may read. */
+ * recursing into the directories the caller may read: region names, or
+ * with LOCKS the names of the lock files instead. */
 static int collect(int nsfd, const char *prefix, char ***names, size_t *n,
-                   size_t *cap, int depth)
+                   size_t *cap, int depth, int locks)
 {
     if (depth > RPAL_NAME_MAX / 2)
         return 0;
@@ -915,13 +923,14 @@ static int collect(int nsfd, const char *prefix, char ***names, size_t *n,
     struct dirent *de;
     int err = 0;
     while (!err && (de = readdir(d))) {
-        if (de->d_name[0] == '.')
+        int lock = locks && is_lock_leaf(de->d_name);
+        if (de->d_name[0] == '.' && !lock)
             continue;
-        char path[RPAL_NAME_MAX + 2];
+        char path[RPAL_NAME_MAX + 48];
         int l = strcmp(prefix, ".")
                     ? snprintf(path, sizeof path, "%s/%s", prefix, de->d_name)
                     : snprintf(path, sizeof path, "%s", de->d_name);
-        if (l < 0 || (size_t)l >= sizeof path || ns_name_validate(path) < 0)
+        if (l < 0 || (size_t)l >= sizeof path || (!lock && ns_name_validate(path) < 0))
             continue; /* not a name rpal could have made */
         unsigned char type = de->d_type;
         struct stat st;
@@ -930,10 +939,10 @@ static int collect(int nsfd, const char *prefix, char ***names, size_t *n,
                    : S_ISDIR(st.st_mode) ? DT_DIR
                    : S_ISREG(st.st_mode) ? DT_REG : DT_UNKNOWN;
         if (type == DT_DIR) {
-            err = collect(nsfd, path, names, n, cap, depth + 1);
+            err = collect(nsfd, path, names, n, cap, depth + 1, locks);
             continue;
         }
-        if (type != DT_REG)
+        if (type != DT_REG || lock != locks)
             continue;
         if (*n == *cap) {
             size_t nc = *cap ? *cap * 2 : 64;
@@ -959,7 +968,7 @@ static int list_names(int nsfd, char ***names, size_t *n)
     size_t cap = 0;
     *names = NULL;
     *n = 0;
-    int err = collect(nsfd, ".", names, n, &cap, 0);
+    int err = collect(nsfd, ".", names, n, &cap, 0, 0);
     if (*n)
         qsort(*names, *n, sizeof **names, cmp_str);
     return err;
@@ -1016,6 +1025,62 @@ static int ino_in_use(uint64_t ino, void *arg)
         if (u->inos[k] == ino)
             return 1;
     return 0;
+}
+
+/* Lock files of regions that never got their name: create makes the lock
+ * file before it links the region, so a creator killed in between left it
+ * for good (found by `rpal chaos`). One is removed when no region file has
+ * its inode (U, as for huge data files) and no live creator holds a
+ * reservation of its name. Run under the registry lock R: a create makes
+ * its lock file only after reserving, and settles only after linking, so
+ * one in progress is seen. */
+static int lock_gc(int nsfd, struct reg *r, struct gc_use *u,
+                   void (*fn)(const char *kind, const char *name, void *arg), void *arg)
+{
+    char **locks = NULL;
+    size_t n = 0, cap = 0;
+    int removed = 0;
+    collect(nsfd, ".", &locks, &n, &cap, 0, 1);
+    for (size_t i = 0; i < n; i++) {
+        /* DIR/.LEAF.INO.lock names the region DIR/LEAF of inode INO. */
+        char name[RPAL_NAME_MAX + 48];
+        const char *slash = strrchr(locks[i], '/'), *leaf = slash ? slash + 1 : locks[i];
+        size_t dl = slash ? (size_t)(slash - locks[i]) + 1 : 0;
+        memcpy(name, locks[i], dl);
+        snprintf(name + dl, sizeof name - dl, "%s", leaf + 1);
+        char *dot = strrchr(name, '.');
+        *dot = 0; /* ".lock" */
+        dot = strrchr(name, '.');
+        char *end;
+        unsigned long long ino = dot ? strtoull(dot + 1, &end, 10) : 0;
+        if (!dot || !ino || *end)
+            continue;
+        *dot = 0;
+        if (ns_name_validate(name) < 0)
+            continue;
+        int kept = ino_in_use(ino, u); /* its region, maybe renamed */
+        for (unsigned k = 0; !kept && k < reg_used(r->f); k++) {
+            const struct reg_entry *e = &r->f->e[k];
+            kept = entry_valid(e) && e->state == REG_RESERVED && !strcmp(e->name, name) &&
+                   prim_proc_alive(e->pid, e->pid_start);
+        }
+        if (kept)
+            continue;
+        /* Unlink through the directory opened beneath the namespace, so
+         * that no symlink swapped in meanwhile is followed. */
+        if (dl)
+            name[dl - 1] = 0;
+        int dfd = dl ? prim_open_beneath(nsfd, name, O_RDONLY | O_DIRECTORY, 0) : nsfd;
+        if (dfd >= 0 && unlinkat(dfd, leaf, 0) == 0) {
+            removed++;
+            if (fn)
+                fn("lock", locks[i], arg);
+        }
+        if (dfd >= 0 && dfd != nsfd)
+            close(dfd);
+    }
+    free_names(locks, n);
+    return removed;
 }
 
 int region_gc(void (*fn)(const char *kind, const char *name, void *arg),
@@ -1089,9 +1154,10 @@ int region_gc(void (*fn)(const char *kind, const char *name, void *arg),
             if (fn)
                 fn("reservation", what, arg);
         }
+        struct gc_use u = {r.f, inos, n};
+        removed += lock_gc(nsfd, &r, &u, fn, arg);
         /* Data files of huge regions that lost their header (removed by
          * someone who could not read it, or by hand). */
-        struct gc_use u = {r.f, inos, n};
         removed += huge_gc(nsfd, ino_in_use, &u, fn, arg);
         reg_unlock(&r);
     }

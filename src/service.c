@@ -545,6 +545,29 @@ void svc_drop_pending(rpal_domain *d)
 
 /* ---- the requester's side ---- */
 
+/* The service closed our handshake connection without an answer: a
+ * refusal (-EACCES), unless it died (its socket closed with it): then
+ * -ECONNREFUSED, as for a socket nobody listens on, so that a requester
+ * whose service was killed mid-handshake is not told its key is wrong
+ * (`rpal chaos` saw -EACCES and -EPIPE there). A dying process closes its
+ * sockets a moment before it is reaped, so its pidfd gets 100 ms to turn
+ * readable (only a refusal without an answer, which is rare, pays that). */
+static int closed_unanswered(int sock)
+{
+    struct ucred cr;
+    socklen_t cl = sizeof cr;
+    int err = -EACCES;
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cr, &cl) == 0) {
+        int pfd = (int)syscall(SYS_pidfd_open, cr.pid, 0);
+        struct pollfd pp = {pfd, POLLIN, 0};
+        if (pfd < 0 ? errno == ESRCH : poll(&pp, 1, 100) == 1)
+            err = -ECONNREFUSED;
+        if (pfd >= 0)
+            close(pfd);
+    }
+    return err;
+}
+
 int rpal_service_request(rpal_domain *d, const char *name, const rpal_key *key,
                          int timeout_ms, rpal_peer **out)
 {
@@ -579,8 +602,11 @@ int rpal_service_request(rpal_domain *d, const char *name, const rpal_key *key,
     memcpy(req.key, key->bytes, sizeof req.key);
     int memfd = -1;
     struct hs_rep rep;
-    if ((err = svc_send_with_fd(sock, &req, sizeof req, d->memfd)) < 0)
+    if ((err = svc_send_with_fd(sock, &req, sizeof req, d->memfd)) < 0) {
+        if (err == -EPIPE || err == -ECONNRESET) /* closed before we sent */
+            err = closed_unanswered(sock);
         goto out;
+    }
     struct pollfd pfd = {sock, POLLIN, 0};
     int r;
     do
@@ -592,7 +618,7 @@ int rpal_service_request(rpal_domain *d, const char *name, const rpal_key *key,
     }
     err = svc_recv_with_fd(sock, &rep, sizeof rep, &memfd);
     if (err == -ECONNRESET) {
-        err = -EACCES; /* closed without an answer: refused */
+        err = closed_unanswered(sock);
         goto out;
     }
     if (err < 0)

@@ -10,6 +10,9 @@
  *    release by the test gives the service the same; also when the releasing
  *    process has a forked child alive (which holds copies of its
  *    descriptors).
+ *  - A service killed while a requester waits for its answer: the request
+ *    returns -ECONNREFUSED (its process is gone) at once, not -EACCES as a
+ *    refusal would (`rpal chaos` saw -EACCES there).
  *  - A member SIGKILLed leaves its slot free: in a domain of two slots, with
  *    both taken a third joiner gets -ENOSPC; after a kill a new process gets
  *    the dead member's slot, also when the dead member had forked a child
@@ -469,6 +472,32 @@ static void slot_cases(void)
     member_stop(&a, 0);
 }
 
+/* ---- a service that dies in the middle of a handshake ---- */
+
+static void request_to_dying(rpal_domain *d)
+{
+    struct svc s;
+    spawn("dying", &s);
+    /* Stopped, it cannot answer: the request waits until the kill. */
+    REQUIRE(kill(s.pid, SIGSTOP) == 0);
+    pid_t killer = fork();
+    REQUIRE(killer >= 0);
+    if (killer == 0) {
+        usleep(200000);
+        kill(s.pid, SIGKILL);
+        _exit(0);
+    }
+    rpal_peer *p = NULL;
+    int64_t t0 = now_us();
+    int err = rpal_service_request(d, "dying", &s.key, 5000, &p);
+    int64_t took = now_us() - t0;
+    CHECK_ERR(err, -ECONNREFUSED);
+    CHECK(took < 2000000);
+    CHECK(t_wait(killer) == 0);
+    CHECK(t_wait(s.pid) == 128 + SIGKILL);
+    svc_close(&s);
+}
+
 int main(void)
 {
     t_init();
@@ -487,6 +516,7 @@ int main(void)
     for (int r = 0; r < KILL_ROUNDS; r++)
         kill_round(d, r);
     release_cases(d);
+    request_to_dying(d);
     CHECK_ERR(rpal_domain_leave(d), 0);
     return t_done();
 }

@@ -423,29 +423,36 @@ static int cmd_region(int argc, char **argv)
     return usage();
 }
 
-/* `rpal bench NAME ARGS`: run the benchmark program NAME, found beside the
- * command in the build tree (bench/NAME) or in PREFIX/libexec/rpal/NAME. */
+/* Run the helper program NAME with ARGV: found beside the command in the
+ * build tree (SUBDIR/NAME, SUBDIR "" for the directory itself) or in
+ * PREFIX/libexec/rpal/NAME. Returns only on failure. */
+static int exec_helper(const char *what, const char *subdir, const char *name, char **argv)
+{
+    char self[PATH_MAX], path[PATH_MAX + 64];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0)
+        return fail(what, name, -errno);
+    self[n] = 0;
+    char *slash = strrchr(self, '/');
+    *slash = 0;
+    snprintf(path, sizeof path, "%s/%s%s%s", self, subdir, *subdir ? "/" : "", name);
+    if (access(path, X_OK) != 0)
+        snprintf(path, sizeof path, "%s/../libexec/rpal/%s", self, name);
+    if (access(path, X_OK) != 0) {
+        fprintf(stderr, "rpal: no %s '%s' (looked in %s%s%s and %s/../libexec/rpal)\n", what,
+                name, self, *subdir ? "/" : "", subdir, self);
+        return 2;
+    }
+    execv(path, argv);
+    return fail(what, path, -errno);
+}
+
+/* `rpal bench NAME ARGS`: run the benchmark program NAME. */
 static int cmd_bench(int argc, char **argv)
 {
     if (argc < 1 || strchr(argv[0], '/') || argv[0][0] == '.')
         return usage();
-    char self[PATH_MAX], path[PATH_MAX + 64];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (n <= 0)
-        return fail("bench", argv[0], -errno);
-    self[n] = 0;
-    char *slash = strrchr(self, '/');
-    *slash = 0;
-    snprintf(path, sizeof path, "%s/bench/%s", self, argv[0]);
-    if (access(path, X_OK) != 0)
-        snprintf(path, sizeof path, "%s/../libexec/rpal/%s", self, argv[0]);
-    if (access(path, X_OK) != 0) {
-        fprintf(stderr, "rpal: no benchmark '%s' (looked in %s/bench and %s/../libexec/rpal)\n",
-                argv[0], self, self);
-        return 2;
-    }
-    execv(path, argv);
-    return fail("bench", path, -errno);
+    return exec_helper("benchmark", "bench", argv[0], argv);
 }
 
 int main(int argc, char **argv)
@@ -461,6 +468,8 @@ int main(int argc, char **argv)
         return cmd_gc(argc - 2, argv + 2);
     if (!strcmp(cmd, "bench"))
         return cmd_bench(argc - 2, argv + 2);
+    if (!strcmp(cmd, "chaos")) /* a program of its own: tools/chaos.c */
+        return exec_helper("chaos program", "", "chaos", argv + 1);
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
         printf("rpal %s\n", rpal_version());
         return 0;

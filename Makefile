@@ -21,6 +21,11 @@ WARN := -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE
 ifeq ($(SAN),1)
 B := build-san
 SANFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+else ifeq ($(TSAN),1)
+# ThreadSanitizer moves rpal's window out of its shadow (src/internal.h);
+# tests/run.sh passes tests/tsan.supp to such builds.
+B := build-tsan
+SANFLAGS := -fsanitize=thread -fno-omit-frame-pointer
 else
 B := build
 SANFLAGS :=
@@ -189,4 +194,4 @@ uninstall:
 	cd man && for f in *.[137]; do rm -f $(DESTDIR)$(MANDIR)/man$${f##*.}/$$f; done
 
 clean:
-	rm -rf build build-san build-fuzz
+	rm -rf build build-san build-tsan build-fuzz

@@ -222,7 +222,18 @@ int rpal_gc(void (*fn)(const char *kind, const char *name, void *arg),
  * a child joins on its own. */
 
 #define RPAL_DEFAULT_DOMAIN "default"
+#if defined(__SANITIZE_THREAD__)
+/* A ThreadSanitizer build has a 256 GiB window (TSan's shadow takes the
+ * usual one): 64 slots of 4 GiB. */
+#define RPAL_DEFAULT_SLOT_SIZE (4ull << 30)
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define RPAL_DEFAULT_SLOT_SIZE (4ull << 30)
+#endif
+#endif
+#ifndef RPAL_DEFAULT_SLOT_SIZE
 #define RPAL_DEFAULT_SLOT_SIZE (64ull << 30) /* 256 slots in the 16 TiB window */
+#endif
 
 typedef struct rpal_domain rpal_domain;
 typedef struct rpal_service rpal_service;

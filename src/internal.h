@@ -13,8 +13,35 @@
  * (which ends below 0x100000000000 on x86-64) and far below the area where
  * the kernel places ordinary mmap()s and stacks (0x7f..). The first half
  * holds named regions; the second half is kept for domains. */
+#if defined(__SANITIZE_THREAD__)
+#define RPAL_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define RPAL_TSAN 1
+#endif
+#endif
+
+#ifndef RPAL_TSAN
 #define RPAL_WINDOW_BASE        0x200000000000ull
 #define RPAL_REGION_WINDOW_SIZE 0x100000000000ull /* 16 TiB */
+#elif defined(__x86_64__)
+/* ThreadSanitizer (`make TSAN=1`) keeps its shadow at 0x010000000000 to
+ * 0x200000000000 and its meta shadow at 0x300000000000 to 0x340000000000
+ * (gcc 12's libtsan2 and clang 14 alike), and instruments only accesses to
+ * its application ranges: 0x1000-0x8000000000, 0x550000000000-0x568000000000
+ * (PIE binary, brk), 0x7b0000000000-0x7c0000000000 (its heap) and
+ * 0x7e8000000000-0x800000000000 (mmap, stacks). The window above lies in
+ * the shadow, so a TSan build uses the low range, which stays empty in a PIE
+ * process: regions from 64 GiB, 128 GiB of them, then 256 GiB of domain
+ * (64 default slots of 4 GiB, see RPAL_DEFAULT_SLOT_SIZE), ending at
+ * 0x7000000000. A TSan-built process therefore cannot share regions or
+ * domains with a normally built one: the region header's base and the
+ * domain's recorded window do not pass the other build's checks. */
+#define RPAL_WINDOW_BASE        0x1000000000ull
+#define RPAL_REGION_WINDOW_SIZE 0x2000000000ull /* 128 GiB */
+#else
+#error "ThreadSanitizer build: choose a window inside TSan's application ranges for this architecture"
+#endif
 
 /* Granule of region placement: data starts on a granule boundary and the
  * granule before it holds the region's header page (the rest is a guard). */
@@ -199,7 +226,11 @@ RPAL_HIDDEN void heap_set_current(struct heap *h);
 
 /* The second half of the window holds the domain's slots. */
 #define DOM_WINDOW_BASE (RPAL_WINDOW_BASE + RPAL_REGION_WINDOW_SIZE)
+#ifndef RPAL_TSAN
 #define DOM_WINDOW_SIZE 0x100000000000ull /* 16 TiB */
+#else
+#define DOM_WINDOW_SIZE 0x4000000000ull /* 256 GiB: see RPAL_WINDOW_BASE */
+#endif
 #define DOM_MAX_SLOTS   1024u
 #define SLOT_HDR_SIZE   (1ull << 20) /* slot header area; the heap follows */
 #define SLOT_MAGIC      0x31544f534c415052ull /* "RPALSOT1" */

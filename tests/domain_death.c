@@ -19,6 +19,7 @@
  *    that still runs.
  */
 #include "testlib.h"
+#include "internal.h" /* DOM_WINDOW_SIZE: smaller in a ThreadSanitizer build */
 
 #include <dirent.h>
 #include <inttypes.h>
@@ -30,7 +31,7 @@
 #define DOMAIN "tdeath"
 #define SLOT_SIZE (1ull << 30)
 #define DOMAIN2 "tdeath2"
-#define SLOT_SIZE2 (8ull << 40) /* two slots in the 16 TiB window */
+#define SLOT_SIZE2 (DOM_WINDOW_SIZE / 2) /* two slots in the window */
 #define KILL_ROUNDS 8
 
 static const struct rpal_domain_opts g_opts = {.slot_size = SLOT_SIZE};

@@ -9,6 +9,7 @@
  * registry change or a stray mapping behind is caught. A failed call must not
  * write *out either. */
 #include "testlib.h"
+#include "internal.h" /* the window: elsewhere in a ThreadSanitizer build */
 
 #include <fcntl.h>
 #include <ftw.h>
@@ -18,8 +19,8 @@
 
 #define GRANULE (2ull << 20)
 #define PAGE 4096ull
-#define WINDOW_LO 0x200000000000ull
-#define WINDOW_HI 0x300000000000ull
+#define WINDOW_LO RPAL_WINDOW_BASE
+#define WINDOW_HI (RPAL_WINDOW_BASE + RPAL_REGION_WINDOW_SIZE)
 
 /* The on-disk header as the format defines it (struct region_hdr). */
 struct hdr {
@@ -474,7 +475,7 @@ static void bad_files(const struct hdr *good)
     plant("bad/basehigh", &h, sizeof h, full);
     h = *good, h.base = WINDOW_LO, hdr_fix(&h); /* header would fall below */
     plant("bad/basebelow", &h, sizeof h, full);
-    h = *good, h.base = WINDOW_LO + (1ull << 44) - GRANULE,
+    h = *good, h.base = WINDOW_HI - GRANULE,
     h.size = 2 * GRANULE, hdr_fix(&h); /* data runs past the window's end */
     plant("bad/pastend", &h, sizeof h, (off_t)(GRANULE + h.size));
     h = *good, h.size = 0, hdr_fix(&h);

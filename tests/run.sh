@@ -7,6 +7,20 @@
 B=${B:-build}
 TIMEOUT=${TEST_TIMEOUT:-120}
 export RPAL_BIN="$(cd "$B" && pwd)"
+# A ThreadSanitizer build (make TSAN=1; its programs call __tsan_init): the
+# runtime reads tests/tsan.supp (what it cannot see synchronised across
+# processes) and writes its reports to files of their own, one per process,
+# so that a report from a child whose stderr a test swallows, or whose exit
+# status (66 after a report) nobody checks, still fails the test.
+# die_after_fork=0: a forked child of a threaded test attaches regions, which
+# starts the region agent thread; glibc allows that and so does rpal (its
+# fork handlers reset the per-process state), but TSan by default refuses
+# any thread started after a multi-threaded fork.
+tsan=
+if grep -q __tsan_init "$B/rpal" 2>/dev/null; then
+  tsan=1
+  tsan_opts="suppressions=$(pwd)/tests/tsan.supp die_after_fork=0 ${TSAN_OPTIONS:-}"
+fi
 pass=0 fail=0 skip=0
 failed=""
 if [ $# -gt 0 ]; then list="$*"; else
@@ -21,15 +35,26 @@ for t in $list; do
   chmod 755 "$dir"
   out=$(mktemp)
   start=$(date +%s.%N)
+  if [ -n "$tsan" ]; then
+    tlog=$(mktemp -d)
+    export TSAN_OPTIONS="$tsan_opts log_path=$tlog/tsan"
+  fi
   RPAL_DIR=$dir timeout -k 5 "$TIMEOUT" $cmd >"$out" 2>&1
   rc=$?
+  if [ -n "$tsan" ]; then
+    if [ -n "$(ls "$tlog")" ]; then
+      for f in "$tlog"/*; do echo "== ThreadSanitizer report, ${f##*/}:"; cat "$f"; done >>"$out"
+      [ $rc = 0 ] || [ $rc = 77 ] && rc=66
+    fi
+    rm -rf "$tlog"
+  fi
   secs=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
   case $rc in
     0) pass=$((pass + 1)); printf 'PASS %-28s %6ss\n' "$name" "$secs" ;;
     77) skip=$((skip + 1)); printf 'SKIP %-28s (%s)\n' "$name" "$(tail -n 1 "$out")" ;;
     *) fail=$((fail + 1)); failed="$failed $name"
        [ $rc = 124 ] && echo "  (timed out after ${TIMEOUT}s)" >>"$out"
-       printf 'FAIL %-28s exit %s\n' "$name" "$rc"; sed 's/^/    /' "$out" | tail -n 40 ;;
+       printf 'FAIL %-28s exit %s\n' "$name" "$rc"; sed 's/^/    /' "$out" | tail -n ${TEST_LOG_LINES:-40} ;;
   esac
   rm -rf "$dir" "$out"
 done

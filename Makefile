@@ -1,10 +1,12 @@
 # rpal build. `make bench` builds everything and runs the RPAL paper's
 # measurement (then `rpal bench call`), `make` builds everything, `make test`
 # runs the suite, `make test SAN=1` runs it under AddressSanitizer + UBSan,
-# `make demo` runs the region demo, `make docs-diff` rewrites the diffs
-# shown in docs/compat.md, `make fuzz` runs the fuzz targets (fuzz/*.c,
-# docs/fuzzing.md). Objects go to build/ (build-san/ with SAN=1, build-fuzz/
-# for the fuzz targets).
+# `make test TSAN=1` under ThreadSanitizer, `make valgrind` runs the examples
+# under valgrind's memcheck (docs/sanitizers.md), `make fuzz` runs the fuzz
+# targets (fuzz/*.c, docs/fuzzing.md), `make demo` runs the region demo,
+# `make docs-diff` rewrites the diffs shown in docs/compat.md. Objects go to
+# build/ (build-san/ with SAN=1, build-tsan/ with TSAN=1, build-vg/ for
+# valgrind, build-fuzz/ for the fuzz targets).
 
 VERSION := 0.1.0
 SOVERSION := 0
@@ -26,6 +28,12 @@ else ifeq ($(TSAN),1)
 # tests/run.sh passes tests/tsan.supp to such builds.
 B := build-tsan
 SANFLAGS := -fsanitize=thread -fno-omit-frame-pointer
+else ifeq ($(VG),1)
+# For valgrind (`make valgrind`): no sanitizer, the small window that
+# memcheck can follow and view_dup's mmap for its missing mremap (see
+# docs/sanitizers.md).
+B := build-vg
+SANFLAGS := -DRPAL_VALGRIND
 else
 B := build
 SANFLAGS :=
@@ -59,7 +67,7 @@ ECHO_PROGS := uds_echo_server uds_echo_client rpal_echo_server rpal_echo_client
 TESTS := $(patsubst tests/%.c,$(B)/tests/%,$(wildcard tests/*.c))
 BENCHES := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
 
-.PHONY: all lib test demo bench docs-diff install uninstall clean skip-uv-example fuzz fuzz-build fuzz-seeds
+.PHONY: all lib test valgrind demo bench docs-diff install uninstall clean skip-uv-example fuzz fuzz-build fuzz-seeds
 all: lib $(TOOL) $(CHAOS) $(EXAMPLES) $(TESTS) $(BENCHES)
 lib: $(SO) $(A)
 
@@ -112,6 +120,11 @@ $(B)/tests/%: tests/%.c tests/testlib.h $(A) $(HDRS)
 
 test: all
 	B=$(B) sh tests/run.sh
+
+# The examples under valgrind's memcheck, built into build-vg/.
+valgrind:
+	$(MAKE) VG=1 all
+	B=build-vg sh tests/valgrind/examples.sh
 
 demo: all
 	$(B)/examples/shared_list
@@ -194,4 +207,4 @@ uninstall:
 	cd man && for f in *.[137]; do rm -f $(DESTDIR)$(MANDIR)/man$${f##*.}/$$f; done
 
 clean:
-	rm -rf build build-san build-tsan build-fuzz
+	rm -rf build build-san build-tsan build-vg build-fuzz

@@ -6,7 +6,10 @@
  * and checks every value. It also times attaching a small and a large region,
  * to show that attaching costs the same whatever the size.
  *
- *   shared_list [--nodes N] [--json]
+ *   shared_list [--nodes N] [--large GIB] [--json]
+ *
+ * --large sets the large region's size (64 GiB): valgrind's memcheck keeps
+ * state for every mapped page, and needs 1 (make valgrind).
  */
 #include "rpal.h"
 
@@ -41,7 +44,8 @@ static int die(const char *what, int err)
 }
 
 /* The second process: attach read-only, walk, check. */
-static int reader(const char *name, const char *small, const char *large, int json)
+static int reader(const char *name, const char *small, const char *large, int json,
+                  unsigned long long gib)
 {
     rpal_region *r, *s, *l;
     double t0 = now_us();
@@ -69,15 +73,15 @@ static int reader(const char *name, const char *small, const char *large, int js
     if (json)
         printf("{\"nodes\":%llu,\"ok\":%s,\"base\":\"%p\",\"walk_us\":%.1f,"
                "\"attach_list_us\":%.1f,\"attach_4k_us\":%.1f,"
-               "\"attach_64g_us\":%.1f}\n",
+               "\"attach_64g_us\":%.1f,\"large_gib\":%llu}\n",
                (unsigned long long)n, ok ? "true" : "false", (void *)list,
-               t_walk, t_list, t_small, t_large);
+               t_walk, t_list, t_small, t_large, gib);
     else
         printf("reader (pid %d, exec'd): attached '%s' at %p in %.1f us\n"
                "  walked %llu nodes through plain pointers in %.1f us: %s\n"
-               "  attach of a 4 KiB region: %.1f us, of a 64 GiB region: %.1f us\n",
+               "  attach of a 4 KiB region: %.1f us, of a %llu GiB region: %.1f us\n",
                (int)getpid(), name, (void *)list, t_list, (unsigned long long)n,
-               t_walk, ok ? "every value checks" : "MISMATCH", t_small, t_large);
+               t_walk, ok ? "every value checks" : "MISMATCH", t_small, gib, t_large);
     rpal_region_detach(r);
     rpal_region_detach(s);
     rpal_region_detach(l);
@@ -86,32 +90,40 @@ static int reader(const char *name, const char *small, const char *large, int js
 
 int main(int argc, char **argv)
 {
-    if (argc == 6 && !strcmp(argv[1], "--reader"))
-        return reader(argv[2], argv[3], argv[4], atoi(argv[5]));
+    if (argc == 7 && !strcmp(argv[1], "--reader"))
+        return reader(argv[2], argv[3], argv[4], atoi(argv[5]), strtoull(argv[6], NULL, 10));
     uint64_t nodes = 1000000;
+    unsigned long long gib = 64;
     int json = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--json"))
             json = 1;
         else if (!strcmp(argv[i], "--nodes") && i + 1 < argc)
             nodes = strtoull(argv[++i], NULL, 10);
+        else if (!strcmp(argv[i], "--large") && i + 1 < argc &&
+                 (gib = strtoull(argv[++i], NULL, 10)) >= 1 && gib <= 1024)
+            ;
         else {
-            fprintf(stderr, "usage: shared_list [--nodes N] [--json]\n");
+            fprintf(stderr, "usage: shared_list [--nodes N] [--large GIB] [--json]\n");
             return 2;
         }
     }
-    char name[64], small[64], large[64];
+    char name[64], small[64], large[64], gibs[24];
+    snprintf(gibs, sizeof gibs, "%llu", gib);
     snprintf(name, sizeof name, "demo/list-%d", (int)getpid());
     snprintf(small, sizeof small, "demo/small-%d", (int)getpid());
     snprintf(large, sizeof large, "demo/large-%d", (int)getpid());
     size_t size = (sizeof(struct list) + nodes * sizeof(struct node) + 4095) & ~(size_t)4095;
 
-    rpal_region *r, *s, *l;
+    rpal_region *r, *s = NULL, *l;
     int err = rpal_region_create(name, size, 0600, RPAL_REGION_TRANSIENT, &r);
     if (err < 0)
         return die("create", err);
     if ((err = rpal_region_create(small, 4096, 0600, RPAL_REGION_TRANSIENT, &s)) < 0 ||
-        (err = rpal_region_create(large, 64ull << 30, 0600, RPAL_REGION_TRANSIENT, &l)) < 0) {
+        (err = rpal_region_create(large, gib << 30, 0600, RPAL_REGION_TRANSIENT, &l)) < 0) {
+        rpal_region_detach(r);
+        if (s)
+            rpal_region_detach(s);
         rpal_region_unlink(name);
         rpal_region_unlink(small);
         return die("create", err);
@@ -132,10 +144,18 @@ int main(int argc, char **argv)
                now_us() - t0);
     fflush(stdout);
 
+    /* This program's path, resolved before exec: valgrind answers the
+     * readlink with the program it runs, but exec of /proc/self/exe itself
+     * would start valgrind's tool. */
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0)
+        n = snprintf(self, sizeof self, "/proc/self/exe");
+    self[n] = 0;
     pid_t pid = fork();
     if (pid == 0) {
-        execl("/proc/self/exe", argv[0], "--reader", name, small, large,
-              json ? "1" : "0", (char *)NULL);
+        execl(self, argv[0], "--reader", name, small, large, json ? "1" : "0", gibs,
+              (char *)NULL);
         _exit(127);
     }
     int st = 1;

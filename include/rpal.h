@@ -222,9 +222,9 @@ int rpal_gc(void (*fn)(const char *kind, const char *name, void *arg),
  * a child joins on its own. */
 
 #define RPAL_DEFAULT_DOMAIN "default"
-#if defined(__SANITIZE_THREAD__)
-/* A ThreadSanitizer build has a 256 GiB window (TSan's shadow takes the
- * usual one): 64 slots of 4 GiB. */
+/* A ThreadSanitizer build, and one for valgrind (-DRPAL_VALGRIND), have a
+ * 256 GiB window (see docs/sanitizers.md): 64 slots of 4 GiB. */
+#if defined(__SANITIZE_THREAD__) || defined(RPAL_VALGRIND)
 #define RPAL_DEFAULT_SLOT_SIZE (4ull << 30)
 #elif defined(__has_feature)
 #if __has_feature(thread_sanitizer)

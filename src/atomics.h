@@ -21,6 +21,17 @@
     atomic_compare_exchange_strong_explicit((p), (expp), (v),                 \
                                             memory_order_acq_rel,             \
                                             memory_order_acquire)
+#if defined(__SANITIZE_THREAD__)
+/* ThreadSanitizer does not model fences (gcc refuses them: -Wtsan). A
+ * seq_cst read-modify-write is the same hardware barrier; on a thread-local
+ * word it adds no ordering TSan could mistake for synchronisation between
+ * threads (what the fences order is another process's memory, which TSan
+ * cannot see anyway). */
+static _Thread_local _Atomic int rpal_fence_word __attribute__((unused));
+#define rpal_fence_seq_cst() \
+    ((void)atomic_fetch_add_explicit(&rpal_fence_word, 0, memory_order_seq_cst))
+#else
 #define rpal_fence_seq_cst() atomic_thread_fence(memory_order_seq_cst)
+#endif
 
 #endif

@@ -846,7 +846,11 @@ int rpal_receive(rpal_receiver *r, struct rpal_msg *m, int timeout_ms)
                 int64_t slice = 100000000;
                 if (w.deadline != UINT64_MAX && (int64_t)(w.deadline - now) < slice)
                     slice = (int64_t)(w.deadline - now);
-                prim_futex_waitv(fw, nw, slice);
+                /* Where futex_waitv is missing (Linux before 5.16, or
+                 * valgrind 3.19), wait on the doorbell alone and look at
+                 * the rings again every millisecond. */
+                if (prim_futex_waitv(fw, nw, slice) == -ENOSYS)
+                    prim_futex_wait(&r->doorbell, bell, 0, slice < 1000000 ? slice : 1000000);
             }
             for (int k = 0; k < n; k++)
                 rpal_store_relaxed(&chs[k]->rx->recv_sleeps, 0);

@@ -21,23 +21,27 @@
 #endif
 #endif
 
-#ifndef RPAL_TSAN
+#if !defined(RPAL_TSAN) && !defined(RPAL_VALGRIND)
 #define RPAL_WINDOW_BASE        0x200000000000ull
 #define RPAL_REGION_WINDOW_SIZE 0x100000000000ull /* 16 TiB */
-#elif defined(__x86_64__)
-/* ThreadSanitizer (`make TSAN=1`) keeps its shadow at 0x010000000000 to
- * 0x200000000000 and its meta shadow at 0x300000000000 to 0x340000000000
- * (gcc 12's libtsan2 and clang 14 alike), and instruments only accesses to
- * its application ranges: 0x1000-0x8000000000, 0x550000000000-0x568000000000
- * (PIE binary, brk), 0x7b0000000000-0x7c0000000000 (its heap) and
- * 0x7e8000000000-0x800000000000 (mmap, stacks). The window above lies in
- * the shadow, so a TSan build uses the low range, which stays empty in a PIE
- * process: regions from 64 GiB, 128 GiB of them, then 256 GiB of domain
- * (64 default slots of 4 GiB, see RPAL_DEFAULT_SLOT_SIZE), ending at
- * 0x7000000000. A TSan-built process therefore cannot share regions or
- * domains with a normally built one: the region header's base and the
- * domain's recorded window do not pass the other build's checks. */
-#define RPAL_WINDOW_BASE        0x1000000000ull
+#elif defined(__x86_64__) || !defined(RPAL_TSAN)
+/* The small window, from 128 GiB to 512 GiB: 128 GiB of regions, then 256
+ * GiB of domain (64 default slots of 4 GiB, see RPAL_DEFAULT_SLOT_SIZE).
+ * - ThreadSanitizer (`make TSAN=1`) keeps its shadow at 0x010000000000 to
+ *   0x200000000000 and its meta shadow at 0x300000000000 to 0x340000000000
+ *   (gcc 12's libtsan2 and clang 14 alike), and handles only accesses to its
+ *   application ranges: 0x1000-0x8000000000, 0x550000000000-0x568000000000
+ *   (PIE binary, brk), 0x7b0000000000-0x7c0000000000 (its heap) and
+ *   0x7e8000000000-0x800000000000 (mmap, stacks). The usual window lies in
+ *   the shadow; this one in the low range, which a PIE process leaves empty.
+ * - valgrind's memcheck (`make valgrind`, -DRPAL_VALGRIND) keeps its own
+ *   state per 64 KiB above 128 GiB: reserving the 16 TiB domain window takes
+ *   it minutes and gigabytes, 256 GiB under two seconds. Below 128 GiB is
+ *   where valgrind puts the client's and its own mappings.
+ * A process built so cannot share regions or domains with a normally built
+ * one: the region header's base and the domain's recorded window do not
+ * pass the other build's checks. */
+#define RPAL_WINDOW_BASE        0x2000000000ull
 #define RPAL_REGION_WINDOW_SIZE 0x2000000000ull /* 128 GiB */
 #else
 #error "ThreadSanitizer build: choose a window inside TSan's application ranges for this architecture"
@@ -226,7 +230,7 @@ RPAL_HIDDEN void heap_set_current(struct heap *h);
 
 /* The second half of the window holds the domain's slots. */
 #define DOM_WINDOW_BASE (RPAL_WINDOW_BASE + RPAL_REGION_WINDOW_SIZE)
-#ifndef RPAL_TSAN
+#if !defined(RPAL_TSAN) && !defined(RPAL_VALGRIND)
 #define DOM_WINDOW_SIZE 0x100000000000ull /* 16 TiB */
 #else
 #define DOM_WINDOW_SIZE 0x4000000000ull /* 256 GiB: see RPAL_WINDOW_BASE */

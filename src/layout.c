@@ -349,6 +349,9 @@ struct lay {
                                    hdr_read only (see there) */
     const struct lay_ctl *ctl;  /* in it: the futex words' address */
     uint8_t *src;               /* PROT_NONE view of the whole file */
+#ifdef RPAL_VALGRIND
+    int srcfd;                  /* the file, for view_dup */
+#endif
     int rdonly;
     int lkfd;                   /* the lock file: our record lives on it */
     int forkfd;                 /* held across fork() (see atfork) */
@@ -366,13 +369,27 @@ static int eff_prot(const struct lay *l, unsigned prot)
     return (int)(l->rdonly ? prot & ~(unsigned)PROT_WRITE : prot);
 }
 
+/* A second mapping, PROT_NONE, of the pages of the file at [OFF, OFF+LEN),
+ * at AT (replacing what is there) or anywhere (AT NULL): a duplicate (mremap
+ * with old size 0) of the PROT_NONE view taken at attach, so no descriptor
+ * of the region needs to stay open. valgrind (3.19) refuses mremap with old
+ * size 0, so the valgrind build (-DRPAL_VALGRIND) keeps the descriptor and
+ * maps it again instead. */
+static void *view_dup(struct lay *l, uint64_t off, uint64_t len, void *at)
+{
+#ifdef RPAL_VALGRIND
+    return mmap(at, len, PROT_NONE, MAP_SHARED | MAP_NORESERVE | (at ? MAP_FIXED : 0),
+                l->srcfd, (off_t)off);
+#else
+    return mremap(l->src + off, 0, len, MREMAP_MAYMOVE | (at ? MREMAP_FIXED : 0), at);
+#endif
+}
+
 /* Make [OFF, OFF+LEN) of the data the region file's own pages again,
- * PROT_NONE: a duplicate (mremap with old size 0) of the PROT_NONE view
- * taken at attach, so no descriptor of the region needs to stay open. */
+ * PROT_NONE. */
 static int restore(struct lay *l, uint64_t off, uint64_t len)
 {
-    void *p = mremap(l->src + l->granule + off, 0, len, MREMAP_MAYMOVE | MREMAP_FIXED,
-                     (void *)(uintptr_t)(l->base + off));
+    void *p = view_dup(l, l->granule + off, len, (void *)(uintptr_t)(l->base + off));
     return p == MAP_FAILED ? -errno : 0;
 }
 
@@ -625,11 +642,16 @@ static void *agent_main(void *arg)
         w[n].uaddr = (uintptr_t)&g_agent.ctl;
         w[n].val = c;
         w[n].flags = FUTEX_32 | FUTEX_PRIVATE_FLAG;
-        /* Regions past the waitv limit are polled every 10 ms. A word whose
-         * page was cut from its file makes the wait fail at once (-EFAULT);
-         * the next round finds that region and detaches it, and the nap
-         * bounds the spin if it does not. */
-        if (prim_futex_waitv(w, n + 1, more ? 10000000 : 3600ll * 1000000000) == -EFAULT)
+        /* Regions past the waitv limit are polled every 10 ms; so are all
+         * of them where futex_waitv is missing (Linux before 5.16, or
+         * valgrind 3.19), waiting on the control word alone meanwhile. A
+         * word whose page was cut from its file makes the wait fail at once
+         * (-EFAULT); the next round finds that region and detaches it, and
+         * the nap bounds the spin if it does not. */
+        int werr = prim_futex_waitv(w, n + 1, more ? 10000000 : 3600ll * 1000000000);
+        if (werr == -ENOSYS)
+            prim_futex_wait(&g_agent.ctl, c, 0, 10000000);
+        else if (werr == -EFAULT)
             nanosleep(&(struct timespec){0, 1000000}, NULL);
     }
     return NULL;
@@ -751,6 +773,10 @@ static void lay_free(struct lay *l)
         munmap(l->src, l->granule + l->size);
     if (l->lkfd >= 0)
         close(l->lkfd);
+#ifdef RPAL_VALGRIND
+    if (l->srcfd >= 0)
+        close(l->srcfd);
+#endif
     free(l->cur);
     free(l->tmp);
     pthread_mutex_destroy(&l->mu);
@@ -774,6 +800,9 @@ int lay_attach(int fd, int lkfd, uint64_t base, uint64_t size, uint64_t granule,
     l->rdonly = rdonly;
     l->lkfd = lkfd;
     l->forkfd = -1;
+#ifdef RPAL_VALGRIND
+    l->srcfd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+#endif
     l->cur = malloc(sizeof *l->cur);
     l->tmp = malloc(sizeof *l->tmp);
     int err = 0, failed = 0, locked = 0;
@@ -781,12 +810,21 @@ int lay_attach(int fd, int lkfd, uint64_t base, uint64_t size, uint64_t granule,
         err = -ENOMEM;
         goto fail;
     }
+#ifdef RPAL_VALGRIND
+    /* view_dup maps the descriptor: no view (valgrind would not place one
+     * of a large region anywhere below the 128 GiB it manages). */
+    if (l->srcfd < 0) {
+        err = -errno;
+        goto fail;
+    }
+#else
     void *src = mmap(NULL, granule + size, PROT_NONE, MAP_SHARED | MAP_NORESERVE, fd, 0);
     if (src == MAP_FAILED) {
         err = -errno;
         goto fail;
     }
     l->src = src;
+#endif
     pthread_once(&g_agent.once, agent_once);
     /* No change runs while we read the layout and register. */
     if ((err = prim_ofd_lock(lkfd, F_RDLCK, LK_CHANGE, 1, LK_ATTACH_NS)) < 0)
@@ -998,7 +1036,7 @@ static void punch(struct lay *l, const struct lay_table *old, uint64_t off, uint
         uint64_t hi = o->off + o->len < off + len ? o->off + o->len : off + len;
         if (o->kind != RPAL_OBJ_ANON || lo >= hi)
             continue;
-        void *p = mremap(l->src + l->granule + lo, 0, hi - lo, MREMAP_MAYMOVE);
+        void *p = view_dup(l, l->granule + lo, hi - lo, NULL);
         if (p == MAP_FAILED)
             continue;
         if (mprotect(p, hi - lo, PROT_READ | PROT_WRITE) == 0)
@@ -1131,7 +1169,7 @@ static int change(rpal_region *r, const struct op *op, struct rpal_region_change
         goto out;
     /* A writable duplicate of the header area, for this change only; like
      * the read-only one it is accessed through hdr_read/hdr_write only. */
-    rw = mremap(l->src, 0, REGION_HDR_MAP, MREMAP_MAYMOVE);
+    rw = view_dup(l, 0, REGION_HDR_MAP, NULL);
     if (rw == MAP_FAILED || mprotect(rw, REGION_HDR_MAP, PROT_READ | PROT_WRITE) < 0) {
         err = -errno;
         goto out;

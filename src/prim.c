@@ -259,10 +259,89 @@ static int sys_openat2(int dirfd, const char *path, int flags, unsigned mode)
     return fd < 0 ? -errno : (int)fd;
 }
 
+/* What sys_openat2 does, for where openat2(2) answers ENOSYS: Linux before
+ * 5.6, a seccomp filter older than it, or valgrind 3.19 (Debian 12's, which
+ * `make valgrind` uses). One component at a time from DIRFD, each opened
+ * with O_NOFOLLOW: a symlink anywhere is -ELOOP like RESOLVE_NO_SYMLINKS
+ * (which also covers the magic links of /proc); an absolute path or ".." is
+ * -EXDEV like RESOLVE_BENEATH (stricter: even a ".." that stays beneath);
+ * a component on another device than DIRFD is -EXDEV like RESOLVE_NO_XDEV. */
+static int walk_beneath(int dirfd, const char *path, int flags, unsigned mode)
+{
+    char buf[PATH_MAX];
+    size_t len = strlen(path);
+    if (len >= sizeof buf)
+        return -ENAMETOOLONG;
+    if (path[0] == '/')
+        return -EXDEV;
+    memcpy(buf, path, len + 1);
+    struct stat st;
+    if (fstat(dirfd, &st) < 0)
+        return -errno;
+    dev_t dev = st.st_dev;
+    int cur = dirfd, err = 0;
+    char *comp = buf;
+    for (;;) {
+        char *slash = strchr(comp, '/');
+        while (slash && slash[1] == '/') /* "a//b" is "a/b" */
+            *slash++ = 0;
+        if (slash)
+            *slash = 0;
+        int last = !slash || slash[1] == 0;
+        if (!strcmp(comp, "..")) {
+            err = -EXDEV;
+            break;
+        }
+        int fd;
+        if (last)
+            fd = openat(cur, comp[0] ? comp : ".", flags | O_NOFOLLOW | O_CLOEXEC,
+                        (flags & (O_CREAT | __O_TMPFILE)) ? mode : 0);
+        else
+            fd = openat(cur, comp, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0) {
+            err = -errno;
+            /* A link where a directory was wanted (O_DIRECTORY's ENOTDIR,
+             * also for a trailing slash) is refused as openat2 does. */
+            struct stat ls;
+            if (err == -ENOTDIR && fstatat(cur, comp, &ls, AT_SYMLINK_NOFOLLOW) == 0 &&
+                S_ISLNK(ls.st_mode))
+                err = -ELOOP;
+            break;
+        }
+        /* O_PATH | O_NOFOLLOW opens a link itself instead of failing. */
+        if (fstat(fd, &st) < 0)
+            err = -errno;
+        else if (S_ISLNK(st.st_mode))
+            err = -ELOOP;
+        else if (st.st_dev != dev)
+            err = -EXDEV;
+        if (err < 0) {
+            close(fd);
+            break;
+        }
+        if (cur != dirfd)
+            close(cur);
+        cur = fd;
+        if (last)
+            return fd;
+        comp = slash + 1;
+    }
+    if (cur != dirfd)
+        close(cur);
+    return err;
+}
+
 int prim_open_beneath(int dirfd, const char *path, int flags,
                       unsigned create_mode)
 {
-    return sys_openat2(dirfd, path, flags, create_mode);
+    static _Atomic int no_openat2; /* set once openat2 said ENOSYS */
+    if (!rpal_load_relaxed(&no_openat2)) {
+        int fd = sys_openat2(dirfd, path, flags, create_mode);
+        if (fd != -ENOSYS)
+            return fd;
+        rpal_store_relaxed(&no_openat2, 1);
+    }
+    return walk_beneath(dirfd, path, flags, create_mode);
 }
 
 int prim_mkdirs_beneath(int dirfd, const char *path, unsigned mode,
@@ -281,13 +360,13 @@ int prim_mkdirs_beneath(int dirfd, const char *path, unsigned mode,
             continue;
         char saved = *end;
         *end = 0;
-        int fd = sys_openat2(dirfd, buf, O_PATH | O_DIRECTORY, 0);
+        int fd = prim_open_beneath(dirfd, buf, O_PATH | O_DIRECTORY, 0);
         if (fd == -ENOENT) {
             char *leaf = strrchr(buf, '/');
             int parent = dirfd;
             if (leaf) {
                 *leaf = 0;
-                parent = sys_openat2(dirfd, buf, O_PATH | O_DIRECTORY, 0);
+                parent = prim_open_beneath(dirfd, buf, O_PATH | O_DIRECTORY, 0);
                 *leaf = '/';
                 if (parent < 0)
                     return parent;
@@ -328,7 +407,7 @@ void prim_rmdirs_beneath(int dirfd, const char *path, size_t keep)
         int parent = dirfd;
         if (leaf) {
             *leaf = 0;
-            parent = sys_openat2(dirfd, buf, O_PATH | O_DIRECTORY, 0);
+            parent = prim_open_beneath(dirfd, buf, O_PATH | O_DIRECTORY, 0);
             if (parent < 0)
                 return;
         }

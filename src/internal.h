@@ -332,7 +332,9 @@ struct rpal_peer {
     struct rpal_peer_info info;
     int sock, pidfd;
     uint64_t base, size;
-    int mapped, gone, reason;
+    int mapped, reason;
+    _Atomic int gone;    /* set under d->lock by the dispatch thread; read
+                            without it by callers on their hot paths */
     int pkey;            /* own protection key, or -1 (under the closed key) */
     int keyslot;         /* its index in d->pkeys, or -1 */
     _Atomic int windows; /* access windows open on it, over all threads */

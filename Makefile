@@ -162,7 +162,7 @@ $(FB)/obj/%.o: src/%.c $(HDRS)
 $(FB)/fuzz_%: fuzz/fuzz_%.c fuzz/fuzz.h $(FUZZ_OBJ)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_OBJ) -lpthread
 
-fuzz-build: $(FUZZ_BINS)
+fuzz-build: $(FUZZ_OBJ) $(FUZZ_BINS) # the objects named: not intermediate, kept
 
 fuzz: fuzz-build
 	@for t in $(FUZZ_TARGETS); do \

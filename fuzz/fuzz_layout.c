@@ -14,6 +14,9 @@
  */
 #include "fuzz.h"
 
+#include <stddef.h>
+#include <sys/mman.h>
+
 static const uint64_t sizes[] = {RPAL_PAGE, 1 << 20, 64ull << 20, 1ull << 30,
                                  RPAL_REGION_WINDOW_SIZE};
 
@@ -55,7 +58,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 /* A header area as a new region gets it (lay_init), written to a memfd:
  * only while writing seeds, never per input. */
-#include <sys/mman.h>
 #include <unistd.h>
 
 static void seed_init(const char *name, uint64_t size, int empty, uint8_t max)
@@ -85,9 +87,55 @@ static void seed_init(const char *name, uint64_t size, int empty, uint8_t max)
     free(hdr);
 }
 
+/* A table of N objects after the change OP, for a region of 1 MiB: what
+ * rpal_region_map and friends leave (file objects among them), which a
+ * fuzzer would hardly build from lay_init's single object over the whole
+ * region. Written with FZ_FIX: the target seals it. */
+static void seed_table(const char *name, uint32_t gen, uint32_t op, unsigned n, uint8_t max)
+{
+    struct lay_table *t = calloc(1, sizeof *t);
+    t->gen = gen;
+    t->nobj = n;
+    t->op = op;
+    t->op_prot = PROT_READ;
+    t->op_off = 4 * RPAL_PAGE;
+    t->op_len = 4 * RPAL_PAGE;
+    uint64_t step = ((1 << 20) / n) & ~(RPAL_PAGE - 1);
+    for (unsigned i = 0; i < n; i++) {
+        struct lay_obj *o = &t->obj[i];
+        o->off = i * step;
+        o->len = step - (i % 2) * RPAL_PAGE; /* a hole after every other one */
+        o->kind = i % 3 == 1 ? RPAL_OBJ_FILE : RPAL_OBJ_ANON;
+        o->prot = i % 4 == 0 ? PROT_READ | PROT_WRITE : i % 4 == 1 ? PROT_READ : 0;
+        if (o->kind == RPAL_OBJ_FILE) {
+            o->maxprot = PROT_READ | PROT_WRITE;
+            o->src_pid = 4242;
+            o->src_fd = 7;
+            o->dev = 0x2a;
+            o->ino = 1000 + i;
+            o->foff = i * RPAL_PAGE;
+            snprintf(o->path, sizeof o->path, "/dev/shm/data.%u", i);
+        }
+    }
+    uint64_t magic = LAY_MAGIC;
+    uint32_t ack = 0;
+    uint8_t size_sel = 1; /* 1 MiB */
+    fz_seed_begin(name, FZ_FIX);
+    fz_seed_more(&size_sel, 1);
+    fz_seed_more(&magic, sizeof magic);
+    fz_seed_more(&gen, sizeof gen);
+    fz_seed_more(&ack, sizeof ack);
+    fz_seed_more(&max, 1);
+    fz_seed_more(t, offsetof(struct lay_table, obj) + n * sizeof t->obj[0]);
+    fz_seed_end();
+    free(t);
+}
+
 static void fz_write_seeds(void)
 {
     seed_init("one-anon", 1 << 20, 0, 4);
     seed_init("empty", 64ull << 20, 1, 0);
     seed_init("one-anon-noroom", 1ull << 30, 0, 0);
+    seed_table("three-gen5-map", 5, OP_MAP, 3, 8);
+    seed_table("sixteen-gen2-protect", 2, OP_PROTECT, 16, 10);
 }

@@ -537,7 +537,29 @@ RPAL_HIDDEN uint64_t region_hdr_check(const struct region_hdr *h);
  * or -EPROTO (another version). */
 RPAL_HIDDEN int region_hdr_validate(const struct region_hdr *h, uint64_t file_size);
 
-/* layout (src/layout.c): the layout of a region of SIZE data bytes from the
+/* layout (src/layout.c): the layout table, two copies of which follow the
+ * control page in a region's header area. */
+#define LAY_MAGIC    0x314c54434c415052ull /* "RPALCTL1": the control page */
+#define LAY_OBJ_MAX  128u
+enum { OP_INIT = 0, OP_MAP = 1, OP_PROTECT = 2, OP_UNMAP = 3 };
+struct lay_obj {
+    uint64_t off, len;
+    uint32_t kind, prot;
+    uint32_t maxprot;           /* FILE: PROT_WRITE only if its fd was writable */
+    int32_t src_pid, src_fd;    /* FILE: the changer's descriptor, open while it
+                                   propagates the change that mapped it */
+    uint32_t pad;
+    uint64_t dev, ino, foff;
+    char path[RPAL_OBJ_PATH_MAX];
+};
+struct lay_table {
+    uint32_t gen, nobj;
+    uint32_t op, op_prot;       /* the change that made this generation */
+    uint64_t op_off, op_len;
+    uint64_t check;             /* over the fields above and obj[0..nobj) */
+    struct lay_obj obj[LAY_OBJ_MAX];
+};
+/* The layout of a region of SIZE data bytes from the
  * header area HDR (REGION_HDR_MAP bytes, as mapped or read from the file):
  * the number of objects (the first MAX of them in OBJS) and *GEN, or
  * -EBADMSG. */

@@ -32,33 +32,13 @@
 
 /* ---- the shared format ---------------------------------------------------- */
 
-#define LAY_MAGIC    0x314c54434c415052ull /* "RPALCTL1" */
-#define LAY_OBJ_MAX  128u
 #define LAY_DET_MAX  64u
 #define GEN_MASK     0x7fffffffu /* generations count modulo 2^31 */
 #define LAY_COPY_OFF (2 * RPAL_PAGE)
-
-enum { OP_INIT = 0, OP_MAP = 1, OP_PROTECT = 2, OP_UNMAP = 3 };
 #define PROT_ALL (PROT_READ | PROT_WRITE | PROT_EXEC)
 
-struct lay_obj {
-    uint64_t off, len;
-    uint32_t kind, prot;
-    uint32_t maxprot;           /* FILE: PROT_WRITE only if its fd was writable */
-    int32_t src_pid, src_fd;    /* FILE: the changer's descriptor, open while it
-                                   propagates the change that mapped it */
-    uint32_t pad;
-    uint64_t dev, ino, foff;
-    char path[RPAL_OBJ_PATH_MAX];
-};
-
-struct lay_table {
-    uint32_t gen, nobj;
-    uint32_t op, op_prot;       /* the change that made this generation */
-    uint64_t op_off, op_len;
-    uint64_t check;             /* over the fields above and obj[0..nobj) */
-    struct lay_obj obj[LAY_OBJ_MAX];
-};
+/* struct lay_obj and struct lay_table are in src/internal.h (the fuzz
+ * targets build them). */
 
 struct lay_ctl {
     uint64_t magic;

@@ -89,9 +89,9 @@ $(A): $(LIB_OBJ)
 
 # The command and the examples link the static library so that they run from
 # the build tree; tests do too, and may reach the library's hidden test hooks.
-$(TOOL): tools/rpal.c $(A) include/rpal.h
+$(TOOL): tools/rpal.c tools/json.h $(A) include/rpal.h
 	$(CC) $(ALLCFLAGS) -o $@ $< $(A) $(LDFLAGS_ALL)
-$(CHAOS): tools/chaos.c $(A) include/rpal.h
+$(CHAOS): tools/chaos.c tools/json.h $(A) include/rpal.h
 	$(CC) $(ALLCFLAGS) -o $@ $< $(A) -lpthread $(LDFLAGS_ALL)
 $(B)/examples/%: examples/%.c examples/echo_common.h $(A) include/rpal.h
 	@mkdir -p $(@D)

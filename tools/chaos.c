@@ -47,6 +47,7 @@
  * so that each failure class can be seen to be detected.
  */
 #include "rpal.h"
+#include "json.h"
 
 #include <errno.h>
 #include <execinfo.h>
@@ -1092,21 +1093,6 @@ static void run_trial(long t, const char *rundir)
     nftw(dir, rm_one, 16, FTW_PHYS | FTW_DEPTH);
     G.total.trials++;
     G.per[kind].trials++;
-}
-
-static void json_str(const char *s)
-{
-    putchar('"');
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            printf("\\%c", c);
-        else if (c < 0x20)
-            printf("\\u%04x", c);
-        else
-            putchar(c);
-    }
-    putchar('"');
 }
 
 static void json_tally(const struct tally *t)

@@ -1,6 +1,7 @@
 /* rpal: the command. Lists, inspects and cleans up what librpal creates.
  * Every figure printed for a human also has a --json form. */
 #include "rpal.h"
+#include "json.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -95,23 +96,6 @@ static const char *user_name(uint32_t uid, char *buf, size_t n)
     else
         snprintf(buf, n, "%u", uid);
     return buf;
-}
-
-/* Names are restricted to [A-Za-z0-9_./-], so they need no JSON escaping;
- * this is kept anyway so that a future name rule cannot break the output. */
-static void json_str(const char *s)
-{
-    putchar('"');
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            printf("\\%c", c);
-        else if (c < 0x20)
-            printf("\\u%04x", c);
-        else
-            putchar(c);
-    }
-    putchar('"');
 }
 
 /* The region's JSON object without its closing brace. */

@@ -531,8 +531,20 @@ int rpal_call(rpal_chan *c, const void *req, size_t len, void *reply,
 
 /* ---- the service's side ---- */
 
-static void rxc_free(struct rx_chan *x)
+static void rxc_release(struct watch *w)
 {
+    free(w->obj);
+}
+
+/* Close X and free what it holds. The dispatcher may have fetched an event
+ * for X's connection just before (the connection turned readable when its
+ * caller closed it or we poisoned it) and be waiting for d->lock to hand
+ * it to rxc_hook: X itself is freed once that dispatch is over. Every
+ * caller holds d->lock. */
+static void rxc_free(rpal_domain *d, struct rx_chan *x)
+{
+    epoll_ctl(d->epfd, EPOLL_CTL_DEL, x->sock, NULL); /* ENOENT if rxc_hook did */
+    close(x->sock); /* the caller sees its channel closed */
     for (uint32_t i = 0; i < x->depth; i++)
         if (x->bufs[i])
             rpal_free(x->bufs[i]);
@@ -540,12 +552,12 @@ static void rxc_free(struct rx_chan *x)
         rpal_peer_access_end(x->peer);
     if (x->ring_window)
         dom_peer_unpin(x->peer, 1);
-    svc_peer_put(x->peer, 1); /* every caller holds d->lock */
+    svc_peer_put(x->peer, 1);
     rpal_free(x->rx_raw);
     free(x->bufs);
     free(x->pend_ptr);
     free(x->pend_seq);
-    free(x);
+    dom_watch_retire(d, &x->w, rxc_release);
 }
 
 /* The dispatcher saw the channel's connection close. */
@@ -624,7 +636,7 @@ static int chan_accept(rpal_service *s, rpal_peer *p, int sock,
     x->cbase = p->base;
     x->csize = p->size;
     x->sock = sock;
-    x->w = (struct watch){W_HOOK, x, rxc_hook};
+    x->w = (struct watch){.kind = W_HOOK, .obj = x, .hook = rxc_hook};
     struct epoll_event ee = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = &x->w};
     if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, sock, &ee) < 0) {
         err = -errno;
@@ -684,13 +696,8 @@ int rpal_receiver_destroy(rpal_receiver *r)
         *pp = r->next_in_service;
     if (!r->s->receivers)
         r->s->chan_accept = NULL;
-    for (int i = 0; i < r->n; i++) {
-        struct rx_chan *x = r->ch[i];
-        if (!rpal_load_acquire(&x->dead))
-            epoll_ctl(d->epfd, EPOLL_CTL_DEL, x->sock, NULL);
-        close(x->sock); /* the caller sees its channel closed */
-        rxc_free(x);
-    }
+    for (int i = 0; i < r->n; i++)
+        rxc_free(d, r->ch[i]);
     pthread_mutex_unlock(&d->lock);
     pthread_mutex_destroy(&r->lock);
     free(r);
@@ -708,8 +715,7 @@ static void reap(rpal_receiver *r)
          * (which then gets -ESHUTDOWN): the message points at it. */
         if (rpal_load_acquire(&x->dead) && x->unanswered == 0) {
             r->ch[i] = r->ch[--r->n];
-            close(x->sock);
-            rxc_free(x);
+            rxc_free(r->s->d, x);
         } else {
             i++;
         }
@@ -830,10 +836,16 @@ int rpal_receive(rpal_receiver *r, struct rpal_msg *m, int timeout_ms)
             int ready = 0;
             for (int k = 0; k < n; k++) {
                 uint32_t t = rpal_load_relaxed(&chs[k]->tx->tail);
-                if (t - chs[k]->head > chs[k]->depth) {
+                /* An honest tail is at most DEPTH ahead of our head, and
+                 * may be one behind: rpal_send publishes the entry (which
+                 * we may have taken already) before it stores the tail.
+                 * Sleeping on that tail is safe: its store comes before the
+                 * caller's look at recv_sleeps. */
+                int32_t ahead = (int32_t)(t - chs[k]->head);
+                if (ahead < -1 || ahead > (int32_t)chs[k]->depth) {
                     poison(chs[k]); /* an index no honest caller writes */
                     ready = 1;
-                } else if (t != chs[k]->head) {
+                } else if (ahead > 0) {
                     ready = 1;
                 }
                 fw[nw++] = (struct futex_waitv){.val = t,

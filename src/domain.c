@@ -433,6 +433,48 @@ int dom_check(const rpal_domain *d)
     return d == __atomic_load_n(&g_dom, __ATOMIC_RELAXED) ? 0 : -ECHILD;
 }
 
+/* Free the retired watches that no running dispatch can still hold an event
+ * of: those retired after the oldest running dispatch began its wait (a
+ * dispatch whose wait began later cannot see a descriptor already removed
+ * from the epoll set). d->lock held. */
+static void retired_sweep(rpal_domain *d)
+{
+    uint64_t oldest = UINT64_MAX;
+    for (struct dispatch_rec *r = d->dispatching; r; r = r->next)
+        if (r->start < oldest)
+            oldest = r->start;
+    struct watch **pp = &d->retired;
+    while (*pp) {
+        struct watch *w = *pp;
+        if (w->retired_at <= oldest) {
+            *pp = w->next_retired;
+            w->release(w);
+        } else {
+            pp = &w->next_retired;
+        }
+    }
+}
+
+void dom_watch_retire(rpal_domain *d, struct watch *w, void (*release)(struct watch *w))
+{
+    w->retired = 1;
+    w->release = release;
+    w->retired_at = ++d->nretired;
+    w->next_retired = d->retired;
+    d->retired = w;
+    retired_sweep(d);
+}
+
+static void dispatch_end(rpal_domain *d, struct dispatch_rec *me)
+{
+    for (struct dispatch_rec **pp = &d->dispatching; *pp; pp = &(*pp)->next)
+        if (*pp == me) {
+            *pp = me->next;
+            break;
+        }
+    retired_sweep(d);
+}
+
 int rpal_domain_leave(rpal_domain *d)
 {
     int err = dom_check(d);
@@ -443,6 +485,11 @@ int rpal_domain_leave(rpal_domain *d)
     while (d->peers)
         rpal_peer_release(d->peers);
     svc_drop_pending(d);
+    /* No dispatch runs now (rpal_domain_leave(3)): nothing can hold an
+     * event of a retired watch. */
+    pthread_mutex_lock(&d->lock);
+    retired_sweep(d);
+    pthread_mutex_unlock(&d->lock);
     pthread_mutex_lock(&g_lock);
     heap_set_current(NULL);
     heap_destroy(d->heap);
@@ -508,6 +555,15 @@ int rpal_domain_dispatch(rpal_domain *d, struct rpal_event *ev, int max,
         return -EINVAL;
     int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
     int n = 0;
+    /* Listed while we wait, so that an object another thread frees
+     * meanwhile (a receiver reaping its dead channels) outlives the events
+     * this epoll_wait may return for it. */
+    struct dispatch_rec me;
+    pthread_mutex_lock(&d->lock);
+    me.start = d->nretired;
+    me.next = d->dispatching;
+    d->dispatching = &me;
+    pthread_mutex_unlock(&d->lock);
     for (;;) {
         struct epoll_event ee[32];
         int wait = deadline < 0 ? -1 : (int)(deadline - now_ms());
@@ -515,19 +571,28 @@ int rpal_domain_dispatch(rpal_domain *d, struct rpal_event *ev, int max,
             wait = 0;
         int want = max - n < 32 ? max - n : 32;
         int k = epoll_wait(d->epfd, ee, want, n ? 0 : wait);
-        if (k < 0) {
-            if (errno == EINTR)
-                continue;
-            return n ? n : -errno;
-        }
+        int saved = errno;
         pthread_mutex_lock(&d->lock);
+        if (k < 0 && saved == EINTR) {
+            pthread_mutex_unlock(&d->lock);
+            continue;
+        }
         for (int i = 0; i < k; i++) {
             struct watch *w = ee[i].data.ptr;
-            if (svc_handle(d, w, ee[i].events, &ev[n]) > 0)
+            if (!w->retired && svc_handle(d, w, ee[i].events, &ev[n]) > 0)
                 n++;
         }
+        int done = k < 0 || n >= max || (k == 0 && (n || wait == 0)) || (n && k < want);
+        if (done) {
+            dispatch_end(d, &me);
+        } else {
+            me.start = d->nretired; /* the next wait begins after these */
+            retired_sweep(d);
+        }
         pthread_mutex_unlock(&d->lock);
-        if (n >= max || (k == 0 && (n || wait == 0)) || (n && k < want))
+        if (k < 0)
+            return n ? n : -saved;
+        if (done)
             return n;
     }
 }

@@ -297,8 +297,8 @@ static int peer_create(rpal_domain *d, int sock, int memfd, const struct ucred *
         err = -errno == -ESRCH ? -ECONNREFUSED : -errno;
         goto fail;
     }
-    p->wsock = (struct watch){W_PEER_SOCK, p, NULL};
-    p->wpid = (struct watch){W_PEER_PIDFD, p, NULL};
+    p->wsock = (struct watch){.kind = W_PEER_SOCK, .obj = p, .hook = NULL};
+    p->wpid = (struct watch){.kind = W_PEER_PIDFD, .obj = p, .hook = NULL};
     struct epoll_event es = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = &p->wsock};
     struct epoll_event ep = {.events = EPOLLIN, .data.ptr = &p->wpid};
     /* SOCK is -1 for a peer met through rpal_uds_fdmap: the application's
@@ -460,7 +460,7 @@ int rpal_service_register(rpal_domain *d, const char *name, unsigned mode,
         unlinkat(d->dirfd, file, 0);
         goto fail_sock;
     }
-    s->w = (struct watch){W_LISTEN, s, NULL};
+    s->w = (struct watch){.kind = W_LISTEN, .obj = s, .hook = NULL};
     struct epoll_event ee = {.events = EPOLLIN, .data.ptr = &s->w};
     if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, s->lfd, &ee) < 0) {
         err = -errno;
@@ -769,7 +769,7 @@ int svc_handle(rpal_domain *d, struct watch *w, uint32_t events,
                 close(c); /* too many unanswered: the requester sees a refusal */
                 continue;
             }
-            x->w = (struct watch){W_PENDING, x, NULL};
+            x->w = (struct watch){.kind = W_PENDING, .obj = x, .hook = NULL};
             x->svc = s;
             x->fd = c;
             struct epoll_event ee = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = &x->w};

@@ -30,8 +30,10 @@
 static _Thread_local _Atomic int rpal_fence_word __attribute__((unused));
 #define rpal_fence_seq_cst() \
     ((void)atomic_fetch_add_explicit(&rpal_fence_word, 0, memory_order_seq_cst))
+#define rpal_fence_acquire() rpal_fence_seq_cst()
 #else
 #define rpal_fence_seq_cst() atomic_thread_fence(memory_order_seq_cst)
+#define rpal_fence_acquire() atomic_thread_fence(memory_order_acquire)
 #endif
 
 #endif

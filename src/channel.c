@@ -42,6 +42,11 @@ struct ch_tx { /* in the caller's slot */
 struct ch_rx { /* in the service's slot */
     uint64_t magic;
     uint32_t depth, pad0;
+    /* Never the same twice in the service's life, 0 once the channel is
+     * closed: a caller still waiting on a ring the service has freed (and
+     * perhaps reused for another caller's ring) sees it change, instead of
+     * taking someone else's reply for its own. */
+    _Atomic uint64_t id;
     _Alignas(64) _Atomic uint32_t recv_sleeps;
     _Alignas(64) _Atomic uint32_t rtail;      /* replies published */
     /* Per request entry: the sequence number of the last request read from
@@ -57,6 +62,7 @@ struct rpal_chan {
     struct ch_tx *tx;
     void *tx_raw;
     const struct ch_rx *rx;
+    uint64_t rx_id; /* rx->id while the service keeps our ring */
     uint32_t depth, sent, done;
     void **staging; /* per entry: a copy of a large request */
     uint32_t *staging_seq; /* per entry: the sequence number of that request */
@@ -300,7 +306,8 @@ int rpal_chan_open(rpal_peer *peer, const struct rpal_chan_opts *opts,
     if ((err = dom_peer_pin(peer)) < 0)
         goto fail;
     c->window = 1;
-    if (!(c->rx->magic == RX_MAGIC && c->rx->depth == c->depth)) {
+    c->rx_id = rpal_load_relaxed(&c->rx->id);
+    if (!(c->rx->magic == RX_MAGIC && c->rx->depth == c->depth) || !c->rx_id) {
         err = -EPROTO;
         goto fail;
     }
@@ -495,12 +502,16 @@ int rpal_complete(rpal_chan *c, uint64_t *tag, void *reply, size_t reply_max,
     struct ch_entry e;
     int kind = ch_entry_take(slot, c->sbase, c->ssize, &e);
     c->done++;
+    /* The entry is ours only if the ring still is: rxc_free clears the id
+     * before it frees the ring, and a ring made there since has another.
+     * (Ordered after the acquire of seqf above.) */
+    int closed = rpal_load_relaxed(&c->rx->id) != c->rx_id;
     /* Copies of large requests are freed only when nothing is outstanding:
      * replies may come in another order than the requests, and the service
      * reads a request in place until it answers it. */
     if (c->sent == c->done)
         staging_release(c);
-    int err = kind < 0 ? kind : 0;
+    int err = closed ? -ESHUTDOWN : kind < 0 ? kind : 0;
     const void *src = kind == E_PTR ? (const void *)(uintptr_t)e.ptr : e.data;
     if (tag)
         *tag = e.tag;
@@ -512,6 +523,12 @@ int rpal_complete(rpal_chan *c, uint64_t *tag, void *reply, size_t reply_max,
         rpal_peer_access_begin(c->peer);
         memcpy(reply, src, e.len);
         rpal_peer_access_end(c->peer);
+        /* The copy the entry points at goes with the ring: if the ring
+         * went while we copied, what we copied may be another's. The fence
+         * keeps the copy's loads before the check. */
+        rpal_fence_acquire();
+        if (rpal_load_relaxed(&c->rx->id) != c->rx_id)
+            err = -ESHUTDOWN;
     } else if (err == 0 && e.len) {
         memcpy(reply, src, e.len); /* from our local copy of the entry */
     }
@@ -553,6 +570,9 @@ static void rxc_free(rpal_domain *d, struct rx_chan *x)
     if (x->ring_window)
         dom_peer_unpin(x->peer, 1);
     svc_peer_put(x->peer, 1);
+    /* Before the ring can be reused: pairs with the check in rpal_complete
+     * (the reuse's stores come after this one). */
+    rpal_store_release(&x->rx->id, 0);
     rpal_free(x->rx_raw);
     free(x->bufs);
     free(x->pend_ptr);
@@ -627,8 +647,10 @@ static int chan_accept(rpal_service *s, rpal_peer *p, int sock,
         free(x);
         return -ENOMEM;
     }
+    static _Atomic uint64_t rx_ids;
     x->rx->magic = RX_MAGIC;
     x->rx->depth = depth;
+    rpal_store_relaxed(&x->rx->id, rpal_fetch_add_relaxed(&rx_ids, 1) + 1);
     x->r = r;
     x->peer = p;
     x->tx = tx;

@@ -9,7 +9,7 @@
  *    seeded PRNG (the seed is printed; HOSTILE_SEED=N replays it), it
  *    scribbles over its slot header, its claim record (the member record
  *    that `rpal ls` and services read), its channel reply rings (entries,
- *    torn ones included, rtail, recv_sleeps, ack[], magic, depth, the
+ *    torn ones included, rtail, recv_sleeps, ack[], magic, depth, id, the
  *    copies large replies point at), its compat connection rings (entries,
  *    tail, head, polling, want_room, closed), sends garbage on the peer
  *    connection, plants a FIFO, a directory and a symlink among the claims,
@@ -63,6 +63,7 @@
 struct m_rx {
     uint64_t magic;
     uint32_t depth, pad0;
+    _Atomic uint64_t id;
     _Alignas(64) _Atomic uint32_t recv_sleeps;
     _Alignas(64) _Atomic uint32_t rtail;
     _Alignas(64) _Atomic uint32_t ack[1024];
@@ -545,11 +546,13 @@ static void scribble_rx(struct m_rx *x)
             x->ack[rnd() % (rnd() % 2 ? DEPTH : 1024)] =
                 rnd() % 2 ? (uint32_t)rnd() : t + (uint32_t)(rnd() % 8);
         break;
-    case 5: /* magic and depth */
-        if (rnd() % 2)
+    case 5: /* magic, depth and the ring's id */
+        if (rnd() % 3 == 0)
             x->magic ^= 1ull << (rnd() % 64);
-        else
+        else if (rnd() % 2)
             x->depth = (uint32_t)rnd();
+        else
+            x->id = rnd();
         break;
     case 6: /* the copies large replies point at */
         for (unsigned i = 0; i < DEPTH; i++) {

@@ -502,16 +502,12 @@ int rpal_complete(rpal_chan *c, uint64_t *tag, void *reply, size_t reply_max,
     struct ch_entry e;
     int kind = ch_entry_take(slot, c->sbase, c->ssize, &e);
     c->done++;
-    /* The entry is ours only if the ring still is: rxc_free clears the id
-     * before it frees the ring, and a ring made there since has another.
-     * (Ordered after the acquire of seqf above.) */
-    int closed = rpal_load_relaxed(&c->rx->id) != c->rx_id;
     /* Copies of large requests are freed only when nothing is outstanding:
      * replies may come in another order than the requests, and the service
      * reads a request in place until it answers it. */
     if (c->sent == c->done)
         staging_release(c);
-    int err = closed ? -ESHUTDOWN : kind < 0 ? kind : 0;
+    int err = kind < 0 ? kind : 0;
     const void *src = kind == E_PTR ? (const void *)(uintptr_t)e.ptr : e.data;
     if (tag)
         *tag = e.tag;
@@ -523,15 +519,16 @@ int rpal_complete(rpal_chan *c, uint64_t *tag, void *reply, size_t reply_max,
         rpal_peer_access_begin(c->peer);
         memcpy(reply, src, e.len);
         rpal_peer_access_end(c->peer);
-        /* The copy the entry points at goes with the ring: if the ring
-         * went while we copied, what we copied may be another's. The fence
-         * keeps the copy's loads before the check. */
-        rpal_fence_acquire();
-        if (rpal_load_relaxed(&c->rx->id) != c->rx_id)
-            err = -ESHUTDOWN;
     } else if (err == 0 && e.len) {
         memcpy(reply, src, e.len); /* from our local copy of the entry */
     }
+    /* The reply is ours only if the ring still is: rxc_free clears the id
+     * before it frees the ring and the copies entries point at, and a ring
+     * made there since has another. The fence keeps the loads of the entry
+     * and of the copy before the check (no instruction on x86). */
+    rpal_fence_acquire();
+    if (rpal_load_relaxed(&c->rx->id) != c->rx_id)
+        err = -ESHUTDOWN;
     return err;
 }
 
@@ -547,11 +544,6 @@ int rpal_call(rpal_chan *c, const void *req, size_t len, void *reply,
 }
 
 /* ---- the service's side ---- */
-
-static void rxc_release(struct watch *w)
-{
-    free(w->obj);
-}
 
 /* Close X and free what it holds. The dispatcher may have fetched an event
  * for X's connection just before (the connection turned readable when its
@@ -577,7 +569,7 @@ static void rxc_free(rpal_domain *d, struct rx_chan *x)
     free(x->bufs);
     free(x->pend_ptr);
     free(x->pend_seq);
-    dom_watch_retire(d, &x->w, rxc_release);
+    dom_watch_retire(d, &x->w); /* frees X */
 }
 
 /* The dispatcher saw the channel's connection close. */

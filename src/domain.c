@@ -448,17 +448,16 @@ static void retired_sweep(rpal_domain *d)
         struct watch *w = *pp;
         if (w->retired_at <= oldest) {
             *pp = w->next_retired;
-            w->release(w);
+            free(w->obj);
         } else {
             pp = &w->next_retired;
         }
     }
 }
 
-void dom_watch_retire(rpal_domain *d, struct watch *w, void (*release)(struct watch *w))
+void dom_watch_retire(rpal_domain *d, struct watch *w)
 {
     w->retired = 1;
-    w->release = release;
     w->retired_at = ++d->nretired;
     w->next_retired = d->retired;
     d->retired = w;

@@ -270,12 +270,11 @@ struct watch {
     void *obj;
     void (*hook)(rpal_domain *d, struct watch *w, uint32_t events);
     /* Set by dom_watch_retire(): an event fetched before the descriptor
-     * left the epoll set is ignored, and the memory is freed by RELEASE
-     * once no dispatch that could hold such an event is still running. */
+     * left the epoll set is ignored, and OBJ is freed once no dispatch that
+     * could hold such an event is still running. */
     int retired;
     uint64_t retired_at;
     struct watch *next_retired;
-    void (*release)(struct watch *w);
 };
 
 /* One running rpal_domain_dispatch (on its stack, listed in d->dispatching):
@@ -402,12 +401,12 @@ RPAL_HIDDEN void dom_peer_unpin(rpal_peer *p, int locked); /* LOCKED: d->lock he
 RPAL_HIDDEN int svc_handle(rpal_domain *d, struct watch *w, uint32_t events,
                            struct rpal_event *ev);
 RPAL_HIDDEN void svc_drop_pending(rpal_domain *d);
-/* W's descriptor has left d->epfd; free W (with RELEASE) once no dispatch
- * that fetched its events before that is still under way: at once if none
- * runs. Objects freed by a thread other than the dispatcher's go this way,
- * or the dispatcher follows a pointer to freed memory. d->lock held. */
-RPAL_HIDDEN void dom_watch_retire(rpal_domain *d, struct watch *w,
-                                  void (*release)(struct watch *w));
+/* W's descriptor has left d->epfd; free(W->obj) (malloc'd, W inside it)
+ * once no dispatch that fetched its events before that is still under way:
+ * at once if none runs. Objects freed by a thread other than the
+ * dispatcher's go this way, or the dispatcher follows a pointer to freed
+ * memory. d->lock held. */
+RPAL_HIDDEN void dom_watch_retire(rpal_domain *d, struct watch *w);
 /* Path of the rendezvous socket of service NAME of D. */
 struct sockaddr_un;
 RPAL_HIDDEN int svc_path(const rpal_domain *d, const char *name, struct sockaddr_un *a);

@@ -26,18 +26,10 @@ static void *receiver_main(void *arg)
     (void)arg;
     rpal_receiver *r;
     REQUIRE(rpal_receiver_create(svc, NULL, &r) == 0);
-    unsigned char out[256];
     while (!atomic_load(&stop_recv)) {
-        struct rpal_msg m;
-        int err = rpal_receive(r, &m, 20);
+        int err = t_serve_xor(r, 20);
         if (err == -ETIMEDOUT)
             continue;
-        REQUIRE(err == 0);
-        size_t n = m.len < sizeof out ? m.len : sizeof out;
-        const unsigned char *in = m.data;
-        for (size_t i = 0; i < n; i++)
-            out[i] = (unsigned char)(in[i] ^ 0x5A);
-        err = rpal_reply(r, &m, out, n);
         /* The caller may have gone between its request and our reply. */
         REQUIRE(err == 0 || err == -ESHUTDOWN || err == -ESRCH);
         atomic_fetch_add(&served, 1);
@@ -107,16 +99,7 @@ static void caller(const rpal_key *k, enum ending ending, unsigned seed)
                     rpal_strerror(err));
             exit(1);
         }
-        REQUIRE(rlen == len);
-        for (size_t j = 0; j < len; j++)
-            if (rep[j] != (req[j] ^ 0x5A)) {
-                fprintf(stderr, "call %u of %zu bytes: reply byte %zu is %#x, want %#x\n",
-                        i, len, j, rep[j], req[j] ^ 0x5A);
-                for (size_t q = 0; q < len; q++)
-                    fprintf(stderr, "%02x/%02x ", rep[q], req[q] ^ 0x5A);
-                fprintf(stderr, "\n");
-                exit(1);
-            }
+        REQUIRE(t_xor_ok(req, len, rep, rlen));
     }
     switch (ending) {
     case END_CLOSE:

@@ -27,7 +27,6 @@ static void *service_main(void *arg)
     (void)arg;
     rpal_receiver *r;
     REQUIRE(rpal_receiver_create(svc, NULL, &r) == 0);
-    unsigned char out[256];
     for (;;) {
         int ph = atomic_load(&phase);
         if (ph == 3)
@@ -39,16 +38,8 @@ static void *service_main(void *arg)
         }
         struct rpal_event ev[8];
         REQUIRE(rpal_domain_dispatch(sd, ev, 8, 0) >= 0);
-        struct rpal_msg m;
-        int err = rpal_receive(r, &m, 1);
-        if (err == -ETIMEDOUT)
-            continue;
-        REQUIRE(err == 0);
-        size_t n = m.len < sizeof out ? m.len : sizeof out;
-        const unsigned char *in = m.data;
-        for (size_t i = 0; i < n; i++)
-            out[i] = (unsigned char)(in[i] ^ 0x5A);
-        REQUIRE(rpal_reply(r, &m, out, n) == 0);
+        int err = t_serve_xor(r, 1);
+        REQUIRE(err == 0 || err == -ETIMEDOUT);
     }
     REQUIRE(rpal_receiver_destroy(r) == 0);
     return NULL;
@@ -63,18 +54,7 @@ static int call(rpal_chan *c, unsigned char fill, size_t len)
     int err = rpal_call(c, req, len, rep, sizeof rep, &rlen, CALL_MS);
     if (err < 0)
         return err;
-    if (rlen != len) {
-        fprintf(stderr, "pid %d: a reply of %zu bytes to a request of %zu\n", (int)getpid(),
-                rlen, len);
-        return 1;
-    }
-    for (size_t i = 0; i < len; i++)
-        if (rep[i] != (fill ^ 0x5A)) {
-            fprintf(stderr, "pid %d: reply byte %zu is %#x, want %#x (someone else's reply)\n",
-                    (int)getpid(), i, rep[i], fill ^ 0x5A);
-            return 1;
-        }
-    return 0;
+    return t_xor_ok(req, len, rep, rlen) ? 0 : 1; /* 1: someone else's reply */
 }
 
 /* A caller: opens a channel, makes CALLS calls of bytes FILL, says 'r' on

@@ -114,6 +114,41 @@ static inline int t_wait(pid_t child)
 
 /* ---- helpers shared by the multi-process tests ---- */
 
+/* Serve one message of R within MS milliseconds with the XOR echo (each
+ * byte ^ 0x5A, at most 256 bytes) that t_xor_ok() checks: rpal_receive's
+ * error (-ETIMEDOUT: nothing came), or rpal_reply's. */
+static inline int t_serve_xor(rpal_receiver *r, int ms)
+{
+    struct rpal_msg m;
+    int err = rpal_receive(r, &m, ms);
+    if (err < 0)
+        return err;
+    unsigned char out[256];
+    size_t n = m.len < sizeof out ? m.len : sizeof out;
+    const unsigned char *in = m.data;
+    for (size_t i = 0; i < n; i++)
+        out[i] = (unsigned char)(in[i] ^ 0x5A);
+    return rpal_reply(r, &m, out, n);
+}
+
+/* Is REP (RLEN bytes) the XOR echo of REQ (LEN bytes)? If not, says where. */
+static inline int t_xor_ok(const unsigned char *req, size_t len, const unsigned char *rep,
+                           size_t rlen)
+{
+    if (rlen != len) {
+        fprintf(stderr, "pid %d: a reply of %zu bytes to a request of %zu\n", (int)getpid(),
+                rlen, len);
+        return 0;
+    }
+    for (size_t i = 0; i < len; i++)
+        if (rep[i] != (req[i] ^ 0x5A)) {
+            fprintf(stderr, "pid %d: reply byte %zu of %zu is %#x, want %#x\n", (int)getpid(),
+                    i, len, rep[i], req[i] ^ 0x5A);
+            return 0;
+        }
+    return 1;
+}
+
 static inline void t_put(int fd, char c)
 {
     while (write(fd, &c, 1) < 0)

@@ -79,6 +79,7 @@
 #define SLACK_MS 1000       /* "within its deadline + 1 s" */
 #define EXIT_MS 10000       /* a told-to-stop worker must be gone by then */
 #define MAXW 6
+#define NSERVICES 2 /* workers 0 and 1 are the services S1 and S2 */
 #define DOMAIN "chaos"
 #define REGION "chaos"
 #define REGION_PAGES 16      /* each sharer changes its own 16 pages */
@@ -367,7 +368,7 @@ static void service_main(void)
              * dispatcher unmaps the slot, before or after we read WHO:
              * then WHO reads 0, a service's index, which no caller
              * has; seen once in 200 trials under TSan.) */
-            if (victim_dead() && (who < 2 || who >= MAXW || (int)who == B->victim))
+            if (victim_dead() && (who < NSERVICES || who >= MAXW || (int)who == B->victim))
                 atomic_fetch_add(&W->torn, 1);
             else
                 corrupt("request of %zu bytes from worker %u fails its checksum", m.len, who);

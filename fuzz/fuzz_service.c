@@ -70,10 +70,10 @@ static void seed(const char *name, const struct hs_req *req, int with_ring)
     rec->npeers = 3;
     rec->peers[0] = 1, rec->peers[1] = 7, rec->peers[2] = 1023;
     /* The caller's slot: a ring header at offset 0 as rpal_chan_open
-     * writes it (magic "RPALCTX1", depth), entries zero. */
+     * writes it (magic "RPALCTX2", depth), entries zero. */
     size_t n = 192 + (size_t)req->depth * sizeof(struct ch_entry);
     uint8_t *slot = calloc(1, n);
-    uint64_t tx_magic = 0x315854434c415052ull;
+    uint64_t tx_magic = 0x325854434c415052ull;
     memcpy(slot, &tx_magic, sizeof tx_magic);
     memcpy(slot + 8, &req->depth, sizeof req->depth);
     fz_seed_begin(name, FZ_FIX);

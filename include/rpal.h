@@ -388,16 +388,21 @@ typedef struct rpal_chan rpal_chan;
 typedef struct rpal_receiver rpal_receiver;
 
 enum rpal_wait_policy {
-    RPAL_WAIT_ADAPTIVE = 0, /* spin a bounded time, then yield, then sleep */
+    RPAL_WAIT_ADAPTIVE = 0, /* learn from past waits: spin only while waits are
+                               shorter than a sleep costs and the other side
+                               runs on another CPU; yield when it shares ours;
+                               else sleep (docs/waiting.md) */
     RPAL_WAIT_POLL = 1,     /* spin until the deadline (burns a CPU) */
     RPAL_WAIT_SLEEP = 2,    /* sleep on a futex at once */
 };
 
 struct rpal_chan_opts {
     int wait;          /* enum rpal_wait_policy */
-    unsigned spin_us;  /* ADAPTIVE: how long to spin first (0: 20 us) */
+    unsigned spin_us;  /* ADAPTIVE: the most a wait spins (0: RPAL_SPIN_US,
+                          100 us by default); the budget is learned below it */
     int same_cpu;      /* caller and receiver share one CPU (RPAL's "cpu
-                          lock"): hand over with sched_yield(), never spin */
+                          lock"): hand over with sched_yield(), never spin.
+                          ADAPTIVE finds this out by itself */
     unsigned depth;    /* ring entries, a power of two <= 1024 (0: 64) */
 };
 
@@ -452,6 +457,50 @@ int rpal_receive(rpal_receiver *r, struct rpal_msg *m, int timeout_ms);
  * reads it (the library frees it once the caller has taken it). */
 int rpal_reply(rpal_receiver *r, const struct rpal_msg *m, const void *data,
                size_t len);
+
+/* What a channel or an upgraded connection has done, and what waiting on
+ * it cost: why it costs what it costs. */
+struct rpal_stats {
+    uint64_t msgs_out, bytes_out;  /* messages and bytes sent */
+    uint64_t msgs_in, bytes_in;    /* and received */
+    uint64_t wakes;                /* wake-ups sent: the other side slept */
+    uint64_t wakes_skipped;        /* messages that found it awake: none sent */
+    uint64_t waits;                /* times we waited for the other side */
+    uint64_t sleeps;               /* waits that slept in the kernel */
+    uint64_t spin_hits;            /* waits that a spin ended */
+    uint64_t yields;               /* sched_yield()s to the other side */
+    uint64_t spin_ns;              /* time spent spinning */
+    uint32_t budget_ns;            /* the spin budget of the last wait */
+    uint32_t reserved;
+};
+
+/* The counters of channel C, or of the upgraded connection FD (-EBADF: not
+ * an upgraded connection of ours). */
+int rpal_chan_stats(const rpal_chan *c, struct rpal_stats *out);
+int rpal_fd_stats(int fd, struct rpal_stats *out);
+
+enum { RPAL_STATS_CALLER = 1, RPAL_STATS_SERVICE = 2, RPAL_STATS_CONN = 3 };
+
+/* One channel or connection of a live member, as `rpal stat` shows it. The
+ * counters are those of at most 100 ms ago (or 1,024 waits). */
+struct rpal_stats_entry {
+    char domain[65];
+    unsigned slot;         /* the member's */
+    pid_t pid;
+    int kind;              /* RPAL_STATS_*: the caller's or the service's end
+                              of a channel, or an upgraded connection */
+    unsigned peer_slot;
+    pid_t peer_pid;
+    int fd;                /* CONN: the descriptor, in the member */
+    char service[65];      /* CALLER, SERVICE: the service */
+    uint32_t state;        /* 0 running, 1 spinning, 2 yielding, 3 asleep */
+    struct rpal_stats s;
+};
+
+/* Call FN for every channel and upgraded connection of every live member
+ * of every domain the caller may see. A non-zero return from FN stops the
+ * walk. */
+int rpal_stats_foreach(int (*fn)(const struct rpal_stats_entry *e, void *arg), void *arg);
 
 /* ------------------------------------------------------------------------ */
 /* Compat: an epoll + Unix-socket program switches with a few lines.

@@ -26,8 +26,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#define TX_MAGIC 0x315854434c415052ull /* "RPALCTX1" */
-#define RX_MAGIC 0x315852434c415052ull /* "RPALCRX1" */
+#define TX_MAGIC 0x325854434c415052ull /* "RPALCTX2" */
+#define RX_MAGIC 0x325852434c415052ull /* "RPALCRX2" */
 #define MAX_DEPTH 1024u
 #define MAX_CHANS 120 /* per receiver: futex_waitv takes 128 words */
 
@@ -35,7 +35,7 @@ struct ch_tx { /* in the caller's slot */
     uint64_t magic;
     uint32_t depth, pad0;
     _Alignas(64) _Atomic uint32_t tail;       /* requests published */
-    _Alignas(64) _Atomic uint32_t caller_sleeps;
+    _Alignas(64) struct wt_pub pub;           /* the caller's: asleep? where? */
     _Alignas(64) struct ch_entry e[];
 };
 
@@ -47,7 +47,7 @@ struct ch_rx { /* in the service's slot */
      * perhaps reused for another caller's ring) sees it change, instead of
      * taking someone else's reply for its own. */
     _Atomic uint64_t id;
-    _Alignas(64) _Atomic uint32_t recv_sleeps;
+    _Alignas(64) struct wt_pub pub;           /* the receiver's: asleep? where? */
     _Alignas(64) _Atomic uint32_t rtail;      /* replies published */
     /* Per request entry: the sequence number of the last request read from
      * it by pointer and answered, so that the caller frees its copy of a
@@ -74,6 +74,8 @@ struct rpal_chan {
     uint64_t sbase, ssize; /* the service's slot */
     uint64_t mybase, mysize; /* ours */
     int window; /* the window on the service this channel holds */
+    struct wt_learn learn;
+    struct wt_stats st;
 };
 
 struct rx_chan {
@@ -94,6 +96,7 @@ struct rx_chan {
     int windows; /* access windows this receiver holds open on the peer */
     int unanswered; /* messages handed out by rpal_receive, not yet replied */
     int ring_window; /* the receiver holds a pin on the caller */
+    struct wt_stats st;
 };
 
 struct rpal_receiver {
@@ -110,6 +113,8 @@ struct rpal_receiver {
     int nsnap;
     uint32_t snap_bell;
     int snap_valid;
+    uint32_t cpu;   /* 1 + our CPU as published in every channel's ring */
+    struct wt_learn learn;
     struct rpal_receiver *next_in_service;
 };
 
@@ -117,8 +122,6 @@ static void opts_fill(struct rpal_chan_opts *o, const struct rpal_chan_opts *in)
 {
     struct rpal_chan_opts def = {0};
     *o = in ? *in : def;
-    if (!o->spin_us)
-        o->spin_us = 20;
     if (!o->depth)
         o->depth = 64;
 }
@@ -136,32 +139,27 @@ void *ch_slot_alloc(size_t n, void **raw)
     return p ? (void *)(((uintptr_t)p + 63) & ~(uintptr_t)63) : NULL;
 }
 
-/* The waiting ladder shared by both sides. READY is polled; before sleeping
- * the waiter raises *SLEEPS, then checks READY once more (the other side
- * publishes, then reads *SLEEPS: one of the two sees the other, the seq_cst
- * fences pair), and sleeps on the futex word WORD while it still holds SEEN. */
-struct waiter {
-    const struct rpal_chan_opts *o;
-    uint64_t deadline;  /* CLOCK_MONOTONIC ns, or UINT64_MAX */
-    uint64_t spun_until;
-    unsigned yields;
-};
-
-enum { W_SPIN, W_YIELD, W_SLEEP };
-
-static int ladder_step(struct waiter *w, uint64_t now)
+/* Wake the other side, which said it sleeps on the futex WORD (one of our
+ * indices); ME is our published line, where we stamp when we published so
+ * that it learns how long it really waited. SAME: it runs on our CPU, so
+ * the system call includes the switch to it and says nothing of a
+ * wake-up's cost. */
+static void wake(struct wt_pub *me, const _Atomic uint32_t *word, struct wt_stats *st, int same)
 {
-    if (w->o->wait == RPAL_WAIT_SLEEP)
-        return W_SLEEP;
-    if (w->o->same_cpu)
-        return w->o->wait == RPAL_WAIT_POLL || w->yields++ < 200 ? W_YIELD : W_SLEEP;
-    if (w->o->wait == RPAL_WAIT_POLL)
-        return W_SPIN;
-    if (!w->spun_until)
-        w->spun_until = now + (uint64_t)w->o->spin_us * 1000;
-    if (now < w->spun_until)
-        return W_SPIN;
-    return w->yields++ < 10 ? W_YIELD : W_SLEEP;
+    uint64_t t = prim_now_ns();
+    rpal_store_release(&me->woke_ns, t); /* pairs with the sleeper's acquire after it wakes */
+    prim_futex_wake(word, 1, 1);
+    if (!same)
+        wt_note_wake(prim_now_ns() - t);
+    st->wakes++;
+}
+
+/* Publish CPU (1 + our CPU) in the line PUB if it moved: written only on a
+ * change, so that the line stays in both sides' caches. */
+static void publish_cpu(struct wt_pub *pub, uint32_t cpu)
+{
+    if (cpu && rpal_load_relaxed(&pub->cpu) != cpu)
+        rpal_store_relaxed(&pub->cpu, cpu);
 }
 
 int ch_entry_fill(struct ch_entry *e, const void *data, size_t len, int in_place,
@@ -192,20 +190,6 @@ int ch_entry_take(const struct ch_entry *slot, uint64_t base, uint64_t size,
     if (kind == E_PTR)
         return span_inside(e->ptr, e->len, base, size) ? (int)E_PTR : -EPROTO;
     return kind == E_INLINE && e->len <= RPAL_INLINE_MAX ? (int)E_INLINE : -EPROTO;
-}
-
-/* Take one spin or yield step of the ladder; 1 if it is time to sleep
- * instead (the caller does that, since what it sleeps on differs). */
-static int ladder_pause(struct waiter *w, uint64_t now, int *slow)
-{
-    int step = ladder_step(w, now);
-    if (slow)
-        *slow = step != W_SPIN;
-    if (step == W_SPIN)
-        cpu_relax();
-    else if (step == W_YIELD)
-        sched_yield();
-    return step == W_SLEEP;
 }
 
 /* ---- the caller's side ---- */
@@ -317,6 +301,13 @@ int rpal_chan_open(rpal_peer *peer, const struct rpal_chan_opts *opts,
         goto fail;
     }
     rpal_fetch_add_acq_rel(&peer->nchans, 1);
+    wt_learn_init(&c->learn);
+    c->st.kind = RPAL_STATS_CALLER;
+    c->st.peer_slot = peer->info.slot;
+    c->st.peer_pid = peer->info.pid;
+    c->st.fd = -1;
+    snprintf(c->st.name, sizeof c->st.name, "%.64s", peer->info.service);
+    dom_stats_open(d, &c->st, 0);
     *out = c;
     return 0;
 fail:
@@ -391,6 +382,7 @@ int rpal_chan_close(rpal_chan *c)
     shutdown(c->sock, SHUT_RDWR);
     close(c->sock);
     close(c->pidfd);
+    dom_stats_close(c->peer->d, &c->st, 0);
     staging_release(c);
     free(c->deferred);
     free(c->staging_seq);
@@ -450,13 +442,78 @@ int rpal_send(rpal_chan *c, const void *req, size_t len, uint64_t tag)
     /* The entry's seqf last: pairs with the receiver's acquire of it. */
     __atomic_store_n(&e->seqf, SEQF(c->sent + 1, (uint32_t)kind), __ATOMIC_RELEASE);
     c->sent++;
+    c->st.msgs_out++;
+    c->st.bytes_out += len;
     /* The index is for a sleeping receiver; then see whether it sleeps: the
      * seq_cst fence pairs with the one the receiver issues between raising
-     * recv_sleeps and re-reading. */
+     * its sleeps flag and re-reading. */
     rpal_store_release(&c->tx->tail, c->sent);
     rpal_fence_seq_cst();
-    if (rpal_load_relaxed(&c->rx->recv_sleeps))
-        prim_futex_wake(&c->tx->tail, 1, 1);
+    if (rpal_load_relaxed(&c->rx->pub.sleeps))
+        wake(&c->tx->pub, &c->tx->tail, &c->st,
+             rpal_load_relaxed(&c->rx->pub.cpu) == rpal_load_relaxed(&c->tx->pub.cpu));
+    else
+        c->st.wakes_skipped++;
+    return 0;
+}
+
+/* Wait until the reply entry SLOT holds sequence number WANT (not there at
+ * the first look), at most TIMEOUT_MS (-1: no limit). The way to wait is
+ * learned (src/wait.c); liveness is checked every 1,024 spins and after
+ * every yield or sleep (sleeps are cut into 20 ms slices). */
+static int chan_wait(rpal_chan *c, const struct ch_entry *slot, uint32_t want, int timeout_ms)
+{
+    struct wt_wait w;
+    wt_begin(&w, &c->learn, &c->st, &c->o, rpal_load_relaxed(&c->rx->pub.cpu));
+    uint64_t limit = timeout_ms < 0 ? UINT64_MAX : (uint64_t)timeout_ms * 1000000;
+    for (unsigned slow = 0;;) {
+        /* pairs with the release store of seqf in rpal_reply */
+        if (SEQ_OF(__atomic_load_n(&slot->seqf, __ATOMIC_ACQUIRE)) == want)
+            break;
+        int step = wt_pause(&w);
+        if (step == 0)
+            continue;
+        if (step == WT_SLEEP) {
+            uint64_t cpu0;
+            wt_sleep_begin(&w, 0, &cpu0);
+            publish_cpu(&c->tx->pub, wt_my_cpu());
+            uint32_t t = rpal_load_relaxed(&c->rx->rtail);
+            rpal_store_relaxed(&c->tx->pub.sleeps, WT_WAKE_FUTEX);
+            rpal_fence_seq_cst(); /* pairs with the fence in rpal_reply */
+            if (SEQ_OF(__atomic_load_n(&slot->seqf, __ATOMIC_RELAXED)) != want) {
+                int64_t slice = 20000000; /* wake to check liveness now and then */
+                if (limit != UINT64_MAX && (int64_t)(w.t0 + limit - w.now) < slice)
+                    slice = (int64_t)(w.t0 + limit - w.now);
+                prim_futex_wait(&c->rx->rtail, t, 1, slice > 0 ? slice : 0);
+            }
+            rpal_store_relaxed(&c->tx->pub.sleeps, 0);
+            wt_sleep_end(&w, cpu0);
+        }
+        /* The clock was read: deadline; after a yield, a sleep or 1,024
+         * spins: is the service still there? */
+        if (w.now - w.t0 >= limit)
+            return -ETIMEDOUT;
+        int look = step == WT_SLEEP || (w.mode == WT_SPIN ? w.spins % 1024 == 0 : ++slow % 32 == 0);
+        if (look &&
+            SEQ_OF(__atomic_load_n(&slot->seqf, __ATOMIC_ACQUIRE)) != want) {
+            int err = chan_alive(c->sock, c->pidfd);
+            if (err)
+                return err;
+        }
+    }
+    /* pairs with the release store in wake() */
+    wt_end(&w, w.slept ? rpal_load_acquire(&c->rx->pub.woke_ns) : 0);
+    publish_cpu(&c->tx->pub, w.my_cpu);
+    if (wt_stats_due(&c->st, w.now))
+        dom_stats_flush(c->peer->d, &c->st);
+    return 0;
+}
+
+int rpal_chan_stats(const rpal_chan *c, struct rpal_stats *out)
+{
+    if (!c || !out)
+        return -EINVAL;
+    wt_stats_copy(&c->st, out);
     return 0;
 }
 
@@ -467,41 +524,19 @@ int rpal_complete(rpal_chan *c, uint64_t *tag, void *reply, size_t reply_max,
         return -EINVAL;
     if (dom_check(c->peer->d) < 0)
         return -ECHILD;
-    struct waiter w = {&c->o, timeout_ms < 0 ? UINT64_MAX
-                                             : prim_now_ns() + (uint64_t)timeout_ms * 1000000,
-                       0, 0};
-    unsigned spins = 0;
-    int slow = 0; /* the last step yielded or slept: cheap to check liveness */
     const struct ch_entry *slot = &c->rx->e[c->done & (c->depth - 1)];
     uint32_t want = SEQ_WANT(c->done + 1);
-    for (;;) {
-        /* pairs with the release store of seqf in rpal_reply */
-        if (SEQ_OF(__atomic_load_n(&slot->seqf, __ATOMIC_ACQUIRE)) == want)
-            break;
-        if ((++spins & 1023) == 0 || slow) {
-            int err = chan_alive(c->sock, c->pidfd);
-            if (err)
-                return err;
-        }
-        uint64_t now = (spins & 63) == 0 || w.o->wait != RPAL_WAIT_POLL ? prim_now_ns() : 0;
-        if (now && now >= w.deadline)
-            return -ETIMEDOUT;
-        if (ladder_pause(&w, now, &slow)) {
-            uint32_t t = rpal_load_relaxed(&c->rx->rtail);
-            rpal_store_relaxed(&c->tx->caller_sleeps, 1);
-            rpal_fence_seq_cst(); /* pairs with the fence in rpal_reply */
-            if (SEQ_OF(__atomic_load_n(&slot->seqf, __ATOMIC_RELAXED)) != want) {
-                int64_t slice = 20000000; /* wake to check liveness now and then */
-                if (w.deadline != UINT64_MAX && (int64_t)(w.deadline - now) < slice)
-                    slice = (int64_t)(w.deadline - now);
-                prim_futex_wait(&c->rx->rtail, t, 1, slice);
-            }
-            rpal_store_relaxed(&c->tx->caller_sleeps, 0);
-        }
+    /* pairs with the release store of seqf in rpal_reply */
+    if (SEQ_OF(__atomic_load_n(&slot->seqf, __ATOMIC_ACQUIRE)) != want) {
+        int err = chan_wait(c, slot, want, timeout_ms);
+        if (err < 0)
+            return err;
     }
     struct ch_entry e;
     int kind = ch_entry_take(slot, c->sbase, c->ssize, &e);
     c->done++;
+    c->st.msgs_in++;
+    c->st.bytes_in += e.len;
     /* Copies of large requests are freed only when nothing is outstanding:
      * replies may come in another order than the requests, and the service
      * reads a request in place until it answers it. */
@@ -554,6 +589,7 @@ static void rxc_free(rpal_domain *d, struct rx_chan *x)
 {
     epoll_ctl(d->epfd, EPOLL_CTL_DEL, x->sock, NULL); /* ENOENT if rxc_hook did */
     close(x->sock); /* the caller sees its channel closed */
+    dom_stats_close(d, &x->st, 1);
     for (uint32_t i = 0; i < x->depth; i++)
         if (x->bufs[i])
             rpal_free(x->bufs[i]);
@@ -662,6 +698,14 @@ static int chan_accept(rpal_service *s, rpal_peer *p, int sock,
         return err;
     }
     rpal_fetch_add_acq_rel(&p->nchans, 1);
+    x->st.kind = RPAL_STATS_SERVICE;
+    x->st.peer_slot = p->info.slot;
+    x->st.peer_pid = p->info.pid;
+    x->st.fd = -1;
+    snprintf(x->st.name, sizeof x->st.name, "%s", s->name);
+    dom_stats_open(d, &x->st, 1);
+    /* Where the receiver waits, for the caller to see. */
+    rpal_store_relaxed(&x->rx->pub.cpu, rpal_load_relaxed(&r->cpu));
     pthread_mutex_lock(&r->lock);
     r->ch[r->n++] = x;
     pthread_mutex_unlock(&r->lock);
@@ -684,6 +728,7 @@ int rpal_receiver_create(rpal_service *s, const struct rpal_chan_opts *opts,
         return -ENOMEM;
     r->s = s;
     opts_fill(&r->o, opts);
+    wt_learn_init(&r->learn);
     pthread_mutex_init(&r->lock, NULL);
     pthread_mutex_lock(&s->d->lock);
     r->next_in_service = s->receivers;
@@ -746,18 +791,87 @@ static void poison(struct rx_chan *x)
     rpal_store_release(&x->dead, 1);
 }
 
+/* The CPU + 1 all of R's callers published, or 0 if they differ (or none
+ * did): whom a wait is for, to know whether they run on our CPU. */
+static uint32_t callers_cpu(struct rx_chan **chs, int n)
+{
+    uint32_t cpu = 0;
+    for (int k = 0; k < n; k++) {
+        uint32_t c = rpal_load_relaxed(&chs[k]->tx->pub.cpu);
+        if (!c || (cpu && c != cpu))
+            return 0;
+        cpu = c;
+    }
+    return cpu;
+}
+
+/* Publish CPU as where R waits, in every channel's ring, if it moved. */
+static void receiver_cpu(rpal_receiver *r, struct rx_chan **chs, int n, uint32_t cpu)
+{
+    if (!cpu || cpu == r->cpu)
+        return;
+    rpal_store_relaxed(&r->cpu, cpu); /* read by chan_accept for new channels */
+    for (int k = 0; k < n; k++)
+        publish_cpu(&chs[k]->rx->pub, cpu);
+}
+
+/* Sleep until one of the N channels CHS has a request, the doorbell moves
+ * from BELL, or SLICE_NS passes. */
+static void receiver_sleep(rpal_receiver *r, struct rx_chan **chs, int n, uint32_t bell,
+                           struct wt_wait *w, int64_t slice)
+{
+    struct futex_waitv fw[MAX_CHANS + 1];
+    unsigned nw = 0;
+    uint64_t cpu0;
+    /* A receiver follows its callers' CPU while it sleeps: the next call
+     * then hands the CPU over instead of waking an idle one. */
+    receiver_cpu(r, chs, n, wt_sleep_begin(w, 1, &cpu0));
+    for (int k = 0; k < n; k++)
+        rpal_store_relaxed(&chs[k]->rx->pub.sleeps, WT_WAKE_FUTEX);
+    rpal_fence_seq_cst(); /* pairs with the fence in rpal_send */
+    int ready = 0;
+    for (int k = 0; k < n; k++) {
+        uint32_t t = rpal_load_relaxed(&chs[k]->tx->tail);
+        /* An honest tail is at most DEPTH ahead of our head, and may be one
+         * behind: rpal_send publishes the entry (which we may have taken
+         * already) before it stores the tail. Sleeping on that tail is
+         * safe: its store comes before the caller's look at our flag. */
+        int32_t ahead = (int32_t)(t - chs[k]->head);
+        if (ahead < -1 || ahead > (int32_t)chs[k]->depth) {
+            poison(chs[k]); /* an index no honest caller writes */
+            ready = 1;
+        } else if (ahead > 0) {
+            ready = 1;
+        }
+        fw[nw++] = (struct futex_waitv){.val = t, .uaddr = (uintptr_t)&chs[k]->tx->tail,
+                                        .flags = FUTEX_32};
+    }
+    fw[nw++] = (struct futex_waitv){.val = bell, .uaddr = (uintptr_t)&r->doorbell,
+                                    .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG};
+    if (!ready && rpal_load_acquire(&r->doorbell) == bell) {
+        /* Where futex_waitv is missing (Linux before 5.16, or valgrind
+         * 3.19), wait on the doorbell alone and look at the rings again
+         * every millisecond. */
+        if (prim_futex_waitv(fw, nw, slice) == -ENOSYS)
+            prim_futex_wait(&r->doorbell, bell, 0, slice < 1000000 ? slice : 1000000);
+    }
+    for (int k = 0; k < n; k++)
+        rpal_store_relaxed(&chs[k]->rx->pub.sleeps, 0);
+    wt_sleep_end(w, cpu0);
+}
+
 int rpal_receive(rpal_receiver *r, struct rpal_msg *m, int timeout_ms)
 {
     if (!r || !m)
         return -EINVAL;
     if (dom_check(r->s->d) < 0)
         return -ECHILD;
-    struct waiter w = {&r->o, timeout_ms < 0 ? UINT64_MAX
-                                             : prim_now_ns() + (uint64_t)timeout_ms * 1000000,
-                       0, 0};
+    uint64_t limit = timeout_ms < 0 ? UINT64_MAX : (uint64_t)timeout_ms * 1000000;
+    struct wt_wait w;
+    int waiting = 0;
     uint32_t bell = rpal_load_acquire(&r->doorbell);
     int reaped = 0;
-    for (unsigned spins = 0;; spins++) {
+    for (;;) {
         /* Only this thread removes channels, so ch[] entries stay valid
          * while we scan; the dispatcher only appends (under r->lock). */
         uint32_t now_bell = rpal_load_acquire(&r->doorbell); /* pairs with chan_accept */
@@ -780,6 +894,8 @@ int rpal_receive(rpal_receiver *r, struct rpal_msg *m, int timeout_ms)
                         poison(x); /* it has gone */
                 }
             }
+            if (waiting) /* whom we wait for changed */
+                w.peer_cpu = callers_cpu(r->snap, r->nsnap);
         }
         int n = r->nsnap;
         struct rx_chan **chs = r->snap;
@@ -819,6 +935,8 @@ int rpal_receive(rpal_receiver *r, struct rpal_msg *m, int timeout_ms)
                 }
             }
             x->unanswered++;
+            x->st.msgs_in++;
+            x->st.bytes_in += e.len;
             m->len = e.len;
             m->peer = x->peer;
             m->internal[0] = x;
@@ -831,6 +949,16 @@ int rpal_receive(rpal_receiver *r, struct rpal_msg *m, int timeout_ms)
             } else {
                 m->data = data;
             }
+            if (waiting) {
+                /* The wait counts for the channel that ended it. */
+                w.st = &x->st;
+                /* pairs with the release store in wake() */
+                wt_end(&w, w.slept ? rpal_load_acquire(&x->tx->pub.woke_ns) : 0);
+                x->st.budget_ns = w.budget;
+                receiver_cpu(r, chs, n, w.my_cpu);
+                if (wt_stats_due(&x->st, w.now))
+                    dom_stats_flush(r->s->d, &x->st);
+            }
             return 0;
         }
         if (reaped) {
@@ -838,52 +966,23 @@ int rpal_receive(rpal_receiver *r, struct rpal_msg *m, int timeout_ms)
             reaped = 0;
             continue;
         }
-        uint64_t now = (spins & 63) == 0 || w.o->wait != RPAL_WAIT_POLL ? prim_now_ns() : 0;
-        if (now && now >= w.deadline)
-            return -ETIMEDOUT;
-        if (ladder_pause(&w, now, NULL)) {
-            struct futex_waitv fw[MAX_CHANS + 1];
-            unsigned nw = 0;
-            for (int k = 0; k < n; k++)
-                rpal_store_relaxed(&chs[k]->rx->recv_sleeps, 1);
-            rpal_fence_seq_cst(); /* pairs with the fence in rpal_send */
-            int ready = 0;
-            for (int k = 0; k < n; k++) {
-                uint32_t t = rpal_load_relaxed(&chs[k]->tx->tail);
-                /* An honest tail is at most DEPTH ahead of our head, and
-                 * may be one behind: rpal_send publishes the entry (which
-                 * we may have taken already) before it stores the tail.
-                 * Sleeping on that tail is safe: its store comes before the
-                 * caller's look at recv_sleeps. */
-                int32_t ahead = (int32_t)(t - chs[k]->head);
-                if (ahead < -1 || ahead > (int32_t)chs[k]->depth) {
-                    poison(chs[k]); /* an index no honest caller writes */
-                    ready = 1;
-                } else if (ahead > 0) {
-                    ready = 1;
-                }
-                fw[nw++] = (struct futex_waitv){.val = t,
-                                                .uaddr = (uintptr_t)&chs[k]->tx->tail,
-                                                .flags = FUTEX_32};
-            }
-            fw[nw++] = (struct futex_waitv){.val = bell, .uaddr = (uintptr_t)&r->doorbell,
-                                            .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG};
-            if (!ready && rpal_load_acquire(&r->doorbell) == bell) {
-                int64_t slice = 100000000;
-                if (w.deadline != UINT64_MAX && (int64_t)(w.deadline - now) < slice)
-                    slice = (int64_t)(w.deadline - now);
-                /* Where futex_waitv is missing (Linux before 5.16, or
-                 * valgrind 3.19), wait on the doorbell alone and look at
-                 * the rings again every millisecond. */
-                if (prim_futex_waitv(fw, nw, slice) == -ENOSYS)
-                    prim_futex_wait(&r->doorbell, bell, 0, slice < 1000000 ? slice : 1000000);
-            }
-            for (int k = 0; k < n; k++)
-                rpal_store_relaxed(&chs[k]->rx->recv_sleeps, 0);
-            bell = rpal_load_acquire(&r->doorbell);
-            w.spun_until = 0;
-            w.yields = 0;
+        if (!waiting) {
+            wt_begin(&w, &r->learn, NULL, &r->o, callers_cpu(chs, n));
+            receiver_cpu(r, chs, n, w.my_cpu);
+            waiting = 1;
         }
+        int step = wt_pause(&w);
+        if (step == 0)
+            continue;
+        if (step == WT_SLEEP) {
+            int64_t slice = 100000000;
+            if (limit != UINT64_MAX && (int64_t)(w.t0 + limit - w.now) < slice)
+                slice = (int64_t)(w.t0 + limit - w.now);
+            receiver_sleep(r, chs, n, bell, &w, slice > 0 ? slice : 0);
+            bell = rpal_load_acquire(&r->doorbell);
+        }
+        if (w.now - w.t0 >= limit)
+            return -ETIMEDOUT;
     }
 }
 
@@ -929,9 +1028,14 @@ int rpal_reply(rpal_receiver *r, const struct rpal_msg *m, const void *data, siz
     /* seqf last: pairs with the caller's acquire of it in rpal_complete */
     __atomic_store_n(&e->seqf, SEQF(x->rtail + 1, (uint32_t)kind), __ATOMIC_RELEASE);
     x->rtail++;
+    x->st.msgs_out++;
+    x->st.bytes_out += len;
     rpal_store_release(&x->rx->rtail, x->rtail); /* for a sleeping caller */
     rpal_fence_seq_cst(); /* pairs with the caller's fence before it sleeps */
-    if (rpal_load_relaxed(&x->tx->caller_sleeps))
-        prim_futex_wake(&x->rx->rtail, 1, 1);
+    if (rpal_load_relaxed(&x->tx->pub.sleeps))
+        wake(&x->rx->pub, &x->rx->rtail, &x->st,
+             rpal_load_relaxed(&x->tx->pub.cpu) == rpal_load_relaxed(&r->cpu));
+    else
+        x->st.wakes_skipped++;
     return 0;
 }

@@ -21,10 +21,12 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -34,6 +36,7 @@
 #define FD_PAGE    1024          /* two-level fd tables: pages of this many */
 #define FD_PAGES   1024          /* so fds below 1,048,576 */
 #define KCHECK_NS  10000         /* while spinning, look at the kernel this often */
+#define BELL_TAG   (1ull << 32)  /* a kernel event's cookie: FD's bell, not FD */
 
 /* The owner's half of a connection, in its slot, is a struct cx_ring
  * (src/internal.h): peers read it only. */
@@ -51,6 +54,14 @@ struct conn {
     void **staging;          /* per entry of ours: the copy of a large write */
     int eof;                 /* the socket said the other end is gone */
     int nsets;               /* rpal epoll sets it is registered in */
+    /* Wake-ups for an end asleep in an epoll set: an eventfd each end
+     * makes and hands the other in its hello. A write to it costs less than
+     * a byte on the socket, and with EPOLLET it needs no read to re-arm.
+     * Only between processes of one user (see rpal_uds_fdmap), else -1 and
+     * the socket carries them. */
+    int bell, their_bell;
+    struct wt_learn learn;   /* of blocking reads and writes */
+    struct wt_stats st;
     struct conn *next_zombie;
 };
 
@@ -64,7 +75,7 @@ struct ep_item {
     uint32_t events;         /* as the application asked */
     epoll_data_t data;
     uint32_t seen_tail;      /* EPOLLET: their tail at the last EPOLLIN */
-    uint8_t in_use, disabled, was_full, kmapped, end_seen;
+    uint8_t in_use, disabled, was_full, kmapped, end_seen, kbell;
 };
 
 struct ep_set {
@@ -75,6 +86,8 @@ struct ep_set {
     unsigned gen;            /* conn_gen when MAPPED was computed */
     unsigned nosys;          /* returns without a kernel look, in a row */
     uint64_t next_kcheck;
+    int first_fd;            /* collect(): the first descriptor with an event */
+    struct wt_learn learn;   /* of the waits on this set */
 };
 
 static void *fdtab_get(struct fdtab *t, int fd)
@@ -107,31 +120,60 @@ static struct fdtab sets;  /* epfd -> struct ep_set */
 static _Atomic unsigned conn_gen = 1; /* bumped when either table changes */
 static struct conn *zombies; /* closed; the other end may still read our ring */
 
-/* How long a waiter spins before it sleeps (RPAL_SPIN_US, default 20 us). */
-static uint64_t spin_ns(void)
-{
-    static _Atomic uint64_t ns;
-    uint64_t v = rpal_load_relaxed(&ns);
-    if (!v) {
-        const char *e = getenv("RPAL_SPIN_US");
-        char *end;
-        unsigned long us = e ? strtoul(e, &end, 10) : 20;
-        if (!e || *end || us > 1000000)
-            us = 20;
-        v = us * 1000 + 1; /* +1: 0 means "not read yet" */
-        rpal_store_relaxed(&ns, v);
-    }
-    return v - 1;
-}
-
 static struct conn *conn_of(int fd) { return fdtab_get(&conns, fd); }
 
 /* ---- the rings ---- */
 
-/* A one-byte wake-up on the socket: the other end said it is not polling. */
-static void ring_bell(const struct conn *c)
+/* Wake the other end if it said it sleeps (its pub.sleeps), the way it
+ * said: a futex on our index WORD (a blocking read or write), its bell (an
+ * epoll set), or a byte on the socket (not waiting in rpal: it may poll the
+ * socket itself). Our stamp tells it when the message came. */
+static void wake_peer(struct conn *c, const _Atomic uint32_t *word)
 {
-    (void)send(c->fd, "", 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+    uint32_t how = rpal_load_relaxed(&c->rd.their->pub.sleeps);
+    if (!how) {
+        c->st.wakes_skipped++;
+        return;
+    }
+    uint64_t t = prim_now_ns();
+    rpal_store_release(&c->my->pub.woke_ns, t); /* pairs with the acquire in wait_stamp() */
+    if (how == WT_WAKE_FUTEX) {
+        prim_futex_wake(word, INT_MAX, 1);
+    } else if (how == WT_WAKE_BELL && c->their_bell >= 0) {
+        uint64_t one = 1;
+        (void)!write(c->their_bell, &one, sizeof one);
+    } else {
+        (void)send(c->fd, "", 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+    }
+    if (rpal_load_relaxed(&c->rd.their->pub.cpu) != rpal_load_relaxed(&c->my->pub.cpu))
+        wt_note_wake(prim_now_ns() - t); /* on one CPU it included the switch */
+    c->st.wakes++;
+}
+
+/* When the other end last woke us (its word: wt_end clamps it). */
+static uint64_t wait_stamp(const struct conn *c)
+{
+    return c ? rpal_load_acquire(&c->rd.their->pub.woke_ns) : 0; /* pairs with wake_peer */
+}
+
+/* Our published state: how to wake us (0: awake), written on change. */
+static void set_sleeps(struct conn *c, uint32_t how)
+{
+    if (rpal_load_relaxed(&c->my->pub.sleeps) != how)
+        rpal_store_relaxed(&c->my->pub.sleeps, how);
+}
+
+static void set_cpu(struct conn *c, uint32_t cpu)
+{
+    if (cpu && rpal_load_relaxed(&c->my->pub.cpu) != cpu)
+        rpal_store_relaxed(&c->my->pub.cpu, cpu);
+}
+
+/* How an end not waiting in rpal wants its wake-ups: it may wait in an
+ * rpal epoll set (its bell is there), or on the socket itself. */
+static uint32_t idle_sleeps(const struct conn *c)
+{
+    return c->nsets > 0 && c->bell >= 0 ? WT_WAKE_BELL : WT_WAKE_SOCK;
 }
 
 /* Read the wake-up bytes; notice the end of the connection. */
@@ -209,53 +251,71 @@ static ssize_t take(struct conn *c, char *buf, size_t len)
     uint32_t head = c->rd.head;
     size_t got = cx_take(&c->rd, buf, len);
     if (c->rd.head != head) { /* consumed one or more */
+        c->st.msgs_in += c->rd.head - head;
+        c->st.bytes_in += got;
         rpal_store_release(&c->my->head, c->rd.head); /* pairs with has_room() */
         rpal_fence_seq_cst(); /* pairs with the fence in conn_wait: it sees our head
                                  or we see it wants room */
         if (rpal_load_relaxed(&c->rd.their->want_room))
-            ring_bell(c);
+            wake_peer(c, &c->my->head);
     }
     if (got == 0 && c->rd.broken)
         return -EPROTO;
     return (ssize_t)got;
 }
 
-/* Block (FD is blocking) until data (or the end), or room when FOR_ROOM. */
+/* Block (FD is blocking) until data (or the end), or room when FOR_ROOM.
+ * The way to wait is learned (src/wait.c); asleep, we wait on a futex on
+ * the other end's index, in 20 ms slices after which the socket says
+ * whether the other end is gone. */
 static int conn_wait(struct conn *c, int for_room)
 {
+    static const struct rpal_chan_opts adaptive;
+    const _Atomic uint32_t *word = for_room ? &c->rd.their->head : &c->rd.their->tail;
+    struct wt_wait w;
     int err = 0;
-    uint64_t end = prim_now_ns() + spin_ns();
-    if (!for_room)
-        rpal_store_relaxed(&c->my->polling, 1);
-    for (unsigned i = 1;; i++) {
-        if ((for_room ? has_room(c) : next_ready(c)) || at_end(c))
-            goto out;
-        cpu_relax();
-        if ((i & 63) == 0 && prim_now_ns() >= end)
-            break;
-    }
-    for (;;) {
-        if (for_room)
-            rpal_store_relaxed(&c->my->want_room, 1);
-        else
-            rpal_store_relaxed(&c->my->polling, 0);
-        rpal_fence_seq_cst(); /* pairs with the fences in take() and rpal_write */
+    wt_begin(&w, &c->learn, &c->st, &adaptive, rpal_load_relaxed(&c->rd.their->pub.cpu));
+    set_cpu(c, w.my_cpu);
+    set_sleeps(c, 0);
+    for (unsigned slow = 0;;) {
         if ((for_room ? has_room(c) : next_ready(c)) || at_end(c))
             break;
-        struct pollfd pf = {c->fd, POLLIN, 0};
-        int r = poll(&pf, 1, 100); /* a slice: a closed flag needs no byte */
-        if (r < 0 && errno == EINTR) {
-            err = -EINTR;
-            break;
+        int step = wt_pause(&w);
+        if (step == 0)
+            continue;
+        int timed_out = 0;
+        if (step == WT_SLEEP) {
+            uint64_t cpu0;
+            wt_sleep_begin(&w, 0, &cpu0);
+            uint32_t v = rpal_load_relaxed(word);
+            if (for_room)
+                rpal_store_relaxed(&c->my->want_room, 1);
+            set_sleeps(c, WT_WAKE_FUTEX);
+            rpal_fence_seq_cst(); /* pairs with the fences in take() and rpal_write */
+            if (!(for_room ? has_room(c) : next_ready(c)) && !at_end(c)) {
+                int r = prim_futex_wait(word, v, 1, 20000000);
+                timed_out = r == -ETIMEDOUT;
+                if (r == -EINTR)
+                    err = -EINTR;
+            }
+            set_sleeps(c, 0);
+            if (for_room)
+                rpal_store_relaxed(&c->my->want_room, 0);
+            wt_sleep_end(&w, cpu0);
+            if (err)
+                break;
         }
-        if (r > 0)
-            drain(c);
+        /* Gone without closing (killed)? Its socket says so. */
+        if (timed_out || (w.mode == WT_SPIN ? w.spins % 1024 == 0 : ++slow % 32 == 0)) {
+            struct pollfd pf = {c->fd, POLLIN | POLLRDHUP, 0};
+            if (poll(&pf, 1, 0) > 0)
+                drain(c);
+        }
     }
-out:
-    if (for_room)
-        rpal_store_relaxed(&c->my->want_room, 0);
-    else
-        rpal_store_relaxed(&c->my->polling, 0); /* nobody looks after we return */
+    wt_end(&w, w.slept ? wait_stamp(c) : 0);
+    set_sleeps(c, idle_sleeps(c)); /* nobody looks after we return */
+    if (wt_stats_due(&c->st, w.now))
+        dom_stats_flush(c->d, &c->st);
     return err;
 }
 
@@ -341,7 +401,8 @@ ssize_t rpal_write(int fd, const void *buf, size_t len)
         if (err < 0)
             return err;
     }
-    rpal_store_relaxed(&c->my->want_room, 0);
+    if (rpal_load_relaxed(&c->my->want_room))
+        rpal_store_relaxed(&c->my->want_room, 0);
     uint32_t i = c->sent & (c->depth - 1);
     if (c->staging[i]) { /* read by the other end: its head passed it */
         rpal_free(c->staging[i]);
@@ -356,11 +417,12 @@ ssize_t rpal_write(int fd, const void *buf, size_t len)
     /* seqf last: pairs with the acquire in next_ready() */
     __atomic_store_n(&e->seqf, SEQF(c->sent + 1, (uint32_t)kind), __ATOMIC_RELEASE);
     c->sent++;
+    c->st.msgs_out++;
+    c->st.bytes_out += len;
     rpal_store_release(&c->my->tail, c->sent); /* for EPOLLET and sleepers */
     rpal_fence_seq_cst(); /* pairs with the fence a reader issues before it
                              sleeps: it sees our message or we see it sleeps */
-    if (!rpal_load_relaxed(&c->rd.their->polling))
-        ring_bell(c);
+    wake_peer(c, &c->my->tail);
     return (ssize_t)len;
 }
 
@@ -382,12 +444,14 @@ static int wait_io(int fd, short ev, uint64_t deadline)
     }
 }
 
-static int hello_send(int fd, const struct fm_hello *h, int memfd, uint64_t deadline)
+/* Send our hello H with our slot's MEMFD and our BELL (-1: none). */
+static int hello_send(int fd, const struct fm_hello *h, int memfd, int bell, uint64_t deadline)
 {
     union {
         struct cmsghdr h;
-        char b[CMSG_SPACE(sizeof(int)) + CMSG_SPACE(sizeof(struct ucred))];
+        char b[CMSG_SPACE(2 * sizeof(int)) + CMSG_SPACE(sizeof(struct ucred))];
     } u = {0};
+    int fds[2] = {memfd, bell}, nfds = bell >= 0 ? 2 : 1;
     const char *p = (const char *)h;
     size_t done = 0;
     while (done < sizeof *h) {
@@ -397,12 +461,12 @@ static int hello_send(int fd, const struct fm_hello *h, int memfd, uint64_t dead
             /* With the first byte: our slot, and our credentials, which the
              * kernel checks (only root may claim another pid). */
             m.msg_control = u.b;
-            m.msg_controllen = sizeof u.b;
+            m.msg_controllen = CMSG_SPACE(nfds * sizeof(int)) + CMSG_SPACE(sizeof(struct ucred));
             struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
             cm->cmsg_level = SOL_SOCKET;
             cm->cmsg_type = SCM_RIGHTS;
-            cm->cmsg_len = CMSG_LEN(sizeof(int));
-            memcpy(CMSG_DATA(cm), &memfd, sizeof memfd);
+            cm->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+            memcpy(CMSG_DATA(cm), fds, nfds * sizeof(int));
             cm = CMSG_NXTHDR(&m, cm);
             struct ucred cr = {getpid(), getuid(), getgid()};
             cm->cmsg_level = SOL_SOCKET;
@@ -446,13 +510,14 @@ static int hello_peek(int fd, uint64_t deadline)
     }
 }
 
-/* Receive the other end's hello and the descriptor sent with it. Its first
- * bytes are only peeked at until they prove to be one, so that anything
- * else is left in the socket. */
-static int hello_recv(int fd, struct fm_hello *h, int *memfd, struct ucred *cr,
+/* Receive the other end's hello and the descriptors sent with it (FDS[0]
+ * its slot's memfd, FDS[1] its bell, -1 if missing). Its first bytes are
+ * only peeked at until they prove to be one, so that anything else is left
+ * in the socket. */
+static int hello_recv(int fd, struct fm_hello *h, int fds[2], struct ucred *cr,
                       uint64_t deadline)
 {
-    *memfd = -1;
+    fds[0] = fds[1] = -1;
     cr->pid = 0;
     int err = hello_peek(fd, deadline);
     if (err < 0)
@@ -470,7 +535,7 @@ static int hello_recv(int fd, struct fm_hello *h, int *memfd, struct ucred *cr,
         ssize_t r = recvmsg(fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
         if (r > 0) {
             /* The credentials travel with the first byte only. */
-            svc_cmsg_take(&m, memfd, done == 0 ? cr : NULL);
+            svc_cmsg_take(&m, fds, 2, done == 0 ? cr : NULL);
             done += (size_t)r;
             continue;
         }
@@ -517,6 +582,11 @@ static void peer_drop(struct conn *c)
 
 static void conn_free(struct conn *c)
 {
+    dom_stats_close(c->d, &c->st, 0);
+    if (c->bell >= 0)
+        close(c->bell);
+    if (c->their_bell >= 0)
+        close(c->their_bell);
     peer_drop(c);
     if (c->staging)
         for (uint32_t k = 0; k < c->depth; k++)
@@ -595,15 +665,21 @@ int rpal_uds_fdmap(rpal_domain *d, int fd, int timeout_ms)
     c->fd = fd;
     c->d = d;
     c->depth = CX_DEPTH;
+    c->st.idx = -1;
+    c->their_bell = -1;
+    c->bell = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     c->staging = calloc(c->depth, sizeof *c->staging);
     c->my = ch_slot_alloc(sizeof *c->my + c->depth * sizeof(struct ch_entry), &c->my_raw);
-    int memfd = -1;
+    int fds[2] = {-1, -1}, memfd = -1;
     if (!c->staging || !c->my) {
         err = -ENOMEM;
         goto fail;
     }
     c->my->magic = CX_MAGIC;
     c->my->depth = c->depth;
+    /* Not waiting in rpal yet: a wake-up is a byte on the socket. */
+    rpal_store_relaxed(&c->my->pub.sleeps, WT_WAKE_SOCK);
+    rpal_store_relaxed(&c->my->pub.cpu, wt_my_cpu());
     struct fm_hello mine = {.magic = FM_MAGIC, .version = FM_VERSION, .slot = d->slot,
                             .slot_size = d->slot_size, .ring = (uintptr_t)c->my,
                             .depth = c->depth, .pid = d->pid};
@@ -615,8 +691,17 @@ int rpal_uds_fdmap(rpal_domain *d, int fd, int timeout_ms)
     l = sizeof passcred;
     getsockopt(fd, SOL_SOCKET, SO_PASSCRED, &passcred, &l);
     setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one);
-    if ((err = hello_send(fd, &mine, d->memfd, deadline)) == 0)
-        err = hello_recv(fd, &their, &memfd, &cr, deadline);
+    if ((err = hello_send(fd, &mine, d->memfd, c->bell, deadline)) == 0)
+        err = hello_recv(fd, &their, fds, &cr, deadline);
+    memfd = fds[0];
+    /* Its bell, only if it is an eventfd of a process of our own user. A
+     * write to an eventfd blocks when its count is full, and its O_NONBLOCK
+     * belongs to the file both ends share: another user could make our
+     * writes block. One of ours may ptrace us anyway (docs/hardening.md). */
+    if (fds[1] >= 0 && cr.uid == getuid() && prim_is_eventfd(fds[1]))
+        c->their_bell = fds[1];
+    else if (fds[1] >= 0)
+        close(fds[1]);
     if (!passcred)
         setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &passcred, sizeof passcred);
     if (err < 0)
@@ -655,6 +740,13 @@ int rpal_uds_fdmap(rpal_domain *d, int fd, int timeout_ms)
     c->rd.their = (const struct cx_ring *)(uintptr_t)their.ring;
     c->rd.tdepth = their.depth;
     close(memfd);
+    memfd = -1;
+    wt_learn_init(&c->learn);
+    c->st.kind = RPAL_STATS_CONN;
+    c->st.peer_slot = pslot;
+    c->st.peer_pid = cr.pid;
+    c->st.fd = fd;
+    dom_stats_open(d, &c->st, 0);
     pthread_mutex_lock(&cx_lock);
     err = fdtab_put(&conns, fd, c);
     rpal_fetch_add_relaxed(&conn_gen, 1);
@@ -683,8 +775,12 @@ int rpal_close(int fd)
             for (int k = 0; sp && k < FD_PAGE; k++) {
                 struct ep_set *s = sp[k];
                 struct ep_item *it = s ? fdtab_get(s->items, fd) : NULL;
-                if (it)
+                if (it && it->kbell)
+                    epoll_ctl(s->epfd, EPOLL_CTL_DEL, c->bell, NULL);
+                if (it) {
                     it->in_use = 0;
+                    it->kbell = 0;
+                }
             }
         }
         rpal_fetch_add_relaxed(&conn_gen, 1);
@@ -694,6 +790,12 @@ int rpal_close(int fd)
         } else {
             /* After our last message: pairs with the acquire in at_end(). */
             rpal_store_release(&c->my->closed, 1);
+            rpal_fence_seq_cst(); /* as after a message: it sees the flag or we
+                                     see it sleeps */
+            if (rpal_load_relaxed(&c->rd.their->pub.sleeps) == WT_WAKE_FUTEX) {
+                prim_futex_wake(&c->my->tail, INT_MAX, 1);
+                prim_futex_wake(&c->my->head, INT_MAX, 1);
+            }
         }
     }
     int r = close(fd);
@@ -715,6 +817,17 @@ int rpal_close(int fd)
 static struct ep_item *item_of(struct ep_set *s, int fd)
 {
     return fdtab_get(s->items, fd);
+}
+
+/* Put C's bell (FD's) in the kernel set of S, edge-triggered: every wake-up
+ * the other end writes is an event, and none needs reading. cx_lock held. */
+static void bell_register(struct ep_set *s, struct ep_item *it, struct conn *c, int fd)
+{
+    if (it->kbell || c->bell < 0)
+        return;
+    struct epoll_event kev = {.events = EPOLLIN | EPOLLET, .data.u64 = (uint64_t)fd | BELL_TAG};
+    if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, c->bell, &kev) == 0 || errno == EEXIST)
+        it->kbell = 1;
 }
 
 /* Recompute the set's list of mapped descriptors when any table changed;
@@ -752,6 +865,7 @@ static int set_sync(struct ep_set *s)
                 it->seen_tail = c->rd.head;
                 c->nsets++;
             }
+            bell_register(s, it, c, fd);
             if (s->nmapped == s->cmapped) {
                 int n = s->cmapped ? s->cmapped * 2 : 16;
                 int *m = realloc(s->mapped, (size_t)n * sizeof *m);
@@ -824,6 +938,8 @@ static int collect(struct ep_set *s, struct epoll_event *ev, int max, int peek)
             continue;
         if (peek)
             return 1;
+        if (n == 0)
+            s->first_fd = fd;
         ev[n].events = r;
         ev[n].data = it->data;
         n++;
@@ -845,6 +961,10 @@ static int kernel_wait(struct ep_set *s, struct epoll_event *ev, int max, int ti
         return -errno;
     int n = 0, touched = 0;
     for (int j = 0; j < k; j++) {
+        if (kev[j].data.u64 & BELL_TAG) { /* a wake-up: nothing to read */
+            touched = 1;
+            continue;
+        }
         int fd = (int)kev[j].data.u64;
         struct ep_item *it = item_of(s, fd);
         if (!it || !it->in_use)
@@ -880,14 +1000,93 @@ static int set_forked(const struct ep_set *s)
     return 0;
 }
 
-static void set_polling(struct ep_set *s, uint32_t v)
+/* Tell the other ends of the set's connections how to wake us (HOW; 0:
+ * we are awake and look at the rings before we sleep), and where we run
+ * (CPU, 0: unchanged). Asleep in this set, a connection's bell wakes us. */
+static void set_sleeping(struct ep_set *s, uint32_t how, uint32_t cpu)
 {
     for (int k = 0; k < s->nmapped; k++) {
         struct conn *c = conn_of(s->mapped[k]);
-        /* Written only when it changes: the other end reads this line. */
-        if (c && rpal_load_relaxed(&c->my->polling) != v)
-            rpal_store_relaxed(&c->my->polling, v);
+        if (!c)
+            continue;
+        set_sleeps(c, how == WT_WAKE_BELL && c->bell < 0 ? WT_WAKE_SOCK : how);
+        set_cpu(c, cpu);
     }
+}
+
+/* The CPU + 1 on which the other ends of all the set's connections wait,
+ * or 0 if they differ (or said nothing). */
+static uint32_t set_peers_cpu(struct ep_set *s)
+{
+    uint32_t cpu = 0;
+    for (int k = 0; k < s->nmapped; k++) {
+        struct conn *c = conn_of(s->mapped[k]);
+        uint32_t x = c ? rpal_load_relaxed(&c->rd.their->pub.cpu) : 0;
+        if (!x || (cpu && x != cpu))
+            return 0;
+        cpu = x;
+    }
+    return cpu;
+}
+
+/* Wait for the set's events: nothing was there at the first look. The way
+ * to wait is learned (src/wait.c): spin on the rings (looking at the kernel
+ * every KCHECK_NS), yield when the other ends run on our CPU, or sleep in
+ * the kernel, where their bells wake us. */
+static int set_wait(struct ep_set *s, struct epoll_event *ev, int max, int timeout_ms)
+{
+    static const struct rpal_chan_opts adaptive;
+    uint64_t limit = timeout_ms < 0 ? UINT64_MAX : (uint64_t)timeout_ms * 1000000;
+    uint32_t peers = set_peers_cpu(s);
+    struct wt_wait w;
+    wt_begin(&w, &s->learn, NULL, &adaptive, peers);
+    set_sleeping(s, 0, w.my_cpu);
+    uint64_t next_k = 0;
+    int n;
+    for (;;) {
+        if ((n = collect(s, ev, max, 0)) != 0)
+            break;
+        int step = wt_pause(&w);
+        if (step == 0)
+            continue;
+        if (w.now - w.t0 >= limit)
+            break;
+        if (step != WT_SLEEP) {
+            if (w.now >= next_k) {
+                next_k = w.now + KCHECK_NS;
+                if ((n = kernel_wait(s, ev, max, 0, 1)) != 0)
+                    break;
+            }
+            continue;
+        }
+        uint64_t cpu0;
+        /* An event loop follows the other ends' CPU while it sleeps: their
+         * next message then hands the CPU over instead of waking an idle
+         * one. */
+        uint32_t moved = wt_sleep_begin(&w, peers != 0, &cpu0);
+        set_sleeping(s, WT_WAKE_BELL, moved);
+        rpal_fence_seq_cst(); /* pairs with the fence in rpal_write: we see its
+                                 message, or it sees we sleep */
+        if ((n = collect(s, ev, max, 0)) == 0) {
+            int t = -1;
+            if (limit != UINT64_MAX) {
+                uint64_t left = w.t0 + limit > w.now ? (w.t0 + limit - w.now + 999999) / 1000000 : 0;
+                t = left > INT32_MAX ? INT32_MAX : (int)left;
+            }
+            n = kernel_wait(s, ev, max, t, 1);
+        }
+        set_sleeping(s, 0, 0);
+        wt_sleep_end(&w, cpu0);
+        if (n != 0 || w.now - w.t0 >= limit)
+            break;
+    }
+    /* The wait counts for the connection whose ring ended it. */
+    struct conn *c = n > 0 && w.slept ? conn_of(s->first_fd) : NULL;
+    w.st = n > 0 ? (c ? &c->st : NULL) : NULL;
+    wt_end(&w, wait_stamp(c));
+    if (c && wt_stats_due(&c->st, w.now))
+        dom_stats_flush(c->d, &c->st);
+    return n;
 }
 
 int rpal_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
@@ -923,9 +1122,12 @@ int rpal_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
         err = -errno;
     } else if (op == EPOLL_CTL_DEL) {
         if (it) {
-            if (it->kmapped && c)
-                c->nsets--;
+            if (it->kmapped && c && --c->nsets == 0)
+                set_sleeps(c, WT_WAKE_SOCK); /* it may wait on the socket now */
+            if (it->kbell && c)
+                epoll_ctl(epfd, EPOLL_CTL_DEL, c->bell, NULL);
             it->in_use = 0;
+            it->kbell = 0;
         }
     } else {
         if (c && !(op == EPOLL_CTL_MOD && it->kmapped))
@@ -938,6 +1140,8 @@ int rpal_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
         it->kmapped = c != NULL;
         it->end_seen = 0;
         it->seen_tail = c ? c->rd.head : 0; /* unread messages count as new */
+        if (c)
+            bell_register(s, it, c, fd);
     }
     rpal_fetch_add_relaxed(&conn_gen, 1);
     pthread_mutex_unlock(&cx_lock);
@@ -974,46 +1178,34 @@ int rpal_epoll_wait(int epfd, struct epoll_event *ev, int max, int timeout_ms)
     n = kernel_wait(s, ev, max, 0, 1);
     if (n != 0 || timeout_ms == 0)
         return n;
-    uint64_t now = prim_now_ns();
-    uint64_t deadline = timeout_ms < 0 ? UINT64_MAX : now + (uint64_t)timeout_ms * 1000000;
-    if (s->nmapped) {
-        /* Spin on the rings a bounded time (principle 6); the other ends
-         * see we poll and send no wake-up byte. */
-        set_polling(s, 1);
-        uint64_t spin_end = now + spin_ns(), next_k = now + KCHECK_NS;
-        for (unsigned i = 1;; i++) {
-            if ((n = collect(s, ev, max, 0)) != 0)
-                return n; /* still polling: we look at the rings before we sleep */
-            cpu_relax();
-            if ((i & 63) == 0) {
-                now = prim_now_ns();
-                if (now >= spin_end || now >= deadline)
-                    break;
-                if (now >= next_k) {
-                    if ((n = kernel_wait(s, ev, max, 0, 1)) != 0)
-                        return n;
-                    next_k = now + KCHECK_NS;
-                }
-            }
-        }
-    }
+    if (s->nmapped)
+        return set_wait(s, ev, max, timeout_ms);
+    /* Nothing of ours to wait for: the kernel's wait, until an event the
+     * application asked for (a stale record's is dropped) or the deadline. */
+    uint64_t deadline = timeout_ms < 0 ? UINT64_MAX : prim_now_ns() + (uint64_t)timeout_ms * 1000000;
     for (;;) {
-        set_polling(s, 0);
-        rpal_fence_seq_cst(); /* pairs with the fence in rpal_write: we see its
-                                 message, or it sees we do not poll */
-        if ((n = collect(s, ev, max, 0)) != 0)
-            return n;
-        now = prim_now_ns();
-        if (now >= deadline)
-            return 0;
         int t = -1;
         if (deadline != UINT64_MAX) {
+            uint64_t now = prim_now_ns();
+            if (now >= deadline)
+                return 0;
             uint64_t left = (deadline - now + 999999) / 1000000;
             t = left > INT32_MAX ? INT32_MAX : (int)left;
         }
         if ((n = kernel_wait(s, ev, max, t, 1)) != 0)
             return n;
     }
+}
+
+int rpal_fd_stats(int fd, struct rpal_stats *out)
+{
+    struct conn *c = conn_of(fd);
+    if (!out)
+        return -EINVAL;
+    if (!c)
+        return -EBADF;
+    wt_stats_copy(&c->st, out);
+    return 0;
 }
 
 int rpal_epoll_timeout(int epfd)
@@ -1025,7 +1217,7 @@ int rpal_epoll_timeout(int epfd)
         return 0; /* let the loop come back and retry */
     if (set_forked(s))
         return -ECHILD;
-    set_polling(s, 0);
+    set_sleeping(s, WT_WAKE_BELL, 0);
     rpal_fence_seq_cst(); /* as before sleeping in rpal_epoll_wait */
     return collect(s, NULL, 1, 1) ? 0 : -1;
 }

@@ -14,6 +14,7 @@
 #include "atomics.h"
 
 #include <dirent.h>
+#include <stddef.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -167,6 +168,11 @@ static int dom_claim(rpal_domain *d)
             close(fd);
             continue;
         }
+        /* A dead member's record and counters may still be in it. */
+        if (ftruncate(fd, 0) < 0) {
+            close(fd);
+            continue;
+        }
         d->slot = i;
         d->claimfd = fd;
         return 0;
@@ -192,8 +198,12 @@ void dom_publish(rpal_domain *d)
     for (struct rpal_peer *p = d->peers; p && r->npeers < MEMBER_MAX_PEERS; p = p->next)
         if (!p->gone)
             r->peers[r->npeers++] = (uint16_t)p->info.slot;
-    if (pwrite(d->claimfd, r, sizeof *r, 0) != (ssize_t)sizeof *r)
-        (void)ftruncate(d->claimfd, 0); /* a torn record reads as invalid */
+    if (pwrite(d->claimfd, r, sizeof *r, 0) != (ssize_t)sizeof *r) {
+        /* A torn record must read as invalid; not by truncating, which
+         * would drop the counters' table behind it. */
+        uint64_t zero = 0;
+        (void)!pwrite(d->claimfd, &zero, sizeof zero, 0);
+    }
     free(r);
 }
 
@@ -898,6 +908,120 @@ static int foreach_domain(int dirfd, const char *name, const struct dom_meta *m,
     free(rec);
     free(info);
     return err;
+}
+
+/* ---- counters of channels and connections, in the claim file ---- */
+
+int dom_stats_open(rpal_domain *d, struct wt_stats *st, int locked)
+{
+    st->idx = -1;
+    if (!locked)
+        pthread_mutex_lock(&d->lock);
+    for (unsigned w = 0; w < STATS_MAX / 64 && st->idx < 0; w++)
+        if (~d->stats_used[w]) {
+            unsigned b = (unsigned)__builtin_ctzll(~d->stats_used[w]);
+            d->stats_used[w] |= 1ull << b;
+            st->idx = (int)(w * 64 + b);
+        }
+    if (!locked)
+        pthread_mutex_unlock(&d->lock);
+    if (st->idx < 0)
+        return -ENOSPC; /* counted, not published */
+    dom_stats_flush(d, st);
+    return 0;
+}
+
+void dom_stats_flush(rpal_domain *d, struct wt_stats *st)
+{
+    st->flushed_ns = prim_now_ns();
+    if (st->idx < 0 || dom_check(d) < 0)
+        return;
+    struct stats_rec r = {.magic = STATS_MAGIC, .kind = st->kind, .peer_slot = st->peer_slot,
+                          .peer_pid = st->peer_pid, .fd = st->fd, .budget_ns = st->budget_ns,
+                          .state = st->state};
+    snprintf(r.name, sizeof r.name, "%s", st->name);
+    const uint64_t c[STATS_NCOUNT] = {st->msgs_out, st->bytes_out, st->msgs_in, st->bytes_in,
+                                      st->wakes, st->wakes_skipped, st->waits, st->sleeps,
+                                      st->spin_hits, st->yields, st->spin_ns};
+    memcpy(r.c, c, sizeof c);
+    r.check = prim_fnv1a(&r, offsetof(struct stats_rec, check));
+    (void)!pwrite(d->claimfd, &r, sizeof r, STATS_OFF + (off_t)st->idx * sizeof r);
+}
+
+void dom_stats_close(rpal_domain *d, struct wt_stats *st, int locked)
+{
+    if (st->idx < 0 || dom_check(d) < 0)
+        return;
+    uint64_t zero = 0;
+    (void)!pwrite(d->claimfd, &zero, sizeof zero, STATS_OFF + (off_t)st->idx * sizeof(struct stats_rec));
+    if (!locked)
+        pthread_mutex_lock(&d->lock);
+    d->stats_used[st->idx / 64] &= ~(1ull << (st->idx % 64));
+    if (!locked)
+        pthread_mutex_unlock(&d->lock);
+    st->idx = -1;
+}
+
+int dom_stats_validate(struct stats_rec *r)
+{
+    /* Another process's word (principle 3): checked, names made safe to
+     * print. */
+    if (r->magic != STATS_MAGIC || r->check != prim_fnv1a(r, offsetof(struct stats_rec, check)) ||
+        r->kind < RPAL_STATS_CALLER || r->kind > RPAL_STATS_CONN || r->state > 3)
+        return -EBADMSG;
+    r->name[sizeof r->name - 1] = 0;
+    if (r->name[0] && dom_component_validate(r->name) < 0)
+        return -EBADMSG;
+    return 0;
+}
+
+struct stats_arg {
+    int (*fn)(const struct rpal_stats_entry *, void *);
+    void *arg;
+};
+
+static int stats_domain(int dirfd, const char *name, const struct dom_meta *m, void *arg)
+{
+    struct stats_arg *sa = arg;
+    struct member_rec *rec = malloc(sizeof *rec);
+    struct stats_rec *tab = malloc(STATS_MAX * sizeof *tab);
+    int err = rec && tab ? 0 : -ENOMEM;
+    for (unsigned s = 0; s < m->nslots && !err; s++) {
+        char file[32];
+        snprintf(file, sizeof file, "slot.%u", s);
+        if (dom_read_member(dirfd, s, rec) < 0)
+            continue;
+        int fd = prim_open_beneath(dirfd, file, O_RDONLY | O_NONBLOCK, 0);
+        if (fd < 0)
+            continue;
+        ssize_t n = pread(fd, tab, STATS_MAX * sizeof *tab, STATS_OFF);
+        close(fd);
+        for (ssize_t i = 0; n > 0 && i < n / (ssize_t)sizeof *tab && !err; i++) {
+            struct stats_rec *r = &tab[i];
+            if (dom_stats_validate(r) < 0)
+                continue;
+            struct rpal_stats_entry e = {.slot = s, .pid = rec->pid, .kind = (int)r->kind,
+                                         .peer_slot = r->peer_slot, .peer_pid = r->peer_pid,
+                                         .fd = r->fd, .state = r->state};
+            snprintf(e.domain, sizeof e.domain, "%s", name);
+            snprintf(e.service, sizeof e.service, "%s", r->name);
+            uint64_t *c = r->c;
+            e.s = (struct rpal_stats){c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8],
+                                      c[9], c[10], r->budget_ns, 0};
+            err = sa->fn(&e, sa->arg);
+        }
+    }
+    free(rec);
+    free(tab);
+    return err;
+}
+
+int rpal_stats_foreach(int (*fn)(const struct rpal_stats_entry *e, void *arg), void *arg)
+{
+    if (!fn)
+        return -EINVAL;
+    struct stats_arg sa = {fn, arg};
+    return dom_walk(stats_domain, &sa);
 }
 
 int rpal_domain_foreach(int (*fn)(const struct rpal_member_info *, void *), void *arg)

@@ -107,6 +107,8 @@ RPAL_HIDDEN int prim_ofd_test(int fd, uint64_t off, uint64_t len,
 RPAL_HIDDEN int prim_ofd_lock(int fd, int type, uint64_t off, uint64_t len,
                               int64_t timeout_ns);
 RPAL_HIDDEN uint64_t prim_now_ns(void); /* CLOCK_MONOTONIC */
+/* FD is an eventfd (1) or not (0). */
+RPAL_HIDDEN int prim_is_eventfd(int fd);
 
 /* Futex wait/wake; SHARED for words in memory other processes map.
  * TIMEOUT_NS < 0: no timeout. Wait returns 0, -EAGAIN (value differed),
@@ -360,6 +362,27 @@ struct rpal_peer {
     struct rpal_peer *next;
 };
 
+/* The counters of a member's channels and connections: records in its
+ * claim file from STATS_OFF on, written by the owner (dom_stats_flush),
+ * read by `rpal stat` (rpal_stats_foreach). */
+#define STATS_OFF    65536u
+#define STATS_MAX    4096u
+#define STATS_MAGIC  0x3154534c41505231ull /* "1RPALST1" */
+#define STATS_NCOUNT 11
+struct stats_rec {
+    uint64_t magic;                /* STATS_MAGIC in use, 0 free */
+    uint32_t kind, peer_slot;      /* RPAL_STATS_* */
+    int32_t peer_pid, fd;
+    uint32_t budget_ns, state;
+    char name[72];
+    uint64_t c[STATS_NCOUNT];      /* in the order of struct rpal_stats */
+    uint64_t check;                /* FNV-1a of what comes before */
+    uint8_t pad[56];
+};
+_Static_assert(sizeof(struct stats_rec) == 256, "a counters record is 256 bytes");
+/* 0 if R is a valid record (its name made safe to print), else -EBADMSG. */
+RPAL_HIDDEN int dom_stats_validate(struct stats_rec *r);
+
 struct rpal_domain {
     char name[65];
     pid_t pid;           /* the member; a forked child is not */
@@ -382,8 +405,16 @@ struct rpal_domain {
     struct dispatch_rec *dispatching; /* dispatches under way */
     struct watch *retired;            /* watches waiting for them to end */
     uint64_t nretired;                /* retirements so far */
+    uint64_t stats_used[STATS_MAX / 64]; /* records of the claim file in use */
 };
 
+struct wt_stats;
+/* Counters' records (claim file): take one for ST (-ENOSPC: ST is counted
+ * but not published), write ST's counters, give it back. LOCKED: d->lock
+ * is held. */
+RPAL_HIDDEN int dom_stats_open(rpal_domain *d, struct wt_stats *st, int locked);
+RPAL_HIDDEN void dom_stats_flush(rpal_domain *d, struct wt_stats *st);
+RPAL_HIDDEN void dom_stats_close(rpal_domain *d, struct wt_stats *st, int locked);
 RPAL_HIDDEN int dom_component_validate(const char *name);
 RPAL_HIDDEN int dom_check(const rpal_domain *d);
 RPAL_HIDDEN uint64_t dom_slot_addr(const rpal_domain *d, unsigned slot);
@@ -420,11 +451,12 @@ RPAL_HIDDEN int svc_peer_adopt(rpal_domain *d, int memfd, const struct ucred *cr
 /* The slot of the live member PID of D's domain: 0 and *SLOT, or -ESRCH. */
 RPAL_HIDDEN int dom_member_slot(rpal_domain *d, pid_t pid, unsigned *slot);
 RPAL_HIDDEN int svc_recv_with_fd(int sock, void *msg, size_t len, int *fd);
-/* Walk the control messages of a received MH: the first descriptor goes to
- * *FD (if it is still -1), every other one is closed; credentials, if any,
- * to *CR (CR may be NULL). Returns the number of descriptors seen. */
+/* Walk the control messages of a received MH: the first NFD descriptors go
+ * to FDS[0..NFD-1] (each that is still -1), every other one is closed;
+ * credentials, if any, to *CR (CR may be NULL). Returns the number of
+ * descriptors seen. */
 struct msghdr;
-RPAL_HIDDEN int svc_cmsg_take(struct msghdr *mh, int *fd, struct ucred *cr);
+RPAL_HIDDEN int svc_cmsg_take(struct msghdr *mh, int *fds, int nfd, struct ucred *cr);
 
 /* ---- channel layer pieces shared with compat (src/channel.c) ---- */
 
@@ -472,6 +504,89 @@ RPAL_HIDDEN void *ch_slot_alloc(size_t n, void **raw);
 RPAL_HIDDEN int ch_entry_fill(struct ch_entry *e, const void *data, size_t len,
                               int in_place, void **copy);
 
+/* ---- waiting (src/wait.c): the channel layer's, used by compat too ----
+ * docs/waiting.md. */
+
+/* What one side of a channel or connection publishes for the other, in its
+ * own slot, on a cache line of its own. Written only when it changes, so
+ * that the line stays in both sides' caches while messages flow. */
+struct wt_pub {
+    /* 0: awake, it looks at the rings before it sleeps, so a publisher
+     * sends no wake-up; else how to wake it: WT_WAKE_* */
+    _Atomic uint32_t sleeps;
+    _Atomic uint32_t cpu;     /* 1 + the CPU it waits on, 0 unknown */
+    /* Stamped (CLOCK_MONOTONIC) by the owner before it wakes the other
+     * side: when the message was published, so that the sleeper learns how
+     * long its wait really was. Another process's word: clamped. */
+    _Atomic uint64_t woke_ns;
+};
+enum { WT_WAKE_FUTEX = 1, /* asleep on a futex the publisher wakes */
+       WT_WAKE_BELL,      /* asleep in an epoll set: the connection's eventfd */
+       WT_WAKE_SOCK };    /* not waiting in rpal: a byte on the socket */
+
+/* What a waiter learned from its waits (private). */
+struct wt_learn {
+    uint32_t p16;      /* how often a wait was short, out of 65536 */
+    uint32_t short_ns; /* how long the short ones were */
+};
+
+/* One channel's or connection's counters (rpal_stats in rpal.h), private
+ * to its owner; published in the claim file (dom_stats_*). */
+struct wt_stats {
+    uint64_t msgs_out, bytes_out, msgs_in, bytes_in;
+    uint64_t wakes, wakes_skipped; /* wake-ups sent; publishes that found the other side awake */
+    uint64_t waits, sleeps, spin_hits, yields, spin_ns;
+    uint32_t budget_ns, state;     /* the last wait's budget; WT_RUN .. WT_SLEEP now */
+    /* Where the record goes (src/domain.c). */
+    uint64_t flushed_ns;
+    int idx;                       /* in the claim file's table, -1: none */
+    uint32_t kind, peer_slot;      /* RPAL_STATS_* */
+    int32_t peer_pid, fd;
+    char name[65];
+};
+
+enum { WT_RUN = 0, WT_SPIN = 1, WT_YIELD, WT_SLEEP, WT_TICK };
+
+/* One wait, on the waiter's stack. */
+struct wt_wait {
+    struct wt_learn *l;
+    struct wt_stats *st;  /* whose counters the wait goes to (may change) */
+    uint64_t t0;          /* when it began; 0 until the clock is first read */
+    uint64_t now;         /* the clock's last reading, 0 none */
+    uint64_t spun;        /* time spent spinning before a sleep */
+    uint32_t spins, cap, budget, peer_cpu, my_cpu;
+    uint8_t mode, policy, same, slept;
+};
+
+RPAL_HIDDEN void wt_learn_init(struct wt_learn *l);
+/* The budget (ns) of a waiter's next wait: 0, sleep at once. CAP: the
+ * channel's own upper bound (UINT32_MAX: none). */
+RPAL_HIDDEN uint32_t wt_budget(const struct wt_learn *l, uint32_t cap);
+/* 1 + the CPU we run on (0 unknown). */
+RPAL_HIDDEN uint32_t wt_my_cpu(void);
+/* Start a wait with options O; PEER_CPU is what the other side published
+ * (wt_pub.cpu). Sets W->mode: WT_SPIN, WT_YIELD or WT_SLEEP. */
+RPAL_HIDDEN void wt_begin(struct wt_wait *w, struct wt_learn *l, struct wt_stats *st,
+                          const struct rpal_chan_opts *o, uint32_t peer_cpu);
+/* The condition was false: spin (or yield) once. WT_SLEEP: time to sleep;
+ * WT_TICK: W->now was just read (check deadlines); 0 otherwise. */
+RPAL_HIDDEN int wt_pause(struct wt_wait *w);
+/* Around the sleep itself. wt_sleep_begin returns the CPU + 1 the thread
+ * moved to when MAY_FOLLOW let it follow the other side (publish it), or
+ * 0; *CPU0 is for wt_sleep_end. */
+RPAL_HIDDEN uint32_t wt_sleep_begin(struct wt_wait *w, int may_follow, uint64_t *cpu0);
+RPAL_HIDDEN void wt_sleep_end(struct wt_wait *w, uint64_t cpu0);
+/* The wait is over; STAMP: the other side's woke_ns (0 if none). */
+RPAL_HIDDEN void wt_end(struct wt_wait *w, uint64_t stamp);
+/* A wake-up's system call took NS (the sender's share of a sleep's cost). */
+RPAL_HIDDEN void wt_note_wake(uint64_t ns);
+/* Give the thread its own CPU mask back if it followed someone. */
+RPAL_HIDDEN void wt_unfollow(void);
+RPAL_HIDDEN void wt_atfork_child(void);
+/* Should ST's counters be written out now (NOW: a clock reading, or 0)? */
+RPAL_HIDDEN int wt_stats_due(const struct wt_stats *st, uint64_t now);
+RPAL_HIDDEN void wt_stats_copy(const struct wt_stats *st, struct rpal_stats *out);
+
 /* ---- parsers of what others wrote, callable on a snapshot -----------------
  * Every function below reads memory or records another process wrote (its
  * slot, a shared file) and checks it (principle 3). Each is split from the
@@ -492,16 +607,15 @@ RPAL_HIDDEN int ch_tx_check(const struct hs_req *req, uint64_t base, uint64_t si
 
 /* compat (src/compat.c): a connection's ring in its owner's slot, read by
  * the other end, and the hello each end sends first. */
-#define CX_MAGIC   0x3158524c41505231ull /* "1RPALRX1": a connection's ring */
+#define CX_MAGIC   0x3258524c41505231ull /* "1RPALRX2": a connection's ring */
 #define FM_MAGIC   0x31504d4c41505231ull /* "1RPALMP1": the fdmap hello */
-#define FM_VERSION 1u
+#define FM_VERSION 2u
 struct cx_ring {
     uint64_t magic;
     uint32_t depth, pad0;
     _Alignas(64) _Atomic uint32_t tail;      /* messages published */
     _Alignas(64) _Atomic uint32_t head;      /* messages of the other ring consumed */
-    _Alignas(64) _Atomic uint32_t polling;   /* 1: the owner looks at its rings
-                                                before it sleeps: no wake-up byte */
+    _Alignas(64) struct wt_pub pub;          /* the owner's: asleep, and how to wake it */
     _Atomic uint32_t want_room;              /* 1: the owner waits for room */
     _Atomic uint32_t closed;                 /* 1: the owner closed; nothing follows */
     _Alignas(64) struct ch_entry e[];

@@ -435,6 +435,14 @@ int prim_futex_wait(const _Atomic uint32_t *addr, uint32_t val, int shared,
     return r < 0 ? -errno : 0;
 }
 
+int prim_is_eventfd(int fd)
+{
+    char path[64], link[32];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(path, link, sizeof link - 1);
+    return n == (ssize_t)strlen("anon_inode:[eventfd]") && !memcmp(link, "anon_inode:[eventfd]", (size_t)n);
+}
+
 int prim_futex_wake(const _Atomic uint32_t *addr, int n, int shared)
 {
     long r = syscall(SYS_futex, addr, shared ? FUTEX_WAKE : FUTEX_WAKE_PRIVATE, n, NULL,

@@ -141,7 +141,7 @@ int svc_send_with_fd(int sock, const void *msg, size_t len, int fd)
     return n == (ssize_t)len ? 0 : n < 0 ? -errno : -EIO;
 }
 
-int svc_cmsg_take(struct msghdr *mh, int *fd, struct ucred *cr)
+int svc_cmsg_take(struct msghdr *mh, int *fds, int nfd, struct ucred *cr)
 {
     int nfds = 0;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(mh); c; c = CMSG_NXTHDR(mh, c)) {
@@ -155,10 +155,11 @@ int svc_cmsg_take(struct msghdr *mh, int *fd, struct ucred *cr)
         for (size_t i = 0; i < k; i++) {
             int x;
             memcpy(&x, CMSG_DATA(c) + i * sizeof(int), sizeof x);
-            if (nfds++ == 0 && *fd < 0)
-                *fd = x;
+            if (nfds < nfd && fds[nfds] < 0)
+                fds[nfds] = x;
             else
                 close(x);
+            nfds++;
         }
     }
     return nfds;
@@ -179,7 +180,7 @@ int svc_recv_with_fd(int sock, void *msg, size_t len, int *fd)
     ssize_t n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
     if (n < 0)
         return -errno;
-    int nfds = svc_cmsg_take(&mh, fd, NULL);
+    int nfds = svc_cmsg_take(&mh, fd, 1, NULL);
     if (n == 0)
         return -ECONNRESET;
     if ((size_t)n != len || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || nfds > 1) {

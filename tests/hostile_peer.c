@@ -9,9 +9,9 @@
  *    seeded PRNG (the seed is printed; HOSTILE_SEED=N replays it), it
  *    scribbles over its slot header, its claim record (the member record
  *    that `rpal ls` and services read), its channel reply rings (entries,
- *    torn ones included, rtail, recv_sleeps, ack[], magic, depth, id, the
+ *    torn ones included, rtail, the sleep flag, CPU and stamp, ack[], magic, depth, id, the
  *    copies large replies point at), its compat connection rings (entries,
- *    tail, head, polling, want_room, closed), sends garbage on the peer
+ *    tail, head, sleep flag, CPU and stamp, want_room, closed), sends garbage on the peer
  *    connection, plants a FIFO, a directory and a symlink among the claims,
  *    and late in the run replaces its rendezvous socket by a symlink to G's;
  *    its receiver also answers wrongly, too long, twice or never, and some
@@ -58,13 +58,13 @@
 /* Mirrors of the shared ring layouts, private to src/channel.c and
  * src/compat.c. H finds its rings by their magic and checks the mirror
  * against the library's own bookkeeping before it writes anything. */
-#define RX_MAGIC 0x315852434c415052ull /* "RPALCRX1" */
-#define CX_MAGIC 0x3158524c41505231ull /* "1RPALRX1" */
+#define RX_MAGIC 0x325852434c415052ull /* "RPALCRX2" */
+#define CX_MAGIC 0x3258524c41505231ull /* "1RPALRX2" */
 struct m_rx {
     uint64_t magic;
     uint32_t depth, pad0;
     _Atomic uint64_t id;
-    _Alignas(64) _Atomic uint32_t recv_sleeps;
+    _Alignas(64) struct wt_pub pub;
     _Alignas(64) _Atomic uint32_t rtail;
     _Alignas(64) _Atomic uint32_t ack[1024];
     _Alignas(64) struct ch_entry e[];
@@ -74,7 +74,7 @@ struct m_cx {
     uint32_t depth, pad0;
     _Alignas(64) _Atomic uint32_t tail;
     _Alignas(64) _Atomic uint32_t head;
-    _Alignas(64) _Atomic uint32_t polling;
+    _Alignas(64) struct wt_pub pub;
     _Atomic uint32_t want_room;
     _Atomic uint32_t closed;
     _Alignas(64) struct ch_entry e[];
@@ -539,7 +539,9 @@ static void scribble_rx(struct m_rx *x)
     }
     case 3: /* indices and flags */
         x->rtail = rnd() % 2 ? (uint32_t)rnd() : t + (uint32_t)(rnd() % 64) - 32;
-        x->recv_sleeps = (uint32_t)rnd();
+        x->pub.sleeps = (uint32_t)rnd();
+        x->pub.cpu = (uint32_t)rnd();
+        x->pub.woke_ns = rnd();
         break;
     case 4: /* acks: plausible and not */
         for (int i = 0; i < 8; i++)
@@ -597,7 +599,9 @@ static void scribble_cx(struct m_cx *x)
         break;
     case 4:
         x->tail = (uint32_t)rnd();
-        x->polling = (uint32_t)rnd() % 3;
+        x->pub.sleeps = (uint32_t)rnd() % 5;
+        x->pub.cpu = (uint32_t)rnd() % 4;
+        x->pub.woke_ns = rnd();
         x->want_room = (uint32_t)rnd() % 3;
         break;
     case 5: /* the end, said and taken back */

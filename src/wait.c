@@ -1,0 +1,401 @@
+/* wait: how one side of a channel or of an upgraded connection waits for
+ * the other, and what it learns from it. Part of the channel layer:
+ * src/channel.c (calls) and src/compat.c (upgraded sockets) wait through
+ * it. docs/waiting.md explains the policy and the figures behind it.
+ *
+ * Spinning pays only when the wait is shorter than what a sleep and a
+ * wake-up cost, and only while the other side runs on another CPU
+ * (principle 6). Neither is known in advance, so every waiter learns: it
+ * keeps running averages of how often its waits were short (no longer than
+ * a sleep and a wake-up cost, which this process measures as it sleeps and
+ * wakes others) and of how long the short ones were, and at each wait takes
+ * the cheapest of spinning for a budget, yielding (the other side runs on
+ * our CPU, where spinning would only hold it off), or sleeping at once. A
+ * waiter that slept learns the true length of its wait from the time the
+ * other side stamps when it wakes it, so that a slow wake-up does not pass
+ * for a long wait and keep it sleeping.
+ *
+ * A waiter that sleeps may also move to the CPU of the side that will wake
+ * it (follow): the wake-up is then a hand-off on one CPU instead of waking
+ * an idle one, which on a virtual machine costs tens of microseconds.
+ */
+#include "rpal.h"
+#include "internal.h"
+#include "atomics.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DEFAULT_CAP_NS 100000u /* RPAL_SPIN_US's default: 100 us */
+#define INIT_COST_NS   10000u  /* a sleep and a wake-up, until measured */
+#define SAMPLE_SLEEPS  16u     /* the CPU of one sleep in this many is measured */
+#define LAZY_SPINS     32u     /* spins before a wait first reads the clock */
+#define POLL_SPINS     64u     /* RPAL_WAIT_POLL: spins between clock reads */
+#define FLUSH_NS       100000000ull /* counters reach the claim file this often */
+
+static struct {
+    pthread_once_t once;
+    uint32_t cap_ns;    /* no budget above this (RPAL_SPIN_US=N) */
+    uint32_t fixed_ns;  /* RPAL_SPIN_US=fixed:N: always N; UINT32_MAX: learn */
+    int quota_low;      /* the cgroup allows less than 1.5 CPUs */
+    int follow;         /* RPAL_FOLLOW: sleepers move to their waker's CPU */
+    uint32_t pause_ps;  /* one cpu_relax(), in picoseconds */
+    _Atomic uint32_t wake_ns;  /* running average: a wake-up, as its sender pays it */
+    _Atomic uint32_t sleep_ns; /* running average: the CPU a sleep costs the sleeper */
+    _Atomic uint32_t yield_ns; /* the cheapest yield lately: one that ran nobody */
+    _Atomic uint32_t nyields;
+    _Atomic uint32_t nsleeps;
+} g = {.once = PTHREAD_ONCE_INIT};
+
+/* The CPU quota of our cgroup (v2) and of its parents: 1 if any of them
+ * allows less than 1.5 CPUs, where a spinning waiter burns what the side it
+ * waits for needs. */
+static int quota_is_low(void)
+{
+    char line[512], path[600];
+    FILE *f = fopen("/proc/self/cgroup", "re");
+    if (!f)
+        return 0;
+    int found = 0;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "0::", 3)) {
+            line[strcspn(line, "\n")] = 0;
+            snprintf(path, sizeof path, "/sys/fs/cgroup%s", line + 3);
+            found = 1;
+            break;
+        }
+    fclose(f);
+    for (int low = 0; found;) {
+        char q[64], file[640];
+        snprintf(file, sizeof file, "%s/cpu.max", path);
+        int fd = open(file, O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            ssize_t n = read(fd, q, sizeof q - 1);
+            close(fd);
+            unsigned long quota, period;
+            if (n > 0 && (q[n] = 0, sscanf(q, "%lu %lu", &quota, &period) == 2) &&
+                period && quota * 2 < period * 3)
+                low = 1;
+        }
+        char *cut = strrchr(path, '/');
+        if (!cut || cut - path <= (long)strlen("/sys/fs/cgroup"))
+            return low;
+        *cut = 0;
+    }
+    return 0;
+}
+
+static void init_once(void)
+{
+    g.cap_ns = DEFAULT_CAP_NS;
+    g.fixed_ns = UINT32_MAX;
+    const char *e = getenv("RPAL_SPIN_US");
+    if (e) {
+        int fixed = !strncmp(e, "fixed:", 6);
+        char *end;
+        unsigned long us = strtoul(fixed ? e + 6 : e, &end, 10);
+        if (*end == 0 && end != (fixed ? e + 6 : e) && us <= 1000000) {
+            g.cap_ns = (uint32_t)us * 1000;
+            if (fixed)
+                g.fixed_ns = g.cap_ns;
+        }
+    }
+    e = getenv("RPAL_FOLLOW");
+    g.follow = !(e && !strcmp(e, "0"));
+    g.quota_low = quota_is_low();
+    /* What a pause costs here (10 to 150 cycles, by CPU), so that a wait
+     * that ends after a few spins is timed without reading the clock. */
+    uint64_t t = prim_now_ns();
+    for (int i = 0; i < 2000; i++)
+        cpu_relax();
+    uint64_t ps = (prim_now_ns() - t) * 1000 / 2000;
+    g.pause_ps = ps ? (ps < 1000000 ? (uint32_t)ps : 1000000) : 1;
+    rpal_store_relaxed(&g.wake_ns, INIT_COST_NS / 2);
+    rpal_store_relaxed(&g.sleep_ns, INIT_COST_NS / 2);
+    rpal_store_relaxed(&g.yield_ns, UINT32_MAX);
+    pthread_atfork(NULL, NULL, wt_atfork_child);
+}
+
+static void init(void)
+{
+    pthread_once(&g.once, init_once);
+}
+
+/* What one sleep with its wake-up costs this process, in CPU. */
+static uint64_t cost_ns(void)
+{
+    return (uint64_t)rpal_load_relaxed(&g.wake_ns) + rpal_load_relaxed(&g.sleep_ns);
+}
+
+/* A running average (1/8 of each new sample): benign races between threads
+ * only lose a sample. */
+static void average(_Atomic uint32_t *avg, uint64_t sample)
+{
+    int64_t a = rpal_load_relaxed(avg);
+    if (sample > 10000000)
+        sample = 10000000; /* a preempted sample says nothing of the cost */
+    rpal_store_relaxed(avg, (uint32_t)(a + ((int64_t)sample - a) / 8));
+}
+
+void wt_learn_init(struct wt_learn *l)
+{
+    init();
+    l->p16 = 1u << 15;               /* half the waits short, to begin with */
+    l->short_ns = INIT_COST_NS / 4;
+}
+
+static uint64_t bmax_ns(uint32_t cap)
+{
+    uint64_t b = cost_ns();
+    if (b > g.cap_ns)
+        b = g.cap_ns;
+    return b < cap ? b : cap;
+}
+
+uint32_t wt_budget(const struct wt_learn *l, uint32_t cap)
+{
+    if (g.fixed_ns != UINT32_MAX)
+        return g.fixed_ns < cap ? g.fixed_ns : cap;
+    if (g.quota_low)
+        return 0;
+    uint64_t c = cost_ns(), bmax = bmax_ns(cap);
+    uint64_t b = 2 * (uint64_t)l->short_ns + 1000;
+    if (b > bmax)
+        b = bmax;
+    /* Spin for B if it costs less on average than sleeping at once: a
+     * short wait (probability P, length S) costs S; any other costs the
+     * budget spent in vain, and the sleep after it. Sleeping costs C. */
+    uint64_t p = l->p16;
+    if (p * l->short_ns + (65536 - p) * (b + c) < 65536 * c)
+        return (uint32_t)b;
+    return 0;
+}
+
+static void learn(struct wt_learn *l, uint64_t w_ns, uint32_t cap)
+{
+    int shrt = w_ns <= bmax_ns(cap);
+    int64_t p = l->p16;
+    l->p16 = (uint32_t)(p + (((int64_t)shrt << 16) - p) / 8);
+    if (shrt) {
+        int64_t s = l->short_ns;
+        l->short_ns = (uint32_t)(s + ((int64_t)w_ns - s) / 8);
+    }
+}
+
+/* ---- following the waker's CPU ---- */
+
+static _Thread_local struct {
+    uint32_t to;          /* CPU + 1 this thread narrowed itself to, or 0 */
+    cpu_set_t orig, mine; /* its mask before, and the one it set */
+} tf;
+
+static uint32_t follow(uint32_t peer_cpu)
+{
+    if (!g.follow || !peer_cpu || peer_cpu > CPU_SETSIZE || tf.to == peer_cpu)
+        return 0;
+    if (!tf.to && sched_getaffinity(0, sizeof tf.orig, &tf.orig) < 0)
+        return 0;
+    /* Only inside the CPUs we may use, and never against a pin: a thread
+     * its owner put on one CPU stays there. */
+    int cpu = (int)peer_cpu - 1;
+    if (!CPU_ISSET(cpu, &tf.orig) || CPU_COUNT(&tf.orig) < 2)
+        return 0;
+    CPU_ZERO(&tf.mine);
+    CPU_SET(cpu, &tf.mine);
+    if (sched_setaffinity(0, sizeof tf.mine, &tf.mine) < 0)
+        return 0;
+    tf.to = peer_cpu;
+    return peer_cpu;
+}
+
+void wt_unfollow(void)
+{
+    if (!tf.to)
+        return;
+    cpu_set_t now;
+    /* The application may have set a mask of its own meanwhile: keep it. */
+    if (sched_getaffinity(0, sizeof now, &now) == 0 && CPU_EQUAL(&now, &tf.mine))
+        sched_setaffinity(0, sizeof tf.orig, &tf.orig);
+    tf.to = 0;
+}
+
+uint32_t wt_my_cpu(void)
+{
+    int c = sched_getcpu();
+    return c < 0 ? 0 : (uint32_t)c + 1;
+}
+
+/* ---- one wait ---- */
+
+void wt_begin(struct wt_wait *w, struct wt_learn *l, struct wt_stats *st,
+              const struct rpal_chan_opts *o, uint32_t peer_cpu)
+{
+    w->l = l;
+    w->st = st;
+    w->t0 = w->now = w->spun = 0;
+    w->spins = 0;
+    w->slept = 0;
+    w->cap = o->spin_us ? o->spin_us * 1000u : UINT32_MAX;
+    w->policy = (uint8_t)o->wait;
+    w->peer_cpu = peer_cpu;
+    w->my_cpu = wt_my_cpu();
+    w->same = o->same_cpu || (peer_cpu && peer_cpu == w->my_cpu);
+    if (o->wait == RPAL_WAIT_POLL) {
+        w->mode = o->same_cpu ? WT_YIELD : WT_SPIN;
+        w->budget = UINT32_MAX;
+        return;
+    }
+    if (o->wait == RPAL_WAIT_SLEEP) {
+        w->mode = WT_SLEEP;
+        w->budget = 0;
+        return;
+    }
+    w->budget = wt_budget(l, w->cap);
+    /* Busy enough to spin: run where we are, not where we followed to. */
+    if (w->budget && tf.to && !w->same)
+        wt_unfollow();
+    w->mode = !w->budget ? WT_SLEEP : w->same ? WT_YIELD : WT_SPIN;
+    if (st)
+        st->budget_ns = w->budget;
+}
+
+/* The clock, and when the wait began: before the first read, a wait is
+ * timed by its spins. */
+static uint64_t tick(struct wt_wait *w)
+{
+    w->now = prim_now_ns();
+    if (!w->t0)
+        w->t0 = w->now - (uint64_t)w->spins * g.pause_ps / 1000;
+    return w->now;
+}
+
+int wt_pause(struct wt_wait *w)
+{
+    if (w->mode == WT_SPIN) {
+        cpu_relax();
+        uint32_t every = w->policy == RPAL_WAIT_POLL ? POLL_SPINS : LAZY_SPINS;
+        if (++w->spins % every == 0) {
+            tick(w);
+            if (w->now - w->t0 >= w->budget) {
+                w->spun = w->now - w->t0;
+                w->mode = WT_SLEEP;
+            }
+            return WT_TICK;
+        }
+        return 0;
+    }
+    if (w->mode == WT_YIELD) {
+        uint64_t a = w->now ? w->now : tick(w);
+        sched_yield();
+        uint64_t dt = tick(w) - a;
+        if (w->st)
+            w->st->yields++;
+        /* A yield that came straight back ran nobody: the other side is
+         * not runnable here (it sleeps, or waits for something else), so
+         * yielding again only burns the CPU. Sleep instead. */
+        uint32_t floor = rpal_load_relaxed(&g.yield_ns);
+        if (dt < floor)
+            rpal_store_relaxed(&g.yield_ns, (uint32_t)dt);
+        else if ((rpal_fetch_add_relaxed(&g.nyields, 1) & 255) == 0)
+            rpal_store_relaxed(&g.yield_ns, floor + floor / 8 + 1); /* forget old lows */
+        if (w->policy != RPAL_WAIT_POLL && dt < 2 * (uint64_t)floor + 500)
+            w->mode = WT_SLEEP;
+        return WT_TICK;
+    }
+    return WT_SLEEP;
+}
+
+uint32_t wt_sleep_begin(struct wt_wait *w, int may_follow, uint64_t *cpu0)
+{
+    if (!w->now)
+        tick(w);
+    if (!w->slept && !w->spun && w->t0)
+        w->spun = w->now - w->t0 > w->budget ? w->budget : w->now - w->t0;
+    *cpu0 = 0;
+    if ((rpal_fetch_add_relaxed(&g.nsleeps, 1) % SAMPLE_SLEEPS) == 0) {
+        struct timespec ts;
+        if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == 0)
+            *cpu0 = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec + 1;
+    }
+    if (w->st)
+        w->st->state = WT_SLEEP;
+    return may_follow && !w->same ? follow(w->peer_cpu) : 0;
+}
+
+void wt_sleep_end(struct wt_wait *w, uint64_t cpu0)
+{
+    if (cpu0) {
+        struct timespec ts;
+        if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == 0)
+            average(&g.sleep_ns, (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec + 1 -
+                                     cpu0);
+    }
+    w->slept = 1;
+    w->mode = WT_SLEEP;
+    tick(w);
+    if (w->st)
+        w->st->state = WT_RUN;
+}
+
+void wt_end(struct wt_wait *w, uint64_t stamp)
+{
+    uint64_t len;
+    if (!w->t0 && !w->now) {
+        len = (uint64_t)w->spins * g.pause_ps / 1000; /* a few spins: never read the clock */
+    } else {
+        uint64_t now = prim_now_ns();
+        len = now - w->t0;
+        /* The other side's stamp of when it woke us (its word: clamped) is
+         * when the wait really ended; the rest was the wake-up. */
+        if (w->slept && stamp > w->t0 && stamp < now)
+            len = stamp - w->t0;
+        w->now = now;
+    }
+    struct wt_stats *st = w->st;
+    if (st) {
+        st->waits++;
+        if (w->slept) {
+            st->sleeps++;
+            st->spin_ns += w->spun;
+        } else if (w->mode == WT_SPIN) {
+            st->spin_hits++;
+            st->spin_ns += len;
+        }
+    }
+    if (w->policy == RPAL_WAIT_ADAPTIVE)
+        learn(w->l, len, w->cap);
+}
+
+void wt_note_wake(uint64_t ns)
+{
+    average(&g.wake_ns, ns);
+}
+
+int wt_stats_due(const struct wt_stats *st, uint64_t now)
+{
+    return (st->waits & 1023) == 0 || (now && now - st->flushed_ns >= FLUSH_NS);
+}
+
+void wt_stats_copy(const struct wt_stats *st, struct rpal_stats *out)
+{
+    *out = (struct rpal_stats){st->msgs_out, st->bytes_out, st->msgs_in, st->bytes_in,
+                               st->wakes, st->wakes_skipped, st->waits, st->sleeps,
+                               st->spin_hits, st->yields, st->spin_ns, st->budget_ns, 0};
+}
+
+/* A forked child runs on the forking thread's mask: give it back the one
+ * that thread had before it followed anybody. */
+void wt_atfork_child(void)
+{
+    if (tf.to) {
+        sched_setaffinity(0, sizeof tf.orig, &tf.orig);
+        tf.to = 0;
+    }
+}

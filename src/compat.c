@@ -60,6 +60,7 @@ struct conn {
      * Only between processes of one user (see rpal_uds_fdmap), else -1 and
      * the socket carries them. */
     int bell, their_bell;
+    uint32_t drained;        /* wake-up bytes read from the socket */
     struct wt_learn learn;   /* of blocking reads and writes */
     struct wt_stats st;
     struct conn *next_zombie;
@@ -142,8 +143,10 @@ static void wake_peer(struct conn *c, const _Atomic uint32_t *word)
     } else if (how == WT_WAKE_BELL && c->their_bell >= 0) {
         uint64_t one = 1;
         (void)!write(c->their_bell, &one, sizeof one);
-    } else {
-        (void)send(c->fd, "", 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+    } else if (send(c->fd, "", 1, MSG_DONTWAIT | MSG_NOSIGNAL) == 1) {
+        /* Counted, so that the other end reads them only when there are
+         * some (see take()). */
+        rpal_store_relaxed(&c->my->pub.sock_bytes, rpal_load_relaxed(&c->my->pub.sock_bytes) + 1);
     }
     if (rpal_load_relaxed(&c->rd.their->pub.cpu) != rpal_load_relaxed(&c->my->pub.cpu))
         wt_note_wake(prim_now_ns() - t); /* on one CPU it included the switch */
@@ -184,6 +187,8 @@ static void drain(struct conn *c)
         ssize_t r = recv(c->fd, b, sizeof b, MSG_DONTWAIT);
         if (r == 0)
             c->eof = 1;
+        if (r > 0)
+            c->drained += (uint32_t)r;
         if (r < (ssize_t)sizeof b)
             return;
     }
@@ -261,13 +266,29 @@ static ssize_t take(struct conn *c, char *buf, size_t len)
     }
     if (got == 0 && c->rd.broken)
         return -EPROTO;
+    /* Wake-up bytes the other end sent while we were not waiting in rpal:
+     * read them, so that a poll() of the socket does not see them again
+     * (the count is in a line we read anyway; no system call otherwise). */
+    if (got && rpal_load_relaxed(&c->rd.their->pub.sock_bytes) != c->drained)
+        drain(c);
     return (ssize_t)got;
 }
 
-/* Block (FD is blocking) until data (or the end), or room when FOR_ROOM.
- * The way to wait is learned (src/wait.c); asleep, we wait on a futex on
- * the other end's index, in 20 ms slices after which the socket says
- * whether the other end is gone. */
+/* O_NONBLOCK as it is now: asked only when we would block (the
+ * application may change it at any time, as with a socket). */
+static int nonblocking(struct conn *c)
+{
+    int fl = fcntl(c->fd, F_GETFL);
+    return fl >= 0 && (fl & O_NONBLOCK);
+}
+
+/* Wait until data (or the end), or room when FOR_ROOM. The way to wait is
+ * learned (src/wait.c); asleep, we wait on a futex on the other end's
+ * index, in 20 ms slices after which the socket says whether the other end
+ * is gone. O_NONBLOCK is asked (a system call) only when it is time to
+ * sleep: a non-blocking descriptor then gives -EAGAIN, so it may have
+ * spun for the learned budget first (which learns that such waits end in
+ * nothing, and stops). */
 static int conn_wait(struct conn *c, int for_room)
 {
     static const struct rpal_chan_opts adaptive;
@@ -284,6 +305,10 @@ static int conn_wait(struct conn *c, int for_room)
         if (step == 0)
             continue;
         int timed_out = 0;
+        if (step == WT_SLEEP && !w.slept && nonblocking(c)) {
+            wt_end_empty(&w);
+            return -EAGAIN;
+        }
         if (step == WT_SLEEP) {
             uint64_t cpu0;
             wt_sleep_begin(&w, 0, &cpu0);
@@ -319,13 +344,6 @@ static int conn_wait(struct conn *c, int for_room)
     return err;
 }
 
-/* O_NONBLOCK as it is now: asked only when we would block (the
- * application may change it at any time, as with a socket). */
-static int nonblocking(struct conn *c)
-{
-    int fl = fcntl(c->fd, F_GETFL);
-    return fl >= 0 && (fl & O_NONBLOCK);
-}
 
 ssize_t rpal_read(int fd, void *buf, size_t len)
 {
@@ -340,6 +358,8 @@ ssize_t rpal_read(int fd, void *buf, size_t len)
         return -EFAULT;
     if (!len)
         return 0;
+    if (c->nsets == 0)
+        set_sleeps(c, 0); /* reading: a message now needs no wake-up */
     for (;;) {
         ssize_t n = take(c, buf, len);
         if (n != 0)
@@ -349,17 +369,19 @@ ssize_t rpal_read(int fd, void *buf, size_t len)
             n = take(c, buf, len);
             return n;
         }
-        if (nonblocking(c)) {
-            /* In an rpal epoll set the end comes as an event; otherwise
-             * look at the socket, as a read would. */
-            if (c->nsets > 0)
-                return -EAGAIN;
+        /* In an rpal epoll set, the set is where the application waits:
+         * a non-blocking read says so at once, as the socket would. */
+        if (c->nsets > 0 && nonblocking(c))
+            return -EAGAIN;
+        int err = conn_wait(c, 0);
+        if (err == -EAGAIN) {
+            /* Non-blocking, nothing came: look at the socket for the
+             * end, as a read would. */
             drain(c);
             if (!c->eof)
                 return -EAGAIN;
             continue;
         }
-        int err = conn_wait(c, 0);
         if (err < 0)
             return err;
     }
@@ -389,7 +411,8 @@ ssize_t rpal_write(int fd, const void *buf, size_t len)
             break;
         if (c->rd.broken)
             return -EPROTO;
-        if (nonblocking(c)) {
+        int err = c->nsets > 0 && nonblocking(c) ? -EAGAIN : conn_wait(c, 1);
+        if (err == -EAGAIN) {
             /* Ask for a wake-up when the other end makes room (EPOLLOUT). */
             rpal_store_relaxed(&c->my->want_room, 1);
             rpal_fence_seq_cst(); /* pairs with the fence in take() */
@@ -397,7 +420,6 @@ ssize_t rpal_write(int fd, const void *buf, size_t len)
                 return -EAGAIN;
             continue;
         }
-        int err = conn_wait(c, 1);
         if (err < 0)
             return err;
     }
@@ -1041,7 +1063,7 @@ static int set_wait(struct ep_set *s, struct epoll_event *ev, int max, int timeo
     struct wt_wait w;
     wt_begin(&w, &s->learn, NULL, &adaptive, peers);
     set_sleeping(s, 0, w.my_cpu);
-    uint64_t next_k = 0;
+    uint64_t next_k = UINT64_MAX;
     int n;
     for (;;) {
         if ((n = collect(s, ev, max, 0)) != 0)
@@ -1052,6 +1074,8 @@ static int set_wait(struct ep_set *s, struct epoll_event *ev, int max, int timeo
         if (w.now - w.t0 >= limit)
             break;
         if (step != WT_SLEEP) {
+            if (next_k == UINT64_MAX)
+                next_k = w.t0 + KCHECK_NS;
             if (w.now >= next_k) {
                 next_k = w.now + KCHECK_NS;
                 if ((n = kernel_wait(s, ev, max, 0, 1)) != 0)
@@ -1081,9 +1105,9 @@ static int set_wait(struct ep_set *s, struct epoll_event *ev, int max, int timeo
             break;
     }
     /* The wait counts for the connection whose ring ended it. */
-    struct conn *c = n > 0 && w.slept ? conn_of(s->first_fd) : NULL;
-    w.st = n > 0 ? (c ? &c->st : NULL) : NULL;
-    wt_end(&w, wait_stamp(c));
+    struct conn *c = n > 0 ? conn_of(s->first_fd) : NULL;
+    w.st = c ? &c->st : NULL;
+    wt_end(&w, w.slept ? wait_stamp(c) : 0);
     if (c && wt_stats_due(&c->st, w.now))
         dom_stats_flush(c->d, &c->st);
     return n;
@@ -1175,9 +1199,13 @@ int rpal_epoll_wait(int epfd, struct epoll_event *ev, int max, int timeout_ms)
         return k > 0 ? n + k : n;
     }
     s->nosys = 0;
-    n = kernel_wait(s, ev, max, 0, 1);
-    if (n != 0 || timeout_ms == 0)
-        return n;
+    /* Plain descriptors: looked at now if we may not wait, else while
+     * waiting (every KCHECK_NS of spinning, and in the sleep). */
+    if (timeout_ms == 0 || !s->nmapped) {
+        n = kernel_wait(s, ev, max, 0, 1);
+        if (n != 0 || timeout_ms == 0)
+            return n;
+    }
     if (s->nmapped)
         return set_wait(s, ev, max, timeout_ms);
     /* Nothing of ours to wait for: the kernel's wait, until an event the

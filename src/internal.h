@@ -519,6 +519,9 @@ struct wt_pub {
      * side: when the message was published, so that the sleeper learns how
      * long its wait really was. Another process's word: clamped. */
     _Atomic uint64_t woke_ns;
+    /* compat: wake-up bytes the owner sent on the socket, so that the
+     * other end reads the socket only when some are there. */
+    _Atomic uint32_t sock_bytes;
 };
 enum { WT_WAKE_FUTEX = 1, /* asleep on a futex the publisher wakes */
        WT_WAKE_BELL,      /* asleep in an epoll set: the connection's eventfd */
@@ -554,7 +557,7 @@ struct wt_wait {
     uint64_t t0;          /* when it began; 0 until the clock is first read */
     uint64_t now;         /* the clock's last reading, 0 none */
     uint64_t spun;        /* time spent spinning before a sleep */
-    uint32_t spins, cap, budget, peer_cpu, my_cpu;
+    uint32_t spins, yields, cap, budget, peer_cpu, my_cpu;
     uint8_t mode, policy, same, slept;
 };
 
@@ -578,6 +581,9 @@ RPAL_HIDDEN uint32_t wt_sleep_begin(struct wt_wait *w, int may_follow, uint64_t 
 RPAL_HIDDEN void wt_sleep_end(struct wt_wait *w, uint64_t cpu0);
 /* The wait is over; STAMP: the other side's woke_ns (0 if none). */
 RPAL_HIDDEN void wt_end(struct wt_wait *w, uint64_t stamp);
+/* The wait is over with nothing (a non-blocking caller will not sleep):
+ * learned as a long wait. */
+RPAL_HIDDEN void wt_end_empty(struct wt_wait *w);
 /* A wake-up's system call took NS (the sender's share of a sleep's cost). */
 RPAL_HIDDEN void wt_note_wake(uint64_t ns);
 /* Give the thread its own CPU mask back if it followed someone. */

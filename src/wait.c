@@ -166,15 +166,14 @@ uint32_t wt_budget(const struct wt_learn *l, uint32_t cap)
     if (g.quota_low)
         return 0;
     uint64_t c = cost_ns(), bmax = bmax_ns(cap);
-    uint64_t b = 2 * (uint64_t)l->short_ns + 1000;
-    if (b > bmax)
-        b = bmax;
-    /* Spin for B if it costs less on average than sleeping at once: a
-     * short wait (probability P, length S) costs S; any other costs the
-     * budget spent in vain, and the sleep after it. Sleeping costs C. */
+    /* Spin for as long as a sleep costs (BMAX: then a wait costs at most
+     * twice the best choice made knowing its length), if that costs less
+     * on average than sleeping at once: a short wait (probability P,
+     * length S) costs S; any other costs the spin spent in vain and the
+     * sleep after it. Sleeping costs C. */
     uint64_t p = l->p16;
-    if (p * l->short_ns + (65536 - p) * (b + c) < 65536 * c)
-        return (uint32_t)b;
+    if (p * l->short_ns + (65536 - p) * (bmax + c) < 65536 * c)
+        return (uint32_t)bmax;
     return 0;
 }
 
@@ -240,7 +239,7 @@ void wt_begin(struct wt_wait *w, struct wt_learn *l, struct wt_stats *st,
     w->l = l;
     w->st = st;
     w->t0 = w->now = w->spun = 0;
-    w->spins = 0;
+    w->spins = w->yields = 0;
     w->slept = 0;
     w->cap = o->spin_us ? o->spin_us * 1000u : UINT32_MAX;
     w->policy = (uint8_t)o->wait;
@@ -295,8 +294,7 @@ int wt_pause(struct wt_wait *w)
         uint64_t a = w->now ? w->now : tick(w);
         sched_yield();
         uint64_t dt = tick(w) - a;
-        if (w->st)
-            w->st->yields++;
+        w->yields++;
         /* A yield that came straight back ran nobody: the other side is
          * not runnable here (it sleeps, or waits for something else), so
          * yielding again only burns the CPU. Sleep instead. */
@@ -361,6 +359,7 @@ void wt_end(struct wt_wait *w, uint64_t stamp)
     struct wt_stats *st = w->st;
     if (st) {
         st->waits++;
+        st->yields += w->yields;
         if (w->slept) {
             st->sleeps++;
             st->spin_ns += w->spun;
@@ -371,6 +370,16 @@ void wt_end(struct wt_wait *w, uint64_t stamp)
     }
     if (w->policy == RPAL_WAIT_ADAPTIVE)
         learn(w->l, len, w->cap);
+}
+
+void wt_end_empty(struct wt_wait *w)
+{
+    if (w->st) {
+        w->st->waits++;
+        w->st->yields += w->yields;
+    }
+    if (w->policy == RPAL_WAIT_ADAPTIVE)
+        learn(w->l, UINT64_MAX, w->cap);
 }
 
 void wt_note_wake(uint64_t ns)

@@ -1108,6 +1108,8 @@ static int set_wait(struct ep_set *s, struct epoll_event *ev, int max, int timeo
     struct conn *c = n > 0 ? conn_of(s->first_fd) : NULL;
     w.st = c ? &c->st : NULL;
     wt_end(&w, w.slept ? wait_stamp(c) : 0);
+    if (c)
+        c->st.budget_ns = w.budget;
     if (c && wt_stats_due(&c->st, w.now))
         dom_stats_flush(c->d, &c->st);
     return n;

@@ -562,6 +562,8 @@ struct wt_wait {
 };
 
 RPAL_HIDDEN void wt_learn_init(struct wt_learn *l);
+/* What a wait of W_NS teaches L (CAP: its channel's bound, UINT32_MAX none). */
+RPAL_HIDDEN void wt_learn_note(struct wt_learn *l, uint64_t w_ns, uint32_t cap);
 /* The budget (ns) of a waiter's next wait: 0, sleep at once. CAP: the
  * channel's own upper bound (UINT32_MAX: none). */
 RPAL_HIDDEN uint32_t wt_budget(const struct wt_learn *l, uint32_t cap);

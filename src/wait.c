@@ -54,40 +54,84 @@ static struct {
     _Atomic uint32_t nsleeps;
 } g = {.once = PTHREAD_ONCE_INIT};
 
-/* The CPU quota of our cgroup (v2) and of its parents: 1 if any of them
- * allows less than 1.5 CPUs, where a spinning waiter burns what the side it
- * waits for needs. */
+/* QUOTA and PERIOD of the cgroup directory DIR (v2 cpu.max, or v1
+ * cpu.cfs_quota_us and cpu.cfs_period_us): 1 if it allows less than 1.5
+ * CPUs. */
+static int dir_quota_low(const char *dir, int v2)
+{
+    char q[64], file[700];
+    long quota = -1, period = 0;
+    snprintf(file, sizeof file, v2 ? "%s/cpu.max" : "%s/cpu.cfs_quota_us", dir);
+    FILE *f = fopen(file, "re");
+    if (!f)
+        return 0;
+    if (fgets(q, sizeof q, f)) {
+        if (v2)
+            sscanf(q, "%ld %ld", &quota, &period); /* "max 100000": no quota */
+        else
+            quota = strtol(q, NULL, 10);
+    }
+    fclose(f);
+    if (!v2) {
+        snprintf(file, sizeof file, "%s/cpu.cfs_period_us", dir);
+        if ((f = fopen(file, "re"))) {
+            if (fgets(q, sizeof q, f))
+                period = strtol(q, NULL, 10);
+            fclose(f);
+        }
+    }
+    return quota > 0 && period > 0 && quota * 2 < period * 3;
+}
+
+/* Does the v1 controller list LIST ("cpu,cpuacct") name "cpu"? */
+static int has_cpu(const char *list)
+{
+    for (const char *p = list; *p;) {
+        size_t n = strcspn(p, ",");
+        if (n == 3 && !strncmp(p, "cpu", 3))
+            return 1;
+        p += n + (p[n] == ',');
+    }
+    return 0;
+}
+
+/* The CPU quota of our cgroup and of its parents: 1 if any of them allows
+ * less than 1.5 CPUs, where a spinning waiter burns what the side it waits
+ * for needs (a container limited to one CPU, say). */
 static int quota_is_low(void)
 {
-    char line[512], path[600];
+    char line[512], path[600] = "";
+    int v2 = 0;
     FILE *f = fopen("/proc/self/cgroup", "re");
     if (!f)
         return 0;
-    int found = 0;
-    while (fgets(line, sizeof line, f))
-        if (!strncmp(line, "0::", 3)) {
-            line[strcspn(line, "\n")] = 0;
-            snprintf(path, sizeof path, "/sys/fs/cgroup%s", line + 3);
-            found = 1;
-            break;
+    while (fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = 0;
+        char *ctl = strchr(line, ':'), *rel = ctl ? strchr(ctl + 1, ':') : NULL;
+        if (!rel)
+            continue;
+        *rel++ = 0;
+        if (!strcmp(ctl + 1, "")) { /* v2: "0::/path" */
+            if (!path[0]) {
+                snprintf(path, sizeof path, "/sys/fs/cgroup%s", rel);
+                v2 = 1;
+            }
+        } else if (has_cpu(ctl + 1)) {
+            snprintf(path, sizeof path, "/sys/fs/cgroup/%s%s", ctl + 1, rel);
+            v2 = 0;
+            break; /* a v1 cpu controller rules over the v2 line */
         }
+    }
     fclose(f);
-    for (int low = 0; found;) {
-        char q[64], file[640];
-        snprintf(file, sizeof file, "%s/cpu.max", path);
-        int fd = open(file, O_RDONLY | O_CLOEXEC);
-        if (fd >= 0) {
-            ssize_t n = read(fd, q, sizeof q - 1);
-            close(fd);
-            unsigned long quota, period;
-            if (n > 0 && (q[n] = 0, sscanf(q, "%lu %lu", &quota, &period) == 2) &&
-                period && quota * 2 < period * 3)
-                low = 1;
-        }
+    while (path[0]) {
+        if (dir_quota_low(path, v2))
+            return 1;
         char *cut = strrchr(path, '/');
-        if (!cut || cut - path <= (long)strlen("/sys/fs/cgroup"))
-            return low;
+        if (!cut || cut == path)
+            break;
         *cut = 0;
+        if (strlen(path) < strlen("/sys/fs/cgroup/x"))
+            break;
     }
     return 0;
 }
@@ -177,7 +221,7 @@ uint32_t wt_budget(const struct wt_learn *l, uint32_t cap)
     return 0;
 }
 
-static void learn(struct wt_learn *l, uint64_t w_ns, uint32_t cap)
+void wt_learn_note(struct wt_learn *l, uint64_t w_ns, uint32_t cap)
 {
     int shrt = w_ns <= bmax_ns(cap);
     int64_t p = l->p16;
@@ -369,7 +413,7 @@ void wt_end(struct wt_wait *w, uint64_t stamp)
         }
     }
     if (w->policy == RPAL_WAIT_ADAPTIVE)
-        learn(w->l, len, w->cap);
+        wt_learn_note(w->l, len, w->cap);
 }
 
 void wt_end_empty(struct wt_wait *w)
@@ -379,7 +423,7 @@ void wt_end_empty(struct wt_wait *w)
         w->st->yields += w->yields;
     }
     if (w->policy == RPAL_WAIT_ADAPTIVE)
-        learn(w->l, UINT64_MAX, w->cap);
+        wt_learn_note(w->l, UINT64_MAX, w->cap);
 }
 
 void wt_note_wake(uint64_t ns)

@@ -328,4 +328,164 @@ static inline void t_close_inherited(int keep1, int keep2, int keep3)
         close(fds[i]);
 }
 
+/* ---- a service process and a caller, for the waiting tests ---- */
+
+#include <pthread.h>
+#include <sched.h>
+
+/* Pin the calling thread to CPU (no-op for -1); 0, or -1 if CPU is not
+ * ours to use. */
+static inline int t_pin(int cpu)
+{
+    if (cpu < 0)
+        return 0;
+    cpu_set_t s;
+    CPU_ZERO(&s);
+    CPU_SET(cpu, &s);
+    return sched_setaffinity(0, sizeof s, &s) == 0 ? 0 : -1;
+}
+
+/* The first two CPUs we may use, or -1 if there are fewer. */
+static inline int t_two_cpus(int *a, int *b)
+{
+    cpu_set_t s;
+    *a = *b = -1;
+    if (sched_getaffinity(0, sizeof s, &s) < 0)
+        return -1;
+    for (int i = 0; i < CPU_SETSIZE; i++)
+        if (CPU_ISSET(i, &s)) {
+            if (*a < 0)
+                *a = i;
+            else if (*b < 0)
+                *b = i;
+        }
+    return *b >= 0 ? 0 : -1;
+}
+
+struct t_svc {
+    pid_t pid;
+    int key_fd, stop_fd; /* the key comes on KEY_FD; closing STOP_FD ends it */
+};
+
+struct t_svc_arg {
+    rpal_service *s;
+    struct rpal_chan_opts o;
+    int cpu;
+    /* Before each reply, with probability 1/DELAY_ONE_IN (0: never), sleep
+     * up to DELAY_US microseconds: a busy service. */
+    unsigned delay_one_in, delay_us;
+    volatile int stop;
+};
+
+static inline void t_sleep_us(unsigned us)
+{
+    struct timespec ts = {us / 1000000, (long)(us % 1000000) * 1000};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+static inline void *t_svc_receiver(void *arg)
+{
+    struct t_svc_arg *a = arg;
+    rpal_receiver *r;
+    t_pin(a->cpu);
+    REQUIRE(rpal_receiver_create(a->s, &a->o, &r) == 0);
+    unsigned seed = (unsigned)getpid();
+    while (!a->stop) {
+        struct rpal_msg m;
+        int err = rpal_receive(r, &m, 50);
+        if (err == -ETIMEDOUT)
+            continue;
+        REQUIRE(err == 0);
+        if (a->delay_one_in && rand_r(&seed) % a->delay_one_in == 0)
+            t_sleep_us((unsigned)rand_r(&seed) % (a->delay_us + 1));
+        unsigned char out[256];
+        size_t n = m.len < sizeof out ? m.len : sizeof out;
+        const unsigned char *in = m.data;
+        for (size_t i = 0; i < n; i++)
+            out[i] = (unsigned char)(in[i] ^ 0x5A);
+        err = rpal_reply(r, &m, out, n);
+        REQUIRE(err == 0 || err == -ESHUTDOWN);
+    }
+    rpal_receiver_destroy(r);
+    return NULL;
+}
+
+/* Fork a service process: domain DOMAIN, service "svc", one receiver thread
+ * with options O on CPU (-1: anywhere) serving the XOR echo, dispatch on
+ * its main thread. */
+static inline struct t_svc t_svc_start(const char *domain, const struct rpal_chan_opts *o,
+                                       int cpu, unsigned delay_one_in, unsigned delay_us)
+{
+    int kp[2], sp[2];
+    REQUIRE(pipe(kp) == 0 && pipe(sp) == 0);
+    struct t_svc sv = {fork(), kp[0], sp[1]};
+    REQUIRE(sv.pid >= 0);
+    if (sv.pid == 0) {
+        close(kp[0]);
+        close(sp[1]);
+        rpal_domain *d;
+        REQUIRE(rpal_domain_join(domain, NULL, &d) == 0);
+        static struct t_svc_arg a;
+        a.o = o ? *o : (struct rpal_chan_opts){0};
+        a.cpu = cpu;
+        a.delay_one_in = delay_one_in;
+        a.delay_us = delay_us;
+        REQUIRE(rpal_service_register(d, "svc", 0, NULL, NULL, &a.s) == 0);
+        pthread_t th;
+        REQUIRE(pthread_create(&th, NULL, t_svc_receiver, &a) == 0);
+        rpal_key k;
+        char text[33];
+        rpal_service_key(a.s, &k);
+        rpal_key_format(&k, text);
+        REQUIRE(write(kp[1], text, 33) == 33);
+        for (;;) {
+            struct rpal_event ev[8];
+            int n = rpal_domain_dispatch(d, ev, 8, 20);
+            REQUIRE(n >= 0 || n == -ETIMEDOUT || n == -EINTR);
+            struct pollfd pf = {sp[0], POLLIN, 0};
+            if (poll(&pf, 1, 0) == 1)
+                break;
+        }
+        a.stop = 1;
+        pthread_join(th, NULL);
+        rpal_service_unregister(a.s);
+        rpal_domain_leave(d);
+        _exit(t_failures ? 1 : 0);
+    }
+    close(kp[1]);
+    close(sp[0]);
+    return sv;
+}
+
+/* Stop the service; its exit code. */
+static inline int t_svc_stop(struct t_svc *sv)
+{
+    close(sv->stop_fd);
+    close(sv->key_fd);
+    return t_wait(sv->pid);
+}
+
+/* In a caller process: join DOMAIN, request the service of SV, open a
+ * channel with options O. */
+static inline rpal_chan *t_svc_open(const struct t_svc *sv, const char *domain,
+                                    const struct rpal_chan_opts *o, rpal_domain **dout)
+{
+    char text[33];
+    REQUIRE(read(sv->key_fd, text, 33) == 33);
+    rpal_key k;
+    REQUIRE(rpal_key_parse(text, &k) == 0);
+    rpal_domain *d;
+    REQUIRE(rpal_domain_join(domain, NULL, &d) == 0);
+    rpal_peer *p;
+    REQUIRE(rpal_service_request(d, "svc", &k, 5000, &p) == 0);
+    rpal_chan *c;
+    int err;
+    for (int tries = 0; (err = rpal_chan_open(p, o, 5000, &c)) == -EAGAIN && tries < 200; tries++)
+        usleep(10000); /* the receiver thread may not exist yet */
+    REQUIRE(err == 0);
+    *dout = d;
+    return c;
+}
+
 #endif

@@ -23,6 +23,9 @@ static const char *usage_text =
     "                          attached live processes; every domain member:\n"
     "                          slot, pid, services, whom it shares with\n"
     "  rpal gc [--json]        remove what belongs only to dead processes\n"
+    "  rpal stat [--json]      every channel and upgraded connection of every\n"
+    "                          member: messages, wake-ups sent and not needed,\n"
+    "                          sleeps, spins, yields, the spin budget\n"
     "  rpal bench NAME [ARGS]  run a benchmark: paper (the RPAL paper's\n"
     "                          measurement: epoll + Unix socket against rpal),\n"
     "                          call (transports compared), heap (rpal_malloc\n"
@@ -431,6 +434,85 @@ static int exec_helper(const char *what, const char *subdir, const char *name, c
     return fail(what, path, -errno);
 }
 
+/* `rpal stat`: every channel's and connection's counters, the answer to
+ * "why does this connection cost what it costs". */
+struct stat_state {
+    int json, count;
+};
+
+static const char *const stat_kind[] = {"?", "caller", "service", "conn"};
+static const char *const stat_state_name[] = {"running", "spinning", "yielding", "asleep"};
+
+static int stat_one(const struct rpal_stats_entry *e, void *arg)
+{
+    struct stat_state *st = arg;
+    const struct rpal_stats *s = &e->s;
+    if (st->json) {
+        printf("%s{\"domain\":", st->count ? ",\n  " : "\n  ");
+        json_str(e->domain);
+        printf(",\"slot\":%u,\"pid\":%d,\"kind\":\"%s\",\"peer_slot\":%u,\"peer_pid\":%d,",
+               e->slot, (int)e->pid, stat_kind[e->kind], e->peer_slot, (int)e->peer_pid);
+        if (e->kind == RPAL_STATS_CONN) {
+            printf("\"fd\":%d,", e->fd);
+        } else {
+            printf("\"service\":");
+            json_str(e->service);
+            putchar(',');
+        }
+        printf("\"state\":\"%s\",\"msgs_out\":%llu,\"bytes_out\":%llu,\"msgs_in\":%llu,"
+               "\"bytes_in\":%llu,\"wakes\":%llu,\"wakes_skipped\":%llu,\"waits\":%llu,"
+               "\"sleeps\":%llu,\"spin_hits\":%llu,\"yields\":%llu,\"spin_ns\":%llu,"
+               "\"budget_ns\":%u}",
+               stat_state_name[e->state], (unsigned long long)s->msgs_out,
+               (unsigned long long)s->bytes_out, (unsigned long long)s->msgs_in,
+               (unsigned long long)s->bytes_in, (unsigned long long)s->wakes,
+               (unsigned long long)s->wakes_skipped, (unsigned long long)s->waits,
+               (unsigned long long)s->sleeps, (unsigned long long)s->spin_hits,
+               (unsigned long long)s->yields, (unsigned long long)s->spin_ns, s->budget_ns);
+    } else {
+        char what[80];
+        if (!st->count)
+            printf("%-12s %4s %-8s %-8s %-22s %10s %10s %8s %10s %8s %10s %8s %8s %s\n",
+                   "DOMAIN", "SLOT", "PID", "KIND", "PEER", "MSGS OUT", "MSGS IN", "WAKES",
+                   "NO WAKE", "SLEEPS", "SPUN OK", "YIELDS", "SPIN ms", "BUDGET us");
+        if (e->kind == RPAL_STATS_CONN)
+            snprintf(what, sizeof what, "fd %d, slot %u", e->fd, e->peer_slot);
+        else
+            snprintf(what, sizeof what, "%s %.14s, slot %u",
+                     e->kind == RPAL_STATS_CALLER ? "to" : "of", e->service, e->peer_slot);
+        printf("%-12s %4u %-8d %-8s %-22s %10llu %10llu %8llu %10llu %8llu %10llu %8llu %8.1f %.1f\n",
+               e->domain, e->slot, (int)e->pid, stat_kind[e->kind], what,
+               (unsigned long long)s->msgs_out, (unsigned long long)s->msgs_in,
+               (unsigned long long)s->wakes, (unsigned long long)s->wakes_skipped,
+               (unsigned long long)s->sleeps, (unsigned long long)s->spin_hits,
+               (unsigned long long)s->yields, s->spin_ns / 1e6, s->budget_ns / 1000.0);
+    }
+    st->count++;
+    return 0;
+}
+
+static int cmd_stat(int argc, char **argv)
+{
+    struct stat_state st = {0, 0};
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--json"))
+            st.json = 1;
+        else
+            return usage();
+    }
+    if (st.json) {
+        printf("{\"dir\":");
+        json_str(rpal_ns_dir());
+        printf(",\"channels\":[");
+    }
+    int err = rpal_stats_foreach(stat_one, &st);
+    if (st.json)
+        printf("%s]}\n", st.count ? "\n" : "");
+    else if (!st.count && err == 0)
+        printf("no channels or connections in %s\n", rpal_ns_dir());
+    return err < 0 ? fail("stat", NULL, err) : 0;
+}
+
 /* `rpal bench NAME ARGS`: run the benchmark program NAME. */
 static int cmd_bench(int argc, char **argv)
 {
@@ -450,6 +532,8 @@ int main(int argc, char **argv)
         return cmd_ls(argc - 2, argv + 2);
     if (!strcmp(cmd, "gc"))
         return cmd_gc(argc - 2, argv + 2);
+    if (!strcmp(cmd, "stat"))
+        return cmd_stat(argc - 2, argv + 2);
     if (!strcmp(cmd, "bench"))
         return cmd_bench(argc - 2, argv + 2);
     if (!strcmp(cmd, "chaos")) /* a program of its own: tools/chaos.c */

@@ -1,0 +1,123 @@
+/* The wait's learning (src/wait.c), fed known wait lengths: the budget grows
+ * when waits are short and falls to nothing when they are long, both ways
+ * and more than once; a mix decides by which kind dominates; the budget
+ * never exceeds a channel's cap or RPAL_SPIN_US; RPAL_SPIN_US=0 never spins
+ * and fixed:N always spins N. And the placement rule: a waiter whose other
+ * side published our CPU yields or sleeps, never spins; one whose other side
+ * is elsewhere spins. */
+#include "testlib.h"
+#include "internal.h"
+
+static void feed(struct wt_learn *l, uint64_t ns, int n)
+{
+    for (int i = 0; i < n; i++)
+        wt_learn_note(l, ns, UINT32_MAX);
+}
+
+/* Run FN in a child with RPAL_SPIN_US=VALUE (read once per process). */
+static void with_env(const char *value, void (*fn)(void))
+{
+    pid_t p = fork();
+    REQUIRE(p >= 0);
+    if (p == 0) {
+        setenv("RPAL_SPIN_US", value, 1);
+        fn();
+        _exit(t_failures ? 1 : 0);
+    }
+    CHECK(t_wait(p) == 0);
+}
+
+static void never_spins(void)
+{
+    struct wt_learn l;
+    wt_learn_init(&l);
+    feed(&l, 300, 200);
+    CHECK(wt_budget(&l, UINT32_MAX) == 0);
+}
+
+static void fixed_spins(void)
+{
+    struct wt_learn l;
+    wt_learn_init(&l);
+    feed(&l, 10000000, 200); /* long waits: fixed all the same */
+    CHECK(wt_budget(&l, UINT32_MAX) == 7000);
+    CHECK(wt_budget(&l, 3000) == 3000); /* the channel's own cap still holds */
+}
+
+static void capped(void)
+{
+    struct wt_learn l;
+    wt_learn_init(&l);
+    feed(&l, 300, 200);
+    uint32_t b = wt_budget(&l, UINT32_MAX);
+    CHECK(b > 0 && b <= 2000);
+}
+
+int main(void)
+{
+    t_init();
+    with_env("0", never_spins);
+    with_env("fixed:7", fixed_spins);
+    with_env("2", capped);
+
+    struct wt_learn l;
+    wt_learn_init(&l);
+    for (int round = 0; round < 3; round++) {
+        feed(&l, 400, 64); /* back to back: short waits */
+        uint32_t b = wt_budget(&l, UINT32_MAX);
+        CHECK(b > 0);
+        CHECK(b <= 100000); /* RPAL_SPIN_US's default bound */
+        CHECK(wt_budget(&l, 1500) <= 1500);
+        feed(&l, 2000000, 64); /* 2 ms between messages: sleep at once */
+        CHECK(wt_budget(&l, UINT32_MAX) == 0);
+    }
+    /* A mix: three short waits in four spin, one in four do not. */
+    for (int i = 0; i < 400; i++)
+        wt_learn_note(&l, i % 4 ? 400 : 2000000, UINT32_MAX);
+    CHECK(wt_budget(&l, UINT32_MAX) > 0);
+    for (int i = 0; i < 400; i++)
+        wt_learn_note(&l, i % 4 ? 2000000 : 400, UINT32_MAX);
+    CHECK(wt_budget(&l, UINT32_MAX) == 0);
+
+    /* Placement: the way a wait begins. */
+    feed(&l, 400, 200);
+    REQUIRE(wt_budget(&l, UINT32_MAX) > 0);
+    uint32_t me = wt_my_cpu();
+    REQUIRE(me > 0);
+    struct rpal_chan_opts adaptive = {0}, poll = {.wait = RPAL_WAIT_POLL},
+                          sleep = {.wait = RPAL_WAIT_SLEEP}, same = {.same_cpu = 1};
+    struct wt_wait w;
+    wt_begin(&w, &l, NULL, &adaptive, me); /* the other side runs on our CPU */
+    CHECK(w.mode == WT_YIELD);
+    wt_begin(&w, &l, NULL, &adaptive, me + 1); /* elsewhere */
+    CHECK(w.mode == WT_SPIN);
+    wt_begin(&w, &l, NULL, &adaptive, 0); /* unknown: spin */
+    CHECK(w.mode == WT_SPIN);
+    wt_begin(&w, &l, NULL, &same, me + 1); /* the application says one CPU */
+    CHECK(w.mode == WT_YIELD);
+    wt_begin(&w, &l, NULL, &poll, me);
+    CHECK(w.mode == WT_SPIN && w.policy == RPAL_WAIT_POLL);
+    wt_begin(&w, &l, NULL, &sleep, me + 1);
+    CHECK(w.mode == WT_SLEEP);
+    feed(&l, 2000000, 200);
+    wt_begin(&w, &l, NULL, &adaptive, me); /* long waits on our CPU: sleep */
+    CHECK(w.mode == WT_SLEEP);
+    wt_begin(&w, &l, NULL, &adaptive, me + 1);
+    CHECK(w.mode == WT_SLEEP);
+
+    /* A yield that runs nobody (we are alone on this CPU) ends the yielding:
+     * the next step is a sleep. */
+    int a, b;
+    if (t_two_cpus(&a, &b) == 0 || a >= 0) {
+        REQUIRE(t_pin(a) == 0);
+        feed(&l, 400, 200);
+        wt_begin(&w, &l, NULL, &adaptive, wt_my_cpu());
+        REQUIRE(w.mode == WT_YIELD);
+        int steps = 0;
+        while (wt_pause(&w) != WT_SLEEP && w.mode != WT_SLEEP && steps < 1000)
+            steps++;
+        CHECK(w.mode == WT_SLEEP);
+        CHECK(steps < 1000);
+    }
+    return t_done();
+}

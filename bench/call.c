@@ -35,8 +35,7 @@
  *             [--wait auto|block|poll] [--throughput]
  * See docs/benchmarks.md.
  */
-#include "rpal.h"
-#include "atomics.h"
+#include "bench.h" /* rpal.h, atomics.h, json_str(), the helpers shared with bench/load */
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -122,22 +121,6 @@ static inline uint64_t tsc_send(void)
 static inline uint64_t tsc_recv(void) { return tsc_send(); }
 static inline void cpu_relax(void) { __asm__ volatile("" ::: "memory"); }
 #endif
-
-static int64_t mono_ns(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
-}
-
-/* CPU time of this process (all its threads), user + system. */
-static int64_t cpu_ns(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (int64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000000 +
-           (int64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000;
-}
 
 /* Ticks per second of the stamp clock, against CLOCK_MONOTONIC over 100 ms. */
 static double calibrate_hz(void)
@@ -262,27 +245,6 @@ static void die(const char *what)
     die_msg("%s: %s", what, strerror(errno));
 }
 
-static int pin_cpu(int cpu)
-{
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(cpu, &set);
-    return sched_setaffinity(0, sizeof set, &set);
-}
-
-static size_t page_round(size_t n)
-{
-    size_t pg = (size_t)sysconf(_SC_PAGESIZE);
-    return (n + pg - 1) / pg * pg;
-}
-
-static void *map_shared(size_t len)
-{
-    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
-                   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    return p == MAP_FAILED ? NULL : p;
-}
-
 static void read_full(int fd, void *buf, size_t n)
 {
     unsigned char *p = buf;
@@ -322,23 +284,6 @@ static long futex(_Atomic uint32_t *word, int op, uint32_t val)
     /* Not FUTEX_PRIVATE_FLAG: the word is in memory shared between
      * processes. */
     return syscall(SYS_futex, (uint32_t *)word, op, val, NULL, NULL, 0);
-}
-
-/* 1 if PROG is an executable in $PATH. */
-static int find_in_path(const char *prog)
-{
-    const char *path = getenv("PATH");
-    char buf[4096];
-    if (!path || !*path)
-        path = "/usr/local/bin:/usr/bin:/bin";
-    while (*path) {
-        size_t n = strcspn(path, ":");
-        snprintf(buf, sizeof buf, "%.*s/%s", (int)n, path, prog);
-        if (n && access(buf, X_OK) == 0)
-            return 1;
-        path += n + (path[n] == ':');
-    }
-    return 0;
 }
 
 /* Private message buffers of the copying transports. */
@@ -1207,12 +1152,6 @@ static struct {
     unsigned char *req;
 } rp;
 
-static void rpal_die(const char *what, int err) __attribute__((noreturn));
-static void rpal_die(const char *what, int err)
-{
-    die_msg("%s: %s", what, rpal_strerror(err));
-}
-
 static struct rpal_chan_opts rpal_bench_opts(int mode)
 {
     struct rpal_chan_opts o = {.wait = RPAL_WAIT_ADAPTIVE};
@@ -1242,57 +1181,26 @@ static int rpal_setup(struct ctx *c)
 /* Join, register, publish "NAME KEY" in SCRATCH (server); join (client). */
 static void rpal_join_side(int side, int mode, char *scratch, size_t len)
 {
-    int err = rpal_domain_join(RPAL_BENCH_DOMAIN, NULL, &rp.d);
-    if (err < 0)
-        rpal_die("rpal_domain_join", err);
-    if (side != SERVER)
-        return;
-    if ((err = rpal_service_register(rp.d, rp.service, 0, NULL, NULL, &rp.svc)) < 0)
-        rpal_die("rpal_service_register", err);
     struct rpal_chan_opts o = rpal_bench_opts(mode);
-    if ((err = rpal_receiver_create(rp.svc, &o, &rp.r)) < 0)
-        rpal_die("rpal_receiver_create", err);
-    rpal_key k;
-    char text[33];
-    rpal_service_key(rp.svc, &k);
-    rpal_key_format(&k, text);
-    snprintf(scratch, len, "%s %s", rp.service, text);
+    if (side == SERVER)
+        bench_rpal_serve(RPAL_BENCH_DOMAIN, rp.service, &o, &rp.d, &rp.svc, &rp.r,
+                         scratch, len);
+    else
+        bench_rpal_join(RPAL_BENCH_DOMAIN, &rp.d);
 }
 
 /* Client: request the service named in SCRATCH and open a channel. */
 static void rpal_open_side(int mode, unsigned depth, const char *scratch)
 {
-    char name[64], text[33];
-    rpal_key k;
-    if (sscanf(scratch, "%63s %32s", name, text) != 2 || rpal_key_parse(text, &k) < 0)
-        die_msg("no service name and key from the server");
-    int err = rpal_service_request(rp.d, name, &k, RPAL_BENCH_TIMEOUT_MS, &rp.peer);
-    if (err < 0)
-        rpal_die("rpal_service_request", err);
     struct rpal_chan_opts o = rpal_bench_opts(mode);
     o.depth = depth;
-    for (int tries = 0;; tries++) {
-        err = rpal_chan_open(rp.peer, &o, RPAL_BENCH_TIMEOUT_MS, &rp.chan);
-        if (err != -EAGAIN || tries == 100)
-            break;
-        usleep(10000);
-    }
-    if (err < 0)
-        rpal_die("rpal_chan_open", err);
+    bench_rpal_open(rp.d, scratch, &o, RPAL_BENCH_TIMEOUT_MS, &rp.peer, &rp.chan);
 }
 
 /* Server: answer handshakes until FLAG is set (30 s at most). */
 static void rpal_dispatch_until(_Atomic int *flag)
 {
-    int64_t end = mono_ns() + 30 * 1000000000LL;
-    while (!rpal_load_acquire(flag)) { /* pairs with the client's release */
-        struct rpal_event ev[8];
-        int n = rpal_domain_dispatch(rp.d, ev, 8, 5);
-        if (n < 0 && n != -ETIMEDOUT && n != -EINTR)
-            rpal_die("rpal_domain_dispatch", n);
-        if (mono_ns() > end)
-            die_msg("the client did not connect in 30 s");
-    }
+    bench_rpal_dispatch_until(rp.d, flag, 30);
 }
 
 static void rpal_init(struct ctx *c, int side)
@@ -1701,21 +1609,6 @@ static void run_latency(const struct transport *T, const struct opts *o,
 /* Output                                                                    */
 /* ------------------------------------------------------------------------ */
 
-static void json_str(const char *s)
-{
-    putchar('"');
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\')
-            printf("\\%c", ch);
-        else if (ch < 0x20)
-            printf("\\u%04x", ch);
-        else
-            putchar(ch);
-    }
-    putchar('"');
-}
-
 static void print_result(const struct result *r, const struct opts *o)
 {
     if (o->json) {
@@ -1880,24 +1773,6 @@ static void print_table_head(int mode, const struct opts *o, long count)
 /* --plot: latency CDFs with gnuplot                                         */
 /* ------------------------------------------------------------------------ */
 
-static int run_gnuplot(const char *script)
-{
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0)
-        return -1;
-    if (pid == 0) {
-        dup2(2, 1);
-        execlp("gnuplot", "gnuplot", script, (char *)NULL);
-        _exit(127);
-    }
-    int st;
-    while (waitpid(pid, &st, 0) < 0)
-        if (errno != EINTR)
-            return -1;
-    return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
-}
-
 /* Write FILE (with "-MODE" before the extension when MULTI) from the results
  * of one mode: the per-call latencies go to temp files, gnuplot draws their
  * CDFs. Returns 0, or -1 with a message printed. */
@@ -1948,14 +1823,11 @@ static int plot(const char *file, int multi, int mode, const struct opts *o,
                     (double)(i + 1) / (double)r->n);
         }
         fclose(d);
-        static const char *const colors[] = {
-            "#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd",
-            "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"};
         cl += (size_t)snprintf(cmd + cl, sizeof cmd - cl,
                                "%s'%s' using 1:2 with lines lw %d lc rgb '%s' title '%s'",
                                nplots ? ", \\\n  " : "plot ", path,
                                strcmp(r->name, "rpal") ? 2 : 4,
-                               colors[nplots % 10], r->name);
+                               bench_color(nplots), r->name);
         if (cl >= sizeof cmd)
             break;
         nplots++;
@@ -2584,20 +2456,7 @@ static int known_name(const char *p, size_t k)
  * two we may. */
 static void choose_cpus(void)
 {
-    cpu_set_t set;
-    int found[2] = {-1, -1}, n = 0;
-    if (sched_getaffinity(0, sizeof set, &set) < 0)
-        return;
-    if (CPU_ISSET(0, &set) && CPU_ISSET(1, &set)) {
-        cpu_a = 0, cpu_b = 1, ncpus_ok = 2;
-        return;
-    }
-    for (int i = 0; i < CPU_SETSIZE && n < 2; i++)
-        if (CPU_ISSET(i, &set))
-            found[n++] = i;
-    cpu_a = found[0] < 0 ? 0 : found[0];
-    cpu_b = found[1] < 0 ? cpu_a : found[1];
-    ncpus_ok = n;
+    ncpus_ok = bench_choose_cpus(&cpu_a, &cpu_b);
 }
 
 int main(int argc, char **argv)

@@ -120,6 +120,7 @@ struct run_shared {
     char err[2][256];          /* why a side failed */
     /* The client's window. */
     int64_t n, wall_ns, p50_ns, p99_ns, warm;
+    int64_t rtt_p50_ns, rtt_p99_ns; /* reply - send: the transport alone */
     struct bench_usage cu;
     /* The server's window. */
     int64_t srv_n;
@@ -548,6 +549,15 @@ static int cmp_i64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* Sorts V (N > 0 values) and takes its median and 99th percentile. */
+static void quantiles(int64_t *v, size_t n, int64_t *p50, int64_t *p99)
+{
+    qsort(v, n, sizeof *v, cmp_i64);
+    size_t i99 = (size_t)((double)n * 0.99);
+    *p50 = v[n / 2];
+    *p99 = v[i99 < n ? i99 : n - 1];
+}
+
 /* The client: warm-up, the window, then a stop message. The schedule and
  * the sleeping are the same for every transport; only client_call differs. */
 static void client_loop(const struct transport *T)
@@ -556,8 +566,8 @@ static void client_loop(const struct transport *T)
     const struct point *pt = &run.pt;
     unsigned char *msg = malloc(opt.size);
     size_t cap = 65536;
-    int64_t *lat = malloc(cap * sizeof *lat);
-    if (!msg || !lat)
+    int64_t *lat = malloc(cap * sizeof *lat), *rtt = malloc(cap * sizeof *rtt);
+    if (!msg || !lat || !rtt)
         die_msg("out of memory");
     for (size_t j = 16; j < opt.size; j++)
         msg[j] = (unsigned char)(j * 7 + 1);
@@ -626,9 +636,12 @@ static void client_loop(const struct transport *T)
         if (phase == WINDOW) {
             if ((size_t)j == cap) {
                 cap *= 2;
-                if (!(lat = realloc(lat, cap * sizeof *lat)))
+                lat = realloc(lat, cap * sizeof *lat);
+                rtt = realloc(rtt, cap * sizeof *rtt);
+                if (!lat || !rtt)
                     die_msg("out of memory");
             }
+            rtt[j] = back - now;
             lat[j++] = back - due;
             if (flags & F_END)
                 phase = ENDING;
@@ -638,10 +651,10 @@ static void client_loop(const struct transport *T)
         if (pt->closed)
             next = back + think; /* no sleep at all for saturation */
     }
-    qsort(lat, (size_t)j, sizeof *lat, cmp_i64);
-    sh->p50_ns = lat[j / 2];
-    sh->p99_ns = lat[(size_t)((double)j * 0.99) < (size_t)j ? (size_t)((double)j * 0.99) : (size_t)j - 1];
+    quantiles(lat, (size_t)j, &sh->p50_ns, &sh->p99_ns);
+    quantiles(rtt, (size_t)j, &sh->rtt_p50_ns, &sh->rtt_p99_ns);
     free(lat);
+    free(rtt);
     free(msg);
 }
 
@@ -692,6 +705,7 @@ struct result {
     char why[300];
     long n, srv_n, warm;
     double secs, achieved, p50, p99;
+    double rtt50, rtt99; /* reply - actual send: without the client's lateness */
     double ccpu, scpu, cpu; /* ns per message */
     double cvcsw, civcsw, svcsw, sivcsw; /* per message */
 };
@@ -829,6 +843,8 @@ static void run_one(int t, int placement, const struct point *pt, struct result 
         r->achieved = n / r->secs;
         r->p50 = (double)sh->p50_ns;
         r->p99 = (double)sh->p99_ns;
+        r->rtt50 = (double)sh->rtt_p50_ns;
+        r->rtt99 = (double)sh->rtt_p99_ns;
         r->ccpu = (double)sh->cu.cpu_ns / n;
         r->scpu = (double)sh->su.cpu_ns / n;
         r->cpu = r->ccpu + r->scpu;
@@ -887,11 +903,12 @@ static void json_point(const char *summary, const char *transport, int placement
 static void json_figures(const struct result *r)
 {
     printf(",\"achieved_per_s\":%.1f,\"p50_ns\":%.0f,\"p99_ns\":%.0f,"
+           "\"rtt_p50_ns\":%.0f,\"rtt_p99_ns\":%.0f,"
            "\"client_cpu_ns_per_msg\":%.1f,\"server_cpu_ns_per_msg\":%.1f,"
            "\"cpu_ns_per_msg\":%.1f,\"client_vcsw_per_msg\":%.4f,"
            "\"client_ivcsw_per_msg\":%.4f,\"server_vcsw_per_msg\":%.4f,"
            "\"server_ivcsw_per_msg\":%.4f",
-           r->achieved, r->p50, r->p99, r->ccpu, r->scpu, r->cpu, r->cvcsw, r->civcsw,
+           r->achieved, r->p50, r->p99, r->rtt50, r->rtt99, r->ccpu, r->scpu, r->cpu, r->cvcsw, r->civcsw,
            r->svcsw, r->sivcsw);
 }
 
@@ -934,13 +951,13 @@ struct summary {
     int rounds;
     struct result med;
     int nratio;
-    double cpu_ratio, p50_ratio, p99_ratio;
+    double cpu_ratio, p50_ratio, p99_ratio, rtt_ratio;
 };
 
 static void summarize(int pl, int p, int t, struct summary *s)
 {
-    enum { NF = 12 };
-    double f[NF][MAX_ROUNDS], q[3][MAX_ROUNDS];
+    enum { NF = 14 };
+    double f[NF][MAX_ROUNDS], q[4][MAX_ROUNDS];
     int n = 0, m = 0;
     memset(s, 0, sizeof *s);
     for (int k = 0; k < opt.rounds; k++) {
@@ -949,16 +966,17 @@ static void summarize(int pl, int p, int t, struct summary *s)
             continue;
         const double v[NF] = {r->achieved, r->p50, r->p99, r->ccpu, r->scpu, r->cpu,
                               r->cvcsw, r->civcsw, r->svcsw, r->sivcsw, r->secs,
-                              (double)r->n};
+                              r->rtt50, r->rtt99, (double)r->n};
         for (int i = 0; i < NF; i++)
             f[i][n] = v[i];
         n++;
         const struct result *u = at(pl, p, k, T_UDS);
         if (t != T_UDS && opt.want[T_UDS] && !u->status && u->cpu > 0 && u->p50 > 0 &&
-            u->p99 > 0) {
+            u->p99 > 0 && u->rtt50 > 0) {
             q[0][m] = r->cpu / u->cpu;
             q[1][m] = r->p50 / u->p50;
             q[2][m] = r->p99 / u->p99;
+            q[3][m] = r->rtt50 / u->rtt50;
             m++;
         }
     }
@@ -967,7 +985,8 @@ static void summarize(int pl, int p, int t, struct summary *s)
     if (n) {
         struct result *d = &s->med;
         double *dst[NF] = {&d->achieved, &d->p50, &d->p99, &d->ccpu, &d->scpu, &d->cpu,
-                           &d->cvcsw, &d->civcsw, &d->svcsw, &d->sivcsw, &d->secs, NULL};
+                           &d->cvcsw, &d->civcsw, &d->svcsw, &d->sivcsw, &d->secs,
+                           &d->rtt50, &d->rtt99, NULL};
         for (int i = 0; i < NF - 1; i++)
             *dst[i] = median(f[i], n);
         d->n = (long)median(f[NF - 1], n);
@@ -976,6 +995,7 @@ static void summarize(int pl, int p, int t, struct summary *s)
         s->cpu_ratio = median(q[0], m);
         s->p50_ratio = median(q[1], m);
         s->p99_ratio = median(q[2], m);
+        s->rtt_ratio = median(q[3], m);
     }
 }
 
@@ -987,9 +1007,12 @@ static void table_head(int pl)
     else
         snprintf(where, sizeof where, "client and server both on CPU %d", cpu_a);
     printf("\nplacement %s: %s; %zu-byte messages; median of %d round%s\n"
-           "%-11s %-12s %9s %8s %8s %8s = %7s + %7s %11s %11s %8s %8s\n",
+           "p50, p99: latency from when the message was due (open loop) or sent; rtt50: "
+           "from when it was sent.\nCPU per message, client + server; context switches "
+           "per message, client/server; ratios: median of the per-round ratios\n"
+           "%-11s %-12s %9s %8s %8s %8s %8s = %7s + %7s %11s %11s %8s %8s\n",
            pnames[pl], where, opt.size, opt.rounds, opt.rounds == 1 ? "" : "s", "load",
-           "transport", "msgs/s", "p50 us", "p99 us", "CPU us", "client", "server",
+           "transport", "msgs/s", "p50 us", "p99 us", "rtt50 us", "CPU us", "client", "server",
            "vcsw c/s", "ivcsw c/s", "CPU/uds", "p50/uds");
 }
 
@@ -1023,9 +1046,10 @@ static void table_point(int pl, int p)
         char c1[16], c2[16];
         ratio_cell(c1, sizeof c1, s.nratio, s.cpu_ratio);
         ratio_cell(c2, sizeof c2, s.nratio, s.p50_ratio);
-        printf("%-11s %-12s %9.0f %8.1f %8.1f %8.2f = %7.2f + %7.2f %5.2f/%5.2f %5.2f/%5.2f"
-               " %s %s\n",
-               load, tnames[t], d->achieved, d->p50 / 1e3, d->p99 / 1e3, d->cpu / 1e3,
+        printf("%-11s %-12s %9.0f %8.1f %8.1f %8.1f %8.2f = %7.2f + %7.2f %5.2f/%5.2f"
+               " %5.2f/%5.2f %s %s\n",
+               load, tnames[t], d->achieved, d->p50 / 1e3, d->p99 / 1e3, d->rtt50 / 1e3,
+               d->cpu / 1e3,
                d->ccpu / 1e3, d->scpu / 1e3, d->cvcsw, d->svcsw, d->civcsw, d->sivcsw,
                c1, c2);
         if (s.rounds < opt.rounds)
@@ -1089,16 +1113,18 @@ static void summaries(int json)
                 if (!json)
                     continue;
                 json_point("ratio", tnames[t], pl, &opt.pts[p]);
-                printf(",\"vs\":\"%s\",\"rounds\":%d,\"cpu_ratio\":%.3f,\"p50_ratio\":%.3f,"
-                       "\"p99_ratio\":%.3f,\"cpu_target_met\":%s,\"p50_target_met\":%s}\n",
+                printf(",\"vs\":\"%s\",\"rounds\":%d,\"cpu_ratio\":%.4g,\"p50_ratio\":%.4g,"
+                       "\"p99_ratio\":%.4g,\"rtt_p50_ratio\":%.4g,\"cpu_target_met\":%s,"
+                       "\"p50_target_met\":%s}\n",
                        tnames[T_UDS], s.nratio, s.cpu_ratio, s.p50_ratio, s.p99_ratio,
+                       s.rtt_ratio,
                        s.cpu_ratio <= 1.0 ? "true" : "false",
                        s.p50_ratio <= 1.0 ? "true" : "false");
             }
             if (json)
                 printf("{\"summary\":\"targets\",\"transport\":\"%s\",\"placement\":\"%s\","
-                       "\"points\":%d,\"cpu_met\":%d,\"p50_met\":%d,\"worst_cpu_ratio\":%.3f,"
-                       "\"worst_p50_ratio\":%.3f}\n",
+                       "\"points\":%d,\"cpu_met\":%d,\"p50_met\":%d,\"worst_cpu_ratio\":%.4g,"
+                       "\"worst_p50_ratio\":%.4g}\n",
                        tnames[t], pnames[pl], pts, cpu_ok, p50_ok, worst_cpu, worst_p50);
             else
                 printf("%-12s %-6s CPU met at %d of %d points (worst %.2fx), p50 met at "
@@ -1122,20 +1148,28 @@ static int cmp_row(const void *a, const void *b)
     return cmp_double(&((const struct plot_row *)a)->x, &((const struct plot_row *)b)->x);
 }
 
-/* Writes the medians of transport T in placement PL to FILE: the open-loop
- * points and saturation (THINK 0), or the think-time points (THINK 1), by
- * achieved load. Returns how many rows. */
-static int plot_data(const char *file, int pl, int t, int think)
+/* What a point is on the plots: a point of the curve (open loop that kept
+ * up with its rate, and saturation), a think-time point, or an open-loop
+ * point that could not keep up (its latency is the backlog's). */
+enum { PK_CURVE, PK_THINK, PK_OVERLOAD, NPK };
+
+static int point_kind(const struct point *pt, const struct summary *s)
+{
+    if (pt->closed)
+        return pt->think_us > 0 ? PK_THINK : PK_CURVE;
+    return s->med.achieved < 0.9 * pt->rate ? PK_OVERLOAD : PK_CURVE;
+}
+
+/* Writes the medians of transport T in placement PL of the points of KIND
+ * to FILE, by achieved load. Returns how many rows. */
+static int plot_data(const char *file, int pl, int t, int kind)
 {
     struct plot_row rows[256];
     int n = 0;
     for (int p = 0; p < opt.npts && n < 256; p++) {
-        const struct point *pt = &opt.pts[p];
-        if (think != (pt->closed && pt->think_us > 0))
-            continue;
         struct summary s;
         summarize(pl, p, t, &s);
-        if (!s.rounds)
+        if (!s.rounds || point_kind(&opt.pts[p], &s) != kind)
             continue;
         rows[n++] = (struct plot_row){s.med.achieved, s.med.p50 / 1e3, s.med.p99 / 1e3,
                                       s.med.cpu / 1e3};
@@ -1177,11 +1211,12 @@ static int plot(const char *out)
             rows += opt.placements[pl];
         fprintf(gp,
                 "set terminal %s size 1400,%d\nset output '%s'\n"
-                "set multiplot layout %d,2 title 'rpal bench load: %zu-byte messages, "
-                "median of %d rounds; open loop and saturation joined, circles: closed "
-                "loop with a think time' noenhanced\n"
+                "set multiplot layout %d,2 title \"rpal bench load: %zu-byte messages, "
+                "median of %d round(s)\\nlines: open loop and saturation; circles: closed "
+                "loop with a think time; crosses: open loop that fell behind (achieved < "
+                "90%% of offered)\" noenhanced\n"
                 "set logscale xy\nset format x '%%g'\nset format y '%%g'\nset grid\n"
-                "set key top left noenhanced\nset xlabel 'messages/s achieved'\n",
+                "set key top left opaque noenhanced\nset xlabel 'messages/s achieved'\n",
                 attempt ? "png" : "pngcairo", 480 * rows, out, rows, opt.size, opt.rounds);
         for (int pl = 0; pl < NP; pl++) {
             if (!opt.placements[pl])
@@ -1191,26 +1226,27 @@ static int plot(const char *out)
             for (int t = 0; t < NT; t++, c++) {
                 if (!opt.want[t])
                     continue;
-                for (int think = 0; think < 2; think++) {
-                    snprintf(file, sizeof file, "%s/plot-%d-%d-%d.dat", tmpdir, pl, t, think);
-                    if (!plot_data(file, pl, t, think))
+                for (int kind = 0; kind < NPK; kind++) {
+                    snprintf(file, sizeof file, "%s/plot-%d-%d-%d.dat", tmpdir, pl, t, kind);
+                    if (!plot_data(file, pl, t, kind))
                         continue;
-                    const char *sep = ll ? ", \\\n  " : "plot ";
-                    if (!think) {
+                    const char *col = bench_color(c);
+                    if (kind == PK_CURVE) {
                         ll += (size_t)snprintf(lat + ll, sizeof lat - ll,
                             "%s'%s' using 1:2 with linespoints lw 2 pt 7 lc rgb '%s' title '%s', "
                             "'%s' using 1:3 with lines dt 2 lc rgb '%s' notitle",
-                            sep, file, bench_color(c), tnames[t], file, bench_color(c));
+                            ll ? ", \\\n  " : "plot ", file, col, tnames[t], file, col);
                         cl += (size_t)snprintf(cpu + cl, sizeof cpu - cl,
                             "%s'%s' using 1:4 with linespoints lw 2 pt 7 lc rgb '%s' title '%s'",
-                            cl ? ", \\\n  " : "plot ", file, bench_color(c), tnames[t]);
+                            cl ? ", \\\n  " : "plot ", file, col, tnames[t]);
                     } else {
+                        int pt = kind == PK_THINK ? 6 : 2;
                         ll += (size_t)snprintf(lat + ll, sizeof lat - ll,
-                            "%s'%s' using 1:2 with points pt 6 ps 1.5 lc rgb '%s' notitle",
-                            sep, file, bench_color(c));
+                            "%s'%s' using 1:2 with points pt %d ps 1.5 lw 2 lc rgb '%s' notitle",
+                            ll ? ", \\\n  " : "plot ", file, pt, col);
                         cl += (size_t)snprintf(cpu + cl, sizeof cpu - cl,
-                            "%s'%s' using 1:4 with points pt 6 ps 1.5 lc rgb '%s' notitle",
-                            cl ? ", \\\n  " : "plot ", file, bench_color(c));
+                            "%s'%s' using 1:4 with points pt %d ps 1.5 lw 2 lc rgb '%s' notitle",
+                            cl ? ", \\\n  " : "plot ", file, pt, col);
                     }
                 }
             }
@@ -1229,8 +1265,8 @@ static int plot(const char *out)
     }
     for (int pl = 0; pl < NP; pl++)
         for (int t = 0; t < NT; t++)
-            for (int think = 0; think < 2; think++) {
-                snprintf(file, sizeof file, "%s/plot-%d-%d-%d.dat", tmpdir, pl, t, think);
+            for (int kind = 0; kind < NPK; kind++) {
+                snprintf(file, sizeof file, "%s/plot-%d-%d-%d.dat", tmpdir, pl, t, kind);
                 unlink(file);
             }
     unlink(script);

@@ -95,12 +95,14 @@ awk -v ncpu="$ncpu" '
     if ($0 ~ /"error":/ || $0 ~ /"skipped":/) { err("did not run"); next }
     result[key]++
     if (val("size") != 32) err("size is not 32")
-    positive("msgs server_msgs warmup_msgs seconds achieved_per_s p50_ns p99_ns client_cpu_ns_per_msg server_cpu_ns_per_msg cpu_ns_per_msg")
+    positive("msgs server_msgs warmup_msgs seconds achieved_per_s p50_ns p99_ns rtt_p50_ns rtt_p99_ns client_cpu_ns_per_msg server_cpu_ns_per_msg cpu_ns_per_msg")
     nonneg("client_vcsw_per_msg client_ivcsw_per_msg server_vcsw_per_msg server_ivcsw_per_msg")
     n = val("msgs")
     if (n != val("server_msgs")) err("server counted " val("server_msgs") ", client " n)
     if (n < 100) err("fewer than the 100 messages of --quick")
     if (val("p99_ns") < val("p50_ns")) err("p99 below p50")
+    if (val("rtt_p50_ns") > val("p50_ns")) err("round trip above the latency from the due time")
+    if (str("load") == "closed" && val("rtt_p50_ns") != val("p50_ns")) err("closed loop: rtt_p50_ns is not p50_ns")
     r = n / val("seconds"); a = val("achieved_per_s")
     if (a < r * 0.99 || a > r * 1.01) err("achieved_per_s " a " but msgs/seconds " r)
     c = val("client_cpu_ns_per_msg") + val("server_cpu_ns_per_msg"); t = val("cpu_ns_per_msg")
@@ -110,7 +112,7 @@ awk -v ncpu="$ncpu" '
   }
   str("summary") == "median" {
     median[point_ok()]++
-    positive("rounds msgs achieved_per_s p50_ns p99_ns cpu_ns_per_msg")
+    positive("rounds msgs achieved_per_s p50_ns p99_ns rtt_p50_ns cpu_ns_per_msg")
     next
   }
   str("summary") == "ratio" {
@@ -118,7 +120,7 @@ awk -v ncpu="$ncpu" '
     ratio[key]++
     if (str("vs") != "uds-epoll") err("ratio not against uds-epoll")
     if (str("transport") == "uds-epoll") err("a ratio of uds-epoll to itself")
-    positive("rounds cpu_ratio p50_ratio p99_ratio")
+    positive("rounds cpu_ratio p50_ratio p99_ratio rtt_p50_ratio")
     if ($0 !~ /"cpu_target_met":(true|false),"p50_target_met":(true|false)\}$/) err("no target flags")
     next
   }

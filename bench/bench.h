@@ -3,9 +3,9 @@
  * (transports compared) and bench/load.c (latency and CPU against load).
  * Everything is static inline, so that each program takes what it uses.
  *
- * A program that includes this defines die_msg() (print, then _exit(1)):
- * the rpal helpers below end the process through it, as the programs' own
- * hot paths do. */
+ * A program that includes this defines bench_died(), its report of a fatal
+ * error in a child; die_msg() formats the message, calls it and ends the
+ * process, for the helpers below and for the programs' own hot paths. */
 #ifndef RPAL_BENCH_H
 #define RPAL_BENCH_H
 
@@ -15,6 +15,8 @@
 
 #include <errno.h>
 #include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,7 +27,21 @@
 #include <time.h>
 #include <unistd.h>
 
-static void die_msg(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+/* The including program's report of a fatal error in a child (who it is,
+ * what went wrong); die_msg() calls it, then ends the process. */
+static void bench_died(const char *msg);
+
+static inline void die_msg(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+static inline void die_msg(const char *fmt, ...)
+{
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    bench_died(buf);
+    _exit(1);
+}
 
 static inline int64_t mono_ns(void)
 {
@@ -116,6 +132,15 @@ static inline int find_in_path(const char *prog)
     return 0;
 }
 
+/* Ends the JSON object of something that did not run: ,"skipped":WHY} when
+ * SKIPPED, else ,"error":WHY}, and the line. */
+static inline void json_not_run(int skipped, const char *why)
+{
+    printf(",\"%s\":", skipped ? "skipped" : "error");
+    json_str(why);
+    printf("}\n");
+}
+
 /* Runs `gnuplot SCRIPT` (its output to our stderr); 0 if it succeeded. */
 static inline int run_gnuplot(const char *script)
 {
@@ -145,6 +170,79 @@ static inline const char *bench_color(int i)
     return c[(unsigned)i % 10];
 }
 
+/* ---- the orchestrator: two children, a deadline ---- */
+
+/* Set by bench_on_alarm, the SIGALRM handler (installed without
+ * SA_RESTART, so that waitpid returns) behind bench_wait_pair's deadline. */
+static volatile sig_atomic_t bench_alarm_fired;
+static inline void bench_on_alarm(int sig)
+{
+    (void)sig;
+    bench_alarm_fired = 1;
+}
+
+/* Waits for the two children PID[0] and PID[1] (NAME[i] for messages),
+ * setting each PID[i] to 0 once reaped. The first that fails, the deadline
+ * (TIMEOUT_S) or *STOP (if not NULL; set by a signal handler) kills the
+ * other. A child that failed is described by ERR[i] when that is a
+ * non-empty text it left (ERR may be NULL), else by how it ended. REAPED,
+ * if not NULL, is told of any other child reaped meanwhile. Returns 0 if
+ * both exited 0, else -1 with WHY. */
+static inline int bench_wait_pair(pid_t pid[2], const char *const name[2],
+                                  const char *const err[2], int timeout_s,
+                                  volatile sig_atomic_t *stop, void (*reaped)(pid_t),
+                                  char *why, size_t len)
+{
+    int left = (pid[0] > 0) + (pid[1] > 0), bad = 0;
+    bench_alarm_fired = 0;
+    alarm((unsigned)timeout_s);
+    while (left) {
+        int st;
+        pid_t p = waitpid(-1, &st, 0);
+        if (p < 0) {
+            if (errno == ECHILD)
+                break;
+            if ((bench_alarm_fired || (stop && *stop)) && !bad) {
+                if (stop && *stop)
+                    snprintf(why, len, "interrupted");
+                else
+                    snprintf(why, len, "no result after %d s (killed)", timeout_s);
+                bad = 1;
+                for (int i = 0; i < 2; i++)
+                    if (pid[i] > 0)
+                        kill(pid[i], SIGKILL);
+            }
+            continue;
+        }
+        int i = p == pid[0] ? 0 : p == pid[1] ? 1 : -1;
+        if (i < 0) {
+            if (reaped)
+                reaped(p);
+            continue;
+        }
+        pid[i] = 0;
+        left--;
+        if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
+            continue;
+        if (!bad) {
+            if (err && err[i] && *err[i])
+                snprintf(why, len, "the %s: %s", name[i], err[i]);
+            else if (WIFSIGNALED(st) && WTERMSIG(st) == SIGALRM)
+                snprintf(why, len, "the %s passed its own deadline", name[i]);
+            else if (WIFSIGNALED(st))
+                snprintf(why, len, "the %s died of signal %d", name[i], WTERMSIG(st));
+            else
+                snprintf(why, len, "the %s exited with status %d (see stderr)", name[i],
+                         WEXITSTATUS(st));
+        }
+        bad = 1;
+        if (pid[!i] > 0)
+            kill(pid[!i], SIGKILL);
+    }
+    alarm(0);
+    return bad ? -1 : 0;
+}
+
 /* ---- rpal's call: the service in one child, the caller in the other ---- */
 
 static inline void rpal_die(const char *what, int err) __attribute__((noreturn));
@@ -153,9 +251,20 @@ static inline void rpal_die(const char *what, int err)
     die_msg("%s: %s", what, rpal_strerror(err));
 }
 
-static inline void bench_rpal_join(const char *domain, rpal_domain **d)
+/* One side's rpal objects (the server's service and receiver, the
+ * client's peer and channel). */
+struct bench_rpal {
+    rpal_domain *d;
+    rpal_service *svc;
+    rpal_receiver *r;
+    struct rpal_msg m;   /* the server's current request */
+    rpal_peer *peer;
+    rpal_chan *chan;
+};
+
+static inline void bench_rpal_join(const char *domain, struct bench_rpal *b)
 {
-    int err = rpal_domain_join(domain, NULL, d);
+    int err = rpal_domain_join(domain, NULL, &b->d);
     if (err < 0)
         rpal_die("rpal_domain_join", err);
 }
@@ -163,39 +272,37 @@ static inline void bench_rpal_join(const char *domain, rpal_domain **d)
 /* Server: join DOMAIN, register SERVICE, create a receiver with O (NULL:
  * the library's defaults) and publish "SERVICE KEY" in SCRATCH for the
  * client. */
-static inline void bench_rpal_serve(const char *domain, const char *service,
-                                    const struct rpal_chan_opts *o, rpal_domain **d,
-                                    rpal_service **svc, rpal_receiver **r,
+static inline void bench_rpal_serve(struct bench_rpal *b, const char *domain,
+                                    const char *service, const struct rpal_chan_opts *o,
                                     char *scratch, size_t len)
 {
-    bench_rpal_join(domain, d);
-    int err = rpal_service_register(*d, service, 0, NULL, NULL, svc);
+    bench_rpal_join(domain, b);
+    int err = rpal_service_register(b->d, service, 0, NULL, NULL, &b->svc);
     if (err < 0)
         rpal_die("rpal_service_register", err);
-    if ((err = rpal_receiver_create(*svc, o, r)) < 0)
+    if ((err = rpal_receiver_create(b->svc, o, &b->r)) < 0)
         rpal_die("rpal_receiver_create", err);
     rpal_key k;
     char text[33];
-    rpal_service_key(*svc, &k);
+    rpal_service_key(b->svc, &k);
     rpal_key_format(&k, text);
     snprintf(scratch, len, "%s %s", service, text);
 }
 
-/* Client (joined to D): request the service named in SCRATCH and open a
- * channel with O (NULL: the defaults), waiting at most TIMEOUT_MS for each. */
-static inline void bench_rpal_open(rpal_domain *d, const char *scratch,
-                                   const struct rpal_chan_opts *o, int timeout_ms,
-                                   rpal_peer **peer, rpal_chan **chan)
+/* Client (joined): request the service named in SCRATCH and open a channel
+ * with O (NULL: the defaults), waiting at most TIMEOUT_MS for each. */
+static inline void bench_rpal_open(struct bench_rpal *b, const char *scratch,
+                                   const struct rpal_chan_opts *o, int timeout_ms)
 {
     char name[64], text[33];
     rpal_key k;
     if (sscanf(scratch, "%63s %32s", name, text) != 2 || rpal_key_parse(text, &k) < 0)
         die_msg("no service name and key from the server");
-    int err = rpal_service_request(d, name, &k, timeout_ms, peer);
+    int err = rpal_service_request(b->d, name, &k, timeout_ms, &b->peer);
     if (err < 0)
         rpal_die("rpal_service_request", err);
     for (int tries = 0;; tries++) {
-        err = rpal_chan_open(*peer, o, timeout_ms, chan);
+        err = rpal_chan_open(b->peer, o, timeout_ms, &b->chan);
         if (err != -EAGAIN || tries == 100)
             break;
         usleep(10000);
@@ -206,18 +313,44 @@ static inline void bench_rpal_open(rpal_domain *d, const char *scratch,
 
 /* Server: answer handshakes (rpal_domain_dispatch) until FLAG is set by the
  * client, at most TIMEOUT_S seconds. */
-static inline void bench_rpal_dispatch_until(rpal_domain *d, _Atomic int *flag,
+static inline void bench_rpal_dispatch_until(struct bench_rpal *b, _Atomic int *flag,
                                              int timeout_s)
 {
     int64_t end = mono_ns() + timeout_s * 1000000000LL;
     while (!rpal_load_acquire(flag)) { /* pairs with the client's release */
         struct rpal_event ev[8];
-        int n = rpal_domain_dispatch(d, ev, 8, 5);
+        int n = rpal_domain_dispatch(b->d, ev, 8, 5);
         if (n < 0 && n != -ETIMEDOUT && n != -EINTR)
             rpal_die("rpal_domain_dispatch", n);
         if (mono_ns() > end)
             die_msg("the client did not connect in %d s", timeout_s);
     }
+}
+
+/* Server: the next request, of SIZE bytes, into B->m; at most TIMEOUT_MS. */
+static inline const void *bench_rpal_receive(struct bench_rpal *b, size_t size,
+                                             int timeout_ms)
+{
+    int err;
+    while ((err = rpal_receive(b->r, &b->m, timeout_ms)) == -EINTR)
+        ;
+    if (err < 0)
+        rpal_die("rpal_receive", err);
+    if (b->m.len != size)
+        die_msg("rpal_receive: a %zu-byte request, not %zu", b->m.len, size);
+    return b->m.data;
+}
+
+/* Server: close what bench_rpal_serve made; client: the channel. Then leave. */
+static inline void bench_rpal_fini(struct bench_rpal *b)
+{
+    if (b->chan)
+        rpal_chan_close(b->chan);
+    if (b->r)
+        rpal_receiver_destroy(b->r);
+    if (b->svc)
+        rpal_service_unregister(b->svc);
+    rpal_domain_leave(b->d);
 }
 
 #endif

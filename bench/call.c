@@ -226,17 +226,11 @@ struct transport {
 /* Children: who we are, for messages. */
 static const char *who_name = "call", *who_side = "";
 
-static void die_msg(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
-static void die_msg(const char *fmt, ...)
+/* A child's fatal error (bench.h's die_msg prints it through this). */
+static void bench_died(const char *msg)
 {
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
     fprintf(stderr, "call: %s%s%s: %s\n", who_name, *who_side ? " " : "",
-            who_side, buf);
-    _exit(1);
+            who_side, msg);
 }
 
 static void die(const char *what) __attribute__((noreturn));
@@ -1143,12 +1137,7 @@ static const struct transport tr_iox = {.name = "iceoryx", .skip = iox_missing};
 
 static struct {
     char service[64];
-    rpal_domain *d;
-    rpal_service *svc;
-    rpal_receiver *r;
-    rpal_peer *peer;
-    rpal_chan *chan;
-    struct rpal_msg m;
+    struct bench_rpal b;
     unsigned char *req;
 } rp;
 
@@ -1183,10 +1172,9 @@ static void rpal_join_side(int side, int mode, char *scratch, size_t len)
 {
     struct rpal_chan_opts o = rpal_bench_opts(mode);
     if (side == SERVER)
-        bench_rpal_serve(RPAL_BENCH_DOMAIN, rp.service, &o, &rp.d, &rp.svc, &rp.r,
-                         scratch, len);
+        bench_rpal_serve(&rp.b, RPAL_BENCH_DOMAIN, rp.service, &o, scratch, len);
     else
-        bench_rpal_join(RPAL_BENCH_DOMAIN, &rp.d);
+        bench_rpal_join(RPAL_BENCH_DOMAIN, &rp.b);
 }
 
 /* Client: request the service named in SCRATCH and open a channel. */
@@ -1194,13 +1182,13 @@ static void rpal_open_side(int mode, unsigned depth, const char *scratch)
 {
     struct rpal_chan_opts o = rpal_bench_opts(mode);
     o.depth = depth;
-    bench_rpal_open(rp.d, scratch, &o, RPAL_BENCH_TIMEOUT_MS, &rp.peer, &rp.chan);
+    bench_rpal_open(&rp.b, scratch, &o, RPAL_BENCH_TIMEOUT_MS);
 }
 
 /* Server: answer handshakes until FLAG is set (30 s at most). */
 static void rpal_dispatch_until(_Atomic int *flag)
 {
-    bench_rpal_dispatch_until(rp.d, flag, 30);
+    bench_rpal_dispatch_until(&rp.b, flag, 30);
 }
 
 static void rpal_init(struct ctx *c, int side)
@@ -1232,7 +1220,7 @@ static void *rpal_buf(struct ctx *c, int side)
 static const void *rpal_call_side(struct ctx *c)
 {
     size_t len;
-    int err = rpal_call(rp.chan, rp.req, c->size, rxbuf, c->size, &len,
+    int err = rpal_call(rp.b.chan, rp.req, c->size, rxbuf, c->size, &len,
                         RPAL_BENCH_TIMEOUT_MS);
     if (err < 0)
         rpal_die("rpal_call", err);
@@ -1245,7 +1233,7 @@ static const void *rpal_call_side(struct ctx *c)
 static void rpal_send_side(struct ctx *c, int side)
 {
     (void)side;
-    int err = rpal_reply(rp.r, &rp.m, txbuf, c->size);
+    int err = rpal_reply(rp.b.r, &rp.b.m, txbuf, c->size);
     if (err < 0)
         rpal_die("rpal_reply", err);
 }
@@ -1253,27 +1241,15 @@ static void rpal_send_side(struct ctx *c, int side)
 static const void *rpal_recv_side(struct ctx *c, int side)
 {
     (void)side;
-    int err;
-    while ((err = rpal_receive(rp.r, &rp.m, RPAL_BENCH_TIMEOUT_MS)) == -EINTR)
-        ;
-    if (err < 0)
-        rpal_die("rpal_receive", err);
-    if (rp.m.len != c->size)
-        die_msg("rpal_receive: a %zu-byte request, not %zu", rp.m.len, c->size);
-    return rp.m.data;
+    return bench_rpal_receive(&rp.b, c->size, RPAL_BENCH_TIMEOUT_MS);
 }
 
 static void rpal_fini(struct ctx *c, int side)
 {
     (void)c;
-    if (side == CLIENT) {
-        rpal_chan_close(rp.chan);
+    if (side == CLIENT)
         rpal_free(rp.req);
-    } else {
-        rpal_receiver_destroy(rp.r);
-        rpal_service_unregister(rp.svc);
-    }
-    rpal_domain_leave(rp.d);
+    bench_rpal_fini(&rp.b);
 }
 
 static const struct transport tr_rpal = {
@@ -1433,63 +1409,23 @@ static void child_main(const struct transport *T, struct ctx *c, int side,
     exit(0);
 }
 
-static volatile sig_atomic_t alarm_fired;
-static void on_alarm(int sig)
+#ifdef HAVE_ICEORYX
+static void roudi_reaped(pid_t pid)
 {
-    (void)sig;
-    alarm_fired = 1;
+    if (pid == roudi_pid)
+        roudi_pid = 0;
 }
+#else
+#define roudi_reaped NULL
+#endif
 
 /* Wait for both children; if one fails, kill the other. Returns 0 if both
  * exited 0, else -1 with WHY. */
-static int wait_pair(pid_t a, pid_t b, int timeout_s, char *why, size_t len)
+static int wait_pair(pid_t a, pid_t b, const char *const names[2], int timeout_s,
+                     char *why, size_t len)
 {
     pid_t pids[2] = {a, b};
-    int left = 2, bad = 0;
-    alarm_fired = 0;
-    alarm((unsigned)timeout_s);
-    while (left) {
-        int st;
-        pid_t p = waitpid(-1, &st, 0);
-        if (p < 0) {
-            if (errno == ECHILD)
-                break;
-            if (alarm_fired && !bad) {
-                snprintf(why, len, "no result after %d s (killed)", timeout_s);
-                bad = 1;
-                for (int i = 0; i < 2; i++)
-                    if (pids[i] > 0)
-                        kill(pids[i], SIGKILL);
-            }
-            continue;
-        }
-#ifdef HAVE_ICEORYX
-        if (p == roudi_pid) {
-            roudi_pid = 0;
-            continue;
-        }
-#endif
-        int i = p == pids[0] ? 0 : p == pids[1] ? 1 : -1;
-        if (i < 0)
-            continue;
-        pids[i] = 0;
-        left--;
-        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-            if (!bad) {
-                if (WIFSIGNALED(st))
-                    snprintf(why, len, "the %s died of signal %d",
-                             i ? "client" : "server", WTERMSIG(st));
-                else
-                    snprintf(why, len, "the %s exited with status %d (see stderr)",
-                             i ? "client" : "server", WEXITSTATUS(st));
-            }
-            bad = 1;
-            if (pids[!i] > 0)
-                kill(pids[!i], SIGKILL);
-        }
-    }
-    alarm(0);
-    return bad ? -1 : 0;
+    return bench_wait_pair(pids, names, NULL, timeout_s, NULL, roudi_reaped, why, len);
 }
 
 struct result {
@@ -1570,7 +1506,8 @@ static void run_latency(const struct transport *T, const struct opts *o,
         }
     } else {
         int timeout = 30 + (int)((c.warm + count) / 1000);
-        if (wait_pair(server, client, timeout, r->why, sizeof r->why) < 0)
+        static const char *const names[2] = {"server", "client"};
+        if (wait_pair(server, client, names, timeout, r->why, sizeof r->why) < 0)
             r->status = -1;
     }
     if (T->teardown)
@@ -1615,9 +1552,7 @@ static void print_result(const struct result *r, const struct opts *o)
         printf("{\"transport\":");
         json_str(r->name);
         if (r->status) {
-            printf(",\"%s\":", r->status > 0 ? "skipped" : "error");
-            json_str(r->why);
-            printf("}\n");
+            json_not_run(r->status > 0, r->why);
             return;
         }
         printf(",\"mode\":\"%s\",\"size\":%zu,\"p50_cycles\":%.0f,"
@@ -2050,24 +1985,19 @@ static void rpal_stream_consumer(struct sctx *c)
         die_msg("out of memory");
     uint64_t total = c->warm + c->count, sum = 0;
     for (uint64_t i = 0; i < total; i++) {
-        int err;
-        while ((err = rpal_receive(rp.r, &rp.m, RPAL_BENCH_TIMEOUT_MS)) == -EINTR)
-            ;
-        if (err < 0)
-            rpal_die("rpal_receive", err);
+        const void *data = bench_rpal_receive(&rp.b, c->size, RPAL_BENCH_TIMEOUT_MS);
         uint64_t seq;
-        if (rp.m.len != c->size)
-            die_msg("message %" PRIu64 ": %zu bytes, not %zu", i, rp.m.len, c->size);
-        memcpy(&seq, rp.m.data, 8);
+        memcpy(&seq, data, 8);
         if (seq != i)
             die_msg("message %" PRIu64 " carries %" PRIu64, i, seq);
         if (c->copy_out) {
-            memcpy(dst, rp.m.data, c->size);
+            memcpy(dst, data, c->size);
             ESCAPE(dst);
         } else {
-            sum += sum_words(rp.m.data, c->size);
+            sum += sum_words(data, c->size);
         }
-        if ((err = rpal_reply(rp.r, &rp.m, NULL, 0)) < 0)
+        int err;
+        if ((err = rpal_reply(rp.b.r, &rp.b.m, NULL, 0)) < 0)
             rpal_die("rpal_reply", err);
         if (i + 1 == c->warm)
             sh->t0 = mono_ns();
@@ -2078,9 +2008,7 @@ static void rpal_stream_consumer(struct sctx *c)
     int64_t end = mono_ns() + 30 * 1000000000LL;
     while (!rpal_load_acquire(&sh->producer_done) && mono_ns() < end)
         usleep(100);
-    rpal_receiver_destroy(rp.r);
-    rpal_service_unregister(rp.svc);
-    rpal_domain_leave(rp.d);
+    bench_rpal_fini(&rp.b);
 }
 
 static void rpal_stream_producer(struct sctx *c)
@@ -2101,7 +2029,7 @@ static void rpal_stream_producer(struct sctx *c)
     while (done < total) {
         while (sent < total) {
             memcpy(src, &sent, 8);
-            int err = rpal_send(rp.chan, src, c->size, sent);
+            int err = rpal_send(rp.b.chan, src, c->size, sent);
             if (err == -EAGAIN)
                 break;
             if (err < 0)
@@ -2109,15 +2037,14 @@ static void rpal_stream_producer(struct sctx *c)
             sent++;
         }
         size_t len;
-        int err = rpal_complete(rp.chan, NULL, NULL, 0, &len, RPAL_BENCH_TIMEOUT_MS);
+        int err = rpal_complete(rp.b.chan, NULL, NULL, 0, &len, RPAL_BENCH_TIMEOUT_MS);
         if (err < 0)
             rpal_die("rpal_complete", err);
         done++;
     }
     free(src);
     rpal_store_release(&sh->producer_done, 1);
-    rpal_chan_close(rp.chan);
-    rpal_domain_leave(rp.d);
+    bench_rpal_fini(&rp.b);
 }
 
 static const struct stream_transport st_rpal = {
@@ -2217,7 +2144,8 @@ static double run_stream(const struct stream_transport *T, size_t size,
                 kill(cons, SIGKILL);
                 waitpid(cons, NULL, 0);
             }
-        } else if (wait_pair(cons, prod, 60 + (int)(count / 100000), why, wlen) == 0) {
+        } else if (wait_pair(cons, prod, (const char *const[2]){"consumer", "producer"},
+                             60 + (int)(count / 100000), why, wlen) == 0) {
             double secs = (double)(c.sh->t1 - c.sh->t0) / 1e9;
             v = secs > 0 ? (double)count * (by_msg ? 1.0 : (double)size) / secs : -1;
             if (v < 0)
@@ -2340,9 +2268,7 @@ static void stream_row(const struct opts *o, const struct stream_transport *T,
         printf("{\"transport\":");
         json_str(T->name);
         if (v <= 0) {
-            printf(",\"%s\":", skipped ? "skipped" : "error");
-            json_str(why);
-            printf("}\n");
+            json_not_run(skipped, why);
         } else if (!bw) {
             printf(",\"mode\":\"throughput\",\"size\":%zu,\"msgs_per_s\":%.0f}\n",
                    size, v);
@@ -2521,7 +2447,7 @@ int main(int argc, char **argv)
     if (!o.nmodes)
         o.modes[o.nmodes++] = MODE_POLL;
 
-    struct sigaction sa = {.sa_handler = on_alarm}; /* no SA_RESTART */
+    struct sigaction sa = {.sa_handler = bench_on_alarm}; /* no SA_RESTART */
     sigaction(SIGALRM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
     choose_cpus();

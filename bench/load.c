@@ -139,21 +139,17 @@ static struct {
 
 static int cpu_a, cpu_b, ncpus;
 static char tmpdir[80];
-static volatile sig_atomic_t interrupted, alarm_fired;
+static volatile sig_atomic_t interrupted;
 static pid_t kids[2];
 
-static void die_msg(const char *fmt, ...)
+/* A child's fatal error: on stderr, and for the orchestrator's report. */
+static void bench_died(const char *msg)
 {
-    char buf[256];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
     fprintf(stderr, "load: %s %s: %s\n", tnames[run.t],
-            run.side == SERVER ? "server" : "client", buf);
+            run.side == SERVER ? "server" : "client", msg);
     if (run.sh)
-        snprintf(run.sh->err[run.side], sizeof run.sh->err[0], "%s", buf);
-    _exit(1);
+        snprintf(run.sh->err[run.side], sizeof run.sh->err[0], "%.*s",
+                 (int)sizeof run.sh->err[0] - 1, msg);
 }
 
 static void die_err(const char *what, long err) __attribute__((noreturn));
@@ -204,7 +200,7 @@ static const struct io compat_io = {rpal_epoll_ctl, rpal_epoll_wait, rpal_read,
 
 static struct {
     const struct io *io;
-    rpal_domain *dom;
+    struct bench_rpal rp; /* rpal-compat: the domain */
     int lfd, fd, ep;
     unsigned char *rx;
 } st = {.lfd = -1, .fd = -1, .ep = -1};
@@ -221,20 +217,18 @@ static void write_all(const void *buf, size_t len)
     }
 }
 
-/* Reads the rest of a message after HAVE bytes; the client's wait (a
- * blocking read). */
-static void read_rest(unsigned char *buf, size_t have)
+/* One read of what is missing of a message of which HAVE bytes are in;
+ * returns how many are in now. */
+static size_t read_some(unsigned char *buf, size_t have)
 {
-    while (have < opt.size) {
-        ssize_t n = st.io->rd(st.fd, buf + have, opt.size - have);
-        if (n == -EINTR || n == -EAGAIN)
-            continue;
-        if (n < 0)
-            die_err("read", n);
-        if (n == 0)
-            die_msg("the peer closed the connection");
-        have += (size_t)n;
-    }
+    ssize_t n = st.io->rd(st.fd, buf + have, opt.size - have);
+    if (n == -EINTR || n == -EAGAIN)
+        return have;
+    if (n < 0)
+        die_err("read", n);
+    if (n == 0)
+        die_msg("the peer closed the connection before the end");
+    return have + (size_t)n;
 }
 
 static void watch(int fd)
@@ -252,14 +246,14 @@ static void stream_join(void)
 {
     st.io = run.t == T_COMPAT ? &compat_io : &kernel_io;
     if (run.t == T_COMPAT)
-        bench_rpal_join(NULL, &st.dom);
+        bench_rpal_join(NULL, &st.rp);
 }
 
 static void stream_upgrade(void)
 {
     if (run.t != T_COMPAT)
         return;
-    int r = rpal_uds_fdmap(st.dom, st.fd, OP_TIMEOUT_MS);
+    int r = rpal_uds_fdmap(st.rp.d, st.fd, OP_TIMEOUT_MS);
     if (r < 0)
         die_err("rpal_uds_fdmap", r);
     if (r == 0)
@@ -267,14 +261,26 @@ static void stream_upgrade(void)
                 "not a member of the domain)");
 }
 
-static void stream_server_init(void)
+/* Joins (rpal-compat) and makes a Unix stream socket; ADDR is the run's
+ * path. The end of the set-up both sides share. */
+static int stream_socket(struct sockaddr_un *addr)
 {
     stream_join();
-    struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    snprintf(addr.sun_path, sizeof addr.sun_path, "%s", run.sock);
-    st.lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (st.lfd < 0)
+    *addr = (struct sockaddr_un){.sun_family = AF_UNIX};
+    snprintf(addr->sun_path, sizeof addr->sun_path, "%s", run.sock);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
         die_err("socket", -errno);
+    st.rx = malloc(opt.size);
+    if (!st.rx)
+        die_msg("out of memory");
+    return fd;
+}
+
+static void stream_server_init(void)
+{
+    struct sockaddr_un addr;
+    st.lfd = stream_socket(&addr);
     if (bind(st.lfd, (struct sockaddr *)&addr, sizeof addr) < 0)
         die_err(run.sock, -errno);
     if (listen(st.lfd, 1) < 0)
@@ -283,9 +289,6 @@ static void stream_server_init(void)
     if (st.ep < 0)
         die_err("epoll_create1", -errno);
     watch(st.lfd); /* as the examples: the listening socket stays in the set */
-    st.rx = malloc(opt.size);
-    if (!st.rx)
-        die_msg("out of memory");
 }
 
 static void stream_server_connect(void)
@@ -324,14 +327,7 @@ static const unsigned char *stream_server_recv(void)
                     close(fd);
                 continue;
             }
-            ssize_t r = st.io->rd(st.fd, st.rx + have, opt.size - have);
-            if (r == -EINTR || r == -EAGAIN)
-                continue;
-            if (r < 0)
-                die_err("read", r);
-            if (r == 0)
-                die_msg("the client closed the connection before the end");
-            have += (size_t)r;
+            have = read_some(st.rx, have);
         }
     }
     return st.rx;
@@ -341,24 +337,19 @@ static void stream_server_reply(const unsigned char *m) { write_all(m, opt.size)
 
 static void stream_client_init(void)
 {
-    stream_join();
-    struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    snprintf(addr.sun_path, sizeof addr.sun_path, "%s", run.sock);
-    st.fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (st.fd < 0)
-        die_err("socket", -errno);
+    struct sockaddr_un addr;
+    st.fd = stream_socket(&addr);
     if (connect(st.fd, (struct sockaddr *)&addr, sizeof addr) < 0)
         die_err(run.sock, -errno);
     stream_upgrade();
-    st.rx = malloc(opt.size);
-    if (!st.rx)
-        die_msg("out of memory");
 }
 
 static const unsigned char *stream_client_call(const unsigned char *m)
 {
     write_all(m, opt.size);
-    read_rest(st.rx, 0);
+    /* The client's wait: a blocking read (rpal_read: the library's wait). */
+    for (size_t have = 0; have < opt.size;)
+        have = read_some(st.rx, have);
     return st.rx;
 }
 
@@ -370,23 +361,16 @@ static void stream_fini(void)
         close(st.ep);
     if (st.lfd >= 0)
         close(st.lfd);
-    if (st.dom)
-        rpal_domain_leave(st.dom);
+    if (st.rp.d)
+        rpal_domain_leave(st.rp.d);
 }
 
 /* ------------------------------------------------------------------------ */
 /* rpal-call                                                                 */
 /* ------------------------------------------------------------------------ */
 
-static struct {
-    rpal_domain *d;
-    rpal_service *svc;
-    rpal_receiver *r;
-    rpal_peer *peer;
-    rpal_chan *chan;
-    struct rpal_msg m;
-    unsigned char *rx;
-} cl;
+static struct bench_rpal cl;
+static unsigned char *cl_rx; /* the client's copy of the reply */
 
 /* NULL, the library's defaults, unless --spin-us: then the adaptive wait
  * with that spin (0: sleep at once, since spin_us 0 means the default). */
@@ -402,25 +386,18 @@ static const struct rpal_chan_opts *call_opts(void)
 
 static void call_server_init(void)
 {
-    bench_rpal_serve(CALL_DOMAIN, run.service, call_opts(), &cl.d, &cl.svc, &cl.r,
-                     run.sh->scratch, sizeof run.sh->scratch);
+    bench_rpal_serve(&cl, CALL_DOMAIN, run.service, call_opts(), run.sh->scratch,
+                     sizeof run.sh->scratch);
 }
 
 static void call_server_connect(void)
 {
-    bench_rpal_dispatch_until(cl.d, &run.sh->client_ready, OP_TIMEOUT_MS / 1000);
+    bench_rpal_dispatch_until(&cl, &run.sh->client_ready, OP_TIMEOUT_MS / 1000);
 }
 
 static const unsigned char *call_server_recv(void)
 {
-    int err;
-    while ((err = rpal_receive(cl.r, &cl.m, OP_TIMEOUT_MS)) == -EINTR)
-        ;
-    if (err < 0)
-        die_err("rpal_receive", err);
-    if (cl.m.len != opt.size)
-        die_msg("rpal_receive: a %zu-byte request, not %zu", cl.m.len, opt.size);
-    return cl.m.data;
+    return bench_rpal_receive(&cl, opt.size, OP_TIMEOUT_MS);
 }
 
 /* The reply is the request, read in place (valid until rpal_reply). */
@@ -433,35 +410,25 @@ static void call_server_reply(const unsigned char *m)
 
 static void call_client_init(void)
 {
-    bench_rpal_join(CALL_DOMAIN, &cl.d);
-    bench_rpal_open(cl.d, run.sh->scratch, call_opts(), OP_TIMEOUT_MS, &cl.peer,
-                    &cl.chan);
-    cl.rx = malloc(opt.size);
-    if (!cl.rx)
+    bench_rpal_join(CALL_DOMAIN, &cl);
+    bench_rpal_open(&cl, run.sh->scratch, call_opts(), OP_TIMEOUT_MS);
+    cl_rx = malloc(opt.size);
+    if (!cl_rx)
         die_msg("out of memory");
 }
 
 static const unsigned char *call_client_call(const unsigned char *m)
 {
     size_t len;
-    int err = rpal_call(cl.chan, m, opt.size, cl.rx, opt.size, &len, OP_TIMEOUT_MS);
+    int err = rpal_call(cl.chan, m, opt.size, cl_rx, opt.size, &len, OP_TIMEOUT_MS);
     if (err < 0)
         die_err("rpal_call", err);
     if (len != opt.size)
         die_msg("rpal_call: a %zu-byte reply, not %zu", len, opt.size);
-    return cl.rx;
+    return cl_rx;
 }
 
-static void call_fini(void)
-{
-    if (run.side == CLIENT) {
-        rpal_chan_close(cl.chan);
-    } else {
-        rpal_receiver_destroy(cl.r);
-        rpal_service_unregister(cl.svc);
-    }
-    rpal_domain_leave(cl.d);
-}
+static void call_fini(void) { bench_rpal_fini(&cl); }
 
 /* ------------------------------------------------------------------------ */
 /* The children                                                              */
@@ -711,66 +678,12 @@ struct result {
 };
 
 static void on_signal(int sig) { interrupted = sig; }
-static void on_alarm(int sig)
-{
-    (void)sig;
-    alarm_fired = 1;
-}
 
 static void kill_kids(void)
 {
     for (int i = 0; i < 2; i++)
         if (kids[i] > 0)
             kill(kids[i], SIGKILL);
-}
-
-/* Waits for both children; the first that fails, or the deadline, or an
- * interruption, ends the other. 0 if both exited 0, else -1 with WHY. */
-static int wait_kids(int deadline_s, char *why, size_t len)
-{
-    int left = 2, bad = 0;
-    alarm_fired = 0;
-    alarm((unsigned)deadline_s);
-    while (left) {
-        int status;
-        pid_t p = waitpid(-1, &status, 0);
-        if (p < 0) {
-            if (errno == ECHILD)
-                break;
-            if ((alarm_fired || interrupted) && !bad) {
-                snprintf(why, len, interrupted ? "interrupted"
-                                               : "no result within %d s (killed)",
-                         deadline_s);
-                bad = 1;
-                kill_kids();
-            }
-            continue;
-        }
-        int i = p == kids[SERVER] ? SERVER : p == kids[CLIENT] ? CLIENT : -1;
-        if (i < 0)
-            continue;
-        kids[i] = 0;
-        left--;
-        if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
-            continue;
-        if (!bad) {
-            const char *e = run.sh->err[i];
-            const char *side = i == SERVER ? "server" : "client";
-            if (*e)
-                snprintf(why, len, "%s: %s", side, e);
-            else if (WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM)
-                snprintf(why, len, "%s: no result within its deadline (%d s)", side,
-                         run.deadline_s);
-            else if (WIFSIGNALED(status))
-                snprintf(why, len, "%s: killed by signal %d", side, WTERMSIG(status));
-            else
-                snprintf(why, len, "%s: exit status %d", side, WEXITSTATUS(status));
-        }
-        bad = 1;
-        kill_kids();
-    }
-    alarm(0);
-    return bad ? -1 : 0;
 }
 
 /* The deadline of one run: its window and warm-up, at the slowest a
@@ -825,8 +738,12 @@ static void run_one(int t, int placement, const struct point *pt, struct result 
         kill_kids();
         while (wait(NULL) > 0 || errno == EINTR)
             ;
-    } else if (wait_kids(run.deadline_s + 2, r->why, sizeof r->why) < 0) {
-        r->status = -1;
+    } else {
+        static const char *const names[2] = {[CLIENT] = "client", [SERVER] = "server"};
+        const char *const errs[2] = {sh->err[0], sh->err[1]};
+        if (bench_wait_pair(kids, names, errs, run.deadline_s + 2, &interrupted, NULL,
+                            r->why, sizeof r->why) < 0)
+            r->status = -1;
     }
     kids[SERVER] = kids[CLIENT] = 0;
     unlink(run.sock);
@@ -918,9 +835,7 @@ static void json_round(int t, int placement, const struct point *pt, int round,
     json_point(NULL, tnames[t], placement, pt);
     printf(",\"round\":%d", round + 1);
     if (r->status) {
-        printf(",\"%s\":", r->status > 0 ? "skipped" : "error");
-        json_str(r->why);
-        printf("}\n");
+        json_not_run(r->status > 0, r->why);
         return;
     }
     printf(",\"size\":%zu,\"msgs\":%ld,\"server_msgs\":%ld,\"warmup_msgs\":%ld,"
@@ -1581,7 +1496,7 @@ int main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
-    sa.sa_handler = on_alarm;
+    sa.sa_handler = bench_on_alarm;
     sigaction(SIGALRM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
     ncpus = bench_choose_cpus(&cpu_a, &cpu_b);

@@ -59,7 +59,6 @@
 #include <inttypes.h>
 #include <poll.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <sys/epoll.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -116,7 +115,7 @@ struct run_shared {
     _Atomic int server_ready;  /* scratch is filled, the server listens */
     _Atomic int client_ready;  /* rpal-call: the client's channel is open */
     _Atomic int client_done;   /* the client has its last reply */
-    char scratch[256];         /* the socket path, or the service's name and key */
+    char scratch[256];         /* rpal-call: the service's name and key */
     char err[2][256];          /* why a side failed */
     /* The client's window. */
     int64_t n, wall_ns, p50_ns, p99_ns, warm;

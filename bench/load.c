@@ -916,7 +916,9 @@ static void summarize(int pl, int p, int t, struct summary *s)
 static void table_head(int pl)
 {
     char where[80];
-    if (pl == P_SPLIT)
+    if (pl == P_SPLIT && ncpus < 2)
+        snprintf(where, sizeof where, "needs two CPUs, this process may use one");
+    else if (pl == P_SPLIT)
         snprintf(where, sizeof where, "client on CPU %d, server on CPU %d", cpu_a, cpu_b);
     else
         snprintf(where, sizeof where, "client and server both on CPU %d", cpu_a);
@@ -1509,12 +1511,15 @@ int main(int argc, char **argv)
     int ntr = opt.want[0] + opt.want[1] + opt.want[2];
     int nruns = (opt.placements[0] + opt.placements[1]) * opt.npts * opt.rounds * ntr;
     header(opt.json ? stderr : stdout, spin_env);
-    fprintf(stderr, "load: %d runs (%d placement%s x %d points x %d round%s x %d "
-                    "transport%s), about %.1f s each\n",
+    char each[48] = "";
+    if (!opt.count) /* by time: the window, its warm-up and the set-up */
+        snprintf(each, sizeof each, ", about %.1f s each", opt.seconds * 1.1 + 0.05);
+    fprintf(stderr, "load: %d runs (%d placement%s x %d point%s x %d round%s x %d "
+                    "transport%s)%s\n",
             nruns, opt.placements[0] + opt.placements[1],
-            opt.placements[0] + opt.placements[1] == 1 ? "" : "s", opt.npts, opt.rounds,
-            opt.rounds == 1 ? "" : "s", ntr, ntr == 1 ? "" : "s",
-            opt.count ? 0.0 : opt.seconds * 1.1 + 0.05);
+            opt.placements[0] + opt.placements[1] == 1 ? "" : "s", opt.npts,
+            opt.npts == 1 ? "" : "s", opt.rounds, opt.rounds == 1 ? "" : "s", ntr,
+            ntr == 1 ? "" : "s", each);
     fflush(NULL);
 
     int failed = 0, done = 0;

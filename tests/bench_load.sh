@@ -22,7 +22,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 mkdir "$tmp/t"
 export TMPDIR="$tmp/t" # where the benchmark makes its directory, and must remove it
-ncpu=$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
+ncpu=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1) # CPUs we may use
 
 failures=0
 fail() {

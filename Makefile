@@ -105,13 +105,13 @@ skip-uv-example:
 # bench/call compares rpal with iceoryx and ZeroMQ when their headers are
 # installed (their libraries are dlopen'ed at run time, so nothing to link).
 ICEORYX_INC := $(firstword $(wildcard /usr/include/iceoryx/v*))
-$(B)/bench/call: bench/call.c $(A) $(HDRS)
+$(B)/bench/call: bench/call.c bench/bench.h tools/json.h $(A) $(HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(ALLCFLAGS) -Isrc $(if $(ICEORYX_INC),-I$(ICEORYX_INC)) -o $@ $< $(A) $(LDFLAGS_ALL)
 $(B)/bench/paper: bench/paper.c examples/echo_common.h $(A) $(HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(ALLCFLAGS) -o $@ $< $(LDFLAGS_ALL)
-$(B)/bench/%: bench/%.c $(A) $(HDRS)
+$(B)/bench/%: bench/%.c bench/bench.h tools/json.h $(A) $(HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(ALLCFLAGS) -Isrc -o $@ $< $(A) $(LDFLAGS_ALL)
 $(B)/tests/%: tests/%.c tests/testlib.h $(A) $(HDRS)

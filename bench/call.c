@@ -35,8 +35,7 @@
  *             [--wait auto|block|poll] [--throughput]
  * See docs/benchmarks.md.
  */
-#include "rpal.h"
-#include "atomics.h"
+#include "bench.h" /* rpal.h, atomics.h, json_str(), the helpers shared with bench/load */
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -122,22 +121,6 @@ static inline uint64_t tsc_send(void)
 static inline uint64_t tsc_recv(void) { return tsc_send(); }
 static inline void cpu_relax(void) { __asm__ volatile("" ::: "memory"); }
 #endif
-
-static int64_t mono_ns(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
-}
-
-/* CPU time of this process (all its threads), user + system. */
-static int64_t cpu_ns(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (int64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000000 +
-           (int64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000;
-}
 
 /* Ticks per second of the stamp clock, against CLOCK_MONOTONIC over 100 ms. */
 static double calibrate_hz(void)
@@ -243,44 +226,17 @@ struct transport {
 /* Children: who we are, for messages. */
 static const char *who_name = "call", *who_side = "";
 
-static void die_msg(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
-static void die_msg(const char *fmt, ...)
+/* A child's fatal error (bench.h's die_msg prints it through this). */
+static void bench_died(const char *msg)
 {
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
     fprintf(stderr, "call: %s%s%s: %s\n", who_name, *who_side ? " " : "",
-            who_side, buf);
-    _exit(1);
+            who_side, msg);
 }
 
 static void die(const char *what) __attribute__((noreturn));
 static void die(const char *what)
 {
     die_msg("%s: %s", what, strerror(errno));
-}
-
-static int pin_cpu(int cpu)
-{
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(cpu, &set);
-    return sched_setaffinity(0, sizeof set, &set);
-}
-
-static size_t page_round(size_t n)
-{
-    size_t pg = (size_t)sysconf(_SC_PAGESIZE);
-    return (n + pg - 1) / pg * pg;
-}
-
-static void *map_shared(size_t len)
-{
-    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
-                   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    return p == MAP_FAILED ? NULL : p;
 }
 
 static void read_full(int fd, void *buf, size_t n)
@@ -322,23 +278,6 @@ static long futex(_Atomic uint32_t *word, int op, uint32_t val)
     /* Not FUTEX_PRIVATE_FLAG: the word is in memory shared between
      * processes. */
     return syscall(SYS_futex, (uint32_t *)word, op, val, NULL, NULL, 0);
-}
-
-/* 1 if PROG is an executable in $PATH. */
-static int find_in_path(const char *prog)
-{
-    const char *path = getenv("PATH");
-    char buf[4096];
-    if (!path || !*path)
-        path = "/usr/local/bin:/usr/bin:/bin";
-    while (*path) {
-        size_t n = strcspn(path, ":");
-        snprintf(buf, sizeof buf, "%.*s/%s", (int)n, path, prog);
-        if (n && access(buf, X_OK) == 0)
-            return 1;
-        path += n + (path[n] == ':');
-    }
-    return 0;
 }
 
 /* Private message buffers of the copying transports. */
@@ -1198,20 +1137,9 @@ static const struct transport tr_iox = {.name = "iceoryx", .skip = iox_missing};
 
 static struct {
     char service[64];
-    rpal_domain *d;
-    rpal_service *svc;
-    rpal_receiver *r;
-    rpal_peer *peer;
-    rpal_chan *chan;
-    struct rpal_msg m;
+    struct bench_rpal b;
     unsigned char *req;
 } rp;
-
-static void rpal_die(const char *what, int err) __attribute__((noreturn));
-static void rpal_die(const char *what, int err)
-{
-    die_msg("%s: %s", what, rpal_strerror(err));
-}
 
 static struct rpal_chan_opts rpal_bench_opts(int mode)
 {
@@ -1242,57 +1170,25 @@ static int rpal_setup(struct ctx *c)
 /* Join, register, publish "NAME KEY" in SCRATCH (server); join (client). */
 static void rpal_join_side(int side, int mode, char *scratch, size_t len)
 {
-    int err = rpal_domain_join(RPAL_BENCH_DOMAIN, NULL, &rp.d);
-    if (err < 0)
-        rpal_die("rpal_domain_join", err);
-    if (side != SERVER)
-        return;
-    if ((err = rpal_service_register(rp.d, rp.service, 0, NULL, NULL, &rp.svc)) < 0)
-        rpal_die("rpal_service_register", err);
     struct rpal_chan_opts o = rpal_bench_opts(mode);
-    if ((err = rpal_receiver_create(rp.svc, &o, &rp.r)) < 0)
-        rpal_die("rpal_receiver_create", err);
-    rpal_key k;
-    char text[33];
-    rpal_service_key(rp.svc, &k);
-    rpal_key_format(&k, text);
-    snprintf(scratch, len, "%s %s", rp.service, text);
+    if (side == SERVER)
+        bench_rpal_serve(&rp.b, RPAL_BENCH_DOMAIN, rp.service, &o, scratch, len);
+    else
+        bench_rpal_join(RPAL_BENCH_DOMAIN, &rp.b);
 }
 
 /* Client: request the service named in SCRATCH and open a channel. */
 static void rpal_open_side(int mode, unsigned depth, const char *scratch)
 {
-    char name[64], text[33];
-    rpal_key k;
-    if (sscanf(scratch, "%63s %32s", name, text) != 2 || rpal_key_parse(text, &k) < 0)
-        die_msg("no service name and key from the server");
-    int err = rpal_service_request(rp.d, name, &k, RPAL_BENCH_TIMEOUT_MS, &rp.peer);
-    if (err < 0)
-        rpal_die("rpal_service_request", err);
     struct rpal_chan_opts o = rpal_bench_opts(mode);
     o.depth = depth;
-    for (int tries = 0;; tries++) {
-        err = rpal_chan_open(rp.peer, &o, RPAL_BENCH_TIMEOUT_MS, &rp.chan);
-        if (err != -EAGAIN || tries == 100)
-            break;
-        usleep(10000);
-    }
-    if (err < 0)
-        rpal_die("rpal_chan_open", err);
+    bench_rpal_open(&rp.b, scratch, &o, RPAL_BENCH_TIMEOUT_MS);
 }
 
 /* Server: answer handshakes until FLAG is set (30 s at most). */
 static void rpal_dispatch_until(_Atomic int *flag)
 {
-    int64_t end = mono_ns() + 30 * 1000000000LL;
-    while (!rpal_load_acquire(flag)) { /* pairs with the client's release */
-        struct rpal_event ev[8];
-        int n = rpal_domain_dispatch(rp.d, ev, 8, 5);
-        if (n < 0 && n != -ETIMEDOUT && n != -EINTR)
-            rpal_die("rpal_domain_dispatch", n);
-        if (mono_ns() > end)
-            die_msg("the client did not connect in 30 s");
-    }
+    bench_rpal_dispatch_until(&rp.b, flag, 30);
 }
 
 static void rpal_init(struct ctx *c, int side)
@@ -1324,7 +1220,7 @@ static void *rpal_buf(struct ctx *c, int side)
 static const void *rpal_call_side(struct ctx *c)
 {
     size_t len;
-    int err = rpal_call(rp.chan, rp.req, c->size, rxbuf, c->size, &len,
+    int err = rpal_call(rp.b.chan, rp.req, c->size, rxbuf, c->size, &len,
                         RPAL_BENCH_TIMEOUT_MS);
     if (err < 0)
         rpal_die("rpal_call", err);
@@ -1337,7 +1233,7 @@ static const void *rpal_call_side(struct ctx *c)
 static void rpal_send_side(struct ctx *c, int side)
 {
     (void)side;
-    int err = rpal_reply(rp.r, &rp.m, txbuf, c->size);
+    int err = rpal_reply(rp.b.r, &rp.b.m, txbuf, c->size);
     if (err < 0)
         rpal_die("rpal_reply", err);
 }
@@ -1345,27 +1241,15 @@ static void rpal_send_side(struct ctx *c, int side)
 static const void *rpal_recv_side(struct ctx *c, int side)
 {
     (void)side;
-    int err;
-    while ((err = rpal_receive(rp.r, &rp.m, RPAL_BENCH_TIMEOUT_MS)) == -EINTR)
-        ;
-    if (err < 0)
-        rpal_die("rpal_receive", err);
-    if (rp.m.len != c->size)
-        die_msg("rpal_receive: a %zu-byte request, not %zu", rp.m.len, c->size);
-    return rp.m.data;
+    return bench_rpal_receive(&rp.b, c->size, RPAL_BENCH_TIMEOUT_MS);
 }
 
 static void rpal_fini(struct ctx *c, int side)
 {
     (void)c;
-    if (side == CLIENT) {
-        rpal_chan_close(rp.chan);
+    if (side == CLIENT)
         rpal_free(rp.req);
-    } else {
-        rpal_receiver_destroy(rp.r);
-        rpal_service_unregister(rp.svc);
-    }
-    rpal_domain_leave(rp.d);
+    bench_rpal_fini(&rp.b);
 }
 
 static const struct transport tr_rpal = {
@@ -1525,63 +1409,23 @@ static void child_main(const struct transport *T, struct ctx *c, int side,
     exit(0);
 }
 
-static volatile sig_atomic_t alarm_fired;
-static void on_alarm(int sig)
+#ifdef HAVE_ICEORYX
+static void roudi_reaped(pid_t pid)
 {
-    (void)sig;
-    alarm_fired = 1;
+    if (pid == roudi_pid)
+        roudi_pid = 0;
 }
+#else
+#define roudi_reaped NULL
+#endif
 
 /* Wait for both children; if one fails, kill the other. Returns 0 if both
  * exited 0, else -1 with WHY. */
-static int wait_pair(pid_t a, pid_t b, int timeout_s, char *why, size_t len)
+static int wait_pair(pid_t a, pid_t b, const char *const names[2], int timeout_s,
+                     char *why, size_t len)
 {
     pid_t pids[2] = {a, b};
-    int left = 2, bad = 0;
-    alarm_fired = 0;
-    alarm((unsigned)timeout_s);
-    while (left) {
-        int st;
-        pid_t p = waitpid(-1, &st, 0);
-        if (p < 0) {
-            if (errno == ECHILD)
-                break;
-            if (alarm_fired && !bad) {
-                snprintf(why, len, "no result after %d s (killed)", timeout_s);
-                bad = 1;
-                for (int i = 0; i < 2; i++)
-                    if (pids[i] > 0)
-                        kill(pids[i], SIGKILL);
-            }
-            continue;
-        }
-#ifdef HAVE_ICEORYX
-        if (p == roudi_pid) {
-            roudi_pid = 0;
-            continue;
-        }
-#endif
-        int i = p == pids[0] ? 0 : p == pids[1] ? 1 : -1;
-        if (i < 0)
-            continue;
-        pids[i] = 0;
-        left--;
-        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-            if (!bad) {
-                if (WIFSIGNALED(st))
-                    snprintf(why, len, "the %s died of signal %d",
-                             i ? "client" : "server", WTERMSIG(st));
-                else
-                    snprintf(why, len, "the %s exited with status %d (see stderr)",
-                             i ? "client" : "server", WEXITSTATUS(st));
-            }
-            bad = 1;
-            if (pids[!i] > 0)
-                kill(pids[!i], SIGKILL);
-        }
-    }
-    alarm(0);
-    return bad ? -1 : 0;
+    return bench_wait_pair(pids, names, NULL, timeout_s, NULL, roudi_reaped, why, len);
 }
 
 struct result {
@@ -1662,7 +1506,8 @@ static void run_latency(const struct transport *T, const struct opts *o,
         }
     } else {
         int timeout = 30 + (int)((c.warm + count) / 1000);
-        if (wait_pair(server, client, timeout, r->why, sizeof r->why) < 0)
+        static const char *const names[2] = {"server", "client"};
+        if (wait_pair(server, client, names, timeout, r->why, sizeof r->why) < 0)
             r->status = -1;
     }
     if (T->teardown)
@@ -1701,30 +1546,13 @@ static void run_latency(const struct transport *T, const struct opts *o,
 /* Output                                                                    */
 /* ------------------------------------------------------------------------ */
 
-static void json_str(const char *s)
-{
-    putchar('"');
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\')
-            printf("\\%c", ch);
-        else if (ch < 0x20)
-            printf("\\u%04x", ch);
-        else
-            putchar(ch);
-    }
-    putchar('"');
-}
-
 static void print_result(const struct result *r, const struct opts *o)
 {
     if (o->json) {
         printf("{\"transport\":");
         json_str(r->name);
         if (r->status) {
-            printf(",\"%s\":", r->status > 0 ? "skipped" : "error");
-            json_str(r->why);
-            printf("}\n");
+            json_not_run(r->status > 0, r->why);
             return;
         }
         printf(",\"mode\":\"%s\",\"size\":%zu,\"p50_cycles\":%.0f,"
@@ -1880,24 +1708,6 @@ static void print_table_head(int mode, const struct opts *o, long count)
 /* --plot: latency CDFs with gnuplot                                         */
 /* ------------------------------------------------------------------------ */
 
-static int run_gnuplot(const char *script)
-{
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0)
-        return -1;
-    if (pid == 0) {
-        dup2(2, 1);
-        execlp("gnuplot", "gnuplot", script, (char *)NULL);
-        _exit(127);
-    }
-    int st;
-    while (waitpid(pid, &st, 0) < 0)
-        if (errno != EINTR)
-            return -1;
-    return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
-}
-
 /* Write FILE (with "-MODE" before the extension when MULTI) from the results
  * of one mode: the per-call latencies go to temp files, gnuplot draws their
  * CDFs. Returns 0, or -1 with a message printed. */
@@ -1948,14 +1758,11 @@ static int plot(const char *file, int multi, int mode, const struct opts *o,
                     (double)(i + 1) / (double)r->n);
         }
         fclose(d);
-        static const char *const colors[] = {
-            "#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd",
-            "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"};
         cl += (size_t)snprintf(cmd + cl, sizeof cmd - cl,
                                "%s'%s' using 1:2 with lines lw %d lc rgb '%s' title '%s'",
                                nplots ? ", \\\n  " : "plot ", path,
                                strcmp(r->name, "rpal") ? 2 : 4,
-                               colors[nplots % 10], r->name);
+                               bench_color(nplots), r->name);
         if (cl >= sizeof cmd)
             break;
         nplots++;
@@ -2178,24 +1985,19 @@ static void rpal_stream_consumer(struct sctx *c)
         die_msg("out of memory");
     uint64_t total = c->warm + c->count, sum = 0;
     for (uint64_t i = 0; i < total; i++) {
-        int err;
-        while ((err = rpal_receive(rp.r, &rp.m, RPAL_BENCH_TIMEOUT_MS)) == -EINTR)
-            ;
-        if (err < 0)
-            rpal_die("rpal_receive", err);
+        const void *data = bench_rpal_receive(&rp.b, c->size, RPAL_BENCH_TIMEOUT_MS);
         uint64_t seq;
-        if (rp.m.len != c->size)
-            die_msg("message %" PRIu64 ": %zu bytes, not %zu", i, rp.m.len, c->size);
-        memcpy(&seq, rp.m.data, 8);
+        memcpy(&seq, data, 8);
         if (seq != i)
             die_msg("message %" PRIu64 " carries %" PRIu64, i, seq);
         if (c->copy_out) {
-            memcpy(dst, rp.m.data, c->size);
+            memcpy(dst, data, c->size);
             ESCAPE(dst);
         } else {
-            sum += sum_words(rp.m.data, c->size);
+            sum += sum_words(data, c->size);
         }
-        if ((err = rpal_reply(rp.r, &rp.m, NULL, 0)) < 0)
+        int err;
+        if ((err = rpal_reply(rp.b.r, &rp.b.m, NULL, 0)) < 0)
             rpal_die("rpal_reply", err);
         if (i + 1 == c->warm)
             sh->t0 = mono_ns();
@@ -2206,9 +2008,7 @@ static void rpal_stream_consumer(struct sctx *c)
     int64_t end = mono_ns() + 30 * 1000000000LL;
     while (!rpal_load_acquire(&sh->producer_done) && mono_ns() < end)
         usleep(100);
-    rpal_receiver_destroy(rp.r);
-    rpal_service_unregister(rp.svc);
-    rpal_domain_leave(rp.d);
+    bench_rpal_fini(&rp.b);
 }
 
 static void rpal_stream_producer(struct sctx *c)
@@ -2229,7 +2029,7 @@ static void rpal_stream_producer(struct sctx *c)
     while (done < total) {
         while (sent < total) {
             memcpy(src, &sent, 8);
-            int err = rpal_send(rp.chan, src, c->size, sent);
+            int err = rpal_send(rp.b.chan, src, c->size, sent);
             if (err == -EAGAIN)
                 break;
             if (err < 0)
@@ -2237,15 +2037,14 @@ static void rpal_stream_producer(struct sctx *c)
             sent++;
         }
         size_t len;
-        int err = rpal_complete(rp.chan, NULL, NULL, 0, &len, RPAL_BENCH_TIMEOUT_MS);
+        int err = rpal_complete(rp.b.chan, NULL, NULL, 0, &len, RPAL_BENCH_TIMEOUT_MS);
         if (err < 0)
             rpal_die("rpal_complete", err);
         done++;
     }
     free(src);
     rpal_store_release(&sh->producer_done, 1);
-    rpal_chan_close(rp.chan);
-    rpal_domain_leave(rp.d);
+    bench_rpal_fini(&rp.b);
 }
 
 static const struct stream_transport st_rpal = {
@@ -2345,7 +2144,8 @@ static double run_stream(const struct stream_transport *T, size_t size,
                 kill(cons, SIGKILL);
                 waitpid(cons, NULL, 0);
             }
-        } else if (wait_pair(cons, prod, 60 + (int)(count / 100000), why, wlen) == 0) {
+        } else if (wait_pair(cons, prod, (const char *const[2]){"consumer", "producer"},
+                             60 + (int)(count / 100000), why, wlen) == 0) {
             double secs = (double)(c.sh->t1 - c.sh->t0) / 1e9;
             v = secs > 0 ? (double)count * (by_msg ? 1.0 : (double)size) / secs : -1;
             if (v < 0)
@@ -2468,9 +2268,7 @@ static void stream_row(const struct opts *o, const struct stream_transport *T,
         printf("{\"transport\":");
         json_str(T->name);
         if (v <= 0) {
-            printf(",\"%s\":", skipped ? "skipped" : "error");
-            json_str(why);
-            printf("}\n");
+            json_not_run(skipped, why);
         } else if (!bw) {
             printf(",\"mode\":\"throughput\",\"size\":%zu,\"msgs_per_s\":%.0f}\n",
                    size, v);
@@ -2584,20 +2382,7 @@ static int known_name(const char *p, size_t k)
  * two we may. */
 static void choose_cpus(void)
 {
-    cpu_set_t set;
-    int found[2] = {-1, -1}, n = 0;
-    if (sched_getaffinity(0, sizeof set, &set) < 0)
-        return;
-    if (CPU_ISSET(0, &set) && CPU_ISSET(1, &set)) {
-        cpu_a = 0, cpu_b = 1, ncpus_ok = 2;
-        return;
-    }
-    for (int i = 0; i < CPU_SETSIZE && n < 2; i++)
-        if (CPU_ISSET(i, &set))
-            found[n++] = i;
-    cpu_a = found[0] < 0 ? 0 : found[0];
-    cpu_b = found[1] < 0 ? cpu_a : found[1];
-    ncpus_ok = n;
+    ncpus_ok = bench_choose_cpus(&cpu_a, &cpu_b);
 }
 
 int main(int argc, char **argv)
@@ -2662,7 +2447,7 @@ int main(int argc, char **argv)
     if (!o.nmodes)
         o.modes[o.nmodes++] = MODE_POLL;
 
-    struct sigaction sa = {.sa_handler = on_alarm}; /* no SA_RESTART */
+    struct sigaction sa = {.sa_handler = bench_on_alarm}; /* no SA_RESTART */
     sigaction(SIGALRM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
     choose_cpus();

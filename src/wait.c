@@ -234,14 +234,21 @@ void wt_learn_note(struct wt_learn *l, uint64_t w_ns, uint32_t cap)
 
 /* ---- following the waker's CPU ---- */
 
+#define FOLLOW_AGAIN_NS 10000000ull /* after unfollowing, stay free this long */
+
 static _Thread_local struct {
     uint32_t to;          /* CPU + 1 this thread narrowed itself to, or 0 */
     cpu_set_t orig, mine; /* its mask before, and the one it set */
+    uint64_t freed_ns;    /* when it last let go */
 } tf;
 
 static uint32_t follow(uint32_t peer_cpu)
 {
     if (!g.follow || !peer_cpu || peer_cpu > CPU_SETSIZE || tf.to == peer_cpu)
+        return 0;
+    /* Not at once after letting go: a load that comes and goes would
+     * otherwise move the thread back and forth at every change. */
+    if (tf.freed_ns && prim_now_ns() - tf.freed_ns < FOLLOW_AGAIN_NS)
         return 0;
     if (!tf.to && sched_getaffinity(0, sizeof tf.orig, &tf.orig) < 0)
         return 0;
@@ -267,6 +274,7 @@ void wt_unfollow(void)
     if (sched_getaffinity(0, sizeof now, &now) == 0 && CPU_EQUAL(&now, &tf.mine))
         sched_setaffinity(0, sizeof tf.orig, &tf.orig);
     tf.to = 0;
+    tf.freed_ns = prim_now_ns();
 }
 
 uint32_t wt_my_cpu(void)
@@ -301,8 +309,9 @@ void wt_begin(struct wt_wait *w, struct wt_learn *l, struct wt_stats *st,
         return;
     }
     w->budget = wt_budget(l, w->cap);
-    /* Busy enough to spin: run where we are, not where we followed to. */
-    if (w->budget && tf.to && !w->same)
+    /* Busy enough to spin: the two sides are better apart, each spinning
+     * on its own CPU; let the scheduler spread us again. */
+    if (w->budget && tf.to)
         wt_unfollow();
     w->mode = !w->budget ? WT_SLEEP : w->same ? WT_YIELD : WT_SPIN;
     if (st)
@@ -358,8 +367,6 @@ uint32_t wt_sleep_begin(struct wt_wait *w, int may_follow, uint64_t *cpu0)
 {
     if (!w->now)
         tick(w);
-    if (!w->slept && !w->spun && w->t0)
-        w->spun = w->now - w->t0 > w->budget ? w->budget : w->now - w->t0;
     *cpu0 = 0;
     if ((rpal_fetch_add_relaxed(&g.nsleeps, 1) % SAMPLE_SLEEPS) == 0) {
         struct timespec ts;

@@ -374,7 +374,7 @@ struct t_svc_arg {
     /* Before each reply, with probability 1/DELAY_ONE_IN (0: never), sleep
      * up to DELAY_US microseconds: a busy service. */
     unsigned delay_one_in, delay_us;
-    volatile int stop;
+    _Atomic int stop;
 };
 
 static inline void t_sleep_us(unsigned us)
@@ -391,7 +391,7 @@ static inline void *t_svc_receiver(void *arg)
     t_pin(a->cpu);
     REQUIRE(rpal_receiver_create(a->s, &a->o, &r) == 0);
     unsigned seed = (unsigned)getpid();
-    while (!a->stop) {
+    while (!__atomic_load_n(&a->stop, __ATOMIC_ACQUIRE)) {
         struct rpal_msg m;
         int err = rpal_receive(r, &m, 50);
         if (err == -ETIMEDOUT)
@@ -447,7 +447,7 @@ static inline struct t_svc t_svc_start(const char *domain, const struct rpal_cha
             if (poll(&pf, 1, 0) == 1)
                 break;
         }
-        a.stop = 1;
+        __atomic_store_n(&a.stop, 1, __ATOMIC_RELEASE);
         pthread_join(th, NULL);
         rpal_service_unregister(a.s);
         rpal_domain_leave(d);

@@ -6,8 +6,9 @@
  *   poll         client on CPU 0, server on CPU 1; waiting is busy-polling
  *                (kernel transports spin on their non-blocking call);
  *   shared-core  both on CPU 0; waiting blocks (the hand-off is a switch);
- *   idle         client CPU 0, server CPU 1, calls start 100 us apart, so the
- *                server is asleep when each call arrives.
+ *   idle         client on CPU 0, server started on CPU 1 but free to run on
+ *                both (as an unpinned server is); calls start 100 us apart,
+ *                so the server is asleep when each call arrives.
  * One call: the client builds SIZE bytes, stamps the TSC into the first 8 at
  * send and sends; the server stamps the TSC when the message is there (read
  * into its buffer, or visible in shared memory for the in-place transports),
@@ -145,6 +146,7 @@ static double calibrate_hz(void)
 /* ------------------------------------------------------------------------ */
 
 enum { MODE_POLL, MODE_SHARED, MODE_IDLE, NMODES };
+static int cpu_a = 0, cpu_b = 1, ncpus_ok = 2; /* client, server CPUs */
 static const char *const mode_names[NMODES] = {"poll", "shared-core", "idle"};
 enum { CLIENT = 0, SERVER = 1 };
 #define IDLE_GAP_NS 100000 /* idle mode: calls start 100 us apart */
@@ -1127,8 +1129,10 @@ static const struct transport tr_iox = {.name = "iceoryx", .skip = iox_missing};
  * c->sh->scratch. Client connect: request the service, open a channel. The
  * server's connect answers the handshakes (rpal_domain_dispatch) until the
  * client is connected. Wait policy by mode: poll -> RPAL_WAIT_POLL;
- * shared-core -> same_cpu (RPAL's cpu lock: yield hand-off); idle ->
- * RPAL_WAIT_SLEEP (the floor to compare with is futex-shm). The request is
+ * shared-core and idle -> the default (RPAL_WAIT_ADAPTIVE), which finds out
+ * by itself that the other side runs on its CPU (it yields instead of
+ * spinning) or that waits are long (it sleeps at once, and its receiver
+ * follows the caller's CPU). The request is
  * built in the client's own slot (rpal_malloc): passed in the ring up to
  * RPAL_INLINE_MAX bytes, by pointer (zero copy) above. rpal_call copies the
  * reply into a private buffer, as read() does for the kernel transports. */
@@ -1146,18 +1150,14 @@ static struct rpal_chan_opts rpal_bench_opts(int mode)
     struct rpal_chan_opts o = {.wait = RPAL_WAIT_ADAPTIVE};
     if (mode == MODE_POLL)
         o.wait = RPAL_WAIT_POLL;
-    else if (mode == MODE_SHARED)
-        o.same_cpu = 1;
-    else
-        o.wait = RPAL_WAIT_SLEEP;
     return o;
 }
 
 static const char *rpal_waits(const struct ctx *c)
 {
     return c->mode == MODE_POLL     ? "rpal_call / rpal_receive, RPAL_WAIT_POLL"
-           : c->mode == MODE_SHARED ? "rpal_call / rpal_receive, same_cpu (yield hand-off)"
-                                    : "rpal_call / rpal_receive, RPAL_WAIT_SLEEP";
+           : c->mode == MODE_SHARED ? "rpal_call / rpal_receive, default wait (finds the shared CPU: yields)"
+                                    : "rpal_call / rpal_receive, default wait (learns to sleep; follows the caller)";
 }
 
 static int rpal_setup(struct ctx *c)
@@ -1369,6 +1369,18 @@ static void child_main(const struct transport *T, struct ctx *c, int side,
         die("sched_setaffinity");
     if (c->mode == MODE_IDLE)
         prctl(PR_SET_TIMERSLACK, 1UL); /* sleep 100 us, not 150 */
+    if (c->mode == MODE_IDLE && side == SERVER && ncpus_ok == 2) {
+        /* Started on its own CPU, but free to run on the client's, as a
+         * server that nobody pinned is: the kernel may move it there at a
+         * wake-up, and so may the transport (rpal's receiver follows its
+         * caller while it sleeps). Every transport alike. */
+        cpu_set_t both;
+        CPU_ZERO(&both);
+        CPU_SET(cpu_a, &both);
+        CPU_SET(cpu_b, &both);
+        if (sched_setaffinity(0, sizeof both, &both) < 0)
+            die("sched_setaffinity");
+    }
     if (side == SERVER) {
         /* Fault the latency array in now, not during the calls. */
         memset(c->sh->lat, 0, (size_t)c->count * sizeof c->sh->lat[0]);
@@ -1446,7 +1458,6 @@ static int cmp_i64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-static int cpu_a = 0, cpu_b = 1, ncpus_ok = 2; /* client, server CPUs */
 static double hz;
 static double probe_c2c(void);
 
@@ -1691,8 +1702,8 @@ static void print_table_head(int mode, const struct opts *o, long count)
         snprintf(buf, sizeof buf, "client and server both on CPU %d; waiters "
                  "block or yield", cpu_a);
     else
-        snprintf(buf, sizeof buf, "client CPU %d, server CPU %d; calls start "
-                 "100 us apart, waiters block", cpu_a, cpu_b);
+        snprintf(buf, sizeof buf, "client CPU %d, server started on CPU %d, free to "
+                 "run on both; calls start 100 us apart, waiters block", cpu_a, cpu_b);
     printf("\nmode %s: %s\n%zu-byte messages, %ld calls after %ld warm-up; "
            "one-way latency (send stamp to receipt);\ncalls/s over the "
            "client's wall time; CPU of both processes per call; c2c: one cache\n"

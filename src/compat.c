@@ -282,6 +282,19 @@ static int nonblocking(struct conn *c)
     return fl >= 0 && (fl & O_NONBLOCK);
 }
 
+/* The socket's SO_RCVTIMEO (SO_SNDTIMEO if FOR_ROOM) in ns, UINT64_MAX if
+ * none: a blocking read or write on it gives up with -EAGAIN after that
+ * long, as the kernel's would. */
+static uint64_t sock_timeout(int fd, int for_room)
+{
+    struct timeval tv;
+    socklen_t l = sizeof tv;
+    if (getsockopt(fd, SOL_SOCKET, for_room ? SO_SNDTIMEO : SO_RCVTIMEO, &tv, &l) < 0 ||
+        (tv.tv_sec <= 0 && tv.tv_usec <= 0))
+        return UINT64_MAX;
+    return (uint64_t)tv.tv_sec * 1000000000u + (uint64_t)tv.tv_usec * 1000u;
+}
+
 /* Wait until data (or the end), or room when FOR_ROOM. The way to wait is
  * learned (src/wait.c); asleep, we wait on a futex on the other end's
  * index, in 20 ms slices after which the socket says whether the other end
@@ -295,6 +308,7 @@ static int conn_wait(struct conn *c, int for_room)
     const _Atomic uint32_t *word = for_room ? &c->rd.their->head : &c->rd.their->tail;
     struct wt_wait w;
     int err = 0;
+    uint64_t limit = UINT64_MAX; /* the socket's timeout, read when we first sleep */
     wt_begin(&w, &c->learn, &c->st, &adaptive, rpal_load_relaxed(&c->rd.their->pub.cpu));
     set_cpu(c, w.my_cpu);
     set_sleeps(c, 0);
@@ -305,8 +319,16 @@ static int conn_wait(struct conn *c, int for_room)
         if (step == 0)
             continue;
         int timed_out = 0;
-        if (step == WT_SLEEP && !w.slept && nonblocking(c)) {
-            wt_end_empty(&w);
+        if (step == WT_SLEEP && !w.slept) {
+            if (nonblocking(c)) {
+                wt_end_empty(&w);
+                return -EAGAIN;
+            }
+            limit = sock_timeout(c->fd, for_room);
+        }
+        if (w.slept && w.now - w.t0 >= limit) {
+            wt_end_empty(&w); /* SO_RCVTIMEO / SO_SNDTIMEO ran out, as on the socket */
+            set_sleeps(c, idle_sleeps(c));
             return -EAGAIN;
         }
         if (step == WT_SLEEP) {
@@ -318,7 +340,10 @@ static int conn_wait(struct conn *c, int for_room)
             set_sleeps(c, WT_WAKE_FUTEX);
             rpal_fence_seq_cst(); /* pairs with the fences in take() and rpal_write */
             if (!(for_room ? has_room(c) : next_ready(c)) && !at_end(c)) {
-                int r = prim_futex_wait(word, v, 1, 20000000);
+                int64_t slice = 20000000;
+                if (limit != UINT64_MAX && (int64_t)(w.t0 + limit - w.now) < slice)
+                    slice = w.t0 + limit > w.now ? (int64_t)(w.t0 + limit - w.now) : 0;
+                int r = prim_futex_wait(word, v, 1, slice);
                 timed_out = r == -ETIMEDOUT;
                 if (r == -EINTR)
                     err = -EINTR;

@@ -6,7 +6,8 @@
  *   - the same for an upgraded connection (compat);
  *   - a caller that pauses 2 ms between calls learns to sleep at once: its
  *     budget falls to 0 and its waits stop spinning;
- *   - the counters are published: `rpal stat`'s source sees both ends.
+ *   - the counters are published: `rpal stat`'s source sees both ends;
+ *   - a blocking read on an upgraded socket honours SO_RCVTIMEO.
  * Needs two CPUs for the two-CPU parts (skips them, saying so, with one). */
 #include "testlib.h"
 
@@ -157,6 +158,16 @@ static void conn_pair(int ccpu, int scpu, int same)
     close(sv[1]);
     REQUIRE(t_pin(ccpu) == 0);
     REQUIRE(rpal_uds_fdmap(d, sv[0], 5000) == 1);
+    /* A blocking read honours SO_RCVTIMEO, as on the socket: -EAGAIN. */
+    struct timeval tv = {0, 50000};
+    REQUIRE(setsockopt(sv[0], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0);
+    char none[8];
+    int64_t t0 = t_now_ms();
+    CHECK(rpal_read(sv[0], none, sizeof none) == -EAGAIN);
+    int64_t ms = t_now_ms() - t0;
+    CHECK(ms >= 45 && ms < 2000);
+    tv.tv_usec = 0;
+    REQUIRE(setsockopt(sv[0], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0);
     struct rpal_stats a, b;
     char m[32] = "0123456789abcdef0123456789abcde", r[32];
     for (int i = 0; i < N + N / 10; i++) {

@@ -30,6 +30,7 @@
 #define RX_MAGIC 0x325852434c415052ull /* "RPALCRX2" */
 #define MAX_DEPTH 1024u
 #define MAX_CHANS 120 /* per receiver: futex_waitv takes 128 words */
+#define PREFETCH_AHEAD 4 /* entries: see rpal_send */
 
 struct ch_tx { /* in the caller's slot */
     uint64_t magic;
@@ -64,6 +65,7 @@ struct rpal_chan {
     const struct ch_rx *rx;
     uint64_t rx_id; /* rx->id while the service keeps our ring */
     uint32_t depth, sent, done;
+    uint32_t seen_rtail; /* the service's rtail as last read: replies known written */
     void **staging; /* per entry: a copy of a large request */
     uint32_t *staging_seq; /* per entry: the sequence number of that request */
     struct deferred { void *p; uint32_t i, seq; } *deferred; /* older copies still owed a reply */
@@ -90,6 +92,7 @@ struct rx_chan {
     uint32_t *pend_seq; /* and their sequence numbers */
     uint32_t npend;
     uint32_t depth, head, rtail;
+    uint32_t seen_tail; /* the caller's tail as last read: entries known published */
     uint64_t cbase, csize; /* the caller's slot */
     int sock;
     _Atomic int dead;
@@ -152,6 +155,26 @@ static void wake(struct wt_pub *me, const _Atomic uint32_t *word, struct wt_stat
     if (!same)
         wt_note_wake(prim_now_ns() - t);
     st->wakes++;
+}
+
+/* Reading a stream of entries the other side wrote: each is a transfer
+ * from its cache, and taken one by one they would come one after the
+ * other. Ask for a few ahead, but only those known to be published (their
+ * writer would have to take a line we hold back first): SEEN is the other
+ * side's index as last read, refreshed (one more transfer) only once we
+ * have caught up with it. An index from the other side is only a hint
+ * here: whatever it says, the line asked for lies inside the ring. */
+static inline void prefetch_ahead(uint32_t *seen, const _Atomic uint32_t *their_tail,
+                                  uint32_t next, const struct ch_entry *ring, uint32_t depth)
+{
+    /* In lockstep (a call at a time) nothing is ever ahead: look at the
+     * index only every 64th entry then, not at every one (it is a line the
+     * other side writes at every message). */
+    if ((int32_t)(*seen - next) <= 0 &&
+        ((int32_t)(*seen - next) > -(int32_t)PREFETCH_AHEAD || (next & 63) == 0))
+        *seen = rpal_load_relaxed(their_tail);
+    if ((int32_t)(*seen - next) > PREFETCH_AHEAD)
+        __builtin_prefetch(&ring[(next + PREFETCH_AHEAD) & (depth - 1)], 0, 3);
 }
 
 /* Publish CPU (1 + our CPU) in the line PUB if it moved: written only on a
@@ -442,6 +465,9 @@ int rpal_send(rpal_chan *c, const void *req, size_t len, uint64_t tag)
     /* The entry's seqf last: pairs with the receiver's acquire of it. */
     __atomic_store_n(&e->seqf, SEQF(c->sent + 1, (uint32_t)kind), __ATOMIC_RELEASE);
     c->sent++;
+    /* An entry a few ahead, which the receiver read a lap ago: ours before
+     * we write it (not the next one: the receiver polls that). */
+    rpal_prefetch_write(&c->tx->e[(c->sent + PREFETCH_AHEAD) & (c->depth - 1)]);
     c->st.msgs_out++;
     c->st.bytes_out += len;
     /* The index is for a sleeping receiver; then see whether it sleeps: the
@@ -535,6 +561,7 @@ int rpal_complete(rpal_chan *c, uint64_t *tag, void *reply, size_t reply_max,
     struct ch_entry e;
     int kind = ch_entry_take(slot, c->sbase, c->ssize, &e);
     c->done++;
+    prefetch_ahead(&c->seen_rtail, &c->rx->rtail, c->done, c->rx->e, c->depth);
     c->st.msgs_in++;
     c->st.bytes_in += e.len;
     /* Copies of large requests are freed only when nothing is outstanding:
@@ -923,6 +950,7 @@ int rpal_receive(rpal_receiver *r, struct rpal_msg *m, int timeout_ms)
             /* The entry is copied. The caller reuses it only once it has
              * the reply of a later request, which we give after this. */
             x->head++;
+            prefetch_ahead(&x->seen_tail, &x->tx->tail, x->head, x->tx->e, x->depth);
             r->next = idx + 1 == (unsigned)n ? 0 : idx + 1;
             if (kind == E_PTR) {
                 /* Read in place, inside a window until the reply, which
@@ -1028,6 +1056,7 @@ int rpal_reply(rpal_receiver *r, const struct rpal_msg *m, const void *data, siz
     /* seqf last: pairs with the caller's acquire of it in rpal_complete */
     __atomic_store_n(&e->seqf, SEQF(x->rtail + 1, (uint32_t)kind), __ATOMIC_RELEASE);
     x->rtail++;
+    rpal_prefetch_write(&x->rx->e[(x->rtail + PREFETCH_AHEAD) & (x->depth - 1)]);
     x->st.msgs_out++;
     x->st.bytes_out += len;
     rpal_store_release(&x->rx->rtail, x->rtail); /* for a sleeping caller */

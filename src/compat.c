@@ -464,6 +464,9 @@ ssize_t rpal_write(int fd, const void *buf, size_t len)
     /* seqf last: pairs with the acquire in next_ready() */
     __atomic_store_n(&e->seqf, SEQF(c->sent + 1, (uint32_t)kind), __ATOMIC_RELEASE);
     c->sent++;
+    /* An entry a few ahead, which the reader read a lap ago: ours before we
+     * write it, so that the barrier below does not wait for it. */
+    rpal_prefetch_write(&c->my->e[(c->sent + 4) & (c->depth - 1)]);
     c->st.msgs_out++;
     c->st.bytes_out += len;
     rpal_store_release(&c->my->tail, c->sent); /* for EPOLLET and sleepers */

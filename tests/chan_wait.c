@@ -64,7 +64,8 @@ static int seen_one(const struct rpal_stats_entry *e, void *arg)
 
 /* A caller on CPU CCPU and a service on SCPU: calls back to back, then
  * with pauses; checks the caller's counters. */
-static void call_pair(int ccpu, int scpu, int same)
+/* 0 passed, 1 failed, 2 the two-CPU proportions were not met (load). */
+static int call_pair(int ccpu, int scpu, int same)
 {
     struct rpal_chan_opts o = {0}; /* the default: learned */
     struct t_svc sv = t_svc_start("wait", &o, scpu, 0, 0);
@@ -88,10 +89,14 @@ static void call_pair(int ccpu, int scpu, int same)
             CHECK(hits == 0);
             CHECK(b.spin_ns == 0);
             CHECK(b.yields + b.sleeps > 0);
-        } else {
-            CHECK(hits * 2 >= waits); /* most waits end spinning */
-            CHECK(skipped * 2 >= (uint64_t)N); /* the service was awake */
-            CHECK(b.budget_ns > 0);
+        } else if (!(hits * 2 >= waits && skipped * 2 >= (uint64_t)N && b.budget_ns > 0)) {
+            /* Most waits end spinning and the service is awake: unless
+             * another load took the service's CPU meanwhile (exit 2: the
+             * test tries again). */
+            printf("two CPUs: %llu of %llu waits spun, %llu of %d needed no wake-up\n",
+                   (unsigned long long)hits, (unsigned long long)waits,
+                   (unsigned long long)skipped, N);
+            _exit(t_failures ? 1 : 2);
         }
         /* The counters reach the claim file (within 100 ms or 1,024
          * waits): what `rpal stat` shows. */
@@ -118,13 +123,15 @@ static void call_pair(int ccpu, int scpu, int same)
         rpal_domain_leave(d);
         _exit(t_failures ? 1 : 0);
     }
-    CHECK(t_wait(p) == 0);
+    int rc = t_wait(p);
+    CHECK(rc == 0 || rc == 2);
     CHECK(t_svc_stop(&sv) == 0);
+    return rc;
 }
 
 /* An upgraded socketpair, an echo server in an rpal epoll set on SCPU and
  * a blocking client on CCPU. */
-static void conn_pair(int ccpu, int scpu, int same)
+static int conn_pair(int ccpu, int scpu, int same)
 {
     int sv[2];
     REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
@@ -186,16 +193,19 @@ static void conn_pair(int ccpu, int scpu, int same)
     CHECK(b.msgs_out == (uint64_t)N + N / 10 && b.bytes_out == b.msgs_out * sizeof m);
     CHECK(b.bytes_in == b.bytes_out);
     uint64_t waits = b.waits - a.waits, hits = b.spin_hits - a.spin_hits;
+    int rc = 0;
     if (same) {
         CHECK(hits == 0 && b.spin_ns == 0);
-    } else {
-        CHECK(hits * 2 >= waits);
-        CHECK((b.wakes_skipped - a.wakes_skipped) * 2 >= (uint64_t)N);
+    } else if (!(hits * 2 >= waits && (b.wakes_skipped - a.wakes_skipped) * 2 >= (uint64_t)N)) {
+        printf("two CPUs: %llu of %llu waits spun\n", (unsigned long long)hits,
+               (unsigned long long)waits);
+        rc = 2;
     }
     CHECK(rpal_fd_stats(1, &b) == -EBADF); /* not an upgraded connection */
     rpal_close(sv[0]);
     CHECK(t_wait(p) == 0);
     rpal_domain_leave(d);
+    return rc;
 }
 
 int main(void)
@@ -213,7 +223,15 @@ int main(void)
         printf("only one CPU: the two-CPU checks did not run\n");
         return t_failures ? 1 : T_SKIP;
     }
-    call_pair(a, b, 0);
-    conn_pair(a, b, 0);
+    /* Proportions on two CPUs hold unless another load takes one of them
+     * meanwhile: three tries each. */
+    int tries = 0;
+    while (call_pair(a, b, 0) == 2 && ++tries < 3)
+        ;
+    CHECK(tries < 3);
+    tries = 0;
+    while (conn_pair(a, b, 0) == 2 && ++tries < 3)
+        ;
+    CHECK(tries < 3);
     return t_done();
 }

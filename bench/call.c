@@ -1258,6 +1258,63 @@ static const struct transport tr_rpal = {
     .send = rpal_send_side, .recv = rpal_recv_side, .call = rpal_call_side,
     .fini = rpal_fini,
 };
+
+/* rpal-serve: the same, but the service is one loop on one thread
+ * (rpal_serve): the handshakes and the requests come through the same call,
+ * as a service that has no second thread runs. */
+static const char *rpal_serve_waits(const struct ctx *c)
+{
+    (void)c;
+    return "rpal_call / rpal_serve (one loop: requests and the domain's events), as rpal";
+}
+
+static int serve_stashed; /* the first request came while connecting */
+
+static void rpal_serve_connect(struct ctx *c, int side)
+{
+    if (side == CLIENT) {
+        rpal_open_side(c->mode, 0, c->sh->scratch);
+        return;
+    }
+    int64_t end = mono_ns() + 30 * 1000000000LL;
+    while (!rpal_load_acquire(&c->sh->client_ready)) { /* pairs with the client's release */
+        struct rpal_event ev;
+        int err = rpal_serve(rp.b.r, &rp.b.m, &ev, 5);
+        if (err == RPAL_SERVE_MSG) { /* the client calls right after it opens */
+            serve_stashed = 1;
+            return;
+        }
+        if (err < 0 && err != -ETIMEDOUT && err != -EINTR)
+            rpal_die("rpal_serve", err);
+        if (mono_ns() > end)
+            die_msg("the client did not connect in 30 s");
+    }
+}
+
+static const void *rpal_serve_recv(struct ctx *c, int side)
+{
+    (void)side;
+    for (;;) {
+        struct rpal_event ev;
+        int err = serve_stashed ? RPAL_SERVE_MSG
+                                : rpal_serve(rp.b.r, &rp.b.m, &ev, RPAL_BENCH_TIMEOUT_MS);
+        serve_stashed = 0;
+        if (err == RPAL_SERVE_EVENT || err == -EINTR)
+            continue;
+        if (err < 0)
+            rpal_die("rpal_serve", err);
+        if (rp.b.m.len != c->size)
+            die_msg("rpal_serve: a %zu-byte request, not %zu", rp.b.m.len, c->size);
+        return rp.b.m.data;
+    }
+}
+
+static const struct transport tr_rpal_serve = {
+    .name = "rpal-serve", .waits = rpal_serve_waits, .setup = rpal_setup,
+    .init = rpal_init, .connect = rpal_serve_connect, .buf = rpal_buf,
+    .send = rpal_send_side, .recv = rpal_serve_recv, .call = rpal_call_side,
+    .fini = rpal_fini,
+};
 #else
 static const char *rpal_missing(const struct ctx *c)
 {
@@ -1265,11 +1322,12 @@ static const char *rpal_missing(const struct ctx *c)
     return "the rpal call path is not built yet (RPAL_HAVE_CALL undefined)";
 }
 static const struct transport tr_rpal = {.name = "rpal", .skip = rpal_missing};
+static const struct transport tr_rpal_serve = {.name = "rpal-serve", .skip = rpal_missing};
 #endif
 
 static const struct transport *const transports[] = {
     &tr_rpal, /* RPAL_HAVE_CALL: the real entry, else listed as skipped */
-    &tr_uds, &tr_pipe, &tr_efd, &tr_spin, &tr_yield, &tr_futex, &tr_zmq,
+    &tr_rpal_serve, &tr_uds, &tr_pipe, &tr_efd, &tr_spin, &tr_yield, &tr_futex, &tr_zmq,
     &tr_iox,
 };
 #define NTRANSPORTS (sizeof transports / sizeof transports[0])

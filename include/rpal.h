@@ -452,6 +452,16 @@ int rpal_receiver_destroy(rpal_receiver *r);
 /* Wait at most TIMEOUT_MS for the next request on any of R's channels. */
 int rpal_receive(rpal_receiver *r, struct rpal_msg *m, int timeout_ms);
 
+/* One loop for a service, on one thread: wait at most TIMEOUT_MS for the
+ * next request on any of R's channels (into *M, as rpal_receive) or the next
+ * event of R's domain (into *EV, as rpal_domain_dispatch, whose work of
+ * answering handshakes it also does). Returns RPAL_SERVE_MSG or
+ * RPAL_SERVE_EVENT, -ETIMEDOUT, or a negative errno. While requests flow it
+ * makes no system call per request (the domain's set is looked at every 64
+ * requests, and every 10 us of waiting); asleep, it wakes for either. */
+enum { RPAL_SERVE_MSG = 1, RPAL_SERVE_EVENT = 2 };
+int rpal_serve(rpal_receiver *r, struct rpal_msg *m, struct rpal_event *ev, int timeout_ms);
+
 /* Answer M, exactly once. A reply up to RPAL_INLINE_MAX bytes travels in
  * the ring; a larger one is copied once into our slot, where the caller
  * reads it (the library frees it once the caller has taken it). */

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
@@ -76,6 +77,7 @@ struct rpal_chan {
     uint64_t sbase, ssize; /* the service's slot */
     uint64_t mybase, mysize; /* ours */
     int window; /* the window on the service this channel holds */
+    int bell;   /* the receiver's eventfd, for when it serves (same user), or -1 */
     struct wt_learn learn;
     struct wt_stats st;
 };
@@ -117,6 +119,12 @@ struct rpal_receiver {
     uint32_t snap_bell;
     int snap_valid;
     uint32_t cpu;   /* 1 + our CPU as published in every channel's ring */
+    unsigned nosys; /* rpal_serve: requests since the domain's set was looked at */
+    /* rpal_serve sleeps in the domain's epoll set: callers of our user wake
+     * it by writing this eventfd (handed to them when their channel opens),
+     * in the set edge-triggered (BELLW, from the first rpal_serve on). */
+    int bell;
+    struct watch *bellw;
     struct wt_learn learn;
     struct rpal_receiver *next_in_service;
 };
@@ -234,7 +242,7 @@ int rpal_chan_open(rpal_peer *peer, const struct rpal_chan_opts *opts,
     opts_fill(&c->o, opts);
     c->peer = peer;
     c->depth = c->o.depth;
-    c->sock = c->pidfd = -1;
+    c->sock = c->pidfd = c->bell = -1;
     c->sbase = peer->base;
     c->ssize = peer->size;
     c->mybase = dom_slot_addr(d, d->slot);
@@ -289,7 +297,12 @@ int rpal_chan_open(rpal_peer *peer, const struct rpal_chan_opts *opts,
         err = err == -ECONNRESET ? -ESHUTDOWN : err;
         goto fail;
     }
-    if (fd >= 0)
+    /* The receiver's bell: kept only from a service of our own user, and
+     * only an eventfd (see docs/waiting.md: a write to another user's
+     * eventfd could be made to block). */
+    if (fd >= 0 && peer->info.uid == getuid() && prim_is_eventfd(fd))
+        c->bell = fd;
+    else if (fd >= 0)
         close(fd);
     if (rep.magic != HS_MAGIC || rep.version != HS_VERSION) {
         err = -EPROTO; /* not an rpal service of our version */
@@ -338,6 +351,8 @@ fail:
         dom_peer_unpin(peer, 0);
     if (c->sock >= 0)
         close(c->sock);
+    if (c->bell >= 0)
+        close(c->bell);
     if (c->tx_raw)
         rpal_free(c->tx_raw);
     free(c->staging);
@@ -405,6 +420,8 @@ int rpal_chan_close(rpal_chan *c)
     shutdown(c->sock, SHUT_RDWR);
     close(c->sock);
     close(c->pidfd);
+    if (c->bell >= 0)
+        close(c->bell);
     dom_stats_close(c->peer->d, &c->st, 0);
     staging_release(c);
     free(c->deferred);
@@ -475,11 +492,23 @@ int rpal_send(rpal_chan *c, const void *req, size_t len, uint64_t tag)
      * its sleeps flag and re-reading. */
     rpal_store_release(&c->tx->tail, c->sent);
     rpal_fence_seq_cst();
-    if (rpal_load_relaxed(&c->rx->pub.sleeps))
+    uint32_t how = rpal_load_relaxed(&c->rx->pub.sleeps);
+    if (how == WT_WAKE_BELL) {
+        /* A receiver that also serves its domain (rpal_serve) sleeps in
+         * the domain's epoll set: its bell, or a byte on our connection
+         * (its dispatch reads it; never blocks: a full socket has bytes
+         * that wake it already). */
+        rpal_store_release(&c->tx->pub.woke_ns, prim_now_ns());
+        uint64_t one = 1;
+        if (c->bell < 0 || write(c->bell, &one, sizeof one) != sizeof one)
+            (void)send(c->sock, "", 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+        c->st.wakes++;
+    } else if (how) {
         wake(&c->tx->pub, &c->tx->tail, &c->st,
              rpal_load_relaxed(&c->rx->pub.cpu) == rpal_load_relaxed(&c->tx->pub.cpu));
-    else
+    } else {
         c->st.wakes_skipped++;
+    }
     return 0;
 }
 
@@ -661,7 +690,7 @@ int ch_tx_check(const struct hs_req *req, uint64_t base, uint64_t size)
 }
 
 static int chan_accept(rpal_service *s, rpal_peer *p, int sock,
-                       const struct hs_req *req, uint64_t *addr)
+                       const struct hs_req *req, uint64_t *addr, int *fd)
 {
     rpal_domain *d = s->d;
     uint32_t depth = req->depth;
@@ -739,6 +768,7 @@ static int chan_accept(rpal_service *s, rpal_peer *p, int sock,
     rpal_fetch_add_relaxed(&r->doorbell, 1);
     prim_futex_wake(&r->doorbell, 1, 0);
     *addr = (uint64_t)(uintptr_t)x->rx;
+    *fd = r->bell;
     return 0;
 }
 
@@ -756,6 +786,8 @@ int rpal_receiver_create(rpal_service *s, const struct rpal_chan_opts *opts,
     r->s = s;
     opts_fill(&r->o, opts);
     wt_learn_init(&r->learn);
+    /* -1: callers wake us with a byte on their connection */
+    r->bell = wt_bells() ? eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK) : -1;
     pthread_mutex_init(&r->lock, NULL);
     pthread_mutex_lock(&s->d->lock);
     r->next_in_service = s->receivers;
@@ -784,7 +816,13 @@ int rpal_receiver_destroy(rpal_receiver *r)
         r->s->chan_accept = NULL;
     for (int i = 0; i < r->n; i++)
         rxc_free(d, r->ch[i]);
+    if (r->bellw) {
+        epoll_ctl(d->epfd, EPOLL_CTL_DEL, r->bell, NULL);
+        dom_watch_retire(d, r->bellw); /* a dispatch may hold its event */
+    }
     pthread_mutex_unlock(&d->lock);
+    if (r->bell >= 0)
+        close(r->bell);
     pthread_mutex_destroy(&r->lock);
     free(r);
     return 0;
@@ -887,17 +925,76 @@ static void receiver_sleep(rpal_receiver *r, struct rx_chan **chs, int n, uint32
     wt_sleep_end(w, cpu0);
 }
 
-int rpal_receive(rpal_receiver *r, struct rpal_msg *m, int timeout_ms)
+/* Serving the domain too (rpal_serve): look at its epoll set without
+ * waiting. 1 and *EV if it gave an event. */
+static int serve_look(rpal_receiver *r, struct rpal_event *ev)
 {
-    if (!r || !m)
-        return -EINVAL;
-    if (dom_check(r->s->d) < 0)
-        return -ECHILD;
+    r->nosys = 0;
+    int n = dom_dispatch(r->s->d, ev, 1, 0, 1);
+    return n > 0;
+}
+
+/* A wake-up on the receiver's bell: edge-triggered, nothing to read. */
+static void bell_hook(rpal_domain *d, struct watch *w, uint32_t events)
+{
+    (void)d, (void)w, (void)events;
+}
+
+/* Serving the domain too: sleep in its epoll set (at most SLICE_NS), where
+ * a caller's wake-up is a write to our bell (or a byte on its channel's
+ * connection): the callers see WT_WAKE_BELL. 1 and *EV if an event came. */
+static int serve_sleep(rpal_receiver *r, struct rx_chan **chs, int n, struct wt_wait *w,
+                       int64_t slice, struct rpal_event *ev)
+{
+    rpal_domain *d = r->s->d;
+    if (r->bell >= 0 && !r->bellw) {
+        struct watch *bw = calloc(1, sizeof *bw);
+        if (bw) {
+            *bw = (struct watch){.kind = W_HOOK, .obj = bw, .hook = bell_hook};
+            struct epoll_event ee = {.events = EPOLLIN | EPOLLET, .data.ptr = bw};
+            pthread_mutex_lock(&d->lock);
+            if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, r->bell, &ee) == 0)
+                r->bellw = bw;
+            else
+                free(bw);
+            pthread_mutex_unlock(&d->lock);
+        }
+    }
+    uint64_t cpu0;
+    receiver_cpu(r, chs, n, wt_sleep_begin(w, 1, &cpu0));
+    for (int k = 0; k < n; k++)
+        rpal_store_relaxed(&chs[k]->rx->pub.sleeps, WT_WAKE_BELL);
+    rpal_fence_seq_cst(); /* pairs with the fence in rpal_send */
+    int ready = 0, got = 0;
+    for (int k = 0; k < n && !ready; k++) {
+        const struct ch_entry *slot = &chs[k]->tx->e[chs[k]->head & (chs[k]->depth - 1)];
+        ready = SEQ_OF(__atomic_load_n(&slot->seqf, __ATOMIC_RELAXED)) == SEQ_WANT(chs[k]->head + 1);
+    }
+    if (!ready) {
+        int ms = (int)((slice + 999999) / 1000000);
+        got = dom_dispatch(r->s->d, ev, 1, ms, 1) > 0;
+    }
+    for (int k = 0; k < n; k++)
+        rpal_store_relaxed(&chs[k]->rx->pub.sleeps, 0);
+    wt_sleep_end(w, cpu0);
+    r->nosys = 0;
+    return got;
+}
+
+/* rpal_receive, and rpal_serve when EV is not NULL. */
+static int receive(rpal_receiver *r, struct rpal_msg *m, struct rpal_event *ev, int timeout_ms)
+{
     uint64_t limit = timeout_ms < 0 ? UINT64_MAX : (uint64_t)timeout_ms * 1000000;
     struct wt_wait w;
     int waiting = 0;
     uint32_t bell = rpal_load_acquire(&r->doorbell);
     int reaped = 0;
+    uint64_t next_k = UINT64_MAX;
+    /* Serving: the domain's events come first now and then, so that a
+     * stream of requests does not keep its handshakes and deaths waiting
+     * (the same every 64 requests that compat has for plain descriptors). */
+    if (ev && ++r->nosys >= 64 && serve_look(r, ev))
+        return RPAL_SERVE_EVENT;
     for (;;) {
         /* Only this thread removes channels, so ch[] entries stay valid
          * while we scan; the dispatcher only appends (under r->lock). */
@@ -987,7 +1084,7 @@ int rpal_receive(rpal_receiver *r, struct rpal_msg *m, int timeout_ms)
                 if (wt_stats_due(&x->st, w.now))
                     dom_stats_flush(r->s->d, &x->st);
             }
-            return 0;
+            return ev ? RPAL_SERVE_MSG : 0;
         }
         if (reaped) {
             reap(r);
@@ -1006,12 +1103,48 @@ int rpal_receive(rpal_receiver *r, struct rpal_msg *m, int timeout_ms)
             int64_t slice = 100000000;
             if (limit != UINT64_MAX && (int64_t)(w.t0 + limit - w.now) < slice)
                 slice = (int64_t)(w.t0 + limit - w.now);
-            receiver_sleep(r, chs, n, bell, &w, slice > 0 ? slice : 0);
+            if (ev) {
+                if (serve_sleep(r, chs, n, &w, slice > 0 ? slice : 0, ev)) {
+                    wt_end_empty(&w);
+                    return RPAL_SERVE_EVENT;
+                }
+            } else {
+                receiver_sleep(r, chs, n, bell, &w, slice > 0 ? slice : 0);
+            }
             bell = rpal_load_acquire(&r->doorbell);
+        } else if (ev) {
+            /* Spinning or yielding: the domain's set every 10 us. */
+            if (next_k == UINT64_MAX)
+                next_k = w.t0 + 10000;
+            if (w.now >= next_k) {
+                next_k = w.now + 10000;
+                if (serve_look(r, ev)) {
+                    wt_end_empty(&w);
+                    return RPAL_SERVE_EVENT;
+                }
+            }
         }
         if (w.now - w.t0 >= limit)
             return -ETIMEDOUT;
     }
+}
+
+int rpal_receive(rpal_receiver *r, struct rpal_msg *m, int timeout_ms)
+{
+    if (!r || !m)
+        return -EINVAL;
+    if (dom_check(r->s->d) < 0)
+        return -ECHILD;
+    return receive(r, m, NULL, timeout_ms);
+}
+
+int rpal_serve(rpal_receiver *r, struct rpal_msg *m, struct rpal_event *ev, int timeout_ms)
+{
+    if (!r || !m || !ev)
+        return -EINVAL;
+    if (dom_check(r->s->d) < 0)
+        return -ECHILD;
+    return receive(r, m, ev, timeout_ms);
 }
 
 int rpal_reply(rpal_receiver *r, const struct rpal_msg *m, const void *data, size_t len)

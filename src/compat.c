@@ -717,7 +717,7 @@ int rpal_uds_fdmap(rpal_domain *d, int fd, int timeout_ms)
     c->depth = CX_DEPTH;
     c->st.idx = -1;
     c->their_bell = -1;
-    c->bell = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    c->bell = wt_bells() ? eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK) : -1;
     c->staging = calloc(c->depth, sizeof *c->staging);
     c->my = ch_slot_alloc(sizeof *c->my + c->depth * sizeof(struct ch_entry), &c->my_raw);
     int fds[2] = {-1, -1}, memfd = -1;

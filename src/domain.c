@@ -557,6 +557,11 @@ static int64_t now_ms(void)
 int rpal_domain_dispatch(rpal_domain *d, struct rpal_event *ev, int max,
                          int timeout_ms)
 {
+    return dom_dispatch(d, ev, max, timeout_ms, 0);
+}
+
+int dom_dispatch(rpal_domain *d, struct rpal_event *ev, int max, int timeout_ms, int any)
+{
     int err = dom_check(d);
     if (err < 0)
         return err;
@@ -591,7 +596,8 @@ int rpal_domain_dispatch(rpal_domain *d, struct rpal_event *ev, int max,
             if (!w->retired && svc_handle(d, w, ee[i].events, &ev[n]) > 0)
                 n++;
         }
-        int done = k < 0 || n >= max || (k == 0 && (n || wait == 0)) || (n && k < want);
+        int done = k < 0 || n >= max || (k == 0 && (n || wait == 0)) || (n && k < want) ||
+                   (any && k > 0);
         if (done) {
             dispatch_end(d, &me);
         } else {

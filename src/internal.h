@@ -316,9 +316,10 @@ struct hs_rep {
 struct ucred;
 /* Set by the channel layer on a service that has receivers: answers a
  * HS_KIND_CHAN request from the accepted peer P on SOCK (which it keeps on
- * success). Returns 0 and *ADDR, or a negative errno. d->lock held. */
+ * success). Returns 0, *ADDR and *FD (a descriptor to send with the answer,
+ * or -1), or a negative errno. d->lock held. */
 typedef int (*chan_accept_fn)(rpal_service *s, rpal_peer *p, int sock,
-                              const struct hs_req *req, uint64_t *addr);
+                              const struct hs_req *req, uint64_t *addr, int *fd);
 
 struct rpal_service {
     struct watch w;
@@ -415,6 +416,11 @@ struct wt_stats;
 RPAL_HIDDEN int dom_stats_open(rpal_domain *d, struct wt_stats *st, int locked);
 RPAL_HIDDEN void dom_stats_flush(rpal_domain *d, struct wt_stats *st);
 RPAL_HIDDEN void dom_stats_close(rpal_domain *d, struct wt_stats *st, int locked);
+/* rpal_domain_dispatch; ANY: return (0 if no event came of it) as soon as
+ * the epoll set had anything, so that a caller that also watches rings
+ * (rpal_serve) looks at them again. */
+RPAL_HIDDEN int dom_dispatch(rpal_domain *d, struct rpal_event *ev, int max, int timeout_ms,
+                             int any);
 RPAL_HIDDEN int dom_component_validate(const char *name);
 RPAL_HIDDEN int dom_check(const rpal_domain *d);
 RPAL_HIDDEN uint64_t dom_slot_addr(const rpal_domain *d, unsigned slot);
@@ -567,6 +573,9 @@ RPAL_HIDDEN void wt_learn_note(struct wt_learn *l, uint64_t w_ns, uint32_t cap);
 /* The budget (ns) of a waiter's next wait: 0, sleep at once. CAP: the
  * channel's own upper bound (UINT32_MAX: none). */
 RPAL_HIDDEN uint32_t wt_budget(const struct wt_learn *l, uint32_t cap);
+/* 0 if RPAL_WAKE=sock asks for wake-ups on sockets instead of eventfds
+ * (to compare the two, and to run the fallback's code). */
+RPAL_HIDDEN int wt_bells(void);
 /* 1 + the CPU we run on (0 unknown). */
 RPAL_HIDDEN uint32_t wt_my_cpu(void);
 /* Start a wait with options O; PEER_CPU is what the other side published

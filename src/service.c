@@ -704,16 +704,17 @@ static int answer(rpal_domain *d, struct pending *x, struct rpal_event *ev)
             close(memfd);
         rpal_peer *p = peer_at_slot(d, req.slot);
         uint64_t addr = 0;
+        int fd = -1;
         if (!p || p->info.pid != cr.pid || strcmp(p->info.service, s->name) ||
             strcmp(req.service, s->name))
             err = -EACCES;
         else if (!s->chan_accept)
             err = -ENOTCONN; /* no receiver yet */
         else
-            err = s->chan_accept(s, p, sock, &req, &addr);
+            err = s->chan_accept(s, p, sock, &req, &addr, &fd);
         struct hs_rep rep = {.magic = HS_MAGIC, .version = HS_VERSION, .status = err,
                              .slot = d->slot, .slot_size = d->slot_size, .addr = addr};
-        (void)svc_send_with_fd(sock, &rep, sizeof rep, -1);
+        (void)svc_send_with_fd(sock, &rep, sizeof rep, err < 0 ? -1 : fd);
         if (err < 0)
             close(sock);
         return err < 0 ? err : -EINPROGRESS; /* no event for the app */

@@ -46,6 +46,7 @@ static struct {
     uint32_t fixed_ns;  /* RPAL_SPIN_US=fixed:N: always N; UINT32_MAX: learn */
     int quota_low;      /* the cgroup allows less than 1.5 CPUs */
     int follow;         /* RPAL_FOLLOW: sleepers move to their waker's CPU */
+    int bells;          /* RPAL_WAKE=sock: no eventfd bells, bytes on sockets */
     uint32_t pause_ps;  /* one cpu_relax(), in picoseconds */
     _Atomic uint32_t wake_ns;  /* running average: a wake-up, as its sender pays it */
     _Atomic uint32_t sleep_ns; /* running average: the CPU a sleep costs the sleeper */
@@ -153,6 +154,8 @@ static void init_once(void)
     }
     e = getenv("RPAL_FOLLOW");
     g.follow = !(e && !strcmp(e, "0"));
+    e = getenv("RPAL_WAKE");
+    g.bells = !(e && !strcmp(e, "sock"));
     g.quota_low = quota_is_low();
     /* What a pause costs here (10 to 150 cycles, by CPU), so that a wait
      * that ends after a few spins is timed without reading the clock. */
@@ -275,6 +278,12 @@ void wt_unfollow(void)
         sched_setaffinity(0, sizeof tf.orig, &tf.orig);
     tf.to = 0;
     tf.freed_ns = prim_now_ns();
+}
+
+int wt_bells(void)
+{
+    init();
+    return g.bells;
 }
 
 uint32_t wt_my_cpu(void)

@@ -130,10 +130,12 @@ demo: all
 	$(B)/examples/shared_list
 
 # The main job: the RPAL paper's measurement (epoll + Unix socket against
-# rpal, 1,000,000 messages each), then every transport compared.
+# rpal, 1,000,000 messages each), then every transport compared, then
+# latency and CPU against load (rpal against the Unix socket it replaces).
 bench: all
 	$(TOOL) bench paper
 	$(TOOL) bench call
+	$(TOOL) bench load
 
 # docs/compat.md shows the diffs between the Unix-socket examples and their
 # rpal versions; tests/compat_diff.sh fails when they are out of date.

@@ -50,8 +50,7 @@ static struct {
     uint32_t pause_ps;  /* one cpu_relax(), in picoseconds */
     _Atomic uint32_t wake_ns;  /* running average: a wake-up, as its sender pays it */
     _Atomic uint32_t sleep_ns; /* running average: the CPU a sleep costs the sleeper */
-    _Atomic uint32_t yield_ns; /* the cheapest yield lately: one that ran nobody */
-    _Atomic uint32_t nyields;
+    _Atomic uint32_t yield_ns; /* the cheapest yield seen: one that ran nobody */
     _Atomic uint32_t nsleeps;
 } g = {.once = PTHREAD_ONCE_INIT};
 
@@ -363,9 +362,11 @@ int wt_pause(struct wt_wait *w)
         uint32_t floor = rpal_load_relaxed(&g.yield_ns);
         if (dt < floor)
             rpal_store_relaxed(&g.yield_ns, (uint32_t)dt);
-        else if ((rpal_fetch_add_relaxed(&g.nyields, 1) & 255) == 0)
-            rpal_store_relaxed(&g.yield_ns, floor + floor / 8 + 1); /* forget old lows */
-        if (w->policy != RPAL_WAIT_POLL && dt < 2 * (uint64_t)floor + 500)
+        /* And yielding never costs more than the budget, as spinning: a
+         * yield misjudged as running someone (the floor measured when
+         * system calls were cheaper) is then bounded all the same. */
+        if (w->policy != RPAL_WAIT_POLL &&
+            (dt < 2 * (uint64_t)floor + 500 || w->now - w->t0 >= w->budget))
             w->mode = WT_SLEEP;
         return WT_TICK;
     }

@@ -59,6 +59,12 @@ struct ch_rx { /* in the service's slot */
     _Alignas(64) struct ch_entry e[];
 };
 
+/* Where the other side's index stood when last read (see prefetch_ahead). */
+struct ahead {
+    uint32_t at;    /* the other side's index as last read */
+    uint32_t flows; /* that look found entries well ahead: a stream */
+};
+
 struct rpal_chan {
     rpal_peer *peer;
     struct ch_tx *tx;
@@ -66,7 +72,7 @@ struct rpal_chan {
     const struct ch_rx *rx;
     uint64_t rx_id; /* rx->id while the service keeps our ring */
     uint32_t depth, sent, done;
-    uint32_t seen_rtail; /* the service's rtail as last read: replies known written */
+    struct ahead seen_rtail; /* the service's rtail: replies known written */
     void **staging; /* per entry: a copy of a large request */
     uint32_t *staging_seq; /* per entry: the sequence number of that request */
     struct deferred { void *p; uint32_t i, seq; } *deferred; /* older copies still owed a reply */
@@ -94,7 +100,7 @@ struct rx_chan {
     uint32_t *pend_seq; /* and their sequence numbers */
     uint32_t npend;
     uint32_t depth, head, rtail;
-    uint32_t seen_tail; /* the caller's tail as last read: entries known published */
+    struct ahead seen_tail; /* the caller's tail: entries known published */
     uint64_t cbase, csize; /* the caller's slot */
     int sock;
     _Atomic int dead;
@@ -172,16 +178,18 @@ static void wake(struct wt_pub *me, const _Atomic uint32_t *word, struct wt_stat
  * side's index as last read, refreshed (one more transfer) only once we
  * have caught up with it. An index from the other side is only a hint
  * here: whatever it says, the line asked for lies inside the ring. */
-static inline void prefetch_ahead(uint32_t *seen, const _Atomic uint32_t *their_tail,
+static inline void prefetch_ahead(struct ahead *a, const _Atomic uint32_t *their_tail,
                                   uint32_t next, const struct ch_entry *ring, uint32_t depth)
 {
     /* In lockstep (a call at a time) nothing is ever ahead: look at the
      * index only every 64th entry then, not at every one (it is a line the
-     * other side writes at every message). */
-    if ((int32_t)(*seen - next) <= 0 &&
-        ((int32_t)(*seen - next) > -(int32_t)PREFETCH_AHEAD || (next & 63) == 0))
-        *seen = rpal_load_relaxed(their_tail);
-    if ((int32_t)(*seen - next) > PREFETCH_AHEAD)
+     * other side writes at every message, and would move at every call).
+     * In a stream, look again as soon as we catch up. */
+    if ((int32_t)(a->at - next) <= 0 && (a->flows || (next & 63) == 0)) {
+        a->at = rpal_load_relaxed(their_tail);
+        a->flows = (int32_t)(a->at - next) > PREFETCH_AHEAD;
+    }
+    if ((int32_t)(a->at - next) > PREFETCH_AHEAD)
         __builtin_prefetch(&ring[(next + PREFETCH_AHEAD) & (depth - 1)], 0, 3);
 }
 

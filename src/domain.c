@@ -268,6 +268,14 @@ static void atfork_child(void)
     close(d->memfd);
     close(d->epfd);
     close(d->dirfd);
+    /* Key allocations are per process and a child starts with a copy of
+     * the parent's: give them back, or a child that joins on its own could
+     * find every key taken. */
+    for (int i = 0; i < 16; i++)
+        if (d->pkeys[i] >= 0)
+            pkey_free(d->pkeys[i]);
+    if (d->have_lockkey)
+        pkey_free(d->lockkey);
     for (struct rpal_service *s = d->services; s; s = s->next)
         close(s->lfd);
     for (struct pending *x = d->pending; x; x = x->next)
@@ -603,9 +611,10 @@ unsigned rpal_capabilities(void)
     static _Atomic int cached = -1;
     int c = rpal_load_relaxed(&cached);
     if (c < 0) {
-        /* Probe the kernel and CPU together: pkey_alloc fails without
-         * either (ENOSPC or EINVAL or ENOSYS). */
-        int k = pkey_alloc(0, PKEY_DISABLE_ACCESS);
+        /* The CPU (x86-64 protection keys, enabled by the kernel: the
+         * windows write PKRU) and the kernel's pkey calls together:
+         * pkey_alloc fails without either (ENOSPC or EINVAL or ENOSYS). */
+        int k = prim_pku_cpu() ? pkey_alloc(0, PKEY_DISABLE_ACCESS) : -1;
         c = k >= 0 ? (int)RPAL_CAP_PKU : 0;
         if (k >= 0)
             pkey_free(k);
@@ -613,7 +622,6 @@ unsigned rpal_capabilities(void)
     }
     return (unsigned)c;
 }
-
 
 static int *t_depth(const rpal_peer *p, int create)
 {
@@ -715,6 +723,21 @@ void dom_unguard_peer(rpal_domain *d, rpal_peer *p)
     p->keyslot = -1;
 }
 
+/* P's pages leave key 0 (d->lock held): back under the closed key, once
+ * nothing needs them open to every thread, neither a pin nor a window that
+ * was opened while they were (such a window holds no key of its own). */
+static void zero_key_end(rpal_domain *d, rpal_peer *p)
+{
+    if (!rpal_load_relaxed(&p->zero_key) || p->pins > 0 ||
+        rpal_load_relaxed(&p->windows) > 0)
+        return;
+    if (p->mapped && !p->gone &&
+        (lockkey_get(d) < 0 ||
+         pkey_mprotect((void *)(uintptr_t)p->base, p->size, PROT_READ, d->lockkey) < 0))
+        return; /* still open to all: hygiene lost, nothing breaks */
+    rpal_store_relaxed(&p->zero_key, 0);
+}
+
 /* A window on P for every thread, for readers that live long and may run
  * in any thread (channels, connections): while a pin holds, P's pages are
  * under key 0, which every thread's PKRU opens. Without protection keys
@@ -726,12 +749,16 @@ int dom_peer_pin(rpal_peer *p)
     pthread_mutex_lock(&d->lock);
     if (p->gone) {
         err = p->reason ? p->reason : -ESHUTDOWN;
-    } else if (p->pins++ == 0 && (rpal_capabilities() & RPAL_CAP_PKU) && p->mapped) {
+    } else if (p->pins++ == 0 && (rpal_capabilities() & RPAL_CAP_PKU) && p->mapped &&
+               !rpal_load_relaxed(&p->zero_key)) {
         if (pkey_mprotect((void *)(uintptr_t)p->base, p->size, PROT_READ, 0) < 0) {
             err = -errno;
             p->pins--;
         } else {
-            dom_unguard_peer(d, p); /* its own key, if it had one, is free */
+            /* Its own key, if it had one, is free once no thread has a
+             * window open under it (key_windows). */
+            dom_unguard_peer(d, p);
+            rpal_store_relaxed(&p->zero_key, 1);
         }
     }
     pthread_mutex_unlock(&d->lock);
@@ -743,18 +770,22 @@ void dom_peer_unpin(rpal_peer *p, int locked)
     rpal_domain *d = p->d;
     if (!locked)
         pthread_mutex_lock(&d->lock);
-    if (p->pins > 0 && --p->pins == 0 && (rpal_capabilities() & RPAL_CAP_PKU) && p->mapped &&
-        lockkey_get(d) == 0)
-        pkey_mprotect((void *)(uintptr_t)p->base, p->size, PROT_READ, d->lockkey);
+    /* A thread may be inside a window opened while the pin held, which gave
+     * it no key: the pages stay under key 0 until its window ends. */
+    if (p->pins > 0 && --p->pins == 0)
+        zero_key_end(d, p);
     if (!locked)
         pthread_mutex_unlock(&d->lock);
 }
 
-int rpal_peer_access_begin(rpal_peer *p)
+int dom_access_begin(rpal_peer *p, int locked)
 {
-    if (!p || dom_check(p->d) < 0)
+    if (!p)
         return -EINVAL;
-    if (p->gone)
+    int err = dom_check(p->d);
+    if (err < 0)
+        return err; /* -ECHILD in a forked child */
+    if (rpal_load_relaxed(&p->gone))
         return p->reason ? p->reason : -ESHUTDOWN;
     int *depth = t_depth(p, 1);
     if (!depth)
@@ -766,16 +797,19 @@ int rpal_peer_access_begin(rpal_peer *p)
     if (!(rpal_capabilities() & RPAL_CAP_PKU))
         return 0;
     rpal_domain *d = p->d;
-    pthread_mutex_lock(&d->lock);
-    if (p->pins > 0) { /* under key 0: open in every thread already */
-        pthread_mutex_unlock(&d->lock);
+    if (!locked)
+        pthread_mutex_lock(&d->lock);
+    if (rpal_load_relaxed(&p->zero_key)) { /* open in every thread already */
+        if (!locked)
+            pthread_mutex_unlock(&d->lock);
         return 0;
     }
-    int err = key_assign(d, p);
+    err = key_assign(d, p);
     int ks = p->keyslot;
     if (err == 0)
         rpal_fetch_add_relaxed(&d->key_windows[ks], 1);
-    pthread_mutex_unlock(&d->lock);
+    if (!locked)
+        pthread_mutex_unlock(&d->lock);
     if (err == 0 && pkey_set(d->pkeys[ks], 0) < 0) {
         err = -errno;
         rpal_fetch_add_relaxed(&d->key_windows[ks], -1);
@@ -789,16 +823,15 @@ int rpal_peer_access_begin(rpal_peer *p)
     return err;
 }
 
-int rpal_peer_access_end(rpal_peer *p)
+int dom_access_end(rpal_peer *p, int locked)
 {
     if (!p)
         return -EINVAL;
     int *depth = t_depth(p, 0);
     if (!depth)
-        return -EINVAL; /* no window open on P in this thread */
+        return dom_check(p->d) < 0 ? -ECHILD : -EINVAL; /* no window open here */
     if (--(*depth) > 0)
         return 0;
-    rpal_fetch_add_relaxed(&p->windows, -1);
     /* Close the key this window opened, even if the peer has gone and lost
      * it meanwhile: it is still open in this thread's PKRU. */
     int ks = *t_keyslot(depth);
@@ -806,7 +839,26 @@ int rpal_peer_access_end(rpal_peer *p)
         pkey_set(p->d->pkeys[ks], PKEY_DISABLE_ACCESS);
         rpal_fetch_add_relaxed(&p->d->key_windows[ks], -1);
     }
+    /* The last window on pages left under key 0 by an unpin puts them back
+     * under the closed key (zero_key_end looks again, under the lock). */
+    if (rpal_fetch_add_relaxed(&p->windows, -1) == 1 && rpal_load_relaxed(&p->zero_key)) {
+        if (!locked)
+            pthread_mutex_lock(&p->d->lock);
+        zero_key_end(p->d, p);
+        if (!locked)
+            pthread_mutex_unlock(&p->d->lock);
+    }
     return 0;
+}
+
+int rpal_peer_access_begin(rpal_peer *p)
+{
+    return dom_access_begin(p, 0);
+}
+
+int rpal_peer_access_end(rpal_peer *p)
+{
+    return dom_access_end(p, 0);
 }
 
 /* ---- listing and garbage collection ---- */

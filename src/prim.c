@@ -508,12 +508,52 @@ uint64_t prim_now_ns(void)
  * permission) makes the call fail with -EFAULT instead of raising SIGBUS or
  * SIGSEGV. For the library's own reads and writes of shared memory that
  * another process can cut (a region's header); no descriptor is needed. */
+static _Atomic int g_no_vm_copy; /* process_vm_readv/writev refused here */
+
+/* The same through a pipe, where process_vm_readv/writev are refused
+ * (ENOSYS: qemu-user, tests/arm64.sh; EPERM: a seccomp profile such as
+ * Docker's default without CAP_SYS_PTRACE): write() copies from SRC and
+ * read() into DST with the kernel's user copies, which give EFAULT for a
+ * page that is gone. A page at a time: an empty pipe always has room. */
+static int pipe_copy(void *dst, const void *src, size_t len)
+{
+    int pp[2];
+    if (pipe2(pp, O_CLOEXEC) < 0)
+        return -errno;
+    int err = 0;
+    for (size_t done = 0; done < len;) {
+        size_t k = len - done < RPAL_PAGE ? len - done : RPAL_PAGE;
+        ssize_t w = write(pp[1], (const char *)src + done, k);
+        if (w <= 0) {
+            err = w < 0 && errno == EINTR ? 0 : -EFAULT;
+            if (err)
+                break;
+            continue;
+        }
+        ssize_t r = read(pp[0], (char *)dst + done, (size_t)w);
+        if (r != w) {
+            err = -EFAULT;
+            break;
+        }
+        done += (size_t)w;
+    }
+    close(pp[0]);
+    close(pp[1]);
+    return err;
+}
+
 static int mem_copy(void *dst, const void *src, size_t len, int write)
 {
+    if (atomic_load_explicit(&g_no_vm_copy, memory_order_relaxed))
+        return pipe_copy(dst, src, len);
     struct iovec local = {write ? (void *)src : dst, len};
     struct iovec remote = {write ? dst : (void *)src, len};
     ssize_t n = write ? process_vm_writev(getpid(), &local, 1, &remote, 1, 0)
                       : process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
+    if (n < 0 && (errno == ENOSYS || errno == EPERM)) {
+        atomic_store_explicit(&g_no_vm_copy, 1, memory_order_relaxed);
+        return pipe_copy(dst, src, len);
+    }
     if (n < 0)
         return -errno;
     return (size_t)n == len ? 0 : -EFAULT;
@@ -529,6 +569,40 @@ int prim_mem_write(void *dst, const void *src, size_t len)
     return mem_copy(dst, src, len, 1);
 }
 
+/* ---- protection keys ------------------------------------------------------ */
+
+#if defined(__x86_64__)
+#include <cpuid.h>
+int prim_pku_cpu(void)
+{
+    static _Atomic int cached = -1;
+    int c = atomic_load_explicit(&cached, memory_order_relaxed);
+    if (c < 0) {
+        unsigned a, b, cx = 0, dx;
+        /* CPUID.(EAX=7,ECX=0):ECX bit 4, OSPKE: PKU present and CR4.PKE set. */
+        c = __get_cpuid_count(7, 0, &a, &b, &cx, &dx) && (cx & (1u << 4)) ? 1 : 0;
+        atomic_store_explicit(&cached, c, memory_order_relaxed);
+    }
+    return c;
+}
+/* RDPKRU and WRPKRU by their encodings: assemblers before binutils 2.26
+ * do not know the names. Both need ECX = 0 (and WRPKRU EDX = 0). */
+uint32_t prim_pkru_read(void)
+{
+    uint32_t eax, edx;
+    __asm__ volatile(".byte 0x0f, 0x01, 0xee" : "=a"(eax), "=d"(edx) : "c"(0));
+    return eax;
+}
+void prim_pkru_write(uint32_t v)
+{
+    __asm__ volatile(".byte 0x0f, 0x01, 0xef" : : "a"(v), "c"(0), "d"(0) : "memory");
+}
+#else
+int prim_pku_cpu(void) { return 0; }
+uint32_t prim_pkru_read(void) { return 0; }
+void prim_pkru_write(uint32_t v) { (void)v; }
+#endif
+
 /* ---- recovery points ------------------------------------------------------
  * A guard is a frame on the calling thread's stack, linked from a
  * thread-local top pointer: the fault handler runs on the faulting thread, so
@@ -541,6 +615,7 @@ struct guard_frame {
     sigjmp_buf jb;
     uintptr_t lo[2], hi[2];    /* page-rounded ranges; empty when lo == hi */
     struct guard_frame *up;
+    uint32_t pkru;             /* the thread's key rights when the guard began */
 };
 
 /* initial-exec: reading a dynamic TLS variable may allocate the first time
@@ -618,8 +693,17 @@ static int guard_run(struct guard_frame *f, int (*fn)(void *), void *arg)
     if (g_guard_err)
         return g_guard_err;
     f->up = g_guard_top;
+    /* The kernel runs a signal handler with its default key rights (every
+     * key but 0 closed) and siglongjmp does not restore them: without this,
+     * a recovered fault would close the thread's open access windows
+     * (rpal_peer_access_begin) behind rpal's back. */
+    int pku = prim_pku_cpu();
+    if (pku)
+        f->pkru = prim_pkru_read();
     int sig = sigsetjmp(f->jb, 0);
     if (sig) {
+        if (pku)
+            prim_pkru_write(f->pkru);
         g_guard_top = f->up;
         return sig == SIGBUS ? -EIO : -EFAULT;
     }

@@ -172,9 +172,11 @@ static int nobody_main(pid_t root_pid, int root_memfd, uint64_t root_slot,
     CHECK_ERR(err, 0);
     if (err == 0) {
         const struct slot_hdr *h = rpal_peer_base(p);
+        CHECK_ERR(rpal_peer_access_begin(p), 0); /* closed outside one under keys */
         CHECK(h && h->magic == SLOT_MAGIC && (uint64_t)(uintptr_t)h == root_slot);
         t_catch_faults();
         CHECK(t_write_faults((uint64_t)(uintptr_t)h, 1) == SIGSEGV); /* read-only */
+        CHECK_ERR(rpal_peer_access_end(p), 0);
         CHECK_ERR(rpal_peer_release(p), 0);
     }
     /* The directory is sticky: root's files are not ours to remove, and gc

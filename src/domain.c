@@ -240,6 +240,11 @@ int dom_member_validate(struct member_rec *rec, unsigned slot)
 
 /* ---- join and leave ---- */
 
+static void unreserve(rpal_domain *d)
+{
+    munmap((void *)(uintptr_t)d->window, (size_t)d->nslots * d->slot_size);
+}
+
 /* Per thread: the windows this thread has open, so that windows nest and
  * one thread's window does not open a peer for the others. */
 static __thread struct {
@@ -268,6 +273,11 @@ static void atfork_child(void)
     close(d->memfd);
     close(d->epfd);
     close(d->dirfd);
+    /* Nothing is mapped there in the child (MADV_DONTFORK): a no-op for
+     * Linux, but an emulator that keeps its own map of the guest's memory
+     * and ignores MADV_DONTFORK (qemu-user) would otherwise refuse the
+     * child's own join (-EADDRINUSE). */
+    unreserve(d);
     /* Key allocations are per process and a child starts with a copy of
      * the parent's: give them back, or a child that joins on its own could
      * find every key taken. */
@@ -292,10 +302,6 @@ static void register_atfork(void)
     pthread_atfork(NULL, NULL, atfork_child);
 }
 
-static void unreserve(rpal_domain *d)
-{
-    munmap((void *)(uintptr_t)d->window, (size_t)d->nslots * d->slot_size);
-}
 
 int rpal_domain_join(const char *name, const struct rpal_domain_opts *opts,
                      rpal_domain **out)

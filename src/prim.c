@@ -50,7 +50,12 @@ int prim_proc_start(pid_t pid, uint64_t *start)
     char path[64], buf[1024];
     if (pid <= 0)
         return -ESRCH;
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    /* The thread group leader's own stat, whose start time is the
+     * process's: the same file for Linux, but not one that qemu-user
+     * replaces with its own for the emulated process (its /proc/self/stat
+     * and /proc/<own pid>/stat give 0 for the start time, which would make
+     * every process look dead to its peers). */
+    snprintf(path, sizeof path, "/proc/%d/task/%d/stat", (int)pid, (int)pid);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return errno == ENOENT ? -ESRCH : -errno;
@@ -544,14 +549,14 @@ static int pipe_copy(void *dst, const void *src, size_t len)
 
 static int mem_copy(void *dst, const void *src, size_t len, int write)
 {
-    if (atomic_load_explicit(&g_no_vm_copy, memory_order_relaxed))
+    if (rpal_load_relaxed(&g_no_vm_copy))
         return pipe_copy(dst, src, len);
     struct iovec local = {write ? (void *)src : dst, len};
     struct iovec remote = {write ? dst : (void *)src, len};
     ssize_t n = write ? process_vm_writev(getpid(), &local, 1, &remote, 1, 0)
                       : process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
     if (n < 0 && (errno == ENOSYS || errno == EPERM)) {
-        atomic_store_explicit(&g_no_vm_copy, 1, memory_order_relaxed);
+        rpal_store_relaxed(&g_no_vm_copy, 1);
         return pipe_copy(dst, src, len);
     }
     if (n < 0)
@@ -576,12 +581,12 @@ int prim_mem_write(void *dst, const void *src, size_t len)
 int prim_pku_cpu(void)
 {
     static _Atomic int cached = -1;
-    int c = atomic_load_explicit(&cached, memory_order_relaxed);
+    int c = rpal_load_relaxed(&cached);
     if (c < 0) {
         unsigned a, b, cx = 0, dx;
         /* CPUID.(EAX=7,ECX=0):ECX bit 4, OSPKE: PKU present and CR4.PKE set. */
         c = __get_cpuid_count(7, 0, &a, &b, &cx, &dx) && (cx & (1u << 4)) ? 1 : 0;
-        atomic_store_explicit(&cached, c, memory_order_relaxed);
+        rpal_store_relaxed(&cached, c);
     }
     return c;
 }

@@ -363,7 +363,12 @@ static void attack(const char *who, rpal_peer *p, pid_t owner, uint64_t target,
     }
     struct iovec liov = {&v, sizeof v}, riov = {(void *)(uintptr_t)target, sizeof v};
     CHECK(process_vm_writev(getpid(), &liov, 1, &riov, 1, 0) == -1);
-    CHECK(madvise((void *)(uintptr_t)base, size, MADV_REMOVE) == -1);
+    /* qemu-user (tests/arm64.sh) answers 0 to advice it does not pass on
+     * to the kernel, MADV_REMOVE among them: the reads below still show
+     * that nothing changed. */
+    const char *emu = getenv("RPAL_EMULATED");
+    CHECK(madvise((void *)(uintptr_t)base, size, MADV_REMOVE) == -1 ||
+          (emu && strcmp(emu, "qemu-user") == 0));
 
     /* Nothing changed, and we keep no descriptor of the peer's slot. */
     CHECK(try_read(target, &v) == 0 && v == want);

@@ -16,6 +16,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -666,8 +667,29 @@ static int lockkey_get(rpal_domain *d)
     return 0;
 }
 
+/* A key is reassigned only when no thread has a window open under it, not
+ * even one on a peer that has gone meanwhile (whose thread will close that
+ * key in its own PKRU when it ends the window). The lock-free begin
+ * (dom_access_begin) counts itself into key_windows first and checks the
+ * owner after; the reassigner claims the count from 0 to KEY_CLAIMED, so
+ * that of the two exactly one wins: a begin that finds the count negative
+ * backs off to the locked path. d->lock held. */
+#define KEY_CLAIMED (INT_MIN / 2)
+static int key_claim(rpal_domain *d, int i)
+{
+    int zero = 0;
+    return rpal_cas_acq_rel(&d->key_windows[i], &zero, KEY_CLAIMED);
+}
+
+static void key_unclaim(rpal_domain *d, int i)
+{
+    /* release: the new owner and keyslot before a begin that sees the count */
+    rpal_fetch_add_acq_rel(&d->key_windows[i], -KEY_CLAIMED);
+}
+
 /* Give P a key of its own, taking one from a peer with no open window if
- * all are in use; that peer goes back under the always-closed key. */
+ * all are in use; that peer goes back under the always-closed key.
+ * d->lock held. */
 static int key_assign(rpal_domain *d, rpal_peer *p)
 {
     if (p->pkey >= 0)
@@ -675,36 +697,38 @@ static int key_assign(rpal_domain *d, rpal_peer *p)
     int err = lockkey_get(d);
     if (err < 0)
         return err;
-    /* A key is reusable only when no thread has a window open under it:
-     * not even one on a peer that has gone meanwhile, whose thread will
-     * close that key in its own PKRU when it ends the window. */
     int slot = -1;
     for (int i = 0; i < 16 && slot < 0; i++) {
         if (d->pkeys[i] < 0) {
             d->pkeys[i] = pkey_alloc(0, PKEY_DISABLE_ACCESS);
-            if (d->pkeys[i] >= 0)
+            if (d->pkeys[i] >= 0 && key_claim(d, i))
                 slot = i;
-        } else if (!d->pkey_owner[i] && rpal_load_relaxed(&d->key_windows[i]) == 0) {
+        } else if (!rpal_load_relaxed(&d->pkey_owner[i]) && key_claim(d, i)) {
             slot = i;
         }
     }
     for (int i = 0; i < 16 && slot < 0; i++) {
-        rpal_peer *o = d->pkey_owner[i];
-        if (o && rpal_load_relaxed(&d->key_windows[i]) == 0) {
+        rpal_peer *o = rpal_load_relaxed(&d->pkey_owner[i]);
+        if (o && key_claim(d, i)) {
             if (o->mapped)
                 pkey_mprotect((void *)(uintptr_t)o->base, o->size, PROT_READ, d->lockkey);
             o->pkey = -1;
-            d->pkey_owner[i] = NULL;
+            rpal_store_relaxed(&o->keyslot, -1);
+            rpal_store_relaxed(&d->pkey_owner[i], NULL);
             slot = i;
         }
     }
     if (slot < 0)
         return -EBUSY; /* every key is in an open window */
-    if (pkey_mprotect((void *)(uintptr_t)p->base, p->size, PROT_READ, d->pkeys[slot]) < 0)
-        return -errno;
-    d->pkey_owner[slot] = p;
+    if (pkey_mprotect((void *)(uintptr_t)p->base, p->size, PROT_READ, d->pkeys[slot]) < 0) {
+        err = -errno;
+        key_unclaim(d, slot);
+        return err;
+    }
+    rpal_store_relaxed(&d->pkey_owner[slot], p);
     p->pkey = d->pkeys[slot];
-    p->keyslot = slot;
+    rpal_store_relaxed(&p->keyslot, slot);
+    key_unclaim(d, slot);
     return 0;
 }
 
@@ -720,28 +744,37 @@ int dom_guard_peer(rpal_domain *d, rpal_peer *p)
                ? -errno : 0;
 }
 
+/* P gives up its key (d->lock held). A window open under it keeps it
+ * reserved (key_windows) until that window ends. */
 void dom_unguard_peer(rpal_domain *d, rpal_peer *p)
 {
     for (int i = 0; i < 16; i++)
-        if (d->pkey_owner[i] == p)
-            d->pkey_owner[i] = NULL;
+        if (rpal_load_relaxed(&d->pkey_owner[i]) == p)
+            rpal_store_release(&d->pkey_owner[i], NULL);
     p->pkey = -1;
-    p->keyslot = -1;
+    rpal_store_relaxed(&p->keyslot, -1);
 }
 
 /* P's pages leave key 0 (d->lock held): back under the closed key, once
  * nothing needs them open to every thread, neither a pin nor a window that
- * was opened while they were (such a window holds no key of its own). */
+ * was opened while they were (such a window holds no key of its own).
+ * Against the lock-free begin, which counts itself into p->windows and then
+ * reads zero_key, this clears zero_key and then reads p->windows (all
+ * seq_cst): either it sees that window and puts zero_key back, or that
+ * begin sees zero_key clear and takes the locked path. RELOCKING tells an
+ * end that comes meanwhile to look again under the lock. */
 static void zero_key_end(rpal_domain *d, rpal_peer *p)
 {
-    if (!rpal_load_relaxed(&p->zero_key) || p->pins > 0 ||
-        rpal_load_relaxed(&p->windows) > 0)
+    if (!rpal_load_relaxed(&p->zero_key) || p->pins > 0)
         return;
-    if (p->mapped && !p->gone &&
-        (lockkey_get(d) < 0 ||
-         pkey_mprotect((void *)(uintptr_t)p->base, p->size, PROT_READ, d->lockkey) < 0))
-        return; /* still open to all: hygiene lost, nothing breaks */
-    rpal_store_relaxed(&p->zero_key, 0);
+    rpal_store_seq_cst(&p->relocking, 1);
+    rpal_store_seq_cst(&p->zero_key, 0);
+    if (rpal_load_seq_cst(&p->windows) > 0 ||
+        (p->mapped && !p->gone &&
+         (lockkey_get(d) < 0 ||
+          pkey_mprotect((void *)(uintptr_t)p->base, p->size, PROT_READ, d->lockkey) < 0)))
+        rpal_store_seq_cst(&p->zero_key, 1); /* a window still needs it open */
+    rpal_store_seq_cst(&p->relocking, 0);
 }
 
 /* A window on P for every thread, for readers that live long and may run
@@ -761,10 +794,8 @@ int dom_peer_pin(rpal_peer *p)
             err = -errno;
             p->pins--;
         } else {
-            /* Its own key, if it had one, is free once no thread has a
-             * window open under it (key_windows). */
             dom_unguard_peer(d, p);
-            rpal_store_relaxed(&p->zero_key, 1);
+            rpal_store_seq_cst(&p->zero_key, 1);
         }
     }
     pthread_mutex_unlock(&d->lock);
@@ -784,6 +815,43 @@ void dom_peer_unpin(rpal_peer *p, int locked)
         pthread_mutex_unlock(&d->lock);
 }
 
+/* The outermost window of this thread on P, with protection keys. Without
+ * the lock in the common cases: P's pages are open to every thread
+ * (zero_key), or P holds a key that stays its own while we count ourselves
+ * into key_windows (see key_claim); then only PKRU is written. */
+static int key_window_begin(rpal_domain *d, rpal_peer *p, int locked, int *keyslot)
+{
+    *keyslot = -1;
+    if (rpal_load_seq_cst(&p->zero_key))
+        return 0; /* pairs with zero_key_end: seen before it closes them */
+    int ks = rpal_load_acquire(&p->keyslot);
+    if (ks >= 0) {
+        if (rpal_fetch_add_acq_rel(&d->key_windows[ks], 1) >= 0 &&
+            rpal_load_acquire(&d->pkey_owner[ks]) == p && pkey_set(d->pkeys[ks], 0) == 0) {
+            *keyslot = ks;
+            return 0;
+        }
+        rpal_fetch_add_relaxed(&d->key_windows[ks], -1); /* lost it: the locked way */
+    }
+    if (!locked)
+        pthread_mutex_lock(&d->lock);
+    int err = 0;
+    ks = -1;
+    if (!rpal_load_relaxed(&p->zero_key) && (err = key_assign(d, p)) == 0) {
+        ks = rpal_load_relaxed(&p->keyslot);
+        rpal_fetch_add_relaxed(&d->key_windows[ks], 1);
+    }
+    if (!locked)
+        pthread_mutex_unlock(&d->lock);
+    if (ks >= 0 && pkey_set(d->pkeys[ks], 0) < 0) {
+        err = -errno;
+        rpal_fetch_add_relaxed(&d->key_windows[ks], -1);
+        ks = -1;
+    }
+    *keyslot = ks;
+    return err;
+}
+
 int dom_access_begin(rpal_peer *p, int locked)
 {
     if (!p)
@@ -798,35 +866,19 @@ int dom_access_begin(rpal_peer *p, int locked)
         return -EMFILE; /* more than 16 peers open at once in one thread */
     if ((*depth)++ > 0)
         return 0;
-    rpal_fetch_add_relaxed(&p->windows, 1);
+    /* seq_cst: before the read of zero_key in key_window_begin */
+    rpal_fetch_add_seq_cst(&p->windows, 1);
     *t_keyslot(depth) = -1;
     if (!(rpal_capabilities() & RPAL_CAP_PKU))
         return 0;
-    rpal_domain *d = p->d;
-    if (!locked)
-        pthread_mutex_lock(&d->lock);
-    if (rpal_load_relaxed(&p->zero_key)) { /* open in every thread already */
-        if (!locked)
-            pthread_mutex_unlock(&d->lock);
-        return 0;
-    }
-    err = key_assign(d, p);
-    int ks = p->keyslot;
-    if (err == 0)
-        rpal_fetch_add_relaxed(&d->key_windows[ks], 1);
-    if (!locked)
-        pthread_mutex_unlock(&d->lock);
-    if (err == 0 && pkey_set(d->pkeys[ks], 0) < 0) {
-        err = -errno;
-        rpal_fetch_add_relaxed(&d->key_windows[ks], -1);
-    }
-    if (err < 0) {
+    int ks;
+    if ((err = key_window_begin(p->d, p, locked, &ks)) < 0) {
         (*depth)--;
-        rpal_fetch_add_relaxed(&p->windows, -1);
-    } else {
-        *t_keyslot(depth) = ks;
+        rpal_fetch_add_seq_cst(&p->windows, -1);
+        return err;
     }
-    return err;
+    *t_keyslot(depth) = ks;
+    return 0;
 }
 
 int dom_access_end(rpal_peer *p, int locked)
@@ -843,11 +895,13 @@ int dom_access_end(rpal_peer *p, int locked)
     int ks = *t_keyslot(depth);
     if (ks >= 0) {
         pkey_set(p->d->pkeys[ks], PKEY_DISABLE_ACCESS);
-        rpal_fetch_add_relaxed(&p->d->key_windows[ks], -1);
+        rpal_fetch_add_acq_rel(&p->d->key_windows[ks], -1);
     }
     /* The last window on pages left under key 0 by an unpin puts them back
-     * under the closed key (zero_key_end looks again, under the lock). */
-    if (rpal_fetch_add_relaxed(&p->windows, -1) == 1 && rpal_load_relaxed(&p->zero_key)) {
+     * under the closed key (zero_key_end, which looks again under the lock;
+     * RELOCKING first: see there). */
+    if (rpal_fetch_add_seq_cst(&p->windows, -1) == 1 && (rpal_capabilities() & RPAL_CAP_PKU) &&
+        (rpal_load_seq_cst(&p->relocking) || rpal_load_seq_cst(&p->zero_key))) {
         if (!locked)
             pthread_mutex_lock(&p->d->lock);
         zero_key_end(p->d, p);

@@ -356,7 +356,8 @@ struct rpal_peer {
     _Atomic int gone;    /* set under d->lock by the dispatch thread; read
                             without it by callers on their hot paths */
     int pkey;            /* own protection key, or -1 (under the closed key) */
-    int keyslot;         /* its index in d->pkeys, or -1 */
+    _Atomic int keyslot; /* its index in d->pkeys, or -1 (written under
+                            d->lock, read without it by access_begin) */
     _Atomic int windows; /* access windows open on it, over all threads */
     _Atomic int nchans;  /* channels and connections that read its slot */
     int by_fdmap;        /* mapped by rpal_uds_fdmap: released with its last
@@ -365,7 +366,8 @@ struct rpal_peer {
     _Atomic int zero_key; /* its pages are under key 0, open to every thread:
                             while pinned, and after the last unpin until the
                             windows opened meanwhile end (written under
-                            d->lock; read without it by access_end) */
+                            d->lock; read without it by access_begin/end) */
+    _Atomic int relocking; /* zero_key_end is deciding (see there) */
     int released;        /* released while NCHANS held it: freed by the last
                             svc_peer_put() */
     struct rpal_peer *next;
@@ -387,8 +389,9 @@ struct rpal_domain {
     struct pending *pending;
     int npending;
     int pkeys[16];
-    rpal_peer *pkey_owner[16];
-    _Atomic int key_windows[16]; /* windows open under each key, all threads */
+    _Atomic(rpal_peer *) pkey_owner[16]; /* written under lock; see key_claim */
+    _Atomic int key_windows[16]; /* windows open under each key, all threads;
+                                    KEY_CLAIMED added while being reassigned */
     int lockkey, have_lockkey;
     struct dispatch_rec *dispatching; /* dispatches under way */
     struct watch *retired;            /* watches waiting for them to end */

@@ -147,7 +147,7 @@ test-pku:
 # qemu-aarch64-static (user mode), docs/portability.md.
 test-arm64:
 	$(MAKE) ARCH=arm64 all
-	B=build-arm64 sh tests/arm64.sh
+	sh tests/vm/arm64.sh
 
 # The examples under valgrind's memcheck, built into build-vg/.
 valgrind:

@@ -363,7 +363,7 @@ static void *view_dup(struct lay *l, uint64_t off, uint64_t len, void *at)
 
 /* 1 where mremap with old size 0 does not duplicate a shared mapping:
  * valgrind 3.19 refuses it (the valgrind build, -DRPAL_VALGRIND, knows),
- * and qemu-user (7.2 to 10.0, tests/arm64.sh) answers ENOMEM, which one
+ * and qemu-user (7.2 to 10.0, tests/vm/arm64.sh) answers ENOMEM, which one
  * probe per process finds out. */
 static int dup_by_fd(void)
 {
@@ -1032,6 +1032,12 @@ static void punch(struct lay *l, const struct lay_table *old, uint64_t off, uint
         uint64_t lo = o->off > off ? o->off : off;
         uint64_t hi = o->off + o->len < off + len ? o->off + o->len : off + len;
         if (o->kind != RPAL_OBJ_ANON || lo >= hi)
+            continue;
+        /* Where the views are mapped from the descriptor (dup_by_fd), the
+         * hole is punched through it too: qemu-user answers 0 to
+         * MADV_REMOVE without passing it on, so the pages kept their data. */
+        if (l->srcfd >= 0 && fallocate(l->srcfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                                       (off_t)(l->granule + lo), (off_t)(hi - lo)) == 0)
             continue;
         void *p = view_dup(l, l->granule + lo, hi - lo, NULL);
         if (p == MAP_FAILED)

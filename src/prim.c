@@ -30,6 +30,16 @@
 int prim_map_fixed(uint64_t addr, size_t len, int prot, int flags, int fd,
                    off_t off)
 {
+    /* Offsets, guards and header pages are laid out in 4 KiB pages (the
+     * page of x86-64 and of Debian's arm64 kernels); an arm64 kernel built
+     * with 16 or 64 KiB pages is refused here, where every mapping in the
+     * window begins, rather than half working. */
+    static _Atomic long page;
+    long pg = rpal_load_relaxed(&page);
+    if (!pg)
+        rpal_store_relaxed(&page, pg = sysconf(_SC_PAGESIZE));
+    if (pg != (long)RPAL_PAGE)
+        return -EOPNOTSUPP;
     void *want = (void *)(uintptr_t)addr;
     void *p = mmap(want, len, prot, flags | MAP_FIXED_NOREPLACE, fd, off);
     if (p == MAP_FAILED)
@@ -516,7 +526,7 @@ uint64_t prim_now_ns(void)
 static _Atomic int g_no_vm_copy; /* process_vm_readv/writev refused here */
 
 /* The same through a pipe, where process_vm_readv/writev are refused
- * (ENOSYS: qemu-user, tests/arm64.sh; EPERM: a seccomp profile such as
+ * (ENOSYS: qemu-user, tests/vm/arm64.sh; EPERM: a seccomp profile such as
  * Docker's default without CAP_SYS_PTRACE): write() copies from SRC and
  * read() into DST with the kernel's user copies, which give EFAULT for a
  * page that is gone. A page at a time: an empty pipe always has room. */
@@ -789,7 +799,7 @@ const char *rpal_strerror(int err)
     case ENAMETOOLONG:
         return "name too long";
     case EOPNOTSUPP:
-        return "the namespace directory does not support O_TMPFILE";
+        return "not supported here (a namespace directory without O_TMPFILE, or pages other than 4 KiB)";
     default:
         return err < 0 ? strerror(-err) : "unknown error";
     }

@@ -21,7 +21,7 @@ fail() {
 
 # A fixed seed, so that a failure here can be replayed by hand. CHAOS_TRIALS
 # (a multiple of the 5 kinds; 60 by default) is fewer under emulation
-# (tests/vm/pku.sh, tests/arm64.sh).
+# (tests/vm/pku.sh, tests/vm/arm64.sh).
 n=${CHAOS_TRIALS:-60}
 k5=$((n / 5))
 "$R" chaos --trials $n --seed 0x5eed --json >"$tmp/out" 2>"$tmp/err"

@@ -363,7 +363,7 @@ static void attack(const char *who, rpal_peer *p, pid_t owner, uint64_t target,
     }
     struct iovec liov = {&v, sizeof v}, riov = {(void *)(uintptr_t)target, sizeof v};
     CHECK(process_vm_writev(getpid(), &liov, 1, &riov, 1, 0) == -1);
-    /* qemu-user (tests/arm64.sh) answers 0 to advice it does not pass on
+    /* qemu-user (tests/vm/arm64.sh) answers 0 to advice it does not pass on
      * to the kernel, MADV_REMOVE among them: the reads below still show
      * that nothing changed. */
     const char *emu = getenv("RPAL_EMULATED");

@@ -156,7 +156,7 @@ static int nobody_main(pid_t root_pid, int root_memfd, uint64_t root_slot,
         closedir(dir);
     uint64_t word = 0;
     struct iovec li = {&word, sizeof word}, ri = {(void *)(uintptr_t)root_slot, sizeof word};
-    /* qemu-user (tests/arm64.sh) has no process_vm_readv at all: ENOSYS. */
+    /* qemu-user (tests/vm/arm64.sh) has no process_vm_readv at all: ENOSYS. */
     const char *emu = getenv("RPAL_EMULATED");
     CHECK(process_vm_readv(root_pid, &li, 1, &ri, 1, 0) < 0 &&
           (errno == EPERM || (errno == ENOSYS && emu && strcmp(emu, "qemu-user") == 0)));

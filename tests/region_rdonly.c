@@ -196,7 +196,7 @@ static int fds_to(dev_t dev, ino_t ino, const char *path)
 }
 
 /* Where mremap cannot duplicate a shared mapping (old size 0: qemu-user,
- * tests/arm64.sh), the library keeps one descriptor per attached region to
+ * tests/vm/arm64.sh), the library keeps one descriptor per attached region to
  * map its views from (src/layout.c, dup_by_fd): the descriptors expected. */
 static int kept_fds(void)
 {

@@ -7,7 +7,7 @@
 # Environment: B (build-arm64), ARM64_TEST_TIMEOUT (per test, 300 s),
 # CHAOS_TRIALS (10), and test names as for tests/run.sh.
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 B=${B:-build-arm64}
 skip() { echo "$*"; exit 77; }
 

@@ -20,11 +20,13 @@
 set -u
 cd "$(dirname "$0")/../.."
 
-# Every domain, service, channel and compat test, the hostile peer, the
-# region guard (recovery points under keys) and `rpal chaos`.
-DEFAULT_TESTS="domain_consent domain_death domain_peers64 domain_pkeys domain_pkeys_pins
-domain_rdonly domain_share chan_call chan_churn chan_closed compat_fdmap hostile_peer
-perm_peer region_guard compat_echo.sh chaos.sh"
+# Every test program (domains, services, channels, compat, regions, the
+# hostile peer, recovery points) and the shell tests that need nothing but
+# our programs: the command, `rpal chaos`, the echo examples, the call
+# benchmarks. Not install.sh, compat_diff.sh, compat_uv.sh (they build on the
+# host), nor bench_pagetables.sh (page tables, not keys; 2 GiB of memory).
+DEFAULT_TESTS="$(cd tests && ls *.c | sed 's/\.c$//') cli.sh chaos.sh compat_echo.sh
+bench_call.sh bench_paper.sh"
 TESTS=${PKU_TESTS:-$DEFAULT_TESTS}
 TESTS=$(echo $TESTS)
 export CHAOS_TRIALS=${CHAOS_TRIALS:-10}
@@ -77,10 +79,13 @@ for t in $TESTS; do
     *) progs="$progs build-pku/tests/$t" ;;
   esac
 done
-case " $TESTS " in *" compat_echo.sh "*)
+case " $TESTS " in *" compat_echo.sh "*|*" bench_paper.sh "*)
   progs="$progs build-pku/examples/uds_echo_server build-pku/examples/uds_echo_client"
   progs="$progs build-pku/examples/rpal_echo_server build-pku/examples/rpal_echo_client" ;;
 esac
+case " $TESTS " in *" bench_call.sh "*) progs="$progs build-pku/bench/call" ;; esac
+case " $TESTS " in *" bench_paper.sh "*) progs="$progs build-pku/bench/paper" ;; esac
+case " $TESTS " in *" bench_pagetables.sh "*) progs="$progs build-pku/bench/pagetables" ;; esac
 echo "== building the programs statically (build-pku/)"
 make -s -j2 PKU=1 $progs || exit 1
 
@@ -88,7 +93,7 @@ make -s -j2 PKU=1 $progs || exit 1
 R=$V/root
 rm -rf $R
 mkdir -p $R/bin $R/proc $R/sys $R/dev $R/etc $R/rpal/tests $R/rpal/build-pku/tests \
-  $R/rpal/build-pku/examples
+  $R/rpal/build-pku/examples $R/rpal/build-pku/bench
 cp "$BUSYBOX" $R/bin/busybox
 for a in $($R/bin/busybox --list); do
   [ "$a" = busybox ] || ln -s busybox $R/bin/$a
@@ -116,11 +121,14 @@ log=$V/console.log
 timeout -k 10 "${PKU_TIMEOUT:-900}" qemu-system-x86_64 -accel tcg -cpu max \
   -smp "${PKU_SMP:-2}" -m "${PKU_MEM:-2048}" -no-reboot -display none -monitor none \
   -serial stdio -kernel "$KERNEL" -initrd $V/initrd.gz \
-  -append "console=ttyS0 quiet panic=-1 rdinit=/init" </dev/null >$log 2>&1
+  -append "console=ttyS0 quiet panic=-1 rdinit=/init" </dev/null >$log 2>&1 &
+qpid=$!
+# The runner's lines as the guest prints them, while it runs.
+tail -n +1 -f --pid=$qpid $log 2>/dev/null | sed -u 's/\r$//' |
+  sed -u -n '/^rpal-guest: begin/,/^rpal-guest: exit/p' | grep --line-buffered -v '^rpal-guest: begin'
+wait $qpid
 qrc=$?
 tr -d '\r' <$log >$log.txt
-# The runner's lines, as the guest printed them.
-sed -n '/^rpal-guest: begin/,/^rpal-guest: exit/p' $log.txt | grep -v '^rpal-guest: begin'
 st=$(sed -n 's/^rpal-guest: exit \([0-9]*\)$/\1/p' $log.txt | tail -n 1)
 if [ -z "$st" ]; then
   echo "the guest gave no exit status (qemu exit $qrc); the console ($log.txt):"

@@ -26,10 +26,6 @@
 #include <stdatomic.h>
 #include <sys/mman.h>
 
-#ifndef SEGV_PKUERR
-#define SEGV_PKUERR 4
-#endif
-
 #define DOMAIN "tpins"
 #define MAGIC 0x736e69706c617072ull
 
@@ -71,44 +67,10 @@ static int service(void)
     char text[33];
     REQUIRE(rpal_service_key(svc, &k) == 0 && rpal_key_format(&k, text) == 0);
     t_put_line(to_parent[1], "%s %" PRIx64 "\n", text, (uint64_t)(uintptr_t)&b->pid);
-    for (;;) {
-        struct rpal_event ev[8];
-        REQUIRE(rpal_domain_dispatch(d, ev, 8, 20) >= 0);
-        struct pollfd pf = {to_svc[0], POLLIN, 0};
-        if (poll(&pf, 1, 0) == 1)
-            break;
-    }
+    t_dispatch_until(d, to_svc[0]);
     atomic_store(&stop_recv, 1);
     pthread_join(th, NULL);
     rpal_domain_leave(d);
-    return 0;
-}
-
-/* ---- reads ---- */
-
-/* 1 if reading ADDR faults with SEGV_PKUERR (said otherwise). */
-static int pku_faults(const char *what, uint64_t addr)
-{
-    uint64_t v = 0, where = 0;
-    int code = 0;
-    int sig = t_try_read(addr, &v, &code, &where);
-    if (sig == SIGSEGV && code == SEGV_PKUERR && where == addr)
-        return 1;
-    fprintf(stderr, "%s: read at %#" PRIx64 ": signal %d code %d value %#" PRIx64
-            ", want SIGSEGV SEGV_PKUERR\n", what, addr, sig, code, v);
-    return 0;
-}
-
-/* 1 if reading ADDR gives WANT (said otherwise). */
-static int reads(const char *what, uint64_t addr, uint64_t want)
-{
-    uint64_t v = 0, where = 0;
-    int code = 0;
-    int sig = t_try_read(addr, &v, &code, &where);
-    if (sig == 0 && v == want)
-        return 1;
-    fprintf(stderr, "%s: read at %#" PRIx64 ": signal %d code %d value %#" PRIx64
-            " want %#" PRIx64 "\n", what, addr, sig, code, v, want);
     return 0;
 }
 
@@ -126,7 +88,7 @@ struct reader {
 static void *reader_main(void *arg)
 {
     struct reader *r = arg;
-    r->ok = reads("a thread without a window, while the channel is open", r->addr, r->want);
+    r->ok = t_reads("a thread without a window, while the channel is open", r->addr, r->want);
     return NULL;
 }
 
@@ -185,7 +147,7 @@ int main(void)
     uint64_t want = (uint64_t)spid;
 
     /* Recovery points: outside a window the key's fault is an error code. */
-    CHECK(pku_faults("outside a window", addr));
+    CHECK(t_pku_faults("outside a window", addr));
     CHECK_ERR(rpal_guard((void *)(uintptr_t)addr, 8, read_fn, (void *)(uintptr_t)addr),
               -EFAULT);
     CHECK_ERR(rpal_peer_access_begin(p), 0);
@@ -196,11 +158,11 @@ int main(void)
     void *none = mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     REQUIRE(none != MAP_FAILED);
     CHECK_ERR(rpal_guard(none, 8, read_fn, none), -EFAULT);
-    CHECK(reads("in the window after a recovered fault", addr, want));
+    CHECK(t_reads("in the window after a recovered fault", addr, want));
     CHECK_ERR(rpal_guard((void *)(uintptr_t)addr, 8, read_fn, (void *)(uintptr_t)addr),
               (int)want);
     CHECK_ERR(rpal_peer_access_end(p), 0);
-    CHECK(pku_faults("after the window", addr));
+    CHECK(t_pku_faults("after the window", addr));
     munmap(none, 4096);
 
     /* A channel pins the service's slot for every thread. */
@@ -216,7 +178,7 @@ int main(void)
         req[i] = (unsigned char)i;
     CHECK_ERR(rpal_call(c, req, sizeof req, rep, sizeof rep, &rlen, 10000), 0);
     CHECK(t_xor_ok(req, sizeof req, rep, rlen));
-    CHECK(reads("no window, the channel open", addr, want));
+    CHECK(t_reads("no window, the channel open", addr, want));
     struct reader rd = {.addr = addr, .want = want};
     pthread_t th;
     REQUIRE(pthread_create(&th, NULL, reader_main, &rd) == 0);
@@ -226,9 +188,9 @@ int main(void)
     /* A window opened under the pin outlives it. */
     CHECK_ERR(rpal_peer_access_begin(p), 0);
     CHECK_ERR(rpal_chan_close(c), 0);
-    CHECK(reads("a window opened under the pin, the channel closed", addr, want));
+    CHECK(t_reads("a window opened under the pin, the channel closed", addr, want));
     CHECK_ERR(rpal_peer_access_end(p), 0);
-    CHECK(pku_faults("that window ended", addr));
+    CHECK(t_pku_faults("that window ended", addr));
 
     /* So does one opened before the pin. */
     CHECK_ERR(rpal_peer_access_begin(p), 0);
@@ -239,9 +201,9 @@ int main(void)
     CHECK_ERR(rpal_call(c, req, sizeof req, rep, sizeof rep, &rlen, 10000), 0);
     CHECK(t_xor_ok(req, sizeof req, rep, rlen));
     CHECK_ERR(rpal_chan_close(c), 0);
-    CHECK(reads("a window opened before the pin, the channel closed", addr, want));
+    CHECK(t_reads("a window opened before the pin, the channel closed", addr, want));
     CHECK_ERR(rpal_peer_access_end(p), 0);
-    CHECK(pku_faults("no pin, no window", addr));
+    CHECK(t_pku_faults("no pin, no window", addr));
 
     /* A forked child, forked with a window open. */
     CHECK_ERR(rpal_peer_access_begin(p), 0);
@@ -250,9 +212,9 @@ int main(void)
     if (child == 0)
         _exit(fork_child(p, fresh_keys));
     CHECK(t_wait(child) == 0);
-    CHECK(reads("the parent's window after the fork", addr, want));
+    CHECK(t_reads("the parent's window after the fork", addr, want));
     CHECK_ERR(rpal_peer_access_end(p), 0);
-    CHECK(pku_faults("the parent, after the fork", addr));
+    CHECK(t_pku_faults("the parent, after the fork", addr));
 
     t_put(to_svc[1], 'q');
     CHECK(t_wait(spid) == 0);

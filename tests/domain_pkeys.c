@@ -13,6 +13,9 @@
  *    after it, a read outside windows still faults for every one of them;
  *    windows open on many peers at once either work or are refused with
  *    -EBUSY, never leave a peer readable outside a window;
+ *  - four threads opening windows on random peers at once (keys taken back
+ *    from one peer for another all the while, by the lock-free begin
+ *    racing the locked one): every window that opens reads its peer;
  *  - a peer that dies while another thread has a window open on it does not
  *    leave that thread able to read the next peer that gets its key.
  *
@@ -113,6 +116,49 @@ static void *other_thread(void *arg)
     REQUIRE(hear(o->to_thread[0]) == '3');
     o->failures += rpal_peer_access_end(o->p) != 0;
     say(o->to_main[1], 'c');
+    return NULL;
+}
+
+/* Windows on random peers, from several threads at once. */
+#define STORM_THREADS 4
+#define STORM_WINDOWS 3000
+struct storm {
+    rpal_peer **peers;
+    const uint64_t *addr, *want;
+    unsigned seed;
+    int opened, busy, failures;
+};
+
+static void *storm_thread(void *arg)
+{
+    struct storm *st = arg;
+    for (int k = 0; k < STORM_WINDOWS; k++) {
+        st->seed = st->seed * 1103515245u + 12345u;
+        int i = (int)((st->seed >> 16) % NPEERS);
+        int err = rpal_peer_access_begin(st->peers[i]);
+        if (err == -EBUSY) {
+            st->busy++;
+            continue;
+        }
+        if (err != 0) {
+            fprintf(stderr, "storm: begin on peer %d: %s\n", i, rpal_strerror(err));
+            st->failures++;
+            continue;
+        }
+        st->opened++;
+        /* No fault may be caught with the window open (the handler's key
+         * rights would stay): a failure here ends the thread's storm. */
+        uint64_t v = 0, where = 0;
+        int code = 0;
+        int sig = t_try_read(st->addr[i], &v, &code, &where);
+        if (sig || v != st->want[i]) {
+            fprintf(stderr, "storm: window on peer %d: signal %d code %d value %#" PRIx64
+                    "\n", i, sig, code, v);
+            st->failures++;
+            return NULL;
+        }
+        st->failures += rpal_peer_access_end(st->peers[i]) != 0;
+    }
     return NULL;
 }
 
@@ -296,6 +342,28 @@ int main(void)
     CHECK_ERR(rpal_peer_access_begin(peers[NPEERS - 1]), 0);
     CHECK(t_reads("last peer", addr[NPEERS - 1], want[NPEERS - 1]));
     CHECK_ERR(rpal_peer_access_end(peers[NPEERS - 1]), 0);
+
+    /* Four threads at once, on random peers. */
+    {
+        struct storm st[STORM_THREADS];
+        pthread_t ths[STORM_THREADS];
+        for (int t = 0; t < STORM_THREADS; t++) {
+            st[t] = (struct storm){.peers = peers, .addr = addr, .want = want,
+                                   .seed = 7919u * (unsigned)(t + 1)};
+            REQUIRE(pthread_create(&ths[t], NULL, storm_thread, &st[t]) == 0);
+        }
+        int opened = 0, busy = 0;
+        for (int t = 0; t < STORM_THREADS; t++) {
+            REQUIRE(pthread_join(ths[t], NULL) == 0);
+            CHECK(st[t].failures == 0);
+            opened += st[t].opened;
+            busy += st[t].busy;
+        }
+        printf("storm: %d windows opened, %d refused (-EBUSY)\n", opened, busy);
+        CHECK(opened > STORM_THREADS * STORM_WINDOWS / 2);
+        for (int i = 0; i < NPEERS; i++)
+            CHECK(t_pku_faults("after the storm", addr[i]));
+    }
 
     /* A peer dies while another thread has a window on it. First a known
      * state: the peers accessed last hold the keys, the first do not. */

@@ -303,7 +303,6 @@ static void register_atfork(void)
     pthread_atfork(NULL, NULL, atfork_child);
 }
 
-
 int rpal_domain_join(const char *name, const struct rpal_domain_opts *opts,
                      rpal_domain **out)
 {

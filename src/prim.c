@@ -5,6 +5,9 @@
 #include "atomics.h"
 
 #include <ctype.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -518,11 +521,6 @@ uint64_t prim_now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-/* Copy between two ranges of our own address space through the kernel:
- * a page that is gone (past the end of its file, unmapped, or without the
- * permission) makes the call fail with -EFAULT instead of raising SIGBUS or
- * SIGSEGV. For the library's own reads and writes of shared memory that
- * another process can cut (a region's header); no descriptor is needed. */
 static _Atomic int g_no_vm_copy; /* process_vm_readv/writev refused here */
 
 /* The same through a pipe, where process_vm_readv/writev are refused
@@ -557,6 +555,11 @@ static int pipe_copy(void *dst, const void *src, size_t len)
     return err;
 }
 
+/* Copy between two ranges of our own address space through the kernel:
+ * a page that is gone (past the end of its file, unmapped, or without the
+ * permission) makes the call fail with -EFAULT instead of raising SIGBUS or
+ * SIGSEGV. For the library's own reads and writes of shared memory that
+ * another process can cut (a region's header); no descriptor is needed. */
 static int mem_copy(void *dst, const void *src, size_t len, int write)
 {
     if (rpal_load_relaxed(&g_no_vm_copy))
@@ -587,7 +590,6 @@ int prim_mem_write(void *dst, const void *src, size_t len)
 /* ---- protection keys ------------------------------------------------------ */
 
 #if defined(__x86_64__)
-#include <cpuid.h>
 int prim_pku_cpu(void)
 {
     static _Atomic int cached = -1;

@@ -9,6 +9,8 @@
  *  - a fault that a recovery point recovers does not close the thread's
  *    open windows (the kernel runs the handler with its default key rights,
  *    and siglongjmp does not give the old ones back: rpal_guard does);
+ *  - a thread made inside a window inherits it (it reads the slot without
+ *    one), a thread made outside faults;
  *  - a channel pins S's slot: while it is open every thread reads the slot
  *    without a window, a thread that never opened one among them, and calls
  *    work both ways (S's receiver reads our ring through its own pin);
@@ -80,16 +82,27 @@ static int read_fn(void *arg)
 }
 
 struct reader {
+    const char *what;
     uint64_t addr, want;
+    int fault; /* 1: the read must fault (SEGV_PKUERR), 0: it must read WANT */
     int ok;
 };
 
-/* A thread that never opens a window. */
+/* A thread that never opens a window: what may it read? */
 static void *reader_main(void *arg)
 {
     struct reader *r = arg;
-    r->ok = t_reads("a thread without a window, while the channel is open", r->addr, r->want);
+    r->ok = r->fault ? t_pku_faults(r->what, r->addr) : t_reads(r->what, r->addr, r->want);
     return NULL;
+}
+
+static int thread_reads(const char *what, uint64_t addr, uint64_t want, int fault)
+{
+    struct reader rd = {.what = what, .addr = addr, .want = want, .fault = fault};
+    pthread_t th;
+    REQUIRE(pthread_create(&th, NULL, reader_main, &rd) == 0);
+    REQUIRE(pthread_join(th, NULL) == 0);
+    return rd.ok;
 }
 
 /* How many keys this process can still allocate (all given back after). */
@@ -161,8 +174,13 @@ int main(void)
     CHECK(t_reads("in the window after a recovered fault", addr, want));
     CHECK_ERR(rpal_guard((void *)(uintptr_t)addr, 8, read_fn, (void *)(uintptr_t)addr),
               (int)want);
+    /* A thread inherits its creator's key rights (docs/domains.md): made
+     * inside the window it reads the peer without one of its own; made
+     * outside, it faults. */
+    CHECK(thread_reads("a thread made inside a window", addr, want, 0));
     CHECK_ERR(rpal_peer_access_end(p), 0);
     CHECK(t_pku_faults("after the window", addr));
+    CHECK(thread_reads("a thread made outside windows", addr, want, 1));
     munmap(none, 4096);
 
     /* A channel pins the service's slot for every thread. */
@@ -179,11 +197,7 @@ int main(void)
     CHECK_ERR(rpal_call(c, req, sizeof req, rep, sizeof rep, &rlen, 10000), 0);
     CHECK(t_xor_ok(req, sizeof req, rep, rlen));
     CHECK(t_reads("no window, the channel open", addr, want));
-    struct reader rd = {.addr = addr, .want = want};
-    pthread_t th;
-    REQUIRE(pthread_create(&th, NULL, reader_main, &rd) == 0);
-    REQUIRE(pthread_join(th, NULL) == 0);
-    CHECK(rd.ok);
+    CHECK(thread_reads("a thread without a window, the channel open", addr, want, 0));
 
     /* A window opened under the pin outlives it. */
     CHECK_ERR(rpal_peer_access_begin(p), 0);

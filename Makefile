@@ -19,6 +19,7 @@ PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
 
 CC ?= cc
 CFLAGS ?= -O2 -g
+ARM64_CC ?= aarch64-linux-gnu-gcc
 WARN := -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE
 ifeq ($(SAN),1)
 B := build-san
@@ -34,12 +35,26 @@ else ifeq ($(VG),1)
 # docs/sanitizers.md).
 B := build-vg
 SANFLAGS := -DRPAL_VALGRIND
+else ifeq ($(ARCH),arm64)
+# arm64, cross-compiled (Debian: gcc-aarch64-linux-gnu) into build-arm64/;
+# `make test-arm64` runs it under qemu-aarch64-static (docs/portability.md).
+B := build-arm64
+CC := $(ARM64_CC)
+CROSS := 1
+SANFLAGS :=
+else ifeq ($(PKU),1)
+# For the protection-key machine (`make test-pku`): linked statically, so
+# that the programs run from an initramfs that holds nothing but busybox.
+B := build-pku
+SANFLAGS :=
+STATIC := -static
 else
 B := build
 SANFLAGS :=
 endif
 ALLCFLAGS := $(WARN) $(CFLAGS) $(SANFLAGS) -Iinclude
-LDFLAGS_ALL := $(LDFLAGS) $(SANFLAGS)
+LDFLAGS_SO := $(LDFLAGS) $(SANFLAGS)
+LDFLAGS_ALL := $(LDFLAGS_SO) $(STATIC)
 
 LIB_SRC := $(filter $(wildcard src/*.c),src/prim.c src/region.c src/layout.c src/huge.c src/heap.c src/domain.c src/service.c src/wait.c src/channel.c src/compat.c)
 LIB_OBJ := $(LIB_SRC:src/%.c=$(B)/obj/%.o)
@@ -54,7 +69,8 @@ CHAOS := $(B)/chaos
 # examples/uv_rpal_echo.c needs libuv (Debian: libuv1-dev); without it the
 # build says so and goes on.
 UV_EXAMPLE := examples/uv_rpal_echo.c
-HAVE_LIBUV := $(shell pkg-config --exists libuv 2>/dev/null && echo 1)
+# Not for a cross or static build: the host's libuv is neither.
+HAVE_LIBUV := $(if $(CROSS)$(STATIC),,$(shell pkg-config --exists libuv 2>/dev/null && echo 1))
 EXAMPLES := $(patsubst examples/%.c,$(B)/examples/%,$(filter-out $(UV_EXAMPLE),$(wildcard examples/*.c)))
 ifeq ($(HAVE_LIBUV),1)
 EXAMPLES += $(B)/examples/uv_rpal_echo
@@ -67,7 +83,7 @@ ECHO_PROGS := uds_echo_server uds_echo_client rpal_echo_server rpal_echo_client
 TESTS := $(patsubst tests/%.c,$(B)/tests/%,$(wildcard tests/*.c))
 BENCHES := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
 
-.PHONY: all lib test valgrind demo bench docs-diff install uninstall clean skip-uv-example fuzz fuzz-build fuzz-seeds
+.PHONY: all lib test test-pku test-arm64 valgrind demo bench docs-diff install uninstall clean skip-uv-example fuzz fuzz-build fuzz-seeds
 all: lib $(TOOL) $(CHAOS) $(EXAMPLES) $(TESTS) $(BENCHES)
 lib: $(SO) $(A)
 
@@ -80,7 +96,7 @@ $(B)/pic/%.o: src/%.c $(HDRS)
 
 $(SO): $(LIB_PIC) src/librpal.map
 	$(CC) -shared -Wl,-soname,librpal.so.$(SOVERSION) \
-	  -Wl,--version-script=src/librpal.map -Wl,-z,defs -o $@ $(LIB_PIC) $(LDFLAGS_ALL)
+	  -Wl,--version-script=src/librpal.map -Wl,-z,defs -o $@ $(LIB_PIC) $(LDFLAGS_SO)
 	ln -sf librpal.so.$(VERSION) $(B)/librpal.so.$(SOVERSION)
 	ln -sf librpal.so.$(SOVERSION) $(B)/librpal.so
 $(A): $(LIB_OBJ)
@@ -104,7 +120,7 @@ skip-uv-example:
 	@echo "skipping $(UV_EXAMPLE): no libuv (pkg-config libuv; Debian: apt-get install libuv1-dev)"
 # bench/call compares rpal with iceoryx and ZeroMQ when their headers are
 # installed (their libraries are dlopen'ed at run time, so nothing to link).
-ICEORYX_INC := $(firstword $(wildcard /usr/include/iceoryx/v*))
+ICEORYX_INC := $(if $(CROSS)$(STATIC),,$(firstword $(wildcard /usr/include/iceoryx/v*)))
 $(B)/bench/call: bench/call.c bench/bench.h tools/json.h $(A) $(HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(ALLCFLAGS) -Isrc $(if $(ICEORYX_INC),-I$(ICEORYX_INC)) -o $@ $< $(A) $(LDFLAGS_ALL)
@@ -120,6 +136,18 @@ $(B)/tests/%: tests/%.c tests/testlib.h $(A) $(HDRS)
 
 test: all
 	B=$(B) sh tests/run.sh
+
+# The tests that protection keys change, on a machine that has them: natively
+# where this host has PKU, else in an emulated x86-64 with keys (QEMU TCG,
+# -cpu max) booted from an initramfs of static programs (build-pku/).
+test-pku:
+	sh tests/vm/pku.sh
+
+# The whole suite for arm64: cross-compiled into build-arm64/ and run under
+# qemu-aarch64-static (user mode), docs/portability.md.
+test-arm64:
+	$(MAKE) ARCH=arm64 all
+	sh tests/vm/arm64.sh
 
 # The examples under valgrind's memcheck, built into build-vg/.
 valgrind:
@@ -209,4 +237,4 @@ uninstall:
 	cd man && for f in *.[137]; do rm -f $(DESTDIR)$(MANDIR)/man$${f##*.}/$$f; done
 
 clean:
-	rm -rf build build-san build-tsan build-vg build-fuzz
+	rm -rf build build-san build-tsan build-vg build-fuzz build-pku build-arm64

@@ -11,6 +11,10 @@
 #define rpal_load_acquire(p)     atomic_load_explicit((p), memory_order_acquire)
 #define rpal_store_relaxed(p, v) atomic_store_explicit((p), (v), memory_order_relaxed)
 #define rpal_store_release(p, v) atomic_store_explicit((p), (v), memory_order_release)
+#define rpal_load_seq_cst(p)     atomic_load_explicit((p), memory_order_seq_cst)
+#define rpal_store_seq_cst(p, v) atomic_store_explicit((p), (v), memory_order_seq_cst)
+#define rpal_fetch_add_seq_cst(p, v) \
+    atomic_fetch_add_explicit((p), (v), memory_order_seq_cst)
 #define rpal_fetch_add_relaxed(p, v) \
     atomic_fetch_add_explicit((p), (v), memory_order_relaxed)
 #define rpal_fetch_add_acq_rel(p, v) \

@@ -658,7 +658,7 @@ static void rxc_free(rpal_domain *d, struct rx_chan *x)
         if (x->bufs[i])
             rpal_free(x->bufs[i]);
     while (x->windows-- > 0)
-        rpal_peer_access_end(x->peer);
+        dom_access_end(x->peer, 1);
     if (x->ring_window)
         dom_peer_unpin(x->peer, 1);
     svc_peer_put(x->peer, 1);
@@ -702,9 +702,9 @@ static int chan_accept(rpal_service *s, rpal_peer *p, int sock,
 {
     rpal_domain *d = s->d;
     uint32_t depth = req->depth;
-    rpal_peer_access_begin(p);
+    dom_access_begin(p, 1); /* d->lock is held (svc_handle) */
     int err = ch_tx_check(req, p->base, p->size);
-    rpal_peer_access_end(p);
+    dom_access_end(p, 1);
     if (err < 0)
         return err;
     const struct ch_tx *tx = (const struct ch_tx *)(uintptr_t)req->addr;

@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -250,6 +251,11 @@ int dom_member_validate(struct member_rec *rec, unsigned slot)
 
 /* ---- join and leave ---- */
 
+static void unreserve(rpal_domain *d)
+{
+    munmap((void *)(uintptr_t)d->window, (size_t)d->nslots * d->slot_size);
+}
+
 /* Per thread: the windows this thread has open, so that windows nest and
  * one thread's window does not open a peer for the others. */
 static __thread struct {
@@ -278,6 +284,19 @@ static void atfork_child(void)
     close(d->memfd);
     close(d->epfd);
     close(d->dirfd);
+    /* Nothing is mapped there in the child (MADV_DONTFORK): a no-op for
+     * Linux, but an emulator that keeps its own map of the guest's memory
+     * and ignores MADV_DONTFORK (qemu-user) would otherwise refuse the
+     * child's own join (-EADDRINUSE). */
+    unreserve(d);
+    /* Key allocations are per process and a child starts with a copy of
+     * the parent's: give them back, or a child that joins on its own could
+     * find every key taken. */
+    for (int i = 0; i < 16; i++)
+        if (d->pkeys[i] >= 0)
+            pkey_free(d->pkeys[i]);
+    if (d->have_lockkey)
+        pkey_free(d->lockkey);
     for (struct rpal_service *s = d->services; s; s = s->next)
         close(s->lfd);
     for (struct pending *x = d->pending; x; x = x->next)
@@ -292,11 +311,6 @@ static void atfork_child(void)
 static void register_atfork(void)
 {
     pthread_atfork(NULL, NULL, atfork_child);
-}
-
-static void unreserve(rpal_domain *d)
-{
-    munmap((void *)(uintptr_t)d->window, (size_t)d->nslots * d->slot_size);
 }
 
 int rpal_domain_join(const char *name, const struct rpal_domain_opts *opts,
@@ -619,9 +633,10 @@ unsigned rpal_capabilities(void)
     static _Atomic int cached = -1;
     int c = rpal_load_relaxed(&cached);
     if (c < 0) {
-        /* Probe the kernel and CPU together: pkey_alloc fails without
-         * either (ENOSPC or EINVAL or ENOSYS). */
-        int k = pkey_alloc(0, PKEY_DISABLE_ACCESS);
+        /* The CPU (x86-64 protection keys, enabled by the kernel: the
+         * windows write PKRU) and the kernel's pkey calls together:
+         * pkey_alloc fails without either (ENOSPC or EINVAL or ENOSYS). */
+        int k = prim_pku_cpu() ? pkey_alloc(0, PKEY_DISABLE_ACCESS) : -1;
         c = k >= 0 ? (int)RPAL_CAP_PKU : 0;
         if (k >= 0)
             pkey_free(k);
@@ -629,7 +644,6 @@ unsigned rpal_capabilities(void)
     }
     return (unsigned)c;
 }
-
 
 static int *t_depth(const rpal_peer *p, int create)
 {
@@ -668,8 +682,29 @@ static int lockkey_get(rpal_domain *d)
     return 0;
 }
 
+/* A key is reassigned only when no thread has a window open under it, not
+ * even one on a peer that has gone meanwhile (whose thread will close that
+ * key in its own PKRU when it ends the window). The lock-free begin
+ * (dom_access_begin) counts itself into key_windows first and checks the
+ * owner after; the reassigner claims the count from 0 to KEY_CLAIMED, so
+ * that of the two exactly one wins: a begin that finds the count negative
+ * backs off to the locked path. d->lock held. */
+#define KEY_CLAIMED (INT_MIN / 2)
+static int key_claim(rpal_domain *d, int i)
+{
+    int zero = 0;
+    return rpal_cas_acq_rel(&d->key_windows[i], &zero, KEY_CLAIMED);
+}
+
+static void key_unclaim(rpal_domain *d, int i)
+{
+    /* release: the new owner and keyslot before a begin that sees the count */
+    rpal_fetch_add_acq_rel(&d->key_windows[i], -KEY_CLAIMED);
+}
+
 /* Give P a key of its own, taking one from a peer with no open window if
- * all are in use; that peer goes back under the always-closed key. */
+ * all are in use; that peer goes back under the always-closed key.
+ * d->lock held. */
 static int key_assign(rpal_domain *d, rpal_peer *p)
 {
     if (p->pkey >= 0)
@@ -677,36 +712,38 @@ static int key_assign(rpal_domain *d, rpal_peer *p)
     int err = lockkey_get(d);
     if (err < 0)
         return err;
-    /* A key is reusable only when no thread has a window open under it:
-     * not even one on a peer that has gone meanwhile, whose thread will
-     * close that key in its own PKRU when it ends the window. */
     int slot = -1;
     for (int i = 0; i < 16 && slot < 0; i++) {
         if (d->pkeys[i] < 0) {
             d->pkeys[i] = pkey_alloc(0, PKEY_DISABLE_ACCESS);
-            if (d->pkeys[i] >= 0)
+            if (d->pkeys[i] >= 0 && key_claim(d, i))
                 slot = i;
-        } else if (!d->pkey_owner[i] && rpal_load_relaxed(&d->key_windows[i]) == 0) {
+        } else if (!rpal_load_relaxed(&d->pkey_owner[i]) && key_claim(d, i)) {
             slot = i;
         }
     }
     for (int i = 0; i < 16 && slot < 0; i++) {
-        rpal_peer *o = d->pkey_owner[i];
-        if (o && rpal_load_relaxed(&d->key_windows[i]) == 0) {
+        rpal_peer *o = rpal_load_relaxed(&d->pkey_owner[i]);
+        if (o && key_claim(d, i)) {
             if (o->mapped)
                 pkey_mprotect((void *)(uintptr_t)o->base, o->size, PROT_READ, d->lockkey);
             o->pkey = -1;
-            d->pkey_owner[i] = NULL;
+            rpal_store_relaxed(&o->keyslot, -1);
+            rpal_store_relaxed(&d->pkey_owner[i], NULL);
             slot = i;
         }
     }
     if (slot < 0)
         return -EBUSY; /* every key is in an open window */
-    if (pkey_mprotect((void *)(uintptr_t)p->base, p->size, PROT_READ, d->pkeys[slot]) < 0)
-        return -errno;
-    d->pkey_owner[slot] = p;
+    if (pkey_mprotect((void *)(uintptr_t)p->base, p->size, PROT_READ, d->pkeys[slot]) < 0) {
+        err = -errno;
+        key_unclaim(d, slot);
+        return err;
+    }
+    rpal_store_relaxed(&d->pkey_owner[slot], p);
     p->pkey = d->pkeys[slot];
-    p->keyslot = slot;
+    rpal_store_relaxed(&p->keyslot, slot);
+    key_unclaim(d, slot);
     return 0;
 }
 
@@ -722,13 +759,37 @@ int dom_guard_peer(rpal_domain *d, rpal_peer *p)
                ? -errno : 0;
 }
 
+/* P gives up its key (d->lock held). A window open under it keeps it
+ * reserved (key_windows) until that window ends. */
 void dom_unguard_peer(rpal_domain *d, rpal_peer *p)
 {
     for (int i = 0; i < 16; i++)
-        if (d->pkey_owner[i] == p)
-            d->pkey_owner[i] = NULL;
+        if (rpal_load_relaxed(&d->pkey_owner[i]) == p)
+            rpal_store_release(&d->pkey_owner[i], NULL);
     p->pkey = -1;
-    p->keyslot = -1;
+    rpal_store_relaxed(&p->keyslot, -1);
+}
+
+/* P's pages leave key 0 (d->lock held): back under the closed key, once
+ * nothing needs them open to every thread, neither a pin nor a window that
+ * was opened while they were (such a window holds no key of its own).
+ * Against the lock-free begin, which counts itself into p->windows and then
+ * reads zero_key, this clears zero_key and then reads p->windows (all
+ * seq_cst): either it sees that window and puts zero_key back, or that
+ * begin sees zero_key clear and takes the locked path. RELOCKING tells an
+ * end that comes meanwhile to look again under the lock. */
+static void zero_key_end(rpal_domain *d, rpal_peer *p)
+{
+    if (!rpal_load_relaxed(&p->zero_key) || p->pins > 0)
+        return;
+    rpal_store_seq_cst(&p->relocking, 1);
+    rpal_store_seq_cst(&p->zero_key, 0);
+    if (rpal_load_seq_cst(&p->windows) > 0 ||
+        (p->mapped && !p->gone &&
+         (lockkey_get(d) < 0 ||
+          pkey_mprotect((void *)(uintptr_t)p->base, p->size, PROT_READ, d->lockkey) < 0)))
+        rpal_store_seq_cst(&p->zero_key, 1); /* a window still needs it open */
+    rpal_store_seq_cst(&p->relocking, 0);
 }
 
 /* A window on P for every thread, for readers that live long and may run
@@ -742,12 +803,14 @@ int dom_peer_pin(rpal_peer *p)
     pthread_mutex_lock(&d->lock);
     if (p->gone) {
         err = p->reason ? p->reason : -ESHUTDOWN;
-    } else if (p->pins++ == 0 && (rpal_capabilities() & RPAL_CAP_PKU) && p->mapped) {
+    } else if (p->pins++ == 0 && (rpal_capabilities() & RPAL_CAP_PKU) && p->mapped &&
+               !rpal_load_relaxed(&p->zero_key)) {
         if (pkey_mprotect((void *)(uintptr_t)p->base, p->size, PROT_READ, 0) < 0) {
             err = -errno;
             p->pins--;
         } else {
-            dom_unguard_peer(d, p); /* its own key, if it had one, is free */
+            dom_unguard_peer(d, p);
+            rpal_store_seq_cst(&p->zero_key, 1);
         }
     }
     pthread_mutex_unlock(&d->lock);
@@ -759,70 +822,118 @@ void dom_peer_unpin(rpal_peer *p, int locked)
     rpal_domain *d = p->d;
     if (!locked)
         pthread_mutex_lock(&d->lock);
-    if (p->pins > 0 && --p->pins == 0 && (rpal_capabilities() & RPAL_CAP_PKU) && p->mapped &&
-        lockkey_get(d) == 0)
-        pkey_mprotect((void *)(uintptr_t)p->base, p->size, PROT_READ, d->lockkey);
+    /* A thread may be inside a window opened while the pin held, which gave
+     * it no key: the pages stay under key 0 until its window ends. */
+    if (p->pins > 0 && --p->pins == 0)
+        zero_key_end(d, p);
     if (!locked)
         pthread_mutex_unlock(&d->lock);
 }
 
-int rpal_peer_access_begin(rpal_peer *p)
+/* The outermost window of this thread on P, with protection keys. Without
+ * the lock in the common cases: P's pages are open to every thread
+ * (zero_key), or P holds a key that stays its own while we count ourselves
+ * into key_windows (see key_claim); then only PKRU is written. */
+static int key_window_begin(rpal_domain *d, rpal_peer *p, int locked, int *keyslot)
 {
-    if (!p || dom_check(p->d) < 0)
+    *keyslot = -1;
+    if (rpal_load_seq_cst(&p->zero_key))
+        return 0; /* pairs with zero_key_end: seen before it closes them */
+    int ks = rpal_load_acquire(&p->keyslot);
+    if (ks >= 0) {
+        if (rpal_fetch_add_acq_rel(&d->key_windows[ks], 1) >= 0 &&
+            rpal_load_acquire(&d->pkey_owner[ks]) == p && pkey_set(d->pkeys[ks], 0) == 0) {
+            *keyslot = ks;
+            return 0;
+        }
+        rpal_fetch_add_relaxed(&d->key_windows[ks], -1); /* lost it: the locked way */
+    }
+    if (!locked)
+        pthread_mutex_lock(&d->lock);
+    int err = 0;
+    ks = -1;
+    if (!rpal_load_relaxed(&p->zero_key) && (err = key_assign(d, p)) == 0) {
+        ks = rpal_load_relaxed(&p->keyslot);
+        rpal_fetch_add_relaxed(&d->key_windows[ks], 1);
+    }
+    if (!locked)
+        pthread_mutex_unlock(&d->lock);
+    if (ks >= 0 && pkey_set(d->pkeys[ks], 0) < 0) {
+        err = -errno;
+        rpal_fetch_add_relaxed(&d->key_windows[ks], -1);
+        ks = -1;
+    }
+    *keyslot = ks;
+    return err;
+}
+
+int dom_access_begin(rpal_peer *p, int locked)
+{
+    if (!p)
         return -EINVAL;
-    if (p->gone)
+    int err = dom_check(p->d);
+    if (err < 0)
+        return err; /* -ECHILD in a forked child */
+    if (rpal_load_relaxed(&p->gone))
         return p->reason ? p->reason : -ESHUTDOWN;
     int *depth = t_depth(p, 1);
     if (!depth)
         return -EMFILE; /* more than 16 peers open at once in one thread */
     if ((*depth)++ > 0)
         return 0;
-    rpal_fetch_add_relaxed(&p->windows, 1);
+    /* seq_cst: before the read of zero_key in key_window_begin */
+    rpal_fetch_add_seq_cst(&p->windows, 1);
     *t_keyslot(depth) = -1;
     if (!(rpal_capabilities() & RPAL_CAP_PKU))
         return 0;
-    rpal_domain *d = p->d;
-    pthread_mutex_lock(&d->lock);
-    if (p->pins > 0) { /* under key 0: open in every thread already */
-        pthread_mutex_unlock(&d->lock);
-        return 0;
-    }
-    int err = key_assign(d, p);
-    int ks = p->keyslot;
-    if (err == 0)
-        rpal_fetch_add_relaxed(&d->key_windows[ks], 1);
-    pthread_mutex_unlock(&d->lock);
-    if (err == 0 && pkey_set(d->pkeys[ks], 0) < 0) {
-        err = -errno;
-        rpal_fetch_add_relaxed(&d->key_windows[ks], -1);
-    }
-    if (err < 0) {
+    int ks;
+    if ((err = key_window_begin(p->d, p, locked, &ks)) < 0) {
         (*depth)--;
-        rpal_fetch_add_relaxed(&p->windows, -1);
-    } else {
-        *t_keyslot(depth) = ks;
+        rpal_fetch_add_seq_cst(&p->windows, -1);
+        return err;
     }
-    return err;
+    *t_keyslot(depth) = ks;
+    return 0;
 }
 
-int rpal_peer_access_end(rpal_peer *p)
+int dom_access_end(rpal_peer *p, int locked)
 {
     if (!p)
         return -EINVAL;
     int *depth = t_depth(p, 0);
     if (!depth)
-        return -EINVAL; /* no window open on P in this thread */
+        return dom_check(p->d) < 0 ? -ECHILD : -EINVAL; /* no window open here */
     if (--(*depth) > 0)
         return 0;
-    rpal_fetch_add_relaxed(&p->windows, -1);
     /* Close the key this window opened, even if the peer has gone and lost
      * it meanwhile: it is still open in this thread's PKRU. */
     int ks = *t_keyslot(depth);
     if (ks >= 0) {
         pkey_set(p->d->pkeys[ks], PKEY_DISABLE_ACCESS);
-        rpal_fetch_add_relaxed(&p->d->key_windows[ks], -1);
+        rpal_fetch_add_acq_rel(&p->d->key_windows[ks], -1);
+    }
+    /* The last window on pages left under key 0 by an unpin puts them back
+     * under the closed key (zero_key_end, which looks again under the lock;
+     * RELOCKING first: see there). */
+    if (rpal_fetch_add_seq_cst(&p->windows, -1) == 1 && (rpal_capabilities() & RPAL_CAP_PKU) &&
+        (rpal_load_seq_cst(&p->relocking) || rpal_load_seq_cst(&p->zero_key))) {
+        if (!locked)
+            pthread_mutex_lock(&p->d->lock);
+        zero_key_end(p->d, p);
+        if (!locked)
+            pthread_mutex_unlock(&p->d->lock);
     }
     return 0;
+}
+
+int rpal_peer_access_begin(rpal_peer *p)
+{
+    return dom_access_begin(p, 0);
+}
+
+int rpal_peer_access_end(rpal_peer *p)
+{
+    return dom_access_end(p, 0);
 }
 
 /* ---- listing and garbage collection ---- */

@@ -54,6 +54,13 @@
 
 /* ---- prim: thin wrappers over the OS (src/prim.c) ---- */
 
+/* 1 if this CPU has protection keys and the kernel turned them on (x86-64,
+ * CPUID OSPKE); then PKRU, the calling thread's key rights, can be read and
+ * written. 0 elsewhere: arm64's permission overlays (POE) are not used. */
+RPAL_HIDDEN int prim_pku_cpu(void);
+RPAL_HIDDEN uint32_t prim_pkru_read(void);
+RPAL_HIDDEN void prim_pkru_write(uint32_t v);
+
 /* mmap at exactly ADDR; -EADDRINUSE if any of the range is already mapped. */
 RPAL_HIDDEN int prim_map_fixed(uint64_t addr, size_t len, int prot, int flags,
                                int fd, off_t off);
@@ -352,12 +359,18 @@ struct rpal_peer {
     _Atomic int gone;    /* set under d->lock by the dispatch thread; read
                             without it by callers on their hot paths */
     int pkey;            /* own protection key, or -1 (under the closed key) */
-    int keyslot;         /* its index in d->pkeys, or -1 */
+    _Atomic int keyslot; /* its index in d->pkeys, or -1 (written under
+                            d->lock, read without it by access_begin) */
     _Atomic int windows; /* access windows open on it, over all threads */
     _Atomic int nchans;  /* channels and connections that read its slot */
     int by_fdmap;        /* mapped by rpal_uds_fdmap: released with its last
                             connection */
     int pins;            /* dom_peer_pin()s held (d->lock) */
+    _Atomic int zero_key; /* its pages are under key 0, open to every thread:
+                            while pinned, and after the last unpin until the
+                            windows opened meanwhile end (written under
+                            d->lock; read without it by access_begin/end) */
+    _Atomic int relocking; /* zero_key_end is deciding (see there) */
     int released;        /* released while NCHANS held it: freed by the last
                             svc_peer_put() */
     struct rpal_peer *next;
@@ -400,8 +413,9 @@ struct rpal_domain {
     struct pending *pending;
     int npending;
     int pkeys[16];
-    rpal_peer *pkey_owner[16];
-    _Atomic int key_windows[16]; /* windows open under each key, all threads */
+    _Atomic(rpal_peer *) pkey_owner[16]; /* written under lock; see key_claim */
+    _Atomic int key_windows[16]; /* windows open under each key, all threads;
+                                    KEY_CLAIMED added while being reassigned */
     int lockkey, have_lockkey;
     struct dispatch_rec *dispatching; /* dispatches under way */
     struct watch *retired;            /* watches waiting for them to end */
@@ -434,6 +448,10 @@ RPAL_HIDDEN int dom_peer_pin(rpal_peer *p);
  * peer the application released meanwhile. LOCKED: d->lock is held. */
 RPAL_HIDDEN void svc_peer_put(rpal_peer *p, int locked);
 RPAL_HIDDEN void dom_peer_unpin(rpal_peer *p, int locked); /* LOCKED: d->lock held */
+/* rpal_peer_access_begin/end for callers that may hold d->lock (LOCKED):
+ * under protection keys, begin takes it to hand out a key. */
+RPAL_HIDDEN int dom_access_begin(rpal_peer *p, int locked);
+RPAL_HIDDEN int dom_access_end(rpal_peer *p, int locked);
 /* Handle one epoll event of the domain; 1 if it produced *EV. d->lock held. */
 RPAL_HIDDEN int svc_handle(rpal_domain *d, struct watch *w, uint32_t events,
                            struct rpal_event *ev);

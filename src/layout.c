@@ -329,9 +329,8 @@ struct lay {
                                    hdr_read only (see there) */
     const struct lay_ctl *ctl;  /* in it: the futex words' address */
     uint8_t *src;               /* PROT_NONE view of the whole file */
-#ifdef RPAL_VALGRIND
-    int srcfd;                  /* the file, for view_dup */
-#endif
+    int srcfd;                  /* the file, for view_dup where mremap
+                                   cannot duplicate (dup_by_fd), else -1 */
     int rdonly;
     int lkfd;                   /* the lock file: our record lives on it */
     int forkfd;                 /* held across fork() (see atfork) */
@@ -352,16 +351,38 @@ static int eff_prot(const struct lay *l, unsigned prot)
 /* A second mapping, PROT_NONE, of the pages of the file at [OFF, OFF+LEN),
  * at AT (replacing what is there) or anywhere (AT NULL): a duplicate (mremap
  * with old size 0) of the PROT_NONE view taken at attach, so no descriptor
- * of the region needs to stay open. valgrind (3.19) refuses mremap with old
- * size 0, so the valgrind build (-DRPAL_VALGRIND) keeps the descriptor and
- * maps it again instead. */
+ * of the region needs to stay open. Where mremap cannot duplicate
+ * (dup_by_fd) the descriptor is kept and mapped again instead. */
 static void *view_dup(struct lay *l, uint64_t off, uint64_t len, void *at)
 {
-#ifdef RPAL_VALGRIND
-    return mmap(at, len, PROT_NONE, MAP_SHARED | MAP_NORESERVE | (at ? MAP_FIXED : 0),
-                l->srcfd, (off_t)off);
-#else
+    if (l->srcfd >= 0)
+        return mmap(at, len, PROT_NONE, MAP_SHARED | MAP_NORESERVE | (at ? MAP_FIXED : 0),
+                    l->srcfd, (off_t)off);
     return mremap(l->src + off, 0, len, MREMAP_MAYMOVE | (at ? MREMAP_FIXED : 0), at);
+}
+
+/* 1 where mremap with old size 0 does not duplicate a shared mapping:
+ * valgrind 3.19 refuses it (the valgrind build, -DRPAL_VALGRIND, knows),
+ * and qemu-user (7.2 to 10.0, tests/vm/arm64.sh) answers ENOMEM, which one
+ * probe per process finds out. */
+static int dup_by_fd(void)
+{
+#ifdef RPAL_VALGRIND
+    return 1;
+#else
+    static _Atomic int cached = -1;
+    int c = rpal_load_relaxed(&cached);
+    if (c < 0) {
+        void *a = mmap(NULL, RPAL_PAGE, PROT_NONE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        void *b = a == MAP_FAILED ? MAP_FAILED : mremap(a, 0, RPAL_PAGE, MREMAP_MAYMOVE);
+        c = a != MAP_FAILED && b == MAP_FAILED;
+        if (b != MAP_FAILED)
+            munmap(b, RPAL_PAGE);
+        if (a != MAP_FAILED)
+            munmap(a, RPAL_PAGE);
+        rpal_store_relaxed(&cached, c);
+    }
+    return c;
 #endif
 }
 
@@ -753,10 +774,8 @@ static void lay_free(struct lay *l)
         munmap(l->src, l->granule + l->size);
     if (l->lkfd >= 0)
         close(l->lkfd);
-#ifdef RPAL_VALGRIND
     if (l->srcfd >= 0)
         close(l->srcfd);
-#endif
     free(l->cur);
     free(l->tmp);
     pthread_mutex_destroy(&l->mu);
@@ -780,9 +799,7 @@ int lay_attach(int fd, int lkfd, uint64_t base, uint64_t size, uint64_t granule,
     l->rdonly = rdonly;
     l->lkfd = lkfd;
     l->forkfd = -1;
-#ifdef RPAL_VALGRIND
-    l->srcfd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
-#endif
+    l->srcfd = dup_by_fd() ? fcntl(fd, F_DUPFD_CLOEXEC, 3) : -1;
     l->cur = malloc(sizeof *l->cur);
     l->tmp = malloc(sizeof *l->tmp);
     int err = 0, failed = 0, locked = 0;
@@ -790,14 +807,14 @@ int lay_attach(int fd, int lkfd, uint64_t base, uint64_t size, uint64_t granule,
         err = -ENOMEM;
         goto fail;
     }
-#ifdef RPAL_VALGRIND
-    /* view_dup maps the descriptor: no view (valgrind would not place one
-     * of a large region anywhere below the 128 GiB it manages). */
-    if (l->srcfd < 0) {
+    if (dup_by_fd() && l->srcfd < 0) {
         err = -errno;
         goto fail;
     }
-#else
+#ifndef RPAL_VALGRIND
+    /* (valgrind's build has no view: view_dup maps the descriptor, and
+     * valgrind would not place a view of a large region anywhere below the
+     * 128 GiB it manages) */
     void *src = mmap(NULL, granule + size, PROT_NONE, MAP_SHARED | MAP_NORESERVE, fd, 0);
     if (src == MAP_FAILED) {
         err = -errno;
@@ -1015,6 +1032,12 @@ static void punch(struct lay *l, const struct lay_table *old, uint64_t off, uint
         uint64_t lo = o->off > off ? o->off : off;
         uint64_t hi = o->off + o->len < off + len ? o->off + o->len : off + len;
         if (o->kind != RPAL_OBJ_ANON || lo >= hi)
+            continue;
+        /* Where the views are mapped from the descriptor (dup_by_fd), the
+         * hole is punched through it too: qemu-user answers 0 to
+         * MADV_REMOVE without passing it on, so the pages kept their data. */
+        if (l->srcfd >= 0 && fallocate(l->srcfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                                       (off_t)(l->granule + lo), (off_t)(hi - lo)) == 0)
             continue;
         void *p = view_dup(l, l->granule + lo, hi - lo, NULL);
         if (p == MAP_FAILED)

@@ -5,6 +5,9 @@
 #include "atomics.h"
 
 #include <ctype.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -30,6 +33,16 @@
 int prim_map_fixed(uint64_t addr, size_t len, int prot, int flags, int fd,
                    off_t off)
 {
+    /* Offsets, guards and header pages are laid out in 4 KiB pages (the
+     * page of x86-64 and of Debian's arm64 kernels); an arm64 kernel built
+     * with 16 or 64 KiB pages is refused here, where every mapping in the
+     * window begins, rather than half working. */
+    static _Atomic long page;
+    long pg = rpal_load_relaxed(&page);
+    if (!pg)
+        rpal_store_relaxed(&page, pg = sysconf(_SC_PAGESIZE));
+    if (pg != (long)RPAL_PAGE)
+        return -EOPNOTSUPP;
     void *want = (void *)(uintptr_t)addr;
     void *p = mmap(want, len, prot, flags | MAP_FIXED_NOREPLACE, fd, off);
     if (p == MAP_FAILED)
@@ -50,7 +63,12 @@ int prim_proc_start(pid_t pid, uint64_t *start)
     char path[64], buf[1024];
     if (pid <= 0)
         return -ESRCH;
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    /* The thread group leader's own stat, whose start time is the
+     * process's: the same file for Linux, but not one that qemu-user
+     * replaces with its own for the emulated process (its /proc/self/stat
+     * and /proc/<own pid>/stat give 0 for the start time, which would make
+     * every process look dead to its peers). */
+    snprintf(path, sizeof path, "/proc/%d/task/%d/stat", (int)pid, (int)pid);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return errno == ENOENT ? -ESRCH : -errno;
@@ -511,6 +529,40 @@ uint64_t prim_now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+static _Atomic int g_no_vm_copy; /* process_vm_readv/writev refused here */
+
+/* The same through a pipe, where process_vm_readv/writev are refused
+ * (ENOSYS: qemu-user, tests/vm/arm64.sh; EPERM: a seccomp profile such as
+ * Docker's default without CAP_SYS_PTRACE): write() copies from SRC and
+ * read() into DST with the kernel's user copies, which give EFAULT for a
+ * page that is gone. A page at a time: an empty pipe always has room. */
+static int pipe_copy(void *dst, const void *src, size_t len)
+{
+    int pp[2];
+    if (pipe2(pp, O_CLOEXEC) < 0)
+        return -errno;
+    int err = 0;
+    for (size_t done = 0; done < len;) {
+        size_t k = len - done < RPAL_PAGE ? len - done : RPAL_PAGE;
+        ssize_t w = write(pp[1], (const char *)src + done, k);
+        if (w <= 0) {
+            err = w < 0 && errno == EINTR ? 0 : -EFAULT;
+            if (err)
+                break;
+            continue;
+        }
+        ssize_t r = read(pp[0], (char *)dst + done, (size_t)w);
+        if (r != w) {
+            err = -EFAULT;
+            break;
+        }
+        done += (size_t)w;
+    }
+    close(pp[0]);
+    close(pp[1]);
+    return err;
+}
+
 /* Copy between two ranges of our own address space through the kernel:
  * a page that is gone (past the end of its file, unmapped, or without the
  * permission) makes the call fail with -EFAULT instead of raising SIGBUS or
@@ -518,10 +570,16 @@ uint64_t prim_now_ns(void)
  * another process can cut (a region's header); no descriptor is needed. */
 static int mem_copy(void *dst, const void *src, size_t len, int write)
 {
+    if (rpal_load_relaxed(&g_no_vm_copy))
+        return pipe_copy(dst, src, len);
     struct iovec local = {write ? (void *)src : dst, len};
     struct iovec remote = {write ? dst : (void *)src, len};
     ssize_t n = write ? process_vm_writev(getpid(), &local, 1, &remote, 1, 0)
                       : process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
+    if (n < 0 && (errno == ENOSYS || errno == EPERM)) {
+        rpal_store_relaxed(&g_no_vm_copy, 1);
+        return pipe_copy(dst, src, len);
+    }
     if (n < 0)
         return -errno;
     return (size_t)n == len ? 0 : -EFAULT;
@@ -537,6 +595,39 @@ int prim_mem_write(void *dst, const void *src, size_t len)
     return mem_copy(dst, src, len, 1);
 }
 
+/* ---- protection keys ------------------------------------------------------ */
+
+#if defined(__x86_64__)
+int prim_pku_cpu(void)
+{
+    static _Atomic int cached = -1;
+    int c = rpal_load_relaxed(&cached);
+    if (c < 0) {
+        unsigned a, b, cx = 0, dx;
+        /* CPUID.(EAX=7,ECX=0):ECX bit 4, OSPKE: PKU present and CR4.PKE set. */
+        c = __get_cpuid_count(7, 0, &a, &b, &cx, &dx) && (cx & (1u << 4)) ? 1 : 0;
+        rpal_store_relaxed(&cached, c);
+    }
+    return c;
+}
+/* RDPKRU and WRPKRU by their encodings: assemblers before binutils 2.26
+ * do not know the names. Both need ECX = 0 (and WRPKRU EDX = 0). */
+uint32_t prim_pkru_read(void)
+{
+    uint32_t eax, edx;
+    __asm__ volatile(".byte 0x0f, 0x01, 0xee" : "=a"(eax), "=d"(edx) : "c"(0));
+    return eax;
+}
+void prim_pkru_write(uint32_t v)
+{
+    __asm__ volatile(".byte 0x0f, 0x01, 0xef" : : "a"(v), "c"(0), "d"(0) : "memory");
+}
+#else
+int prim_pku_cpu(void) { return 0; }
+uint32_t prim_pkru_read(void) { return 0; }
+void prim_pkru_write(uint32_t v) { (void)v; }
+#endif
+
 /* ---- recovery points ------------------------------------------------------
  * A guard is a frame on the calling thread's stack, linked from a
  * thread-local top pointer: the fault handler runs on the faulting thread, so
@@ -549,6 +640,7 @@ struct guard_frame {
     sigjmp_buf jb;
     uintptr_t lo[2], hi[2];    /* page-rounded ranges; empty when lo == hi */
     struct guard_frame *up;
+    uint32_t pkru;             /* the thread's key rights when the guard began */
 };
 
 /* initial-exec: reading a dynamic TLS variable may allocate the first time
@@ -626,8 +718,17 @@ static int guard_run(struct guard_frame *f, int (*fn)(void *), void *arg)
     if (g_guard_err)
         return g_guard_err;
     f->up = g_guard_top;
+    /* The kernel runs a signal handler with its default key rights (every
+     * key but 0 closed) and siglongjmp does not restore them: without this,
+     * a recovered fault would close the thread's open access windows
+     * (rpal_peer_access_begin) behind rpal's back. */
+    int pku = prim_pku_cpu();
+    if (pku)
+        f->pkru = prim_pkru_read();
     int sig = sigsetjmp(f->jb, 0);
     if (sig) {
+        if (pku)
+            prim_pkru_write(f->pkru);
         g_guard_top = f->up;
         return sig == SIGBUS ? -EIO : -EFAULT;
     }
@@ -708,7 +809,7 @@ const char *rpal_strerror(int err)
     case ENAMETOOLONG:
         return "name too long";
     case EOPNOTSUPP:
-        return "the namespace directory does not support O_TMPFILE";
+        return "not supported here (a namespace directory without O_TMPFILE, or pages other than 4 KiB)";
     default:
         return err < 0 ? strerror(-err) : "unknown error";
     }

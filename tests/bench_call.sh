@@ -42,10 +42,13 @@ for mode in poll shared-core idle; do
   if [ "$got" != "$transports " ]; then
     fail "$mode: transports '$got', want '$transports '"
   fi
-  awk -v mode="$mode" '
+  # Under qemu-user (tests/vm/arm64.sh) the counter moves in steps of 1 us:
+  # a latency below that reads 0 cycles, which is then allowed.
+  awk -v mode="$mode" -v coarse="${RPAL_EMULATED:+1}" '
     function num(key,    s) {
       if (!match($0, "\"" key "\":-?[0-9][0-9.eE+-]*[,}]")) return "missing"
       s = substr($0, RSTART + length(key) + 3, RLENGTH - length(key) - 4)
+      if (coarse && key ~ /^p50_/ && s + 0 == 0) return "ok"
       return s + 0 > 0 ? "ok" : "not positive (" s ")"
     }
     {

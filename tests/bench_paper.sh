@@ -43,7 +43,10 @@ awk '
   END { if (NR != 3) { print NR " lines, want 3"; bad++ } ; exit bad > 0 }
 ' "$tmp/json" >"$tmp/check" || { fail "--json output"; sed 's/^/    /' "$tmp/check"; }
 
-"$R" bench paper --count 500 >"$tmp/text" 2>"$tmp/err" || fail "text: exit $?"
+"$R" bench paper --count 500 >"$tmp/text" 2>"$tmp/err" || {
+  fail "text: exit $?"
+  sed 's/^/    err: /' "$tmp/err" | tail -n 20
+}
 grep -Eq '^epoll\+UDS: Message length: 32 bytes, Total TSC cycles: [0-9]+, Message count: 500, Average latency: [0-9]+ cycles$' "$tmp/text" ||
   fail "text: no epoll+UDS line"
 grep -Eq '^rpal: +Message length: 32 bytes, Total TSC cycles: [0-9]+, Message count: 500, Average latency: [0-9]+ cycles$' "$tmp/text" ||

@@ -54,15 +54,7 @@ static int service(int wait, int same_cpu)
     rpal_service_key(svc, &k);
     rpal_key_format(&k, text);
     REQUIRE(write(pfd[1], text, 33) == 33);
-    /* Dispatch until the client says it is done. */
-    for (;;) {
-        struct rpal_event ev[8];
-        int n = rpal_domain_dispatch(d, ev, 8, 20);
-        REQUIRE(n >= 0);
-        struct pollfd pf = {kfd[0], POLLIN, 0};
-        if (poll(&pf, 1, 0) == 1)
-            break;
-    }
+    t_dispatch_until(d, kfd[0]); /* until the client says it is done */
     atomic_store(&stop_recv, 1);
     pthread_join(th, NULL);
     rpal_domain_leave(d);

@@ -1,5 +1,5 @@
 #!/bin/sh
-# `rpal chaos`: 60 trials (12 of each kind of victim) must end with every
+# `rpal chaos`: 60 trials (12 of each kind of victim; CHAOS_TRIALS) must end with every
 # count at 0, which the exit status says; and the tool must be able to fail:
 # each --self-test (a survivor that corrupts a reply, leaks a region,
 # crashes, hangs in a call) must be counted as such and make it exit 1.
@@ -19,17 +19,22 @@ fail() {
   failures=$((failures + 1))
 }
 
-# A fixed seed, so that a failure here can be replayed by hand.
-"$R" chaos --trials 60 --seed 0x5eed --json >"$tmp/out" 2>"$tmp/err"
+# A fixed seed, so that a failure here can be replayed by hand. CHAOS_TRIALS
+# (a multiple of the 5 kinds; 60 by default) is fewer under emulation
+# (tests/vm/pku.sh, tests/vm/arm64.sh).
+n=${CHAOS_TRIALS:-60}
+k5=$((n / 5))
+"$R" chaos --trials $n --seed 0x5eed --json >"$tmp/out" 2>"$tmp/err"
 rc=$?
 if [ $rc -ne 0 ]; then
-  fail "60 trials: exit $rc"
+  fail "$n trials: exit $rc"
   cat "$tmp/out" "$tmp/err"
 fi
-for k in '"trials":60' '"hangs":0' '"crashes":0' '"leaks":0' '"corrupt":0' \
-         '"caller":{"trials":12' '"receiver":{"trials":12' '"region-owner":{"trials":12' \
-         '"handshake":{"trials":12' '"region-change":{"trials":12'; do
-  grep -qF "$k" "$tmp/out" || fail "60 trials: the JSON lacks $k"
+for k in "\"trials\":$n" '"hangs":0' '"crashes":0' '"leaks":0' '"corrupt":0' \
+         "\"caller\":{\"trials\":$k5" "\"receiver\":{\"trials\":$k5" \
+         "\"region-owner\":{\"trials\":$k5" "\"handshake\":{\"trials\":$k5" \
+         "\"region-change\":{\"trials\":$k5"; do
+  grep -qF "$k" "$tmp/out" || fail "$n trials: the JSON lacks $k"
 done
 grep -q '"seed":"0x0000000000005eed"' "$tmp/out" || fail "the seed is not reported"
 
@@ -46,7 +51,9 @@ for st in corrupt leak crash hang; do
     "$R" chaos --trials 2 --seed 7 --json --self-test $st >"$tmp/st" 2>"$tmp/sterr"
   rc=$?
   [ $rc -eq 1 ] || fail "--self-test $st: exit $rc, want 1"
-  if grep -qF "\"$count\":0," "$tmp/st"; then
+  # The totals come before "kinds": one kind may count nothing (under
+  # emulation a trial can end before its survivor misbehaves).
+  if sed 's/"kinds".*//' "$tmp/st" | grep -qF "\"$count\":0,"; then
     fail "--self-test $st: not counted in $count"
     cat "$tmp/st"
   fi

@@ -247,6 +247,8 @@ static int fork_child(rpal_domain *d, rpal_service *mine, rpal_peer *p,
     CHECK(q == NULL);
     /* Nothing of the parent's membership can be undone from here. */
     CHECK_ERR(rpal_peer_release(p), -ECHILD);
+    CHECK_ERR(rpal_peer_access_begin(p), -ECHILD);
+    CHECK_ERR(rpal_peer_access_end(p), -ECHILD);
     CHECK_ERR(rpal_service_unregister(mine), -ECHILD);
     CHECK_ERR(rpal_domain_leave(d), -ECHILD);
     CHECK(rpal_malloc(16) == NULL);
@@ -419,7 +421,11 @@ int main(void)
     CHECK_ERR(rpal_service_request(d, "svc", svc_key, 3000, &p), 0);
     REQUIRE(p);
     CHECK((uint64_t)(uintptr_t)rpal_peer_base(p) == s1.base);
+    /* Inside a window: under protection keys a peer's slot is closed
+     * outside one (tests/domain_pkeys). */
+    CHECK_ERR(rpal_peer_access_begin(p), 0);
     CHECK(t_read_faults(s1.base, &fcode) == 0);
+    CHECK_ERR(rpal_peer_access_end(p), 0);
     char perms[5], path[256];
     CHECK(t_map_of(s1.base, perms, path, sizeof path) == 0 && strcmp(perms, "r--s") == 0 &&
           strstr(path, "memfd:rpal-slot"));
@@ -440,7 +446,9 @@ int main(void)
         _exit(fork_child(d, ms, p, svc_key, block, myslot));
     CHECK(t_wait(child) == 0);
     CHECK((uint64_t)(uintptr_t)rpal_peer_base(p) == s1.base);
+    CHECK_ERR(rpal_peer_access_begin(p), 0);
     CHECK(t_read_faults(s1.base, &fcode) == 0);
+    CHECK_ERR(rpal_peer_access_end(p), 0);
     CHECK(((unsigned char *)block)[63] == 0x5a);
     CHECK_ERR(rpal_free(block), 0);
     void *more = rpal_malloc(64);

@@ -34,6 +34,16 @@
 #define SLOT_SIZE2 (DOM_WINDOW_SIZE / 2) /* two slots in the window */
 #define KILL_ROUNDS 8
 
+
+/* The bound on seeing a death or a release: 100 ms, the issue's; ten times
+ * that under an emulator (RPAL_EMULATED: tests/vm/pku.sh, whose TCG guest
+ * on a busy host took 144 ms once between the pidfd turning readable and
+ * the dispatch that reports it). */
+static int64_t seen_bound_us(void)
+{
+    return getenv("RPAL_EMULATED") ? 1000000 : 100000;
+}
+
 static const struct rpal_domain_opts g_opts = {.slot_size = SLOT_SIZE};
 
 static int64_t now_us(void)
@@ -232,9 +242,10 @@ static void kill_round(rpal_domain *d, int round)
             t_failures++;
         }
     }
-    if (t_ev - t0 > 100000) {
+    if (t_ev - t0 > seen_bound_us()) {
         fprintf(stderr, "round %d: the death took %" PRId64 " us to be seen (poll %" PRId64
-                " us), over 100 ms\n", round, t_ev - t0, t_poll - t0);
+                " us), over %" PRId64 " ms\n", round, t_ev - t0, t_poll - t0,
+                seen_bound_us() / 1000);
         t_failures++;
     }
     CHECK(t_wait(s.pid) == 128 + SIGKILL);
@@ -289,7 +300,7 @@ static void release_cases(rpal_domain *d)
     t_put_line(s.in, "RELEASE\n");
     CHECK(t_get_line(s.out, line, sizeof line, 5000) == 0 && strcmp(line, "RELEASED 1 0") == 0);
     int64_t us = await_gone(d, p, now_us());
-    CHECK(us >= 0 && us < 100000);
+    CHECK(us >= 0 && us < seen_bound_us());
     CHECK(rpal_peer_base(p) == NULL);
     CHECK(only_reserved(s.base));
     CHECK(rpal_peer_access_begin(p) < 0);
@@ -306,7 +317,7 @@ static void release_cases(rpal_domain *d)
     CHECK(t_get_line(s.out, line, sizeof line, 1000) == 0);
     int64_t took = now_us() - t0;
     CHECK(strcmp(line, "EV GONE 0 0 0") == 0); /* reason 0, unmapped, no window */
-    if (took > 100000) {
+    if (took > seen_bound_us()) {
         fprintf(stderr, "the release took %" PRId64 " us to reach the service\n", took);
         t_failures++;
     }

@@ -13,6 +13,9 @@
  *    after it, a read outside windows still faults for every one of them;
  *    windows open on many peers at once either work or are refused with
  *    -EBUSY, never leave a peer readable outside a window;
+ *  - four threads opening windows on random peers at once (keys taken back
+ *    from one peer for another all the while, by the lock-free begin
+ *    racing the locked one): every window that opens reads its peer;
  *  - a peer that dies while another thread has a window open on it does not
  *    leave that thread able to read the next peer that gets its key.
  *
@@ -31,10 +34,6 @@
 #include <stdint.h>
 #include <time.h>
 
-#ifndef SEGV_PKUERR
-#define SEGV_PKUERR 4
-#endif
-
 #define DOMAIN "tpkeys"
 #define SLOT_SIZE (1ull << 30)
 #define NPEERS 20
@@ -51,41 +50,6 @@ struct record {
 };
 
 
-
-/* ---- catching faults, per thread ---- */
-
-
-
-
-/* 1 if reading ADDR faults with SEGV_PKUERR there (reported otherwise). */
-static int pku_faults(const char *what, uint64_t addr)
-{
-    uint64_t v = 0, where = 0;
-    int code = 0;
-    int sig = t_try_read(addr, &v, &code, &where);
-    if (sig == SIGSEGV && code == SEGV_PKUERR && where == addr)
-        return 1;
-    if (sig)
-        fprintf(stderr, "%s: read at %#" PRIx64 ": signal %d code %d at %#" PRIx64
-                ", want SIGSEGV SEGV_PKUERR\n", what, addr, sig, code, where);
-    else
-        fprintf(stderr, "%s: read at %#" PRIx64 " outside a window went through (%#" PRIx64
-                ")\n", what, addr, v);
-    return 0;
-}
-
-/* 1 if reading ADDR works and gives WANT. */
-static int reads(const char *what, uint64_t addr, uint64_t want)
-{
-    uint64_t v = 0, where = 0;
-    int code = 0;
-    int sig = t_try_read(addr, &v, &code, &where);
-    if (sig == 0 && v == want)
-        return 1;
-    fprintf(stderr, "%s: read at %#" PRIx64 " inside a window: signal %d code %d, value %#"
-            PRIx64 " want %#" PRIx64 "\n", what, addr, sig, code, v, want);
-    return 0;
-}
 
 /* ---- a client ---- */
 
@@ -137,21 +101,64 @@ static void *other_thread(void *arg)
     struct other *o = arg;
     /* 1: the main thread has P open; we do not. */
     REQUIRE(hear(o->to_thread[0]) == '1');
-    o->failures += !pku_faults("other thread, main's window open", o->addr);
+    o->failures += !t_pku_faults("other thread, main's window open", o->addr);
     /* Our own window works, and ends without closing the main thread's. */
     o->failures += rpal_peer_access_begin(o->p) != 0;
-    o->failures += !reads("other thread, own window", o->addr, o->want);
+    o->failures += !t_reads("other thread, own window", o->addr, o->want);
     o->failures += rpal_peer_access_end(o->p) != 0;
-    o->failures += !pku_faults("other thread, after its window", o->addr);
+    o->failures += !t_pku_faults("other thread, after its window", o->addr);
     say(o->to_main[1], 'a');
     /* 2: the main thread closed its window; we open ours, it must fault. */
     REQUIRE(hear(o->to_thread[0]) == '2');
     o->failures += rpal_peer_access_begin(o->p) != 0;
-    o->failures += !reads("other thread, window", o->addr, o->want);
+    o->failures += !t_reads("other thread, window", o->addr, o->want);
     say(o->to_main[1], 'b');
     REQUIRE(hear(o->to_thread[0]) == '3');
     o->failures += rpal_peer_access_end(o->p) != 0;
     say(o->to_main[1], 'c');
+    return NULL;
+}
+
+/* Windows on random peers, from several threads at once. */
+#define STORM_THREADS 4
+#define STORM_WINDOWS 3000
+struct storm {
+    rpal_peer **peers;
+    const uint64_t *addr, *want;
+    unsigned seed;
+    int opened, busy, failures;
+};
+
+static void *storm_thread(void *arg)
+{
+    struct storm *st = arg;
+    for (int k = 0; k < STORM_WINDOWS; k++) {
+        st->seed = st->seed * 1103515245u + 12345u;
+        int i = (int)((st->seed >> 16) % NPEERS);
+        int err = rpal_peer_access_begin(st->peers[i]);
+        if (err == -EBUSY) {
+            st->busy++;
+            continue;
+        }
+        if (err != 0) {
+            fprintf(stderr, "storm: begin on peer %d: %s\n", i, rpal_strerror(err));
+            st->failures++;
+            continue;
+        }
+        st->opened++;
+        /* No fault may be caught with the window open (the handler's key
+         * rights would stay): a failure here ends the thread's storm. */
+        uint64_t v = 0, where = 0;
+        int code = 0;
+        int sig = t_try_read(st->addr[i], &v, &code, &where);
+        if (sig || v != st->want[i]) {
+            fprintf(stderr, "storm: window on peer %d: signal %d code %d value %#" PRIx64
+                    "\n", i, sig, code, v);
+            st->failures++;
+            return NULL;
+        }
+        st->failures += rpal_peer_access_end(st->peers[i]) != 0;
+    }
     return NULL;
 }
 
@@ -168,7 +175,7 @@ static void *dying_thread(void *arg)
     struct dying *o = arg;
     REQUIRE(hear(o->to_thread[0]) == '1');
     o->failures += rpal_peer_access_begin(o->x) != 0;
-    o->failures += !reads("window on the peer that will die", o->xaddr, o->xwant);
+    o->failures += !t_reads("window on the peer that will die", o->xaddr, o->xwant);
     say(o->to_main[1], 'a');
     /* 2: it died and is unmapped; our window ends (however it reports). */
     REQUIRE(hear(o->to_thread[0]) == '2');
@@ -176,7 +183,7 @@ static void *dying_thread(void *arg)
     say(o->to_main[1], 'b');
     /* 3: another peer got a key meanwhile; we have no window on it. */
     REQUIRE(hear(o->to_thread[0]) == '3');
-    o->failures += !pku_faults("peer that got the dead peer's key, no window", o->yaddr);
+    o->failures += !t_pku_faults("peer that got the dead peer's key, no window", o->yaddr);
     say(o->to_main[1], 'c');
     return NULL;
 }
@@ -185,6 +192,9 @@ int main(void)
 {
     t_init();
     alarm(60);
+#if !defined(__x86_64__)
+    t_skip("protection keys are used on x86-64 only (arm64's overlays are not)");
+#endif
     if (!(rpal_capabilities() & RPAL_CAP_PKU))
         t_skip("no protection keys (pku) on this CPU or kernel");
 
@@ -252,24 +262,24 @@ int main(void)
 
     /* One peer: outside faults, inside reads; our own slot is free. */
     rpal_peer *p = peers[0];
-    CHECK(reads("own slot", (uint64_t)(uintptr_t)own, 0x1234));
-    CHECK(pku_faults("before any window", addr[0]));
+    CHECK(t_reads("own slot", (uint64_t)(uintptr_t)own, 0x1234));
+    CHECK(t_pku_faults("before any window", addr[0]));
     CHECK_ERR(rpal_peer_access_begin(p), 0);
-    CHECK(reads("window", addr[0], want[0]));
-    CHECK(reads("own slot in a window", (uint64_t)(uintptr_t)own, 0x1234));
+    CHECK(t_reads("window", addr[0], want[0]));
+    CHECK(t_reads("own slot in a window", (uint64_t)(uintptr_t)own, 0x1234));
     CHECK_ERR(rpal_peer_access_end(p), 0);
-    CHECK(pku_faults("after the window", addr[0]));
+    CHECK(t_pku_faults("after the window", addr[0]));
 
     /* Windows nest. */
     CHECK_ERR(rpal_peer_access_begin(p), 0);
     CHECK_ERR(rpal_peer_access_begin(p), 0);
-    CHECK(reads("nested window", addr[0], want[0]));
+    CHECK(t_reads("nested window", addr[0], want[0]));
     CHECK_ERR(rpal_peer_access_end(p), 0);
-    CHECK(reads("outer window after the inner one ended", addr[0], want[0]));
+    CHECK(t_reads("outer window after the inner one ended", addr[0], want[0]));
     CHECK_ERR(rpal_peer_access_end(p), 0);
-    CHECK(pku_faults("after nested windows", addr[0]));
+    CHECK(t_pku_faults("after nested windows", addr[0]));
     CHECK(rpal_peer_access_end(p) < 0); /* no window left to end */
-    CHECK(pku_faults("after a stray end", addr[0]));
+    CHECK(t_pku_faults("after a stray end", addr[0]));
 
     /* Per thread. The thread starts before any window is open here (a new
      * thread inherits its creator's key rights). */
@@ -278,15 +288,15 @@ int main(void)
     pthread_t th;
     REQUIRE(pthread_create(&th, NULL, other_thread, &ot) == 0);
     CHECK_ERR(rpal_peer_access_begin(p), 0);
-    CHECK(reads("main window", addr[0], want[0]));
+    CHECK(t_reads("main window", addr[0], want[0]));
     say(ot.to_thread[1], '1');
     CHECK(hear(ot.to_main[0]) == 'a');
-    CHECK(reads("main window after the other thread's ended", addr[0], want[0]));
+    CHECK(t_reads("main window after the other thread's ended", addr[0], want[0]));
     CHECK_ERR(rpal_peer_access_end(p), 0);
-    CHECK(pku_faults("main, window closed", addr[0]));
+    CHECK(t_pku_faults("main, window closed", addr[0]));
     say(ot.to_thread[1], '2');
     CHECK(hear(ot.to_main[0]) == 'b');
-    CHECK(pku_faults("main, while the other thread has a window", addr[0]));
+    CHECK(t_pku_faults("main, while the other thread has a window", addr[0]));
     say(ot.to_thread[1], '3');
     CHECK(hear(ot.to_main[0]) == 'c');
     REQUIRE(pthread_join(th, NULL) == 0);
@@ -297,14 +307,14 @@ int main(void)
         for (int i = 0; i < NPEERS; i++) {
             char what[64];
             snprintf(what, sizeof what, "round %d peer %d", round, i);
-            CHECK(pku_faults(what, addr[i]));
+            CHECK(t_pku_faults(what, addr[i]));
             CHECK_ERR(rpal_peer_access_begin(peers[i]), 0);
-            CHECK(reads(what, addr[i], want[i]));
+            CHECK(t_reads(what, addr[i], want[i]));
             CHECK_ERR(rpal_peer_access_end(peers[i]), 0);
-            CHECK(pku_faults(what, addr[i]));
+            CHECK(t_pku_faults(what, addr[i]));
         }
         for (int i = 0; i < NPEERS; i++)
-            CHECK(pku_faults("after all windows", addr[i]));
+            CHECK(t_pku_faults("after all windows", addr[i]));
     }
 
     /* Many open at once: each begin works or says -EBUSY (keys run out);
@@ -324,17 +334,39 @@ int main(void)
     CHECK(nopen >= 2);
     for (int i = 0; i < NPEERS; i++) {
         if (opened[i])
-            CHECK(reads("many open", addr[i], want[i]));
+            CHECK(t_reads("many open", addr[i], want[i]));
     }
     for (int i = 0; i < NPEERS; i++)
         if (opened[i])
             CHECK_ERR(rpal_peer_access_end(peers[i]), 0);
     for (int i = 0; i < NPEERS; i++)
-        CHECK(pku_faults("after many open", addr[i]));
+        CHECK(t_pku_faults("after many open", addr[i]));
     /* And a window on any one of them still works after that. */
     CHECK_ERR(rpal_peer_access_begin(peers[NPEERS - 1]), 0);
-    CHECK(reads("last peer", addr[NPEERS - 1], want[NPEERS - 1]));
+    CHECK(t_reads("last peer", addr[NPEERS - 1], want[NPEERS - 1]));
     CHECK_ERR(rpal_peer_access_end(peers[NPEERS - 1]), 0);
+
+    /* Four threads at once, on random peers. */
+    {
+        struct storm st[STORM_THREADS];
+        pthread_t ths[STORM_THREADS];
+        for (int t = 0; t < STORM_THREADS; t++) {
+            st[t] = (struct storm){.peers = peers, .addr = addr, .want = want,
+                                   .seed = 7919u * (unsigned)(t + 1)};
+            REQUIRE(pthread_create(&ths[t], NULL, storm_thread, &st[t]) == 0);
+        }
+        int opened = 0, busy = 0;
+        for (int t = 0; t < STORM_THREADS; t++) {
+            REQUIRE(pthread_join(ths[t], NULL) == 0);
+            CHECK(st[t].failures == 0);
+            opened += st[t].opened;
+            busy += st[t].busy;
+        }
+        printf("storm: %d windows opened, %d refused (-EBUSY)\n", opened, busy);
+        CHECK(opened > STORM_THREADS * STORM_WINDOWS / 2);
+        for (int i = 0; i < NPEERS; i++)
+            CHECK(t_pku_faults("after the storm", addr[i]));
+    }
 
     /* A peer dies while another thread has a window on it. First a known
      * state: the peers accessed last hold the keys, the first do not. */
@@ -366,13 +398,13 @@ int main(void)
     say(dy.to_thread[1], '2');
     CHECK(hear(dy.to_main[0]) == 'b');
     CHECK_ERR(rpal_peer_access_begin(peers[y]), 0);
-    CHECK(reads("peer after the death", addr[y], want[y]));
+    CHECK(t_reads("peer after the death", addr[y], want[y]));
     CHECK_ERR(rpal_peer_access_end(peers[y]), 0);
     say(dy.to_thread[1], '3');
     CHECK(hear(dy.to_main[0]) == 'c');
     REQUIRE(pthread_join(th, NULL) == 0);
     CHECK(dy.failures == 0);
-    CHECK(pku_faults("main, after the death", addr[y]));
+    CHECK(t_pku_faults("main, after the death", addr[y]));
 
     /* The clients go. */
     close(go[1]);

@@ -1282,7 +1282,9 @@ static int victim_main(int gkey, int hkey, int startfd, uint64_t seed)
     /* The scribbling reached us: else this test proved nothing. */
     CHECK(vs.evil_err + vs.reopen_fail > 0);
     CHECK(vs.rd_err > 0);
-    CHECK(vs.good_calls > 1000);
+    /* Under an emulator (RPAL_EMULATED: tests/vm/pku.sh, tests/vm/arm64.sh)
+     * everything runs ten to fifty times slower. */
+    CHECK(vs.good_calls > (getenv("RPAL_EMULATED") ? 100u : 1000u));
     return t_done();
 }
 

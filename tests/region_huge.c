@@ -27,7 +27,11 @@ static void teardown(void)
 /* The KernelPageSize, in KiB, of our mapping that starts at ADDR; -1. */
 static long kernel_page_kib(uint64_t addr)
 {
-    FILE *f = fopen("/proc/self/smaps", "r");
+    /* Not /proc/self/smaps: qemu-user (tests/vm/arm64.sh) writes its own, with
+     * the emulated page size; the task's file is the kernel's everywhere. */
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/task/%d/smaps", (int)getpid());
+    FILE *f = fopen(path, "r");
     REQUIRE(f);
     char line[512];
     int in = 0;

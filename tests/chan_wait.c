@@ -224,7 +224,16 @@ int main(void)
         return t_failures ? 1 : T_SKIP;
     }
     /* Proportions on two CPUs hold unless another load takes one of them
-     * meanwhile: three tries each. */
+     * meanwhile: three tries each. Under an emulator (tests/vm/), whose
+     * CPUs are threads of one process on a shared host, they are not
+     * judged: said, and the rest still checked. */
+    if (getenv("RPAL_EMULATED")) {
+        call_pair(a, b, 0);
+        conn_pair(a, b, 0);
+        printf("emulated CPUs (%s): the two-CPU proportions were not judged\n",
+               getenv("RPAL_EMULATED"));
+        return t_done();
+    }
     int tries = 0;
     while (call_pair(a, b, 0) == 2 && ++tries < 3)
         ;

@@ -864,12 +864,23 @@ static void poison(struct rx_chan *x)
     rpal_store_release(&x->dead, 1);
 }
 
+/* May X's ring be read? Not once the dispatcher marked it dead: its caller
+ * has gone, and its slot may already hold another member (the next process
+ * to take that slot), under a key we hold no window on. Nor if we never
+ * pinned it. */
+static int readable(struct rx_chan *x)
+{
+    return x->ring_window && !rpal_load_acquire(&x->dead); /* pairs with rxc_hook */
+}
+
 /* The CPU + 1 all of R's callers published, or 0 if they differ (or none
  * did): whom a wait is for, to know whether they run on our CPU. */
 static uint32_t callers_cpu(struct rx_chan **chs, int n)
 {
     uint32_t cpu = 0;
     for (int k = 0; k < n; k++) {
+        if (!readable(chs[k]))
+            continue;
         uint32_t c = rpal_load_relaxed(&chs[k]->tx->pub.cpu);
         if (!c || (cpu && c != cpu))
             return 0;
@@ -904,6 +915,12 @@ static void receiver_sleep(rpal_receiver *r, struct rx_chan **chs, int n, uint32
     rpal_fence_seq_cst(); /* pairs with the fence in rpal_send */
     int ready = 0;
     for (int k = 0; k < n; k++) {
+        if (!readable(chs[k])) {
+            /* Not to sleep on; to reap, unless a request of it still
+             * waits for its reply (reap keeps it until then). */
+            ready |= chs[k]->unanswered == 0;
+            continue;
+        }
         uint32_t t = rpal_load_relaxed(&chs[k]->tx->tail);
         /* An honest tail is at most DEPTH ahead of our head, and may be one
          * behind: rpal_send publishes the entry (which we may have taken
@@ -975,6 +992,10 @@ static int serve_sleep(rpal_receiver *r, struct rx_chan **chs, int n, struct wt_
     rpal_fence_seq_cst(); /* pairs with the fence in rpal_send */
     int ready = 0, got = 0;
     for (int k = 0; k < n && !ready; k++) {
+        if (!readable(chs[k])) {
+            ready = chs[k]->unanswered == 0; /* to reap */
+            continue;
+        }
         const struct ch_entry *slot = &chs[k]->tx->e[chs[k]->head & (chs[k]->depth - 1)];
         ready = SEQ_OF(__atomic_load_n(&slot->seqf, __ATOMIC_RELAXED)) == SEQ_WANT(chs[k]->head + 1);
     }
@@ -1036,8 +1057,10 @@ static int receive(rpal_receiver *r, struct rpal_msg *m, struct rpal_event *ev, 
         unsigned idx = r->next < (unsigned)n ? r->next : 0;
         for (int k = 0; k < n; k++, idx = idx + 1 == (unsigned)n ? 0 : idx + 1) {
             struct rx_chan *x = chs[idx];
-            if (rpal_load_relaxed(&x->dead)) {
-                reaped = 1;
+            if (rpal_load_acquire(&x->dead)) { /* pairs with rxc_hook */
+                /* Reaped once no request of it waits for its reply: until
+                 * then it is only passed over (not a reason to loop). */
+                reaped |= x->unanswered == 0;
                 continue;
             }
             const struct ch_entry *slot = &x->tx->e[x->head & (x->depth - 1)];

@@ -93,7 +93,7 @@ $(TOOL): tools/rpal.c tools/json.h $(A) include/rpal.h
 	$(CC) $(ALLCFLAGS) -o $@ $< $(A) $(LDFLAGS_ALL)
 $(CHAOS): tools/chaos.c tools/json.h $(A) include/rpal.h
 	$(CC) $(ALLCFLAGS) -o $@ $< $(A) -lpthread $(LDFLAGS_ALL)
-$(B)/examples/%: examples/%.c examples/echo_common.h $(A) include/rpal.h
+$(B)/examples/%: examples/%.c $(wildcard examples/*.h) $(A) include/rpal.h
 	@mkdir -p $(@D)
 	$(CC) $(ALLCFLAGS) -o $@ $< $(A) $(LDFLAGS_ALL)
 $(B)/examples/uv_rpal_echo: $(UV_EXAMPLE) examples/echo_common.h $(A) include/rpal.h

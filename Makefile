@@ -3,7 +3,7 @@
 # runs the suite, `make test SAN=1` runs it under AddressSanitizer + UBSan,
 # `make test TSAN=1` under ThreadSanitizer, `make valgrind` runs the examples
 # under valgrind's memcheck (docs/sanitizers.md), `make fuzz` runs the fuzz
-# targets (fuzz/*.c, docs/fuzzing.md), `make demo` runs the region demo,
+# targets (fuzz/*.c, docs/fuzzing.md), `make demo` runs the demo,
 # `make docs-diff` rewrites the diffs shown in docs/compat.md. Objects go to
 # build/ (build-san/ with SAN=1, build-tsan/ with TSAN=1, build-vg/ for
 # valgrind, build-fuzz/ for the fuzz targets).
@@ -126,8 +126,13 @@ valgrind:
 	$(MAKE) VG=1 all
 	B=build-vg sh tests/valgrind/examples.sh
 
+# The demo: two processes share a list built with plain pointers, then a
+# process calls a service in another. It runs in a namespace directory of
+# its own, removed after, so that it leaves nothing behind.
 demo: all
-	$(B)/examples/shared_list
+	@d=$$(mktemp -d /dev/shm/rpal-demo-XXXXXX) && \
+	  RPAL_DIR=$$d $(B)/examples/shared_list && RPAL_DIR=$$d $(B)/examples/hello_call; \
+	  rc=$$?; rm -rf "$$d"; exit $$rc
 
 # The main job: the RPAL paper's measurement (epoll + Unix socket against
 # rpal, 1,000,000 messages each), then every transport compared.

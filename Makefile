@@ -202,13 +202,27 @@ install: lib $(TOOL) $(CHAOS) $(BENCHES) $(ECHO_PROGS:%=$(B)/examples/%)
 	  install -m 755 $$b $(DESTDIR)$(PREFIX)/libexec/rpal/; done
 	sed -e 's|@PREFIX@|$(PREFIX)|; s|@LIBDIR@|$(LIBDIR)|; s|@INCLUDEDIR@|$(INCLUDEDIR)|; s|@VERSION@|$(VERSION)|' \
 	  rpal.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/rpal.pc
+	# An alias page (man/rpal_calloc.3, a symbolic link to rpal_malloc.3)
+	# is installed as a copy of its page: it reads the same with man -l
+	# from anywhere, where a .so request would be looked up from the
+	# current directory.
 	install -m 644 man/*.1 $(DESTDIR)$(MANDIR)/man1/
 	install -m 644 man/*.3 $(DESTDIR)$(MANDIR)/man3/
 	install -m 644 man/*.7 $(DESTDIR)$(MANDIR)/man7/
+	@echo "rpal installed under $(DESTDIR)$(PREFIX). A program linked with -lrpal finds"
+	@echo "librpal.so.0 at run time once $(LIBDIR) is known to the loader: run ldconfig"
+	@echo "as root (Debian lists /usr/local/lib in /etc/ld.so.conf.d), or set"
+	@echo "LD_LIBRARY_PATH=$(LIBDIR), or link with -Wl,-rpath,$(LIBDIR). See rpal(7)."
 
+# Removes everything install added, the directory libexec/rpal included
+# (the directories that other software shares, such as lib/ and man3/, stay).
 uninstall:
-	rm -f $(DESTDIR)$(INCLUDEDIR)/rpal.h $(DESTDIR)$(LIBDIR)/librpal.* \
-	  $(DESTDIR)$(BINDIR)/rpal $(DESTDIR)$(PKGCONFIGDIR)/rpal.pc
+	rm -f $(DESTDIR)$(INCLUDEDIR)/rpal.h $(DESTDIR)$(LIBDIR)/librpal.so \
+	  $(DESTDIR)$(LIBDIR)/librpal.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/librpal.so.$(VERSION) \
+	  $(DESTDIR)$(LIBDIR)/librpal.a $(DESTDIR)$(BINDIR)/rpal $(DESTDIR)$(PKGCONFIGDIR)/rpal.pc
+	for b in $(notdir $(CHAOS) $(BENCHES)) $(ECHO_PROGS); do \
+	  rm -f $(DESTDIR)$(PREFIX)/libexec/rpal/$$b; done
+	-rmdir $(DESTDIR)$(PREFIX)/libexec/rpal
 	cd man && for f in *.[137]; do rm -f $(DESTDIR)$(MANDIR)/man$${f##*.}/$$f; done
 
 clean:

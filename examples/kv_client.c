@@ -11,8 +11,8 @@
  * meanwhile is waited for (up to 10 s) and asked again, and the round
  * starts over (a restarted service starts with an empty table: it is a
  * cache). --reconnects N ends the run once the service came back N times.
- * --wait S waits up to S seconds for a service at the start (default: ask
- * once and say what is missing).
+ * --wait S waits up to S seconds for a service at the start (default 1,
+ * for a service started a moment before), then says what is missing.
  *
  * How the key reaches us: kv_service writes it to a file of mode 0600
  * ($XDG_RUNTIME_DIR/rpal-kv.key, else ~/.rpal-kv.key, or --key-file), so
@@ -417,7 +417,7 @@ static int usage(int rc)
 
 int main(int argc, char **argv)
 {
-    struct opts o = {.callers = 1, .rounds = 1};
+    struct opts o = {.callers = 1, .rounds = 1, .wait = 1};
     const char *key_opt = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;

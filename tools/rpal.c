@@ -612,16 +612,27 @@ static void gc_one(const char *kind, const char *name, void *arg)
     s->count++;
 }
 
-static int cmd_ls(int argc, char **argv)
+/* The words of a command that takes --json alone: into *JSON, and with
+ * NS, the namespace directory checked (ns_check) into *NS. Returns -1 to go
+ * on, or the exit status (0 after --help). */
+static int json_only(const char *cmd, int argc, char **argv, int *json, int *ns)
 {
     struct words w;
-    int rc = parse("ls", argc, argv, 1u << O_JSON, 0, &w);
+    int rc = parse(cmd, argc, argv, 1u << O_JSON, 0, &w);
     if (rc)
         return rc == 1 ? 0 : rc;
-    int ns = ns_check("ls", 1);
-    if (ns < 0)
+    *json = w.set[O_JSON];
+    if (ns && (*ns = ns_check(cmd, 1)) < 0)
         return 1;
-    struct ls_state s = {w.set[O_JSON], 0, 0};
+    return -1;
+}
+
+static int cmd_ls(int argc, char **argv)
+{
+    int json, ns, rc = json_only("ls", argc, argv, &json, &ns);
+    if (rc >= 0)
+        return rc;
+    struct ls_state s = {json, 0, 0};
     if (s.json)
     {
         printf("{\"dir\":");
@@ -648,13 +659,10 @@ static int cmd_ls(int argc, char **argv)
 
 static int cmd_gc(int argc, char **argv)
 {
-    struct words w;
-    int rc = parse("gc", argc, argv, 1u << O_JSON, 0, &w);
-    if (rc)
-        return rc == 1 ? 0 : rc;
-    if (ns_check("gc", 1) < 0)
-        return 1;
-    struct gc_state s = {w.set[O_JSON], 0};
+    int json, ns, rc = json_only("gc", argc, argv, &json, &ns);
+    if (rc >= 0)
+        return rc;
+    struct gc_state s = {json, 0};
     if (s.json)
         printf("{\"removed\":[");
     int n = rpal_gc(gc_one, &s);
@@ -667,11 +675,10 @@ static int cmd_gc(int argc, char **argv)
 
 static int cmd_version(int argc, char **argv)
 {
-    struct words w;
-    int rc = parse("version", argc, argv, 1u << O_JSON, 0, &w);
-    if (rc)
-        return rc == 1 ? 0 : rc;
-    if (w.set[O_JSON])
+    int json, rc = json_only("version", argc, argv, &json, NULL);
+    if (rc >= 0)
+        return rc;
+    if (json)
         printf("{\"version\":\"%s\"}\n", rpal_version());
     else
         printf("rpal %s\n", rpal_version());
@@ -1039,14 +1046,10 @@ static int stat_one(const struct rpal_stats_entry *e, void *arg)
 
 static int cmd_stat(int argc, char **argv)
 {
-    struct words w;
-    int rc = parse("stat", argc, argv, 1u << O_JSON, 0, &w);
-    if (rc)
-        return rc == 1 ? 0 : rc;
-    int ns = ns_check("stat", 1);
-    if (ns < 0)
-        return 1;
-    struct stat_state st = {w.set[O_JSON], 0};
+    int json, ns, rc = json_only("stat", argc, argv, &json, &ns);
+    if (rc >= 0)
+        return rc;
+    struct stat_state st = {json, 0};
     if (st.json) {
         printf("{\"dir\":");
         json_str(rpal_ns_dir());

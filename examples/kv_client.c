@@ -168,17 +168,20 @@ static int entry_read(const struct kv_entry *e, struct kv_data *out)
 {
     for (int tries = 0; tries < 1000; tries++) {
         /* pairs with the release store that ends the service's write */
-        uint32_t s = atomic_load_explicit(&e->seq, memory_order_acquire);
+        uint64_t s = atomic_load_explicit(&e->seq, memory_order_acquire);
         if (s & 1) {
             sched_yield();
             continue;
         }
-        memcpy(out, &e->d, sizeof *out);
-        /* the copy before the second look: pairs with the service's
-         * release fence after it made the number odd */
-        atomic_thread_fence(memory_order_acquire);
-        if (atomic_load_explicit(&e->seq, memory_order_relaxed) == s)
+        uint64_t w[KV_WORDS];
+        /* Each word an acquire: the second look at seq comes after all of
+         * them, and a word of a write in progress shows its odd number. */
+        for (size_t k = 0; k < KV_WORDS; k++)
+            w[k] = atomic_load_explicit(&e->w[k], memory_order_acquire);
+        if (atomic_load_explicit(&e->seq, memory_order_relaxed) == s) {
+            memcpy(out, w, sizeof *out);
             return 0;
+        }
     }
     return -EAGAIN;
 }

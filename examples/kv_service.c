@@ -50,54 +50,64 @@ static int die(const char *what, int err)
     return 1;
 }
 
-/* ---- the table, in our slot: we write it, callers read it in place ---- */
+/* ---- the table: ours in private memory, published in our slot ---- */
 
-static struct kv_table *table;
+/* The table as we know it, in private memory: what we look up. Every
+ * change is made here, then published into the shared table, which we
+ * only ever write. */
+static struct kv_data mine[KV_SLOTS];
+static struct kv_table *table; /* in our slot: callers read it in place */
 
-/* Rewrite entry E under its sequence number: odd while we write, even
- * again after, so that a caller reading it at the same time sees the
- * change and reads again. */
-static void entry_write(struct kv_entry *e, uint32_t state, const char *key,
-                        const char *value, uint32_t vlen)
+/* Change entry I to STATE, KEY, VALUE, and publish it under its sequence
+ * number: odd while we write, even again after, so that a caller reading
+ * it at the same time sees the change and reads again. */
+static void entry_write(uint32_t i, uint32_t state, const char *key, const char *value,
+                        uint32_t vlen)
 {
-    uint32_t s = atomic_load_explicit(&e->seq, memory_order_relaxed);
+    struct kv_data *d = &mine[i];
+    memset(d, 0, sizeof *d);
+    d->state = state;
+    d->vlen = vlen;
+    strcpy(d->key, key); /* checked shorter than KV_KEY_MAX */
+    memcpy(d->value, value, vlen);
+    uint64_t w[KV_WORDS];
+    memcpy(w, d, sizeof w);
+    struct kv_entry *e = &table->e[i];
+    uint64_t s = atomic_load_explicit(&e->seq, memory_order_relaxed);
     atomic_store_explicit(&e->seq, s + 1, memory_order_relaxed);
-    /* the odd number before the data: pairs with the reader's acquire
-     * fence before its second look at seq */
-    atomic_thread_fence(memory_order_release);
-    e->d.state = state;
-    e->d.vlen = vlen;
-    memset(e->d.key, 0, sizeof e->d.key);
-    strcpy(e->d.key, key); /* checked shorter than KV_KEY_MAX */
-    memcpy(e->d.value, value, vlen);
-    /* the data before the even number: pairs with the reader's acquire
+    /* Each word a release: after the odd number, for a caller whose
+     * acquire load reads it (and then sees that number). */
+    for (size_t k = 0; k < KV_WORDS; k++)
+        atomic_store_explicit(&e->w[k], w[k], memory_order_release);
+    /* the words before the even number: pairs with the caller's acquire
      * load of seq */
     atomic_store_explicit(&e->seq, s + 2, memory_order_release);
 }
 
-/* The live entry of KEY, or NULL; *FREE: where it would go. */
-static struct kv_entry *find(const char *key, struct kv_entry **free_e)
+/* The index of KEY's live entry, or -1; *FREE_I: where it would go (-1:
+ * the table is full). */
+static int find(const char *key, int *free_i)
 {
     uint32_t h = kv_hash(key);
-    *free_e = NULL;
-    for (uint32_t i = 0; i < KV_SLOTS; i++) {
-        struct kv_entry *e = &table->e[(h + i) & (KV_SLOTS - 1)];
-        if (e->d.state == KV_LIVE && !strcmp(e->d.key, key))
-            return e;
-        if (e->d.state != KV_LIVE && !*free_e)
-            *free_e = e;
-        if (e->d.state == KV_EMPTY)
+    *free_i = -1;
+    for (uint32_t n = 0; n < KV_SLOTS; n++) {
+        uint32_t i = (h + n) & (KV_SLOTS - 1);
+        if (mine[i].state == KV_LIVE && !strcmp(mine[i].key, key))
+            return (int)i;
+        if (mine[i].state != KV_LIVE && *free_i < 0)
+            *free_i = (int)i;
+        if (mine[i].state == KV_EMPTY)
             break; /* the end of KEY's chain */
     }
-    return NULL;
+    return -1;
 }
 
 static int put(const char *key, const char *value, uint32_t vlen)
 {
-    struct kv_entry *free_e, *e = find(key, &free_e);
-    if (!e && !(e = free_e))
+    int free_i, i = find(key, &free_i);
+    if (i < 0 && (i = free_i) < 0)
         return -ENOSPC;
-    entry_write(e, KV_LIVE, key, value, vlen);
+    entry_write((uint32_t)i, KV_LIVE, key, value, vlen);
     return 0;
 }
 
@@ -124,15 +134,15 @@ static int answer(rpal_receiver *r, const struct rpal_msg *m)
         else
             rep.status = put(req.key, req.value, req.vlen);
     } else if (req.op == KV_DEL || req.op == KV_GET) {
-        struct kv_entry *free_e, *e = find(req.key, &free_e);
-        if (!e) {
+        int free_i, i = find(req.key, &free_i);
+        if (i < 0) {
             rep.status = -ENOENT;
         } else if (req.op == KV_DEL) {
-            entry_write(e, KV_DELETED, "", "", 0);
+            entry_write((uint32_t)i, KV_DELETED, "", "", 0);
         } else {
-            rep.vlen = e->d.vlen;
-            memcpy(rep.value, e->d.value, e->d.vlen);
-            rep_len += e->d.vlen;
+            rep.vlen = mine[i].vlen;
+            memcpy(rep.value, mine[i].value, mine[i].vlen);
+            rep_len += mine[i].vlen;
         }
     } else {
         rep.status = -EOPNOTSUPP;

@@ -3,7 +3,7 @@
 # runs the suite, `make test SAN=1` runs it under AddressSanitizer + UBSan,
 # `make test TSAN=1` under ThreadSanitizer, `make valgrind` runs the examples
 # under valgrind's memcheck (docs/sanitizers.md), `make fuzz` runs the fuzz
-# targets (fuzz/*.c, docs/fuzzing.md), `make demo` runs the region demo,
+# targets (fuzz/*.c, docs/fuzzing.md), `make demo` runs the demo,
 # `make docs-diff` rewrites the diffs shown in docs/compat.md. Objects go to
 # build/ (build-san/ with SAN=1, build-tsan/ with TSAN=1, build-vg/ for
 # valgrind, build-fuzz/ for the fuzz targets).
@@ -109,7 +109,7 @@ $(TOOL): tools/rpal.c tools/json.h $(A) include/rpal.h
 	$(CC) $(ALLCFLAGS) -o $@ $< $(A) $(LDFLAGS_ALL)
 $(CHAOS): tools/chaos.c tools/json.h $(A) include/rpal.h
 	$(CC) $(ALLCFLAGS) -o $@ $< $(A) -lpthread $(LDFLAGS_ALL)
-$(B)/examples/%: examples/%.c examples/echo_common.h $(A) include/rpal.h
+$(B)/examples/%: examples/%.c $(wildcard examples/*.h) $(A) include/rpal.h
 	@mkdir -p $(@D)
 	$(CC) $(ALLCFLAGS) -o $@ $< $(A) $(LDFLAGS_ALL)
 $(B)/examples/uv_rpal_echo: $(UV_EXAMPLE) examples/echo_common.h $(A) include/rpal.h
@@ -154,8 +154,13 @@ valgrind:
 	$(MAKE) VG=1 all
 	B=build-vg sh tests/valgrind/examples.sh
 
+# The demo: two processes share a list built with plain pointers, then a
+# process calls a service in another. It runs in a namespace directory of
+# its own, removed after, so that it leaves nothing behind.
 demo: all
-	$(B)/examples/shared_list
+	@d=$$(mktemp -d /dev/shm/rpal-demo-XXXXXX) && \
+	  RPAL_DIR=$$d $(B)/examples/shared_list && RPAL_DIR=$$d $(B)/examples/hello_call; \
+	  rc=$$?; rm -rf "$$d"; exit $$rc
 
 # The main job: the RPAL paper's measurement (epoll + Unix socket against
 # rpal, 1,000,000 messages each), then every transport compared, then
@@ -227,13 +232,27 @@ install: lib $(TOOL) $(CHAOS) $(BENCHES) $(ECHO_PROGS:%=$(B)/examples/%)
 	  install -m 755 $$b $(DESTDIR)$(PREFIX)/libexec/rpal/; done
 	sed -e 's|@PREFIX@|$(PREFIX)|; s|@LIBDIR@|$(LIBDIR)|; s|@INCLUDEDIR@|$(INCLUDEDIR)|; s|@VERSION@|$(VERSION)|' \
 	  rpal.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/rpal.pc
+	# An alias page (man/rpal_calloc.3, a symbolic link to rpal_malloc.3)
+	# is installed as a copy of its page: it reads the same with man -l
+	# from anywhere, where a .so request would be looked up from the
+	# current directory.
 	install -m 644 man/*.1 $(DESTDIR)$(MANDIR)/man1/
 	install -m 644 man/*.3 $(DESTDIR)$(MANDIR)/man3/
 	install -m 644 man/*.7 $(DESTDIR)$(MANDIR)/man7/
+	@echo "rpal installed under $(DESTDIR)$(PREFIX). A program linked with -lrpal finds"
+	@echo "librpal.so.0 at run time once $(LIBDIR) is known to the loader: run ldconfig"
+	@echo "as root (Debian lists /usr/local/lib in /etc/ld.so.conf.d), or set"
+	@echo "LD_LIBRARY_PATH=$(LIBDIR), or link with -Wl,-rpath,$(LIBDIR). See rpal(7)."
 
+# Removes everything install added, the directory libexec/rpal included
+# (the directories that other software shares, such as lib/ and man3/, stay).
 uninstall:
-	rm -f $(DESTDIR)$(INCLUDEDIR)/rpal.h $(DESTDIR)$(LIBDIR)/librpal.* \
-	  $(DESTDIR)$(BINDIR)/rpal $(DESTDIR)$(PKGCONFIGDIR)/rpal.pc
+	rm -f $(DESTDIR)$(INCLUDEDIR)/rpal.h $(DESTDIR)$(LIBDIR)/librpal.so \
+	  $(DESTDIR)$(LIBDIR)/librpal.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/librpal.so.$(VERSION) \
+	  $(DESTDIR)$(LIBDIR)/librpal.a $(DESTDIR)$(BINDIR)/rpal $(DESTDIR)$(PKGCONFIGDIR)/rpal.pc
+	for b in $(notdir $(CHAOS) $(BENCHES)) $(ECHO_PROGS); do \
+	  rm -f $(DESTDIR)$(PREFIX)/libexec/rpal/$$b; done
+	-rmdir $(DESTDIR)$(PREFIX)/libexec/rpal
 	cd man && for f in *.[137]; do rm -f $(DESTDIR)$(MANDIR)/man$${f##*.}/$$f; done
 
 clean:

@@ -110,9 +110,9 @@ int main(int argc, char **argv)
     }
     char name[64], small[64], large[64], gibs[24];
     snprintf(gibs, sizeof gibs, "%llu", gib);
-    snprintf(name, sizeof name, "demo/list-%d", (int)getpid());
-    snprintf(small, sizeof small, "demo/small-%d", (int)getpid());
-    snprintf(large, sizeof large, "demo/large-%d", (int)getpid());
+    snprintf(name, sizeof name, "demo-list-%d", (int)getpid());
+    snprintf(small, sizeof small, "demo-small-%d", (int)getpid());
+    snprintf(large, sizeof large, "demo-large-%d", (int)getpid());
     size_t size = (sizeof(struct list) + nodes * sizeof(struct node) + 4095) & ~(size_t)4095;
 
     rpal_region *r, *s = NULL, *l;

@@ -216,16 +216,187 @@ run version
 expect_rc 0 "version"
 grep -qE '^rpal [0-9]+\.[0-9]+\.[0-9]+$' "$out" || { fail "version output"; show; }
 
+# ---- unknown words are named, not answered with the whole usage ------------
 run frobnicate
 expect_rc 2 "an unknown command"
-err_has "usage" "an unknown command"
+err_has "unknown command 'frobnicate'" "an unknown command"
 [ -s "$out" ] && fail "an unknown command wrote to stdout"
 run
 expect_rc 2 "no command"
 err_has "usage" "no command"
 run region frob x
 expect_rc 2 "an unknown region subcommand"
-err_has "usage" "an unknown region subcommand"
+err_has "unknown subcommand 'frob'" "an unknown region subcommand"
+run region
+expect_rc 2 "region without a subcommand"
+err_has "create, info or rm" "region without a subcommand"
+for c in "ls --bogus" "gc --dry-run" "stat --bogus" "version --bogus" "region info s64k --bogus" \
+         "region rm s64k --bogus" "region create x --size 4K --bogus"; do
+  set -- $c
+  eval "w=\${$#}"
+  run $c
+  expect_rc 2 "rpal $c"
+  err_has "'$w'" "rpal $c names the bad word"
+  [ "$(wc -l <"$err")" -le 2 ] || { fail "rpal $c: more than a line or two on stderr"; show; }
+done
+for c in "ls extra" "gc extra" "stat extra" "version extra" "region info s64k extra"; do
+  run $c
+  expect_rc 2 "rpal $c"
+  err_has "unexpected argument 'extra'" "rpal $c"
+done
+run region info s64k --huge
+err_has "'--huge' does not apply" "region info --huge"
+run region create x --size
+expect_rc 2 "region create --size without a value"
+err_has "--size needs a value" "region create --size without a value"
+run region create x --size 4K --mode 999
+expect_rc 2 "region create --mode 999"
+err_has "bad mode '999'" "region create --mode 999"
+run region create x y --size 4K
+expect_rc 2 "region create with two names"
+err_has "unexpected argument 'y'" "region create with two names"
+[ -e "$RPAL_DIR/x" ] && fail "a refused region create left x"
+
+# ---- --help: per command, to stdout, exit 0, and never taken for a NAME ------
+for c in "region" "region create" "region info" "region rm" ls gc stat version bench chaos help; do
+  run $c --help
+  expect_rc 0 "rpal $c --help"
+  out_has "usage: rpal" "rpal $c --help"
+done
+run help region create
+out_has "usage: rpal region create" "rpal help region create"
+run help nosuch
+expect_rc 2 "rpal help nosuch"
+for c in "region create --help" "region create --help --size 4K" "region create -h --size 4K"; do
+  run $c
+  expect_rc 0 "rpal $c"
+  [ -e "$RPAL_DIR/--help" ] || [ -e "$RPAL_DIR/-h" ] && fail "rpal $c made a region named after the option"
+done
+run region info --help
+out_has "usage: rpal region info" "region info --help"
+run --help
+expect_rc 0 "rpal --help"
+for w in "region create" "region info" "region rm" "ls" "stat" "gc" "bench" "chaos" \
+         "version" "help"; do
+  out_has "rpal $w" "rpal --help lists rpal $w"
+done
+for b in paper call load heap pagetables regionchange; do
+  out_has "$b" "rpal --help names the benchmark $b"
+done
+run bench
+expect_rc 2 "rpal bench without a NAME"
+err_has "regionchange" "rpal bench without a NAME lists the benchmarks"
+run bench nosuch
+expect_rc 2 "rpal bench nosuch"
+err_has "'nosuch'" "rpal bench nosuch"
+run chaos --bogus
+expect_rc 2 "rpal chaos --bogus"
+err_has "unknown option '--bogus'" "rpal chaos --bogus"
+run chaos --trials x
+err_has "bad --trials 'x'" "rpal chaos --trials x"
+
+# ---- errors say what was wrong and how to put it right ----------------------
+run region create x --size 10
+expect_rc 1 "region create --size 10"
+err_has "try --size 4K" "region create --size 10"
+run region create x --size 5000
+err_has "try --size 8K" "region create --size 5000"
+run region create /abs --size 4K
+err_has "drop the leading '/'" "region create /abs"
+run region create "a b" --size 4K
+err_has "a space at byte 2" "region create 'a b'"
+run region create .hidden --size 4K
+err_has "starts with '.'" "region create .hidden"
+run region create "a//b" --size 4K
+err_has "empty component" "region create a//b"
+run region create x --size 64M --huge
+err_has "try --size 1G" "region create --huge --size 64M"
+run region info nosuch
+err_has "rpal ls lists them" "region info of a missing name"
+run region create s64k --size 64K
+err_has "rpal region rm s64k" "region create of an existing name"
+
+# ---- --json where a script wants it -------------------------------------------
+run region create cj --size 64K --json
+expect_rc 0 "region create --json"
+out_has '{"name":"cj","size":65536,"base":"0x' "region create --json"
+out_has '"generation":0,"objects":[{"offset":0,"length":65536,"kind":"anon","prot":"rw-"}]}' \
+  "region create --json (layout)"
+run region create ce --size 64K --empty --json
+out_has '"objects":[]' "region create --empty --json"
+run region info ce
+out_has "address space only" "region info of an --empty region"
+run version --json
+expect_rc 0 "version --json"
+grep -qE '^\{"version":"[0-9]+\.[0-9]+\.[0-9]+"\}$' "$out" || { fail "version --json"; show; }
+if command -v python3 >/dev/null; then
+  for c in "region create cj2 --size 4K --json" "region info cj --json" "ls --json" \
+           "gc --json" "stat --json" "version --json"; do
+    run $c
+    python3 -c 'import json, sys; json.load(open(sys.argv[1]))' "$out" 2>/dev/null ||
+      { fail "rpal $c: not JSON"; show; }
+  done
+fi
+
+# ---- rm: empty parents go, a directory is named, rm -r ------------------------
+run region create d/e/f --size 4K
+run region rm d
+expect_rc 1 "region rm of a directory"
+err_has "rpal region rm -r d" "region rm of a directory"
+run region rm d/e/f
+expect_rc 0 "region rm d/e/f"
+[ -e "$RPAL_DIR/d" ] && fail "region rm d/e/f left the empty directories d/e"
+run region create t/a --size 4K
+run region create t/b/c --size 4K
+run region create t2 --size 4K
+run region rm -r t
+expect_rc 0 "region rm -r t"
+[ -e "$RPAL_DIR/t" ] && { fail "region rm -r t left t"; ls -laR "$RPAL_DIR/t"; }
+[ -e "$RPAL_DIR/t2" ] || fail "region rm -r t removed t2"
+run region create u/a --size 4K
+: >"$RPAL_DIR/u/stray"
+run region rm -r u
+expect_rc 1 "region rm -r of a directory with a stray file"
+err_has "not empty" "region rm -r of a directory with a stray file"
+[ -e "$RPAL_DIR/u/a" ] && fail "region rm -r u left the region u/a"
+[ -e "$RPAL_DIR/u/stray" ] || fail "region rm -r u removed a file that is not a region"
+run region rm t2 cj ce
+expect_rc 0 "region rm of three names"
+[ -e "$RPAL_DIR/cj" ] && fail "region rm t2 cj ce left cj"
+
+# ---- the namespace directory: missing, not a directory, not on tmpfs ----------
+for c in ls gc stat "region info s64k" "region rm s64k"; do
+  RPAL_DIR=/nonexistent/rpal run $c
+  expect_rc 1 "RPAL_DIR=/nonexistent/rpal rpal $c"
+  err_has "/nonexistent/rpal" "RPAL_DIR=/nonexistent/rpal rpal $c"
+done
+RPAL_DIR=/nonexistent/rpal run region create x --size 4K
+expect_rc 1 "RPAL_DIR=/nonexistent/rpal rpal region create"
+err_has "parent directory does not exist" "RPAL_DIR=/nonexistent/rpal rpal region create"
+RPAL_DIR=$out run ls
+expect_rc 1 "RPAL_DIR naming a file"
+err_has "not a directory" "RPAL_DIR naming a file"
+run ls
+grep -q warning "$err" && { fail "rpal ls warns on tmpfs"; show; }
+disk=$(mktemp -d "${RPAL_BIN:-$(pwd)/build}/cli-disk-XXXXXX")
+case $(stat -f -c %T "$disk") in
+  tmpfs|ramfs|hugetlbfs) echo "(the build directory is on $(stat -f -c %T "$disk"): no disk to warn about)" ;;
+  *) RPAL_DIR=$disk run ls
+     expect_rc 0 "rpal ls on a disk filesystem"
+     err_has "not on tmpfs" "rpal ls on a disk filesystem" ;;
+esac
+rm -rf "$disk"
+
+# ---- rpal(1) documents every option the command takes -------------------------
+man1="$(dirname "$0")/../man/rpal.1"
+for c in "" "region create" "region info" "region rm" ls gc stat version bench chaos; do
+  "$R" $c --help 2>/dev/null
+done | grep -o -- '--[a-z][a-z-]*' | sort -u >"$tmp/opts"
+while read -r opt; do
+  pat=$(printf '%s' "$opt" | sed 's/-/\\-/g')
+  grep -qF -- "$pat" "$man1" || fail "rpal(1) does not document $opt"
+done <"$tmp/opts"
+grep -qF 'region rm \fR[\fP\-r' "$man1" || fail "rpal(1) does not document region rm -r"
 
 if [ "$failures" -gt 0 ]; then
   echo "$failures check(s) failed"

@@ -1,7 +1,9 @@
 #!/bin/sh
 # `make install` puts the header, both libraries, rpal.pc, the command, its
 # benchmarks and the man pages under PREFIX; a program built with pkg-config links against the
-# shared library, runs, and sees only the public symbols.
+# shared library, runs, and sees only the public symbols; every man page,
+# the alias pages too, reads with man -l from anywhere; `make uninstall`
+# removes all of it.
 set -u
 command -v pkg-config >/dev/null || { echo "pkg-config is not installed"; exit 77; }
 tmp=$(mktemp -d)
@@ -58,4 +60,20 @@ check "\"$tmp/usr/bin/rpal\" version | grep -q '^rpal '"
 # The installed command finds its benchmarks, and `rpal bench paper` the
 # echo examples it runs, in PREFIX/libexec/rpal.
 check "\"$tmp/usr/bin/rpal\" bench paper --count 50 --transport uds 2>/dev/null | grep -q '^epoll+UDS: Message length: 32 bytes,'"
+# What install says about finding the library at run time.
+check "grep -q 'ldconfig' '$tmp/log' && grep -q 'LD_LIBRARY_PATH=$tmp/usr/lib' '$tmp/log'"
+# Every page reads with man -l from anywhere, an alias page (rpal_calloc(3):
+# rpal_malloc's) included, without a warning.
+if command -v man >/dev/null; then
+  for p in man3/rpal_calloc.3 man3/rpal_serve.3 man3/rpal_region_create.3 man1/rpal.1 man7/rpal.7; do
+    check "(cd / && man -l '$tmp/usr/share/man/$p' 2>'$tmp/manerr' | grep -q 'rpal Manual') && [ ! -s '$tmp/manerr' ]"
+  done
+  check "(cd / && man -l '$tmp/usr/share/man/man3/rpal_calloc.3' 2>/dev/null) | grep -q rpal_calloc"
+fi
+# uninstall removes everything install added, libexec/rpal/ included.
+MAKEFLAGS= make -s uninstall PREFIX="$tmp/usr" >"$tmp/log" 2>&1 || { cat "$tmp/log"; exit 1; }
+left=$(cd "$tmp/usr" && find . ! -type d | sort | tr '\n' ' ')
+check "[ -z '$left' ]"
+check "[ ! -e '$tmp/usr/libexec/rpal' ]"
+[ -z "$left" ] || echo "left after make uninstall: $left"
 exit $fail

@@ -1185,12 +1185,18 @@ static void report(double secs)
                (unsigned long long)G.seed);
 }
 
-static int usage(void)
+static const char *const usage_text =
+    "usage: rpal chaos [--trials N] [--seed S] [--from I] [--kind KIND] [--json] [-v]\n"
+    "                  [--progress N] [--self-test corrupt|leak|crash|hang]\n"
+    "KIND: caller, receiver, region-owner, handshake, region-change\n"
+    "(see rpal(1): what each trial does and what is counted)\n";
+
+/* What was wrong with the arguments, then the usage: exit status 2. */
+static int usage(const char *fmt, const char *word)
 {
-    fputs("usage: rpal chaos [--trials N] [--seed S] [--from I] [--kind KIND] [--json] [-v]\n"
-          "                  [--progress N]\n"
-          "KIND: caller, receiver, region-owner, handshake, region-change\n",
-          stderr);
+    fprintf(stderr, "rpal chaos: ");
+    fprintf(stderr, fmt, word);
+    fprintf(stderr, "\n%s", usage_text);
     return 2;
 }
 
@@ -1205,47 +1211,56 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
         char *end = NULL;
-        if (!strcmp(a, "--json")) {
+        int takes = !strcmp(a, "--trials") || !strcmp(a, "--from") || !strcmp(a, "--progress") ||
+                    !strcmp(a, "--seed") || !strcmp(a, "--kind") || !strcmp(a, "--self-test");
+        if (takes && !val)
+            return usage("%s needs a value", a);
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(usage_text, stdout);
+            return 0;
+        } else if (!strcmp(a, "--json")) {
             G.json = 1;
         } else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) {
             G.verbose++;
-        } else if (!strcmp(a, "--trials") && val) {
+        } else if (!strcmp(a, "-vv")) {
+            G.verbose += 2;
+        } else if (!strcmp(a, "--trials")) {
             G.trials = strtol(val, &end, 10);
             i++;
             if (*end || G.trials < 1)
-                return usage();
-        } else if (!strcmp(a, "--from") && val) {
+                return usage("bad --trials '%s': a number of at least 1", val);
+        } else if (!strcmp(a, "--from")) {
             G.from = strtol(val, &end, 10);
             i++;
             if (*end || G.from < 0)
-                return usage();
-        } else if (!strcmp(a, "--progress") && val) {
+                return usage("bad --from '%s': a trial number, from 0", val);
+        } else if (!strcmp(a, "--progress")) {
             progress = strtol(val, &end, 10);
             i++;
             if (*end || progress < 0)
-                return usage();
-        } else if (!strcmp(a, "--seed") && val) {
+                return usage("bad --progress '%s': every how many trials, 0 for never", val);
+        } else if (!strcmp(a, "--seed")) {
             G.seed = strtoull(val, &end, 0);
             i++;
             have_seed = 1;
             if (*end)
-                return usage();
-        } else if (!strcmp(a, "--kind") && val) {
+                return usage("bad --seed '%s': a number (0x... as it is printed)", val);
+        } else if (!strcmp(a, "--kind")) {
             i++;
             for (int k = 0; k < NKINDS; k++)
                 if (!strcmp(val, kind_names[k]))
                     G.only_kind = k;
             if (G.only_kind < 0)
-                return usage();
-        } else if (!strcmp(a, "--self-test") && val) {
+                return usage("no kind '%s'", val);
+        } else if (!strcmp(a, "--self-test")) {
             i++;
             for (int k = 1; k <= ST_CRASH; k++)
                 if (!strcmp(val, selftest_names[k]))
                     G.selftest = k;
             if (!G.selftest)
-                return usage();
+                return usage("no self-test '%s'", val);
         } else {
-            return usage();
+            return usage(a[0] == '-' ? "unknown option '%s'" : "unexpected argument '%s'", a);
         }
     }
     if (!have_seed) {

@@ -900,10 +900,11 @@ static void receiver_cpu(rpal_receiver *r, struct rx_chan **chs, int n, uint32_t
 }
 
 /* Sleep until one of the N channels CHS has a request, the doorbell moves
- * from BELL, or SLICE_NS passes. */
-static void receiver_sleep(rpal_receiver *r, struct rx_chan **chs, int n, uint32_t bell,
-                           struct wt_wait *w, int64_t slice)
+ * from BELL, or SLICE_NS passes: 0, or -EINTR if a signal came. */
+static int receiver_sleep(rpal_receiver *r, struct rx_chan **chs, int n, uint32_t bell,
+                          struct wt_wait *w, int64_t slice)
 {
+    int err = 0;
     struct futex_waitv fw[MAX_CHANS + 1];
     unsigned nw = 0;
     uint64_t cpu0;
@@ -942,12 +943,14 @@ static void receiver_sleep(rpal_receiver *r, struct rx_chan **chs, int n, uint32
         /* Where futex_waitv is missing (Linux before 5.16, or valgrind
          * 3.19), wait on the doorbell alone and look at the rings again
          * every millisecond. */
-        if (prim_futex_waitv(fw, nw, slice) == -ENOSYS)
-            prim_futex_wait(&r->doorbell, bell, 0, slice < 1000000 ? slice : 1000000);
+        err = prim_futex_waitv(fw, nw, slice);
+        if (err == -ENOSYS)
+            err = prim_futex_wait(&r->doorbell, bell, 0, slice < 1000000 ? slice : 1000000);
     }
     for (int k = 0; k < n; k++)
         rpal_store_relaxed(&chs[k]->rx->pub.sleeps, 0);
     wt_sleep_end(w, cpu0);
+    return err == -EINTR ? -EINTR : 0;
 }
 
 /* Serving the domain too (rpal_serve): look at its epoll set without
@@ -967,7 +970,8 @@ static void bell_hook(rpal_domain *d, struct watch *w, uint32_t events)
 
 /* Serving the domain too: sleep in its epoll set (at most SLICE_NS), where
  * a caller's wake-up is a write to our bell (or a byte on its channel's
- * connection): the callers see WT_WAKE_BELL. 1 and *EV if an event came. */
+ * connection): the callers see WT_WAKE_BELL. 1 and *EV if an event came,
+ * 0, or the dispatch's error (-EINTR: a signal). */
 static int serve_sleep(rpal_receiver *r, struct rx_chan **chs, int n, struct wt_wait *w,
                        int64_t slice, struct rpal_event *ev)
 {
@@ -1001,7 +1005,7 @@ static int serve_sleep(rpal_receiver *r, struct rx_chan **chs, int n, struct wt_
     }
     if (!ready) {
         int ms = (int)((slice + 999999) / 1000000);
-        got = dom_dispatch(r->s->d, ev, 1, ms, 1) > 0;
+        got = dom_dispatch(r->s->d, ev, 1, ms, 1);
     }
     for (int k = 0; k < n; k++)
         rpal_store_relaxed(&chs[k]->rx->pub.sleeps, 0);
@@ -1134,13 +1138,13 @@ static int receive(rpal_receiver *r, struct rpal_msg *m, struct rpal_event *ev, 
             int64_t slice = 100000000;
             if (limit != UINT64_MAX && (int64_t)(w.t0 + limit - w.now) < slice)
                 slice = (int64_t)(w.t0 + limit - w.now);
-            if (ev) {
-                if (serve_sleep(r, chs, n, &w, slice > 0 ? slice : 0, ev)) {
-                    wt_end_empty(&w);
-                    return RPAL_SERVE_EVENT;
-                }
-            } else {
-                receiver_sleep(r, chs, n, bell, &w, slice > 0 ? slice : 0);
+            int got = ev ? serve_sleep(r, chs, n, &w, slice > 0 ? slice : 0, ev)
+                         : receiver_sleep(r, chs, n, bell, &w, slice > 0 ? slice : 0);
+            if (got != 0) {
+                /* An event, or a signal (as read(2) without SA_RESTART:
+                 * -EINTR lets a loop look at its flags), or an error. */
+                wt_end_empty(&w);
+                return got > 0 ? RPAL_SERVE_EVENT : got;
             }
             bell = rpal_load_acquire(&r->doorbell);
         } else if (ev) {

@@ -601,7 +601,7 @@ int dom_dispatch(rpal_domain *d, struct rpal_event *ev, int max, int timeout_ms,
         int k = epoll_wait(d->epfd, ee, want, n ? 0 : wait);
         int saved = errno;
         pthread_mutex_lock(&d->lock);
-        if (k < 0 && saved == EINTR) {
+        if (k < 0 && saved == EINTR && !any) {
             pthread_mutex_unlock(&d->lock);
             continue;
         }

@@ -432,7 +432,7 @@ RPAL_HIDDEN void dom_stats_flush(rpal_domain *d, struct wt_stats *st);
 RPAL_HIDDEN void dom_stats_close(rpal_domain *d, struct wt_stats *st, int locked);
 /* rpal_domain_dispatch; ANY: return (0 if no event came of it) as soon as
  * the epoll set had anything, so that a caller that also watches rings
- * (rpal_serve) looks at them again. */
+ * (rpal_serve) looks at them again, and -EINTR if a signal came. */
 RPAL_HIDDEN int dom_dispatch(rpal_domain *d, struct rpal_event *ev, int max, int timeout_ms,
                              int any);
 RPAL_HIDDEN int dom_component_validate(const char *name);

@@ -11,6 +11,11 @@
 
 static int keyp[2], ready[2];
 
+static void on_alarm(int sig)
+{
+    (void)sig;
+}
+
 static int service(void)
 {
     rpal_domain *d;
@@ -19,15 +24,26 @@ static int service(void)
     REQUIRE(rpal_service_register(d, "svc", 0, NULL, NULL, &s) == 0);
     rpal_receiver *r;
     REQUIRE(rpal_receiver_create(s, NULL, &r) == 0);
+    struct rpal_msg m;
+    struct rpal_event ev;
+    CHECK_ERR(rpal_serve(r, &m, &ev, 0), -ETIMEDOUT); /* nothing yet */
+    /* A signal ends a sleeping wait with -EINTR (no SA_RESTART), so that a
+     * loop can look at the flag its handler set. */
+    struct sigaction sa = {.sa_handler = on_alarm};
+    sigaction(SIGALRM, &sa, NULL);
+    for (int i = 0; i < 2; i++) {
+        int64_t t0 = t_now_ms();
+        ualarm(50000, 0);
+        int err = i ? rpal_receive(r, &m, 3000) : rpal_serve(r, &m, &ev, 3000);
+        CHECK_ERR(err, -EINTR);
+        CHECK(t_now_ms() - t0 < 2000);
+    }
     rpal_key k;
     char text[33];
     rpal_service_key(s, &k);
     rpal_key_format(&k, text);
     REQUIRE(write(keyp[1], text, 33) == 33);
     REQUIRE(write(keyp[1], text, 33) == 33); /* one per caller */
-    struct rpal_msg m;
-    struct rpal_event ev;
-    CHECK_ERR(rpal_serve(r, &m, &ev, 0), -ETIMEDOUT); /* nothing yet */
     long msgs = 0;
     int gone = 0, requests = 0;
     int64_t killed_at = 0;

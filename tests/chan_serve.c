@@ -106,16 +106,8 @@ static int call(rpal_chan *c, int i)
 static int caller(int cpu, int victim)
 {
     REQUIRE(t_pin(cpu) == 0);
-    char text[33];
-    REQUIRE(read(keyp[0], text, 33) == 33);
-    rpal_key k;
-    REQUIRE(rpal_key_parse(text, &k) == 0);
     rpal_domain *d;
-    REQUIRE(rpal_domain_join("serve", NULL, &d) == 0);
-    rpal_peer *p;
-    REQUIRE(rpal_service_request(d, "svc", &k, 5000, &p) == 0);
-    rpal_chan *c;
-    REQUIRE(rpal_chan_open(p, NULL, 5000, &c) == 0); /* the receiver exists already */
+    rpal_chan *c = t_svc_open_key(keyp[0], "serve", NULL, &d);
     for (int i = 0; i < 2000; i++)
         REQUIRE(call(c, i) == 0);
     struct rpal_stats a, b;
@@ -140,7 +132,6 @@ static int caller(int cpu, int victim)
     printf("1 ms apart: 300 calls, %llu wake-ups sent\n", (unsigned long long)(z.wakes - b.wakes));
     CHECK(z.wakes - b.wakes >= 200); /* the service slept and was woken */
     rpal_chan_close(c);
-    rpal_peer_release(p);
     rpal_domain_leave(d);
     return t_done() == 0 && (b.wakes - a.wakes) * 10 <= 20000 ? 0 : 2;
 }

@@ -133,38 +133,11 @@ static int call_pair(int ccpu, int scpu, int same)
  * a blocking client on CCPU. */
 static int conn_pair(int ccpu, int scpu, int same)
 {
-    int sv[2];
-    REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
     rpal_domain *d;
     REQUIRE(rpal_domain_join("wait-compat", NULL, &d) == 0); /* before the fork: see fdmap(3) */
-    pid_t p = fork();
-    REQUIRE(p >= 0);
-    if (p == 0) {
-        close(sv[0]);
-        REQUIRE(t_pin(scpu) == 0);
-        rpal_domain *cd;
-        REQUIRE(rpal_domain_join("wait-compat", NULL, &cd) == 0);
-        REQUIRE(rpal_uds_fdmap(cd, sv[1], 5000) == 1);
-        int ep = epoll_create1(EPOLL_CLOEXEC);
-        struct epoll_event ev = {.events = EPOLLIN, .data.fd = sv[1]};
-        REQUIRE(rpal_epoll_ctl(ep, EPOLL_CTL_ADD, sv[1], &ev) == 0);
-        char b[64];
-        for (;;) {
-            struct epoll_event e[4];
-            int n = rpal_epoll_wait(ep, e, 4, 10000);
-            REQUIRE(n > 0);
-            ssize_t r = rpal_read(sv[1], b, sizeof b);
-            if (r == 0)
-                break;
-            REQUIRE(r > 0);
-            REQUIRE(rpal_write(sv[1], b, (size_t)r) == r);
-        }
-        rpal_close(sv[1]);
-        _exit(0);
-    }
-    close(sv[1]);
+    int sv[1];
+    pid_t p = t_echo_fork("wait-compat", d, scpu, NULL, &sv[0]);
     REQUIRE(t_pin(ccpu) == 0);
-    REQUIRE(rpal_uds_fdmap(d, sv[0], 5000) == 1);
     /* A blocking read honours SO_RCVTIMEO, as on the socket: -EAGAIN. */
     struct timeval tv = {0, 50000};
     REQUIRE(setsockopt(sv[0], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0);

@@ -16,6 +16,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -515,13 +517,13 @@ static inline int t_svc_stop(struct t_svc *sv)
     return t_wait(sv->pid);
 }
 
-/* In a caller process: join DOMAIN, request the service of SV, open a
- * channel with options O. */
-static inline rpal_chan *t_svc_open(const struct t_svc *sv, const char *domain,
-                                    const struct rpal_chan_opts *o, rpal_domain **dout)
+/* In a caller process: join DOMAIN, request the service "svc" whose key
+ * comes on KEY_FD, open a channel with options O. */
+static inline rpal_chan *t_svc_open_key(int key_fd, const char *domain,
+                                        const struct rpal_chan_opts *o, rpal_domain **dout)
 {
     char text[33];
-    REQUIRE(read(sv->key_fd, text, 33) == 33);
+    REQUIRE(read(key_fd, text, 33) == 33);
     rpal_key k;
     REQUIRE(rpal_key_parse(text, &k) == 0);
     rpal_domain *d;
@@ -535,6 +537,62 @@ static inline rpal_chan *t_svc_open(const struct t_svc *sv, const char *domain,
     REQUIRE(err == 0);
     *dout = d;
     return c;
+}
+
+/* The same, for the service process SV of t_svc_start. */
+static inline rpal_chan *t_svc_open(const struct t_svc *sv, const char *domain,
+                                    const struct rpal_chan_opts *o, rpal_domain **dout)
+{
+    return t_svc_open_key(sv->key_fd, domain, o, dout);
+}
+
+/* An echo server in a child process, on an upgraded socketpair: the caller
+ * joined DOMAIN as D first (both ends must be members before either
+ * upgrades: rpal_uds_fdmap(3)). The child joins it too, upgrades its end,
+ * waits in an rpal epoll set on CPU (-1: anywhere) and echoes what it reads,
+ * calling PAUSE (if not NULL) before each echo, until the end of the
+ * connection; nothing for 5 s fails it. Returns the child's pid; *FD is our
+ * end, upgraded. */
+static inline pid_t t_echo_fork(const char *domain, rpal_domain *d, int cpu,
+                                void (*pause)(unsigned *seed), int *fd)
+{
+    int sv[2];
+    REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    pid_t p = fork();
+    REQUIRE(p >= 0);
+    if (p == 0) {
+        close(sv[0]);
+        REQUIRE(t_pin(cpu) == 0);
+        rpal_domain *cd;
+        REQUIRE(rpal_domain_join(domain, NULL, &cd) == 0);
+        REQUIRE(rpal_uds_fdmap(cd, sv[1], 5000) == 1);
+        int ep = epoll_create1(EPOLL_CLOEXEC);
+        struct epoll_event ev = {.events = EPOLLIN, .data.fd = sv[1]};
+        REQUIRE(rpal_epoll_ctl(ep, EPOLL_CTL_ADD, sv[1], &ev) == 0);
+        unsigned seed = (unsigned)getpid();
+        char b[64];
+        for (;;) {
+            struct epoll_event e[4];
+            int k = rpal_epoll_wait(ep, e, 4, 5000);
+            if (k <= 0) {
+                fprintf(stderr, "echo server: nothing for 5 s: %d\n", k);
+                _exit(1);
+            }
+            ssize_t r = rpal_read(sv[1], b, sizeof b);
+            if (r == 0)
+                break;
+            REQUIRE(r > 0);
+            if (pause)
+                pause(&seed);
+            REQUIRE(rpal_write(sv[1], b, (size_t)r) == r);
+        }
+        rpal_close(sv[1]);
+        _exit(0);
+    }
+    close(sv[1]);
+    REQUIRE(rpal_uds_fdmap(d, sv[0], 5000) == 1);
+    *fd = sv[0];
+    return p;
 }
 
 #endif

@@ -92,43 +92,11 @@ static void stress_conn(long n, int round)
 {
     int ccpu, scpu;
     placement(round, &ccpu, &scpu);
-    int sv[2];
-    REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
     rpal_domain *d;
     REQUIRE(rpal_domain_join("stress-conn", NULL, &d) == 0);
-    pid_t p = fork();
-    REQUIRE(p >= 0);
-    if (p == 0) {
-        close(sv[0]);
-        REQUIRE(t_pin(scpu) == 0);
-        rpal_domain *cd;
-        REQUIRE(rpal_domain_join("stress-conn", NULL, &cd) == 0);
-        REQUIRE(rpal_uds_fdmap(cd, sv[1], 5000) == 1);
-        int ep = epoll_create1(EPOLL_CLOEXEC);
-        struct epoll_event ev = {.events = EPOLLIN, .data.fd = sv[1]};
-        REQUIRE(rpal_epoll_ctl(ep, EPOLL_CTL_ADD, sv[1], &ev) == 0);
-        unsigned seed = (unsigned)getpid();
-        char b[64];
-        for (;;) {
-            struct epoll_event e[4];
-            int k = rpal_epoll_wait(ep, e, 4, 5000);
-            if (k <= 0) {
-                fprintf(stderr, "server: nothing for 5 s (round %d): %d\n", round, k);
-                _exit(1);
-            }
-            ssize_t r = rpal_read(sv[1], b, sizeof b);
-            if (r == 0)
-                break;
-            REQUIRE(r > 0);
-            maybe_pause(&seed);
-            REQUIRE(rpal_write(sv[1], b, (size_t)r) == r);
-        }
-        rpal_close(sv[1]);
-        _exit(0);
-    }
-    close(sv[1]);
+    int sv[1];
+    pid_t p = t_echo_fork("stress-conn", d, scpu, maybe_pause, &sv[0]);
     REQUIRE(t_pin(ccpu) == 0);
-    REQUIRE(rpal_uds_fdmap(d, sv[0], 5000) == 1);
     unsigned seed = (unsigned)getpid();
     alarm(120); /* a blocking read has no deadline: a lost wake-up would hang */
     for (long i = 0; i < n; i++) {

@@ -341,12 +341,13 @@ int main(int argc, char **argv)
     hz = calibrate_hz();
 
     FILE *info = json ? stderr : stdout;
+    const char *spin = getenv("RPAL_SPIN_US");
     fprintf(info, "# the RPAL paper's sample benchmark: %s messages of %s bytes, one at a time;\n"
                   "# client on CPU %d, server on CPU %d waiting in epoll_wait (blocking) or\n"
-                  "# rpal_epoll_wait (spins %s us, then blocks); %s %.1f MHz\n",
+                  "# rpal_epoll_wait (%s%s%s); %s %.1f MHz\n",
             count, size, cpu_client, cpu_server,
-            /* 20: rpal_epoll_wait's default */
-            getenv("RPAL_SPIN_US") ? getenv("RPAL_SPIN_US") : "20", STAMP_CLOCK, hz / 1e6);
+            spin ? "RPAL_SPIN_US=" : "the learned wait: spin, yield or sleep",
+            spin ? spin : "", spin ? "" : "", STAMP_CLOCK, hz / 1e6);
     fflush(info);
 
     struct result res[NTRANSPORTS] = {0};

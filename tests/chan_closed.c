@@ -63,6 +63,11 @@ static int call(rpal_chan *c, unsigned char fill, size_t len)
  * exit. */
 static void caller(const rpal_key *k, unsigned char fill, int calls, int to, int from)
 {
+    /* Forked before the service's thread exists (a child forked from a
+     * threaded parent under ThreadSanitizer may inherit its allocator's
+     * lock held, and hang at its first malloc): wait to be told to start. */
+    if (t_get(from) != 'g')
+        _exit(1);
     rpal_domain *d;
     REQUIRE(rpal_domain_join(DOM, NULL, &d) == 0);
     rpal_peer *p;
@@ -119,18 +124,19 @@ int main(void)
     REQUIRE(rpal_service_register(sd, "echo", 0, NULL, NULL, &svc) == 0);
     rpal_key k;
     REQUIRE(rpal_service_key(svc, &k) == 0);
-    pthread_t st;
-    REQUIRE(pthread_create(&st, NULL, service_main, NULL) == 0);
-
     int a_to, a_from, b_to, b_from;
     /* A: three calls (its next reply is awaited in entry 3, sequence 4). */
     pid_t a = spawn(&k, 0xA1, 3, &a_to, &a_from);
+    pid_t b = spawn(&k, 0xB2, 4, &b_to, &b_from);
+    pthread_t st;
+    REQUIRE(pthread_create(&st, NULL, service_main, NULL) == 0);
+    t_put(a_to, 'g');
     CHECK(t_get(a_from) == 'r');
     atomic_store(&phase, 1);
     while (atomic_load(&phase) != 2)
         usleep(1000);
     /* B: four calls on a new channel, served by the new receiver. */
-    pid_t b = spawn(&k, 0xB2, 4, &b_to, &b_from);
+    t_put(b_to, 'g');
     CHECK(t_get(b_from) == 'r');
     t_put(a_to, 'c');
     char got = t_get(a_from);

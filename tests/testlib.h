@@ -328,4 +328,37 @@ static inline void t_close_inherited(int keep1, int keep2, int keep3)
         close(fds[i]);
 }
 
+/* ---- helpers of the region layout tests ---- */
+
+/* Stop PID (a child) and wait until it is stopped. */
+static inline void t_stop(pid_t pid)
+{
+    int st;
+    REQUIRE(kill(pid, SIGSTOP) == 0);
+    REQUIRE(waitpid(pid, &st, WUNTRACED) == pid && WIFSTOPPED(st));
+}
+
+/* The lock file of region NAME (a name at the top of the namespace):
+ * `.NAME.INODE.lock` beside it (docs/regions.md, "Layout"). */
+static inline void t_lock_path(const char *name, char *buf, size_t size)
+{
+    char p[512];
+    struct stat st;
+    snprintf(p, sizeof p, "%s/%s", rpal_ns_dir(), name);
+    REQUIRE(stat(p, &st) == 0);
+    snprintf(buf, size, "%s/.%s.%llu.lock", rpal_ns_dir(), name, (unsigned long long)st.st_ino);
+}
+
+/* Bytes of memory that region NAME's files hold (the region file and its
+ * lock file): what unmapped objects must give back. */
+static inline long long t_region_bytes(const char *name)
+{
+    char p[512], lk[600];
+    struct stat a, b;
+    snprintf(p, sizeof p, "%s/%s", rpal_ns_dir(), name);
+    t_lock_path(name, lk, sizeof lk);
+    REQUIRE(stat(p, &a) == 0 && stat(lk, &b) == 0);
+    return ((long long)a.st_blocks + (long long)b.st_blocks) * 512;
+}
+
 #endif

@@ -5,10 +5,12 @@
  * Sharer S is stopped, so that changer H holds the change lock for 3 s
  * (its protect waits for S, then detaches it). Meanwhile five more changers
  * W1..W5 (other processes) come, one after the other, each once the one
- * before is asleep waiting. Their changes must complete in that order, and
- * W1, which waits the longest, must not have woken up more than a few
- * times (before the fix the lock was polled with sleeps of up to 5 ms:
- * hundreds of wake-ups, and the first to poll after the holder let go won).
+ * before is asleep waiting. They must get the lock in that order (the
+ * library's test hook rpal__hook_change_locked says when each got it;
+ * without the hook, the order in which the changes returned), and W1,
+ * which waits the longest, must not have woken up more than a few times
+ * (before the fix the lock was polled with sleeps of up to 5 ms: hundreds
+ * of wake-ups, and the first to poll after the holder let go won).
  */
 #include "testlib.h"
 
@@ -20,6 +22,17 @@
 #define NW   5
 
 static rpal_region *r;
+
+/* The library's test hook (weak: a library without it leaves it NULL). */
+extern void (*rpal__hook_change_locked)(void) __attribute__((weak));
+static int hook_fd = -1, my_index;
+
+static void locked(void)
+{
+    char c = (char)('0' + my_index);
+    if (write(hook_fd, &c, 1) != 1)
+        _exit(4);
+}
 
 static uint32_t generation(void)
 {
@@ -80,6 +93,9 @@ static int changer(int i, int down, int done)
 {
     if (t_get(down) != 'g')
         return 2;
+    my_index = i;
+    if (&rpal__hook_change_locked)
+        rpal__hook_change_locked = locked;
     struct rpal_region_change c = {.timeout_ms = i == 0 ? 3000 : 2000};
     long v0 = vcsw(0);
     int err = rpal_region_protect(r, (uint64_t)i * PAGE, PAGE, PROT_READ, &c);
@@ -95,8 +111,9 @@ int main(void)
     alarm(60);
     REQUIRE(rpal_region_create(NAME, SIZE, 0600, RPAL_REGION_EMPTY, &r) == 0);
     CHECK_ERR(rpal_region_map(r, 0, (NW + 1) * PAGE, PROT_READ | PROT_WRITE, -1, 0, NULL), 0);
-    int done[2];
-    REQUIRE(pipe(done) == 0);
+    int done[2], order_pipe[2];
+    REQUIRE(pipe(done) == 0 && pipe(order_pipe) == 0);
+    hook_fd = order_pipe[1];
     pid_t kid[NW + 1];
     int down[NW + 1];
     for (int i = 0; i <= NW; i++) {
@@ -146,9 +163,14 @@ int main(void)
         woke[i] = w;
     }
     CHECK(n == NW + 1);
+    if (&rpal__hook_change_locked) { /* the order they got the lock in */
+        REQUIRE(read(order_pipe[0], line, NW + 1) == NW + 1);
+        for (int k = 0; k <= NW; k++)
+            order[k] = line[k] - '0';
+    }
     for (int k = 0; k < n; k++)
         if (order[k] != k) {
-            fprintf(stderr, "changes done in the order");
+            fprintf(stderr, "changers got the lock in the order");
             for (int j = 0; j < n; j++)
                 fprintf(stderr, " %d", order[j]);
             fprintf(stderr, ", not in the order they came (0 to %d)\n", NW);

@@ -584,6 +584,8 @@ RPAL_HIDDEN int region_hdr_validate(const struct region_hdr *h, uint64_t file_si
  * pieces), or pages of the side store (the lock file) from foff, which
  * rpal_region_map hands out once and never again. */
 enum { LAY_STORE_REGION = 0, LAY_STORE_SIDE = 1 };
+#define LAY_SIDE_BASE (2ull << 20) /* the side store: lock file offsets from */
+#define LAY_SIDE_END  (1ull << 62) /* ... to */
 enum { OP_INIT = 0, OP_MAP = 1, OP_PROTECT = 2, OP_UNMAP = 3 };
 struct lay_obj {
     uint64_t off, len;

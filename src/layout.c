@@ -3,15 +3,20 @@
  * sharing that region, just as changes by one thread affect all threads").
  *
  * The layout table lives in the region's header granule, mapped read-only
- * by every attacher. A changer (a read-write attacher) serialises on an OFD
- * write lock, writes the new table into the spare of two copies, bumps the
- * generation word and futex-wakes it. Every process runs one agent thread
+ * by every attacher. A changer (a read-write attacher) queues on a PI futex
+ * (the turnstile: served in order), takes an OFD write lock, writes the new
+ * table into the spare of two copies, bumps the generation word and
+ * futex-wakes it: every sharer at once. Every process runs one agent thread
  * (signals blocked) that waits on the generation words of all its regions,
  * applies the change with mprotect/mmap/mremap (threads share the mm, so a
  * main thread busy computing is covered) and acknowledges with an OFD read
- * lock whose offset encodes its pid and the generation: read locks need only
- * read access, so read-only attachers acknowledge too, and a dead process's
- * locks vanish with it. See docs/regions.md, "Layout".
+ * lock whose offset encodes the generation and its pid: read locks need
+ * only read access, so read-only attachers acknowledge too, a dead
+ * process's locks vanish with it, and one query tells whether anybody is
+ * still at a generation. Anonymous objects made by rpal_region_map get
+ * memory nobody had before (the side store, in the lock file), so that a
+ * sharer the changer gave up on cannot write into a later object. See
+ * docs/regions.md, "Layout".
  */
 #include "rpal.h"
 #include "internal.h"
@@ -30,7 +35,6 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
-#include <sys/sysmacros.h>
 #include <unistd.h>
 
 /* ---- the shared format ---------------------------------------------------- */
@@ -46,8 +50,8 @@
  * before (side_next only grows), so that nobody who still maps an old
  * object (a detached sharer) can reach a new one. The lock file's OFD
  * locks are byte ranges of their own: they do not touch its data. */
-#define SIDE_BASE    (2ull << 20)
-#define SIDE_END     (1ull << 62)
+#define SIDE_BASE    LAY_SIDE_BASE
+#define SIDE_END     LAY_SIDE_END
 
 /* struct lay_obj and struct lay_table are in src/internal.h (the fuzz
  * targets build them). */
@@ -61,9 +65,10 @@ struct lay_ctl {
     uint32_t turn_cur;
     _Atomic uint32_t turn[LAY_TURNS];
     int32_t own_pid, own_tid;
-    uint32_t pad0;
+    uint32_t heir;              /* a changer died holding the turnstile */
     uint64_t own_start;
-    /* The rest is written by changers under the change lock (ctl_tail). */
+    /* From own_pid on, written by changers under the change lock
+     * (ctl_tail_write). */
     uint32_t ndet;
     uint32_t dirty;             /* memory may be held outside the objects */
     uint64_t side_next;         /* first side-store byte never handed out */
@@ -385,7 +390,8 @@ struct lay {
     int lkfd;                   /* the lock file: our record lives on it, the
                                    side store is mapped from it */
     int lk_rw;                  /* ... and it is open read-write */
-    uint64_t lk_dev, lk_ino;    /* ... which is this file */
+    uint8_t *rw;                /* header area, writable during changes only */
+    unsigned rw_users;          /* changes of this process in flight */
     pid_t pid;                  /* our pid (forked children: theirs) */
     uint32_t applied;           /* generation applied in this process */
     uint32_t regen;             /* generation we registered at */
@@ -867,9 +873,13 @@ static void atfork_child(void)
     for (struct lay *l = g_agent.list; l; l = l->next) {
         if (fork_register(l) == 0)
             any = 1;
-        /* A change in flight in another thread of the parent held it:
-         * nobody holds it in the child. */
+        /* A change in flight in another thread of the parent held these:
+         * none is in flight in the child. */
         pthread_mutex_init(&l->chg_mu, NULL);
+        if (l->rw_users) {
+            l->rw_users = 0;
+            mprotect(l->rw, REGION_HDR_MAP, PROT_NONE);
+        }
         pthread_mutex_unlock(&l->mu);
     }
     g_agent.pid = 0; /* threads do not survive fork */
@@ -890,6 +900,8 @@ static void lay_free(struct lay *l)
 {
     if (l->src)
         munmap(l->src, l->granule + l->size);
+    if (l->rw)
+        munmap(l->rw, REGION_HDR_MAP);
     if (l->lkfd >= 0)
         close(l->lkfd);
 #ifdef RPAL_VALGRIND
@@ -922,11 +934,6 @@ int lay_attach(int fd, int lkfd, uint64_t base, uint64_t size, uint64_t granule,
     l->lkfd = lkfd;
     l->lk_rw = (fcntl(lkfd, F_GETFL) & O_ACCMODE) == O_RDWR;
     l->pid = prim_getpid();
-    struct stat lst;
-    if (fstat(lkfd, &lst) == 0) {
-        l->lk_dev = (uint64_t)lst.st_dev;
-        l->lk_ino = (uint64_t)lst.st_ino;
-    }
 #ifdef RPAL_VALGRIND
     l->srcfd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
 #endif
@@ -1306,16 +1313,16 @@ static int rec_cmp(const void *a, const void *b)
     return x->pid != y->pid ? (x->pid < y->pid ? -1 : 1) : x->gen < y->gen ? -1 : x->gen > y->gen;
 }
 
-/* Every record on the lock file FD but ours (our own description's locks
- * never conflict with its queries), at any generation, as many as there
- * are: found by splitting the record area around each lock F_OFD_GETLK
- * reports, two system calls a record. */
-static int scan_getlk(int fd, struct recs *out)
+/* Every record on the lock file FD in [OFF, OFF+LEN) (LEN 0: to the end)
+ * but ours (our own description's locks never conflict with its queries),
+ * as many as there are: found by splitting the range around each lock
+ * F_OFD_GETLK reports, two system calls a record. */
+static int scan_recs(int fd, uint64_t off, uint64_t len, struct recs *out)
 {
     struct extent *stack = NULL;
     size_t sp = 0, cap = 0;
     int err = 0;
-    struct extent r = {LK_REC_BASE, 0}; /* len 0: to the end */
+    struct extent r = {off, len};
     for (;;) {
         uint64_t s, len;
         int found = prim_ofd_test(fd, r.off, r.len, &s, &len);
@@ -1353,70 +1360,13 @@ static int scan_getlk(int fd, struct recs *out)
     return err;
 }
 
-/* Every record on the lock file of L, from /proc/locks (a few system calls
- * for all of them; the kernel shows OFD locks in every pid namespace, with
- * pid -1): -ENOENT if it cannot be read, -E2BIG if it lists so many locks
- * (of the whole system) that the per-record queries are cheaper. Each line
- * is read as untrusted text: anyone who may read the region may lock its
- * lock file. */
-static int scan_proc(const struct lay *l, struct recs *out)
-{
-    int fd = open("/proc/locks", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -ENOENT;
-    size_t cap = 64 << 10, len = 0;
-    char *buf = malloc(cap + 1);
-    int err = buf ? 0 : -ENOMEM;
-    while (err == 0) {
-        if (len == cap) {
-            char *b = cap < (4 << 20) ? realloc(buf, 2 * cap + 1) : NULL;
-            if (!b) {
-                err = -E2BIG;
-                break;
-            }
-            buf = b;
-            cap *= 2;
-        }
-        ssize_t n = read(fd, buf + len, cap - len);
-        if (n < 0 && errno != EINTR)
-            err = -ENOENT;
-        if (n <= 0)
-            break;
-        len += (size_t)n;
-    }
-    close(fd);
-    for (char *p = buf, *e; err == 0 && p < buf + len; p = e + 1) {
-        buf[len] = 0;
-        e = strchr(p, '\n');
-        if (!e)
-            break;
-        *e = 0;
-        unsigned maj, min;
-        unsigned long long ino, start;
-        int pid;
-        /* "1: OFDLCK ADVISORY  READ -1 00:1a:1234 4294967296 4294967296";
-         * a blocked request has "->" before OFDLCK and does not match. */
-        if (sscanf(p, "%*d: OFDLCK ADVISORY %*s %d %x:%x:%llu %llu", &pid, &maj, &min, &ino,
-                   &start) != 5 || maj != major(l->lk_dev) || min != minor(l->lk_dev) ||
-            ino != l->lk_ino || start < LK_REC_BASE)
-            continue;
-        err = recs_add(out, start);
-    }
-    free(buf);
-    return err;
-}
-
-/* Every sharer's record (but our process's), found the cheaper way there
- * is, sorted by pid. One sharer shows twice while it moves its record:
- * only the newer is kept. */
-static int find_recs(const struct lay *l, struct recs *out)
+/* Every sharer's record in [OFF, OFF+LEN) (LEN 0: to the end), sorted by
+ * pid. One sharer shows twice while it moves its record: only the newer is
+ * kept. */
+static int find_recs(const struct lay *l, uint64_t off, uint64_t len, struct recs *out)
 {
     out->n = 0;
-    int err = scan_proc(l, out);
-    if (err == -ENOENT || err == -E2BIG) {
-        out->n = 0;
-        err = scan_getlk(l->lkfd, out);
-    }
+    int err = scan_recs(l->lkfd, off, len, out);
     if (err < 0)
         return err;
     qsort(out->v, out->n, sizeof *out->v, rec_cmp);
@@ -1432,22 +1382,6 @@ static int find_recs(const struct lay *l, struct recs *out)
     }
     out->n = k;
     return 0;
-}
-
-/* The record of PID in R (sorted), or NULL. */
-static const struct rec *recs_find(const struct recs *r, pid_t pid)
-{
-    size_t lo = 0, hi = r->n;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (r->v[mid].pid == pid)
-            return &r->v[mid];
-        if (r->v[mid].pid < pid)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return NULL;
 }
 
 /* PID's record at generation GEN: 0 none, 1 there, 2 there with the
@@ -1516,10 +1450,11 @@ static int hdr_write(uint8_t *rw, const void *p, size_t len, uint64_t off)
 }
 
 /* What changers write of the control page (under the change lock), from
- * our copy C: ndet to the end. The turnstile's words are the kernel's. */
+ * our copy C: who holds the turnstile to the end. The turnstile's words
+ * are the kernel's. */
 static int ctl_tail_write(uint8_t *rw, const struct lay_ctl *c)
 {
-    const size_t at = offsetof(struct lay_ctl, ndet);
+    const size_t at = offsetof(struct lay_ctl, own_pid);
     return hdr_write(rw, (const uint8_t *)c + at, sizeof *c - at, LAY_CTL_OFF + at);
 }
 
@@ -1567,25 +1502,15 @@ static int turn_rotate(struct lay *l, uint8_t *rw, uint32_t i, uint64_t deadline
     struct lay_ctl h;
     err = hdr_read(0, rw, &h, CTL_HEAD, LAY_CTL_OFF);
     if (err == 0 && h.turn_cur % LAY_TURNS == i) {
-        uint32_t j = (i + 1) % LAY_TURNS, zero[2] = {0, 0};
-        if ((err = hdr_write(rw, zero, 4, CTL_FIELD(turn) + 4 * j)) == 0 &&
-            (err = hdr_write(rw, zero, 8, CTL_FIELD(own_pid))) == 0)
+        /* No owner, and the next change looks for sharers the dead one may
+         * have left behind (see find_sharers). */
+        uint32_t j = (i + 1) % LAY_TURNS, own[3] = {0, 0, 1};
+        if ((err = hdr_write(rw, own, 4, CTL_FIELD(turn) + 4 * j)) == 0 &&
+            (err = hdr_write(rw, own, sizeof own, CTL_FIELD(own_pid))) == 0)
             err = hdr_write(rw, &j, 4, CTL_FIELD(turn_cur));
     }
     prim_ofd_lock(l->lkfd, F_UNLCK, LK_CHANGE, 1, 0);
     return err;
-}
-
-/* Say who holds the turnstile, for turn_stale. */
-static void turn_own(uint8_t *rw)
-{
-    struct lay_ctl h;
-    h.own_pid = prim_getpid();
-    h.own_tid = (int32_t)syscall(SYS_gettid);
-    h.pad0 = 0;
-    h.own_start = prim_self_start();
-    const size_t at = offsetof(struct lay_ctl, own_pid);
-    hdr_write(rw, (const uint8_t *)&h + at, CTL_HEAD - at, LAY_CTL_OFF + at);
 }
 
 /* After waiting in vain on word I until DEADLINE: if its owner is gone, or
@@ -1614,16 +1539,9 @@ static int turn_lock(struct lay *l, uint8_t *rw, uint64_t deadline)
             return -EIO;
         uint32_t i = h.turn_cur % LAY_TURNS;
         int err = turn_stale(&h, h.turn[i]) ? -ESRCH : prim_futex_lock_pi(turn_word(rw, i), deadline);
-        if (err == 0) {
-            uint32_t cur;
-            if (hdr_read(0, rw, &cur, sizeof cur, CTL_FIELD(turn_cur)) == 0 &&
-                cur % LAY_TURNS == i) {
-                turn_own(rw);
-                t_in_change = 1;
-                return (int)i;
-            }
-            prim_futex_unlock_pi(turn_word(rw, i)); /* moved on meanwhile */
-            continue;
+        if (err == 0) { /* change_begin checks that it is still the current word */
+            t_in_change = 1;
+            return (int)i;
         }
         /* Owner gone (or, -EDEADLK, a dead thread's id that is now ours),
          * or a word the kernel cannot follow: move on. */
@@ -1659,8 +1577,11 @@ struct change {
     uint32_t dirty0;            /* c.dirty when we came */
     uint32_t g, g1;
     struct lay_table *old, *t;
+    int want;                   /* the caller wants the counts */
+    int full;                   /* every sharer found (find_sharers) */
+    int waiting;                /* somebody to wait for */
     size_t behind;              /* sharers found at an older generation */
-    struct recs sharers;        /* the records of the sharers to wait for */
+    struct recs sharers;        /* with full: the sharers to wait for */
     struct rpal_region_change res;
 };
 
@@ -1715,6 +1636,40 @@ static int change_check(const struct lay *l, const struct op *op)
     return 0;
 }
 
+static void change_release(struct change *x);
+
+/* The writable duplicate of the header area: made once, PROT_NONE between
+ * changes (so that the header is writable only while this process changes
+ * it), read-write while any thread of the process is in a change (the
+ * turnstile word must stay writable while the kernel may hand it to a
+ * waiting thread). Like the read-only mapping it is accessed only through
+ * hdr_read/hdr_write, and by the kernel (the turnstile). A new mapping and
+ * munmap per change cost far more: unmapping a shared file mapping takes
+ * the file's mapping lock, which every sharer's mprotect takes too. */
+static uint8_t *rw_open(struct lay *l)
+{
+    uint8_t *rw = MAP_FAILED;
+    pthread_mutex_lock(&l->mu);
+    if (!l->rw) {
+        void *p = view_dup(l, 0, REGION_HDR_MAP, NULL);
+        l->rw = p == MAP_FAILED ? NULL : p;
+    }
+    if (l->rw && (l->rw_users || mprotect(l->rw, REGION_HDR_MAP, PROT_READ | PROT_WRITE) == 0)) {
+        l->rw_users++;
+        rw = l->rw;
+    }
+    pthread_mutex_unlock(&l->mu);
+    return rw;
+}
+
+static void rw_close(struct lay *l)
+{
+    pthread_mutex_lock(&l->mu);
+    if (--l->rw_users == 0)
+        mprotect(l->rw, REGION_HDR_MAP, PROT_NONE);
+    pthread_mutex_unlock(&l->mu);
+}
+
 /* Test hook: called with the change lock held, so that a test can see in
  * which order changers got it. Not exported. */
 RPAL_HIDDEN void (*rpal__hook_change_locked)(void);
@@ -1726,29 +1681,45 @@ static int change_begin(struct change *x)
     struct lay *l = x->l;
     if (!l->lk_rw)
         return -EACCES; /* the lock file may not be written: no changes */
-    /* A writable duplicate of the header area, for this change only; like
-     * the read-only one it is accessed through hdr_read/hdr_write, and by
-     * the kernel (the turnstile), only. */
-    x->rw = view_dup(l, 0, REGION_HDR_MAP, NULL);
-    if (x->rw == MAP_FAILED || mprotect(x->rw, REGION_HDR_MAP, PROT_READ | PROT_WRITE) < 0)
+    if ((x->rw = rw_open(l)) == MAP_FAILED)
         return -errno;
     uint64_t deadline = prim_now_ns() + LK_ATTACH_NS + (uint64_t)x->timeout_ms * 1000000;
-    int t = turn_lock(l, x->rw, deadline);
-    if (t < 0 && t != -ENOSYS)
-        return t;
-    x->turn = t;
-    pthread_mutex_lock(&l->chg_mu);
-    x->mu = 1;
-    uint64_t now = prim_now_ns();
-    int err = prim_ofd_lock(l->lkfd, F_WRLCK, LK_CHANGE, 1,
+    int err;
+    for (;;) {
+        int t = turn_lock(l, x->rw, deadline);
+        if (t < 0 && t != -ENOSYS)
+            return t;
+        x->turn = t;
+        pthread_mutex_lock(&l->chg_mu);
+        x->mu = 1;
+        uint64_t now = prim_now_ns();
+        err = prim_ofd_lock(l->lkfd, F_WRLCK, LK_CHANGE, 1,
                             now < deadline ? (int64_t)(deadline - now) : 1);
-    if (err < 0)
-        return err;
-    x->locked = 1;
+        if (err < 0)
+            return err;
+        x->locked = 1;
+        if ((err = ctl_read(0, x->rw, &x->c)) < 0)
+            return err;
+        /* The word we got was abandoned while we waited for it (see
+         * turn_rotate): queue on the current one. */
+        if (t < 0 || x->c.turn_cur % LAY_TURNS == (uint32_t)t)
+            break;
+        change_release(x);
+    }
+    /* The kernel handed us the turnstile from a holder that died: say so
+     * for good, in case we fail before we have looked for what it left. */
+    if (x->turn >= 0 && (x->c.turn[x->turn] & FUTEX_OWNER_DIED) && !x->c.heir) {
+        uint32_t one = 1;
+        if ((err = hdr_write(x->rw, &one, sizeof one, CTL_FIELD(heir))) < 0)
+            return err;
+        x->c.heir = 1;
+    }
     if (rpal__hook_change_locked)
         rpal__hook_change_locked();
-    if ((err = ctl_read(0, x->rw, &x->c)) < 0)
-        return err;
+    /* Who holds the turnstile, for turn_stale: published with the change. */
+    x->c.own_pid = prim_getpid();
+    x->c.own_tid = (int32_t)syscall(SYS_gettid);
+    x->c.own_start = prim_self_start();
     x->dirty0 = x->c.dirty;
     x->g = x->c.gen;
     x->g1 = (x->g + 1) & GEN_MASK;
@@ -1784,12 +1755,23 @@ static int change_plan(struct change *x)
     return hdr_write(x->rw, x->t, table_bytes(x->t), copy_off(x->g1));
 }
 
-/* Who is to apply the change: every record but the detached ones listed
- * (not waited for again). Normally all are at generation g; one that is
- * behind was left so by a changer killed before it could list it. */
+/* Who is to apply the change. Normally one query says whether anybody is
+ * at generation g at all (attaches and forks register under byte 0, which
+ * we hold: nobody comes while we change), and the wait is for that range to
+ * empty. When the caller wants counts, or a changer died holding the
+ * turnstile (it may have left sharers behind, unlisted: they are at an
+ * older generation), or there is no turnstile to tell, every record is
+ * found (two system calls each) but those of the detached listed, who are
+ * not waited for again. */
 static int find_sharers(struct change *x)
 {
-    int err = find_recs(x->l, &x->sharers);
+    x->full = x->want || x->turn < 0 || x->c.heir;
+    if (!x->full) {
+        int busy = gen_busy(x->l->lkfd, x->g);
+        x->waiting = busy > 0;
+        return busy < 0 ? busy : 0;
+    }
+    int err = find_recs(x->l, LK_REC_BASE, 0, &x->sharers);
     if (err < 0)
         return err;
     size_t k = 0;
@@ -1802,6 +1784,8 @@ static int find_sharers(struct change *x)
         x->sharers.v[k++] = *r;
     }
     x->sharers.n = k;
+    x->waiting = k > 0;
+    x->c.heir = 0; /* published with the change: we wait for them */
     return 0;
 }
 
@@ -1850,12 +1834,15 @@ static int change_publish(struct change *x)
             self_detach(l);
         goto out;
     }
-    prim_futex_wake(&l->ctl->gen, INT_MAX, 1);
     memcpy(l->cur, x->t, table_bytes(x->t));
     l->applied = x->g1;
     rec_set(l, x->g1, 0);
 out:
     pthread_mutex_unlock(&l->mu);
+    /* After l->mu: our own agent, woken too, finds the change applied
+     * instead of waiting for the mutex. */
+    if (err == 0)
+        prim_futex_wake(&l->ctl->gen, INT_MAX, 1);
     return err;
 }
 
@@ -1866,7 +1853,7 @@ out:
  * last wakes nobody, so the sleep is bounded: 100 us, doubling to 2 ms. */
 static int change_wait(struct change *x)
 {
-    if (!x->sharers.n)
+    if (!x->waiting)
         return 0;
     uint64_t deadline = prim_now_ns() + (uint64_t)x->timeout_ms * 1000000;
     int64_t nap = 100000;
@@ -1885,56 +1872,54 @@ static int change_wait(struct change *x)
     }
 }
 
-/* Where R's sharer is now: at generation G1 (1, or 2 if failed), still
- * where it was, maybe behind (3), or gone (0); from the snapshot NOW if
- * there is one, else asked of the lock file. */
-static int rec_now(struct change *x, const struct recs *now, const struct rec *r,
-                   struct rec *at)
+/* Where R's sharer is now: at generation G1 (1, or 2 if failed), gone
+ * (0), or still behind (3; also one we cannot tell about). */
+static int rec_now(struct change *x, const struct rec *r)
 {
-    *at = *r;
-    if (now) {
-        const struct rec *n = recs_find(now, r->pid);
-        if (!n)
-            return 0;
-        *at = *n;
-        return n->gen == x->g1 ? 1 + n->failed : 3;
-    }
     int st = rec_state(x->l->lkfd, r->pid, x->g1);
     if (st != 0)
-        return st < 0 ? 3 : st; /* one we cannot tell about counts as behind */
+        return st < 0 ? 3 : st;
     st = rec_state(x->l->lkfd, r->pid, r->gen);
     return st == 0 ? 0 : 3;
 }
 
 /* 5. What became of each sharer: it applied the change (or failed to),
- * died, or is still behind: then it is detached, and listed so that its
- * agent drops the region as soon as it runs. The detached listed before
- * (still stuck) count too. Counted only if asked, or if somebody is
- * behind. */
-static void change_count(struct change *x, int want, int busy)
+ * died, or is still behind: then it is detached, and listed (with where
+ * its record stays) so that its agent drops the region as soon as it
+ * runs. The detached listed before (still stuck) count too. Without a full
+ * list, only those still behind are looked for; one we cannot find counts
+ * as detached all the same: the call must not claim it has the change. */
+static void change_count(struct change *x, int busy)
 {
     struct lay *l = x->l;
     struct rpal_region_change *res = &x->res;
     uint32_t listed = x->c.ndet, added = 0;
     res->detached = listed < LAY_DET_MAX ? listed : LAY_DET_MAX;
-    if (!want && !busy)
-        return;
-    struct recs now = {0};
-    int snap = find_recs(l, &now) == 0;
-    for (size_t i = 0; i < x->sharers.n; i++) {
-        struct rec at;
-        int st = rec_now(x, snap ? &now : NULL, &x->sharers.v[i], &at);
-        if (st == 1 || st == 2) {
-            *(st == 2 ? &res->failed : &res->applied) += 1;
-        } else if (st == 0) {
-            res->dead++;
-        } else {
+    if (x->full && (x->want || busy)) {
+        for (size_t i = 0; i < x->sharers.n; i++) {
+            const struct rec *r = &x->sharers.v[i];
+            int st = rec_now(x, r);
+            if (st == 1 || st == 2) {
+                *(st == 2 ? &res->failed : &res->applied) += 1;
+            } else if (st == 0) {
+                res->dead++;
+            } else {
+                res->detached++;
+                det_add(&x->c, r, x->g1);
+                added++;
+            }
+        }
+    } else if (busy) {
+        struct recs stuck = {0};
+        if (find_recs(l, rec_gen(x->g), LK_GEN_SPAN, &stuck) < 0)
             res->detached++;
-            det_add(&x->c, &at, x->g1);
+        for (size_t i = 0; i < stuck.n; i++) {
+            res->detached++;
+            det_add(&x->c, &stuck.v[i], x->g1);
             added++;
         }
+        free(stuck.v);
     }
-    free(now.v);
     if (added) {
         ctl_tail_write(x->rw, &x->c); /* failing, they are waited for again */
         prim_futex_wake(&l->ctl->gen, INT_MAX, 1);
@@ -1959,16 +1944,24 @@ static void change_reclaim(struct change *x)
     }
 }
 
-static void change_end(struct change *x)
+/* Byte 0, this process's mutex and the turnstile let go, in that order. */
+static void change_release(struct change *x)
 {
     if (x->locked)
         prim_ofd_lock(x->l->lkfd, F_UNLCK, LK_CHANGE, 1, 0);
     if (x->mu)
         pthread_mutex_unlock(&x->l->chg_mu);
-    if (x->rw != MAP_FAILED) {
+    if (x->rw != MAP_FAILED)
         turn_unlock(x->rw, x->turn);
-        munmap(x->rw, REGION_HDR_MAP);
-    }
+    x->locked = x->mu = 0;
+    x->turn = -1;
+}
+
+static void change_end(struct change *x)
+{
+    change_release(x);
+    if (x->rw != MAP_FAILED)
+        rw_close(x->l);
     free(x->old);
     free(x->t);
     free(x->sharers.v);
@@ -1987,6 +1980,7 @@ static int change(rpal_region *r, const struct op *op, struct rpal_region_change
         return err;
     struct change x = {.l = l, .op = *op, .turn = -1, .rw = MAP_FAILED};
     x.timeout_ms = chg && chg->timeout_ms > 0 ? chg->timeout_ms : 1000;
+    x.want = chg != NULL;
     x.old = malloc(sizeof *x.old);
     x.t = malloc(sizeof *x.t);
     err = x.old && x.t ? change_begin(&x) : -ENOMEM;
@@ -1996,7 +1990,7 @@ static int change(rpal_region *r, const struct op *op, struct rpal_region_change
         err = change_publish(&x);
     if (err == 0) {
         int busy = change_wait(&x);
-        change_count(&x, chg != NULL, busy);
+        change_count(&x, busy);
         change_reclaim(&x);
     }
     change_end(&x);

@@ -604,6 +604,34 @@ struct lay_table {
     uint64_t check;             /* over the fields above and obj[0..nobj) */
     struct lay_obj obj[LAY_OBJ_MAX];
 };
+/* The control page (at LAY_CTL_OFF of the header area). */
+#define LAY_DET_MAX  64u
+#define LAY_TURNS    8u          /* turnstile words, used in turn (turn_rotate) */
+struct lay_ctl {
+    uint64_t magic;
+    _Atomic uint32_t gen;       /* futex word: the table is copy gen & 1 */
+    _Atomic uint32_t ack;       /* futex word, always 0: agents wake it */
+    /* The turnstile in front of the change lock (src/layout.c, turn_lock):
+     * PI futex words, which the kernel writes, and the one in use. */
+    uint32_t turn_cur;
+    _Atomic uint32_t turn[LAY_TURNS];
+    /* From here on, written by changers under the change lock
+     * (ctl_tail_write): who holds the turnstile (pid, thread, start time),
+     * and whether a holder died (the next change looks for what it left). */
+    int32_t own_pid, own_tid;
+    uint32_t heir;
+    uint64_t own_start;
+    uint32_t ndet;
+    uint32_t dirty;             /* memory may be held outside the objects */
+    uint64_t side_next;         /* first side-store byte never handed out */
+    struct {
+        int32_t pid;
+        uint32_t gen;           /* the change that gave up on it */
+        uint32_t recgen;        /* where its record stays while it is stuck */
+        uint32_t pad;
+    } det[LAY_DET_MAX];
+};
+
 /* The layout of a region of SIZE data bytes from the
  * header area HDR (REGION_HDR_MAP bytes, as mapped or read from the file):
  * the number of objects (the first MAX of them in OBJS) and *GEN, or

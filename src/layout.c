@@ -39,8 +39,6 @@
 
 /* ---- the shared format ---------------------------------------------------- */
 
-#define LAY_DET_MAX  64u
-#define LAY_TURNS    8u          /* turnstile words, used in turn (turn_rotate) */
 #define GEN_MASK     0x7fffffffu /* generations count modulo 2^31 */
 #define LAY_COPY_OFF (2 * RPAL_PAGE)
 #define PROT_ALL (PROT_READ | PROT_WRITE | PROT_EXEC)
@@ -53,32 +51,8 @@
 #define SIDE_BASE    LAY_SIDE_BASE
 #define SIDE_END     LAY_SIDE_END
 
-/* struct lay_obj and struct lay_table are in src/internal.h (the fuzz
- * targets build them). */
-
-struct lay_ctl {
-    uint64_t magic;
-    _Atomic uint32_t gen;       /* futex word: the table is copy gen & 1 */
-    _Atomic uint32_t ack;       /* futex word, always 0: agents wake it */
-    /* The turnstile in front of the change lock (see turn_lock): PI futex
-     * words, the one in use, and who holds it (written by the holder). */
-    uint32_t turn_cur;
-    _Atomic uint32_t turn[LAY_TURNS];
-    int32_t own_pid, own_tid;
-    uint32_t heir;              /* a changer died holding the turnstile */
-    uint64_t own_start;
-    /* From own_pid on, written by changers under the change lock
-     * (ctl_tail_write). */
-    uint32_t ndet;
-    uint32_t dirty;             /* memory may be held outside the objects */
-    uint64_t side_next;         /* first side-store byte never handed out */
-    struct {
-        int32_t pid;
-        uint32_t gen;           /* the change that gave up on it */
-        uint32_t recgen;        /* where its record stays while it is stuck */
-        uint32_t pad;
-    } det[LAY_DET_MAX];
-};
+/* struct lay_obj, struct lay_table and struct lay_ctl are in
+ * src/internal.h (the fuzz targets and tests build them). */
 
 #define LAY_COPY_SIZE ((sizeof(struct lay_table) + RPAL_PAGE - 1) / RPAL_PAGE * RPAL_PAGE)
 _Static_assert(LAY_COPY_OFF + 2 * LAY_COPY_SIZE <= REGION_HDR_MAP,
@@ -402,6 +376,25 @@ struct lay {
     struct lay *next;           /* the agent's list */
 };
 
+/* fork() must not copy a region's state half changed: every step that
+ * changes it (an agent's, a changer's) runs under l->mu and, for reading,
+ * this lock, which the fork handler takes for writing: one lock, however
+ * many regions (ThreadSanitizer follows at most 64 held by one thread).
+ * Writers first, so that a fork is not held off by a stream of steps. */
+static pthread_rwlock_t g_fork_rw = PTHREAD_RWLOCK_WRITER_NONRECURSIVE_INITIALIZER_NP;
+
+static void lay_lock(struct lay *l)
+{
+    pthread_rwlock_rdlock(&g_fork_rw);
+    pthread_mutex_lock(&l->mu);
+}
+
+static void lay_unlock(struct lay *l)
+{
+    pthread_mutex_unlock(&l->mu);
+    pthread_rwlock_unlock(&g_fork_rw);
+}
+
 static int eff_prot(const struct lay *l, unsigned prot)
 {
     return (int)(l->rdonly ? prot & ~(unsigned)PROT_WRITE : prot);
@@ -687,7 +680,7 @@ struct fork_hold {
 };
 
 static struct {
-    pthread_mutex_t mu;         /* the list; taken before any l->mu */
+    pthread_mutex_t mu;         /* the list; taken before g_fork_rw */
     struct lay *list;
     _Atomic uint32_t ctl;       /* bumped when the list changes */
     pid_t pid;                  /* the process whose agent runs (0: none) */
@@ -714,10 +707,10 @@ static void *agent_main(void *arg)
              * layout without that change (its own new object PROT_NONE
              * again: found by `rpal chaos`, sharers changing their ranges at
              * once). */
-            pthread_mutex_lock(&l->mu);
+            lay_lock(l);
             sync_region(l, &g);
             int gone = l->detached;
-            pthread_mutex_unlock(&l->mu);
+            lay_unlock(l);
             if (gone)
                 continue;
             if (n == AGENT_WAITV_MAX) {
@@ -810,8 +803,7 @@ static void atfork_prepare(void)
             h[i].fd = -1;
         }
     pthread_mutex_lock(&g_agent.mu);
-    for (struct lay *l = g_agent.list; l; l = l->next)
-        pthread_mutex_lock(&l->mu);
+    pthread_rwlock_wrlock(&g_fork_rw);
     g_agent.hold = h;
     g_agent.nhold = k;
 }
@@ -828,8 +820,7 @@ static void fork_release(void)
 
 static void atfork_parent(void)
 {
-    for (struct lay *l = g_agent.list; l; l = l->next)
-        pthread_mutex_unlock(&l->mu);
+    pthread_rwlock_unlock(&g_fork_rw);
     fork_release();
     pthread_mutex_unlock(&g_agent.mu);
 }
@@ -880,8 +871,14 @@ static void atfork_child(void)
             l->rw_users = 0;
             mprotect(l->rw, REGION_HDR_MAP, PROT_NONE);
         }
-        pthread_mutex_unlock(&l->mu);
     }
+    /* Made anew, not unlocked: it may record waiters (the parent's agent)
+     * that do not exist here, and unlocking would wait for them. */
+    pthread_rwlockattr_t a;
+    pthread_rwlockattr_init(&a);
+    pthread_rwlockattr_setkind_np(&a, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&g_fork_rw, &a);
+    pthread_rwlockattr_destroy(&a);
     g_agent.pid = 0; /* threads do not survive fork */
     if (any && agent_start() < 0)
         for (struct lay *l = g_agent.list; l; l = l->next)
@@ -1369,7 +1366,8 @@ static int find_recs(const struct lay *l, uint64_t off, uint64_t len, struct rec
     int err = scan_recs(l->lkfd, off, len, out);
     if (err < 0)
         return err;
-    qsort(out->v, out->n, sizeof *out->v, rec_cmp);
+    if (out->n)
+        qsort(out->v, out->n, sizeof *out->v, rec_cmp);
     size_t k = 0;
     for (size_t i = 0; i < out->n; i++) {
         if (k && out->v[k - 1].pid == out->v[i].pid) {
@@ -1646,28 +1644,33 @@ static void change_release(struct change *x);
  * hdr_read/hdr_write, and by the kernel (the turnstile). A new mapping and
  * munmap per change cost far more: unmapping a shared file mapping takes
  * the file's mapping lock, which every sharer's mprotect takes too. */
-static uint8_t *rw_open(struct lay *l)
+static int rw_open(struct lay *l, uint8_t **rw)
 {
-    uint8_t *rw = MAP_FAILED;
-    pthread_mutex_lock(&l->mu);
+    int err = 0;
+    lay_lock(l);
     if (!l->rw) {
         void *p = view_dup(l, 0, REGION_HDR_MAP, NULL);
-        l->rw = p == MAP_FAILED ? NULL : p;
+        if (p == MAP_FAILED)
+            err = -errno;
+        else
+            l->rw = p;
     }
-    if (l->rw && (l->rw_users || mprotect(l->rw, REGION_HDR_MAP, PROT_READ | PROT_WRITE) == 0)) {
+    if (err == 0 && !l->rw_users && mprotect(l->rw, REGION_HDR_MAP, PROT_READ | PROT_WRITE) < 0)
+        err = -errno;
+    if (err == 0) {
         l->rw_users++;
-        rw = l->rw;
+        *rw = l->rw;
     }
-    pthread_mutex_unlock(&l->mu);
-    return rw;
+    lay_unlock(l);
+    return err;
 }
 
 static void rw_close(struct lay *l)
 {
-    pthread_mutex_lock(&l->mu);
+    lay_lock(l);
     if (--l->rw_users == 0)
         mprotect(l->rw, REGION_HDR_MAP, PROT_NONE);
-    pthread_mutex_unlock(&l->mu);
+    lay_unlock(l);
 }
 
 /* Test hook: called with the change lock held, so that a test can see in
@@ -1681,10 +1684,10 @@ static int change_begin(struct change *x)
     struct lay *l = x->l;
     if (!l->lk_rw)
         return -EACCES; /* the lock file may not be written: no changes */
-    if ((x->rw = rw_open(l)) == MAP_FAILED)
-        return -errno;
+    int err = rw_open(l, &x->rw);
+    if (err < 0)
+        return err;
     uint64_t deadline = prim_now_ns() + LK_ATTACH_NS + (uint64_t)x->timeout_ms * 1000000;
-    int err;
     for (;;) {
         int t = turn_lock(l, x->rw, deadline);
         if (t < 0 && t != -ENOSYS)
@@ -1732,10 +1735,10 @@ static int change_plan(struct change *x)
 {
     struct lay *l = x->l;
     if (listed_detached(l, &x->c)) { /* an earlier change gave up on us */
-        pthread_mutex_lock(&l->mu);
+        lay_lock(l);
         if (!l->detached)
             self_detach(l);
-        pthread_mutex_unlock(&l->mu);
+        lay_unlock(l);
         return -ESTALE;
     }
     int err = det_prune(&x->c, l->lkfd);
@@ -1810,7 +1813,7 @@ static int sharers_busy(struct change *x)
 static int change_publish(struct change *x)
 {
     struct lay *l = x->l;
-    pthread_mutex_lock(&l->mu);
+    lay_lock(l);
     int err = -ESTALE;
     if (l->detached)
         goto out;
@@ -1838,7 +1841,7 @@ static int change_publish(struct change *x)
     l->applied = x->g1;
     rec_set(l, x->g1, 0);
 out:
-    pthread_mutex_unlock(&l->mu);
+    lay_unlock(l);
     /* After l->mu: our own agent, woken too, finds the change applied
      * instead of waiting for the mutex. */
     if (err == 0)

@@ -34,14 +34,6 @@ static void locked(void)
         _exit(4);
 }
 
-static uint32_t generation(void)
-{
-    uint32_t g = 0;
-    struct rpal_region_object o[8];
-    REQUIRE(rpal_region_layout(NAME, &g, o, 8) >= 0);
-    return g;
-}
-
 /* Voluntary context switches of the main thread of PID (0: ourselves). */
 static long vcsw(pid_t pid)
 {
@@ -130,23 +122,14 @@ int main(void)
         down[i] = d[1];
     }
     close(done[1]);
-    int u[2];
-    REQUIRE(pipe(u) == 0);
-    pid_t s = fork();
-    REQUIRE(s >= 0);
-    if (s == 0) {
-        t_put(u[1], 'r'); /* fork's handlers are done */
-        pause();
-        _exit(0);
-    }
-    REQUIRE(t_get(u[0]) == 'r');
+    pid_t s = t_fork_sharer();
     t_stop(s);
 
-    uint32_t g = generation();
+    uint32_t g = t_region_gen(NAME);
     t_put(down[0], 'g');
-    for (int i = 0; i < 2000 && generation() == g; i++)
+    for (int i = 0; i < 2000 && t_region_gen(NAME) == g; i++)
         usleep(1000);
-    REQUIRE(generation() != g); /* H holds the lock, waiting for S */
+    REQUIRE(t_region_gen(NAME) != g); /* H holds the lock, waiting for S */
     for (int i = 1; i <= NW; i++) {
         t_put(down[i], 'g');
         wait_asleep(kid[i], 400);

@@ -25,16 +25,7 @@ int main(void)
     CHECK_ERR(rpal_region_map(r, 0, 4 * PAGE, PROT_READ | PROT_WRITE, -1, 0, NULL), 0);
 
     /* 1. */
-    int u[2];
-    REQUIRE(pipe(u) == 0);
-    pid_t s = fork();
-    REQUIRE(s >= 0);
-    if (s == 0) {
-        t_put(u[1], 'r');
-        for (;;)
-            pause();
-    }
-    REQUIRE(t_get(u[0]) == 'r');
+    pid_t s = t_fork_sharer();
     t_stop(s);
     struct rpal_region_change c = {.timeout_ms = 200};
     CHECK_ERR(rpal_region_protect(r, 0, PAGE, PROT_READ, &c), 1);

@@ -6,7 +6,7 @@
  *    filter makes them return ENOLCK) must not report success: before the
  *    fix the failed scan counted as "no sharers", and the change returned 0
  *    at once without waiting for S;
- * 2. a reader of the lock file holds 5,000 read locks where sharers' records
+ * 2. a reader of the lock file holds 4,200 read locks where sharers' records
  *    go (for pids above any real one): the changer must wait for all of
  *    them and S, and report them all detached, where the scan used to stop
  *    after 4,096 sharers (and so missed S).
@@ -24,36 +24,10 @@
 #define NAME "scan"
 #define SIZE (1u << 20)
 #define PAGE 4096u
-#define NJUNK 5000
+#define NJUNK 4200 /* more than the 4,096 the scan used to stop at */
 #define JUNK_PID (4194304 - 6000) /* above any pid (pid_max is at most 2^22) */
 
 static rpal_region *r;
-
-static uint32_t generation(void)
-{
-    uint32_t g = 0;
-    struct rpal_region_object o[8];
-    REQUIRE(rpal_region_layout(NAME, &g, o, 8) >= 0);
-    return g;
-}
-
-/* A sharer that says when fork's handlers are done, then waits. */
-static pid_t spawn_sharer(void)
-{
-    int u[2];
-    REQUIRE(pipe(u) == 0);
-    pid_t pid = fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-        t_put(u[1], 'r');
-        for (;;)
-            pause();
-    }
-    REQUIRE(t_get(u[0]) == 'r');
-    close(u[0]);
-    close(u[1]);
-    return pid;
-}
 
 /* Make fcntl(F_OFD_GETLK) fail with ENOLCK in every thread of this process. */
 static int deny_getlk(void)
@@ -84,7 +58,7 @@ static int scan_fails(void)
         printf("seccomp filter: %s\n", strerror(-err));
         return T_SKIP;
     }
-    uint32_t g = generation();
+    uint32_t g = t_region_gen(NAME);
     struct rpal_region_change c = {.timeout_ms = 300};
     err = rpal_region_protect(r, 0, PAGE, PROT_READ, &c);
     if (err == 0 && c.detached == 0) {
@@ -92,7 +66,7 @@ static int scan_fails(void)
                 c.applied, c.detached);
         return 1;
     }
-    if (err < 0 && generation() != g) {
+    if (err < 0 && t_region_gen(NAME) != g) {
         fprintf(stderr, "a change failed (%s) but was published\n", rpal_strerror(err));
         return 1;
     }
@@ -128,7 +102,7 @@ int main(void)
     CHECK_ERR(rpal_region_map(r, 0, PAGE, PROT_READ | PROT_WRITE, -1, 0, NULL), 0);
 
     /* 1. */
-    pid_t s = spawn_sharer();
+    pid_t s = t_fork_sharer();
     t_stop(s);
     pid_t c = fork();
     REQUIRE(c >= 0);
@@ -144,8 +118,8 @@ int main(void)
 
     /* 2. The junk first, then S: the locks of one holder sit together in
      * the kernel's list, in the order holders came. */
-    int junk = plant_junk(generation());
-    s = spawn_sharer();
+    int junk = plant_junk(t_region_gen(NAME));
+    s = t_fork_sharer();
     t_stop(s);
     struct rpal_region_change chg = {.timeout_ms = 300};
     int err = rpal_region_protect(r, 0, PAGE, PROT_READ | PROT_WRITE, &chg);

@@ -33,14 +33,6 @@
 static rpal_region *r;
 static uint64_t base;
 
-static uint32_t generation(void)
-{
-    uint32_t g = 0;
-    struct rpal_region_object o[8];
-    REQUIRE(rpal_region_layout(NAME, &g, o, 8) >= 0);
-    return g;
-}
-
 static int z_zero(void)
 {
     const volatile uint8_t *p = (const volatile uint8_t *)(uintptr_t)(base + Z);
@@ -107,11 +99,11 @@ static void round_once(int round)
     int sdown, qdown;
     pid_t s = spawn(0, &sdown), q = spawn(1, &qdown);
     t_stop(s);
-    uint32_t g = generation();
+    uint32_t g = t_region_gen(NAME);
     t_put(qdown, 'u');
-    for (int i = 0; i < 2000 && generation() == g; i++)
+    for (int i = 0; i < 2000 && t_region_gen(NAME) == g; i++)
         usleep(1000);
-    REQUIRE(generation() != g); /* Q's unmap is published; Q waits for S */
+    REQUIRE(t_region_gen(NAME) != g); /* Q's unmap is published; Q waits for S */
 
     struct waiter w = {0};
     if (round % 2) {

@@ -338,6 +338,36 @@ static inline void t_stop(pid_t pid)
     REQUIRE(waitpid(pid, &st, WUNTRACED) == pid && WIFSTOPPED(st));
 }
 
+/* The change counter of region NAME (see rpal_region_layout). */
+static inline uint32_t t_region_gen(const char *name)
+{
+    uint32_t g = 0;
+    struct rpal_region_object o[8];
+    REQUIRE(rpal_region_layout(name, &g, o, 8) >= 0);
+    return g;
+}
+
+/* A child that shares this process's regions (through fork) and only
+ * waits, until it is stopped or killed. Returns once fork's handlers are
+ * done in it: it holds nothing of a region's then (stopped earlier, it
+ * would hold off every change). */
+static inline pid_t t_fork_sharer(void)
+{
+    int u[2];
+    REQUIRE(pipe(u) == 0);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        t_put(u[1], 'r');
+        for (;;)
+            pause();
+    }
+    REQUIRE(t_get(u[0]) == 'r');
+    close(u[0]);
+    close(u[1]);
+    return pid;
+}
+
 /* The lock file of region NAME (a name at the top of the namespace):
  * `.NAME.INODE.lock` beside it (docs/regions.md, "Layout"). */
 static inline void t_lock_path(const char *name, char *buf, size_t size)

@@ -691,7 +691,9 @@ static struct {
 
 static void *agent_main(void *arg)
 {
-    (void)arg;
+    /* Running: see agent_start. */
+    rpal_store_release((_Atomic uint32_t *)arg, 1); /* pairs with agent_start's acquire */
+    prim_futex_wake(arg, 1, 0);
     struct futex_waitv w[AGENT_WAITV_MAX + 1];
     for (;;) {
         uint32_t c = rpal_load_acquire(&g_agent.ctl); /* pairs with agent_kick */
@@ -763,11 +765,20 @@ static int agent_start(void)
     /* The thread starts with every signal blocked: it never runs a handler
      * of the application's. */
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    int err = pthread_create(&th, &a, agent_main, NULL);
+    static _Atomic uint32_t running;
+    rpal_store_relaxed(&running, 0);
+    int err = pthread_create(&th, &a, agent_main, (void *)&running);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     pthread_attr_destroy(&a);
     if (err)
         return -err;
+    /* Wait (a while) until the thread runs our code: the runtime sets a
+     * new thread up before that, and may allocate for it (AddressSanitizer
+     * does), so a fork() meanwhile would copy its allocator locked, and
+     * the child's own agent could never start. */
+    uint64_t until = prim_now_ns() + 1000000000;
+    for (uint64_t now; !rpal_load_acquire(&running) && (now = prim_now_ns()) < until;)
+        prim_futex_wait(&running, 0, 0, (int64_t)(until - now));
     g_agent.pid = prim_getpid();
     return 0;
 }

@@ -923,14 +923,14 @@ static void lay_free(struct lay *l)
     free(l);
 }
 
-int lay_attach(int fd, int lkfd, uint64_t base, uint64_t size, uint64_t granule,
-               int rdonly, struct lay **out)
+/* A handle's layout state, not attached yet (NULL: out of memory). */
+static struct lay *lay_new(int fd, int lkfd, uint64_t base, uint64_t size, uint64_t granule,
+                           int rdonly)
 {
+    (void)fd;
     struct lay *l = calloc(1, sizeof *l);
-    if (!l) {
-        close(lkfd);
-        return -ENOMEM;
-    }
+    if (!l)
+        return NULL;
     pthread_mutex_init(&l->mu, NULL);
     pthread_mutex_init(&l->chg_mu, NULL);
     l->base = base;
@@ -947,6 +947,17 @@ int lay_attach(int fd, int lkfd, uint64_t base, uint64_t size, uint64_t granule,
 #endif
     l->cur = malloc(sizeof *l->cur);
     l->tmp = malloc(sizeof *l->tmp);
+    return l;
+}
+
+int lay_attach(int fd, int lkfd, uint64_t base, uint64_t size, uint64_t granule,
+               int rdonly, struct lay **out)
+{
+    struct lay *l = lay_new(fd, lkfd, base, size, granule, rdonly);
+    if (!l) {
+        close(lkfd);
+        return -ENOMEM;
+    }
     int err = 0, failed = 0, locked = 0;
     if (!l->cur || !l->tmp) {
         err = -ENOMEM;

@@ -111,9 +111,11 @@ int main(void)
     for (int i = 0; i <= NW; i++) {
         int d[2];
         REQUIRE(pipe(d) == 0);
+        pid_t parent = getpid();
         kid[i] = fork();
         REQUIRE(kid[i] >= 0);
         if (kid[i] == 0) {
+            t_die_with_parent(parent);
             close(d[1]);
             close(done[0]);
             _exit(changer(i, d[0], done[1]));

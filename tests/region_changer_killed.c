@@ -51,9 +51,10 @@ static pid_t spawn(int changer, int *down)
 {
     int d[2], u[2];
     REQUIRE(pipe(d) == 0 && pipe(u) == 0);
-    pid_t pid = fork();
+    pid_t parent = getpid(), pid = fork();
     REQUIRE(pid >= 0);
     if (pid == 0) {
+        t_die_with_parent(parent);
         close(d[1]);
         close(u[0]);
         t_put(u[1], 'r');

@@ -94,9 +94,10 @@ static pid_t spawn(int role, int *up, int *down)
 {
     int u[2], d[2];
     REQUIRE(pipe(u) == 0 && pipe(d) == 0);
-    pid_t pid = fork();
+    pid_t parent = getpid(), pid = fork();
     REQUIRE(pid >= 0);
     if (pid == 0) {
+        t_die_with_parent(parent);
         close(u[0]);
         close(d[1]);
         rpal_region_detach(g_r); /* attach by name, as an unrelated process */

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -347,6 +348,15 @@ static inline uint32_t t_region_gen(const char *name)
     return g;
 }
 
+/* In a forked child: be killed when the test (the parent) exits, so that a
+ * test that stops on a failed REQUIRE leaves no child behind. */
+static inline void t_die_with_parent(pid_t parent)
+{
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent)
+        _exit(1);
+}
+
 /* A child that shares this process's regions (through fork) and only
  * waits, until it is stopped or killed. Returns once fork's handlers are
  * done in it: it holds nothing of a region's then (stopped earlier, it
@@ -355,9 +365,10 @@ static inline pid_t t_fork_sharer(void)
 {
     int u[2];
     REQUIRE(pipe(u) == 0);
-    pid_t pid = fork();
+    pid_t parent = getpid(), pid = fork();
     REQUIRE(pid >= 0);
     if (pid == 0) {
+        t_die_with_parent(parent);
         t_put(u[1], 'r');
         for (;;)
             pause();

@@ -107,6 +107,10 @@ static void seed_table(const char *name, uint32_t gen, uint32_t op, unsigned n, 
         o->len = step - (i % 2) * RPAL_PAGE; /* a hole after every other one */
         o->kind = i % 3 == 1 ? RPAL_OBJ_FILE : RPAL_OBJ_ANON;
         o->prot = i % 4 == 0 ? PROT_READ | PROT_WRITE : i % 4 == 1 ? PROT_READ : 0;
+        if (i % 3 == 2) { /* made by rpal_region_map: side-store memory */
+            o->store = LAY_STORE_SIDE;
+            o->foff = LAY_SIDE_BASE + i * step;
+        }
         if (o->kind == RPAL_OBJ_FILE) {
             o->maxprot = PROT_READ | PROT_WRITE;
             o->src_pid = 4242;

@@ -143,14 +143,23 @@ struct rpal_region_change {
     unsigned failed;    /* out: sharers that answered but could not apply it
                            (e.g. could not open a file object): they map the
                            range PROT_NONE */
-    unsigned dead;      /* out: sharers that died before answering (skipped) */
-    unsigned detached;  /* out: sharers that did not answer in time: they are
-                           detached, and unmap the region when they run */
+    unsigned dead;      /* out: sharers gone when the change looked: died
+                           before answering (skipped), or just after */
+    unsigned detached;  /* out: sharers that did not answer in time (or were
+                           detached by an earlier change and are not gone
+                           yet): they unmap the region when they run, and
+                           until then may not have the change */
 };
 
-/* Place an object at OFFSET: anonymous shared memory (FD -1; it reads as
- * zeros) or LENGTH bytes of the regular file FD from FILE_OFFSET (opened
- * read-write for PROT_WRITE). The range must hold no object (-EEXIST). */
+/* The three layout changes return 0 when every live sharer has the change,
+ * the number of sharers detached (which may not have it: after a protect
+ * to read-only, they may still write until they run again) as a positive
+ * value, or a negative errno (nothing changed). */
+
+/* Place an object at OFFSET: anonymous shared memory (FD -1; new memory,
+ * which reads as zeros) or LENGTH bytes of the regular file FD from
+ * FILE_OFFSET (opened read-write for PROT_WRITE). The range must hold no
+ * object (-EEXIST). */
 int rpal_region_map(rpal_region *r, uint64_t offset, uint64_t length, int prot,
                     int fd, uint64_t file_offset, struct rpal_region_change *chg);
 

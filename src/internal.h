@@ -69,6 +69,8 @@ RPAL_HIDDEN int prim_map_fixed(uint64_t addr, size_t len, int prot, int flags,
 RPAL_HIDDEN int prim_proc_start(pid_t pid, uint64_t *start);
 /* 1 if the process PID that started at START still runs, else 0. */
 RPAL_HIDDEN int prim_proc_alive(pid_t pid, uint64_t start);
+/* getpid(), cached (forgotten in a forked child). */
+RPAL_HIDDEN pid_t prim_getpid(void);
 /* The calling process's start time (cached per pid, so valid after fork). */
 RPAL_HIDDEN uint64_t prim_self_start(void);
 
@@ -124,11 +126,22 @@ struct futex_waitv;
 RPAL_HIDDEN int prim_futex_wait(const _Atomic uint32_t *addr, uint32_t val,
                                 int shared, int64_t timeout_ns);
 RPAL_HIDDEN int prim_futex_wake(const _Atomic uint32_t *addr, int n, int shared);
+/* A PI futex as a lock between processes (FUTEX_LOCK_PI): waiters served
+ * in the order they came, the lock handed to the first at unlock or at the
+ * owner's death. DEADLINE_NS on CLOCK_MONOTONIC. 0, or -ETIMEDOUT, -ESRCH
+ * (the owner recorded in the word is gone and handed nothing over),
+ * -EDEADLK (the calling thread owns it), -EINVAL or -EPERM (the word is not
+ * a consistent lock), -EFAULT, -ENOSYS (no PI futexes). */
+RPAL_HIDDEN int prim_futex_lock_pi(_Atomic uint32_t *addr, uint64_t deadline_ns);
+RPAL_HIDDEN int prim_futex_unlock_pi(_Atomic uint32_t *addr);
 /* Copy LEN bytes within our own address space through the kernel
  * (process_vm_readv/writev): 0, or -EFAULT if a page is gone (cut from its
  * file, unmapped, no permission) where a plain access would raise SIGBUS or
  * SIGSEGV. */
 RPAL_HIDDEN int prim_mem_read(void *dst, const void *src, size_t len);
+/* Two such reads in one system call, in this order. */
+RPAL_HIDDEN int prim_mem_read2(void *dst1, const void *src1, size_t len1, void *dst2,
+                               const void *src2, size_t len2);
 RPAL_HIDDEN int prim_mem_write(void *dst, const void *src, size_t len);
 /* Wait on several words at once (Linux 5.16+): index woken, or -errno. */
 RPAL_HIDDEN int prim_futex_waitv(struct futex_waitv *w, unsigned n,
@@ -149,9 +162,11 @@ struct rpal_region_object;
 RPAL_HIDDEN int lay_init(int fd, uint64_t size, int empty);
 /* Open (with CREATE_MODE != 0, create if missing) the lock file of the
  * region NAME (relative to the namespace root NSFD) whose inode is INO:
- * `.LEAF.INO.lock` beside it, an empty file that only carries OFD locks. */
+ * `.LEAF.INO.lock` beside it, which carries the sharers' OFD locks and the
+ * memory of the anonymous objects made by rpal_region_map. RDWR: open it
+ * read-write if its mode allows (else read-only). */
 RPAL_HIDDEN int lay_lock_open(int nsfd, const char *name, uint64_t ino,
-                              unsigned create_mode);
+                              unsigned create_mode, int rdwr);
 RPAL_HIDDEN void lay_lock_unlink(int dirfd, const char *leaf, uint64_t ino);
 /* Follow the layout of the region file FD (header area and data already
  * mapped at BASE - GRANULE and BASE): apply the current layout, register
@@ -710,8 +725,16 @@ RPAL_HIDDEN int region_hdr_validate(const struct region_hdr *h, uint64_t file_si
 
 /* layout (src/layout.c): the layout table, two copies of which follow the
  * control page in a region's header area. */
-#define LAY_MAGIC    0x314c54434c415052ull /* "RPALCTL1": the control page */
+#define LAY_MAGIC    0x324c54434c415052ull /* "RPALCTL2": the control page */
+#define LAY_MAGIC_V1 0x314c54434c415052ull /* "RPALCTL1", before issue 19: -EPROTO */
 #define LAY_OBJ_MAX  128u
+/* An anonymous object's memory: the region file's own pages at the
+ * object's offset (only the object a region is created with, and its
+ * pieces), or pages of the side store (the lock file) from foff, which
+ * rpal_region_map hands out once and never again. */
+enum { LAY_STORE_REGION = 0, LAY_STORE_SIDE = 1 };
+#define LAY_SIDE_BASE (2ull << 20) /* the side store: lock file offsets from */
+#define LAY_SIDE_END  (1ull << 62) /* ... to */
 enum { OP_INIT = 0, OP_MAP = 1, OP_PROTECT = 2, OP_UNMAP = 3 };
 struct lay_obj {
     uint64_t off, len;
@@ -719,7 +742,7 @@ struct lay_obj {
     uint32_t maxprot;           /* FILE: PROT_WRITE only if its fd was writable */
     int32_t src_pid, src_fd;    /* FILE: the changer's descriptor, open while it
                                    propagates the change that mapped it */
-    uint32_t pad;
+    uint32_t store;             /* ANON: where its memory is, LAY_STORE_* */
     uint64_t dev, ino, foff;
     char path[RPAL_OBJ_PATH_MAX];
 };
@@ -730,6 +753,34 @@ struct lay_table {
     uint64_t check;             /* over the fields above and obj[0..nobj) */
     struct lay_obj obj[LAY_OBJ_MAX];
 };
+/* The control page (at LAY_CTL_OFF of the header area). */
+#define LAY_DET_MAX  64u
+#define LAY_TURNS    8u          /* turnstile words, used in turn (turn_rotate) */
+struct lay_ctl {
+    uint64_t magic;
+    _Atomic uint32_t gen;       /* futex word: the table is copy gen & 1 */
+    _Atomic uint32_t ack;       /* futex word, always 0: agents wake it */
+    /* The turnstile in front of the change lock (src/layout.c, turn_lock):
+     * PI futex words, which the kernel writes, and the one in use. */
+    uint32_t turn_cur;
+    _Atomic uint32_t turn[LAY_TURNS];
+    /* From here on, written by changers under the change lock
+     * (ctl_tail_write): who holds the turnstile (pid, thread, start time),
+     * and whether a holder died (the next change looks for what it left). */
+    int32_t own_pid, own_tid;
+    uint32_t heir;
+    uint64_t own_start;
+    uint32_t ndet;
+    uint32_t dirty;             /* memory may be held outside the objects */
+    uint64_t side_next;         /* first side-store byte never handed out */
+    struct {
+        int32_t pid;
+        uint32_t gen;           /* the change that gave up on it */
+        uint32_t recgen;        /* where its record stays while it is stuck */
+        uint32_t pad;
+    } det[LAY_DET_MAX];
+};
+
 /* The layout of a region of SIZE data bytes from the
  * header area HDR (REGION_HDR_MAP bytes, as mapped or read from the file):
  * the number of objects (the first MAX of them in OBJS) and *GEN, or

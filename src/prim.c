@@ -14,6 +14,7 @@
 #include <linux/openat2.h>
 #include <mntent.h>
 #include <pthread.h>
+#include <sched.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -107,6 +108,32 @@ int prim_proc_alive(pid_t pid, uint64_t start)
     return now == start;
 }
 
+/* getpid() is a system call (glibc stopped caching it), and the layout
+ * code needs our pid for every copy through the kernel and every record
+ * lock: cached, and forgotten in a forked child by a fork handler that is
+ * registered when the library is loaded, so before any other of rpal's. */
+static _Atomic pid_t g_self_pid;
+
+static void self_pid_forget(void)
+{
+    rpal_store_relaxed(&g_self_pid, 0);
+}
+
+__attribute__((constructor)) static void self_pid_init(void)
+{
+    pthread_atfork(NULL, NULL, self_pid_forget);
+}
+
+pid_t prim_getpid(void)
+{
+    pid_t p = rpal_load_relaxed(&g_self_pid);
+    if (!p) {
+        p = getpid();
+        rpal_store_relaxed(&g_self_pid, p);
+    }
+    return p;
+}
+
 uint64_t prim_self_start(void)
 {
     /* Cached per pid, so that a forked child reads its own. Threads may race
@@ -114,7 +141,7 @@ uint64_t prim_self_start(void)
      * before the pid (release) and read after it (acquire). */
     static _Atomic pid_t cached_pid;
     static _Atomic uint64_t cached_start;
-    pid_t me = getpid();
+    pid_t me = prim_getpid();
     if (rpal_load_acquire(&cached_pid) == me)
         return rpal_load_relaxed(&cached_start);
     uint64_t s = 0;
@@ -479,6 +506,49 @@ int prim_futex_waitv(struct futex_waitv *w, unsigned n, int64_t timeout_ns)
     return r < 0 ? -errno : (int)r;
 }
 
+#ifndef FUTEX_LOCK_PI2
+#define FUTEX_LOCK_PI2 13 /* Linux 5.14: FUTEX_LOCK_PI on CLOCK_MONOTONIC */
+#endif
+
+/* A priority-inheritance futex used as a lock between processes: the
+ * kernel keeps the waiters in a queue (in arrival order among tasks of
+ * normal priority), hands the lock to the first one when the owner
+ * unlocks, and also when the owner dies with waiters queued (the word then
+ * carries FUTEX_OWNER_DIED). The word must be in writable shared memory;
+ * the kernel reads and writes it, so a page cut from its file is -EFAULT,
+ * never SIGBUS. */
+int prim_futex_lock_pi(_Atomic uint32_t *addr, uint64_t deadline_ns)
+{
+    for (;;) {
+        struct timespec ts = {(time_t)(deadline_ns / 1000000000),
+                              (long)(deadline_ns % 1000000000)};
+        long r = syscall(SYS_futex, addr, FUTEX_LOCK_PI2, 0, &ts, NULL, 0);
+        if (r < 0 && errno == ENOSYS) {
+            /* Before 5.14 (and under valgrind 3.19): FUTEX_LOCK_PI takes
+             * its deadline on CLOCK_REALTIME. */
+            uint64_t now = prim_now_ns(), left = deadline_ns > now ? deadline_ns - now : 0;
+            uint64_t abs = prim_now_realtime_ns() + left;
+            ts.tv_sec = (time_t)(abs / 1000000000);
+            ts.tv_nsec = (long)(abs % 1000000000);
+            r = syscall(SYS_futex, addr, FUTEX_LOCK_PI, 0, &ts, NULL, 0);
+        }
+        if (r == 0)
+            return 0;
+        if (errno != EAGAIN)
+            return -errno;
+        /* The owner is exiting: the kernel says to try again shortly. */
+        if (prim_now_ns() >= deadline_ns)
+            return -ETIMEDOUT;
+        sched_yield();
+    }
+}
+
+int prim_futex_unlock_pi(_Atomic uint32_t *addr)
+{
+    long r = syscall(SYS_futex, addr, FUTEX_UNLOCK_PI, 0, NULL, NULL, 0);
+    return r < 0 ? -errno : 0;
+}
+
 /* OFD locks (F_OFD_*): owned by the open file description, so two
  * descriptors of one process conflict like two processes do, and a lock
  * goes away with the last descriptor of its description (at death too). */
@@ -574,8 +644,8 @@ static int mem_copy(void *dst, const void *src, size_t len, int write)
         return pipe_copy(dst, src, len);
     struct iovec local = {write ? (void *)src : dst, len};
     struct iovec remote = {write ? dst : (void *)src, len};
-    ssize_t n = write ? process_vm_writev(getpid(), &local, 1, &remote, 1, 0)
-                      : process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
+    ssize_t n = write ? process_vm_writev(prim_getpid(), &local, 1, &remote, 1, 0)
+                      : process_vm_readv(prim_getpid(), &local, 1, &remote, 1, 0);
     if (n < 0 && (errno == ENOSYS || errno == EPERM)) {
         rpal_store_relaxed(&g_no_vm_copy, 1);
         return pipe_copy(dst, src, len);
@@ -588,6 +658,17 @@ static int mem_copy(void *dst, const void *src, size_t len, int write)
 int prim_mem_read(void *dst, const void *src, size_t len)
 {
     return mem_copy(dst, src, len, 0);
+}
+
+int prim_mem_read2(void *dst1, const void *src1, size_t len1, void *dst2, const void *src2,
+                   size_t len2)
+{
+    struct iovec local[2] = {{dst1, len1}, {dst2, len2}};
+    struct iovec remote[2] = {{(void *)src1, len1}, {(void *)src2, len2}};
+    ssize_t n = process_vm_readv(prim_getpid(), local, 2, remote, 2, 0);
+    if (n < 0)
+        return -errno;
+    return (size_t)n == len1 + len2 ? 0 : -EFAULT;
 }
 
 int prim_mem_write(void *dst, const void *src, size_t len)
@@ -809,7 +890,8 @@ const char *rpal_strerror(int err)
     case ENAMETOOLONG:
         return "name too long";
     case EOPNOTSUPP:
-        return "not supported here (a namespace directory without O_TMPFILE, or pages other than 4 KiB)";
+        return "not supported here: a layout change on a huge region (one object, no layout), "
+               "a namespace directory without O_TMPFILE, or pages other than 4 KiB";
     default:
         return err < 0 ? strerror(-err) : "unknown error";
     }

@@ -588,7 +588,7 @@ int rpal_region_create(const char *name, size_t size, unsigned mode,
         /* The lock file is named after the inode, so it exists before the
          * region has a name and no attacher can come without it. */
         ino = (uint64_t)st.st_ino;
-        if ((lkfd = lay_lock_open(nsfd, name, ino, mode & 0666)) < 0) {
+        if ((lkfd = lay_lock_open(nsfd, name, ino, mode & 0666, 1)) < 0) {
             err = lkfd;
             goto out_release;
         }
@@ -698,7 +698,8 @@ int rpal_region_attach(const char *name, unsigned flags, rpal_region **out)
     }
     err = datafd < 0 ? datafd : map_region(fd, datafd, &h, writable);
     if (err == 0 && (err = region_new(&h, &r)) == 0 && !huge &&
-        (lkfd = lay_lock_open(nsfd, name, (uint64_t)st.st_ino, st.st_mode & 0666)) < 0)
+        (lkfd = lay_lock_open(nsfd, name, (uint64_t)st.st_ino, st.st_mode & 0666,
+                              writable)) < 0)
         err = lkfd;
     if (err == 0 && !huge)
         err = lay_attach(fd, lkfd, h.base, h.size, h.granule, !writable, &r->lay);

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -593,6 +594,79 @@ static inline pid_t t_echo_fork(const char *domain, rpal_domain *d, int cpu,
     REQUIRE(rpal_uds_fdmap(d, sv[0], 5000) == 1);
     *fd = sv[0];
     return p;
+}
+
+/* ---- helpers of the region layout tests ---- */
+
+/* Stop PID (a child) and wait until it is stopped. */
+static inline void t_stop(pid_t pid)
+{
+    int st;
+    REQUIRE(kill(pid, SIGSTOP) == 0);
+    REQUIRE(waitpid(pid, &st, WUNTRACED) == pid && WIFSTOPPED(st));
+}
+
+/* The change counter of region NAME (see rpal_region_layout). */
+static inline uint32_t t_region_gen(const char *name)
+{
+    uint32_t g = 0;
+    struct rpal_region_object o[8];
+    REQUIRE(rpal_region_layout(name, &g, o, 8) >= 0);
+    return g;
+}
+
+/* In a forked child: be killed when the test (the parent) exits, so that a
+ * test that stops on a failed REQUIRE leaves no child behind. */
+static inline void t_die_with_parent(pid_t parent)
+{
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent)
+        _exit(1);
+}
+
+/* A child that shares this process's regions (through fork) and only
+ * waits, until it is stopped or killed. Returns once fork's handlers are
+ * done in it: it holds nothing of a region's then (stopped earlier, it
+ * would hold off every change). */
+static inline pid_t t_fork_sharer(void)
+{
+    int u[2];
+    REQUIRE(pipe(u) == 0);
+    pid_t parent = getpid(), pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        t_die_with_parent(parent);
+        t_put(u[1], 'r');
+        for (;;)
+            pause();
+    }
+    REQUIRE(t_get(u[0]) == 'r');
+    close(u[0]);
+    close(u[1]);
+    return pid;
+}
+
+/* The lock file of region NAME (a name at the top of the namespace):
+ * `.NAME.INODE.lock` beside it (docs/regions.md, "Layout"). */
+static inline void t_lock_path(const char *name, char *buf, size_t size)
+{
+    char p[512];
+    struct stat st;
+    snprintf(p, sizeof p, "%s/%s", rpal_ns_dir(), name);
+    REQUIRE(stat(p, &st) == 0);
+    snprintf(buf, size, "%s/.%s.%llu.lock", rpal_ns_dir(), name, (unsigned long long)st.st_ino);
+}
+
+/* Bytes of memory that region NAME's files hold (the region file and its
+ * lock file): what unmapped objects must give back. */
+static inline long long t_region_bytes(const char *name)
+{
+    char p[512], lk[600];
+    struct stat a, b;
+    snprintf(p, sizeof p, "%s/%s", rpal_ns_dir(), name);
+    t_lock_path(name, lk, sizeof lk);
+    REQUIRE(stat(p, &a) == 0 && stat(lk, &b) == 0);
+    return ((long long)a.st_blocks + (long long)b.st_blocks) * 512;
 }
 
 #endif

@@ -273,7 +273,7 @@ int rpal_chan_open(rpal_peer *peer, const struct rpal_chan_opts *opts,
         goto fail;
     }
     /* Not connect() by name: it would follow a link planted there. */
-    if ((err = svc_connect(d->dirfd, file, c->sock)) < 0) {
+    if ((err = prim_connect_beneath(d->dirfd, file, c->sock)) < 0) {
         err = err == -ECONNREFUSED ? -ESRCH : err;
         goto fail;
     }

@@ -1193,7 +1193,7 @@ static int gc_domain(int dirfd, const char *name, const struct dom_meta *m, void
             int c = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
             /* A socket nobody listens on refuses: its service is dead. (Not
              * connect() by name: a link swapped in would be followed.) */
-            int dead = c >= 0 && svc_connect(dirfd, de->d_name, c) == -ECONNREFUSED;
+            int dead = c >= 0 && prim_connect_beneath(dirfd, de->d_name, c) == -ECONNREFUSED;
             if (c >= 0)
                 close(c);
             if (dead && unlinkat(dirfd, de->d_name, 0) == 0) {

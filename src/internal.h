@@ -81,6 +81,16 @@ RPAL_HIDDEN int prim_maps_scan(void (*fn)(pid_t pid, uint64_t dev,
                                           uint64_t ino, void *arg),
                                void *arg);
 
+/* "/proc/self/fd/FD": how a descriptor is named to a call that takes a path
+ * (connect, reopen with other flags, readlink) without following a name
+ * that could be swapped meanwhile. */
+#define PRIM_FD_PATH 32
+RPAL_HIDDEN void prim_fd_path(char buf[PRIM_FD_PATH], int fd);
+/* The socket FILE beneath DIRFD as an O_PATH descriptor (its /proc path in
+ * PROC), refusing a symlink at its name (-ELOOP) and anything that is not
+ * a socket (-ENOENT); and connect(2) SOCK to it that way. */
+RPAL_HIDDEN int prim_sock_open_beneath(int dirfd, const char *file, char proc[PRIM_FD_PATH]);
+RPAL_HIDDEN int prim_connect_beneath(int dirfd, const char *file, int sock);
 /* Open DIRFD/PATH with openat2(2) confined beneath DIRFD and refusing every
  * symlink on the way (-ELOOP), with O_CLOEXEC added. */
 RPAL_HIDDEN int prim_open_beneath(int dirfd, const char *path, int flags,
@@ -480,9 +490,6 @@ RPAL_HIDDEN void dom_watch_retire(rpal_domain *d, struct watch *w);
 /* Path of the rendezvous socket of service NAME of D. */
 struct sockaddr_un;
 RPAL_HIDDEN int svc_path(const rpal_domain *d, const char *name, struct sockaddr_un *a);
-/* Connect SOCK to the service socket FILE ("svc.NAME") beneath DIRFD
- * without following a symlink at its name (-ELOOP; not a socket: -ENOENT). */
-RPAL_HIDDEN int svc_connect(int dirfd, const char *file, int sock);
 RPAL_HIDDEN int svc_send_with_fd(int sock, const void *msg, size_t len, int fd);
 RPAL_HIDDEN int svc_peer_adopt(rpal_domain *d, int memfd, const struct ucred *cr,
                                unsigned slot, uint64_t slot_size, rpal_peer **out,

@@ -22,7 +22,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <linux/futex.h>
@@ -376,6 +378,11 @@ static int walk_beneath(int dirfd, const char *path, int flags, unsigned mode)
     return err;
 }
 
+void prim_fd_path(char buf[PRIM_FD_PATH], int fd)
+{
+    snprintf(buf, PRIM_FD_PATH, "/proc/self/fd/%d", fd);
+}
+
 int prim_open_beneath(int dirfd, const char *path, int flags,
                       unsigned create_mode)
 {
@@ -480,10 +487,43 @@ int prim_futex_wait(const _Atomic uint32_t *addr, uint32_t val, int shared,
     return r < 0 ? -errno : 0;
 }
 
+/* The socket FILE beneath DIRFD (a service's rendezvous) as an O_PATH
+ * descriptor, refusing a symlink at its name (-ELOOP) and anything that is
+ * not a socket (-ENOENT). connect() and chmod() by name follow links; the
+ * callers below act through /proc/self/fd/N of this descriptor instead, so
+ * that a link planted (or swapped in) under the name never leads them to a
+ * socket or file elsewhere. */
+int prim_sock_open_beneath(int dirfd, const char *file, char proc[PRIM_FD_PATH])
+{
+    int fd = prim_open_beneath(dirfd, file, O_PATH, 0);
+    if (fd < 0)
+        return fd;
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISSOCK(st.st_mode)) {
+        close(fd);
+        return -ENOENT;
+    }
+    prim_fd_path(proc, fd);
+    return fd;
+}
+
+int prim_connect_beneath(int dirfd, const char *file, int sock)
+{
+    char proc[PRIM_FD_PATH];
+    int fd = prim_sock_open_beneath(dirfd, file, proc);
+    if (fd < 0)
+        return fd;
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", proc);
+    int err = connect(sock, (struct sockaddr *)&a, sizeof a) < 0 ? -errno : 0;
+    close(fd);
+    return err;
+}
+
 int prim_is_eventfd(int fd)
 {
-    char path[64], link[32];
-    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    char path[PRIM_FD_PATH], link[32];
+    prim_fd_path(path, fd);
     ssize_t n = readlink(path, link, sizeof link - 1);
     return n == (ssize_t)strlen("anon_inode:[eventfd]") && !memcmp(link, "anon_inode:[eventfd]", (size_t)n);
 }

@@ -87,39 +87,6 @@ int svc_path(const rpal_domain *d, const char *name, struct sockaddr_un *a)
     return n > 0 && (size_t)n < sizeof a->sun_path ? 0 : -ENAMETOOLONG;
 }
 
-/* The rendezvous socket FILE (svc.NAME) beneath DIRFD as an O_PATH
- * descriptor, refusing a symlink at its name (-ELOOP) and anything that is
- * not a socket (-ENOENT). connect() and chmod() by name follow links; the
- * callers below act through /proc/self/fd/N of this descriptor instead, so
- * that a link planted (or swapped in) under the name never leads them to a
- * socket or file elsewhere. */
-static int svc_sock_open(int dirfd, const char *file, char proc[32])
-{
-    int fd = prim_open_beneath(dirfd, file, O_PATH, 0);
-    if (fd < 0)
-        return fd;
-    struct stat st;
-    if (fstat(fd, &st) < 0 || !S_ISSOCK(st.st_mode)) {
-        close(fd);
-        return -ENOENT;
-    }
-    snprintf(proc, 32, "/proc/self/fd/%d", fd);
-    return fd;
-}
-
-int svc_connect(int dirfd, const char *file, int sock)
-{
-    char proc[32];
-    int fd = svc_sock_open(dirfd, file, proc);
-    if (fd < 0)
-        return fd;
-    struct sockaddr_un a = {.sun_family = AF_UNIX};
-    snprintf(a.sun_path, sizeof a.sun_path, "%s", proc);
-    int err = connect(sock, (struct sockaddr *)&a, sizeof a) < 0 ? -errno : 0;
-    close(fd);
-    return err;
-}
-
 int svc_send_with_fd(int sock, const void *msg, size_t len, int fd)
 {
     struct iovec iov = {(void *)msg, len};
@@ -441,7 +408,7 @@ int rpal_service_register(rpal_domain *d, const char *name, unsigned mode,
             break;
         }
         int c = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-        int live = c >= 0 && svc_connect(d->dirfd, file, c) != -ECONNREFUSED;
+        int live = c >= 0 && prim_connect_beneath(d->dirfd, file, c) != -ECONNREFUSED;
         if (c >= 0)
             close(c);
         err = -EEXIST;
@@ -452,8 +419,8 @@ int rpal_service_register(rpal_domain *d, const char *name, unsigned mode,
         goto fail_sock;
     /* The mode goes to the socket file, never to what a link swapped in
      * under its name since bind() points at (fchmodat would follow it). */
-    char proc[32];
-    int pfd = svc_sock_open(d->dirfd, file, proc);
+    char proc[PRIM_FD_PATH];
+    int pfd = prim_sock_open_beneath(d->dirfd, file, proc);
     err = pfd < 0 ? pfd : chmod(proc, mode) < 0 || listen(s->lfd, 64) < 0 ? -errno : 0;
     if (pfd >= 0)
         close(pfd);
@@ -593,7 +560,7 @@ int rpal_service_request(rpal_domain *d, const char *name, const rpal_key *key,
     int sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (sock < 0)
         return -errno;
-    if ((err = svc_connect(d->dirfd, file, sock)) < 0) {
+    if ((err = prim_connect_beneath(d->dirfd, file, sock)) < 0) {
         close(sock);
         return err;
     }

@@ -4,7 +4,7 @@
  * A service answering a request (answer() in service.c) checks the message
  * (svc_req_check), then for a sharing request the name and key
  * (svc_req_admit) and the requester's claim record, read from its claim
- * file (dom_member_validate, svc_rec_match); for a channel request the ring
+ * file (dom_member_validate, peer_rec_match); for a channel request the ring
  * the caller says it put in its slot, which the service reads there
  * (ch_tx_check). A requester checks the service's record the same way.
  * Here the request, the record and the caller's slot come from the input.
@@ -45,9 +45,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         /* The claim record of the slot the request names; the requester
          * checks the service's own the same way, with its name. */
         if (dom_member_validate(rec, req.slot) == 0) {
-            (void)svc_rec_match(rec, PID, NULL);
-            (void)svc_rec_match(rec, PID, service_name);
-            (void)svc_rec_match(rec, PID, req.service);
+            (void)peer_rec_match(rec, PID, NULL);
+            (void)peer_rec_match(rec, PID, service_name);
+            (void)peer_rec_match(rec, PID, req.service);
         }
     }
     fz_slot_free(&s);

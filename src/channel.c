@@ -673,16 +673,18 @@ static void rxc_free(rpal_domain *d, struct rx_chan *x)
 }
 
 /* The dispatcher saw the channel's connection close. */
-static void rxc_hook(rpal_domain *d, struct watch *w, uint32_t events)
+static int rxc_hook(rpal_domain *d, struct watch *w, uint32_t events, struct rpal_event *ev)
 {
+    (void)ev; /* the receiver, not the application's dispatch, sees it */
     struct rx_chan *x = w->obj;
     char b[16];
     if (!(events & (EPOLLHUP | EPOLLRDHUP | EPOLLERR)) && recv(x->sock, b, sizeof b, MSG_DONTWAIT) != 0)
-        return;
+        return 0;
     epoll_ctl(d->epfd, EPOLL_CTL_DEL, x->sock, NULL);
     rpal_store_release(&x->dead, 1);
     rpal_fetch_add_relaxed(&x->r->doorbell, 1);
     prim_futex_wake(&x->r->doorbell, 1, 0);
+    return 0;
 }
 
 int ch_tx_check(const struct hs_req *req, uint64_t base, uint64_t size)
@@ -702,7 +704,7 @@ static int chan_accept(rpal_service *s, rpal_peer *p, int sock,
 {
     rpal_domain *d = s->d;
     uint32_t depth = req->depth;
-    dom_access_begin(p, 1); /* d->lock is held (svc_handle) */
+    dom_access_begin(p, 1); /* d->lock is held (the dispatch) */
     int err = ch_tx_check(req, p->base, p->size);
     dom_access_end(p, 1);
     if (err < 0)
@@ -750,7 +752,7 @@ static int chan_accept(rpal_service *s, rpal_peer *p, int sock,
     x->cbase = p->base;
     x->csize = p->size;
     x->sock = sock;
-    x->w = (struct watch){.kind = W_HOOK, .obj = x, .hook = rxc_hook};
+    x->w = (struct watch){.obj = x, .handle = rxc_hook};
     struct epoll_event ee = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = &x->w};
     if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, sock, &ee) < 0) {
         err = -errno;
@@ -963,9 +965,10 @@ static int serve_look(rpal_receiver *r, struct rpal_event *ev)
 }
 
 /* A wake-up on the receiver's bell: edge-triggered, nothing to read. */
-static void bell_hook(rpal_domain *d, struct watch *w, uint32_t events)
+static int bell_hook(rpal_domain *d, struct watch *w, uint32_t events, struct rpal_event *ev)
 {
-    (void)d, (void)w, (void)events;
+    (void)d, (void)w, (void)events, (void)ev;
+    return 0;
 }
 
 /* Serving the domain too: sleep in its epoll set (at most SLICE_NS), where
@@ -979,7 +982,7 @@ static int serve_sleep(rpal_receiver *r, struct rx_chan **chs, int n, struct wt_
     if (r->bell >= 0 && !r->bellw) {
         struct watch *bw = calloc(1, sizeof *bw);
         if (bw) {
-            *bw = (struct watch){.kind = W_HOOK, .obj = bw, .hook = bell_hook};
+            *bw = (struct watch){.obj = bw, .handle = bell_hook};
             struct epoll_event ee = {.events = EPOLLIN | EPOLLET, .data.ptr = bw};
             pthread_mutex_lock(&d->lock);
             if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, r->bell, &ee) == 0)

@@ -256,14 +256,6 @@ static void unreserve(rpal_domain *d)
     munmap((void *)(uintptr_t)d->window, (size_t)d->nslots * d->slot_size);
 }
 
-/* Per thread: the windows this thread has open, so that windows nest and
- * one thread's window does not open a peer for the others. */
-static __thread struct {
-    const rpal_peer *peer;
-    int depth;
-    int keyslot; /* index in d->pkeys this window opened, or -1 */
-} t_windows[16];
-
 static void atfork_child(void)
 {
     /* The slot is not inherited (MADV_DONTFORK): nothing in the child may
@@ -274,8 +266,6 @@ static void atfork_child(void)
      * parent died or released (close(), unlike shutdown(), leaves the
      * parent's own use of them untouched). */
     heap_set_current(NULL);
-    /* The windows of the forking thread were its parent's. */
-    memset(t_windows, 0, sizeof t_windows);
     rpal_domain *d = g_dom;
     __atomic_store_n(&g_dom, NULL, __ATOMIC_RELAXED);
     if (!d)
@@ -297,15 +287,9 @@ static void atfork_child(void)
             pkey_free(d->pkeys[i]);
     if (d->have_lockkey)
         pkey_free(d->lockkey);
-    for (struct rpal_service *s = d->services; s; s = s->next)
-        close(s->lfd);
-    for (struct pending *x = d->pending; x; x = x->next)
-        close(x->fd);
-    for (struct rpal_peer *q = d->peers; q; q = q->next)
-        if (!q->gone) {
-            close(q->sock);
-            close(q->pidfd);
-        }
+    for (int i = 0; i < DOM_LAYERS; i++)
+        if (d->layers[i])
+            d->layers[i]->fork_child(d);
 }
 
 static void register_atfork(void)
@@ -488,6 +472,11 @@ void dom_watch_retire(rpal_domain *d, struct watch *w)
     retired_sweep(d);
 }
 
+void dom_layer_attach(rpal_domain *d, int which, const struct dom_layer *l)
+{
+    d->layers[which] = l;
+}
+
 static void dispatch_end(rpal_domain *d, struct dispatch_rec *me)
 {
     for (struct dispatch_rec **pp = &d->dispatching; *pp; pp = &(*pp)->next)
@@ -503,11 +492,9 @@ int rpal_domain_leave(rpal_domain *d)
     int err = dom_check(d);
     if (err < 0)
         return err;
-    while (d->services)
-        rpal_service_unregister(d->services);
-    while (d->peers)
-        rpal_peer_release(d->peers);
-    svc_drop_pending(d);
+    for (int i = 0; i < DOM_LAYERS; i++)
+        if (d->layers[i])
+            d->layers[i]->leave(d);
     /* No dispatch runs now (rpal_domain_leave(3)): nothing can hold an
      * event of a retired watch. */
     pthread_mutex_lock(&d->lock);
@@ -607,7 +594,7 @@ int dom_dispatch(rpal_domain *d, struct rpal_event *ev, int max, int timeout_ms,
         }
         for (int i = 0; i < k; i++) {
             struct watch *w = ee[i].data.ptr;
-            if (!w->retired && svc_handle(d, w, ee[i].events, &ev[n]) > 0)
+            if (!w->retired && w->handle(d, w, ee[i].events, &ev[n]) > 0)
                 n++;
         }
         int done = k < 0 || n >= max || (k == 0 && (n || wait == 0)) || (n && k < want) ||
@@ -643,297 +630,6 @@ unsigned rpal_capabilities(void)
         rpal_store_relaxed(&cached, c);
     }
     return (unsigned)c;
-}
-
-static int *t_depth(const rpal_peer *p, int create)
-{
-    int free_i = -1;
-    for (int i = 0; i < 16; i++) {
-        if (t_windows[i].peer == p && t_windows[i].depth > 0)
-            return &t_windows[i].depth;
-        if (free_i < 0 && t_windows[i].depth == 0)
-            free_i = i;
-    }
-    if (!create || free_i < 0)
-        return NULL;
-    t_windows[free_i].peer = p;
-    t_windows[free_i].keyslot = -1;
-    return &t_windows[free_i].depth;
-}
-
-static int *t_keyslot(int *depth)
-{
-    /* depth points into a t_windows entry; its keyslot sits beside it. */
-    for (int i = 0; i < 16; i++)
-        if (&t_windows[i].depth == depth)
-            return &t_windows[i].keyslot;
-    return NULL;
-}
-
-/* The always-closed key, allocated on first need. */
-static int lockkey_get(rpal_domain *d)
-{
-    if (!d->have_lockkey) {
-        d->lockkey = pkey_alloc(0, PKEY_DISABLE_ACCESS);
-        if (d->lockkey < 0)
-            return -errno;
-        d->have_lockkey = 1;
-    }
-    return 0;
-}
-
-/* A key is reassigned only when no thread has a window open under it, not
- * even one on a peer that has gone meanwhile (whose thread will close that
- * key in its own PKRU when it ends the window). The lock-free begin
- * (dom_access_begin) counts itself into key_windows first and checks the
- * owner after; the reassigner claims the count from 0 to KEY_CLAIMED, so
- * that of the two exactly one wins: a begin that finds the count negative
- * backs off to the locked path. d->lock held. */
-#define KEY_CLAIMED (INT_MIN / 2)
-static int key_claim(rpal_domain *d, int i)
-{
-    int zero = 0;
-    return rpal_cas_acq_rel(&d->key_windows[i], &zero, KEY_CLAIMED);
-}
-
-static void key_unclaim(rpal_domain *d, int i)
-{
-    /* release: the new owner and keyslot before a begin that sees the count */
-    rpal_fetch_add_acq_rel(&d->key_windows[i], -KEY_CLAIMED);
-}
-
-/* Give P a key of its own, taking one from a peer with no open window if
- * all are in use; that peer goes back under the always-closed key.
- * d->lock held. */
-static int key_assign(rpal_domain *d, rpal_peer *p)
-{
-    if (p->pkey >= 0)
-        return 0;
-    int err = lockkey_get(d);
-    if (err < 0)
-        return err;
-    int slot = -1;
-    for (int i = 0; i < 16 && slot < 0; i++) {
-        if (d->pkeys[i] < 0) {
-            d->pkeys[i] = pkey_alloc(0, PKEY_DISABLE_ACCESS);
-            if (d->pkeys[i] >= 0 && key_claim(d, i))
-                slot = i;
-        } else if (!rpal_load_relaxed(&d->pkey_owner[i]) && key_claim(d, i)) {
-            slot = i;
-        }
-    }
-    for (int i = 0; i < 16 && slot < 0; i++) {
-        rpal_peer *o = rpal_load_relaxed(&d->pkey_owner[i]);
-        if (o && key_claim(d, i)) {
-            if (o->mapped)
-                pkey_mprotect((void *)(uintptr_t)o->base, o->size, PROT_READ, d->lockkey);
-            o->pkey = -1;
-            rpal_store_relaxed(&o->keyslot, -1);
-            rpal_store_relaxed(&d->pkey_owner[i], NULL);
-            slot = i;
-        }
-    }
-    if (slot < 0)
-        return -EBUSY; /* every key is in an open window */
-    if (pkey_mprotect((void *)(uintptr_t)p->base, p->size, PROT_READ, d->pkeys[slot]) < 0) {
-        err = -errno;
-        key_unclaim(d, slot);
-        return err;
-    }
-    rpal_store_relaxed(&d->pkey_owner[slot], p);
-    p->pkey = d->pkeys[slot];
-    rpal_store_relaxed(&p->keyslot, slot);
-    key_unclaim(d, slot);
-    return 0;
-}
-
-/* A newly mapped peer slot starts under the always-closed key. */
-int dom_guard_peer(rpal_domain *d, rpal_peer *p)
-{
-    if (!(rpal_capabilities() & RPAL_CAP_PKU))
-        return 0;
-    int err = lockkey_get(d);
-    if (err < 0)
-        return err;
-    return pkey_mprotect((void *)(uintptr_t)p->base, p->size, PROT_READ, d->lockkey) < 0
-               ? -errno : 0;
-}
-
-/* P gives up its key (d->lock held). A window open under it keeps it
- * reserved (key_windows) until that window ends. */
-void dom_unguard_peer(rpal_domain *d, rpal_peer *p)
-{
-    for (int i = 0; i < 16; i++)
-        if (rpal_load_relaxed(&d->pkey_owner[i]) == p)
-            rpal_store_release(&d->pkey_owner[i], NULL);
-    p->pkey = -1;
-    rpal_store_relaxed(&p->keyslot, -1);
-}
-
-/* P's pages leave key 0 (d->lock held): back under the closed key, once
- * nothing needs them open to every thread, neither a pin nor a window that
- * was opened while they were (such a window holds no key of its own).
- * Against the lock-free begin, which counts itself into p->windows and then
- * reads zero_key, this clears zero_key and then reads p->windows (all
- * seq_cst): either it sees that window and puts zero_key back, or that
- * begin sees zero_key clear and takes the locked path. RELOCKING tells an
- * end that comes meanwhile to look again under the lock. */
-static void zero_key_end(rpal_domain *d, rpal_peer *p)
-{
-    if (!rpal_load_relaxed(&p->zero_key) || p->pins > 0)
-        return;
-    rpal_store_seq_cst(&p->relocking, 1);
-    rpal_store_seq_cst(&p->zero_key, 0);
-    if (rpal_load_seq_cst(&p->windows) > 0 ||
-        (p->mapped && !p->gone &&
-         (lockkey_get(d) < 0 ||
-          pkey_mprotect((void *)(uintptr_t)p->base, p->size, PROT_READ, d->lockkey) < 0)))
-        rpal_store_seq_cst(&p->zero_key, 1); /* a window still needs it open */
-    rpal_store_seq_cst(&p->relocking, 0);
-}
-
-/* A window on P for every thread, for readers that live long and may run
- * in any thread (channels, connections): while a pin holds, P's pages are
- * under key 0, which every thread's PKRU opens. Without protection keys
- * this only counts. */
-int dom_peer_pin(rpal_peer *p)
-{
-    rpal_domain *d = p->d;
-    int err = 0;
-    pthread_mutex_lock(&d->lock);
-    if (p->gone) {
-        err = p->reason ? p->reason : -ESHUTDOWN;
-    } else if (p->pins++ == 0 && (rpal_capabilities() & RPAL_CAP_PKU) && p->mapped &&
-               !rpal_load_relaxed(&p->zero_key)) {
-        if (pkey_mprotect((void *)(uintptr_t)p->base, p->size, PROT_READ, 0) < 0) {
-            err = -errno;
-            p->pins--;
-        } else {
-            dom_unguard_peer(d, p);
-            rpal_store_seq_cst(&p->zero_key, 1);
-        }
-    }
-    pthread_mutex_unlock(&d->lock);
-    return err;
-}
-
-void dom_peer_unpin(rpal_peer *p, int locked)
-{
-    rpal_domain *d = p->d;
-    if (!locked)
-        pthread_mutex_lock(&d->lock);
-    /* A thread may be inside a window opened while the pin held, which gave
-     * it no key: the pages stay under key 0 until its window ends. */
-    if (p->pins > 0 && --p->pins == 0)
-        zero_key_end(d, p);
-    if (!locked)
-        pthread_mutex_unlock(&d->lock);
-}
-
-/* The outermost window of this thread on P, with protection keys. Without
- * the lock in the common cases: P's pages are open to every thread
- * (zero_key), or P holds a key that stays its own while we count ourselves
- * into key_windows (see key_claim); then only PKRU is written. */
-static int key_window_begin(rpal_domain *d, rpal_peer *p, int locked, int *keyslot)
-{
-    *keyslot = -1;
-    if (rpal_load_seq_cst(&p->zero_key))
-        return 0; /* pairs with zero_key_end: seen before it closes them */
-    int ks = rpal_load_acquire(&p->keyslot);
-    if (ks >= 0) {
-        if (rpal_fetch_add_acq_rel(&d->key_windows[ks], 1) >= 0 &&
-            rpal_load_acquire(&d->pkey_owner[ks]) == p && pkey_set(d->pkeys[ks], 0) == 0) {
-            *keyslot = ks;
-            return 0;
-        }
-        rpal_fetch_add_relaxed(&d->key_windows[ks], -1); /* lost it: the locked way */
-    }
-    if (!locked)
-        pthread_mutex_lock(&d->lock);
-    int err = 0;
-    ks = -1;
-    if (!rpal_load_relaxed(&p->zero_key) && (err = key_assign(d, p)) == 0) {
-        ks = rpal_load_relaxed(&p->keyslot);
-        rpal_fetch_add_relaxed(&d->key_windows[ks], 1);
-    }
-    if (!locked)
-        pthread_mutex_unlock(&d->lock);
-    if (ks >= 0 && pkey_set(d->pkeys[ks], 0) < 0) {
-        err = -errno;
-        rpal_fetch_add_relaxed(&d->key_windows[ks], -1);
-        ks = -1;
-    }
-    *keyslot = ks;
-    return err;
-}
-
-int dom_access_begin(rpal_peer *p, int locked)
-{
-    if (!p)
-        return -EINVAL;
-    int err = dom_check(p->d);
-    if (err < 0)
-        return err; /* -ECHILD in a forked child */
-    if (rpal_load_relaxed(&p->gone))
-        return p->reason ? p->reason : -ESHUTDOWN;
-    int *depth = t_depth(p, 1);
-    if (!depth)
-        return -EMFILE; /* more than 16 peers open at once in one thread */
-    if ((*depth)++ > 0)
-        return 0;
-    /* seq_cst: before the read of zero_key in key_window_begin */
-    rpal_fetch_add_seq_cst(&p->windows, 1);
-    *t_keyslot(depth) = -1;
-    if (!(rpal_capabilities() & RPAL_CAP_PKU))
-        return 0;
-    int ks;
-    if ((err = key_window_begin(p->d, p, locked, &ks)) < 0) {
-        (*depth)--;
-        rpal_fetch_add_seq_cst(&p->windows, -1);
-        return err;
-    }
-    *t_keyslot(depth) = ks;
-    return 0;
-}
-
-int dom_access_end(rpal_peer *p, int locked)
-{
-    if (!p)
-        return -EINVAL;
-    int *depth = t_depth(p, 0);
-    if (!depth)
-        return dom_check(p->d) < 0 ? -ECHILD : -EINVAL; /* no window open here */
-    if (--(*depth) > 0)
-        return 0;
-    /* Close the key this window opened, even if the peer has gone and lost
-     * it meanwhile: it is still open in this thread's PKRU. */
-    int ks = *t_keyslot(depth);
-    if (ks >= 0) {
-        pkey_set(p->d->pkeys[ks], PKEY_DISABLE_ACCESS);
-        rpal_fetch_add_acq_rel(&p->d->key_windows[ks], -1);
-    }
-    /* The last window on pages left under key 0 by an unpin puts them back
-     * under the closed key (zero_key_end, which looks again under the lock;
-     * RELOCKING first: see there). */
-    if (rpal_fetch_add_seq_cst(&p->windows, -1) == 1 && (rpal_capabilities() & RPAL_CAP_PKU) &&
-        (rpal_load_seq_cst(&p->relocking) || rpal_load_seq_cst(&p->zero_key))) {
-        if (!locked)
-            pthread_mutex_lock(&p->d->lock);
-        zero_key_end(p->d, p);
-        if (!locked)
-            pthread_mutex_unlock(&p->d->lock);
-    }
-    return 0;
-}
-
-int rpal_peer_access_begin(rpal_peer *p)
-{
-    return dom_access_begin(p, 0);
-}
-
-int rpal_peer_access_end(rpal_peer *p)
-{
-    return dom_access_end(p, 0);
 }
 
 /* ---- listing and garbage collection ---- */

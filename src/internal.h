@@ -296,19 +296,28 @@ struct member_rec {
     uint16_t peers[MEMBER_MAX_PEERS];
 };
 
-/* What an epoll event points at. W_HOOK watches belong to a lower layer
- * (channels) and are handed to their own function. */
-enum watch_kind { W_LISTEN = 1, W_PENDING, W_PEER_SOCK, W_PEER_PIDFD, W_HOOK };
+/* What an epoll event of the domain's set points at: the layer that added
+ * it (peer, service, channel) gives the function that handles its events,
+ * so that the domain's dispatch loop knows none of them. HANDLE runs with
+ * d->lock held and returns 1 if it filled *EV for the application. */
 struct watch {
-    int kind;
     void *obj;
-    void (*hook)(rpal_domain *d, struct watch *w, uint32_t events);
+    int (*handle)(rpal_domain *d, struct watch *w, uint32_t events, struct rpal_event *ev);
     /* Set by dom_watch_retire(): an event fetched before the descriptor
      * left the epoll set is ignored, and OBJ is freed once no dispatch that
      * could hold such an event is still running. */
     int retired;
     uint64_t retired_at;
     struct watch *next_retired;
+};
+
+/* What a layer above the domain (peers, services) does when the domain is
+ * left (free everything it added to it) and in a forked child (close the
+ * parent's descriptors it holds); attached by its first use of a domain. */
+enum { DOM_LAYER_SERVICE, DOM_LAYER_PEER, DOM_LAYERS };
+struct dom_layer {
+    void (*leave)(rpal_domain *d);
+    void (*fork_child)(rpal_domain *d);
 };
 
 /* One running rpal_domain_dispatch (on its stack, listed in d->dispatching):
@@ -433,6 +442,7 @@ struct rpal_domain {
     unsigned nslots, slot;
     struct heap *heap;
     pthread_mutex_t lock; /* services, peers, pending, keys */
+    const struct dom_layer *layers[DOM_LAYERS]; /* in the order they are left */
     struct rpal_service *services;
     struct rpal_peer *peers;
     struct pending *pending;
@@ -466,6 +476,44 @@ RPAL_HIDDEN uint64_t dom_slot_addr(const rpal_domain *d, unsigned slot);
 RPAL_HIDDEN int dom_claim_locked(int fd);
 RPAL_HIDDEN void dom_publish(rpal_domain *d);
 RPAL_HIDDEN int dom_read_member(int dirfd, unsigned slot, struct member_rec *rec);
+/* W's descriptor has left d->epfd; free(W->obj) (malloc'd, W inside it)
+ * once no dispatch that fetched its events before that is still under way:
+ * at once if none runs. Objects freed by a thread other than the
+ * dispatcher's go this way, or the dispatcher follows a pointer to freed
+ * memory. d->lock held. */
+RPAL_HIDDEN void dom_watch_retire(rpal_domain *d, struct watch *w);
+/* Attach the layer L (DOM_LAYER_*) to D, once: its hooks run when D is
+ * left and in a forked child. d->lock held. */
+RPAL_HIDDEN void dom_layer_attach(rpal_domain *d, int which, const struct dom_layer *l);
+/* The slot of the live member PID of D's domain: 0 and *SLOT, or -ESRCH. */
+RPAL_HIDDEN int dom_member_slot(rpal_domain *d, pid_t pid, unsigned *slot);
+
+/* ---- peers (src/peer.c) ---- */
+
+/* FD is a peer's slot: exactly SIZE bytes, sealed against shrinking,
+ * growing and writing (else -EBADMSG). */
+RPAL_HIDDEN int peer_fd_check(int fd, uint64_t size);
+/* The live peer at SLOT, or NULL. d->lock held. */
+RPAL_HIDDEN rpal_peer *peer_at_slot(rpal_domain *d, unsigned slot);
+/* A peer's claimed SLOT and SIZE against its claim record and the kernel's
+ * word on who it is (PID), offering SERVICE (NULL: any). d->lock held. */
+RPAL_HIDDEN int peer_claim_check(rpal_domain *d, unsigned slot, uint64_t size, pid_t pid,
+                                 const char *service);
+/* The validated claim record REC names the process PID, offering SERVICE
+ * (NULL: any): 0 or -EACCES. */
+RPAL_HIDDEN int peer_rec_match(const struct member_rec *rec, pid_t pid, const char *service);
+/* Map the peer at SLOT (checked) and start watching it. Takes SOCK (-1:
+ * none), not MEMFD. d->lock held. */
+RPAL_HIDDEN int peer_create(rpal_domain *d, int sock, int memfd, const struct ucred *cr,
+                            unsigned slot, const char *service, rpal_peer **out);
+/* The sharing with P ends (REASON 0: released by us, else why): unmapped,
+ * no longer watched. d->lock held. */
+RPAL_HIDDEN void peer_gone(rpal_domain *d, rpal_peer *p, int reason);
+/* For rpal_uds_fdmap: the peer at SLOT, met on a connection whose other
+ * end the kernel says is CR, which sent MEMFD as its slot. */
+RPAL_HIDDEN int svc_peer_adopt(rpal_domain *d, int memfd, const struct ucred *cr,
+                               unsigned slot, uint64_t slot_size, rpal_peer **out,
+                               int *created);
 RPAL_HIDDEN int dom_guard_peer(rpal_domain *d, rpal_peer *p);
 RPAL_HIDDEN void dom_unguard_peer(rpal_domain *d, rpal_peer *p);
 RPAL_HIDDEN int dom_peer_pin(rpal_peer *p);
@@ -477,25 +525,13 @@ RPAL_HIDDEN void dom_peer_unpin(rpal_peer *p, int locked); /* LOCKED: d->lock he
  * under protection keys, begin takes it to hand out a key. */
 RPAL_HIDDEN int dom_access_begin(rpal_peer *p, int locked);
 RPAL_HIDDEN int dom_access_end(rpal_peer *p, int locked);
-/* Handle one epoll event of the domain; 1 if it produced *EV. d->lock held. */
-RPAL_HIDDEN int svc_handle(rpal_domain *d, struct watch *w, uint32_t events,
-                           struct rpal_event *ev);
-RPAL_HIDDEN void svc_drop_pending(rpal_domain *d);
-/* W's descriptor has left d->epfd; free(W->obj) (malloc'd, W inside it)
- * once no dispatch that fetched its events before that is still under way:
- * at once if none runs. Objects freed by a thread other than the
- * dispatcher's go this way, or the dispatcher follows a pointer to freed
- * memory. d->lock held. */
-RPAL_HIDDEN void dom_watch_retire(rpal_domain *d, struct watch *w);
+
+/* ---- services (src/service.c) ---- */
+
 /* Path of the rendezvous socket of service NAME of D. */
 struct sockaddr_un;
 RPAL_HIDDEN int svc_path(const rpal_domain *d, const char *name, struct sockaddr_un *a);
 RPAL_HIDDEN int svc_send_with_fd(int sock, const void *msg, size_t len, int fd);
-RPAL_HIDDEN int svc_peer_adopt(rpal_domain *d, int memfd, const struct ucred *cr,
-                               unsigned slot, uint64_t slot_size, rpal_peer **out,
-                               int *created);
-/* The slot of the live member PID of D's domain: 0 and *SLOT, or -ESRCH. */
-RPAL_HIDDEN int dom_member_slot(rpal_domain *d, pid_t pid, unsigned *slot);
 RPAL_HIDDEN int svc_recv_with_fd(int sock, void *msg, size_t len, int *fd);
 /* Walk the control messages of a received MH: the first NFD descriptors go
  * to FDS[0..NFD-1] (each that is still -1), every other one is closed;
@@ -822,8 +858,5 @@ RPAL_HIDDEN int svc_req_check(struct hs_req *req);
 /* A HS_KIND_SHARE request for the service NAME whose key is KEY: 0, or
  * -EPROTO (another kind) or -EACCES (another service, a wrong key). */
 RPAL_HIDDEN int svc_req_admit(const struct hs_req *req, const char *name, const uint8_t *key);
-/* The validated claim record REC names the process PID, offering SERVICE
- * (NULL: any): 0 or -EACCES. */
-RPAL_HIDDEN int svc_rec_match(const struct member_rec *rec, pid_t pid, const char *service);
 
 #endif

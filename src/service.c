@@ -29,7 +29,10 @@
 #include <unistd.h>
 
 #define MAX_PENDING 64
-#define REL_BYTE "R" /* sent on the connection by a release */
+
+/* Defined with the service's side of the handshake, below. */
+static const struct dom_layer service_layer;
+static int listen_watch(rpal_domain *d, struct watch *w, uint32_t events, struct rpal_event *ev);
 
 
 /* ---- keys ---- */
@@ -159,193 +162,6 @@ int svc_recv_with_fd(int sock, void *msg, size_t len, int *fd)
     return 0;
 }
 
-/* The memfd of a peer's slot must be exactly a slot and sealed so that it
- * can neither shrink (no SIGBUS for us) nor be written through a new
- * mapping; that is what makes our read-only mapping of it safe. */
-static int slot_fd_check(int fd, uint64_t size)
-{
-    struct stat st;
-    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
-        (uint64_t)st.st_size != size)
-        return -EBADMSG;
-    int seals = fcntl(fd, F_GET_SEALS);
-    int need = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
-    if (seals < 0 || (seals & need) != need ||
-        !(seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE)))
-        return -EBADMSG;
-    return 0;
-}
-
-static rpal_peer *peer_at_slot(rpal_domain *d, unsigned slot)
-{
-    for (rpal_peer *p = d->peers; p; p = p->next)
-        if (!p->gone && p->info.slot == slot)
-            return p;
-    return NULL;
-}
-
-/* Check a peer's claimed slot against its claim record and credentials. */
-static int slot_claim_check(rpal_domain *d, unsigned slot, uint64_t size,
-                            pid_t pid, const char *service)
-{
-    if (slot >= d->nslots || slot == d->slot || size != d->slot_size)
-        return -EINVAL;
-    if (peer_at_slot(d, slot))
-        return -EBUSY;
-    struct member_rec *rec = malloc(sizeof *rec);
-    if (!rec)
-        return -ENOMEM;
-    int err = dom_read_member(d->dirfd, slot, rec);
-    if (err == 0)
-        err = svc_rec_match(rec, pid, service);
-    free(rec);
-    return err;
-}
-
-int svc_rec_match(const struct member_rec *rec, pid_t pid, const char *service)
-{
-    if (rec->pid != pid)
-        return -EACCES;
-    if (!service)
-        return 0;
-    for (unsigned i = 0; i < rec->nservices && i < MEMBER_MAX_SERVICES; i++)
-        if (!strcmp(rec->services[i], service))
-            return 0;
-    return -EACCES;
-}
-
-static void unmap_peer(rpal_domain *d, rpal_peer *p)
-{
-    if (!p->mapped)
-        return;
-    /* Put the reservation back rather than leave a hole in the window. A
-     * receiver or caller thread may be reading the slot through a channel
-     * right now: then the range reads as zeros instead (which the channel
-     * code takes for a broken ring), so that no thread faults. */
-    int busy = rpal_load_acquire(&p->nchans) > 0 || rpal_load_acquire(&p->windows) > 0;
-    mmap((void *)(uintptr_t)p->base, p->size, busy ? PROT_READ : PROT_NONE,
-         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
-    madvise((void *)(uintptr_t)p->base, p->size, MADV_DONTFORK);
-    dom_unguard_peer(d, p);
-    p->mapped = 0;
-}
-
-/* Map the peer at SLOT and start watching it. Takes SOCK; not MEMFD. */
-static int peer_create(rpal_domain *d, int sock, int memfd, const struct ucred *cr,
-                       unsigned slot, const char *service, rpal_peer **out)
-{
-    rpal_peer *p = calloc(1, sizeof *p);
-    if (!p)
-        return -ENOMEM;
-    p->d = d;
-    p->sock = sock;
-    p->pidfd = -1;
-    p->pkey = -1;
-    p->keyslot = -1;
-    p->info.pid = cr->pid;
-    p->info.uid = cr->uid;
-    p->info.gid = cr->gid;
-    p->info.slot = slot;
-    snprintf(p->info.service, sizeof p->info.service, "%s", service);
-    p->base = dom_slot_addr(d, slot);
-    p->size = d->slot_size;
-    int err = 0;
-    void *m = mmap((void *)(uintptr_t)p->base, p->size, PROT_READ,
-                   MAP_SHARED | MAP_FIXED, memfd, 0);
-    if (m == MAP_FAILED) {
-        err = -errno;
-        goto fail;
-    }
-    p->mapped = 1;
-    madvise(m, p->size, MADV_DONTFORK);
-    if ((err = dom_guard_peer(d, p)) < 0)
-        goto fail;
-    p->pidfd = (int)syscall(SYS_pidfd_open, cr->pid, 0);
-    if (p->pidfd < 0) {
-        err = -errno == -ESRCH ? -ECONNREFUSED : -errno;
-        goto fail;
-    }
-    p->wsock = (struct watch){.kind = W_PEER_SOCK, .obj = p, .hook = NULL};
-    p->wpid = (struct watch){.kind = W_PEER_PIDFD, .obj = p, .hook = NULL};
-    struct epoll_event es = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = &p->wsock};
-    struct epoll_event ep = {.events = EPOLLIN, .data.ptr = &p->wpid};
-    /* SOCK is -1 for a peer met through rpal_uds_fdmap: the application's
-     * connection is not ours to watch; its death still shows on the pidfd. */
-    if ((sock >= 0 && epoll_ctl(d->epfd, EPOLL_CTL_ADD, sock, &es) < 0) ||
-        epoll_ctl(d->epfd, EPOLL_CTL_ADD, p->pidfd, &ep) < 0) {
-        err = -errno;
-        if (sock >= 0)
-            epoll_ctl(d->epfd, EPOLL_CTL_DEL, sock, NULL);
-        goto fail;
-    }
-    p->next = d->peers;
-    d->peers = p;
-    dom_publish(d);
-    *out = p;
-    return 0;
-fail:
-    unmap_peer(d, p);
-    if (p->pidfd >= 0)
-        close(p->pidfd);
-    free(p);
-    return err;
-}
-
-/* The sharing with P ends: unmap, stop watching, tell the app. */
-static void peer_gone(rpal_domain *d, rpal_peer *p, int reason)
-{
-    if (p->gone)
-        return;
-    unmap_peer(d, p);
-    epoll_ctl(d->epfd, EPOLL_CTL_DEL, p->pidfd, NULL);
-    /* A release says so before closing: an EOF alone means the process
-     * went (its socket closes a moment before its pidfd turns readable).
-     * shutdown() reaches the other side even if a forked child of ours
-     * still holds a copy of the socket. */
-    if (p->sock >= 0) {
-        epoll_ctl(d->epfd, EPOLL_CTL_DEL, p->sock, NULL);
-        if (reason == 0)
-            (void)send(p->sock, REL_BYTE, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-        shutdown(p->sock, SHUT_RDWR);
-        close(p->sock);
-    }
-    close(p->pidfd);
-    p->sock = p->pidfd = -1;
-    p->gone = 1;
-    p->reason = reason;
-    dom_publish(d);
-}
-
-/* For rpal_uds_fdmap: the peer at SLOT, met on a connection whose other
- * end the kernel says is CR, which sent MEMFD as its slot. An existing
- * peer there is returned as it is (*CREATED 0); otherwise the slot is
- * checked like a service's answer and mapped (*CREATED 1). */
-int svc_peer_adopt(rpal_domain *d, int memfd, const struct ucred *cr,
-                   unsigned slot, uint64_t slot_size, rpal_peer **out, int *created)
-{
-    pthread_mutex_lock(&d->lock);
-    int err = 0;
-    rpal_peer *p = slot < d->nslots ? peer_at_slot(d, slot) : NULL;
-    *created = 0;
-    if (p) {
-        if (p->info.pid != cr->pid || slot_size != d->slot_size)
-            err = -EPROTO;
-        else
-            *out = p;
-    } else {
-        err = slot_claim_check(d, slot, slot_size, cr->pid, NULL);
-        if (err == 0)
-            err = slot_fd_check(memfd, d->slot_size);
-        if (err == 0)
-            err = peer_create(d, -1, memfd, cr, slot, "", out);
-        if (err == -EBADMSG || err == -EINVAL || err == -EBUSY)
-            err = -EPROTO;
-        *created = err == 0;
-    }
-    pthread_mutex_unlock(&d->lock);
-    return err;
-}
-
 /* ---- registration ---- */
 
 int rpal_service_register(rpal_domain *d, const char *name, unsigned mode,
@@ -428,7 +244,7 @@ int rpal_service_register(rpal_domain *d, const char *name, unsigned mode,
         unlinkat(d->dirfd, file, 0);
         goto fail_sock;
     }
-    s->w = (struct watch){.kind = W_LISTEN, .obj = s, .hook = NULL};
+    s->w = (struct watch){.obj = s, .handle = listen_watch};
     struct epoll_event ee = {.events = EPOLLIN, .data.ptr = &s->w};
     if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, s->lfd, &ee) < 0) {
         err = -errno;
@@ -437,6 +253,7 @@ int rpal_service_register(rpal_domain *d, const char *name, unsigned mode,
     }
     s->next = d->services;
     d->services = s;
+    dom_layer_attach(d, DOM_LAYER_SERVICE, &service_layer);
     dom_publish(d);
     pthread_mutex_unlock(&d->lock);
     *out = s;
@@ -498,7 +315,9 @@ int rpal_service_unregister(rpal_service *s)
     return 0;
 }
 
-void svc_drop_pending(rpal_domain *d)
+/* The domain is being left: its handshakes in progress are refused by
+ * closing. */
+static void drop_pending(rpal_domain *d)
 {
     pthread_mutex_lock(&d->lock);
     while (d->pending) {
@@ -510,6 +329,26 @@ void svc_drop_pending(rpal_domain *d)
     d->npending = 0;
     pthread_mutex_unlock(&d->lock);
 }
+
+static void services_leave(rpal_domain *d)
+{
+    while (d->services)
+        rpal_service_unregister(d->services);
+    drop_pending(d);
+}
+
+/* In a forked child: the listening sockets and the handshakes in progress
+ * are the parent's (a live child would keep them open after the parent
+ * died or unregistered). */
+static void services_fork_child(rpal_domain *d)
+{
+    for (struct rpal_service *s = d->services; s; s = s->next)
+        close(s->lfd);
+    for (struct pending *x = d->pending; x; x = x->next)
+        close(x->fd);
+}
+
+static const struct dom_layer service_layer = {services_leave, services_fork_child};
 
 /* ---- the requester's side ---- */
 
@@ -608,9 +447,9 @@ int rpal_service_request(rpal_domain *d, const char *name, const rpal_key *key,
     pthread_mutex_lock(&d->lock);
     /* The answer is from a peer: its slot must be the one its owner claims,
      * held by the process the kernel says we talk to, offering NAME. */
-    err = slot_claim_check(d, rep.slot, rep.slot_size, cr.pid, name);
+    err = peer_claim_check(d, rep.slot, rep.slot_size, cr.pid, name);
     if (err == 0)
-        err = slot_fd_check(memfd, d->slot_size);
+        err = peer_fd_check(memfd, d->slot_size);
     if (err == 0) {
         err = peer_create(d, sock, memfd, &cr, rep.slot, name, out);
         if (err == 0)
@@ -689,9 +528,9 @@ static int answer(rpal_domain *d, struct pending *x, struct rpal_event *ev)
     if (err == 0)
         err = svc_req_admit(&req, s->name, s->key.bytes);
     if (err == 0)
-        err = slot_claim_check(d, req.slot, req.slot_size, cr.pid, NULL);
+        err = peer_claim_check(d, req.slot, req.slot_size, cr.pid, NULL);
     if (err == 0)
-        err = slot_fd_check(memfd, d->slot_size);
+        err = peer_fd_check(memfd, d->slot_size);
     if (err == 0 && s->policy) {
         struct rpal_peer_info info = {.pid = cr.pid, .uid = cr.uid, .gid = cr.gid,
                                       .slot = req.slot};
@@ -723,140 +562,57 @@ static int answer(rpal_domain *d, struct pending *x, struct rpal_event *ev)
     return 0;
 }
 
-int svc_handle(rpal_domain *d, struct watch *w, uint32_t events,
-               struct rpal_event *ev)
+/* A requester's message came (or its connection closed): answer it. */
+static int pending_watch(rpal_domain *d, struct watch *w, uint32_t events, struct rpal_event *ev)
 {
-    switch (w->kind) {
-    case W_LISTEN: {
-        rpal_service *s = w->obj;
-        for (;;) {
-            int c = accept4(s->lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
-            if (c < 0)
-                break;
-            struct pending *x = d->npending < MAX_PENDING ? calloc(1, sizeof *x) : NULL;
-            if (!x) {
-                close(c); /* too many unanswered: the requester sees a refusal */
-                continue;
-            }
-            x->w = (struct watch){.kind = W_PENDING, .obj = x, .hook = NULL};
-            x->svc = s;
-            x->fd = c;
-            struct epoll_event ee = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = &x->w};
-            if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, c, &ee) < 0) {
-                close(c);
-                free(x);
-                continue;
-            }
-            x->next = d->pending;
-            d->pending = x;
-            d->npending++;
-        }
-        return 0;
-    }
-    case W_PENDING: {
-        struct pending *x = w->obj;
-        epoll_ctl(d->epfd, EPOLL_CTL_DEL, x->fd, NULL);
-        int err = answer(d, x, ev);
-        if (err == -EAGAIN) {
-            struct epoll_event ee = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = &x->w};
-            if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, x->fd, &ee) == 0)
-                return 0;
-            close(x->fd);
-        }
-        for (struct pending **q = &d->pending; *q; q = &(*q)->next)
-            if (*q == x) {
-                *q = x->next;
-                break;
-            }
-        d->npending--;
-        free(x);
-        return err == 0 ? 1 : 0;
-    }
-    case W_HOOK:
-        w->hook(d, w, events);
-        return 0;
-    case W_PEER_SOCK:
-    case W_PEER_PIDFD: {
-        rpal_peer *p = w->obj;
-        if (p->gone)
+    (void)events;
+    struct pending *x = w->obj;
+    epoll_ctl(d->epfd, EPOLL_CTL_DEL, x->fd, NULL);
+    int err = answer(d, x, ev);
+    if (err == -EAGAIN) {
+        struct epoll_event ee = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = &x->w};
+        if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, x->fd, &ee) == 0)
             return 0;
-        int reason = -ESRCH;
-        if (w->kind == W_PEER_SOCK) {
-            char b[64];
-            ssize_t n = recv(p->sock, b, sizeof b, MSG_DONTWAIT);
-            if (n > 0 && memchr(b, REL_BYTE[0], (size_t)n))
-                reason = 0; /* released */
-            else if (n > 0 || (n < 0 && errno == EAGAIN && !(events & (EPOLLHUP | EPOLLRDHUP))))
-                return 0; /* nothing else is expected on it: ignore */
+        close(x->fd);
+    }
+    for (struct pending **q = &d->pending; *q; q = &(*q)->next)
+        if (*q == x) {
+            *q = x->next;
+            break;
         }
-        peer_gone(d, p, reason);
-        ev->type = RPAL_EV_PEER_GONE;
-        ev->reason = reason;
-        ev->peer = p;
-        return 1;
-    }
+    d->npending--;
+    free(x);
+    return err == 0 ? 1 : 0;
+}
+
+/* Requesters are waiting on the service's socket: each connection is kept
+ * until its request comes (at most MAX_PENDING unanswered). */
+static int listen_watch(rpal_domain *d, struct watch *w, uint32_t events, struct rpal_event *ev)
+{
+    (void)events;
+    (void)ev;
+    rpal_service *s = w->obj;
+    for (;;) {
+        int c = accept4(s->lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (c < 0)
+            break;
+        struct pending *x = d->npending < MAX_PENDING ? calloc(1, sizeof *x) : NULL;
+        if (!x) {
+            close(c); /* too many unanswered: the requester sees a refusal */
+            continue;
+        }
+        x->w = (struct watch){.obj = x, .handle = pending_watch};
+        x->svc = s;
+        x->fd = c;
+        struct epoll_event ee = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = &x->w};
+        if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, c, &ee) < 0) {
+            close(c);
+            free(x);
+            continue;
+        }
+        x->next = d->pending;
+        d->pending = x;
+        d->npending++;
     }
     return 0;
-}
-
-/* ---- release and accessors ---- */
-
-int rpal_peer_release(rpal_peer *p)
-{
-    if (!p)
-        return -EINVAL;
-    rpal_domain *d = p->d;
-    int err = dom_check(d);
-    if (err < 0)
-        return err;
-    pthread_mutex_lock(&d->lock);
-    rpal_peer **pp = &d->peers;
-    while (*pp && *pp != p)
-        pp = &(*pp)->next;
-    if (!*pp) {
-        pthread_mutex_unlock(&d->lock);
-        return -EINVAL;
-    }
-    peer_gone(d, p, 0);
-    *pp = p->next;
-    dom_publish(d);
-    /* Channels and connections still holding P keep the memory (not the
-     * mapping) until the last lets go: svc_peer_put(). */
-    int held = rpal_load_acquire(&p->nchans) > 0;
-    if (held)
-        p->released = 1;
-    pthread_mutex_unlock(&d->lock);
-    if (!held)
-        free(p);
-    return 0;
-}
-
-void svc_peer_put(rpal_peer *p, int locked)
-{
-    rpal_domain *d = p->d;
-    if (!locked)
-        pthread_mutex_lock(&d->lock);
-    int last = rpal_fetch_add_acq_rel(&p->nchans, -1) == 1 && p->released;
-    if (!locked)
-        pthread_mutex_unlock(&d->lock);
-    if (last)
-        free(p);
-}
-
-int rpal_peer_info(const rpal_peer *p, struct rpal_peer_info *info)
-{
-    if (!p || !info)
-        return -EINVAL;
-    *info = p->info;
-    return 0;
-}
-
-const void *rpal_peer_base(const rpal_peer *p)
-{
-    return p && p->mapped && dom_check(p->d) == 0 ? (const void *)(uintptr_t)p->base : NULL;
-}
-
-uint64_t rpal_peer_size(const rpal_peer *p)
-{
-    return p && p->mapped && dom_check(p->d) == 0 ? p->size : 0;
 }

@@ -30,6 +30,13 @@
 #include <time.h>
 #include <unistd.h>
 
+/* A slot's claim file in the domain's directory: "slot.N". */
+#define CLAIM_NAME_MAX 32
+static void claim_name(char buf[CLAIM_NAME_MAX], unsigned slot)
+{
+    snprintf(buf, CLAIM_NAME_MAX, "slot.%u", slot);
+}
+
 /* struct dom_meta, the geometry in <ns>/.domains/NAME/meta, is in
  * src/internal.h (the fuzz targets build them). */
 
@@ -40,7 +47,7 @@ uint64_t dom_meta_check(const struct dom_meta *m)
 }
 
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
-static rpal_domain *g_dom; /* the one domain of this process */
+static _Atomic(rpal_domain *) g_dom; /* the one domain of this process */
 
 /* ---- names, geometry ---- */
 
@@ -147,8 +154,8 @@ int dom_claim_locked(int fd)
 static int dom_claim(rpal_domain *d)
 {
     for (unsigned i = 0; i < d->nslots; i++) {
-        char name[32];
-        snprintf(name, sizeof name, "slot.%u", i);
+        char name[CLAIM_NAME_MAX];
+        claim_name(name, i);
         /* Without O_CREAT first: fs.protected_regular refuses O_CREAT on
          * another user's file in a sticky directory. */
         int fd = prim_open_beneath(d->dirfd, name, O_RDWR, 0);
@@ -212,8 +219,8 @@ void dom_publish(rpal_domain *d)
  * if the slot is held by a live member with a valid record. */
 int dom_read_member(int dirfd, unsigned slot, struct member_rec *rec)
 {
-    char name[32];
-    snprintf(name, sizeof name, "slot.%u", slot);
+    char name[CLAIM_NAME_MAX];
+    claim_name(name, slot);
     int fd = prim_open_beneath(dirfd, name, O_RDONLY | O_NONBLOCK, 0);
     if (fd < 0)
         return fd;
@@ -266,8 +273,8 @@ static void atfork_child(void)
      * parent died or released (close(), unlike shutdown(), leaves the
      * parent's own use of them untouched). */
     heap_set_current(NULL);
-    rpal_domain *d = g_dom;
-    __atomic_store_n(&g_dom, NULL, __ATOMIC_RELAXED);
+    rpal_domain *d = rpal_load_relaxed(&g_dom);
+    rpal_store_relaxed(&g_dom, NULL);
     if (!d)
         return;
     close(d->claimfd);
@@ -282,7 +289,7 @@ static void atfork_child(void)
     /* Key allocations are per process and a child starts with a copy of
      * the parent's: give them back, or a child that joins on its own could
      * find every key taken. */
-    for (int i = 0; i < 16; i++)
+    for (int i = 0; i < DOM_PKEYS; i++)
         if (d->pkeys[i] >= 0)
             pkey_free(d->pkeys[i]);
     if (d->have_lockkey)
@@ -295,6 +302,92 @@ static void atfork_child(void)
 static void register_atfork(void)
 {
     pthread_atfork(NULL, NULL, atfork_child);
+}
+
+static rpal_domain *dom_new(const char *name)
+{
+    rpal_domain *d = calloc(1, sizeof *d);
+    if (!d)
+        return NULL;
+    d->dirfd = d->claimfd = d->memfd = d->epfd = -1;
+    d->pid = getpid();
+    snprintf(d->name, sizeof d->name, "%s", name);
+    pthread_mutex_init(&d->lock, NULL);
+    for (int i = 0; i < DOM_PKEYS; i++)
+        d->pkeys[i] = -1;
+    return d;
+}
+
+/* Our slot: a memfd mapped writable at the slot's address, then sealed, so
+ * that after the seals nobody, the owner included, can make a new writable
+ * mapping, write(), shrink or grow it, while this first mapping stays
+ * writable (peers map it read-only and trust its size). Its header and
+ * heap are written here. */
+static int slot_create(rpal_domain *d)
+{
+    d->memfd = memfd_create("rpal-slot", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (d->memfd < 0 || ftruncate(d->memfd, (off_t)d->slot_size) < 0)
+        return -errno;
+    void *slot = mmap((void *)(uintptr_t)dom_slot_addr(d, d->slot), d->slot_size,
+                      PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, d->memfd, 0);
+    if (slot == MAP_FAILED)
+        return -errno;
+    madvise(slot, d->slot_size, MADV_DONTFORK);
+    if (fcntl(d->memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW |
+                                         F_SEAL_FUTURE_WRITE | F_SEAL_SEAL) < 0)
+        return -errno;
+    struct slot_hdr *h = slot;
+    h->magic = SLOT_MAGIC;
+    h->slot = d->slot;
+    h->pid = d->pid;
+    return heap_create((char *)slot + SLOT_HDR_SIZE, d->slot_size - SLOT_HDR_SIZE, &d->heap);
+}
+
+/* Undo a join that failed after dom_new (RESERVED: the window is). */
+static void join_undo(rpal_domain *d, int reserved)
+{
+    if (d->heap)
+        heap_destroy(d->heap);
+    if (reserved)
+        unreserve(d);
+    if (d->epfd >= 0)
+        close(d->epfd);
+    if (d->memfd >= 0)
+        close(d->memfd);
+    if (d->claimfd >= 0) {
+        char claim[CLAIM_NAME_MAX];
+        claim_name(claim, d->slot);
+        unlinkat(d->dirfd, claim, 0); /* under our lock: see leave */
+        close(d->claimfd);            /* drops the lock */
+    }
+    if (d->dirfd >= 0)
+        close(d->dirfd);
+    pthread_mutex_destroy(&d->lock);
+    free(d);
+}
+
+/* Open the domain NAME, reserve its window and claim a slot in it. */
+static int join_steps(rpal_domain *d, uint64_t want, int *reserved)
+{
+    struct dom_meta m;
+    int err = dom_open_dir(d->name, want, &d->dirfd, &m);
+    if (err < 0)
+        return err;
+    d->slot_size = m.slot_size;
+    d->nslots = m.nslots;
+    d->window = m.window;
+    /* The whole window, PROT_NONE, so that nothing else of ours lands where
+     * a peer's slot will be mapped. */
+    err = prim_map_fixed(d->window, (size_t)d->nslots * d->slot_size, PROT_NONE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (err < 0)
+        return err;
+    *reserved = 1;
+    madvise((void *)(uintptr_t)d->window, (size_t)d->nslots * d->slot_size, MADV_DONTFORK);
+    if ((err = dom_claim(d)) < 0 || (err = slot_create(d)) < 0)
+        return err;
+    d->epfd = epoll_create1(EPOLL_CLOEXEC);
+    return d->epfd < 0 ? -errno : 0;
 }
 
 int rpal_domain_join(const char *name, const struct rpal_domain_opts *opts,
@@ -312,106 +405,26 @@ int rpal_domain_join(const char *name, const struct rpal_domain_opts *opts,
     pthread_once(&once, register_atfork);
 
     pthread_mutex_lock(&g_lock);
-    if (g_dom) {
-        pthread_mutex_unlock(&g_lock);
-        return -EBUSY;
-    }
-    rpal_domain *d = calloc(1, sizeof *d);
-    if (!d) {
-        pthread_mutex_unlock(&g_lock);
-        return -ENOMEM;
-    }
-    d->dirfd = d->claimfd = d->memfd = d->epfd = -1;
-    d->pid = getpid();
-    snprintf(d->name, sizeof d->name, "%s", name);
-    pthread_mutex_init(&d->lock, NULL);
-    for (int i = 0; i < 16; i++)
-        d->pkeys[i] = -1;
-
-    struct dom_meta m;
+    rpal_domain *d = NULL;
     int reserved = 0;
-    void *slot = NULL;
-    err = dom_open_dir(name, want, &d->dirfd, &m);
-    if (err < 0)
-        goto fail;
-    d->slot_size = m.slot_size;
-    d->nslots = m.nslots;
-    d->window = m.window;
-
-    /* The whole window, PROT_NONE, so that nothing else of ours lands where
-     * a peer's slot will be mapped. */
-    err = prim_map_fixed(d->window, (size_t)d->nslots * d->slot_size, PROT_NONE,
-                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (err < 0)
-        goto fail;
-    reserved = 1;
-    madvise((void *)(uintptr_t)d->window, (size_t)d->nslots * d->slot_size, MADV_DONTFORK);
-
-    if ((err = dom_claim(d)) < 0)
-        goto fail;
-    d->memfd = memfd_create("rpal-slot", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-    if (d->memfd < 0 || ftruncate(d->memfd, (off_t)d->slot_size) < 0) {
-        err = -errno;
-        goto fail;
-    }
-    /* Map writable first, then seal: after the seals nobody, the owner
-     * included, can make a new writable mapping, write(), shrink or grow;
-     * this first mapping stays writable (principle 2). */
-    slot = mmap((void *)(uintptr_t)dom_slot_addr(d, d->slot), d->slot_size,
-                PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, d->memfd, 0);
-    if (slot == MAP_FAILED) {
-        err = -errno;
-        slot = NULL;
-        goto fail;
-    }
-    madvise(slot, d->slot_size, MADV_DONTFORK);
-    if (fcntl(d->memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW |
-                                         F_SEAL_FUTURE_WRITE | F_SEAL_SEAL) < 0) {
-        err = -errno;
-        goto fail;
-    }
-    struct slot_hdr *h = slot;
-    h->magic = SLOT_MAGIC;
-    h->slot = d->slot;
-    h->pid = d->pid;
-    if ((err = heap_create((char *)slot + SLOT_HDR_SIZE, d->slot_size - SLOT_HDR_SIZE,
-                           &d->heap)) < 0)
-        goto fail;
-    d->epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (d->epfd < 0) {
-        err = -errno;
-        goto fail;
+    if (rpal_load_relaxed(&g_dom))
+        err = -EBUSY;
+    else if (!(d = dom_new(name)))
+        err = -ENOMEM;
+    else if ((err = join_steps(d, want, &reserved)) < 0)
+        join_undo(d, reserved);
+    if (err < 0) {
+        pthread_mutex_unlock(&g_lock);
+        return err;
     }
     pthread_mutex_lock(&d->lock);
     dom_publish(d);
     pthread_mutex_unlock(&d->lock);
     heap_set_current(d->heap);
-    __atomic_store_n(&g_dom, d, __ATOMIC_RELAXED);
+    rpal_store_relaxed(&g_dom, d);
     pthread_mutex_unlock(&g_lock);
     *out = d;
     return 0;
-
-fail:
-    if (d->heap)
-        heap_destroy(d->heap);
-    if (reserved)
-        unreserve(d);
-    if (d->epfd >= 0)
-        close(d->epfd);
-    if (d->memfd >= 0)
-        close(d->memfd);
-    if (d->claimfd >= 0) {
-        char claim[32];
-        snprintf(claim, sizeof claim, "slot.%u", d->slot);
-        unlinkat(d->dirfd, claim, 0); /* under our lock: see leave */
-        close(d->claimfd);            /* drops the lock */
-    }
-    if (d->dirfd >= 0)
-        close(d->dirfd);
-    pthread_mutex_destroy(&d->lock);
-    free(d);
-    pthread_mutex_unlock(&g_lock);
-    return err;
 }
 
 int dom_member_slot(rpal_domain *d, pid_t pid, unsigned *slot)
@@ -438,7 +451,7 @@ int dom_check(const rpal_domain *d)
     /* A forked child holds a copy of the handle but not the membership:
      * the fork handler cleared g_dom there. (Not getpid(): that is a system
      * call, and this check sits on the call path.) */
-    return d == __atomic_load_n(&g_dom, __ATOMIC_RELAXED) ? 0 : -ECHILD;
+    return d == rpal_load_relaxed(&g_dom) ? 0 : -ECHILD;
 }
 
 /* Free the retired watches that no running dispatch can still hold an event
@@ -504,22 +517,22 @@ int rpal_domain_leave(rpal_domain *d)
     heap_set_current(NULL);
     heap_destroy(d->heap);
     unreserve(d);
-    for (int i = 0; i < 16; i++)
+    for (int i = 0; i < DOM_PKEYS; i++)
         if (d->pkeys[i] >= 0)
             pkey_free(d->pkeys[i]);
     if (d->lockkey >= 0 && d->have_lockkey)
         pkey_free(d->lockkey);
     /* Unlinked while we still hold its lock: a joiner that opened it just
      * before finds it gone from the name after locking, and moves on. */
-    char claim[32];
-    snprintf(claim, sizeof claim, "slot.%u", d->slot);
+    char claim[CLAIM_NAME_MAX];
+    claim_name(claim, d->slot);
     unlinkat(d->dirfd, claim, 0);
     close(d->claimfd);
     close(d->memfd);
     close(d->epfd);
     close(d->dirfd);
     pthread_mutex_destroy(&d->lock);
-    __atomic_store_n(&g_dom, NULL, __ATOMIC_RELAXED);
+    rpal_store_relaxed(&g_dom, NULL);
     pthread_mutex_unlock(&g_lock);
     free(d);
     return 0;
@@ -800,8 +813,8 @@ static int stats_domain(int dirfd, const char *name, const struct dom_meta *m, v
     struct stats_rec *tab = malloc(STATS_MAX * sizeof *tab);
     int err = rec && tab ? 0 : -ENOMEM;
     for (unsigned s = 0; s < m->nslots && !err; s++) {
-        char file[32];
-        snprintf(file, sizeof file, "slot.%u", s);
+        char file[CLAIM_NAME_MAX];
+        claim_name(file, s);
         if (dom_read_member(dirfd, s, rec) < 0)
             continue;
         int fd = prim_open_beneath(dirfd, file, O_RDONLY | O_NONBLOCK, 0);

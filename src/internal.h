@@ -431,6 +431,10 @@ _Static_assert(sizeof(struct stats_rec) == 256, "a counters record is 256 bytes"
 /* 0 if R is a valid record (its name made safe to print), else -EBADMSG. */
 RPAL_HIDDEN int dom_stats_validate(struct stats_rec *r);
 
+/* Room for the protection keys a domain hands to its peers: x86-64 has 16,
+ * key 0 included, and pkey_alloc says when none is left; peers without one
+ * stay under the always-closed key until a window takes one. */
+#define DOM_PKEYS 16
 struct rpal_domain {
     char name[65];
     pid_t pid;           /* the member; a forked child is not */
@@ -447,9 +451,9 @@ struct rpal_domain {
     struct rpal_peer *peers;
     struct pending *pending;
     int npending;
-    int pkeys[16];
-    _Atomic(rpal_peer *) pkey_owner[16]; /* written under lock; see key_claim */
-    _Atomic int key_windows[16]; /* windows open under each key, all threads;
+    int pkeys[DOM_PKEYS];
+    _Atomic(rpal_peer *) pkey_owner[DOM_PKEYS]; /* written under lock; see key_claim */
+    _Atomic int key_windows[DOM_PKEYS]; /* windows open under each key, all threads;
                                     KEY_CLAIMED added while being reassigned */
     int lockkey, have_lockkey;
     struct dispatch_rec *dispatching; /* dispatches under way */
@@ -528,6 +532,10 @@ RPAL_HIDDEN int dom_access_end(rpal_peer *p, int locked);
 
 /* ---- services (src/service.c) ---- */
 
+/* The file name of service NAME's socket in its domain's directory
+ * ("svc.NAME"). */
+#define SVC_FILE_MAX 80
+RPAL_HIDDEN void svc_sock_file(char file[SVC_FILE_MAX], const char *name);
 /* Path of the rendezvous socket of service NAME of D. */
 struct sockaddr_un;
 RPAL_HIDDEN int svc_path(const rpal_domain *d, const char *name, struct sockaddr_un *a);

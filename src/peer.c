@@ -34,11 +34,12 @@
 
 /* Per thread: the windows this thread has open, so that windows nest and
  * one thread's window does not open a peer for the others. */
+#define PEER_WINDOWS_MAX 16 /* peers one thread may have windows open on at once */
 static __thread struct {
     const rpal_peer *peer;
     int depth;
     int keyslot; /* index in d->pkeys this window opened, or -1 */
-} t_windows[16];
+} t_windows[PEER_WINDOWS_MAX];
 
 
 /* The peer's connection (a release byte, or EOF) or its pidfd (its death)
@@ -340,7 +341,7 @@ uint64_t rpal_peer_size(const rpal_peer *p)
 static int *t_depth(const rpal_peer *p, int create)
 {
     int free_i = -1;
-    for (int i = 0; i < 16; i++) {
+    for (int i = 0; i < PEER_WINDOWS_MAX; i++) {
         if (t_windows[i].peer == p && t_windows[i].depth > 0)
             return &t_windows[i].depth;
         if (free_i < 0 && t_windows[i].depth == 0)
@@ -356,7 +357,7 @@ static int *t_depth(const rpal_peer *p, int create)
 static int *t_keyslot(int *depth)
 {
     /* depth points into a t_windows entry; its keyslot sits beside it. */
-    for (int i = 0; i < 16; i++)
+    for (int i = 0; i < PEER_WINDOWS_MAX; i++)
         if (&t_windows[i].depth == depth)
             return &t_windows[i].keyslot;
     return NULL;
@@ -405,7 +406,7 @@ static int key_assign(rpal_domain *d, rpal_peer *p)
     if (err < 0)
         return err;
     int slot = -1;
-    for (int i = 0; i < 16 && slot < 0; i++) {
+    for (int i = 0; i < DOM_PKEYS && slot < 0; i++) {
         if (d->pkeys[i] < 0) {
             d->pkeys[i] = pkey_alloc(0, PKEY_DISABLE_ACCESS);
             if (d->pkeys[i] >= 0 && key_claim(d, i))
@@ -414,7 +415,7 @@ static int key_assign(rpal_domain *d, rpal_peer *p)
             slot = i;
         }
     }
-    for (int i = 0; i < 16 && slot < 0; i++) {
+    for (int i = 0; i < DOM_PKEYS && slot < 0; i++) {
         rpal_peer *o = rpal_load_relaxed(&d->pkey_owner[i]);
         if (o && key_claim(d, i)) {
             if (o->mapped)
@@ -455,7 +456,7 @@ int dom_guard_peer(rpal_domain *d, rpal_peer *p)
  * reserved (key_windows) until that window ends. */
 void dom_unguard_peer(rpal_domain *d, rpal_peer *p)
 {
-    for (int i = 0; i < 16; i++)
+    for (int i = 0; i < DOM_PKEYS; i++)
         if (rpal_load_relaxed(&d->pkey_owner[i]) == p)
             rpal_store_release(&d->pkey_owner[i], NULL);
     p->pkey = -1;
@@ -570,7 +571,7 @@ int dom_access_begin(rpal_peer *p, int locked)
         return p->reason ? p->reason : -ESHUTDOWN;
     int *depth = t_depth(p, 1);
     if (!depth)
-        return -EMFILE; /* more than 16 peers open at once in one thread */
+        return -EMFILE; /* more than PEER_WINDOWS_MAX peers open in one thread */
     if ((*depth)++ > 0)
         return 0;
     /* seq_cst: before the read of zero_key in key_window_begin */

@@ -164,6 +164,79 @@ int svc_recv_with_fd(int sock, void *msg, size_t len, int *fd)
 
 /* ---- registration ---- */
 
+void svc_sock_file(char file[SVC_FILE_MAX], const char *name)
+{
+    snprintf(file, SVC_FILE_MAX, "svc.%s", name);
+}
+
+/* Bind LFD to A (FILE in D's directory). A name left behind by a dead
+ * service (its socket refuses connections) is taken over; one of a live
+ * service, or anything that is not a socket, is -EEXIST. */
+static int bind_name(rpal_domain *d, int lfd, const struct sockaddr_un *a, const char *file)
+{
+    int err = 0;
+    for (int tries = 0; tries < 2; tries++) {
+        if (bind(lfd, (const struct sockaddr *)a, sizeof *a) == 0)
+            return 0;
+        err = -errno;
+        if (err != -EADDRINUSE)
+            return err;
+        struct stat st;
+        if (fstatat(d->dirfd, file, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISSOCK(st.st_mode))
+            return -EEXIST;
+        int c = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        int live = c >= 0 && prim_connect_beneath(d->dirfd, file, c) != -ECONNREFUSED;
+        if (c >= 0)
+            close(c);
+        err = -EEXIST;
+        if (live || unlinkat(d->dirfd, file, 0) < 0)
+            return err;
+    }
+    return err;
+}
+
+/* Give the bound socket FILE its MODE, listen and watch it. The mode goes
+ * to the socket file, never to what a link swapped in under its name since
+ * bind() points at (fchmodat would follow it). On failure the name is
+ * removed. d->lock held. */
+static int open_for_requests(rpal_domain *d, rpal_service *s, const char *file, unsigned mode)
+{
+    char proc[PRIM_FD_PATH];
+    int pfd = prim_sock_open_beneath(d->dirfd, file, proc);
+    int err = pfd < 0 ? pfd : chmod(proc, mode) < 0 || listen(s->lfd, 64) < 0 ? -errno : 0;
+    if (pfd >= 0)
+        close(pfd);
+    if (err == 0) {
+        s->w = (struct watch){.obj = s, .handle = listen_watch};
+        struct epoll_event ee = {.events = EPOLLIN, .data.ptr = &s->w};
+        if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, s->lfd, &ee) < 0)
+            err = -errno;
+    }
+    if (err < 0)
+        unlinkat(d->dirfd, file, 0);
+    return err;
+}
+
+static rpal_service *service_new(rpal_domain *d, const char *name, rpal_policy_fn policy,
+                                 void *arg, int *err)
+{
+    rpal_service *s = calloc(1, sizeof *s);
+    *err = s ? 0 : -ENOMEM;
+    if (!s)
+        return NULL;
+    s->d = d;
+    s->lfd = -1;
+    s->policy = policy;
+    s->arg = arg;
+    snprintf(s->name, sizeof s->name, "%s", name);
+    if (getrandom(s->key.bytes, sizeof s->key.bytes, 0) != (ssize_t)sizeof s->key.bytes) {
+        free(s);
+        *err = -EIO;
+        return NULL;
+    }
+    return s;
+}
+
 int rpal_service_register(rpal_domain *d, const char *name, unsigned mode,
                           rpal_policy_fn policy, void *arg, rpal_service **out)
 {
@@ -174,82 +247,31 @@ int rpal_service_register(rpal_domain *d, const char *name, unsigned mode,
         return err;
     if (!out || (mode & ~0777u))
         return -EINVAL;
-    if (!mode)
-        mode = 0600;
-    rpal_service *s = calloc(1, sizeof *s);
-    if (!s)
-        return -ENOMEM;
-    s->d = d;
-    s->policy = policy;
-    s->arg = arg;
-    snprintf(s->name, sizeof s->name, "%s", name);
-    if (getrandom(s->key.bytes, sizeof s->key.bytes, 0) != (ssize_t)sizeof s->key.bytes) {
-        free(s);
-        return -EIO;
-    }
     struct sockaddr_un a;
-    if ((err = svc_path(d, name, &a)) < 0) {
-        free(s);
+    if ((err = svc_path(d, name, &a)) < 0)
         return err;
-    }
-    char file[80];
-    snprintf(file, sizeof file, "svc.%s", name);
+    rpal_service *s = service_new(d, name, policy, arg, &err);
+    if (!s)
+        return err;
+    char file[SVC_FILE_MAX];
+    svc_sock_file(file, name);
 
     pthread_mutex_lock(&d->lock);
     int n = 0;
     for (rpal_service *o = d->services; o; o = o->next)
         n++;
-    if (n >= MEMBER_MAX_SERVICES) {
+    if (n >= MEMBER_MAX_SERVICES)
         err = -ENOSPC;
-        goto fail;
-    }
-    s->lfd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (s->lfd < 0) {
+    else if ((s->lfd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) < 0)
         err = -errno;
-        goto fail;
-    }
-    for (int tries = 0; tries < 2; tries++) {
-        if (bind(s->lfd, (struct sockaddr *)&a, sizeof a) == 0) {
-            err = 0;
-            break;
-        }
-        err = -errno;
-        if (err != -EADDRINUSE)
-            break;
-        /* The name is taken: by a live service (-EEXIST), or left behind
-         * by a dead one, whose socket refuses connections. */
-        struct stat st;
-        if (fstatat(d->dirfd, file, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISSOCK(st.st_mode)) {
-            err = -EEXIST;
-            break;
-        }
-        int c = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-        int live = c >= 0 && prim_connect_beneath(d->dirfd, file, c) != -ECONNREFUSED;
-        if (c >= 0)
-            close(c);
-        err = -EEXIST;
-        if (live || unlinkat(d->dirfd, file, 0) < 0)
-            break;
-    }
-    if (err < 0)
-        goto fail_sock;
-    /* The mode goes to the socket file, never to what a link swapped in
-     * under its name since bind() points at (fchmodat would follow it). */
-    char proc[PRIM_FD_PATH];
-    int pfd = prim_sock_open_beneath(d->dirfd, file, proc);
-    err = pfd < 0 ? pfd : chmod(proc, mode) < 0 || listen(s->lfd, 64) < 0 ? -errno : 0;
-    if (pfd >= 0)
-        close(pfd);
+    else if ((err = bind_name(d, s->lfd, &a, file)) == 0)
+        err = open_for_requests(d, s, file, mode ? mode : 0600);
     if (err < 0) {
-        unlinkat(d->dirfd, file, 0);
-        goto fail_sock;
-    }
-    s->w = (struct watch){.obj = s, .handle = listen_watch};
-    struct epoll_event ee = {.events = EPOLLIN, .data.ptr = &s->w};
-    if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, s->lfd, &ee) < 0) {
-        err = -errno;
-        unlinkat(d->dirfd, file, 0);
-        goto fail_sock;
+        pthread_mutex_unlock(&d->lock);
+        if (s->lfd >= 0)
+            close(s->lfd);
+        free(s);
+        return err;
     }
     s->next = d->services;
     d->services = s;
@@ -258,12 +280,6 @@ int rpal_service_register(rpal_domain *d, const char *name, unsigned mode,
     pthread_mutex_unlock(&d->lock);
     *out = s;
     return 0;
-fail_sock:
-    close(s->lfd);
-fail:
-    pthread_mutex_unlock(&d->lock);
-    free(s);
-    return err;
 }
 
 int rpal_service_key(const rpal_service *s, rpal_key *key)
@@ -304,8 +320,8 @@ int rpal_service_unregister(rpal_service *s)
             q = &x->next;
         }
     }
-    char file[80];
-    snprintf(file, sizeof file, "svc.%s", s->name);
+    char file[SVC_FILE_MAX];
+    svc_sock_file(file, s->name);
     unlinkat(d->dirfd, file, 0);
     epoll_ctl(d->epfd, EPOLL_CTL_DEL, s->lfd, NULL);
     close(s->lfd);
@@ -385,8 +401,8 @@ int rpal_service_request(rpal_domain *d, const char *name, const rpal_key *key,
         return err;
     if (!key || !out)
         return -EINVAL;
-    char file[80];
-    snprintf(file, sizeof file, "svc.%s", name);
+    char file[SVC_FILE_MAX];
+    svc_sock_file(file, name);
     struct stat st;
     if (fstatat(d->dirfd, file, &st, AT_SYMLINK_NOFOLLOW) < 0)
         return errno == ENOENT ? -ENOENT : -errno;

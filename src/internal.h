@@ -126,6 +126,15 @@ RPAL_HIDDEN int prim_ofd_test(int fd, uint64_t off, uint64_t len,
 RPAL_HIDDEN int prim_ofd_lock(int fd, int type, uint64_t off, uint64_t len,
                               int64_t timeout_ns);
 RPAL_HIDDEN uint64_t prim_now_ns(void); /* CLOCK_MONOTONIC */
+/* The prim_now_ns() at which TIMEOUT_MS (-1: never) runs out, UINT64_MAX
+ * for never; and the milliseconds left until DEADLINE (rounded up; 0: it
+ * passed; -1: never), for calls that take a timeout. */
+RPAL_HIDDEN uint64_t prim_deadline(int timeout_ms);
+RPAL_HIDDEN int prim_ms_left(uint64_t deadline);
+/* Wait until FD has EV (0), an error or hang-up without it (-ECONNRESET)
+ * or DEADLINE passes (-ETIMEDOUT); a signal does not restart the wait from
+ * the full timeout. */
+RPAL_HIDDEN int prim_poll_until(int fd, short ev, uint64_t deadline);
 /* FD is an eventfd (1) or not (0). */
 RPAL_HIDDEN int prim_is_eventfd(int fd);
 
@@ -536,6 +545,17 @@ RPAL_HIDDEN int dom_access_end(rpal_peer *p, int locked);
  * ("svc.NAME"). */
 #define SVC_FILE_MAX 80
 RPAL_HIDDEN void svc_sock_file(char file[SVC_FILE_MAX], const char *name);
+/* One exchange of the handshake as the asking side: connect a new socket
+ * to the service socket FILE of D's directory, send REQ (with FD, -1:
+ * none), wait for the answer until TIMEOUT_MS (-1: no limit), receive it
+ * into REP (a descriptor that came with it in *RFD, else -1) and check its
+ * magic and version (-EPROTO). -ECONNRESET: the service closed without an
+ * answer (each caller knows what that means for it). *SOCK is the
+ * connection (or -1), the caller's to close, whatever the result. */
+struct hs_req;
+struct hs_rep;
+RPAL_HIDDEN int svc_exchange(rpal_domain *d, const char *file, const struct hs_req *req, int fd,
+                             int timeout_ms, struct hs_rep *rep, int *rfd, int *sock);
 /* Path of the rendezvous socket of service NAME of D. */
 struct sockaddr_un;
 RPAL_HIDDEN int svc_path(const rpal_domain *d, const char *name, struct sockaddr_un *a);

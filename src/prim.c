@@ -13,6 +13,8 @@
 #include <fcntl.h>
 #include <linux/openat2.h>
 #include <mntent.h>
+#include <limits.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <setjmp.h>
@@ -637,6 +639,39 @@ uint64_t prim_now_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t prim_deadline(int timeout_ms)
+{
+    return timeout_ms < 0 ? UINT64_MAX : prim_now_ns() + (uint64_t)timeout_ms * 1000000;
+}
+
+int prim_ms_left(uint64_t deadline)
+{
+    if (deadline == UINT64_MAX)
+        return -1;
+    uint64_t now = prim_now_ns();
+    if (now >= deadline)
+        return 0;
+    uint64_t left = (deadline - now + 999999) / 1000000;
+    return left > INT_MAX ? INT_MAX : (int)left;
+}
+
+int prim_poll_until(int fd, short ev, uint64_t deadline)
+{
+    for (;;) {
+        int left = prim_ms_left(deadline);
+        if (left == 0)
+            return -ETIMEDOUT;
+        struct pollfd pf = {fd, ev, 0};
+        /* At most a second at a time: a deadline far off is not held in an
+         * int of milliseconds forever, and the clock is read again. */
+        int r = poll(&pf, 1, left < 0 || left > 1000 ? 1000 : left);
+        if (r > 0)
+            return (pf.revents & (POLLERR | POLLNVAL)) ? -ECONNRESET : 0;
+        if (r < 0 && errno != EINTR)
+            return -errno;
+    }
 }
 
 static _Atomic int g_no_vm_copy; /* process_vm_readv/writev refused here */

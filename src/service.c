@@ -391,6 +391,56 @@ static int closed_unanswered(int sock)
     return err;
 }
 
+int svc_exchange(rpal_domain *d, const char *file, const struct hs_req *req, int fd,
+                 int timeout_ms, struct hs_rep *rep, int *rfd, int *sock)
+{
+    uint64_t deadline = prim_deadline(timeout_ms);
+    *rfd = -1;
+    /* Non-blocking: a full listen queue answers -EAGAIN at once instead
+     * of blocking past the deadline. */
+    *sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (*sock < 0)
+        return -errno;
+    /* Not connect() by name: it would follow a link planted there. */
+    int err = prim_connect_beneath(d->dirfd, file, *sock);
+    if (err == 0)
+        err = svc_send_with_fd(*sock, req, sizeof *req, fd);
+    if (err == -EPIPE) /* closed before we sent */
+        err = -ECONNRESET;
+    if (err == 0)
+        err = prim_poll_until(*sock, POLLIN, deadline);
+    if (err == 0)
+        err = svc_recv_with_fd(*sock, rep, sizeof *rep, rfd);
+    if (err == 0 && (rep->magic != HS_MAGIC || rep->version != HS_VERSION))
+        err = -EPROTO; /* not an rpal service of our version */
+    if (err < 0 && *rfd >= 0) {
+        close(*rfd);
+        *rfd = -1;
+    }
+    return err;
+}
+
+/* The answer REP (with the service's slot MEMFD) came on SOCK from a peer:
+ * its slot must be the one its owner claims, held by the process the
+ * kernel says we talk to, offering NAME. Then it is mapped; SOCK is the
+ * peer's from then on (*SOCK -1). */
+static int accept_answer(rpal_domain *d, const char *name, const struct hs_rep *rep,
+                         int memfd, int *sock, rpal_peer **out)
+{
+    struct ucred cr;
+    socklen_t cl = sizeof cr;
+    if (getsockopt(*sock, SOL_SOCKET, SO_PEERCRED, &cr, &cl) < 0)
+        return -errno;
+    pthread_mutex_lock(&d->lock);
+    int err = peer_claim_check(d, rep->slot, rep->slot_size, cr.pid, name);
+    if (err == 0)
+        err = peer_fd_check(memfd, d->slot_size);
+    if (err == 0 && (err = peer_create(d, *sock, memfd, &cr, rep->slot, name, out)) == 0)
+        *sock = -1;
+    pthread_mutex_unlock(&d->lock);
+    return err == -EBADMSG || err == -EINVAL || err == -EBUSY ? -EPROTO : err;
+}
+
 int rpal_service_request(rpal_domain *d, const char *name, const rpal_key *key,
                          int timeout_ms, rpal_peer **out)
 {
@@ -410,71 +460,19 @@ int rpal_service_request(rpal_domain *d, const char *name, const rpal_key *key,
         return -ELOOP;
     if (!S_ISSOCK(st.st_mode))
         return -ENOENT;
-    /* Non-blocking: a full listen queue answers -EAGAIN at once instead
-     * of blocking past the deadline. */
-    int sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (sock < 0)
-        return -errno;
-    if ((err = prim_connect_beneath(d->dirfd, file, sock)) < 0) {
-        close(sock);
-        return err;
-    }
     struct hs_req req = {.magic = HS_MAGIC, .version = HS_VERSION, .slot = d->slot,
                          .slot_size = d->slot_size};
     snprintf(req.service, sizeof req.service, "%s", name);
     memcpy(req.key, key->bytes, sizeof req.key);
-    int memfd = -1;
     struct hs_rep rep;
-    if ((err = svc_send_with_fd(sock, &req, sizeof req, d->memfd)) < 0) {
-        if (err == -EPIPE || err == -ECONNRESET) /* closed before we sent */
-            err = closed_unanswered(sock);
-        goto out;
-    }
-    struct pollfd pfd = {sock, POLLIN, 0};
-    int r;
-    do
-        r = poll(&pfd, 1, timeout_ms);
-    while (r < 0 && errno == EINTR);
-    if (r == 0) {
-        err = -ETIMEDOUT;
-        goto out;
-    }
-    err = svc_recv_with_fd(sock, &rep, sizeof rep, &memfd);
-    if (err == -ECONNRESET) {
+    int memfd, sock;
+    err = svc_exchange(d, file, &req, d->memfd, timeout_ms, &rep, &memfd, &sock);
+    if (err == -ECONNRESET)
         err = closed_unanswered(sock);
-        goto out;
-    }
-    if (err < 0)
-        goto out;
-    if (rep.magic != HS_MAGIC || rep.version != HS_VERSION) {
-        err = -EPROTO;
-        goto out;
-    }
-    if (rep.status != 0) {
+    else if (err == 0 && rep.status != 0)
         err = -EACCES; /* wrong key, or the service's policy said no */
-        goto out;
-    }
-    struct ucred cr;
-    socklen_t cl = sizeof cr;
-    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cr, &cl) < 0) {
-        err = -errno;
-        goto out;
-    }
-    pthread_mutex_lock(&d->lock);
-    /* The answer is from a peer: its slot must be the one its owner claims,
-     * held by the process the kernel says we talk to, offering NAME. */
-    err = peer_claim_check(d, rep.slot, rep.slot_size, cr.pid, name);
-    if (err == 0)
-        err = peer_fd_check(memfd, d->slot_size);
-    if (err == 0) {
-        err = peer_create(d, sock, memfd, &cr, rep.slot, name, out);
-        if (err == 0)
-            sock = -1; /* the peer owns it now */
-    }
-    pthread_mutex_unlock(&d->lock);
-    if (err == -EBADMSG || err == -EINVAL || err == -EBUSY)
-        err = -EPROTO;
-out:
+    else if (err == 0)
+        err = accept_answer(d, name, &rep, memfd, &sock, out);
     if (memfd >= 0)
         close(memfd);
     if (sock >= 0)

@@ -506,8 +506,8 @@ int rpal_domain_leave(rpal_domain *d)
     if (err < 0)
         return err;
     for (int i = 0; i < DOM_LAYERS; i++)
-        if (d->layers[i])
-            d->layers[i]->leave(d);
+        if (d->layers[i] && (err = d->layers[i]->leave(d)) < 0)
+            return err;
     /* No dispatch runs now (rpal_domain_leave(3)): nothing can hold an
      * event of a retired watch. */
     pthread_mutex_lock(&d->lock);
@@ -647,6 +647,13 @@ unsigned rpal_capabilities(void)
 
 /* ---- listing and garbage collection ---- */
 
+/* qsort's comparator for the names' array (char[65] each): strcmp cast to
+ * a comparator would be called through the wrong type. */
+static int name_cmp(const void *a, const void *b)
+{
+    return strcmp((const char *)a, (const char *)b);
+}
+
 /* Call FN(domain dirfd, domain name, meta) for every domain directory. */
 static int dom_walk(int (*fn)(int dirfd, const char *name, const struct dom_meta *m,
                               void *arg),
@@ -681,7 +688,7 @@ static int dom_walk(int (*fn)(int dirfd, const char *name, const struct dom_meta
         snprintf(names[n++], sizeof names[0], "%.64s", de->d_name);
     }
     if (n)
-        qsort(names, n, sizeof *names, (int (*)(const void *, const void *))strcmp);
+        qsort(names, n, sizeof *names, name_cmp);
     int err = 0;
     for (size_t i = 0; i < n && !err; i++) {
         int fd = prim_open_beneath(dirfd(dir), names[i], O_PATH | O_DIRECTORY, 0);

@@ -321,11 +321,13 @@ struct watch {
 };
 
 /* What a layer above the domain (peers, services) does when the domain is
- * left (free everything it added to it) and in a forked child (close the
- * parent's descriptors it holds); attached by its first use of a domain. */
+ * left (free everything it added to it, or refuse with nothing undone:
+ * the layers are left in order and the first refusal ends the leave) and
+ * in a forked child (close the parent's descriptors it holds); attached
+ * by its first use of a domain. */
 enum { DOM_LAYER_SERVICE, DOM_LAYER_PEER, DOM_LAYERS };
 struct dom_layer {
-    void (*leave)(rpal_domain *d);
+    int (*leave)(rpal_domain *d);
     void (*fork_child)(rpal_domain *d);
 };
 

@@ -78,10 +78,11 @@ static void peers_fork_child(rpal_domain *d)
         }
 }
 
-static void peers_leave(rpal_domain *d)
+static int peers_leave(rpal_domain *d)
 {
     while (d->peers)
         rpal_peer_release(d->peers);
+    return 0;
 }
 
 static const struct dom_layer peer_layer = {peers_leave, peers_fork_child};

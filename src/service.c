@@ -302,9 +302,11 @@ int rpal_service_unregister(rpal_service *s)
     rpal_service **pp = &d->services;
     while (*pp && *pp != s)
         pp = &(*pp)->next;
-    if (!*pp) {
+    if (!*pp || s->receivers) {
         pthread_mutex_unlock(&d->lock);
-        return -EINVAL;
+        /* A live receiver reads S (its channels' accept, its list): freeing
+         * S under it would hand it freed memory. */
+        return *pp ? -EBUSY : -EINVAL;
     }
     *pp = s->next;
     /* Handshakes still waiting for this service are refused by closing. */
@@ -346,11 +348,21 @@ static void drop_pending(rpal_domain *d)
     pthread_mutex_unlock(&d->lock);
 }
 
-static void services_leave(rpal_domain *d)
+/* Before anything is undone: a service with a live receiver keeps the
+ * domain (-EBUSY, as rpal_service_unregister says). */
+static int services_leave(rpal_domain *d)
 {
+    pthread_mutex_lock(&d->lock);
+    int busy = 0;
+    for (rpal_service *s = d->services; s; s = s->next)
+        busy |= s->receivers != NULL;
+    pthread_mutex_unlock(&d->lock);
+    if (busy)
+        return -EBUSY;
     while (d->services)
         rpal_service_unregister(d->services);
     drop_pending(d);
+    return 0;
 }
 
 /* In a forked child: the listening sockets and the handshakes in progress

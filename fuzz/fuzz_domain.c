@@ -60,7 +60,7 @@ static void fz_write_seeds(void)
 {
     uint64_t sizes[] = {RPAL_DEFAULT_SLOT_SIZE, 16ull << 20, DOM_WINDOW_SIZE};
     for (unsigned k = 0; k < 3; k++) {
-        struct dom_meta m = {.magic = META_MAGIC, .version = 1, .slot_size = sizes[k],
+        struct dom_meta m = {.magic = META_MAGIC, .version = META_VERSION, .slot_size = sizes[k],
                              .window = DOM_WINDOW_BASE};
         m.nslots = (uint32_t)(DOM_WINDOW_SIZE / sizes[k] > DOM_MAX_SLOTS
                                   ? DOM_MAX_SLOTS : DOM_WINDOW_SIZE / sizes[k]);

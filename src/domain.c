@@ -43,7 +43,7 @@ static void claim_name(char buf[CLAIM_NAME_MAX], unsigned slot)
 uint64_t dom_meta_check(const struct dom_meta *m)
 {
     /* Not a secret: it only catches a torn or stray file. */
-    return (m->magic ^ m->slot_size * 31 ^ m->window * 17 ^ m->nslots) + m->version;
+    return prim_fnv1a(m, offsetof(struct dom_meta, check));
 }
 
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -71,7 +71,7 @@ uint64_t dom_slot_addr(const rpal_domain *d, unsigned slot)
 
 int dom_meta_validate(const struct dom_meta *m)
 {
-    if (m->magic != META_MAGIC || m->version != 1 || m->check != dom_meta_check(m) ||
+    if (m->magic != META_MAGIC || m->version != META_VERSION || m->check != dom_meta_check(m) ||
         !slot_size_valid(m->slot_size) || m->window != DOM_WINDOW_BASE || m->nslots == 0 ||
         m->nslots > DOM_MAX_SLOTS || (uint64_t)m->nslots * m->slot_size > DOM_WINDOW_SIZE)
         return -EBADMSG;
@@ -106,7 +106,7 @@ static int dom_open_dir(const char *name, uint64_t want_size, int *dirfd,
      * it and must agree. */
     uint64_t size = want_size ? want_size : RPAL_DEFAULT_SLOT_SIZE;
     struct dom_meta mine = {
-        .magic = META_MAGIC, .version = 1,
+        .magic = META_MAGIC, .version = META_VERSION,
         .nslots = (uint32_t)(DOM_WINDOW_SIZE / size > DOM_MAX_SLOTS
                                  ? DOM_MAX_SLOTS : DOM_WINDOW_SIZE / size),
         .slot_size = size, .window = DOM_WINDOW_BASE,
@@ -561,13 +561,6 @@ int rpal_domain_fd(const rpal_domain *d)
 
 /* ---- dispatch ---- */
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 int rpal_domain_dispatch(rpal_domain *d, struct rpal_event *ev, int max,
                          int timeout_ms)
 {
@@ -581,7 +574,7 @@ int dom_dispatch(rpal_domain *d, struct rpal_event *ev, int max, int timeout_ms,
         return err;
     if (!ev || max <= 0)
         return -EINVAL;
-    int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+    uint64_t deadline = prim_deadline(timeout_ms);
     int n = 0;
     /* Listed while we wait, so that an object another thread frees
      * meanwhile (a receiver reaping its dead channels) outlives the events
@@ -594,9 +587,7 @@ int dom_dispatch(rpal_domain *d, struct rpal_event *ev, int max, int timeout_ms,
     pthread_mutex_unlock(&d->lock);
     for (;;) {
         struct epoll_event ee[32];
-        int wait = deadline < 0 ? -1 : (int)(deadline - now_ms());
-        if (wait < 0 && deadline >= 0)
-            wait = 0;
+        int wait = prim_ms_left(deadline);
         int want = max - n < 32 ? max - n : 32;
         int k = epoll_wait(d->epfd, ee, want, n ? 0 : wait);
         int saved = errno;
@@ -697,8 +688,7 @@ static int dom_walk(int (*fn)(int dirfd, const char *name, const struct dom_meta
         struct dom_meta m;
         int mfd = prim_open_beneath(fd, "meta", O_RDONLY | O_NONBLOCK, 0);
         if (mfd >= 0 && pread(mfd, &m, sizeof m, 0) == (ssize_t)sizeof m &&
-            m.magic == META_MAGIC && m.check == dom_meta_check(&m) &&
-            slot_size_valid(m.slot_size) && m.nslots && m.nslots <= DOM_MAX_SLOTS)
+            dom_meta_validate(&m) == 0)
             err = fn(fd, names[i], &m, arg);
         if (mfd >= 0)
             close(mfd);

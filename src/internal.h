@@ -868,6 +868,7 @@ RPAL_HIDDEN void lay_table_seal(uint8_t *hdr, uint32_t gen);
 
 /* domain (src/domain.c): a domain's geometry, <ns>/.domains/NAME/meta. */
 #define META_MAGIC 0x314d4f444c415052ull /* "RPALDOM1" */
+#define META_VERSION 2u /* 2: the check is FNV-1a of the fields before it */
 struct dom_meta {
     uint64_t magic;
     uint32_t version, nslots;

@@ -8,7 +8,9 @@
 # build/ (build-san/ with SAN=1, build-tsan/ with TSAN=1, build-vg/ for
 # valgrind, build-fuzz/ for the fuzz targets).
 
-VERSION := 0.1.0
+# The version is the public header's (RPAL_VERSION_*), the one place it is
+# written; tests/house.sh checks that the man pages say the same.
+VERSION := $(shell awk '/ *define RPAL_VERSION_(MAJOR|MINOR|PATCH) / { v = v (v == "" ? "" : ".") $$3 } END { print v }' include/rpal.h)
 SOVERSION := 0
 PREFIX ?= /usr/local
 LIBDIR ?= $(PREFIX)/lib

@@ -7,7 +7,8 @@
 #  2. no function in src/ is longer than 80 lines;
 #  3. librpal.a defines no global symbol outside rpal_* (the API) and
 #     rpal__* (internal), so that a program's own heap_create or ns_open
-#     can neither clash with nor replace one of ours.
+#     can neither clash with nor replace one of ours;
+#  4. the version is written once (include/rpal.h) and the man pages say it.
 set -u
 B=${RPAL_BIN:-build}
 fail=0
@@ -66,5 +67,11 @@ if [ -f "$lib" ]; then
 else
   bad "no $lib"
 fi
+# 4. One version: the header's, which the Makefile reads; the man pages'
+# titles must name it.
+v=$(awk '/^#define RPAL_VERSION_(MAJOR|MINOR|PATCH) / { v = v (v == "" ? "" : ".") $3 } END { print v }' include/rpal.h)
+stale=$(grep -L "^\.TH .*\"rpal $v\"" man/*.[137] 2>/dev/null | while read -r f; do [ -L "$f" ] || echo "$f"; done)
+[ -z "$stale" ] || bad "man pages whose title does not say rpal $v: $(echo $stale)"
+
 [ $fail = 0 ] && echo "layers, function lengths and exported names as docs/design.md says"
 exit $fail

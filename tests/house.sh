@@ -67,6 +67,11 @@ if [ -f "$lib" ]; then
 else
   bad "no $lib"
 fi
+# 3b. The version script lists exactly the header's functions.
+hdr=$(grep -oE '\brpal_[a-z0-9_]+ *\(' include/rpal.h | sed 's/ *(//' | sort -u)
+map=$(grep -oE '^ +rpal_[a-z0-9_]+;' src/librpal.map | tr -d ' ;' | sort -u)
+[ "$hdr" = "$map" ] || bad "src/librpal.map and include/rpal.h differ: $(printf '%s\n' "$hdr" "$map" | sort | uniq -u | tr '\n' ' ')"
+
 # 4. One version: the header's, which the Makefile reads; the man pages'
 # titles must name it.
 v=$(awk '/^#define RPAL_VERSION_(MAJOR|MINOR|PATCH) / { v = v (v == "" ? "" : ".") $3 } END { print v }' include/rpal.h)

@@ -238,7 +238,7 @@ int dom_read_member(int dirfd, unsigned slot, struct member_rec *rec)
 
 int dom_member_validate(struct member_rec *rec, unsigned slot)
 {
-    /* Written by another process: checked before use (principle 3). */
+    /* Written by another process: checked before use (nothing read from a peer is trusted). */
     if (rec->magic != MEMBER_MAGIC || rec->version != 1 || rec->slot != slot ||
         rec->nservices > MEMBER_MAX_SERVICES || rec->npeers > MEMBER_MAX_PEERS)
         return -EBADMSG;
@@ -787,7 +787,7 @@ void dom_stats_close(rpal_domain *d, struct wt_stats *st, int locked)
 
 int dom_stats_validate(struct stats_rec *r)
 {
-    /* Another process's word (principle 3): checked, names made safe to
+    /* Another process's word, not trusted: checked, names made safe to
      * print. */
     if (r->magic != STATS_MAGIC || r->check != prim_fnv1a(r, offsetof(struct stats_rec, check)) ||
         r->kind < RPAL_STATS_CALLER || r->kind > RPAL_STATS_CONN || r->state > 3)

@@ -712,7 +712,7 @@ RPAL_HIDDEN void wt_stats_copy(const struct wt_stats *st, struct rpal_stats *out
 
 /* ---- parsers of what others wrote, callable on a snapshot -----------------
  * Every function below reads memory or records another process wrote (its
- * slot, a shared file) and checks it (principle 3). Each is split from the
+ * slot, a shared file) and checks it: nothing read from a peer is trusted. Each is split from the
  * code that finds that memory, so that the fuzz targets in fuzz/ can feed it
  * arbitrary bytes standing in for the peer's (docs/fuzzing.md). */
 

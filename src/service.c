@@ -383,8 +383,7 @@ static const struct dom_layer service_layer = {services_leave, services_fork_chi
 /* The service closed our handshake connection without an answer: a
  * refusal (-EACCES), unless it died (its socket closed with it): then
  * -ECONNREFUSED, as for a socket nobody listens on, so that a requester
- * whose service was killed mid-handshake is not told its key is wrong
- * (`rpal chaos` saw -EACCES and -EPIPE there). A dying process closes its
+ * whose service was killed mid-handshake is not told its key is wrong. A dying process closes its
  * sockets a moment before it is reaped, so its pidfd gets 100 ms to turn
  * readable (only a refusal without an answer, which is rare, pays that). */
 static int closed_unanswered(int sock)

@@ -10,7 +10,10 @@
 #define RPAL_BENCH_H
 
 #include "rpal.h"
-#include "atomics.h"
+/* The benchmarks' own shared-memory transports and handshakes name the
+ * ordering of every shared access, as the library does: its atomics header
+ * (the one src/ header they need). */
+#include "../src/atomics.h"
 #include "../tools/json.h" /* json_str() */
 
 #include <errno.h>

@@ -2420,9 +2420,11 @@ static int run_throughput(const struct opts *o)
 /* main                                                                      */
 /* ------------------------------------------------------------------------ */
 
-static void usage(const char *argv0)
+/* On stdout with exit 0 when asked for (--help), else on stderr with 2. */
+static void usage_exit(const char *argv0, int code)
 {
-    fprintf(stderr,
+    FILE *f = code ? stderr : stdout;
+    fprintf(f,
             "usage: %s [--mode poll|shared-core|idle|all] [--size BYTES] "
             "[--count N]\n"
             "          [--json] [--transport NAME[,NAME...]] [--plot FILE.png]\n"
@@ -2430,10 +2432,12 @@ static void usage(const char *argv0)
             "transports:",
             argv0);
     for (size_t t = 0; t < NTRANSPORTS; t++)
-        fprintf(stderr, " %s", transports[t]->name);
-    fprintf(stderr, "\n");
-    exit(2);
+        fprintf(f, " %s", transports[t]->name);
+    fprintf(f, "\n");
+    exit(code);
 }
+
+static void usage(const char *argv0) { usage_exit(argv0, 2); }
 
 static int known_name(const char *p, size_t k)
 {
@@ -2460,7 +2464,9 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--json")) {
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage_exit(argv[0], 0);
+        } else if (!strcmp(a, "--json")) {
             o.json = 1;
         } else if (!strcmp(a, "--throughput")) {
             o.throughput = 1;

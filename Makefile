@@ -124,9 +124,12 @@ skip-uv-example:
 # bench/call compares rpal with iceoryx and ZeroMQ when their headers are
 # installed (their libraries are dlopen'ed at run time, so nothing to link).
 ICEORYX_INC := $(if $(CROSS)$(STATIC),,$(firstword $(wildcard /usr/include/iceoryx/v*)))
-$(B)/bench/call: bench/call.c bench/bench.h tools/json.h $(A) $(HDRS)
+# bench/call: the harness (bench/call.c) and one file per transport
+# (bench/call/*.c, behind bench/call/call.h).
+CALL_SRC := bench/call.c $(sort $(wildcard bench/call/*.c))
+$(B)/bench/call: $(CALL_SRC) bench/call/call.h bench/bench.h tools/json.h $(A) $(HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(ALLCFLAGS) -Isrc $(if $(ICEORYX_INC),-I$(ICEORYX_INC)) -o $@ $< $(A) $(LDFLAGS_ALL)
+	$(CC) $(ALLCFLAGS) $(if $(ICEORYX_INC),-I$(ICEORYX_INC)) -o $@ $(CALL_SRC) $(A) $(LDFLAGS_ALL)
 $(B)/bench/paper: bench/paper.c examples/echo_common.h $(A) $(HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(ALLCFLAGS) -o $@ $< $(LDFLAGS_ALL)

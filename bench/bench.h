@@ -31,8 +31,9 @@
 #include <unistd.h>
 
 /* The including program's report of a fatal error in a child (who it is,
- * what went wrong); die_msg() calls it, then ends the process. */
-static void bench_died(const char *msg);
+ * what went wrong); die_msg() calls it, then ends the process. Defined once
+ * per program (bench/call is several files). */
+void bench_died(const char *msg);
 
 static inline void die_msg(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 static inline void die_msg(const char *fmt, ...)

@@ -142,7 +142,7 @@ static volatile sig_atomic_t interrupted;
 static pid_t kids[2];
 
 /* A child's fatal error: on stderr, and for the orchestrator's report. */
-static void bench_died(const char *msg)
+void bench_died(const char *msg)
 {
     fprintf(stderr, "load: %s %s: %s\n", tnames[run.t],
             run.side == SERVER ? "server" : "client", msg);

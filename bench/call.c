@@ -304,6 +304,56 @@ static int cmp_i64(const void *a, const void *b)
 static double hz;
 static double probe_c2c(void);
 
+/* Forks the server (on its CPU for MODE) and the client of T and waits for
+ * both; R->status -1 with R->why if either failed. */
+static void run_pair(const struct transport *T, struct ctx *c, int mode, struct result *r)
+{
+    int scpu = mode == MODE_SHARED ? cpu_a : cpu_b;
+    pid_t server = fork();
+    if (server == 0)
+        child_main(T, c, SERVER, scpu);
+    pid_t client = server < 0 ? -1 : fork();
+    if (client == 0)
+        child_main(T, c, CLIENT, cpu_a);
+    if (server < 0 || client < 0) {
+        r->status = -1;
+        snprintf(r->why, sizeof r->why, "fork: %s", strerror(errno));
+        if (server > 0) {
+            kill(server, SIGKILL);
+            waitpid(server, NULL, 0);
+        }
+    } else {
+        int timeout = 30 + (int)((c->warm + c->count) / 1000);
+        static const char *const names[2] = {"server", "client"};
+        if (wait_pair(server, client, names, timeout, r->why, sizeof r->why) < 0)
+            r->status = -1;
+    }
+}
+
+/* The figures of a run from what the children left in C->sh: the sorted
+ * latencies, their percentiles, calls/s and CPU per call. */
+static void summarize(const struct ctx *c, struct result *r)
+{
+    long n = c->count;
+    r->lat = malloc((size_t)n * sizeof(int64_t));
+    if (!r->lat) {
+        r->status = -1;
+        snprintf(r->why, sizeof r->why, "out of memory");
+        return;
+    }
+    memcpy(r->lat, c->sh->lat, (size_t)n * sizeof(int64_t));
+    qsort(r->lat, (size_t)n, sizeof(int64_t), cmp_i64);
+    r->n = n;
+    r->p50c = (double)r->lat[n / 2];
+    r->p99c = (double)r->lat[(long)((double)n * 0.99)];
+    r->p50ns = r->p50c * 1e9 / hz;
+    r->p99ns = r->p99c * 1e9 / hz;
+    r->calls_s = c->sh->client_wall_ns > 0
+                     ? (double)n * 1e9 / (double)c->sh->client_wall_ns : 0;
+    r->cpu_ns = (double)(c->sh->client_cpu_ns + c->sh->server_cpu_ns) / (double)n;
+    r->negatives = c->sh->negatives;
+}
+
 static void run_latency(const struct transport *T, const struct opts *o,
                         int mode, long count, struct result *r)
 {
@@ -344,48 +394,11 @@ static void run_latency(const struct transport *T, const struct opts *o,
     if (mode != MODE_SHARED)
         r->c2c = probe_c2c();
     fflush(NULL);
-    int scpu = mode == MODE_SHARED ? cpu_a : cpu_b;
-    pid_t server = fork();
-    if (server == 0)
-        child_main(T, &c, SERVER, scpu);
-    pid_t client = server < 0 ? -1 : fork();
-    if (client == 0)
-        child_main(T, &c, CLIENT, cpu_a);
-    if (server < 0 || client < 0) {
-        r->status = -1;
-        snprintf(r->why, sizeof r->why, "fork: %s", strerror(errno));
-        if (server > 0) {
-            kill(server, SIGKILL);
-            waitpid(server, NULL, 0);
-        }
-    } else {
-        int timeout = 30 + (int)((c.warm + count) / 1000);
-        static const char *const names[2] = {"server", "client"};
-        if (wait_pair(server, client, names, timeout, r->why, sizeof r->why) < 0)
-            r->status = -1;
-    }
+    run_pair(T, &c, mode, r);
     if (T->teardown)
         T->teardown(&c);
-    if (r->status == 0) {
-        long n = count;
-        r->lat = malloc((size_t)n * sizeof(int64_t));
-        if (!r->lat) {
-            r->status = -1;
-            snprintf(r->why, sizeof r->why, "out of memory");
-        } else {
-            memcpy(r->lat, c.sh->lat, (size_t)n * sizeof(int64_t));
-            qsort(r->lat, (size_t)n, sizeof(int64_t), cmp_i64);
-            r->n = n;
-            r->p50c = (double)r->lat[n / 2];
-            r->p99c = (double)r->lat[(long)((double)n * 0.99)];
-            r->p50ns = r->p50c * 1e9 / hz;
-            r->p99ns = r->p99c * 1e9 / hz;
-            r->calls_s = c.sh->client_wall_ns > 0
-                             ? (double)n * 1e9 / (double)c.sh->client_wall_ns : 0;
-            r->cpu_ns = (double)(c.sh->client_cpu_ns + c.sh->server_cpu_ns) / (double)n;
-            r->negatives = c.sh->negatives;
-        }
-    }
+    if (r->status == 0)
+        summarize(&c, r);
     munmap(c.sh, shlen);
     fprintf(stderr, "call: %-11s %-11s %s (%.1f s)\n", T->name, mode_names[mode],
             r->status == 0 ? "done" : r->status > 0 ? "skipped" : "FAILED",
@@ -562,36 +575,25 @@ static void print_table_head(int mode, const struct opts *o, long count)
 /* --plot: latency CDFs with gnuplot                                         */
 /* ------------------------------------------------------------------------ */
 
-/* Write FILE (with "-MODE" before the extension when MULTI) from the results
- * of one mode: the per-call latencies go to temp files, gnuplot draws their
- * CDFs. Returns 0, or -1 with a message printed. */
-static int plot(const char *file, int multi, int mode, const struct opts *o,
-                const struct result *res, int nres, long count)
+/* FILE, with "-MODE" before the extension when MULTI (one plot per mode). */
+static void plot_name(const char *file, int multi, int mode, char *out, size_t len)
 {
-    if (!find_in_path("gnuplot")) {
-        fprintf(stderr, "call: --plot: gnuplot is missing (Debian package "
-                        "gnuplot-nox); no plot written\n");
-        return -1;
-    }
-    char out[4096];
     const char *dot = strrchr(file, '.');
     if (multi && dot && !strchr(dot, '/'))
-        snprintf(out, sizeof out, "%.*s-%s%s", (int)(dot - file), file,
+        snprintf(out, len, "%.*s-%s%s", (int)(dot - file), file,
                  mode_names[mode], dot);
     else if (multi)
-        snprintf(out, sizeof out, "%s-%s", file, mode_names[mode]);
+        snprintf(out, len, "%s-%s", file, mode_names[mode]);
     else
-        snprintf(out, sizeof out, "%s", file);
-    if (strchr(out, '\'')) {
-        fprintf(stderr, "call: --plot: no quote in the file name, please\n");
-        return -1;
-    }
-    char dir[] = "/tmp/rpal-bench-plot-XXXXXX";
-    if (!mkdtemp(dir)) {
-        perror("call: mkdtemp");
-        return -1;
-    }
-    char path[4200], script[4200], cmd[8192];
+        snprintf(out, len, "%s", file);
+}
+
+/* Each result's CDF into DIR/K.dat, and gnuplot's plot command for them
+ * into CMD; returns how many curves there are. */
+static int write_curves(const char *dir, const struct result *res, int nres, char *cmd,
+                        size_t cmdlen)
+{
+    char path[4200];
     size_t cl = 0;
     int nplots = 0;
     cmd[0] = 0;
@@ -612,15 +614,42 @@ static int plot(const char *file, int multi, int mode, const struct opts *o,
                     (double)(i + 1) / (double)r->n);
         }
         fclose(d);
-        cl += (size_t)snprintf(cmd + cl, sizeof cmd - cl,
+        cl += (size_t)snprintf(cmd + cl, cmdlen - cl,
                                "%s'%s' using 1:2 with lines lw %d lc rgb '%s' title '%s'",
                                nplots ? ", \\\n  " : "plot ", path,
                                strcmp(r->name, "rpal") ? 2 : 4,
                                bench_color(nplots), r->name);
-        if (cl >= sizeof cmd)
+        if (cl >= cmdlen)
             break;
         nplots++;
     }
+    return nplots;
+}
+
+/* Write FILE (with "-MODE" before the extension when MULTI) from the results
+ * of one mode: the per-call latencies go to temp files, gnuplot draws their
+ * CDFs. Returns 0, or -1 with a message printed. */
+static int plot(const char *file, int multi, int mode, const struct opts *o,
+                const struct result *res, int nres, long count)
+{
+    if (!find_in_path("gnuplot")) {
+        fprintf(stderr, "call: --plot: gnuplot is missing (Debian package "
+                        "gnuplot-nox); no plot written\n");
+        return -1;
+    }
+    char out[4096];
+    plot_name(file, multi, mode, out, sizeof out);
+    if (strchr(out, '\'')) {
+        fprintf(stderr, "call: --plot: no quote in the file name, please\n");
+        return -1;
+    }
+    char dir[] = "/tmp/rpal-bench-plot-XXXXXX";
+    if (!mkdtemp(dir)) {
+        perror("call: mkdtemp");
+        return -1;
+    }
+    char path[4200], script[4200], cmd[8192];
+    int nplots = write_curves(dir, res, nres, cmd, sizeof cmd);
     int rc = -1;
     snprintf(script, sizeof script, "%s/plot.gp", dir);
     /* pngcairo first; the plain png terminal if this gnuplot lacks it. */
@@ -974,25 +1003,26 @@ static void choose_cpus(void)
     ncpus_ok = bench_choose_cpus(&cpu_a, &cpu_b);
 }
 
-int main(int argc, char **argv)
+/* The options into O; --help prints the usage (exit 0), a bad option a
+ * message and the usage on stderr (exit 2). */
+static void parse_args(int argc, char **argv, struct opts *o)
 {
-    struct opts o = {.size = 32, .wait = -1};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage_exit(argv[0], 0);
         } else if (!strcmp(a, "--json")) {
-            o.json = 1;
+            o->json = 1;
         } else if (!strcmp(a, "--throughput")) {
-            o.throughput = 1;
+            o->throughput = 1;
         } else if (!strcmp(a, "--mode") && v) {
             i++;
-            o.nmodes = 0;
+            o->nmodes = 0;
             for (int m = 0; m < NMODES; m++)
                 if (!strcmp(v, mode_names[m]) || !strcmp(v, "all"))
-                    o.modes[o.nmodes++] = m;
-            if (!o.nmodes)
+                    o->modes[o->nmodes++] = m;
+            if (!o->nmodes)
                 usage(argv[0]);
         } else if (!strcmp(a, "--size") && v) {
             i++;
@@ -1000,21 +1030,21 @@ int main(int argc, char **argv)
             unsigned long long s = strtoull(v, &end, 0);
             if (*end || s < 8 || s > MAX_SIZE) {
                 fprintf(stderr, "call: --size is 8 to %u bytes\n", MAX_SIZE);
-                return 2;
+                exit(2);
             }
-            o.size = (size_t)s;
+            o->size = (size_t)s;
         } else if (!strcmp(a, "--count") && v) {
             i++;
             char *end;
             long n = strtol(v, &end, 0);
             if (*end || n < 1 || n > 100000000) {
                 fprintf(stderr, "call: --count is 1 to 100000000\n");
-                return 2;
+                exit(2);
             }
-            o.count = n;
+            o->count = n;
         } else if (!strcmp(a, "--transport") && v) {
             i++;
-            o.list = strdup(v);
+            o->list = strdup(v);
             for (const char *p = v; *p;) {
                 size_t k = strcspn(p, ",");
                 if (!known_name(p, k)) {
@@ -1024,19 +1054,54 @@ int main(int argc, char **argv)
                 p += k + (p[k] == ',');
             }
         } else if (!strcmp(a, "--plot") && v) {
-            o.plot = argv[++i];
+            o->plot = argv[++i];
         } else if (!strcmp(a, "--wait") && v) {
             i++;
-            o.wait = !strcmp(v, "block") ? 0 : !strcmp(v, "poll") ? 1
+            o->wait = !strcmp(v, "block") ? 0 : !strcmp(v, "poll") ? 1
                    : !strcmp(v, "auto") ? -1 : -2;
-            if (o.wait == -2)
+            if (o->wait == -2)
                 usage(argv[0]);
         } else {
             usage(argv[0]);
         }
     }
-    if (!o.nmodes)
-        o.modes[o.nmodes++] = MODE_POLL;
+    if (!o->nmodes)
+        o->modes[o->nmodes++] = MODE_POLL;
+}
+
+/* Each mode of O: every transport asked for, a row each (and the plot);
+ * returns nonzero if one failed. */
+static int run_modes(const struct opts *o)
+{
+    int failed = 0;
+    for (int mi = 0; mi < o->nmodes; mi++) {
+        int mode = o->modes[mi];
+        long count = o->count ? o->count : mode == MODE_IDLE ? 10000 : 100000;
+        struct result res[NTRANSPORTS];
+        int nres = 0;
+        if (!o->json)
+            print_table_head(mode, o, count);
+        for (size_t t = 0; t < NTRANSPORTS; t++) {
+            if (!want_name(o, transports[t]->name))
+                continue;
+            struct result *r = &res[nres++];
+            run_latency(transports[t], o, mode, count, r);
+            failed |= r->status < 0;
+            print_result(r, o);
+            fflush(stdout);
+        }
+        if (o->plot && plot(o->plot, o->nmodes > 1, mode, o, res, nres, count))
+            failed = 1;
+        for (int k = 0; k < nres; k++)
+            free(res[k].lat);
+    }
+    return failed;
+}
+
+int main(int argc, char **argv)
+{
+    struct opts o = {.size = 32, .wait = -1};
+    parse_args(argc, argv, &o);
 
     struct sigaction sa = {.sa_handler = bench_on_alarm}; /* no SA_RESTART */
     sigaction(SIGALRM, &sa, NULL);
@@ -1051,32 +1116,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < MAX_SIZE; i++)
         pattern[i] = (unsigned char)(i * 7 + 1);
 
-    int failed = 0;
-    if (o.throughput) {
-        failed = run_throughput(&o);
-    } else {
-        for (int mi = 0; mi < o.nmodes; mi++) {
-            int mode = o.modes[mi];
-            long count = o.count ? o.count : mode == MODE_IDLE ? 10000 : 100000;
-            struct result res[NTRANSPORTS];
-            int nres = 0;
-            if (!o.json)
-                print_table_head(mode, &o, count);
-            for (size_t t = 0; t < NTRANSPORTS; t++) {
-                if (!want_name(&o, transports[t]->name))
-                    continue;
-                struct result *r = &res[nres++];
-                run_latency(transports[t], &o, mode, count, r);
-                failed |= r->status < 0;
-                print_result(r, &o);
-                fflush(stdout);
-            }
-            if (o.plot && plot(o.plot, o.nmodes > 1, mode, &o, res, nres, count))
-                failed = 1;
-            for (int k = 0; k < nres; k++)
-                free(res[k].lat);
-        }
-    }
+    int failed = o.throughput ? run_throughput(&o) : run_modes(&o);
     double rtt = probe_c2c();
     if (rtt > 0)
         fprintf(o.json ? stderr : stdout, "\n# one cache line between CPUs %d and %d at "

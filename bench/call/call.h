@@ -15,6 +15,7 @@
 #include "../bench.h" /* rpal.h, atomics.h, die_msg(), mono_ns(), map_shared() */
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -266,6 +267,23 @@ static inline uint64_t sum_words(const unsigned char *p, size_t n)
         s += x;
     }
     return s;
+}
+
+/* A consumer's use of message I at DATA: its number checked, then copied
+ * out to DST (-copy) or its words summed into *SUM (read in place). */
+static inline void stream_take(const struct sctx *c, const unsigned char *data, uint64_t i,
+                               unsigned char *dst, uint64_t *sum)
+{
+    uint64_t seq;
+    memcpy(&seq, data, 8);
+    if (seq != i)
+        die_msg("message %" PRIu64 " carries %" PRIu64, i, seq);
+    if (c->copy_out) {
+        memcpy(dst, data, c->size);
+        ESCAPE(dst);
+    } else {
+        *sum += sum_words(data, c->size);
+    }
 }
 
 /* A library loaded with dlopen: a member per function (FN_PTR), filled by

@@ -7,7 +7,6 @@
  * (producer) or empty (consumer). */
 #include "call.h"
 
-#include <inttypes.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 
@@ -87,16 +86,7 @@ static void ring_consumer(struct sctx *c)
                 cpu_relax();
         }
         const unsigned char *slot = ring.slots + (i & mask) * c->stride;
-        uint64_t seq;
-        memcpy(&seq, slot, 8);
-        if (seq != i)
-            die_msg("message %" PRIu64 " carries %" PRIu64, i, seq);
-        if (c->copy_out) {
-            memcpy(dst, slot, c->size);
-            ESCAPE(dst);
-        } else {
-            sum += sum_words(slot, c->size);
-        }
+        stream_take(c, slot, i, dst, &sum);
         /* Release: our reads of the slot are done before the producer may
          * reuse it; pairs with the producer's acquire load of head. */
         rpal_store_release(ring.head, i + 1);

@@ -2,7 +2,6 @@
  * and the pipelined stream (rpal_send + rpal_complete). */
 #include "call.h"
 
-#include <inttypes.h>
 #include <stdlib.h>
 
 #ifdef RPAL_HAVE_CALL
@@ -222,16 +221,7 @@ static void rpal_stream_consumer(struct sctx *c)
     uint64_t total = c->warm + c->count, sum = 0;
     for (uint64_t i = 0; i < total; i++) {
         const void *data = bench_rpal_receive(&rp.b, c->size, RPAL_BENCH_TIMEOUT_MS);
-        uint64_t seq;
-        memcpy(&seq, data, 8);
-        if (seq != i)
-            die_msg("message %" PRIu64 " carries %" PRIu64, i, seq);
-        if (c->copy_out) {
-            memcpy(dst, data, c->size);
-            ESCAPE(dst);
-        } else {
-            sum += sum_words(data, c->size);
-        }
+        stream_take(c, data, i, dst, &sum);
         int err;
         if ((err = rpal_reply(rp.b.r, &rp.b.m, NULL, 0)) < 0)
             rpal_die("rpal_reply", err);

@@ -1,5 +1,5 @@
 /* What the benchmarks that fork a client and a server share, so that they
- * pin, time, account CPU, draw and set up rpal the same way: bench/call.c
+ * pin, time, account CPU, draw and set up rpal the same way: bench/call
  * (transports compared) and bench/load.c (latency and CPU against load).
  * Everything is static inline, so that each program takes what it uses.
  *

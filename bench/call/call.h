@@ -1,14 +1,9 @@
-/* The transport interface of bench/call (call.c: the options, the harness,
- * the measurement and the report), and what its transports share: one file
- * per transport in this directory, each defining its struct transport (and
- * struct stream_transport for --throughput) for call.c's tables.
- *
- * Transports keep principle 2: each side's shared block is mapped
- * read-only in the peer (mprotect after fork), so each side writes only its
- * own cache lines. zeromq and iceoryx are compiled when their headers are
- * found and loaded with dlopen at run time; without them their entries say
- * why they are skipped. Helpers used on the hot path are static inline, so
- * that each transport inlines them as it would in one file. */
+/* The transport interface of bench/call (bench/call.c: the options, the
+ * harness, the measurement and the report) and what its transports share:
+ * one file per transport in this directory, each defining its struct
+ * transport (and struct stream_transport for --throughput) for the tables
+ * in bench/call.c. Helpers of the hot path are static inline: a call into
+ * another file would add its cost to every message measured. */
 #ifndef RPAL_BENCH_CALL_H
 #define RPAL_BENCH_CALL_H
 

@@ -1130,8 +1130,6 @@ static int plot_data(const char *file, int pl, int t, int kind)
     return n;
 }
 
-/* One PNG: a row per placement, latency and CPU per message against the
- * achieved load, a colour per transport. Returns 0, or -1 with a message. */
 /* Placement PL's two plots (latency, CPU per message) into GP's script,
  * their data into files in tmpdir; -1 if the plot commands do not fit. */
 static int plot_placement(FILE *gp, int pl)
@@ -1177,6 +1175,8 @@ static int plot_placement(FILE *gp, int pl)
     return 0;
 }
 
+/* One PNG: a row per placement, latency and CPU per message against the
+ * achieved load, a colour per transport. Returns 0, or -1 with a message. */
 static int plot(const char *out)
 {
     if (!find_in_path("gnuplot")) {

@@ -61,7 +61,10 @@ LDFLAGS_ALL := $(LDFLAGS_SO) $(STATIC)
 LIB_SRC := $(filter $(wildcard src/*.c),src/prim.c src/region.c src/layout.c src/huge.c src/heap.c src/domain.c src/peer.c src/service.c src/wait.c src/channel.c src/compat.c)
 LIB_OBJ := $(LIB_SRC:src/%.c=$(B)/obj/%.o)
 LIB_PIC := $(LIB_SRC:src/%.c=$(B)/pic/%.o)
-HDRS := include/rpal.h src/internal.h src/atomics.h src/hugesetup.h Makefile
+HDRS := include/rpal.h src/internal.h src/atomics.h Makefile
+# Test and benchmark support (tests/hugesetup.h mounts hugetlbfs for
+# tests/region_huge, tests/perm_peer and bench/pagetables).
+TEST_HDRS := tests/testlib.h tests/hugesetup.h
 
 SO := $(B)/librpal.so.$(VERSION)
 A := $(B)/librpal.a
@@ -123,16 +126,24 @@ skip-uv-example:
 # bench/call compares rpal with iceoryx and ZeroMQ when their headers are
 # installed (their libraries are dlopen'ed at run time, so nothing to link).
 ICEORYX_INC := $(if $(CROSS)$(STATIC),,$(firstword $(wildcard /usr/include/iceoryx/v*)))
-$(B)/bench/call: bench/call.c bench/bench.h tools/json.h $(A) $(HDRS)
+# bench/call: the harness (bench/call.c) and one file per transport
+# (bench/call/*.c, behind bench/call/call.h).
+CALL_SRC := bench/call.c $(sort $(wildcard bench/call/*.c))
+$(B)/bench/call: $(CALL_SRC) bench/call/call.h bench/bench.h tools/json.h $(A) $(HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(ALLCFLAGS) -Isrc $(if $(ICEORYX_INC),-I$(ICEORYX_INC)) -o $@ $< $(A) $(LDFLAGS_ALL)
+	$(CC) $(ALLCFLAGS) $(if $(ICEORYX_INC),-I$(ICEORYX_INC)) -o $@ $(CALL_SRC) $(A) $(LDFLAGS_ALL)
 $(B)/bench/paper: bench/paper.c examples/echo_common.h $(A) $(HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(ALLCFLAGS) -o $@ $< $(LDFLAGS_ALL)
+# No -Isrc: a benchmark names the one library internal it needs by path
+# (bench.h: ../src/atomics.h; heap, pagetables: ../src/internal.h).
+$(B)/bench/pagetables: bench/pagetables.c tests/hugesetup.h $(A) $(HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(ALLCFLAGS) -o $@ $< $(A) $(LDFLAGS_ALL)
 $(B)/bench/%: bench/%.c bench/bench.h tools/json.h $(A) $(HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(ALLCFLAGS) -Isrc -o $@ $< $(A) $(LDFLAGS_ALL)
-$(B)/tests/%: tests/%.c tests/testlib.h $(A) $(HDRS)
+	$(CC) $(ALLCFLAGS) -o $@ $< $(A) $(LDFLAGS_ALL)
+$(B)/tests/%: tests/%.c $(TEST_HDRS) $(A) $(HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(ALLCFLAGS) -Isrc -o $@ $< $(A) $(LDFLAGS_ALL)
 

@@ -1,5 +1,5 @@
 /* What the benchmarks that fork a client and a server share, so that they
- * pin, time, account CPU, draw and set up rpal the same way: bench/call.c
+ * pin, time, account CPU, draw and set up rpal the same way: bench/call
  * (transports compared) and bench/load.c (latency and CPU against load).
  * Everything is static inline, so that each program takes what it uses.
  *
@@ -10,7 +10,10 @@
 #define RPAL_BENCH_H
 
 #include "rpal.h"
-#include "atomics.h"
+/* The benchmarks' own shared-memory transports and handshakes name the
+ * ordering of every shared access, as the library does: its atomics header
+ * (the one src/ header they need). */
+#include "../src/atomics.h"
 #include "../tools/json.h" /* json_str() */
 
 #include <errno.h>
@@ -28,8 +31,9 @@
 #include <unistd.h>
 
 /* The including program's report of a fatal error in a child (who it is,
- * what went wrong); die_msg() calls it, then ends the process. */
-static void bench_died(const char *msg);
+ * what went wrong); die_msg() calls it, then ends the process. Defined once
+ * per program (bench/call is several files). */
+void bench_died(const char *msg);
 
 static inline void die_msg(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 static inline void die_msg(const char *fmt, ...)

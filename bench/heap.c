@@ -12,7 +12,9 @@
  *   --max-ratio R  exit 1 if rpal's median "pair" is more than R x glibc's
  */
 #include "rpal.h"
-#include "internal.h"
+/* The allocator is measured directly (heap_create, heap_set_current): an
+ * internal of the library, so this benchmark alone needs internal.h. */
+#include "../src/internal.h"
 
 #include <sched.h>
 #include <stdio.h>
@@ -116,20 +118,53 @@ static int pin(void)
     return cpu;
 }
 
+/* --help prints the usage on stdout (exit 0); a bad option prints it on
+ * stderr (exit 2). */
+static void parse_args(int argc, char **argv, int *json, double *max_ratio)
+{
+    for (int i = 1; i < argc; i++) {
+        int help = !strcmp(argv[i], "--help") || !strcmp(argv[i], "-h");
+        if (!strcmp(argv[i], "--json")) {
+            *json = 1;
+        } else if (!strcmp(argv[i], "--max-ratio") && i + 1 < argc) {
+            *max_ratio = atof(argv[++i]);
+        } else {
+            fprintf(help ? stdout : stderr, "usage: %s [--json] [--max-ratio R]\n",
+                    argv[0]);
+            exit(help ? 0 : 2);
+        }
+    }
+}
+
+/* Both patterns, glibc and rpal alternated batch by batch: RES[pattern][allocator]. */
+static int measure(struct result res[2][2])
+{
+    int nb[2] = {PAIR_BATCHES, BURST_BATCHES};
+    for (int pat = 0; pat < 2; pat++) {
+        double *v[2] = {malloc(nb[pat] * sizeof(double)),
+                        malloc(nb[pat] * sizeof(double))};
+        if (!v[0] || !v[1])
+            return -1;
+        /* Warm up: caches, page faults, thread caches. */
+        for (int i = 0; i < nb[pat] / 10; i++)
+            for (int a = 0; a < 2; a++)
+                pat ? batch_burst(a) : batch_pair(a);
+        for (int i = 0; i < nb[pat]; i++)
+            for (int a = 0; a < 2; a++)
+                v[a][i] = pat ? batch_burst(a) : batch_pair(a);
+        for (int a = 0; a < 2; a++) {
+            res[pat][a] = summarize(v[a], nb[pat]);
+            free(v[a]);
+        }
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     int json = 0;
     double max_ratio = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--json")) {
-            json = 1;
-        } else if (!strcmp(argv[i], "--max-ratio") && i + 1 < argc) {
-            max_ratio = atof(argv[++i]);
-        } else {
-            fprintf(stderr, "usage: %s [--json] [--max-ratio R]\n", argv[0]);
-            return 2;
-        }
-    }
+    parse_args(argc, argv, &json, &max_ratio);
     int cpu = pin();
 
     void *base = mmap(NULL, HEAP_LEN, PROT_READ | PROT_WRITE,
@@ -149,24 +184,8 @@ int main(int argc, char **argv)
     static const char *patterns[2] = {"pair", "1000x"};
     static const char *names[2] = {"glibc", "rpal"};
     struct result res[2][2];
-    int nb[2] = {PAIR_BATCHES, BURST_BATCHES};
-    for (int pat = 0; pat < 2; pat++) {
-        double *v[2] = {malloc(nb[pat] * sizeof(double)),
-                        malloc(nb[pat] * sizeof(double))};
-        if (!v[0] || !v[1])
-            return 1;
-        /* Warm up: caches, page faults, thread caches. */
-        for (int i = 0; i < nb[pat] / 10; i++)
-            for (int a = 0; a < 2; a++)
-                pat ? batch_burst(a) : batch_pair(a);
-        for (int i = 0; i < nb[pat]; i++)
-            for (int a = 0; a < 2; a++)
-                v[a][i] = pat ? batch_burst(a) : batch_pair(a);
-        for (int a = 0; a < 2; a++) {
-            res[pat][a] = summarize(v[a], nb[pat]);
-            free(v[a]);
-        }
-    }
+    if (measure(res) < 0)
+        return 1;
     err = heap_check(h);
 
     if (!json) {

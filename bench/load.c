@@ -142,7 +142,7 @@ static volatile sig_atomic_t interrupted;
 static pid_t kids[2];
 
 /* A child's fatal error: on stderr, and for the orchestrator's report. */
-static void bench_died(const char *msg)
+void bench_died(const char *msg)
 {
     fprintf(stderr, "load: %s %s: %s\n", tnames[run.t],
             run.side == SERVER ? "server" : "client", msg);
@@ -524,6 +524,54 @@ static void quantiles(int64_t *v, size_t n, int64_t *p50, int64_t *p99)
     *p99 = v[i99 < n ? i99 : n - 1];
 }
 
+/* How long the client warms up and measures at point PT. */
+struct plan {
+    int64_t warm_ns, window_ns;
+    long warm_min, target;
+};
+
+static struct plan client_plan(const struct point *pt)
+{
+    struct plan pl;
+    /* Warm-up: a tenth of the window, at least 50 messages (or a tenth of
+     * --count), so that a waiter that adapts has seen the load. */
+    pl.warm_ns = opt.count ? 0 : (int64_t)(opt.seconds * 1e8);
+    pl.warm_min = opt.count ? (opt.count / 10 > 50 ? opt.count / 10 : 50) : 50;
+    /* The window: --count, else the messages of --seconds at the offered
+     * rate, and by time in any case (at least min_count). */
+    pl.target = opt.count ? opt.count
+                : pt->closed ? MAX_COUNT
+                : (long)(opt.seconds * pt->rate) > opt.min_count
+                    ? (long)(opt.seconds * pt->rate) : opt.min_count;
+    pl.window_ns = opt.count ? INT64_MAX : (int64_t)(opt.seconds * 1e9);
+    return pl;
+}
+
+/* The window is over after J messages (I since the start): the client's
+ * wall time and usage since T0 and U0 into SH. */
+static void window_ended(struct run_shared *sh, int64_t t0, struct bench_usage u0, long j,
+                         uint64_t i)
+{
+    int64_t t1 = mono_ns();
+    struct bench_usage u1 = bench_usage();
+    sh->wall_ns = t1 - t0;
+    sh->cu.cpu_ns = u1.cpu_ns - u0.cpu_ns;
+    sh->cu.nvcsw = u1.nvcsw - u0.nvcsw;
+    sh->cu.nivcsw = u1.nivcsw - u0.nivcsw;
+    sh->n = j;
+    sh->warm = (int64_t)i - j;
+}
+
+/* Twice the room for the window's latencies. */
+static void grow(int64_t **lat, int64_t **rtt, size_t *cap)
+{
+    *cap *= 2;
+    *lat = realloc(*lat, *cap * sizeof **lat);
+    *rtt = realloc(*rtt, *cap * sizeof **rtt);
+    if (!*lat || !*rtt)
+        die_msg("out of memory");
+}
+
 /* The client: warm-up, the window, then a stop message. The schedule and
  * the sleeping are the same for every transport; only client_call differs. */
 static void client_loop(const struct transport *T)
@@ -539,17 +587,9 @@ static void client_loop(const struct transport *T)
         msg[j] = (unsigned char)(j * 7 + 1);
     double period = pt->closed ? 0 : 1e9 / pt->rate;
     int64_t think = (int64_t)pt->think_us * 1000;
-    /* Warm-up: a tenth of the window, at least 50 messages (or a tenth of
-     * --count), so that a waiter that adapts has seen the load. */
-    int64_t warm_ns = opt.count ? 0 : (int64_t)(opt.seconds * 1e8);
-    long warm_min = opt.count ? (opt.count / 10 > 50 ? opt.count / 10 : 50) : 50;
-    /* The window: --count, else the messages of --seconds at the offered
-     * rate, and by time in any case (at least min_count). */
-    long target = opt.count ? opt.count
-                  : pt->closed ? MAX_COUNT
-                  : (long)(opt.seconds * pt->rate) > opt.min_count
-                      ? (long)(opt.seconds * pt->rate) : opt.min_count;
-    int64_t window_ns = opt.count ? INT64_MAX : (int64_t)(opt.seconds * 1e9);
+    struct plan pl = client_plan(pt);
+    int64_t warm_ns = pl.warm_ns, window_ns = pl.window_ns;
+    long warm_min = pl.warm_min, target = pl.target;
     enum { WARM, STARTING, WINDOW, ENDING, STOPPING } phase = WARM;
     int64_t start = mono_ns(), base = start, t0 = 0, next = start;
     long k = 0, j = 0; /* k: messages since BASE; j: in the window */
@@ -573,14 +613,7 @@ static void client_loop(const struct transport *T)
             }
             phase = WINDOW;
         } else if (phase == ENDING) { /* message i would be the window's N+1st */
-            int64_t t1 = mono_ns();
-            struct bench_usage u1 = bench_usage();
-            sh->wall_ns = t1 - t0;
-            sh->cu.cpu_ns = u1.cpu_ns - u0.cpu_ns;
-            sh->cu.nvcsw = u1.nvcsw - u0.nvcsw;
-            sh->cu.nivcsw = u1.nivcsw - u0.nivcsw;
-            sh->n = j;
-            sh->warm = (int64_t)i - j;
+            window_ended(sh, t0, u0, j, i);
             flags = F_STOP;
             phase = STOPPING;
         }
@@ -600,13 +633,8 @@ static void client_loop(const struct transport *T)
         if (memcmp(r, msg, opt.size) != 0)
             die_msg("the reply to message %" PRIu64 " is not its echo", i);
         if (phase == WINDOW) {
-            if ((size_t)j == cap) {
-                cap *= 2;
-                lat = realloc(lat, cap * sizeof *lat);
-                rtt = realloc(rtt, cap * sizeof *rtt);
-                if (!lat || !rtt)
-                    die_msg("out of memory");
-            }
+            if ((size_t)j == cap)
+                grow(&lat, &rtt, &cap);
             rtt[j] = back - now;
             lat[j++] = back - due;
             if (flags & F_END)
@@ -1102,6 +1130,51 @@ static int plot_data(const char *file, int pl, int t, int kind)
     return n;
 }
 
+/* Placement PL's two plots (latency, CPU per message) into GP's script,
+ * their data into files in tmpdir; -1 if the plot commands do not fit. */
+static int plot_placement(FILE *gp, int pl)
+{
+    char lat[8192] = "", cpu[8192] = "", file[200];
+    size_t ll = 0, cl = 0;
+    int c = 0;
+    for (int t = 0; t < NT; t++, c++) {
+        if (!opt.want[t])
+            continue;
+        for (int kind = 0; kind < NPK; kind++) {
+            snprintf(file, sizeof file, "%s/plot-%d-%d-%d.dat", tmpdir, pl, t, kind);
+            if (!plot_data(file, pl, t, kind))
+                continue;
+            const char *col = bench_color(c);
+            if (kind == PK_CURVE) {
+                ll += (size_t)snprintf(lat + ll, sizeof lat - ll,
+                    "%s'%s' using 1:2 with linespoints lw 2 pt 7 lc rgb '%s' title '%s', "
+                    "'%s' using 1:3 with lines dt 2 lc rgb '%s' notitle",
+                    ll ? ", \\\n  " : "plot ", file, col, tnames[t], file, col);
+                cl += (size_t)snprintf(cpu + cl, sizeof cpu - cl,
+                    "%s'%s' using 1:4 with linespoints lw 2 pt 7 lc rgb '%s' title '%s'",
+                    cl ? ", \\\n  " : "plot ", file, col, tnames[t]);
+            } else {
+                int pt = kind == PK_THINK ? 6 : 2;
+                ll += (size_t)snprintf(lat + ll, sizeof lat - ll,
+                    "%s'%s' using 1:2 with points pt %d ps 1.5 lw 2 lc rgb '%s' notitle",
+                    ll ? ", \\\n  " : "plot ", file, pt, col);
+                cl += (size_t)snprintf(cpu + cl, sizeof cpu - cl,
+                    "%s'%s' using 1:4 with points pt %d ps 1.5 lw 2 lc rgb '%s' notitle",
+                    cl ? ", \\\n  " : "plot ", file, pt, col);
+            }
+        }
+    }
+    if (ll >= sizeof lat || cl >= sizeof cpu)
+        return -1;
+    fprintf(gp, "set title '%s: latency (p50 solid, p99 dashed)'\n"
+                "set ylabel 'microseconds'\n%s\n",
+            pnames[pl], ll ? lat : "plot 1/0 notitle");
+    fprintf(gp, "set title '%s: CPU per message, client + server'\n"
+                "set ylabel 'CPU microseconds per message'\n%s\n",
+            pnames[pl], cl ? cpu : "plot 1/0 notitle");
+    return 0;
+}
+
 /* One PNG: a row per placement, latency and CPU per message against the
  * achieved load, a colour per transport. Returns 0, or -1 with a message. */
 static int plot(const char *out)
@@ -1115,7 +1188,7 @@ static int plot(const char *out)
         fprintf(stderr, "load: --plot: no quote in the file name, please\n");
         return -1;
     }
-    char lat[8192] = "", cpu[8192] = "", file[200], script[200];
+    char file[200], script[200];
     int rows = 0, rc = -1;
     FILE *gp = NULL;
     snprintf(script, sizeof script, "%s/plot.gp", tmpdir);
@@ -1134,47 +1207,9 @@ static int plot(const char *out)
                 "set logscale xy\nset format x '%%g'\nset format y '%%g'\nset grid\n"
                 "set key top left opaque noenhanced\nset xlabel 'messages/s achieved'\n",
                 attempt ? "png" : "pngcairo", 480 * rows, out, rows, opt.size, opt.rounds);
-        for (int pl = 0; pl < NP; pl++) {
-            if (!opt.placements[pl])
-                continue;
-            size_t ll = 0, cl = 0;
-            int c = 0;
-            for (int t = 0; t < NT; t++, c++) {
-                if (!opt.want[t])
-                    continue;
-                for (int kind = 0; kind < NPK; kind++) {
-                    snprintf(file, sizeof file, "%s/plot-%d-%d-%d.dat", tmpdir, pl, t, kind);
-                    if (!plot_data(file, pl, t, kind))
-                        continue;
-                    const char *col = bench_color(c);
-                    if (kind == PK_CURVE) {
-                        ll += (size_t)snprintf(lat + ll, sizeof lat - ll,
-                            "%s'%s' using 1:2 with linespoints lw 2 pt 7 lc rgb '%s' title '%s', "
-                            "'%s' using 1:3 with lines dt 2 lc rgb '%s' notitle",
-                            ll ? ", \\\n  " : "plot ", file, col, tnames[t], file, col);
-                        cl += (size_t)snprintf(cpu + cl, sizeof cpu - cl,
-                            "%s'%s' using 1:4 with linespoints lw 2 pt 7 lc rgb '%s' title '%s'",
-                            cl ? ", \\\n  " : "plot ", file, col, tnames[t]);
-                    } else {
-                        int pt = kind == PK_THINK ? 6 : 2;
-                        ll += (size_t)snprintf(lat + ll, sizeof lat - ll,
-                            "%s'%s' using 1:2 with points pt %d ps 1.5 lw 2 lc rgb '%s' notitle",
-                            ll ? ", \\\n  " : "plot ", file, pt, col);
-                        cl += (size_t)snprintf(cpu + cl, sizeof cpu - cl,
-                            "%s'%s' using 1:4 with points pt %d ps 1.5 lw 2 lc rgb '%s' notitle",
-                            cl ? ", \\\n  " : "plot ", file, pt, col);
-                    }
-                }
-            }
-            if (ll >= sizeof lat || cl >= sizeof cpu)
+        for (int pl = 0; pl < NP; pl++)
+            if (opt.placements[pl] && plot_placement(gp, pl) < 0)
                 break;
-            fprintf(gp, "set title '%s: latency (p50 solid, p99 dashed)'\n"
-                        "set ylabel 'microseconds'\n%s\n",
-                    pnames[pl], ll ? lat : "plot 1/0 notitle");
-            fprintf(gp, "set title '%s: CPU per message, client + server'\n"
-                        "set ylabel 'CPU microseconds per message'\n%s\n",
-                    pnames[pl], cl ? cpu : "plot 1/0 notitle");
-        }
         fprintf(gp, "unset multiplot\n");
         fclose(gp);
         rc = run_gnuplot(script);
@@ -1324,6 +1359,54 @@ static double parse_num(const char *name, const char *v, double lo, double hi)
     return d;
 }
 
+/* --transport V: the transports it names. */
+static void parse_transports(const char *v)
+{
+    char w[64];
+    memset(opt.want, 0, sizeof opt.want);
+    for (const char *p = v; next_word(&p, w, sizeof w);) {
+        int t = 0;
+        while (t < NT && strcmp(w, tnames[t]))
+            t++;
+        if (t == NT)
+            bad("--transport", w, "is not a transport (uds-epoll, rpal-compat, "
+                "rpal-call)");
+        opt.want[t] = 1;
+    }
+    if (!opt.want[0] && !opt.want[1] && !opt.want[2])
+        bad("--transport", v, "names no transport");
+}
+
+/* After the options: the defaults of what was not given (--quick's
+ * among them), and the points of RATES and THINKS. */
+static void settle_args(const char *rates, const char *thinks, int seconds_set,
+                        int rounds_set)
+{
+    if (opt.count && seconds_set) {
+        fprintf(stderr, "load: --count and --seconds: give one of them\n");
+        exit(2);
+    }
+    if (!opt.want[0] && !opt.want[1] && !opt.want[2])
+        opt.want[0] = opt.want[1] = opt.want[2] = 1;
+    if (!opt.placements[0] && !opt.placements[1])
+        opt.placements[0] = opt.placements[1] = 1;
+    if (opt.quick) {
+        if (!seconds_set)
+            opt.seconds = 0.1;
+        if (!rounds_set)
+            opt.rounds = 1;
+        opt.min_count = 100;
+    }
+    if (!rates && !thinks) {
+        rates = opt.quick ? "1k,100k,sat" : "1k,10k,50k,100k,500k,sat";
+        thinks = opt.quick ? "50" : "10,50,200";
+    }
+    if (rates)
+        parse_rates(rates);
+    if (thinks)
+        parse_thinks(thinks);
+}
+
 static void parse_args(int argc, char **argv)
 {
     const char *rates = NULL, *thinks = NULL;
@@ -1341,19 +1424,7 @@ static void parse_args(int argc, char **argv)
             fprintf(stderr, "load: %s needs a value\n", a);
             usage(2);
         } else if (!strcmp(a, "--transport")) {
-            char w[64];
-            memset(opt.want, 0, sizeof opt.want);
-            for (const char *p = v; next_word(&p, w, sizeof w);) {
-                int t = 0;
-                while (t < NT && strcmp(w, tnames[t]))
-                    t++;
-                if (t == NT)
-                    bad("--transport", w, "is not a transport (uds-epoll, rpal-compat, "
-                        "rpal-call)");
-                opt.want[t] = 1;
-            }
-            if (!opt.want[0] && !opt.want[1] && !opt.want[2])
-                bad("--transport", v, "names no transport");
+            parse_transports(v);
         } else if (!strcmp(a, "--placement")) {
             int s = !strcmp(v, "split"), h = !strcmp(v, "shared"), b = !strcmp(v, "both");
             if (!s && !h && !b)
@@ -1392,29 +1463,7 @@ static void parse_args(int argc, char **argv)
         }
         i += takes;
     }
-    if (opt.count && seconds_set) {
-        fprintf(stderr, "load: --count and --seconds: give one of them\n");
-        exit(2);
-    }
-    if (!opt.want[0] && !opt.want[1] && !opt.want[2])
-        opt.want[0] = opt.want[1] = opt.want[2] = 1;
-    if (!opt.placements[0] && !opt.placements[1])
-        opt.placements[0] = opt.placements[1] = 1;
-    if (opt.quick) {
-        if (!seconds_set)
-            opt.seconds = 0.1;
-        if (!rounds_set)
-            opt.rounds = 1;
-        opt.min_count = 100;
-    }
-    if (!rates && !thinks) {
-        rates = opt.quick ? "1k,100k,sat" : "1k,10k,50k,100k,500k,sat";
-        thinks = opt.quick ? "50" : "10,50,200";
-    }
-    if (rates)
-        parse_rates(rates);
-    if (thinks)
-        parse_thinks(thinks);
+    settle_args(rates, thinks, seconds_set, rounds_set);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1470,60 +1519,12 @@ static void header(FILE *f, const char *spin_env)
                "over its window\n");
 }
 
-int main(int argc, char **argv)
+/* Every placement, point, round and transport asked for (NRUNS runs),
+ * each reported as it ends; *DONE counts them. Returns 1 if one failed.
+ * Stops early when interrupted. */
+static int run_sweep(int nruns, int *done_out)
 {
-    parse_args(argc, argv);
-    const char *spin_env = getenv("RPAL_SPIN_US");
-    char spin_buf[32];
-    if (opt.spin_us >= 0) {
-        snprintf(spin_buf, sizeof spin_buf, "%ld", opt.spin_us);
-        setenv("RPAL_SPIN_US", spin_buf, 1);
-    } else {
-        unsetenv("RPAL_SPIN_US"); /* the library's defaults, whatever the shell says */
-    }
-    const char *base = getenv("TMPDIR");
-    if (!base || !*base || strlen(base) > sizeof tmpdir - sizeof "/rpal-load-XXXXXX" - 16)
-        base = "/tmp";
-    snprintf(tmpdir, sizeof tmpdir, "%s/rpal-load-XXXXXX", base);
-    if (!mkdtemp(tmpdir)) {
-        fprintf(stderr, "load: mkdtemp %s: %s\n", tmpdir, strerror(errno));
-        return 1;
-    }
-    /* The children's namespace directory: private, removed with the rest. */
-    char nsdir[sizeof tmpdir + 8];
-    snprintf(nsdir, sizeof nsdir, "%s/rpal", tmpdir);
-    setenv("RPAL_DIR", nsdir, 1);
-    struct sigaction sa = {.sa_handler = on_signal}; /* no SA_RESTART: waitpid returns */
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGHUP, &sa, NULL);
-    sa.sa_handler = bench_on_alarm;
-    sigaction(SIGALRM, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
-    ncpus = bench_choose_cpus(&cpu_a, &cpu_b);
-
-    res = calloc((size_t)NP * (size_t)opt.npts * (size_t)opt.rounds * NT, sizeof *res);
-    if (!res) {
-        perror("load");
-        remove_tmpdir();
-        return 1;
-    }
-    int ntr = opt.want[0] + opt.want[1] + opt.want[2];
-    int nruns = (opt.placements[0] + opt.placements[1]) * opt.npts * opt.rounds * ntr;
-    header(opt.json ? stderr : stdout, spin_env);
-    char each[48] = "";
-    if (!opt.count) /* by time: the window, its warm-up and the set-up */
-        snprintf(each, sizeof each, ", about %.1f s each", opt.seconds * 1.1 + 0.05);
-    fprintf(stderr, "load: %d runs (%d placement%s x %d point%s x %d round%s x %d "
-                    "transport%s)%s\n",
-            nruns, opt.placements[0] + opt.placements[1],
-            opt.placements[0] + opt.placements[1] == 1 ? "" : "s", opt.npts,
-            opt.npts == 1 ? "" : "s", opt.rounds, opt.rounds == 1 ? "" : "s", ntr,
-            ntr == 1 ? "" : "s", each);
-    fflush(NULL);
-
     int failed = 0, done = 0;
-    int64_t t_start = mono_ns();
     for (int pl = 0; pl < NP && !interrupted; pl++) {
         if (!opt.placements[pl])
             continue;
@@ -1559,6 +1560,74 @@ int main(int argc, char **argv)
                 table_point(pl, p);
         }
     }
+    *done_out = done;
+    return failed;
+}
+
+/* A private directory for the sockets, plots and the children's namespace
+ * directory (removed with the rest); 0 or -1. */
+static int make_tmpdir(void)
+{
+    const char *base = getenv("TMPDIR");
+    if (!base || !*base || strlen(base) > sizeof tmpdir - sizeof "/rpal-load-XXXXXX" - 16)
+        base = "/tmp";
+    snprintf(tmpdir, sizeof tmpdir, "%s/rpal-load-XXXXXX", base);
+    if (!mkdtemp(tmpdir)) {
+        fprintf(stderr, "load: mkdtemp %s: %s\n", tmpdir, strerror(errno));
+        return -1;
+    }
+    /* The children's namespace directory: private, removed with the rest. */
+    char nsdir[sizeof tmpdir + 8];
+    snprintf(nsdir, sizeof nsdir, "%s/rpal", tmpdir);
+    setenv("RPAL_DIR", nsdir, 1);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    parse_args(argc, argv);
+    const char *spin_env = getenv("RPAL_SPIN_US");
+    char spin_buf[32];
+    if (opt.spin_us >= 0) {
+        snprintf(spin_buf, sizeof spin_buf, "%ld", opt.spin_us);
+        setenv("RPAL_SPIN_US", spin_buf, 1);
+    } else {
+        unsetenv("RPAL_SPIN_US"); /* the library's defaults, whatever the shell says */
+    }
+    if (make_tmpdir() < 0)
+        return 1;
+    struct sigaction sa = {.sa_handler = on_signal}; /* no SA_RESTART: waitpid returns */
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    sa.sa_handler = bench_on_alarm;
+    sigaction(SIGALRM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    ncpus = bench_choose_cpus(&cpu_a, &cpu_b);
+
+    res = calloc((size_t)NP * (size_t)opt.npts * (size_t)opt.rounds * NT, sizeof *res);
+    if (!res) {
+        perror("load");
+        remove_tmpdir();
+        return 1;
+    }
+    int ntr = opt.want[0] + opt.want[1] + opt.want[2];
+    int nruns = (opt.placements[0] + opt.placements[1]) * opt.npts * opt.rounds * ntr;
+    header(opt.json ? stderr : stdout, spin_env);
+    char each[48] = "";
+    if (!opt.count) /* by time: the window, its warm-up and the set-up */
+        snprintf(each, sizeof each, ", about %.1f s each", opt.seconds * 1.1 + 0.05);
+    fprintf(stderr, "load: %d runs (%d placement%s x %d point%s x %d round%s x %d "
+                    "transport%s)%s\n",
+            nruns, opt.placements[0] + opt.placements[1],
+            opt.placements[0] + opt.placements[1] == 1 ? "" : "s", opt.npts,
+            opt.npts == 1 ? "" : "s", opt.rounds, opt.rounds == 1 ? "" : "s", ntr,
+            ntr == 1 ? "" : "s", each);
+    fflush(NULL);
+
+    int done = 0;
+    int64_t t_start = mono_ns();
+    int failed = run_sweep(nruns, &done);
     if (interrupted) {
         kill_kids();
         remove_tmpdir();

@@ -16,7 +16,7 @@
  * With --huge, the huge case needs SIZE / 2 MiB free huge pages and a
  * hugetlbfs: if there is none and we are root, one is mounted in a private
  * mount namespace, and vm.nr_hugepages is raised by the shortfall and put
- * back at exit (src/hugesetup.h). If that cannot be done the benchmark
+ * back at exit (tests/hugesetup.h). If that cannot be done the benchmark
  * exits 77 with the reason.
  *
  * Usage: pagetables [--procs N] [--size SIZE] [--huge] [--json] [--rounds R]
@@ -30,8 +30,10 @@
  *   --max-ratio R  exit 1 if huge per-process growth > R x the 4 KiB one
  */
 #include "rpal.h"
-#include "internal.h"
-#include "hugesetup.h"
+/* prim_huge_dir(): the hugetlbfs the library uses, which hugesetup.h needs
+ * too; an internal of the library. */
+#include "../src/internal.h"
+#include "../tests/hugesetup.h" /* test and benchmark support: mounts hugetlbfs */
 
 #include <errno.h>
 #include <limits.h>
@@ -300,35 +302,87 @@ static void on_signal(int sig)
     raise(sig);
 }
 
-int main(int argc, char **argv)
+struct args {
+    int procs, huge, json, rounds;
+    long long size;
+    double max_ratio;
+};
+
+static void usage(const char *argv0, int code)
 {
-    int procs = 64, huge = 0, json = 0, rounds = 3;
-    long long size = 1ll << 30;
-    double max_ratio = 0;
+    fprintf(code ? stderr : stdout, "usage: %s [--procs N] [--size SIZE] [--huge] [--json] "
+            "[--rounds R] [--max-ratio R]\n", argv0);
+    exit(code);
+}
+
+/* --help: the usage on stdout, exit 0; a bad option: on stderr, exit 2. */
+static void parse_args(int argc, char **argv, struct args *o)
+{
+    *o = (struct args){.procs = 64, .rounds = 3, .size = 1ll << 30};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (!strcmp(a, "--huge"))
-            huge = 1;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h"))
+            usage(argv[0], 0);
+        else if (!strcmp(a, "--huge"))
+            o->huge = 1;
         else if (!strcmp(a, "--json"))
-            json = 1;
+            o->json = 1;
         else if (!strcmp(a, "--procs") && i + 1 < argc)
-            procs = atoi(argv[++i]);
+            o->procs = atoi(argv[++i]);
         else if (!strcmp(a, "--rounds") && i + 1 < argc)
-            rounds = atoi(argv[++i]);
+            o->rounds = atoi(argv[++i]);
         else if (!strcmp(a, "--size") && i + 1 < argc)
-            size = parse_size(argv[++i]);
+            o->size = parse_size(argv[++i]);
         else if (!strcmp(a, "--max-ratio") && i + 1 < argc)
-            max_ratio = atof(argv[++i]);
+            o->max_ratio = atof(argv[++i]);
         else
-            goto usage;
+            usage(argv[0], 2);
     }
-    if (procs < 1 || procs > 4096 || rounds < 1 || rounds > 64 || size <= 0 ||
-        size % 4096)
-        goto usage;
-    if (huge && size % (long long)RPAL_HUGE_ALIGN) {
+    if (o->procs < 1 || o->procs > 4096 || o->rounds < 1 || o->rounds > 64 ||
+        o->size <= 0 || o->size % 4096)
+        usage(argv[0], 2);
+    if (o->huge && o->size % (long long)RPAL_HUGE_ALIGN) {
         fprintf(stderr, "pagetables: with --huge, --size is a multiple of 1 GiB\n");
-        return 2;
+        exit(2);
     }
+}
+
+static void print_results(const struct args *o, const struct result *res, double ratio)
+{
+    if (!o->json) {
+        printf("%-6s %12s %16s %14s %10s\n", "pages", "total KiB", "per process KiB",
+               "rounds min..max", "attach+touch s");
+    }
+    for (int c = 0; c <= o->huge; c++) {
+        const struct result *r = &res[c];
+        if (o->json) {
+            printf("{\"procs\":%d,\"size\":%lld,\"huge\":%s,\"page_size\":%llu,"
+                   "\"rounds\":%d,\"pagetables_kib_total\":%ld,"
+                   "\"pagetables_kib_per_proc\":%.1f,\"pagetables_kib_total_min\":%ld,"
+                   "\"pagetables_kib_total_max\":%ld,\"seconds\":%.3f",
+                   o->procs, o->size, c ? "true" : "false",
+                   (unsigned long long)(c ? RPAL_HUGE_PAGE : 4096), o->rounds, r->total_kib,
+                   r->per_proc, r->min_kib, r->max_kib, r->secs);
+            if (c)
+                printf(",\"ratio_to_4k\":%.4f", ratio);
+            printf("}\n");
+        } else {
+            char mm[48];
+            snprintf(mm, sizeof mm, "%ld..%ld", r->min_kib, r->max_kib);
+            printf("%-6s %12ld %16.1f %14s %10.3f\n", c ? "2 MiB" : "4 KiB", r->total_kib,
+                   r->per_proc, mm, r->secs);
+        }
+    }
+    if (o->huge && !o->json)
+        printf("huge / 4 KiB per process: %.2f%%\n", 100 * ratio);
+}
+
+int main(int argc, char **argv)
+{
+    struct args o;
+    parse_args(argc, argv, &o);
+    int procs = o.procs, huge = o.huge, json = o.json, rounds = o.rounds;
+    long long size = o.size;
     setvbuf(stdout, NULL, _IOLBF, 0);
     hs.owner = getpid();
     signal(SIGINT, on_signal);
@@ -374,40 +428,11 @@ int main(int argc, char **argv)
             return 1;
     }
     double ratio = huge ? res[1].per_proc / res[0].per_proc : 0;
-    if (!json) {
-        printf("%-6s %12s %16s %14s %10s\n", "pages", "total KiB", "per process KiB",
-               "rounds min..max", "attach+touch s");
-    }
-    for (int c = 0; c <= huge; c++) {
-        struct result *r = &res[c];
-        if (json) {
-            printf("{\"procs\":%d,\"size\":%lld,\"huge\":%s,\"page_size\":%llu,"
-                   "\"rounds\":%d,\"pagetables_kib_total\":%ld,"
-                   "\"pagetables_kib_per_proc\":%.1f,\"pagetables_kib_total_min\":%ld,"
-                   "\"pagetables_kib_total_max\":%ld,\"seconds\":%.3f",
-                   procs, size, c ? "true" : "false",
-                   (unsigned long long)(c ? RPAL_HUGE_PAGE : 4096), rounds, r->total_kib,
-                   r->per_proc, r->min_kib, r->max_kib, r->secs);
-            if (c)
-                printf(",\"ratio_to_4k\":%.4f", ratio);
-            printf("}\n");
-        } else {
-            char mm[48];
-            snprintf(mm, sizeof mm, "%ld..%ld", r->min_kib, r->max_kib);
-            printf("%-6s %12ld %16.1f %14s %10.3f\n", c ? "2 MiB" : "4 KiB", r->total_kib,
-                   r->per_proc, mm, r->secs);
-        }
-    }
-    if (huge && !json)
-        printf("huge / 4 KiB per process: %.2f%%\n", 100 * ratio);
-    if (huge && max_ratio > 0 && ratio > max_ratio) {
+    print_results(&o, res, ratio);
+    if (huge && o.max_ratio > 0 && ratio > o.max_ratio) {
         fprintf(stderr, "pagetables: huge per-process growth %.1f KiB is over %.3f x "
-                "the 4 KiB case's %.1f KiB\n", res[1].per_proc, max_ratio, res[0].per_proc);
+                "the 4 KiB case's %.1f KiB\n", res[1].per_proc, o.max_ratio, res[0].per_proc);
         return 1;
     }
     return 0;
-usage:
-    fprintf(stderr, "usage: %s [--procs N] [--size SIZE] [--huge] [--json] "
-            "[--rounds R] [--max-ratio R]\n", argv[0]);
-    return 2;
 }

@@ -176,51 +176,14 @@ static int exited_ok(const char *prog, int status)
     return 0;
 }
 
-static void run(const struct transport *t, const char *count, const char *size, struct result *r)
+/* Waits for the server and the client of T, whichever ends first: if it
+ * failed, the other is stopped rather than left to time out (the server
+ * normally ends just after the client). Their CPU times go to R; 1 if both
+ * ended well. */
+static int wait_both(const struct transport *t, pid_t server, pid_t client, struct result *r)
 {
-    char sock[sizeof tmpdir + 16], ccpu[16], scpu[16]; /* fits sun_path (108) */
-    snprintf(sock, sizeof sock, "%s/echo.sock", tmpdir);
-    snprintf(ccpu, sizeof ccpu, "%d", cpu_client);
-    snprintf(scpu, sizeof scpu, "%d", cpu_server);
-    char *sargs[] = {(char *)t->server, "--socket", sock, "--size", (char *)size,
-                     "--cpu", scpu, "--timeout", CHILD_TIMEOUT_MS, NULL};
-    char *cargs[] = {(char *)t->client, "--socket", sock, "--count", (char *)count,
-                     "--size", (char *)size, "--cpu", ccpu, "--timeout", CHILD_TIMEOUT_MS, NULL};
-    memset(r, 0, sizeof *r);
-    fprintf(stderr, "paper: %s: %s messages ...\n", t->label, count);
-    double t0 = mono_s();
-
-    int sout, cout, status;
+    int ok = 1, status;
     struct rusage ru;
-    pid_t server = start(t->server, sargs, &sout);
-    if (server < 0) {
-        fprintf(stderr, "cannot start %s: %s\n", t->server, strerror(errno));
-        return;
-    }
-    /* The client starts once the server's socket is there. */
-    struct stat st;
-    unlink(sock); /* a server of an earlier pair that died left it */
-    while (stat(sock, &st) < 0) {
-        if (interrupted)
-            kill(server, SIGTERM);
-        if (waitpid(server, &status, WNOHANG) == server) {
-            exited_ok(t->server, status);
-            close(sout);
-            return;
-        }
-        usleep(1000);
-    }
-    pid_t client = start(t->client, cargs, &cout);
-    if (client < 0) {
-        fprintf(stderr, "cannot start %s: %s\n", t->client, strerror(errno));
-        kill(server, SIGTERM);
-        waitpid(server, &status, 0);
-        close(sout);
-        return;
-    }
-    /* Whichever ends first: if it failed, the other is stopped rather than
-     * left to time out. The server normally ends just after the client. */
-    int ok = 1;
     while (server > 0 || client > 0) {
         pid_t pid = wait4(-1, &status, 0, &ru);
         if (pid < 0 && errno == EINTR) { /* interrupted: stop them both */
@@ -247,32 +210,85 @@ static void run(const struct transport *t, const char *count, const char *size, 
             server = 0;
         }
     }
+    return ok;
+}
+
+/* Checks the lines the server (R->line) and the client (CLINE) of T
+ * printed and takes the figures from them into R; 1 if they are right. */
+static int parse_lines(const struct transport *t, const char *count, const char *cline,
+                       struct result *r)
+{
+    size_t len;
+    if (sscanf(r->line, "Message length: %zu bytes, Total TSC cycles: %" SCNu64
+               ", Message count: %" SCNu64 ", Average latency: %" SCNu64 " cycles",
+               &len, &r->total, &r->count, &r->avg) != 4) {
+        fprintf(stderr, "paper: %s printed \"%s\", not the paper's line\n", t->server, r->line);
+        return 0;
+    }
+    if (sscanf(cline, "Echoed: %*u messages of %*u bytes, all correct, average round trip: %lf ns",
+               &r->rtt_ns) != 1) {
+        fprintf(stderr, "paper: %s printed \"%s\"\n", t->client, cline);
+        return 0;
+    }
+    if (r->count != strtoull(count, NULL, 0)) {
+        fprintf(stderr, "paper: %s counted %" PRIu64 " messages, not %s\n", t->server, r->count, count);
+        return 0;
+    }
+    if (r->count) {
+        r->client_cpu_ns /= r->count;
+        r->server_cpu_ns /= r->count;
+    }
+    return 1;
+}
+
+static void run(const struct transport *t, const char *count, const char *size, struct result *r)
+{
+    char sock[sizeof tmpdir + 16], ccpu[16], scpu[16]; /* fits sun_path (108) */
+    snprintf(sock, sizeof sock, "%s/echo.sock", tmpdir);
+    snprintf(ccpu, sizeof ccpu, "%d", cpu_client);
+    snprintf(scpu, sizeof scpu, "%d", cpu_server);
+    char *sargs[] = {(char *)t->server, "--socket", sock, "--size", (char *)size,
+                     "--cpu", scpu, "--timeout", CHILD_TIMEOUT_MS, NULL};
+    char *cargs[] = {(char *)t->client, "--socket", sock, "--count", (char *)count,
+                     "--size", (char *)size, "--cpu", ccpu, "--timeout", CHILD_TIMEOUT_MS, NULL};
+    memset(r, 0, sizeof *r);
+    fprintf(stderr, "paper: %s: %s messages ...\n", t->label, count);
+    double t0 = mono_s();
+
+    int sout, cout, status;
+    pid_t server = start(t->server, sargs, &sout);
+    if (server < 0) {
+        fprintf(stderr, "cannot start %s: %s\n", t->server, strerror(errno));
+        return;
+    }
+    /* The client starts once the server's socket is there. */
+    struct stat st;
+    unlink(sock); /* a server of an earlier pair that died left it */
+    while (stat(sock, &st) < 0) {
+        if (interrupted)
+            kill(server, SIGTERM);
+        if (waitpid(server, &status, WNOHANG) == server) {
+            exited_ok(t->server, status);
+            close(sout);
+            return;
+        }
+        usleep(1000);
+    }
+    pid_t client = start(t->client, cargs, &cout);
+    if (client < 0) {
+        fprintf(stderr, "cannot start %s: %s\n", t->client, strerror(errno));
+        kill(server, SIGTERM);
+        waitpid(server, &status, 0);
+        close(sout);
+        return;
+    }
+    int ok = wait_both(t, server, client, r);
     char cline[256];
     read_line(sout, r->line, sizeof r->line);
     read_line(cout, cline, sizeof cline);
     r->secs = mono_s() - t0;
-    size_t len;
-    if (ok && sscanf(r->line, "Message length: %zu bytes, Total TSC cycles: %" SCNu64
-                     ", Message count: %" SCNu64 ", Average latency: %" SCNu64 " cycles",
-                     &len, &r->total, &r->count, &r->avg) != 4) {
-        fprintf(stderr, "paper: %s printed \"%s\", not the paper's line\n", t->server, r->line);
-        ok = 0;
-    }
-    if (ok && sscanf(cline, "Echoed: %*u messages of %*u bytes, all correct, average round trip: %lf ns",
-                     &r->rtt_ns) != 1) {
-        fprintf(stderr, "paper: %s printed \"%s\"\n", t->client, cline);
-        ok = 0;
-    }
-    if (ok && r->count != strtoull(count, NULL, 0)) {
-        fprintf(stderr, "paper: %s counted %" PRIu64 " messages, not %s\n", t->server, r->count, count);
-        ok = 0;
-    }
-    if (ok && r->count) {
-        r->client_cpu_ns /= r->count;
-        r->server_cpu_ns /= r->count;
-    }
-    r->ok = ok;
-    fprintf(stderr, "paper: %s: %s (%.1f s)\n", t->label, ok ? "done" : "FAILED", r->secs);
+    r->ok = ok && parse_lines(t, count, cline, r);
+    fprintf(stderr, "paper: %s: %s (%.1f s)\n", t->label, r->ok ? "done" : "FAILED", r->secs);
 }
 
 static int remove_one(const char *path, const struct stat *st, int type, struct FTW *f)
@@ -281,57 +297,122 @@ static int remove_one(const char *path, const struct stat *st, int type, struct 
     return remove(path);
 }
 
-static void usage(void)
+static void usage(int code)
 {
-    fprintf(stderr, "usage: rpal bench paper [--count N] [--size BYTES] [--json] "
-                    "[--transport uds|rpal|uds,rpal]\n");
-    exit(2);
+    fprintf(code ? stderr : stdout, "usage: rpal bench paper [--count N] [--size BYTES] [--json] "
+                                    "[--transport uds|rpal|uds,rpal]\n");
+    exit(code);
 }
 
-int main(int argc, char **argv)
+struct paper_opts {
+    const char *count, *size;
+    int json, want[NTRANSPORTS];
+};
+
+/* --help: the usage on stdout, exit 0; a bad option: on stderr, exit 2. */
+static void paper_args(int argc, char **argv, struct paper_opts *o)
 {
-    const char *count = "1000000", *size = "32";
-    int json = 0, want[NTRANSPORTS] = {1, 1};
+    *o = (struct paper_opts){.count = "1000000", .size = "32", .want = {1, 1}};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         char *end;
-        if (!strcmp(a, "--json")) {
-            json = 1;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(0);
+        } else if (!strcmp(a, "--json")) {
+            o->json = 1;
         } else if (!strcmp(a, "--count") && v) {
             unsigned long long n = strtoull(v, &end, 0);
             if (*end || n < 1 || n > 1000000000)
-                usage();
-            count = argv[++i];
+                usage(2);
+            o->count = argv[++i];
         } else if (!strcmp(a, "--size") && v) {
             unsigned long s = strtoul(v, &end, 0);
             if (*end || s < 8 || s > 65536)
-                usage();
-            size = argv[++i];
+                usage(2);
+            o->size = argv[++i];
         } else if (!strcmp(a, "--transport") && v) {
-            want[0] = strstr(v, "uds") != NULL;
-            want[1] = strstr(v, "rpal") != NULL;
-            if (!want[0] && !want[1])
-                usage();
+            o->want[0] = strstr(v, "uds") != NULL;
+            o->want[1] = strstr(v, "rpal") != NULL;
+            if (!o->want[0] && !o->want[1])
+                usage(2);
             i++;
         } else {
-            usage();
+            usage(2);
         }
     }
-    if (find_programs() < 0)
-        return 1;
+}
+
+/* A private directory for the socket and the children's namespace
+ * directory, removed at the end; 0 or -1. */
+static int make_tmpdir(void)
+{
     const char *base = getenv("TMPDIR");
     if (!base || !*base || strlen(base) > sizeof tmpdir - sizeof "/rpal-paper-XXXXXX")
         base = "/tmp";
     snprintf(tmpdir, sizeof tmpdir, "%s/rpal-paper-XXXXXX", base);
     if (!mkdtemp(tmpdir)) {
         perror("paper: mkdtemp");
-        return 1;
+        return -1;
     }
     /* The children's namespace directory: private, so that nothing of
      * another run or user is in the way, and removed with the rest. */
     char nsdir[sizeof tmpdir + 8];
     snprintf(nsdir, sizeof nsdir, "%s/rpal", tmpdir);
     setenv("RPAL_DIR", nsdir, 1);
+    return 0;
+}
+
+/* The servers' lines (or JSON objects), the ratio, then a table. */
+static void print_results(const struct paper_opts *o, const struct result *res)
+{
+    const int *want = o->want;
+    for (size_t t = 0; t < NTRANSPORTS; t++) {
+        const struct result *r = &res[t];
+        if (!want[t] || !r->ok)
+            continue;
+        char label[32];
+        snprintf(label, sizeof label, "%s:", transports[t].label);
+        if (o->json)
+            printf("{\"transport\":\"%s\",\"size\":%s,\"count\":%" PRIu64 ",\"total_cycles\":%" PRIu64
+                   ",\"avg_cycles\":%" PRIu64 ",\"avg_ns\":%.1f,\"rtt_ns\":%.0f"
+                   ",\"client_cpu_ns_per_msg\":%.0f,\"server_cpu_ns_per_msg\":%.0f}\n",
+                   transports[t].name, o->size, r->count, r->total, r->avg, r->avg * 1e9 / hz,
+                   r->rtt_ns, r->client_cpu_ns, r->server_cpu_ns);
+        else
+            printf("%-10s %s\n", label, r->line);
+    }
+    int both = want[0] && want[1] && res[0].ok && res[1].ok && res[1].avg > 0;
+    double ratio = both ? (double)res[0].avg / res[1].avg : 0;
+    if (o->json) {
+        if (both)
+            printf("{\"ratio\":%.2f,\"target\":%.1f}\n", ratio, PAPER_UDS / PAPER_RPAL);
+        return;
+    }
+    if (both)
+        printf("ratio (epoll+UDS / rpal average latency): %.1f (target: %.1f, the paper's %.0f / %.0f cycles)\n",
+               ratio, PAPER_UDS / PAPER_RPAL, PAPER_UDS, PAPER_RPAL);
+    printf("\n%-10s %12s %12s %14s %18s %18s\n", "transport", "avg cycles", "avg ns",
+           "round trip ns", "client CPU ns/msg", "server CPU ns/msg");
+    for (size_t t = 0; t < NTRANSPORTS; t++) {
+        const struct result *r = &res[t];
+        if (want[t] && r->ok)
+            printf("%-10s %12" PRIu64 " %12.0f %14.0f %18.0f %18.0f\n", transports[t].label,
+                   r->avg, r->avg * 1e9 / hz, r->rtt_ns, r->client_cpu_ns, r->server_cpu_ns);
+    }
+    printf("(CPU: user + system time of each process over its whole run, per message)\n");
+}
+
+int main(int argc, char **argv)
+{
+    struct paper_opts o;
+    paper_args(argc, argv, &o);
+    const char *count = o.count, *size = o.size;
+    int json = o.json;
+    const int *want = o.want;
+    if (find_programs() < 0)
+        return 1;
+    if (make_tmpdir() < 0)
+        return 1;
     signal(SIGPIPE, SIG_IGN);
     struct sigaction sa = {.sa_handler = on_signal}; /* no SA_RESTART: wait4 returns */
     sigaction(SIGINT, &sa, NULL);
@@ -367,39 +448,6 @@ int main(int argc, char **argv)
         return 128 + interrupted;
     }
 
-    for (size_t t = 0; t < NTRANSPORTS; t++) {
-        const struct result *r = &res[t];
-        if (!want[t] || !r->ok)
-            continue;
-        char label[32];
-        snprintf(label, sizeof label, "%s:", transports[t].label);
-        if (json)
-            printf("{\"transport\":\"%s\",\"size\":%s,\"count\":%" PRIu64 ",\"total_cycles\":%" PRIu64
-                   ",\"avg_cycles\":%" PRIu64 ",\"avg_ns\":%.1f,\"rtt_ns\":%.0f"
-                   ",\"client_cpu_ns_per_msg\":%.0f,\"server_cpu_ns_per_msg\":%.0f}\n",
-                   transports[t].name, size, r->count, r->total, r->avg, r->avg * 1e9 / hz,
-                   r->rtt_ns, r->client_cpu_ns, r->server_cpu_ns);
-        else
-            printf("%-10s %s\n", label, r->line);
-    }
-    int both = want[0] && want[1] && res[0].ok && res[1].ok && res[1].avg > 0;
-    double ratio = both ? (double)res[0].avg / res[1].avg : 0;
-    if (json) {
-        if (both)
-            printf("{\"ratio\":%.2f,\"target\":%.1f}\n", ratio, PAPER_UDS / PAPER_RPAL);
-        return failed;
-    }
-    if (both)
-        printf("ratio (epoll+UDS / rpal average latency): %.1f (target: %.1f, the paper's %.0f / %.0f cycles)\n",
-               ratio, PAPER_UDS / PAPER_RPAL, PAPER_UDS, PAPER_RPAL);
-    printf("\n%-10s %12s %12s %14s %18s %18s\n", "transport", "avg cycles", "avg ns",
-           "round trip ns", "client CPU ns/msg", "server CPU ns/msg");
-    for (size_t t = 0; t < NTRANSPORTS; t++) {
-        const struct result *r = &res[t];
-        if (want[t] && r->ok)
-            printf("%-10s %12" PRIu64 " %12.0f %14.0f %18.0f %18.0f\n", transports[t].label,
-                   r->avg, r->avg * 1e9 / hz, r->rtt_ns, r->client_cpu_ns, r->server_cpu_ns);
-    }
-    printf("(CPU: user + system time of each process over its whole run, per message)\n");
+    print_results(&o, res);
     return failed;
 }

@@ -119,22 +119,62 @@ static void report(const char *name, double *v, int n, int json, int pku)
         printf("%-8s %8.2f ns %8.2f ns\n", name, med, p99);
 }
 
+/* --help: the usage on stdout, exit 0; a bad option: on stderr, exit 2. */
+static void parse_args(int argc, char **argv, long *count, int *json)
+{
+    for (int i = 1; i < argc; i++) {
+        int help = !strcmp(argv[i], "--help") || !strcmp(argv[i], "-h");
+        if (!strcmp(argv[i], "--count") && i + 1 < argc)
+            *count = atol(argv[++i]);
+        else if (!strcmp(argv[i], "--json"))
+            *json = 1;
+        else {
+            fprintf(help ? stdout : stderr, "usage: pkeys [--count N] [--json]\n");
+            exit(help ? 0 : 2);
+        }
+    }
+    if (*count < 1)
+        *count = 1;
+}
+
+/* The three cases, alternated batch by batch, reported; 0, or the error of
+ * opening the channel that the pinned case needs (that case not run). */
+static int measure(rpal_peer *p, long count, int json)
+{
+    int pku = (rpal_capabilities() & RPAL_CAP_PKU) != 0;
+    if (!json)
+        printf("access windows, %ld per batch, %d batches; protection keys %s\n"
+               "case       median      p99\n", count, BATCHES, pku ? "on" : "off");
+    static double t[3][BATCHES];
+    batch(p, 1, count); /* the first window gives the peer its key */
+    for (int b = 0; b < BATCHES; b++) {
+        t[0][b] = batch(p, 0, count);
+        t[1][b] = batch(p, 1, count);
+    }
+    rpal_chan *c = NULL;
+    int err;
+    for (int tries = 0; (err = rpal_chan_open(p, NULL, 5000, &c)) == -EAGAIN && tries < 200;
+         tries++)
+        usleep(10000); /* the receiver thread may not exist yet */
+    if (err == 0)
+        for (int b = 0; b < BATCHES; b++)
+            t[2][b] = batch(p, 1, count);
+    report("empty", t[0], BATCHES, json, pku);
+    report("window", t[1], BATCHES, json, pku);
+    if (err == 0) {
+        report("pinned", t[2], BATCHES, json, pku);
+        rpal_chan_close(c);
+    } else {
+        fprintf(stderr, "pkeys: no channel (%s): pinned case not run\n", rpal_strerror(err));
+    }
+    return err;
+}
+
 int main(int argc, char **argv)
 {
     long count = 100000;
     int json = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--count") && i + 1 < argc)
-            count = atol(argv[++i]);
-        else if (!strcmp(argv[i], "--json"))
-            json = 1;
-        else {
-            fprintf(stderr, "usage: pkeys [--count N] [--json]\n");
-            return 2;
-        }
-    }
-    if (count < 1)
-        count = 1;
+    parse_args(argc, argv, &count, &json);
     char dir[] = "/dev/shm/rpal-bench-pkeys-XXXXXX";
     if (!getenv("RPAL_DIR")) {
         if (!mkdtemp(dir)) {
@@ -167,31 +207,7 @@ int main(int argc, char **argv)
     CPU_ZERO(&one);
     CPU_SET(sched_getcpu(), &one);
     sched_setaffinity(0, sizeof one, &one);
-    int pku = (rpal_capabilities() & RPAL_CAP_PKU) != 0;
-    if (!json)
-        printf("access windows, %ld per batch, %d batches; protection keys %s\n"
-               "case       median      p99\n", count, BATCHES, pku ? "on" : "off");
-    static double t[3][BATCHES];
-    batch(p, 1, count); /* the first window gives the peer its key */
-    for (int b = 0; b < BATCHES; b++) {
-        t[0][b] = batch(p, 0, count);
-        t[1][b] = batch(p, 1, count);
-    }
-    rpal_chan *c = NULL;
-    for (int tries = 0; (err = rpal_chan_open(p, NULL, 5000, &c)) == -EAGAIN && tries < 200;
-         tries++)
-        usleep(10000); /* the receiver thread may not exist yet */
-    if (err == 0)
-        for (int b = 0; b < BATCHES; b++)
-            t[2][b] = batch(p, 1, count);
-    report("empty", t[0], BATCHES, json, pku);
-    report("window", t[1], BATCHES, json, pku);
-    if (err == 0) {
-        report("pinned", t[2], BATCHES, json, pku);
-        rpal_chan_close(c);
-    } else {
-        fprintf(stderr, "pkeys: no channel (%s): pinned case not run\n", rpal_strerror(err));
-    }
+    err = measure(p, count, json);
     if (write(qp[1], "q", 1) != 1)
         kill(kid, SIGKILL);
     waitpid(kid, NULL, 0);

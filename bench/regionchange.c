@@ -75,6 +75,32 @@ struct result {
 
 static int counts;
 
+/* CHANGES timed protection changes of R's first page (after a tenth more
+ * untimed), each seen by NSHARERS sharers: microseconds into V; 0 or a
+ * negative errno. */
+static int time_changes(rpal_region *r, int nsharers, int changes, double *v)
+{
+    struct rpal_region_change chg = {.timeout_ms = 5000};
+    int warm = changes / 10;
+    for (int i = -warm; i < changes; i++) {
+        int prot = i & 1 ? PROT_READ | PROT_WRITE : PROT_READ;
+        double t = now_us();
+        chg.timeout_ms = 5000;
+        int err = rpal_region_protect(r, 0, 4096, prot, counts ? &chg : NULL);
+        t = now_us() - t;
+        if (err < 0)
+            return err;
+        if (err > 0 || (counts && chg.applied != (unsigned)nsharers)) {
+            fprintf(stderr, "regionchange: a change returned %d (%u of %d sharers applied it)\n",
+                    err, counts ? chg.applied : 0, nsharers);
+            return -EIO;
+        }
+        if (i >= 0)
+            v[i] = t;
+    }
+    return 0;
+}
+
 static int run(int nsharers, int changes, int json, int cpu, struct result *res)
 {
     int ready[2], hold[2];
@@ -122,25 +148,9 @@ static int run(int nsharers, int changes, int json, int cpu, struct result *res)
             goto out;
         }
     }
-    struct rpal_region_change chg = {.timeout_ms = 5000};
-    int warm = changes / 10;
-    for (int i = -warm; i < changes; i++) {
-        int prot = i & 1 ? PROT_READ | PROT_WRITE : PROT_READ;
-        double t = now_us();
-        chg.timeout_ms = 5000;
-        err = rpal_region_protect(r, 0, 4096, prot, counts ? &chg : NULL);
-        t = now_us() - t;
-        if (err < 0)
-            goto out;
-        if (err > 0 || (counts && chg.applied != (unsigned)nsharers)) {
-            fprintf(stderr, "regionchange: a change returned %d (%u of %d sharers applied it)\n",
-                    err, counts ? chg.applied : 0, nsharers);
-            err = -EIO;
-            goto out;
-        }
-        if (i >= 0)
-            v[i] = t;
-    }
+    err = time_changes(r, nsharers, changes, v);
+    if (err < 0)
+        goto out;
     qsort(v, (size_t)changes, sizeof *v, cmp_double);
     res->p50 = v[changes / 2];
     res->p90 = v[(int)(changes * 0.9)];
@@ -181,8 +191,11 @@ int main(int argc, char **argv)
             if (changes < 10)
                 changes = 10;
         } else {
-            fprintf(stderr, "usage: %s [--json] [--changes N] [--counts]\n", argv[0]);
-            return 2;
+            /* --help: the usage on stdout, exit 0; a bad option: stderr, 2. */
+            int help = !strcmp(argv[i], "--help") || !strcmp(argv[i], "-h");
+            fprintf(help ? stdout : stderr, "usage: %s [--json] [--changes N] [--counts]\n",
+                    argv[0]);
+            return help ? 0 : 2;
         }
     }
     int cpu = pin();

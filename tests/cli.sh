@@ -283,6 +283,17 @@ done
 for b in paper call load heap pagetables regionchange; do
   out_has "$b" "rpal --help names the benchmark $b"
 done
+# Each benchmark's --help: its usage on stdout, exit 0, nothing on stderr; a
+# bad option: exit 2 with the usage on stderr.
+for b in paper call load heap pagetables regionchange pkeys; do
+  run bench $b --help
+  expect_rc 0 "rpal bench $b --help"
+  out_has "usage:" "rpal bench $b --help"
+  [ -s "$err" ] && { fail "rpal bench $b --help writes on stderr"; show; }
+  run bench $b --no-such-option
+  expect_rc 2 "rpal bench $b --no-such-option"
+  err_has "usage:" "rpal bench $b --no-such-option"
+done
 run bench
 expect_rc 2 "rpal bench without a NAME"
 err_has "regionchange" "rpal bench without a NAME lists the benchmarks"

@@ -433,7 +433,7 @@ static void modes(void)
 {
     const mode_t masks[] = {0, 077};
     /* A private hugetlbfs and 512 free huge pages for the life of this
-     * process, where we may (see src/hugesetup.h); else not checked. */
+     * process, where we may (see tests/hugesetup.h); else not checked. */
     hs.owner = getpid();
     int have_huge = huge_setup(&hs, 512) == 0, huge_checked = 0;
     if (have_huge)

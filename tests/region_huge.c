@@ -4,7 +4,7 @@
  * same 1 GiB-aligned address, in 2 MiB pages, with its contents shared both
  * ways, read-write and read-only; unlink and gc remove the hugetlbfs data
  * files. Needs a hugetlbfs and free huge pages, which it arranges as root
- * (src/hugesetup.h: private mount, vm.nr_hugepages raised and put back);
+ * (tests/hugesetup.h: private mount, vm.nr_hugepages raised and put back);
  * otherwise it skips with the reason after the checks that need neither. */
 #include "testlib.h"
 

@@ -929,17 +929,21 @@ static pid_t spawn(int role, int idx)
     return pid;
 }
 
-static void run_trial(long t, const char *rundir)
-{
-    uint64_t tseed = mix(G.seed ^ mix((uint64_t)t));
-    rnd_state = tseed;
-    int kind = G.only_kind >= 0 ? G.only_kind : (int)(t % NKINDS);
+/* A trial in progress, as the supervisor sees it. */
+struct trial {
+    long t;
+    int kind, n, v;      /* v: the victim's index in w[] */
     struct worker w[MAXW];
-    int n = 0;
-    memset(B, 0, sizeof *B);
-    B->seed = tseed;
-    B->kind = kind;
-    B->selftest = G.selftest;
+    int kill_after_ms;   /* after the victim starts (or 2 s) */
+    int64_t t0, kill_at, stop_at, stopped_at;
+    int phase, alive;    /* phase: 0 running, 1 clients told to stop, 2 all told */
+};
+
+/* The workers of T's kind, and which of them is the victim. */
+static void cast(struct trial *T)
+{
+    struct worker *w = T->w;
+    int n = 0, kind = T->kind;
     switch (kind) {
     case K_CALLER:
     case K_RECEIVER:
@@ -962,121 +966,153 @@ static void run_trial(long t, const char *rundir)
         B->victim = kind == K_OWNER ? 0 : 1;
         break;
     }
-    int kill_after_ms = (int)rnd_below(KILL_WINDOW_MS + 1);
-    char dir[4200];
-    snprintf(dir, sizeof dir, "%s/t%ld", rundir, t);
+    T->n = n;
+}
+
+/* The trial's namespace directory DIR (under RUNDIR), and its workers
+ * started in it. */
+static void start_workers(struct trial *T, const char *rundir, char *dir, size_t len)
+{
+    snprintf(dir, len, "%s/t%ld", rundir, T->t);
     if (mkdir(dir, 0700) < 0) {
         fprintf(stderr, "rpal chaos: mkdir %s: %s\n", dir, strerror(errno));
         exit(2);
     }
     setenv("RPAL_DIR", dir, 1);
-    for (int i = 0; i < n; i++) {
-        w[i].pid = spawn(w[i].role, w[i].idx);
-        if (w[i].pid < 0) {
+    for (int i = 0; i < T->n; i++) {
+        T->w[i].pid = spawn(T->w[i].role, T->w[i].idx);
+        if (T->w[i].pid < 0) {
             fprintf(stderr, "rpal chaos: fork: %s\n", strerror(errno));
             exit(2);
         }
     }
-    int64_t t0 = now_ns(), kill_at = 0, stop_at = 0, stopped_at = 0;
-    int v = -1, phase = 0, alive = n;
-    for (int i = 0; i < n; i++)
-        if (w[i].idx == B->victim)
-            v = i;
-    while (alive) {
-        int64_t now = now_ns();
-        struct wslot *vs = &B->w[B->victim];
-        if (!kill_at && (atomic_load(&vs->started) || now - t0 > 2000000000ll))
-            kill_at = now + (int64_t)kill_after_ms * 1000000;
-        if (kill_at && !atomic_load(&B->killed) && now >= kill_at) {
-            if (!w[v].reaped)
-                kill(w[v].pid, SIGKILL);
-            char where[32] = "(between calls)";
-            if (!atomic_load(&vs->started))
-                snprintf(where, sizeof where, "(before main)");
-            else if (atomic_load(&vs->op[0].start_ns))
-                snprintf(where, sizeof where, "%s", vs->op[0].name);
-            else if (atomic_load(&vs->op[1].start_ns))
-                snprintf(where, sizeof where, "%s", vs->op[1].name);
-            count_point(&G.total, where);
-            count_point(&G.per[kind], where);
-            w[v].killed_by_us = 1;
-            atomic_store(&B->killed, 1);
-            stop_at = now + (int64_t)POST_MS * 1000000;
-        }
-        /* Clients stop first, services once their clients are gone, so
-         * that no survivor's last call meets a service that left. */
-        if (stop_at && now >= stop_at && phase == 0) {
-            for (int i = 0; i < n; i++)
-                if (w[i].role != R_SERVICE)
-                    atomic_store(&B->w[w[i].idx].stop, 1);
-            phase = 1;
-            stopped_at = now;
-        }
-        if (phase == 1) {
-            int clients = 0;
-            for (int i = 0; i < n; i++)
-                clients += w[i].role != R_SERVICE && !w[i].reaped;
-            if (!clients) {
-                for (int i = 0; i < n; i++)
-                    atomic_store(&B->w[w[i].idx].stop, 1);
-                phase = 2;
-            }
-        }
-        /* The watchdog: a call past its deadline + 1 s is a hang. */
-        for (int i = 0; i < n; i++) {
-            struct wslot *s = &B->w[w[i].idx];
-            if (w[i].reaped || w[i].hung || (w[i].killed_by_us && i == v))
-                continue;
-            const char *why = NULL;
-            char buf[64];
-            int limit_ms = EXIT_MS;
-            for (int o = 0; o < 2 && !why; o++) {
-                int64_t start = atomic_load(&s->op[o].start_ns);
-                int lim = atomic_load(&s->op[o].deadline_ms) + SLACK_MS;
-                if (start && now - start > (int64_t)(lim + 50) * 1000000) { /* 50: polling */
-                    snprintf(buf, sizeof buf, "%.31s", s->op[o].name);
-                    why = buf;
-                    limit_ms = lim;
-                }
-            }
-            if (!why && stopped_at && now - stopped_at > (int64_t)EXIT_MS * 1000000)
-                why = "(did not exit after being told to stop)";
-            if (why) {
-                record(t, kind, C_HANGS, "%s %d (pid %d) stuck in %s for over %d ms",
-                       role_names[w[i].role], w[i].idx, (int)w[i].pid, why, limit_ms);
-                w[i].hung = w[i].killed_by_us = 1;
-                kill(w[i].pid, SIGKILL);
-            }
-        }
-        for (int i = 0; i < n; i++) {
-            int st;
-            if (w[i].reaped || waitpid(w[i].pid, &st, WNOHANG) != w[i].pid)
-                continue;
-            w[i].reaped = 1;
-            alive--;
-            if (w[i].killed_by_us && WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL)
-                continue;
-            if (WIFSIGNALED(st) || WEXITSTATUS(st) != 0)
-                record(t, kind, C_CRASHES, "%s %d (pid %d%s) %s %d", role_names[w[i].role],
-                       w[i].idx, (int)w[i].pid, i == v ? ", the victim, before its kill" : "",
-                       WIFSIGNALED(st) ? "died of signal" : "exited with status",
-                       WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
-        }
-        if (alive)
-            sleep_ms(1);
+    T->t0 = now_ns();
+    T->alive = T->n;
+    T->v = -1;
+    for (int i = 0; i < T->n; i++)
+        if (T->w[i].idx == B->victim)
+            T->v = i;
+}
+
+/* The kill: once the victim has started (or after 2 s), kill_after_ms
+ * later; counted by where the victim was. */
+static void maybe_kill(struct trial *T, int64_t now)
+{
+    struct wslot *vs = &B->w[B->victim];
+    if (!T->kill_at && (atomic_load(&vs->started) || now - T->t0 > 2000000000ll))
+        T->kill_at = now + (int64_t)T->kill_after_ms * 1000000;
+    if (!T->kill_at || atomic_load(&B->killed) || now < T->kill_at)
+        return;
+    if (!T->w[T->v].reaped)
+        kill(T->w[T->v].pid, SIGKILL);
+    char where[32] = "(between calls)";
+    if (!atomic_load(&vs->started))
+        snprintf(where, sizeof where, "(before main)");
+    else if (atomic_load(&vs->op[0].start_ns))
+        snprintf(where, sizeof where, "%s", vs->op[0].name);
+    else if (atomic_load(&vs->op[1].start_ns))
+        snprintf(where, sizeof where, "%s", vs->op[1].name);
+    count_point(&G.total, where);
+    count_point(&G.per[T->kind], where);
+    T->w[T->v].killed_by_us = 1;
+    atomic_store(&B->killed, 1);
+    T->stop_at = now + (int64_t)POST_MS * 1000000;
+}
+
+/* Clients stop first, services once their clients are gone, so that no
+ * survivor's last call meets a service that left. */
+static void stop_in_order(struct trial *T, int64_t now)
+{
+    if (T->stop_at && now >= T->stop_at && T->phase == 0) {
+        for (int i = 0; i < T->n; i++)
+            if (T->w[i].role != R_SERVICE)
+                atomic_store(&B->w[T->w[i].idx].stop, 1);
+        T->phase = 1;
+        T->stopped_at = now;
     }
-    for (int i = 0; i < n; i++) {
-        struct wslot *s = &B->w[w[i].idx];
+    if (T->phase == 1) {
+        int clients = 0;
+        for (int i = 0; i < T->n; i++)
+            clients += T->w[i].role != R_SERVICE && !T->w[i].reaped;
+        if (!clients) {
+            for (int i = 0; i < T->n; i++)
+                atomic_store(&B->w[T->w[i].idx].stop, 1);
+            T->phase = 2;
+        }
+    }
+}
+
+/* The watchdog: a call past its deadline + 1 s is a hang, and so is a
+ * worker that does not exit once told to stop; either is killed. */
+static void watchdog(struct trial *T, int64_t now)
+{
+    for (int i = 0; i < T->n; i++) {
+        struct worker *w = &T->w[i];
+        struct wslot *s = &B->w[w->idx];
+        if (w->reaped || w->hung || (w->killed_by_us && i == T->v))
+            continue;
+        const char *why = NULL;
+        char buf[64];
+        int limit_ms = EXIT_MS;
+        for (int o = 0; o < 2 && !why; o++) {
+            int64_t start = atomic_load(&s->op[o].start_ns);
+            int lim = atomic_load(&s->op[o].deadline_ms) + SLACK_MS;
+            if (start && now - start > (int64_t)(lim + 50) * 1000000) { /* 50: polling */
+                snprintf(buf, sizeof buf, "%.31s", s->op[o].name);
+                why = buf;
+                limit_ms = lim;
+            }
+        }
+        if (!why && T->stopped_at && now - T->stopped_at > (int64_t)EXIT_MS * 1000000)
+            why = "(did not exit after being told to stop)";
+        if (why) {
+            record(T->t, T->kind, C_HANGS, "%s %d (pid %d) stuck in %s for over %d ms",
+                   role_names[w->role], w->idx, (int)w->pid, why, limit_ms);
+            w->hung = w->killed_by_us = 1;
+            kill(w->pid, SIGKILL);
+        }
+    }
+}
+
+/* Workers that ended: any but the victim we killed that died of a signal
+ * or exited non-zero is a crash. */
+static void reap(struct trial *T)
+{
+    for (int i = 0; i < T->n; i++) {
+        struct worker *w = &T->w[i];
+        int st;
+        if (w->reaped || waitpid(w->pid, &st, WNOHANG) != w->pid)
+            continue;
+        w->reaped = 1;
+        T->alive--;
+        if (w->killed_by_us && WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL)
+            continue;
+        if (WIFSIGNALED(st) || WEXITSTATUS(st) != 0)
+            record(T->t, T->kind, C_CRASHES, "%s %d (pid %d%s) %s %d", role_names[w->role],
+                   w->idx, (int)w->pid, i == T->v ? ", the victim, before its kill" : "",
+                   WIFSIGNALED(st) ? "died of signal" : "exited with status",
+                   WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+    }
+}
+
+/* What each worker reported on the board, into the tallies. */
+static void tally_workers(const struct trial *T)
+{
+    long t = T->t;
+    int kind = T->kind;
+    for (int i = 0; i < T->n; i++) {
+        const struct worker *w = &T->w[i];
+        struct wslot *s = &B->w[w->idx];
         uint64_t c = atomic_load(&s->corrupt), h = atomic_load(&s->hangs), e = atomic_load(&s->errors);
         for (uint64_t k = 0; k < c; k++)
-            record(t, kind, C_CORRUPT, "%s %d: %s", role_names[w[i].role], w[i].idx, s->note);
+            record(t, kind, C_CORRUPT, "%s %d: %s", role_names[w->role], w->idx, s->note);
         for (uint64_t k = 0; k < h; k++)
-            record(t, kind, C_HANGS, "%s %d: %s", role_names[w[i].role], w[i].idx, s->note);
+            record(t, kind, C_HANGS, "%s %d: %s", role_names[w->role], w->idx, s->note);
         G.total.c[C_ERRORS] += (long)e;
         G.per[kind].c[C_ERRORS] += (long)e;
         if (e && G.verbose && !G.json)
             printf("trial %ld (%s): %s %d: %llu error(s), first: %s\n", t, kind_names[kind],
-                   role_names[w[i].role], w[i].idx, (unsigned long long)e, s->note);
+                   role_names[w->role], w->idx, (unsigned long long)e, s->note);
         G.total.ops += atomic_load(&s->ops);
         G.per[kind].ops += atomic_load(&s->ops);
         G.total.torn += atomic_load(&s->torn);
@@ -1086,7 +1122,11 @@ static void run_trial(long t, const char *rundir)
             G.per[kind].expected[e] += atomic_load(&s->expected[e]);
         }
     }
-    /* Everyone is gone: what gc leaves is leaked. */
+}
+
+/* Everyone is gone: what gc leaves in DIR is leaked. */
+static void check_leaks(long t, int kind, const char *dir)
+{
     int removed = rpal_gc(gc_note, NULL);
     if (removed < 0)
         record(t, kind, C_LEAKS, "rpal_gc: %s", rpal_strerror(removed));
@@ -1096,8 +1136,34 @@ static void run_trial(long t, const char *rundir)
     leak_count = 0;
     nftw(dir, leak_walk, 16, FTW_PHYS | FTW_DEPTH);
     nftw(dir, rm_one, 16, FTW_PHYS | FTW_DEPTH);
+}
+
+static void run_trial(long t, const char *rundir)
+{
+    uint64_t tseed = mix(G.seed ^ mix((uint64_t)t));
+    rnd_state = tseed;
+    struct trial T = {.t = t, .kind = G.only_kind >= 0 ? G.only_kind : (int)(t % NKINDS)};
+    memset(B, 0, sizeof *B);
+    B->seed = tseed;
+    B->kind = T.kind;
+    B->selftest = G.selftest;
+    cast(&T);
+    T.kill_after_ms = (int)rnd_below(KILL_WINDOW_MS + 1);
+    char dir[4200];
+    start_workers(&T, rundir, dir, sizeof dir);
+    while (T.alive) {
+        int64_t now = now_ns();
+        maybe_kill(&T, now);
+        stop_in_order(&T, now);
+        watchdog(&T, now);
+        reap(&T);
+        if (T.alive)
+            sleep_ms(1);
+    }
+    tally_workers(&T);
+    check_leaks(t, T.kind, dir);
     G.total.trials++;
-    G.per[kind].trials++;
+    G.per[T.kind].trials++;
 }
 
 static void json_tally(const struct tally *t)
@@ -1200,13 +1266,11 @@ static int usage(const char *fmt, const char *word)
     return 2;
 }
 
-int main(int argc, char **argv)
+/* The options into G and *PROGRESS (a random seed unless one is given):
+ * -1 to go on, else the exit status (0 after --help, 2 after a bad option,
+ * said on stderr). */
+static int parse_args(int argc, char **argv, long *progress)
 {
-    if (argc > 1 && !strcmp(argv[1], "--worker"))
-        return worker_main(argc, argv);
-    G.trials = 100;
-    G.only_kind = -1;
-    long progress = 0;
     int have_seed = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
@@ -1235,9 +1299,9 @@ int main(int argc, char **argv)
             if (*end || G.from < 0)
                 return usage("bad --from '%s': a trial number, from 0", val);
         } else if (!strcmp(a, "--progress")) {
-            progress = strtol(val, &end, 10);
+            *progress = strtol(val, &end, 10);
             i++;
-            if (*end || progress < 0)
+            if (*end || *progress < 0)
                 return usage("bad --progress '%s': every how many trials, 0 for never", val);
         } else if (!strcmp(a, "--seed")) {
             G.seed = strtoull(val, &end, 0);
@@ -1268,10 +1332,17 @@ int main(int argc, char **argv)
         clock_gettime(CLOCK_REALTIME, &ts);
         G.seed = mix((uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^ (uint64_t)getpid());
     }
+    return -1;
+}
+
+/* Our own path (workers are exec'd from it) and the board the workers
+ * report on, shared through an inherited descriptor; 0 or -1. */
+static int setup_board(void)
+{
     ssize_t len = readlink("/proc/self/exe", G.self, sizeof G.self - 1);
     if (len <= 0) {
         perror("rpal chaos: /proc/self/exe");
-        return 2;
+        return -1;
     }
     G.self[len] = 0;
     /* The board crosses exec as an inherited descriptor. */
@@ -1279,21 +1350,15 @@ int main(int argc, char **argv)
     if (G.boardfd < 0 || ftruncate(G.boardfd, sizeof *B) < 0 ||
         (B = mmap(NULL, sizeof *B, PROT_READ | PROT_WRITE, MAP_SHARED, G.boardfd, 0)) == MAP_FAILED) {
         perror("rpal chaos: board");
-        return 2;
+        return -1;
     }
-    const char *tmp = getenv("TMPDIR");
-    char rundir[4096];
-    snprintf(rundir, sizeof rundir, "%s/rpal-chaos-XXXXXX",
-             access("/dev/shm", W_OK) == 0 ? "/dev/shm" : tmp ? tmp : "/tmp");
-    if (!mkdtemp(rundir)) {
-        perror("rpal chaos: mkdtemp");
-        return 2;
-    }
-    if (!G.json)
-        printf("rpal chaos: seed 0x%016llx\n", (unsigned long long)G.seed);
-    fprintf(stderr, "rpal chaos: %ld trials, seed 0x%016llx, namespaces in %s\n", G.trials,
-            (unsigned long long)G.seed, rundir);
-    fflush(stdout);
+    return 0;
+}
+
+/* Every trial asked for, with progress on stderr (every PROGRESS trials,
+ * or a line kept up to date on a terminal). */
+static void run_trials(const char *rundir, long progress)
+{
     int tty = isatty(2);
     if (!progress)
         progress = 100;
@@ -1312,6 +1377,35 @@ int main(int argc, char **argv)
     }
     if (tty)
         fputc('\n', stderr);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && !strcmp(argv[1], "--worker"))
+        return worker_main(argc, argv);
+    G.trials = 100;
+    G.only_kind = -1;
+    long progress = 0;
+    int rc = parse_args(argc, argv, &progress);
+    if (rc >= 0)
+        return rc;
+    if (setup_board() < 0)
+        return 2;
+    const char *tmp = getenv("TMPDIR");
+    char rundir[4096];
+    snprintf(rundir, sizeof rundir, "%s/rpal-chaos-XXXXXX",
+             access("/dev/shm", W_OK) == 0 ? "/dev/shm" : tmp ? tmp : "/tmp");
+    if (!mkdtemp(rundir)) {
+        perror("rpal chaos: mkdtemp");
+        return 2;
+    }
+    if (!G.json)
+        printf("rpal chaos: seed 0x%016llx\n", (unsigned long long)G.seed);
+    fprintf(stderr, "rpal chaos: %ld trials, seed 0x%016llx, namespaces in %s\n", G.trials,
+            (unsigned long long)G.seed, rundir);
+    fflush(stdout);
+    int64_t t0 = now_ns();
+    run_trials(rundir, progress);
     rmdir(rundir);
     report((double)(now_ns() - t0) / 1e9);
     long bad = G.total.c[C_HANGS] + G.total.c[C_CRASHES] + G.total.c[C_LEAKS] +

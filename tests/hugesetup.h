@@ -175,6 +175,63 @@ static void huge_setup_child(struct huge_setup *s)
     s->guard_fd = -1;
 }
 
+/* vm.nr_hugepages raised so that PAGES are free (AVAIL are): the old value
+ * told to the guardian first, so that it can put it back; 0 or -1. */
+static int huge_raise(struct huge_setup *s, uint64_t pages, uint64_t avail)
+{
+    long old = huge_nr_read();
+    if (old < 0) {
+        snprintf(s->why, sizeof s->why, "cannot read %s", HUGE_NR_PATH);
+        huge_teardown(s);
+        return -1;
+    }
+    char v[32];
+    snprintf(v, sizeof v, "%ld", old);
+    huge_tell(s, 'N', v); /* before the change: the guardian can undo it */
+    s->old_nr = old;
+    int err = huge_nr_write(old + (long)(pages - avail));
+    if (err < 0 || prim_huge_avail(&avail) < 0 || avail < pages) {
+        snprintf(s->why, sizeof s->why, "asked the kernel for %llu more 2 MiB "
+                 "huge pages and got %llu free in all (%s)",
+                 (unsigned long long)(pages), (unsigned long long)avail,
+                 err < 0 ? strerror(-err) : "memory too fragmented?");
+        huge_teardown(s);
+        return -1;
+    }
+    return 0;
+}
+
+/* A hugetlbfs with 2 MiB pages mounted on a fresh directory in a private
+ * mount namespace, named by RPAL_HUGE_DIR; 0 or -1. */
+static int huge_mount(struct huge_setup *s)
+{
+    char dir[HUGE_DIR_MAX];
+    snprintf(s->mnt, sizeof s->mnt, "/tmp/rpal-hugetlbfs-XXXXXX");
+    if (!mkdtemp(s->mnt)) {
+        snprintf(s->why, sizeof s->why, "mkdtemp: %s", strerror(errno));
+        s->mnt[0] = 0;
+        huge_teardown(s);
+        return -1;
+    }
+    huge_tell(s, 'M', s->mnt);
+    if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
+        mount("rpal-hugetlbfs", s->mnt, "hugetlbfs", MS_NOSUID | MS_NODEV,
+              "pagesize=2M,mode=1777") < 0) {
+        snprintf(s->why, sizeof s->why, "mounting a private hugetlbfs: %s",
+                 strerror(errno));
+        huge_teardown(s);
+        return -1;
+    }
+    setenv("RPAL_HUGE_DIR", s->mnt, 1);
+    if (prim_huge_dir(dir, sizeof dir) < 0) {
+        snprintf(s->why, sizeof s->why, "the hugetlbfs mounted on %s is not "
+                 "usable", s->mnt);
+        huge_teardown(s);
+        return -1;
+    }
+    return 0;
+}
+
 static int huge_setup(struct huge_setup *s, uint64_t pages)
 {
     memset(s, 0, sizeof *s);
@@ -210,52 +267,10 @@ static int huge_setup(struct huge_setup *s, uint64_t pages)
         snprintf(s->why, sizeof s->why, "fork: %s", strerror(errno));
         return -1;
     }
-    if (avail < pages) {
-        long old = huge_nr_read();
-        if (old < 0) {
-            snprintf(s->why, sizeof s->why, "cannot read %s", HUGE_NR_PATH);
-            huge_teardown(s);
-            return -1;
-        }
-        char v[32];
-        snprintf(v, sizeof v, "%ld", old);
-        huge_tell(s, 'N', v); /* before the change: the guardian can undo it */
-        s->old_nr = old;
-        int err = huge_nr_write(old + (long)(pages - avail));
-        if (err < 0 || prim_huge_avail(&avail) < 0 || avail < pages) {
-            snprintf(s->why, sizeof s->why, "asked the kernel for %llu more 2 MiB "
-                     "huge pages and got %llu free in all (%s)",
-                     (unsigned long long)(pages), (unsigned long long)avail,
-                     err < 0 ? strerror(-err) : "memory too fragmented?");
-            huge_teardown(s);
-            return -1;
-        }
-    }
-    if (!have_dir) {
-        snprintf(s->mnt, sizeof s->mnt, "/tmp/rpal-hugetlbfs-XXXXXX");
-        if (!mkdtemp(s->mnt)) {
-            snprintf(s->why, sizeof s->why, "mkdtemp: %s", strerror(errno));
-            s->mnt[0] = 0;
-            huge_teardown(s);
-            return -1;
-        }
-        huge_tell(s, 'M', s->mnt);
-        if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
-            mount("rpal-hugetlbfs", s->mnt, "hugetlbfs", MS_NOSUID | MS_NODEV,
-                  "pagesize=2M,mode=1777") < 0) {
-            snprintf(s->why, sizeof s->why, "mounting a private hugetlbfs: %s",
-                     strerror(errno));
-            huge_teardown(s);
-            return -1;
-        }
-        setenv("RPAL_HUGE_DIR", s->mnt, 1);
-        if (prim_huge_dir(dir, sizeof dir) < 0) {
-            snprintf(s->why, sizeof s->why, "the hugetlbfs mounted on %s is not "
-                     "usable", s->mnt);
-            huge_teardown(s);
-            return -1;
-        }
-    }
+    if (avail < pages && huge_raise(s, pages, avail) < 0)
+        return -1;
+    if (!have_dir && huge_mount(s) < 0)
+        return -1;
     return 0;
 }
 

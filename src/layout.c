@@ -1118,15 +1118,6 @@ static void merge(struct lay_table *t)
     t->nobj = k;
 }
 
-struct op {
-    int op;
-    uint64_t off, len;
-    int prot;
-    int fd;
-    uint64_t foff;
-    uint64_t side;              /* a new anonymous object's side-store offset */
-};
-
 /* The path by which later attachers can open FD's file (ST): its name if
  * that name still leads to this very file, else "" (a memfd, a deleted or
  * renamed file: /proc shows "/memfd:x (deleted)", "/x (deleted)" or the
@@ -1145,7 +1136,7 @@ static void file_path(int fd, const struct stat *st, char *path, size_t size)
 }
 
 /* The object OP maps: anonymous memory from the side store, or a file. */
-static int new_object(const struct op *op, struct lay_obj *o)
+static int new_object(const struct lay_op *op, struct lay_obj *o)
 {
     memset(o, 0, sizeof *o);
     o->off = op->off;
@@ -1180,7 +1171,7 @@ static int new_object(const struct op *op, struct lay_obj *o)
 }
 
 /* Make T the layout after OP; an error changes nothing that is used. */
-static int edit(struct lay_table *t, const struct op *op)
+static int edit(struct lay_table *t, const struct lay_op *op)
 {
     uint64_t off = op->off, len = op->len;
     int err;
@@ -1611,7 +1602,7 @@ static void turn_unlock(uint8_t *rw, int i)
 
 struct change {
     struct lay *l;
-    struct op op;
+    struct lay_op op;
     int64_t timeout_ms;
     uint8_t *rw;                /* writable duplicate of the header area */
     int turn;                   /* turnstile word held, or -1 */
@@ -1665,7 +1656,7 @@ static int side_take(struct change *x)
     return 0;
 }
 
-static int change_check(const struct lay *l, const struct op *op)
+static int change_check(const struct lay *l, const struct lay_op *op)
 {
     if (!l || (op->prot & ~PROT_ALL) || !op->len || op->off % RPAL_PAGE ||
         op->len % RPAL_PAGE || op->foff % RPAL_PAGE || op->foff > (uint64_t)INT64_MAX)
@@ -2015,14 +2006,9 @@ static void change_end(struct change *x)
     free(x->sharers.v);
 }
 
-/* A layout change: 0 if every live sharer has it when this returns, the
- * number of sharers detached (which may not have it) if not, or a
- * negative errno (nothing changed). */
-static int change(rpal_region *r, const struct op *op, struct rpal_region_change *chg)
+/* A layout change (see internal.h): the steps above, in order. */
+int lay_change(struct lay *l, const struct lay_op *op, struct rpal_region_change *chg)
 {
-    struct lay *l = r ? region_lay(r) : NULL;
-    if (r && !l)
-        return -EOPNOTSUPP; /* a huge region: one object, no layout */
     int err = change_check(l, op);
     if (err < 0)
         return err;
@@ -2048,27 +2034,4 @@ static int change(rpal_region *r, const struct op *op, struct rpal_region_change
     if (chg)
         *chg = x.res;
     return x.res.detached > INT_MAX ? INT_MAX : (int)x.res.detached;
-}
-
-int rpal_region_map(rpal_region *r, uint64_t offset, uint64_t length, int prot,
-                    int fd, uint64_t file_offset, struct rpal_region_change *chg)
-{
-    if (fd < -1 || (fd == -1 && file_offset))
-        return -EINVAL;
-    struct op op = {OP_MAP, offset, length, prot, fd, file_offset, 0};
-    return change(r, &op, chg);
-}
-
-int rpal_region_protect(rpal_region *r, uint64_t offset, uint64_t length, int prot,
-                        struct rpal_region_change *chg)
-{
-    struct op op = {OP_PROTECT, offset, length, prot, -1, 0, 0};
-    return change(r, &op, chg);
-}
-
-int rpal_region_unmap(rpal_region *r, uint64_t offset, uint64_t length,
-                      struct rpal_region_change *chg)
-{
-    struct op op = {OP_UNMAP, offset, length, 0, -1, 0, 0};
-    return change(r, &op, chg);
 }

@@ -401,11 +401,6 @@ struct rpal_region {
     struct lay *lay; /* what is mapped inside (src/layout.c) */
 };
 
-struct lay *region_lay(const rpal_region *r)
-{
-    return r->lay;
-}
-
 static void unmap_region(uint64_t base, uint64_t granule, uint64_t size)
 {
     munmap((void *)(uintptr_t)(base - granule), REGION_HDR_MAP);
@@ -869,6 +864,41 @@ int rpal_region_stat(const char *name, struct rpal_region_info *info)
     err = stat_at(nsfd, name, info);
     close(nsfd);
     return err;
+}
+
+/* ---- objects inside a region: the calls, over the layout (layout.c) ---- */
+
+static int region_change(rpal_region *r, const struct lay_op *op,
+                         struct rpal_region_change *chg)
+{
+    if (!r)
+        return -EINVAL;
+    if (!r->lay)
+        return -EOPNOTSUPP; /* a huge region: one object, no layout */
+    return lay_change(r->lay, op, chg);
+}
+
+int rpal_region_map(rpal_region *r, uint64_t offset, uint64_t length, int prot,
+                    int fd, uint64_t file_offset, struct rpal_region_change *chg)
+{
+    if (fd < -1 || (fd == -1 && file_offset))
+        return -EINVAL;
+    struct lay_op op = {OP_MAP, offset, length, prot, fd, file_offset, 0};
+    return region_change(r, &op, chg);
+}
+
+int rpal_region_protect(rpal_region *r, uint64_t offset, uint64_t length, int prot,
+                        struct rpal_region_change *chg)
+{
+    struct lay_op op = {OP_PROTECT, offset, length, prot, -1, 0, 0};
+    return region_change(r, &op, chg);
+}
+
+int rpal_region_unmap(rpal_region *r, uint64_t offset, uint64_t length,
+                      struct rpal_region_change *chg)
+{
+    struct lay_op op = {OP_UNMAP, offset, length, 0, -1, 0, 0};
+    return region_change(r, &op, chg);
 }
 
 int rpal_region_layout(const char *name, uint32_t *generation,

@@ -147,6 +147,11 @@ RPAL_HIDDEN int prim_mem_write(void *dst, const void *src, size_t len);
 RPAL_HIDDEN int prim_futex_waitv(struct futex_waitv *w, unsigned n,
                                  int64_t timeout_ns);
 
+/* "/proc/self/fd/FD" in BUF (PRIM_FD_PATH bytes), returned: the path by
+ * which the kernel reopens or links the very file FD refers to. */
+#define PRIM_FD_PATH 32
+RPAL_HIDDEN const char *prim_fd_path(char *buf, int fd);
+
 /* ---- layout: the objects inside a region (src/layout.c) ---- */
 
 /* Bytes of the header granule that every attacher maps read-only at

@@ -821,10 +821,9 @@ static void atfork_prepare(void)
     struct fork_hold *h = n ? calloc(n, sizeof *h) : NULL;
     size_t k = 0;
     for (struct lay *l = g_agent.list; h && l && k < n; l = l->next, k++) {
-        char p[64];
-        snprintf(p, sizeof p, "/proc/self/fd/%d", l->lkfd);
+        char p[PRIM_FD_PATH];
         h[k].l = l;
-        h[k].fd = l->detached ? -1 : open(p, O_RDONLY | O_CLOEXEC);
+        h[k].fd = l->detached ? -1 : open(prim_fd_path(p, l->lkfd), O_RDONLY | O_CLOEXEC);
     }
     pthread_mutex_unlock(&g_agent.mu);
     /* Not under g_agent.mu: a change of another process waits for our
@@ -871,9 +870,9 @@ static int fork_register(struct lay *l)
 {
     /* The inherited descriptor shares the parent's description and so its
      * record: take a description of our own, with the same access. */
-    char p[64];
-    snprintf(p, sizeof p, "/proc/self/fd/%d", l->lkfd);
-    int fd = l->detached ? -1 : open(p, (l->lk_rw ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+    char p[PRIM_FD_PATH];
+    int fd = l->detached ? -1 : open(prim_fd_path(p, l->lkfd),
+                                     (l->lk_rw ? O_RDWR : O_RDONLY) | O_CLOEXEC);
     close(l->lkfd);
     l->lkfd = fd;
     l->pid = prim_getpid();
@@ -1124,9 +1123,8 @@ static void merge(struct lay_table *t)
  * old name), or if it is too long. */
 static void file_path(int fd, const struct stat *st, char *path, size_t size)
 {
-    char p[64];
-    snprintf(p, sizeof p, "/proc/self/fd/%d", fd);
-    ssize_t n = readlink(p, path, size);
+    char p[PRIM_FD_PATH];
+    ssize_t n = readlink(prim_fd_path(p, fd), path, size);
     if (n <= 0 || (size_t)n >= size || path[0] != '/')
         n = 0;
     path[n] = 0;

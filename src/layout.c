@@ -129,7 +129,8 @@ static int hdr_read(int priv, const uint8_t *hdr, void *dst, size_t len, uint64_
     return prim_mem_read(dst, hdr + off, len) == 0 ? 0 : -EIO;
 }
 
-/* Copy the control page out of the header. */
+/* Copy the control page out of the header. The copy is ours alone: its
+ * futex words (_Atomic in the file) are read from it relaxed. */
 static int ctl_read(int priv, const uint8_t *hdr, struct lay_ctl *c)
 {
     if (hdr_read(priv, hdr, c, sizeof *c, LAY_CTL_OFF) < 0)
@@ -172,8 +173,8 @@ static int table_current(const uint8_t *hdr, uint64_t size, uint32_t *gen,
         struct lay_ctl c;
         if ((err = ctl_read(0, hdr, &c)) < 0)
             break;
-        *gen = c.gen;
-        err = table_read(0, hdr, c.gen, size, t);
+        *gen = rpal_load_relaxed(&c.gen); /* our copy: nobody else writes it */
+        err = table_read(0, hdr, *gen, size, t);
     }
     return err;
 }
@@ -242,7 +243,7 @@ int lay_parse(const uint8_t *hdr, uint64_t size, uint32_t *gen,
     const struct lay_ctl *c = (const struct lay_ctl *)(hdr + LAY_CTL_OFF);
     if (c->magic != LAY_MAGIC)
         return c->magic == LAY_MAGIC_V1 ? -EPROTO : -EBADMSG;
-    uint32_t g = c->gen;
+    uint32_t g = rpal_load_relaxed(&c->gen); /* a copy (lay_read, fuzz) */
     struct lay_table *t = malloc(sizeof *t);
     if (!t)
         return -ENOMEM;
@@ -635,7 +636,7 @@ static int ctl_and_next(struct lay *l, struct lay_ctl *c)
         return -EIO;
     if (c->magic != LAY_MAGIC)
         return -EBADMSG; /* the agent's answer to any corrupt header */
-    if (c->gen != next || t->nobj > LAY_READ_FIRST || table_valid(t, next, l->size) < 0)
+    if (rpal_load_relaxed(&c->gen) != next || t->nobj > LAY_READ_FIRST || table_valid(t, next, l->size) < 0)
         return -EAGAIN;
     return 0;
 }
@@ -653,14 +654,14 @@ static void sync_region(struct lay *l, uint32_t *gen)
         self_detach(l);
         return;
     }
-    *gen = c.gen;
-    if (l->detached || c.gen == l->applied)
+    uint32_t g = rpal_load_relaxed(&c.gen); /* our copy */
+    *gen = g;
+    if (l->detached || g == l->applied)
         return;
     if ((err == 0 || err == -EAGAIN) && listed_detached(l, &c)) {
         self_detach(l);
         return;
     }
-    uint32_t g = c.gen;
     if (err == -EAGAIN) /* not the table we guessed */
         err = table_read(0, l->hdr, g, l->size, l->tmp);
     if (err == -EBADMSG) /* torn by a change: read both again */
@@ -1553,7 +1554,7 @@ static void turn_timed_out(struct lay *l, uint8_t *rw, uint32_t i)
     struct lay_ctl h;
     if (hdr_read(0, rw, &h, CTL_HEAD, LAY_CTL_OFF) < 0 || h.turn_cur % LAY_TURNS != i)
         return;
-    uint32_t w = h.turn[i] & FUTEX_TID_MASK;
+    uint32_t w = rpal_load_relaxed(&h.turn[i]) & FUTEX_TID_MASK; /* our copy */
     if (w && ((uint32_t)h.own_tid != w || turn_stale(&h, w)))
         turn_rotate(l, rw, i, 0);
 }
@@ -1570,7 +1571,8 @@ static int turn_lock(struct lay *l, uint8_t *rw, uint64_t deadline)
         if (hdr_read(0, rw, &h, CTL_HEAD, LAY_CTL_OFF) < 0)
             return -EIO;
         uint32_t i = h.turn_cur % LAY_TURNS;
-        int err = turn_stale(&h, h.turn[i]) ? -ESRCH : prim_futex_lock_pi(turn_word(rw, i), deadline);
+        int err = turn_stale(&h, rpal_load_relaxed(&h.turn[i])) ? -ESRCH
+                  : prim_futex_lock_pi(turn_word(rw, i), deadline);
         if (err == 0) { /* change_begin checks that it is still the current word */
             t_in_change = 1;
             return (int)i;
@@ -1745,7 +1747,7 @@ static int change_begin(struct change *x)
     }
     /* The kernel handed us the turnstile from a holder that died: say so
      * for good, in case we fail before we have looked for what it left. */
-    if (x->turn >= 0 && (x->c.turn[x->turn] & FUTEX_OWNER_DIED) && !x->c.heir) {
+    if (x->turn >= 0 && (rpal_load_relaxed(&x->c.turn[x->turn]) & FUTEX_OWNER_DIED) && !x->c.heir) {
         uint32_t one = 1;
         if ((err = hdr_write(x->rw, &one, sizeof one, CTL_FIELD(heir))) < 0)
             return err;
@@ -1758,7 +1760,7 @@ static int change_begin(struct change *x)
     x->c.own_tid = (int32_t)syscall(SYS_gettid);
     x->c.own_start = prim_self_start();
     x->dirty0 = x->c.dirty;
-    x->g = x->c.gen;
+    x->g = rpal_load_relaxed(&x->c.gen);
     x->g1 = (x->g + 1) & GEN_MASK;
     return table_read(0, x->rw, x->g, l->size, x->old);
 }

@@ -84,7 +84,8 @@ static int store_valid(const struct lay_obj *o)
 }
 
 /* Every field of a table read from the shared file is checked before use
- * (principle 3): a corrupt layout is an error, never a crash. */
+ * (any read-write attacher can write it, and nothing read from another
+ * process is trusted): a corrupt layout is an error, never a crash. */
 static int table_valid(const struct lay_table *t, uint32_t gen, uint64_t size)
 {
     if (t->gen != gen || t->nobj > LAY_OBJ_MAX || t->check != table_check(t))
@@ -729,8 +730,7 @@ static void *agent_main(void *arg)
              * it can be older than one a changer of this process applied
              * meanwhile, and the agent would take this process back to a
              * layout without that change (its own new object PROT_NONE
-             * again: found by `rpal chaos`, sharers changing their ranges at
-             * once). */
+             * again, when sharers change their ranges at once). */
             lay_lock(l);
             sync_region(l, &g);
             int gone = l->detached;

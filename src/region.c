@@ -35,7 +35,8 @@ uint64_t region_hdr_check(const struct region_hdr *h)
 }
 
 /* The header comes from a file anybody with write access may have changed:
- * validate every field before any of it is used (principle 3). */
+ * validate every field before any of it is used (nothing read from another
+ * process is trusted: a bad header is an error, never a crash). */
 int region_hdr_validate(const struct region_hdr *h, uint64_t file_size)
 {
     if (h->magic != REGION_MAGIC)
@@ -281,9 +282,6 @@ static int overlaps(const struct reg_file *f, uint64_t start, uint64_t len,
     return 0;
 }
 
-/* Next-fit in the window, so that a freed range is reused only after the
- * whole window went round: a process that still maps an unlinked region is
- * unlikely to meet its address again. */
 /* The first start at or after C whose data (a granule later) is aligned to
  * ALIGN, a multiple of the granule. */
 static uint64_t align_start(uint64_t c, uint64_t align)
@@ -292,6 +290,10 @@ static uint64_t align_start(uint64_t c, uint64_t align)
     return (c + g + align - 1) / align * align - g;
 }
 
+/* A free range of LEN bytes in the window of the registry F, at *START:
+ * next-fit, so that a freed range is reused only after the whole window
+ * went round: a process that still maps an unlinked region is
+ * unlikely to meet its address again. */
 static int reg_alloc(struct reg_file *f, uint64_t len, uint64_t align,
                      uint64_t *start)
 {
@@ -1111,8 +1113,8 @@ static int ino_in_use(uint64_t ino, void *arg)
 }
 
 /* Lock files of regions that never got their name: create makes the lock
- * file before it links the region, so a creator killed in between left it
- * for good (found by `rpal chaos`). One is removed when no region file has
+ * file before it links the region, so a creator killed in between leaves
+ * it behind, and nothing else would ever remove it. One is removed when no region file has
  * its inode (U, as for huge data files) and no live creator holds a
  * reservation of its name. Run under the registry lock R: a create makes
  * its lock file only after reserving, and settles only after linking, so

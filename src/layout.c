@@ -691,6 +691,25 @@ static void sync_region(struct lay *l, uint32_t *gen)
         prim_futex_wake(&l->ctl->ack, 1, 1);
 }
 
+/* ---- deadlines --------------------------------------------------------------
+ * Deadlines are CLOCK_MONOTONIC nanoseconds (prim_now_ns), so that a clock
+ * set back or forward moves none of them. */
+
+static uint64_t deadline_in(uint64_t ns)
+{
+    return prim_now_ns() + ns;
+}
+
+/* Nanoseconds left until DEADLINE, and at least MIN: 0 once it has passed
+ * (prim_ofd_lock then tries once and says -EAGAIN), 1 where the caller
+ * wants a timeout reported as one (-ETIMEDOUT). */
+static int64_t ns_left(uint64_t deadline, int64_t min)
+{
+    uint64_t now = prim_now_ns();
+    int64_t left = now < deadline ? (int64_t)(deadline - now) : 0;
+    return left > min ? left : min;
+}
+
 /* ---- the agent thread ---------------------------------------------------- */
 
 #define AGENT_WAITV_MAX 127 /* FUTEX_WAITV_MAX is 128, one is the control word */
@@ -798,9 +817,9 @@ static int agent_start(void)
      * new thread up before that, and may allocate for it (AddressSanitizer
      * does), so a fork() meanwhile would copy its allocator locked, and
      * the child's own agent could never start. */
-    uint64_t until = prim_now_ns() + 1000000000;
-    for (uint64_t now; !rpal_load_acquire(&running) && (now = prim_now_ns()) < until;)
-        prim_futex_wait(&running, 0, 0, (int64_t)(until - now));
+    uint64_t until = deadline_in(1000000000);
+    for (int64_t left; !rpal_load_acquire(&running) && (left = ns_left(until, 0)) > 0;)
+        prim_futex_wait(&running, 0, 0, left);
     g_agent.pid = prim_getpid();
     return 0;
 }
@@ -1527,9 +1546,7 @@ static int turn_stale(const struct lay_ctl *h, uint32_t w)
  * the current word any more, and come over. */
 static int turn_rotate(struct lay *l, uint8_t *rw, uint32_t i, uint64_t deadline)
 {
-    uint64_t now = prim_now_ns();
-    int err = prim_ofd_lock(l->lkfd, F_WRLCK, LK_CHANGE, 1,
-                            deadline > now ? (int64_t)(deadline - now) : 0);
+    int err = prim_ofd_lock(l->lkfd, F_WRLCK, LK_CHANGE, 1, ns_left(deadline, 0));
     if (err < 0)
         return err == -EAGAIN ? -ETIMEDOUT : err;
     struct lay_ctl h;
@@ -1723,7 +1740,7 @@ static int change_begin(struct change *x)
     int err = rw_open(l, &x->rw);
     if (err < 0)
         return err;
-    uint64_t deadline = prim_now_ns() + LK_ATTACH_NS + (uint64_t)x->timeout_ms * 1000000;
+    uint64_t deadline = deadline_in(LK_ATTACH_NS + (uint64_t)x->timeout_ms * 1000000);
     for (;;) {
         int t = turn_lock(l, x->rw, deadline);
         if (t < 0 && t != -ENOSYS)
@@ -1731,9 +1748,7 @@ static int change_begin(struct change *x)
         x->turn = t;
         pthread_mutex_lock(&l->chg_mu);
         x->mu = 1;
-        uint64_t now = prim_now_ns();
-        err = prim_ofd_lock(l->lkfd, F_WRLCK, LK_CHANGE, 1,
-                            now < deadline ? (int64_t)(deadline - now) : 1);
+        err = prim_ofd_lock(l->lkfd, F_WRLCK, LK_CHANGE, 1, ns_left(deadline, 1));
         if (err < 0)
             return err;
         x->locked = 1;
@@ -1894,16 +1909,16 @@ static int change_wait(struct change *x)
 {
     if (!x->waiting)
         return 0;
-    uint64_t deadline = prim_now_ns() + (uint64_t)x->timeout_ms * 1000000;
+    uint64_t deadline = deadline_in((uint64_t)x->timeout_ms * 1000000);
     int64_t nap = 100000;
     for (;;) {
         if (!sharers_busy(x))
             return 0;
-        uint64_t now = prim_now_ns();
-        if (now >= deadline)
+        int64_t left = ns_left(deadline, 0);
+        if (left == 0)
             return 1;
-        if ((uint64_t)nap > deadline - now)
-            nap = (int64_t)(deadline - now);
+        if (nap > left)
+            nap = left;
         if (prim_futex_wait(&x->l->ctl->ack, 0, 1, nap) == -EFAULT) /* file cut */
             nanosleep(&(struct timespec){0, (long)nap}, NULL);
         if (nap < 2000000)

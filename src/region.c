@@ -1066,26 +1066,51 @@ static void free_names(char **names, size_t n)
     free(names);
 }
 
+/* The regions of the namespace, by name, and room for one's info: for
+ * foreach and gc. walk_begin: 1, 0 if there is no namespace yet (nothing
+ * to walk), or a negative errno (then nothing is left to free). */
+struct walk {
+    int nsfd;
+    char **names;
+    size_t n;
+    struct rpal_region_info *info;
+};
+
+static void walk_end(struct walk *w)
+{
+    free(w->info);
+    free_names(w->names, w->n);
+    close(w->nsfd);
+}
+
+static int walk_begin(struct walk *w)
+{
+    w->nsfd = ns_open(0);
+    if (w->nsfd < 0)
+        return w->nsfd == -ENOENT ? 0 : w->nsfd;
+    int err = list_names(w->nsfd, &w->names, &w->n);
+    w->info = malloc(sizeof *w->info);
+    if (!w->info)
+        err = -ENOMEM;
+    if (err < 0)
+        walk_end(w);
+    return err < 0 ? err : 1;
+}
+
 int rpal_region_foreach(int (*fn)(const struct rpal_region_info *, void *),
                         void *arg)
 {
     if (!fn)
         return -EINVAL;
-    int nsfd = ns_open(0);
-    if (nsfd < 0)
-        return nsfd == -ENOENT ? 0 : nsfd; /* no namespace yet: no regions */
-    char **names;
-    size_t n;
-    int err = list_names(nsfd, &names, &n);
-    struct rpal_region_info *info = malloc(sizeof *info);
-    if (!info)
-        err = -ENOMEM;
-    for (size_t i = 0; i < n && err == 0; i++)
-        if (stat_at(nsfd, names[i], info) == 0)
-            err = fn(info, arg);
-    free(info);
-    free_names(names, n);
-    close(nsfd);
+    struct walk w;
+    int err = walk_begin(&w);
+    if (err <= 0)
+        return err;
+    err = 0;
+    for (size_t i = 0; i < w.n && err == 0; i++)
+        if (stat_at(w.nsfd, w.names[i], w.info) == 0)
+            err = fn(w.info, arg);
+    walk_end(&w);
     return err;
 }
 
@@ -1250,37 +1275,29 @@ static int gc_reservations(int nsfd, struct reg *r, char **names, size_t n,
 int region_gc(void (*fn)(const char *kind, const char *name, void *arg),
               void *arg)
 {
-    int nsfd = ns_open(0);
-    if (nsfd < 0)
-        return nsfd == -ENOENT ? 0 : nsfd;
-    int removed = 0;
-    char **names;
-    size_t n;
-    int err = list_names(nsfd, &names, &n);
-    struct rpal_region_info *info = malloc(sizeof *info);
-    if (!info)
-        err = -ENOMEM;
+    struct walk w;
+    int err = walk_begin(&w);
+    if (err <= 0)
+        return err;
     /* The inodes of the files that stay: a reservation whose file was
      * renamed behind rpal's back is still in use (gc_entry_stale). */
-    uint64_t *inos = calloc(n ? n : 1, sizeof *inos);
-    if (!inos)
-        err = -ENOMEM;
-    if (err == 0)
-        removed += gc_regions(nsfd, names, n, inos, info, fn, arg);
-    free(info);
-
+    uint64_t *inos = calloc(w.n ? w.n : 1, sizeof *inos);
+    if (!inos) {
+        walk_end(&w);
+        return -ENOMEM;
+    }
+    int removed = gc_regions(w.nsfd, w.names, w.n, inos, w.info, fn, arg);
     struct reg r;
-    if (err == 0 && reg_lock(nsfd, &r) == 0) {
-        removed += gc_reservations(nsfd, &r, names, n, inos, fn, arg);
-        struct gc_use u = {r.f, inos, n};
-        removed += lock_gc(nsfd, &r, &u, fn, arg);
+    if (reg_lock(w.nsfd, &r) == 0) {
+        removed += gc_reservations(w.nsfd, &r, w.names, w.n, inos, fn, arg);
+        struct gc_use u = {r.f, inos, w.n};
+        removed += lock_gc(w.nsfd, &r, &u, fn, arg);
         /* Data files of huge regions that lost their header (removed by
          * someone who could not read it, or by hand). */
-        removed += huge_gc(nsfd, ino_in_use, &u, fn, arg);
+        removed += huge_gc(w.nsfd, ino_in_use, &u, fn, arg);
         reg_unlock(&r);
     }
     free(inos);
-    free_names(names, n);
-    close(nsfd);
-    return err < 0 ? err : removed;
+    walk_end(&w);
+    return removed;
 }

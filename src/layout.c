@@ -244,7 +244,9 @@ int lay_parse(const uint8_t *hdr, uint64_t size, uint32_t *gen,
     const struct lay_ctl *c = (const struct lay_ctl *)(hdr + LAY_CTL_OFF);
     if (c->magic != LAY_MAGIC)
         return c->magic == LAY_MAGIC_V1 ? -EPROTO : -EBADMSG;
-    uint32_t g = rpal_load_relaxed(&c->gen); /* a copy (lay_read, fuzz) */
+    /* Read once; the table's own generation and checksum catch a copy
+     * that is stale or torn. */
+    uint32_t g = rpal_load_relaxed(&c->gen);
     struct lay_table *t = malloc(sizeof *t);
     if (!t)
         return -ENOMEM;
@@ -637,7 +639,8 @@ static int ctl_and_next(struct lay *l, struct lay_ctl *c)
         return -EIO;
     if (c->magic != LAY_MAGIC)
         return -EBADMSG; /* the agent's answer to any corrupt header */
-    if (rpal_load_relaxed(&c->gen) != next || t->nobj > LAY_READ_FIRST || table_valid(t, next, l->size) < 0)
+    if (rpal_load_relaxed(&c->gen) != next || t->nobj > LAY_READ_FIRST ||
+        table_valid(t, next, l->size) < 0)
         return -EAGAIN;
     return 0;
 }

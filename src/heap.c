@@ -1123,22 +1123,21 @@ static int check_small(struct heap *h, uint32_t s, uint64_t v, uint32_t *cached,
 
 /* Quiet times only: with other threads allocating in H, counts move under
  * the checker's feet (thread caches change without a lock). */
-int heap_check(struct heap *h)
-{
-    if (!h)
-        return -EINVAL;
-    int err = check_classes();
-    if (err)
-        return err;
-    lock(&h->tc_lock);
-    for (unsigned c = 0; c < NCLASS; c++)
-        lock(&h->cls[c].lock);
-    lock(&h->page_lock);
+/* What the walk over the spans counted, for the checks of the lists that
+ * must hold exactly those runs and blocks. */
+struct tally {
+    uint32_t cached;            /* blocks of small runs in thread caches */
+    uint32_t partial[NCLASS];   /* small runs with available blocks */
+    uint32_t nruns[NCLASS];     /* small runs */
+    uint32_t nfree;             /* free runs */
+};
 
-    uint32_t cached = 0, partial[NCLASS] = {0}, nruns[NCLASS] = {0}, nfree = 0;
-    uint64_t *hds = NULL;
-    size_t nhds = 0, cap = 0;
-    int prev_free = 0;
+/* Every span up to the bump is covered by exactly one run whose head and
+ * tail agree, and no two free runs are adjacent (they would have been
+ * merged). */
+static int check_spans(struct heap *h, struct tally *t)
+{
+    int err = 0, prev_free = 0;
     uint32_t s = 0;
     if (h->bump > h->nspans)
         err = bad("bump past the end", h->bump, h->nspans);
@@ -1147,9 +1146,9 @@ int heap_check(struct heap *h)
         unsigned kind = info_kind(v);
         uint32_t n = info_val(v);
         if (kind == K_SMALL) {
-            err = check_small(h, s, v, &cached, partial);
+            err = check_small(h, s, v, &t->cached, t->partial);
             n = classes[info_val(v) % NCLASS].nspans;
-            nruns[info_val(v) % NCLASS]++;
+            t->nruns[info_val(v) % NCLASS]++;
         } else if (kind == K_LARGE || kind == K_FREE) {
             if (n == 0 || n > h->bump - s)
                 err = bad("run length", s, n);
@@ -1158,14 +1157,20 @@ int heap_check(struct heap *h)
                 err = bad("run tail", s, n);
             else if (kind == K_FREE && prev_free)
                 err = bad("adjacent free runs", s, n);
-            nfree += kind == K_FREE;
+            t->nfree += kind == K_FREE;
         } else {
             err = bad("span is no run's head", s, v);
         }
         prev_free = kind == K_FREE;
         s += n;
     }
-    /* Free bins: every free run once, in its bin. */
+    return err;
+}
+
+/* Free bins: every free run once, in its bin. */
+static int check_bins(struct heap *h, const struct tally *t)
+{
+    int err = 0;
     uint32_t seen = 0;
     for (unsigned b = 0; !err && b < NBINS; b++) {
         uint32_t prev = NIL;
@@ -1176,17 +1181,23 @@ int heap_check(struct heap *h)
                 err = bad("free bin holds a wrong run", b, r);
             else if (h->meta[r].prev != prev)
                 err = bad("free bin back link", b, r);
-            else if (++seen > nfree)
-                err = bad("free bins hold more runs than exist", seen, nfree);
+            else if (++seen > t->nfree)
+                err = bad("free bins hold more runs than exist", seen, t->nfree);
             prev = r;
         }
     }
-    if (!err && seen != nfree)
-        err = bad("free runs missing from the bins", seen, nfree);
-    /* Partial lists: exactly the small runs with available blocks. */
+    if (!err && seen != t->nfree)
+        err = bad("free runs missing from the bins", seen, t->nfree);
+    return err;
+}
+
+/* Partial lists: exactly the small runs with available blocks. */
+static int check_partial(struct heap *h, const struct tally *t)
+{
+    int err = 0;
     for (unsigned c = 0; !err && c < NCLASS; c++) {
         uint32_t count = 0, prev = NIL;
-        if (nruns[c] != h->cls[c].nruns)
+        if (t->nruns[c] != h->cls[c].nruns)
             err = bad("class run count", c, h->cls[c].nruns);
         for (uint32_t r = h->cls[c].partial; !err && r != NIL;
              r = err ? NIL : h->meta[r].next) {
@@ -1195,63 +1206,98 @@ int heap_check(struct heap *h)
                 err = bad("partial list holds a wrong run", c, r);
             else if (h->meta[r].prev != prev)
                 err = bad("partial list back link", c, r);
-            else if (++count > partial[c])
+            else if (++count > t->partial[c])
                 err = bad("partial list too long", c, count);
             prev = r;
         }
-        if (!err && count != partial[c])
+        if (!err && count != t->partial[c])
             err = bad("partial list misses runs", c, count);
     }
-    /* Thread caches: every cached block neither live nor available, none
-     * twice, and as many as the runs are missing. */
-    for (struct tcache *t = h->tcs; !err && t; t = t->next) {
-        if (t->gen != h->gen)
-            err = bad("thread cache of another heap", t->gen, h->gen);
-        for (unsigned c = 0; !err && c < NCLASS; c++) {
-            uint32_t n = rpal_load_relaxed(&t->bin[c].n);
-            if (n > classes[c].cap) {
-                err = bad("thread cache over capacity", c, n);
-                break;
-            }
-            for (uint32_t i = 0; !err && i < n; i++) {
-                uint64_t hd = rpal_load_relaxed(&t->bin[c].hd[i]);
-                uint32_t r = (uint32_t)(hd >> BI_BITS);
-                uint32_t bi = (uint32_t)(hd & (MAX_BLOCKS - 1));
-                uint64_t v = r < h->bump ? rpal_load_relaxed(&h->info[r]) : 0;
-                if (info_kind(v) != K_SMALL || info_val(v) != c ||
-                    bi >= classes[c].nblocks) {
-                    err = bad("cached block in a wrong run", c, hd);
-                    break;
-                }
-                struct meta *m = &h->meta[r];
-                if ((rpal_load_relaxed(&m->live[bi / 32]) >> (bi % 32)) & 1 ||
-                    (m->avail[bi / 64] >> (bi % 64)) & 1) {
-                    err = bad("cached block is live or available", c, hd);
-                    break;
-                }
-                if (nhds == cap) {
-                    size_t nc = cap ? cap * 2 : 256;
-                    uint64_t *x = realloc(hds, nc * sizeof *x);
-                    if (!x) {
-                        err = -ENOMEM;
-                        break;
-                    }
-                    hds = x;
-                    cap = nc;
-                }
-                hds[nhds++] = hd;
-            }
+    return err;
+}
+
+/* The cached blocks seen so far, to find one cached twice. */
+struct hds {
+    uint64_t *v;
+    size_t n, cap;
+};
+
+/* Bin C of the thread cache T: each block in a small run of class C,
+ * neither live nor available; each added to D. */
+static int check_tcache_bin(struct heap *h, struct tcache *t, unsigned c, struct hds *d)
+{
+    uint32_t n = rpal_load_relaxed(&t->bin[c].n);
+    if (n > classes[c].cap)
+        return bad("thread cache over capacity", c, n);
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t hd = rpal_load_relaxed(&t->bin[c].hd[i]);
+        uint32_t r = (uint32_t)(hd >> BI_BITS);
+        uint32_t bi = (uint32_t)(hd & (MAX_BLOCKS - 1));
+        uint64_t v = r < h->bump ? rpal_load_relaxed(&h->info[r]) : 0;
+        if (info_kind(v) != K_SMALL || info_val(v) != c || bi >= classes[c].nblocks)
+            return bad("cached block in a wrong run", c, hd);
+        struct meta *m = &h->meta[r];
+        if ((rpal_load_relaxed(&m->live[bi / 32]) >> (bi % 32)) & 1 ||
+            (m->avail[bi / 64] >> (bi % 64)) & 1)
+            return bad("cached block is live or available", c, hd);
+        if (d->n == d->cap) {
+            size_t nc = d->cap ? d->cap * 2 : 256;
+            uint64_t *x = realloc(d->v, nc * sizeof *x);
+            if (!x)
+                return -ENOMEM;
+            d->v = x;
+            d->cap = nc;
         }
+        d->v[d->n++] = hd;
     }
-    if (!err && nhds != cached)
-        err = bad("cached blocks do not match the runs", nhds, cached);
-    if (!err && nhds) {
-        qsort(hds, nhds, sizeof *hds, cmp_u64);
-        for (size_t i = 1; !err && i < nhds; i++)
-            if (hds[i] == hds[i - 1])
-                err = bad("block cached twice", hds[i], i);
+    return 0;
+}
+
+/* Thread caches: every cached block neither live nor available, none
+ * twice, and as many as the runs are missing. */
+static int check_tcaches(struct heap *h, const struct tally *t)
+{
+    int err = 0;
+    struct hds d = {0};
+    for (struct tcache *tc = h->tcs; !err && tc; tc = tc->next) {
+        if (tc->gen != h->gen)
+            err = bad("thread cache of another heap", tc->gen, h->gen);
+        for (unsigned c = 0; !err && c < NCLASS; c++)
+            err = check_tcache_bin(h, tc, c, &d);
     }
-    free(hds);
+    if (!err && d.n != t->cached)
+        err = bad("cached blocks do not match the runs", d.n, t->cached);
+    if (!err && d.n) {
+        qsort(d.v, d.n, sizeof *d.v, cmp_u64);
+        for (size_t i = 1; !err && i < d.n; i++)
+            if (d.v[i] == d.v[i - 1])
+                err = bad("block cached twice", d.v[i], i);
+    }
+    free(d.v);
+    return err;
+}
+
+int heap_check(struct heap *h)
+{
+    if (!h)
+        return -EINVAL;
+    int err = check_classes();
+    if (err)
+        return err;
+    /* Every lock, so that no thread changes the structures while they
+     * are walked. */
+    lock(&h->tc_lock);
+    for (unsigned c = 0; c < NCLASS; c++)
+        lock(&h->cls[c].lock);
+    lock(&h->page_lock);
+    struct tally t = {0};
+    err = check_spans(h, &t);
+    if (!err)
+        err = check_bins(h, &t);
+    if (!err)
+        err = check_partial(h, &t);
+    if (!err)
+        err = check_tcaches(h, &t);
     unlock(&h->page_lock);
     for (unsigned c = NCLASS; c-- > 0;)
         unlock(&h->cls[c].lock);

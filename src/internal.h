@@ -166,6 +166,11 @@ RPAL_HIDDEN int prim_mem_write(void *dst, const void *src, size_t len);
 RPAL_HIDDEN int prim_futex_waitv(struct futex_waitv *w, unsigned n,
                                  int64_t timeout_ns);
 
+/* "/proc/self/fd/FD" in BUF (PRIM_FD_PATH bytes), returned: the path by
+ * which the kernel reopens or links the very file FD refers to. */
+#define PRIM_FD_PATH 32
+RPAL_HIDDEN const char *prim_fd_path(char *buf, int fd);
+
 /* ---- layout: the objects inside a region (src/layout.c) ---- */
 
 /* Bytes of the header granule that every attacher maps read-only at
@@ -198,8 +203,25 @@ RPAL_HIDDEN void lay_detach(struct lay *l);
 /* The layout of the region file FD of SIZE data bytes, for listing. */
 RPAL_HIDDEN int lay_read(int fd, uint64_t size, uint32_t *gen,
                          struct rpal_region_object *objs, unsigned max);
-/* The layout state of a handle (region.c). */
-RPAL_HIDDEN struct lay *region_lay(const struct rpal_region *r);
+/* A change of the layout, as rpal_region_map/protect/unmap ask for it:
+ * OP (OP_MAP, OP_PROTECT, OP_UNMAP) over [OFF, OFF + LEN) with PROT; for a
+ * map, FD (-1: anonymous memory) from FOFF. SIDE is the layout's own: where
+ * a new anonymous object's memory lies in the side store (0 from callers). */
+struct lay_op {
+    int op;
+    uint64_t off, len;
+    int prot;
+    int fd;
+    uint64_t foff;
+    uint64_t side;
+};
+struct rpal_region_change;
+/* Apply OP to the layout L for every sharer (the calls' contract is
+ * rpal_region_map(3)): 0 if every live sharer has it on return, the number
+ * of sharers detached (which may not have it), or a negative errno, and
+ * nothing changed. CHG (may be NULL) gives the timeout and gets the counts. */
+RPAL_HIDDEN int lay_change(struct lay *l, const struct lay_op *op,
+                           struct rpal_region_change *chg);
 
 /* ---- region layer services used by the layers below it ---- */
 

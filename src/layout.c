@@ -84,7 +84,8 @@ static int store_valid(const struct lay_obj *o)
 }
 
 /* Every field of a table read from the shared file is checked before use
- * (principle 3): a corrupt layout is an error, never a crash. */
+ * (any read-write attacher can write it, and nothing read from another
+ * process is trusted): a corrupt layout is an error, never a crash. */
 static int table_valid(const struct lay_table *t, uint32_t gen, uint64_t size)
 {
     if (t->gen != gen || t->nobj > LAY_OBJ_MAX || t->check != table_check(t))
@@ -129,7 +130,8 @@ static int hdr_read(int priv, const uint8_t *hdr, void *dst, size_t len, uint64_
     return prim_mem_read(dst, hdr + off, len) == 0 ? 0 : -EIO;
 }
 
-/* Copy the control page out of the header. */
+/* Copy the control page out of the header. The copy is ours alone: its
+ * futex words (_Atomic in the file) are read from it relaxed. */
 static int ctl_read(int priv, const uint8_t *hdr, struct lay_ctl *c)
 {
     if (hdr_read(priv, hdr, c, sizeof *c, LAY_CTL_OFF) < 0)
@@ -172,8 +174,8 @@ static int table_current(const uint8_t *hdr, uint64_t size, uint32_t *gen,
         struct lay_ctl c;
         if ((err = ctl_read(0, hdr, &c)) < 0)
             break;
-        *gen = c.gen;
-        err = table_read(0, hdr, c.gen, size, t);
+        *gen = rpal_load_relaxed(&c.gen); /* our copy: nobody else writes it */
+        err = table_read(0, hdr, *gen, size, t);
     }
     return err;
 }
@@ -242,7 +244,9 @@ int lay_parse(const uint8_t *hdr, uint64_t size, uint32_t *gen,
     const struct lay_ctl *c = (const struct lay_ctl *)(hdr + LAY_CTL_OFF);
     if (c->magic != LAY_MAGIC)
         return c->magic == LAY_MAGIC_V1 ? -EPROTO : -EBADMSG;
-    uint32_t g = c->gen;
+    /* Read once; the table's own generation and checksum catch a copy
+     * that is stale or torn. */
+    uint32_t g = rpal_load_relaxed(&c->gen);
     struct lay_table *t = malloc(sizeof *t);
     if (!t)
         return -ENOMEM;
@@ -635,7 +639,8 @@ static int ctl_and_next(struct lay *l, struct lay_ctl *c)
         return -EIO;
     if (c->magic != LAY_MAGIC)
         return -EBADMSG; /* the agent's answer to any corrupt header */
-    if (c->gen != next || t->nobj > LAY_READ_FIRST || table_valid(t, next, l->size) < 0)
+    if (rpal_load_relaxed(&c->gen) != next || t->nobj > LAY_READ_FIRST ||
+        table_valid(t, next, l->size) < 0)
         return -EAGAIN;
     return 0;
 }
@@ -653,14 +658,14 @@ static void sync_region(struct lay *l, uint32_t *gen)
         self_detach(l);
         return;
     }
-    *gen = c.gen;
-    if (l->detached || c.gen == l->applied)
+    uint32_t g = rpal_load_relaxed(&c.gen); /* our copy */
+    *gen = g;
+    if (l->detached || g == l->applied)
         return;
     if ((err == 0 || err == -EAGAIN) && listed_detached(l, &c)) {
         self_detach(l);
         return;
     }
-    uint32_t g = c.gen;
     if (err == -EAGAIN) /* not the table we guessed */
         err = table_read(0, l->hdr, g, l->size, l->tmp);
     if (err == -EBADMSG) /* torn by a change: read both again */
@@ -687,6 +692,25 @@ static void sync_region(struct lay *l, uint32_t *gen)
      * wait is bounded for that. */
     if (gen_busy(l->lkfd, (g - 1) & GEN_MASK) == 0)
         prim_futex_wake(&l->ctl->ack, 1, 1);
+}
+
+/* ---- deadlines --------------------------------------------------------------
+ * Deadlines are CLOCK_MONOTONIC nanoseconds (prim_now_ns), so that a clock
+ * set back or forward moves none of them. */
+
+static uint64_t deadline_in(uint64_t ns)
+{
+    return prim_now_ns() + ns;
+}
+
+/* Nanoseconds left until DEADLINE, and at least MIN: 0 once it has passed
+ * (prim_ofd_lock then tries once and says -EAGAIN), 1 where the caller
+ * wants a timeout reported as one (-ETIMEDOUT). */
+static int64_t ns_left(uint64_t deadline, int64_t min)
+{
+    uint64_t now = prim_now_ns();
+    int64_t left = now < deadline ? (int64_t)(deadline - now) : 0;
+    return left > min ? left : min;
 }
 
 /* ---- the agent thread ---------------------------------------------------- */
@@ -728,8 +752,7 @@ static void *agent_main(void *arg)
              * it can be older than one a changer of this process applied
              * meanwhile, and the agent would take this process back to a
              * layout without that change (its own new object PROT_NONE
-             * again: found by `rpal chaos`, sharers changing their ranges at
-             * once). */
+             * again, when sharers change their ranges at once). */
             lay_lock(l);
             sync_region(l, &g);
             int gone = l->detached;
@@ -797,9 +820,9 @@ static int agent_start(void)
      * new thread up before that, and may allocate for it (AddressSanitizer
      * does), so a fork() meanwhile would copy its allocator locked, and
      * the child's own agent could never start. */
-    uint64_t until = prim_now_ns() + 1000000000;
-    for (uint64_t now; !rpal_load_acquire(&running) && (now = prim_now_ns()) < until;)
-        prim_futex_wait(&running, 0, 0, (int64_t)(until - now));
+    uint64_t until = deadline_in(1000000000);
+    for (int64_t left; !rpal_load_acquire(&running) && (left = ns_left(until, 0)) > 0;)
+        prim_futex_wait(&running, 0, 0, left);
     g_agent.pid = prim_getpid();
     return 0;
 }
@@ -821,10 +844,9 @@ static void atfork_prepare(void)
     struct fork_hold *h = n ? calloc(n, sizeof *h) : NULL;
     size_t k = 0;
     for (struct lay *l = g_agent.list; h && l && k < n; l = l->next, k++) {
-        char p[64];
-        snprintf(p, sizeof p, "/proc/self/fd/%d", l->lkfd);
+        char p[PRIM_FD_PATH];
         h[k].l = l;
-        h[k].fd = l->detached ? -1 : open(p, O_RDONLY | O_CLOEXEC);
+        h[k].fd = l->detached ? -1 : open(prim_fd_path(p, l->lkfd), O_RDONLY | O_CLOEXEC);
     }
     pthread_mutex_unlock(&g_agent.mu);
     /* Not under g_agent.mu: a change of another process waits for our
@@ -871,9 +893,9 @@ static int fork_register(struct lay *l)
 {
     /* The inherited descriptor shares the parent's description and so its
      * record: take a description of our own, with the same access. */
-    char p[64];
-    snprintf(p, sizeof p, "/proc/self/fd/%d", l->lkfd);
-    int fd = l->detached ? -1 : open(p, (l->lk_rw ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+    char p[PRIM_FD_PATH];
+    int fd = l->detached ? -1 : open(prim_fd_path(p, l->lkfd),
+                                     (l->lk_rw ? O_RDWR : O_RDONLY) | O_CLOEXEC);
     close(l->lkfd);
     l->lkfd = fd;
     l->pid = prim_getpid();
@@ -1118,24 +1140,14 @@ static void merge(struct lay_table *t)
     t->nobj = k;
 }
 
-struct op {
-    int op;
-    uint64_t off, len;
-    int prot;
-    int fd;
-    uint64_t foff;
-    uint64_t side;              /* a new anonymous object's side-store offset */
-};
-
 /* The path by which later attachers can open FD's file (ST): its name if
  * that name still leads to this very file, else "" (a memfd, a deleted or
  * renamed file: /proc shows "/memfd:x (deleted)", "/x (deleted)" or the
  * old name), or if it is too long. */
 static void file_path(int fd, const struct stat *st, char *path, size_t size)
 {
-    char p[64];
-    snprintf(p, sizeof p, "/proc/self/fd/%d", fd);
-    ssize_t n = readlink(p, path, size);
+    char p[PRIM_FD_PATH];
+    ssize_t n = readlink(prim_fd_path(p, fd), path, size);
     if (n <= 0 || (size_t)n >= size || path[0] != '/')
         n = 0;
     path[n] = 0;
@@ -1145,7 +1157,7 @@ static void file_path(int fd, const struct stat *st, char *path, size_t size)
 }
 
 /* The object OP maps: anonymous memory from the side store, or a file. */
-static int new_object(const struct op *op, struct lay_obj *o)
+static int new_object(const struct lay_op *op, struct lay_obj *o)
 {
     memset(o, 0, sizeof *o);
     o->off = op->off;
@@ -1180,7 +1192,7 @@ static int new_object(const struct op *op, struct lay_obj *o)
 }
 
 /* Make T the layout after OP; an error changes nothing that is used. */
-static int edit(struct lay_table *t, const struct op *op)
+static int edit(struct lay_table *t, const struct lay_op *op)
 {
     uint64_t off = op->off, len = op->len;
     int err;
@@ -1537,9 +1549,7 @@ static int turn_stale(const struct lay_ctl *h, uint32_t w)
  * the current word any more, and come over. */
 static int turn_rotate(struct lay *l, uint8_t *rw, uint32_t i, uint64_t deadline)
 {
-    uint64_t now = prim_now_ns();
-    int err = prim_ofd_lock(l->lkfd, F_WRLCK, LK_CHANGE, 1,
-                            deadline > now ? (int64_t)(deadline - now) : 0);
+    int err = prim_ofd_lock(l->lkfd, F_WRLCK, LK_CHANGE, 1, ns_left(deadline, 0));
     if (err < 0)
         return err == -EAGAIN ? -ETIMEDOUT : err;
     struct lay_ctl h;
@@ -1564,7 +1574,7 @@ static void turn_timed_out(struct lay *l, uint8_t *rw, uint32_t i)
     struct lay_ctl h;
     if (hdr_read(0, rw, &h, CTL_HEAD, LAY_CTL_OFF) < 0 || h.turn_cur % LAY_TURNS != i)
         return;
-    uint32_t w = h.turn[i] & FUTEX_TID_MASK;
+    uint32_t w = rpal_load_relaxed(&h.turn[i]) & FUTEX_TID_MASK; /* our copy */
     if (w && ((uint32_t)h.own_tid != w || turn_stale(&h, w)))
         turn_rotate(l, rw, i, 0);
 }
@@ -1581,7 +1591,8 @@ static int turn_lock(struct lay *l, uint8_t *rw, uint64_t deadline)
         if (hdr_read(0, rw, &h, CTL_HEAD, LAY_CTL_OFF) < 0)
             return -EIO;
         uint32_t i = h.turn_cur % LAY_TURNS;
-        int err = turn_stale(&h, h.turn[i]) ? -ESRCH : prim_futex_lock_pi(turn_word(rw, i), deadline);
+        int err = turn_stale(&h, rpal_load_relaxed(&h.turn[i])) ? -ESRCH
+                  : prim_futex_lock_pi(turn_word(rw, i), deadline);
         if (err == 0) { /* change_begin checks that it is still the current word */
             t_in_change = 1;
             return (int)i;
@@ -1611,7 +1622,7 @@ static void turn_unlock(uint8_t *rw, int i)
 
 struct change {
     struct lay *l;
-    struct op op;
+    struct lay_op op;
     int64_t timeout_ms;
     uint8_t *rw;                /* writable duplicate of the header area */
     int turn;                   /* turnstile word held, or -1 */
@@ -1665,7 +1676,7 @@ static int side_take(struct change *x)
     return 0;
 }
 
-static int change_check(const struct lay *l, const struct op *op)
+static int change_check(const struct lay *l, const struct lay_op *op)
 {
     if (!l || (op->prot & ~PROT_ALL) || !op->len || op->off % RPAL_PAGE ||
         op->len % RPAL_PAGE || op->foff % RPAL_PAGE || op->foff > (uint64_t)INT64_MAX)
@@ -1732,7 +1743,7 @@ static int change_begin(struct change *x)
     int err = rw_open(l, &x->rw);
     if (err < 0)
         return err;
-    uint64_t deadline = prim_now_ns() + LK_ATTACH_NS + (uint64_t)x->timeout_ms * 1000000;
+    uint64_t deadline = deadline_in(LK_ATTACH_NS + (uint64_t)x->timeout_ms * 1000000);
     for (;;) {
         int t = turn_lock(l, x->rw, deadline);
         if (t < 0 && t != -ENOSYS)
@@ -1740,9 +1751,7 @@ static int change_begin(struct change *x)
         x->turn = t;
         pthread_mutex_lock(&l->chg_mu);
         x->mu = 1;
-        uint64_t now = prim_now_ns();
-        err = prim_ofd_lock(l->lkfd, F_WRLCK, LK_CHANGE, 1,
-                            now < deadline ? (int64_t)(deadline - now) : 1);
+        err = prim_ofd_lock(l->lkfd, F_WRLCK, LK_CHANGE, 1, ns_left(deadline, 1));
         if (err < 0)
             return err;
         x->locked = 1;
@@ -1756,7 +1765,7 @@ static int change_begin(struct change *x)
     }
     /* The kernel handed us the turnstile from a holder that died: say so
      * for good, in case we fail before we have looked for what it left. */
-    if (x->turn >= 0 && (x->c.turn[x->turn] & FUTEX_OWNER_DIED) && !x->c.heir) {
+    if (x->turn >= 0 && (rpal_load_relaxed(&x->c.turn[x->turn]) & FUTEX_OWNER_DIED) && !x->c.heir) {
         uint32_t one = 1;
         if ((err = hdr_write(x->rw, &one, sizeof one, CTL_FIELD(heir))) < 0)
             return err;
@@ -1769,7 +1778,7 @@ static int change_begin(struct change *x)
     x->c.own_tid = (int32_t)syscall(SYS_gettid);
     x->c.own_start = prim_self_start();
     x->dirty0 = x->c.dirty;
-    x->g = x->c.gen;
+    x->g = rpal_load_relaxed(&x->c.gen);
     x->g1 = (x->g + 1) & GEN_MASK;
     return table_read(0, x->rw, x->g, l->size, x->old);
 }
@@ -1903,16 +1912,16 @@ static int change_wait(struct change *x)
 {
     if (!x->waiting)
         return 0;
-    uint64_t deadline = prim_now_ns() + (uint64_t)x->timeout_ms * 1000000;
+    uint64_t deadline = deadline_in((uint64_t)x->timeout_ms * 1000000);
     int64_t nap = 100000;
     for (;;) {
         if (!sharers_busy(x))
             return 0;
-        uint64_t now = prim_now_ns();
-        if (now >= deadline)
+        int64_t left = ns_left(deadline, 0);
+        if (left == 0)
             return 1;
-        if ((uint64_t)nap > deadline - now)
-            nap = (int64_t)(deadline - now);
+        if (nap > left)
+            nap = left;
         if (prim_futex_wait(&x->l->ctl->ack, 0, 1, nap) == -EFAULT) /* file cut */
             nanosleep(&(struct timespec){0, (long)nap}, NULL);
         if (nap < 2000000)
@@ -2015,14 +2024,9 @@ static void change_end(struct change *x)
     free(x->sharers.v);
 }
 
-/* A layout change: 0 if every live sharer has it when this returns, the
- * number of sharers detached (which may not have it) if not, or a
- * negative errno (nothing changed). */
-static int change(rpal_region *r, const struct op *op, struct rpal_region_change *chg)
+/* A layout change (see internal.h): the steps above, in order. */
+int lay_change(struct lay *l, const struct lay_op *op, struct rpal_region_change *chg)
 {
-    struct lay *l = r ? region_lay(r) : NULL;
-    if (r && !l)
-        return -EOPNOTSUPP; /* a huge region: one object, no layout */
     int err = change_check(l, op);
     if (err < 0)
         return err;
@@ -2048,27 +2052,4 @@ static int change(rpal_region *r, const struct op *op, struct rpal_region_change
     if (chg)
         *chg = x.res;
     return x.res.detached > INT_MAX ? INT_MAX : (int)x.res.detached;
-}
-
-int rpal_region_map(rpal_region *r, uint64_t offset, uint64_t length, int prot,
-                    int fd, uint64_t file_offset, struct rpal_region_change *chg)
-{
-    if (fd < -1 || (fd == -1 && file_offset))
-        return -EINVAL;
-    struct op op = {OP_MAP, offset, length, prot, fd, file_offset, 0};
-    return change(r, &op, chg);
-}
-
-int rpal_region_protect(rpal_region *r, uint64_t offset, uint64_t length, int prot,
-                        struct rpal_region_change *chg)
-{
-    struct op op = {OP_PROTECT, offset, length, prot, -1, 0, 0};
-    return change(r, &op, chg);
-}
-
-int rpal_region_unmap(rpal_region *r, uint64_t offset, uint64_t length,
-                      struct rpal_region_change *chg)
-{
-    struct op op = {OP_UNMAP, offset, length, 0, -1, 0, 0};
-    return change(r, &op, chg);
 }

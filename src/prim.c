@@ -971,3 +971,9 @@ const char *rpal_strerror(int err)
         return err < 0 ? strerror(-err) : "unknown error";
     }
 }
+
+const char *prim_fd_path(char *buf, int fd)
+{
+    snprintf(buf, PRIM_FD_PATH, "/proc/self/fd/%d", fd);
+    return buf;
+}

@@ -35,7 +35,8 @@ uint64_t region_hdr_check(const struct region_hdr *h)
 }
 
 /* The header comes from a file anybody with write access may have changed:
- * validate every field before any of it is used (principle 3). */
+ * validate every field before any of it is used (nothing read from another
+ * process is trusted: a bad header is an error, never a crash). */
 int region_hdr_validate(const struct region_hdr *h, uint64_t file_size)
 {
     if (h->magic != REGION_MAGIC)
@@ -281,9 +282,6 @@ static int overlaps(const struct reg_file *f, uint64_t start, uint64_t len,
     return 0;
 }
 
-/* Next-fit in the window, so that a freed range is reused only after the
- * whole window went round: a process that still maps an unlinked region is
- * unlikely to meet its address again. */
 /* The first start at or after C whose data (a granule later) is aligned to
  * ALIGN, a multiple of the granule. */
 static uint64_t align_start(uint64_t c, uint64_t align)
@@ -292,6 +290,10 @@ static uint64_t align_start(uint64_t c, uint64_t align)
     return (c + g + align - 1) / align * align - g;
 }
 
+/* A free range of LEN bytes in the window of the registry F, at *START:
+ * next-fit, so that a freed range is reused only after the whole window
+ * went round: a process that still maps an unlinked region is
+ * unlikely to meet its address again. */
 static int reg_alloc(struct reg_file *f, uint64_t len, uint64_t align,
                      uint64_t *start)
 {
@@ -401,11 +403,6 @@ struct rpal_region {
     struct lay *lay; /* what is mapped inside (src/layout.c) */
 };
 
-struct lay *region_lay(const rpal_region *r)
-{
-    return r->lay;
-}
-
 static void unmap_region(uint64_t base, uint64_t granule, uint64_t size)
 {
     munmap((void *)(uintptr_t)(base - granule), REGION_HDR_MAP);
@@ -440,15 +437,20 @@ static int map_region(int fd, int dfd, const struct region_hdr *h, int writable)
     return err;
 }
 
+static void region_set(rpal_region *r, const struct region_hdr *h)
+{
+    r->base = h->base;
+    r->size = h->size;
+    r->granule = h->granule;
+    r->flags = h->flags;
+}
+
 static int region_new(const struct region_hdr *h, rpal_region **out)
 {
     rpal_region *r = calloc(1, sizeof *r);
     if (!r)
         return -ENOMEM;
-    r->base = h->base;
-    r->size = h->size;
-    r->granule = h->granule;
-    r->flags = h->flags;
+    region_set(r, h);
     *out = r;
     return 0;
 }
@@ -467,13 +469,15 @@ static void split_name(const char *name, char *dir, const char **leaf)
     }
 }
 
-int rpal_region_create(const char *name, size_t size, unsigned mode,
+/* The arguments of rpal_region_create, checked before anything is opened
+ * (so a bad call touches nothing). *MODE 0 means 0600. */
+static int create_args(const char *name, size_t size, unsigned *mode,
                        unsigned flags, rpal_region **out)
 {
     int err = ns_name_validate(name);
     if (err < 0)
         return err;
-    if (!out || (mode & ~0777u) ||
+    if (!out || (*mode & ~0777u) ||
         (flags & ~(RPAL_REGION_TRANSIENT | RPAL_REGION_EMPTY | RPAL_REGION_HUGE)))
         return -EINVAL;
     /* A huge region is one object over its whole size: no layout (its data
@@ -485,164 +489,209 @@ int rpal_region_create(const char *name, size_t size, unsigned mode,
         return -EINVAL;
     if (size > RPAL_REGION_WINDOW_SIZE - (huge ? RPAL_HUGE_ALIGN : 2 * RPAL_REGION_GRANULE))
         return -EFBIG;
-    if (mode == 0)
-        mode = 0600;
-    if (huge && (err = huge_check_avail(size)) < 0)
-        return err;
+    if (*mode == 0)
+        *mode = 0600;
+    return huge ? huge_check_avail(size) : 0;
+}
 
-    int nsfd = ns_open(1);
-    if (nsfd < 0)
-        return nsfd;
+/* What a create has made so far, so that each step can fail and the end
+ * (create_undo, create_end) gives back exactly what was made. */
+struct create {
+    const char *name, *leaf;
+    uint64_t size;
+    unsigned mode, flags;
+    int huge;
     char dir[RPAL_NAME_MAX + 2];
-    const char *leaf;
-    split_name(name, dir, &leaf);
-    int dfd = nsfd, fd = -1, lkfd = -1, datafd = -1;
-    uint64_t ino = 0;
+    int nsfd, dfd, fd, lkfd, datafd;
+    size_t made;             /* parent directories made (SIZE_MAX: none) */
+    uint64_t base, ino;      /* ino != 0: the lock file exists */
+    unsigned slot;           /* our reservation in the registry */
     struct huge_ext x;
-    size_t made = SIZE_MAX;
-    uint64_t base = 0;
-    unsigned slot = 0;
-    struct region_hdr h = {0};
+    struct region_hdr h;
     struct stat st;
-    rpal_region *r = NULL;
+    rpal_region *r;
+};
 
-    /* Every check that can refuse comes before anything is changed, so that
-     * a refused create leaves the namespace as it was. Parent directories
-     * grant others only read and search: write stays with the owner, or
-     * anyone could replace the regions inside. */
-    if (strcmp(dir, ".")) {
-        unsigned dmode = 0700 | (mode & 0044) | ((mode & 0044) >> 2);
-        err = prim_mkdirs_beneath(nsfd, dir, dmode, &made);
-        if (err == 0 && (dfd = prim_open_beneath(nsfd, dir, O_PATH | O_DIRECTORY, 0)) < 0)
-            err = dfd;
+/* The parent directories (made if missing), and the name still free.
+ * Every check that can refuse comes before anything is changed, so that
+ * a refused create leaves the namespace as it was. Parent directories
+ * grant others only read and search: write stays with the owner, or
+ * anyone could replace the regions inside. */
+static int create_dir(struct create *c)
+{
+    if (strcmp(c->dir, ".")) {
+        unsigned dmode = 0700 | (c->mode & 0044) | ((c->mode & 0044) >> 2);
+        int err = prim_mkdirs_beneath(c->nsfd, c->dir, dmode, &c->made);
+        if (err == 0 && (c->dfd = prim_open_beneath(c->nsfd, c->dir,
+                                                    O_PATH | O_DIRECTORY, 0)) < 0)
+            err = c->dfd;
         if (err < 0) {
-            dfd = nsfd;
-            goto out;
+            c->dfd = c->nsfd;
+            return err;
         }
     }
-    if (fstatat(dfd, leaf, &st, AT_SYMLINK_NOFOLLOW) == 0) {
-        err = -EEXIST;
-        goto out;
-    }
-    if (errno != ENOENT) {
-        err = -errno;
-        goto out;
-    }
-    /* The file is built unnamed (O_TMPFILE) and linked under its name only
-     * when complete: nobody ever sees half a region, and a creator killed
-     * half-way leaves no file behind. */
-    fd = prim_open_beneath(dfd, ".", O_TMPFILE | O_RDWR, mode);
-    if (fd < 0) {
-        err = fd == -EISDIR ? -EOPNOTSUPP : fd; /* no O_TMPFILE there */
-        goto out;
-    }
-    if (!(r = calloc(1, sizeof *r))) {
-        err = -ENOMEM;
-        goto out;
-    }
-    err = reg_reserve(nsfd, name, size, huge ? RPAL_HUGE_ALIGN : RPAL_REGION_GRANULE,
-                      &base, &slot);
+    if (fstatat(c->dfd, c->leaf, &c->st, AT_SYMLINK_NOFOLLOW) == 0)
+        return -EEXIST;
+    return errno != ENOENT ? -errno : 0;
+}
+
+/* The unnamed file, the handle and the address. The file is built unnamed
+ * (O_TMPFILE) and linked under its name only when complete: nobody ever
+ * sees half a region, and a creator killed half-way leaves no file behind.
+ * 1 once the address is reserved (from then on, failures give it back). */
+static int create_reserve(struct create *c)
+{
+    c->fd = prim_open_beneath(c->dfd, ".", O_TMPFILE | O_RDWR, c->mode);
+    if (c->fd < 0)
+        return c->fd == -EISDIR ? -EOPNOTSUPP : c->fd; /* no O_TMPFILE there */
+    if (!(c->r = calloc(1, sizeof *c->r)))
+        return -ENOMEM;
+    int err = reg_reserve(c->nsfd, c->name, c->size,
+                          c->huge ? RPAL_HUGE_ALIGN : RPAL_REGION_GRANULE,
+                          &c->base, &c->slot);
     if (err < 0)
-        goto out;
+        return err;
     if (rpal__hook_create_reserved)
         rpal__hook_create_reserved();
-    if (huge) {
-        if (fstat(fd, &st) < 0)
-            err = -errno;
-        else if ((datafd = huge_create(nsfd, st.st_ino, size, mode, &x)) < 0)
-            err = datafd;
-        if (err < 0)
-            goto out_release;
-    }
+    return 1;
+}
 
-    h.magic = REGION_MAGIC;
-    h.version = REGION_VERSION;
-    h.hdr_size = sizeof h;
-    h.granule = RPAL_REGION_GRANULE;
-    h.base = base;
-    h.size = size;
-    h.flags = flags & (RPAL_REGION_TRANSIENT | RPAL_REGION_HUGE);
-    h.creator_pid = getpid();
-    h.creator_uid = getuid();
-    h.creator_start = prim_self_start();
-    h.created_ns = prim_now_realtime_ns();
-    h.check = region_hdr_check(&h);
+static void create_hdr(struct create *c)
+{
+    struct region_hdr *h = &c->h;
+    memset(h, 0, sizeof *h); /* written whole, padding too */
+    h->magic = REGION_MAGIC;
+    h->version = REGION_VERSION;
+    h->hdr_size = sizeof *h;
+    h->granule = RPAL_REGION_GRANULE;
+    h->base = c->base;
+    h->size = c->size;
+    h->flags = c->flags & (RPAL_REGION_TRANSIENT | RPAL_REGION_HUGE);
+    h->creator_pid = getpid();
+    h->creator_uid = getuid();
+    h->creator_start = prim_self_start();
+    h->created_ns = prim_now_realtime_ns();
+    h->check = region_hdr_check(h);
+}
 
-    if (fchmod(fd, mode) < 0 ||
-        ftruncate(fd, (off_t)(h.granule + (huge ? 0 : size))) < 0 || fstat(fd, &st) < 0) {
-        err = -errno;
-        goto out_release;
+/* The file's contents: a huge region's data file, the header (and the
+ * huge extension), the layout and its lock file. */
+static int create_fill(struct create *c)
+{
+    int err = 0;
+    if (c->huge) {
+        if (fstat(c->fd, &c->st) < 0)
+            return -errno;
+        if ((c->datafd = huge_create(c->nsfd, c->st.st_ino, c->size, c->mode, &c->x)) < 0)
+            return c->datafd;
     }
-    ssize_t w = pwrite(fd, &h, sizeof h, 0);
-    if (w == (ssize_t)sizeof h && huge) {
-        huge_seal(&x, h.check);
-        w = pwrite(fd, &x, sizeof x, HUGE_EXT_OFF) == (ssize_t)sizeof x ? w : -1;
+    create_hdr(c);
+    if (fchmod(c->fd, c->mode) < 0 ||
+        ftruncate(c->fd, (off_t)(c->h.granule + (c->huge ? 0 : c->size))) < 0 ||
+        fstat(c->fd, &c->st) < 0)
+        return -errno;
+    ssize_t w = pwrite(c->fd, &c->h, sizeof c->h, 0);
+    if (w == (ssize_t)sizeof c->h && c->huge) {
+        huge_seal(&c->x, c->h.check);
+        w = pwrite(c->fd, &c->x, sizeof c->x, HUGE_EXT_OFF) == (ssize_t)sizeof c->x ? w : -1;
     }
-    if (w != (ssize_t)sizeof h) {
-        err = w < 0 ? -errno : -EIO;
-        goto out_release;
-    }
-    if (!huge) {
-        if ((err = lay_init(fd, size, !!(flags & RPAL_REGION_EMPTY))) < 0)
-            goto out_release;
-        /* The lock file is named after the inode, so it exists before the
-         * region has a name and no attacher can come without it. */
-        ino = (uint64_t)st.st_ino;
-        if ((lkfd = lay_lock_open(nsfd, name, ino, mode & 0666, 1)) < 0) {
-            err = lkfd;
-            goto out_release;
-        }
-    }
-    err = map_region(fd, huge ? datafd : fd, &h, 1);
+    if (w != (ssize_t)sizeof c->h)
+        return w < 0 ? -errno : -EIO;
+    if (c->huge)
+        return 0;
+    if ((err = lay_init(c->fd, c->size, !!(c->flags & RPAL_REGION_EMPTY))) < 0)
+        return err;
+    /* The lock file is named after the inode, so it exists before the
+     * region has a name and no attacher can come without it. */
+    c->ino = (uint64_t)c->st.st_ino;
+    if ((c->lkfd = lay_lock_open(c->nsfd, c->name, c->ino, c->mode & 0666, 1)) < 0)
+        return c->lkfd;
+    return 0;
+}
+
+/* Mapped at its address, following its layout, and linked under its name. */
+static int create_publish(struct create *c)
+{
+    const struct region_hdr *h = &c->h;
+    int err = map_region(c->fd, c->huge ? c->datafd : c->fd, h, 1);
     if (err < 0)
-        goto out_release;
-    if (!huge)
-        err = lay_attach(fd, lkfd, h.base, h.size, h.granule, 0, &r->lay);
-    lkfd = -1; /* taken over */
+        return err;
+    if (!c->huge)
+        err = lay_attach(c->fd, c->lkfd, h->base, h->size, h->granule, 0, &c->r->lay);
+    c->lkfd = -1; /* taken over */
     if (err != 0) {
-        err = err < 0 ? err : -EIO;
-        unmap_region(base, h.granule, size);
-        goto out_release;
+        unmap_region(c->base, h->granule, c->size);
+        return err < 0 ? err : -EIO;
     }
-
-    char proc[64];
-    snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+    char proc[PRIM_FD_PATH];
     /* linkat fails with EEXIST if the name exists: exclusive creation, also
-     * against a racer that passed the check above at the same time. */
-    if (linkat(AT_FDCWD, proc, dfd, leaf, AT_SYMLINK_FOLLOW) < 0 || fstat(fd, &st) < 0) {
+     * against a racer that passed the check in create_dir at the same time. */
+    if (linkat(AT_FDCWD, prim_fd_path(proc, c->fd), c->dfd, c->leaf, AT_SYMLINK_FOLLOW) < 0 ||
+        fstat(c->fd, &c->st) < 0) {
         err = -errno;
-        lay_detach(r->lay);
-        unmap_region(base, h.granule, size);
-        goto out_release;
+        lay_detach(c->r->lay);
+        unmap_region(c->base, h->granule, c->size);
+        return err;
     }
-    reg_settle(nsfd, slot, base, st.st_ino);
-    r->base = h.base;
-    r->size = h.size;
-    r->granule = h.granule;
-    r->flags = h.flags;
-    *out = r;
-    r = NULL;
-    goto out;
+    reg_settle(c->nsfd, c->slot, c->base, c->st.st_ino);
+    return 0;
+}
 
-out_release:
-    reg_settle(nsfd, slot, base, 0);
-    if (ino)
-        lay_lock_unlink(dfd, leaf, ino);
-    if (datafd >= 0)
-        huge_remove(&x);
-out:
-    if (lkfd >= 0)
-        close(lkfd);
-    if (datafd >= 0)
-        close(datafd);
-    if (err < 0 && made != SIZE_MAX)
-        prim_rmdirs_beneath(nsfd, dir, made);
-    if (fd >= 0)
-        close(fd);
-    if (dfd != nsfd)
-        close(dfd);
-    close(nsfd);
-    free(r);
+/* A failed create after the reservation: the address, the lock file and
+ * the huge data file given back. */
+static void create_undo(struct create *c)
+{
+    reg_settle(c->nsfd, c->slot, c->base, 0);
+    if (c->ino)
+        lay_lock_unlink(c->dfd, c->leaf, c->ino);
+    if (c->datafd >= 0)
+        huge_remove(&c->x);
+}
+
+/* Descriptors closed; on failure, the parent directories we made removed. */
+static void create_end(struct create *c, int err)
+{
+    if (c->lkfd >= 0)
+        close(c->lkfd);
+    if (c->datafd >= 0)
+        close(c->datafd);
+    if (err < 0 && c->made != SIZE_MAX)
+        prim_rmdirs_beneath(c->nsfd, c->dir, c->made);
+    if (c->fd >= 0)
+        close(c->fd);
+    if (c->dfd != c->nsfd)
+        close(c->dfd);
+    close(c->nsfd);
+    free(c->r);
+}
+
+int rpal_region_create(const char *name, size_t size, unsigned mode,
+                       unsigned flags, rpal_region **out)
+{
+    int err = create_args(name, size, &mode, flags, out);
+    if (err < 0)
+        return err;
+    struct create c = {.name = name, .size = size, .mode = mode, .flags = flags,
+                       .huge = !!(flags & RPAL_REGION_HUGE), .fd = -1, .lkfd = -1,
+                       .datafd = -1, .made = SIZE_MAX};
+    if ((c.nsfd = ns_open(1)) < 0)
+        return c.nsfd;
+    c.dfd = c.nsfd;
+    split_name(name, c.dir, &c.leaf);
+    err = create_dir(&c);
+    if (err == 0 && (err = create_reserve(&c)) > 0) {
+        err = create_fill(&c);
+        if (err == 0)
+            err = create_publish(&c);
+        if (err < 0)
+            create_undo(&c);
+    }
+    if (err == 0) {
+        region_set(c.r, &c.h);
+        *out = c.r;
+        c.r = NULL;
+    }
+    create_end(&c, err);
     return err;
 }
 
@@ -871,6 +920,41 @@ int rpal_region_stat(const char *name, struct rpal_region_info *info)
     return err;
 }
 
+/* ---- objects inside a region: the calls, over the layout (layout.c) ---- */
+
+static int region_change(rpal_region *r, const struct lay_op *op,
+                         struct rpal_region_change *chg)
+{
+    if (!r)
+        return -EINVAL;
+    if (!r->lay)
+        return -EOPNOTSUPP; /* a huge region: one object, no layout */
+    return lay_change(r->lay, op, chg);
+}
+
+int rpal_region_map(rpal_region *r, uint64_t offset, uint64_t length, int prot,
+                    int fd, uint64_t file_offset, struct rpal_region_change *chg)
+{
+    if (fd < -1 || (fd == -1 && file_offset))
+        return -EINVAL;
+    struct lay_op op = {OP_MAP, offset, length, prot, fd, file_offset, 0};
+    return region_change(r, &op, chg);
+}
+
+int rpal_region_protect(rpal_region *r, uint64_t offset, uint64_t length, int prot,
+                        struct rpal_region_change *chg)
+{
+    struct lay_op op = {OP_PROTECT, offset, length, prot, -1, 0, 0};
+    return region_change(r, &op, chg);
+}
+
+int rpal_region_unmap(rpal_region *r, uint64_t offset, uint64_t length,
+                      struct rpal_region_change *chg)
+{
+    struct lay_op op = {OP_UNMAP, offset, length, 0, -1, 0, 0};
+    return region_change(r, &op, chg);
+}
+
 int rpal_region_layout(const char *name, uint32_t *generation,
                        struct rpal_region_object *objs, unsigned max)
 {
@@ -982,26 +1066,51 @@ static void free_names(char **names, size_t n)
     free(names);
 }
 
+/* The regions of the namespace, by name, and room for one's info: for
+ * foreach and gc. walk_begin: 1, 0 if there is no namespace yet (nothing
+ * to walk), or a negative errno (then nothing is left to free). */
+struct walk {
+    int nsfd;
+    char **names;
+    size_t n;
+    struct rpal_region_info *info;
+};
+
+static void walk_end(struct walk *w)
+{
+    free(w->info);
+    free_names(w->names, w->n);
+    close(w->nsfd);
+}
+
+static int walk_begin(struct walk *w)
+{
+    w->nsfd = ns_open(0);
+    if (w->nsfd < 0)
+        return w->nsfd == -ENOENT ? 0 : w->nsfd;
+    int err = list_names(w->nsfd, &w->names, &w->n);
+    w->info = malloc(sizeof *w->info);
+    if (!w->info)
+        err = -ENOMEM;
+    if (err < 0)
+        walk_end(w);
+    return err < 0 ? err : 1;
+}
+
 int rpal_region_foreach(int (*fn)(const struct rpal_region_info *, void *),
                         void *arg)
 {
     if (!fn)
         return -EINVAL;
-    int nsfd = ns_open(0);
-    if (nsfd < 0)
-        return nsfd == -ENOENT ? 0 : nsfd; /* no namespace yet: no regions */
-    char **names;
-    size_t n;
-    int err = list_names(nsfd, &names, &n);
-    struct rpal_region_info *info = malloc(sizeof *info);
-    if (!info)
-        err = -ENOMEM;
-    for (size_t i = 0; i < n && err == 0; i++)
-        if (stat_at(nsfd, names[i], info) == 0)
-            err = fn(info, arg);
-    free(info);
-    free_names(names, n);
-    close(nsfd);
+    struct walk w;
+    int err = walk_begin(&w);
+    if (err <= 0)
+        return err;
+    err = 0;
+    for (size_t i = 0; i < w.n && err == 0; i++)
+        if (stat_at(w.nsfd, w.names[i], w.info) == 0)
+            err = fn(w.info, arg);
+    walk_end(&w);
     return err;
 }
 
@@ -1029,8 +1138,8 @@ static int ino_in_use(uint64_t ino, void *arg)
 }
 
 /* Lock files of regions that never got their name: create makes the lock
- * file before it links the region, so a creator killed in between left it
- * for good (found by `rpal chaos`). One is removed when no region file has
+ * file before it links the region, so a creator killed in between leaves
+ * it behind, and nothing else would ever remove it. One is removed when no region file has
  * its inode (U, as for huge data files) and no live creator holds a
  * reservation of its name. Run under the registry lock R: a create makes
  * its lock file only after reserving, and settles only after linking, so
@@ -1084,25 +1193,15 @@ static int lock_gc(int nsfd, struct reg *r, struct gc_use *u,
     return removed;
 }
 
-int region_gc(void (*fn)(const char *kind, const char *name, void *arg),
-              void *arg)
+/* gc, first pass: the transient regions whose creator is gone and that
+ * nobody has attached, unlinked. INOS[i] gets the inode of NAMES[i] if it
+ * stays (0 if it was removed). Returns how many were removed. */
+static int gc_regions(int nsfd, char **names, size_t n, uint64_t *inos,
+                      struct rpal_region_info *info,
+                      void (*fn)(const char *kind, const char *name, void *arg), void *arg)
 {
-    int nsfd = ns_open(0);
-    if (nsfd < 0)
-        return nsfd == -ENOENT ? 0 : nsfd;
     int removed = 0;
-    char **names;
-    size_t n;
-    int err = list_names(nsfd, &names, &n);
-    struct rpal_region_info *info = malloc(sizeof *info);
-    if (!info)
-        err = -ENOMEM;
-    /* The inodes of the files that stay: a reservation whose file was
-     * renamed behind rpal's back is still in use (below). */
-    uint64_t *inos = calloc(n ? n : 1, sizeof *inos);
-    if (!inos)
-        err = -ENOMEM;
-    for (size_t i = 0; i < n && err == 0; i++) {
+    for (size_t i = 0; i < n; i++) {
         struct stat st;
         if (fstatat(nsfd, names[i], &st, AT_SYMLINK_NOFOLLOW) == 0)
             inos[i] = st.st_ino;
@@ -1118,52 +1217,87 @@ int region_gc(void (*fn)(const char *kind, const char *name, void *arg),
                 fn("region", names[i], arg);
         }
     }
-    free(info);
+    return removed;
+}
 
-    struct reg r;
-    if (err == 0 && reg_lock(nsfd, &r) == 0) {
-        for (unsigned i = 0; i < reg_used(r.f); i++) {
-            struct reg_entry *e = &r.f->e[i];
-            if (e->state == REG_FREE)
-                continue;
-            int stale = !entry_valid(e);
-            if (!stale && e->state == REG_RESERVED)
-                stale = !prim_proc_alive(e->pid, e->pid_start);
-            if (!stale && e->state == REG_LIVE) {
-                struct stat st;
-                int fd = prim_open_beneath(nsfd, e->name, O_PATH, 0);
-                if (fd >= 0) {
-                    stale = fstat(fd, &st) == 0 && st.st_ino != e->ino;
-                    close(fd);
-                } else {
-                    stale = fd == -ENOENT;
-                }
-                for (size_t k = 0; stale && k < n; k++)
-                    if (inos[k] == e->ino) { /* renamed: follow the file */
-                        snprintf(e->name, sizeof e->name, "%s", names[k]);
-                        stale = 0;
-                    }
-            }
-            if (!stale)
-                continue;
-            char what[sizeof e->name + 32];
-            snprintf(what, sizeof what, "%.*s (0x%llx)", (int)RPAL_NAME_MAX,
-                     entry_valid(e) ? e->name : "corrupt entry",
-                     (unsigned long long)e->base);
-            memset(e, 0, sizeof *e);
-            removed++;
-            if (fn)
-                fn("reservation", what, arg);
+/* Whether the registry entry E no longer stands for anything: corrupt, a
+ * reservation of a dead creator, or a live region whose file is gone. A
+ * live region's file renamed behind rpal's back (its inode among the N
+ * INOS of NAMES) is still in use: E follows it to its new name. */
+static int gc_entry_stale(int nsfd, struct reg_entry *e, char **names, size_t n,
+                          const uint64_t *inos)
+{
+    if (!entry_valid(e))
+        return 1;
+    if (e->state == REG_RESERVED)
+        return !prim_proc_alive(e->pid, e->pid_start);
+    if (e->state != REG_LIVE)
+        return 0;
+    struct stat st;
+    int stale, fd = prim_open_beneath(nsfd, e->name, O_PATH, 0);
+    if (fd >= 0) {
+        stale = fstat(fd, &st) == 0 && st.st_ino != e->ino;
+        close(fd);
+    } else {
+        stale = fd == -ENOENT;
+    }
+    for (size_t k = 0; stale && k < n; k++)
+        if (inos[k] == e->ino) { /* renamed: follow the file */
+            snprintf(e->name, sizeof e->name, "%s", names[k]);
+            stale = 0;
         }
-        struct gc_use u = {r.f, inos, n};
-        removed += lock_gc(nsfd, &r, &u, fn, arg);
+    return stale;
+}
+
+/* gc, second pass (registry locked): stale reservations freed. */
+static int gc_reservations(int nsfd, struct reg *r, char **names, size_t n,
+                           const uint64_t *inos,
+                           void (*fn)(const char *kind, const char *name, void *arg),
+                           void *arg)
+{
+    int removed = 0;
+    for (unsigned i = 0; i < reg_used(r->f); i++) {
+        struct reg_entry *e = &r->f->e[i];
+        if (e->state == REG_FREE || !gc_entry_stale(nsfd, e, names, n, inos))
+            continue;
+        char what[sizeof e->name + 32];
+        snprintf(what, sizeof what, "%.*s (0x%llx)", (int)RPAL_NAME_MAX,
+                 entry_valid(e) ? e->name : "corrupt entry",
+                 (unsigned long long)e->base);
+        memset(e, 0, sizeof *e);
+        removed++;
+        if (fn)
+            fn("reservation", what, arg);
+    }
+    return removed;
+}
+
+int region_gc(void (*fn)(const char *kind, const char *name, void *arg),
+              void *arg)
+{
+    struct walk w;
+    int err = walk_begin(&w);
+    if (err <= 0)
+        return err;
+    /* The inodes of the files that stay: a reservation whose file was
+     * renamed behind rpal's back is still in use (gc_entry_stale). */
+    uint64_t *inos = calloc(w.n ? w.n : 1, sizeof *inos);
+    if (!inos) {
+        walk_end(&w);
+        return -ENOMEM;
+    }
+    int removed = gc_regions(w.nsfd, w.names, w.n, inos, w.info, fn, arg);
+    struct reg r;
+    if (reg_lock(w.nsfd, &r) == 0) {
+        removed += gc_reservations(w.nsfd, &r, w.names, w.n, inos, fn, arg);
+        struct gc_use u = {r.f, inos, w.n};
+        removed += lock_gc(w.nsfd, &r, &u, fn, arg);
         /* Data files of huge regions that lost their header (removed by
          * someone who could not read it, or by hand). */
-        removed += huge_gc(nsfd, ino_in_use, &u, fn, arg);
+        removed += huge_gc(w.nsfd, ino_in_use, &u, fn, arg);
         reg_unlock(&r);
     }
     free(inos);
-    free_names(names, n);
-    close(nsfd);
-    return err < 0 ? err : removed;
+    walk_end(&w);
+    return removed;
 }

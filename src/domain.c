@@ -116,8 +116,8 @@ static int dom_open_dir(const char *name, uint64_t want_size, int *dirfd,
     if (mfd == -ENOENT) {
         int tfd = prim_open_beneath(fd, ".", O_TMPFILE | O_RDWR, 0644);
         if (tfd >= 0) {
-            char proc[64];
-            snprintf(proc, sizeof proc, "/proc/self/fd/%d", tfd);
+            char proc[PRIM_FD_PATH];
+            prim_fd_path(proc, tfd);
             if (fchmod(tfd, 0644) == 0 &&
                 pwrite(tfd, &mine, sizeof mine, 0) == (ssize_t)sizeof mine)
                 (void)linkat(AT_FDCWD, proc, fd, "meta", AT_SYMLINK_FOLLOW);

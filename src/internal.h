@@ -81,11 +81,10 @@ RPAL_HIDDEN int prim_maps_scan(void (*fn)(pid_t pid, uint64_t dev,
                                           uint64_t ino, void *arg),
                                void *arg);
 
-/* "/proc/self/fd/FD": how a descriptor is named to a call that takes a path
- * (connect, reopen with other flags, readlink) without following a name
- * that could be swapped meanwhile. */
+/* "/proc/self/fd/FD" in BUF (PRIM_FD_PATH bytes), returned: the path by
+ * which the kernel reopens or links the very file FD refers to. */
 #define PRIM_FD_PATH 32
-RPAL_HIDDEN void prim_fd_path(char buf[PRIM_FD_PATH], int fd);
+RPAL_HIDDEN const char *prim_fd_path(char *buf, int fd);
 /* The socket FILE beneath DIRFD as an O_PATH descriptor (its /proc path in
  * PROC), refusing a symlink at its name (-ELOOP) and anything that is not
  * a socket (-ENOENT); and connect(2) SOCK to it that way. */
@@ -165,11 +164,6 @@ RPAL_HIDDEN int prim_mem_write(void *dst, const void *src, size_t len);
 /* Wait on several words at once (Linux 5.16+): index woken, or -errno. */
 RPAL_HIDDEN int prim_futex_waitv(struct futex_waitv *w, unsigned n,
                                  int64_t timeout_ns);
-
-/* "/proc/self/fd/FD" in BUF (PRIM_FD_PATH bytes), returned: the path by
- * which the kernel reopens or links the very file FD refers to. */
-#define PRIM_FD_PATH 32
-RPAL_HIDDEN const char *prim_fd_path(char *buf, int fd);
 
 /* ---- layout: the objects inside a region (src/layout.c) ---- */
 

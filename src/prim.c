@@ -380,11 +380,6 @@ static int walk_beneath(int dirfd, const char *path, int flags, unsigned mode)
     return err;
 }
 
-void prim_fd_path(char buf[PRIM_FD_PATH], int fd)
-{
-    snprintf(buf, PRIM_FD_PATH, "/proc/self/fd/%d", fd);
-}
-
 int prim_open_beneath(int dirfd, const char *path, int flags,
                       unsigned create_mode)
 {

@@ -459,6 +459,8 @@ int rpal_send(rpal_chan *c, const void *req, size_t len, uint64_t tag)
         return -EINVAL;
     if (dom_check(c->peer->d) < 0)
         return -ECHILD; /* a forked child: our slot is not mapped here */
+    if (len > UINT32_MAX)
+        return -EMSGSIZE; /* an entry's length is 32 bits */
     if (c->sent - c->done >= c->depth)
         return -EAGAIN;
     uint32_t i = c->sent & (c->depth - 1);
@@ -466,8 +468,6 @@ int rpal_send(rpal_chan *c, const void *req, size_t len, uint64_t tag)
     int err;
     e->tag = tag;
     e->len = (uint32_t)len;
-    if (len > UINT32_MAX)
-        return -EMSGSIZE;
     if (c->ndeferred)
         staging_reclaim(c);
     /* pairs with the release store of ack[] in rpal_reply */

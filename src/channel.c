@@ -124,7 +124,7 @@ struct rpal_receiver {
     int nsnap;
     uint32_t snap_bell;
     int snap_valid;
-    uint32_t cpu;   /* 1 + our CPU as published in every channel's ring */
+    _Atomic uint32_t cpu; /* 1 + our CPU as published in every channel's ring */
     unsigned nosys; /* rpal_serve: requests since the domain's set was looked at */
     /* rpal_serve sleeps in the domain's epoll set: callers of our user wake
      * it by writing this eventfd (handed to them when their channel opens),
@@ -242,7 +242,7 @@ int rpal_chan_open(rpal_peer *peer, const struct rpal_chan_opts *opts,
     int err = dom_check(d);
     if (err < 0)
         return err;
-    if (peer->gone)
+    if (rpal_load_acquire(&peer->gone)) /* pairs with the store in service.c's peer_gone */
         return peer->reason ? peer->reason : -ESHUTDOWN;
     rpal_chan *c = calloc(1, sizeof *c);
     if (!c)
@@ -488,7 +488,7 @@ int rpal_send(rpal_chan *c, const void *req, size_t len, uint64_t tag)
         c->staging_seq[i] = SEQ_WANT(c->sent + 1);
     }
     /* The entry's seqf last: pairs with the receiver's acquire of it. */
-    __atomic_store_n(&e->seqf, SEQF(c->sent + 1, (uint32_t)kind), __ATOMIC_RELEASE);
+    rpal_plain_store_release(&e->seqf, SEQF(c->sent + 1, (uint32_t)kind));
     c->sent++;
     /* An entry a few ahead, which the receiver read a lap ago: ours before
      * we write it (not the next one: the receiver polls that). */
@@ -531,7 +531,7 @@ static int chan_wait(rpal_chan *c, const struct ch_entry *slot, uint32_t want, i
     uint64_t limit = timeout_ms < 0 ? UINT64_MAX : (uint64_t)timeout_ms * 1000000;
     for (unsigned slow = 0;;) {
         /* pairs with the release store of seqf in rpal_reply */
-        if (SEQ_OF(__atomic_load_n(&slot->seqf, __ATOMIC_ACQUIRE)) == want)
+        if (SEQ_OF(rpal_plain_load_acquire(&slot->seqf)) == want)
             break;
         int step = wt_pause(&w);
         if (step == 0)
@@ -543,7 +543,7 @@ static int chan_wait(rpal_chan *c, const struct ch_entry *slot, uint32_t want, i
             uint32_t t = rpal_load_relaxed(&c->rx->rtail);
             rpal_store_relaxed(&c->tx->pub.sleeps, WT_WAKE_FUTEX);
             rpal_fence_seq_cst(); /* pairs with the fence in rpal_reply */
-            if (SEQ_OF(__atomic_load_n(&slot->seqf, __ATOMIC_RELAXED)) != want) {
+            if (SEQ_OF(rpal_plain_load_relaxed(&slot->seqf)) != want) {
                 int64_t slice = 20000000; /* wake to check liveness now and then */
                 if (limit != UINT64_MAX && (int64_t)(w.t0 + limit - w.now) < slice)
                     slice = (int64_t)(w.t0 + limit - w.now);
@@ -558,7 +558,7 @@ static int chan_wait(rpal_chan *c, const struct ch_entry *slot, uint32_t want, i
             return -ETIMEDOUT;
         int look = step == WT_SLEEP || (w.mode == WT_SPIN ? w.spins % 1024 == 0 : ++slow % 32 == 0);
         if (look &&
-            SEQ_OF(__atomic_load_n(&slot->seqf, __ATOMIC_ACQUIRE)) != want) {
+            SEQ_OF(rpal_plain_load_acquire(&slot->seqf)) != want) {
             int err = chan_alive(c->sock, c->pidfd);
             if (err)
                 return err;
@@ -590,7 +590,7 @@ int rpal_complete(rpal_chan *c, uint64_t *tag, void *reply, size_t reply_max,
     const struct ch_entry *slot = &c->rx->e[c->done & (c->depth - 1)];
     uint32_t want = SEQ_WANT(c->done + 1);
     /* pairs with the release store of seqf in rpal_reply */
-    if (SEQ_OF(__atomic_load_n(&slot->seqf, __ATOMIC_ACQUIRE)) != want) {
+    if (SEQ_OF(rpal_plain_load_acquire(&slot->seqf)) != want) {
         int err = chan_wait(c, slot, want, timeout_ms);
         if (err < 0)
             return err;
@@ -892,7 +892,7 @@ static uint32_t callers_cpu(struct rx_chan **chs, int n)
 /* Publish CPU as where R waits, in every channel's ring, if it moved. */
 static void receiver_cpu(rpal_receiver *r, struct rx_chan **chs, int n, uint32_t cpu)
 {
-    if (!cpu || cpu == r->cpu)
+    if (!cpu || cpu == rpal_load_relaxed(&r->cpu))
         return;
     rpal_store_relaxed(&r->cpu, cpu); /* read by chan_accept for new channels */
     for (int k = 0; k < n; k++)
@@ -1001,7 +1001,7 @@ static int serve_sleep(rpal_receiver *r, struct rx_chan **chs, int n, struct wt_
             continue;
         }
         const struct ch_entry *slot = &chs[k]->tx->e[chs[k]->head & (chs[k]->depth - 1)];
-        ready = SEQ_OF(__atomic_load_n(&slot->seqf, __ATOMIC_RELAXED)) == SEQ_WANT(chs[k]->head + 1);
+        ready = SEQ_OF(rpal_plain_load_relaxed(&slot->seqf)) == SEQ_WANT(chs[k]->head + 1);
     }
     if (!ready) {
         int ms = (int)((slice + 999999) / 1000000);
@@ -1069,7 +1069,7 @@ static int receive(rpal_receiver *r, struct rpal_msg *m, struct rpal_event *ev, 
             }
             const struct ch_entry *slot = &x->tx->e[x->head & (x->depth - 1)];
             /* pairs with the release store of seqf in rpal_send */
-            if (SEQ_OF(__atomic_load_n(&slot->seqf, __ATOMIC_ACQUIRE)) != SEQ_WANT(x->head + 1))
+            if (SEQ_OF(rpal_plain_load_acquire(&slot->seqf)) != SEQ_WANT(x->head + 1))
                 continue;
             struct ch_entry e;
             int kind = ch_entry_take(slot, x->cbase, x->csize, &e);
@@ -1222,7 +1222,7 @@ int rpal_reply(rpal_receiver *r, const struct rpal_msg *m, const void *data, siz
     if (kind < 0)
         return kind;
     /* seqf last: pairs with the caller's acquire of it in rpal_complete */
-    __atomic_store_n(&e->seqf, SEQF(x->rtail + 1, (uint32_t)kind), __ATOMIC_RELEASE);
+    rpal_plain_store_release(&e->seqf, SEQF(x->rtail + 1, (uint32_t)kind));
     x->rtail++;
     rpal_prefetch_write(&x->rx->e[(x->rtail + PREFETCH_AHEAD) & (x->depth - 1)]);
     x->st.msgs_out++;

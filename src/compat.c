@@ -96,8 +96,8 @@ static void *fdtab_get(struct fdtab *t, int fd)
     if (fd < 0 || fd >= FD_PAGE * FD_PAGES)
         return NULL;
     /* pairs with the release stores in fdtab_put */
-    void **pg = atomic_load_explicit(&t->pages[fd / FD_PAGE], memory_order_acquire);
-    return pg ? __atomic_load_n(&pg[fd % FD_PAGE], __ATOMIC_ACQUIRE) : NULL;
+    void **pg = rpal_load_acquire(&t->pages[fd / FD_PAGE]);
+    return pg ? rpal_plain_load_acquire(&pg[fd % FD_PAGE]) : NULL;
 }
 
 /* cx_lock held. */
@@ -105,13 +105,13 @@ static int fdtab_put(struct fdtab *t, int fd, void *v)
 {
     if (fd < 0 || fd >= FD_PAGE * FD_PAGES)
         return -EMFILE;
-    void **pg = atomic_load_explicit(&t->pages[fd / FD_PAGE], memory_order_relaxed);
+    void **pg = rpal_load_relaxed(&t->pages[fd / FD_PAGE]);
     if (!pg) {
         if (!(pg = calloc(FD_PAGE, sizeof *pg)))
             return -ENOMEM;
-        atomic_store_explicit(&t->pages[fd / FD_PAGE], pg, memory_order_release);
+        rpal_store_release(&t->pages[fd / FD_PAGE], pg);
     }
-    __atomic_store_n(&pg[fd % FD_PAGE], v, __ATOMIC_RELEASE);
+    rpal_plain_store_release(&pg[fd % FD_PAGE], v);
     return 0;
 }
 
@@ -198,7 +198,7 @@ static int cx_ready(const struct cx_reader *r)
 {
     const struct ch_entry *e = &r->their->e[r->head & (r->tdepth - 1)];
     /* pairs with the release store of seqf in rpal_write */
-    return SEQ_OF(__atomic_load_n(&e->seqf, __ATOMIC_ACQUIRE)) == SEQ_WANT(r->head + 1);
+    return SEQ_OF(rpal_plain_load_acquire(&e->seqf)) == SEQ_WANT(r->head + 1);
 }
 
 static int next_ready(const struct conn *c) { return cx_ready(&c->rd); }
@@ -224,9 +224,9 @@ size_t cx_take(struct cx_reader *r, char *buf, size_t len)
     while (got < len && !r->broken && cx_ready(r)) {
         const struct ch_entry *e = &r->their->e[r->head & (r->tdepth - 1)];
         /* Each field read once, then checked (principle 3). */
-        uint32_t kind = FLAG_OF(__atomic_load_n(&e->seqf, __ATOMIC_RELAXED));
-        uint32_t elen = __atomic_load_n(&e->len, __ATOMIC_RELAXED);
-        uint64_t ptr = __atomic_load_n(&e->ptr, __ATOMIC_RELAXED);
+        uint32_t kind = FLAG_OF(rpal_plain_load_relaxed(&e->seqf));
+        uint32_t elen = rpal_plain_load_relaxed(&e->len);
+        uint64_t ptr = rpal_plain_load_relaxed(&e->ptr);
         const uint8_t *src;
         if (kind == E_INLINE && elen <= RPAL_INLINE_MAX)
             src = e->data;
@@ -462,7 +462,7 @@ ssize_t rpal_write(int fd, const void *buf, size_t len)
     if (kind < 0)
         return kind;
     /* seqf last: pairs with the acquire in next_ready() */
-    __atomic_store_n(&e->seqf, SEQF(c->sent + 1, (uint32_t)kind), __ATOMIC_RELEASE);
+    rpal_plain_store_release(&e->seqf, SEQF(c->sent + 1, (uint32_t)kind));
     c->sent++;
     /* An entry a few ahead, which the reader read a lap ago: ours before we
      * write it, so that the barrier below does not wait for it. */
@@ -656,7 +656,7 @@ static void zombies_reap(void)
     while (*pp) {
         struct conn *c = *pp;
         if (dom_check(c->d) == 0 &&
-            (c->peer->gone || rpal_load_acquire(&c->rd.their->head) == c->sent ||
+            (rpal_load_acquire(&c->peer->gone) || rpal_load_acquire(&c->rd.their->head) == c->sent ||
              poll(&(struct pollfd){c->peer->pidfd, POLLIN, 0}, 1, 0) != 0)) {
             *pp = c->next_zombie;
             conn_free(c);
@@ -821,9 +821,9 @@ int rpal_close(int fd)
         fdtab_put(&conns, fd, NULL);
         /* As close() takes a descriptor out of every epoll set. */
         for (int pg = 0; pg < FD_PAGES; pg++) {
-            void **sp = atomic_load_explicit(&sets.pages[pg], memory_order_relaxed);
+            void **sp = rpal_load_relaxed(&sets.pages[pg]); /* cx_lock: as every store */
             for (int k = 0; sp && k < FD_PAGE; k++) {
-                struct ep_set *s = sp[k];
+                struct ep_set *s = rpal_plain_load_relaxed(&sp[k]);
                 struct ep_item *it = s ? fdtab_get(s->items, fd) : NULL;
                 if (it && it->kbell)
                     epoll_ctl(s->epfd, EPOLL_CTL_DEL, c->bell, NULL);
@@ -891,10 +891,9 @@ static int set_sync(struct ep_set *s)
     pthread_mutex_lock(&cx_lock);
     s->nmapped = 0;
     for (int pg = 0; pg < FD_PAGES; pg++) {
-        void **ip = atomic_load_explicit(&s->items->pages[pg],
-                                         memory_order_relaxed);
+        void **ip = rpal_load_relaxed(&s->items->pages[pg]); /* cx_lock: as every store */
         for (int k = 0; ip && k < FD_PAGE; k++) {
-            struct ep_item *it = ip[k];
+            struct ep_item *it = rpal_plain_load_relaxed(&ip[k]);
             int fd = pg * FD_PAGE + k;
             struct conn *c = it && it->in_use ? conn_of(fd) : NULL;
             if (!c)

@@ -222,22 +222,16 @@ size_t cx_take(struct cx_reader *r, char *buf, size_t len)
 {
     size_t got = 0;
     while (got < len && !r->broken && cx_ready(r)) {
-        const struct ch_entry *e = &r->their->e[r->head & (r->tdepth - 1)];
-        /* Each field read once, then checked (principle 3). */
-        uint32_t kind = FLAG_OF(rpal_plain_load_relaxed(&e->seqf));
-        uint32_t elen = rpal_plain_load_relaxed(&e->len);
-        uint64_t ptr = rpal_plain_load_relaxed(&e->ptr);
-        const uint8_t *src;
-        if (kind == E_INLINE && elen <= RPAL_INLINE_MAX)
-            src = e->data;
-        else if (kind == E_PTR && span_inside(ptr, elen, r->sbase, r->ssize))
-            src = (const uint8_t *)(uintptr_t)ptr;
-        else
-            src = NULL;
-        if (!src || r->off > elen) {
+        /* The entry is copied once and checked as the channel's are (the
+         * other end may rewrite it meanwhile: nothing it says is trusted). */
+        struct ch_entry e;
+        int kind = ch_entry_take(&r->their->e[r->head & (r->tdepth - 1)], r->sbase, r->ssize, &e);
+        uint32_t elen = e.len;
+        if (kind < 0 || r->off > elen) {
             r->broken = 1;
             break;
         }
+        const uint8_t *src = kind == E_PTR ? (const uint8_t *)(uintptr_t)e.ptr : e.data;
         size_t n = elen - r->off < len - got ? elen - r->off : len - got;
         memcpy(buf + got, src + r->off, n);
         got += n;

@@ -528,7 +528,7 @@ static int chan_wait(rpal_chan *c, const struct ch_entry *slot, uint32_t want, i
 {
     struct wt_wait w;
     wt_begin(&w, &c->learn, &c->st, &c->o, rpal_load_relaxed(&c->rx->pub.cpu));
-    uint64_t limit = timeout_ms < 0 ? UINT64_MAX : (uint64_t)timeout_ms * 1000000;
+    uint64_t limit = wt_limit_ns(timeout_ms);
     for (unsigned slow = 0;;) {
         /* pairs with the release store of seqf in rpal_reply */
         if (SEQ_OF(rpal_plain_load_acquire(&slot->seqf)) == want)
@@ -544,10 +544,9 @@ static int chan_wait(rpal_chan *c, const struct ch_entry *slot, uint32_t want, i
             rpal_store_relaxed(&c->tx->pub.sleeps, WT_WAKE_FUTEX);
             rpal_fence_seq_cst(); /* pairs with the fence in rpal_reply */
             if (SEQ_OF(rpal_plain_load_relaxed(&slot->seqf)) != want) {
-                int64_t slice = 20000000; /* wake to check liveness now and then */
-                if (limit != UINT64_MAX && (int64_t)(w.t0 + limit - w.now) < slice)
-                    slice = (int64_t)(w.t0 + limit - w.now);
-                prim_futex_wait(&c->rx->rtail, t, 1, slice > 0 ? slice : 0);
+                /* 20 ms: wake to check liveness now and then */
+                int64_t slice = wt_slice_ns(wt_left_ns(w.t0, limit, w.now), 20000000);
+                prim_futex_wait(&c->rx->rtail, t, 1, slice);
             }
             rpal_store_relaxed(&c->tx->pub.sleeps, 0);
             wt_sleep_end(&w, cpu0);
@@ -1017,7 +1016,7 @@ static int serve_sleep(rpal_receiver *r, struct rx_chan **chs, int n, struct wt_
 /* rpal_receive, and rpal_serve when EV is not NULL. */
 static int receive(rpal_receiver *r, struct rpal_msg *m, struct rpal_event *ev, int timeout_ms)
 {
-    uint64_t limit = timeout_ms < 0 ? UINT64_MAX : (uint64_t)timeout_ms * 1000000;
+    uint64_t limit = wt_limit_ns(timeout_ms);
     struct wt_wait w;
     int waiting = 0;
     uint32_t bell = rpal_load_acquire(&r->doorbell);
@@ -1135,11 +1134,9 @@ static int receive(rpal_receiver *r, struct rpal_msg *m, struct rpal_event *ev, 
         if (step == 0)
             continue;
         if (step == WT_SLEEP) {
-            int64_t slice = 100000000;
-            if (limit != UINT64_MAX && (int64_t)(w.t0 + limit - w.now) < slice)
-                slice = (int64_t)(w.t0 + limit - w.now);
-            int got = ev ? serve_sleep(r, chs, n, &w, slice > 0 ? slice : 0, ev)
-                         : receiver_sleep(r, chs, n, bell, &w, slice > 0 ? slice : 0);
+            int64_t slice = wt_slice_ns(wt_left_ns(w.t0, limit, w.now), 100000000);
+            int got = ev ? serve_sleep(r, chs, n, &w, slice, ev)
+                         : receiver_sleep(r, chs, n, bell, &w, slice);
             if (got != 0) {
                 /* An event, or a signal (as read(2) without SA_RESTART:
                  * -EINTR lets a loop look at its flags), or an error. */

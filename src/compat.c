@@ -334,9 +334,8 @@ static int conn_wait(struct conn *c, int for_room)
             set_sleeps(c, WT_WAKE_FUTEX);
             rpal_fence_seq_cst(); /* pairs with the fences in take() and rpal_write */
             if (!(for_room ? has_room(c) : next_ready(c)) && !at_end(c)) {
-                int64_t slice = 20000000;
-                if (limit != UINT64_MAX && (int64_t)(w.t0 + limit - w.now) < slice)
-                    slice = w.t0 + limit > w.now ? (int64_t)(w.t0 + limit - w.now) : 0;
+                /* 20 ms: then the socket says whether the other end is gone */
+                int64_t slice = wt_slice_ns(wt_left_ns(w.t0, limit, w.now), 20000000);
                 int r = prim_futex_wait(word, v, 1, slice);
                 timed_out = r == -ETIMEDOUT;
                 if (r == -EINTR)
@@ -475,12 +474,12 @@ ssize_t rpal_write(int fd, const void *buf, size_t len)
 static int wait_io(int fd, short ev, uint64_t deadline)
 {
     for (;;) {
-        uint64_t now = prim_now_ns();
-        if (now >= deadline)
+        uint64_t left = wt_left_ns(0, deadline, prim_now_ns());
+        if (left == 0)
             return -ETIMEDOUT;
-        uint64_t left = (deadline - now + 999999) / 1000000;
+        int ms = wt_poll_ms(left);
         struct pollfd pf = {fd, ev, 0};
-        int r = poll(&pf, 1, left > 1000 ? 1000 : (int)left);
+        int r = poll(&pf, 1, ms < 0 || ms > 1000 ? 1000 : ms);
         if (r > 0)
             return (pf.revents & (POLLERR | POLLNVAL)) ? -ECONNRESET : 0;
         if (r < 0 && errno != EINTR)
@@ -692,8 +691,7 @@ int rpal_uds_fdmap(rpal_domain *d, int fd, int timeout_ms)
      * end speaks rpal whatever the records said a moment ago. */
     if (cr.pid <= 0)
         return 0;
-    uint64_t deadline = timeout_ms < 0 ? UINT64_MAX
-                                       : prim_now_ns() + (uint64_t)timeout_ms * 1000000;
+    uint64_t deadline = wt_deadline_ns(timeout_ms);
     if (cr.pid == getpid()) {
         /* We made the socketpair: who is at the other end is unknown. Let
          * it speak first; silence until the deadline means it is not rpal
@@ -1079,7 +1077,7 @@ static uint32_t set_peers_cpu(struct ep_set *s)
 static int set_wait(struct ep_set *s, struct epoll_event *ev, int max, int timeout_ms)
 {
     static const struct rpal_chan_opts adaptive;
-    uint64_t limit = timeout_ms < 0 ? UINT64_MAX : (uint64_t)timeout_ms * 1000000;
+    uint64_t limit = wt_limit_ns(timeout_ms);
     uint32_t peers = set_peers_cpu(s);
     struct wt_wait w;
     wt_begin(&w, &s->learn, NULL, &adaptive, peers);
@@ -1113,12 +1111,7 @@ static int set_wait(struct ep_set *s, struct epoll_event *ev, int max, int timeo
         rpal_fence_seq_cst(); /* pairs with the fence in rpal_write: we see its
                                  message, or it sees we sleep */
         if ((n = collect(s, ev, max, 0)) == 0) {
-            int t = -1;
-            if (limit != UINT64_MAX) {
-                uint64_t left = w.t0 + limit > w.now ? (w.t0 + limit - w.now + 999999) / 1000000 : 0;
-                t = left > INT32_MAX ? INT32_MAX : (int)left;
-            }
-            n = kernel_wait(s, ev, max, t, 1);
+            n = kernel_wait(s, ev, max, wt_poll_ms(wt_left_ns(w.t0, limit, w.now)), 1);
         }
         set_sleeping(s, 0, 0);
         wt_sleep_end(&w, cpu0);
@@ -1233,17 +1226,12 @@ int rpal_epoll_wait(int epfd, struct epoll_event *ev, int max, int timeout_ms)
         return set_wait(s, ev, max, timeout_ms);
     /* Nothing of ours to wait for: the kernel's wait, until an event the
      * application asked for (a stale record's is dropped) or the deadline. */
-    uint64_t deadline = timeout_ms < 0 ? UINT64_MAX : prim_now_ns() + (uint64_t)timeout_ms * 1000000;
+    uint64_t deadline = wt_deadline_ns(timeout_ms);
     for (;;) {
-        int t = -1;
-        if (deadline != UINT64_MAX) {
-            uint64_t now = prim_now_ns();
-            if (now >= deadline)
-                return 0;
-            uint64_t left = (deadline - now + 999999) / 1000000;
-            t = left > INT32_MAX ? INT32_MAX : (int)left;
-        }
-        if ((n = kernel_wait(s, ev, max, t, 1)) != 0)
+        uint64_t left = wt_left_ns(0, deadline, deadline == UINT64_MAX ? 0 : prim_now_ns());
+        if (left == 0)
+            return 0;
+        if ((n = kernel_wait(s, ev, max, wt_poll_ms(left), 1)) != 0)
             return n;
     }
 }

@@ -635,6 +635,43 @@ RPAL_HIDDEN void wt_unfollow(void);
 RPAL_HIDDEN void wt_atfork_child(void);
 /* Should ST's counters be written out now (NOW: a clock reading, or 0)? */
 RPAL_HIDDEN int wt_stats_due(const struct wt_stats *st, uint64_t now);
+
+/* Deadlines, written once for every wait of the channel and compat layers.
+ * A timeout in ms (-1: none) becomes a limit in ns from the wait's start
+ * (wt_limit_ns), or a deadline on prim_now_ns()'s clock (wt_deadline_ns);
+ * UINT64_MAX stands for none throughout. */
+static inline uint64_t wt_limit_ns(int timeout_ms)
+{
+    return timeout_ms < 0 ? UINT64_MAX : (uint64_t)timeout_ms * 1000000;
+}
+static inline uint64_t wt_deadline_ns(int timeout_ms)
+{
+    return timeout_ms < 0 ? UINT64_MAX : prim_now_ns() + wt_limit_ns(timeout_ms);
+}
+/* What is left at NOW of LIMIT ns from T0 (T0 0: LIMIT is a deadline): 0
+ * once it is past, UINT64_MAX if there is no limit. */
+static inline uint64_t wt_left_ns(uint64_t t0, uint64_t limit, uint64_t now)
+{
+    if (limit == UINT64_MAX)
+        return UINT64_MAX;
+    return t0 + limit > now ? t0 + limit - now : 0;
+}
+/* A sleep of at most CAP ns that does not outlast LEFT (from wt_left_ns):
+ * sleeps are cut into slices so that the waiter looks at the other side's
+ * liveness now and then. */
+static inline int64_t wt_slice_ns(uint64_t left, int64_t cap)
+{
+    return left < (uint64_t)cap ? (int64_t)left : cap;
+}
+/* LEFT as poll(2)'s timeout: ms rounded up (never a busy loop of 0 ms
+ * polls before the deadline), -1 for none. */
+static inline int wt_poll_ms(uint64_t left)
+{
+    if (left == UINT64_MAX)
+        return -1;
+    uint64_t ms = (left + 999999) / 1000000;
+    return ms > INT32_MAX ? INT32_MAX : (int)ms;
+}
 RPAL_HIDDEN void wt_stats_copy(const struct wt_stats *st, struct rpal_stats *out);
 
 /* ---- parsers of what others wrote, callable on a snapshot -----------------

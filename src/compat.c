@@ -660,16 +660,14 @@ static void zombies_reap(void)
     pthread_mutex_unlock(&cx_lock);
 }
 
-int rpal_uds_fdmap(rpal_domain *d, int fd, int timeout_ms)
+/* Is FD a connected Unix stream socket whose other end may speak rpal? 1
+ * yes, with the kernel's word on who connected in *CR (and that process's
+ * slot in *PSLOT if it is a member of D); 0 no (nothing was sent, the
+ * socket stays as it was); or a negative errno. DEADLINE bounds the wait
+ * for a socketpair's other end to speak first. */
+static int fdmap_candidate(rpal_domain *d, int fd, uint64_t deadline, struct ucred *cr,
+                           unsigned *pslot)
 {
-    int err = dom_check(d);
-    if (err < 0)
-        return err;
-    if (fd < 0 || fd >= FD_PAGE * FD_PAGES)
-        return -EBADF;
-    if (conn_of(fd))
-        return 1;
-    zombies_reap();
     int type;
     socklen_t l = sizeof type;
     if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l) < 0)
@@ -680,30 +678,35 @@ int rpal_uds_fdmap(rpal_domain *d, int fd, int timeout_ms)
         return -errno;
     if (type != SOCK_STREAM || sa.sun_family != AF_UNIX)
         return -EPROTOTYPE;
-    struct ucred cr;
-    l = sizeof cr;
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &l) < 0)
+    l = sizeof *cr;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, cr, &l) < 0)
         return -errno;
-    unsigned pslot;
     /* The kernel's word on who connected (or, for a socketpair, who made
      * it: then it may be us). Not a member of our domain: nothing is sent,
      * the socket stays as it was. A hello already waiting says the other
      * end speaks rpal whatever the records said a moment ago. */
-    if (cr.pid <= 0)
+    if (cr->pid <= 0)
         return 0;
-    uint64_t deadline = wt_deadline_ns(timeout_ms);
-    if (cr.pid == getpid()) {
+    if (cr->pid == getpid()) {
         /* We made the socketpair: who is at the other end is unknown. Let
          * it speak first; silence until the deadline means it is not rpal
          * (and nothing was sent). */
-        if ((err = hello_peek(fd, deadline)) < 0)
+        int err = hello_peek(fd, deadline);
+        if (err < 0)
             return err == -ETIMEDOUT ? 0 : err;
-    } else if (dom_member_slot(d, cr.pid, &pslot) < 0 && hello_peek(fd, 0) < 0) {
+    } else if (dom_member_slot(d, cr->pid, pslot) < 0 && hello_peek(fd, 0) < 0) {
         return 0;
     }
+    return 1;
+}
+
+/* A connection for FD of D, its ring allocated in our slot: NULL if memory
+ * ran out. */
+static struct conn *conn_new(rpal_domain *d, int fd)
+{
     struct conn *c = calloc(1, sizeof *c);
     if (!c)
-        return -ENOMEM;
+        return NULL;
     c->fd = fd;
     c->d = d;
     c->depth = CX_DEPTH;
@@ -712,80 +715,118 @@ int rpal_uds_fdmap(rpal_domain *d, int fd, int timeout_ms)
     c->bell = wt_bells() ? eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK) : -1;
     c->staging = calloc(c->depth, sizeof *c->staging);
     c->my = ch_slot_alloc(sizeof *c->my + c->depth * sizeof(struct ch_entry), &c->my_raw);
-    int fds[2] = {-1, -1}, memfd = -1;
     if (!c->staging || !c->my) {
-        err = -ENOMEM;
-        goto fail;
+        conn_free(c);
+        return NULL;
     }
     c->my->magic = CX_MAGIC;
     c->my->depth = c->depth;
     /* Not waiting in rpal yet: a wake-up is a byte on the socket. */
     rpal_store_relaxed(&c->my->pub.sleeps, WT_WAKE_SOCK);
     rpal_store_relaxed(&c->my->pub.cpu, wt_my_cpu());
+    return c;
+}
+
+/* Send our hello (with our slot's memfd and our bell) and read the other
+ * end's into *THEIR, with its memfd in *MEMFD (-1: none) and the
+ * credentials the kernel attached in *CR; keep its bell if we may write
+ * it. */
+static int hello_exchange(struct conn *c, uint64_t deadline, struct fm_hello *their,
+                          int *memfd, struct ucred *cr)
+{
+    rpal_domain *d = c->d;
+    int fd = c->fd, fds[2] = {-1, -1}, err;
     struct fm_hello mine = {.magic = FM_MAGIC, .version = FM_VERSION, .slot = d->slot,
                             .slot_size = d->slot_size, .ring = (uintptr_t)c->my,
                             .depth = c->depth, .pid = d->pid};
-    struct fm_hello their;
     /* Credentials ride with the hello (the connection's may be stale: a
      * socketpair's are its maker's); the kernel adds them to what we read
      * only while SO_PASSCRED is on. */
     int one = 1, passcred = 0;
-    l = sizeof passcred;
+    socklen_t l = sizeof passcred;
     getsockopt(fd, SOL_SOCKET, SO_PASSCRED, &passcred, &l);
     setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one);
     if ((err = hello_send(fd, &mine, d->memfd, c->bell, deadline)) == 0)
-        err = hello_recv(fd, &their, fds, &cr, deadline);
-    memfd = fds[0];
+        err = hello_recv(fd, their, fds, cr, deadline);
+    *memfd = fds[0];
     /* Its bell, only if it is an eventfd of a process of our own user. A
      * write to an eventfd blocks when its count is full, and its O_NONBLOCK
      * belongs to the file both ends share: another user could make our
      * writes block. One of ours may ptrace us anyway (docs/hardening.md). */
-    if (fds[1] >= 0 && cr.uid == getuid() && prim_is_eventfd(fds[1]))
+    if (fds[1] >= 0 && cr->uid == getuid() && prim_is_eventfd(fds[1]))
         c->their_bell = fds[1];
     else if (fds[1] >= 0)
         close(fds[1]);
     if (!passcred)
         setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &passcred, sizeof passcred);
-    if (err < 0)
-        goto fail;
-    /* Everything in the hello is the other process's word: check it
-     * against what the kernel says (credentials, its claim, the memfd). */
-    if (cr.pid <= 0 || cr.pid == getpid() || dom_member_slot(d, cr.pid, &pslot) < 0) {
-        err = -EPROTO;
-        goto fail;
-    }
-    if (memfd < 0 || cx_hello_check(&their, cr.pid, pslot, d->slot_size) < 0) {
-        err = -EPROTO;
-        goto fail;
-    }
-    int created;
-    if ((err = svc_peer_adopt(d, memfd, &cr, pslot, their.slot_size, &c->peer, &created)) < 0) {
+    return err;
+}
+
+/* Everything in the hello THEIR is the other process's word: check it
+ * against what the kernel says (credentials CR, its claim, its slot's
+ * MEMFD), then map its slot (c->peer, pinned: their ring is read on every
+ * wait, from whichever thread) and take its ring. */
+static int conn_adopt(struct conn *c, const struct fm_hello *their, int memfd,
+                      const struct ucred *cr)
+{
+    rpal_domain *d = c->d;
+    unsigned pslot;
+    int err, created;
+    if (cr->pid <= 0 || cr->pid == getpid() || dom_member_slot(d, cr->pid, &pslot) < 0)
+        return -EPROTO;
+    if (memfd < 0 || cx_hello_check(their, cr->pid, pslot, d->slot_size) < 0)
+        return -EPROTO;
+    if ((err = svc_peer_adopt(d, memfd, cr, pslot, their->slot_size, &c->peer, &created)) < 0) {
         c->peer = NULL;
-        goto fail;
+        return err;
     }
     if (created)
         c->peer->by_fdmap = 1;
     rpal_fetch_add_acq_rel(&c->peer->nchans, 1);
     c->rd.sbase = c->peer->base;
     c->rd.ssize = c->peer->size;
-    /* Their ring is read on every wait, from whichever thread: they stay
-     * open to every thread (a pin) for the connection's life. */
     if ((err = dom_peer_pin(c->peer)) < 0) {
         if (created)
             rpal_peer_release(c->peer);
         svc_peer_put(c->peer, 0);
         c->peer = NULL;
-        goto fail;
+        return err;
     }
-    if ((err = cx_ring_check(&their, c->rd.sbase, c->rd.ssize)) < 0)
+    if ((err = cx_ring_check(their, c->rd.sbase, c->rd.ssize)) < 0)
+        return err;
+    c->rd.their = (const struct cx_ring *)(uintptr_t)their->ring;
+    c->rd.tdepth = their->depth;
+    c->st.peer_slot = pslot;
+    return 0;
+}
+
+int rpal_uds_fdmap(rpal_domain *d, int fd, int timeout_ms)
+{
+    int err = dom_check(d);
+    if (err < 0)
+        return err;
+    if (fd < 0 || fd >= FD_PAGE * FD_PAGES)
+        return -EBADF;
+    if (conn_of(fd))
+        return 1;
+    zombies_reap();
+    uint64_t deadline = wt_deadline_ns(timeout_ms);
+    struct ucred cr;
+    unsigned pslot;
+    if ((err = fdmap_candidate(d, fd, deadline, &cr, &pslot)) <= 0)
+        return err;
+    struct conn *c = conn_new(d, fd);
+    if (!c)
+        return -ENOMEM;
+    struct fm_hello their;
+    int memfd = -1;
+    if ((err = hello_exchange(c, deadline, &their, &memfd, &cr)) < 0 ||
+        (err = conn_adopt(c, &their, memfd, &cr)) < 0)
         goto fail;
-    c->rd.their = (const struct cx_ring *)(uintptr_t)their.ring;
-    c->rd.tdepth = their.depth;
     close(memfd);
     memfd = -1;
     wt_learn_init(&c->learn);
     c->st.kind = RPAL_STATS_CONN;
-    c->st.peer_slot = pslot;
     c->st.peer_pid = cr.pid;
     c->st.fd = fd;
     dom_stats_open(d, &c->st, 0);

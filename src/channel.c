@@ -5,9 +5,10 @@
  * by the caller; the service's ring (replies) lives in the service's slot and
  * is written only by the service. Each side reads the other's ring through
  * its read-only mapping, and every index, length and pointer read there is
- * checked before use (principle 3). A waiter spins a bounded time, yields,
- * then sleeps on a futex; the other side wakes it only if it said it sleeps
- * (principle 6). See docs/channels.md.
+ * checked before use (principle 3: nothing read from a peer is trusted). A
+ * waiter spins a bounded time, yields, then sleeps on a futex; the other
+ * side wakes it only if it said it sleeps (principle 6: wait smart, never
+ * costing more than the socket it replaces). See docs/channels.md.
  */
 #include "rpal.h"
 #include "internal.h"

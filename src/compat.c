@@ -4,9 +4,10 @@
  * members of a domain. Each end then owns a ring in its own slot (the
  * messages it writes, the count it has consumed of the other's, and whether
  * it is polling), and reads the other's ring through its read-only mapping,
- * checking every index, length and pointer (principles 2 and 3). The socket
+ * checking every index, length and pointer (principles 2 and 3: a process
+ * writes only memory it owns; nothing read from a peer is trusted). The socket
  * stays: it carries a one-byte wake-up when the reader said it is not
- * polling (principle 6), and the end of the connection, so that kernel
+ * polling (principle 6: never cost more than the socket), and the end of the connection, so that kernel
  * epoll sets, poll() and foreign event loops keep working.
  *
  * The epoll half keeps, per epoll set, what the application registered;

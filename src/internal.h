@@ -533,13 +533,13 @@ static inline int span_inside(uint64_t p, uint64_t len, uint64_t base, uint64_t 
     return p >= base && len <= size && p - base <= size - len;
 }
 
+/* Allocate N zeroed bytes in our slot, 64-byte aligned; *RAW is what to
+ * give rpal_free(). */
+RPAL_HIDDEN void *ch_slot_alloc(size_t n, void **raw);
 /* Put LEN bytes of DATA in entry E: inline if they fit; else as a pointer,
  * to DATA itself if IN_PLACE (it lies in our own slot), or to the one copy
  * made into our slot, stored in *COPY for the caller to free later.
  * Returns the entry's kind (E_INLINE, E_PTR) or a negative errno. */
-/* Allocate N zeroed bytes in our slot, 64-byte aligned; *RAW is what to
- * give rpal_free(). */
-RPAL_HIDDEN void *ch_slot_alloc(size_t n, void **raw);
 RPAL_HIDDEN int ch_entry_fill(struct ch_entry *e, const void *data, size_t len,
                               int in_place, void **copy);
 
@@ -630,11 +630,9 @@ RPAL_HIDDEN void wt_end(struct wt_wait *w, uint64_t stamp);
 RPAL_HIDDEN void wt_end_empty(struct wt_wait *w);
 /* A wake-up's system call took NS (the sender's share of a sleep's cost). */
 RPAL_HIDDEN void wt_note_wake(uint64_t ns);
-/* Give the thread its own CPU mask back if it followed someone. */
-RPAL_HIDDEN void wt_unfollow(void);
-RPAL_HIDDEN void wt_atfork_child(void);
 /* Should ST's counters be written out now (NOW: a clock reading, or 0)? */
 RPAL_HIDDEN int wt_stats_due(const struct wt_stats *st, uint64_t now);
+RPAL_HIDDEN void wt_stats_copy(const struct wt_stats *st, struct rpal_stats *out);
 
 /* Deadlines, written once for every wait of the channel and compat layers.
  * A timeout in ms (-1: none) becomes a limit in ns from the wait's start
@@ -672,13 +670,13 @@ static inline int wt_poll_ms(uint64_t left)
     uint64_t ms = (left + 999999) / 1000000;
     return ms > INT32_MAX ? INT32_MAX : (int)ms;
 }
-RPAL_HIDDEN void wt_stats_copy(const struct wt_stats *st, struct rpal_stats *out);
 
 /* ---- parsers of what others wrote, callable on a snapshot -----------------
  * Every function below reads memory or records another process wrote (its
- * slot, a shared file) and checks it (principle 3). Each is split from the
- * code that finds that memory, so that the fuzz targets in fuzz/ can feed it
- * arbitrary bytes standing in for the peer's (docs/fuzzing.md). */
+ * slot, a shared file) and checks it (principle 3: nothing read from a peer
+ * is trusted). Each is split from the code that finds that memory, so
+ * that the fuzz targets in fuzz/ can feed it arbitrary bytes standing in
+ * for the peer's (docs/fuzzing.md). */
 
 /* Copy the entry SLOT of a peer's ring once into *E and check it: an inline
  * entry holds at most RPAL_INLINE_MAX bytes; a pointer entry's bytes lie

@@ -1183,7 +1183,7 @@ static int receive_pause(rpal_receiver *r, struct wt_wait *w, struct rx_chan **c
     if (step == 0)
         return 0;
     if (step == WT_SLEEP) {
-        /* at most 100 ms at a time, and not past the deadline */
+        /* 100 ms slices, not past the deadline (docs/waiting.md) */
         int64_t slice = wt_slice_ns(wt_left_ns(w->t0, limit, w->now), 100000000);
         int got = ev ? serve_sleep(r, chs, n, w, slice, ev)
                      : receiver_sleep(r, chs, n, *bell, w, slice);

@@ -6,41 +6,42 @@
 #include "testlib.h"
 #include "../src/channel.c"
 
-#include <pthread.h>
-#include <stdatomic.h>
-
 static int pfd[2], kfd[2]; /* service -> client: key; client -> service: done */
-static rpal_service *svc;
-static atomic_int stop_recv;
 
-static void *receiver_main(void *arg)
-{
-    (void)arg;
-    rpal_receiver *r;
-    REQUIRE(rpal_receiver_create(svc, NULL, &r) == 0);
-    while (!atomic_load(&stop_recv)) {
-        int err = t_serve_xor(r, 50);
-        REQUIRE(err == 0 || err == -ETIMEDOUT);
-    }
-    rpal_receiver_destroy(r);
-    return NULL;
-}
-
+/* One loop serves the handshake and the calls (rpal_serve), until the
+ * client says it is done. */
 static int service(void)
 {
     rpal_domain *d;
+    rpal_service *svc;
+    rpal_receiver *r;
     REQUIRE(rpal_domain_join("sendlen", NULL, &d) == 0);
     REQUIRE(rpal_service_register(d, "xor", 0, NULL, NULL, &svc) == 0);
-    pthread_t th;
-    pthread_create(&th, NULL, receiver_main, NULL);
+    REQUIRE(rpal_receiver_create(svc, NULL, &r) == 0);
     rpal_key k;
     char text[33];
     rpal_service_key(svc, &k);
     rpal_key_format(&k, text);
     REQUIRE(write(pfd[1], text, 33) == 33);
-    t_dispatch_until(d, kfd[0]);
-    atomic_store(&stop_recv, 1);
-    pthread_join(th, NULL);
+    for (;;) {
+        struct rpal_msg m;
+        struct rpal_event ev;
+        int n = rpal_serve(r, &m, &ev, 20);
+        if (n == RPAL_SERVE_MSG) {
+            unsigned char out[256];
+            size_t len = m.len < sizeof out ? m.len : sizeof out;
+            for (size_t i = 0; i < len; i++)
+                out[i] = ((const unsigned char *)m.data)[i] ^ 0x5A;
+            REQUIRE(rpal_reply(r, &m, out, len) == 0);
+        } else if (n == RPAL_SERVE_EVENT && ev.type == RPAL_EV_PEER_GONE) {
+            rpal_peer_release(ev.peer);
+        } else if (n != RPAL_SERVE_EVENT) {
+            REQUIRE(n == -ETIMEDOUT || n == -EINTR);
+            if (poll(&(struct pollfd){kfd[0], POLLIN, 0}, 1, 0) == 1)
+                break;
+        }
+    }
+    rpal_receiver_destroy(r);
     rpal_domain_leave(d);
     return 0;
 }

@@ -1054,8 +1054,7 @@ static int serve_sleep(rpal_receiver *r, struct rx_chan **chs, int n, struct wt_
 /* A new copy of ch[] for this thread, the doorbell having moved to BELL:
  * the dispatcher appended a channel or marked one dead. Each new channel's
  * caller is pinned (stays open to every thread) for as long as this
- * receiver serves it, since its ring is read on every scan. Out of line:
- * the poll path only compares the doorbell. */
+ * receiver serves it, since its ring is read on every scan. */
 static void snap_take(rpal_receiver *r, uint32_t bell)
 {
     pthread_mutex_lock(&r->lock);

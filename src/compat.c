@@ -5,10 +5,11 @@
  * messages it writes, the count it has consumed of the other's, and whether
  * it is polling), and reads the other's ring through its read-only mapping,
  * checking every index, length and pointer (principles 2 and 3: a process
- * writes only memory it owns; nothing read from a peer is trusted). The socket
- * stays: it carries a one-byte wake-up when the reader said it is not
- * polling (principle 6: never cost more than the socket), and the end of the connection, so that kernel
- * epoll sets, poll() and foreign event loops keep working.
+ * writes only memory it owns; nothing read from a peer is trusted). The
+ * socket stays: it carries a one-byte wake-up when the reader said it is
+ * not polling (principle 6: never cost more than the socket it replaces),
+ * and the end of the connection, so that kernel epoll sets, poll() and
+ * foreign event loops keep working.
  *
  * The epoll half keeps, per epoll set, what the application registered;
  * the kernel set holds every descriptor with our own cookie (the fd), and

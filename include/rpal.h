@@ -231,18 +231,14 @@ int rpal_gc(void (*fn)(const char *kind, const char *name, void *arg),
  * a child joins on its own. */
 
 #define RPAL_DEFAULT_DOMAIN "default"
-/* A ThreadSanitizer build, and one for valgrind (-DRPAL_VALGRIND), have a
- * 256 GiB window (see docs/sanitizers.md): 64 slots of 4 GiB. */
-#if defined(__SANITIZE_THREAD__) || defined(RPAL_VALGRIND)
-#define RPAL_DEFAULT_SLOT_SIZE (4ull << 30)
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define RPAL_DEFAULT_SLOT_SIZE (4ull << 30)
-#endif
-#endif
-#ifndef RPAL_DEFAULT_SLOT_SIZE
-#define RPAL_DEFAULT_SLOT_SIZE (64ull << 30) /* 256 slots in the 16 TiB window */
-#endif
+/* The slot size of a domain whose creator asks for none (slot_size 0, or
+ * NULL options): 64 GiB, 256 slots in the 16 TiB window; 4 GiB, 64 slots,
+ * when the library is built for ThreadSanitizer or valgrind, whose window
+ * is 256 GiB (see docs/sanitizers.md). The library's build decides, not the
+ * flags of the program that includes this header (a program built with
+ * TSan may use a library built without it): a call, not a constant. */
+uint64_t rpal_default_slot_size(void);
+#define RPAL_DEFAULT_SLOT_SIZE (rpal_default_slot_size())
 
 typedef struct rpal_domain rpal_domain;
 typedef struct rpal_service rpal_service;

@@ -25,6 +25,13 @@
     atomic_compare_exchange_strong_explicit((p), (expp), (v),                 \
                                             memory_order_acq_rel,             \
                                             memory_order_acquire)
+/* The same orderings on a plain (not _Atomic) object: for the fields of a
+ * ring entry (struct ch_entry), which is also copied whole into a local and
+ * read there without atomics, and for the entries of compat's descriptor
+ * tables. */
+#define rpal_plain_load_relaxed(p)     __atomic_load_n((p), __ATOMIC_RELAXED)
+#define rpal_plain_load_acquire(p)     __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define rpal_plain_store_release(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 #if defined(__SANITIZE_THREAD__)
 /* ThreadSanitizer does not model fences (gcc refuses them: -Wtsan). A
  * seq_cst read-modify-write is the same hardware barrier; on a thread-local

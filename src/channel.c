@@ -5,9 +5,10 @@
  * by the caller; the service's ring (replies) lives in the service's slot and
  * is written only by the service. Each side reads the other's ring through
  * its read-only mapping, and every index, length and pointer read there is
- * checked before use (principle 3). A waiter spins a bounded time, yields,
- * then sleeps on a futex; the other side wakes it only if it said it sleeps
- * (principle 6). See docs/channels.md.
+ * checked before use (principle 3: nothing read from a peer is trusted). A
+ * waiter spins a bounded time, yields, then sleeps on a futex; the other
+ * side wakes it only if it said it sleeps (principle 6: wait smart, never
+ * costing more than the socket it replaces). See docs/channels.md.
  */
 #include "rpal.h"
 #include "internal.h"
@@ -124,7 +125,7 @@ struct rpal_receiver {
     int nsnap;
     uint32_t snap_bell;
     int snap_valid;
-    uint32_t cpu;   /* 1 + our CPU as published in every channel's ring */
+    _Atomic uint32_t cpu; /* 1 + our CPU as published in every channel's ring */
     unsigned nosys; /* rpal_serve: requests since the domain's set was looked at */
     /* rpal_serve sleeps in the domain's epoll set: callers of our user wake
      * it by writing this eventfd (handed to them when their channel opens),
@@ -233,20 +234,15 @@ int ch_entry_take(const struct ch_entry *slot, uint64_t base, uint64_t size,
 
 /* ---- the caller's side ---- */
 
-int rpal_chan_open(rpal_peer *peer, const struct rpal_chan_opts *opts,
-                   int timeout_ms, rpal_chan **out)
+static void chan_free(rpal_chan *c);
+
+/* A channel to PEER with options O, its request ring allocated in our slot
+ * (D's): NULL if memory ran out. */
+static rpal_chan *chan_new(rpal_peer *peer, rpal_domain *d, const struct rpal_chan_opts *opts)
 {
-    if (!peer || !out || !opts_valid(opts))
-        return -EINVAL;
-    rpal_domain *d = peer->d;
-    int err = dom_check(d);
-    if (err < 0)
-        return err;
-    if (peer->gone)
-        return peer->reason ? peer->reason : -ESHUTDOWN;
     rpal_chan *c = calloc(1, sizeof *c);
     if (!c)
-        return -ENOMEM;
+        return NULL;
     opts_fill(&c->o, opts);
     c->peer = peer;
     c->depth = c->o.depth;
@@ -259,23 +255,49 @@ int rpal_chan_open(rpal_peer *peer, const struct rpal_chan_opts *opts,
     c->staging_seq = calloc(c->depth, sizeof *c->staging_seq);
     c->tx = ch_slot_alloc(sizeof *c->tx + c->depth * sizeof(struct ch_entry), &c->tx_raw);
     if (!c->staging || !c->staging_seq || !c->tx) {
-        err = -ENOMEM;
-        goto fail;
+        chan_free(c);
+        return NULL;
     }
     c->tx->magic = TX_MAGIC;
     c->tx->depth = c->depth;
+    return c;
+}
 
+/* Undo chan_new and whatever rpal_chan_open did since. */
+static void chan_free(rpal_chan *c)
+{
+    if (c->window)
+        dom_peer_unpin(c->peer, 0);
+    if (c->sock >= 0)
+        close(c->sock);
+    if (c->bell >= 0)
+        close(c->bell);
+    if (c->tx_raw)
+        rpal_free(c->tx_raw);
+    free(c->staging);
+    free(c->staging_seq);
+    free(c);
+}
+
+/* Tell the service where our ring is, over a new connection to its socket
+ * (c->sock, which stays open: its EOF tells the service the channel is
+ * closed), and wait at most TIMEOUT_MS for its answer: *REP, and in *FD
+ * the descriptor it sent (-1: none). */
+static int chan_handshake(rpal_chan *c, rpal_peer *peer, rpal_domain *d, int timeout_ms,
+                          struct hs_rep *rep_out, int *fd_out)
+{
+    int err;
     char file[80];
     snprintf(file, sizeof file, "svc.%.64s", peer->info.service);
     c->sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (c->sock < 0) {
         err = -errno;
-        goto fail;
+        return err;
     }
     /* Not connect() by name: it would follow a link planted there. */
     if ((err = prim_connect_beneath(d->dirfd, file, c->sock)) < 0) {
         err = err == -ECONNREFUSED ? -ESRCH : err;
-        goto fail;
+        return err;
     }
     struct hs_req req = {.magic = HS_MAGIC, .version = HS_VERSION, .slot = d->slot,
                          .slot_size = d->slot_size, .kind = HS_KIND_CHAN,
@@ -286,7 +308,7 @@ int rpal_chan_open(rpal_peer *peer, const struct rpal_chan_opts *opts,
          * after accepting): as a close without an answer below, not a
          * raw -EPIPE (`rpal chaos` saw one). */
         err = err == -EPIPE || err == -ECONNRESET ? -ESHUTDOWN : err;
-        goto fail;
+        return err;
     }
     struct pollfd pf = {c->sock, POLLIN, 0};
     int r;
@@ -297,14 +319,26 @@ int rpal_chan_open(rpal_peer *peer, const struct rpal_chan_opts *opts,
     int fd;
     if (r == 0) {
         err = -ETIMEDOUT;
-        goto fail;
+        return err;
     }
     if ((err = svc_recv_with_fd(c->sock, &rep, sizeof rep, &fd)) < 0) {
         if (fd >= 0)
             close(fd);
         err = err == -ECONNRESET ? -ESHUTDOWN : err;
-        goto fail;
+        return err;
     }
+    *rep_out = rep;
+    *fd_out = fd;
+    return 0;
+}
+
+/* The service's answer REP (and the descriptor FD it sent, -1 none), the
+ * other side's word: keep FD only if it is a bell we may write, and take
+ * the reply ring only if it lies in the service's slot, aligned, with our
+ * depth and a live id. Pins the service (c->window) on the way. */
+static int chan_take_reply(rpal_chan *c, rpal_peer *peer, const struct hs_rep *rep, int fd)
+{
+    int err;
     /* The receiver's bell: kept only from a service of our own user, and
      * only an eventfd (see docs/waiting.md: a write to another user's
      * eventfd could be made to block). */
@@ -312,33 +346,47 @@ int rpal_chan_open(rpal_peer *peer, const struct rpal_chan_opts *opts,
         c->bell = fd;
     else if (fd >= 0)
         close(fd);
-    if (rep.magic != HS_MAGIC || rep.version != HS_VERSION) {
-        err = -EPROTO; /* not an rpal service of our version */
-        goto fail;
-    }
-    if (rep.status != 0) {
-        err = rep.status == -ENOTCONN ? -EAGAIN : rep.status < 0 && rep.status > -4096
-                                                      ? rep.status : -EPROTO;
-        goto fail;
-    }
+    if (rep->magic != HS_MAGIC || rep->version != HS_VERSION)
+        return -EPROTO; /* not an rpal service of our version */
+    if (rep->status != 0)
+        return rep->status == -ENOTCONN ? -EAGAIN : rep->status < 0 && rep->status > -4096
+                                                      ? rep->status : -EPROTO;
     /* The service's ring must lie inside its slot, aligned, with our depth. */
     uint64_t rsize = sizeof(struct ch_rx) + c->depth * sizeof(struct ch_entry);
-    if (rep.addr % 64 || !span_inside(rep.addr, rsize, c->sbase, c->ssize)) {
-        err = -EPROTO;
-        goto fail;
-    }
-    c->rx = (const struct ch_rx *)(uintptr_t)rep.addr;
+    if (rep->addr % 64 || !span_inside(rep->addr, rsize, c->sbase, c->ssize))
+        return -EPROTO;
+    c->rx = (const struct ch_rx *)(uintptr_t)rep->addr;
     /* The service's ring is read on every call, from whichever thread
      * calls: the service stays open to every thread (a pin) for the
      * channel's life. */
     if ((err = dom_peer_pin(peer)) < 0)
-        goto fail;
+        return err;
     c->window = 1;
     c->rx_id = rpal_load_relaxed(&c->rx->id);
-    if (!(c->rx->magic == RX_MAGIC && c->rx->depth == c->depth) || !c->rx_id) {
-        err = -EPROTO;
+    if (!(c->rx->magic == RX_MAGIC && c->rx->depth == c->depth) || !c->rx_id)
+        return -EPROTO;
+    return 0;
+}
+
+int rpal_chan_open(rpal_peer *peer, const struct rpal_chan_opts *opts,
+                   int timeout_ms, rpal_chan **out)
+{
+    if (!peer || !out || !opts_valid(opts))
+        return -EINVAL;
+    rpal_domain *d = peer->d;
+    int err = dom_check(d);
+    if (err < 0)
+        return err;
+    if (rpal_load_acquire(&peer->gone)) /* pairs with the store in service.c's peer_gone */
+        return peer->reason ? peer->reason : -ESHUTDOWN;
+    rpal_chan *c = chan_new(peer, d, opts);
+    if (!c)
+        return -ENOMEM;
+    struct hs_rep rep = {0};
+    int fd = -1;
+    if ((err = chan_handshake(c, peer, d, timeout_ms, &rep, &fd)) < 0 ||
+        (err = chan_take_reply(c, peer, &rep, fd)) < 0)
         goto fail;
-    }
     c->pidfd = (int)syscall(SYS_pidfd_open, peer->info.pid, 0);
     if (c->pidfd < 0) {
         err = -ESRCH;
@@ -355,17 +403,7 @@ int rpal_chan_open(rpal_peer *peer, const struct rpal_chan_opts *opts,
     *out = c;
     return 0;
 fail:
-    if (c->window)
-        dom_peer_unpin(peer, 0);
-    if (c->sock >= 0)
-        close(c->sock);
-    if (c->bell >= 0)
-        close(c->bell);
-    if (c->tx_raw)
-        rpal_free(c->tx_raw);
-    free(c->staging);
-    free(c->staging_seq);
-    free(c);
+    chan_free(c);
     return err;
 }
 
@@ -459,6 +497,8 @@ int rpal_send(rpal_chan *c, const void *req, size_t len, uint64_t tag)
         return -EINVAL;
     if (dom_check(c->peer->d) < 0)
         return -ECHILD; /* a forked child: our slot is not mapped here */
+    if (len > UINT32_MAX)
+        return -EMSGSIZE; /* an entry's length is 32 bits */
     if (c->sent - c->done >= c->depth)
         return -EAGAIN;
     uint32_t i = c->sent & (c->depth - 1);
@@ -466,8 +506,6 @@ int rpal_send(rpal_chan *c, const void *req, size_t len, uint64_t tag)
     int err;
     e->tag = tag;
     e->len = (uint32_t)len;
-    if (len > UINT32_MAX)
-        return -EMSGSIZE;
     if (c->ndeferred)
         staging_reclaim(c);
     /* pairs with the release store of ack[] in rpal_reply */
@@ -488,7 +526,7 @@ int rpal_send(rpal_chan *c, const void *req, size_t len, uint64_t tag)
         c->staging_seq[i] = SEQ_WANT(c->sent + 1);
     }
     /* The entry's seqf last: pairs with the receiver's acquire of it. */
-    __atomic_store_n(&e->seqf, SEQF(c->sent + 1, (uint32_t)kind), __ATOMIC_RELEASE);
+    rpal_plain_store_release(&e->seqf, SEQF(c->sent + 1, (uint32_t)kind));
     c->sent++;
     /* An entry a few ahead, which the receiver read a lap ago: ours before
      * we write it (not the next one: the receiver polls that). */
@@ -528,10 +566,10 @@ static int chan_wait(rpal_chan *c, const struct ch_entry *slot, uint32_t want, i
 {
     struct wt_wait w;
     wt_begin(&w, &c->learn, &c->st, &c->o, rpal_load_relaxed(&c->rx->pub.cpu));
-    uint64_t limit = timeout_ms < 0 ? UINT64_MAX : (uint64_t)timeout_ms * 1000000;
+    uint64_t limit = wt_limit_ns(timeout_ms);
     for (unsigned slow = 0;;) {
         /* pairs with the release store of seqf in rpal_reply */
-        if (SEQ_OF(__atomic_load_n(&slot->seqf, __ATOMIC_ACQUIRE)) == want)
+        if (SEQ_OF(rpal_plain_load_acquire(&slot->seqf)) == want)
             break;
         int step = wt_pause(&w);
         if (step == 0)
@@ -543,11 +581,10 @@ static int chan_wait(rpal_chan *c, const struct ch_entry *slot, uint32_t want, i
             uint32_t t = rpal_load_relaxed(&c->rx->rtail);
             rpal_store_relaxed(&c->tx->pub.sleeps, WT_WAKE_FUTEX);
             rpal_fence_seq_cst(); /* pairs with the fence in rpal_reply */
-            if (SEQ_OF(__atomic_load_n(&slot->seqf, __ATOMIC_RELAXED)) != want) {
-                int64_t slice = 20000000; /* wake to check liveness now and then */
-                if (limit != UINT64_MAX && (int64_t)(w.t0 + limit - w.now) < slice)
-                    slice = (int64_t)(w.t0 + limit - w.now);
-                prim_futex_wait(&c->rx->rtail, t, 1, slice > 0 ? slice : 0);
+            if (SEQ_OF(rpal_plain_load_relaxed(&slot->seqf)) != want) {
+                /* 20 ms: wake to check liveness now and then */
+                int64_t slice = wt_slice_ns(wt_left_ns(w.t0, limit, w.now), 20000000);
+                prim_futex_wait(&c->rx->rtail, t, 1, slice);
             }
             rpal_store_relaxed(&c->tx->pub.sleeps, 0);
             wt_sleep_end(&w, cpu0);
@@ -558,7 +595,7 @@ static int chan_wait(rpal_chan *c, const struct ch_entry *slot, uint32_t want, i
             return -ETIMEDOUT;
         int look = step == WT_SLEEP || (w.mode == WT_SPIN ? w.spins % 1024 == 0 : ++slow % 32 == 0);
         if (look &&
-            SEQ_OF(__atomic_load_n(&slot->seqf, __ATOMIC_ACQUIRE)) != want) {
+            SEQ_OF(rpal_plain_load_acquire(&slot->seqf)) != want) {
             int err = chan_alive(c->sock, c->pidfd);
             if (err)
                 return err;
@@ -590,7 +627,7 @@ int rpal_complete(rpal_chan *c, uint64_t *tag, void *reply, size_t reply_max,
     const struct ch_entry *slot = &c->rx->e[c->done & (c->depth - 1)];
     uint32_t want = SEQ_WANT(c->done + 1);
     /* pairs with the release store of seqf in rpal_reply */
-    if (SEQ_OF(__atomic_load_n(&slot->seqf, __ATOMIC_ACQUIRE)) != want) {
+    if (SEQ_OF(rpal_plain_load_acquire(&slot->seqf)) != want) {
         int err = chan_wait(c, slot, want, timeout_ms);
         if (err < 0)
             return err;
@@ -894,7 +931,7 @@ static uint32_t callers_cpu(struct rx_chan **chs, int n)
 /* Publish CPU as where R waits, in every channel's ring, if it moved. */
 static void receiver_cpu(rpal_receiver *r, struct rx_chan **chs, int n, uint32_t cpu)
 {
-    if (!cpu || cpu == r->cpu)
+    if (!cpu || cpu == rpal_load_relaxed(&r->cpu))
         return;
     rpal_store_relaxed(&r->cpu, cpu); /* read by chan_accept for new channels */
     for (int k = 0; k < n; k++)
@@ -1004,7 +1041,7 @@ static int serve_sleep(rpal_receiver *r, struct rx_chan **chs, int n, struct wt_
             continue;
         }
         const struct ch_entry *slot = &chs[k]->tx->e[chs[k]->head & (chs[k]->depth - 1)];
-        ready = SEQ_OF(__atomic_load_n(&slot->seqf, __ATOMIC_RELAXED)) == SEQ_WANT(chs[k]->head + 1);
+        ready = SEQ_OF(rpal_plain_load_relaxed(&slot->seqf)) == SEQ_WANT(chs[k]->head + 1);
     }
     if (!ready) {
         int ms = (int)((slice + 999999) / 1000000);
@@ -1017,10 +1054,167 @@ static int serve_sleep(rpal_receiver *r, struct rx_chan **chs, int n, struct wt_
     return got;
 }
 
+/* A new copy of ch[] for this thread, the doorbell having moved to BELL:
+ * the dispatcher appended a channel or marked one dead. Each new channel's
+ * caller is pinned (stays open to every thread) for as long as this
+ * receiver serves it, since its ring is read on every scan. */
+static void snap_take(rpal_receiver *r, uint32_t bell)
+{
+    pthread_mutex_lock(&r->lock);
+    r->nsnap = r->n;
+    memcpy(r->snap, r->ch, (size_t)r->n * sizeof *r->snap);
+    pthread_mutex_unlock(&r->lock);
+    r->snap_bell = bell;
+    r->snap_valid = 1;
+    for (int k = 0; k < r->nsnap; k++) {
+        struct rx_chan *x = r->snap[k];
+        if (!x->ring_window && !rpal_load_relaxed(&x->dead)) {
+            if (dom_peer_pin(x->peer) == 0)
+                x->ring_window = 1;
+            else
+                poison(x); /* it has gone */
+        }
+    }
+}
+
+/* Refresh the thread's copy of ch[] if the doorbell moved: 1 if it did.
+ * Only this thread removes channels, so ch[] entries stay valid while we
+ * scan; the dispatcher only appends (under r->lock). */
+static inline int snap_refresh(rpal_receiver *r)
+{
+    uint32_t bell = rpal_load_acquire(&r->doorbell); /* pairs with chan_accept */
+    if (r->snap_valid && bell == r->snap_bell)
+        return 0;
+    snap_take(r, bell);
+    return 1;
+}
+
+/* Hand the entry E of kind KIND, just taken from X's ring, to the
+ * application as M. */
+static inline void msg_give(struct rx_chan *x, const struct ch_entry *e, int kind,
+                            struct rpal_msg *m)
+{
+    if (kind == E_PTR) {
+        /* Read in place, inside a window until the reply, which tells the
+         * caller (ack) that it may free its copy. */
+        rpal_peer_access_begin(x->peer);
+        x->windows++;
+        if (x->npend < x->depth) {
+            x->pend_ptr[x->npend] = e->ptr;
+            x->pend_seq[x->npend++] = SEQ_WANT(x->head);
+        }
+    }
+    x->unanswered++;
+    x->st.msgs_in++;
+    x->st.bytes_in += e->len;
+    m->len = e->len;
+    m->peer = x->peer;
+    m->internal[0] = x;
+    m->internal[1] = (void *)(uintptr_t)e->tag;
+    if (kind == E_INLINE) {
+        /* Inline data is copied out of the peer's ring into the message:
+         * the caller may overwrite the entry from now on. */
+        memcpy(m->inline_copy, e->data, e->len);
+        m->data = m->inline_copy;
+    } else {
+        m->data = (const void *)(uintptr_t)e->ptr;
+    }
+}
+
+/* Look once at each of the N channels CHS, round robin from where the
+ * last message came from, and hand the first request found out as M: its
+ * channel, or NULL if none has one. *REAPED is set when a channel is to be
+ * reaped (dead, or its caller broke the ring's rules). */
+static inline struct rx_chan *scan(rpal_receiver *r, struct rx_chan **chs, int n,
+                                   struct rpal_msg *m, int *reaped)
+{
+    /* No division: this loop is the poll path. */
+    unsigned idx = r->next < (unsigned)n ? r->next : 0;
+    for (int k = 0; k < n; k++, idx = idx + 1 == (unsigned)n ? 0 : idx + 1) {
+        struct rx_chan *x = chs[idx];
+        if (rpal_load_acquire(&x->dead)) { /* pairs with rxc_hook */
+            /* Reaped once no request of it waits for its reply: until
+             * then it is only passed over (not a reason to loop). */
+            *reaped |= x->unanswered == 0;
+            continue;
+        }
+        const struct ch_entry *slot = &x->tx->e[x->head & (x->depth - 1)];
+        /* pairs with the release store of seqf in rpal_send */
+        if (SEQ_OF(rpal_plain_load_acquire(&slot->seqf)) != SEQ_WANT(x->head + 1))
+            continue;
+        struct ch_entry e;
+        int kind = ch_entry_take(slot, x->cbase, x->csize, &e);
+        if (kind < 0) {
+            poison(x);
+            *reaped = 1;
+            continue;
+        }
+        /* The entry is copied. The caller reuses it only once it has the
+         * reply of a later request, which we give after this. */
+        x->head++;
+        prefetch_ahead(&x->seen_tail, &x->tx->tail, x->head, x->tx->e, x->depth);
+        r->next = idx + 1 == (unsigned)n ? 0 : idx + 1;
+        msg_give(x, &e, kind, m);
+        return x;
+    }
+    return NULL;
+}
+
+/* The wait W ended with a request from X: it counts for X's channel. */
+static void wait_done(rpal_receiver *r, struct wt_wait *w, struct rx_chan *x,
+                      struct rx_chan **chs, int n)
+{
+    w->st = &x->st;
+    /* pairs with the release store in wake() */
+    wt_end(w, w->slept ? rpal_load_acquire(&x->tx->pub.woke_ns) : 0);
+    x->st.budget_ns = w->budget;
+    receiver_cpu(r, chs, n, w->my_cpu);
+    if (wt_stats_due(&x->st, w->now))
+        dom_stats_flush(r->s->d, &x->st);
+}
+
+/* Nothing was there: one step of W, the wait of receive() (EV as there).
+ * 0 to look again, or what receive() returns: RPAL_SERVE_EVENT, a signal
+ * (-EINTR), an error or -ETIMEDOUT at LIMIT. *BELL is the doorbell a
+ * sleep waits to move; *NEXT_K when the domain's set is looked at next. */
+static int receive_pause(rpal_receiver *r, struct wt_wait *w, struct rx_chan **chs, int n,
+                         struct rpal_event *ev, uint64_t limit, uint32_t *bell,
+                         uint64_t *next_k)
+{
+    int step = wt_pause(w);
+    if (step == 0)
+        return 0;
+    if (step == WT_SLEEP) {
+        /* 100 ms slices, not past the deadline (docs/waiting.md) */
+        int64_t slice = wt_slice_ns(wt_left_ns(w->t0, limit, w->now), 100000000);
+        int got = ev ? serve_sleep(r, chs, n, w, slice, ev)
+                     : receiver_sleep(r, chs, n, *bell, w, slice);
+        if (got != 0) {
+            /* An event, or a signal (as read(2) without SA_RESTART:
+             * -EINTR lets a loop look at its flags), or an error. */
+            wt_end_empty(w);
+            return got > 0 ? RPAL_SERVE_EVENT : got;
+        }
+        *bell = rpal_load_acquire(&r->doorbell);
+    } else if (ev) {
+        /* Spinning or yielding: the domain's set every 10 us. */
+        if (*next_k == UINT64_MAX)
+            *next_k = w->t0 + 10000;
+        if (w->now >= *next_k) {
+            *next_k = w->now + 10000;
+            if (serve_look(r, ev)) {
+                wt_end_empty(w);
+                return RPAL_SERVE_EVENT;
+            }
+        }
+    }
+    return w->now - w->t0 >= limit ? -ETIMEDOUT : 0;
+}
+
 /* rpal_receive, and rpal_serve when EV is not NULL. */
 static int receive(rpal_receiver *r, struct rpal_msg *m, struct rpal_event *ev, int timeout_ms)
 {
-    uint64_t limit = timeout_ms < 0 ? UINT64_MAX : (uint64_t)timeout_ms * 1000000;
+    uint64_t limit = wt_limit_ns(timeout_ms);
     struct wt_wait w;
     int waiting = 0;
     uint32_t bell = rpal_load_acquire(&r->doorbell);
@@ -1032,96 +1226,14 @@ static int receive(rpal_receiver *r, struct rpal_msg *m, struct rpal_event *ev, 
     if (ev && ++r->nosys >= 64 && serve_look(r, ev))
         return RPAL_SERVE_EVENT;
     for (;;) {
-        /* Only this thread removes channels, so ch[] entries stay valid
-         * while we scan; the dispatcher only appends (under r->lock). */
-        uint32_t now_bell = rpal_load_acquire(&r->doorbell); /* pairs with chan_accept */
-        if (!r->snap_valid || now_bell != r->snap_bell) {
-            pthread_mutex_lock(&r->lock);
-            r->nsnap = r->n;
-            memcpy(r->snap, r->ch, (size_t)r->n * sizeof *r->snap);
-            pthread_mutex_unlock(&r->lock);
-            r->snap_bell = now_bell;
-            r->snap_valid = 1;
-            /* The caller's ring is read on every scan: each channel's
-             * caller stays open (a pin) for as long as this receiver
-             * serves it. */
-            for (int k = 0; k < r->nsnap; k++) {
-                struct rx_chan *x = r->snap[k];
-                if (!x->ring_window && !rpal_load_relaxed(&x->dead)) {
-                    if (dom_peer_pin(x->peer) == 0)
-                        x->ring_window = 1;
-                    else
-                        poison(x); /* it has gone */
-                }
-            }
-            if (waiting) /* whom we wait for changed */
-                w.peer_cpu = callers_cpu(r->snap, r->nsnap);
-        }
+        if (snap_refresh(r) && waiting) /* whom we wait for changed */
+            w.peer_cpu = callers_cpu(r->snap, r->nsnap);
         int n = r->nsnap;
         struct rx_chan **chs = r->snap;
-        /* Round robin from where the last message came from (no division:
-         * this loop is the poll path). */
-        unsigned idx = r->next < (unsigned)n ? r->next : 0;
-        for (int k = 0; k < n; k++, idx = idx + 1 == (unsigned)n ? 0 : idx + 1) {
-            struct rx_chan *x = chs[idx];
-            if (rpal_load_acquire(&x->dead)) { /* pairs with rxc_hook */
-                /* Reaped once no request of it waits for its reply: until
-                 * then it is only passed over (not a reason to loop). */
-                reaped |= x->unanswered == 0;
-                continue;
-            }
-            const struct ch_entry *slot = &x->tx->e[x->head & (x->depth - 1)];
-            /* pairs with the release store of seqf in rpal_send */
-            if (SEQ_OF(__atomic_load_n(&slot->seqf, __ATOMIC_ACQUIRE)) != SEQ_WANT(x->head + 1))
-                continue;
-            struct ch_entry e;
-            int kind = ch_entry_take(slot, x->cbase, x->csize, &e);
-            if (kind < 0) {
-                poison(x);
-                reaped = 1;
-                continue;
-            }
-            const void *data = kind == E_PTR ? (const void *)(uintptr_t)e.ptr : e.data;
-            /* The entry is copied. The caller reuses it only once it has
-             * the reply of a later request, which we give after this. */
-            x->head++;
-            prefetch_ahead(&x->seen_tail, &x->tx->tail, x->head, x->tx->e, x->depth);
-            r->next = idx + 1 == (unsigned)n ? 0 : idx + 1;
-            if (kind == E_PTR) {
-                /* Read in place, inside a window until the reply, which
-                 * tells the caller (ack) that it may free its copy. */
-                rpal_peer_access_begin(x->peer);
-                x->windows++;
-                if (x->npend < x->depth) {
-                    x->pend_ptr[x->npend] = e.ptr;
-                    x->pend_seq[x->npend++] = SEQ_WANT(x->head);
-                }
-            }
-            x->unanswered++;
-            x->st.msgs_in++;
-            x->st.bytes_in += e.len;
-            m->len = e.len;
-            m->peer = x->peer;
-            m->internal[0] = x;
-            m->internal[1] = (void *)(uintptr_t)e.tag;
-            if (kind == E_INLINE) {
-                /* Inline data is copied out of the peer's ring into the
-                 * message: the caller may overwrite the entry from now on. */
-                memcpy(m->inline_copy, e.data, e.len);
-                m->data = m->inline_copy;
-            } else {
-                m->data = data;
-            }
-            if (waiting) {
-                /* The wait counts for the channel that ended it. */
-                w.st = &x->st;
-                /* pairs with the release store in wake() */
-                wt_end(&w, w.slept ? rpal_load_acquire(&x->tx->pub.woke_ns) : 0);
-                x->st.budget_ns = w.budget;
-                receiver_cpu(r, chs, n, w.my_cpu);
-                if (wt_stats_due(&x->st, w.now))
-                    dom_stats_flush(r->s->d, &x->st);
-            }
+        struct rx_chan *x = scan(r, chs, n, m, &reaped);
+        if (x) {
+            if (waiting)
+                wait_done(r, &w, x, chs, n);
             return ev ? RPAL_SERVE_MSG : 0;
         }
         if (reaped) {
@@ -1134,36 +1246,9 @@ static int receive(rpal_receiver *r, struct rpal_msg *m, struct rpal_event *ev, 
             receiver_cpu(r, chs, n, w.my_cpu);
             waiting = 1;
         }
-        int step = wt_pause(&w);
-        if (step == 0)
-            continue;
-        if (step == WT_SLEEP) {
-            int64_t slice = 100000000;
-            if (limit != UINT64_MAX && (int64_t)(w.t0 + limit - w.now) < slice)
-                slice = (int64_t)(w.t0 + limit - w.now);
-            int got = ev ? serve_sleep(r, chs, n, &w, slice > 0 ? slice : 0, ev)
-                         : receiver_sleep(r, chs, n, bell, &w, slice > 0 ? slice : 0);
-            if (got != 0) {
-                /* An event, or a signal (as read(2) without SA_RESTART:
-                 * -EINTR lets a loop look at its flags), or an error. */
-                wt_end_empty(&w);
-                return got > 0 ? RPAL_SERVE_EVENT : got;
-            }
-            bell = rpal_load_acquire(&r->doorbell);
-        } else if (ev) {
-            /* Spinning or yielding: the domain's set every 10 us. */
-            if (next_k == UINT64_MAX)
-                next_k = w.t0 + 10000;
-            if (w.now >= next_k) {
-                next_k = w.now + 10000;
-                if (serve_look(r, ev)) {
-                    wt_end_empty(&w);
-                    return RPAL_SERVE_EVENT;
-                }
-            }
-        }
-        if (w.now - w.t0 >= limit)
-            return -ETIMEDOUT;
+        int got = receive_pause(r, &w, chs, n, ev, limit, &bell, &next_k);
+        if (got != 0)
+            return got;
     }
 }
 
@@ -1225,7 +1310,7 @@ int rpal_reply(rpal_receiver *r, const struct rpal_msg *m, const void *data, siz
     if (kind < 0)
         return kind;
     /* seqf last: pairs with the caller's acquire of it in rpal_complete */
-    __atomic_store_n(&e->seqf, SEQF(x->rtail + 1, (uint32_t)kind), __ATOMIC_RELEASE);
+    rpal_plain_store_release(&e->seqf, SEQF(x->rtail + 1, (uint32_t)kind));
     x->rtail++;
     rpal_prefetch_write(&x->rx->e[(x->rtail + PREFETCH_AHEAD) & (x->depth - 1)]);
     x->st.msgs_out++;

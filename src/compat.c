@@ -4,10 +4,12 @@
  * members of a domain. Each end then owns a ring in its own slot (the
  * messages it writes, the count it has consumed of the other's, and whether
  * it is polling), and reads the other's ring through its read-only mapping,
- * checking every index, length and pointer (principles 2 and 3). The socket
- * stays: it carries a one-byte wake-up when the reader said it is not
- * polling (principle 6), and the end of the connection, so that kernel
- * epoll sets, poll() and foreign event loops keep working.
+ * checking every index, length and pointer (principles 2 and 3: a process
+ * writes only memory it owns; nothing read from a peer is trusted). The
+ * socket stays: it carries a one-byte wake-up when the reader said it is
+ * not polling (principle 6: never cost more than the socket it replaces),
+ * and the end of the connection, so that kernel epoll sets, poll() and
+ * foreign event loops keep working.
  *
  * The epoll half keeps, per epoll set, what the application registered;
  * the kernel set holds every descriptor with our own cookie (the fd), and
@@ -96,8 +98,8 @@ static void *fdtab_get(struct fdtab *t, int fd)
     if (fd < 0 || fd >= FD_PAGE * FD_PAGES)
         return NULL;
     /* pairs with the release stores in fdtab_put */
-    void **pg = atomic_load_explicit(&t->pages[fd / FD_PAGE], memory_order_acquire);
-    return pg ? __atomic_load_n(&pg[fd % FD_PAGE], __ATOMIC_ACQUIRE) : NULL;
+    void **pg = rpal_load_acquire(&t->pages[fd / FD_PAGE]);
+    return pg ? rpal_plain_load_acquire(&pg[fd % FD_PAGE]) : NULL;
 }
 
 /* cx_lock held. */
@@ -105,13 +107,13 @@ static int fdtab_put(struct fdtab *t, int fd, void *v)
 {
     if (fd < 0 || fd >= FD_PAGE * FD_PAGES)
         return -EMFILE;
-    void **pg = atomic_load_explicit(&t->pages[fd / FD_PAGE], memory_order_relaxed);
+    void **pg = rpal_load_relaxed(&t->pages[fd / FD_PAGE]);
     if (!pg) {
         if (!(pg = calloc(FD_PAGE, sizeof *pg)))
             return -ENOMEM;
-        atomic_store_explicit(&t->pages[fd / FD_PAGE], pg, memory_order_release);
+        rpal_store_release(&t->pages[fd / FD_PAGE], pg);
     }
-    __atomic_store_n(&pg[fd % FD_PAGE], v, __ATOMIC_RELEASE);
+    rpal_plain_store_release(&pg[fd % FD_PAGE], v);
     return 0;
 }
 
@@ -198,7 +200,7 @@ static int cx_ready(const struct cx_reader *r)
 {
     const struct ch_entry *e = &r->their->e[r->head & (r->tdepth - 1)];
     /* pairs with the release store of seqf in rpal_write */
-    return SEQ_OF(__atomic_load_n(&e->seqf, __ATOMIC_ACQUIRE)) == SEQ_WANT(r->head + 1);
+    return SEQ_OF(rpal_plain_load_acquire(&e->seqf)) == SEQ_WANT(r->head + 1);
 }
 
 static int next_ready(const struct conn *c) { return cx_ready(&c->rd); }
@@ -222,22 +224,16 @@ size_t cx_take(struct cx_reader *r, char *buf, size_t len)
 {
     size_t got = 0;
     while (got < len && !r->broken && cx_ready(r)) {
-        const struct ch_entry *e = &r->their->e[r->head & (r->tdepth - 1)];
-        /* Each field read once, then checked (principle 3). */
-        uint32_t kind = FLAG_OF(__atomic_load_n(&e->seqf, __ATOMIC_RELAXED));
-        uint32_t elen = __atomic_load_n(&e->len, __ATOMIC_RELAXED);
-        uint64_t ptr = __atomic_load_n(&e->ptr, __ATOMIC_RELAXED);
-        const uint8_t *src;
-        if (kind == E_INLINE && elen <= RPAL_INLINE_MAX)
-            src = e->data;
-        else if (kind == E_PTR && span_inside(ptr, elen, r->sbase, r->ssize))
-            src = (const uint8_t *)(uintptr_t)ptr;
-        else
-            src = NULL;
-        if (!src || r->off > elen) {
+        /* The entry is copied once and checked as the channel's are (the
+         * other end may rewrite it meanwhile: nothing it says is trusted). */
+        struct ch_entry e;
+        int kind = ch_entry_take(&r->their->e[r->head & (r->tdepth - 1)], r->sbase, r->ssize, &e);
+        uint32_t elen = e.len;
+        if (kind < 0 || r->off > elen) {
             r->broken = 1;
             break;
         }
+        const uint8_t *src = kind == E_PTR ? (const uint8_t *)(uintptr_t)e.ptr : e.data;
         size_t n = elen - r->off < len - got ? elen - r->off : len - got;
         memcpy(buf + got, src + r->off, n);
         got += n;
@@ -340,9 +336,8 @@ static int conn_wait(struct conn *c, int for_room)
             set_sleeps(c, WT_WAKE_FUTEX);
             rpal_fence_seq_cst(); /* pairs with the fences in take() and rpal_write */
             if (!(for_room ? has_room(c) : next_ready(c)) && !at_end(c)) {
-                int64_t slice = 20000000;
-                if (limit != UINT64_MAX && (int64_t)(w.t0 + limit - w.now) < slice)
-                    slice = w.t0 + limit > w.now ? (int64_t)(w.t0 + limit - w.now) : 0;
+                /* 20 ms: then the socket says whether the other end is gone */
+                int64_t slice = wt_slice_ns(wt_left_ns(w.t0, limit, w.now), 20000000);
                 int r = prim_futex_wait(word, v, 1, slice);
                 timed_out = r == -ETIMEDOUT;
                 if (r == -EINTR)
@@ -462,7 +457,7 @@ ssize_t rpal_write(int fd, const void *buf, size_t len)
     if (kind < 0)
         return kind;
     /* seqf last: pairs with the acquire in next_ready() */
-    __atomic_store_n(&e->seqf, SEQF(c->sent + 1, (uint32_t)kind), __ATOMIC_RELEASE);
+    rpal_plain_store_release(&e->seqf, SEQF(c->sent + 1, (uint32_t)kind));
     c->sent++;
     /* An entry a few ahead, which the reader read a lap ago: ours before we
      * write it, so that the barrier below does not wait for it. */
@@ -481,12 +476,12 @@ ssize_t rpal_write(int fd, const void *buf, size_t len)
 static int wait_io(int fd, short ev, uint64_t deadline)
 {
     for (;;) {
-        uint64_t now = prim_now_ns();
-        if (now >= deadline)
+        uint64_t left = wt_left_ns(0, deadline, prim_now_ns());
+        if (left == 0)
             return -ETIMEDOUT;
-        uint64_t left = (deadline - now + 999999) / 1000000;
+        int ms = wt_poll_ms(left);
         struct pollfd pf = {fd, ev, 0};
-        int r = poll(&pf, 1, left > 1000 ? 1000 : (int)left);
+        int r = poll(&pf, 1, ms < 0 || ms > 1000 ? 1000 : ms);
         if (r > 0)
             return (pf.revents & (POLLERR | POLLNVAL)) ? -ECONNRESET : 0;
         if (r < 0 && errno != EINTR)
@@ -656,7 +651,7 @@ static void zombies_reap(void)
     while (*pp) {
         struct conn *c = *pp;
         if (dom_check(c->d) == 0 &&
-            (c->peer->gone || rpal_load_acquire(&c->rd.their->head) == c->sent ||
+            (rpal_load_acquire(&c->peer->gone) || rpal_load_acquire(&c->rd.their->head) == c->sent ||
              poll(&(struct pollfd){c->peer->pidfd, POLLIN, 0}, 1, 0) != 0)) {
             *pp = c->next_zombie;
             conn_free(c);
@@ -665,6 +660,146 @@ static void zombies_reap(void)
         }
     }
     pthread_mutex_unlock(&cx_lock);
+}
+
+/* Is FD a connected Unix stream socket whose other end may speak rpal? 1
+ * yes, with the kernel's word on who connected in *CR (and that process's
+ * slot in *PSLOT if it is a member of D); 0 no (nothing was sent, the
+ * socket stays as it was); or a negative errno. DEADLINE bounds the wait
+ * for a socketpair's other end to speak first. */
+static int fdmap_candidate(rpal_domain *d, int fd, uint64_t deadline, struct ucred *cr,
+                           unsigned *pslot)
+{
+    int type;
+    socklen_t l = sizeof type;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l) < 0)
+        return -errno;
+    struct sockaddr_un sa;
+    l = sizeof sa;
+    if (getsockname(fd, (struct sockaddr *)&sa, &l) < 0)
+        return -errno;
+    if (type != SOCK_STREAM || sa.sun_family != AF_UNIX)
+        return -EPROTOTYPE;
+    l = sizeof *cr;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, cr, &l) < 0)
+        return -errno;
+    /* The kernel's word on who connected (or, for a socketpair, who made
+     * it: then it may be us). Not a member of our domain: nothing is sent,
+     * the socket stays as it was. A hello already waiting says the other
+     * end speaks rpal whatever the records said a moment ago. */
+    if (cr->pid <= 0)
+        return 0;
+    if (cr->pid == getpid()) {
+        /* We made the socketpair: who is at the other end is unknown. Let
+         * it speak first; silence until the deadline means it is not rpal
+         * (and nothing was sent). */
+        int err = hello_peek(fd, deadline);
+        if (err < 0)
+            return err == -ETIMEDOUT ? 0 : err;
+    } else if (dom_member_slot(d, cr->pid, pslot) < 0 && hello_peek(fd, 0) < 0) {
+        return 0;
+    }
+    return 1;
+}
+
+/* A connection for FD of D, its ring allocated in our slot: NULL if memory
+ * ran out. */
+static struct conn *conn_new(rpal_domain *d, int fd)
+{
+    struct conn *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->fd = fd;
+    c->d = d;
+    c->depth = CX_DEPTH;
+    c->st.idx = -1;
+    c->their_bell = -1;
+    c->bell = wt_bells() ? eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK) : -1;
+    c->staging = calloc(c->depth, sizeof *c->staging);
+    c->my = ch_slot_alloc(sizeof *c->my + c->depth * sizeof(struct ch_entry), &c->my_raw);
+    if (!c->staging || !c->my) {
+        conn_free(c);
+        return NULL;
+    }
+    c->my->magic = CX_MAGIC;
+    c->my->depth = c->depth;
+    /* Not waiting in rpal yet: a wake-up is a byte on the socket. */
+    rpal_store_relaxed(&c->my->pub.sleeps, WT_WAKE_SOCK);
+    rpal_store_relaxed(&c->my->pub.cpu, wt_my_cpu());
+    return c;
+}
+
+/* Send our hello (with our slot's memfd and our bell) and read the other
+ * end's into *THEIR, with its memfd in *MEMFD (-1: none) and the
+ * credentials the kernel attached in *CR; keep its bell if we may write
+ * it. */
+static int hello_exchange(struct conn *c, uint64_t deadline, struct fm_hello *their,
+                          int *memfd, struct ucred *cr)
+{
+    rpal_domain *d = c->d;
+    int fd = c->fd, fds[2] = {-1, -1}, err;
+    struct fm_hello mine = {.magic = FM_MAGIC, .version = FM_VERSION, .slot = d->slot,
+                            .slot_size = d->slot_size, .ring = (uintptr_t)c->my,
+                            .depth = c->depth, .pid = d->pid};
+    /* Credentials ride with the hello (the connection's may be stale: a
+     * socketpair's are its maker's); the kernel adds them to what we read
+     * only while SO_PASSCRED is on. */
+    int one = 1, passcred = 0;
+    socklen_t l = sizeof passcred;
+    getsockopt(fd, SOL_SOCKET, SO_PASSCRED, &passcred, &l);
+    setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one);
+    if ((err = hello_send(fd, &mine, d->memfd, c->bell, deadline)) == 0)
+        err = hello_recv(fd, their, fds, cr, deadline);
+    *memfd = fds[0];
+    /* Its bell, only if it is an eventfd of a process of our own user. A
+     * write to an eventfd blocks when its count is full, and its O_NONBLOCK
+     * belongs to the file both ends share: another user could make our
+     * writes block. One of ours may ptrace us anyway (docs/hardening.md). */
+    if (fds[1] >= 0 && cr->uid == getuid() && prim_is_eventfd(fds[1]))
+        c->their_bell = fds[1];
+    else if (fds[1] >= 0)
+        close(fds[1]);
+    if (!passcred)
+        setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &passcred, sizeof passcred);
+    return err;
+}
+
+/* Everything in the hello THEIR is the other process's word: check it
+ * against what the kernel says (credentials CR, its claim, its slot's
+ * MEMFD), then map its slot (c->peer, pinned: their ring is read on every
+ * wait, from whichever thread) and take its ring. */
+static int conn_adopt(struct conn *c, const struct fm_hello *their, int memfd,
+                      const struct ucred *cr)
+{
+    rpal_domain *d = c->d;
+    unsigned pslot;
+    int err, created;
+    if (cr->pid <= 0 || cr->pid == getpid() || dom_member_slot(d, cr->pid, &pslot) < 0)
+        return -EPROTO;
+    if (memfd < 0 || cx_hello_check(their, cr->pid, pslot, d->slot_size) < 0)
+        return -EPROTO;
+    if ((err = svc_peer_adopt(d, memfd, cr, pslot, their->slot_size, &c->peer, &created)) < 0) {
+        c->peer = NULL;
+        return err;
+    }
+    if (created)
+        c->peer->by_fdmap = 1;
+    rpal_fetch_add_acq_rel(&c->peer->nchans, 1);
+    c->rd.sbase = c->peer->base;
+    c->rd.ssize = c->peer->size;
+    if ((err = dom_peer_pin(c->peer)) < 0) {
+        if (created)
+            rpal_peer_release(c->peer);
+        svc_peer_put(c->peer, 0);
+        c->peer = NULL;
+        return err;
+    }
+    if ((err = cx_ring_check(their, c->rd.sbase, c->rd.ssize)) < 0)
+        return err;
+    c->rd.their = (const struct cx_ring *)(uintptr_t)their->ring;
+    c->rd.tdepth = their->depth;
+    c->st.peer_slot = pslot;
+    return 0;
 }
 
 int rpal_uds_fdmap(rpal_domain *d, int fd, int timeout_ms)
@@ -677,123 +812,23 @@ int rpal_uds_fdmap(rpal_domain *d, int fd, int timeout_ms)
     if (conn_of(fd))
         return 1;
     zombies_reap();
-    int type;
-    socklen_t l = sizeof type;
-    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l) < 0)
-        return -errno;
-    struct sockaddr_un sa;
-    l = sizeof sa;
-    if (getsockname(fd, (struct sockaddr *)&sa, &l) < 0)
-        return -errno;
-    if (type != SOCK_STREAM || sa.sun_family != AF_UNIX)
-        return -EPROTOTYPE;
+    uint64_t deadline = wt_deadline_ns(timeout_ms);
     struct ucred cr;
-    l = sizeof cr;
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &l) < 0)
-        return -errno;
     unsigned pslot;
-    /* The kernel's word on who connected (or, for a socketpair, who made
-     * it: then it may be us). Not a member of our domain: nothing is sent,
-     * the socket stays as it was. A hello already waiting says the other
-     * end speaks rpal whatever the records said a moment ago. */
-    if (cr.pid <= 0)
-        return 0;
-    uint64_t deadline = timeout_ms < 0 ? UINT64_MAX
-                                       : prim_now_ns() + (uint64_t)timeout_ms * 1000000;
-    if (cr.pid == getpid()) {
-        /* We made the socketpair: who is at the other end is unknown. Let
-         * it speak first; silence until the deadline means it is not rpal
-         * (and nothing was sent). */
-        if ((err = hello_peek(fd, deadline)) < 0)
-            return err == -ETIMEDOUT ? 0 : err;
-    } else if (dom_member_slot(d, cr.pid, &pslot) < 0 && hello_peek(fd, 0) < 0) {
-        return 0;
-    }
-    struct conn *c = calloc(1, sizeof *c);
+    if ((err = fdmap_candidate(d, fd, deadline, &cr, &pslot)) <= 0)
+        return err;
+    struct conn *c = conn_new(d, fd);
     if (!c)
         return -ENOMEM;
-    c->fd = fd;
-    c->d = d;
-    c->depth = CX_DEPTH;
-    c->st.idx = -1;
-    c->their_bell = -1;
-    c->bell = wt_bells() ? eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK) : -1;
-    c->staging = calloc(c->depth, sizeof *c->staging);
-    c->my = ch_slot_alloc(sizeof *c->my + c->depth * sizeof(struct ch_entry), &c->my_raw);
-    int fds[2] = {-1, -1}, memfd = -1;
-    if (!c->staging || !c->my) {
-        err = -ENOMEM;
-        goto fail;
-    }
-    c->my->magic = CX_MAGIC;
-    c->my->depth = c->depth;
-    /* Not waiting in rpal yet: a wake-up is a byte on the socket. */
-    rpal_store_relaxed(&c->my->pub.sleeps, WT_WAKE_SOCK);
-    rpal_store_relaxed(&c->my->pub.cpu, wt_my_cpu());
-    struct fm_hello mine = {.magic = FM_MAGIC, .version = FM_VERSION, .slot = d->slot,
-                            .slot_size = d->slot_size, .ring = (uintptr_t)c->my,
-                            .depth = c->depth, .pid = d->pid};
     struct fm_hello their;
-    /* Credentials ride with the hello (the connection's may be stale: a
-     * socketpair's are its maker's); the kernel adds them to what we read
-     * only while SO_PASSCRED is on. */
-    int one = 1, passcred = 0;
-    l = sizeof passcred;
-    getsockopt(fd, SOL_SOCKET, SO_PASSCRED, &passcred, &l);
-    setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one);
-    if ((err = hello_send(fd, &mine, d->memfd, c->bell, deadline)) == 0)
-        err = hello_recv(fd, &their, fds, &cr, deadline);
-    memfd = fds[0];
-    /* Its bell, only if it is an eventfd of a process of our own user. A
-     * write to an eventfd blocks when its count is full, and its O_NONBLOCK
-     * belongs to the file both ends share: another user could make our
-     * writes block. One of ours may ptrace us anyway (docs/hardening.md). */
-    if (fds[1] >= 0 && cr.uid == getuid() && prim_is_eventfd(fds[1]))
-        c->their_bell = fds[1];
-    else if (fds[1] >= 0)
-        close(fds[1]);
-    if (!passcred)
-        setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &passcred, sizeof passcred);
-    if (err < 0)
+    int memfd = -1;
+    if ((err = hello_exchange(c, deadline, &their, &memfd, &cr)) < 0 ||
+        (err = conn_adopt(c, &their, memfd, &cr)) < 0)
         goto fail;
-    /* Everything in the hello is the other process's word: check it
-     * against what the kernel says (credentials, its claim, the memfd). */
-    if (cr.pid <= 0 || cr.pid == getpid() || dom_member_slot(d, cr.pid, &pslot) < 0) {
-        err = -EPROTO;
-        goto fail;
-    }
-    if (memfd < 0 || cx_hello_check(&their, cr.pid, pslot, d->slot_size) < 0) {
-        err = -EPROTO;
-        goto fail;
-    }
-    int created;
-    if ((err = svc_peer_adopt(d, memfd, &cr, pslot, their.slot_size, &c->peer, &created)) < 0) {
-        c->peer = NULL;
-        goto fail;
-    }
-    if (created)
-        c->peer->by_fdmap = 1;
-    rpal_fetch_add_acq_rel(&c->peer->nchans, 1);
-    c->rd.sbase = c->peer->base;
-    c->rd.ssize = c->peer->size;
-    /* Their ring is read on every wait, from whichever thread: they stay
-     * open to every thread (a pin) for the connection's life. */
-    if ((err = dom_peer_pin(c->peer)) < 0) {
-        if (created)
-            rpal_peer_release(c->peer);
-        svc_peer_put(c->peer, 0);
-        c->peer = NULL;
-        goto fail;
-    }
-    if ((err = cx_ring_check(&their, c->rd.sbase, c->rd.ssize)) < 0)
-        goto fail;
-    c->rd.their = (const struct cx_ring *)(uintptr_t)their.ring;
-    c->rd.tdepth = their.depth;
     close(memfd);
     memfd = -1;
     wt_learn_init(&c->learn);
     c->st.kind = RPAL_STATS_CONN;
-    c->st.peer_slot = pslot;
     c->st.peer_pid = cr.pid;
     c->st.fd = fd;
     dom_stats_open(d, &c->st, 0);
@@ -821,9 +856,9 @@ int rpal_close(int fd)
         fdtab_put(&conns, fd, NULL);
         /* As close() takes a descriptor out of every epoll set. */
         for (int pg = 0; pg < FD_PAGES; pg++) {
-            void **sp = atomic_load_explicit(&sets.pages[pg], memory_order_relaxed);
+            void **sp = rpal_load_relaxed(&sets.pages[pg]); /* cx_lock: as every store */
             for (int k = 0; sp && k < FD_PAGE; k++) {
-                struct ep_set *s = sp[k];
+                struct ep_set *s = rpal_plain_load_relaxed(&sp[k]);
                 struct ep_item *it = s ? fdtab_get(s->items, fd) : NULL;
                 if (it && it->kbell)
                     epoll_ctl(s->epfd, EPOLL_CTL_DEL, c->bell, NULL);
@@ -891,10 +926,9 @@ static int set_sync(struct ep_set *s)
     pthread_mutex_lock(&cx_lock);
     s->nmapped = 0;
     for (int pg = 0; pg < FD_PAGES; pg++) {
-        void **ip = atomic_load_explicit(&s->items->pages[pg],
-                                         memory_order_relaxed);
+        void **ip = rpal_load_relaxed(&s->items->pages[pg]); /* cx_lock: as every store */
         for (int k = 0; ip && k < FD_PAGE; k++) {
-            struct ep_item *it = ip[k];
+            struct ep_item *it = rpal_plain_load_relaxed(&ip[k]);
             int fd = pg * FD_PAGE + k;
             struct conn *c = it && it->in_use ? conn_of(fd) : NULL;
             if (!c)
@@ -1086,7 +1120,7 @@ static uint32_t set_peers_cpu(struct ep_set *s)
 static int set_wait(struct ep_set *s, struct epoll_event *ev, int max, int timeout_ms)
 {
     static const struct rpal_chan_opts adaptive;
-    uint64_t limit = timeout_ms < 0 ? UINT64_MAX : (uint64_t)timeout_ms * 1000000;
+    uint64_t limit = wt_limit_ns(timeout_ms);
     uint32_t peers = set_peers_cpu(s);
     struct wt_wait w;
     wt_begin(&w, &s->learn, NULL, &adaptive, peers);
@@ -1120,12 +1154,7 @@ static int set_wait(struct ep_set *s, struct epoll_event *ev, int max, int timeo
         rpal_fence_seq_cst(); /* pairs with the fence in rpal_write: we see its
                                  message, or it sees we sleep */
         if ((n = collect(s, ev, max, 0)) == 0) {
-            int t = -1;
-            if (limit != UINT64_MAX) {
-                uint64_t left = w.t0 + limit > w.now ? (w.t0 + limit - w.now + 999999) / 1000000 : 0;
-                t = left > INT32_MAX ? INT32_MAX : (int)left;
-            }
-            n = kernel_wait(s, ev, max, t, 1);
+            n = kernel_wait(s, ev, max, wt_poll_ms(wt_left_ns(w.t0, limit, w.now)), 1);
         }
         set_sleeping(s, 0, 0);
         wt_sleep_end(&w, cpu0);
@@ -1240,17 +1269,12 @@ int rpal_epoll_wait(int epfd, struct epoll_event *ev, int max, int timeout_ms)
         return set_wait(s, ev, max, timeout_ms);
     /* Nothing of ours to wait for: the kernel's wait, until an event the
      * application asked for (a stale record's is dropped) or the deadline. */
-    uint64_t deadline = timeout_ms < 0 ? UINT64_MAX : prim_now_ns() + (uint64_t)timeout_ms * 1000000;
+    uint64_t deadline = wt_deadline_ns(timeout_ms);
     for (;;) {
-        int t = -1;
-        if (deadline != UINT64_MAX) {
-            uint64_t now = prim_now_ns();
-            if (now >= deadline)
-                return 0;
-            uint64_t left = (deadline - now + 999999) / 1000000;
-            t = left > INT32_MAX ? INT32_MAX : (int)left;
-        }
-        if ((n = kernel_wait(s, ev, max, t, 1)) != 0)
+        uint64_t left = wt_left_ns(0, deadline, deadline == UINT64_MAX ? 0 : prim_now_ns());
+        if (left == 0)
+            return 0;
+        if ((n = kernel_wait(s, ev, max, wt_poll_ms(left), 1)) != 0)
             return n;
     }
 }

@@ -622,13 +622,13 @@ static inline int span_inside(uint64_t p, uint64_t len, uint64_t base, uint64_t 
     return p >= base && len <= size && p - base <= size - len;
 }
 
+/* Allocate N zeroed bytes in our slot, 64-byte aligned; *RAW is what to
+ * give rpal_free(). */
+RPAL_HIDDEN void *ch_slot_alloc(size_t n, void **raw);
 /* Put LEN bytes of DATA in entry E: inline if they fit; else as a pointer,
  * to DATA itself if IN_PLACE (it lies in our own slot), or to the one copy
  * made into our slot, stored in *COPY for the caller to free later.
  * Returns the entry's kind (E_INLINE, E_PTR) or a negative errno. */
-/* Allocate N zeroed bytes in our slot, 64-byte aligned; *RAW is what to
- * give rpal_free(). */
-RPAL_HIDDEN void *ch_slot_alloc(size_t n, void **raw);
 RPAL_HIDDEN int ch_entry_fill(struct ch_entry *e, const void *data, size_t len,
                               int in_place, void **copy);
 
@@ -719,18 +719,53 @@ RPAL_HIDDEN void wt_end(struct wt_wait *w, uint64_t stamp);
 RPAL_HIDDEN void wt_end_empty(struct wt_wait *w);
 /* A wake-up's system call took NS (the sender's share of a sleep's cost). */
 RPAL_HIDDEN void wt_note_wake(uint64_t ns);
-/* Give the thread its own CPU mask back if it followed someone. */
-RPAL_HIDDEN void wt_unfollow(void);
-RPAL_HIDDEN void wt_atfork_child(void);
 /* Should ST's counters be written out now (NOW: a clock reading, or 0)? */
 RPAL_HIDDEN int wt_stats_due(const struct wt_stats *st, uint64_t now);
 RPAL_HIDDEN void wt_stats_copy(const struct wt_stats *st, struct rpal_stats *out);
 
+/* Deadlines, written once for every wait of the channel and compat layers.
+ * A timeout in ms (-1: none) becomes a limit in ns from the wait's start
+ * (wt_limit_ns), or a deadline on prim_now_ns()'s clock (wt_deadline_ns);
+ * UINT64_MAX stands for none throughout. */
+static inline uint64_t wt_limit_ns(int timeout_ms)
+{
+    return timeout_ms < 0 ? UINT64_MAX : (uint64_t)timeout_ms * 1000000;
+}
+static inline uint64_t wt_deadline_ns(int timeout_ms)
+{
+    return timeout_ms < 0 ? UINT64_MAX : prim_now_ns() + wt_limit_ns(timeout_ms);
+}
+/* What is left at NOW of LIMIT ns from T0 (T0 0: LIMIT is a deadline): 0
+ * once it is past, UINT64_MAX if there is no limit. */
+static inline uint64_t wt_left_ns(uint64_t t0, uint64_t limit, uint64_t now)
+{
+    if (limit == UINT64_MAX)
+        return UINT64_MAX;
+    return t0 + limit > now ? t0 + limit - now : 0;
+}
+/* A sleep of at most CAP ns that does not outlast LEFT (from wt_left_ns):
+ * sleeps are cut into slices so that the waiter looks at the other side's
+ * liveness now and then. */
+static inline int64_t wt_slice_ns(uint64_t left, int64_t cap)
+{
+    return left < (uint64_t)cap ? (int64_t)left : cap;
+}
+/* LEFT as poll(2)'s timeout: ms rounded up (never a busy loop of 0 ms
+ * polls before the deadline), -1 for none. */
+static inline int wt_poll_ms(uint64_t left)
+{
+    if (left == UINT64_MAX)
+        return -1;
+    uint64_t ms = (left + 999999) / 1000000;
+    return ms > INT32_MAX ? INT32_MAX : (int)ms;
+}
+
 /* ---- parsers of what others wrote, callable on a snapshot -----------------
  * Every function below reads memory or records another process wrote (its
- * slot, a shared file) and checks it: nothing read from a peer is trusted. Each is split from the
- * code that finds that memory, so that the fuzz targets in fuzz/ can feed it
- * arbitrary bytes standing in for the peer's (docs/fuzzing.md). */
+ * slot, a shared file) and checks it (principle 3: nothing read from a peer
+ * is trusted). Each is split from the code that finds that memory, so
+ * that the fuzz targets in fuzz/ can feed it arbitrary bytes standing in
+ * for the peer's (docs/fuzzing.md). */
 
 /* Copy the entry SLOT of a peer's ring once into *E and check it: an inline
  * entry holds at most RPAL_INLINE_MAX bytes; a pointer entry's bytes lie

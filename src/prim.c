@@ -972,3 +972,17 @@ const char *prim_fd_path(char *buf, int fd)
     snprintf(buf, PRIM_FD_PATH, "/proc/self/fd/%d", fd);
     return buf;
 }
+
+/* RPAL_DEFAULT_SLOT_SIZE (rpal.h): decided here, where RPAL_TSAN and
+ * RPAL_VALGRIND say which window this library was built with, so that a
+ * program built with other flags gets the size the library really uses:
+ * 64 slots of 4 GiB in the small window's 256 GiB of domain, 256 of 64 GiB
+ * in the usual 16 TiB. */
+uint64_t rpal_default_slot_size(void)
+{
+#if defined(RPAL_TSAN) || defined(RPAL_VALGRIND)
+    return 4ull << 30;
+#else
+    return 64ull << 30;
+#endif
+}

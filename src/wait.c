@@ -5,7 +5,8 @@
  *
  * Spinning pays only when the wait is shorter than what a sleep and a
  * wake-up cost, and only while the other side runs on another CPU
- * (principle 6). Neither is known in advance, so every waiter learns: it
+ * (principle 6 of the design: wait smart, never costing more than the
+ * socket it replaces). Neither is known in advance, so every waiter learns: it
  * keeps running averages of how often its waits were short (no longer than
  * a sleep and a wake-up cost, which this process measures as it sleeps and
  * wakes others) and of how long the short ones were, and at each wait takes
@@ -135,6 +136,8 @@ static int quota_is_low(void)
     }
     return 0;
 }
+
+static void wt_atfork_child(void);
 
 static void init_once(void)
 {
@@ -268,7 +271,8 @@ static uint32_t follow(uint32_t peer_cpu)
     return peer_cpu;
 }
 
-void wt_unfollow(void)
+/* Give the thread its own CPU mask back if it followed someone. */
+static void wt_unfollow(void)
 {
     if (!tf.to)
         return;
@@ -463,7 +467,7 @@ void wt_stats_copy(const struct wt_stats *st, struct rpal_stats *out)
 
 /* A forked child runs on the forking thread's mask: give it back the one
  * that thread had before it followed anybody. */
-void wt_atfork_child(void)
+static void wt_atfork_child(void)
 {
     if (tf.to) {
         sched_setaffinity(0, sizeof tf.orig, &tf.orig);

@@ -286,50 +286,18 @@ static void chan_free(rpal_chan *c)
 static int chan_handshake(rpal_chan *c, rpal_peer *peer, rpal_domain *d, int timeout_ms,
                           struct hs_rep *rep_out, int *fd_out)
 {
-    int err;
-    char file[80];
-    snprintf(file, sizeof file, "svc.%.64s", peer->info.service);
-    c->sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (c->sock < 0) {
-        err = -errno;
-        return err;
-    }
-    /* Not connect() by name: it would follow a link planted there. */
-    if ((err = prim_connect_beneath(d->dirfd, file, c->sock)) < 0) {
-        err = err == -ECONNREFUSED ? -ESRCH : err;
-        return err;
-    }
+    char file[SVC_FILE_MAX];
+    svc_sock_file(file, peer->info.service);
     struct hs_req req = {.magic = HS_MAGIC, .version = HS_VERSION, .slot = d->slot,
                          .slot_size = d->slot_size, .kind = HS_KIND_CHAN,
                          .depth = c->depth, .addr = (uint64_t)(uintptr_t)c->tx};
-    snprintf(req.service, sizeof req.service, "%.64s", peer->info.service);
-    if ((err = svc_send_with_fd(c->sock, &req, sizeof req, -1)) < 0) {
-        /* Closed before we sent (the service died or unregistered right
-         * after accepting): as a close without an answer below, not a
-         * raw -EPIPE (`rpal chaos` saw one). */
-        err = err == -EPIPE || err == -ECONNRESET ? -ESHUTDOWN : err;
-        return err;
-    }
-    struct pollfd pf = {c->sock, POLLIN, 0};
-    int r;
-    do
-        r = poll(&pf, 1, timeout_ms);
-    while (r < 0 && errno == EINTR);
-    struct hs_rep rep;
-    int fd;
-    if (r == 0) {
-        err = -ETIMEDOUT;
-        return err;
-    }
-    if ((err = svc_recv_with_fd(c->sock, &rep, sizeof rep, &fd)) < 0) {
-        if (fd >= 0)
-            close(fd);
-        err = err == -ECONNRESET ? -ESHUTDOWN : err;
-        return err;
-    }
-    *rep_out = rep;
-    *fd_out = fd;
-    return 0;
+    memcpy(req.service, peer->info.service, sizeof req.service - 1); /* both one component */
+    int err = svc_exchange(d, file, &req, -1, timeout_ms, rep_out, fd_out, &c->sock);
+    /* Nobody listens: the service is gone. Closed without an answer (it
+     * died or unregistered right after accepting us): the sharing ends. */
+    if (err == -ECONNREFUSED)
+        return -ESRCH;
+    return err == -ECONNRESET ? -ESHUTDOWN : err;
 }
 
 /* The service's answer REP (and the descriptor FD it sent, -1 none), the

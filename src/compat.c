@@ -473,22 +473,6 @@ ssize_t rpal_write(int fd, const void *buf, size_t len)
 
 /* ---- the upgrade ---- */
 
-static int wait_io(int fd, short ev, uint64_t deadline)
-{
-    for (;;) {
-        uint64_t left = wt_left_ns(0, deadline, prim_now_ns());
-        if (left == 0)
-            return -ETIMEDOUT;
-        int ms = wt_poll_ms(left);
-        struct pollfd pf = {fd, ev, 0};
-        int r = poll(&pf, 1, ms < 0 || ms > 1000 ? 1000 : ms);
-        if (r > 0)
-            return (pf.revents & (POLLERR | POLLNVAL)) ? -ECONNRESET : 0;
-        if (r < 0 && errno != EINTR)
-            return -errno;
-    }
-}
-
 /* Send our hello H with our slot's MEMFD and our BELL (-1: none). */
 static int hello_send(int fd, const struct fm_hello *h, int memfd, int bell, uint64_t deadline)
 {
@@ -526,7 +510,7 @@ static int hello_send(int fd, const struct fm_hello *h, int memfd, int bell, uin
         }
         if (r < 0 && errno != EAGAIN && errno != EINTR)
             return errno == EPIPE || errno == ECONNRESET ? -ECONNRESET : -errno;
-        int err = wait_io(fd, POLLOUT, deadline);
+        int err = prim_poll_until(fd, POLLOUT, deadline);
         if (err < 0)
             return err;
     }
@@ -549,7 +533,7 @@ static int hello_peek(int fd, uint64_t deadline)
             return 0;
         if (r < 0 && errno != EAGAIN && errno != EINTR)
             return -errno;
-        int err = wait_io(fd, POLLIN, deadline);
+        int err = prim_poll_until(fd, POLLIN, deadline);
         if (err < 0)
             return err;
     }
@@ -588,7 +572,7 @@ static int hello_recv(int fd, struct fm_hello *h, int fds[2], struct ucred *cr,
             return -ECONNRESET;
         if (errno != EAGAIN && errno != EINTR)
             return -errno;
-        int err = wait_io(fd, POLLIN, deadline);
+        int err = prim_poll_until(fd, POLLIN, deadline);
         if (err < 0)
             return err;
     }
@@ -812,7 +796,7 @@ int rpal_uds_fdmap(rpal_domain *d, int fd, int timeout_ms)
     if (conn_of(fd))
         return 1;
     zombies_reap();
-    uint64_t deadline = wt_deadline_ns(timeout_ms);
+    uint64_t deadline = prim_deadline(timeout_ms);
     struct ucred cr;
     unsigned pslot;
     if ((err = fdmap_candidate(d, fd, deadline, &cr, &pslot)) <= 0)
@@ -1269,7 +1253,7 @@ int rpal_epoll_wait(int epfd, struct epoll_event *ev, int max, int timeout_ms)
         return set_wait(s, ev, max, timeout_ms);
     /* Nothing of ours to wait for: the kernel's wait, until an event the
      * application asked for (a stale record's is dropped) or the deadline. */
-    uint64_t deadline = wt_deadline_ns(timeout_ms);
+    uint64_t deadline = prim_deadline(timeout_ms);
     for (;;) {
         uint64_t left = wt_left_ns(0, deadline, deadline == UINT64_MAX ? 0 : prim_now_ns());
         if (left == 0)

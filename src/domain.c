@@ -204,7 +204,7 @@ void dom_publish(rpal_domain *d)
     for (struct rpal_service *s = d->services; s && r->nservices < MEMBER_MAX_SERVICES; s = s->next)
         snprintf(r->services[r->nservices++], sizeof r->services[0], "%s", s->name);
     for (struct rpal_peer *p = d->peers; p && r->npeers < MEMBER_MAX_PEERS; p = p->next)
-        if (!p->gone)
+        if (!rpal_load_relaxed(&p->gone))
             r->peers[r->npeers++] = (uint16_t)p->info.slot;
     if (pwrite(d->claimfd, r, sizeof *r, 0) != (ssize_t)sizeof *r) {
         /* A torn record must read as invalid; not by truncating, which
@@ -638,7 +638,7 @@ unsigned rpal_capabilities(void)
 
 /* ---- listing and garbage collection ---- */
 
-/* qsort's comparator for the names' array (char[65] each): strcmp cast to
+/* qsort's comparator for the names' array (char[COMPONENT_MAX + 1] each): strcmp cast to
  * a comparator would be called through the wrong type. */
 static int name_cmp(const void *a, const void *b)
 {
@@ -663,7 +663,7 @@ static int dom_walk(int (*fn)(int dirfd, const char *name, const struct dom_meta
         return -errno;
     }
     /* Sorted, so that listings are stable. */
-    char (*names)[65] = NULL;
+    char (*names)[COMPONENT_MAX + 1] = NULL;
     size_t n = 0, cap = 0;
     struct dirent *de;
     while ((de = readdir(dir))) {
@@ -676,7 +676,7 @@ static int dom_walk(int (*fn)(int dirfd, const char *name, const struct dom_meta
                 break;
             names = nn;
         }
-        snprintf(names[n++], sizeof names[0], "%.64s", de->d_name);
+        snprintf(names[n++], sizeof names[0], "%.*s", COMPONENT_MAX, de->d_name);
     }
     if (n)
         qsort(names, n, sizeof *names, name_cmp);
@@ -894,7 +894,7 @@ static int gc_domain(int dirfd, const char *name, const struct dom_meta *m, void
             struct stat st;
             if (fstatat(dirfd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISSOCK(st.st_mode))
                 continue;
-            if (strlen(de->d_name) > 4 + 64)
+            if (strlen(de->d_name) > strlen("svc.") + COMPONENT_MAX)
                 continue;
             int c = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
             /* A socket nobody listens on refuses: its service is dead. (Not

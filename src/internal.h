@@ -52,6 +52,10 @@
 #define RPAL_REGION_GRANULE (2ull << 20)
 #define RPAL_PAGE 4096ull
 
+/* The bytes of one name component (a domain's or a service's name, one
+ * step of a region's path: rpal.h, RPAL_NAME_MAX), without its NUL. */
+#define COMPONENT_MAX 64
+
 /* ---- prim: thin wrappers over the OS (src/prim.c) ---- */
 
 /* 1 if this CPU has protection keys and the kernel turned them on (x86-64,
@@ -317,7 +321,7 @@ struct member_rec {
     uint32_t uid;
     uint64_t start;
     uint32_t nservices, npeers;
-    char services[MEMBER_MAX_SERVICES][65];
+    char services[MEMBER_MAX_SERVICES][COMPONENT_MAX + 1];
     uint16_t peers[MEMBER_MAX_PEERS];
 };
 
@@ -365,7 +369,7 @@ struct hs_req {
     uint64_t magic;
     uint32_t version, slot;
     uint64_t slot_size;
-    char service[65];
+    char service[COMPONENT_MAX + 1];
     uint8_t key[16];
     uint32_t kind;   /* HS_KIND_* */
     uint32_t depth;  /* CHAN: ring entries */
@@ -392,7 +396,7 @@ typedef int (*chan_accept_fn)(rpal_service *s, rpal_peer *p, int sock,
 struct rpal_service {
     struct watch w;
     rpal_domain *d;
-    char name[65];
+    char name[COMPONENT_MAX + 1];
     int lfd;
     rpal_key key;
     rpal_policy_fn policy;
@@ -463,7 +467,7 @@ RPAL_HIDDEN int dom_stats_validate(struct stats_rec *r);
  * stay under the always-closed key until a window takes one. */
 #define DOM_PKEYS 16
 struct rpal_domain {
-    char name[65];
+    char name[COMPONENT_MAX + 1];
     pid_t pid;           /* the member; a forked child is not */
     int dirfd;           /* O_PATH of <ns>/.domains/NAME */
     int claimfd;         /* slot.N, OFD-locked while we live */
@@ -673,7 +677,7 @@ struct wt_stats {
     int idx;                       /* in the claim file's table, -1: none */
     uint32_t kind, peer_slot;      /* RPAL_STATS_* */
     int32_t peer_pid, fd;
-    char name[65];
+    char name[COMPONENT_MAX + 1];
 };
 
 enum { WT_RUN = 0, WT_SPIN = 1, WT_YIELD, WT_SLEEP, WT_TICK };
@@ -725,15 +729,11 @@ RPAL_HIDDEN void wt_stats_copy(const struct wt_stats *st, struct rpal_stats *out
 
 /* Deadlines, written once for every wait of the channel and compat layers.
  * A timeout in ms (-1: none) becomes a limit in ns from the wait's start
- * (wt_limit_ns), or a deadline on prim_now_ns()'s clock (wt_deadline_ns);
+ * (wt_limit_ns), or a deadline on prim_now_ns()'s clock (prim_deadline);
  * UINT64_MAX stands for none throughout. */
 static inline uint64_t wt_limit_ns(int timeout_ms)
 {
     return timeout_ms < 0 ? UINT64_MAX : (uint64_t)timeout_ms * 1000000;
-}
-static inline uint64_t wt_deadline_ns(int timeout_ms)
-{
-    return timeout_ms < 0 ? UINT64_MAX : prim_now_ns() + wt_limit_ns(timeout_ms);
 }
 /* What is left at NOW of LIMIT ns from T0 (T0 0: LIMIT is a deadline): 0
  * once it is past, UINT64_MAX if there is no limit. */

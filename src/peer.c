@@ -47,7 +47,7 @@ static __thread struct {
 static int peer_watch(rpal_domain *d, struct watch *w, uint32_t events, struct rpal_event *ev)
 {
     rpal_peer *p = w->obj;
-    if (p->gone)
+    if (rpal_load_relaxed(&p->gone))
         return 0;
     int reason = -ESRCH;
     if (w == &p->wsock) {
@@ -72,7 +72,7 @@ static void peers_fork_child(rpal_domain *d)
 {
     memset(t_windows, 0, sizeof t_windows);
     for (rpal_peer *q = d->peers; q; q = q->next)
-        if (!q->gone) {
+        if (!rpal_load_relaxed(&q->gone)) {
             close(q->sock);
             close(q->pidfd);
         }
@@ -107,7 +107,7 @@ int peer_fd_check(int fd, uint64_t size)
 rpal_peer *peer_at_slot(rpal_domain *d, unsigned slot)
 {
     for (rpal_peer *p = d->peers; p; p = p->next)
-        if (!p->gone && p->info.slot == slot)
+        if (!rpal_load_relaxed(&p->gone) && p->info.slot == slot)
             return p;
     return NULL;
 }
@@ -169,7 +169,7 @@ int peer_create(rpal_domain *d, int sock, int memfd, const struct ucred *cr,
     p->sock = sock;
     p->pidfd = -1;
     p->pkey = -1;
-    p->keyslot = -1;
+    rpal_store_relaxed(&p->keyslot, -1);
     p->info.pid = cr->pid;
     p->info.uid = cr->uid;
     p->info.gid = cr->gid;
@@ -223,7 +223,7 @@ fail:
 /* The sharing with P ends: unmap, stop watching, tell the app. */
 void peer_gone(rpal_domain *d, rpal_peer *p, int reason)
 {
-    if (p->gone)
+    if (rpal_load_relaxed(&p->gone))
         return;
     unmap_peer(d, p);
     epoll_ctl(d->epfd, EPOLL_CTL_DEL, p->pidfd, NULL);
@@ -240,8 +240,9 @@ void peer_gone(rpal_domain *d, rpal_peer *p, int reason)
     }
     close(p->pidfd);
     p->sock = p->pidfd = -1;
-    p->gone = 1;
+    /* The reason first: a channel that sees GONE (acquire) reads it. */
     p->reason = reason;
+    rpal_store_release(&p->gone, 1);
     dom_publish(d);
 }
 
@@ -479,7 +480,7 @@ static void zero_key_end(rpal_domain *d, rpal_peer *p)
     rpal_store_seq_cst(&p->relocking, 1);
     rpal_store_seq_cst(&p->zero_key, 0);
     if (rpal_load_seq_cst(&p->windows) > 0 ||
-        (p->mapped && !p->gone &&
+        (p->mapped && !rpal_load_relaxed(&p->gone) &&
          (lockkey_get(d) < 0 ||
           pkey_mprotect((void *)(uintptr_t)p->base, p->size, PROT_READ, d->lockkey) < 0)))
         rpal_store_seq_cst(&p->zero_key, 1); /* a window still needs it open */
@@ -495,7 +496,7 @@ int dom_peer_pin(rpal_peer *p)
     rpal_domain *d = p->d;
     int err = 0;
     pthread_mutex_lock(&d->lock);
-    if (p->gone) {
+    if (rpal_load_relaxed(&p->gone)) {
         err = p->reason ? p->reason : -ESHUTDOWN;
     } else if (p->pins++ == 0 && (rpal_capabilities() & RPAL_CAP_PKU) && p->mapped &&
                !rpal_load_relaxed(&p->zero_key)) {

@@ -5,14 +5,14 @@
  * batches, alternating glibc and rpal batch by batch so that frequency
  * changes and noise hit both alike; the median and 99th percentile batch
  * give ns per malloc+free pair. rpal is measured through its public path
- * (rpal_malloc/rpal_free over a heap made current with heap_set_current).
+ * (rpal_malloc/rpal_free over a heap made current with rpal__heap_set_current).
  *
  * Usage: heap [--json] [--max-ratio R]
  *   --json         one JSON object per line per allocator and pattern
  *   --max-ratio R  exit 1 if rpal's median "pair" is more than R x glibc's
  */
 #include "rpal.h"
-/* The allocator is measured directly (heap_create, heap_set_current): an
+/* The allocator is measured directly (rpal__heap_create, rpal__heap_set_current): an
  * internal of the library, so this benchmark alone needs internal.h. */
 #include "../src/internal.h"
 
@@ -174,19 +174,19 @@ int main(int argc, char **argv)
         return 1;
     }
     struct heap *h;
-    int err = heap_create(base, HEAP_LEN, &h);
+    int err = rpal__heap_create(base, HEAP_LEN, &h);
     if (err < 0) {
-        fprintf(stderr, "heap_create: %s\n", rpal_strerror(err));
+        fprintf(stderr, "rpal__heap_create: %s\n", rpal_strerror(err));
         return 1;
     }
-    heap_set_current(h);
+    rpal__heap_set_current(h);
 
     static const char *patterns[2] = {"pair", "1000x"};
     static const char *names[2] = {"glibc", "rpal"};
     struct result res[2][2];
     if (measure(res) < 0)
         return 1;
-    err = heap_check(h);
+    err = rpal__heap_check(h);
 
     if (!json) {
         printf("64-byte blocks, pinned to CPU %d; ns per malloc+free pair\n", cpu);
@@ -206,11 +206,11 @@ int main(int argc, char **argv)
                 printf("%-8s %-6s %10.2f %10.2f %8.2f\n", patterns[pat],
                        names[a], r.p50, r.p99, ratio);
         }
-    heap_set_current(NULL);
-    heap_destroy(h);
+    rpal__heap_set_current(NULL);
+    rpal__heap_destroy(h);
     munmap(base, HEAP_LEN);
     if (err) {
-        fprintf(stderr, "heap_check after the run: %s\n", rpal_strerror(err));
+        fprintf(stderr, "rpal__heap_check after the run: %s\n", rpal_strerror(err));
         return 1;
     }
     if (max_ratio > 0 && res[0][1].p50 > max_ratio * res[0][0].p50) {

@@ -30,7 +30,7 @@
  *   --max-ratio R  exit 1 if huge per-process growth > R x the 4 KiB one
  */
 #include "rpal.h"
-/* prim_huge_dir(): the hugetlbfs the library uses, which hugesetup.h needs
+/* rpal__prim_huge_dir(): the hugetlbfs the library uses, which hugesetup.h needs
  * too; an internal of the library. */
 #include "../src/internal.h"
 #include "../tests/hugesetup.h" /* test and benchmark support: mounts hugetlbfs */
@@ -411,7 +411,7 @@ int main(int argc, char **argv)
     }
     char hdir[HUGE_DIR_MAX] = "-";
     if (huge)
-        prim_huge_dir(hdir, sizeof hdir);
+        rpal__prim_huge_dir(hdir, sizeof hdir);
 
     struct utsname u;
     uname(&u);

@@ -2,7 +2,7 @@
  *
  * rpal_receive (the service reading its caller's request ring) and
  * rpal_complete (the caller reading the service's reply ring) take each
- * entry of the peer's ring with ch_entry_take(), then use its bytes:
+ * entry of the peer's ring with rpal__ch_entry_take(), then use its bytes:
  * inline ones are copied into the message (RPAL_INLINE_MAX bytes), pointed
  * ones are read in place (receive) or copied into the caller's reply buffer
  * (complete). Here the peer's slot is a buffer holding the input, its ring
@@ -43,7 +43,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (SEQ_OF(slot->seqf) != SEQ_WANT(h + 1))
             break; /* not published: the reader waits */
         struct ch_entry e;
-        int kind = ch_entry_take(slot, s.base, s.size, &e);
+        int kind = rpal__ch_entry_take(slot, s.base, s.size, &e);
         if (kind < 0)
             break; /* the channel is closed as broken */
         const void *src = kind == E_PTR ? (const void *)(uintptr_t)e.ptr : e.data;

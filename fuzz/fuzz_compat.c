@@ -1,8 +1,8 @@
 /* Fuzz target: the compat connection reader (src/compat.c).
  *
- * rpal_uds_fdmap checks the other end's hello (cx_hello_check) and the ring
- * it names in its slot (cx_ring_check); rpal_read then takes messages from
- * that ring (cx_take), possibly in pieces when the caller's buffer is
+ * rpal_uds_fdmap checks the other end's hello (rpal__cx_hello_check) and the ring
+ * it names in its slot (rpal__cx_ring_check); rpal_read then takes messages from
+ * that ring (rpal__cx_take), possibly in pieces when the caller's buffer is
  * smaller than a message. Here the other end's slot is a buffer holding the
  * input and the reads go into buffers of the sizes the input asks for.
  *
@@ -33,7 +33,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (fz_slot_fill(&s, &in, sizeof(struct cx_ring), SLOT_MAX) < 0)
         return 0;
     h.ring = fz_addr(&s, h.ring, flags);
-    if (cx_hello_check(&h, PID, PSLOT, SLOT_SIZE) < 0 || cx_ring_check(&h, s.base, s.size) < 0)
+    if (rpal__cx_hello_check(&h, PID, PSLOT, SLOT_SIZE) < 0 || rpal__cx_ring_check(&h, s.base, s.size) < 0)
         goto out;
     struct cx_reader r = {.their = (const struct cx_ring *)(uintptr_t)h.ring,
                           .tdepth = h.depth, .head = head, .sbase = s.base, .ssize = s.size};
@@ -50,7 +50,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         char *buf = malloc(len); /* exactly LEN: an overrun is reported */
         if (!buf)
             break;
-        size_t got = cx_take(&r, buf, len);
+        size_t got = rpal__cx_take(&r, buf, len);
         (void)fz_touch(buf, got);
         free(buf);
         if (got == 0)

@@ -1,9 +1,9 @@
 /* Fuzz target: a domain's geometry and its members' claim records
  * (src/domain.c).
  *
- * Joining a domain reads <ns>/.domains/NAME/meta (dom_meta_validate);
+ * Joining a domain reads <ns>/.domains/NAME/meta (rpal__dom_meta_validate);
  * listing members, finding a connection's peer and checking a requester
- * read each member's claim record slot.N (dom_member_validate), written by
+ * read each member's claim record slot.N (rpal__dom_member_validate), written by
  * that member. Here both come from the input, and what a lister does with
  * a valid record (rpal_domain_foreach, `rpal ls`) is done with them.
  *
@@ -24,15 +24,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     fz_bytes(&in, rec, sizeof *rec);
     if (flags & FZ_FIX)
-        m.check = dom_meta_check(&m);
-    if (dom_meta_validate(&m) == 0) {
+        m.check = rpal__dom_meta_check(&m);
+    if (rpal__dom_meta_validate(&m) == 0) {
         /* Every slot of the geometry lies inside the domain's half of the
          * window. */
         uint64_t last = m.window + (uint64_t)(m.nslots - 1) * m.slot_size;
         if (m.window != DOM_WINDOW_BASE || last - m.window > DOM_WINDOW_SIZE - m.slot_size)
             __builtin_trap();
     }
-    if (dom_member_validate(rec, slot) == 0) {
+    if (rpal__dom_member_validate(rec, slot) == 0) {
         /* The counts bound loops over arrays inside the record and inside
          * struct rpal_member_info: an overrun there stays inside one
          * object, where ASan does not look, so the bounds are checked. */
@@ -64,7 +64,7 @@ static void fz_write_seeds(void)
                              .window = DOM_WINDOW_BASE};
         m.nslots = (uint32_t)(DOM_WINDOW_SIZE / sizes[k] > DOM_MAX_SLOTS
                                   ? DOM_MAX_SLOTS : DOM_WINDOW_SIZE / sizes[k]);
-        m.check = dom_meta_check(&m);
+        m.check = rpal__dom_meta_check(&m);
         struct member_rec *rec = calloc(1, sizeof *rec);
         rec->magic = MEMBER_MAGIC;
         rec->version = 1;

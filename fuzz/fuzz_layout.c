@@ -2,8 +2,8 @@
  *
  * The header area of a region file (REGION_HDR_MAP bytes, mapped read-only
  * by every attacher) holds a control page and two copies of the layout
- * table; any read-write attacher writes them. lay_parse() reads the
- * current table from such an area, as `rpal region info` (lay_read) does;
+ * table; any read-write attacher writes them. rpal__lay_parse() reads the
+ * current table from such an area, as `rpal region info` (rpal__lay_read) does;
  * the attach path and the agent thread read it with the same table_read().
  * Here the area is a buffer of exactly REGION_HDR_MAP bytes.
  *
@@ -33,15 +33,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     unsigned max = fz_u8(&in);
     uint32_t gen;
     memcpy(&gen, hdr + LAY_CTL_OFF + 8, sizeof gen);
-    size_t off = lay_table_off(gen), room = REGION_HDR_MAP - off;
+    size_t off = rpal__lay_table_off(gen), room = REGION_HDR_MAP - off;
     size_t wrote = in.n < room ? in.n : room;
     fz_bytes(&in, hdr + off, wrote);
     if (flags & FZ_FIX)
-        lay_table_seal(hdr, gen);
+        rpal__lay_table_seal(hdr, gen);
     /* Exactly MAX objects of room: writing one more is reported. */
     struct rpal_region_object *objs = malloc((max ? max : 1) * sizeof *objs);
     uint32_t got_gen = 0;
-    int n = objs ? lay_parse(hdr, rsize, &got_gen, objs, max) : 0;
+    int n = objs ? rpal__lay_parse(hdr, rsize, &got_gen, objs, max) : 0;
     for (int i = 0; i < n && i < (int)max; i++) {
         /* What a lister then relies on: each object inside the region, a
          * file's path a string. */
@@ -56,7 +56,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     return 0;
 }
 
-/* A header area as a new region gets it (lay_init), written to a memfd:
+/* A header area as a new region gets it (rpal__lay_init), written to a memfd:
  * only while writing seeds, never per input. */
 #include <unistd.h>
 
@@ -64,9 +64,9 @@ static void seed_init(const char *name, uint64_t size, int empty, uint8_t max)
 {
     int fd = memfd_create("fuzz-seed", MFD_CLOEXEC);
     uint8_t *hdr = calloc(1, REGION_HDR_MAP);
-    if (fd < 0 || !hdr || ftruncate(fd, REGION_HDR_MAP) < 0 || lay_init(fd, size, empty) < 0 ||
+    if (fd < 0 || !hdr || ftruncate(fd, REGION_HDR_MAP) < 0 || rpal__lay_init(fd, size, empty) < 0 ||
         pread(fd, hdr, REGION_HDR_MAP, 0) != (ssize_t)REGION_HDR_MAP) {
-        perror("lay_init seed");
+        perror("rpal__lay_init seed");
         exit(1);
     }
     close(fd);
@@ -82,14 +82,14 @@ static void seed_init(const char *name, uint64_t size, int empty, uint8_t max)
     fz_seed_more(&size_sel, 1);
     fz_seed_more(hdr + LAY_CTL_OFF, 16);
     fz_seed_more(&max, 1);
-    fz_seed_more(hdr + lay_table_off(gen), tlen);
+    fz_seed_more(hdr + rpal__lay_table_off(gen), tlen);
     fz_seed_end();
     free(hdr);
 }
 
 /* A table of N objects after the change OP, for a region of 1 MiB: what
  * rpal_region_map and friends leave (file objects among them), which a
- * fuzzer would hardly build from lay_init's single object over the whole
+ * fuzzer would hardly build from rpal__lay_init's single object over the whole
  * region. Written with FZ_FIX: the target seals it. */
 static void seed_table(const char *name, uint32_t gen, uint32_t op, unsigned n, uint8_t max)
 {

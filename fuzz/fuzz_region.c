@@ -1,7 +1,7 @@
 /* Fuzz target: a region file's header (src/region.c).
  *
  * Whoever may write a region file may have changed its header page:
- * rpal_region_attach, stat and unlink read it with region_hdr_validate()
+ * rpal_region_attach, stat and unlink read it with rpal__region_hdr_validate()
  * before using any field to map memory. Here the header is the input.
  *
  * Input: flags, the file's size (u64), then struct region_hdr. With FZ_FIX
@@ -20,10 +20,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct region_hdr h;
     fz_bytes(&in, &h, sizeof h);
     if (flags & FZ_FIX) {
-        h.check = region_hdr_check(&h);
+        h.check = rpal__region_hdr_check(&h);
         file_size = h.granule + (h.flags & RPAL_REGION_HUGE ? 0 : h.size);
     }
-    if (region_hdr_validate(&h, file_size) == 0) {
+    if (rpal__region_hdr_validate(&h, file_size) == 0) {
         /* What an attacher then maps: the header granule below BASE and
          * SIZE bytes of data, all inside the region half of the window. */
         uint64_t lo = RPAL_WINDOW_BASE, hi = lo + RPAL_REGION_WINDOW_SIZE;
@@ -40,7 +40,7 @@ static void seed_hdr(const char *name, uint64_t base, uint64_t size, uint32_t rf
                            .base = base, .size = size, .flags = rflags,
                            .creator_pid = 1234, .creator_uid = 1000,
                            .creator_start = 987654, .created_ns = 1};
-    h.check = region_hdr_check(&h);
+    h.check = rpal__region_hdr_check(&h);
     uint64_t file_size = h.granule + (rflags & RPAL_REGION_HUGE ? 0 : size);
     for (unsigned fix = 0; fix < 2; fix++) {
         char n[64];

@@ -2,11 +2,11 @@
  * (src/service.c, src/channel.c, src/domain.c).
  *
  * A service answering a request (answer() in service.c) checks the message
- * (svc_req_check), then for a sharing request the name and key
- * (svc_req_admit) and the requester's claim record, read from its claim
- * file (dom_member_validate, peer_rec_match); for a channel request the ring
+ * (rpal__svc_req_check), then for a sharing request the name and key
+ * (rpal__svc_req_admit) and the requester's claim record, read from its claim
+ * file (rpal__dom_member_validate, rpal__peer_rec_match); for a channel request the ring
  * the caller says it put in its slot, which the service reads there
- * (ch_tx_check). A requester checks the service's record the same way.
+ * (rpal__ch_tx_check). A requester checks the service's record the same way.
  * Here the request, the record and the caller's slot come from the input.
  *
  * Input: flags, struct hs_req, struct member_rec, then the caller's slot.
@@ -35,19 +35,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     }
     req.addr = fz_addr(&s, req.addr, flags);
-    if (svc_req_check(&req) == 0) {
+    if (rpal__svc_req_check(&req) == 0) {
         if (strlen(req.service) >= sizeof req.service)
             __builtin_trap(); /* the name must have been made a string */
         if (req.kind == HS_KIND_CHAN)
-            (void)ch_tx_check(&req, s.base, s.size);
+            (void)rpal__ch_tx_check(&req, s.base, s.size);
         else
-            (void)svc_req_admit(&req, service_name, service_key);
+            (void)rpal__svc_req_admit(&req, service_name, service_key);
         /* The claim record of the slot the request names; the requester
          * checks the service's own the same way, with its name. */
-        if (dom_member_validate(rec, req.slot) == 0) {
-            (void)peer_rec_match(rec, PID, NULL);
-            (void)peer_rec_match(rec, PID, service_name);
-            (void)peer_rec_match(rec, PID, req.service);
+        if (rpal__dom_member_validate(rec, req.slot) == 0) {
+            (void)rpal__peer_rec_match(rec, PID, NULL);
+            (void)rpal__peer_rec_match(rec, PID, service_name);
+            (void)rpal__peer_rec_match(rec, PID, req.service);
         }
     }
     fz_slot_free(&s);

@@ -150,7 +150,7 @@ static int opts_valid(const struct rpal_chan_opts *o)
                   (o->depth == 0 || (o->depth <= MAX_DEPTH && !(o->depth & (o->depth - 1)))));
 }
 
-void *ch_slot_alloc(size_t n, void **raw)
+void *rpal__ch_slot_alloc(size_t n, void **raw)
 {
     char *p = rpal_calloc(1, n + 64);
     *raw = p;
@@ -164,11 +164,11 @@ void *ch_slot_alloc(size_t n, void **raw)
  * wake-up's cost. */
 static void wake(struct wt_pub *me, const _Atomic uint32_t *word, struct wt_stats *st, int same)
 {
-    uint64_t t = prim_now_ns();
+    uint64_t t = rpal__prim_now_ns();
     rpal_store_release(&me->woke_ns, t); /* pairs with the sleeper's acquire after it wakes */
-    prim_futex_wake(word, 1, 1);
+    rpal__prim_futex_wake(word, 1, 1);
     if (!same)
-        wt_note_wake(prim_now_ns() - t);
+        rpal__wt_note_wake(rpal__prim_now_ns() - t);
     st->wakes++;
 }
 
@@ -202,7 +202,7 @@ static void publish_cpu(struct wt_pub *pub, uint32_t cpu)
         rpal_store_relaxed(&pub->cpu, cpu);
 }
 
-int ch_entry_fill(struct ch_entry *e, const void *data, size_t len, int in_place,
+int rpal__ch_entry_fill(struct ch_entry *e, const void *data, size_t len, int in_place,
                       void **copy)
 {
     if (len <= RPAL_INLINE_MAX) {
@@ -222,7 +222,7 @@ int ch_entry_fill(struct ch_entry *e, const void *data, size_t len, int in_place
     return E_PTR;
 }
 
-int ch_entry_take(const struct ch_entry *slot, uint64_t base, uint64_t size,
+int rpal__ch_entry_take(const struct ch_entry *slot, uint64_t base, uint64_t size,
                   struct ch_entry *e)
 {
     *e = *slot; /* one read: the peer may rewrite the entry meanwhile */
@@ -249,11 +249,11 @@ static rpal_chan *chan_new(rpal_peer *peer, rpal_domain *d, const struct rpal_ch
     c->sock = c->pidfd = c->bell = -1;
     c->sbase = peer->base;
     c->ssize = peer->size;
-    c->mybase = dom_slot_addr(d, d->slot);
+    c->mybase = rpal__dom_slot_addr(d, d->slot);
     c->mysize = d->slot_size;
     c->staging = calloc(c->depth, sizeof *c->staging);
     c->staging_seq = calloc(c->depth, sizeof *c->staging_seq);
-    c->tx = ch_slot_alloc(sizeof *c->tx + c->depth * sizeof(struct ch_entry), &c->tx_raw);
+    c->tx = rpal__ch_slot_alloc(sizeof *c->tx + c->depth * sizeof(struct ch_entry), &c->tx_raw);
     if (!c->staging || !c->staging_seq || !c->tx) {
         chan_free(c);
         return NULL;
@@ -267,7 +267,7 @@ static rpal_chan *chan_new(rpal_peer *peer, rpal_domain *d, const struct rpal_ch
 static void chan_free(rpal_chan *c)
 {
     if (c->window)
-        dom_peer_unpin(c->peer, 0);
+        rpal__peer_unpin(c->peer, 0);
     if (c->sock >= 0)
         close(c->sock);
     if (c->bell >= 0)
@@ -287,12 +287,12 @@ static int chan_handshake(rpal_chan *c, rpal_peer *peer, rpal_domain *d, int tim
                           struct hs_rep *rep_out, int *fd_out)
 {
     char file[SVC_FILE_MAX];
-    svc_sock_file(file, peer->info.service);
+    rpal__svc_sock_file(file, peer->info.service);
     struct hs_req req = {.magic = HS_MAGIC, .version = HS_VERSION, .slot = d->slot,
                          .slot_size = d->slot_size, .kind = HS_KIND_CHAN,
                          .depth = c->depth, .addr = (uint64_t)(uintptr_t)c->tx};
     memcpy(req.service, peer->info.service, sizeof req.service - 1); /* both one component */
-    int err = svc_exchange(d, file, &req, -1, timeout_ms, rep_out, fd_out, &c->sock);
+    int err = rpal__svc_exchange(d, file, &req, -1, timeout_ms, rep_out, fd_out, &c->sock);
     /* Nobody listens: the service is gone. Closed without an answer (it
      * died or unregistered right after accepting us): the sharing ends. */
     if (err == -ECONNREFUSED)
@@ -310,7 +310,7 @@ static int chan_take_reply(rpal_chan *c, rpal_peer *peer, const struct hs_rep *r
     /* The receiver's bell: kept only from a service of our own user, and
      * only an eventfd (see docs/waiting.md: a write to another user's
      * eventfd could be made to block). */
-    if (fd >= 0 && peer->info.uid == getuid() && prim_is_eventfd(fd))
+    if (fd >= 0 && peer->info.uid == getuid() && rpal__prim_is_eventfd(fd))
         c->bell = fd;
     else if (fd >= 0)
         close(fd);
@@ -327,7 +327,7 @@ static int chan_take_reply(rpal_chan *c, rpal_peer *peer, const struct hs_rep *r
     /* The service's ring is read on every call, from whichever thread
      * calls: the service stays open to every thread (a pin) for the
      * channel's life. */
-    if ((err = dom_peer_pin(peer)) < 0)
+    if ((err = rpal__peer_pin(peer)) < 0)
         return err;
     c->window = 1;
     c->rx_id = rpal_load_relaxed(&c->rx->id);
@@ -342,10 +342,10 @@ int rpal_chan_open(rpal_peer *peer, const struct rpal_chan_opts *opts,
     if (!peer || !out || !opts_valid(opts))
         return -EINVAL;
     rpal_domain *d = peer->d;
-    int err = dom_check(d);
+    int err = rpal__dom_check(d);
     if (err < 0)
         return err;
-    if (rpal_load_acquire(&peer->gone)) /* pairs with the store in service.c's peer_gone */
+    if (rpal_load_acquire(&peer->gone)) /* pairs with the store in service.c's rpal__peer_gone */
         return peer->reason ? peer->reason : -ESHUTDOWN;
     rpal_chan *c = chan_new(peer, d, opts);
     if (!c)
@@ -361,13 +361,13 @@ int rpal_chan_open(rpal_peer *peer, const struct rpal_chan_opts *opts,
         goto fail;
     }
     rpal_fetch_add_acq_rel(&peer->nchans, 1);
-    wt_learn_init(&c->learn);
+    rpal__wt_learn_init(&c->learn);
     c->st.kind = RPAL_STATS_CALLER;
     c->st.peer_slot = peer->info.slot;
     c->st.peer_pid = peer->info.pid;
     c->st.fd = -1;
     snprintf(c->st.name, sizeof c->st.name, "%.64s", peer->info.service);
-    dom_stats_open(d, &c->st, 0);
+    rpal__dom_stats_open(d, &c->st, 0);
     *out = c;
     return 0;
 fail:
@@ -426,7 +426,7 @@ int rpal_chan_close(rpal_chan *c)
 {
     if (!c)
         return -EINVAL;
-    int err = dom_check(c->peer->d);
+    int err = rpal__dom_check(c->peer->d);
     if (err < 0)
         return err; /* a forked child: the channel is its parent's */
     /* The service sees EOF and drops its side; requests not yet answered
@@ -436,12 +436,12 @@ int rpal_chan_close(rpal_chan *c)
     close(c->pidfd);
     if (c->bell >= 0)
         close(c->bell);
-    dom_stats_close(c->peer->d, &c->st, 0);
+    rpal__dom_stats_close(c->peer->d, &c->st, 0);
     staging_release(c);
     free(c->deferred);
     free(c->staging_seq);
-    dom_peer_unpin(c->peer, 0); /* the pin chan_open took */
-    svc_peer_put(c->peer, 0);
+    rpal__peer_unpin(c->peer, 0); /* the pin chan_open took */
+    rpal__peer_put(c->peer, 0);
     rpal_free(c->tx_raw);
     free(c->staging);
     free(c);
@@ -463,7 +463,7 @@ int rpal_send(rpal_chan *c, const void *req, size_t len, uint64_t tag)
 {
     if (!c || (!req && len))
         return -EINVAL;
-    if (dom_check(c->peer->d) < 0)
+    if (rpal__dom_check(c->peer->d) < 0)
         return -ECHILD; /* a forked child: our slot is not mapped here */
     if (len > UINT32_MAX)
         return -EMSGSIZE; /* an entry's length is 32 bits */
@@ -485,7 +485,7 @@ int rpal_send(rpal_chan *c, const void *req, size_t len, uint64_t tag)
         return err;
     /* Zero copy when the request already lies in our slot: the service
      * reads it in place. */
-    int kind = ch_entry_fill(e, req, len, span_inside((uintptr_t)req, len, c->mybase, c->mysize),
+    int kind = rpal__ch_entry_fill(e, req, len, span_inside((uintptr_t)req, len, c->mybase, c->mysize),
                           &c->staging[i]);
     if (kind < 0)
         return kind;
@@ -512,7 +512,7 @@ int rpal_send(rpal_chan *c, const void *req, size_t len, uint64_t tag)
          * the domain's epoll set: its bell, or a byte on our connection
          * (its dispatch reads it; never blocks: a full socket has bytes
          * that wake it already). */
-        rpal_store_release(&c->tx->pub.woke_ns, prim_now_ns());
+        rpal_store_release(&c->tx->pub.woke_ns, rpal__prim_now_ns());
         uint64_t one = 1;
         if (c->bell < 0 || write(c->bell, &one, sizeof one) != sizeof one)
             (void)send(c->sock, "", 1, MSG_DONTWAIT | MSG_NOSIGNAL);
@@ -533,29 +533,29 @@ int rpal_send(rpal_chan *c, const void *req, size_t len, uint64_t tag)
 static int chan_wait(rpal_chan *c, const struct ch_entry *slot, uint32_t want, int timeout_ms)
 {
     struct wt_wait w;
-    wt_begin(&w, &c->learn, &c->st, &c->o, rpal_load_relaxed(&c->rx->pub.cpu));
+    rpal__wt_begin(&w, &c->learn, &c->st, &c->o, rpal_load_relaxed(&c->rx->pub.cpu));
     uint64_t limit = wt_limit_ns(timeout_ms);
     for (unsigned slow = 0;;) {
         /* pairs with the release store of seqf in rpal_reply */
         if (SEQ_OF(rpal_plain_load_acquire(&slot->seqf)) == want)
             break;
-        int step = wt_pause(&w);
+        int step = rpal__wt_pause(&w);
         if (step == 0)
             continue;
         if (step == WT_SLEEP) {
             uint64_t cpu0;
-            wt_sleep_begin(&w, 0, &cpu0);
-            publish_cpu(&c->tx->pub, wt_my_cpu());
+            rpal__wt_sleep_begin(&w, 0, &cpu0);
+            publish_cpu(&c->tx->pub, rpal__wt_my_cpu());
             uint32_t t = rpal_load_relaxed(&c->rx->rtail);
             rpal_store_relaxed(&c->tx->pub.sleeps, WT_WAKE_FUTEX);
             rpal_fence_seq_cst(); /* pairs with the fence in rpal_reply */
             if (SEQ_OF(rpal_plain_load_relaxed(&slot->seqf)) != want) {
                 /* 20 ms: wake to check liveness now and then */
                 int64_t slice = wt_slice_ns(wt_left_ns(w.t0, limit, w.now), 20000000);
-                prim_futex_wait(&c->rx->rtail, t, 1, slice);
+                rpal__prim_futex_wait(&c->rx->rtail, t, 1, slice);
             }
             rpal_store_relaxed(&c->tx->pub.sleeps, 0);
-            wt_sleep_end(&w, cpu0);
+            rpal__wt_sleep_end(&w, cpu0);
         }
         /* The clock was read: deadline; after a yield, a sleep or 1,024
          * spins: is the service still there? */
@@ -570,10 +570,10 @@ static int chan_wait(rpal_chan *c, const struct ch_entry *slot, uint32_t want, i
         }
     }
     /* pairs with the release store in wake() */
-    wt_end(&w, w.slept ? rpal_load_acquire(&c->rx->pub.woke_ns) : 0);
+    rpal__wt_end(&w, w.slept ? rpal_load_acquire(&c->rx->pub.woke_ns) : 0);
     publish_cpu(&c->tx->pub, w.my_cpu);
-    if (wt_stats_due(&c->st, w.now))
-        dom_stats_flush(c->peer->d, &c->st);
+    if (rpal__wt_stats_due(&c->st, w.now))
+        rpal__dom_stats_flush(c->peer->d, &c->st);
     return 0;
 }
 
@@ -581,7 +581,7 @@ int rpal_chan_stats(const rpal_chan *c, struct rpal_stats *out)
 {
     if (!c || !out)
         return -EINVAL;
-    wt_stats_copy(&c->st, out);
+    rpal__wt_stats_copy(&c->st, out);
     return 0;
 }
 
@@ -590,7 +590,7 @@ int rpal_complete(rpal_chan *c, uint64_t *tag, void *reply, size_t reply_max,
 {
     if (!c || c->sent == c->done)
         return -EINVAL;
-    if (dom_check(c->peer->d) < 0)
+    if (rpal__dom_check(c->peer->d) < 0)
         return -ECHILD;
     const struct ch_entry *slot = &c->rx->e[c->done & (c->depth - 1)];
     uint32_t want = SEQ_WANT(c->done + 1);
@@ -601,7 +601,7 @@ int rpal_complete(rpal_chan *c, uint64_t *tag, void *reply, size_t reply_max,
             return err;
     }
     struct ch_entry e;
-    int kind = ch_entry_take(slot, c->sbase, c->ssize, &e);
+    int kind = rpal__ch_entry_take(slot, c->sbase, c->ssize, &e);
     c->done++;
     prefetch_ahead(&c->seen_rtail, &c->rx->rtail, c->done, c->rx->e, c->depth);
     c->st.msgs_in++;
@@ -658,15 +658,15 @@ static void rxc_free(rpal_domain *d, struct rx_chan *x)
 {
     epoll_ctl(d->epfd, EPOLL_CTL_DEL, x->sock, NULL); /* ENOENT if rxc_hook did */
     close(x->sock); /* the caller sees its channel closed */
-    dom_stats_close(d, &x->st, 1);
+    rpal__dom_stats_close(d, &x->st, 1);
     for (uint32_t i = 0; i < x->depth; i++)
         if (x->bufs[i])
             rpal_free(x->bufs[i]);
     while (x->windows-- > 0)
-        dom_access_end(x->peer, 1);
+        rpal__peer_access_end_locked(x->peer, 1);
     if (x->ring_window)
-        dom_peer_unpin(x->peer, 1);
-    svc_peer_put(x->peer, 1);
+        rpal__peer_unpin(x->peer, 1);
+    rpal__peer_put(x->peer, 1);
     /* Before the ring can be reused: pairs with the check in rpal_complete
      * (the reuse's stores come after this one). */
     rpal_store_release(&x->rx->id, 0);
@@ -674,7 +674,7 @@ static void rxc_free(rpal_domain *d, struct rx_chan *x)
     free(x->bufs);
     free(x->pend_ptr);
     free(x->pend_seq);
-    dom_watch_retire(d, &x->w); /* frees X */
+    rpal__dom_watch_retire(d, &x->w); /* frees X */
 }
 
 /* The dispatcher saw the channel's connection close. */
@@ -688,11 +688,11 @@ static int rxc_hook(rpal_domain *d, struct watch *w, uint32_t events, struct rpa
     epoll_ctl(d->epfd, EPOLL_CTL_DEL, x->sock, NULL);
     rpal_store_release(&x->dead, 1);
     rpal_fetch_add_relaxed(&x->r->doorbell, 1);
-    prim_futex_wake(&x->r->doorbell, 1, 0);
+    rpal__prim_futex_wake(&x->r->doorbell, 1, 0);
     return 0;
 }
 
-int ch_tx_check(const struct hs_req *req, uint64_t base, uint64_t size)
+int rpal__ch_tx_check(const struct hs_req *req, uint64_t base, uint64_t size)
 {
     uint32_t depth = req->depth;
     if (!depth || depth > MAX_DEPTH || (depth & (depth - 1)))
@@ -709,9 +709,9 @@ static int chan_accept(rpal_service *s, rpal_peer *p, int sock,
 {
     rpal_domain *d = s->d;
     uint32_t depth = req->depth;
-    dom_access_begin(p, 1); /* d->lock is held (the dispatch) */
-    int err = ch_tx_check(req, p->base, p->size);
-    dom_access_end(p, 1);
+    rpal__peer_access_begin_locked(p, 1); /* d->lock is held (the dispatch) */
+    int err = rpal__ch_tx_check(req, p->base, p->size);
+    rpal__peer_access_end_locked(p, 1);
     if (err < 0)
         return err;
     const struct ch_tx *tx = (const struct ch_tx *)(uintptr_t)req->addr;
@@ -736,7 +736,7 @@ static int chan_accept(rpal_service *s, rpal_peer *p, int sock,
     x->bufs = calloc(depth, sizeof *x->bufs);
     x->pend_ptr = calloc(depth, sizeof *x->pend_ptr);
     x->pend_seq = calloc(depth, sizeof *x->pend_seq);
-    x->rx = ch_slot_alloc(sizeof *x->rx + depth * sizeof(struct ch_entry), &x->rx_raw);
+    x->rx = rpal__ch_slot_alloc(sizeof *x->rx + depth * sizeof(struct ch_entry), &x->rx_raw);
     if (!x->bufs || !x->pend_ptr || !x->pend_seq || !x->rx) {
         free(x->bufs);
         free(x->pend_ptr);
@@ -774,14 +774,14 @@ static int chan_accept(rpal_service *s, rpal_peer *p, int sock,
     x->st.peer_pid = p->info.pid;
     x->st.fd = -1;
     snprintf(x->st.name, sizeof x->st.name, "%s", s->name);
-    dom_stats_open(d, &x->st, 1);
+    rpal__dom_stats_open(d, &x->st, 1);
     /* Where the receiver waits, for the caller to see. */
     rpal_store_relaxed(&x->rx->pub.cpu, rpal_load_relaxed(&r->cpu));
     pthread_mutex_lock(&r->lock);
     r->ch[r->n++] = x;
     pthread_mutex_unlock(&r->lock);
     rpal_fetch_add_relaxed(&r->doorbell, 1);
-    prim_futex_wake(&r->doorbell, 1, 0);
+    rpal__prim_futex_wake(&r->doorbell, 1, 0);
     *addr = (uint64_t)(uintptr_t)x->rx;
     *fd = r->bell;
     return 0;
@@ -792,7 +792,7 @@ int rpal_receiver_create(rpal_service *s, const struct rpal_chan_opts *opts,
 {
     if (!s || !out || !opts_valid(opts))
         return -EINVAL;
-    int err = dom_check(s->d);
+    int err = rpal__dom_check(s->d);
     if (err < 0)
         return err;
     rpal_receiver *r = calloc(1, sizeof *r);
@@ -800,9 +800,9 @@ int rpal_receiver_create(rpal_service *s, const struct rpal_chan_opts *opts,
         return -ENOMEM;
     r->s = s;
     opts_fill(&r->o, opts);
-    wt_learn_init(&r->learn);
+    rpal__wt_learn_init(&r->learn);
     /* -1: callers wake us with a byte on their connection */
-    r->bell = wt_bells() ? eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK) : -1;
+    r->bell = rpal__wt_bells() ? eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK) : -1;
     pthread_mutex_init(&r->lock, NULL);
     pthread_mutex_lock(&s->d->lock);
     r->next_in_service = s->receivers;
@@ -817,7 +817,7 @@ int rpal_receiver_destroy(rpal_receiver *r)
 {
     if (!r)
         return -EINVAL;
-    int err = dom_check(r->s->d);
+    int err = rpal__dom_check(r->s->d);
     if (err < 0)
         return err; /* a forked child: the receiver is its parent's */
     rpal_domain *d = r->s->d;
@@ -833,7 +833,7 @@ int rpal_receiver_destroy(rpal_receiver *r)
         rxc_free(d, r->ch[i]);
     if (r->bellw) {
         epoll_ctl(d->epfd, EPOLL_CTL_DEL, r->bell, NULL);
-        dom_watch_retire(d, r->bellw); /* a dispatch may hold its event */
+        rpal__dom_watch_retire(d, r->bellw); /* a dispatch may hold its event */
     }
     pthread_mutex_unlock(&d->lock);
     if (r->bell >= 0)
@@ -917,7 +917,7 @@ static int receiver_sleep(rpal_receiver *r, struct rx_chan **chs, int n, uint32_
     uint64_t cpu0;
     /* A receiver follows its callers' CPU while it sleeps: the next call
      * then hands the CPU over instead of waking an idle one. */
-    receiver_cpu(r, chs, n, wt_sleep_begin(w, 1, &cpu0));
+    receiver_cpu(r, chs, n, rpal__wt_sleep_begin(w, 1, &cpu0));
     for (int k = 0; k < n; k++)
         rpal_store_relaxed(&chs[k]->rx->pub.sleeps, WT_WAKE_FUTEX);
     rpal_fence_seq_cst(); /* pairs with the fence in rpal_send */
@@ -950,13 +950,13 @@ static int receiver_sleep(rpal_receiver *r, struct rx_chan **chs, int n, uint32_
         /* Where futex_waitv is missing (Linux before 5.16, or valgrind
          * 3.19), wait on the doorbell alone and look at the rings again
          * every millisecond. */
-        err = prim_futex_waitv(fw, nw, slice);
+        err = rpal__prim_futex_waitv(fw, nw, slice);
         if (err == -ENOSYS)
-            err = prim_futex_wait(&r->doorbell, bell, 0, slice < 1000000 ? slice : 1000000);
+            err = rpal__prim_futex_wait(&r->doorbell, bell, 0, slice < 1000000 ? slice : 1000000);
     }
     for (int k = 0; k < n; k++)
         rpal_store_relaxed(&chs[k]->rx->pub.sleeps, 0);
-    wt_sleep_end(w, cpu0);
+    rpal__wt_sleep_end(w, cpu0);
     return err == -EINTR ? -EINTR : 0;
 }
 
@@ -965,7 +965,7 @@ static int receiver_sleep(rpal_receiver *r, struct rx_chan **chs, int n, uint32_
 static int serve_look(rpal_receiver *r, struct rpal_event *ev)
 {
     r->nosys = 0;
-    int n = dom_dispatch(r->s->d, ev, 1, 0, 1);
+    int n = rpal__dom_dispatch(r->s->d, ev, 1, 0, 1);
     return n > 0;
 }
 
@@ -998,7 +998,7 @@ static int serve_sleep(rpal_receiver *r, struct rx_chan **chs, int n, struct wt_
         }
     }
     uint64_t cpu0;
-    receiver_cpu(r, chs, n, wt_sleep_begin(w, 1, &cpu0));
+    receiver_cpu(r, chs, n, rpal__wt_sleep_begin(w, 1, &cpu0));
     for (int k = 0; k < n; k++)
         rpal_store_relaxed(&chs[k]->rx->pub.sleeps, WT_WAKE_BELL);
     rpal_fence_seq_cst(); /* pairs with the fence in rpal_send */
@@ -1013,11 +1013,11 @@ static int serve_sleep(rpal_receiver *r, struct rx_chan **chs, int n, struct wt_
     }
     if (!ready) {
         int ms = (int)((slice + 999999) / 1000000);
-        got = dom_dispatch(r->s->d, ev, 1, ms, 1);
+        got = rpal__dom_dispatch(r->s->d, ev, 1, ms, 1);
     }
     for (int k = 0; k < n; k++)
         rpal_store_relaxed(&chs[k]->rx->pub.sleeps, 0);
-    wt_sleep_end(w, cpu0);
+    rpal__wt_sleep_end(w, cpu0);
     r->nosys = 0;
     return got;
 }
@@ -1037,7 +1037,7 @@ static void snap_take(rpal_receiver *r, uint32_t bell)
     for (int k = 0; k < r->nsnap; k++) {
         struct rx_chan *x = r->snap[k];
         if (!x->ring_window && !rpal_load_relaxed(&x->dead)) {
-            if (dom_peer_pin(x->peer) == 0)
+            if (rpal__peer_pin(x->peer) == 0)
                 x->ring_window = 1;
             else
                 poison(x); /* it has gone */
@@ -1111,7 +1111,7 @@ static inline struct rx_chan *scan(rpal_receiver *r, struct rx_chan **chs, int n
         if (SEQ_OF(rpal_plain_load_acquire(&slot->seqf)) != SEQ_WANT(x->head + 1))
             continue;
         struct ch_entry e;
-        int kind = ch_entry_take(slot, x->cbase, x->csize, &e);
+        int kind = rpal__ch_entry_take(slot, x->cbase, x->csize, &e);
         if (kind < 0) {
             poison(x);
             *reaped = 1;
@@ -1134,11 +1134,11 @@ static void wait_done(rpal_receiver *r, struct wt_wait *w, struct rx_chan *x,
 {
     w->st = &x->st;
     /* pairs with the release store in wake() */
-    wt_end(w, w->slept ? rpal_load_acquire(&x->tx->pub.woke_ns) : 0);
+    rpal__wt_end(w, w->slept ? rpal_load_acquire(&x->tx->pub.woke_ns) : 0);
     x->st.budget_ns = w->budget;
     receiver_cpu(r, chs, n, w->my_cpu);
-    if (wt_stats_due(&x->st, w->now))
-        dom_stats_flush(r->s->d, &x->st);
+    if (rpal__wt_stats_due(&x->st, w->now))
+        rpal__dom_stats_flush(r->s->d, &x->st);
 }
 
 /* Nothing was there: one step of W, the wait of receive() (EV as there).
@@ -1149,7 +1149,7 @@ static int receive_pause(rpal_receiver *r, struct wt_wait *w, struct rx_chan **c
                          struct rpal_event *ev, uint64_t limit, uint32_t *bell,
                          uint64_t *next_k)
 {
-    int step = wt_pause(w);
+    int step = rpal__wt_pause(w);
     if (step == 0)
         return 0;
     if (step == WT_SLEEP) {
@@ -1160,7 +1160,7 @@ static int receive_pause(rpal_receiver *r, struct wt_wait *w, struct rx_chan **c
         if (got != 0) {
             /* An event, or a signal (as read(2) without SA_RESTART:
              * -EINTR lets a loop look at its flags), or an error. */
-            wt_end_empty(w);
+            rpal__wt_end_empty(w);
             return got > 0 ? RPAL_SERVE_EVENT : got;
         }
         *bell = rpal_load_acquire(&r->doorbell);
@@ -1171,7 +1171,7 @@ static int receive_pause(rpal_receiver *r, struct wt_wait *w, struct rx_chan **c
         if (w->now >= *next_k) {
             *next_k = w->now + 10000;
             if (serve_look(r, ev)) {
-                wt_end_empty(w);
+                rpal__wt_end_empty(w);
                 return RPAL_SERVE_EVENT;
             }
         }
@@ -1210,7 +1210,7 @@ static int receive(rpal_receiver *r, struct rpal_msg *m, struct rpal_event *ev, 
             continue;
         }
         if (!waiting) {
-            wt_begin(&w, &r->learn, NULL, &r->o, callers_cpu(chs, n));
+            rpal__wt_begin(&w, &r->learn, NULL, &r->o, callers_cpu(chs, n));
             receiver_cpu(r, chs, n, w.my_cpu);
             waiting = 1;
         }
@@ -1224,7 +1224,7 @@ int rpal_receive(rpal_receiver *r, struct rpal_msg *m, int timeout_ms)
 {
     if (!r || !m)
         return -EINVAL;
-    if (dom_check(r->s->d) < 0)
+    if (rpal__dom_check(r->s->d) < 0)
         return -ECHILD;
     return receive(r, m, NULL, timeout_ms);
 }
@@ -1233,7 +1233,7 @@ int rpal_serve(rpal_receiver *r, struct rpal_msg *m, struct rpal_event *ev, int 
 {
     if (!r || !m || !ev)
         return -EINVAL;
-    if (dom_check(r->s->d) < 0)
+    if (rpal__dom_check(r->s->d) < 0)
         return -ECHILD;
     return receive(r, m, ev, timeout_ms);
 }
@@ -1242,7 +1242,7 @@ int rpal_reply(rpal_receiver *r, const struct rpal_msg *m, const void *data, siz
 {
     if (!r || !m || !m->internal[0] || (!data && len) || len > UINT32_MAX)
         return -EINVAL;
-    if (dom_check(r->s->d) < 0)
+    if (rpal__dom_check(r->s->d) < 0)
         return -ECHILD;
     struct rx_chan *x = m->internal[0];
     if (x->unanswered <= 0)
@@ -1274,7 +1274,7 @@ int rpal_reply(rpal_receiver *r, const struct rpal_msg *m, const void *data, siz
     struct ch_entry *e = &x->rx->e[i];
     e->tag = (uint64_t)(uintptr_t)m->internal[1];
     e->len = (uint32_t)len;
-    int kind = ch_entry_fill(e, data, len, 0, &x->bufs[i]);
+    int kind = rpal__ch_entry_fill(e, data, len, 0, &x->bufs[i]);
     if (kind < 0)
         return kind;
     /* seqf last: pairs with the caller's acquire of it in rpal_complete */

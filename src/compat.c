@@ -138,10 +138,10 @@ static void wake_peer(struct conn *c, const _Atomic uint32_t *word)
         c->st.wakes_skipped++;
         return;
     }
-    uint64_t t = prim_now_ns();
+    uint64_t t = rpal__prim_now_ns();
     rpal_store_release(&c->my->pub.woke_ns, t); /* pairs with the acquire in wait_stamp() */
     if (how == WT_WAKE_FUTEX) {
-        prim_futex_wake(word, INT_MAX, 1);
+        rpal__prim_futex_wake(word, INT_MAX, 1);
     } else if (how == WT_WAKE_BELL && c->their_bell >= 0) {
         uint64_t one = 1;
         (void)!write(c->their_bell, &one, sizeof one);
@@ -151,11 +151,11 @@ static void wake_peer(struct conn *c, const _Atomic uint32_t *word)
         rpal_store_relaxed(&c->my->pub.sock_bytes, rpal_load_relaxed(&c->my->pub.sock_bytes) + 1);
     }
     if (rpal_load_relaxed(&c->rd.their->pub.cpu) != rpal_load_relaxed(&c->my->pub.cpu))
-        wt_note_wake(prim_now_ns() - t); /* on one CPU it included the switch */
+        rpal__wt_note_wake(rpal__prim_now_ns() - t); /* on one CPU it included the switch */
     c->st.wakes++;
 }
 
-/* When the other end last woke us (its word: wt_end clamps it). */
+/* When the other end last woke us (its word: rpal__wt_end clamps it). */
 static uint64_t wait_stamp(const struct conn *c)
 {
     return c ? rpal_load_acquire(&c->rd.their->pub.woke_ns) : 0; /* pairs with wake_peer */
@@ -220,14 +220,14 @@ static int has_room(struct conn *c)
     return used < c->depth;
 }
 
-size_t cx_take(struct cx_reader *r, char *buf, size_t len)
+size_t rpal__cx_take(struct cx_reader *r, char *buf, size_t len)
 {
     size_t got = 0;
     while (got < len && !r->broken && cx_ready(r)) {
         /* The entry is copied once and checked as the channel's are (the
          * other end may rewrite it meanwhile: nothing it says is trusted). */
         struct ch_entry e;
-        int kind = ch_entry_take(&r->their->e[r->head & (r->tdepth - 1)], r->sbase, r->ssize, &e);
+        int kind = rpal__ch_entry_take(&r->their->e[r->head & (r->tdepth - 1)], r->sbase, r->ssize, &e);
         uint32_t elen = e.len;
         if (kind < 0 || r->off > elen) {
             r->broken = 1;
@@ -250,7 +250,7 @@ size_t cx_take(struct cx_reader *r, char *buf, size_t len)
 static ssize_t take(struct conn *c, char *buf, size_t len)
 {
     uint32_t head = c->rd.head;
-    size_t got = cx_take(&c->rd, buf, len);
+    size_t got = rpal__cx_take(&c->rd, buf, len);
     if (c->rd.head != head) { /* consumed one or more */
         c->st.msgs_in += c->rd.head - head;
         c->st.bytes_in += got;
@@ -305,31 +305,31 @@ static int conn_wait(struct conn *c, int for_room)
     struct wt_wait w;
     int err = 0;
     uint64_t limit = UINT64_MAX; /* the socket's timeout, read when we first sleep */
-    wt_begin(&w, &c->learn, &c->st, &adaptive, rpal_load_relaxed(&c->rd.their->pub.cpu));
+    rpal__wt_begin(&w, &c->learn, &c->st, &adaptive, rpal_load_relaxed(&c->rd.their->pub.cpu));
     set_cpu(c, w.my_cpu);
     set_sleeps(c, 0);
     for (unsigned slow = 0;;) {
         if ((for_room ? has_room(c) : next_ready(c)) || at_end(c))
             break;
-        int step = wt_pause(&w);
+        int step = rpal__wt_pause(&w);
         if (step == 0)
             continue;
         int timed_out = 0;
         if (step == WT_SLEEP && !w.slept) {
             if (nonblocking(c)) {
-                wt_end_empty(&w);
+                rpal__wt_end_empty(&w);
                 return -EAGAIN;
             }
             limit = sock_timeout(c->fd, for_room);
         }
         if (w.slept && w.now - w.t0 >= limit) {
-            wt_end_empty(&w); /* SO_RCVTIMEO / SO_SNDTIMEO ran out, as on the socket */
+            rpal__wt_end_empty(&w); /* SO_RCVTIMEO / SO_SNDTIMEO ran out, as on the socket */
             set_sleeps(c, idle_sleeps(c));
             return -EAGAIN;
         }
         if (step == WT_SLEEP) {
             uint64_t cpu0;
-            wt_sleep_begin(&w, 0, &cpu0);
+            rpal__wt_sleep_begin(&w, 0, &cpu0);
             uint32_t v = rpal_load_relaxed(word);
             if (for_room)
                 rpal_store_relaxed(&c->my->want_room, 1);
@@ -338,7 +338,7 @@ static int conn_wait(struct conn *c, int for_room)
             if (!(for_room ? has_room(c) : next_ready(c)) && !at_end(c)) {
                 /* 20 ms: then the socket says whether the other end is gone */
                 int64_t slice = wt_slice_ns(wt_left_ns(w.t0, limit, w.now), 20000000);
-                int r = prim_futex_wait(word, v, 1, slice);
+                int r = rpal__prim_futex_wait(word, v, 1, slice);
                 timed_out = r == -ETIMEDOUT;
                 if (r == -EINTR)
                     err = -EINTR;
@@ -346,7 +346,7 @@ static int conn_wait(struct conn *c, int for_room)
             set_sleeps(c, 0);
             if (for_room)
                 rpal_store_relaxed(&c->my->want_room, 0);
-            wt_sleep_end(&w, cpu0);
+            rpal__wt_sleep_end(&w, cpu0);
             if (err)
                 break;
         }
@@ -357,10 +357,10 @@ static int conn_wait(struct conn *c, int for_room)
                 drain(c);
         }
     }
-    wt_end(&w, w.slept ? wait_stamp(c) : 0);
+    rpal__wt_end(&w, w.slept ? wait_stamp(c) : 0);
     set_sleeps(c, idle_sleeps(c)); /* nobody looks after we return */
-    if (wt_stats_due(&c->st, w.now))
-        dom_stats_flush(c->d, &c->st);
+    if (rpal__wt_stats_due(&c->st, w.now))
+        rpal__dom_stats_flush(c->d, &c->st);
     return err;
 }
 
@@ -372,7 +372,7 @@ ssize_t rpal_read(int fd, void *buf, size_t len)
         ssize_t n = read(fd, buf, len);
         return n < 0 ? -errno : n;
     }
-    if (dom_check(c->d) < 0)
+    if (rpal__dom_check(c->d) < 0)
         return -ECHILD; /* a forked child: the rings are not mapped here */
     if (!buf && len)
         return -EFAULT;
@@ -416,7 +416,7 @@ ssize_t rpal_write(int fd, const void *buf, size_t len)
             n = write(fd, buf, len);
         return n < 0 ? -errno : n;
     }
-    if (dom_check(c->d) < 0)
+    if (rpal__dom_check(c->d) < 0)
         return -ECHILD;
     if (!buf && len)
         return -EFAULT;
@@ -453,7 +453,7 @@ ssize_t rpal_write(int fd, const void *buf, size_t len)
     struct ch_entry *e = &c->my->e[i];
     e->tag = 0;
     e->len = (uint32_t)len;
-    int kind = ch_entry_fill(e, buf, len, 0, &c->staging[i]);
+    int kind = rpal__ch_entry_fill(e, buf, len, 0, &c->staging[i]);
     if (kind < 0)
         return kind;
     /* seqf last: pairs with the acquire in next_ready() */
@@ -510,7 +510,7 @@ static int hello_send(int fd, const struct fm_hello *h, int memfd, int bell, uin
         }
         if (r < 0 && errno != EAGAIN && errno != EINTR)
             return errno == EPIPE || errno == ECONNRESET ? -ECONNRESET : -errno;
-        int err = prim_poll_until(fd, POLLOUT, deadline);
+        int err = rpal__prim_poll_until(fd, POLLOUT, deadline);
         if (err < 0)
             return err;
     }
@@ -533,7 +533,7 @@ static int hello_peek(int fd, uint64_t deadline)
             return 0;
         if (r < 0 && errno != EAGAIN && errno != EINTR)
             return -errno;
-        int err = prim_poll_until(fd, POLLIN, deadline);
+        int err = rpal__prim_poll_until(fd, POLLIN, deadline);
         if (err < 0)
             return err;
     }
@@ -564,7 +564,7 @@ static int hello_recv(int fd, struct fm_hello *h, int fds[2], struct ucred *cr,
         ssize_t r = recvmsg(fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
         if (r > 0) {
             /* The credentials travel with the first byte only. */
-            svc_cmsg_take(&m, fds, 2, done == 0 ? cr : NULL);
+            rpal__svc_cmsg_take(&m, fds, 2, done == 0 ? cr : NULL);
             done += (size_t)r;
             continue;
         }
@@ -572,14 +572,14 @@ static int hello_recv(int fd, struct fm_hello *h, int fds[2], struct ucred *cr,
             return -ECONNRESET;
         if (errno != EAGAIN && errno != EINTR)
             return -errno;
-        int err = prim_poll_until(fd, POLLIN, deadline);
+        int err = rpal__prim_poll_until(fd, POLLIN, deadline);
         if (err < 0)
             return err;
     }
     return 0;
 }
 
-int cx_hello_check(const struct fm_hello *h, pid_t pid, unsigned pslot, uint64_t slot_size)
+int rpal__cx_hello_check(const struct fm_hello *h, pid_t pid, unsigned pslot, uint64_t slot_size)
 {
     if (h->magic != FM_MAGIC || h->version != FM_VERSION || h->slot != pslot ||
         h->pid != pid || h->slot_size != slot_size || !h->depth || h->depth > 1024 ||
@@ -588,7 +588,7 @@ int cx_hello_check(const struct fm_hello *h, pid_t pid, unsigned pslot, uint64_t
     return 0;
 }
 
-int cx_ring_check(const struct fm_hello *h, uint64_t base, uint64_t size)
+int rpal__cx_ring_check(const struct fm_hello *h, uint64_t base, uint64_t size)
 {
     uint64_t rsize = sizeof(struct cx_ring) + (uint64_t)h->depth * sizeof(struct ch_entry);
     if (!span_inside(h->ring, rsize, base, size))
@@ -602,16 +602,16 @@ static void peer_drop(struct conn *c)
     if (!c->peer)
         return;
     rpal_peer *p = c->peer;
-    dom_peer_unpin(p, 0);
+    rpal__peer_unpin(p, 0);
     if (p->by_fdmap && rpal_load_acquire(&p->nchans) == 1)
         rpal_peer_release(p); /* its last connection: we mapped it for them */
-    svc_peer_put(p, 0);
+    rpal__peer_put(p, 0);
     c->peer = NULL;
 }
 
 static void conn_free(struct conn *c)
 {
-    dom_stats_close(c->d, &c->st, 0);
+    rpal__dom_stats_close(c->d, &c->st, 0);
     if (c->bell >= 0)
         close(c->bell);
     if (c->their_bell >= 0)
@@ -634,7 +634,7 @@ static void zombies_reap(void)
     struct conn **pp = &zombies;
     while (*pp) {
         struct conn *c = *pp;
-        if (dom_check(c->d) == 0 &&
+        if (rpal__dom_check(c->d) == 0 &&
             (rpal_load_acquire(&c->peer->gone) || rpal_load_acquire(&c->rd.their->head) == c->sent ||
              poll(&(struct pollfd){c->peer->pidfd, POLLIN, 0}, 1, 0) != 0)) {
             *pp = c->next_zombie;
@@ -680,7 +680,7 @@ static int fdmap_candidate(rpal_domain *d, int fd, uint64_t deadline, struct ucr
         int err = hello_peek(fd, deadline);
         if (err < 0)
             return err == -ETIMEDOUT ? 0 : err;
-    } else if (dom_member_slot(d, cr->pid, pslot) < 0 && hello_peek(fd, 0) < 0) {
+    } else if (rpal__dom_member_slot(d, cr->pid, pslot) < 0 && hello_peek(fd, 0) < 0) {
         return 0;
     }
     return 1;
@@ -698,9 +698,9 @@ static struct conn *conn_new(rpal_domain *d, int fd)
     c->depth = CX_DEPTH;
     c->st.idx = -1;
     c->their_bell = -1;
-    c->bell = wt_bells() ? eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK) : -1;
+    c->bell = rpal__wt_bells() ? eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK) : -1;
     c->staging = calloc(c->depth, sizeof *c->staging);
-    c->my = ch_slot_alloc(sizeof *c->my + c->depth * sizeof(struct ch_entry), &c->my_raw);
+    c->my = rpal__ch_slot_alloc(sizeof *c->my + c->depth * sizeof(struct ch_entry), &c->my_raw);
     if (!c->staging || !c->my) {
         conn_free(c);
         return NULL;
@@ -709,7 +709,7 @@ static struct conn *conn_new(rpal_domain *d, int fd)
     c->my->depth = c->depth;
     /* Not waiting in rpal yet: a wake-up is a byte on the socket. */
     rpal_store_relaxed(&c->my->pub.sleeps, WT_WAKE_SOCK);
-    rpal_store_relaxed(&c->my->pub.cpu, wt_my_cpu());
+    rpal_store_relaxed(&c->my->pub.cpu, rpal__wt_my_cpu());
     return c;
 }
 
@@ -739,7 +739,7 @@ static int hello_exchange(struct conn *c, uint64_t deadline, struct fm_hello *th
      * write to an eventfd blocks when its count is full, and its O_NONBLOCK
      * belongs to the file both ends share: another user could make our
      * writes block. One of ours may ptrace us anyway (docs/hardening.md). */
-    if (fds[1] >= 0 && cr->uid == getuid() && prim_is_eventfd(fds[1]))
+    if (fds[1] >= 0 && cr->uid == getuid() && rpal__prim_is_eventfd(fds[1]))
         c->their_bell = fds[1];
     else if (fds[1] >= 0)
         close(fds[1]);
@@ -758,11 +758,11 @@ static int conn_adopt(struct conn *c, const struct fm_hello *their, int memfd,
     rpal_domain *d = c->d;
     unsigned pslot;
     int err, created;
-    if (cr->pid <= 0 || cr->pid == getpid() || dom_member_slot(d, cr->pid, &pslot) < 0)
+    if (cr->pid <= 0 || cr->pid == getpid() || rpal__dom_member_slot(d, cr->pid, &pslot) < 0)
         return -EPROTO;
-    if (memfd < 0 || cx_hello_check(their, cr->pid, pslot, d->slot_size) < 0)
+    if (memfd < 0 || rpal__cx_hello_check(their, cr->pid, pslot, d->slot_size) < 0)
         return -EPROTO;
-    if ((err = svc_peer_adopt(d, memfd, cr, pslot, their->slot_size, &c->peer, &created)) < 0) {
+    if ((err = rpal__peer_adopt(d, memfd, cr, pslot, their->slot_size, &c->peer, &created)) < 0) {
         c->peer = NULL;
         return err;
     }
@@ -771,14 +771,14 @@ static int conn_adopt(struct conn *c, const struct fm_hello *their, int memfd,
     rpal_fetch_add_acq_rel(&c->peer->nchans, 1);
     c->rd.sbase = c->peer->base;
     c->rd.ssize = c->peer->size;
-    if ((err = dom_peer_pin(c->peer)) < 0) {
+    if ((err = rpal__peer_pin(c->peer)) < 0) {
         if (created)
             rpal_peer_release(c->peer);
-        svc_peer_put(c->peer, 0);
+        rpal__peer_put(c->peer, 0);
         c->peer = NULL;
         return err;
     }
-    if ((err = cx_ring_check(their, c->rd.sbase, c->rd.ssize)) < 0)
+    if ((err = rpal__cx_ring_check(their, c->rd.sbase, c->rd.ssize)) < 0)
         return err;
     c->rd.their = (const struct cx_ring *)(uintptr_t)their->ring;
     c->rd.tdepth = their->depth;
@@ -788,7 +788,7 @@ static int conn_adopt(struct conn *c, const struct fm_hello *their, int memfd,
 
 int rpal_uds_fdmap(rpal_domain *d, int fd, int timeout_ms)
 {
-    int err = dom_check(d);
+    int err = rpal__dom_check(d);
     if (err < 0)
         return err;
     if (fd < 0 || fd >= FD_PAGE * FD_PAGES)
@@ -796,7 +796,7 @@ int rpal_uds_fdmap(rpal_domain *d, int fd, int timeout_ms)
     if (conn_of(fd))
         return 1;
     zombies_reap();
-    uint64_t deadline = prim_deadline(timeout_ms);
+    uint64_t deadline = rpal__prim_deadline(timeout_ms);
     struct ucred cr;
     unsigned pslot;
     if ((err = fdmap_candidate(d, fd, deadline, &cr, &pslot)) <= 0)
@@ -811,11 +811,11 @@ int rpal_uds_fdmap(rpal_domain *d, int fd, int timeout_ms)
         goto fail;
     close(memfd);
     memfd = -1;
-    wt_learn_init(&c->learn);
+    rpal__wt_learn_init(&c->learn);
     c->st.kind = RPAL_STATS_CONN;
     c->st.peer_pid = cr.pid;
     c->st.fd = fd;
-    dom_stats_open(d, &c->st, 0);
+    rpal__dom_stats_open(d, &c->st, 0);
     pthread_mutex_lock(&cx_lock);
     err = fdtab_put(&conns, fd, c);
     rpal_fetch_add_relaxed(&conn_gen, 1);
@@ -854,7 +854,7 @@ int rpal_close(int fd)
         }
         rpal_fetch_add_relaxed(&conn_gen, 1);
         pthread_mutex_unlock(&cx_lock);
-        if (dom_check(c->d) < 0) {
+        if (rpal__dom_check(c->d) < 0) {
             c = NULL; /* a forked child: the rings are its parent's */
         } else {
             /* After our last message: pairs with the acquire in at_end(). */
@@ -862,8 +862,8 @@ int rpal_close(int fd)
             rpal_fence_seq_cst(); /* as after a message: it sees the flag or we
                                      see it sleeps */
             if (rpal_load_relaxed(&c->rd.their->pub.sleeps) == WT_WAKE_FUTEX) {
-                prim_futex_wake(&c->my->tail, INT_MAX, 1);
-                prim_futex_wake(&c->my->head, INT_MAX, 1);
+                rpal__prim_futex_wake(&c->my->tail, INT_MAX, 1);
+                rpal__prim_futex_wake(&c->my->head, INT_MAX, 1);
             }
         }
     }
@@ -1063,7 +1063,7 @@ static int set_forked(const struct ep_set *s)
     for (int k = 0; k < s->nmapped; k++) {
         struct conn *c = conn_of(s->mapped[k]);
         if (c)
-            return dom_check(c->d) < 0;
+            return rpal__dom_check(c->d) < 0;
     }
     return 0;
 }
@@ -1107,14 +1107,14 @@ static int set_wait(struct ep_set *s, struct epoll_event *ev, int max, int timeo
     uint64_t limit = wt_limit_ns(timeout_ms);
     uint32_t peers = set_peers_cpu(s);
     struct wt_wait w;
-    wt_begin(&w, &s->learn, NULL, &adaptive, peers);
+    rpal__wt_begin(&w, &s->learn, NULL, &adaptive, peers);
     set_sleeping(s, 0, w.my_cpu);
     uint64_t next_k = UINT64_MAX;
     int n;
     for (;;) {
         if ((n = collect(s, ev, max, 0)) != 0)
             break;
-        int step = wt_pause(&w);
+        int step = rpal__wt_pause(&w);
         if (step == 0)
             continue;
         if (w.now - w.t0 >= limit)
@@ -1133,7 +1133,7 @@ static int set_wait(struct ep_set *s, struct epoll_event *ev, int max, int timeo
         /* An event loop follows the other ends' CPU while it sleeps: their
          * next message then hands the CPU over instead of waking an idle
          * one. */
-        uint32_t moved = wt_sleep_begin(&w, peers != 0, &cpu0);
+        uint32_t moved = rpal__wt_sleep_begin(&w, peers != 0, &cpu0);
         set_sleeping(s, WT_WAKE_BELL, moved);
         rpal_fence_seq_cst(); /* pairs with the fence in rpal_write: we see its
                                  message, or it sees we sleep */
@@ -1141,18 +1141,18 @@ static int set_wait(struct ep_set *s, struct epoll_event *ev, int max, int timeo
             n = kernel_wait(s, ev, max, wt_poll_ms(wt_left_ns(w.t0, limit, w.now)), 1);
         }
         set_sleeping(s, 0, 0);
-        wt_sleep_end(&w, cpu0);
+        rpal__wt_sleep_end(&w, cpu0);
         if (n != 0 || w.now - w.t0 >= limit)
             break;
     }
     /* The wait counts for the connection whose ring ended it. */
     struct conn *c = n > 0 ? conn_of(s->first_fd) : NULL;
     w.st = c ? &c->st : NULL;
-    wt_end(&w, w.slept ? wait_stamp(c) : 0);
+    rpal__wt_end(&w, w.slept ? wait_stamp(c) : 0);
     if (c)
         c->st.budget_ns = w.budget;
-    if (c && wt_stats_due(&c->st, w.now))
-        dom_stats_flush(c->d, &c->st);
+    if (c && rpal__wt_stats_due(&c->st, w.now))
+        rpal__dom_stats_flush(c->d, &c->st);
     return n;
 }
 
@@ -1253,9 +1253,9 @@ int rpal_epoll_wait(int epfd, struct epoll_event *ev, int max, int timeout_ms)
         return set_wait(s, ev, max, timeout_ms);
     /* Nothing of ours to wait for: the kernel's wait, until an event the
      * application asked for (a stale record's is dropped) or the deadline. */
-    uint64_t deadline = prim_deadline(timeout_ms);
+    uint64_t deadline = rpal__prim_deadline(timeout_ms);
     for (;;) {
-        uint64_t left = wt_left_ns(0, deadline, deadline == UINT64_MAX ? 0 : prim_now_ns());
+        uint64_t left = wt_left_ns(0, deadline, deadline == UINT64_MAX ? 0 : rpal__prim_now_ns());
         if (left == 0)
             return 0;
         if ((n = kernel_wait(s, ev, max, wt_poll_ms(left), 1)) != 0)
@@ -1270,7 +1270,7 @@ int rpal_fd_stats(int fd, struct rpal_stats *out)
         return -EINVAL;
     if (!c)
         return -EBADF;
-    wt_stats_copy(&c->st, out);
+    rpal__wt_stats_copy(&c->st, out);
     return 0;
 }
 

@@ -40,10 +40,10 @@ static void claim_name(char buf[CLAIM_NAME_MAX], unsigned slot)
 /* struct dom_meta, the geometry in <ns>/.domains/NAME/meta, is in
  * src/internal.h (the fuzz targets build them). */
 
-uint64_t dom_meta_check(const struct dom_meta *m)
+uint64_t rpal__dom_meta_check(const struct dom_meta *m)
 {
     /* Not a secret: it only catches a torn or stray file. */
-    return prim_fnv1a(m, offsetof(struct dom_meta, check));
+    return rpal__prim_fnv1a(m, offsetof(struct dom_meta, check));
 }
 
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -51,9 +51,9 @@ static _Atomic(rpal_domain *) g_dom; /* the one domain of this process */
 
 /* ---- names, geometry ---- */
 
-int dom_component_validate(const char *name)
+int rpal__dom_component_validate(const char *name)
 {
-    int err = ns_name_validate(name);
+    int err = rpal__ns_name_validate(name);
     if (err < 0)
         return err;
     return strchr(name, '/') ? -EINVAL : 0;
@@ -64,14 +64,14 @@ static int slot_size_valid(uint64_t s)
     return s >= (16ull << 20) && (s & (s - 1)) == 0 && s <= DOM_WINDOW_SIZE;
 }
 
-uint64_t dom_slot_addr(const rpal_domain *d, unsigned slot)
+uint64_t rpal__dom_slot_addr(const rpal_domain *d, unsigned slot)
 {
     return d->window + (uint64_t)slot * d->slot_size;
 }
 
-int dom_meta_validate(const struct dom_meta *m)
+int rpal__dom_meta_validate(const struct dom_meta *m)
 {
-    if (m->magic != META_MAGIC || m->version != META_VERSION || m->check != dom_meta_check(m) ||
+    if (m->magic != META_MAGIC || m->version != META_VERSION || m->check != rpal__dom_meta_check(m) ||
         !slot_size_valid(m->slot_size) || m->window != DOM_WINDOW_BASE || m->nslots == 0 ||
         m->nslots > DOM_MAX_SLOTS || (uint64_t)m->nslots * m->slot_size > DOM_WINDOW_SIZE)
         return -EBADMSG;
@@ -82,7 +82,7 @@ int dom_meta_validate(const struct dom_meta *m)
 static int dom_open_dir(const char *name, uint64_t want_size, int *dirfd,
                         struct dom_meta *m)
 {
-    int nsfd = ns_open(1);
+    int nsfd = rpal__ns_open(1);
     if (nsfd < 0)
         return nsfd;
     char path[80];
@@ -94,10 +94,10 @@ static int dom_open_dir(const char *name, uint64_t want_size, int *dirfd,
     struct stat ns;
     int err = fstat(nsfd, &ns) < 0 ? -errno : 0;
     if (err == 0)
-        err = prim_mkdirs_beneath(nsfd, ".domains", ns.st_mode & 07777, &made);
+        err = rpal__prim_mkdirs_beneath(nsfd, ".domains", ns.st_mode & 07777, &made);
     if (err == 0)
-        err = prim_mkdirs_beneath(nsfd, path, 0700, &made);
-    int fd = err < 0 ? err : prim_open_beneath(nsfd, path, O_PATH | O_DIRECTORY, 0);
+        err = rpal__prim_mkdirs_beneath(nsfd, path, 0700, &made);
+    int fd = err < 0 ? err : rpal__prim_open_beneath(nsfd, path, O_PATH | O_DIRECTORY, 0);
     close(nsfd);
     if (fd < 0)
         return fd;
@@ -111,19 +111,19 @@ static int dom_open_dir(const char *name, uint64_t want_size, int *dirfd,
                                  ? DOM_MAX_SLOTS : DOM_WINDOW_SIZE / size),
         .slot_size = size, .window = DOM_WINDOW_BASE,
     };
-    mine.check = dom_meta_check(&mine);
-    int mfd = prim_open_beneath(fd, "meta", O_RDONLY, 0);
+    mine.check = rpal__dom_meta_check(&mine);
+    int mfd = rpal__prim_open_beneath(fd, "meta", O_RDONLY, 0);
     if (mfd == -ENOENT) {
-        int tfd = prim_open_beneath(fd, ".", O_TMPFILE | O_RDWR, 0644);
+        int tfd = rpal__prim_open_beneath(fd, ".", O_TMPFILE | O_RDWR, 0644);
         if (tfd >= 0) {
             char proc[PRIM_FD_PATH];
-            prim_fd_path(proc, tfd);
+            rpal__prim_fd_path(proc, tfd);
             if (fchmod(tfd, 0644) == 0 &&
                 pwrite(tfd, &mine, sizeof mine, 0) == (ssize_t)sizeof mine)
                 (void)linkat(AT_FDCWD, proc, fd, "meta", AT_SYMLINK_FOLLOW);
             close(tfd);
         }
-        mfd = prim_open_beneath(fd, "meta", O_RDONLY, 0);
+        mfd = rpal__prim_open_beneath(fd, "meta", O_RDONLY, 0);
     }
     if (mfd < 0) {
         close(fd);
@@ -131,7 +131,7 @@ static int dom_open_dir(const char *name, uint64_t want_size, int *dirfd,
     }
     ssize_t n = pread(mfd, m, sizeof *m, 0);
     close(mfd);
-    if (n != (ssize_t)sizeof *m || dom_meta_validate(m) < 0) {
+    if (n != (ssize_t)sizeof *m || rpal__dom_meta_validate(m) < 0) {
         close(fd);
         return -EBADMSG;
     }
@@ -146,9 +146,9 @@ static int dom_open_dir(const char *name, uint64_t want_size, int *dirfd,
 /* ---- claims ---- */
 
 /* 1 if someone holds the OFD lock of the claim file FD. */
-int dom_claim_locked(int fd)
+int rpal__dom_claim_locked(int fd)
 {
-    return prim_ofd_test(fd, 0, 1, NULL, NULL) > 0;
+    return rpal__prim_ofd_test(fd, 0, 1, NULL, NULL) > 0;
 }
 
 static int dom_claim(rpal_domain *d)
@@ -158,9 +158,9 @@ static int dom_claim(rpal_domain *d)
         claim_name(name, i);
         /* Without O_CREAT first: fs.protected_regular refuses O_CREAT on
          * another user's file in a sticky directory. */
-        int fd = prim_open_beneath(d->dirfd, name, O_RDWR, 0);
+        int fd = rpal__prim_open_beneath(d->dirfd, name, O_RDWR, 0);
         if (fd == -ENOENT) {
-            fd = prim_open_beneath(d->dirfd, name, O_RDWR | O_CREAT | O_EXCL, 0644);
+            fd = rpal__prim_open_beneath(d->dirfd, name, O_RDWR | O_CREAT | O_EXCL, 0644);
             if (fd >= 0)
                 fchmod(fd, 0644);
         }
@@ -190,7 +190,7 @@ static int dom_claim(rpal_domain *d)
 
 /* Rewrite our claim record: who we are, our services, whom we share with.
  * Called with d->lock held. */
-void dom_publish(rpal_domain *d)
+void rpal__dom_publish(rpal_domain *d)
 {
     struct member_rec *r = calloc(1, sizeof *r);
     if (!r)
@@ -200,7 +200,7 @@ void dom_publish(rpal_domain *d)
     r->slot = d->slot;
     r->pid = d->pid;
     r->uid = getuid();
-    r->start = prim_self_start();
+    r->start = rpal__prim_self_start();
     for (struct rpal_service *s = d->services; s && r->nservices < MEMBER_MAX_SERVICES; s = s->next)
         snprintf(r->services[r->nservices++], sizeof r->services[0], "%s", s->name);
     for (struct rpal_peer *p = d->peers; p && r->npeers < MEMBER_MAX_PEERS; p = p->next)
@@ -217,26 +217,26 @@ void dom_publish(rpal_domain *d)
 
 /* Read the claim record of SLOT in the domain directory DIRFD; 0 and *REC
  * if the slot is held by a live member with a valid record. */
-int dom_read_member(int dirfd, unsigned slot, struct member_rec *rec)
+int rpal__dom_read_member(int dirfd, unsigned slot, struct member_rec *rec)
 {
     char name[CLAIM_NAME_MAX];
     claim_name(name, slot);
-    int fd = prim_open_beneath(dirfd, name, O_RDONLY | O_NONBLOCK, 0);
+    int fd = rpal__prim_open_beneath(dirfd, name, O_RDONLY | O_NONBLOCK, 0);
     if (fd < 0)
         return fd;
     struct stat st;
     int err = 0;
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
         err = -EBADMSG;
-    else if (!dom_claim_locked(fd))
+    else if (!rpal__dom_claim_locked(fd))
         err = -ESRCH;
     else if (pread(fd, rec, sizeof *rec, 0) != (ssize_t)sizeof *rec)
         err = -EBADMSG;
     close(fd);
-    return err < 0 ? err : dom_member_validate(rec, slot);
+    return err < 0 ? err : rpal__dom_member_validate(rec, slot);
 }
 
-int dom_member_validate(struct member_rec *rec, unsigned slot)
+int rpal__dom_member_validate(struct member_rec *rec, unsigned slot)
 {
     /* Written by another process: checked before use (nothing read from a peer is trusted). */
     if (rec->magic != MEMBER_MAGIC || rec->version != 1 || rec->slot != slot ||
@@ -247,7 +247,7 @@ int dom_member_validate(struct member_rec *rec, unsigned slot)
      * sequences) or a slot that cannot exist is not a record. */
     for (unsigned i = 0; i < rec->nservices; i++) {
         rec->services[i][sizeof rec->services[i] - 1] = 0;
-        if (dom_component_validate(rec->services[i]) < 0)
+        if (rpal__dom_component_validate(rec->services[i]) < 0)
             return -EBADMSG;
     }
     for (unsigned i = 0; i < rec->npeers; i++)
@@ -272,7 +272,7 @@ static void atfork_child(void)
      * descriptions that a live child would otherwise keep alive after the
      * parent died or released (close(), unlike shutdown(), leaves the
      * parent's own use of them untouched). */
-    heap_set_current(NULL);
+    rpal__heap_set_current(NULL);
     rpal_domain *d = rpal_load_relaxed(&g_dom);
     rpal_store_relaxed(&g_dom, NULL);
     if (!d)
@@ -328,7 +328,7 @@ static int slot_create(rpal_domain *d)
     d->memfd = memfd_create("rpal-slot", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (d->memfd < 0 || ftruncate(d->memfd, (off_t)d->slot_size) < 0)
         return -errno;
-    void *slot = mmap((void *)(uintptr_t)dom_slot_addr(d, d->slot), d->slot_size,
+    void *slot = mmap((void *)(uintptr_t)rpal__dom_slot_addr(d, d->slot), d->slot_size,
                       PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, d->memfd, 0);
     if (slot == MAP_FAILED)
         return -errno;
@@ -340,14 +340,14 @@ static int slot_create(rpal_domain *d)
     h->magic = SLOT_MAGIC;
     h->slot = d->slot;
     h->pid = d->pid;
-    return heap_create((char *)slot + SLOT_HDR_SIZE, d->slot_size - SLOT_HDR_SIZE, &d->heap);
+    return rpal__heap_create((char *)slot + SLOT_HDR_SIZE, d->slot_size - SLOT_HDR_SIZE, &d->heap);
 }
 
 /* Undo a join that failed after dom_new (RESERVED: the window is). */
 static void join_undo(rpal_domain *d, int reserved)
 {
     if (d->heap)
-        heap_destroy(d->heap);
+        rpal__heap_destroy(d->heap);
     if (reserved)
         unreserve(d);
     if (d->epfd >= 0)
@@ -378,7 +378,7 @@ static int join_steps(rpal_domain *d, uint64_t want, int *reserved)
     d->window = m.window;
     /* The whole window, PROT_NONE, so that nothing else of ours lands where
      * a peer's slot will be mapped. */
-    err = prim_map_fixed(d->window, (size_t)d->nslots * d->slot_size, PROT_NONE,
+    err = rpal__prim_map_fixed(d->window, (size_t)d->nslots * d->slot_size, PROT_NONE,
                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (err < 0)
         return err;
@@ -395,7 +395,7 @@ int rpal_domain_join(const char *name, const struct rpal_domain_opts *opts,
 {
     if (!name)
         name = RPAL_DEFAULT_DOMAIN;
-    int err = dom_component_validate(name);
+    int err = rpal__dom_component_validate(name);
     if (err < 0)
         return err;
     uint64_t want = opts ? opts->slot_size : 0;
@@ -418,25 +418,25 @@ int rpal_domain_join(const char *name, const struct rpal_domain_opts *opts,
         return err;
     }
     pthread_mutex_lock(&d->lock);
-    dom_publish(d);
+    rpal__dom_publish(d);
     pthread_mutex_unlock(&d->lock);
-    heap_set_current(d->heap);
+    rpal__heap_set_current(d->heap);
     rpal_store_relaxed(&g_dom, d);
     pthread_mutex_unlock(&g_lock);
     *out = d;
     return 0;
 }
 
-int dom_member_slot(rpal_domain *d, pid_t pid, unsigned *slot)
+int rpal__dom_member_slot(rpal_domain *d, pid_t pid, unsigned *slot)
 {
     struct member_rec *rec = malloc(sizeof *rec);
     if (!rec)
         return -ENOMEM;
     int err = -ESRCH;
-    /* dom_read_member checks that the claim is held: a live member. */
+    /* rpal__dom_read_member checks that the claim is held: a live member. */
     for (unsigned s = 0; s < d->nslots && err == -ESRCH; s++)
-        if (s != d->slot && dom_read_member(d->dirfd, s, rec) == 0 && rec->pid == pid &&
-            prim_proc_alive(pid, rec->start)) {
+        if (s != d->slot && rpal__dom_read_member(d->dirfd, s, rec) == 0 && rec->pid == pid &&
+            rpal__prim_proc_alive(pid, rec->start)) {
             *slot = s;
             err = 0;
         }
@@ -444,7 +444,7 @@ int dom_member_slot(rpal_domain *d, pid_t pid, unsigned *slot)
     return err;
 }
 
-int dom_check(const rpal_domain *d)
+int rpal__dom_check(const rpal_domain *d)
 {
     if (!d)
         return -EINVAL;
@@ -476,7 +476,7 @@ static void retired_sweep(rpal_domain *d)
     }
 }
 
-void dom_watch_retire(rpal_domain *d, struct watch *w)
+void rpal__dom_watch_retire(rpal_domain *d, struct watch *w)
 {
     w->retired = 1;
     w->retired_at = ++d->nretired;
@@ -485,7 +485,7 @@ void dom_watch_retire(rpal_domain *d, struct watch *w)
     retired_sweep(d);
 }
 
-void dom_layer_attach(rpal_domain *d, int which, const struct dom_layer *l)
+void rpal__dom_layer_attach(rpal_domain *d, int which, const struct dom_layer *l)
 {
     d->layers[which] = l;
 }
@@ -502,7 +502,7 @@ static void dispatch_end(rpal_domain *d, struct dispatch_rec *me)
 
 int rpal_domain_leave(rpal_domain *d)
 {
-    int err = dom_check(d);
+    int err = rpal__dom_check(d);
     if (err < 0)
         return err;
     for (int i = 0; i < DOM_LAYERS; i++)
@@ -514,8 +514,8 @@ int rpal_domain_leave(rpal_domain *d)
     retired_sweep(d);
     pthread_mutex_unlock(&d->lock);
     pthread_mutex_lock(&g_lock);
-    heap_set_current(NULL);
-    heap_destroy(d->heap);
+    rpal__heap_set_current(NULL);
+    rpal__heap_destroy(d->heap);
     unreserve(d);
     for (int i = 0; i < DOM_PKEYS; i++)
         if (d->pkeys[i] >= 0)
@@ -541,13 +541,13 @@ int rpal_domain_leave(rpal_domain *d)
 int rpal_domain_slot(const rpal_domain *d, unsigned *index, void **base,
                      uint64_t *size)
 {
-    int err = dom_check(d);
+    int err = rpal__dom_check(d);
     if (err < 0)
         return err;
     if (index)
         *index = d->slot;
     if (base)
-        *base = (void *)(uintptr_t)dom_slot_addr(d, d->slot);
+        *base = (void *)(uintptr_t)rpal__dom_slot_addr(d, d->slot);
     if (size)
         *size = d->slot_size;
     return 0;
@@ -555,7 +555,7 @@ int rpal_domain_slot(const rpal_domain *d, unsigned *index, void **base,
 
 int rpal_domain_fd(const rpal_domain *d)
 {
-    int err = dom_check(d);
+    int err = rpal__dom_check(d);
     return err < 0 ? err : d->epfd;
 }
 
@@ -564,17 +564,17 @@ int rpal_domain_fd(const rpal_domain *d)
 int rpal_domain_dispatch(rpal_domain *d, struct rpal_event *ev, int max,
                          int timeout_ms)
 {
-    return dom_dispatch(d, ev, max, timeout_ms, 0);
+    return rpal__dom_dispatch(d, ev, max, timeout_ms, 0);
 }
 
-int dom_dispatch(rpal_domain *d, struct rpal_event *ev, int max, int timeout_ms, int any)
+int rpal__dom_dispatch(rpal_domain *d, struct rpal_event *ev, int max, int timeout_ms, int any)
 {
-    int err = dom_check(d);
+    int err = rpal__dom_check(d);
     if (err < 0)
         return err;
     if (!ev || max <= 0)
         return -EINVAL;
-    uint64_t deadline = prim_deadline(timeout_ms);
+    uint64_t deadline = rpal__prim_deadline(timeout_ms);
     int n = 0;
     /* Listed while we wait, so that an object another thread frees
      * meanwhile (a receiver reaping its dead channels) outlives the events
@@ -587,7 +587,7 @@ int dom_dispatch(rpal_domain *d, struct rpal_event *ev, int max, int timeout_ms,
     pthread_mutex_unlock(&d->lock);
     for (;;) {
         struct epoll_event ee[32];
-        int wait = prim_ms_left(deadline);
+        int wait = rpal__prim_ms_left(deadline);
         int want = max - n < 32 ? max - n : 32;
         int k = epoll_wait(d->epfd, ee, want, n ? 0 : wait);
         int saved = errno;
@@ -627,7 +627,7 @@ unsigned rpal_capabilities(void)
         /* The CPU (x86-64 protection keys, enabled by the kernel: the
          * windows write PKRU) and the kernel's pkey calls together:
          * pkey_alloc fails without either (ENOSPC or EINVAL or ENOSYS). */
-        int k = prim_pku_cpu() ? pkey_alloc(0, PKEY_DISABLE_ACCESS) : -1;
+        int k = rpal__prim_pku_cpu() ? pkey_alloc(0, PKEY_DISABLE_ACCESS) : -1;
         c = k >= 0 ? (int)RPAL_CAP_PKU : 0;
         if (k >= 0)
             pkey_free(k);
@@ -650,10 +650,10 @@ static int dom_walk(int (*fn)(int dirfd, const char *name, const struct dom_meta
                               void *arg),
                     void *arg)
 {
-    int nsfd = ns_open(0);
+    int nsfd = rpal__ns_open(0);
     if (nsfd < 0)
         return nsfd == -ENOENT ? 0 : nsfd;
-    int dfd = prim_open_beneath(nsfd, ".domains", O_RDONLY | O_DIRECTORY, 0);
+    int dfd = rpal__prim_open_beneath(nsfd, ".domains", O_RDONLY | O_DIRECTORY, 0);
     close(nsfd);
     if (dfd < 0)
         return dfd == -ENOENT || dfd == -EACCES ? 0 : dfd;
@@ -667,7 +667,7 @@ static int dom_walk(int (*fn)(int dirfd, const char *name, const struct dom_meta
     size_t n = 0, cap = 0;
     struct dirent *de;
     while ((de = readdir(dir))) {
-        if (dom_component_validate(de->d_name) < 0)
+        if (rpal__dom_component_validate(de->d_name) < 0)
             continue;
         if (n == cap) {
             cap = cap ? cap * 2 : 16;
@@ -682,13 +682,13 @@ static int dom_walk(int (*fn)(int dirfd, const char *name, const struct dom_meta
         qsort(names, n, sizeof *names, name_cmp);
     int err = 0;
     for (size_t i = 0; i < n && !err; i++) {
-        int fd = prim_open_beneath(dirfd(dir), names[i], O_PATH | O_DIRECTORY, 0);
+        int fd = rpal__prim_open_beneath(dirfd(dir), names[i], O_PATH | O_DIRECTORY, 0);
         if (fd < 0)
             continue;
         struct dom_meta m;
-        int mfd = prim_open_beneath(fd, "meta", O_RDONLY | O_NONBLOCK, 0);
+        int mfd = rpal__prim_open_beneath(fd, "meta", O_RDONLY | O_NONBLOCK, 0);
         if (mfd >= 0 && pread(mfd, &m, sizeof m, 0) == (ssize_t)sizeof m &&
-            dom_meta_validate(&m) == 0)
+            rpal__dom_meta_validate(&m) == 0)
             err = fn(fd, names[i], &m, arg);
         if (mfd >= 0)
             close(mfd);
@@ -711,7 +711,7 @@ static int foreach_domain(int dirfd, const char *name, const struct dom_meta *m,
     struct rpal_member_info *info = malloc(sizeof *info);
     int err = rec && info ? 0 : -ENOMEM;
     for (unsigned s = 0; s < m->nslots && !err; s++) {
-        if (dom_read_member(dirfd, s, rec) < 0)
+        if (rpal__dom_read_member(dirfd, s, rec) < 0)
             continue;
         memset(info, 0, sizeof *info);
         snprintf(info->domain, sizeof info->domain, "%s", name);
@@ -735,7 +735,7 @@ static int foreach_domain(int dirfd, const char *name, const struct dom_meta *m,
 
 /* ---- counters of channels and connections, in the claim file ---- */
 
-int dom_stats_open(rpal_domain *d, struct wt_stats *st, int locked)
+int rpal__dom_stats_open(rpal_domain *d, struct wt_stats *st, int locked)
 {
     st->idx = -1;
     if (!locked)
@@ -750,14 +750,14 @@ int dom_stats_open(rpal_domain *d, struct wt_stats *st, int locked)
         pthread_mutex_unlock(&d->lock);
     if (st->idx < 0)
         return -ENOSPC; /* counted, not published */
-    dom_stats_flush(d, st);
+    rpal__dom_stats_flush(d, st);
     return 0;
 }
 
-void dom_stats_flush(rpal_domain *d, struct wt_stats *st)
+void rpal__dom_stats_flush(rpal_domain *d, struct wt_stats *st)
 {
-    st->flushed_ns = prim_now_ns();
-    if (st->idx < 0 || dom_check(d) < 0)
+    st->flushed_ns = rpal__prim_now_ns();
+    if (st->idx < 0 || rpal__dom_check(d) < 0)
         return;
     struct stats_rec r = {.magic = STATS_MAGIC, .kind = st->kind, .peer_slot = st->peer_slot,
                           .peer_pid = st->peer_pid, .fd = st->fd, .budget_ns = st->budget_ns,
@@ -767,13 +767,13 @@ void dom_stats_flush(rpal_domain *d, struct wt_stats *st)
                                       st->wakes, st->wakes_skipped, st->waits, st->sleeps,
                                       st->spin_hits, st->yields, st->spin_ns};
     memcpy(r.c, c, sizeof c);
-    r.check = prim_fnv1a(&r, offsetof(struct stats_rec, check));
+    r.check = rpal__prim_fnv1a(&r, offsetof(struct stats_rec, check));
     (void)!pwrite(d->claimfd, &r, sizeof r, STATS_OFF + (off_t)st->idx * sizeof r);
 }
 
-void dom_stats_close(rpal_domain *d, struct wt_stats *st, int locked)
+void rpal__dom_stats_close(rpal_domain *d, struct wt_stats *st, int locked)
 {
-    if (st->idx < 0 || dom_check(d) < 0)
+    if (st->idx < 0 || rpal__dom_check(d) < 0)
         return;
     uint64_t zero = 0;
     (void)!pwrite(d->claimfd, &zero, sizeof zero, STATS_OFF + (off_t)st->idx * sizeof(struct stats_rec));
@@ -785,15 +785,15 @@ void dom_stats_close(rpal_domain *d, struct wt_stats *st, int locked)
     st->idx = -1;
 }
 
-int dom_stats_validate(struct stats_rec *r)
+int rpal__dom_stats_validate(struct stats_rec *r)
 {
     /* Another process's word, not trusted: checked, names made safe to
      * print. */
-    if (r->magic != STATS_MAGIC || r->check != prim_fnv1a(r, offsetof(struct stats_rec, check)) ||
+    if (r->magic != STATS_MAGIC || r->check != rpal__prim_fnv1a(r, offsetof(struct stats_rec, check)) ||
         r->kind < RPAL_STATS_CALLER || r->kind > RPAL_STATS_CONN || r->state > 3)
         return -EBADMSG;
     r->name[sizeof r->name - 1] = 0;
-    if (r->name[0] && dom_component_validate(r->name) < 0)
+    if (r->name[0] && rpal__dom_component_validate(r->name) < 0)
         return -EBADMSG;
     return 0;
 }
@@ -812,16 +812,16 @@ static int stats_domain(int dirfd, const char *name, const struct dom_meta *m, v
     for (unsigned s = 0; s < m->nslots && !err; s++) {
         char file[CLAIM_NAME_MAX];
         claim_name(file, s);
-        if (dom_read_member(dirfd, s, rec) < 0)
+        if (rpal__dom_read_member(dirfd, s, rec) < 0)
             continue;
-        int fd = prim_open_beneath(dirfd, file, O_RDONLY | O_NONBLOCK, 0);
+        int fd = rpal__prim_open_beneath(dirfd, file, O_RDONLY | O_NONBLOCK, 0);
         if (fd < 0)
             continue;
         ssize_t n = pread(fd, tab, STATS_MAX * sizeof *tab, STATS_OFF);
         close(fd);
         for (ssize_t i = 0; n > 0 && i < n / (ssize_t)sizeof *tab && !err; i++) {
             struct stats_rec *r = &tab[i];
-            if (dom_stats_validate(r) < 0)
+            if (rpal__dom_stats_validate(r) < 0)
                 continue;
             struct rpal_stats_entry e = {.slot = s, .pid = rec->pid, .kind = (int)r->kind,
                                          .peer_slot = r->peer_slot, .peer_pid = r->peer_pid,
@@ -866,7 +866,7 @@ static int gc_domain(int dirfd, const char *name, const struct dom_meta *m, void
     struct gc_arg *g = arg;
     (void)m;
     DIR *dir;
-    int fd = prim_open_beneath(dirfd, ".", O_RDONLY | O_DIRECTORY, 0);
+    int fd = rpal__prim_open_beneath(dirfd, ".", O_RDONLY | O_DIRECTORY, 0);
     if (fd < 0 || !(dir = fdopendir(fd))) {
         if (fd >= 0)
             close(fd);
@@ -876,7 +876,7 @@ static int gc_domain(int dirfd, const char *name, const struct dom_meta *m, void
     while ((de = readdir(dir))) {
         char what[160];
         if (!strncmp(de->d_name, "slot.", 5)) {
-            int cfd = prim_open_beneath(dirfd, de->d_name, O_RDWR | O_NONBLOCK, 0);
+            int cfd = rpal__prim_open_beneath(dirfd, de->d_name, O_RDWR | O_NONBLOCK, 0);
             if (cfd < 0)
                 continue;
             /* Take the claim's lock ourselves while unlinking, so that no
@@ -899,7 +899,7 @@ static int gc_domain(int dirfd, const char *name, const struct dom_meta *m, void
             int c = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
             /* A socket nobody listens on refuses: its service is dead. (Not
              * connect() by name: a link swapped in would be followed.) */
-            int dead = c >= 0 && prim_connect_beneath(dirfd, de->d_name, c) == -ECONNREFUSED;
+            int dead = c >= 0 && rpal__prim_connect_beneath(dirfd, de->d_name, c) == -ECONNREFUSED;
             if (c >= 0)
                 close(c);
             if (dead && unlinkat(dirfd, de->d_name, 0) == 0) {
@@ -916,7 +916,7 @@ static int gc_domain(int dirfd, const char *name, const struct dom_meta *m, void
 
 int rpal_gc(void (*fn)(const char *kind, const char *name, void *arg), void *arg)
 {
-    int n = region_gc(fn, arg);
+    int n = rpal__region_gc(fn, arg);
     if (n < 0)
         return n;
     struct gc_arg g = {fn, arg, 0};

@@ -146,7 +146,7 @@ struct central {
 };
 
 /* Per-thread cache, one stack of handles (head span << 12 | block index) per
- * class. Only its thread changes it; heap_check reads it, hence atomics
+ * class. Only its thread changes it; rpal__heap_check reads it, hence atomics
  * (relaxed, which compile to plain moves). */
 struct tbin {
     _Atomic uint32_t n;
@@ -162,7 +162,7 @@ struct tcache {
 };
 
 struct heap {
-    /* Read-only after heap_create; all the fast paths need. */
+    /* Read-only after rpal__heap_create; all the fast paths need. */
     uintptr_t base;
     uint64_t len;
     uint64_t gen;          /* unique: a dead heap's cache never matches */
@@ -237,7 +237,7 @@ static void bin_remove(struct heap *h, uint32_t s, uint32_t n)
 
 static void set_info(struct heap *h, uint32_t s, uint64_t v)
 {
-    /* Release: pairs with the acquire load in heap_free, so that a reader of
+    /* Release: pairs with the acquire load in rpal__heap_free, so that a reader of
      * a new small head also sees the live words written before it. */
     rpal_store_release(&h->info[s], v);
 }
@@ -504,7 +504,7 @@ static void tc_flush_all(struct heap *h, struct tcache *t)
 }
 
 /* Flush T into its heap if that heap is still alive, and forget it. The
- * heaps lock keeps heap_destroy out meanwhile. */
+ * heaps lock keeps rpal__heap_destroy out meanwhile. */
 static void tc_unbind(struct tcache *t)
 {
     lock(&heaps_lock);
@@ -562,7 +562,7 @@ static struct tcache *tc_bind(struct heap *h)
     } else if (t->heap) {
         tc_unbind(t);
     }
-    /* Set before linking: heap_check reads them under the lock. */
+    /* Set before linking: rpal__heap_check reads them under the lock. */
     t->heap = h;
     t->gen = h->gen;
     lock(&h->tc_lock);
@@ -779,7 +779,7 @@ static void atfork_init(void)
 
 /* ---- the interface ------------------------------------------------------- */
 
-int heap_create(void *base, uint64_t len, struct heap **out)
+int rpal__heap_create(void *base, uint64_t len, struct heap **out)
 {
     uintptr_t b = (uintptr_t)base;
     if (!out || !base || b % RPAL_PAGE || len == 0 || len % SPAN ||
@@ -795,7 +795,7 @@ int heap_create(void *base, uint64_t len, struct heap **out)
     h->nspans = (uint32_t)(len / SPAN);
     /* Both tables cover the whole slot and cost memory only where touched:
      * untouched anonymous memory reads as zeros (K_NONE). info (8 bytes a
-     * span) stays readable everywhere, since heap_free reads it for any
+     * span) stays readable everywhere, since rpal__heap_free reads it for any
      * pointer in the heap; meta is opened as the bump pointer moves. */
     size_t pg = RPAL_PAGE - 1;
     h->info_bytes = (h->nspans * sizeof *h->info + pg) & ~pg;
@@ -830,7 +830,7 @@ int heap_create(void *base, uint64_t len, struct heap **out)
     return 0;
 }
 
-void heap_destroy(struct heap *h)
+void rpal__heap_destroy(struct heap *h)
 {
     if (!h)
         return;
@@ -935,17 +935,17 @@ static inline int do_free(struct heap *h, void *p)
     return small_free_slow(h, c, hd);
 }
 
-void *heap_malloc(struct heap *h, size_t size)
+void *rpal__heap_malloc(struct heap *h, size_t size)
 {
     return do_malloc(h, size);
 }
 
-int heap_free(struct heap *h, void *p)
+int rpal__heap_free(struct heap *h, void *p)
 {
     return do_free(h, p);
 }
 
-void *heap_calloc(struct heap *h, size_t n, size_t size)
+void *rpal__heap_calloc(struct heap *h, size_t n, size_t size)
 {
     size_t total;
     if (__builtin_mul_overflow(n, size, &total))
@@ -960,7 +960,7 @@ void *heap_calloc(struct heap *h, size_t n, size_t size)
 
 /* realloc(p, 0) returns a fresh minimal block (like malloc(0)) rather than
  * freeing: a NULL return always means failure and P stays valid. */
-void *heap_realloc(struct heap *h, void *p, size_t size)
+void *rpal__heap_realloc(struct heap *h, void *p, size_t size)
 {
     if (!p)
         return do_malloc(h, size);
@@ -1006,7 +1006,7 @@ void *heap_realloc(struct heap *h, void *p, size_t size)
     return q;
 }
 
-void heap_set_current(struct heap *h)
+void rpal__heap_set_current(struct heap *h)
 {
     /* Release: pairs with the acquire loads in rpal_malloc() and friends, so
      * that a thread that sees H sees it initialised. */
@@ -1022,13 +1022,13 @@ void *rpal_malloc(size_t size)
 void *rpal_calloc(size_t n, size_t size)
 {
     struct heap *h = rpal_load_acquire(&current);
-    return h ? heap_calloc(h, n, size) : NULL;
+    return h ? rpal__heap_calloc(h, n, size) : NULL;
 }
 
 void *rpal_realloc(void *p, size_t size)
 {
     struct heap *h = rpal_load_acquire(&current);
-    return h ? heap_realloc(h, p, size) : NULL;
+    return h ? rpal__heap_realloc(h, p, size) : NULL;
 }
 
 int rpal_free(void *p)
@@ -1041,7 +1041,7 @@ int rpal_free(void *p)
 
 static int bad(const char *what, uint64_t a, uint64_t b)
 {
-    fprintf(stderr, "rpal heap_check: %s (%llu, %llu)\n", what,
+    fprintf(stderr, "rpal rpal__heap_check: %s (%llu, %llu)\n", what,
             (unsigned long long)a, (unsigned long long)b);
     return -EUCLEAN;
 }
@@ -1277,7 +1277,7 @@ static int check_tcaches(struct heap *h, const struct tally *t)
     return err;
 }
 
-int heap_check(struct heap *h)
+int rpal__heap_check(struct heap *h)
 {
     if (!h)
         return -EINVAL;

@@ -31,19 +31,19 @@
 
 static uint64_t ext_check(const struct huge_ext *x)
 {
-    return prim_fnv1a(x, offsetof(struct huge_ext, check));
+    return rpal__prim_fnv1a(x, offsetof(struct huge_ext, check));
 }
 
-int huge_check_avail(uint64_t size)
+int rpal__huge_check_avail(uint64_t size)
 {
     char dir[HUGE_DIR_MAX];
-    int err = prim_huge_dir(dir, sizeof dir);
+    int err = rpal__prim_huge_dir(dir, sizeof dir);
     if (err < 0)
         return err;
     uint64_t avail;
     /* Only a hint (the reservation at mmap time is the real check), but it
      * turns the common case into an error before anything is created. */
-    if (prim_huge_avail(&avail) == 0 && avail < size / RPAL_HUGE_PAGE)
+    if (rpal__prim_huge_avail(&avail) == 0 && avail < size / RPAL_HUGE_PAGE)
         return -ENOSPC;
     return 0;
 }
@@ -58,18 +58,18 @@ static int ns_prefix(int nsfd, char *buf, size_t n)
     return 0;
 }
 
-int huge_create(int nsfd, uint64_t hdr_ino, uint64_t size, unsigned mode,
+int rpal__huge_create(int nsfd, uint64_t hdr_ino, uint64_t size, unsigned mode,
                 struct huge_ext *x)
 {
     char dir[HUGE_DIR_MAX], prefix[64];
-    int err = prim_huge_dir(dir, sizeof dir);
+    int err = rpal__prim_huge_dir(dir, sizeof dir);
     if (err < 0)
         return err;
     if ((err = ns_prefix(nsfd, prefix, sizeof prefix)) < 0)
         return err;
     memset(x, 0, sizeof *x);
     int n = snprintf(x->path, sizeof x->path, "%s/%s%" PRIu64 ".%d.%" PRIu64, dir,
-                     prefix, hdr_ino, (int)getpid(), prim_self_start());
+                     prefix, hdr_ino, (int)getpid(), rpal__prim_self_start());
     if (n < 0 || (size_t)n >= sizeof x->path)
         return -ENAMETOOLONG;
     int fd = open(x->path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
@@ -91,13 +91,13 @@ int huge_create(int nsfd, uint64_t hdr_ino, uint64_t size, unsigned mode,
     return fd;
 }
 
-void huge_seal(struct huge_ext *x, uint64_t hdr_check)
+void rpal__huge_seal(struct huge_ext *x, uint64_t hdr_check)
 {
     x->hdr_check = hdr_check;
     x->check = ext_check(x);
 }
 
-int huge_read(int hfd, uint64_t hdr_check, struct huge_ext *x)
+int rpal__huge_read(int hfd, uint64_t hdr_check, struct huge_ext *x)
 {
     if (pread(hfd, x, sizeof *x, HUGE_EXT_OFF) != (ssize_t)sizeof *x)
         return -EBADMSG;
@@ -108,10 +108,10 @@ int huge_read(int hfd, uint64_t hdr_check, struct huge_ext *x)
     return 0;
 }
 
-int huge_open(int hfd, uint64_t hdr_check, uint64_t size, uid_t owner,
+int rpal__huge_open(int hfd, uint64_t hdr_check, uint64_t size, uid_t owner,
               int oflags, struct huge_ext *x)
 {
-    int err = huge_read(hfd, hdr_check, x);
+    int err = rpal__huge_read(hfd, hdr_check, x);
     if (err < 0)
         return err;
     int fd = open(x->path, oflags | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
@@ -135,7 +135,7 @@ int huge_open(int hfd, uint64_t hdr_check, uint64_t size, uid_t owner,
     return fd;
 }
 
-void huge_remove(const struct huge_ext *x)
+void rpal__huge_remove(const struct huge_ext *x)
 {
     struct stat st;
     /* Only the file the header names, not whatever took its path since. */
@@ -144,11 +144,11 @@ void huge_remove(const struct huge_ext *x)
         unlink(x->path);
 }
 
-int huge_gc(int nsfd, int (*in_use)(uint64_t hdr_ino, void *arg), void *use_arg,
+int rpal__huge_gc(int nsfd, int (*in_use)(uint64_t hdr_ino, void *arg), void *use_arg,
             void (*fn)(const char *kind, const char *name, void *arg), void *arg)
 {
     char dir[HUGE_DIR_MAX], prefix[64];
-    if (prim_huge_dir(dir, sizeof dir) < 0 || ns_prefix(nsfd, prefix, sizeof prefix) < 0)
+    if (rpal__prim_huge_dir(dir, sizeof dir) < 0 || ns_prefix(nsfd, prefix, sizeof prefix) < 0)
         return 0; /* no hugetlbfs here: nothing of ours can be in one */
     DIR *d = opendir(dir);
     if (!d)
@@ -167,7 +167,7 @@ int huge_gc(int nsfd, int (*in_use)(uint64_t hdr_ino, void *arg), void *use_arg,
         /* A live creator may be between making the file and linking the
          * header; a region that still has its name or registry entry is
          * in use. */
-        if (prim_proc_alive(pid, start) || in_use(ino, use_arg))
+        if (rpal__prim_proc_alive(pid, start) || in_use(ino, use_arg))
             continue;
         if (unlinkat(dirfd(d), de->d_name, 0) == 0) {
             removed++;

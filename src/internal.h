@@ -61,50 +61,50 @@
 /* 1 if this CPU has protection keys and the kernel turned them on (x86-64,
  * CPUID OSPKE); then PKRU, the calling thread's key rights, can be read and
  * written. 0 elsewhere: arm64's permission overlays (POE) are not used. */
-RPAL_HIDDEN int prim_pku_cpu(void);
-RPAL_HIDDEN uint32_t prim_pkru_read(void);
-RPAL_HIDDEN void prim_pkru_write(uint32_t v);
+RPAL_HIDDEN int rpal__prim_pku_cpu(void);
+RPAL_HIDDEN uint32_t rpal__prim_pkru_read(void);
+RPAL_HIDDEN void rpal__prim_pkru_write(uint32_t v);
 
 /* mmap at exactly ADDR; -EADDRINUSE if any of the range is already mapped. */
-RPAL_HIDDEN int prim_map_fixed(uint64_t addr, size_t len, int prot, int flags,
+RPAL_HIDDEN int rpal__prim_map_fixed(uint64_t addr, size_t len, int prot, int flags,
                                int fd, off_t off);
 /* Start time of PID in clock ticks since boot (field 22 of /proc/PID/stat),
  * which with the pid names a process uniquely; -ESRCH if there is none. */
-RPAL_HIDDEN int prim_proc_start(pid_t pid, uint64_t *start);
+RPAL_HIDDEN int rpal__prim_proc_start(pid_t pid, uint64_t *start);
 /* 1 if the process PID that started at START still runs, else 0. */
-RPAL_HIDDEN int prim_proc_alive(pid_t pid, uint64_t start);
+RPAL_HIDDEN int rpal__prim_proc_alive(pid_t pid, uint64_t start);
 /* getpid(), cached (forgotten in a forked child). */
-RPAL_HIDDEN pid_t prim_getpid(void);
+RPAL_HIDDEN pid_t rpal__prim_getpid(void);
 /* The calling process's start time (cached per pid, so valid after fork). */
-RPAL_HIDDEN uint64_t prim_self_start(void);
+RPAL_HIDDEN uint64_t rpal__prim_self_start(void);
 
 /* Every file mapped by a live process (that we may read): FN is called for
  * each mapping line, grouped by pid; a file mapped several times by one
  * process is reported several times in a row of that pid's calls. */
-RPAL_HIDDEN int prim_maps_scan(void (*fn)(pid_t pid, uint64_t dev,
+RPAL_HIDDEN int rpal__prim_maps_scan(void (*fn)(pid_t pid, uint64_t dev,
                                           uint64_t ino, void *arg),
                                void *arg);
 
 /* "/proc/self/fd/FD" in BUF (PRIM_FD_PATH bytes), returned: the path by
  * which the kernel reopens or links the very file FD refers to. */
 #define PRIM_FD_PATH 32
-RPAL_HIDDEN const char *prim_fd_path(char *buf, int fd);
+RPAL_HIDDEN const char *rpal__prim_fd_path(char *buf, int fd);
 /* The socket FILE beneath DIRFD as an O_PATH descriptor (its /proc path in
  * PROC), refusing a symlink at its name (-ELOOP) and anything that is not
  * a socket (-ENOENT); and connect(2) SOCK to it that way. */
-RPAL_HIDDEN int prim_sock_open_beneath(int dirfd, const char *file, char proc[PRIM_FD_PATH]);
-RPAL_HIDDEN int prim_connect_beneath(int dirfd, const char *file, int sock);
+RPAL_HIDDEN int rpal__prim_sock_open_beneath(int dirfd, const char *file, char proc[PRIM_FD_PATH]);
+RPAL_HIDDEN int rpal__prim_connect_beneath(int dirfd, const char *file, int sock);
 /* Open DIRFD/PATH with openat2(2) confined beneath DIRFD and refusing every
  * symlink on the way (-ELOOP), with O_CLOEXEC added. */
-RPAL_HIDDEN int prim_open_beneath(int dirfd, const char *path, int flags,
+RPAL_HIDDEN int rpal__prim_open_beneath(int dirfd, const char *path, int flags,
                                   unsigned create_mode);
 /* mkdir -p of PATH beneath DIRFD, never following a symlink; new
  * directories get exactly MODE. */
-RPAL_HIDDEN int prim_mkdirs_beneath(int dirfd, const char *path,
+RPAL_HIDDEN int rpal__prim_mkdirs_beneath(int dirfd, const char *path,
                                     unsigned mode, size_t *made);
-/* Undo prim_mkdirs_beneath: remove the empty directories of PATH whose
+/* Undo rpal__prim_mkdirs_beneath: remove the empty directories of PATH whose
  * prefix is longer than MADE bytes (what it reported it created). */
-RPAL_HIDDEN void prim_rmdirs_beneath(int dirfd, const char *path, size_t keep);
+RPAL_HIDDEN void rpal__prim_rmdirs_beneath(int dirfd, const char *path, size_t keep);
 
 /* hugetlb. The directory for huge regions' data files: $RPAL_HUGE_DIR, or
  * the first hugetlbfs mount with 2 MiB pages in /proc/self/mounts; -ENODEV
@@ -112,61 +112,61 @@ RPAL_HIDDEN void prim_rmdirs_beneath(int dirfd, const char *path, size_t keep);
 #define PRIM_HUGETLBFS_MAGIC 0x958458f6u /* statfs f_type of hugetlbfs */
 #define RPAL_HUGE_PAGE  (2ull << 20)
 #define RPAL_HUGE_ALIGN (1ull << 30) /* base and size of huge regions */
-RPAL_HIDDEN int prim_huge_dir(char *out, size_t size);
+RPAL_HIDDEN int rpal__prim_huge_dir(char *out, size_t size);
 /* 2 MiB huge pages that are free and not reserved; -errno if unknown. */
-RPAL_HIDDEN int prim_huge_avail(uint64_t *pages);
+RPAL_HIDDEN int rpal__prim_huge_avail(uint64_t *pages);
 
-RPAL_HIDDEN uint64_t prim_now_realtime_ns(void);
+RPAL_HIDDEN uint64_t rpal__prim_now_realtime_ns(void);
 /* FNV-1a 64 of N bytes: the checksum of records read from shared files. */
-RPAL_HIDDEN uint64_t prim_fnv1a(const void *p, size_t n);
-/* Open-file-description locks. prim_ofd_test: 1 and the first conflicting
+RPAL_HIDDEN uint64_t rpal__prim_fnv1a(const void *p, size_t n);
+/* Open-file-description locks. rpal__prim_ofd_test: 1 and the first conflicting
  * lock's range if some other description holds a lock on [OFF, OFF+LEN)
- * (LEN 0: to the end), 0 if none. prim_ofd_lock: take a lock of TYPE
+ * (LEN 0: to the end), 0 if none. rpal__prim_ofd_lock: take a lock of TYPE
  * (F_RDLCK, F_WRLCK, F_UNLCK), retrying with short sleeps for at most
  * TIMEOUT_NS (0: once; then -EAGAIN), -ETIMEDOUT when that ran out. */
-RPAL_HIDDEN int prim_ofd_test(int fd, uint64_t off, uint64_t len,
+RPAL_HIDDEN int rpal__prim_ofd_test(int fd, uint64_t off, uint64_t len,
                               uint64_t *start, uint64_t *llen);
-RPAL_HIDDEN int prim_ofd_lock(int fd, int type, uint64_t off, uint64_t len,
+RPAL_HIDDEN int rpal__prim_ofd_lock(int fd, int type, uint64_t off, uint64_t len,
                               int64_t timeout_ns);
-RPAL_HIDDEN uint64_t prim_now_ns(void); /* CLOCK_MONOTONIC */
-/* The prim_now_ns() at which TIMEOUT_MS (-1: never) runs out, UINT64_MAX
+RPAL_HIDDEN uint64_t rpal__prim_now_ns(void); /* CLOCK_MONOTONIC */
+/* The rpal__prim_now_ns() at which TIMEOUT_MS (-1: never) runs out, UINT64_MAX
  * for never; and the milliseconds left until DEADLINE (rounded up; 0: it
  * passed; -1: never), for calls that take a timeout. */
-RPAL_HIDDEN uint64_t prim_deadline(int timeout_ms);
-RPAL_HIDDEN int prim_ms_left(uint64_t deadline);
+RPAL_HIDDEN uint64_t rpal__prim_deadline(int timeout_ms);
+RPAL_HIDDEN int rpal__prim_ms_left(uint64_t deadline);
 /* Wait until FD has EV (0), an error or hang-up without it (-ECONNRESET)
  * or DEADLINE passes (-ETIMEDOUT); a signal does not restart the wait from
  * the full timeout. */
-RPAL_HIDDEN int prim_poll_until(int fd, short ev, uint64_t deadline);
+RPAL_HIDDEN int rpal__prim_poll_until(int fd, short ev, uint64_t deadline);
 /* FD is an eventfd (1) or not (0). */
-RPAL_HIDDEN int prim_is_eventfd(int fd);
+RPAL_HIDDEN int rpal__prim_is_eventfd(int fd);
 
 /* Futex wait/wake; SHARED for words in memory other processes map.
  * TIMEOUT_NS < 0: no timeout. Wait returns 0, -EAGAIN (value differed),
  * -ETIMEDOUT or -EINTR. */
 struct futex_waitv;
-RPAL_HIDDEN int prim_futex_wait(const _Atomic uint32_t *addr, uint32_t val,
+RPAL_HIDDEN int rpal__prim_futex_wait(const _Atomic uint32_t *addr, uint32_t val,
                                 int shared, int64_t timeout_ns);
-RPAL_HIDDEN int prim_futex_wake(const _Atomic uint32_t *addr, int n, int shared);
+RPAL_HIDDEN int rpal__prim_futex_wake(const _Atomic uint32_t *addr, int n, int shared);
 /* A PI futex as a lock between processes (FUTEX_LOCK_PI): waiters served
  * in the order they came, the lock handed to the first at unlock or at the
  * owner's death. DEADLINE_NS on CLOCK_MONOTONIC. 0, or -ETIMEDOUT, -ESRCH
  * (the owner recorded in the word is gone and handed nothing over),
  * -EDEADLK (the calling thread owns it), -EINVAL or -EPERM (the word is not
  * a consistent lock), -EFAULT, -ENOSYS (no PI futexes). */
-RPAL_HIDDEN int prim_futex_lock_pi(_Atomic uint32_t *addr, uint64_t deadline_ns);
-RPAL_HIDDEN int prim_futex_unlock_pi(_Atomic uint32_t *addr);
+RPAL_HIDDEN int rpal__prim_futex_lock_pi(_Atomic uint32_t *addr, uint64_t deadline_ns);
+RPAL_HIDDEN int rpal__prim_futex_unlock_pi(_Atomic uint32_t *addr);
 /* Copy LEN bytes within our own address space through the kernel
  * (process_vm_readv/writev): 0, or -EFAULT if a page is gone (cut from its
  * file, unmapped, no permission) where a plain access would raise SIGBUS or
  * SIGSEGV. */
-RPAL_HIDDEN int prim_mem_read(void *dst, const void *src, size_t len);
+RPAL_HIDDEN int rpal__prim_mem_read(void *dst, const void *src, size_t len);
 /* Two such reads in one system call, in this order. */
-RPAL_HIDDEN int prim_mem_read2(void *dst1, const void *src1, size_t len1, void *dst2,
+RPAL_HIDDEN int rpal__prim_mem_read2(void *dst1, const void *src1, size_t len1, void *dst2,
                                const void *src2, size_t len2);
-RPAL_HIDDEN int prim_mem_write(void *dst, const void *src, size_t len);
+RPAL_HIDDEN int rpal__prim_mem_write(void *dst, const void *src, size_t len);
 /* Wait on several words at once (Linux 5.16+): index woken, or -errno. */
-RPAL_HIDDEN int prim_futex_waitv(struct futex_waitv *w, unsigned n,
+RPAL_HIDDEN int rpal__prim_futex_waitv(struct futex_waitv *w, unsigned n,
                                  int64_t timeout_ns);
 
 /* ---- layout: the objects inside a region (src/layout.c) ---- */
@@ -181,25 +181,25 @@ struct rpal_region;
 struct rpal_region_object;
 /* Write the control page and the first layout table of a new region file:
  * nothing (EMPTY) or one read-write anonymous object over SIZE bytes. */
-RPAL_HIDDEN int lay_init(int fd, uint64_t size, int empty);
+RPAL_HIDDEN int rpal__lay_init(int fd, uint64_t size, int empty);
 /* Open (with CREATE_MODE != 0, create if missing) the lock file of the
  * region NAME (relative to the namespace root NSFD) whose inode is INO:
  * `.LEAF.INO.lock` beside it, which carries the sharers' OFD locks and the
  * memory of the anonymous objects made by rpal_region_map. RDWR: open it
  * read-write if its mode allows (else read-only). */
-RPAL_HIDDEN int lay_lock_open(int nsfd, const char *name, uint64_t ino,
+RPAL_HIDDEN int rpal__lay_lock_open(int nsfd, const char *name, uint64_t ino,
                               unsigned create_mode, int rdwr);
-RPAL_HIDDEN void lay_lock_unlink(int dirfd, const char *leaf, uint64_t ino);
+RPAL_HIDDEN void rpal__lay_lock_unlink(int dirfd, const char *leaf, uint64_t ino);
 /* Follow the layout of the region file FD (header area and data already
  * mapped at BASE - GRANULE and BASE): apply the current layout, register
  * as a sharer on the lock file LKFD (taken over, closed on failure) and
  * hand the region to this process's agent thread. Returns the number of
  * objects that could not be mapped (>= 0) or a negative errno. */
-RPAL_HIDDEN int lay_attach(int fd, int lkfd, uint64_t base, uint64_t size,
+RPAL_HIDDEN int rpal__lay_attach(int fd, int lkfd, uint64_t base, uint64_t size,
                            uint64_t granule, int rdonly, struct lay **out);
-RPAL_HIDDEN void lay_detach(struct lay *l);
+RPAL_HIDDEN void rpal__lay_detach(struct lay *l);
 /* The layout of the region file FD of SIZE data bytes, for listing. */
-RPAL_HIDDEN int lay_read(int fd, uint64_t size, uint32_t *gen,
+RPAL_HIDDEN int rpal__lay_read(int fd, uint64_t size, uint32_t *gen,
                          struct rpal_region_object *objs, unsigned max);
 /* A change of the layout, as rpal_region_map/protect/unmap ask for it:
  * OP (OP_MAP, OP_PROTECT, OP_UNMAP) over [OFF, OFF + LEN) with PROT; for a
@@ -218,16 +218,16 @@ struct rpal_region_change;
  * rpal_region_map(3)): 0 if every live sharer has it on return, the number
  * of sharers detached (which may not have it), or a negative errno, and
  * nothing changed. CHG (may be NULL) gives the timeout and gets the counts. */
-RPAL_HIDDEN int lay_change(struct lay *l, const struct lay_op *op,
+RPAL_HIDDEN int rpal__lay_change(struct lay *l, const struct lay_op *op,
                            struct rpal_region_change *chg);
 
 /* ---- region layer services used by the layers below it ---- */
 
 /* 0 if NAME follows the naming rules (see RPAL_NAME_MAX), else -EINVAL or
  * -ENAMETOOLONG. */
-RPAL_HIDDEN int ns_name_validate(const char *name);
+RPAL_HIDDEN int rpal__ns_name_validate(const char *name);
 /* O_PATH descriptor of the namespace root; CREATE makes it if missing. */
-RPAL_HIDDEN int ns_open(int create);
+RPAL_HIDDEN int rpal__ns_open(int create);
 /* ---- huge regions: the hugetlbfs data file (src/huge.c) ---- */
 
 /* Where the data file is, in the header page of a huge region's file. */
@@ -243,30 +243,30 @@ struct huge_ext {
 };
 /* 0 if a hugetlbfs is there with SIZE bytes of free huge pages (a hint);
  * -ENODEV or -ENOSPC otherwise. */
-RPAL_HIDDEN int huge_check_avail(uint64_t size);
+RPAL_HIDDEN int rpal__huge_check_avail(uint64_t size);
 /* Make the data file for the header whose inode is HDR_INO in the namespace
- * NSFD: SIZE bytes, mode MODE. Fills X (but for huge_seal) and returns its
+ * NSFD: SIZE bytes, mode MODE. Fills X (but for rpal__huge_seal) and returns its
  * descriptor, or -errno. */
-RPAL_HIDDEN int huge_create(int nsfd, uint64_t hdr_ino, uint64_t size,
+RPAL_HIDDEN int rpal__huge_create(int nsfd, uint64_t hdr_ino, uint64_t size,
                             unsigned mode, struct huge_ext *x);
-RPAL_HIDDEN void huge_seal(struct huge_ext *x, uint64_t hdr_check);
+RPAL_HIDDEN void rpal__huge_seal(struct huge_ext *x, uint64_t hdr_check);
 /* Read and check the extension from the header file HFD. */
-RPAL_HIDDEN int huge_read(int hfd, uint64_t hdr_check, struct huge_ext *x);
-/* huge_read, then open the data file with OFLAGS and check it is the one
+RPAL_HIDDEN int rpal__huge_read(int hfd, uint64_t hdr_check, struct huge_ext *x);
+/* rpal__huge_read, then open the data file with OFLAGS and check it is the one
  * named, of SIZE bytes, owned by OWNER; its descriptor, or -errno. */
-RPAL_HIDDEN int huge_open(int hfd, uint64_t hdr_check, uint64_t size,
+RPAL_HIDDEN int rpal__huge_open(int hfd, uint64_t hdr_check, uint64_t size,
                           uid_t owner, int oflags, struct huge_ext *x);
 /* Remove the data file X names, if it is still that file. */
-RPAL_HIDDEN void huge_remove(const struct huge_ext *x);
+RPAL_HIDDEN void rpal__huge_remove(const struct huge_ext *x);
 /* Remove this namespace's data files whose creator is dead and whose header
  * inode IN_USE does not know; the number removed. */
-RPAL_HIDDEN int huge_gc(int nsfd, int (*in_use)(uint64_t hdr_ino, void *arg),
+RPAL_HIDDEN int rpal__huge_gc(int nsfd, int (*in_use)(uint64_t hdr_ino, void *arg),
                         void *use_arg,
                         void (*fn)(const char *kind, const char *name, void *arg),
                         void *arg);
 
 /* The region half of rpal_gc(): returns the number of items removed. */
-RPAL_HIDDEN int region_gc(void (*fn)(const char *kind, const char *name, void *arg),
+RPAL_HIDDEN int rpal__region_gc(void (*fn)(const char *kind, const char *name, void *arg),
                           void *arg);
 
 /* ---- heap: the allocator of a member's own slot (src/heap.c) ---- */
@@ -274,17 +274,17 @@ RPAL_HIDDEN int region_gc(void (*fn)(const char *kind, const char *name, void *a
 struct heap;
 /* Manage [BASE, BASE+LEN) (mapped read-write, reading as zeros, touched only
  * as blocks are handed out). LEN is a multiple of 64 KiB. */
-RPAL_HIDDEN int heap_create(void *base, uint64_t len, struct heap **out);
-RPAL_HIDDEN void heap_destroy(struct heap *h);
-RPAL_HIDDEN void *heap_malloc(struct heap *h, size_t size);
-RPAL_HIDDEN void *heap_calloc(struct heap *h, size_t n, size_t size);
-RPAL_HIDDEN void *heap_realloc(struct heap *h, void *p, size_t size);
+RPAL_HIDDEN int rpal__heap_create(void *base, uint64_t len, struct heap **out);
+RPAL_HIDDEN void rpal__heap_destroy(struct heap *h);
+RPAL_HIDDEN void *rpal__heap_malloc(struct heap *h, size_t size);
+RPAL_HIDDEN void *rpal__heap_calloc(struct heap *h, size_t n, size_t size);
+RPAL_HIDDEN void *rpal__heap_realloc(struct heap *h, void *p, size_t size);
 /* -EINVAL for anything that is not a live block of H; H is left intact. */
-RPAL_HIDDEN int heap_free(struct heap *h, void *p);
+RPAL_HIDDEN int rpal__heap_free(struct heap *h, void *p);
 /* Walk every internal structure and check its invariants: 0 or -EUCLEAN. */
-RPAL_HIDDEN int heap_check(struct heap *h);
+RPAL_HIDDEN int rpal__heap_check(struct heap *h);
 /* The heap behind rpal_malloc() and friends (NULL: not in a domain). */
-RPAL_HIDDEN void heap_set_current(struct heap *h);
+RPAL_HIDDEN void rpal__heap_set_current(struct heap *h);
 
 /* ---- domain and service layers (src/domain.c, src/service.c) ---- */
 
@@ -332,7 +332,7 @@ struct member_rec {
 struct watch {
     void *obj;
     int (*handle)(rpal_domain *d, struct watch *w, uint32_t events, struct rpal_event *ev);
-    /* Set by dom_watch_retire(): an event fetched before the descriptor
+    /* Set by rpal__dom_watch_retire(): an event fetched before the descriptor
      * left the epoll set is ignored, and OBJ is freed once no dispatch that
      * could hold such an event is still running. */
     int retired;
@@ -430,19 +430,19 @@ struct rpal_peer {
     _Atomic int nchans;  /* channels and connections that read its slot */
     int by_fdmap;        /* mapped by rpal_uds_fdmap: released with its last
                             connection */
-    int pins;            /* dom_peer_pin()s held (d->lock) */
+    int pins;            /* rpal__peer_pin()s held (d->lock) */
     _Atomic int zero_key; /* its pages are under key 0, open to every thread:
                             while pinned, and after the last unpin until the
                             windows opened meanwhile end (written under
                             d->lock; read without it by access_begin/end) */
     _Atomic int relocking; /* zero_key_end is deciding (see there) */
     int released;        /* released while NCHANS held it: freed by the last
-                            svc_peer_put() */
+                            rpal__peer_put() */
     struct rpal_peer *next;
 };
 
 /* The counters of a member's channels and connections: records in its
- * claim file from STATS_OFF on, written by the owner (dom_stats_flush),
+ * claim file from STATS_OFF on, written by the owner (rpal__dom_stats_flush),
  * read by `rpal stat` (rpal_stats_foreach). */
 #define STATS_OFF    65536u
 #define STATS_MAX    4096u
@@ -460,7 +460,7 @@ struct stats_rec {
 };
 _Static_assert(sizeof(struct stats_rec) == 256, "a counters record is 256 bytes");
 /* 0 if R is a valid record (its name made safe to print), else -EBADMSG. */
-RPAL_HIDDEN int dom_stats_validate(struct stats_rec *r);
+RPAL_HIDDEN int rpal__dom_stats_validate(struct stats_rec *r);
 
 /* Room for the protection keys a domain hands to its peers: x86-64 has 16,
  * key 0 included, and pkey_alloc says when none is left; peers without one
@@ -497,76 +497,76 @@ struct wt_stats;
 /* Counters' records (claim file): take one for ST (-ENOSPC: ST is counted
  * but not published), write ST's counters, give it back. LOCKED: d->lock
  * is held. */
-RPAL_HIDDEN int dom_stats_open(rpal_domain *d, struct wt_stats *st, int locked);
-RPAL_HIDDEN void dom_stats_flush(rpal_domain *d, struct wt_stats *st);
-RPAL_HIDDEN void dom_stats_close(rpal_domain *d, struct wt_stats *st, int locked);
+RPAL_HIDDEN int rpal__dom_stats_open(rpal_domain *d, struct wt_stats *st, int locked);
+RPAL_HIDDEN void rpal__dom_stats_flush(rpal_domain *d, struct wt_stats *st);
+RPAL_HIDDEN void rpal__dom_stats_close(rpal_domain *d, struct wt_stats *st, int locked);
 /* rpal_domain_dispatch; ANY: return (0 if no event came of it) as soon as
  * the epoll set had anything, so that a caller that also watches rings
  * (rpal_serve) looks at them again, and -EINTR if a signal came. */
-RPAL_HIDDEN int dom_dispatch(rpal_domain *d, struct rpal_event *ev, int max, int timeout_ms,
+RPAL_HIDDEN int rpal__dom_dispatch(rpal_domain *d, struct rpal_event *ev, int max, int timeout_ms,
                              int any);
-RPAL_HIDDEN int dom_component_validate(const char *name);
-RPAL_HIDDEN int dom_check(const rpal_domain *d);
-RPAL_HIDDEN uint64_t dom_slot_addr(const rpal_domain *d, unsigned slot);
-RPAL_HIDDEN int dom_claim_locked(int fd);
-RPAL_HIDDEN void dom_publish(rpal_domain *d);
-RPAL_HIDDEN int dom_read_member(int dirfd, unsigned slot, struct member_rec *rec);
+RPAL_HIDDEN int rpal__dom_component_validate(const char *name);
+RPAL_HIDDEN int rpal__dom_check(const rpal_domain *d);
+RPAL_HIDDEN uint64_t rpal__dom_slot_addr(const rpal_domain *d, unsigned slot);
+RPAL_HIDDEN int rpal__dom_claim_locked(int fd);
+RPAL_HIDDEN void rpal__dom_publish(rpal_domain *d);
+RPAL_HIDDEN int rpal__dom_read_member(int dirfd, unsigned slot, struct member_rec *rec);
 /* W's descriptor has left d->epfd; free(W->obj) (malloc'd, W inside it)
  * once no dispatch that fetched its events before that is still under way:
  * at once if none runs. Objects freed by a thread other than the
  * dispatcher's go this way, or the dispatcher follows a pointer to freed
  * memory. d->lock held. */
-RPAL_HIDDEN void dom_watch_retire(rpal_domain *d, struct watch *w);
+RPAL_HIDDEN void rpal__dom_watch_retire(rpal_domain *d, struct watch *w);
 /* Attach the layer L (DOM_LAYER_*) to D, once: its hooks run when D is
  * left and in a forked child. d->lock held. */
-RPAL_HIDDEN void dom_layer_attach(rpal_domain *d, int which, const struct dom_layer *l);
+RPAL_HIDDEN void rpal__dom_layer_attach(rpal_domain *d, int which, const struct dom_layer *l);
 /* The slot of the live member PID of D's domain: 0 and *SLOT, or -ESRCH. */
-RPAL_HIDDEN int dom_member_slot(rpal_domain *d, pid_t pid, unsigned *slot);
+RPAL_HIDDEN int rpal__dom_member_slot(rpal_domain *d, pid_t pid, unsigned *slot);
 
 /* ---- peers (src/peer.c) ---- */
 
 /* FD is a peer's slot: exactly SIZE bytes, sealed against shrinking,
  * growing and writing (else -EBADMSG). */
-RPAL_HIDDEN int peer_fd_check(int fd, uint64_t size);
+RPAL_HIDDEN int rpal__peer_fd_check(int fd, uint64_t size);
 /* The live peer at SLOT, or NULL. d->lock held. */
-RPAL_HIDDEN rpal_peer *peer_at_slot(rpal_domain *d, unsigned slot);
+RPAL_HIDDEN rpal_peer *rpal__peer_at_slot(rpal_domain *d, unsigned slot);
 /* A peer's claimed SLOT and SIZE against its claim record and the kernel's
  * word on who it is (PID), offering SERVICE (NULL: any). d->lock held. */
-RPAL_HIDDEN int peer_claim_check(rpal_domain *d, unsigned slot, uint64_t size, pid_t pid,
+RPAL_HIDDEN int rpal__peer_claim_check(rpal_domain *d, unsigned slot, uint64_t size, pid_t pid,
                                  const char *service);
 /* The validated claim record REC names the process PID, offering SERVICE
  * (NULL: any): 0 or -EACCES. */
-RPAL_HIDDEN int peer_rec_match(const struct member_rec *rec, pid_t pid, const char *service);
+RPAL_HIDDEN int rpal__peer_rec_match(const struct member_rec *rec, pid_t pid, const char *service);
 /* Map the peer at SLOT (checked) and start watching it. Takes SOCK (-1:
  * none), not MEMFD. d->lock held. */
-RPAL_HIDDEN int peer_create(rpal_domain *d, int sock, int memfd, const struct ucred *cr,
+RPAL_HIDDEN int rpal__peer_create(rpal_domain *d, int sock, int memfd, const struct ucred *cr,
                             unsigned slot, const char *service, rpal_peer **out);
 /* The sharing with P ends (REASON 0: released by us, else why): unmapped,
  * no longer watched. d->lock held. */
-RPAL_HIDDEN void peer_gone(rpal_domain *d, rpal_peer *p, int reason);
+RPAL_HIDDEN void rpal__peer_gone(rpal_domain *d, rpal_peer *p, int reason);
 /* For rpal_uds_fdmap: the peer at SLOT, met on a connection whose other
  * end the kernel says is CR, which sent MEMFD as its slot. */
-RPAL_HIDDEN int svc_peer_adopt(rpal_domain *d, int memfd, const struct ucred *cr,
+RPAL_HIDDEN int rpal__peer_adopt(rpal_domain *d, int memfd, const struct ucred *cr,
                                unsigned slot, uint64_t slot_size, rpal_peer **out,
                                int *created);
-RPAL_HIDDEN int dom_guard_peer(rpal_domain *d, rpal_peer *p);
-RPAL_HIDDEN void dom_unguard_peer(rpal_domain *d, rpal_peer *p);
-RPAL_HIDDEN int dom_peer_pin(rpal_peer *p);
+RPAL_HIDDEN int rpal__peer_guard(rpal_domain *d, rpal_peer *p);
+RPAL_HIDDEN void rpal__peer_unguard(rpal_domain *d, rpal_peer *p);
+RPAL_HIDDEN int rpal__peer_pin(rpal_peer *p);
 /* Drop one NCHANS reference (taken with rpal_fetch_add_acq_rel); frees a
  * peer the application released meanwhile. LOCKED: d->lock is held. */
-RPAL_HIDDEN void svc_peer_put(rpal_peer *p, int locked);
-RPAL_HIDDEN void dom_peer_unpin(rpal_peer *p, int locked); /* LOCKED: d->lock held */
+RPAL_HIDDEN void rpal__peer_put(rpal_peer *p, int locked);
+RPAL_HIDDEN void rpal__peer_unpin(rpal_peer *p, int locked); /* LOCKED: d->lock held */
 /* rpal_peer_access_begin/end for callers that may hold d->lock (LOCKED):
  * under protection keys, begin takes it to hand out a key. */
-RPAL_HIDDEN int dom_access_begin(rpal_peer *p, int locked);
-RPAL_HIDDEN int dom_access_end(rpal_peer *p, int locked);
+RPAL_HIDDEN int rpal__peer_access_begin_locked(rpal_peer *p, int locked);
+RPAL_HIDDEN int rpal__peer_access_end_locked(rpal_peer *p, int locked);
 
 /* ---- services (src/service.c) ---- */
 
 /* The file name of service NAME's socket in its domain's directory
  * ("svc.NAME"). */
 #define SVC_FILE_MAX 80
-RPAL_HIDDEN void svc_sock_file(char file[SVC_FILE_MAX], const char *name);
+RPAL_HIDDEN void rpal__svc_sock_file(char file[SVC_FILE_MAX], const char *name);
 /* One exchange of the handshake as the asking side: connect a new socket
  * to the service socket FILE of D's directory, send REQ (with FD, -1:
  * none), wait for the answer until TIMEOUT_MS (-1: no limit), receive it
@@ -576,19 +576,19 @@ RPAL_HIDDEN void svc_sock_file(char file[SVC_FILE_MAX], const char *name);
  * connection (or -1), the caller's to close, whatever the result. */
 struct hs_req;
 struct hs_rep;
-RPAL_HIDDEN int svc_exchange(rpal_domain *d, const char *file, const struct hs_req *req, int fd,
+RPAL_HIDDEN int rpal__svc_exchange(rpal_domain *d, const char *file, const struct hs_req *req, int fd,
                              int timeout_ms, struct hs_rep *rep, int *rfd, int *sock);
 /* Path of the rendezvous socket of service NAME of D. */
 struct sockaddr_un;
-RPAL_HIDDEN int svc_path(const rpal_domain *d, const char *name, struct sockaddr_un *a);
-RPAL_HIDDEN int svc_send_with_fd(int sock, const void *msg, size_t len, int fd);
-RPAL_HIDDEN int svc_recv_with_fd(int sock, void *msg, size_t len, int *fd);
+RPAL_HIDDEN int rpal__svc_path(const rpal_domain *d, const char *name, struct sockaddr_un *a);
+RPAL_HIDDEN int rpal__svc_send_with_fd(int sock, const void *msg, size_t len, int fd);
+RPAL_HIDDEN int rpal__svc_recv_with_fd(int sock, void *msg, size_t len, int *fd);
 /* Walk the control messages of a received MH: the first NFD descriptors go
  * to FDS[0..NFD-1] (each that is still -1), every other one is closed;
  * credentials, if any, to *CR (CR may be NULL). Returns the number of
  * descriptors seen. */
 struct msghdr;
-RPAL_HIDDEN int svc_cmsg_take(struct msghdr *mh, int *fds, int nfd, struct ucred *cr);
+RPAL_HIDDEN int rpal__svc_cmsg_take(struct msghdr *mh, int *fds, int nfd, struct ucred *cr);
 
 /* ---- channel layer pieces shared with compat (src/channel.c) ---- */
 
@@ -628,12 +628,12 @@ static inline int span_inside(uint64_t p, uint64_t len, uint64_t base, uint64_t 
 
 /* Allocate N zeroed bytes in our slot, 64-byte aligned; *RAW is what to
  * give rpal_free(). */
-RPAL_HIDDEN void *ch_slot_alloc(size_t n, void **raw);
+RPAL_HIDDEN void *rpal__ch_slot_alloc(size_t n, void **raw);
 /* Put LEN bytes of DATA in entry E: inline if they fit; else as a pointer,
  * to DATA itself if IN_PLACE (it lies in our own slot), or to the one copy
  * made into our slot, stored in *COPY for the caller to free later.
  * Returns the entry's kind (E_INLINE, E_PTR) or a negative errno. */
-RPAL_HIDDEN int ch_entry_fill(struct ch_entry *e, const void *data, size_t len,
+RPAL_HIDDEN int rpal__ch_entry_fill(struct ch_entry *e, const void *data, size_t len,
                               int in_place, void **copy);
 
 /* ---- waiting (src/wait.c): the channel layer's, used by compat too ----
@@ -693,43 +693,43 @@ struct wt_wait {
     uint8_t mode, policy, same, slept;
 };
 
-RPAL_HIDDEN void wt_learn_init(struct wt_learn *l);
+RPAL_HIDDEN void rpal__wt_learn_init(struct wt_learn *l);
 /* What a wait of W_NS teaches L (CAP: its channel's bound, UINT32_MAX none). */
-RPAL_HIDDEN void wt_learn_note(struct wt_learn *l, uint64_t w_ns, uint32_t cap);
+RPAL_HIDDEN void rpal__wt_learn_note(struct wt_learn *l, uint64_t w_ns, uint32_t cap);
 /* The budget (ns) of a waiter's next wait: 0, sleep at once. CAP: the
  * channel's own upper bound (UINT32_MAX: none). */
-RPAL_HIDDEN uint32_t wt_budget(const struct wt_learn *l, uint32_t cap);
+RPAL_HIDDEN uint32_t rpal__wt_budget(const struct wt_learn *l, uint32_t cap);
 /* 0 if RPAL_WAKE=sock asks for wake-ups on sockets instead of eventfds
  * (to compare the two, and to run the fallback's code). */
-RPAL_HIDDEN int wt_bells(void);
+RPAL_HIDDEN int rpal__wt_bells(void);
 /* 1 + the CPU we run on (0 unknown). */
-RPAL_HIDDEN uint32_t wt_my_cpu(void);
+RPAL_HIDDEN uint32_t rpal__wt_my_cpu(void);
 /* Start a wait with options O; PEER_CPU is what the other side published
  * (wt_pub.cpu). Sets W->mode: WT_SPIN, WT_YIELD or WT_SLEEP. */
-RPAL_HIDDEN void wt_begin(struct wt_wait *w, struct wt_learn *l, struct wt_stats *st,
+RPAL_HIDDEN void rpal__wt_begin(struct wt_wait *w, struct wt_learn *l, struct wt_stats *st,
                           const struct rpal_chan_opts *o, uint32_t peer_cpu);
 /* The condition was false: spin (or yield) once. WT_SLEEP: time to sleep;
  * WT_TICK: W->now was just read (check deadlines); 0 otherwise. */
-RPAL_HIDDEN int wt_pause(struct wt_wait *w);
-/* Around the sleep itself. wt_sleep_begin returns the CPU + 1 the thread
+RPAL_HIDDEN int rpal__wt_pause(struct wt_wait *w);
+/* Around the sleep itself. rpal__wt_sleep_begin returns the CPU + 1 the thread
  * moved to when MAY_FOLLOW let it follow the other side (publish it), or
- * 0; *CPU0 is for wt_sleep_end. */
-RPAL_HIDDEN uint32_t wt_sleep_begin(struct wt_wait *w, int may_follow, uint64_t *cpu0);
-RPAL_HIDDEN void wt_sleep_end(struct wt_wait *w, uint64_t cpu0);
+ * 0; *CPU0 is for rpal__wt_sleep_end. */
+RPAL_HIDDEN uint32_t rpal__wt_sleep_begin(struct wt_wait *w, int may_follow, uint64_t *cpu0);
+RPAL_HIDDEN void rpal__wt_sleep_end(struct wt_wait *w, uint64_t cpu0);
 /* The wait is over; STAMP: the other side's woke_ns (0 if none). */
-RPAL_HIDDEN void wt_end(struct wt_wait *w, uint64_t stamp);
+RPAL_HIDDEN void rpal__wt_end(struct wt_wait *w, uint64_t stamp);
 /* The wait is over with nothing (a non-blocking caller will not sleep):
  * learned as a long wait. */
-RPAL_HIDDEN void wt_end_empty(struct wt_wait *w);
+RPAL_HIDDEN void rpal__wt_end_empty(struct wt_wait *w);
 /* A wake-up's system call took NS (the sender's share of a sleep's cost). */
-RPAL_HIDDEN void wt_note_wake(uint64_t ns);
+RPAL_HIDDEN void rpal__wt_note_wake(uint64_t ns);
 /* Should ST's counters be written out now (NOW: a clock reading, or 0)? */
-RPAL_HIDDEN int wt_stats_due(const struct wt_stats *st, uint64_t now);
-RPAL_HIDDEN void wt_stats_copy(const struct wt_stats *st, struct rpal_stats *out);
+RPAL_HIDDEN int rpal__wt_stats_due(const struct wt_stats *st, uint64_t now);
+RPAL_HIDDEN void rpal__wt_stats_copy(const struct wt_stats *st, struct rpal_stats *out);
 
 /* Deadlines, written once for every wait of the channel and compat layers.
  * A timeout in ms (-1: none) becomes a limit in ns from the wait's start
- * (wt_limit_ns), or a deadline on prim_now_ns()'s clock (prim_deadline);
+ * (wt_limit_ns), or a deadline on rpal__prim_now_ns()'s clock (rpal__prim_deadline);
  * UINT64_MAX stands for none throughout. */
 static inline uint64_t wt_limit_ns(int timeout_ms)
 {
@@ -771,13 +771,13 @@ static inline int wt_poll_ms(uint64_t left)
  * entry holds at most RPAL_INLINE_MAX bytes; a pointer entry's bytes lie
  * inside the peer's slot BASE..BASE+SIZE. Returns the kind (E_INLINE or
  * E_PTR) or -EPROTO. */
-RPAL_HIDDEN int ch_entry_take(const struct ch_entry *slot, uint64_t base, uint64_t size,
+RPAL_HIDDEN int rpal__ch_entry_take(const struct ch_entry *slot, uint64_t base, uint64_t size,
                               struct ch_entry *e);
 /* A HS_KIND_CHAN request's ring: DEPTH a power of two up to 1024, ADDR
  * 64-aligned with the ring inside the caller's slot BASE..BASE+SIZE, and
  * the ring there says TX_MAGIC and DEPTH (read from the slot: the caller
  * holds a window on it). 0 or -EINVAL. */
-RPAL_HIDDEN int ch_tx_check(const struct hs_req *req, uint64_t base, uint64_t size);
+RPAL_HIDDEN int rpal__ch_tx_check(const struct hs_req *req, uint64_t base, uint64_t size);
 
 /* compat (src/compat.c): a connection's ring in its owner's slot, read by
  * the other end, and the hello each end sends first. */
@@ -815,14 +815,14 @@ struct cx_reader {
 };
 /* Copy up to LEN bytes of the messages published in R's ring into BUF,
  * advancing R; the number copied (0: none is there, or R->broken). */
-RPAL_HIDDEN size_t cx_take(struct cx_reader *r, char *buf, size_t len);
+RPAL_HIDDEN size_t rpal__cx_take(struct cx_reader *r, char *buf, size_t len);
 /* The other end's hello H against what the kernel says: it is the process
  * PID in slot PSLOT of a domain of slots of SLOT_SIZE bytes. 0 or -EPROTO. */
-RPAL_HIDDEN int cx_hello_check(const struct fm_hello *h, pid_t pid, unsigned pslot,
+RPAL_HIDDEN int rpal__cx_hello_check(const struct fm_hello *h, pid_t pid, unsigned pslot,
                                uint64_t slot_size);
 /* The ring H names, in the other end's slot BASE..BASE+SIZE (mapped, and
  * read here): 0 or -EPROTO. */
-RPAL_HIDDEN int cx_ring_check(const struct fm_hello *h, uint64_t base, uint64_t size);
+RPAL_HIDDEN int rpal__cx_ring_check(const struct fm_hello *h, uint64_t base, uint64_t size);
 
 /* region (src/region.c): the header page of a region file. */
 #define REGION_MAGIC   0x314745524c415052ull /* "RPALREG1" little-endian */
@@ -842,10 +842,10 @@ struct region_hdr {
     uint64_t created_ns;
     uint64_t check;        /* FNV-1a of all the fields above */
 };
-RPAL_HIDDEN uint64_t region_hdr_check(const struct region_hdr *h);
+RPAL_HIDDEN uint64_t rpal__region_hdr_check(const struct region_hdr *h);
 /* 0 if H is the header of a region file of FILE_SIZE bytes, else -EBADMSG
  * or -EPROTO (another version). */
-RPAL_HIDDEN int region_hdr_validate(const struct region_hdr *h, uint64_t file_size);
+RPAL_HIDDEN int rpal__region_hdr_validate(const struct region_hdr *h, uint64_t file_size);
 
 /* layout (src/layout.c): the layout table, two copies of which follow the
  * control page in a region's header area. */
@@ -909,13 +909,13 @@ struct lay_ctl {
  * header area HDR (REGION_HDR_MAP bytes, as mapped or read from the file):
  * the number of objects (the first MAX of them in OBJS) and *GEN, or
  * -EBADMSG. */
-RPAL_HIDDEN int lay_parse(const uint8_t *hdr, uint64_t size, uint32_t *gen,
+RPAL_HIDDEN int rpal__lay_parse(const uint8_t *hdr, uint64_t size, uint32_t *gen,
                           struct rpal_region_object *objs, unsigned max);
 #define LAY_CTL_OFF RPAL_PAGE /* the control page, after the header page */
 /* Where the table of generation GEN lies in the header area. */
-RPAL_HIDDEN uint64_t lay_table_off(uint32_t gen);
+RPAL_HIDDEN uint64_t rpal__lay_table_off(uint32_t gen);
 /* Store the right checksum in that table of HDR (for the fuzz targets). */
-RPAL_HIDDEN void lay_table_seal(uint8_t *hdr, uint32_t gen);
+RPAL_HIDDEN void rpal__lay_table_seal(uint8_t *hdr, uint32_t gen);
 
 /* domain (src/domain.c): a domain's geometry, <ns>/.domains/NAME/meta. */
 #define META_MAGIC 0x314d4f444c415052ull /* "RPALDOM1" */
@@ -927,18 +927,18 @@ struct dom_meta {
     uint64_t window;
     uint64_t check;
 };
-RPAL_HIDDEN uint64_t dom_meta_check(const struct dom_meta *m);
+RPAL_HIDDEN uint64_t rpal__dom_meta_check(const struct dom_meta *m);
 /* 0 if M is a geometry joiners accept, else -EBADMSG. */
-RPAL_HIDDEN int dom_meta_validate(const struct dom_meta *m);
+RPAL_HIDDEN int rpal__dom_meta_validate(const struct dom_meta *m);
 /* 0 if REC, read from the claim file of SLOT, is a valid record (its
  * service names then end in a NUL), else -EBADMSG. */
-RPAL_HIDDEN int dom_member_validate(struct member_rec *rec, unsigned slot);
+RPAL_HIDDEN int rpal__dom_member_validate(struct member_rec *rec, unsigned slot);
 
 /* service (src/service.c): a handshake request as received; 0 if it is one
  * of our version (its service name then ends in a NUL), else -EPROTO. */
-RPAL_HIDDEN int svc_req_check(struct hs_req *req);
+RPAL_HIDDEN int rpal__svc_req_check(struct hs_req *req);
 /* A HS_KIND_SHARE request for the service NAME whose key is KEY: 0, or
  * -EPROTO (another kind) or -EACCES (another service, a wrong key). */
-RPAL_HIDDEN int svc_req_admit(const struct hs_req *req, const char *name, const uint8_t *key);
+RPAL_HIDDEN int rpal__svc_req_admit(const struct hs_req *req, const char *name, const uint8_t *key);
 
 #endif

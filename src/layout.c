@@ -68,9 +68,9 @@ static uint64_t copy_off(uint32_t gen)
 
 static uint64_t table_check(const struct lay_table *t)
 {
-    uint64_t a = prim_fnv1a(t, offsetof(struct lay_table, check));
+    uint64_t a = rpal__prim_fnv1a(t, offsetof(struct lay_table, check));
     uint32_t n = t->nobj < LAY_OBJ_MAX ? t->nobj : LAY_OBJ_MAX;
-    return a * 31 + prim_fnv1a(t->obj, n * sizeof t->obj[0]);
+    return a * 31 + rpal__prim_fnv1a(t->obj, n * sizeof t->obj[0]);
 }
 
 /* An anonymous object's memory: the region file's pages at its own offset
@@ -116,10 +116,10 @@ static int table_valid(const struct lay_table *t, uint32_t gen, uint64_t size)
 /* The header area is never touched directly: anyone who may write the
  * region may truncate its file, and touching a mapping past the end of its
  * file raises SIGBUS. It is read from the header mapping HDR through the
- * kernel (prim_mem_read), where a cut page is an error, -EIO
- * (prim_mem_read costs about six times a pread, but needs no descriptor of
+ * kernel (rpal__prim_mem_read), where a cut page is an error, -EIO
+ * (rpal__prim_mem_read costs about six times a pread, but needs no descriptor of
  * the region kept open), or, with PRIV, from a private copy of the header
- * (lay_parse), which cannot vanish. Directly, the mapping serves only as
+ * (rpal__lay_parse), which cannot vanish. Directly, the mapping serves only as
  * the futex words' address. */
 static int hdr_read(int priv, const uint8_t *hdr, void *dst, size_t len, uint64_t off)
 {
@@ -127,7 +127,7 @@ static int hdr_read(int priv, const uint8_t *hdr, void *dst, size_t len, uint64_
         memcpy(dst, hdr + off, len);
         return 0;
     }
-    return prim_mem_read(dst, hdr + off, len) == 0 ? 0 : -EIO;
+    return rpal__prim_mem_read(dst, hdr + off, len) == 0 ? 0 : -EIO;
 }
 
 /* Copy the control page out of the header. The copy is ours alone: its
@@ -185,7 +185,7 @@ static size_t table_bytes(const struct lay_table *t)
     return offsetof(struct lay_table, obj) + t->nobj * sizeof t->obj[0];
 }
 
-int lay_init(int fd, uint64_t size, int empty)
+int rpal__lay_init(int fd, uint64_t size, int empty)
 {
     struct lay_ctl c = {.magic = LAY_MAGIC, .side_next = SIDE_BASE};
     struct lay_table *t = calloc(1, sizeof *t);
@@ -207,18 +207,18 @@ int lay_init(int fd, uint64_t size, int empty)
     return err;
 }
 
-uint64_t lay_table_off(uint32_t gen)
+uint64_t rpal__lay_table_off(uint32_t gen)
 {
     return copy_off(gen);
 }
 
-void lay_table_seal(uint8_t *hdr, uint32_t gen)
+void rpal__lay_table_seal(uint8_t *hdr, uint32_t gen)
 {
     struct lay_table *t = (struct lay_table *)(hdr + copy_off(gen));
     t->check = table_check(t);
 }
 
-int lay_read(int fd, uint64_t size, uint32_t *gen, struct rpal_region_object *objs,
+int rpal__lay_read(int fd, uint64_t size, uint32_t *gen, struct rpal_region_object *objs,
              unsigned max)
 {
     /* The control page and both tables, as an attacher maps them. */
@@ -232,13 +232,13 @@ int lay_read(int fd, uint64_t size, uint32_t *gen, struct rpal_region_object *ob
     for (int tries = 0; tries < 8 && err == -EBADMSG; tries++) {
         if (pread(fd, hdr, n, 0) != (ssize_t)n)
             break;
-        err = lay_parse(hdr, size, gen, objs, max);
+        err = rpal__lay_parse(hdr, size, gen, objs, max);
     }
     free(hdr);
     return err;
 }
 
-int lay_parse(const uint8_t *hdr, uint64_t size, uint32_t *gen,
+int rpal__lay_parse(const uint8_t *hdr, uint64_t size, uint32_t *gen,
               struct rpal_region_object *objs, unsigned max)
 {
     const struct lay_ctl *c = (const struct lay_ctl *)(hdr + LAY_CTL_OFF);
@@ -313,7 +313,7 @@ static int lock_name(const char *name, uint64_t ino, char *buf, size_t n)
     return l < 0 || (size_t)l >= n ? -ENAMETOOLONG : 0;
 }
 
-int lay_lock_open(int nsfd, const char *name, uint64_t ino, unsigned create_mode, int rdwr)
+int rpal__lay_lock_open(int nsfd, const char *name, uint64_t ino, unsigned create_mode, int rdwr)
 {
     char lk[RPAL_NAME_MAX + 48];
     int err = lock_name(name, ino, lk, sizeof lk);
@@ -324,16 +324,16 @@ int lay_lock_open(int nsfd, const char *name, uint64_t ino, unsigned create_mode
      * read-write, as the file's mode (the region's) allows, for writable
      * side-store mappings and for changes. */
     int acc = rdwr ? O_RDWR : O_RDONLY;
-    int fd = prim_open_beneath(nsfd, lk, acc | O_NONBLOCK, 0);
+    int fd = rpal__prim_open_beneath(nsfd, lk, acc | O_NONBLOCK, 0);
     if (fd == -ENOENT && create_mode) {
-        fd = prim_open_beneath(nsfd, lk, acc | O_CREAT | O_EXCL, create_mode);
+        fd = rpal__prim_open_beneath(nsfd, lk, acc | O_CREAT | O_EXCL, create_mode);
         if (fd >= 0)
             fchmod(fd, create_mode); /* the umask applied */
         else if (fd == -EEXIST)
-            fd = prim_open_beneath(nsfd, lk, acc | O_NONBLOCK, 0);
+            fd = rpal__prim_open_beneath(nsfd, lk, acc | O_NONBLOCK, 0);
     }
     if (fd == -EACCES && rdwr) /* it follows the layout; changes will say -EACCES */
-        fd = prim_open_beneath(nsfd, lk, O_RDONLY | O_NONBLOCK, 0);
+        fd = rpal__prim_open_beneath(nsfd, lk, O_RDONLY | O_NONBLOCK, 0);
     if (fd >= 0) {
         struct stat st;
         if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
@@ -344,7 +344,7 @@ int lay_lock_open(int nsfd, const char *name, uint64_t ino, unsigned create_mode
     return fd;
 }
 
-void lay_lock_unlink(int dirfd, const char *leaf, uint64_t ino)
+void rpal__lay_lock_unlink(int dirfd, const char *leaf, uint64_t ino)
 {
     char lk[RPAL_NAME_MAX + 48];
     if (lock_name(leaf, ino, lk, sizeof lk) == 0)
@@ -581,11 +581,11 @@ static int rec_set(struct lay *l, uint32_t gen, int failed)
     uint64_t off = rec_off(l->pid, gen, failed);
     if (off == l->rec)
         return 0;
-    int err = prim_ofd_lock(l->lkfd, F_RDLCK, off, 1, 0);
+    int err = rpal__prim_ofd_lock(l->lkfd, F_RDLCK, off, 1, 0);
     if (err < 0)
         return err;
     if (l->rec)
-        prim_ofd_lock(l->lkfd, F_UNLCK, l->rec, 1, 0);
+        rpal__prim_ofd_lock(l->lkfd, F_UNLCK, l->rec, 1, 0);
     l->rec = off;
     return 0;
 }
@@ -597,7 +597,7 @@ static void self_detach(struct lay *l)
 {
     mmap((void *)(uintptr_t)l->base, l->size, PROT_NONE,
          MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
-    prim_ofd_lock(l->lkfd, F_UNLCK, LK_REC_BASE, 0, 0);
+    rpal__prim_ofd_lock(l->lkfd, F_UNLCK, LK_REC_BASE, 0, 0);
     l->rec = 0;
     l->detached = 1;
 }
@@ -620,7 +620,7 @@ static int listed_detached(const struct lay *l, const struct lay_ctl *c)
  * or a negative errno. */
 static int gen_busy(int fd, uint32_t gen)
 {
-    return prim_ofd_test(fd, rec_gen(gen), LK_GEN_SPAN, NULL, NULL);
+    return rpal__prim_ofd_test(fd, rec_gen(gen), LK_GEN_SPAN, NULL, NULL);
 }
 
 /* The control page into C and, in the same system call (each is one on
@@ -635,7 +635,7 @@ static int ctl_and_next(struct lay *l, struct lay_ctl *c)
     uint32_t next = (l->applied + 1) & GEN_MASK;
     struct lay_table *t = l->tmp;
     const size_t head = offsetof(struct lay_table, obj) + LAY_READ_FIRST * sizeof t->obj[0];
-    if (prim_mem_read2(c, l->hdr + LAY_CTL_OFF, sizeof *c, t, l->hdr + copy_off(next), head) < 0)
+    if (rpal__prim_mem_read2(c, l->hdr + LAY_CTL_OFF, sizeof *c, t, l->hdr + copy_off(next), head) < 0)
         return -EIO;
     if (c->magic != LAY_MAGIC)
         return -EBADMSG; /* the agent's answer to any corrupt header */
@@ -691,24 +691,24 @@ static void sync_region(struct lay *l, uint32_t *gen)
      * it empty at once). One that dies instead wakes nobody; the changer's
      * wait is bounded for that. */
     if (gen_busy(l->lkfd, (g - 1) & GEN_MASK) == 0)
-        prim_futex_wake(&l->ctl->ack, 1, 1);
+        rpal__prim_futex_wake(&l->ctl->ack, 1, 1);
 }
 
 /* ---- deadlines --------------------------------------------------------------
- * Deadlines are CLOCK_MONOTONIC nanoseconds (prim_now_ns), so that a clock
+ * Deadlines are CLOCK_MONOTONIC nanoseconds (rpal__prim_now_ns), so that a clock
  * set back or forward moves none of them. */
 
 static uint64_t deadline_in(uint64_t ns)
 {
-    return prim_now_ns() + ns;
+    return rpal__prim_now_ns() + ns;
 }
 
 /* Nanoseconds left until DEADLINE, and at least MIN: 0 once it has passed
- * (prim_ofd_lock then tries once and says -EAGAIN), 1 where the caller
+ * (rpal__prim_ofd_lock then tries once and says -EAGAIN), 1 where the caller
  * wants a timeout reported as one (-ETIMEDOUT). */
 static int64_t ns_left(uint64_t deadline, int64_t min)
 {
-    uint64_t now = prim_now_ns();
+    uint64_t now = rpal__prim_now_ns();
     int64_t left = now < deadline ? (int64_t)(deadline - now) : 0;
     return left > min ? left : min;
 }
@@ -738,7 +738,7 @@ static void *agent_main(void *arg)
 {
     /* Running: see agent_start. */
     rpal_store_release((_Atomic uint32_t *)arg, 1); /* pairs with agent_start's acquire */
-    prim_futex_wake(arg, 1, 0);
+    rpal__prim_futex_wake(arg, 1, 0);
     struct futex_waitv w[AGENT_WAITV_MAX + 1];
     for (;;) {
         uint32_t c = rpal_load_acquire(&g_agent.ctl); /* pairs with agent_kick */
@@ -780,9 +780,9 @@ static void *agent_main(void *arg)
          * word whose page was cut from its file makes the wait fail at once
          * (-EFAULT); the next round finds that region and detaches it, and
          * the nap bounds the spin if it does not. */
-        int werr = prim_futex_waitv(w, n + 1, more ? 10000000 : 3600ll * 1000000000);
+        int werr = rpal__prim_futex_waitv(w, n + 1, more ? 10000000 : 3600ll * 1000000000);
         if (werr == -ENOSYS)
-            prim_futex_wait(&g_agent.ctl, c, 0, 10000000);
+            rpal__prim_futex_wait(&g_agent.ctl, c, 0, 10000000);
         else if (werr == -EFAULT)
             nanosleep(&(struct timespec){0, 1000000}, NULL);
     }
@@ -792,13 +792,13 @@ static void *agent_main(void *arg)
 static void agent_kick(void)
 {
     rpal_fetch_add_acq_rel(&g_agent.ctl, 1); /* pairs with agent_main's acquire */
-    prim_futex_wake(&g_agent.ctl, 1, 0);
+    rpal__prim_futex_wake(&g_agent.ctl, 1, 0);
 }
 
 /* g_agent.mu held. */
 static int agent_start(void)
 {
-    if (g_agent.pid == prim_getpid())
+    if (g_agent.pid == rpal__prim_getpid())
         return 0;
     sigset_t all, old;
     sigfillset(&all);
@@ -822,8 +822,8 @@ static int agent_start(void)
      * the child's own agent could never start. */
     uint64_t until = deadline_in(1000000000);
     for (int64_t left; !rpal_load_acquire(&running) && (left = ns_left(until, 0)) > 0;)
-        prim_futex_wait(&running, 0, 0, left);
-    g_agent.pid = prim_getpid();
+        rpal__prim_futex_wait(&running, 0, 0, left);
+    g_agent.pid = rpal__prim_getpid();
     return 0;
 }
 
@@ -846,13 +846,13 @@ static void atfork_prepare(void)
     for (struct lay *l = g_agent.list; h && l && k < n; l = l->next, k++) {
         char p[PRIM_FD_PATH];
         h[k].l = l;
-        h[k].fd = l->detached ? -1 : open(prim_fd_path(p, l->lkfd), O_RDONLY | O_CLOEXEC);
+        h[k].fd = l->detached ? -1 : open(rpal__prim_fd_path(p, l->lkfd), O_RDONLY | O_CLOEXEC);
     }
     pthread_mutex_unlock(&g_agent.mu);
     /* Not under g_agent.mu: a change of another process waits for our
      * agent while it holds the lock we wait for. */
     for (size_t i = 0; i < k; i++)
-        if (h[i].fd >= 0 && prim_ofd_lock(h[i].fd, F_RDLCK, LK_CHANGE, 1, LK_ATTACH_NS) < 0) {
+        if (h[i].fd >= 0 && rpal__prim_ofd_lock(h[i].fd, F_RDLCK, LK_CHANGE, 1, LK_ATTACH_NS) < 0) {
             close(h[i].fd);
             h[i].fd = -1;
         }
@@ -894,11 +894,11 @@ static int fork_register(struct lay *l)
     /* The inherited descriptor shares the parent's description and so its
      * record: take a description of our own, with the same access. */
     char p[PRIM_FD_PATH];
-    int fd = l->detached ? -1 : open(prim_fd_path(p, l->lkfd),
+    int fd = l->detached ? -1 : open(rpal__prim_fd_path(p, l->lkfd),
                                      (l->lk_rw ? O_RDWR : O_RDONLY) | O_CLOEXEC);
     close(l->lkfd);
     l->lkfd = fd;
-    l->pid = prim_getpid();
+    l->pid = rpal__prim_getpid();
     l->rec = 0;
     l->regen = l->applied;
     if (fd >= 0 && fork_held(l) && rec_set(l, l->applied, 0) == 0)
@@ -982,14 +982,14 @@ static struct lay *lay_new(int fd, int lkfd, uint64_t base, uint64_t size, uint6
     l->rdonly = rdonly;
     l->lkfd = lkfd;
     l->lk_rw = (fcntl(lkfd, F_GETFL) & O_ACCMODE) == O_RDWR;
-    l->pid = prim_getpid();
+    l->pid = rpal__prim_getpid();
     l->srcfd = dup_by_fd() ? fcntl(fd, F_DUPFD_CLOEXEC, 3) : -1;
     l->cur = malloc(sizeof *l->cur);
     l->tmp = malloc(sizeof *l->tmp);
     return l;
 }
 
-int lay_attach(int fd, int lkfd, uint64_t base, uint64_t size, uint64_t granule,
+int rpal__lay_attach(int fd, int lkfd, uint64_t base, uint64_t size, uint64_t granule,
                int rdonly, struct lay **out)
 {
     struct lay *l = lay_new(fd, lkfd, base, size, granule, rdonly);
@@ -1019,7 +1019,7 @@ int lay_attach(int fd, int lkfd, uint64_t base, uint64_t size, uint64_t granule,
 #endif
     pthread_once(&g_agent.once, agent_once);
     /* No change runs while we read the layout and register. */
-    if ((err = prim_ofd_lock(lkfd, F_RDLCK, LK_CHANGE, 1, LK_ATTACH_NS)) < 0)
+    if ((err = rpal__prim_ofd_lock(lkfd, F_RDLCK, LK_CHANGE, 1, LK_ATTACH_NS)) < 0)
         goto fail;
     locked = 1;
     uint32_t g;
@@ -1046,17 +1046,17 @@ int lay_attach(int fd, int lkfd, uint64_t base, uint64_t size, uint64_t granule,
     pthread_mutex_unlock(&g_agent.mu);
     if (err < 0)
         goto fail;
-    prim_ofd_lock(lkfd, F_UNLCK, LK_CHANGE, 1, 0);
+    rpal__prim_ofd_lock(lkfd, F_UNLCK, LK_CHANGE, 1, 0);
     *out = l;
     return failed;
 fail:
     if (locked)
-        prim_ofd_lock(lkfd, F_UNLCK, LK_CHANGE, 1, 0);
+        rpal__prim_ofd_lock(lkfd, F_UNLCK, LK_CHANGE, 1, 0);
     lay_free(l);
     return err;
 }
 
-void lay_detach(struct lay *l)
+void rpal__lay_detach(struct lay *l)
 {
     if (!l)
         return;
@@ -1147,7 +1147,7 @@ static void merge(struct lay_table *t)
 static void file_path(int fd, const struct stat *st, char *path, size_t size)
 {
     char p[PRIM_FD_PATH];
-    ssize_t n = readlink(prim_fd_path(p, fd), path, size);
+    ssize_t n = readlink(rpal__prim_fd_path(p, fd), path, size);
     if (n <= 0 || (size_t)n >= size || path[0] != '/')
         n = 0;
     path[n] = 0;
@@ -1185,7 +1185,7 @@ static int new_object(const struct lay_op *op, struct lay_obj *o)
     o->dev = (uint64_t)st.st_dev;
     o->ino = (uint64_t)st.st_ino;
     o->foff = op->foff;
-    o->src_pid = prim_getpid();
+    o->src_pid = rpal__prim_getpid();
     o->src_fd = op->fd;
     file_path(op->fd, &st, o->path, sizeof o->path);
     return 0;
@@ -1379,7 +1379,7 @@ static int scan_recs(int fd, uint64_t off, uint64_t len, struct recs *out)
     struct extent r = {off, len};
     for (;;) {
         uint64_t s, len;
-        int found = prim_ofd_test(fd, r.off, r.len, &s, &len);
+        int found = rpal__prim_ofd_test(fd, r.off, r.len, &s, &len);
         if (found < 0) {
             err = found;
             break;
@@ -1444,7 +1444,7 @@ static int find_recs(const struct lay *l, uint64_t off, uint64_t len, struct rec
 static int rec_state(int fd, pid_t pid, uint32_t gen)
 {
     uint64_t s;
-    int r = prim_ofd_test(fd, rec_off(pid, gen, 0), 2, &s, NULL);
+    int r = rpal__prim_ofd_test(fd, rec_off(pid, gen, 0), 2, &s, NULL);
     if (r <= 0)
         return r;
     return s == rec_off(pid, gen, 1) ? 2 : 1;
@@ -1501,7 +1501,7 @@ static int hdr_write(uint8_t *rw, const void *p, size_t len, uint64_t off)
     /* Whatever was written before (the new table) is visible before this:
      * pairs with the fence in ctl_read. */
     rpal_fence_seq_cst();
-    return prim_mem_write(rw + off, p, len) == 0 ? 0 : -EIO;
+    return rpal__prim_mem_write(rw + off, p, len) == 0 ? 0 : -EIO;
 }
 
 /* What changers write of the control page (under the change lock), from
@@ -1540,7 +1540,7 @@ static _Atomic uint32_t *turn_word(uint8_t *rw, uint32_t i)
 static int turn_stale(const struct lay_ctl *h, uint32_t w)
 {
     uint32_t tid = w & FUTEX_TID_MASK;
-    return tid && (uint32_t)h->own_tid == tid && !prim_proc_alive(h->own_pid, h->own_start);
+    return tid && (uint32_t)h->own_tid == tid && !rpal__prim_proc_alive(h->own_pid, h->own_start);
 }
 
 /* Move to the next turnstile word, zeroed first, if word I is still the
@@ -1549,7 +1549,7 @@ static int turn_stale(const struct lay_ctl *h, uint32_t w)
  * the current word any more, and come over. */
 static int turn_rotate(struct lay *l, uint8_t *rw, uint32_t i, uint64_t deadline)
 {
-    int err = prim_ofd_lock(l->lkfd, F_WRLCK, LK_CHANGE, 1, ns_left(deadline, 0));
+    int err = rpal__prim_ofd_lock(l->lkfd, F_WRLCK, LK_CHANGE, 1, ns_left(deadline, 0));
     if (err < 0)
         return err == -EAGAIN ? -ETIMEDOUT : err;
     struct lay_ctl h;
@@ -1562,7 +1562,7 @@ static int turn_rotate(struct lay *l, uint8_t *rw, uint32_t i, uint64_t deadline
             (err = hdr_write(rw, own, sizeof own, CTL_FIELD(own_pid))) == 0)
             err = hdr_write(rw, &j, 4, CTL_FIELD(turn_cur));
     }
-    prim_ofd_lock(l->lkfd, F_UNLCK, LK_CHANGE, 1, 0);
+    rpal__prim_ofd_lock(l->lkfd, F_UNLCK, LK_CHANGE, 1, 0);
     return err;
 }
 
@@ -1592,7 +1592,7 @@ static int turn_lock(struct lay *l, uint8_t *rw, uint64_t deadline)
             return -EIO;
         uint32_t i = h.turn_cur % LAY_TURNS;
         int err = turn_stale(&h, rpal_load_relaxed(&h.turn[i])) ? -ESRCH
-                  : prim_futex_lock_pi(turn_word(rw, i), deadline);
+                  : rpal__prim_futex_lock_pi(turn_word(rw, i), deadline);
         if (err == 0) { /* change_begin checks that it is still the current word */
             t_in_change = 1;
             return (int)i;
@@ -1614,7 +1614,7 @@ static int turn_lock(struct lay *l, uint8_t *rw, uint64_t deadline)
 static void turn_unlock(uint8_t *rw, int i)
 {
     if (i >= 0)
-        prim_futex_unlock_pi(turn_word(rw, (uint32_t)i));
+        rpal__prim_futex_unlock_pi(turn_word(rw, (uint32_t)i));
     t_in_change = 0;
 }
 
@@ -1751,7 +1751,7 @@ static int change_begin(struct change *x)
         x->turn = t;
         pthread_mutex_lock(&l->chg_mu);
         x->mu = 1;
-        err = prim_ofd_lock(l->lkfd, F_WRLCK, LK_CHANGE, 1, ns_left(deadline, 1));
+        err = rpal__prim_ofd_lock(l->lkfd, F_WRLCK, LK_CHANGE, 1, ns_left(deadline, 1));
         if (err < 0)
             return err;
         x->locked = 1;
@@ -1774,9 +1774,9 @@ static int change_begin(struct change *x)
     if (rpal__hook_change_locked)
         rpal__hook_change_locked();
     /* Who holds the turnstile, for turn_stale: published with the change. */
-    x->c.own_pid = prim_getpid();
+    x->c.own_pid = rpal__prim_getpid();
     x->c.own_tid = (int32_t)syscall(SYS_gettid);
-    x->c.own_start = prim_self_start();
+    x->c.own_start = rpal__prim_self_start();
     x->dirty0 = x->c.dirty;
     x->g = rpal_load_relaxed(&x->c.gen);
     x->g1 = (x->g + 1) & GEN_MASK;
@@ -1899,7 +1899,7 @@ out:
     /* After l->mu: our own agent, woken too, finds the change applied
      * instead of waiting for the mutex. */
     if (err == 0)
-        prim_futex_wake(&l->ctl->gen, INT_MAX, 1);
+        rpal__prim_futex_wake(&l->ctl->gen, INT_MAX, 1);
     return err;
 }
 
@@ -1922,7 +1922,7 @@ static int change_wait(struct change *x)
             return 1;
         if (nap > left)
             nap = left;
-        if (prim_futex_wait(&x->l->ctl->ack, 0, 1, nap) == -EFAULT) /* file cut */
+        if (rpal__prim_futex_wait(&x->l->ctl->ack, 0, 1, nap) == -EFAULT) /* file cut */
             nanosleep(&(struct timespec){0, (long)nap}, NULL);
         if (nap < 2000000)
             nap *= 2;
@@ -1979,7 +1979,7 @@ static void change_count(struct change *x, int busy)
     }
     if (added) {
         ctl_tail_write(x->rw, &x->c); /* failing, they are waited for again */
-        prim_futex_wake(&l->ctl->gen, INT_MAX, 1);
+        rpal__prim_futex_wake(&l->ctl->gen, INT_MAX, 1);
     }
 }
 
@@ -2005,7 +2005,7 @@ static void change_reclaim(struct change *x)
 static void change_release(struct change *x)
 {
     if (x->locked)
-        prim_ofd_lock(x->l->lkfd, F_UNLCK, LK_CHANGE, 1, 0);
+        rpal__prim_ofd_lock(x->l->lkfd, F_UNLCK, LK_CHANGE, 1, 0);
     if (x->mu)
         pthread_mutex_unlock(&x->l->chg_mu);
     if (x->rw != MAP_FAILED)
@@ -2025,7 +2025,7 @@ static void change_end(struct change *x)
 }
 
 /* A layout change (see internal.h): the steps above, in order. */
-int lay_change(struct lay *l, const struct lay_op *op, struct rpal_region_change *chg)
+int rpal__lay_change(struct lay *l, const struct lay_op *op, struct rpal_region_change *chg)
 {
     int err = change_check(l, op);
     if (err < 0)

@@ -58,7 +58,7 @@ static int peer_watch(rpal_domain *d, struct watch *w, uint32_t events, struct r
         else if (n > 0 || (n < 0 && errno == EAGAIN && !(events & (EPOLLHUP | EPOLLRDHUP))))
             return 0; /* nothing else is expected on it: ignore */
     }
-    peer_gone(d, p, reason);
+    rpal__peer_gone(d, p, reason);
     ev->type = RPAL_EV_PEER_GONE;
     ev->reason = reason;
     ev->peer = p;
@@ -90,7 +90,7 @@ static const struct dom_layer peer_layer = {peers_leave, peers_fork_child};
 /* The memfd of a peer's slot must be exactly a slot and sealed so that it
  * can neither shrink (no SIGBUS for us) nor be written through a new
  * mapping; that is what makes our read-only mapping of it safe. */
-int peer_fd_check(int fd, uint64_t size)
+int rpal__peer_fd_check(int fd, uint64_t size)
 {
     struct stat st;
     if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
@@ -104,7 +104,7 @@ int peer_fd_check(int fd, uint64_t size)
     return 0;
 }
 
-rpal_peer *peer_at_slot(rpal_domain *d, unsigned slot)
+rpal_peer *rpal__peer_at_slot(rpal_domain *d, unsigned slot)
 {
     for (rpal_peer *p = d->peers; p; p = p->next)
         if (!rpal_load_relaxed(&p->gone) && p->info.slot == slot)
@@ -113,24 +113,24 @@ rpal_peer *peer_at_slot(rpal_domain *d, unsigned slot)
 }
 
 /* Check a peer's claimed slot against its claim record and credentials. */
-int peer_claim_check(rpal_domain *d, unsigned slot, uint64_t size,
+int rpal__peer_claim_check(rpal_domain *d, unsigned slot, uint64_t size,
                      pid_t pid, const char *service)
 {
     if (slot >= d->nslots || slot == d->slot || size != d->slot_size)
         return -EINVAL;
-    if (peer_at_slot(d, slot))
+    if (rpal__peer_at_slot(d, slot))
         return -EBUSY;
     struct member_rec *rec = malloc(sizeof *rec);
     if (!rec)
         return -ENOMEM;
-    int err = dom_read_member(d->dirfd, slot, rec);
+    int err = rpal__dom_read_member(d->dirfd, slot, rec);
     if (err == 0)
-        err = peer_rec_match(rec, pid, service);
+        err = rpal__peer_rec_match(rec, pid, service);
     free(rec);
     return err;
 }
 
-int peer_rec_match(const struct member_rec *rec, pid_t pid, const char *service)
+int rpal__peer_rec_match(const struct member_rec *rec, pid_t pid, const char *service)
 {
     if (rec->pid != pid)
         return -EACCES;
@@ -154,12 +154,12 @@ static void unmap_peer(rpal_domain *d, rpal_peer *p)
     mmap((void *)(uintptr_t)p->base, p->size, busy ? PROT_READ : PROT_NONE,
          MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
     madvise((void *)(uintptr_t)p->base, p->size, MADV_DONTFORK);
-    dom_unguard_peer(d, p);
+    rpal__peer_unguard(d, p);
     p->mapped = 0;
 }
 
 /* Map the peer at SLOT and start watching it. Takes SOCK; not MEMFD. */
-int peer_create(rpal_domain *d, int sock, int memfd, const struct ucred *cr,
+int rpal__peer_create(rpal_domain *d, int sock, int memfd, const struct ucred *cr,
                 unsigned slot, const char *service, rpal_peer **out)
 {
     rpal_peer *p = calloc(1, sizeof *p);
@@ -175,7 +175,7 @@ int peer_create(rpal_domain *d, int sock, int memfd, const struct ucred *cr,
     p->info.gid = cr->gid;
     p->info.slot = slot;
     snprintf(p->info.service, sizeof p->info.service, "%s", service);
-    p->base = dom_slot_addr(d, slot);
+    p->base = rpal__dom_slot_addr(d, slot);
     p->size = d->slot_size;
     int err = 0;
     void *m = mmap((void *)(uintptr_t)p->base, p->size, PROT_READ,
@@ -186,7 +186,7 @@ int peer_create(rpal_domain *d, int sock, int memfd, const struct ucred *cr,
     }
     p->mapped = 1;
     madvise(m, p->size, MADV_DONTFORK);
-    if ((err = dom_guard_peer(d, p)) < 0)
+    if ((err = rpal__peer_guard(d, p)) < 0)
         goto fail;
     p->pidfd = (int)syscall(SYS_pidfd_open, cr->pid, 0);
     if (p->pidfd < 0) {
@@ -208,8 +208,8 @@ int peer_create(rpal_domain *d, int sock, int memfd, const struct ucred *cr,
     }
     p->next = d->peers;
     d->peers = p;
-    dom_layer_attach(d, DOM_LAYER_PEER, &peer_layer);
-    dom_publish(d);
+    rpal__dom_layer_attach(d, DOM_LAYER_PEER, &peer_layer);
+    rpal__dom_publish(d);
     *out = p;
     return 0;
 fail:
@@ -221,7 +221,7 @@ fail:
 }
 
 /* The sharing with P ends: unmap, stop watching, tell the app. */
-void peer_gone(rpal_domain *d, rpal_peer *p, int reason)
+void rpal__peer_gone(rpal_domain *d, rpal_peer *p, int reason)
 {
     if (rpal_load_relaxed(&p->gone))
         return;
@@ -243,19 +243,19 @@ void peer_gone(rpal_domain *d, rpal_peer *p, int reason)
     /* The reason first: a channel that sees GONE (acquire) reads it. */
     p->reason = reason;
     rpal_store_release(&p->gone, 1);
-    dom_publish(d);
+    rpal__dom_publish(d);
 }
 
 /* For rpal_uds_fdmap: the peer at SLOT, met on a connection whose other
  * end the kernel says is CR, which sent MEMFD as its slot. An existing
  * peer there is returned as it is (*CREATED 0); otherwise the slot is
  * checked like a service's answer and mapped (*CREATED 1). */
-int svc_peer_adopt(rpal_domain *d, int memfd, const struct ucred *cr,
+int rpal__peer_adopt(rpal_domain *d, int memfd, const struct ucred *cr,
                    unsigned slot, uint64_t slot_size, rpal_peer **out, int *created)
 {
     pthread_mutex_lock(&d->lock);
     int err = 0;
-    rpal_peer *p = slot < d->nslots ? peer_at_slot(d, slot) : NULL;
+    rpal_peer *p = slot < d->nslots ? rpal__peer_at_slot(d, slot) : NULL;
     *created = 0;
     if (p) {
         if (p->info.pid != cr->pid || slot_size != d->slot_size)
@@ -263,11 +263,11 @@ int svc_peer_adopt(rpal_domain *d, int memfd, const struct ucred *cr,
         else
             *out = p;
     } else {
-        err = peer_claim_check(d, slot, slot_size, cr->pid, NULL);
+        err = rpal__peer_claim_check(d, slot, slot_size, cr->pid, NULL);
         if (err == 0)
-            err = peer_fd_check(memfd, d->slot_size);
+            err = rpal__peer_fd_check(memfd, d->slot_size);
         if (err == 0)
-            err = peer_create(d, -1, memfd, cr, slot, "", out);
+            err = rpal__peer_create(d, -1, memfd, cr, slot, "", out);
         if (err == -EBADMSG || err == -EINVAL || err == -EBUSY)
             err = -EPROTO;
         *created = err == 0;
@@ -283,7 +283,7 @@ int rpal_peer_release(rpal_peer *p)
     if (!p)
         return -EINVAL;
     rpal_domain *d = p->d;
-    int err = dom_check(d);
+    int err = rpal__dom_check(d);
     if (err < 0)
         return err;
     pthread_mutex_lock(&d->lock);
@@ -294,11 +294,11 @@ int rpal_peer_release(rpal_peer *p)
         pthread_mutex_unlock(&d->lock);
         return -EINVAL;
     }
-    peer_gone(d, p, 0);
+    rpal__peer_gone(d, p, 0);
     *pp = p->next;
-    dom_publish(d);
+    rpal__dom_publish(d);
     /* Channels and connections still holding P keep the memory (not the
-     * mapping) until the last lets go: svc_peer_put(). */
+     * mapping) until the last lets go: rpal__peer_put(). */
     int held = rpal_load_acquire(&p->nchans) > 0;
     if (held)
         p->released = 1;
@@ -308,7 +308,7 @@ int rpal_peer_release(rpal_peer *p)
     return 0;
 }
 
-void svc_peer_put(rpal_peer *p, int locked)
+void rpal__peer_put(rpal_peer *p, int locked)
 {
     rpal_domain *d = p->d;
     if (!locked)
@@ -330,12 +330,12 @@ int rpal_peer_info(const rpal_peer *p, struct rpal_peer_info *info)
 
 const void *rpal_peer_base(const rpal_peer *p)
 {
-    return p && p->mapped && dom_check(p->d) == 0 ? (const void *)(uintptr_t)p->base : NULL;
+    return p && p->mapped && rpal__dom_check(p->d) == 0 ? (const void *)(uintptr_t)p->base : NULL;
 }
 
 uint64_t rpal_peer_size(const rpal_peer *p)
 {
-    return p && p->mapped && dom_check(p->d) == 0 ? p->size : 0;
+    return p && p->mapped && rpal__dom_check(p->d) == 0 ? p->size : 0;
 }
 
 /* ---- access windows and protection keys ---- */
@@ -380,7 +380,7 @@ static int lockkey_get(rpal_domain *d)
 /* A key is reassigned only when no thread has a window open under it, not
  * even one on a peer that has gone meanwhile (whose thread will close that
  * key in its own PKRU when it ends the window). The lock-free begin
- * (dom_access_begin) counts itself into key_windows first and checks the
+ * (rpal__peer_access_begin_locked) counts itself into key_windows first and checks the
  * owner after; the reassigner claims the count from 0 to KEY_CLAIMED, so
  * that of the two exactly one wins: a begin that finds the count negative
  * backs off to the locked path. d->lock held. */
@@ -443,7 +443,7 @@ static int key_assign(rpal_domain *d, rpal_peer *p)
 }
 
 /* A newly mapped peer slot starts under the always-closed key. */
-int dom_guard_peer(rpal_domain *d, rpal_peer *p)
+int rpal__peer_guard(rpal_domain *d, rpal_peer *p)
 {
     if (!(rpal_capabilities() & RPAL_CAP_PKU))
         return 0;
@@ -456,7 +456,7 @@ int dom_guard_peer(rpal_domain *d, rpal_peer *p)
 
 /* P gives up its key (d->lock held). A window open under it keeps it
  * reserved (key_windows) until that window ends. */
-void dom_unguard_peer(rpal_domain *d, rpal_peer *p)
+void rpal__peer_unguard(rpal_domain *d, rpal_peer *p)
 {
     for (int i = 0; i < DOM_PKEYS; i++)
         if (rpal_load_relaxed(&d->pkey_owner[i]) == p)
@@ -491,7 +491,7 @@ static void zero_key_end(rpal_domain *d, rpal_peer *p)
  * in any thread (channels, connections): while a pin holds, P's pages are
  * under key 0, which every thread's PKRU opens. Without protection keys
  * this only counts. */
-int dom_peer_pin(rpal_peer *p)
+int rpal__peer_pin(rpal_peer *p)
 {
     rpal_domain *d = p->d;
     int err = 0;
@@ -504,7 +504,7 @@ int dom_peer_pin(rpal_peer *p)
             err = -errno;
             p->pins--;
         } else {
-            dom_unguard_peer(d, p);
+            rpal__peer_unguard(d, p);
             rpal_store_seq_cst(&p->zero_key, 1);
         }
     }
@@ -512,7 +512,7 @@ int dom_peer_pin(rpal_peer *p)
     return err;
 }
 
-void dom_peer_unpin(rpal_peer *p, int locked)
+void rpal__peer_unpin(rpal_peer *p, int locked)
 {
     rpal_domain *d = p->d;
     if (!locked)
@@ -562,11 +562,11 @@ static int key_window_begin(rpal_domain *d, rpal_peer *p, int locked, int *keysl
     return err;
 }
 
-int dom_access_begin(rpal_peer *p, int locked)
+int rpal__peer_access_begin_locked(rpal_peer *p, int locked)
 {
     if (!p)
         return -EINVAL;
-    int err = dom_check(p->d);
+    int err = rpal__dom_check(p->d);
     if (err < 0)
         return err; /* -ECHILD in a forked child */
     if (rpal_load_relaxed(&p->gone))
@@ -591,13 +591,13 @@ int dom_access_begin(rpal_peer *p, int locked)
     return 0;
 }
 
-int dom_access_end(rpal_peer *p, int locked)
+int rpal__peer_access_end_locked(rpal_peer *p, int locked)
 {
     if (!p)
         return -EINVAL;
     int *depth = t_depth(p, 0);
     if (!depth)
-        return dom_check(p->d) < 0 ? -ECHILD : -EINVAL; /* no window open here */
+        return rpal__dom_check(p->d) < 0 ? -ECHILD : -EINVAL; /* no window open here */
     if (--(*depth) > 0)
         return 0;
     /* Close the key this window opened, even if the peer has gone and lost
@@ -623,10 +623,10 @@ int dom_access_end(rpal_peer *p, int locked)
 
 int rpal_peer_access_begin(rpal_peer *p)
 {
-    return dom_access_begin(p, 0);
+    return rpal__peer_access_begin_locked(p, 0);
 }
 
 int rpal_peer_access_end(rpal_peer *p)
 {
-    return dom_access_end(p, 0);
+    return rpal__peer_access_end_locked(p, 0);
 }

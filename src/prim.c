@@ -35,7 +35,7 @@
 #include <time.h>
 #include <unistd.h>
 
-int prim_map_fixed(uint64_t addr, size_t len, int prot, int flags, int fd,
+int rpal__prim_map_fixed(uint64_t addr, size_t len, int prot, int flags, int fd,
                    off_t off)
 {
     /* Offsets, guards and header pages are laid out in 4 KiB pages (the
@@ -63,7 +63,7 @@ int prim_map_fixed(uint64_t addr, size_t len, int prot, int flags, int fd,
 
 /* Field 22 of /proc/PID/stat. The command name (field 2) may hold spaces
  * and parentheses, so fields are counted from the last ')'. */
-int prim_proc_start(pid_t pid, uint64_t *start)
+int rpal__prim_proc_start(pid_t pid, uint64_t *start)
 {
     char path[64], buf[1024];
     if (pid <= 0)
@@ -104,10 +104,10 @@ int prim_proc_start(pid_t pid, uint64_t *start)
     return 0;
 }
 
-int prim_proc_alive(pid_t pid, uint64_t start)
+int rpal__prim_proc_alive(pid_t pid, uint64_t start)
 {
     uint64_t now;
-    if (prim_proc_start(pid, &now) < 0)
+    if (rpal__prim_proc_start(pid, &now) < 0)
         return 0;
     return now == start;
 }
@@ -128,7 +128,7 @@ __attribute__((constructor)) static void self_pid_init(void)
     pthread_atfork(NULL, NULL, self_pid_forget);
 }
 
-pid_t prim_getpid(void)
+pid_t rpal__prim_getpid(void)
 {
     pid_t p = rpal_load_relaxed(&g_self_pid);
     if (!p) {
@@ -138,18 +138,18 @@ pid_t prim_getpid(void)
     return p;
 }
 
-uint64_t prim_self_start(void)
+uint64_t rpal__prim_self_start(void)
 {
     /* Cached per pid, so that a forked child reads its own. Threads may race
      * to fill the cache: both compute the same value; the start is published
      * before the pid (release) and read after it (acquire). */
     static _Atomic pid_t cached_pid;
     static _Atomic uint64_t cached_start;
-    pid_t me = prim_getpid();
+    pid_t me = rpal__prim_getpid();
     if (rpal_load_acquire(&cached_pid) == me)
         return rpal_load_relaxed(&cached_start);
     uint64_t s = 0;
-    if (prim_proc_start(me, &s) == 0) {
+    if (rpal__prim_proc_start(me, &s) == 0) {
         rpal_store_relaxed(&cached_start, s);
         rpal_store_release(&cached_pid, me); /* pairs with the acquire above */
     }
@@ -171,7 +171,7 @@ static int huge_dir_ok(const char *dir)
     return 0;
 }
 
-int prim_huge_dir(char *out, size_t size)
+int rpal__prim_huge_dir(char *out, size_t size)
 {
     const char *env = getenv("RPAL_HUGE_DIR");
     if (env && *env) {
@@ -219,7 +219,7 @@ static int read_u64_file(const char *path, uint64_t *v)
     return end == buf ? -EIO : 0;
 }
 
-int prim_huge_avail(uint64_t *pages)
+int rpal__prim_huge_avail(uint64_t *pages)
 {
     uint64_t free_p, resv;
     const char *d = "/sys/kernel/mm/hugepages/hugepages-2048kB";
@@ -235,7 +235,7 @@ int prim_huge_avail(uint64_t *pages)
     return err;
 }
 
-uint64_t prim_fnv1a(const void *p, size_t n)
+uint64_t rpal__prim_fnv1a(const void *p, size_t n)
 {
     const unsigned char *b = p;
     uint64_t h = 0xcbf29ce484222325ull;
@@ -244,7 +244,7 @@ uint64_t prim_fnv1a(const void *p, size_t n)
     return h;
 }
 
-uint64_t prim_now_realtime_ns(void)
+uint64_t rpal__prim_now_realtime_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -263,7 +263,7 @@ static int parse_maps_line(const char *line, uint64_t *dev, uint64_t *ino)
     return inode ? 0 : -1;
 }
 
-int prim_maps_scan(void (*fn)(pid_t, uint64_t, uint64_t, void *), void *arg)
+int rpal__prim_maps_scan(void (*fn)(pid_t, uint64_t, uint64_t, void *), void *arg)
 {
     DIR *d = opendir("/proc");
     if (!d)
@@ -380,7 +380,7 @@ static int walk_beneath(int dirfd, const char *path, int flags, unsigned mode)
     return err;
 }
 
-int prim_open_beneath(int dirfd, const char *path, int flags,
+int rpal__prim_open_beneath(int dirfd, const char *path, int flags,
                       unsigned create_mode)
 {
     static _Atomic int no_openat2; /* set once openat2 said ENOSYS */
@@ -393,7 +393,7 @@ int prim_open_beneath(int dirfd, const char *path, int flags,
     return walk_beneath(dirfd, path, flags, create_mode);
 }
 
-int prim_mkdirs_beneath(int dirfd, const char *path, unsigned mode,
+int rpal__prim_mkdirs_beneath(int dirfd, const char *path, unsigned mode,
                         size_t *made)
 {
     char buf[PATH_MAX];
@@ -409,13 +409,13 @@ int prim_mkdirs_beneath(int dirfd, const char *path, unsigned mode,
             continue;
         char saved = *end;
         *end = 0;
-        int fd = prim_open_beneath(dirfd, buf, O_PATH | O_DIRECTORY, 0);
+        int fd = rpal__prim_open_beneath(dirfd, buf, O_PATH | O_DIRECTORY, 0);
         if (fd == -ENOENT) {
             char *leaf = strrchr(buf, '/');
             int parent = dirfd;
             if (leaf) {
                 *leaf = 0;
-                parent = prim_open_beneath(dirfd, buf, O_PATH | O_DIRECTORY, 0);
+                parent = rpal__prim_open_beneath(dirfd, buf, O_PATH | O_DIRECTORY, 0);
                 *leaf = '/';
                 if (parent < 0)
                     return parent;
@@ -442,7 +442,7 @@ int prim_mkdirs_beneath(int dirfd, const char *path, unsigned mode,
     }
 }
 
-void prim_rmdirs_beneath(int dirfd, const char *path, size_t keep)
+void rpal__prim_rmdirs_beneath(int dirfd, const char *path, size_t keep)
 {
     char buf[PATH_MAX];
     size_t len = strlen(path);
@@ -456,7 +456,7 @@ void prim_rmdirs_beneath(int dirfd, const char *path, size_t keep)
         int parent = dirfd;
         if (leaf) {
             *leaf = 0;
-            parent = prim_open_beneath(dirfd, buf, O_PATH | O_DIRECTORY, 0);
+            parent = rpal__prim_open_beneath(dirfd, buf, O_PATH | O_DIRECTORY, 0);
             if (parent < 0)
                 return;
         }
@@ -470,7 +470,7 @@ void prim_rmdirs_beneath(int dirfd, const char *path, size_t keep)
 
 /* Futexes on memory another process maps too are "shared" (keyed by the
  * file and offset); ones only our threads see are private (cheaper). */
-int prim_futex_wait(const _Atomic uint32_t *addr, uint32_t val, int shared,
+int rpal__prim_futex_wait(const _Atomic uint32_t *addr, uint32_t val, int shared,
                     int64_t timeout_ns)
 {
     struct timespec ts, *tp = NULL;
@@ -490,9 +490,9 @@ int prim_futex_wait(const _Atomic uint32_t *addr, uint32_t val, int shared,
  * callers below act through /proc/self/fd/N of this descriptor instead, so
  * that a link planted (or swapped in) under the name never leads them to a
  * socket or file elsewhere. */
-int prim_sock_open_beneath(int dirfd, const char *file, char proc[PRIM_FD_PATH])
+int rpal__prim_sock_open_beneath(int dirfd, const char *file, char proc[PRIM_FD_PATH])
 {
-    int fd = prim_open_beneath(dirfd, file, O_PATH, 0);
+    int fd = rpal__prim_open_beneath(dirfd, file, O_PATH, 0);
     if (fd < 0)
         return fd;
     struct stat st;
@@ -500,14 +500,14 @@ int prim_sock_open_beneath(int dirfd, const char *file, char proc[PRIM_FD_PATH])
         close(fd);
         return -ENOENT;
     }
-    prim_fd_path(proc, fd);
+    rpal__prim_fd_path(proc, fd);
     return fd;
 }
 
-int prim_connect_beneath(int dirfd, const char *file, int sock)
+int rpal__prim_connect_beneath(int dirfd, const char *file, int sock)
 {
     char proc[PRIM_FD_PATH];
-    int fd = prim_sock_open_beneath(dirfd, file, proc);
+    int fd = rpal__prim_sock_open_beneath(dirfd, file, proc);
     if (fd < 0)
         return fd;
     struct sockaddr_un a = {.sun_family = AF_UNIX};
@@ -517,22 +517,22 @@ int prim_connect_beneath(int dirfd, const char *file, int sock)
     return err;
 }
 
-int prim_is_eventfd(int fd)
+int rpal__prim_is_eventfd(int fd)
 {
     char path[PRIM_FD_PATH], link[32];
-    prim_fd_path(path, fd);
+    rpal__prim_fd_path(path, fd);
     ssize_t n = readlink(path, link, sizeof link - 1);
     return n == (ssize_t)strlen("anon_inode:[eventfd]") && !memcmp(link, "anon_inode:[eventfd]", (size_t)n);
 }
 
-int prim_futex_wake(const _Atomic uint32_t *addr, int n, int shared)
+int rpal__prim_futex_wake(const _Atomic uint32_t *addr, int n, int shared)
 {
     long r = syscall(SYS_futex, addr, shared ? FUTEX_WAKE : FUTEX_WAKE_PRIVATE, n, NULL,
                      NULL, 0);
     return r < 0 ? -errno : (int)r;
 }
 
-int prim_futex_waitv(struct futex_waitv *w, unsigned n, int64_t timeout_ns)
+int rpal__prim_futex_waitv(struct futex_waitv *w, unsigned n, int64_t timeout_ns)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -554,7 +554,7 @@ int prim_futex_waitv(struct futex_waitv *w, unsigned n, int64_t timeout_ns)
  * carries FUTEX_OWNER_DIED). The word must be in writable shared memory;
  * the kernel reads and writes it, so a page cut from its file is -EFAULT,
  * never SIGBUS. */
-int prim_futex_lock_pi(_Atomic uint32_t *addr, uint64_t deadline_ns)
+int rpal__prim_futex_lock_pi(_Atomic uint32_t *addr, uint64_t deadline_ns)
 {
     for (;;) {
         struct timespec ts = {(time_t)(deadline_ns / 1000000000),
@@ -563,8 +563,8 @@ int prim_futex_lock_pi(_Atomic uint32_t *addr, uint64_t deadline_ns)
         if (r < 0 && errno == ENOSYS) {
             /* Before 5.14 (and under valgrind 3.19): FUTEX_LOCK_PI takes
              * its deadline on CLOCK_REALTIME. */
-            uint64_t now = prim_now_ns(), left = deadline_ns > now ? deadline_ns - now : 0;
-            uint64_t abs = prim_now_realtime_ns() + left;
+            uint64_t now = rpal__prim_now_ns(), left = deadline_ns > now ? deadline_ns - now : 0;
+            uint64_t abs = rpal__prim_now_realtime_ns() + left;
             ts.tv_sec = (time_t)(abs / 1000000000);
             ts.tv_nsec = (long)(abs % 1000000000);
             r = syscall(SYS_futex, addr, FUTEX_LOCK_PI, 0, &ts, NULL, 0);
@@ -574,13 +574,13 @@ int prim_futex_lock_pi(_Atomic uint32_t *addr, uint64_t deadline_ns)
         if (errno != EAGAIN)
             return -errno;
         /* The owner is exiting: the kernel says to try again shortly. */
-        if (prim_now_ns() >= deadline_ns)
+        if (rpal__prim_now_ns() >= deadline_ns)
             return -ETIMEDOUT;
         sched_yield();
     }
 }
 
-int prim_futex_unlock_pi(_Atomic uint32_t *addr)
+int rpal__prim_futex_unlock_pi(_Atomic uint32_t *addr)
 {
     long r = syscall(SYS_futex, addr, FUTEX_UNLOCK_PI, 0, NULL, NULL, 0);
     return r < 0 ? -errno : 0;
@@ -589,7 +589,7 @@ int prim_futex_unlock_pi(_Atomic uint32_t *addr)
 /* OFD locks (F_OFD_*): owned by the open file description, so two
  * descriptors of one process conflict like two processes do, and a lock
  * goes away with the last descriptor of its description (at death too). */
-int prim_ofd_test(int fd, uint64_t off, uint64_t len, uint64_t *start,
+int rpal__prim_ofd_test(int fd, uint64_t off, uint64_t len, uint64_t *start,
                   uint64_t *llen)
 {
     struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET,
@@ -605,19 +605,19 @@ int prim_ofd_test(int fd, uint64_t off, uint64_t len, uint64_t *start,
     return 1;
 }
 
-int prim_ofd_lock(int fd, int type, uint64_t off, uint64_t len,
+int rpal__prim_ofd_lock(int fd, int type, uint64_t off, uint64_t len,
                   int64_t timeout_ns)
 {
     struct flock fl = {.l_type = (short)type, .l_whence = SEEK_SET,
                        .l_start = (off_t)off, .l_len = (off_t)len};
-    uint64_t deadline = prim_now_ns() + (uint64_t)(timeout_ns > 0 ? timeout_ns : 0);
+    uint64_t deadline = rpal__prim_now_ns() + (uint64_t)(timeout_ns > 0 ? timeout_ns : 0);
     int64_t nap = 20000; /* 20 us, doubling to 5 ms: a lock is held briefly */
     for (;;) {
         if (fcntl(fd, F_OFD_SETLK, &fl) == 0)
             return 0;
         if (errno != EAGAIN && errno != EACCES && errno != EINTR)
             return -errno;
-        uint64_t now = prim_now_ns();
+        uint64_t now = rpal__prim_now_ns();
         if (now >= deadline)
             return timeout_ns > 0 ? -ETIMEDOUT : -EAGAIN;
         if ((uint64_t)nap > deadline - now)
@@ -629,33 +629,33 @@ int prim_ofd_lock(int fd, int type, uint64_t off, uint64_t len,
     }
 }
 
-uint64_t prim_now_ns(void)
+uint64_t rpal__prim_now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-uint64_t prim_deadline(int timeout_ms)
+uint64_t rpal__prim_deadline(int timeout_ms)
 {
-    return timeout_ms < 0 ? UINT64_MAX : prim_now_ns() + (uint64_t)timeout_ms * 1000000;
+    return timeout_ms < 0 ? UINT64_MAX : rpal__prim_now_ns() + (uint64_t)timeout_ms * 1000000;
 }
 
-int prim_ms_left(uint64_t deadline)
+int rpal__prim_ms_left(uint64_t deadline)
 {
     if (deadline == UINT64_MAX)
         return -1;
-    uint64_t now = prim_now_ns();
+    uint64_t now = rpal__prim_now_ns();
     if (now >= deadline)
         return 0;
     uint64_t left = (deadline - now + 999999) / 1000000;
     return left > INT_MAX ? INT_MAX : (int)left;
 }
 
-int prim_poll_until(int fd, short ev, uint64_t deadline)
+int rpal__prim_poll_until(int fd, short ev, uint64_t deadline)
 {
     for (;;) {
-        int left = prim_ms_left(deadline);
+        int left = rpal__prim_ms_left(deadline);
         if (left == 0)
             return -ETIMEDOUT;
         struct pollfd pf = {fd, ev, 0};
@@ -714,8 +714,8 @@ static int mem_copy(void *dst, const void *src, size_t len, int write)
         return pipe_copy(dst, src, len);
     struct iovec local = {write ? (void *)src : dst, len};
     struct iovec remote = {write ? dst : (void *)src, len};
-    ssize_t n = write ? process_vm_writev(prim_getpid(), &local, 1, &remote, 1, 0)
-                      : process_vm_readv(prim_getpid(), &local, 1, &remote, 1, 0);
+    ssize_t n = write ? process_vm_writev(rpal__prim_getpid(), &local, 1, &remote, 1, 0)
+                      : process_vm_readv(rpal__prim_getpid(), &local, 1, &remote, 1, 0);
     if (n < 0 && (errno == ENOSYS || errno == EPERM)) {
         rpal_store_relaxed(&g_no_vm_copy, 1);
         return pipe_copy(dst, src, len);
@@ -725,23 +725,23 @@ static int mem_copy(void *dst, const void *src, size_t len, int write)
     return (size_t)n == len ? 0 : -EFAULT;
 }
 
-int prim_mem_read(void *dst, const void *src, size_t len)
+int rpal__prim_mem_read(void *dst, const void *src, size_t len)
 {
     return mem_copy(dst, src, len, 0);
 }
 
-int prim_mem_read2(void *dst1, const void *src1, size_t len1, void *dst2, const void *src2,
+int rpal__prim_mem_read2(void *dst1, const void *src1, size_t len1, void *dst2, const void *src2,
                    size_t len2)
 {
     struct iovec local[2] = {{dst1, len1}, {dst2, len2}};
     struct iovec remote[2] = {{(void *)src1, len1}, {(void *)src2, len2}};
-    ssize_t n = process_vm_readv(prim_getpid(), local, 2, remote, 2, 0);
+    ssize_t n = process_vm_readv(rpal__prim_getpid(), local, 2, remote, 2, 0);
     if (n < 0)
         return -errno;
     return (size_t)n == len1 + len2 ? 0 : -EFAULT;
 }
 
-int prim_mem_write(void *dst, const void *src, size_t len)
+int rpal__prim_mem_write(void *dst, const void *src, size_t len)
 {
     return mem_copy(dst, src, len, 1);
 }
@@ -749,7 +749,7 @@ int prim_mem_write(void *dst, const void *src, size_t len)
 /* ---- protection keys ------------------------------------------------------ */
 
 #if defined(__x86_64__)
-int prim_pku_cpu(void)
+int rpal__prim_pku_cpu(void)
 {
     static _Atomic int cached = -1;
     int c = rpal_load_relaxed(&cached);
@@ -763,20 +763,20 @@ int prim_pku_cpu(void)
 }
 /* RDPKRU and WRPKRU by their encodings: assemblers before binutils 2.26
  * do not know the names. Both need ECX = 0 (and WRPKRU EDX = 0). */
-uint32_t prim_pkru_read(void)
+uint32_t rpal__prim_pkru_read(void)
 {
     uint32_t eax, edx;
     __asm__ volatile(".byte 0x0f, 0x01, 0xee" : "=a"(eax), "=d"(edx) : "c"(0));
     return eax;
 }
-void prim_pkru_write(uint32_t v)
+void rpal__prim_pkru_write(uint32_t v)
 {
     __asm__ volatile(".byte 0x0f, 0x01, 0xef" : : "a"(v), "c"(0), "d"(0) : "memory");
 }
 #else
-int prim_pku_cpu(void) { return 0; }
-uint32_t prim_pkru_read(void) { return 0; }
-void prim_pkru_write(uint32_t v) { (void)v; }
+int rpal__prim_pku_cpu(void) { return 0; }
+uint32_t rpal__prim_pkru_read(void) { return 0; }
+void rpal__prim_pkru_write(uint32_t v) { (void)v; }
 #endif
 
 /* ---- recovery points ------------------------------------------------------
@@ -873,13 +873,13 @@ static int guard_run(struct guard_frame *f, int (*fn)(void *), void *arg)
      * key but 0 closed) and siglongjmp does not restore them: without this,
      * a recovered fault would close the thread's open access windows
      * (rpal_peer_access_begin) behind rpal's back. */
-    int pku = prim_pku_cpu();
+    int pku = rpal__prim_pku_cpu();
     if (pku)
-        f->pkru = prim_pkru_read();
+        f->pkru = rpal__prim_pkru_read();
     int sig = sigsetjmp(f->jb, 0);
     if (sig) {
         if (pku)
-            prim_pkru_write(f->pkru);
+            rpal__prim_pkru_write(f->pkru);
         g_guard_top = f->up;
         return sig == SIGBUS ? -EIO : -EFAULT;
     }
@@ -967,7 +967,7 @@ const char *rpal_strerror(int err)
     }
 }
 
-const char *prim_fd_path(char *buf, int fd)
+const char *rpal__prim_fd_path(char *buf, int fd)
 {
     snprintf(buf, PRIM_FD_PATH, "/proc/self/fd/%d", fd);
     return buf;

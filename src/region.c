@@ -29,21 +29,21 @@
 
 /* struct region_hdr is in src/internal.h (the fuzz targets build them). */
 
-uint64_t region_hdr_check(const struct region_hdr *h)
+uint64_t rpal__region_hdr_check(const struct region_hdr *h)
 {
-    return prim_fnv1a(h, offsetof(struct region_hdr, check));
+    return rpal__prim_fnv1a(h, offsetof(struct region_hdr, check));
 }
 
 /* The header comes from a file anybody with write access may have changed:
  * validate every field before any of it is used (nothing read from another
  * process is trusted: a bad header is an error, never a crash). */
-int region_hdr_validate(const struct region_hdr *h, uint64_t file_size)
+int rpal__region_hdr_validate(const struct region_hdr *h, uint64_t file_size)
 {
     if (h->magic != REGION_MAGIC)
         return -EBADMSG;
     if (h->version != REGION_VERSION)
         return -EPROTO;
-    if (h->hdr_size != sizeof *h || h->check != region_hdr_check(h))
+    if (h->hdr_size != sizeof *h || h->check != rpal__region_hdr_check(h))
         return -EBADMSG;
     uint64_t g = h->granule, end = RPAL_WINDOW_BASE + RPAL_REGION_WINDOW_SIZE;
     if (g != RPAL_REGION_GRANULE)
@@ -73,7 +73,7 @@ const char *rpal_ns_dir(void)
     return d && *d ? d : RPAL_DEFAULT_DIR;
 }
 
-RPAL_HIDDEN int ns_name_validate(const char *name)
+RPAL_HIDDEN int rpal__ns_name_validate(const char *name)
 {
     if (!name || !*name)
         return -EINVAL;
@@ -103,7 +103,7 @@ RPAL_HIDDEN int ns_name_validate(const char *name)
 /* Open the namespace root as an O_PATH descriptor. With CREATE, a missing
  * root is made: the default one shared by all users like /tmp (1777), one
  * named by RPAL_DIR private to its creator (0700). */
-RPAL_HIDDEN int ns_open(int create)
+RPAL_HIDDEN int rpal__ns_open(int create)
 {
     const char *dir = rpal_ns_dir();
     int fd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
@@ -168,17 +168,17 @@ static int reg_lock(int nsfd, struct reg *r)
      * another user's file in a sticky directory is refused even when it
      * exists. A new registry gets the directory's group and other write
      * permission, so that everyone who may create regions may reserve. */
-    int fd = prim_open_beneath(nsfd, REG_FILE, O_RDWR, 0);
+    int fd = rpal__prim_open_beneath(nsfd, REG_FILE, O_RDWR, 0);
     if (fd == -ENOENT) {
         struct stat ns;
         unsigned m = 0600;
         if (fstat(nsfd, &ns) == 0)
             m |= ((ns.st_mode & 0020) ? 0060 : 0) | ((ns.st_mode & 0002) ? 0006 : 0);
-        fd = prim_open_beneath(nsfd, REG_FILE, O_RDWR | O_CREAT | O_EXCL, m);
+        fd = rpal__prim_open_beneath(nsfd, REG_FILE, O_RDWR | O_CREAT | O_EXCL, m);
         if (fd >= 0)
             fchmod(fd, m); /* the umask applied */
         else if (fd == -EEXIST)
-            fd = prim_open_beneath(nsfd, REG_FILE, O_RDWR, 0);
+            fd = rpal__prim_open_beneath(nsfd, REG_FILE, O_RDWR, 0);
     }
     if (fd < 0)
         return fd;
@@ -349,7 +349,7 @@ static int reg_reserve(int nsfd, const char *name, uint64_t size,
         e->base = start + g;
         e->len = len;
         e->pid = getpid();
-        e->pid_start = prim_self_start();
+        e->pid_start = rpal__prim_self_start();
         snprintf(e->name, sizeof e->name, "%s", name);
         e->state = REG_RESERVED;
         *base = e->base;
@@ -415,19 +415,19 @@ static void unmap_region(uint64_t base, uint64_t granule, uint64_t size)
 RPAL_HIDDEN void (*rpal__hook_create_reserved)(void);
 
 /* The header area read-only; the data PROT_NONE from FD, for the layout
- * (which lay_attach applies) to say what becomes accessible, or, for a huge
+ * (which rpal__lay_attach applies) to say what becomes accessible, or, for a huge
  * region (no layout), its data file DFD on hugetlbfs, mapped as WRITABLE says. */
 static int map_region(int fd, int dfd, const struct region_hdr *h, int writable)
 {
-    int err = prim_map_fixed(h->base - h->granule, REGION_HDR_MAP, PROT_READ,
+    int err = rpal__prim_map_fixed(h->base - h->granule, REGION_HDR_MAP, PROT_READ,
                              MAP_SHARED, fd, 0);
     if (err < 0)
         return err;
     if (dfd == fd) {
-        err = prim_map_fixed(h->base, h->size, PROT_NONE, MAP_SHARED | MAP_NORESERVE, fd,
+        err = rpal__prim_map_fixed(h->base, h->size, PROT_NONE, MAP_SHARED | MAP_NORESERVE, fd,
                              (off_t)h->granule);
     } else {
-        err = prim_map_fixed(h->base, h->size, PROT_READ | (writable ? PROT_WRITE : 0),
+        err = rpal__prim_map_fixed(h->base, h->size, PROT_READ | (writable ? PROT_WRITE : 0),
                              MAP_SHARED, dfd, 0);
         if (err == -ENOMEM)
             err = -ENOSPC; /* hugetlbfs could not reserve the huge pages */
@@ -474,7 +474,7 @@ static void split_name(const char *name, char *dir, const char **leaf)
 static int create_args(const char *name, size_t size, unsigned *mode,
                        unsigned flags, rpal_region **out)
 {
-    int err = ns_name_validate(name);
+    int err = rpal__ns_name_validate(name);
     if (err < 0)
         return err;
     if (!out || (*mode & ~0777u) ||
@@ -491,7 +491,7 @@ static int create_args(const char *name, size_t size, unsigned *mode,
         return -EFBIG;
     if (*mode == 0)
         *mode = 0600;
-    return huge ? huge_check_avail(size) : 0;
+    return huge ? rpal__huge_check_avail(size) : 0;
 }
 
 /* What a create has made so far, so that each step can fail and the end
@@ -521,8 +521,8 @@ static int create_dir(struct create *c)
 {
     if (strcmp(c->dir, ".")) {
         unsigned dmode = 0700 | (c->mode & 0044) | ((c->mode & 0044) >> 2);
-        int err = prim_mkdirs_beneath(c->nsfd, c->dir, dmode, &c->made);
-        if (err == 0 && (c->dfd = prim_open_beneath(c->nsfd, c->dir,
+        int err = rpal__prim_mkdirs_beneath(c->nsfd, c->dir, dmode, &c->made);
+        if (err == 0 && (c->dfd = rpal__prim_open_beneath(c->nsfd, c->dir,
                                                     O_PATH | O_DIRECTORY, 0)) < 0)
             err = c->dfd;
         if (err < 0) {
@@ -541,7 +541,7 @@ static int create_dir(struct create *c)
  * 1 once the address is reserved (from then on, failures give it back). */
 static int create_reserve(struct create *c)
 {
-    c->fd = prim_open_beneath(c->dfd, ".", O_TMPFILE | O_RDWR, c->mode);
+    c->fd = rpal__prim_open_beneath(c->dfd, ".", O_TMPFILE | O_RDWR, c->mode);
     if (c->fd < 0)
         return c->fd == -EISDIR ? -EOPNOTSUPP : c->fd; /* no O_TMPFILE there */
     if (!(c->r = calloc(1, sizeof *c->r)))
@@ -569,9 +569,9 @@ static void create_hdr(struct create *c)
     h->flags = c->flags & (RPAL_REGION_TRANSIENT | RPAL_REGION_HUGE);
     h->creator_pid = getpid();
     h->creator_uid = getuid();
-    h->creator_start = prim_self_start();
-    h->created_ns = prim_now_realtime_ns();
-    h->check = region_hdr_check(h);
+    h->creator_start = rpal__prim_self_start();
+    h->created_ns = rpal__prim_now_realtime_ns();
+    h->check = rpal__region_hdr_check(h);
 }
 
 /* The file's contents: a huge region's data file, the header (and the
@@ -582,7 +582,7 @@ static int create_fill(struct create *c)
     if (c->huge) {
         if (fstat(c->fd, &c->st) < 0)
             return -errno;
-        if ((c->datafd = huge_create(c->nsfd, c->st.st_ino, c->size, c->mode, &c->x)) < 0)
+        if ((c->datafd = rpal__huge_create(c->nsfd, c->st.st_ino, c->size, c->mode, &c->x)) < 0)
             return c->datafd;
     }
     create_hdr(c);
@@ -592,19 +592,19 @@ static int create_fill(struct create *c)
         return -errno;
     ssize_t w = pwrite(c->fd, &c->h, sizeof c->h, 0);
     if (w == (ssize_t)sizeof c->h && c->huge) {
-        huge_seal(&c->x, c->h.check);
+        rpal__huge_seal(&c->x, c->h.check);
         w = pwrite(c->fd, &c->x, sizeof c->x, HUGE_EXT_OFF) == (ssize_t)sizeof c->x ? w : -1;
     }
     if (w != (ssize_t)sizeof c->h)
         return w < 0 ? -errno : -EIO;
     if (c->huge)
         return 0;
-    if ((err = lay_init(c->fd, c->size, !!(c->flags & RPAL_REGION_EMPTY))) < 0)
+    if ((err = rpal__lay_init(c->fd, c->size, !!(c->flags & RPAL_REGION_EMPTY))) < 0)
         return err;
     /* The lock file is named after the inode, so it exists before the
      * region has a name and no attacher can come without it. */
     c->ino = (uint64_t)c->st.st_ino;
-    if ((c->lkfd = lay_lock_open(c->nsfd, c->name, c->ino, c->mode & 0666, 1)) < 0)
+    if ((c->lkfd = rpal__lay_lock_open(c->nsfd, c->name, c->ino, c->mode & 0666, 1)) < 0)
         return c->lkfd;
     return 0;
 }
@@ -617,7 +617,7 @@ static int create_publish(struct create *c)
     if (err < 0)
         return err;
     if (!c->huge)
-        err = lay_attach(c->fd, c->lkfd, h->base, h->size, h->granule, 0, &c->r->lay);
+        err = rpal__lay_attach(c->fd, c->lkfd, h->base, h->size, h->granule, 0, &c->r->lay);
     c->lkfd = -1; /* taken over */
     if (err != 0) {
         unmap_region(c->base, h->granule, c->size);
@@ -626,10 +626,10 @@ static int create_publish(struct create *c)
     char proc[PRIM_FD_PATH];
     /* linkat fails with EEXIST if the name exists: exclusive creation, also
      * against a racer that passed the check in create_dir at the same time. */
-    if (linkat(AT_FDCWD, prim_fd_path(proc, c->fd), c->dfd, c->leaf, AT_SYMLINK_FOLLOW) < 0 ||
+    if (linkat(AT_FDCWD, rpal__prim_fd_path(proc, c->fd), c->dfd, c->leaf, AT_SYMLINK_FOLLOW) < 0 ||
         fstat(c->fd, &c->st) < 0) {
         err = -errno;
-        lay_detach(c->r->lay);
+        rpal__lay_detach(c->r->lay);
         unmap_region(c->base, h->granule, c->size);
         return err;
     }
@@ -643,9 +643,9 @@ static void create_undo(struct create *c)
 {
     reg_settle(c->nsfd, c->slot, c->base, 0);
     if (c->ino)
-        lay_lock_unlink(c->dfd, c->leaf, c->ino);
+        rpal__lay_lock_unlink(c->dfd, c->leaf, c->ino);
     if (c->datafd >= 0)
-        huge_remove(&c->x);
+        rpal__huge_remove(&c->x);
 }
 
 /* Descriptors closed; on failure, the parent directories we made removed. */
@@ -656,7 +656,7 @@ static void create_end(struct create *c, int err)
     if (c->datafd >= 0)
         close(c->datafd);
     if (err < 0 && c->made != SIZE_MAX)
-        prim_rmdirs_beneath(c->nsfd, c->dir, c->made);
+        rpal__prim_rmdirs_beneath(c->nsfd, c->dir, c->made);
     if (c->fd >= 0)
         close(c->fd);
     if (c->dfd != c->nsfd)
@@ -674,7 +674,7 @@ int rpal_region_create(const char *name, size_t size, unsigned mode,
     struct create c = {.name = name, .size = size, .mode = mode, .flags = flags,
                        .huge = !!(flags & RPAL_REGION_HUGE), .fd = -1, .lkfd = -1,
                        .datafd = -1, .made = SIZE_MAX};
-    if ((c.nsfd = ns_open(1)) < 0)
+    if ((c.nsfd = rpal__ns_open(1)) < 0)
         return c.nsfd;
     c.dfd = c.nsfd;
     split_name(name, c.dir, &c.leaf);
@@ -700,7 +700,7 @@ static int region_open(int nsfd, const char *name, int oflags,
                        struct region_hdr *h, struct stat *st)
 {
     /* O_NONBLOCK: a FIFO planted under a region's name must not hang us. */
-    int fd = prim_open_beneath(nsfd, name, oflags | O_NONBLOCK, 0);
+    int fd = rpal__prim_open_beneath(nsfd, name, oflags | O_NONBLOCK, 0);
     if (fd < 0)
         return fd;
     int err = 0;
@@ -713,7 +713,7 @@ static int region_open(int nsfd, const char *name, int oflags,
     else if (pread(fd, h, sizeof *h, 0) != (ssize_t)sizeof *h)
         err = -EBADMSG;
     else
-        err = region_hdr_validate(h, (uint64_t)st->st_size);
+        err = rpal__region_hdr_validate(h, (uint64_t)st->st_size);
     if (err < 0) {
         close(fd);
         return err;
@@ -723,12 +723,12 @@ static int region_open(int nsfd, const char *name, int oflags,
 
 int rpal_region_attach(const char *name, unsigned flags, rpal_region **out)
 {
-    int err = ns_name_validate(name);
+    int err = rpal__ns_name_validate(name);
     if (err < 0)
         return err;
     if (!out || (flags & ~RPAL_REGION_RDONLY))
         return -EINVAL;
-    int nsfd = ns_open(0);
+    int nsfd = rpal__ns_open(0);
     if (nsfd < 0)
         return nsfd;
     int writable = !(flags & RPAL_REGION_RDONLY);
@@ -743,15 +743,15 @@ int rpal_region_attach(const char *name, unsigned flags, rpal_region **out)
     int lkfd = -1, datafd = fd, huge = !!(h.flags & RPAL_REGION_HUGE);
     if (huge) {
         struct huge_ext x;
-        datafd = huge_open(fd, h.check, h.size, st.st_uid, writable ? O_RDWR : O_RDONLY, &x);
+        datafd = rpal__huge_open(fd, h.check, h.size, st.st_uid, writable ? O_RDWR : O_RDONLY, &x);
     }
     err = datafd < 0 ? datafd : map_region(fd, datafd, &h, writable);
     if (err == 0 && (err = region_new(&h, &r)) == 0 && !huge &&
-        (lkfd = lay_lock_open(nsfd, name, (uint64_t)st.st_ino, st.st_mode & 0666,
+        (lkfd = rpal__lay_lock_open(nsfd, name, (uint64_t)st.st_ino, st.st_mode & 0666,
                               writable)) < 0)
         err = lkfd;
     if (err == 0 && !huge)
-        err = lay_attach(fd, lkfd, h.base, h.size, h.granule, !writable, &r->lay);
+        err = rpal__lay_attach(fd, lkfd, h.base, h.size, h.granule, !writable, &r->lay);
     /* The descriptors are closed at once: a read-only attacher keeps no
      * descriptor it could reopen read-write through /proc/self/fd (the
      * layout code keeps a PROT_NONE view of the file instead). */
@@ -773,7 +773,7 @@ int rpal_region_detach(rpal_region *r)
 {
     if (!r)
         return -EINVAL;
-    lay_detach(r->lay);
+    rpal__lay_detach(r->lay);
     unmap_region(r->base, r->granule, r->size);
     free(r);
     return 0;
@@ -791,10 +791,10 @@ size_t rpal_region_size(const rpal_region *r)
 
 int rpal_region_unlink(const char *name)
 {
-    int err = ns_name_validate(name);
+    int err = rpal__ns_name_validate(name);
     if (err < 0)
         return err;
-    int nsfd = ns_open(0);
+    int nsfd = rpal__ns_open(0);
     if (nsfd < 0)
         return nsfd;
     char dir[RPAL_NAME_MAX + 2];
@@ -803,7 +803,7 @@ int rpal_region_unlink(const char *name)
     struct stat st;
     /* O_PATH needs no read permission: removal is governed, as for any
      * file, by write permission on the directory. */
-    int fd = prim_open_beneath(nsfd, name, O_PATH, 0);
+    int fd = rpal__prim_open_beneath(nsfd, name, O_PATH, 0);
     if (fd >= 0 && fstat(fd, &st) < 0)
         st.st_mode = 0;
     if (fd >= 0)
@@ -822,7 +822,7 @@ int rpal_region_unlink(const char *name)
         int rfd = region_open(nsfd, name, O_RDONLY, &h, &st2);
         if (rfd >= 0) {
             have_x = (h.flags & RPAL_REGION_HUGE) && st2.st_ino == st.st_ino &&
-                     st2.st_dev == st.st_dev && huge_read(rfd, h.check, &x) == 0;
+                     st2.st_dev == st.st_dev && rpal__huge_read(rfd, h.check, &x) == 0;
             close(rfd);
         }
     }
@@ -830,7 +830,7 @@ int rpal_region_unlink(const char *name)
         close(nsfd);
         return S_ISDIR(st.st_mode) ? -EISDIR : -EBADMSG;
     }
-    int dfd = strcmp(dir, ".") ? prim_open_beneath(nsfd, dir, O_PATH | O_DIRECTORY, 0)
+    int dfd = strcmp(dir, ".") ? rpal__prim_open_beneath(nsfd, dir, O_PATH | O_DIRECTORY, 0)
                                : nsfd;
     if (dfd < 0) {
         close(nsfd);
@@ -838,13 +838,13 @@ int rpal_region_unlink(const char *name)
     }
     err = unlinkat(dfd, leaf, 0) < 0 ? -errno : 0;
     if (err == 0)
-        lay_lock_unlink(dfd, leaf, (uint64_t)st.st_ino);
+        rpal__lay_lock_unlink(dfd, leaf, (uint64_t)st.st_ino);
     if (dfd != nsfd)
         close(dfd);
     if (err == 0)
         reg_forget(nsfd, name, st.st_ino);
     if (err == 0 && have_x)
-        huge_remove(&x);
+        rpal__huge_remove(&x);
     close(nsfd);
     return err;
 }
@@ -884,11 +884,11 @@ static void info_fill(struct rpal_region_info *info, const char *name,
     info->gid = st->st_gid;
     info->creator_pid = h->creator_pid;
     info->creator_uid = h->creator_uid;
-    info->creator_alive = prim_proc_alive(h->creator_pid, h->creator_start);
+    info->creator_alive = rpal__prim_proc_alive(h->creator_pid, h->creator_start);
     info->created_ns = h->created_ns;
     struct attach_scan s = {st->st_dev, st->st_ino, 0, info->attached,
                             (int)(sizeof info->attached / sizeof info->attached[0]), 0};
-    prim_maps_scan(count_attached, &s);
+    rpal__prim_maps_scan(count_attached, &s);
     info->nattached = s.n;
 }
 
@@ -907,12 +907,12 @@ static int stat_at(int nsfd, const char *name, struct rpal_region_info *info)
 
 int rpal_region_stat(const char *name, struct rpal_region_info *info)
 {
-    int err = ns_name_validate(name);
+    int err = rpal__ns_name_validate(name);
     if (err < 0)
         return err;
     if (!info)
         return -EINVAL;
-    int nsfd = ns_open(0);
+    int nsfd = rpal__ns_open(0);
     if (nsfd < 0)
         return nsfd;
     err = stat_at(nsfd, name, info);
@@ -929,7 +929,7 @@ static int region_change(rpal_region *r, const struct lay_op *op,
         return -EINVAL;
     if (!r->lay)
         return -EOPNOTSUPP; /* a huge region: one object, no layout */
-    return lay_change(r->lay, op, chg);
+    return rpal__lay_change(r->lay, op, chg);
 }
 
 int rpal_region_map(rpal_region *r, uint64_t offset, uint64_t length, int prot,
@@ -958,12 +958,12 @@ int rpal_region_unmap(rpal_region *r, uint64_t offset, uint64_t length,
 int rpal_region_layout(const char *name, uint32_t *generation,
                        struct rpal_region_object *objs, unsigned max)
 {
-    int err = ns_name_validate(name);
+    int err = rpal__ns_name_validate(name);
     if (err < 0)
         return err;
     if (!objs && max)
         return -EINVAL;
-    int nsfd = ns_open(0);
+    int nsfd = rpal__ns_open(0);
     if (nsfd < 0)
         return nsfd;
     struct region_hdr h;
@@ -972,7 +972,7 @@ int rpal_region_layout(const char *name, uint32_t *generation,
     close(nsfd);
     if (fd < 0)
         return fd;
-    err = lay_read(fd, h.size, generation, objs, max);
+    err = rpal__lay_read(fd, h.size, generation, objs, max);
     close(fd);
     return err;
 }
@@ -997,7 +997,7 @@ static int collect(int nsfd, const char *prefix, char ***names, size_t *n,
 {
     if (depth > RPAL_NAME_MAX / 2)
         return 0;
-    int fd = prim_open_beneath(nsfd, prefix, O_RDONLY | O_DIRECTORY, 0);
+    int fd = rpal__prim_open_beneath(nsfd, prefix, O_RDONLY | O_DIRECTORY, 0);
     if (fd < 0)
         return fd == -EACCES ? 0 : fd; /* a directory we may not see */
     DIR *d = fdopendir(fd);
@@ -1015,7 +1015,7 @@ static int collect(int nsfd, const char *prefix, char ***names, size_t *n,
         int l = strcmp(prefix, ".")
                     ? snprintf(path, sizeof path, "%s/%s", prefix, de->d_name)
                     : snprintf(path, sizeof path, "%s", de->d_name);
-        if (l < 0 || (size_t)l >= sizeof path || (!lock && ns_name_validate(path) < 0))
+        if (l < 0 || (size_t)l >= sizeof path || (!lock && rpal__ns_name_validate(path) < 0))
             continue; /* not a name rpal could have made */
         unsigned char type = de->d_type;
         struct stat st;
@@ -1085,7 +1085,7 @@ static void walk_end(struct walk *w)
 
 static int walk_begin(struct walk *w)
 {
-    w->nsfd = ns_open(0);
+    w->nsfd = rpal__ns_open(0);
     if (w->nsfd < 0)
         return w->nsfd == -ENOENT ? 0 : w->nsfd;
     int err = list_names(w->nsfd, &w->names, &w->n);
@@ -1166,13 +1166,13 @@ static int lock_gc(int nsfd, struct reg *r, struct gc_use *u,
         if (!dot || !ino || *end)
             continue;
         *dot = 0;
-        if (ns_name_validate(name) < 0)
+        if (rpal__ns_name_validate(name) < 0)
             continue;
         int kept = ino_in_use(ino, u); /* its region, maybe renamed */
         for (unsigned k = 0; !kept && k < reg_used(r->f); k++) {
             const struct reg_entry *e = &r->f->e[k];
             kept = entry_valid(e) && e->state == REG_RESERVED && !strcmp(e->name, name) &&
-                   prim_proc_alive(e->pid, e->pid_start);
+                   rpal__prim_proc_alive(e->pid, e->pid_start);
         }
         if (kept)
             continue;
@@ -1180,7 +1180,7 @@ static int lock_gc(int nsfd, struct reg *r, struct gc_use *u,
          * that no symlink swapped in meanwhile is followed. */
         if (dl)
             name[dl - 1] = 0;
-        int dfd = dl ? prim_open_beneath(nsfd, name, O_RDONLY | O_DIRECTORY, 0) : nsfd;
+        int dfd = dl ? rpal__prim_open_beneath(nsfd, name, O_RDONLY | O_DIRECTORY, 0) : nsfd;
         if (dfd >= 0 && unlinkat(dfd, leaf, 0) == 0) {
             removed++;
             if (fn)
@@ -1230,11 +1230,11 @@ static int gc_entry_stale(int nsfd, struct reg_entry *e, char **names, size_t n,
     if (!entry_valid(e))
         return 1;
     if (e->state == REG_RESERVED)
-        return !prim_proc_alive(e->pid, e->pid_start);
+        return !rpal__prim_proc_alive(e->pid, e->pid_start);
     if (e->state != REG_LIVE)
         return 0;
     struct stat st;
-    int stale, fd = prim_open_beneath(nsfd, e->name, O_PATH, 0);
+    int stale, fd = rpal__prim_open_beneath(nsfd, e->name, O_PATH, 0);
     if (fd >= 0) {
         stale = fstat(fd, &st) == 0 && st.st_ino != e->ino;
         close(fd);
@@ -1272,7 +1272,7 @@ static int gc_reservations(int nsfd, struct reg *r, char **names, size_t n,
     return removed;
 }
 
-int region_gc(void (*fn)(const char *kind, const char *name, void *arg),
+int rpal__region_gc(void (*fn)(const char *kind, const char *name, void *arg),
               void *arg)
 {
     struct walk w;
@@ -1294,7 +1294,7 @@ int region_gc(void (*fn)(const char *kind, const char *name, void *arg),
         removed += lock_gc(w.nsfd, &r, &u, fn, arg);
         /* Data files of huge regions that lost their header (removed by
          * someone who could not read it, or by hand). */
-        removed += huge_gc(w.nsfd, ino_in_use, &u, fn, arg);
+        removed += rpal__huge_gc(w.nsfd, ino_in_use, &u, fn, arg);
         reg_unlock(&r);
     }
     free(inos);

@@ -79,7 +79,7 @@ static int key_equal(const uint8_t *a, const uint8_t *b)
 
 /* ---- plumbing ---- */
 
-int svc_path(const rpal_domain *d, const char *name, struct sockaddr_un *a)
+int rpal__svc_path(const rpal_domain *d, const char *name, struct sockaddr_un *a)
 {
     memset(a, 0, sizeof *a);
     a->sun_family = AF_UNIX;
@@ -90,7 +90,7 @@ int svc_path(const rpal_domain *d, const char *name, struct sockaddr_un *a)
     return n > 0 && (size_t)n < sizeof a->sun_path ? 0 : -ENAMETOOLONG;
 }
 
-int svc_send_with_fd(int sock, const void *msg, size_t len, int fd)
+int rpal__svc_send_with_fd(int sock, const void *msg, size_t len, int fd)
 {
     struct iovec iov = {(void *)msg, len};
     union {
@@ -111,7 +111,7 @@ int svc_send_with_fd(int sock, const void *msg, size_t len, int fd)
     return n == (ssize_t)len ? 0 : n < 0 ? -errno : -EIO;
 }
 
-int svc_cmsg_take(struct msghdr *mh, int *fds, int nfd, struct ucred *cr)
+int rpal__svc_cmsg_take(struct msghdr *mh, int *fds, int nfd, struct ucred *cr)
 {
     int nfds = 0;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(mh); c; c = CMSG_NXTHDR(mh, c)) {
@@ -137,7 +137,7 @@ int svc_cmsg_take(struct msghdr *mh, int *fds, int nfd, struct ucred *cr)
 
 /* Receive one message of exactly LEN bytes and at most one descriptor
  * (*FD = -1 if none). Anything else a peer sends is closed and refused. */
-int svc_recv_with_fd(int sock, void *msg, size_t len, int *fd)
+int rpal__svc_recv_with_fd(int sock, void *msg, size_t len, int *fd)
 {
     struct iovec iov = {msg, len};
     union {
@@ -150,7 +150,7 @@ int svc_recv_with_fd(int sock, void *msg, size_t len, int *fd)
     ssize_t n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
     if (n < 0)
         return -errno;
-    int nfds = svc_cmsg_take(&mh, fd, 1, NULL);
+    int nfds = rpal__svc_cmsg_take(&mh, fd, 1, NULL);
     if (n == 0)
         return -ECONNRESET;
     if ((size_t)n != len || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || nfds > 1) {
@@ -164,7 +164,7 @@ int svc_recv_with_fd(int sock, void *msg, size_t len, int *fd)
 
 /* ---- registration ---- */
 
-void svc_sock_file(char file[SVC_FILE_MAX], const char *name)
+void rpal__svc_sock_file(char file[SVC_FILE_MAX], const char *name)
 {
     snprintf(file, SVC_FILE_MAX, "svc.%s", name);
 }
@@ -185,7 +185,7 @@ static int bind_name(rpal_domain *d, int lfd, const struct sockaddr_un *a, const
         if (fstatat(d->dirfd, file, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISSOCK(st.st_mode))
             return -EEXIST;
         int c = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-        int live = c >= 0 && prim_connect_beneath(d->dirfd, file, c) != -ECONNREFUSED;
+        int live = c >= 0 && rpal__prim_connect_beneath(d->dirfd, file, c) != -ECONNREFUSED;
         if (c >= 0)
             close(c);
         err = -EEXIST;
@@ -202,7 +202,7 @@ static int bind_name(rpal_domain *d, int lfd, const struct sockaddr_un *a, const
 static int open_for_requests(rpal_domain *d, rpal_service *s, const char *file, unsigned mode)
 {
     char proc[PRIM_FD_PATH];
-    int pfd = prim_sock_open_beneath(d->dirfd, file, proc);
+    int pfd = rpal__prim_sock_open_beneath(d->dirfd, file, proc);
     int err = pfd < 0 ? pfd : chmod(proc, mode) < 0 || listen(s->lfd, 64) < 0 ? -errno : 0;
     if (pfd >= 0)
         close(pfd);
@@ -240,21 +240,21 @@ static rpal_service *service_new(rpal_domain *d, const char *name, rpal_policy_f
 int rpal_service_register(rpal_domain *d, const char *name, unsigned mode,
                           rpal_policy_fn policy, void *arg, rpal_service **out)
 {
-    int err = dom_check(d);
+    int err = rpal__dom_check(d);
     if (err < 0)
         return err;
-    if ((err = dom_component_validate(name)) < 0)
+    if ((err = rpal__dom_component_validate(name)) < 0)
         return err;
     if (!out || (mode & ~0777u))
         return -EINVAL;
     struct sockaddr_un a;
-    if ((err = svc_path(d, name, &a)) < 0)
+    if ((err = rpal__svc_path(d, name, &a)) < 0)
         return err;
     rpal_service *s = service_new(d, name, policy, arg, &err);
     if (!s)
         return err;
     char file[SVC_FILE_MAX];
-    svc_sock_file(file, name);
+    rpal__svc_sock_file(file, name);
 
     pthread_mutex_lock(&d->lock);
     int n = 0;
@@ -275,8 +275,8 @@ int rpal_service_register(rpal_domain *d, const char *name, unsigned mode,
     }
     s->next = d->services;
     d->services = s;
-    dom_layer_attach(d, DOM_LAYER_SERVICE, &service_layer);
-    dom_publish(d);
+    rpal__dom_layer_attach(d, DOM_LAYER_SERVICE, &service_layer);
+    rpal__dom_publish(d);
     pthread_mutex_unlock(&d->lock);
     *out = s;
     return 0;
@@ -295,7 +295,7 @@ int rpal_service_unregister(rpal_service *s)
     if (!s)
         return -EINVAL;
     rpal_domain *d = s->d;
-    int err = dom_check(d);
+    int err = rpal__dom_check(d);
     if (err < 0)
         return err;
     pthread_mutex_lock(&d->lock);
@@ -323,11 +323,11 @@ int rpal_service_unregister(rpal_service *s)
         }
     }
     char file[SVC_FILE_MAX];
-    svc_sock_file(file, s->name);
+    rpal__svc_sock_file(file, s->name);
     unlinkat(d->dirfd, file, 0);
     epoll_ctl(d->epfd, EPOLL_CTL_DEL, s->lfd, NULL);
     close(s->lfd);
-    dom_publish(d);
+    rpal__dom_publish(d);
     pthread_mutex_unlock(&d->lock);
     free(s);
     return 0;
@@ -402,10 +402,10 @@ static int closed_unanswered(int sock)
     return err;
 }
 
-int svc_exchange(rpal_domain *d, const char *file, const struct hs_req *req, int fd,
+int rpal__svc_exchange(rpal_domain *d, const char *file, const struct hs_req *req, int fd,
                  int timeout_ms, struct hs_rep *rep, int *rfd, int *sock)
 {
-    uint64_t deadline = prim_deadline(timeout_ms);
+    uint64_t deadline = rpal__prim_deadline(timeout_ms);
     *rfd = -1;
     /* Non-blocking: a full listen queue answers -EAGAIN at once instead
      * of blocking past the deadline. */
@@ -413,15 +413,15 @@ int svc_exchange(rpal_domain *d, const char *file, const struct hs_req *req, int
     if (*sock < 0)
         return -errno;
     /* Not connect() by name: it would follow a link planted there. */
-    int err = prim_connect_beneath(d->dirfd, file, *sock);
+    int err = rpal__prim_connect_beneath(d->dirfd, file, *sock);
     if (err == 0)
-        err = svc_send_with_fd(*sock, req, sizeof *req, fd);
+        err = rpal__svc_send_with_fd(*sock, req, sizeof *req, fd);
     if (err == -EPIPE) /* closed before we sent */
         err = -ECONNRESET;
     if (err == 0)
-        err = prim_poll_until(*sock, POLLIN, deadline);
+        err = rpal__prim_poll_until(*sock, POLLIN, deadline);
     if (err == 0)
-        err = svc_recv_with_fd(*sock, rep, sizeof *rep, rfd);
+        err = rpal__svc_recv_with_fd(*sock, rep, sizeof *rep, rfd);
     if (err == 0 && (rep->magic != HS_MAGIC || rep->version != HS_VERSION))
         err = -EPROTO; /* not an rpal service of our version */
     if (err < 0 && *rfd >= 0) {
@@ -443,10 +443,10 @@ static int accept_answer(rpal_domain *d, const char *name, const struct hs_rep *
     if (getsockopt(*sock, SOL_SOCKET, SO_PEERCRED, &cr, &cl) < 0)
         return -errno;
     pthread_mutex_lock(&d->lock);
-    int err = peer_claim_check(d, rep->slot, rep->slot_size, cr.pid, name);
+    int err = rpal__peer_claim_check(d, rep->slot, rep->slot_size, cr.pid, name);
     if (err == 0)
-        err = peer_fd_check(memfd, d->slot_size);
-    if (err == 0 && (err = peer_create(d, *sock, memfd, &cr, rep->slot, name, out)) == 0)
+        err = rpal__peer_fd_check(memfd, d->slot_size);
+    if (err == 0 && (err = rpal__peer_create(d, *sock, memfd, &cr, rep->slot, name, out)) == 0)
         *sock = -1;
     pthread_mutex_unlock(&d->lock);
     return err == -EBADMSG || err == -EINVAL || err == -EBUSY ? -EPROTO : err;
@@ -455,15 +455,15 @@ static int accept_answer(rpal_domain *d, const char *name, const struct hs_rep *
 int rpal_service_request(rpal_domain *d, const char *name, const rpal_key *key,
                          int timeout_ms, rpal_peer **out)
 {
-    int err = dom_check(d);
+    int err = rpal__dom_check(d);
     if (err < 0)
         return err;
-    if ((err = dom_component_validate(name)) < 0)
+    if ((err = rpal__dom_component_validate(name)) < 0)
         return err;
     if (!key || !out)
         return -EINVAL;
     char file[SVC_FILE_MAX];
-    svc_sock_file(file, name);
+    rpal__svc_sock_file(file, name);
     struct stat st;
     if (fstatat(d->dirfd, file, &st, AT_SYMLINK_NOFOLLOW) < 0)
         return errno == ENOENT ? -ENOENT : -errno;
@@ -477,7 +477,7 @@ int rpal_service_request(rpal_domain *d, const char *name, const rpal_key *key,
     memcpy(req.key, key->bytes, sizeof req.key);
     struct hs_rep rep;
     int memfd, sock;
-    err = svc_exchange(d, file, &req, d->memfd, timeout_ms, &rep, &memfd, &sock);
+    err = rpal__svc_exchange(d, file, &req, d->memfd, timeout_ms, &rep, &memfd, &sock);
     if (err == -ECONNRESET)
         err = closed_unanswered(sock);
     else if (err == 0 && rep.status != 0)
@@ -497,16 +497,16 @@ static int reply(int sock, const rpal_domain *d, int status, int memfd)
 {
     struct hs_rep rep = {.magic = HS_MAGIC, .version = HS_VERSION, .status = status,
                          .slot = d->slot, .slot_size = d->slot_size};
-    return svc_send_with_fd(sock, &rep, sizeof rep, status == 0 ? memfd : -1);
+    return rpal__svc_send_with_fd(sock, &rep, sizeof rep, status == 0 ? memfd : -1);
 }
 
-int svc_req_check(struct hs_req *req)
+int rpal__svc_req_check(struct hs_req *req)
 {
     req->service[sizeof req->service - 1] = 0; /* a string whatever the peer sent */
     return req->magic == HS_MAGIC && req->version == HS_VERSION ? 0 : -EPROTO;
 }
 
-int svc_req_admit(const struct hs_req *req, const char *name, const uint8_t *key)
+int rpal__svc_req_admit(const struct hs_req *req, const char *name, const uint8_t *key)
 {
     if (req->kind != HS_KIND_SHARE)
         return -EPROTO;
@@ -518,13 +518,13 @@ static int answer(rpal_domain *d, struct pending *x, struct rpal_event *ev)
     struct hs_req req;
     int memfd = -1, sock = x->fd;
     rpal_service *s = x->svc;
-    int err = svc_recv_with_fd(sock, &req, sizeof req, &memfd);
+    int err = rpal__svc_recv_with_fd(sock, &req, sizeof req, &memfd);
     if (err == -EAGAIN)
         return -EAGAIN; /* spurious wake-up: keep waiting */
     struct ucred cr;
     socklen_t cl = sizeof cr;
     if (err == 0)
-        err = svc_req_check(&req);
+        err = rpal__svc_req_check(&req);
     else
         req.service[sizeof req.service - 1] = 0;
     if (err == 0 && getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cr, &cl) < 0)
@@ -533,7 +533,7 @@ static int answer(rpal_domain *d, struct pending *x, struct rpal_event *ev)
         /* A channel from a peer this service already accepted. */
         if (memfd >= 0)
             close(memfd);
-        rpal_peer *p = peer_at_slot(d, req.slot);
+        rpal_peer *p = rpal__peer_at_slot(d, req.slot);
         uint64_t addr = 0;
         int fd = -1;
         if (!p || p->info.pid != cr.pid || strcmp(p->info.service, s->name) ||
@@ -545,17 +545,17 @@ static int answer(rpal_domain *d, struct pending *x, struct rpal_event *ev)
             err = s->chan_accept(s, p, sock, &req, &addr, &fd);
         struct hs_rep rep = {.magic = HS_MAGIC, .version = HS_VERSION, .status = err,
                              .slot = d->slot, .slot_size = d->slot_size, .addr = addr};
-        (void)svc_send_with_fd(sock, &rep, sizeof rep, err < 0 ? -1 : fd);
+        (void)rpal__svc_send_with_fd(sock, &rep, sizeof rep, err < 0 ? -1 : fd);
         if (err < 0)
             close(sock);
         return err < 0 ? err : -EINPROGRESS; /* no event for the app */
     }
     if (err == 0)
-        err = svc_req_admit(&req, s->name, s->key.bytes);
+        err = rpal__svc_req_admit(&req, s->name, s->key.bytes);
     if (err == 0)
-        err = peer_claim_check(d, req.slot, req.slot_size, cr.pid, NULL);
+        err = rpal__peer_claim_check(d, req.slot, req.slot_size, cr.pid, NULL);
     if (err == 0)
-        err = peer_fd_check(memfd, d->slot_size);
+        err = rpal__peer_fd_check(memfd, d->slot_size);
     if (err == 0 && s->policy) {
         struct rpal_peer_info info = {.pid = cr.pid, .uid = cr.uid, .gid = cr.gid,
                                       .slot = req.slot};
@@ -565,7 +565,7 @@ static int answer(rpal_domain *d, struct pending *x, struct rpal_event *ev)
     }
     rpal_peer *p = NULL;
     if (err == 0)
-        err = peer_create(d, sock, memfd, &cr, req.slot, s->name, &p);
+        err = rpal__peer_create(d, sock, memfd, &cr, req.slot, s->name, &p);
     if (memfd >= 0)
         close(memfd);
     if (err < 0) {
@@ -576,8 +576,8 @@ static int answer(rpal_domain *d, struct pending *x, struct rpal_event *ev)
     }
     if (reply(sock, d, 0, d->memfd) < 0) {
         /* The requester gave up (timed out) meanwhile: no sharing. */
-        peer_gone(d, p, -ECONNRESET);
-        d->peers = p->next; /* peer_create put it first */
+        rpal__peer_gone(d, p, -ECONNRESET);
+        d->peers = p->next; /* rpal__peer_create put it first */
         free(p);
         return -ECONNRESET;
     }

@@ -161,10 +161,10 @@ static void init_once(void)
     g.quota_low = quota_is_low();
     /* What a pause costs here (10 to 150 cycles, by CPU), so that a wait
      * that ends after a few spins is timed without reading the clock. */
-    uint64_t t = prim_now_ns();
+    uint64_t t = rpal__prim_now_ns();
     for (int i = 0; i < 2000; i++)
         cpu_relax();
-    uint64_t ps = (prim_now_ns() - t) * 1000 / 2000;
+    uint64_t ps = (rpal__prim_now_ns() - t) * 1000 / 2000;
     g.pause_ps = ps ? (ps < 1000000 ? (uint32_t)ps : 1000000) : 1;
     rpal_store_relaxed(&g.wake_ns, INIT_COST_NS / 2);
     rpal_store_relaxed(&g.sleep_ns, INIT_COST_NS / 2);
@@ -193,7 +193,7 @@ static void average(_Atomic uint32_t *avg, uint64_t sample)
     rpal_store_relaxed(avg, (uint32_t)(a + ((int64_t)sample - a) / 8));
 }
 
-void wt_learn_init(struct wt_learn *l)
+void rpal__wt_learn_init(struct wt_learn *l)
 {
     init();
     l->p16 = 1u << 15;               /* half the waits short, to begin with */
@@ -208,7 +208,7 @@ static uint64_t bmax_ns(uint32_t cap)
     return b < cap ? b : cap;
 }
 
-uint32_t wt_budget(const struct wt_learn *l, uint32_t cap)
+uint32_t rpal__wt_budget(const struct wt_learn *l, uint32_t cap)
 {
     if (g.fixed_ns != UINT32_MAX)
         return g.fixed_ns < cap ? g.fixed_ns : cap;
@@ -227,7 +227,7 @@ uint32_t wt_budget(const struct wt_learn *l, uint32_t cap)
     return 0;
 }
 
-void wt_learn_note(struct wt_learn *l, uint64_t w_ns, uint32_t cap)
+void rpal__wt_learn_note(struct wt_learn *l, uint64_t w_ns, uint32_t cap)
 {
     int shrt = w_ns <= bmax_ns(cap);
     int64_t p = l->p16;
@@ -254,7 +254,7 @@ static uint32_t follow(uint32_t peer_cpu)
         return 0;
     /* Not at once after letting go: a load that comes and goes would
      * otherwise move the thread back and forth at every change. */
-    if (tf.freed_ns && prim_now_ns() - tf.freed_ns < FOLLOW_AGAIN_NS)
+    if (tf.freed_ns && rpal__prim_now_ns() - tf.freed_ns < FOLLOW_AGAIN_NS)
         return 0;
     if (!tf.to && sched_getaffinity(0, sizeof tf.orig, &tf.orig) < 0)
         return 0;
@@ -281,16 +281,16 @@ static void wt_unfollow(void)
     if (sched_getaffinity(0, sizeof now, &now) == 0 && CPU_EQUAL(&now, &tf.mine))
         sched_setaffinity(0, sizeof tf.orig, &tf.orig);
     tf.to = 0;
-    tf.freed_ns = prim_now_ns();
+    tf.freed_ns = rpal__prim_now_ns();
 }
 
-int wt_bells(void)
+int rpal__wt_bells(void)
 {
     init();
     return g.bells;
 }
 
-uint32_t wt_my_cpu(void)
+uint32_t rpal__wt_my_cpu(void)
 {
     int c = sched_getcpu();
     return c < 0 ? 0 : (uint32_t)c + 1;
@@ -298,7 +298,7 @@ uint32_t wt_my_cpu(void)
 
 /* ---- one wait ---- */
 
-void wt_begin(struct wt_wait *w, struct wt_learn *l, struct wt_stats *st,
+void rpal__wt_begin(struct wt_wait *w, struct wt_learn *l, struct wt_stats *st,
               const struct rpal_chan_opts *o, uint32_t peer_cpu)
 {
     w->l = l;
@@ -309,7 +309,7 @@ void wt_begin(struct wt_wait *w, struct wt_learn *l, struct wt_stats *st,
     w->cap = o->spin_us ? o->spin_us * 1000u : UINT32_MAX;
     w->policy = (uint8_t)o->wait;
     w->peer_cpu = peer_cpu;
-    w->my_cpu = wt_my_cpu();
+    w->my_cpu = rpal__wt_my_cpu();
     w->same = o->same_cpu || (peer_cpu && peer_cpu == w->my_cpu);
     if (o->wait == RPAL_WAIT_POLL) {
         w->mode = o->same_cpu ? WT_YIELD : WT_SPIN;
@@ -321,7 +321,7 @@ void wt_begin(struct wt_wait *w, struct wt_learn *l, struct wt_stats *st,
         w->budget = 0;
         return;
     }
-    w->budget = wt_budget(l, w->cap);
+    w->budget = rpal__wt_budget(l, w->cap);
     /* Busy enough to spin: the two sides are better apart, each spinning
      * on its own CPU; let the scheduler spread us again. */
     if (w->budget && tf.to)
@@ -335,13 +335,13 @@ void wt_begin(struct wt_wait *w, struct wt_learn *l, struct wt_stats *st,
  * timed by its spins. */
 static uint64_t tick(struct wt_wait *w)
 {
-    w->now = prim_now_ns();
+    w->now = rpal__prim_now_ns();
     if (!w->t0)
         w->t0 = w->now - (uint64_t)w->spins * g.pause_ps / 1000;
     return w->now;
 }
 
-int wt_pause(struct wt_wait *w)
+int rpal__wt_pause(struct wt_wait *w)
 {
     if (w->mode == WT_SPIN) {
         cpu_relax();
@@ -378,7 +378,7 @@ int wt_pause(struct wt_wait *w)
     return WT_SLEEP;
 }
 
-uint32_t wt_sleep_begin(struct wt_wait *w, int may_follow, uint64_t *cpu0)
+uint32_t rpal__wt_sleep_begin(struct wt_wait *w, int may_follow, uint64_t *cpu0)
 {
     if (!w->now)
         tick(w);
@@ -393,7 +393,7 @@ uint32_t wt_sleep_begin(struct wt_wait *w, int may_follow, uint64_t *cpu0)
     return may_follow && !w->same ? follow(w->peer_cpu) : 0;
 }
 
-void wt_sleep_end(struct wt_wait *w, uint64_t cpu0)
+void rpal__wt_sleep_end(struct wt_wait *w, uint64_t cpu0)
 {
     if (cpu0) {
         struct timespec ts;
@@ -408,13 +408,13 @@ void wt_sleep_end(struct wt_wait *w, uint64_t cpu0)
         w->st->state = WT_RUN;
 }
 
-void wt_end(struct wt_wait *w, uint64_t stamp)
+void rpal__wt_end(struct wt_wait *w, uint64_t stamp)
 {
     uint64_t len;
     if (!w->t0 && !w->now) {
         len = (uint64_t)w->spins * g.pause_ps / 1000; /* a few spins: never read the clock */
     } else {
-        uint64_t now = prim_now_ns();
+        uint64_t now = rpal__prim_now_ns();
         len = now - w->t0;
         /* The other side's stamp of when it woke us (its word: clamped) is
          * when the wait really ended; the rest was the wake-up. */
@@ -435,30 +435,30 @@ void wt_end(struct wt_wait *w, uint64_t stamp)
         }
     }
     if (w->policy == RPAL_WAIT_ADAPTIVE)
-        wt_learn_note(w->l, len, w->cap);
+        rpal__wt_learn_note(w->l, len, w->cap);
 }
 
-void wt_end_empty(struct wt_wait *w)
+void rpal__wt_end_empty(struct wt_wait *w)
 {
     if (w->st) {
         w->st->waits++;
         w->st->yields += w->yields;
     }
     if (w->policy == RPAL_WAIT_ADAPTIVE)
-        wt_learn_note(w->l, UINT64_MAX, w->cap);
+        rpal__wt_learn_note(w->l, UINT64_MAX, w->cap);
 }
 
-void wt_note_wake(uint64_t ns)
+void rpal__wt_note_wake(uint64_t ns)
 {
     average(&g.wake_ns, ns);
 }
 
-int wt_stats_due(const struct wt_stats *st, uint64_t now)
+int rpal__wt_stats_due(const struct wt_stats *st, uint64_t now)
 {
     return (st->waits & 1023) == 0 || (now && now - st->flushed_ns >= FLUSH_NS);
 }
 
-void wt_stats_copy(const struct wt_stats *st, struct rpal_stats *out)
+void rpal__wt_stats_copy(const struct wt_stats *st, struct rpal_stats *out)
 {
     *out = (struct rpal_stats){st->msgs_out, st->bytes_out, st->msgs_in, st->bytes_in,
                                st->wakes, st->wakes_skipped, st->waits, st->sleeps,

@@ -2,7 +2,7 @@
  * threads allocate, resize and free blocks of random sizes over a 1 GiB
  * mapping, pass blocks to each other, and check a fill pattern before every
  * free (an overlap or a stray write by the allocator shows up as a wrong
- * byte); heap_check() runs at quiet points. Then every kind of bad free,
+ * byte); rpal__heap_check() runs at quiet points. Then every kind of bad free,
  * out-of-memory on a small heap and recovery, a destroyed heap still bound
  * to thread caches, and the public rpal_malloc() family with and without a
  * current heap. */
@@ -104,7 +104,7 @@ static void drop(struct block *b)
 {
     if (!all_bytes(b->p, b->size, b->fill))
         fail("pattern overwritten", b);
-    int err = heap_free(heap, b->p);
+    int err = rpal__heap_free(heap, b->p);
     if (err)
         fail("free of a live block failed", b);
     b->p = NULL;
@@ -120,8 +120,8 @@ static void one_op(struct block *slots, uint64_t *rs)
     if (r < 80 && !b->p) {
         size_t size = rnd_size(rs);
         int zero = rnd(rs) % 4 == 0;
-        unsigned char *p = zero ? heap_calloc(heap, 1, size)
-                                : heap_malloc(heap, size);
+        unsigned char *p = zero ? rpal__heap_calloc(heap, 1, size)
+                                : rpal__heap_malloc(heap, size);
         if (!p) {
             fprintf(stderr, "allocation of %zu failed\n", size);
             atomic_fetch_add(&failures, 1);
@@ -139,7 +139,7 @@ static void one_op(struct block *slots, uint64_t *rs)
         size_t size = rnd(rs) % 2 ? rnd_size(rs) : b->size + rnd(rs) % 64;
         if (!all_bytes(b->p, b->size, b->fill))
             fail("pattern overwritten before realloc", b);
-        unsigned char *p = heap_realloc(heap, b->p, size);
+        unsigned char *p = rpal__heap_realloc(heap, b->p, size);
         if (!p) {
             fail("realloc failed", b);
             return;
@@ -190,7 +190,7 @@ static void stress(void)
         REQUIRE(pthread_create(&th[i], NULL, worker, (void *)i) == 0);
     for (int round = 0; round <= ROUNDS; round++) {
         pthread_barrier_wait(&barrier);
-        CHECK_ERR(heap_check(heap), 0);
+        CHECK_ERR(rpal__heap_check(heap), 0);
         pthread_barrier_wait(&barrier);
     }
     for (int i = 0; i < NTHREADS; i++)
@@ -200,7 +200,7 @@ static void stress(void)
             drop(&mailbox[i]);
     CHECK(atomic_load(&failures) == 0);
     /* The workers' caches were flushed at their exit. */
-    CHECK_ERR(heap_check(heap), 0);
+    CHECK_ERR(rpal__heap_check(heap), 0);
     pthread_barrier_destroy(&barrier);
 }
 
@@ -209,9 +209,9 @@ static void stress(void)
 static void *cache_holder(void *arg)
 {
     void **pp = arg;
-    *pp = heap_malloc(heap, 200);
+    *pp = rpal__heap_malloc(heap, 200);
     REQUIRE(*pp);
-    CHECK_ERR(heap_free(heap, *pp), 0);
+    CHECK_ERR(rpal__heap_free(heap, *pp), 0);
     pthread_barrier_wait(&barrier);
     pthread_barrier_wait(&barrier);
     return NULL;
@@ -221,36 +221,36 @@ static void bad_frees(void)
 {
     char *base = (char *)big_base;
     int local;
-    CHECK_ERR(heap_free(heap, NULL), 0);
+    CHECK_ERR(rpal__heap_free(heap, NULL), 0);
     /* Outside the heap. */
-    CHECK_ERR(heap_free(heap, &local), -EINVAL);
-    CHECK_ERR(heap_free(heap, base - 16), -EINVAL);
-    CHECK_ERR(heap_free(heap, base + BIG_HEAP), -EINVAL);
+    CHECK_ERR(rpal__heap_free(heap, &local), -EINVAL);
+    CHECK_ERR(rpal__heap_free(heap, base - 16), -EINVAL);
+    CHECK_ERR(rpal__heap_free(heap, base + BIG_HEAP), -EINVAL);
     /* A span never handed out. */
-    CHECK_ERR(heap_free(heap, base + BIG_HEAP - 65536), -EINVAL);
+    CHECK_ERR(rpal__heap_free(heap, base + BIG_HEAP - 65536), -EINVAL);
     /* Interior and misaligned pointers into a small block. */
-    char *p = heap_malloc(heap, 100);
+    char *p = rpal__heap_malloc(heap, 100);
     REQUIRE(p);
-    CHECK_ERR(heap_free(heap, p + 16), -EINVAL);
-    CHECK_ERR(heap_free(heap, p + 1), -EINVAL);
+    CHECK_ERR(rpal__heap_free(heap, p + 16), -EINVAL);
+    CHECK_ERR(rpal__heap_free(heap, p + 1), -EINVAL);
     /* The unused tail of a run of 448-byte blocks (146 fit in 64 KiB). */
-    char *q = heap_malloc(heap, 448);
+    char *q = rpal__heap_malloc(heap, 448);
     REQUIRE(q);
     char *span = base + ((q - base) & ~(uintptr_t)65535);
-    CHECK_ERR(heap_free(heap, span + 146 * 448), -EINVAL);
-    CHECK_ERR(heap_free(heap, q), 0);
+    CHECK_ERR(rpal__heap_free(heap, span + 146 * 448), -EINVAL);
+    CHECK_ERR(rpal__heap_free(heap, q), 0);
     /* Interior of a large block, and a large double free. */
-    char *l = heap_malloc(heap, 200 << 10);
+    char *l = rpal__heap_malloc(heap, 200 << 10);
     REQUIRE(l);
-    CHECK_ERR(heap_free(heap, l + 16), -EINVAL);
-    CHECK_ERR(heap_free(heap, l + 65536), -EINVAL);
-    CHECK_ERR(heap_free(heap, l), 0);
-    CHECK_ERR(heap_free(heap, l), -EINVAL);
-    CHECK_ERR(heap_free(heap, l + 65536), -EINVAL);
+    CHECK_ERR(rpal__heap_free(heap, l + 16), -EINVAL);
+    CHECK_ERR(rpal__heap_free(heap, l + 65536), -EINVAL);
+    CHECK_ERR(rpal__heap_free(heap, l), 0);
+    CHECK_ERR(rpal__heap_free(heap, l), -EINVAL);
+    CHECK_ERR(rpal__heap_free(heap, l + 65536), -EINVAL);
     /* A small double free: the block now sits in this thread's cache. */
-    CHECK_ERR(heap_free(heap, p), 0);
-    CHECK_ERR(heap_free(heap, p), -EINVAL);
-    CHECK(heap_realloc(heap, p, 10) == NULL);
+    CHECK_ERR(rpal__heap_free(heap, p), 0);
+    CHECK_ERR(rpal__heap_free(heap, p), -EINVAL);
+    CHECK(rpal__heap_realloc(heap, p, 10) == NULL);
     /* A block in another thread's cache, then in the central pool after that
      * thread exits. */
     void *other = NULL;
@@ -258,67 +258,67 @@ static void bad_frees(void)
     REQUIRE(pthread_barrier_init(&barrier, NULL, 2) == 0);
     REQUIRE(pthread_create(&th, NULL, cache_holder, &other) == 0);
     pthread_barrier_wait(&barrier);
-    CHECK_ERR(heap_free(heap, other), -EINVAL);
-    CHECK_ERR(heap_check(heap), 0);
+    CHECK_ERR(rpal__heap_free(heap, other), -EINVAL);
+    CHECK_ERR(rpal__heap_check(heap), 0);
     pthread_barrier_wait(&barrier);
     pthread_join(th, NULL);
     pthread_barrier_destroy(&barrier);
-    CHECK_ERR(heap_free(heap, other), -EINVAL);
+    CHECK_ERR(rpal__heap_free(heap, other), -EINVAL);
     /* Many double frees of cached blocks in a row. */
     void *v[100];
     for (int i = 0; i < 100; i++)
-        REQUIRE((v[i] = heap_malloc(heap, 32)) != NULL);
+        REQUIRE((v[i] = rpal__heap_malloc(heap, 32)) != NULL);
     for (int i = 0; i < 100; i++)
-        CHECK_ERR(heap_free(heap, v[i]), 0);
+        CHECK_ERR(rpal__heap_free(heap, v[i]), 0);
     for (int i = 0; i < 100; i++)
-        CHECK_ERR(heap_free(heap, v[i]), -EINVAL);
-    CHECK_ERR(heap_check(heap), 0);
+        CHECK_ERR(rpal__heap_free(heap, v[i]), -EINVAL);
+    CHECK_ERR(rpal__heap_check(heap), 0);
 }
 
 static void semantics(void)
 {
     /* malloc(0): unique, freeable. */
-    void *a = heap_malloc(heap, 0), *b = heap_malloc(heap, 0);
+    void *a = rpal__heap_malloc(heap, 0), *b = rpal__heap_malloc(heap, 0);
     CHECK(a && b && a != b);
-    CHECK_ERR(heap_free(heap, a), 0);
-    CHECK_ERR(heap_free(heap, b), 0);
+    CHECK_ERR(rpal__heap_free(heap, a), 0);
+    CHECK_ERR(rpal__heap_free(heap, b), 0);
     /* calloc overflow and requests beyond the heap. */
-    CHECK(heap_calloc(heap, SIZE_MAX / 2, 3) == NULL);
-    CHECK(heap_calloc(heap, (size_t)1 << 33, (size_t)1 << 33) == NULL);
-    CHECK(heap_malloc(heap, BIG_HEAP + 1) == NULL);
-    CHECK(heap_malloc(heap, SIZE_MAX) == NULL);
-    CHECK(heap_malloc(heap, SIZE_MAX - 65535) == NULL);
+    CHECK(rpal__heap_calloc(heap, SIZE_MAX / 2, 3) == NULL);
+    CHECK(rpal__heap_calloc(heap, (size_t)1 << 33, (size_t)1 << 33) == NULL);
+    CHECK(rpal__heap_malloc(heap, BIG_HEAP + 1) == NULL);
+    CHECK(rpal__heap_malloc(heap, SIZE_MAX) == NULL);
+    CHECK(rpal__heap_malloc(heap, SIZE_MAX - 65535) == NULL);
     /* realloc in place within a class. */
-    char *p = heap_malloc(heap, 100);
+    char *p = rpal__heap_malloc(heap, 100);
     REQUIRE(p);
-    CHECK(heap_realloc(heap, p, 110) == p);
-    CHECK(heap_realloc(heap, p, 60) == p);
-    char *r = heap_realloc(heap, p, 0);
+    CHECK(rpal__heap_realloc(heap, p, 110) == p);
+    CHECK(rpal__heap_realloc(heap, p, 60) == p);
+    char *r = rpal__heap_realloc(heap, p, 0);
     CHECK(r != NULL);
-    CHECK_ERR(heap_free(heap, r), 0);
-    CHECK(heap_realloc(heap, (char *)big_base + 8, 10) == NULL);
-    CHECK_ERR(heap_check(heap), 0);
+    CHECK_ERR(rpal__heap_free(heap, r), 0);
+    CHECK(rpal__heap_realloc(heap, (char *)big_base + 8, 10) == NULL);
+    CHECK_ERR(rpal__heap_check(heap), 0);
 }
 
 static void small_heap(void)
 {
     char *base = map(SMALL_HEAP);
     struct heap *h;
-    REQUIRE(heap_create(base, SMALL_HEAP, &h) == 0);
+    REQUIRE(rpal__heap_create(base, SMALL_HEAP, &h) == 0);
     /* Growth in place into untouched space, then a shrink. */
-    char *p = heap_malloc(h, 128 << 10);
+    char *p = rpal__heap_malloc(h, 128 << 10);
     CHECK(p == base);
     memset(p, 0xaa, 128 << 10);
-    CHECK(heap_realloc(h, p, 256 << 10) == p);
-    CHECK(heap_realloc(h, p, 100 << 10) == p);
-    CHECK_ERR(heap_check(h), 0);
+    CHECK(rpal__heap_realloc(h, p, 256 << 10) == p);
+    CHECK(rpal__heap_realloc(h, p, 100 << 10) == p);
+    CHECK_ERR(rpal__heap_check(h), 0);
     /* A calloc reusing written memory is cleared. */
-    CHECK_ERR(heap_free(h, p), 0);
-    char *z = heap_calloc(h, 1, 128 << 10);
+    CHECK_ERR(rpal__heap_free(h, p), 0);
+    char *z = rpal__heap_calloc(h, 1, 128 << 10);
     CHECK(z == p);
     CHECK(z && all_bytes((unsigned char *)z, 128 << 10, 0));
-    CHECK_ERR(heap_free(h, z), 0);
-    CHECK(heap_malloc(h, SMALL_HEAP + 1) == NULL);
+    CHECK_ERR(rpal__heap_free(h, z), 0);
+    CHECK(rpal__heap_malloc(h, SMALL_HEAP + 1) == NULL);
 
     /* Fill the heap with a mix, see NULL, free everything, and find the
      * whole heap in one piece again. */
@@ -330,7 +330,7 @@ static void small_heap(void)
     while (n < MAXB && nulls < 50) {
         size_t size = rnd(&rs) % 3 ? 16 + rnd(&rs) % 2000
                                    : 40000 + rnd(&rs) % 100000;
-        void *x = heap_malloc(h, size);
+        void *x = rpal__heap_malloc(h, size);
         if (!x) {
             nulls++;
             continue;
@@ -341,39 +341,39 @@ static void small_heap(void)
     }
     CHECK(nulls == 50);
     CHECK(n > 100);
-    CHECK(heap_malloc(h, 1 << 20) == NULL);
-    CHECK_ERR(heap_check(h), 0);
+    CHECK(rpal__heap_malloc(h, 1 << 20) == NULL);
+    CHECK_ERR(rpal__heap_check(h), 0);
     for (int i = 0; i < n; i++)
-        CHECK_ERR(heap_free(h, v[i]), 0);
-    CHECK_ERR(heap_check(h), 0);
-    p = heap_malloc(h, SMALL_HEAP);
+        CHECK_ERR(rpal__heap_free(h, v[i]), 0);
+    CHECK_ERR(rpal__heap_check(h), 0);
+    p = rpal__heap_malloc(h, SMALL_HEAP);
     CHECK(p == base);
-    CHECK_ERR(heap_free(h, p), 0);
-    p = heap_malloc(h, 100);
+    CHECK_ERR(rpal__heap_free(h, p), 0);
+    p = rpal__heap_malloc(h, 100);
     CHECK(p != NULL);
-    CHECK_ERR(heap_check(h), 0);
-    CHECK_ERR(heap_free(h, p), 0);
+    CHECK_ERR(rpal__heap_check(h), 0);
+    CHECK_ERR(rpal__heap_free(h, p), 0);
 
     /* Runs reused by a class with fewer blocks: 16-byte blocks fill whole
      * runs, are freed, the runs go back (the 4 MiB request gathers them),
      * and 1 KiB blocks take the same spans. */
     n = 0;
-    while (n < MAXB && (v[n] = heap_malloc(h, 16)) != NULL)
+    while (n < MAXB && (v[n] = rpal__heap_malloc(h, 16)) != NULL)
         n++;
     CHECK(n == MAXB);
     for (int i = 0; i < n; i++)
-        CHECK_ERR(heap_free(h, v[i]), 0);
-    p = heap_malloc(h, SMALL_HEAP);
+        CHECK_ERR(rpal__heap_free(h, v[i]), 0);
+    p = rpal__heap_malloc(h, SMALL_HEAP);
     CHECK(p == base);
-    CHECK_ERR(heap_free(h, p), 0);
+    CHECK_ERR(rpal__heap_free(h, p), 0);
     for (n = 0; n < 500; n++)
-        CHECK((v[n] = heap_malloc(h, 1000)) != NULL);
-    CHECK_ERR(heap_check(h), 0);
+        CHECK((v[n] = rpal__heap_malloc(h, 1000)) != NULL);
+    CHECK_ERR(rpal__heap_check(h), 0);
     for (int i = 0; i < n; i++)
-        CHECK_ERR(heap_free(h, v[i]), 0);
-    CHECK_ERR(heap_check(h), 0);
+        CHECK_ERR(rpal__heap_free(h, v[i]), 0);
+    CHECK_ERR(rpal__heap_check(h), 0);
     free(v);
-    heap_destroy(h);
+    rpal__heap_destroy(h);
     munmap(base, SMALL_HEAP);
 }
 
@@ -385,7 +385,7 @@ static void churn(void)
     enum { LEN = 8 << 20, NB = 512 };
     char *base = map(LEN);
     struct heap *h;
-    REQUIRE(heap_create(base, LEN, &h) == 0);
+    REQUIRE(rpal__heap_create(base, LEN, &h) == 0);
     struct block *v = calloc(NB, sizeof *v);
     REQUIRE(v);
     uint64_t rs = 4242;
@@ -398,7 +398,7 @@ static void churn(void)
                     : phase == 1 ? 1 + rnd(&rs) % 4096
                     : 1 + rnd(&rs) % (300 << 10);
         if (!b->p) {
-            unsigned char *p = heap_malloc(h, size);
+            unsigned char *p = rpal__heap_malloc(h, size);
             if (!p) {
                 nulls++;
                 continue;
@@ -407,7 +407,7 @@ static void churn(void)
         } else if (rnd(&rs) % 4 == 0) {
             if (!all_bytes(b->p, b->size, b->fill))
                 fail("pattern overwritten before realloc", b);
-            unsigned char *p = heap_realloc(h, b->p, size);
+            unsigned char *p = rpal__heap_realloc(h, b->p, size);
             if (!p) {
                 nulls++;
                 continue;
@@ -420,26 +420,26 @@ static void churn(void)
         } else {
             if (!all_bytes(b->p, b->size, b->fill))
                 fail("pattern overwritten", b);
-            CHECK_ERR(heap_free(h, b->p), 0);
+            CHECK_ERR(rpal__heap_free(h, b->p), 0);
             b->p = NULL;
         }
-        if (op % 500 == 0 && heap_check(h) != 0) {
-            fprintf(stderr, "heap_check failed after op %d\n", op);
+        if (op % 500 == 0 && rpal__heap_check(h) != 0) {
+            fprintf(stderr, "rpal__heap_check failed after op %d\n", op);
             t_failures++;
             break;
         }
     }
     for (int i = 0; i < NB; i++)
         if (v[i].p)
-            CHECK_ERR(heap_free(h, v[i].p), 0);
+            CHECK_ERR(rpal__heap_free(h, v[i].p), 0);
     CHECK(nulls > 0); /* the large phase overfills 8 MiB */
     CHECK(atomic_load(&failures) == 0);
-    char *all = heap_malloc(h, LEN);
+    char *all = rpal__heap_malloc(h, LEN);
     CHECK(all == base);
-    CHECK_ERR(heap_free(h, all), 0);
-    CHECK_ERR(heap_check(h), 0);
+    CHECK_ERR(rpal__heap_free(h, all), 0);
+    CHECK_ERR(rpal__heap_check(h), 0);
     free(v);
-    heap_destroy(h);
+    rpal__heap_destroy(h);
     munmap(base, LEN);
 }
 
@@ -448,9 +448,9 @@ static void churn(void)
 static void *bound_thread(void *arg)
 {
     struct heap *h = arg;
-    void *x = heap_malloc(h, 64);
+    void *x = rpal__heap_malloc(h, 64);
     CHECK(x != NULL);
-    CHECK_ERR(heap_free(h, x), 0);
+    CHECK_ERR(rpal__heap_free(h, x), 0);
     pthread_barrier_wait(&barrier); /* cache bound to H, holding blocks */
     pthread_barrier_wait(&barrier); /* H is gone: exit runs our destructor */
     return NULL;
@@ -460,26 +460,26 @@ static void destroyed_heap(void)
 {
     char *base = map(SMALL_HEAP);
     struct heap *h;
-    REQUIRE(heap_create(base, SMALL_HEAP, &h) == 0);
+    REQUIRE(rpal__heap_create(base, SMALL_HEAP, &h) == 0);
     pthread_t th;
     REQUIRE(pthread_barrier_init(&barrier, NULL, 2) == 0);
     REQUIRE(pthread_create(&th, NULL, bound_thread, h) == 0);
     pthread_barrier_wait(&barrier);
-    void *x = heap_malloc(h, 64);
+    void *x = rpal__heap_malloc(h, 64);
     CHECK(x != NULL);
-    CHECK_ERR(heap_free(h, x), 0);
-    heap_destroy(h);
+    CHECK_ERR(rpal__heap_free(h, x), 0);
+    rpal__heap_destroy(h);
     pthread_barrier_wait(&barrier);
     pthread_join(th, NULL);
     pthread_barrier_destroy(&barrier);
 
-    REQUIRE(heap_create(base, SMALL_HEAP, &h) == 0);
-    void *y = heap_malloc(h, 64);
+    REQUIRE(rpal__heap_create(base, SMALL_HEAP, &h) == 0);
+    void *y = rpal__heap_malloc(h, 64);
     CHECK(y == base); /* nothing of the old heap's cache leaked in */
-    CHECK_ERR(heap_free(h, x), -EINVAL);
-    CHECK_ERR(heap_free(h, y), 0);
-    CHECK_ERR(heap_check(h), 0);
-    heap_destroy(h);
+    CHECK_ERR(rpal__heap_free(h, x), -EINVAL);
+    CHECK_ERR(rpal__heap_free(h, y), 0);
+    CHECK_ERR(rpal__heap_check(h), 0);
+    rpal__heap_destroy(h);
     munmap(base, SMALL_HEAP);
 }
 
@@ -494,7 +494,7 @@ static void *racer(void *arg)
     (void)arg;
     pthread_barrier_wait(&barrier);
     for (int i = 0; i < RACE_BLOCKS; i++) {
-        int err = heap_free(heap, race_blocks[i]);
+        int err = rpal__heap_free(heap, race_blocks[i]);
         if (err == 0)
             atomic_fetch_add(&race_ok, 1);
         else if (err == -EINVAL)
@@ -508,7 +508,7 @@ static void double_free_race(void)
     uint64_t rs = 777;
     for (int i = 0; i < RACE_BLOCKS; i++) {
         size_t size = i % 50 ? 16 + rnd(&rs) % 3000 : 40000 + rnd(&rs) % 100000;
-        REQUIRE((race_blocks[i] = heap_malloc(heap, size)) != NULL);
+        REQUIRE((race_blocks[i] = rpal__heap_malloc(heap, size)) != NULL);
     }
     pthread_t th[2];
     REQUIRE(pthread_barrier_init(&barrier, NULL, 2) == 0);
@@ -519,7 +519,7 @@ static void double_free_race(void)
     pthread_barrier_destroy(&barrier);
     CHECK(atomic_load(&race_ok) == RACE_BLOCKS);
     CHECK(atomic_load(&race_einval) == RACE_BLOCKS);
-    CHECK_ERR(heap_check(heap), 0);
+    CHECK_ERR(rpal__heap_check(heap), 0);
 }
 
 static long rss_kib(void)
@@ -549,24 +549,24 @@ static void slot_sized(void)
     }
     long before = rss_kib();
     struct heap *h;
-    REQUIRE(heap_create(m + (1 << 20), len - (1 << 20), &h) == 0);
+    REQUIRE(rpal__heap_create(m + (1 << 20), len - (1 << 20), &h) == 0);
     /* An eighth of the slot: 8 GiB (512 MiB in a ThreadSanitizer build,
      * whose default slot is 4 GiB). */
     size_t bigsize = (size_t)(len / 8);
-    char *big = heap_calloc(h, 1, bigsize);
+    char *big = rpal__heap_calloc(h, 1, bigsize);
     CHECK(big != NULL);
-    char *small = heap_malloc(h, 24);
+    char *small = rpal__heap_malloc(h, 24);
     CHECK(small != NULL);
     if (big)
         CHECK(big[0] == 0 && big[bigsize - 1] == 0);
-    CHECK(heap_malloc(h, len) == NULL);
-    CHECK_ERR(heap_check(h), 0);
+    CHECK(rpal__heap_malloc(h, len) == NULL);
+    CHECK_ERR(rpal__heap_check(h), 0);
     long grown = rss_kib() - before;
     CHECK(grown < 64 * 1024);
-    CHECK_ERR(heap_free(h, big), 0);
-    CHECK_ERR(heap_free(h, small), 0);
-    CHECK_ERR(heap_check(h), 0);
-    heap_destroy(h);
+    CHECK_ERR(rpal__heap_free(h, big), 0);
+    CHECK_ERR(rpal__heap_free(h, small), 0);
+    CHECK_ERR(rpal__heap_check(h), 0);
+    rpal__heap_destroy(h);
     munmap(m, len);
 }
 
@@ -575,39 +575,39 @@ static void slot_sized(void)
  * the parent's heap. */
 static void forked(void)
 {
-    heap_set_current(heap);
-    void *x = heap_malloc(heap, 64);
+    rpal__heap_set_current(heap);
+    void *x = rpal__heap_malloc(heap, 64);
     CHECK(x != NULL);
-    CHECK_ERR(heap_free(heap, x), 0); /* cached, bound to HEAP */
+    CHECK_ERR(rpal__heap_free(heap, x), 0); /* cached, bound to HEAP */
     pid_t pid = fork();
     REQUIRE(pid >= 0);
     if (pid == 0) {
         int bad = rpal_malloc(10) != NULL;
         char *m = map(SMALL_HEAP);
         struct heap *h;
-        bad |= heap_create(m, SMALL_HEAP, &h) != 0;
-        void *y = heap_malloc(h, 64);
+        bad |= rpal__heap_create(m, SMALL_HEAP, &h) != 0;
+        void *y = rpal__heap_malloc(h, 64);
         bad |= y != m;
-        bad |= heap_free(h, y) != 0;
-        bad |= heap_check(h) != 0;
-        heap_destroy(h);
+        bad |= rpal__heap_free(h, y) != 0;
+        bad |= rpal__heap_check(h) != 0;
+        rpal__heap_destroy(h);
         _exit(bad);
     }
     CHECK(t_wait(pid) == 0);
-    heap_set_current(NULL);
-    CHECK_ERR(heap_check(heap), 0);
+    rpal__heap_set_current(NULL);
+    CHECK_ERR(rpal__heap_check(heap), 0);
 }
 
 static void public_api(void)
 {
-    heap_set_current(NULL);
+    rpal__heap_set_current(NULL);
     int local;
     CHECK(rpal_malloc(10) == NULL);
     CHECK(rpal_calloc(1, 10) == NULL);
     CHECK(rpal_realloc(NULL, 10) == NULL);
     CHECK_ERR(rpal_free(&local), -EINVAL);
     CHECK_ERR(rpal_free(NULL), -EINVAL);
-    heap_set_current(heap);
+    rpal__heap_set_current(heap);
     char *p = rpal_malloc(10);
     CHECK(p && in_heap(p, 10, big_base, BIG_HEAP));
     char *z = rpal_calloc(10, 10);
@@ -618,20 +618,20 @@ static void public_api(void)
     CHECK_ERR(rpal_free(p), -EINVAL);
     CHECK_ERR(rpal_free(z), 0);
     CHECK_ERR(rpal_free(&local), -EINVAL);
-    heap_set_current(NULL);
+    rpal__heap_set_current(NULL);
     CHECK(rpal_malloc(10) == NULL);
 }
 
 int main(void)
 {
     t_init();
-    CHECK_ERR(heap_create(NULL, BIG_HEAP, &heap), -EINVAL);
+    CHECK_ERR(rpal__heap_create(NULL, BIG_HEAP, &heap), -EINVAL);
     char *base = map(BIG_HEAP);
-    CHECK_ERR(heap_create(base + 8, 1 << 20, &heap), -EINVAL);
-    CHECK_ERR(heap_create(base, 1000, &heap), -EINVAL);
-    REQUIRE(heap_create(base, BIG_HEAP, &heap) == 0);
+    CHECK_ERR(rpal__heap_create(base + 8, 1 << 20, &heap), -EINVAL);
+    CHECK_ERR(rpal__heap_create(base, 1000, &heap), -EINVAL);
+    REQUIRE(rpal__heap_create(base, BIG_HEAP, &heap) == 0);
     big_base = (uintptr_t)base;
-    CHECK_ERR(heap_check(heap), 0);
+    CHECK_ERR(rpal__heap_check(heap), 0);
 
     stress();
     bad_frees();
@@ -644,8 +644,8 @@ int main(void)
     forked();
     public_api();
 
-    CHECK_ERR(heap_check(heap), 0);
-    heap_destroy(heap);
+    CHECK_ERR(rpal__heap_check(heap), 0);
+    rpal__heap_destroy(heap);
     munmap(base, BIG_HEAP);
     printf("heap_stress: %d threads x %d ops\n", NTHREADS, ROUNDS * OPS_PER_ROUND);
     return t_done();

@@ -284,7 +284,7 @@ static void *h_dispatch_main(void *arg)
                 if (b[i] == 'R')
                     b[i] = 'r';
             if (rnd() % 2)
-                (void)svc_send_with_fd(p->sock, b, len, 1);
+                (void)rpal__svc_send_with_fd(p->sock, b, len, 1);
             else
                 (void)send(p->sock, b, len, MSG_DONTWAIT | MSG_NOSIGNAL);
         }
@@ -327,11 +327,11 @@ static void fake_hello(int fd)
     int p[2] = {-1, -1};
     switch (rnd() % 4) {
     case 0:
-        (void)svc_send_with_fd(fd, &h, sizeof h, hd->memfd);
+        (void)rpal__svc_send_with_fd(fd, &h, sizeof h, hd->memfd);
         break;
     case 1:
         if (pipe(p) == 0)
-            (void)svc_send_with_fd(fd, &h, sizeof h, p[0]);
+            (void)rpal__svc_send_with_fd(fd, &h, sizeof h, p[0]);
         break;
     case 2:
         (void)send(fd, &h, 1 + rnd() % sizeof h, MSG_NOSIGNAL); /* torn */
@@ -377,7 +377,7 @@ static void *h_compat_main(void *arg)
          * claim before it upgrades. */
         atomic_store(&h_upgrading, 1);
         pthread_mutex_lock(&hd->lock);
-        dom_publish(hd);
+        rpal__dom_publish(hd);
         pthread_mutex_unlock(&hd->lock);
         int mapped = rpal_uds_fdmap(hd, fd, 3000);
         usleep(20000); /* the victim checks our new ring after our answer */
@@ -642,7 +642,7 @@ static void scribble_claim(unsigned slot)
         return;
     case 2: /* the honest one back (the victim needs it to upgrade sockets) */
         pthread_mutex_lock(&hd->lock);
-        dom_publish(hd);
+        rpal__dom_publish(hd);
         pthread_mutex_unlock(&hd->lock);
         return;
     default:
@@ -651,7 +651,7 @@ static void scribble_claim(unsigned slot)
         r.version = 1;
         r.slot = slot;
         r.pid = getpid();
-        r.start = prim_self_start();
+        r.start = rpal__prim_self_start();
         r.nservices = (uint32_t)(rnd() % (MEMBER_MAX_SERVICES + 3));
         r.npeers = (uint32_t)(rnd() % (MEMBER_MAX_PEERS + 3));
         if (rnd() % 2)
@@ -690,7 +690,7 @@ static void flood(int startfd)
     (void)nbefore;
     atomic_store(&h_upgrading, 1);
     pthread_mutex_lock(&hd->lock);
-    dom_publish(hd);
+    rpal__dom_publish(hd);
     pthread_mutex_unlock(&hd->lock);
     int mapped = rpal_uds_fdmap(hd, fd, 3000);
     atomic_store(&h_upgrading, 0);

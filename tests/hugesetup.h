@@ -3,7 +3,7 @@
  * was afterwards, however the process ends.
  *
  * huge_setup(s, pages) makes sure that
- *   - a hugetlbfs with 2 MiB pages is there for rpal (prim_huge_dir()): if
+ *   - a hugetlbfs with 2 MiB pages is there for rpal (rpal__prim_huge_dir()): if
  *     none is, and we are root, one is mounted on a fresh directory in a
  *     private mount namespace (unshare(CLONE_NEWNS), / made MS_PRIVATE), so
  *     nothing is mounted for the rest of the machine, and RPAL_HUGE_DIR names
@@ -17,7 +17,7 @@
  * holds (forked children must call huge_setup_child(); exec closes it).
  *
  * Returns 0, or -1 with the reason in s->why (the caller skips with it).
- * Include after <rpal.h> and "internal.h" (needs prim_huge_dir/avail). */
+ * Include after <rpal.h> and "internal.h" (needs rpal__prim_huge_dir/avail). */
 #ifndef RPAL_HUGESETUP_H
 #define RPAL_HUGESETUP_H
 
@@ -190,7 +190,7 @@ static int huge_raise(struct huge_setup *s, uint64_t pages, uint64_t avail)
     huge_tell(s, 'N', v); /* before the change: the guardian can undo it */
     s->old_nr = old;
     int err = huge_nr_write(old + (long)(pages - avail));
-    if (err < 0 || prim_huge_avail(&avail) < 0 || avail < pages) {
+    if (err < 0 || rpal__prim_huge_avail(&avail) < 0 || avail < pages) {
         snprintf(s->why, sizeof s->why, "asked the kernel for %llu more 2 MiB "
                  "huge pages and got %llu free in all (%s)",
                  (unsigned long long)(pages), (unsigned long long)avail,
@@ -223,7 +223,7 @@ static int huge_mount(struct huge_setup *s)
         return -1;
     }
     setenv("RPAL_HUGE_DIR", s->mnt, 1);
-    if (prim_huge_dir(dir, sizeof dir) < 0) {
+    if (rpal__prim_huge_dir(dir, sizeof dir) < 0) {
         snprintf(s->why, sizeof s->why, "the hugetlbfs mounted on %s is not "
                  "usable", s->mnt);
         huge_teardown(s);
@@ -240,12 +240,12 @@ static int huge_setup(struct huge_setup *s, uint64_t pages)
     s->owner = getpid();
     char dir[HUGE_DIR_MAX];
     uint64_t avail;
-    if (prim_huge_avail(&avail) < 0) {
+    if (rpal__prim_huge_avail(&avail) < 0) {
         snprintf(s->why, sizeof s->why, "no 2 MiB huge pages in this kernel "
                  "(/sys/kernel/mm/hugepages/hugepages-2048kB)");
         return -1;
     }
-    int have_dir = prim_huge_dir(dir, sizeof dir) == 0;
+    int have_dir = rpal__prim_huge_dir(dir, sizeof dir) == 0;
     const char *env = getenv("RPAL_HUGE_DIR");
     if (!have_dir && env && *env) {
         snprintf(s->why, sizeof s->why, "RPAL_HUGE_DIR=%.200s is not a hugetlbfs "

@@ -402,7 +402,7 @@ static int huge_files_with_mode(const char *ns, int mode)
 {
     char dir[HUGE_DIR_MAX], prefix[96];
     struct stat st;
-    REQUIRE(prim_huge_dir(dir, sizeof dir) == 0);
+    REQUIRE(rpal__prim_huge_dir(dir, sizeof dir) == 0);
     REQUIRE(stat(ns, &st) == 0);
     snprintf(prefix, sizeof prefix, "rpal.%" PRIu64 ".%" PRIu64 ".", (uint64_t)st.st_dev,
              (uint64_t)st.st_ino);

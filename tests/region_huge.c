@@ -93,7 +93,7 @@ static int data_files(void)
 {
     char dir[HUGE_DIR_MAX], prefix[96];
     struct stat st;
-    REQUIRE(prim_huge_dir(dir, sizeof dir) == 0);
+    REQUIRE(rpal__prim_huge_dir(dir, sizeof dir) == 0);
     REQUIRE(stat(getenv("RPAL_DIR"), &st) == 0);
     snprintf(prefix, sizeof prefix, "rpal.%" PRIu64 ".%" PRIu64 ".", (uint64_t)st.st_dev,
              (uint64_t)st.st_ino);
@@ -172,7 +172,7 @@ int main(int argc, char **argv)
 
     /* Too few free huge pages: -ENOSPC, and nothing left. */
     uint64_t avail = 0;
-    REQUIRE(prim_huge_avail(&avail) == 0);
+    REQUIRE(rpal__prim_huge_avail(&avail) == 0);
     uint64_t toobig = (avail * RPAL_HUGE_PAGE / GIB + 1) * GIB;
     CHECK_ERR(rpal_region_create("toobig", toobig, 0600, RPAL_REGION_HUGE, &r), -ENOSPC);
     gone("toobig");
@@ -218,7 +218,7 @@ int main(int argc, char **argv)
     CHECK(base2 % GIB == 0 && base2 != base);
     CHECK(data_files() == 2);
     /* Without free huge pages for a third, it is refused. */
-    if (prim_huge_avail(&avail) == 0 && avail < GIB / RPAL_HUGE_PAGE) {
+    if (rpal__prim_huge_avail(&avail) == 0 && avail < GIB / RPAL_HUGE_PAGE) {
         CHECK_ERR(rpal_region_create("h/three", GIB, 0600, RPAL_REGION_HUGE, &r), -ENOSPC);
         gone("h/three");
         CHECK(data_files() == 2);

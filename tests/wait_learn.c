@@ -11,7 +11,7 @@
 static void feed(struct wt_learn *l, uint64_t ns, int n)
 {
     for (int i = 0; i < n; i++)
-        wt_learn_note(l, ns, UINT32_MAX);
+        rpal__wt_learn_note(l, ns, UINT32_MAX);
 }
 
 /* Run FN in a child with RPAL_SPIN_US=VALUE (read once per process). */
@@ -30,26 +30,26 @@ static void with_env(const char *value, void (*fn)(void))
 static void never_spins(void)
 {
     struct wt_learn l;
-    wt_learn_init(&l);
+    rpal__wt_learn_init(&l);
     feed(&l, 300, 200);
-    CHECK(wt_budget(&l, UINT32_MAX) == 0);
+    CHECK(rpal__wt_budget(&l, UINT32_MAX) == 0);
 }
 
 static void fixed_spins(void)
 {
     struct wt_learn l;
-    wt_learn_init(&l);
+    rpal__wt_learn_init(&l);
     feed(&l, 10000000, 200); /* long waits: fixed all the same */
-    CHECK(wt_budget(&l, UINT32_MAX) == 7000);
-    CHECK(wt_budget(&l, 3000) == 3000); /* the channel's own cap still holds */
+    CHECK(rpal__wt_budget(&l, UINT32_MAX) == 7000);
+    CHECK(rpal__wt_budget(&l, 3000) == 3000); /* the channel's own cap still holds */
 }
 
 static void capped(void)
 {
     struct wt_learn l;
-    wt_learn_init(&l);
+    rpal__wt_learn_init(&l);
     feed(&l, 300, 200);
-    uint32_t b = wt_budget(&l, UINT32_MAX);
+    uint32_t b = rpal__wt_budget(&l, UINT32_MAX);
     CHECK(b > 0 && b <= 2000);
 }
 
@@ -61,48 +61,48 @@ int main(void)
     with_env("2", capped);
 
     struct wt_learn l;
-    wt_learn_init(&l);
+    rpal__wt_learn_init(&l);
     for (int round = 0; round < 3; round++) {
         feed(&l, 400, 64); /* back to back: short waits */
-        uint32_t b = wt_budget(&l, UINT32_MAX);
+        uint32_t b = rpal__wt_budget(&l, UINT32_MAX);
         CHECK(b > 0);
         CHECK(b <= 100000); /* RPAL_SPIN_US's default bound */
-        CHECK(wt_budget(&l, 1500) <= 1500);
+        CHECK(rpal__wt_budget(&l, 1500) <= 1500);
         feed(&l, 2000000, 64); /* 2 ms between messages: sleep at once */
-        CHECK(wt_budget(&l, UINT32_MAX) == 0);
+        CHECK(rpal__wt_budget(&l, UINT32_MAX) == 0);
     }
     /* A mix: three short waits in four spin, one in four do not. */
     for (int i = 0; i < 400; i++)
-        wt_learn_note(&l, i % 4 ? 400 : 2000000, UINT32_MAX);
-    CHECK(wt_budget(&l, UINT32_MAX) > 0);
+        rpal__wt_learn_note(&l, i % 4 ? 400 : 2000000, UINT32_MAX);
+    CHECK(rpal__wt_budget(&l, UINT32_MAX) > 0);
     for (int i = 0; i < 400; i++)
-        wt_learn_note(&l, i % 4 ? 2000000 : 400, UINT32_MAX);
-    CHECK(wt_budget(&l, UINT32_MAX) == 0);
+        rpal__wt_learn_note(&l, i % 4 ? 2000000 : 400, UINT32_MAX);
+    CHECK(rpal__wt_budget(&l, UINT32_MAX) == 0);
 
     /* Placement: the way a wait begins. */
     feed(&l, 400, 200);
-    REQUIRE(wt_budget(&l, UINT32_MAX) > 0);
-    uint32_t me = wt_my_cpu();
+    REQUIRE(rpal__wt_budget(&l, UINT32_MAX) > 0);
+    uint32_t me = rpal__wt_my_cpu();
     REQUIRE(me > 0);
     struct rpal_chan_opts adaptive = {0}, poll = {.wait = RPAL_WAIT_POLL},
                           sleep = {.wait = RPAL_WAIT_SLEEP}, same = {.same_cpu = 1};
     struct wt_wait w;
-    wt_begin(&w, &l, NULL, &adaptive, me); /* the other side runs on our CPU */
+    rpal__wt_begin(&w, &l, NULL, &adaptive, me); /* the other side runs on our CPU */
     CHECK(w.mode == WT_YIELD);
-    wt_begin(&w, &l, NULL, &adaptive, me + 1); /* elsewhere */
+    rpal__wt_begin(&w, &l, NULL, &adaptive, me + 1); /* elsewhere */
     CHECK(w.mode == WT_SPIN);
-    wt_begin(&w, &l, NULL, &adaptive, 0); /* unknown: spin */
+    rpal__wt_begin(&w, &l, NULL, &adaptive, 0); /* unknown: spin */
     CHECK(w.mode == WT_SPIN);
-    wt_begin(&w, &l, NULL, &same, me + 1); /* the application says one CPU */
+    rpal__wt_begin(&w, &l, NULL, &same, me + 1); /* the application says one CPU */
     CHECK(w.mode == WT_YIELD);
-    wt_begin(&w, &l, NULL, &poll, me);
+    rpal__wt_begin(&w, &l, NULL, &poll, me);
     CHECK(w.mode == WT_SPIN && w.policy == RPAL_WAIT_POLL);
-    wt_begin(&w, &l, NULL, &sleep, me + 1);
+    rpal__wt_begin(&w, &l, NULL, &sleep, me + 1);
     CHECK(w.mode == WT_SLEEP);
     feed(&l, 2000000, 200);
-    wt_begin(&w, &l, NULL, &adaptive, me); /* long waits on our CPU: sleep */
+    rpal__wt_begin(&w, &l, NULL, &adaptive, me); /* long waits on our CPU: sleep */
     CHECK(w.mode == WT_SLEEP);
-    wt_begin(&w, &l, NULL, &adaptive, me + 1);
+    rpal__wt_begin(&w, &l, NULL, &adaptive, me + 1);
     CHECK(w.mode == WT_SLEEP);
 
     /* A yield that runs nobody (we are alone on this CPU) ends the yielding:
@@ -111,10 +111,10 @@ int main(void)
     if (t_two_cpus(&a, &b) == 0 || a >= 0) {
         REQUIRE(t_pin(a) == 0);
         feed(&l, 400, 200);
-        wt_begin(&w, &l, NULL, &adaptive, wt_my_cpu());
+        rpal__wt_begin(&w, &l, NULL, &adaptive, rpal__wt_my_cpu());
         REQUIRE(w.mode == WT_YIELD);
         int steps = 0;
-        while (wt_pause(&w) != WT_SLEEP && w.mode != WT_SLEEP && steps < 1000)
+        while (rpal__wt_pause(&w) != WT_SLEEP && w.mode != WT_SLEEP && steps < 1000)
             steps++;
         CHECK(w.mode == WT_SLEEP);
         CHECK(steps < 1000);

@@ -62,7 +62,9 @@ $long"
 # 3. What the static library defines for the world.
 lib="$B/librpal.a"
 if [ -f "$lib" ]; then
-  other=$(nm -g --defined-only "$lib" 2>/dev/null | awk 'NF == 3 && $3 !~ /^rpal_/ { print $3 }' | sort -u)
+  # (__odr_asan.NAME: AddressSanitizer's marker of our global NAME)
+  other=$(nm -g --defined-only "$lib" 2>/dev/null |
+    awk 'NF == 3 && $3 !~ /^rpal_/ && $3 !~ /^__odr_asan[.]rpal_/ { print $3 }' | sort -u)
   [ -z "$other" ] || bad "librpal.a defines globals outside rpal_*: $(echo $other)"
 else
   bad "no $lib"

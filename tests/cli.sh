@@ -284,8 +284,10 @@ for b in paper call load heap pagetables regionchange; do
   out_has "$b" "rpal --help names the benchmark $b"
 done
 # Each benchmark's --help: its usage on stdout, exit 0, nothing on stderr; a
-# bad option: exit 2 with the usage on stderr.
+# bad option: exit 2 with the usage on stderr. (The protection-key and arm64
+# machines build only some benchmarks: one that was not built is not asked.)
 for b in paper call load heap pagetables regionchange pkeys; do
+  [ -x "$(dirname "$R")/bench/$b" ] || continue
   run bench $b --help
   expect_rc 0 "rpal bench $b --help"
   out_has "usage:" "rpal bench $b --help"

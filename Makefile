@@ -160,7 +160,7 @@ test-pku:
 # qemu-aarch64-static (user mode), docs/portability.md.
 test-arm64:
 	$(MAKE) ARCH=arm64 all
-	sh tests/vm/arm64.sh
+	CC=$(ARM64_CC) sh tests/vm/arm64.sh
 
 # The examples under valgrind's memcheck, built into build-vg/.
 valgrind:

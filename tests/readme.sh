@@ -68,7 +68,8 @@ for blk in $(ls "$tmp"/block.* | sort -t. -k2 -n); do
       fi
       [ "$cflags" = skip ] && continue
       name=$(basename "$file" .c)
-      if ! cc -Wall -Wextra -Werror $cflags -I"$root/include" -o "$tmp/$name" "$blk" \
+      # ($CC: the arm64 run's cross compiler; a newcomer's is cc.)
+      if ! ${CC:-cc} -Wall -Wextra -Werror $cflags -I"$root/include" -o "$tmp/$name" "$blk" \
            "$B/librpal.a" 2>"$tmp/cc.err"; then
         fail "README's $file does not compile as a newcomer's cc would:"
         sed 's/^/    /' "$tmp/cc.err"

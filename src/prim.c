@@ -733,20 +733,19 @@ int rpal__prim_mem_read(void *dst, const void *src, size_t len)
 int rpal__prim_mem_read2(void *dst1, const void *src1, size_t len1, void *dst2, const void *src2,
                    size_t len2)
 {
-    if (rpal_load_relaxed(&g_no_vm_copy)) { /* as mem_copy: through a pipe */
-        int err = pipe_copy(dst1, src1, len1);
-        return err < 0 ? err : pipe_copy(dst2, src2, len2);
+    if (!rpal_load_relaxed(&g_no_vm_copy)) {
+        struct iovec local[2] = {{dst1, len1}, {dst2, len2}};
+        struct iovec remote[2] = {{(void *)src1, len1}, {(void *)src2, len2}};
+        ssize_t n = process_vm_readv(rpal__prim_getpid(), local, 2, remote, 2, 0);
+        if (n >= 0)
+            return (size_t)n == len1 + len2 ? 0 : -EFAULT;
+        if (errno != ENOSYS && errno != EPERM)
+            return -errno;
     }
-    struct iovec local[2] = {{dst1, len1}, {dst2, len2}};
-    struct iovec remote[2] = {{(void *)src1, len1}, {(void *)src2, len2}};
-    ssize_t n = process_vm_readv(rpal__prim_getpid(), local, 2, remote, 2, 0);
-    if (n < 0 && (errno == ENOSYS || errno == EPERM)) {
-        rpal_store_relaxed(&g_no_vm_copy, 1);
-        return rpal__prim_mem_read2(dst1, src1, len1, dst2, src2, len2);
-    }
-    if (n < 0)
-        return -errno;
-    return (size_t)n == len1 + len2 ? 0 : -EFAULT;
+    /* No process_vm_readv here (qemu-user): one range at a time, which
+     * mem_copy knows how to do without it. */
+    int err = mem_copy(dst1, src1, len1, 0);
+    return err < 0 ? err : mem_copy(dst2, src2, len2, 0);
 }
 
 int rpal__prim_mem_write(void *dst, const void *src, size_t len)

@@ -46,6 +46,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
          * checks the service's own the same way, with its name. */
         if (rpal__dom_member_validate(rec, req.slot) == 0) {
             (void)rpal__peer_rec_match(rec, PID, NULL);
+            (void)rpal__peer_rec_match_who(rec, 0, 12345, NULL);
             (void)rpal__peer_rec_match(rec, PID, service_name);
             (void)rpal__peer_rec_match(rec, PID, req.service);
         }

@@ -295,6 +295,11 @@ struct rpal_member_info {
     unsigned nservices, npeers;
     char services[8][65];  /* the services it offers */
     unsigned peers[256];   /* the slots of the members it shares with */
+    /* Its pid namespace (inode of /proc/PID/ns/pid; 0: unknown), and 1 if
+     * that is not the caller's: then PID is its pid in its own namespace,
+     * not one the caller can use (docs/containers.md). */
+    uint64_t pidns;
+    int other_pidns;
 };
 
 /* Call FN for every live member of every domain the caller may see, by

@@ -355,7 +355,9 @@ int rpal_chan_open(rpal_peer *peer, const struct rpal_chan_opts *opts,
     if ((err = chan_handshake(c, peer, d, timeout_ms, &rep, &fd)) < 0 ||
         (err = chan_take_reply(c, peer, &rep, fd)) < 0)
         goto fail;
-    c->pidfd = (int)syscall(SYS_pidfd_open, peer->info.pid, 0);
+    /* The connection's other end as the kernel knows it: its pid here may
+     * be 0 (another pid namespace). */
+    c->pidfd = rpal__prim_peer_pidfd(c->sock, peer->info.pid);
     if (c->pidfd < 0) {
         err = -ESRCH;
         goto fail;

@@ -539,15 +539,42 @@ static int hello_peek(int fd, uint64_t deadline)
     }
 }
 
+#ifndef SO_PASSPIDFD
+#define SO_PASSPIDFD 76 /* Linux 6.5; glibc 2.36's headers lack them */
+#endif
+#ifndef SCM_PIDFD
+#define SCM_PIDFD 0x04
+#endif
+
+/* The pidfd the kernel attaches to what we read while SO_PASSPIDFD is on
+ * (SCM_PIDFD): of the process whose credentials came with the bytes, so
+ * its own, whatever pid namespace it is in. Kept in *PIDFD if that is
+ * not NULL and still -1; every other one is closed. */
+static void cmsg_pidfd_take(struct msghdr *m, int *pidfd)
+{
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(m); c; c = CMSG_NXTHDR(m, c)) {
+        int x;
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_PIDFD ||
+            c->cmsg_len < CMSG_LEN(sizeof x))
+            continue;
+        memcpy(&x, CMSG_DATA(c), sizeof x);
+        if (pidfd && *pidfd < 0 && x >= 0)
+            *pidfd = x;
+        else if (x >= 0)
+            close(x);
+    }
+}
+
 /* Receive the other end's hello and the descriptors sent with it (FDS[0]
  * its slot's memfd, FDS[1] its bell, -1 if missing). Its first bytes are
  * only peeked at until they prove to be one, so that anything else is left
  * in the socket. */
-static int hello_recv(int fd, struct fm_hello *h, int fds[2], struct ucred *cr,
+static int hello_recv(int fd, struct fm_hello *h, int fds[2], struct ucred *cr, int *pidfd,
                       uint64_t deadline)
 {
     fds[0] = fds[1] = -1;
     cr->pid = 0;
+    *pidfd = -1;
     int err = hello_peek(fd, deadline);
     if (err < 0)
         return err;
@@ -556,7 +583,8 @@ static int hello_recv(int fd, struct fm_hello *h, int fds[2], struct ucred *cr,
     while (done < sizeof *h) {
         union {
             struct cmsghdr h;
-            char b[CMSG_SPACE(sizeof(int) * 4) + CMSG_SPACE(sizeof(struct ucred))];
+            char b[CMSG_SPACE(sizeof(int) * 4) + CMSG_SPACE(sizeof(struct ucred)) +
+                   CMSG_SPACE(sizeof(int))];
         } u;
         struct iovec iov = {p + done, sizeof *h - done};
         struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.b,
@@ -565,6 +593,7 @@ static int hello_recv(int fd, struct fm_hello *h, int fds[2], struct ucred *cr,
         if (r > 0) {
             /* The credentials travel with the first byte only. */
             rpal__svc_cmsg_take(&m, fds, 2, done == 0 ? cr : NULL);
+            cmsg_pidfd_take(&m, done == 0 ? pidfd : NULL);
             done += (size_t)r;
             continue;
         }
@@ -671,8 +700,9 @@ static int fdmap_candidate(rpal_domain *d, int fd, uint64_t deadline, struct ucr
      * it: then it may be us). Not a member of our domain: nothing is sent,
      * the socket stays as it was. A hello already waiting says the other
      * end speaks rpal whatever the records said a moment ago. */
-    if (cr->pid <= 0)
-        return 0;
+    uint64_t ino = rpal__prim_sock_peer_ino(fd); /* 0 before Linux 6.9 */
+    if (cr->pid <= 0 && !ino)
+        return 0; /* another pid namespace, and the kernel cannot say who */
     if (cr->pid == getpid()) {
         /* We made the socketpair: who is at the other end is unknown. Let
          * it speak first; silence until the deadline means it is not rpal
@@ -680,7 +710,8 @@ static int fdmap_candidate(rpal_domain *d, int fd, uint64_t deadline, struct ucr
         int err = hello_peek(fd, deadline);
         if (err < 0)
             return err == -ETIMEDOUT ? 0 : err;
-    } else if (rpal__dom_member_slot(d, cr->pid, pslot) < 0 && hello_peek(fd, 0) < 0) {
+    } else if (rpal__dom_member_find(d, cr->pid, ino, pslot, NULL) < 0 &&
+               hello_peek(fd, 0) < 0) {
         return 0;
     }
     return 1;
@@ -713,12 +744,26 @@ static struct conn *conn_new(rpal_domain *d, int fd)
     return c;
 }
 
+/* Turn SO_PASSPIDFD on FD on (ON 1) or off: returns what it was (1, 0),
+ * or -1 where the kernel has none (before 6.5: then pids identify, which
+ * holds within one pid namespace only). */
+static int pidfd_pass(int fd, int on)
+{
+    int was = 0;
+    socklen_t l = sizeof was;
+    if (on && getsockopt(fd, SOL_SOCKET, SO_PASSPIDFD, &was, &l) < 0)
+        return -1;
+    if (setsockopt(fd, SOL_SOCKET, SO_PASSPIDFD, &on, sizeof on) < 0)
+        return -1;
+    return was != 0;
+}
+
 /* Send our hello (with our slot's memfd and our bell) and read the other
  * end's into *THEIR, with its memfd in *MEMFD (-1: none) and the
  * credentials the kernel attached in *CR; keep its bell if we may write
  * it. */
 static int hello_exchange(struct conn *c, uint64_t deadline, struct fm_hello *their,
-                          int *memfd, struct ucred *cr)
+                          int *memfd, struct ucred *cr, int *pidfd)
 {
     rpal_domain *d = c->d;
     int fd = c->fd, fds[2] = {-1, -1}, err;
@@ -732,8 +777,12 @@ static int hello_exchange(struct conn *c, uint64_t deadline, struct fm_hello *th
     socklen_t l = sizeof passcred;
     getsockopt(fd, SOL_SOCKET, SO_PASSCRED, &passcred, &l);
     setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one);
+    int passpidfd = pidfd_pass(fd, 1);
+    *pidfd = -1;
     if ((err = hello_send(fd, &mine, d->memfd, c->bell, deadline)) == 0)
-        err = hello_recv(fd, their, fds, cr, deadline);
+        err = hello_recv(fd, their, fds, cr, pidfd, deadline);
+    if (passpidfd == 0)
+        pidfd_pass(fd, 0);
     *memfd = fds[0];
     /* Its bell, only if it is an eventfd of a process of our own user. A
      * write to an eventfd blocks when its count is full, and its O_NONBLOCK
@@ -748,21 +797,38 @@ static int hello_exchange(struct conn *c, uint64_t deadline, struct fm_hello *th
     return err;
 }
 
+/* Who sent the hello: the kernel's credentials CR and pidfd PIDFD (-1:
+ * none) name a live member of D other than us, at *PSLOT, which recorded
+ * the pid *RECPID in its own pid namespace (the hello says the same). */
+static int conn_who(rpal_domain *d, const struct ucred *cr, int pidfd, unsigned *pslot,
+                    pid_t *recpid)
+{
+    uint64_t ino = rpal__prim_pidfd_ino(pidfd);
+    if ((cr->pid <= 0 && !ino) || cr->pid == getpid() || (ino && ino == rpal__prim_self_ino()))
+        return -EPROTO;
+    return rpal__dom_member_find(d, cr->pid, ino, pslot, recpid) < 0 ? -EPROTO : 0;
+}
+
 /* Everything in the hello THEIR is the other process's word: check it
  * against what the kernel says (credentials CR, its claim, its slot's
  * MEMFD), then map its slot (c->peer, pinned: their ring is read on every
  * wait, from whichever thread) and take its ring. */
 static int conn_adopt(struct conn *c, const struct fm_hello *their, int memfd,
-                      const struct ucred *cr)
+                      const struct ucred *cr, int pidfd)
 {
     rpal_domain *d = c->d;
     unsigned pslot;
+    pid_t recpid;
     int err, created;
-    if (cr->pid <= 0 || cr->pid == getpid() || rpal__dom_member_slot(d, cr->pid, &pslot) < 0)
+    if ((err = conn_who(d, cr, pidfd, &pslot, &recpid)) < 0 || memfd < 0 ||
+        rpal__cx_hello_check(their, recpid, pslot, d->slot_size) < 0) {
+        if (pidfd >= 0)
+            close(pidfd);
         return -EPROTO;
-    if (memfd < 0 || rpal__cx_hello_check(their, cr->pid, pslot, d->slot_size) < 0)
-        return -EPROTO;
-    if ((err = rpal__peer_adopt(d, memfd, cr, pslot, their->slot_size, &c->peer, &created)) < 0) {
+    }
+    uint64_t ino = rpal__prim_pidfd_ino(pidfd);
+    if ((err = rpal__peer_adopt_who(d, memfd, cr, pidfd, ino, pslot, their->slot_size, &c->peer,
+                                    &created)) < 0) {
         c->peer = NULL;
         return err;
     }
@@ -805,9 +871,13 @@ int rpal_uds_fdmap(rpal_domain *d, int fd, int timeout_ms)
     if (!c)
         return -ENOMEM;
     struct fm_hello their;
-    int memfd = -1;
-    if ((err = hello_exchange(c, deadline, &their, &memfd, &cr)) < 0 ||
-        (err = conn_adopt(c, &their, memfd, &cr)) < 0)
+    int memfd = -1, pidfd = -1;
+    if ((err = hello_exchange(c, deadline, &their, &memfd, &cr, &pidfd)) < 0) {
+        if (pidfd >= 0)
+            close(pidfd);
+        goto fail;
+    }
+    if ((err = conn_adopt(c, &their, memfd, &cr, pidfd)) < 0) /* takes PIDFD */
         goto fail;
     close(memfd);
     memfd = -1;

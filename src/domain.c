@@ -196,11 +196,13 @@ void rpal__dom_publish(rpal_domain *d)
     if (!r)
         return;
     r->magic = MEMBER_MAGIC;
-    r->version = 1;
+    r->version = 2;
     r->slot = d->slot;
     r->pid = d->pid;
     r->uid = getuid();
     r->start = rpal__prim_self_start();
+    r->pidino = rpal__prim_self_ino();
+    r->pidns = rpal__prim_self_pidns();
     for (struct rpal_service *s = d->services; s && r->nservices < MEMBER_MAX_SERVICES; s = s->next)
         snprintf(r->services[r->nservices++], sizeof r->services[0], "%s", s->name);
     for (struct rpal_peer *p = d->peers; p && r->npeers < MEMBER_MAX_PEERS; p = p->next)
@@ -239,7 +241,7 @@ int rpal__dom_read_member(int dirfd, unsigned slot, struct member_rec *rec)
 int rpal__dom_member_validate(struct member_rec *rec, unsigned slot)
 {
     /* Written by another process: checked before use (nothing read from a peer is trusted). */
-    if (rec->magic != MEMBER_MAGIC || rec->version != 1 || rec->slot != slot ||
+    if (rec->magic != MEMBER_MAGIC || rec->version != 2 || rec->slot != slot ||
         rec->nservices > MEMBER_MAX_SERVICES || rec->npeers > MEMBER_MAX_PEERS)
         return -EBADMSG;
     /* The names and slots go on to `rpal ls`, a terminal and JSON: a record
@@ -429,15 +431,40 @@ int rpal_domain_join(const char *name, const struct rpal_domain_opts *opts,
 
 int rpal__dom_member_slot(rpal_domain *d, pid_t pid, unsigned *slot)
 {
+    return rpal__dom_member_find(d, pid, 0, slot, NULL);
+}
+
+int rpal__dom_rec_is(const struct member_rec *rec, pid_t pid, uint64_t ino)
+{
+    /* A pidfs inode is never reused while the machine runs and is the same
+     * in every namespace: where both are known, it alone decides. */
+    if (ino && rec->pidino)
+        return ino == rec->pidino;
+    /* Otherwise a pid (a kernel before 6.9), which means nothing outside the
+     * namespace it was recorded in: pid 7 there is not our pid 7. */
+    uint64_t ns = rpal__prim_self_pidns();
+    if (rec->pidns && ns && rec->pidns != ns)
+        return 0;
+    return pid > 0 && rec->pid == pid;
+}
+
+int rpal__dom_member_find(rpal_domain *d, pid_t pid, uint64_t ino, unsigned *slot,
+                          pid_t *recpid)
+{
     struct member_rec *rec = malloc(sizeof *rec);
     if (!rec)
         return -ENOMEM;
     int err = -ESRCH;
-    /* rpal__dom_read_member checks that the claim is held: a live member. */
+    /* rpal__dom_read_member checks that the claim is held: a live member.
+     * A match by pid is checked against the start time too (pids are
+     * reused); an inode is not reused, and needs no /proc. */
     for (unsigned s = 0; s < d->nslots && err == -ESRCH; s++)
-        if (s != d->slot && rpal__dom_read_member(d->dirfd, s, rec) == 0 && rec->pid == pid &&
-            rpal__prim_proc_alive(pid, rec->start)) {
+        if (s != d->slot && rpal__dom_read_member(d->dirfd, s, rec) == 0 &&
+            rpal__dom_rec_is(rec, pid, ino) &&
+            ((ino && rec->pidino) || rpal__prim_proc_alive(pid, rec->start))) {
             *slot = s;
+            if (recpid)
+                *recpid = rec->pid;
             err = 0;
         }
     free(rec);
@@ -719,6 +746,8 @@ static int foreach_domain(int dirfd, const char *name, const struct dom_meta *m,
         info->slot_size = m->slot_size;
         info->base = m->window + (uint64_t)s * m->slot_size;
         info->pid = rec->pid;
+        info->other_pidns = rec->pidns && rec->pidns != rpal__prim_self_pidns();
+        info->pidns = rec->pidns;
         info->uid = rec->uid;
         info->nservices = rec->nservices;
         for (unsigned i = 0; i < rec->nservices; i++)

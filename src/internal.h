@@ -212,6 +212,10 @@ struct member_rec {
     uint32_t nservices, npeers;
     char services[MEMBER_MAX_SERVICES][COMPONENT_MAX + 1];
     uint16_t peers[MEMBER_MAX_PEERS];
+    /* Version 2: who the member is across pid namespaces (PID is its pid
+     * in its own): its pidfs inode and its pid namespace's inode, 0 where
+     * the kernel cannot say (docs/containers.md). */
+    uint64_t pidino, pidns;
 };
 
 /* What an epoll event of the domain's set points at: the layer that added
@@ -411,6 +415,15 @@ RPAL_HIDDEN void rpal__dom_watch_retire(rpal_domain *d, struct watch *w);
 RPAL_HIDDEN void rpal__dom_layer_attach(rpal_domain *d, int which, const struct dom_layer *l);
 /* The slot of the live member PID of D's domain: 0 and *SLOT, or -ESRCH. */
 RPAL_HIDDEN int rpal__dom_member_slot(rpal_domain *d, pid_t pid, unsigned *slot);
+/* Does the claim record REC name the process that the kernel says is PID
+ * in our pid namespace (0: not visible here) with the pidfs inode INO (0:
+ * unknown)? By inode where both are known, which holds in every namespace;
+ * by pid only when REC was written in our pid namespace. */
+RPAL_HIDDEN int rpal__dom_rec_is(const struct member_rec *rec, pid_t pid, uint64_t ino);
+/* rpal__dom_member_slot by PID and INO: the slot of that live member, and
+ * the pid it recorded (in its own namespace) in *RECPID (may be NULL). */
+RPAL_HIDDEN int rpal__dom_member_find(rpal_domain *d, pid_t pid, uint64_t ino, unsigned *slot,
+                                      pid_t *recpid);
 
 /* ---- peers (src/peer.c) ---- */
 
@@ -430,6 +443,25 @@ RPAL_HIDDEN int rpal__peer_rec_match(const struct member_rec *rec, pid_t pid, co
  * none), not MEMFD. d->lock held. */
 RPAL_HIDDEN int rpal__peer_create(rpal_domain *d, int sock, int memfd, const struct ucred *cr,
                             unsigned slot, const char *service, rpal_peer **out);
+/* rpal__peer_claim_check and rpal__peer_rec_match for a peer that the
+ * kernel says is PID here (0: not visible) with the pidfs inode INO (0:
+ * unknown): see rpal__dom_rec_is. */
+RPAL_HIDDEN int rpal__peer_claim_check_who(rpal_domain *d, unsigned slot, uint64_t size,
+                                           pid_t pid, uint64_t ino, const char *service);
+RPAL_HIDDEN int rpal__peer_rec_match_who(const struct member_rec *rec, pid_t pid, uint64_t ino,
+                                         const char *service);
+/* Is P the process PID here / of pidfs inode INO (as rpal__dom_rec_is)? */
+RPAL_HIDDEN int rpal__peer_is(const rpal_peer *p, pid_t pid, uint64_t ino);
+/* rpal__peer_create with the peer's PIDFD (taken, even on failure; -1:
+ * asked of SOCK's other end, else opened by CR's pid). */
+RPAL_HIDDEN int rpal__peer_create_pidfd(rpal_domain *d, int sock, int memfd,
+                                        const struct ucred *cr, int pidfd, unsigned slot,
+                                        const char *service, rpal_peer **out);
+/* rpal__peer_adopt for a peer whose pidfd PIDFD (-1: none; taken) has the
+ * pidfs inode INO (0: unknown). */
+RPAL_HIDDEN int rpal__peer_adopt_who(rpal_domain *d, int memfd, const struct ucred *cr,
+                                     int pidfd, uint64_t ino, unsigned slot,
+                                     uint64_t slot_size, rpal_peer **out, int *created);
 /* The sharing with P ends (REASON 0: released by us, else why): unmapped,
  * no longer watched. d->lock held. */
 RPAL_HIDDEN void rpal__peer_gone(rpal_domain *d, rpal_peer *p, int reason);

@@ -116,6 +116,12 @@ rpal_peer *rpal__peer_at_slot(rpal_domain *d, unsigned slot)
 int rpal__peer_claim_check(rpal_domain *d, unsigned slot, uint64_t size,
                      pid_t pid, const char *service)
 {
+    return rpal__peer_claim_check_who(d, slot, size, pid, 0, service);
+}
+
+int rpal__peer_claim_check_who(rpal_domain *d, unsigned slot, uint64_t size,
+                               pid_t pid, uint64_t ino, const char *service)
+{
     if (slot >= d->nslots || slot == d->slot || size != d->slot_size)
         return -EINVAL;
     if (rpal__peer_at_slot(d, slot))
@@ -125,14 +131,20 @@ int rpal__peer_claim_check(rpal_domain *d, unsigned slot, uint64_t size,
         return -ENOMEM;
     int err = rpal__dom_read_member(d->dirfd, slot, rec);
     if (err == 0)
-        err = rpal__peer_rec_match(rec, pid, service);
+        err = rpal__peer_rec_match_who(rec, pid, ino, service);
     free(rec);
     return err;
 }
 
 int rpal__peer_rec_match(const struct member_rec *rec, pid_t pid, const char *service)
 {
-    if (rec->pid != pid)
+    return rpal__peer_rec_match_who(rec, pid, 0, service);
+}
+
+int rpal__peer_rec_match_who(const struct member_rec *rec, pid_t pid, uint64_t ino,
+                             const char *service)
+{
+    if (!rpal__dom_rec_is(rec, pid, ino))
         return -EACCES;
     if (!service)
         return 0;
@@ -158,16 +170,34 @@ static void unmap_peer(rpal_domain *d, rpal_peer *p)
     p->mapped = 0;
 }
 
+int rpal__peer_is(const rpal_peer *p, pid_t pid, uint64_t ino)
+{
+    /* The pidfd we watch it by names it in every namespace (pidfs). */
+    uint64_t mine = ino ? rpal__prim_pidfd_ino(p->pidfd) : 0;
+    if (mine)
+        return mine == ino;
+    return pid > 0 && p->info.pid == pid;
+}
+
 /* Map the peer at SLOT and start watching it. Takes SOCK; not MEMFD. */
 int rpal__peer_create(rpal_domain *d, int sock, int memfd, const struct ucred *cr,
                 unsigned slot, const char *service, rpal_peer **out)
 {
+    return rpal__peer_create_pidfd(d, sock, memfd, cr, -1, slot, service, out);
+}
+
+int rpal__peer_create_pidfd(rpal_domain *d, int sock, int memfd, const struct ucred *cr,
+                            int pidfd, unsigned slot, const char *service, rpal_peer **out)
+{
     rpal_peer *p = calloc(1, sizeof *p);
-    if (!p)
+    if (!p) {
+        if (pidfd >= 0)
+            close(pidfd);
         return -ENOMEM;
+    }
     p->d = d;
     p->sock = sock;
-    p->pidfd = -1;
+    p->pidfd = pidfd;
     p->pkey = -1;
     rpal_store_relaxed(&p->keyslot, -1);
     p->info.pid = cr->pid;
@@ -188,9 +218,12 @@ int rpal__peer_create(rpal_domain *d, int sock, int memfd, const struct ucred *c
     madvise(m, p->size, MADV_DONTFORK);
     if ((err = rpal__peer_guard(d, p)) < 0)
         goto fail;
-    p->pidfd = (int)syscall(SYS_pidfd_open, cr->pid, 0);
+    /* Not pidfd_open(pid): across pid namespaces the pid is another's or
+     * 0; the kernel's pidfd of the connection's other end is its own. */
+    if (p->pidfd < 0)
+        p->pidfd = rpal__prim_peer_pidfd(sock, cr->pid);
     if (p->pidfd < 0) {
-        err = -errno == -ESRCH ? -ECONNREFUSED : -errno;
+        err = p->pidfd == -ESRCH ? -ECONNREFUSED : p->pidfd;
         goto fail;
     }
     p->wsock = (struct watch){.obj = p, .handle = peer_watch};
@@ -253,26 +286,37 @@ void rpal__peer_gone(rpal_domain *d, rpal_peer *p, int reason)
 int rpal__peer_adopt(rpal_domain *d, int memfd, const struct ucred *cr,
                    unsigned slot, uint64_t slot_size, rpal_peer **out, int *created)
 {
+    return rpal__peer_adopt_who(d, memfd, cr, -1, 0, slot, slot_size, out, created);
+}
+
+int rpal__peer_adopt_who(rpal_domain *d, int memfd, const struct ucred *cr, int pidfd,
+                         uint64_t ino, unsigned slot, uint64_t slot_size, rpal_peer **out,
+                         int *created)
+{
     pthread_mutex_lock(&d->lock);
     int err = 0;
     rpal_peer *p = slot < d->nslots ? rpal__peer_at_slot(d, slot) : NULL;
     *created = 0;
     if (p) {
-        if (p->info.pid != cr->pid || slot_size != d->slot_size)
+        if (!rpal__peer_is(p, cr->pid, ino) || slot_size != d->slot_size)
             err = -EPROTO;
         else
             *out = p;
     } else {
-        err = rpal__peer_claim_check(d, slot, slot_size, cr->pid, NULL);
+        err = rpal__peer_claim_check_who(d, slot, slot_size, cr->pid, ino, NULL);
         if (err == 0)
             err = rpal__peer_fd_check(memfd, d->slot_size);
-        if (err == 0)
-            err = rpal__peer_create(d, -1, memfd, cr, slot, "", out);
+        if (err == 0) {
+            err = rpal__peer_create_pidfd(d, -1, memfd, cr, pidfd, slot, "", out);
+            pidfd = -1; /* taken */
+        }
         if (err == -EBADMSG || err == -EINVAL || err == -EBUSY)
             err = -EPROTO;
         *created = err == 0;
     }
     pthread_mutex_unlock(&d->lock);
+    if (pidfd >= 0)
+        close(pidfd);
     return err;
 }
 

@@ -156,6 +156,87 @@ uint64_t rpal__prim_self_start(void)
     return s;
 }
 
+/* ---- identity across pid namespaces ------------------------------------ */
+
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77 /* Linux 6.5; glibc 2.36's headers lack it */
+#endif
+
+uint64_t rpal__prim_pidfd_ino(int pidfd)
+{
+    struct statfs sf;
+    struct stat st;
+    if (pidfd < 0 || fstatfs(pidfd, &sf) < 0 || (uint32_t)sf.f_type != PRIM_PIDFS_MAGIC ||
+        fstat(pidfd, &st) < 0)
+        return 0;
+    return (uint64_t)st.st_ino;
+}
+
+int rpal__prim_sock_pidfd(int sock)
+{
+    int fd = -1;
+    socklen_t l = sizeof fd;
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERPIDFD, &fd, &l) < 0)
+        return -errno;
+    if (fd < 0)
+        return -ESRCH;
+    /* The kernel makes it O_CLOEXEC already; said again for older ones. */
+    fcntl(fd, F_SETFD, FD_CLOEXEC);
+    return fd;
+}
+
+uint64_t rpal__prim_sock_peer_ino(int sock)
+{
+    int fd = rpal__prim_sock_pidfd(sock);
+    uint64_t ino = rpal__prim_pidfd_ino(fd);
+    if (fd >= 0)
+        close(fd);
+    return ino;
+}
+
+int rpal__prim_peer_pidfd(int sock, pid_t pid)
+{
+    int fd = sock >= 0 ? rpal__prim_sock_pidfd(sock) : -ENOTSOCK;
+    if (fd >= 0)
+        return fd;
+    if (pid <= 0)
+        return -ESRCH; /* not visible from here, and the kernel cannot say */
+    fd = (int)syscall(SYS_pidfd_open, pid, 0);
+    return fd < 0 ? -errno : fd;
+}
+
+/* Both cached per pid, as rpal__prim_self_start (a forked child is another
+ * process; unshare(CLONE_NEWPID) changes only its children's namespace). */
+uint64_t rpal__prim_self_ino(void)
+{
+    static _Atomic pid_t cached_pid;
+    static _Atomic uint64_t cached;
+    pid_t me = rpal__prim_getpid();
+    if (rpal_load_acquire(&cached_pid) == me)
+        return rpal_load_relaxed(&cached);
+    int fd = (int)syscall(SYS_pidfd_open, me, 0);
+    uint64_t ino = rpal__prim_pidfd_ino(fd);
+    if (fd >= 0)
+        close(fd);
+    rpal_store_relaxed(&cached, ino);
+    rpal_store_release(&cached_pid, me); /* pairs with the acquire above */
+    return ino;
+}
+
+uint64_t rpal__prim_self_pidns(void)
+{
+    static _Atomic pid_t cached_pid;
+    static _Atomic uint64_t cached;
+    pid_t me = rpal__prim_getpid();
+    if (rpal_load_acquire(&cached_pid) == me)
+        return rpal_load_relaxed(&cached);
+    struct stat st;
+    uint64_t ino = stat("/proc/self/ns/pid", &st) == 0 ? (uint64_t)st.st_ino : 0;
+    rpal_store_relaxed(&cached, ino);
+    rpal_store_release(&cached_pid, me); /* pairs with the acquire above */
+    return ino;
+}
+
 /* ---- hugetlb ------------------------------------------------------------- */
 
 /* 0 if DIR is a directory on hugetlbfs whose pages are 2 MiB. */

@@ -392,9 +392,9 @@ static int closed_unanswered(int sock)
     socklen_t cl = sizeof cr;
     int err = -EACCES;
     if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cr, &cl) == 0) {
-        int pfd = (int)syscall(SYS_pidfd_open, cr.pid, 0);
+        int pfd = rpal__prim_peer_pidfd(sock, cr.pid); /* cr.pid may be 0: another pid ns */
         struct pollfd pp = {pfd, POLLIN, 0};
-        if (pfd < 0 ? errno == ESRCH : poll(&pp, 1, 100) == 1)
+        if (pfd < 0 ? pfd == -ESRCH : poll(&pp, 1, 100) == 1)
             err = -ECONNREFUSED;
         if (pfd >= 0)
             close(pfd);
@@ -443,7 +443,9 @@ static int accept_answer(rpal_domain *d, const char *name, const struct hs_rep *
     if (getsockopt(*sock, SOL_SOCKET, SO_PEERCRED, &cr, &cl) < 0)
         return -errno;
     pthread_mutex_lock(&d->lock);
-    int err = rpal__peer_claim_check(d, rep->slot, rep->slot_size, cr.pid, name);
+    /* By pid and pidfs inode: the pid is 0 or another's across pid namespaces. */
+    uint64_t ino = rpal__prim_sock_peer_ino(*sock);
+    int err = rpal__peer_claim_check_who(d, rep->slot, rep->slot_size, cr.pid, ino, name);
     if (err == 0)
         err = rpal__peer_fd_check(memfd, d->slot_size);
     if (err == 0 && (err = rpal__peer_create(d, *sock, memfd, &cr, rep->slot, name, out)) == 0)
@@ -529,6 +531,7 @@ static int answer(rpal_domain *d, struct pending *x, struct rpal_event *ev)
         req.service[sizeof req.service - 1] = 0;
     if (err == 0 && getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cr, &cl) < 0)
         err = -errno;
+    uint64_t ino = err == 0 ? rpal__prim_sock_peer_ino(sock) : 0; /* see accept_answer */
     if (err == 0 && req.kind == HS_KIND_CHAN) {
         /* A channel from a peer this service already accepted. */
         if (memfd >= 0)
@@ -536,7 +539,7 @@ static int answer(rpal_domain *d, struct pending *x, struct rpal_event *ev)
         rpal_peer *p = rpal__peer_at_slot(d, req.slot);
         uint64_t addr = 0;
         int fd = -1;
-        if (!p || p->info.pid != cr.pid || strcmp(p->info.service, s->name) ||
+        if (!p || !rpal__peer_is(p, cr.pid, ino) || strcmp(p->info.service, s->name) ||
             strcmp(req.service, s->name))
             err = -EACCES;
         else if (!s->chan_accept)
@@ -553,7 +556,7 @@ static int answer(rpal_domain *d, struct pending *x, struct rpal_event *ev)
     if (err == 0)
         err = rpal__svc_req_admit(&req, s->name, s->key.bytes);
     if (err == 0)
-        err = rpal__peer_claim_check(d, req.slot, req.slot_size, cr.pid, NULL);
+        err = rpal__peer_claim_check_who(d, req.slot, req.slot_size, cr.pid, ino, NULL);
     if (err == 0)
         err = rpal__peer_fd_check(memfd, d->slot_size);
     if (err == 0 && s->policy) {

@@ -112,7 +112,7 @@ static int dom_open_dir(const char *name, uint64_t want_size, int *dirfd,
         .slot_size = size, .window = DOM_WINDOW_BASE,
     };
     mine.check = rpal__dom_meta_check(&mine);
-    int mfd = rpal__prim_open_beneath(fd, "meta", O_RDONLY, 0);
+    int mfd = rpal__prim_open_beneath(fd, "meta", O_RDONLY, 0), werr = 0;
     if (mfd == -ENOENT) {
         int tfd = rpal__prim_open_beneath(fd, ".", O_TMPFILE | O_RDWR, 0644);
         if (tfd >= 0) {
@@ -121,13 +121,15 @@ static int dom_open_dir(const char *name, uint64_t want_size, int *dirfd,
             if (fchmod(tfd, 0644) == 0 &&
                 pwrite(tfd, &mine, sizeof mine, 0) == (ssize_t)sizeof mine)
                 (void)linkat(AT_FDCWD, proc, fd, "meta", AT_SYMLINK_FOLLOW);
+            else if (errno == ENOSPC || errno == EDQUOT)
+                werr = -ENOSPC; /* a full volume: say so, not "no meta" */
             close(tfd);
         }
         mfd = rpal__prim_open_beneath(fd, "meta", O_RDONLY, 0);
     }
     if (mfd < 0) {
         close(fd);
-        return mfd;
+        return mfd == -ENOENT && werr ? werr : mfd;
     }
     ssize_t n = pread(mfd, m, sizeof *m, 0);
     close(mfd);
@@ -149,6 +151,19 @@ static int dom_open_dir(const char *name, uint64_t want_size, int *dirfd,
 int rpal__dom_claim_locked(int fd)
 {
     return rpal__prim_ofd_test(fd, 0, 1, NULL, NULL) > 0;
+}
+
+/* The claim's record, and room for the first counters' records, taken from
+ * the volume now: on a full one (a small tmpfs, an emptyDir at its
+ * sizeLimit) the join fails with -ENOSPC instead of leaving a claim whose
+ * record could not be written, which no peer would recognise. */
+#define CLAIM_RESERVE_STATS 16
+static int claim_reserve(int fd)
+{
+    int err = rpal__prim_reserve(fd, 0, sizeof(struct member_rec));
+    if (err == 0)
+        err = rpal__prim_reserve(fd, STATS_OFF, CLAIM_RESERVE_STATS * sizeof(struct stats_rec));
+    return err;
 }
 
 static int dom_claim(rpal_domain *d)
@@ -180,6 +195,11 @@ static int dom_claim(rpal_domain *d)
         if (ftruncate(fd, 0) < 0) {
             close(fd);
             continue;
+        }
+        int err = claim_reserve(fd);
+        if (err < 0) {
+            close(fd);
+            return err;
         }
         d->slot = i;
         d->claimfd = fd;

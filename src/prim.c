@@ -28,6 +28,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/statfs.h>
+#include <sys/sysinfo.h>
 #include <sys/syscall.h>
 #include <linux/futex.h>
 #include <sys/sysmacros.h>
@@ -235,6 +236,33 @@ uint64_t rpal__prim_self_pidns(void)
     rpal_store_relaxed(&cached, ino);
     rpal_store_release(&cached_pid, me); /* pairs with the acquire above */
     return ino;
+}
+
+/* ---- space on limited volumes --------------------------------------------- */
+
+int rpal__prim_reserve(int fd, uint64_t off, uint64_t len)
+{
+    int r;
+    do
+        r = fallocate(fd, 0, (off_t)off, (off_t)len);
+    while (r < 0 && errno == EINTR);
+    if (r == 0 || errno == EOPNOTSUPP)
+        return 0;
+    return errno == ENOSPC || errno == EDQUOT ? -ENOSPC : -errno;
+}
+
+int rpal__prim_fs_limited(int fd)
+{
+    struct statfs sf;
+    struct sysinfo si;
+    if (fstatfs(fd, &sf) < 0 || (uint32_t)sf.f_type != 0x01021994u /* TMPFS_MAGIC */ ||
+        sysinfo(&si) < 0)
+        return 0;
+    uint64_t fs = (uint64_t)sf.f_blocks * (uint64_t)sf.f_bsize;
+    uint64_t ram = (uint64_t)si.totalram * si.mem_unit;
+    /* The kernel's default for a tmpfs is half the memory, rounded down to
+     * pages: only a smaller one was given its size on purpose. */
+    return fs && fs + (64ull << 20) < ram / 2;
 }
 
 /* ---- hugetlb ------------------------------------------------------------- */

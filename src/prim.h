@@ -34,6 +34,18 @@ RPAL_HIDDEN uint64_t rpal__prim_self_pidns(void);
  * where PID is 0 (not visible here). -errno otherwise. */
 RPAL_HIDDEN int rpal__prim_peer_pidfd(int sock, pid_t pid);
 
+/* Space on a volume of limited size (a tmpfs mounted with --size, a
+ * Kubernetes emptyDir with a sizeLimit): pages of a shared file are taken
+ * from the file system when first touched, and a mapping that touches one
+ * the file system cannot give raises SIGBUS. Reserving them up front
+ * (fallocate) turns that into -ENOSPC at once. rpal__prim_reserve: 0, or
+ * -ENOSPC, or -errno; 0 where the file system cannot reserve (EOPNOTSUPP).
+ * rpal__prim_fs_limited: 1 if FD is on a tmpfs given a size below the
+ * default (half the machine's memory), where a region's data is reserved
+ * at create; 0 otherwise (a region's data stays sparse). */
+RPAL_HIDDEN int rpal__prim_reserve(int fd, uint64_t off, uint64_t len);
+RPAL_HIDDEN int rpal__prim_fs_limited(int fd);
+
 #endif
 
 /* 1 if this CPU has protection keys and the kernel turned them on (x86-64,
@@ -170,5 +182,17 @@ RPAL_HIDDEN uint64_t rpal__prim_self_pidns(void);
  * SOCK (>= 0) if the kernel can say: that one needs no pid, so works
  * where PID is 0 (not visible here). -errno otherwise. */
 RPAL_HIDDEN int rpal__prim_peer_pidfd(int sock, pid_t pid);
+
+/* Space on a volume of limited size (a tmpfs mounted with --size, a
+ * Kubernetes emptyDir with a sizeLimit): pages of a shared file are taken
+ * from the file system when first touched, and a mapping that touches one
+ * the file system cannot give raises SIGBUS. Reserving them up front
+ * (fallocate) turns that into -ENOSPC at once. rpal__prim_reserve: 0, or
+ * -ENOSPC, or -errno; 0 where the file system cannot reserve (EOPNOTSUPP).
+ * rpal__prim_fs_limited: 1 if FD is on a tmpfs given a size below the
+ * default (half the machine's memory), where a region's data is reserved
+ * at create; 0 otherwise (a region's data stays sparse). */
+RPAL_HIDDEN int rpal__prim_reserve(int fd, uint64_t off, uint64_t len);
+RPAL_HIDDEN int rpal__prim_fs_limited(int fd);
 
 #endif

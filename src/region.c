@@ -574,6 +574,21 @@ static void create_hdr(struct create *c)
     h->check = rpal__region_hdr_check(h);
 }
 
+/* On a volume of limited size, the header granule and the data are taken
+ * from it now: -ENOSPC here rather than SIGBUS in whoever touches a page
+ * later (docs/containers.md). Elsewhere the data stays sparse. */
+static int create_space(struct create *c)
+{
+    if (!rpal__prim_fs_limited(c->fd))
+        return 0;
+    /* The header's pages (the rest of its granule is a guard, never
+     * touched), then the data, which a huge region keeps elsewhere. */
+    int err = rpal__prim_reserve(c->fd, 0, REGION_HDR_MAP);
+    if (err == 0 && !c->huge)
+        err = rpal__prim_reserve(c->fd, c->h.granule, c->size);
+    return err;
+}
+
 /* The file's contents: a huge region's data file, the header (and the
  * huge extension), the layout and its lock file. */
 static int create_fill(struct create *c)
@@ -590,6 +605,8 @@ static int create_fill(struct create *c)
         ftruncate(c->fd, (off_t)(c->h.granule + (c->huge ? 0 : c->size))) < 0 ||
         fstat(c->fd, &c->st) < 0)
         return -errno;
+    if ((err = create_space(c)) < 0)
+        return err;
     ssize_t w = pwrite(c->fd, &c->h, sizeof c->h, 0);
     if (w == (ssize_t)sizeof c->h && c->huge) {
         rpal__huge_seal(&c->x, c->h.check);

@@ -534,6 +534,7 @@ static void print_info(const struct rpal_region_info *i)
 
 struct ls_state {
     int json, count, regions;
+    int other_pidns; /* members listed from another pid namespace */
 };
 
 static int ls_one(const struct rpal_region_info *i, void *arg)
@@ -566,9 +567,10 @@ static int member_one(const struct rpal_member_info *m, void *arg)
         printf("%s{\"domain\":", s->count ? ",\n  " : "\n  ");
         json_str(m->domain);
         printf(",\"slot\":%u,\"base\":\"0x%llx\",\"slot_size\":%llu,\"pid\":%d,"
-               "\"uid\":%u,\"services\":[",
+               "\"pidns\":%llu,\"other_pidns\":%s,\"uid\":%u,\"services\":[",
                m->slot, (unsigned long long)m->base, (unsigned long long)m->slot_size,
-               (int)m->pid, m->uid);
+               (int)m->pid, (unsigned long long)m->pidns, m->other_pidns ? "true" : "false",
+               m->uid);
         for (unsigned i = 0; i < m->nservices; i++) {
             printf("%s", i ? "," : "");
             json_str(m->services[i]);
@@ -588,8 +590,12 @@ static int member_one(const struct rpal_member_info *m, void *arg)
         for (unsigned i = 0; i < m->npeers && strlen(peers) < sizeof peers - 8; i++)
             snprintf(peers + strlen(peers), sizeof peers - strlen(peers), "%s%u", i ? "," : "",
                      m->peers[i]);
-        printf("%-12s %5u  0x%-14llx %-8d %-8s %-20s %s\n", m->domain, m->slot,
-               (unsigned long long)m->base, (int)m->pid, user_name(m->uid, user, sizeof user),
+        /* A pid of another pid namespace is its own there, not one of ours. */
+        char pid[24];
+        snprintf(pid, sizeof pid, "%d%s", (int)m->pid, m->other_pidns ? "*" : "");
+        s->other_pidns += m->other_pidns;
+        printf("%-12s %5u  0x%-14llx %-8s %-8s %-20s %s\n", m->domain, m->slot,
+               (unsigned long long)m->base, pid, user_name(m->uid, user, sizeof user),
                m->nservices ? svc : "-", m->npeers ? peers : "-");
     }
     s->count++;
@@ -633,7 +639,7 @@ static int cmd_ls(int argc, char **argv)
     int json, ns, rc = json_only("ls", argc, argv, &json, &ns);
     if (rc >= 0)
         return rc;
-    struct ls_state s = {json, 0, 0};
+    struct ls_state s = {json, 0, 0, 0};
     if (s.json)
     {
         printf("{\"dir\":");
@@ -653,6 +659,8 @@ static int cmd_ls(int argc, char **argv)
         printf("%s]}\n", s.count ? "\n" : "");
     else if (!s.count && err2 == 0)
         printf("no domain members\n");
+    else if (s.other_pidns)
+        printf("* in another pid namespace (a container): the pid is its own there\n");
     if (err == 0)
         err = err2;
     return err < 0 ? fail("ls", NULL, err) : 0;

@@ -246,7 +246,9 @@ static int reg_unlock(struct reg *r)
     /* Entries freed past the new end are written too (as zeros). */
     size_t len = offsetof(struct reg_file, e) +
                  (n > r->used0 ? n : r->used0) * sizeof r->f->e[0];
-    int err = pwrite(r->fd, r->f, len, 0) == (ssize_t)len ? 0 : -EIO;
+    ssize_t w = pwrite(r->fd, r->f, len, 0);
+    /* A full volume (a small tmpfs) says so rather than "I/O error". */
+    int err = w == (ssize_t)len ? 0 : w < 0 && (errno == ENOSPC || errno == EDQUOT) ? -ENOSPC : -EIO;
     free(r->f);
     close(r->fd); /* releases the flock */
     return err;

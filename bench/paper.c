@@ -16,8 +16,14 @@
  * which says what the latency costs.
  *
  * Usage: paper [--count N] [--size BYTES] [--json] [--transport uds|rpal|uds,rpal]
+ *              [--pidns] [--rounds N]
  *   --count N    messages per transport (default 1000000, as the paper)
  *   --json       one JSON object per transport, then one with the ratio
+ *   --pidns      also the rpal pair with the server in a pid and mount
+ *                namespace of its own (a container's; root), and the ratio
+ *                of its latency to the pair's in one namespace
+ *   --rounds N   run the pairs N times, alternated, and report each one's
+ *                median run (default 1; 3 with --pidns)
  * Progress goes to stderr. Exit 1 if a pair failed.
  */
 #include <errno.h>
@@ -30,6 +36,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -46,10 +54,12 @@
 
 struct transport {
     const char *name, *label, *server, *client;
+    int pidns; /* the server in a pid (and mount) namespace of its own */
 };
 static const struct transport transports[] = {
-    {"epoll+uds", "epoll+UDS", "uds_echo_server", "uds_echo_client"},
-    {"rpal", "rpal", "rpal_echo_server", "rpal_echo_client"},
+    {"epoll+uds", "epoll+UDS", "uds_echo_server", "uds_echo_client", 0},
+    {"rpal", "rpal", "rpal_echo_server", "rpal_echo_client", 0},
+    {"rpal-pidns", "rpal/pidns", "rpal_echo_server", "rpal_echo_client", 1},
 };
 #define NTRANSPORTS (sizeof transports / sizeof transports[0])
 
@@ -123,14 +133,42 @@ static void choose_cpus(void)
     cpu_server = n > 1 ? found[1] : found[0];
 }
 
+/* In the child about to exec the server of a PIDNS transport: new pid and
+ * mount namespaces, as a container's, with a /proc of its own; the server
+ * runs as their pid 1, this process waits for it and exits as it did (its
+ * CPU time counts in ours: wait4 adds a reaped child's). Returns in the
+ * server's process; exits on failure. */
+static void enter_pidns(void)
+{
+    if (unshare(CLONE_NEWPID | CLONE_NEWNS) < 0) {
+        fprintf(stderr, "paper: --pidns: unshare: %s (root is needed)\n", strerror(errno));
+        _exit(126);
+    }
+    pid_t init = fork();
+    if (init > 0) {
+        int st;
+        while (waitpid(init, &st, 0) < 0 && errno == EINTR)
+            ;
+        _exit(WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+    }
+    prctl(PR_SET_PDEATHSIG, SIGKILL); /* stopped with us */
+    if (init < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
+        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0) {
+        fprintf(stderr, "paper: --pidns: %s\n", strerror(errno));
+        _exit(126);
+    }
+}
+
 /* Starts PROG ARGS... with its stdout into a pipe; *OUT gets the read end. */
-static pid_t start(const char *prog, char *const *args, int *out)
+static pid_t start(const char *prog, char *const *args, int *out, int pidns)
 {
     int p[2];
     if (pipe2(p, O_CLOEXEC) < 0)
         return -1;
     pid_t pid = fork();
     if (pid == 0) {
+        if (pidns)
+            enter_pidns();
         dup2(p[1], 1);
         char path[PATH_MAX + 64];
         snprintf(path, sizeof path, "%s/%s", bindir, prog);
@@ -256,7 +294,7 @@ static void run(const struct transport *t, const char *count, const char *size, 
     double t0 = mono_s();
 
     int sout, cout, status;
-    pid_t server = start(t->server, sargs, &sout);
+    pid_t server = start(t->server, sargs, &sout, t->pidns);
     if (server < 0) {
         fprintf(stderr, "cannot start %s: %s\n", t->server, strerror(errno));
         return;
@@ -274,7 +312,7 @@ static void run(const struct transport *t, const char *count, const char *size, 
         }
         usleep(1000);
     }
-    pid_t client = start(t->client, cargs, &cout);
+    pid_t client = start(t->client, cargs, &cout, 0);
     if (client < 0) {
         fprintf(stderr, "cannot start %s: %s\n", t->client, strerror(errno));
         kill(server, SIGTERM);
@@ -300,19 +338,19 @@ static int remove_one(const char *path, const struct stat *st, int type, struct 
 static void usage(int code)
 {
     fprintf(code ? stderr : stdout, "usage: rpal bench paper [--count N] [--size BYTES] [--json] "
-                                    "[--transport uds|rpal|uds,rpal]\n");
+                                    "[--transport uds|rpal|uds,rpal] [--pidns] [--rounds N]\n");
     exit(code);
 }
 
 struct paper_opts {
     const char *count, *size;
-    int json, want[NTRANSPORTS];
+    int json, want[NTRANSPORTS], rounds;
 };
 
 /* --help: the usage on stdout, exit 0; a bad option: on stderr, exit 2. */
 static void paper_args(int argc, char **argv, struct paper_opts *o)
 {
-    *o = (struct paper_opts){.count = "1000000", .size = "32", .want = {1, 1}};
+    *o = (struct paper_opts){.count = "1000000", .size = "32", .want = {1, 1, 0}};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         char *end;
@@ -330,6 +368,14 @@ static void paper_args(int argc, char **argv, struct paper_opts *o)
             if (*end || s < 8 || s > 65536)
                 usage(2);
             o->size = argv[++i];
+        } else if (!strcmp(a, "--pidns")) {
+            o->want[2] = 1;
+        } else if (!strcmp(a, "--rounds") && v) {
+            unsigned long n = strtoul(v, &end, 0);
+            if (*end || n < 1 || n > 99)
+                usage(2);
+            o->rounds = (int)n;
+            i++;
         } else if (!strcmp(a, "--transport") && v) {
             o->want[0] = strstr(v, "uds") != NULL;
             o->want[1] = strstr(v, "rpal") != NULL;
@@ -340,6 +386,10 @@ static void paper_args(int argc, char **argv, struct paper_opts *o)
             usage(2);
         }
     }
+    if (!o->rounds)
+        o->rounds = o->want[2] ? 3 : 1;
+    if (o->want[2] && !o->want[1])
+        usage(2); /* the pidns pair is compared with the one-namespace pair */
 }
 
 /* A private directory for the socket and the children's namespace
@@ -383,11 +433,20 @@ static void print_results(const struct paper_opts *o, const struct result *res)
     }
     int both = want[0] && want[1] && res[0].ok && res[1].ok && res[1].avg > 0;
     double ratio = both ? (double)res[0].avg / res[1].avg : 0;
+    int ns = want[2] && res[1].ok && res[2].ok && res[1].avg > 0;
+    double nsratio = ns ? (double)res[2].avg / res[1].avg : 0;
+    double nsuds = ns && want[0] && res[0].ok && res[2].avg ? (double)res[0].avg / res[2].avg : 0;
     if (o->json) {
         if (both)
             printf("{\"ratio\":%.2f,\"target\":%.1f}\n", ratio, PAPER_UDS / PAPER_RPAL);
+        if (ns)
+            printf("{\"pidns_ratio\":%.3f,\"pidns_target\":1.1,\"uds_over_pidns\":%.1f}\n",
+                   nsratio, nsuds);
         return;
     }
+    if (ns)
+        printf("pidns ratio (rpal, server in its own pid namespace / in ours): %.3f (target: <= 1.1);"
+               " epoll+UDS / rpal across namespaces: %.1f\n", nsratio, nsuds);
     if (both)
         printf("ratio (epoll+UDS / rpal average latency): %.1f (target: %.1f, the paper's %.0f / %.0f cycles)\n",
                ratio, PAPER_UDS / PAPER_RPAL, PAPER_UDS, PAPER_RPAL);
@@ -402,13 +461,48 @@ static void print_results(const struct paper_opts *o, const struct result *res)
     printf("(CPU: user + system time of each process over its whole run, per message)\n");
 }
 
+static int by_avg(const void *a, const void *b)
+{
+    const struct result *x = a, *y = b;
+    return (x->avg > y->avg) - (x->avg < y->avg);
+}
+
+/* O->rounds rounds of every wanted pair, one after the other in each round
+ * (so that a change of the machine's load reaches them alike); RES[t] gets
+ * pair t's median round. 1 if a run failed. */
+static int run_rounds(const struct paper_opts *o, struct result *res)
+{
+    struct result *all = calloc((size_t)o->rounds * NTRANSPORTS, sizeof *all);
+    int failed = 0;
+    if (!all)
+        return 1;
+    for (int k = 0; k < o->rounds && !interrupted; k++)
+        for (size_t t = 0; t < NTRANSPORTS && !interrupted; t++) {
+            if (!o->want[t])
+                continue;
+            struct result *r = &all[t * (size_t)o->rounds + (size_t)k];
+            run(&transports[t], o->count, o->size, r);
+            failed |= !r->ok;
+        }
+    for (size_t t = 0; t < NTRANSPORTS; t++) {
+        struct result *rs = &all[t * (size_t)o->rounds];
+        qsort(rs, (size_t)o->rounds, sizeof *rs, by_avg);
+        res[t] = rs[o->rounds / 2];
+        if (o->rounds > 1 && o->want[t] && !o->json)
+            for (int k = 0; k < o->rounds; k++)
+                fprintf(stderr, "paper: %s round: %" PRIu64 " cycles\n", transports[t].label,
+                        rs[k].avg);
+    }
+    free(all);
+    return failed;
+}
+
 int main(int argc, char **argv)
 {
     struct paper_opts o;
     paper_args(argc, argv, &o);
     const char *count = o.count, *size = o.size;
     int json = o.json;
-    const int *want = o.want;
     if (find_programs() < 0)
         return 1;
     if (make_tmpdir() < 0)
@@ -432,15 +526,7 @@ int main(int argc, char **argv)
     fflush(info);
 
     struct result res[NTRANSPORTS] = {0};
-    int failed = 0;
-    for (size_t t = 0; t < NTRANSPORTS; t++) {
-        if (!want[t])
-            continue;
-        run(&transports[t], count, size, &res[t]);
-        failed |= !res[t].ok;
-        if (interrupted)
-            break;
-    }
+    int failed = run_rounds(&o, res);
     if (nftw(tmpdir, remove_one, 16, FTW_DEPTH | FTW_PHYS) < 0)
         fprintf(stderr, "paper: could not remove %s: %s\n", tmpdir, strerror(errno));
     if (interrupted) {

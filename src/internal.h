@@ -758,7 +758,8 @@ struct region_hdr {
     uint32_t flags;        /* RPAL_REGION_TRANSIENT */
     int32_t creator_pid;
     uint32_t creator_uid;
-    uint32_t reserved0;
+    uint32_t creator_pidns; /* its pid namespace's inode (32 bits: proc's
+                               inode numbers are), 0 unknown or before #17 */
     uint64_t creator_start;
     uint64_t created_ns;
     uint64_t check;        /* FNV-1a of all the fields above */

@@ -572,6 +572,7 @@ static void create_hdr(struct create *c)
     h->creator_pid = getpid();
     h->creator_uid = getuid();
     h->creator_start = rpal__prim_self_start();
+    h->creator_pidns = (uint32_t)rpal__prim_self_pidns();
     h->created_ns = rpal__prim_now_realtime_ns();
     h->check = rpal__region_hdr_check(h);
 }
@@ -890,6 +891,17 @@ static void count_attached(pid_t pid, uint64_t dev, uint64_t ino, void *arg)
     s->n++;
 }
 
+/* 1 if the creator runs, 0 if not; 2 if it is in another pid namespace,
+ * where its pid means nothing here: counted as running, so that `rpal gc`
+ * run in another container never removes what it cannot judge. */
+static int region_creator_alive(const struct region_hdr *h)
+{
+    uint32_t ns = (uint32_t)rpal__prim_self_pidns();
+    if (h->creator_pidns && ns && h->creator_pidns != ns)
+        return 2;
+    return rpal__prim_proc_alive(h->creator_pid, h->creator_start);
+}
+
 static void info_fill(struct rpal_region_info *info, const char *name,
                       const struct region_hdr *h, const struct stat *st)
 {
@@ -903,7 +915,7 @@ static void info_fill(struct rpal_region_info *info, const char *name,
     info->gid = st->st_gid;
     info->creator_pid = h->creator_pid;
     info->creator_uid = h->creator_uid;
-    info->creator_alive = rpal__prim_proc_alive(h->creator_pid, h->creator_start);
+    info->creator_alive = region_creator_alive(h);
     info->created_ns = h->created_ns;
     struct attach_scan s = {st->st_dev, st->st_ino, 0, info->attached,
                             (int)(sizeof info->attached / sizeof info->attached[0]), 0};

@@ -15,7 +15,8 @@
  *   error within 100 ms;
  * - an echo server killed mid-stream: the client's read fails in time;
  * - rpal_gc from a third container removes the dead members' claims and the
- *   dead service's socket, and leaves a live member's claim alone;
+ *   dead service's socket, and leaves a live member's claim alone, and a
+ *   transient region whose creator lives in another pid namespace;
  * - a volume too small: join says -ENOSPC, never a SIGBUS later.
  * Needs root (CI runs as root); otherwise a skip. */
 #include "testlib.h"
@@ -459,6 +460,12 @@ static int live_member(void *p, const char *dir)
     struct gc_arg *a = p;
     rpal_domain *d;
     REQUIRE(rpal_domain_join("pod", NULL, &d) == 0);
+    /* A transient region that its creator (alive) no longer maps: rpal_gc
+     * removes such a region only once the creator is gone, which a gc in
+     * another pid namespace cannot judge. */
+    rpal_region *r;
+    REQUIRE(rpal_region_create("pod-scratch", 1 << 20, 0600, RPAL_REGION_TRANSIENT, &r) == 0);
+    REQUIRE(rpal_region_detach(r) == 0);
     REQUIRE(write(a->ready[1], "r", 1) == 1);
     char c;
     REQUIRE(read(a->done[0], &c, 1) == 1);
@@ -507,6 +514,8 @@ static int gc_third(void *p, const char *dir)
     printf("gc: %d member(s), service(s) %d removed; %d live member(s), %d in another pid ns\n",
            removed[0], removed[1], members[0], members[1]);
     CHECK(members[0] == 1 && members[1] == 1);
+    struct rpal_region_info info;
+    CHECK(rpal_region_stat("pod-scratch", &info) == 0 && info.creator_alive == 2);
     return t_done();
 }
 

@@ -444,11 +444,11 @@ static void print_json(const struct rpal_region_info *i)
     json_str(i->name);
     printf(",\"size\":%llu,\"base\":\"0x%llx\",\"mode\":\"%04o\",\"uid\":%u,"
            "\"gid\":%u,\"transient\":%s,\"huge\":%s,\"creator_pid\":%d,\"creator_uid\":%u,"
-           "\"creator_alive\":%s,\"created_ns\":%llu,\"attached\":[",
+           "\"creator_alive\":%s,\"creator_other_pidns\":%s,\"created_ns\":%llu,\"attached\":[",
            (unsigned long long)i->size, (unsigned long long)i->base, i->mode,
            i->uid, i->gid, (i->flags & RPAL_REGION_TRANSIENT) ? "true" : "false",
            (i->flags & RPAL_REGION_HUGE) ? "true" : "false", i->creator_pid, i->creator_uid, i->creator_alive ? "true" : "false",
-           (unsigned long long)i->created_ns);
+           i->creator_alive == 2 ? "true" : "false", (unsigned long long)i->created_ns);
     int shown = i->nattached < 16 ? i->nattached : 16;
     for (int k = 0; k < shown; k++)
         printf("%s%d", k ? "," : "", (int)i->attached[k]);
@@ -525,7 +525,8 @@ static void print_info(const struct rpal_region_info *i)
     printf("flags:     %s%s\n", (i->flags & RPAL_REGION_TRANSIENT) ? "transient" : "persistent",
            (i->flags & RPAL_REGION_HUGE) ? ", huge (2 MiB pages on hugetlbfs)" : "");
     printf("creator:   pid %d (%s), uid %u, %s\n", i->creator_pid,
-           i->creator_alive ? "alive" : "dead", i->creator_uid, when);
+           i->creator_alive == 2 ? "in another pid namespace" : i->creator_alive ? "alive" : "dead",
+           i->creator_uid, when);
     printf("attached:  %d", i->nattached);
     int shown = i->nattached < 16 ? i->nattached : 16;
     for (int k = 0; k < shown; k++)
@@ -552,7 +553,8 @@ static int ls_one(const struct rpal_region_info *i, void *arg)
                    "BASE", "MODE", "OWNER", "CREATOR", "ATTACHED");
         human_size(i->size, sz, sizeof sz);
         snprintf(creator, sizeof creator, "%d%s", i->creator_pid,
-                 i->creator_alive ? "" : " (dead)");
+                 i->creator_alive == 2 ? "*" : i->creator_alive ? "" : " (dead)");
+        s->other_pidns += i->creator_alive == 2;
         printf("%-24s %10s  0x%-14llx %04o  %-8s %-14s %d\n", i->name, sz,
                (unsigned long long)i->base, i->mode,
                user_name(i->uid, user, sizeof user), creator, i->nattached);
@@ -660,7 +662,7 @@ static int cmd_ls(int argc, char **argv)
         printf("%s]}\n", s.count ? "\n" : "");
     else if (!s.count && err2 == 0)
         printf("no domain members\n");
-    else if (s.other_pidns)
+    if (!s.json && s.other_pidns)
         printf("* in another pid namespace (a container): the pid is its own there\n");
     if (err == 0)
         err = err2;

@@ -139,22 +139,33 @@ pid_t rpal__prim_getpid(void)
     return p;
 }
 
+/* A value of the calling process, cached per pid, so that a forked child
+ * computes its own. Threads may race to fill the cache: both compute the
+ * same value; the value is published before the pid (release) and read
+ * after it (acquire). COMPUTE gives 0 and *V, or < 0: nothing is cached
+ * (and 0 returned). */
+struct self_cache {
+    _Atomic pid_t pid;
+    _Atomic uint64_t v;
+};
+
+static uint64_t self_cached(struct self_cache *c, int (*compute)(pid_t me, uint64_t *v))
+{
+    pid_t me = rpal__prim_getpid();
+    if (rpal_load_acquire(&c->pid) == me)
+        return rpal_load_relaxed(&c->v);
+    uint64_t v = 0;
+    if (compute(me, &v) == 0) {
+        rpal_store_relaxed(&c->v, v);
+        rpal_store_release(&c->pid, me); /* pairs with the acquire above */
+    }
+    return v;
+}
+
 uint64_t rpal__prim_self_start(void)
 {
-    /* Cached per pid, so that a forked child reads its own. Threads may race
-     * to fill the cache: both compute the same value; the start is published
-     * before the pid (release) and read after it (acquire). */
-    static _Atomic pid_t cached_pid;
-    static _Atomic uint64_t cached_start;
-    pid_t me = rpal__prim_getpid();
-    if (rpal_load_acquire(&cached_pid) == me)
-        return rpal_load_relaxed(&cached_start);
-    uint64_t s = 0;
-    if (rpal__prim_proc_start(me, &s) == 0) {
-        rpal_store_relaxed(&cached_start, s);
-        rpal_store_release(&cached_pid, me); /* pairs with the acquire above */
-    }
-    return s;
+    static struct self_cache c;
+    return self_cached(&c, rpal__prim_proc_start);
 }
 
 /* ---- identity across pid namespaces ------------------------------------ */
@@ -206,36 +217,35 @@ int rpal__prim_peer_pidfd(int sock, pid_t pid)
     return fd < 0 ? -errno : fd;
 }
 
+static int self_ino_compute(pid_t me, uint64_t *v)
+{
+    int fd = (int)syscall(SYS_pidfd_open, me, 0);
+    *v = rpal__prim_pidfd_ino(fd);
+    if (fd >= 0)
+        close(fd);
+    return 0;
+}
+
+static int self_pidns_compute(pid_t me, uint64_t *v)
+{
+    (void)me;
+    struct stat st;
+    *v = stat("/proc/self/ns/pid", &st) == 0 ? (uint64_t)st.st_ino : 0;
+    return 0;
+}
+
 /* Both cached per pid, as rpal__prim_self_start (a forked child is another
  * process; unshare(CLONE_NEWPID) changes only its children's namespace). */
 uint64_t rpal__prim_self_ino(void)
 {
-    static _Atomic pid_t cached_pid;
-    static _Atomic uint64_t cached;
-    pid_t me = rpal__prim_getpid();
-    if (rpal_load_acquire(&cached_pid) == me)
-        return rpal_load_relaxed(&cached);
-    int fd = (int)syscall(SYS_pidfd_open, me, 0);
-    uint64_t ino = rpal__prim_pidfd_ino(fd);
-    if (fd >= 0)
-        close(fd);
-    rpal_store_relaxed(&cached, ino);
-    rpal_store_release(&cached_pid, me); /* pairs with the acquire above */
-    return ino;
+    static struct self_cache c;
+    return self_cached(&c, self_ino_compute);
 }
 
 uint64_t rpal__prim_self_pidns(void)
 {
-    static _Atomic pid_t cached_pid;
-    static _Atomic uint64_t cached;
-    pid_t me = rpal__prim_getpid();
-    if (rpal_load_acquire(&cached_pid) == me)
-        return rpal_load_relaxed(&cached);
-    struct stat st;
-    uint64_t ino = stat("/proc/self/ns/pid", &st) == 0 ? (uint64_t)st.st_ino : 0;
-    rpal_store_relaxed(&cached, ino);
-    rpal_store_release(&cached_pid, me); /* pairs with the acquire above */
-    return ino;
+    static struct self_cache c;
+    return self_cached(&c, self_pidns_compute);
 }
 
 /* ---- space on limited volumes --------------------------------------------- */

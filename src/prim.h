@@ -10,42 +10,6 @@
 
 #ifndef RPAL_HIDDEN
 #define RPAL_HIDDEN __attribute__((visibility("hidden")))
-/* Process identity that crosses pid namespaces (docs/containers.md). A
- * pid names a process only inside one pid namespace: across two, the
- * kernel translates it, or gives 0 where the process is not visible. A
- * pidfd names it everywhere, and since Linux 6.9 (pidfs) its inode number
- * is unique for the boot and the same in every namespace. */
-#define PRIM_PIDFS_MAGIC 0x50494446u /* statfs f_type of pidfs */
-/* The pidfs inode of the process PIDFD refers to; 0 if the kernel has no
- * pidfs (before 6.9 every pidfd shares one anonymous inode). */
-RPAL_HIDDEN uint64_t rpal__prim_pidfd_ino(int pidfd);
-/* A pidfd (close-on-exec) of the process at the other end of the Unix
- * socket SOCK, as the kernel recorded it at connect() (SO_PEERPIDFD,
- * Linux 6.5+), or -errno (-ENOPROTOOPT before 6.5). */
-RPAL_HIDDEN int rpal__prim_sock_pidfd(int sock);
-/* rpal__prim_pidfd_ino of SOCK's other end: 0 if unknown. */
-RPAL_HIDDEN uint64_t rpal__prim_sock_peer_ino(int sock);
-/* Our own pidfs inode, and the inode of our pid namespace
- * (/proc/self/ns/pid); 0 if unknown. Cached per pid (valid after fork). */
-RPAL_HIDDEN uint64_t rpal__prim_self_ino(void);
-RPAL_HIDDEN uint64_t rpal__prim_self_pidns(void);
-/* A pidfd of the process PID of our namespace, or of the other end of
- * SOCK (>= 0) if the kernel can say: that one needs no pid, so works
- * where PID is 0 (not visible here). -errno otherwise. */
-RPAL_HIDDEN int rpal__prim_peer_pidfd(int sock, pid_t pid);
-
-/* Space on a volume of limited size (a tmpfs mounted with --size, a
- * Kubernetes emptyDir with a sizeLimit): pages of a shared file are taken
- * from the file system when first touched, and a mapping that touches one
- * the file system cannot give raises SIGBUS. Reserving them up front
- * (fallocate) turns that into -ENOSPC at once. rpal__prim_reserve: 0, or
- * -ENOSPC, or -errno; 0 where the file system cannot reserve (EOPNOTSUPP).
- * rpal__prim_fs_limited: 1 if FD is on a tmpfs given a size below the
- * default (half the machine's memory), where a region's data is reserved
- * at create; 0 otherwise (a region's data stays sparse). */
-RPAL_HIDDEN int rpal__prim_reserve(int fd, uint64_t off, uint64_t len);
-RPAL_HIDDEN int rpal__prim_fs_limited(int fd);
-
 #endif
 
 /* 1 if this CPU has protection keys and the kernel turned them on (x86-64,

@@ -147,7 +147,7 @@ int main(int argc, char **argv)
             client(argv[2]);
         return t_failures ? 1 : 0;
     }
-    const char *b = getenv("B") ? getenv("B") : "build";
+    const char *b = getenv("RPAL_BIN") ? getenv("RPAL_BIN") : "build";
     char lib[512], dir[] = "/tmp/rpal-run-calls-XXXXXX", path[600], logp[600];
     snprintf(lib, sizeof lib, "%s/librpal-run.so", b);
     if (access(lib, R_OK) != 0) {

@@ -64,7 +64,7 @@ int main(int argc, char **argv)
         under_run(argv[1], argv[2]);
         return t_failures ? 1 : 0;
     }
-    const char *bd = getenv("B") ? getenv("B") : "build";
+    const char *bd = getenv("RPAL_BIN") ? getenv("RPAL_BIN") : "build";
     char lib[512], dir[] = "/tmp/rpal-run-plain-XXXXXX", path[100], logp[100], file[100];
     snprintf(lib, sizeof lib, "%s/librpal-run.so", bd);
     if (access(lib, R_OK) != 0) {

@@ -1340,6 +1340,18 @@ static int set_wait(struct ep_set *s, struct epoll_event *ev, int max, int timeo
     return n;
 }
 
+/* What the application asked of FD (C if it is mapped) in a set. */
+static void item_set(struct ep_item *it, const struct epoll_event *ev, const struct conn *c)
+{
+    it->events = ev->events;
+    it->data = ev->data;
+    it->in_use = 1;
+    it->disabled = 0;
+    it->was_full = 1; /* so that EPOLLET reports room once, as epoll does */
+    it->end_seen = 0;
+    it->seen_tail = c ? c->rd.head : 0; /* unread messages count as new */
+}
+
 int rpal_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
 {
     if ((op != EPOLL_CTL_DEL && !ev) || (op != EPOLL_CTL_ADD && op != EPOLL_CTL_MOD &&
@@ -1367,6 +1379,14 @@ int rpal_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
         }
     }
     struct conn *c = conn_of(fd);
+    if (op == EPOLL_CTL_MOD && c && it && it->in_use && it->kmapped) {
+        /* Only what the application asks changes: the kernel's part (its
+         * wake-ups, its end) and the set's list stay, so no system call
+         * (an event loop that adds and drops EPOLLOUT per message). */
+        item_set(it, ev, c);
+        pthread_mutex_unlock(&cx_lock);
+        return 0;
+    }
     struct epoll_event kev = {.events = c ? EPOLLIN | EPOLLRDHUP : (ev ? ev->events : 0),
                               .data.u64 = (uint64_t)fd};
     if (epoll_ctl(epfd, op, fd, op == EPOLL_CTL_DEL ? NULL : &kev) < 0) {
@@ -1383,14 +1403,8 @@ int rpal_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
     } else {
         if (c && !(op == EPOLL_CTL_MOD && it->kmapped))
             c->nsets++;
-        it->events = ev->events;
-        it->data = ev->data;
-        it->in_use = 1;
-        it->disabled = 0;
-        it->was_full = 1; /* so that EPOLLET reports room once, as epoll does */
+        item_set(it, ev, c);
         it->kmapped = c != NULL;
-        it->end_seen = 0;
-        it->seen_tail = c ? c->rd.head : 0; /* unread messages count as new */
         if (c)
             bell_register(s, it, c, fd);
     }

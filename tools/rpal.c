@@ -40,7 +40,7 @@ static const char *usage_text =
     "                          sleeps, spins, yields, the spin budget\n"
     "  rpal gc [--json]        remove what belongs only to dead processes\n"
     "Measuring and checking\n"
-    "  rpal bench NAME [ARGS]  run a benchmark: paper, call, load, heap,\n"
+    "  rpal bench NAME [ARGS]  run a benchmark: paper, call, load, apps, heap,\n"
     "                          pagetables, regionchange, pkeys (rpal bench --help)\n"
     "  rpal run [--domain NAME] [--] PROGRAM [ARGS]\n"
     "                          run an unmodified program: its Unix-socket\n"
@@ -114,6 +114,8 @@ static const struct cmd cmds[] = {
     {"bench", "rpal bench NAME [ARGS]     (rpal bench NAME --help: its options)",
      "Run a benchmark (the one beside the command in the build tree, else the\n"
      "installed one in PREFIX/libexec/rpal):\n"
+     "  apps          unmodified Redis, PostgreSQL, memcached: plain against\n"
+     "                rpal run (ops/s, latency, CPU per op)\n"
      "  paper         the RPAL paper's measurement: epoll + Unix socket against\n"
      "                rpal, 1,000,000 messages each\n"
      "  call          a call between two processes over every common transport\n"

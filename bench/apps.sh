@@ -17,9 +17,11 @@ usage: rpal bench apps [--rounds N] [--quick] [--json] [--plot FILE.png] [--only
   --quick         short runs (for the tests): 1 round, small counts
   --json          one JSON object per workload and side, then one per ratio
   --plot FILE     a bar chart of the ratios (rpal run / plain) with gnuplot
-  --only NAME     redis, postgres or memcached
+  --only NAME     redis, postgres, memcached or plain
 Workloads: redis-benchmark -s (GET and SET, 1 client; GET, 50 clients),
-pgbench -S (1 and 8 clients), memcslap get (1 thread). PostgreSQL runs as
+pgbench -S (1 and 8 clients), memcslap get (1 thread); plain: what rpal
+run costs where it upgrades nothing (64-byte dd through a pipe, and from a
+file: operations are 64-byte blocks). PostgreSQL runs as
 nobody when run as root. The machine's load is printed first: other work
 on it changes every figure.
 USAGE
@@ -31,13 +33,13 @@ while [ $# -gt 0 ]; do
     --quick) QUICK=1 ROUNDS=1 ;;
     --json) JSON=1 ;;
     --plot) [ $# -ge 2 ] || { echo "rpal bench apps: --plot needs a FILE.png" >&2; exit 2; }; PLOT=$2; shift ;;
-    --only) [ $# -ge 2 ] || { echo "rpal bench apps: --only needs redis, postgres or memcached" >&2; exit 2; }; ONLY=$2; shift ;;
+    --only) [ $# -ge 2 ] || { echo "rpal bench apps: --only needs redis, postgres, memcached or plain" >&2; exit 2; }; ONLY=$2; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "rpal bench apps: unknown option '$1'" >&2; usage >&2; exit 2 ;;
   esac
   shift
 done
-case $ONLY in ''|redis|postgres|memcached) ;; *) echo "rpal bench apps: no workload '$ONLY' (redis, postgres, memcached)" >&2; exit 2 ;; esac
+case $ONLY in ''|redis|postgres|memcached|plain) ;; *) echo "rpal bench apps: no workload '$ONLY' (redis, postgres, memcached, plain)" >&2; exit 2 ;; esac
 if [ -n "$PLOT" ] && ! command -v gnuplot >/dev/null; then
   echo "rpal bench apps: --plot: gnuplot is missing (Debian package gnuplot-nox)" >&2; exit 2
 fi
@@ -72,7 +74,9 @@ tree_cpu() {
 }
 # measure CMD...: run the client; sets CLIENT_CPU (s) and OUT
 measure() {
+  T0=$(date +%s.%N)
   OUT=$( ( "$@" 2>&1; times >&2 ) 2>"$tmp/times" )
+  WALL=$(awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')
   CLIENT_CPU=$(awk 'NR == 2 { for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] } print t }' "$tmp/times")
 }
 results=$tmp/results
@@ -93,6 +97,8 @@ one() {
 parse_redis() { echo "$1" | tr '\r' '\n' | awk '/requests per second/ { r = $2; for (i = 1; i <= NF; i++) if ($i ~ /^p50=/) { sub(/p50=/, "", $i); p = $i * 1000 } } END { print r + 0, p + 0 }'; }
 parse_pg() { echo "$1" | awk '/^tps =/ { t = $3 } /^latency average/ { l = $4 * 1000 } /failed transactions: [1-9]/ { t = 0 } END { print t + 0, l + 0 }'; }
 parse_mc() { echo "$1" | awk -v n="$2" '/Time to get/ { s = $(NF - 1) } END { print (s > 0 ? n / s : 0), 0 }'; }
+
+parse_wall() { awk -v n="$2" -v w="$WALL" 'BEGIN { print (w > 0 ? n / w : 0), 0 }'; }
 
 wait_sock() { for i in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; echo "rpal bench apps: $1 did not appear" >&2; return 1; }
 
@@ -156,6 +162,23 @@ bench_memcached() {
   done
 }
 
+# What rpal run costs where it upgrades nothing: 64-byte reads and writes
+# through a pipe between two dd, and a file read 64 bytes at a time.
+bench_plain() {
+  sleep 100000 & idle=$!
+  pids="$pids $idle"
+  n=400000; [ $QUICK = 1 ] && n=40000
+  head -c $((n * 64)) /dev/zero >"$tmp/file"
+  for r in $(seq "$ROUNDS"); do
+    for side in plain rpal; do
+      pre=; [ $side = rpal ] && pre=$RUN
+      one pipe-dd-64B wall $side $idle $n $pre sh -c "dd if=/dev/zero bs=64 count=$n 2>/dev/null | dd of=/dev/null bs=64 2>/dev/null"
+      one file-dd-64B wall $side $idle $n $pre dd if="$tmp/file" of=/dev/null bs=64 status=none
+    done
+  done
+}
+
+[ -z "$ONLY" ] || [ "$ONLY" = plain ] && bench_plain
 [ -z "$ONLY" ] || [ "$ONLY" = redis ] && bench_redis
 [ -z "$ONLY" ] || [ "$ONLY" = postgres ] && bench_postgres
 [ -z "$ONLY" ] || [ "$ONLY" = memcached ] && bench_memcached

@@ -53,6 +53,27 @@ msgs=$(awk '/^close / { n += $4 + $5 } END { print n + 0 }' "$tmp/log")
 [ "$msgs" -gt 1000 ] || bad "only $msgs messages counted through the rings"
 grep -q '^broken ' "$tmp/log" && bad "a connection broke: $(grep '^broken ' "$tmp/log" | head -3)"
 
+# Kills: a client killed mid-run leaves the server serving; a server killed
+# mid-run ends the client's run with an error (the end of the connection),
+# never a hang.
+timeout 60 $RUN redis-benchmark -s "$tmp/both.sock" -n 10000000 -c 4 -t get -q >/dev/null 2>&1 &
+bp=$!
+sleep 1
+kill -9 $bp
+wait $bp 2>/dev/null
+[ "$(timeout 20 $RUN redis-cli -s "$tmp/both.sock" GET k9)" = v9 ] || bad "the server after a client was killed"
+start_server victim rpal
+vp=$!
+timeout 60 $RUN redis-benchmark -s "$tmp/victim.sock" -n 10000000 -c 4 -t get -q >/dev/null 2>&1 &
+bp=$!
+sleep 1
+kill -9 $vp
+t0=$(date +%s)
+wait $bp
+rc=$?
+[ $rc = 124 ] && bad "redis-benchmark hung after its server was killed"
+[ $(($(date +%s) - t0)) -le 20 ] || bad "redis-benchmark took more than 20 s to see its server killed"
+
 # Mixed pairs: nothing upgraded, everything answered.
 : >"$tmp/log"
 start_server plain

@@ -10,6 +10,9 @@ BIN=${RPAL_BIN:-$(pwd)/build}
 for p in memcached memcslap memccp memccat; do
   command -v $p >/dev/null || { echo "no $p (Debian: apt-get install memcached libmemcached-tools)"; exit 77; }
 done
+# Under emulation (tests/vm/arm64.sh) the programs are the host's and the
+# library is not: the loader would ignore it.
+[ -z "${RPAL_EMULATED:-}" ] || { echo "the programs are the host's, not the emulated build's ($RPAL_EMULATED)"; exit 77; }
 [ -r "$BIN/librpal-run.so" ] || { echo "no $BIN/librpal-run.so (the sanitizer, valgrind and static builds do not make it)"; exit 77; }
 tmp=$(mktemp -d)
 export RPAL_DIR=${RPAL_DIR:-$tmp/ns} RPAL_RUN_LOG=$tmp/log

@@ -16,6 +16,9 @@ PGB=${PG_BIN:-/usr/lib/postgresql/15/bin}
 for p in initdb postgres pgbench psql; do
   [ -x "$PGB/$p" ] || { echo "no $PGB/$p (Debian: apt-get install postgresql-15)"; exit 77; }
 done
+# Under emulation (tests/vm/arm64.sh) the programs are the host's and the
+# library is not: the loader would ignore it.
+[ -z "${RPAL_EMULATED:-}" ] || { echo "the programs are the host's, not the emulated build's ($RPAL_EMULATED)"; exit 77; }
 [ -r "$BIN/librpal-run.so" ] || { echo "no $BIN/librpal-run.so (the sanitizer, valgrind and static builds do not make it)"; exit 77; }
 tmp=$(mktemp -d)
 chmod 755 "$tmp"

@@ -63,14 +63,14 @@ say "load: $(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min), $(nproc) CPUs; $ROUN
 
 # tree_cpu PID: CPU seconds of PID, its reaped children and its live descendants
 tree_cpu() {
-  awk -v root="$1" -v hz="$HZ" '
-    { sub(/^[0-9]+ \(.*\) /, ""); ppid[FILENAME] = $2; pid[FILENAME] = FILENAME
-      cpu[FILENAME] = $12 + $13; kids[FILENAME] = $14 + $15 }
+  # (cat, not awk's own reading: a process that exits between the glob and
+  # the read would end awk)
+  cat /proc/[0-9]*/stat 2>/dev/null | awk -v root="$1" -v hz="$HZ" '
+    { p = $1; sub(/^[0-9]+ \(.*\) /, ""); par[p] = $2; c[p] = $12 + $13; k[p] = $14 + $15 }
     END {
-      for (f in ppid) { split(f, a, "/"); p = a[3]; par[p] = ppid[f]; c[p] = cpu[f]; k[p] = kids[f] }
       t = c[root] + k[root]
       for (p in par) { q = p; while (q in par && q != root && q > 1) q = par[q]; if (q == root && p != root) t += c[p] }
-      printf "%.4f\n", t / hz }' /proc/[0-9]*/stat 2>/dev/null
+      printf "%.4f\n", t / hz }'
 }
 # measure CMD...: run the client; sets CLIENT_CPU (s) and OUT
 measure() {
@@ -92,6 +92,7 @@ one() {
   s1=$(tree_cpu "$spid")
   set -- $(parse_$parser "$OUT" "$ops")
   [ "${1%.*}" -gt 0 ] 2>/dev/null || echo "rpal bench apps: $label ($side) failed: $(echo "$OUT" | tail -n 3)" >&2
+  [ -n "${APPS_DEBUG:-}" ] && echo "debug: $label $side server $spid cpu $s0 -> $s1" >&2
   echo "$label $side $1 $2 $CLIENT_CPU $(awk -v a="$s0" -v b="$s1" 'BEGIN { print b - a }') $ops" >>"$results"
 }
 parse_redis() { echo "$1" | tr '\r' '\n' | awk '/requests per second/ { r = $2; for (i = 1; i <= NF; i++) if ($i ~ /^p50=/) { sub(/p50=/, "", $i); p = $i * 1000 } } END { print r + 0, p + 0 }'; }

@@ -79,6 +79,7 @@ struct ep_item {
     epoll_data_t data;
     uint32_t seen_tail;      /* EPOLLET: their tail at the last EPOLLIN */
     uint8_t in_use, disabled, was_full, kmapped, end_seen, kbell;
+    uint8_t parked;          /* deleted by the application, still in the kernel's set */
 };
 
 struct ep_set {
@@ -942,6 +943,11 @@ int rpal__cx_fdmap_end(int fd, int timeout_ms)
         conn_free(c);
         return err == -ECONNRESET || err == -EBADMSG || err == -EINVAL ? -EPROTO : err;
     }
+    /* A connection closed a moment ago to a process that has exited since
+     * may still hold its peer, in the slot the answering process now has
+     * (a client that reconnects to a server forking one process per
+     * connection): let it go first. */
+    zombies_reap();
     return conn_publish(c, &their, memfd, &cr);
 }
 
@@ -1033,6 +1039,7 @@ int rpal_close(int fd)
                 if (it) {
                     it->in_use = 0;
                     it->kbell = 0;
+                    it->parked = 0;
                 }
             }
         }
@@ -1352,6 +1359,44 @@ static void item_set(struct ep_item *it, const struct epoll_event *ev, const str
     it->seen_tail = c ? c->rd.head : 0; /* unread messages count as new */
 }
 
+/* An upgraded descriptor's registration changed without the kernel: its
+ * part (wake-ups, the end) stays in the kernel's set whatever the
+ * application asks, so a MOD changes only our record, a DEL parks it
+ * (collect() skips it) and an ADD takes a parked one back, with no system
+ * call and no resync of the set (event loops that add and drop a
+ * descriptor or EPOLLOUT per message). 1 if done; cx_lock held. */
+static int item_quick(struct ep_set *s, struct ep_item *it, struct conn *c, int op,
+                      struct epoll_event *ev, int fd)
+{
+    if (op == EPOLL_CTL_MOD && it->in_use) {
+        item_set(it, ev, c);
+    } else if (op == EPOLL_CTL_DEL && it->in_use) {
+        it->in_use = 0;
+        it->parked = 1;
+        if (--c->nsets == 0)
+            set_sleeps(c, WT_WAKE_SOCK); /* it may wait on the socket now */
+    } else if (op == EPOLL_CTL_ADD && !it->in_use && it->parked) {
+        it->parked = 0;
+        /* The kernel's set is the truth (this one may be a new set under
+         * an old number): not there, the slow way adds it and its bell. */
+        struct epoll_event kev = {.events = EPOLLIN | EPOLLRDHUP, .data.u64 = (uint64_t)fd};
+        if (epoll_ctl(s->epfd, EPOLL_CTL_MOD, fd, &kev) < 0) {
+            it->kbell = 0;
+            return 0;
+        }
+        c->nsets++;
+        item_set(it, ev, c);
+        int listed = 0; /* still in the set's list, unless a resync dropped it */
+        for (int k = 0; k < s->nmapped && !listed; k++)
+            listed = s->mapped[k] == fd;
+        if (!listed)
+            rpal_fetch_add_relaxed(&conn_gen, 1);
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
 int rpal_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
 {
     if ((op != EPOLL_CTL_DEL && !ev) || (op != EPOLL_CTL_ADD && op != EPOLL_CTL_MOD &&
@@ -1379,11 +1424,7 @@ int rpal_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
         }
     }
     struct conn *c = conn_of(fd);
-    if (op == EPOLL_CTL_MOD && c && it && it->in_use && it->kmapped) {
-        /* Only what the application asks changes: the kernel's part (its
-         * wake-ups, its end) and the set's list stay, so no system call
-         * (an event loop that adds and drops EPOLLOUT per message). */
-        item_set(it, ev, c);
+    if (c && it && it->kmapped && item_quick(s, it, c, op, ev, fd)) {
         pthread_mutex_unlock(&cx_lock);
         return 0;
     }

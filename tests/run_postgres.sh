@@ -93,7 +93,7 @@ ups=$(grep -c '^up ' "$tmp/log")
 msgs=$(awk '/^close / { n += $4 + $5 } END { print n + 0 }' "$tmp/log")
 [ "$ups" -ge 30 ] || bad "only $ups connection ends upgraded"
 [ "$msgs" -gt 5000 ] || bad "only $msgs messages counted through the rings"
-grep -q '^broken ' "$tmp/log" && bad "a connection broke: $(grep '^broken ' "$tmp/log" | head -3)"
+grep -q '^broken ' "$tmp/log" && bad "a connection broke: $(grep '^broken \|^nojoin ' "$tmp/log" | head -5)"
 stop
 [ $fail = 0 ] && echo "postgres under rpal run: sums $both as plain; $ups connection ends upgraded, $msgs messages on the rings"
 exit $fail

@@ -136,7 +136,8 @@ static const struct cmd cmds[] = {
      "Environment: RPAL_RUN_LOG=FILE appends one line per connection upgraded\n"
      "(up), left to the kernel (plain) and closed (with its message counts);\n"
      "RPAL_RUN_HELLO_MS bounds a blocking call's wait for the other end's hello\n"
-     "(default 10000); RPAL_DIR, RPAL_SPIN_US as for every rpal program.\n"},
+     "(default 10000); RPAL_DIR, RPAL_SPIN_US, RPAL_FOLLOW as for every rpal\n"
+     "program (rpal run sets RPAL_FOLLOW=0 unless it is set).\n"},
     {"chaos", "rpal chaos [--trials N] [--seed S] [--from I] [--kind KIND] [--json] [-v]",
      "Kill peers at random points and count hangs, crashes, leaks and corrupt\n"
      "replies among the survivors (rpal chaos --help: its options in full).\n"},
@@ -1063,6 +1064,9 @@ static int cmd_run(int argc, char **argv)
     setenv("LD_PRELOAD", pre, 1);
     if (domain)
         setenv("RPAL_RUN_DOMAIN", domain, 1);
+    /* Servers of many connections: a waiter that follows its peer's CPU
+     * crams both onto one (measured: docs/run.md). Unless asked. */
+    setenv("RPAL_FOLLOW", "0", 0);
     execvp(argv[i], argv + i);
     err = -errno;
     fprintf(stderr, "rpal run: %s: %s\n", argv[i], rpal_strerror(err));

@@ -92,7 +92,6 @@ one() {
   s1=$(tree_cpu "$spid")
   set -- $(parse_$parser "$OUT" "$ops")
   [ "${1%.*}" -gt 0 ] 2>/dev/null || echo "rpal bench apps: $label ($side) failed: $(echo "$OUT" | tail -n 3)" >&2
-  [ -n "${APPS_DEBUG:-}" ] && echo "debug: $label $side server $spid cpu $s0 -> $s1" >&2
   echo "$label $side $1 $2 $CLIENT_CPU $(awk -v a="$s0" -v b="$s1" 'BEGIN { print b - a }') $ops" >>"$results"
 }
 parse_redis() { echo "$1" | tr '\r' '\n' | awk '/requests per second/ { r = $2; for (i = 1; i <= NF; i++) if ($i ~ /^p50=/) { sub(/p50=/, "", $i); p = $i * 1000 } } END { print r + 0, p + 0 }'; }

@@ -50,7 +50,9 @@ LIB=$here/../librpal-run.so; [ -r "$LIB" ] || LIB=$here/librpal-run.so
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/rpal-apps-XXXXXX")
 chmod 755 "$tmp"
 pids=
-cleanup() { for p in $pids; do kill -INT $p 2>/dev/null; done; sleep 0.3; rm -rf "$tmp"; }
+# (SIGINT: PostgreSQL's fast shutdown; then SIGTERM for what a shell
+# started in the background with SIGINT ignored: sleep)
+cleanup() { for p in $pids; do kill -INT $p 2>/dev/null; done; sleep 0.3; for p in $pids; do kill $p 2>/dev/null; done; rm -rf "$tmp"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 cp "$RPAL" "$LIB" "$tmp/"

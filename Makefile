@@ -88,8 +88,14 @@ ECHO_PROGS := uds_echo_server uds_echo_client rpal_echo_server rpal_echo_client
 TESTS := $(patsubst tests/%.c,$(B)/tests/%,$(wildcard tests/*.c))
 BENCHES := $(patsubst bench/%.c,$(B)/bench/%,$(wildcard bench/*.c))
 
+# librpal-run.so, the interposer of `rpal run` (src/run.c, docs/run.md):
+# the library's PIC objects and run.c, exporting only the calls it takes the
+# place of (src/run.map). Not for the sanitizer, valgrind or static builds:
+# a preloaded sanitizer runtime must come first in an unmodified program.
+RUN_SO := $(if $(SANFLAGS)$(STATIC),,$(B)/librpal-run.so)
+
 .PHONY: all lib test test-pku test-arm64 valgrind demo bench docs-diff install uninstall clean skip-uv-example fuzz fuzz-build fuzz-seeds
-all: lib $(TOOL) $(CHAOS) $(EXAMPLES) $(TESTS) $(BENCHES)
+all: lib $(TOOL) $(CHAOS) $(EXAMPLES) $(TESTS) $(BENCHES) $(RUN_SO) $(B)/obj/run.o $(if $(RUN_SO),$(B)/bench/apps)
 lib: $(SO) $(A)
 
 $(B)/obj/%.o: src/%.c $(HDRS)
@@ -104,6 +110,13 @@ $(SO): $(LIB_PIC) src/librpal.map
 	  -Wl,--version-script=src/librpal.map -Wl,-z,defs -o $@ $(LIB_PIC) $(LDFLAGS_SO)
 	ln -sf librpal.so.$(VERSION) $(B)/librpal.so.$(SOVERSION)
 	ln -sf librpal.so.$(SOVERSION) $(B)/librpal.so
+$(B)/librpal-run.so: $(B)/pic/run.o $(LIB_PIC) src/run.map
+	$(CC) -shared -Wl,--version-script=src/run.map -Wl,-z,defs -o $@ $(B)/pic/run.o \
+	  $(LIB_PIC) -ldl -lpthread $(LDFLAGS_SO)
+# `rpal bench apps` drives programs it does not build: a script.
+$(B)/bench/apps: bench/apps.sh
+	@mkdir -p $(@D)
+	cp $< $@ && chmod 755 $@
 $(A): $(LIB_OBJ)
 	rm -f $@
 	ar rcs $@ $^
@@ -231,7 +244,7 @@ fuzz-seeds: fuzz-build
 	for t in $(FUZZ_TARGETS); do mkdir -p fuzz/corpus/$$t && \
 	  FUZZ_WRITE_SEEDS=fuzz/corpus/$$t $(FB)/$$t || exit 1; done
 
-install: lib $(TOOL) $(CHAOS) $(BENCHES) $(ECHO_PROGS:%=$(B)/examples/%)
+install: lib $(TOOL) $(CHAOS) $(BENCHES) $(RUN_SO) $(if $(RUN_SO),$(B)/bench/apps) $(ECHO_PROGS:%=$(B)/examples/%)
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(BINDIR) \
 	  $(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man3 $(DESTDIR)$(MANDIR)/man7
 	install -m 644 include/rpal.h $(DESTDIR)$(INCLUDEDIR)/rpal.h
@@ -241,6 +254,7 @@ install: lib $(TOOL) $(CHAOS) $(BENCHES) $(ECHO_PROGS:%=$(B)/examples/%)
 	install -m 644 $(A) $(DESTDIR)$(LIBDIR)/
 	install -m 755 $(TOOL) $(DESTDIR)$(BINDIR)/rpal
 	install -d $(DESTDIR)$(PREFIX)/libexec/rpal
+	$(if $(RUN_SO),install -m 755 $(RUN_SO) $(B)/bench/apps $(DESTDIR)$(PREFIX)/libexec/rpal/)
 	for b in $(CHAOS) $(BENCHES) $(ECHO_PROGS:%=$(B)/examples/%); do \
 	  install -m 755 $$b $(DESTDIR)$(PREFIX)/libexec/rpal/; done
 	sed -e 's|@PREFIX@|$(PREFIX)|; s|@LIBDIR@|$(LIBDIR)|; s|@INCLUDEDIR@|$(INCLUDEDIR)|; s|@VERSION@|$(VERSION)|' \
@@ -263,7 +277,7 @@ uninstall:
 	rm -f $(DESTDIR)$(INCLUDEDIR)/rpal.h $(DESTDIR)$(LIBDIR)/librpal.so \
 	  $(DESTDIR)$(LIBDIR)/librpal.so.$(SOVERSION) $(DESTDIR)$(LIBDIR)/librpal.so.$(VERSION) \
 	  $(DESTDIR)$(LIBDIR)/librpal.a $(DESTDIR)$(BINDIR)/rpal $(DESTDIR)$(PKGCONFIGDIR)/rpal.pc
-	for b in $(notdir $(CHAOS) $(BENCHES)) $(ECHO_PROGS); do \
+	for b in $(notdir $(CHAOS) $(BENCHES)) $(ECHO_PROGS) librpal-run.so apps; do \
 	  rm -f $(DESTDIR)$(PREFIX)/libexec/rpal/$$b; done
 	-rmdir $(DESTDIR)$(PREFIX)/libexec/rpal
 	cd man && for f in *.[137]; do rm -f $(DESTDIR)$(MANDIR)/man$${f##*.}/$$f; done

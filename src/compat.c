@@ -79,6 +79,7 @@ struct ep_item {
     epoll_data_t data;
     uint32_t seen_tail;      /* EPOLLET: their tail at the last EPOLLIN */
     uint8_t in_use, disabled, was_full, kmapped, end_seen, kbell;
+    uint8_t parked;          /* deleted by the application, still in the kernel's set */
 };
 
 struct ep_set {
@@ -209,6 +210,17 @@ static int at_end(const struct conn *c)
 {
     /* pairs with the release store of closed in rpal_close */
     return c->eof || c->rd.broken || rpal_load_acquire(&c->rd.their->closed);
+}
+
+/* The end for a writer: the other end closed, broke the ring's rules, or
+ * its socket is gone. A half close (shutdown(SHUT_WR), which ends only what
+ * we read) leaves it a reader, as on the socket. */
+static int write_end(const struct conn *c)
+{
+    if (c->rd.broken || rpal_load_acquire(&c->rd.their->closed))
+        return 1;
+    struct pollfd pf = {c->fd, 0, 0};
+    return c->eof && poll(&pf, 1, 0) > 0 && (pf.revents & (POLLHUP | POLLERR));
 }
 
 static int has_room(struct conn *c)
@@ -425,7 +437,7 @@ ssize_t rpal_write(int fd, const void *buf, size_t len)
     if (len > CX_MAX_MSG)
         len = CX_MAX_MSG; /* a short write, as a socket may do */
     for (;;) {
-        if (at_end(c))
+        if (write_end(c))
             return c->rd.broken ? -EPROTO : -EPIPE;
         if (has_room(c))
             break;
@@ -758,31 +770,52 @@ static int pidfd_pass(int fd, int on)
     return was != 0;
 }
 
-/* Send our hello (with our slot's memfd and our bell) and read the other
- * end's into *THEIR, with its memfd in *MEMFD (-1: none) and the
- * credentials the kernel attached in *CR; keep its bell if we may write
- * it. */
-static int hello_exchange(struct conn *c, uint64_t deadline, struct fm_hello *their,
-                          int *memfd, struct ucred *cr, int *pidfd)
+/* What SO_PASSCRED and SO_PASSPIDFD were before a hello turned them on. */
+struct hello_was {
+    int passcred, passpidfd;
+};
+
+/* Put back what hello_begin turned on. */
+static void hello_restore(int fd, const struct hello_was *was)
+{
+    if (!was->passcred)
+        setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &was->passcred, sizeof was->passcred);
+    if (was->passpidfd == 0)
+        pidfd_pass(fd, 0);
+}
+
+/* Send our hello (with our slot's memfd and our bell), SO_PASSCRED and
+ * SO_PASSPIDFD on so that the other end's credentials and pidfd come with
+ * its hello; *WAS says what they were before (hello_end puts it back). */
+static int hello_begin(struct conn *c, uint64_t deadline, struct hello_was *was)
 {
     rpal_domain *d = c->d;
-    int fd = c->fd, fds[2] = {-1, -1}, err;
     struct fm_hello mine = {.magic = FM_MAGIC, .version = FM_VERSION, .slot = d->slot,
                             .slot_size = d->slot_size, .ring = (uintptr_t)c->my,
                             .depth = c->depth, .pid = d->pid};
     /* Credentials ride with the hello (the connection's may be stale: a
      * socketpair's are its maker's); the kernel adds them to what we read
      * only while SO_PASSCRED is on. */
-    int one = 1, passcred = 0;
-    socklen_t l = sizeof passcred;
-    getsockopt(fd, SOL_SOCKET, SO_PASSCRED, &passcred, &l);
-    setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one);
-    int passpidfd = pidfd_pass(fd, 1);
-    *pidfd = -1;
-    if ((err = hello_send(fd, &mine, d->memfd, c->bell, deadline)) == 0)
-        err = hello_recv(fd, their, fds, cr, pidfd, deadline);
-    if (passpidfd == 0)
-        pidfd_pass(fd, 0);
+    int one = 1;
+    socklen_t l = sizeof was->passcred;
+    was->passcred = 0;
+    getsockopt(c->fd, SOL_SOCKET, SO_PASSCRED, &was->passcred, &l);
+    setsockopt(c->fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one);
+    was->passpidfd = pidfd_pass(c->fd, 1);
+    return hello_send(c->fd, &mine, d->memfd, c->bell, deadline);
+}
+
+/* Read the other end's hello into *THEIR, with its memfd in *MEMFD (-1:
+ * none) and the credentials and pidfd (*PIDFD, -1: none) the kernel
+ * attached in *CR; keep its bell if we may write it. -ETIMEDOUT: nothing
+ * was consumed, and it may be called again. */
+static int hello_end(struct conn *c, uint64_t deadline, const struct hello_was *was,
+                     struct fm_hello *their, int *memfd, struct ucred *cr, int *pidfd)
+{
+    int fds[2] = {-1, -1};
+    int err = hello_recv(c->fd, their, fds, cr, pidfd, deadline);
+    if (err == -ETIMEDOUT && fds[0] < 0)
+        return err;
     *memfd = fds[0];
     /* Its bell, only if it is an eventfd of a process of our own user. A
      * write to an eventfd blocks when its count is full, and its O_NONBLOCK
@@ -792,8 +825,21 @@ static int hello_exchange(struct conn *c, uint64_t deadline, struct fm_hello *th
         c->their_bell = fds[1];
     else if (fds[1] >= 0)
         close(fds[1]);
-    if (!passcred)
-        setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &passcred, sizeof passcred);
+    hello_restore(c->fd, was);
+    return err == -ETIMEDOUT ? -EPROTO : err; /* a hello cut short */
+}
+
+/* Both halves at once. */
+static int hello_exchange(struct conn *c, uint64_t deadline, struct fm_hello *their,
+                          int *memfd, struct ucred *cr, int *pidfd)
+{
+    struct hello_was was;
+    int err;
+    *memfd = *pidfd = -1;
+    if ((err = hello_begin(c, deadline, &was)) == 0 &&
+        (err = hello_end(c, deadline, &was, their, memfd, cr, pidfd)) != -ETIMEDOUT)
+        return err;
+    hello_restore(c->fd, &was);
     return err;
 }
 
@@ -852,6 +898,33 @@ static int conn_adopt(struct conn *c, const struct fm_hello *their, int memfd,
     return 0;
 }
 
+/* Take the other end's hello THEIR (with its slot's MEMFD, and the
+ * credentials CR and pidfd PIDFD): check it, map its ring and enter C in
+ * the table of connections. 1, or a negative errno with C freed. */
+static int conn_publish(struct conn *c, const struct fm_hello *their, int memfd,
+                        const struct ucred *cr, int pidfd)
+{
+    int err = conn_adopt(c, their, memfd, cr, pidfd); /* takes PIDFD */
+    if (memfd >= 0)
+        close(memfd);
+    if (err == 0) {
+        rpal__wt_learn_init(&c->learn);
+        c->st.kind = RPAL_STATS_CONN;
+        c->st.peer_pid = cr->pid;
+        c->st.fd = c->fd;
+        rpal__dom_stats_open(c->d, &c->st, 0);
+        pthread_mutex_lock(&cx_lock);
+        err = fdtab_put(&conns, c->fd, c);
+        rpal_fetch_add_relaxed(&conn_gen, 1);
+        pthread_mutex_unlock(&cx_lock);
+    }
+    if (err < 0) {
+        conn_free(c);
+        return err == -ECONNRESET || err == -EBADMSG || err == -EINVAL ? -EPROTO : err;
+    }
+    return 1;
+}
+
 int rpal_uds_fdmap(rpal_domain *d, int fd, int timeout_ms)
 {
     int err = rpal__dom_check(d);
@@ -873,33 +946,160 @@ int rpal_uds_fdmap(rpal_domain *d, int fd, int timeout_ms)
     struct fm_hello their;
     int memfd = -1, pidfd = -1;
     if ((err = hello_exchange(c, deadline, &their, &memfd, &cr, &pidfd)) < 0) {
+        if (memfd >= 0)
+            close(memfd);
         if (pidfd >= 0)
             close(pidfd);
-        goto fail;
-    }
-    if ((err = conn_adopt(c, &their, memfd, &cr, pidfd)) < 0) /* takes PIDFD */
-        goto fail;
-    close(memfd);
-    memfd = -1;
-    rpal__wt_learn_init(&c->learn);
-    c->st.kind = RPAL_STATS_CONN;
-    c->st.peer_pid = cr.pid;
-    c->st.fd = fd;
-    rpal__dom_stats_open(d, &c->st, 0);
-    pthread_mutex_lock(&cx_lock);
-    err = fdtab_put(&conns, fd, c);
-    rpal_fetch_add_relaxed(&conn_gen, 1);
-    pthread_mutex_unlock(&cx_lock);
-    if (err < 0) {
         conn_free(c);
-        return err;
+        return err == -ECONNRESET || err == -EBADMSG || err == -EINVAL ? -EPROTO : err;
     }
-    return 1;
-fail:
-    if (memfd >= 0)
-        close(memfd);
-    conn_free(c);
-    return err == -ECONNRESET || err == -EBADMSG || err == -EINVAL ? -EPROTO : err;
+    return conn_publish(c, &their, memfd, &cr, pidfd);
+}
+
+/* ---- for src/run.c: the upgrade in two halves, and the socket calls ---- */
+
+/* An upgrade begun: our hello is sent, the other end's not read yet. */
+struct fdmap_half {
+    struct conn *c;
+    struct hello_was was;
+};
+static struct fdtab halves; /* fd -> struct fdmap_half */
+
+int rpal__cx_fdmap_begin(rpal_domain *d, int fd, int timeout_ms)
+{
+    int err = rpal__dom_check(d);
+    if (err < 0)
+        return err;
+    if (fd < 0 || fd >= FD_PAGE * FD_PAGES)
+        return -EBADF;
+    if (conn_of(fd) || fdtab_get(&halves, fd))
+        return 1;
+    zombies_reap();
+    uint64_t deadline = rpal__prim_deadline(timeout_ms);
+    struct ucred cr;
+    unsigned pslot;
+    if ((err = fdmap_candidate(d, fd, rpal__prim_deadline(0), &cr, &pslot)) <= 0)
+        return err;
+    struct fdmap_half *h = calloc(1, sizeof *h);
+    if (!h || !(h->c = conn_new(d, fd))) {
+        free(h);
+        return -ENOMEM;
+    }
+    if ((err = hello_begin(h->c, deadline, &h->was)) == 0) {
+        pthread_mutex_lock(&cx_lock);
+        err = fdtab_put(&halves, fd, h);
+        pthread_mutex_unlock(&cx_lock);
+        if (err == 0)
+            return 1;
+    }
+    hello_restore(fd, &h->was);
+    conn_free(h->c);
+    free(h);
+    return err == -ECONNRESET ? -EPROTO : err;
+}
+
+int rpal__cx_fdmap_end(int fd, int timeout_ms)
+{
+    struct fdmap_half *h = fdtab_get(&halves, fd);
+    if (!h)
+        return conn_of(fd) ? 1 : -ENOENT;
+    struct fm_hello their;
+    struct ucred cr;
+    int memfd = -1, pidfd = -1;
+    int err = hello_end(h->c, rpal__prim_deadline(timeout_ms), &h->was, &their, &memfd, &cr,
+                        &pidfd);
+    if (err == -ETIMEDOUT)
+        return -EAGAIN; /* not there yet: call again */
+    pthread_mutex_lock(&cx_lock);
+    fdtab_put(&halves, fd, NULL);
+    pthread_mutex_unlock(&cx_lock);
+    struct conn *c = h->c;
+    free(h);
+    if (err < 0) {
+        if (memfd >= 0)
+            close(memfd);
+        if (pidfd >= 0)
+            close(pidfd);
+        conn_free(c);
+        return err == -ECONNRESET || err == -EBADMSG || err == -EINVAL ? -EPROTO : err;
+    }
+    /* A connection closed a moment ago to a process that has exited since
+     * may still hold its peer, in the slot the answering process now has
+     * (a client that reconnects to a server forking one process per
+     * connection): let it go first. */
+    zombies_reap();
+    return conn_publish(c, &their, memfd, &cr, pidfd);
+}
+
+void rpal__cx_fdmap_drop(int fd)
+{
+    struct fdmap_half *h = fdtab_get(&halves, fd);
+    if (!h)
+        return;
+    pthread_mutex_lock(&cx_lock);
+    fdtab_put(&halves, fd, NULL);
+    pthread_mutex_unlock(&cx_lock);
+    conn_free(h->c);
+    free(h);
+}
+
+int rpal__cx_poll(int fd, int events, int how)
+{
+    struct conn *c = conn_of(fd);
+    if (!c)
+        return -ENOENT;
+    if (rpal__dom_check(c->d) < 0)
+        return POLLNVAL;
+    if (how & CX_POLL_DRAIN)
+        drain(c); /* the socket said something: wake-up bytes, or the end */
+    if (how & CX_POLL_ARM) {
+        /* The caller is about to wait outside rpal (poll, select, a set of
+         * the kernel's): the other end must wake it with a byte on the
+         * socket, and say when it makes room. */
+        set_sleeps(c, idle_sleeps(c));
+        if (events & POLLOUT)
+            rpal_store_relaxed(&c->my->want_room, 1);
+        rpal_fence_seq_cst(); /* pairs with the fences in rpal_write and take() */
+    }
+    int r = 0;
+    if (c->rd.off || next_ready(c))
+        r |= POLLIN;
+    if (at_end(c))
+        r |= POLLIN | POLLRDHUP | POLLHUP;
+    if (has_room(c) || at_end(c))
+        r |= POLLOUT;
+    if (c->rd.broken)
+        r |= POLLERR;
+    return r & (events | POLLHUP | POLLERR | POLLNVAL);
+}
+
+ssize_t rpal__cx_peek(int fd, void *buf, size_t len)
+{
+    struct conn *c = conn_of(fd);
+    if (!c)
+        return -ENOENT;
+    if (rpal__dom_check(c->d) < 0)
+        return -ECHILD;
+    struct cx_reader r = c->rd; /* a copy: nothing is consumed */
+    size_t got = rpal__cx_take(&r, buf, len);
+    return got == 0 && r.broken ? -EPROTO : (ssize_t)got;
+}
+
+int rpal__cx_shutdown(int fd, int how)
+{
+    struct conn *c = conn_of(fd);
+    if (shutdown(fd, how) < 0)
+        return -errno;
+    /* The end of our half travels on the socket (the other end's drain()
+     * sees it); a reader asleep on a futex must look now, not in 20 ms. */
+    if (c && how != SHUT_RD && rpal__dom_check(c->d) == 0) {
+        rpal_fence_seq_cst();
+        if (rpal_load_relaxed(&c->rd.their->pub.sleeps) == WT_WAKE_FUTEX)
+            rpal__prim_futex_wake(&c->my->tail, INT_MAX, 1);
+        else
+            wake_peer(c, &c->my->tail);
+    }
+    return 0;
 }
 
 int rpal_close(int fd)
@@ -919,6 +1119,7 @@ int rpal_close(int fd)
                 if (it) {
                     it->in_use = 0;
                     it->kbell = 0;
+                    it->parked = 0;
                 }
             }
         }
@@ -1226,6 +1427,56 @@ static int set_wait(struct ep_set *s, struct epoll_event *ev, int max, int timeo
     return n;
 }
 
+/* What the application asked of FD (C if it is mapped) in a set. */
+static void item_set(struct ep_item *it, const struct epoll_event *ev, const struct conn *c)
+{
+    it->events = ev->events;
+    it->data = ev->data;
+    it->in_use = 1;
+    it->disabled = 0;
+    it->was_full = 1; /* so that EPOLLET reports room once, as epoll does */
+    it->end_seen = 0;
+    it->seen_tail = c ? c->rd.head : 0; /* unread messages count as new */
+}
+
+/* An upgraded descriptor's registration changed without the kernel: its
+ * part (wake-ups, the end) stays in the kernel's set whatever the
+ * application asks, so a MOD changes only our record, a DEL parks it
+ * (collect() skips it) and an ADD takes a parked one back, with no system
+ * call and no resync of the set (event loops that add and drop a
+ * descriptor or EPOLLOUT per message). 1 if done; cx_lock held. */
+static int item_quick(struct ep_set *s, struct ep_item *it, struct conn *c, int op,
+                      struct epoll_event *ev, int fd)
+{
+    if (op == EPOLL_CTL_MOD && it->in_use) {
+        item_set(it, ev, c);
+    } else if (op == EPOLL_CTL_DEL && it->in_use) {
+        it->in_use = 0;
+        it->parked = 1;
+        if (--c->nsets == 0)
+            set_sleeps(c, WT_WAKE_SOCK); /* it may wait on the socket now */
+    } else if (op == EPOLL_CTL_ADD && !it->in_use && it->parked) {
+        it->parked = 0;
+        /* The kernel's set is the truth (this one may be a new set under
+         * an old number): not there, the slow way adds it and its bell. */
+        struct epoll_event kev = {.events = EPOLLIN | EPOLLRDHUP, .data.u64 = (uint64_t)fd};
+        if (epoll_ctl(s->epfd, EPOLL_CTL_MOD, fd, &kev) < 0) {
+            it->kbell = 0;
+            return 0;
+        }
+        c->nsets++;
+        item_set(it, ev, c);
+        int listed = 0; /* still in the set's list, unless a resync dropped it */
+        for (int k = 0; k < s->nmapped && !listed; k++)
+            listed = s->mapped[k] == fd;
+        if (!listed)
+            rpal_fetch_add_relaxed(&conn_gen, 1);
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
 int rpal_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
 {
     if ((op != EPOLL_CTL_DEL && !ev) || (op != EPOLL_CTL_ADD && op != EPOLL_CTL_MOD &&
@@ -1253,6 +1504,10 @@ int rpal_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
         }
     }
     struct conn *c = conn_of(fd);
+    if (c && it && it->kmapped && item_quick(s, it, c, op, ev, fd)) {
+        pthread_mutex_unlock(&cx_lock);
+        return 0;
+    }
     struct epoll_event kev = {.events = c ? EPOLLIN | EPOLLRDHUP : (ev ? ev->events : 0),
                               .data.u64 = (uint64_t)fd};
     if (epoll_ctl(epfd, op, fd, op == EPOLL_CTL_DEL ? NULL : &kev) < 0) {
@@ -1269,14 +1524,8 @@ int rpal_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
     } else {
         if (c && !(op == EPOLL_CTL_MOD && it->kmapped))
             c->nsets++;
-        it->events = ev->events;
-        it->data = ev->data;
-        it->in_use = 1;
-        it->disabled = 0;
-        it->was_full = 1; /* so that EPOLLET reports room once, as epoll does */
+        item_set(it, ev, c);
         it->kmapped = c != NULL;
-        it->end_seen = 0;
-        it->seen_tail = c ? c->rd.head : 0; /* unread messages count as new */
         if (c)
             bell_register(s, it, c, fd);
     }

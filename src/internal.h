@@ -745,6 +745,26 @@ RPAL_HIDDEN int rpal__cx_hello_check(const struct fm_hello *h, pid_t pid, unsign
  * read here): 0 or -EPROTO. */
 RPAL_HIDDEN int rpal__cx_ring_check(const struct fm_hello *h, uint64_t base, uint64_t size);
 
+/* For src/run.c (rpal run): rpal_uds_fdmap in two halves. _begin: if the
+ * other end of FD may speak rpal, send our hello (1; 0: it may not, nothing
+ * was sent). _end: wait up to TIMEOUT_MS for its hello (1: upgraded;
+ * -EAGAIN: not there yet, call again; another errno: the connection is
+ * unusable). _drop: forget a half-done one. */
+RPAL_HIDDEN int rpal__cx_fdmap_begin(rpal_domain *d, int fd, int timeout_ms);
+RPAL_HIDDEN int rpal__cx_fdmap_end(int fd, int timeout_ms);
+RPAL_HIDDEN void rpal__cx_fdmap_drop(int fd);
+/* An upgraded FD's readiness from the rings, as poll() would say it for
+ * EVENTS (-ENOENT: not upgraded). HOW: CX_POLL_ARM, the caller is about to
+ * wait outside rpal, so the other end must wake it through the socket;
+ * CX_POLL_DRAIN, read the socket's wake-up bytes (it was readable). */
+#define CX_POLL_ARM   1
+#define CX_POLL_DRAIN 2
+RPAL_HIDDEN int rpal__cx_poll(int fd, int events, int how);
+/* Copy what is there to read without consuming it (MSG_PEEK). */
+RPAL_HIDDEN ssize_t rpal__cx_peek(int fd, void *buf, size_t len);
+/* shutdown(2) on FD; an upgraded one's other end is woken to see it. */
+RPAL_HIDDEN int rpal__cx_shutdown(int fd, int how);
+
 /* region (src/region.c): the header page of a region file. */
 #define REGION_MAGIC   0x314745524c415052ull /* "RPALREG1" little-endian */
 #define REGION_VERSION 1u

@@ -40,8 +40,12 @@ static const char *usage_text =
     "                          sleeps, spins, yields, the spin budget\n"
     "  rpal gc [--json]        remove what belongs only to dead processes\n"
     "Measuring and checking\n"
-    "  rpal bench NAME [ARGS]  run a benchmark: paper, call, load, heap,\n"
+    "  rpal bench NAME [ARGS]  run a benchmark: paper, call, load, apps, heap,\n"
     "                          pagetables, regionchange, pkeys (rpal bench --help)\n"
+    "  rpal run [--domain NAME] [--] PROGRAM [ARGS]\n"
+    "                          run an unmodified program: its Unix-socket\n"
+    "                          connections to other programs under rpal run\n"
+    "                          go through rpal's rings\n"
     "  rpal chaos [ARGS]       kill peers at random points; count hangs,\n"
     "                          crashes, leaks and corrupt replies\n"
     "  rpal version [--json]   the library's version\n"
@@ -110,6 +114,8 @@ static const struct cmd cmds[] = {
     {"bench", "rpal bench NAME [ARGS]     (rpal bench NAME --help: its options)",
      "Run a benchmark (the one beside the command in the build tree, else the\n"
      "installed one in PREFIX/libexec/rpal):\n"
+     "  apps          unmodified Redis, PostgreSQL, memcached: plain against\n"
+     "                rpal run (ops/s, latency, CPU per op)\n"
      "  paper         the RPAL paper's measurement: epoll + Unix socket against\n"
      "                rpal, 1,000,000 messages each (--pidns: also with the\n"
      "                server in a pid namespace of its own, as in a container)\n"
@@ -120,6 +126,19 @@ static const struct cmd cmds[] = {
      "  pagetables    page tables of N processes, 4 KiB pages against huge\n"
      "  regionchange  latency of a layout change for 1, 8, 64 sharers\n"
      "  pkeys         what an access window costs (rpal_peer_access_begin/end)\n"},
+    {"run", "rpal run [--domain NAME] [--] PROGRAM [ARGS...]",
+     "Run PROGRAM, unmodified, with librpal-run.so preloaded: each connected\n"
+     "Unix stream socket it makes with connect() or accept() whose other end is\n"
+     "a process also under rpal run (in the same domain) moves to rpal's rings\n"
+     "at its first I/O; every other descriptor, and every connection to a\n"
+     "process not under rpal run, behaves as without it. See docs/run.md.\n"
+     "  --domain NAME  the domain to join (default: \"default\"); both ends\n"
+     "                 must name the same one\n"
+     "Environment: RPAL_RUN_LOG=FILE appends one line per connection upgraded\n"
+     "(up), left to the kernel (plain) and closed (with its message counts);\n"
+     "RPAL_RUN_HELLO_MS bounds a blocking call's wait for the other end's hello\n"
+     "(default 10000); RPAL_DIR, RPAL_SPIN_US, RPAL_FOLLOW as for every rpal\n"
+     "program (rpal run sets RPAL_FOLLOW=0 unless it is set).\n"},
     {"chaos", "rpal chaos [--trials N] [--seed S] [--from I] [--kind KIND] [--json] [-v]",
      "Kill peers at random points and count hangs, crashes, leaks and corrupt\n"
      "replies among the survivors (rpal chaos --help: its options in full).\n"},
@@ -998,6 +1017,73 @@ static int exec_helper(const char *what, const char *subdir, const char *name, c
     return fail(what, path, -errno);
 }
 
+/* The interposer: beside the command (the build tree) or in
+ * PREFIX/libexec/rpal. */
+static int run_lib(char *path, size_t size)
+{
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0)
+        return -errno;
+    self[n] = 0;
+    *strrchr(self, '/') = 0;
+    snprintf(path, size, "%s/librpal-run.so", self);
+    if (access(path, R_OK) == 0)
+        return 0;
+    snprintf(path, size, "%s/../libexec/rpal/librpal-run.so", self);
+    if (access(path, R_OK) == 0)
+        return 0;
+    fprintf(stderr, "rpal run: no librpal-run.so beside the command (%s) nor in %s/../libexec/rpal:"
+            " build it with make (not made by the sanitizer or static builds)\n", self, self);
+    return -ENOENT;
+}
+
+/* `rpal run [--domain NAME] [--] PROGRAM [ARGS]`: exec PROGRAM with the
+ * interposer preloaded (after what LD_PRELOAD already holds). */
+static int cmd_run(int argc, char **argv)
+{
+    const char *domain = NULL;
+    int i = 0;
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        if (!strcmp(argv[i], "--")) {
+            i++;
+            break;
+        }
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
+            return help(find_cmd("run"));
+        if (!strcmp(argv[i], "--domain") && i + 1 < argc) {
+            domain = argv[++i];
+            continue;
+        }
+        return usage_error("run", !strcmp(argv[i], "--domain") ? "--domain needs a NAME%s"
+                                                                : "unknown option '%s'",
+                           !strcmp(argv[i], "--domain") ? "" : argv[i]);
+    }
+    if (i >= argc)
+        return usage_error("run", "a PROGRAM to run is missing%s", "");
+    int err;
+    if (domain && (!*domain || *domain == '.' || strlen(domain) > 64 ||
+                   strspn(domain, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                  "0123456789_.-") != strlen(domain)))
+        return usage_error("run", "'%s' is not a domain NAME (1 to 64 of A-Z a-z 0-9 _ . -,"
+                                  " not starting with '.')", domain);
+    char lib[PATH_MAX + 64], pre[2 * PATH_MAX + 80];
+    if (run_lib(lib, sizeof lib) < 0)
+        return 2;
+    const char *old = getenv("LD_PRELOAD");
+    snprintf(pre, sizeof pre, "%s%s%s", old && *old ? old : "", old && *old ? ":" : "", lib);
+    setenv("LD_PRELOAD", pre, 1);
+    if (domain)
+        setenv("RPAL_RUN_DOMAIN", domain, 1);
+    /* Servers of many connections: a waiter that follows its peer's CPU
+     * crams both onto one (measured: docs/run.md). Unless asked. */
+    setenv("RPAL_FOLLOW", "0", 0);
+    execvp(argv[i], argv + i);
+    err = -errno;
+    fprintf(stderr, "rpal run: %s: %s\n", argv[i], rpal_strerror(err));
+    return err == -ENOENT ? 127 : 126;
+}
+
 /* `rpal stat`: every channel's and connection's counters, the answer to
  * "why does this connection cost what it costs". */
 struct stat_state {
@@ -1112,6 +1198,8 @@ int main(int argc, char **argv)
         return cmd_stat(argc - 2, argv + 2);
     if (!strcmp(cmd, "bench"))
         return cmd_bench(argc - 2, argv + 2);
+    if (!strcmp(cmd, "run"))
+        return cmd_run(argc - 2, argv + 2);
     if (!strcmp(cmd, "chaos")) /* a program of its own: tools/chaos.c */
         return exec_helper("chaos program", "", "chaos", argv + 1);
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version"))

@@ -1,0 +1,974 @@
+/* run: an unmodified program's Unix-socket connections moved to rpal.
+ *
+ * Built into librpal-run.so (never into librpal.a: it defines read, write
+ * and the other calls a program makes), which `rpal run -- PROGRAM` puts in
+ * LD_PRELOAD. Each call looks its descriptor up in a table of states; a
+ * descriptor the table does not know (every pipe, file, TCP socket, and
+ * every Unix socket not made by connect() or accept()) goes straight to the
+ * next definition (libc's), so that the cost there is one load and one
+ * indirect call.
+ *
+ * The upgrade point: a connected AF_UNIX stream socket made by connect(),
+ * accept() or accept4() is a candidate; at its first I/O (or poll, select
+ * or epoll that finds it readable) in the process that does it, the compat
+ * layer's hello is exchanged if the kernel names a member of the domain at
+ * the other end (SO_PEERCRED; the hello's own SCM_CREDENTIALS then say
+ * which process answers, which holds after fork). Lazily, so that a server
+ * that accepts and forks (PostgreSQL) upgrades in the child that talks. A
+ * candidate never touched by a member stays a plain socket: no byte is
+ * sent to a process that is not under rpal. See docs/run.md.
+ */
+#include "rpal.h"
+#include "internal.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/select.h>
+#include <sys/syscall.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#define RUN_FDS  65536 /* descriptors above are left to the kernel */
+#define EXPORT   __attribute__((visibility("default")))
+#define GATHER   65536 /* writev/sendmsg: gathered into one message up to this */
+
+enum { ST_PLAIN = 0, ST_CAND, ST_HALF, ST_UP, ST_ALIAS, ST_PARENT, ST_BROKEN };
+
+static _Atomic unsigned char fdst[RUN_FDS];
+static int alias_of[RUN_FDS];
+/* Set while rpal's own code runs: its calls go to the kernel. */
+static __thread int inside __attribute__((tls_model("initial-exec")));
+static pthread_mutex_t join_lock = PTHREAD_MUTEX_INITIALIZER;
+static rpal_domain *dom;
+static int join_failed, log_fd = -1;
+static int hello_ms = 10000, nb_hello_ms = 1;
+
+/* ---- the next definitions (libc's) ---- */
+
+/* The next definition of F (libc's), looked up once: calls can come
+ * before our constructor ran (from another library's). */
+#define REAL(f) ((__typeof__(real_##f))next_sym((void **)&real_##f, #f))
+static void *next_sym(void **slot, const char *name)
+{
+    void *p = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+    if (p)
+        return p;
+    if (!(p = dlsym(RTLD_NEXT, name))) {
+        static const char msg[] = "librpal-run: a libc call is missing\n";
+        (void)!syscall(SYS_write, 2, msg, sizeof msg - 1);
+        abort();
+    }
+    __atomic_store_n(slot, p, __ATOMIC_RELEASE);
+    return p;
+}
+
+static ssize_t (*real_read)(int, void *, size_t);
+static ssize_t (*real_write)(int, const void *, size_t);
+static ssize_t (*real_readv)(int, const struct iovec *, int);
+static ssize_t (*real_writev)(int, const struct iovec *, int);
+static ssize_t (*real_recv)(int, void *, size_t, int);
+static ssize_t (*real_send)(int, const void *, size_t, int);
+static ssize_t (*real_recvfrom)(int, void *, size_t, int, struct sockaddr *, socklen_t *);
+static ssize_t (*real_sendto)(int, const void *, size_t, int, const struct sockaddr *, socklen_t);
+static ssize_t (*real_recvmsg)(int, struct msghdr *, int);
+static ssize_t (*real_sendmsg)(int, const struct msghdr *, int);
+static int (*real_socket)(int, int, int);
+static int (*real_connect)(int, const struct sockaddr *, socklen_t);
+static int (*real_listen)(int, int);
+static int (*real_accept)(int, struct sockaddr *, socklen_t *);
+static int (*real_accept4)(int, struct sockaddr *, socklen_t *, int);
+static int (*real_close)(int);
+static int (*real_shutdown)(int, int);
+static int (*real_dup)(int);
+static int (*real_dup2)(int, int);
+static int (*real_dup3)(int, int, int);
+static int (*real_fcntl)(int, int, ...);
+static int (*real_fcntl64)(int, int, ...);
+static int (*real_ioctl)(int, unsigned long, ...);
+static int (*real_poll)(struct pollfd *, nfds_t, int);
+static int (*real_ppoll)(struct pollfd *, nfds_t, const struct timespec *, const sigset_t *);
+static int (*real_select)(int, fd_set *, fd_set *, fd_set *, struct timeval *);
+static int (*real_pselect)(int, fd_set *, fd_set *, fd_set *, const struct timespec *,
+                           const sigset_t *);
+static int (*real_epoll_ctl)(int, int, int, struct epoll_event *);
+static int (*real_epoll_wait)(int, struct epoll_event *, int, int);
+static int (*real_epoll_pwait)(int, struct epoll_event *, int, int, const sigset_t *);
+static int (*real_epoll_pwait2)(int, struct epoll_event *, int, const struct timespec *,
+                                const sigset_t *);
+
+/* ---- the table ---- */
+
+static int state(int fd)
+{
+    return fd >= 0 && fd < RUN_FDS ? fdst[fd] : ST_PLAIN;
+}
+
+static void set_state(int fd, int st)
+{
+    if (fd >= 0 && fd < RUN_FDS)
+        fdst[fd] = (unsigned char)st;
+}
+
+/* Ours to handle: known to the table, and not a call rpal itself makes. */
+static inline int tracked(int fd)
+{
+    return fd >= 0 && fd < RUN_FDS && fdst[fd] != ST_PLAIN && !inside;
+}
+
+static void run_log(const char *what, int fd, long long a, long long b)
+{
+    if (log_fd < 0)
+        return;
+    char line[160];
+    int n = snprintf(line, sizeof line, "%s pid=%d fd=%d %lld %lld\n", what, (int)getpid(), fd,
+                     a, b);
+    (void)!REAL(write)(log_fd, line, (size_t)n);
+}
+
+static void on_fork_child(void)
+{
+    /* The rings of connections upgraded here are the parent's: the child
+     * joins on its own (lazily) and keeps its inherited candidates. */
+    for (int fd = 0; fd < RUN_FDS; fd++) {
+        int st = fdst[fd];
+        if (st == ST_UP || st == ST_HALF || st == ST_ALIAS)
+            fdst[fd] = ST_PARENT;
+    }
+}
+
+__attribute__((constructor)) static void run_init(void)
+{
+    const char *e = getenv("RPAL_RUN_LOG");
+    if (e && *e)
+        log_fd = open(e, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if ((e = getenv("RPAL_RUN_HELLO_MS")) && atoi(e) > 0)
+        hello_ms = atoi(e);
+    pthread_atfork(NULL, NULL, on_fork_child);
+}
+
+/* The domain, joined at the first candidate (and again in a forked child,
+ * whose parent's membership it does not hold). NULL: not a member. */
+static rpal_domain *joined(void)
+{
+    rpal_domain *d = __atomic_load_n(&dom, __ATOMIC_ACQUIRE);
+    if (d && rpal__dom_check(d) == 0)
+        return d;
+    pthread_mutex_lock(&join_lock);
+    if (dom && rpal__dom_check(dom) < 0) {
+        dom = NULL; /* a forked child */
+        join_failed = 0;
+    }
+    if (!dom && !join_failed) {
+        const char *name = getenv("RPAL_RUN_DOMAIN");
+        inside++;
+        int err = rpal_domain_join(name && *name ? name : NULL, NULL, &d);
+        inside--;
+        if (err < 0) {
+            join_failed = 1;
+            run_log("nojoin", -1, err, 0);
+        } else {
+            __atomic_store_n(&dom, d, __ATOMIC_RELEASE);
+            run_log("join", -1, 0, 0);
+        }
+    }
+    d = dom;
+    pthread_mutex_unlock(&join_lock);
+    return d;
+}
+
+static int nonblocking(int fd)
+{
+    int fl = REAL(fcntl)(fd, F_GETFL);
+    return fl >= 0 && (fl & O_NONBLOCK);
+}
+
+/* Take a candidate or a half-done upgrade one step further; the state it
+ * is in then. WAIT: how long the caller may wait for the other end's hello:
+ * W_NONE (poll: not at all), W_SHORT (a non-blocking call: then EAGAIN),
+ * W_LONG (a blocking call: RPAL_RUN_HELLO_MS). */
+enum { W_NONE, W_SHORT, W_LONG };
+static int settle(int fd, int wait)
+{
+    int st = state(fd);
+    if (st == ST_ALIAS)
+        return state(alias_of[fd]) == ST_UP ? ST_UP : ST_BROKEN;
+    if (st != ST_CAND && st != ST_HALF)
+        return st;
+    rpal_domain *d = joined();
+    inside++;
+    int r = 1;
+    if (st == ST_CAND) {
+        r = d ? rpal__cx_fdmap_begin(d, fd, hello_ms) : 0;
+        st = r == 1 ? ST_HALF : r == 0 ? ST_PLAIN : ST_BROKEN;
+    }
+    if (st == ST_HALF) {
+        r = rpal__cx_fdmap_end(fd, wait == W_LONG ? hello_ms : wait == W_SHORT ? nb_hello_ms : 0);
+        st = r == 1 ? ST_UP : r == -EAGAIN ? ST_HALF : ST_BROKEN;
+    }
+    inside--;
+    set_state(fd, st);
+    if (st != ST_HALF)
+        run_log(st == ST_UP ? "up" : st == ST_PLAIN ? "plain" : "broken", fd, r, 0);
+    return st;
+}
+
+/* The descriptor an alias stands for. */
+static int target(int fd)
+{
+    return state(fd) == ST_ALIAS ? alias_of[fd] : fd;
+}
+
+static ssize_t fail(int err)
+{
+    errno = err;
+    return -1;
+}
+
+/* The errno for a descriptor that cannot carry data in its state, or 0. */
+static int state_err(int st, int nb)
+{
+    if (st == ST_HALF)
+        return nb ? EAGAIN : ETIMEDOUT;
+    if (st == ST_BROKEN)
+        return ECONNRESET;
+    if (st == ST_PARENT)
+        return EIO; /* upgraded by the parent before fork: see docs/run.md */
+    return 0;
+}
+
+/* ---- reading ---- */
+
+/* Wait until FD (upgraded) is readable (or writable if OUT), or the end;
+ * TIMEOUT_NS < 0: forever. */
+static int run_poll(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const sigset_t *mask);
+static int wait_one(int fd, int out, int64_t timeout_ns)
+{
+    struct pollfd p = {fd, (short)(out ? POLLOUT : POLLIN), 0};
+    return run_poll(&p, 1, timeout_ns, NULL);
+}
+
+static ssize_t up_read(int fd, void *buf, size_t len, int flags)
+{
+    int nb = (flags & MSG_DONTWAIT) != 0;
+    if (flags & MSG_PEEK) {
+        for (;;) {
+            inside++;
+            ssize_t n = rpal__cx_peek(fd, buf, len);
+            int ev = n == 0 ? rpal__cx_poll(fd, POLLIN, 0) : 0;
+            inside--;
+            if (n != 0 || (ev & POLLHUP) || len == 0)
+                return n < 0 ? fail((int)-n) : n;
+            if (nb || nonblocking(fd))
+                return fail(EAGAIN);
+            if (wait_one(fd, 0, -1) < 0)
+                return -1;
+        }
+    }
+    size_t got = 0;
+    do {
+        if (nb || (got && !(flags & MSG_WAITALL))) {
+            inside++;
+            int ev = rpal__cx_poll(fd, POLLIN, 0);
+            inside--;
+            if (!(ev & (POLLIN | POLLHUP)))
+                return got ? (ssize_t)got : fail(EAGAIN);
+        }
+        inside++;
+        ssize_t n = rpal_read(fd, (char *)buf + got, len - got);
+        inside--;
+        if (n < 0)
+            return got ? (ssize_t)got : fail((int)-n);
+        if (n == 0)
+            break;
+        got += (size_t)n;
+    } while ((flags & MSG_WAITALL) && got < len);
+    return (ssize_t)got;
+}
+
+static ssize_t run_recv(int fd, void *buf, size_t len, int flags)
+{
+    if (state(fd) == ST_UP) /* O_NONBLOCK is compat's to ask, when it would wait */
+        return up_read(fd, buf, len, flags);
+    int nb = (flags & MSG_DONTWAIT) || nonblocking(fd);
+    int st = settle(fd, nb ? W_SHORT : W_LONG);
+    if (st == ST_PLAIN)
+        return REAL(recv)(fd, buf, len, flags);
+    int err = state_err(st, nb);
+    if (err)
+        return fail(err);
+    return up_read(target(fd), buf, len, flags);
+}
+
+EXPORT ssize_t read(int fd, void *buf, size_t len)
+{
+    if (!tracked(fd))
+        return REAL(read)(fd, buf, len);
+    return run_recv(fd, buf, len, 0);
+}
+
+EXPORT ssize_t recv(int fd, void *buf, size_t len, int flags)
+{
+    return tracked(fd) ? run_recv(fd, buf, len, flags) : REAL(recv)(fd, buf, len, flags);
+}
+
+EXPORT ssize_t recvfrom(int fd, void *buf, size_t len, int flags, struct sockaddr *sa,
+                        socklen_t *salen)
+{
+    if (!tracked(fd) || (sa && salen && settle(fd, W_NONE) == ST_PLAIN))
+        return REAL(recvfrom)(fd, buf, len, flags, sa, salen);
+    ssize_t n = run_recv(fd, buf, len, flags);
+    if (n >= 0 && sa && salen) {
+        /* What the kernel says of a connected Unix stream's sender: an
+         * unnamed address. */
+        if (*salen >= sizeof(sa_family_t))
+            sa->sa_family = AF_UNIX;
+        *salen = sizeof(sa_family_t);
+    }
+    return n;
+}
+
+/* Scatter into IOV: the first element may wait, the rest take only what
+ * is already there (as the kernel fills what it has). */
+static ssize_t run_readv(int fd, const struct iovec *iov, int cnt, int flags)
+{
+    ssize_t got = 0;
+    for (int i = 0; i < cnt; i++) {
+        if (!iov[i].iov_len)
+            continue;
+        ssize_t n = run_recv(fd, iov[i].iov_base, iov[i].iov_len,
+                             got && !(flags & MSG_WAITALL) ? flags | MSG_DONTWAIT : flags);
+        if (n < 0)
+            return got ? got : -1;
+        got += n;
+        if ((size_t)n < iov[i].iov_len)
+            break;
+    }
+    return got;
+}
+
+EXPORT ssize_t readv(int fd, const struct iovec *iov, int cnt)
+{
+    if (!tracked(fd) || settle(fd, W_NONE) == ST_PLAIN)
+        return REAL(readv)(fd, iov, cnt);
+    return run_readv(fd, iov, cnt, 0);
+}
+
+EXPORT ssize_t recvmsg(int fd, struct msghdr *m, int flags)
+{
+    if (!tracked(fd) || settle(fd, W_NONE) == ST_PLAIN)
+        return REAL(recvmsg)(fd, m, flags);
+    ssize_t n = run_readv(fd, m->msg_iov, (int)m->msg_iovlen, flags);
+    if (n >= 0) {
+        m->msg_controllen = 0;
+        m->msg_flags = 0;
+        if (m->msg_name && m->msg_namelen >= sizeof(sa_family_t))
+            ((struct sockaddr *)m->msg_name)->sa_family = AF_UNIX;
+        if (m->msg_name)
+            m->msg_namelen = sizeof(sa_family_t);
+    }
+    return n;
+}
+
+/* ---- writing ---- */
+
+/* A buffer of GATHER bytes for this thread, made at its first use. */
+static char *scratch(void)
+{
+    static __thread char *buf __attribute__((tls_model("initial-exec")));
+    if (!buf)
+        buf = malloc(GATHER);
+    return buf;
+}
+
+static ssize_t up_write(int fd, const void *buf, size_t len, int flags)
+{
+    if (flags & MSG_DONTWAIT) {
+        inside++;
+        int ev = rpal__cx_poll(fd, POLLOUT, 0);
+        inside--;
+        if (!(ev & (POLLOUT | POLLHUP)))
+            return fail(EAGAIN);
+    }
+    inside++;
+    ssize_t n = rpal_write(fd, buf, len);
+    inside--;
+    if (n == -EPIPE && !(flags & MSG_NOSIGNAL))
+        raise(SIGPIPE); /* as the kernel does, to this thread */
+    return n < 0 ? fail((int)-n) : n;
+}
+
+static ssize_t run_send(int fd, const void *buf, size_t len, int flags)
+{
+    if (state(fd) == ST_UP)
+        return up_write(fd, buf, len, flags);
+    int nb = (flags & MSG_DONTWAIT) || nonblocking(fd);
+    int st = settle(fd, nb ? W_SHORT : W_LONG);
+    if (st == ST_PLAIN)
+        return REAL(send)(fd, buf, len, flags);
+    int err = state_err(st, nb);
+    if (err)
+        return fail(err);
+    return up_write(target(fd), buf, len, flags);
+}
+
+EXPORT ssize_t write(int fd, const void *buf, size_t len)
+{
+    if (!tracked(fd))
+        return REAL(write)(fd, buf, len);
+    return run_send(fd, buf, len, 0);
+}
+
+EXPORT ssize_t send(int fd, const void *buf, size_t len, int flags)
+{
+    return tracked(fd) ? run_send(fd, buf, len, flags) : REAL(send)(fd, buf, len, flags);
+}
+
+EXPORT ssize_t sendto(int fd, const void *buf, size_t len, int flags, const struct sockaddr *sa,
+                      socklen_t salen)
+{
+    if (!tracked(fd) || settle(fd, W_NONE) == ST_PLAIN)
+        return REAL(sendto)(fd, buf, len, flags, sa, salen);
+    if (sa && salen)
+        return fail(EISCONN); /* a connected stream, as the kernel says */
+    return run_send(fd, buf, len, flags);
+}
+
+/* Gather IOV into one message where it is small (one entry in the ring),
+ * else one message per element. */
+static ssize_t run_writev(int fd, const struct iovec *iov, int cnt, int flags)
+{
+    size_t total = 0;
+    for (int i = 0; i < cnt; i++)
+        total += iov[i].iov_len;
+    if (total <= GATHER) {
+        char *b = scratch();
+        if (!b)
+            return fail(ENOMEM);
+        size_t off = 0;
+        for (int i = 0; i < cnt; i++) {
+            memcpy(b + off, iov[i].iov_base, iov[i].iov_len);
+            off += iov[i].iov_len;
+        }
+        return run_send(fd, b, total, flags);
+    }
+    ssize_t done = 0;
+    for (int i = 0; i < cnt; i++) {
+        if (!iov[i].iov_len)
+            continue;
+        ssize_t n = run_send(fd, iov[i].iov_base, iov[i].iov_len,
+                             done ? flags | MSG_DONTWAIT | MSG_NOSIGNAL : flags);
+        if (n < 0)
+            return done ? done : -1;
+        done += n;
+        if ((size_t)n < iov[i].iov_len)
+            break;
+    }
+    return done;
+}
+
+EXPORT ssize_t writev(int fd, const struct iovec *iov, int cnt)
+{
+    if (!tracked(fd) || settle(fd, W_NONE) == ST_PLAIN)
+        return REAL(writev)(fd, iov, cnt);
+    return run_writev(fd, iov, cnt, 0);
+}
+
+EXPORT ssize_t sendmsg(int fd, const struct msghdr *m, int flags)
+{
+    if (!tracked(fd) || settle(fd, W_NONE) == ST_PLAIN)
+        return REAL(sendmsg)(fd, m, flags);
+    if (m->msg_controllen)
+        return fail(EOPNOTSUPP); /* descriptors cannot travel in a ring: docs/run.md */
+    if (m->msg_name && m->msg_namelen)
+        return fail(EISCONN);
+    return run_writev(fd, m->msg_iov, (int)m->msg_iovlen, flags);
+}
+
+/* ---- making and ending connections ---- */
+
+static int unix_stream(int fd)
+{
+    int type = 0;
+    socklen_t l = sizeof type;
+    struct sockaddr_un sa;
+    socklen_t sl = sizeof sa;
+    return getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l) == 0 && type == SOCK_STREAM &&
+           getsockname(fd, (struct sockaddr *)&sa, &sl) == 0 && sa.sun_family == AF_UNIX;
+}
+
+EXPORT int socket(int domain, int type, int proto)
+{
+    int fd = REAL(socket)(domain, type, proto);
+    if (fd >= 0 && !inside)
+        set_state(fd, ST_PLAIN); /* a number reused after a close we did not see */
+    return fd;
+}
+
+EXPORT int connect(int fd, const struct sockaddr *sa, socklen_t len)
+{
+    if (inside || !sa || sa->sa_family != AF_UNIX || !unix_stream(fd))
+        return REAL(connect)(fd, sa, len);
+    /* A member before the other end looks us up at its first I/O. */
+    joined();
+    int r = REAL(connect)(fd, sa, len);
+    int e = errno;
+    if (r == 0)
+        set_state(fd, ST_CAND);
+    errno = e;
+    return r;
+}
+
+EXPORT int listen(int fd, int backlog)
+{
+    /* A client looks the listener's maker up (SO_PEERCRED): be a member. */
+    if (!inside && unix_stream(fd))
+        joined();
+    return REAL(listen)(fd, backlog);
+}
+
+static int accepted(int fd)
+{
+    if (fd >= 0 && !inside) {
+        int e = errno;
+        set_state(fd, unix_stream(fd) && joined() ? ST_CAND : ST_PLAIN);
+        errno = e;
+    }
+    return fd;
+}
+
+EXPORT int accept(int fd, struct sockaddr *sa, socklen_t *len)
+{
+    return accepted(REAL(accept)(fd, sa, len));
+}
+
+EXPORT int accept4(int fd, struct sockaddr *sa, socklen_t *len, int flags)
+{
+    return accepted(REAL(accept4)(fd, sa, len, flags));
+}
+
+/* Forget FD before its number can be reused; the kernel's close is the
+ * caller's (REAL close or dup2's implicit one), except for an upgraded
+ * connection, which rpal_close ends (the other end reads the end). */
+static int run_close(int fd, int kernel)
+{
+    int st = state(fd);
+    set_state(fd, ST_PLAIN);
+    inside++;
+    int r = 0;
+    if (st == ST_UP) {
+        struct rpal_stats s;
+        if (rpal_fd_stats(fd, &s) == 0)
+            run_log("close", fd, (long long)s.msgs_in, (long long)s.msgs_out);
+        r = rpal_close(fd);
+        if (!kernel)
+            r = 0;
+    } else {
+        if (st == ST_HALF)
+            rpal__cx_fdmap_drop(fd);
+        r = kernel ? REAL(close)(fd) : 0;
+        r = r < 0 ? -errno : 0;
+    }
+    inside--;
+    return r < 0 ? (int)fail(-r) : 0;
+}
+
+EXPORT int close(int fd)
+{
+    return tracked(fd) ? run_close(fd, 1) : REAL(close)(fd);
+}
+
+EXPORT int shutdown(int fd, int how)
+{
+    if (!tracked(fd) || settle(fd, W_NONE) != ST_UP)
+        return REAL(shutdown)(fd, how);
+    inside++;
+    int r = rpal__cx_shutdown(target(fd), how);
+    inside--;
+    return r < 0 ? (int)fail(-r) : 0;
+}
+
+/* NEW is a second descriptor of OLD's connection. A candidate is settled
+ * first (two descriptors must not each send a hello). */
+static int dup_of(int old, int nfd)
+{
+    if (nfd < 0 || inside)
+        return nfd;
+    int st = settle(old, W_NONE);
+    if (st == ST_UP || st == ST_ALIAS) {
+        alias_of[nfd] = target(old);
+        set_state(nfd, ST_ALIAS);
+    } else {
+        set_state(nfd, st == ST_PLAIN ? ST_PLAIN : ST_BROKEN);
+    }
+    return nfd;
+}
+
+EXPORT int dup(int fd)
+{
+    return tracked(fd) ? dup_of(fd, REAL(dup)(fd)) : REAL(dup)(fd);
+}
+
+EXPORT int dup3(int fd, int nfd, int flags)
+{
+    if (inside || (!tracked(fd) && !tracked(nfd)))
+        return REAL(dup3)(fd, nfd, flags);
+    if (fd != nfd && tracked(nfd))
+        run_close(nfd, 0);
+    return dup_of(fd, REAL(dup3)(fd, nfd, flags));
+}
+
+EXPORT int dup2(int fd, int nfd)
+{
+    if (inside || (!tracked(fd) && !tracked(nfd)) || fd == nfd)
+        return REAL(dup2)(fd, nfd);
+    if (tracked(nfd))
+        run_close(nfd, 0);
+    return dup_of(fd, REAL(dup2)(fd, nfd));
+}
+
+static int run_fcntl(int (*f)(int, int, ...), int fd, int cmd, void *arg)
+{
+    int r = f(fd, cmd, arg);
+    if ((cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && tracked(fd))
+        return dup_of(fd, r);
+    return r;
+}
+
+EXPORT int fcntl(int fd, int cmd, ...)
+{
+    va_list ap;
+    va_start(ap, cmd);
+    void *arg = va_arg(ap, void *);
+    va_end(ap);
+    return run_fcntl(REAL(fcntl), fd, cmd, arg);
+}
+
+EXPORT int fcntl64(int fd, int cmd, ...)
+{
+    va_list ap;
+    va_start(ap, cmd);
+    void *arg = va_arg(ap, void *);
+    va_end(ap);
+    return run_fcntl(REAL(fcntl64), fd, cmd, arg);
+}
+
+EXPORT int ioctl(int fd, unsigned long req, ...)
+{
+    va_list ap;
+    va_start(ap, req);
+    void *arg = va_arg(ap, void *);
+    va_end(ap);
+    if (req != FIONREAD || !tracked(fd) || settle(fd, W_NONE) != ST_UP)
+        return REAL(ioctl)(fd, req, arg);
+    /* What a read would find now (a hint, as on the socket: at most a
+     * buffer's worth is counted). */
+    char *b = scratch();
+    if (!b)
+        return (int)fail(ENOMEM);
+    inside++;
+    ssize_t n = rpal__cx_peek(target(fd), b, GATHER);
+    inside--;
+    if (n < 0)
+        return (int)fail((int)-n);
+    *(int *)arg = (int)n;
+    return 0;
+}
+
+/* ---- waiting: poll, select, epoll ---- */
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* One look at FDS: the rings of upgraded descriptors into their revents
+ * (the count of those ready), and into K what the kernel must watch for
+ * each. HOW: CX_POLL_* for the rings. */
+static int poll_look(struct pollfd *fds, struct pollfd *k, nfds_t n, int how, int *nup)
+{
+    int ready = 0;
+    *nup = 0;
+    for (nfds_t i = 0; i < n; i++) {
+        int fd = fds[i].fd;
+        k[i] = fds[i];
+        k[i].revents = 0;
+        if (!tracked(fd))
+            continue;
+        int st = state(fd);
+        if (st == ST_HALF || (st == ST_CAND && (how & CX_POLL_DRAIN)))
+            st = settle(fd, W_NONE); /* the other end's hello may be there */
+        if (st == ST_CAND || st == ST_PLAIN)
+            continue;
+        fds[i].revents = 0;
+        if (st == ST_HALF) {
+            k[i].events = POLLIN; /* its hello: nothing else counts yet */
+            continue;
+        }
+        k[i].fd = -1; /* the kernel looks at it only while we sleep */
+        if (st == ST_UP || st == ST_ALIAS) {
+            inside++;
+            int r = rpal__cx_poll(target(fd), fds[i].events, how);
+            inside--;
+            fds[i].revents = (short)(r < 0 ? POLLNVAL : r);
+            k[i].events = POLLIN | POLLRDHUP;
+            (*nup)++;
+        } else {
+            fds[i].revents = st == ST_BROKEN ? POLLERR | POLLHUP : POLLNVAL;
+        }
+        ready += fds[i].revents != 0;
+    }
+    return ready;
+}
+
+/* The kernel's answer K for the descriptors it answers for. */
+static int poll_merge(struct pollfd *fds, const struct pollfd *k, nfds_t n)
+{
+    int ready = 0;
+    for (nfds_t i = 0; i < n; i++) {
+        if (k[i].fd >= 0 && fds[i].fd >= 0 && state(fds[i].fd) != ST_HALF)
+            fds[i].revents = k[i].revents;
+        ready += fds[i].revents != 0;
+    }
+    return ready;
+}
+
+/* poll/ppoll over descriptors some of which are upgraded. TIMEOUT_NS < 0:
+ * forever. */
+static int run_poll(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const sigset_t *mask)
+{
+    struct pollfd kst[32], *k = n <= 32 ? kst : malloc(n * sizeof *k);
+    if (!k)
+        return (int)fail(ENOMEM);
+    uint64_t t0 = now_ns();
+    int ready, nup, how = 0;
+    for (;;) {
+        ready = poll_look(fds, k, n, how, &nup);
+        if (!ready && !(how & CX_POLL_ARM)) {
+            how |= CX_POLL_ARM; /* then look again: the other end sees it or we see its message */
+            continue;
+        }
+        int64_t left = timeout_ns < 0 ? -1 : timeout_ns - (int64_t)(now_ns() - t0);
+        if (ready || (timeout_ns >= 0 && left < 0))
+            left = 0;
+        /* Asleep, upgraded ones are watched on the socket: wake-ups, the end. */
+        for (nfds_t i = 0; i < n && !ready; i++)
+            if (k[i].fd < 0 && fds[i].fd >= 0 && (state(fds[i].fd) == ST_UP || state(fds[i].fd) == ST_ALIAS))
+                k[i].fd = fds[i].fd;
+        struct timespec ts = {left / 1000000000, left % 1000000000};
+        int r = REAL(ppoll)(k, n, left < 0 ? NULL : &ts, ready ? NULL : mask);
+        if (r < 0) {
+            ready = -1;
+            break;
+        }
+        if (ready) {
+            ready = poll_merge(fds, k, n);
+            break;
+        }
+        int woke = 0;
+        for (nfds_t i = 0; i < n; i++)
+            if (k[i].revents && fds[i].fd >= 0 && state(fds[i].fd) != ST_PLAIN && state(fds[i].fd) != ST_CAND)
+                woke = 1;
+        if (!woke) {
+            ready = r > 0 ? poll_merge(fds, k, n) : 0;
+            if (r == 0)
+                for (nfds_t i = 0; i < n; i++)
+                    fds[i].revents = 0;
+            break;
+        }
+        how = CX_POLL_ARM | CX_POLL_DRAIN; /* a ring descriptor's socket spoke */
+    }
+    if (k != kst)
+        free(k);
+    return ready;
+}
+
+static int any_tracked(const struct pollfd *fds, nfds_t n)
+{
+    if (inside)
+        return 0;
+    for (nfds_t i = 0; i < n; i++)
+        if (tracked(fds[i].fd))
+            return 1;
+    return 0;
+}
+
+EXPORT int poll(struct pollfd *fds, nfds_t n, int timeout_ms)
+{
+    if (!any_tracked(fds, n))
+        return REAL(poll)(fds, n, timeout_ms);
+    return run_poll(fds, n, timeout_ms < 0 ? -1 : (int64_t)timeout_ms * 1000000, NULL);
+}
+
+static int64_t ts_ns(const struct timespec *ts)
+{
+    return ts ? (int64_t)ts->tv_sec * 1000000000 + ts->tv_nsec : -1;
+}
+
+EXPORT int ppoll(struct pollfd *fds, nfds_t n, const struct timespec *ts, const sigset_t *mask)
+{
+    if (!any_tracked(fds, n))
+        return REAL(ppoll)(fds, n, ts, mask);
+    return run_poll(fds, n, ts_ns(ts), mask);
+}
+
+/* select and pselect as poll: only when a set holds a descriptor of ours. */
+static int run_select(int nfds, fd_set *r, fd_set *w, fd_set *x, int64_t timeout_ns,
+                      const sigset_t *mask)
+{
+    struct pollfd *p = calloc((size_t)nfds + 1, sizeof *p);
+    if (!p)
+        return (int)fail(ENOMEM);
+    nfds_t n = 0;
+    for (int fd = 0; fd < nfds; fd++) {
+        short ev = (short)((r && FD_ISSET(fd, r) ? POLLIN : 0) | (w && FD_ISSET(fd, w) ? POLLOUT : 0) |
+                           (x && FD_ISSET(fd, x) ? POLLPRI : 0));
+        if (ev)
+            p[n++] = (struct pollfd){fd, ev, 0};
+    }
+    int got = run_poll(p, n, timeout_ns, mask), count = 0;
+    if (got >= 0) {
+        for (nfds_t i = 0; i < n; i++) {
+            int fd = p[i].fd;
+            short rv = p[i].revents;
+            if (r && FD_ISSET(fd, r) && !(rv & (POLLIN | POLLHUP | POLLERR)))
+                FD_CLR(fd, r);
+            if (w && FD_ISSET(fd, w) && !(rv & (POLLOUT | POLLERR)))
+                FD_CLR(fd, w);
+            if (x && FD_ISSET(fd, x) && !(rv & POLLPRI))
+                FD_CLR(fd, x);
+            count += (r && FD_ISSET(fd, r)) + (w && FD_ISSET(fd, w)) + (x && FD_ISSET(fd, x));
+        }
+    }
+    free(p);
+    return got < 0 ? -1 : count;
+}
+
+static int sets_tracked(int nfds, fd_set *r, fd_set *w, fd_set *x)
+{
+    for (int fd = 0; fd < nfds && fd < RUN_FDS && !inside; fd++)
+        if (fdst[fd] != ST_PLAIN &&
+            ((r && FD_ISSET(fd, r)) || (w && FD_ISSET(fd, w)) || (x && FD_ISSET(fd, x))))
+            return 1;
+    return 0;
+}
+
+EXPORT int select(int nfds, fd_set *r, fd_set *w, fd_set *x, struct timeval *tv)
+{
+    if (!sets_tracked(nfds, r, w, x))
+        return REAL(select)(nfds, r, w, x, tv);
+    return run_select(nfds, r, w, x, tv ? (int64_t)tv->tv_sec * 1000000000 + tv->tv_usec * 1000 : -1,
+                      NULL);
+}
+
+EXPORT int pselect(int nfds, fd_set *r, fd_set *w, fd_set *x, const struct timespec *ts,
+                   const sigset_t *mask)
+{
+    if (!sets_tracked(nfds, r, w, x))
+        return REAL(pselect)(nfds, r, w, x, ts, mask);
+    return run_select(nfds, r, w, x, ts_ns(ts), mask);
+}
+
+/* Every epoll set goes through rpal's (src/compat.c), which knows which
+ * descriptors are upgraded, also those upgraded after they were added. */
+EXPORT int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
+{
+    if (inside)
+        return REAL(epoll_ctl)(epfd, op, fd, ev);
+    inside++;
+    int r = rpal_epoll_ctl(epfd, op, fd, ev);
+    inside--;
+    return r < 0 ? (int)fail(-r) : r;
+}
+
+static int run_epoll_wait(int epfd, struct epoll_event *ev, int max, int timeout_ms,
+                          const sigset_t *mask)
+{
+    sigset_t old;
+    if (mask)
+        pthread_sigmask(SIG_SETMASK, mask, &old); /* not atomic with the wait: docs/run.md */
+    inside++;
+    int r = rpal_epoll_wait(epfd, ev, max, timeout_ms);
+    inside--;
+    if (mask)
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return r < 0 ? (int)fail(-r) : r;
+}
+
+EXPORT int epoll_wait(int epfd, struct epoll_event *ev, int max, int timeout_ms)
+{
+    if (inside)
+        return REAL(epoll_wait)(epfd, ev, max, timeout_ms);
+    return run_epoll_wait(epfd, ev, max, timeout_ms, NULL);
+}
+
+EXPORT int epoll_pwait(int epfd, struct epoll_event *ev, int max, int timeout_ms,
+                       const sigset_t *mask)
+{
+    if (inside)
+        return REAL(epoll_pwait)(epfd, ev, max, timeout_ms, mask);
+    return run_epoll_wait(epfd, ev, max, timeout_ms, mask);
+}
+
+EXPORT int epoll_pwait2(int epfd, struct epoll_event *ev, int max, const struct timespec *ts,
+                        const sigset_t *mask)
+{
+    if (inside)
+        return REAL(epoll_pwait2)(epfd, ev, max, ts, mask);
+    int64_t ns = ts_ns(ts);
+    int ms = ns < 0 ? -1 : (int)((ns + 999999) / 1000000);
+    return run_epoll_wait(epfd, ev, max, ms, mask);
+}
+
+/* ---- the fortified forms (_FORTIFY_SOURCE), as distributions build ---- */
+
+EXPORT ssize_t __read_chk(int fd, void *buf, size_t len, size_t buflen)
+{
+    if (len > buflen)
+        abort();
+    return read(fd, buf, len);
+}
+
+EXPORT ssize_t __recv_chk(int fd, void *buf, size_t len, size_t buflen, int flags)
+{
+    if (len > buflen)
+        abort();
+    return recv(fd, buf, len, flags);
+}
+
+EXPORT ssize_t __recvfrom_chk(int fd, void *buf, size_t len, size_t buflen, int flags,
+                              struct sockaddr *sa, socklen_t *salen)
+{
+    if (len > buflen)
+        abort();
+    return recvfrom(fd, buf, len, flags, sa, salen);
+}
+
+EXPORT int __poll_chk(struct pollfd *fds, nfds_t n, int timeout_ms, size_t fdslen)
+{
+    if (fdslen / sizeof *fds < n)
+        abort();
+    return poll(fds, n, timeout_ms);
+}
+
+EXPORT int __ppoll_chk(struct pollfd *fds, nfds_t n, const struct timespec *ts,
+                       const sigset_t *mask, size_t fdslen)
+{
+    if (fdslen / sizeof *fds < n)
+        abort();
+    return ppoll(fds, n, ts, mask);
+}

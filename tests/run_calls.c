@@ -1,0 +1,196 @@
+/* rpal run (src/run.c): each interposed call keeps the kernel's meaning on
+ * an upgraded connection. The test re-executes itself twice under
+ * librpal-run.so (LD_PRELOAD, as `rpal run` sets it): a server and a client
+ * that go through the calls in lockstep, then it checks from RPAL_RUN_LOG
+ * that both ends really were upgraded (so that the checks ran on the
+ * rings, not on the socket). Without the library built (the sanitizer
+ * builds do not make it) it is a skip. */
+#include "testlib.h"
+
+#include <fcntl.h>
+#include <sys/ioctl.h>
+#include <sys/select.h>
+#include <sys/time.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+
+static volatile sig_atomic_t pipes, alarms;
+static void on_pipe(int s) { (void)s; pipes++; }
+static void on_alarm(int s) { (void)s; alarms++; }
+
+/* Read exactly N bytes (blocking). */
+static int read_n(int fd, char *b, size_t n)
+{
+    for (size_t got = 0; got < n;) {
+        ssize_t r = read(fd, b + got, n - got);
+        if (r <= 0)
+            return -1;
+        got += (size_t)r;
+    }
+    return 0;
+}
+
+static void server(const char *path)
+{
+    int l = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
+    REQUIRE(bind(l, (struct sockaddr *)&a, sizeof a) == 0 && listen(l, 4) == 0);
+    int fd = accept(l, NULL, NULL);
+    REQUIRE(fd >= 0);
+    char b[64] = {0};
+    /* a. peek, FIONREAD, read, readv */
+    REQUIRE(read_n(fd, b, 1) == 0 && b[0] == 'a');
+    CHECK(recv(fd, b, 3, MSG_PEEK | MSG_WAITALL) == 3 && !memcmp(b, "bcd", 3));
+    int avail = -1;
+    CHECK(ioctl(fd, FIONREAD, &avail) == 0 && avail == 5);
+    CHECK(read(fd, b, 2) == 2 && !memcmp(b, "bc", 2));
+    char x[2], y[2];
+    struct iovec iov[2] = {{x, 2}, {y, 2}};
+    CHECK(readv(fd, iov, 2) == 3 && !memcmp(x, "de", 2) && y[0] == 'f');
+    /* b. nothing there: O_NONBLOCK, MSG_DONTWAIT, poll, select */
+    errno = 0;
+    CHECK(recv(fd, b, 1, MSG_DONTWAIT) == -1 && errno == EAGAIN);
+    int fl = fcntl(fd, F_GETFL);
+    CHECK(fcntl(fd, F_SETFL, fl | O_NONBLOCK) == 0 && (fcntl(fd, F_GETFL) & O_NONBLOCK));
+    errno = 0;
+    CHECK(read(fd, b, 1) == -1 && errno == EAGAIN);
+    struct pollfd p = {fd, POLLIN | POLLOUT, 0};
+    CHECK(poll(&p, 1, 0) == 1 && p.revents == POLLOUT);
+    fd_set rs;
+    FD_ZERO(&rs);
+    FD_SET(fd, &rs);
+    struct timeval tv = {0, 0};
+    CHECK(select(fd + 1, &rs, NULL, NULL, &tv) == 0 && !FD_ISSET(fd, &rs));
+    CHECK(fcntl(fd, F_SETFL, fl) == 0);
+    int err = -1;
+    socklen_t el = sizeof err;
+    CHECK(getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) == 0 && err == 0);
+    /* c. the client waits in poll; then writev + sendmsg arrive; epoll */
+    usleep(50000);
+    CHECK(write(fd, "g", 1) == 1);
+    int ep = epoll_create1(0);
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 42};
+    CHECK(epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) == 0);
+    struct epoll_event out[4];
+    CHECK(epoll_wait(ep, out, 4, 5000) == 1 && out[0].data.u64 == 42 && (out[0].events & EPOLLIN));
+    CHECK(recv(fd, b, 8, MSG_WAITALL) == 8 && !memcmp(b, "12345678", 8));
+    CHECK(epoll_wait(ep, out, 4, 0) == 0);
+    CHECK(epoll_ctl(ep, EPOLL_CTL_DEL, fd, NULL) == 0);
+    close(ep);
+    /* d. a second descriptor of the connection */
+    int d2 = dup(fd), d3 = fcntl(fd, F_DUPFD_CLOEXEC, 100);
+    CHECK(d2 >= 0 && d3 >= 100);
+    CHECK(write(d2, "x", 1) == 1 && send(d3, "y", 1, 0) == 1);
+    CHECK(close(d2) == 0 && close(d3) == 0);
+    /* e. the client's half close: the end for us, we may still write */
+    CHECK(read(fd, b, 4) == 0);
+    CHECK(write(fd, "bye", 3) == 3);
+    /* f. the client blocks in a read that a signal interrupts; then we close */
+    usleep(300000);
+    CHECK(write(fd, "z", 1) == 1);
+    usleep(100000);
+    CHECK(close(fd) == 0);
+    close(l);
+}
+
+static void client(const char *path)
+{
+    int fd = -1;
+    for (int i = 0; i < 500 && fd < 0; i++) {
+        fd = socket(AF_UNIX, SOCK_STREAM, 0);
+        struct sockaddr_un a = {.sun_family = AF_UNIX};
+        snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
+        if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
+            close(fd);
+            fd = -1;
+            usleep(10000);
+        }
+    }
+    REQUIRE(fd >= 0);
+    CHECK(write(fd, "abcdef", 6) == 6);
+    struct pollfd p = {fd, POLLIN, 0};
+    CHECK(poll(&p, 1, 5000) == 1 && (p.revents & POLLIN));
+    char b[64];
+    CHECK(read(fd, b, sizeof b) == 1 && b[0] == 'g');
+    struct iovec iov[3] = {{"12", 2}, {"34", 2}, {"56", 2}};
+    CHECK(writev(fd, iov, 3) == 6);
+    struct iovec i2 = {"78", 2};
+    struct msghdr m = {.msg_iov = &i2, .msg_iovlen = 1};
+    CHECK(sendmsg(fd, &m, 0) == 2);
+    CHECK(read_n(fd, b, 2) == 0 && !memcmp(b, "xy", 2));
+    CHECK(shutdown(fd, SHUT_WR) == 0);
+    CHECK(read_n(fd, b, 3) == 0 && !memcmp(b, "bye", 3));
+    struct sigaction sa = {.sa_handler = on_alarm}; /* no SA_RESTART */
+    sigaction(SIGALRM, &sa, NULL);
+    struct itimerval it = {.it_value = {0, 100000}};
+    setitimer(ITIMER_REAL, &it, NULL);
+    errno = 0;
+    CHECK(read(fd, b, 1) == -1 && errno == EINTR && alarms == 1);
+    CHECK(read(fd, b, 1) == 1 && b[0] == 'z');
+    CHECK(read(fd, b, 1) == 0); /* the server closed */
+    sa.sa_handler = on_pipe;
+    sigaction(SIGPIPE, &sa, NULL);
+    errno = 0;
+    CHECK(send(fd, "q", 1, MSG_NOSIGNAL) == -1 && errno == EPIPE && pipes == 0);
+    errno = 0;
+    CHECK(write(fd, "q", 1) == -1 && errno == EPIPE && pipes == 1);
+    CHECK(close(fd) == 0);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 3) {
+        if (!strcmp(argv[1], "server"))
+            server(argv[2]);
+        else
+            client(argv[2]);
+        return t_failures ? 1 : 0;
+    }
+    const char *b = getenv("RPAL_BIN") ? getenv("RPAL_BIN") : "build";
+    char lib[512], dir[] = "/tmp/rpal-run-calls-XXXXXX", path[600], logp[600];
+    snprintf(lib, sizeof lib, "%s/librpal-run.so", b);
+    if (getenv("RPAL_EMULATED")) {
+        /* Not tried under qemu-user yet: its loader and LD_PRELOAD. */
+        printf("rpal run under emulation (%s) is not tested yet\n", getenv("RPAL_EMULATED"));
+        return T_SKIP;
+    }
+    if (access(lib, R_OK) != 0) {
+        printf("no %s (the sanitizer, valgrind and static builds do not make it)\n", lib);
+        return T_SKIP;
+    }
+    REQUIRE(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/s", dir);
+    snprintf(logp, sizeof logp, "%s/log", dir);
+    setenv("LD_PRELOAD", lib, 1);
+    setenv("RPAL_RUN_LOG", logp, 1);
+    setenv("RPAL_SPIN_US", "0", 1); /* a signal interrupts a sleep, not a spin: docs/run.md */
+    pid_t kids[2];
+    for (int i = 0; i < 2; i++) {
+        if ((kids[i] = fork()) == 0) {
+            execl("/proc/self/exe", argv[0], i ? "client" : "server", path, (char *)NULL);
+            _exit(127);
+        }
+    }
+    int ok = 1;
+    for (int i = 0; i < 2; i++) {
+        int st;
+        waitpid(kids[i], &st, 0);
+        if (!WIFEXITED(st) || WEXITSTATUS(st)) {
+            fprintf(stderr, "%s failed (status %#x)\n", i ? "client" : "server", st);
+            ok = 0;
+        }
+    }
+    unsetenv("LD_PRELOAD");
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "test $(grep -c '^up ' %s) = 2", logp);
+    if (system(cmd) != 0) {
+        fprintf(stderr, "not both ends upgraded; the log:\n");
+        snprintf(cmd, sizeof cmd, "cat %s >&2", logp);
+        (void)!system(cmd);
+        ok = 0;
+    }
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    (void)!system(cmd);
+    return ok ? 0 : 1;
+}

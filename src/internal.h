@@ -830,4 +830,18 @@ RPAL_HIDDEN int rpal__svc_req_check(struct hs_req *req);
  * -EPROTO (another kind) or -EACCES (another service, a wrong key). */
 RPAL_HIDDEN int rpal__svc_req_admit(const struct hs_req *req, const char *name, const uint8_t *key);
 
+/* ---- mac.c: HMAC-SHA-256 for the service handshake ---- */
+
+/* One piece of the text a MAC covers. */
+struct rpal__mac_part {
+    const void *p;
+    size_t n;
+};
+/* HMAC-SHA-256 (RFC 2104, FIPS 180-4) with KEY of KLEN bytes over the
+ * concatenation of PARTS[0..NPARTS) into OUT. */
+RPAL_HIDDEN void rpal__mac_hmac(const void *key, size_t klen, const struct rpal__mac_part *parts,
+                                int nparts, uint8_t out[32]);
+/* 1 if the N bytes at A and B are equal, in time independent of where they differ. */
+RPAL_HIDDEN int rpal__mac_equal(const uint8_t *a, const uint8_t *b, size_t n);
+
 #endif

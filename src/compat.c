@@ -713,6 +713,15 @@ static struct conn *conn_new(rpal_domain *d, int fd)
     return c;
 }
 
+/* Is the process of credentials CR, which sent a hello, another live
+ * member of D? 0 and its slot in *PSLOT, or -EPROTO. */
+static int hello_sender_member(rpal_domain *d, const struct ucred *cr, unsigned *pslot)
+{
+    if (cr->pid <= 0 || cr->pid == getpid() || rpal__dom_member_slot(d, cr->pid, pslot) < 0)
+        return -EPROTO;
+    return 0;
+}
+
 /* Send our hello (with our slot's memfd and our bell) and read the other
  * end's into *THEIR, with its memfd in *MEMFD (-1: none) and the
  * credentials the kernel attached in *CR; keep its bell if we may write
@@ -732,8 +741,18 @@ static int hello_exchange(struct conn *c, uint64_t deadline, struct fm_hello *th
     socklen_t l = sizeof passcred;
     getsockopt(fd, SOL_SOCKET, SO_PASSCRED, &passcred, &l);
     setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one);
-    if ((err = hello_send(fd, &mine, d->memfd, c->bell, deadline)) == 0)
+    if (hello_peek(fd, 0) == 0) {
+        /* Theirs came first (always so on a socketpair we made, whose other
+         * end may have been passed to anyone): our slot goes only to a
+         * member the kernel's credentials name. */
+        unsigned pslot;
+        if ((err = hello_recv(fd, their, fds, cr, deadline)) == 0)
+            err = hello_sender_member(d, cr, &pslot);
+        if (err == 0)
+            err = hello_send(fd, &mine, d->memfd, c->bell, deadline);
+    } else if ((err = hello_send(fd, &mine, d->memfd, c->bell, deadline)) == 0) {
         err = hello_recv(fd, their, fds, cr, deadline);
+    }
     *memfd = fds[0];
     /* Its bell, only if it is an eventfd of a process of our own user. A
      * write to an eventfd blocks when its count is full, and its O_NONBLOCK
@@ -758,7 +777,7 @@ static int conn_adopt(struct conn *c, const struct fm_hello *their, int memfd,
     rpal_domain *d = c->d;
     unsigned pslot;
     int err, created;
-    if (cr->pid <= 0 || cr->pid == getpid() || rpal__dom_member_slot(d, cr->pid, &pslot) < 0)
+    if (hello_sender_member(d, cr, &pslot) < 0)
         return -EPROTO;
     if (memfd < 0 || rpal__cx_hello_check(their, cr->pid, pslot, d->slot_size) < 0)
         return -EPROTO;

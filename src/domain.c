@@ -78,6 +78,24 @@ int rpal__dom_meta_validate(const struct dom_meta *m)
     return 0;
 }
 
+/* Open <ns>/PATH (.domains/NAME) if it and .domains may be trusted (ours
+ * or root's, sticky if others may write them): else -EPERM. A domain
+ * directory another user made could have its sockets and claims swapped by
+ * that user (issue 16, attack 2). */
+static int dom_dirs_trusted(int nsfd, const char *path)
+{
+    int dfd = rpal__prim_open_beneath(nsfd, ".domains", O_PATH | O_DIRECTORY, 0);
+    int err = dfd < 0 ? dfd : rpal__prim_dir_trusted(dfd);
+    if (dfd >= 0)
+        close(dfd);
+    int fd = err < 0 ? err : rpal__prim_open_beneath(nsfd, path, O_PATH | O_DIRECTORY, 0);
+    if (fd >= 0 && (err = rpal__prim_dir_trusted(fd)) < 0) {
+        close(fd);
+        fd = err;
+    }
+    return fd;
+}
+
 /* Open (creating if needed) <ns>/.domains/NAME and agree on its geometry. */
 static int dom_open_dir(const char *name, uint64_t want_size, int *dirfd,
                         struct dom_meta *m)
@@ -97,7 +115,7 @@ static int dom_open_dir(const char *name, uint64_t want_size, int *dirfd,
         err = rpal__prim_mkdirs_beneath(nsfd, ".domains", ns.st_mode & 07777, &made);
     if (err == 0)
         err = rpal__prim_mkdirs_beneath(nsfd, path, 0700, &made);
-    int fd = err < 0 ? err : rpal__prim_open_beneath(nsfd, path, O_PATH | O_DIRECTORY, 0);
+    int fd = err < 0 ? err : dom_dirs_trusted(nsfd, path);
     close(nsfd);
     if (fd < 0)
         return fd;

@@ -945,6 +945,18 @@ const char *rpal_version(void)
         RPAL_VERSION_PATCH);
 }
 
+int rpal__prim_dir_trusted(int fd)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return -errno;
+    if (st.st_uid != geteuid() && st.st_uid != 0)
+        return -EPERM;
+    if ((st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX))
+        return -EPERM;
+    return 0;
+}
+
 const char *rpal_strerror(int err)
 {
     switch (-err) {
@@ -958,6 +970,11 @@ const char *rpal_strerror(int err)
         return "the address range (region or domain window) is already in use in this process";
     case ELOOP:
         return "a symbolic link in the namespace (never followed)";
+    case EPERM:
+        return "operation not permitted, or a namespace, .domains or domain directory not "
+               "trusted: owned by another user (not root), or writable by others without "
+               "the sticky bit (rpal ls names it; have root make it, or use a private "
+               "RPAL_DIR)";
     case EFBIG:
         return "size larger than the address window";
     case ENOSPC:

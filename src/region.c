@@ -100,6 +100,16 @@ RPAL_HIDDEN int rpal__ns_name_validate(const char *name)
     return 0;
 }
 
+/* FD, the namespace root, if we may trust it (owned by us or root, sticky
+ * if others may write it: issue 16); else closed and -EPERM. */
+static int ns_trusted(int fd)
+{
+    int err = rpal__prim_dir_trusted(fd);
+    if (err < 0)
+        close(fd);
+    return err < 0 ? err : fd;
+}
+
 /* Open the namespace root as an O_PATH descriptor. With CREATE, a missing
  * root is made: the default one shared by all users like /tmp (1777), one
  * named by RPAL_DIR private to its creator (0700). */
@@ -108,14 +118,14 @@ RPAL_HIDDEN int rpal__ns_open(int create)
     const char *dir = rpal_ns_dir();
     int fd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (fd >= 0 || errno != ENOENT || !create)
-        return fd >= 0 ? fd : -errno;
+        return fd >= 0 ? ns_trusted(fd) : -errno;
     mode_t m = getenv("RPAL_DIR") && *getenv("RPAL_DIR") ? 0700 : 01777;
     if (mkdir(dir, m) == 0)
         chmod(dir, m); /* mkdir applied the umask */
     else if (errno != EEXIST)
         return -errno;
     fd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    return fd >= 0 ? fd : -errno;
+    return fd >= 0 ? ns_trusted(fd) : -errno;
 }
 
 /* ---- the address registry ------------------------------------------------ */

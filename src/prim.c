@@ -25,6 +25,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/statfs.h>
@@ -943,6 +944,18 @@ const char *rpal_version(void)
 #define RPAL_STR(x) RPAL_STR2(x)
     return RPAL_STR(RPAL_VERSION_MAJOR) "." RPAL_STR(RPAL_VERSION_MINOR) "." RPAL_STR(
         RPAL_VERSION_PATCH);
+}
+
+int rpal_harden(unsigned flags)
+{
+    if (flags & ~RPAL_HARDEN_NO_PTRACE)
+        return -EINVAL;
+    /* Not dumpable: the kernel's ptrace check (behind /proc/PID/mem,
+     * process_vm_writev, /proc/PID/fd and map_files) then wants
+     * CAP_SYS_PTRACE even from a process of our own user. */
+    if ((flags & RPAL_HARDEN_NO_PTRACE) && prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+        return -errno;
+    return 0;
 }
 
 int rpal__prim_dir_trusted(int fd)

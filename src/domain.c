@@ -96,6 +96,72 @@ static int dom_dirs_trusted(int nsfd, const char *path)
     return fd;
 }
 
+/* The geometry of the domain directory FD into *M: written by the first
+ * member (exclusively), read by the others, who must agree. */
+static int meta_get(int fd, uint64_t want_size, struct dom_meta *m)
+{
+    /* The first member writes the geometry (exclusively); the others read
+     * it and must agree. */
+    uint64_t size = want_size ? want_size : RPAL_DEFAULT_SLOT_SIZE;
+    struct dom_meta mine = {
+        .magic = META_MAGIC, .version = META_VERSION,
+        .nslots = (uint32_t)(DOM_WINDOW_SIZE / size > DOM_MAX_SLOTS
+                                 ? DOM_MAX_SLOTS : DOM_WINDOW_SIZE / size),
+        .slot_size = size, .window = DOM_WINDOW_BASE,
+    };
+    mine.check = rpal__dom_meta_check(&mine);
+    int mfd = rpal__prim_open_beneath(fd, "meta", O_RDONLY, 0);
+    if (mfd == -ENOENT) {
+        int tfd = rpal__prim_open_beneath(fd, ".", O_TMPFILE | O_RDWR, 0644);
+        if (tfd >= 0) {
+            char proc[PRIM_FD_PATH];
+            rpal__prim_fd_path(proc, tfd);
+            if (fchmod(tfd, 0644) == 0 &&
+                pwrite(tfd, &mine, sizeof mine, 0) == (ssize_t)sizeof mine)
+                (void)linkat(AT_FDCWD, proc, fd, "meta", AT_SYMLINK_FOLLOW);
+            close(tfd);
+        }
+        mfd = rpal__prim_open_beneath(fd, "meta", O_RDONLY, 0);
+    }
+    if (mfd < 0)
+        return mfd;
+    ssize_t n = pread(mfd, m, sizeof *m, 0);
+    close(mfd);
+    if (n != (ssize_t)sizeof *m || rpal__dom_meta_validate(m) < 0)
+        return -EBADMSG;
+    return want_size && want_size != m->slot_size ? -EINVAL : 0;
+}
+
+/* The domain FD's meta is corrupt: remove it if no claim is held (no live
+ * member depends on its geometry) and it is still corrupt. 0 if removed. */
+static int meta_repair(int fd)
+{
+    int dfd = rpal__prim_open_beneath(fd, ".", O_RDONLY | O_DIRECTORY, 0);
+    DIR *dir = dfd < 0 ? NULL : fdopendir(dfd);
+    if (!dir) {
+        if (dfd >= 0)
+            close(dfd);
+        return -EBADMSG;
+    }
+    int live = 0;
+    for (struct dirent *e; !live && (e = readdir(dir));) {
+        if (strncmp(e->d_name, "slot.", 5))
+            continue;
+        int cfd = rpal__prim_open_beneath(fd, e->d_name, O_RDONLY | O_NONBLOCK, 0);
+        live = cfd < 0 ? cfd != -ENOENT : rpal__dom_claim_locked(cfd);
+        if (cfd >= 0)
+            close(cfd);
+    }
+    closedir(dir);
+    struct dom_meta m;
+    int mfd = rpal__prim_open_beneath(fd, "meta", O_RDONLY, 0);
+    int bad = mfd >= 0 && (pread(mfd, &m, sizeof m, 0) != (ssize_t)sizeof m ||
+                           rpal__dom_meta_validate(&m) < 0);
+    if (mfd >= 0)
+        close(mfd);
+    return !live && bad && unlinkat(fd, "meta", 0) == 0 ? 0 : -EBADMSG;
+}
+
 /* Open (creating if needed) <ns>/.domains/NAME and agree on its geometry. */
 static int dom_open_dir(const char *name, uint64_t want_size, int *dirfd,
                         struct dom_meta *m)
@@ -120,42 +186,14 @@ static int dom_open_dir(const char *name, uint64_t want_size, int *dirfd,
     if (fd < 0)
         return fd;
 
-    /* The first member writes the geometry (exclusively); the others read
-     * it and must agree. */
-    uint64_t size = want_size ? want_size : RPAL_DEFAULT_SLOT_SIZE;
-    struct dom_meta mine = {
-        .magic = META_MAGIC, .version = META_VERSION,
-        .nslots = (uint32_t)(DOM_WINDOW_SIZE / size > DOM_MAX_SLOTS
-                                 ? DOM_MAX_SLOTS : DOM_WINDOW_SIZE / size),
-        .slot_size = size, .window = DOM_WINDOW_BASE,
-    };
-    mine.check = rpal__dom_meta_check(&mine);
-    int mfd = rpal__prim_open_beneath(fd, "meta", O_RDONLY, 0);
-    if (mfd == -ENOENT) {
-        int tfd = rpal__prim_open_beneath(fd, ".", O_TMPFILE | O_RDWR, 0644);
-        if (tfd >= 0) {
-            char proc[PRIM_FD_PATH];
-            rpal__prim_fd_path(proc, tfd);
-            if (fchmod(tfd, 0644) == 0 &&
-                pwrite(tfd, &mine, sizeof mine, 0) == (ssize_t)sizeof mine)
-                (void)linkat(AT_FDCWD, proc, fd, "meta", AT_SYMLINK_FOLLOW);
-            close(tfd);
-        }
-        mfd = rpal__prim_open_beneath(fd, "meta", O_RDONLY, 0);
-    }
-    if (mfd < 0) {
+    int err2 = meta_get(fd, want_size, m);
+    /* A corrupt meta (same-user tampering, issue 16) is replaced when no
+     * member is alive to depend on it, instead of failing every join. */
+    if (err2 == -EBADMSG && meta_repair(fd) == 0)
+        err2 = meta_get(fd, want_size, m);
+    if (err2 < 0) {
         close(fd);
-        return mfd;
-    }
-    ssize_t n = pread(mfd, m, sizeof *m, 0);
-    close(mfd);
-    if (n != (ssize_t)sizeof *m || rpal__dom_meta_validate(m) < 0) {
-        close(fd);
-        return -EBADMSG;
-    }
-    if (want_size && want_size != m->slot_size) {
-        close(fd);
-        return -EINVAL;
+        return err2;
     }
     *dirfd = fd;
     return 0;

@@ -483,6 +483,17 @@ static int hs_hello(rpal_domain *d, const char *file, const struct hs_req *req,
     return err;
 }
 
+/* Has process PID ended (or is it ending: its pidfd is readable)? */
+static int pid_exited(pid_t pid)
+{
+    int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (pfd < 0)
+        return errno == ESRCH;
+    int gone = poll(&(struct pollfd){pfd, POLLIN, 0}, 1, 0) == 1;
+    close(pfd);
+    return gone;
+}
+
 /* Before anything of value goes out: the process the kernel says listens
  * on SOCK must hold the live claim of the slot the challenge CH names,
  * offering NAME (else -EPROTO: a socket swapped in by someone else), and,
@@ -504,6 +515,10 @@ static int hs_listener_check(rpal_domain *d, int sock, const char *name, const s
     if (err == 0)
         err = rpal__peer_rec_match(rec, cr.pid, name);
     free(rec);
+    /* A claim released because the service just died is its death
+     * (-ESRCH, as after its answer), not an impostor. */
+    if (err == -ESRCH && pid_exited(cr.pid))
+        return -ESRCH;
     if (err < 0)
         return -EPROTO;
     uint8_t want[HS_MAC];

@@ -479,7 +479,8 @@ static int hs_hello(rpal_domain *d, const char *file, const struct hs_req *req,
         err = -EAGAIN; /* too many handshakes in progress: try again */
     else if (err == 0 && ch->status != 0)
         err = -EPROTO;
-    memcpy(nonces + HS_NONCE, ch->nonce, HS_NONCE);
+    if (err == 0)
+        memcpy(nonces + HS_NONCE, ch->nonce, HS_NONCE);
     return err;
 }
 

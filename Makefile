@@ -58,7 +58,7 @@ ALLCFLAGS := $(WARN) $(CFLAGS) $(SANFLAGS) -Iinclude
 LDFLAGS_SO := $(LDFLAGS) $(SANFLAGS)
 LDFLAGS_ALL := $(LDFLAGS_SO) $(STATIC)
 
-LIB_SRC := $(filter $(wildcard src/*.c),src/prim.c src/region.c src/layout.c src/huge.c src/heap.c src/domain.c src/peer.c src/service.c src/wait.c src/channel.c src/compat.c)
+LIB_SRC := $(filter $(wildcard src/*.c),src/prim.c src/mac.c src/region.c src/layout.c src/huge.c src/heap.c src/domain.c src/peer.c src/service.c src/wait.c src/channel.c src/compat.c)
 LIB_OBJ := $(LIB_SRC:src/%.c=$(B)/obj/%.o)
 LIB_PIC := $(LIB_SRC:src/%.c=$(B)/pic/%.o)
 HDRS := include/rpal.h src/internal.h src/prim.h src/atomics.h Makefile

@@ -18,6 +18,8 @@
 #define PID 4242
 static const char service_name[] = "kv";
 static const uint8_t service_key[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
+/* The challenge's nonces (the requester's, the service's). */
+static const uint8_t nonces[2 * HS_NONCE] = {7, 7, 7, 7, 42};
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -41,7 +43,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (req.kind == HS_KIND_CHAN)
             (void)rpal__ch_tx_check(&req, s.base, s.size);
         else
-            (void)rpal__svc_req_admit(&req, service_name, service_key);
+            (void)rpal__svc_req_admit(&req, service_name, service_key, nonces);
         /* The claim record of the slot the request names; the requester
          * checks the service's own the same way, with its name. */
         if (rpal__dom_member_validate(rec, req.slot) == 0) {
@@ -92,10 +94,11 @@ static void fz_write_seeds(void)
     struct hs_req share = {.magic = HS_MAGIC, .version = HS_VERSION, .slot = 5,
                            .slot_size = 64ull << 20, .kind = HS_KIND_SHARE};
     snprintf(share.service, sizeof share.service, "%s", service_name);
-    memcpy(share.key, service_key, sizeof share.key);
+    memcpy(share.nonce, nonces, sizeof share.nonce);
+    rpal__svc_hs_mac(service_key, "requester", nonces, service_name, share.slot, share.mac);
     seed("share", &share, 0);
     struct hs_req chan = share;
-    memset(chan.key, 0, sizeof chan.key);
+    memset(chan.mac, 0, sizeof chan.mac);
     chan.kind = HS_KIND_CHAN;
     chan.depth = 4;
     chan.addr = 0;

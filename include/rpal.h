@@ -366,6 +366,15 @@ int rpal_service_request(rpal_domain *d, const char *name, const rpal_key *key,
  * the other side gets RPAL_EV_PEER_GONE with reason 0. Frees P. */
 int rpal_peer_release(rpal_peer *p);
 
+/* Opt-in hardening of the calling process against peers of its own user
+ * (docs/hardening.md "Threat model"). RPAL_HARDEN_NO_PTRACE: no longer
+ * dumpable (PR_SET_DUMPABLE 0), so that a non-root process cannot write or
+ * read our memory through /proc/PID/mem or process_vm_writev/readv, nor
+ * reopen our descriptors through /proc/PID/fd. Costs: no core dumps, and
+ * only root can attach a debugger or strace. Lost at execve. */
+#define RPAL_HARDEN_NO_PTRACE 0x1u
+int rpal_harden(unsigned flags);
+
 int rpal_peer_info(const rpal_peer *p, struct rpal_peer_info *info);
 /* The peer's slot, mapped read-only (NULL once the peer is gone). */
 const void *rpal_peer_base(const rpal_peer *p);

@@ -292,7 +292,11 @@ static int chan_handshake(rpal_chan *c, rpal_peer *peer, rpal_domain *d, int tim
                          .slot_size = d->slot_size, .kind = HS_KIND_CHAN,
                          .depth = c->depth, .addr = (uint64_t)(uintptr_t)c->tx};
     memcpy(req.service, peer->info.service, sizeof req.service - 1); /* both one component */
-    int err = rpal__svc_exchange(d, file, &req, -1, timeout_ms, rep_out, fd_out, &c->sock);
+    int err = rpal__svc_exchange(d, file, &req, NULL, -1, timeout_ms, rep_out, fd_out, &c->sock);
+    /* The listener proved it holds a live claim offering the service; it
+     * must also be the member we share with. */
+    if (err == 0 && rep_out->slot != peer->info.slot)
+        err = -EPROTO;
     /* Nobody listens: the service is gone. Closed without an answer (it
      * died or unregistered right after accepting us): the sharing ends. */
     if (err == -ECONNREFUSED)

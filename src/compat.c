@@ -787,22 +787,32 @@ static void hello_restore(int fd, const struct hello_was *was)
 /* Send our hello (with our slot's memfd and our bell), SO_PASSCRED and
  * SO_PASSPIDFD on so that the other end's credentials and pidfd come with
  * its hello; *WAS says what they were before (hello_end puts it back). */
-static int hello_begin(struct conn *c, uint64_t deadline, struct hello_was *was)
+static void hello_pass_on(int fd, struct hello_was *was)
 {
-    rpal_domain *d = c->d;
-    struct fm_hello mine = {.magic = FM_MAGIC, .version = FM_VERSION, .slot = d->slot,
-                            .slot_size = d->slot_size, .ring = (uintptr_t)c->my,
-                            .depth = c->depth, .pid = d->pid};
     /* Credentials ride with the hello (the connection's may be stale: a
      * socketpair's are its maker's); the kernel adds them to what we read
      * only while SO_PASSCRED is on. */
     int one = 1;
     socklen_t l = sizeof was->passcred;
     was->passcred = 0;
-    getsockopt(c->fd, SOL_SOCKET, SO_PASSCRED, &was->passcred, &l);
-    setsockopt(c->fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one);
-    was->passpidfd = pidfd_pass(c->fd, 1);
+    getsockopt(fd, SOL_SOCKET, SO_PASSCRED, &was->passcred, &l);
+    setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof one);
+    was->passpidfd = pidfd_pass(fd, 1);
+}
+
+static int hello_send_mine(struct conn *c, uint64_t deadline)
+{
+    rpal_domain *d = c->d;
+    struct fm_hello mine = {.magic = FM_MAGIC, .version = FM_VERSION, .slot = d->slot,
+                            .slot_size = d->slot_size, .ring = (uintptr_t)c->my,
+                            .depth = c->depth, .pid = d->pid};
     return hello_send(c->fd, &mine, d->memfd, c->bell, deadline);
+}
+
+static int hello_begin(struct conn *c, uint64_t deadline, struct hello_was *was)
+{
+    hello_pass_on(c->fd, was);
+    return hello_send_mine(c, deadline);
 }
 
 /* Read the other end's hello into *THEIR, with its memfd in *MEMFD (-1:
@@ -829,20 +839,6 @@ static int hello_end(struct conn *c, uint64_t deadline, const struct hello_was *
     return err == -ETIMEDOUT ? -EPROTO : err; /* a hello cut short */
 }
 
-/* Both halves at once. */
-static int hello_exchange(struct conn *c, uint64_t deadline, struct fm_hello *their,
-                          int *memfd, struct ucred *cr, int *pidfd)
-{
-    struct hello_was was;
-    int err;
-    *memfd = *pidfd = -1;
-    if ((err = hello_begin(c, deadline, &was)) == 0 &&
-        (err = hello_end(c, deadline, &was, their, memfd, cr, pidfd)) != -ETIMEDOUT)
-        return err;
-    hello_restore(c->fd, &was);
-    return err;
-}
-
 /* Who sent the hello: the kernel's credentials CR and pidfd PIDFD (-1:
  * none) name a live member of D other than us, at *PSLOT, which recorded
  * the pid *RECPID in its own pid namespace (the hello says the same). */
@@ -853,6 +849,39 @@ static int conn_who(rpal_domain *d, const struct ucred *cr, int pidfd, unsigned 
     if ((cr->pid <= 0 && !ino) || cr->pid == getpid() || (ino && ino == rpal__prim_self_ino()))
         return -EPROTO;
     return rpal__dom_member_find(d, cr->pid, ino, pslot, recpid) < 0 ? -EPROTO : 0;
+}
+
+/* The other end's hello came first (always so on a socketpair we made,
+ * whose other end may have been passed to anyone): read it, and send ours,
+ * our slot's memfd with it, only to a member the kernel's credentials
+ * name. */
+static int hello_theirs_first(struct conn *c, uint64_t deadline, struct fm_hello *their,
+                              int *memfd, struct ucred *cr, int *pidfd)
+{
+    struct hello_was was;
+    unsigned pslot;
+    pid_t recpid;
+    hello_pass_on(c->fd, &was);
+    int err = hello_end(c, deadline, &was, their, memfd, cr, pidfd); /* puts WAS back */
+    if (err == 0 && (err = conn_who(c->d, cr, *pidfd, &pslot, &recpid)) == 0)
+        err = hello_send_mine(c, deadline);
+    return err;
+}
+
+/* Both halves at once. */
+static int hello_exchange(struct conn *c, uint64_t deadline, struct fm_hello *their,
+                          int *memfd, struct ucred *cr, int *pidfd)
+{
+    struct hello_was was;
+    int err;
+    *memfd = *pidfd = -1;
+    if (hello_peek(c->fd, 0) == 0)
+        return hello_theirs_first(c, deadline, their, memfd, cr, pidfd);
+    if ((err = hello_begin(c, deadline, &was)) == 0 &&
+        (err = hello_end(c, deadline, &was, their, memfd, cr, pidfd)) != -ETIMEDOUT)
+        return err;
+    hello_restore(c->fd, &was);
+    return err;
 }
 
 /* Everything in the hello THEIR is the other process's word: check it

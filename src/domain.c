@@ -78,30 +78,28 @@ int rpal__dom_meta_validate(const struct dom_meta *m)
     return 0;
 }
 
-/* Open (creating if needed) <ns>/.domains/NAME and agree on its geometry. */
-static int dom_open_dir(const char *name, uint64_t want_size, int *dirfd,
-                        struct dom_meta *m)
+/* Open <ns>/PATH (.domains/NAME) if it and .domains may be trusted (ours
+ * or root's, sticky if others may write them): else -EPERM. A domain
+ * directory another user made could have its sockets and claims swapped by
+ * that user (issue 16, attack 2). */
+static int dom_dirs_trusted(int nsfd, const char *path)
 {
-    int nsfd = rpal__ns_open(1);
-    if (nsfd < 0)
-        return nsfd;
-    char path[80];
-    snprintf(path, sizeof path, ".domains/%s", name);
-    size_t made;
-    /* .domains is shared like the namespace root (1777 in the default
-     * one), so that every user may have domains; joining one is decided by
-     * its own directory's mode, like any file access: 0700. */
-    struct stat ns;
-    int err = fstat(nsfd, &ns) < 0 ? -errno : 0;
-    if (err == 0)
-        err = rpal__prim_mkdirs_beneath(nsfd, ".domains", ns.st_mode & 07777, &made);
-    if (err == 0)
-        err = rpal__prim_mkdirs_beneath(nsfd, path, 0700, &made);
+    int dfd = rpal__prim_open_beneath(nsfd, ".domains", O_PATH | O_DIRECTORY, 0);
+    int err = dfd < 0 ? dfd : rpal__prim_dir_trusted(dfd);
+    if (dfd >= 0)
+        close(dfd);
     int fd = err < 0 ? err : rpal__prim_open_beneath(nsfd, path, O_PATH | O_DIRECTORY, 0);
-    close(nsfd);
-    if (fd < 0)
-        return fd;
+    if (fd >= 0 && (err = rpal__prim_dir_trusted(fd)) < 0) {
+        close(fd);
+        fd = err;
+    }
+    return fd;
+}
 
+/* The geometry of the domain directory FD into *M: written by the first
+ * member (exclusively), read by the others, who must agree. */
+static int meta_get(int fd, uint64_t want_size, struct dom_meta *m)
+{
     /* The first member writes the geometry (exclusively); the others read
      * it and must agree. */
     uint64_t size = want_size ? want_size : RPAL_DEFAULT_SLOT_SIZE;
@@ -127,19 +125,77 @@ static int dom_open_dir(const char *name, uint64_t want_size, int *dirfd,
         }
         mfd = rpal__prim_open_beneath(fd, "meta", O_RDONLY, 0);
     }
-    if (mfd < 0) {
-        close(fd);
+    if (mfd < 0)
         return mfd == -ENOENT && werr ? werr : mfd;
-    }
     ssize_t n = pread(mfd, m, sizeof *m, 0);
     close(mfd);
-    if (n != (ssize_t)sizeof *m || rpal__dom_meta_validate(m) < 0) {
-        close(fd);
+    if (n != (ssize_t)sizeof *m || rpal__dom_meta_validate(m) < 0)
+        return -EBADMSG;
+    return want_size && want_size != m->slot_size ? -EINVAL : 0;
+}
+
+/* The domain FD's meta is corrupt: remove it if no claim is held (no live
+ * member depends on its geometry) and it is still corrupt. 0 if removed. */
+static int meta_repair(int fd)
+{
+    int dfd = rpal__prim_open_beneath(fd, ".", O_RDONLY | O_DIRECTORY, 0);
+    DIR *dir = dfd < 0 ? NULL : fdopendir(dfd);
+    if (!dir) {
+        if (dfd >= 0)
+            close(dfd);
         return -EBADMSG;
     }
-    if (want_size && want_size != m->slot_size) {
+    int live = 0;
+    for (struct dirent *e; !live && (e = readdir(dir));) {
+        if (strncmp(e->d_name, "slot.", 5))
+            continue;
+        int cfd = rpal__prim_open_beneath(fd, e->d_name, O_RDONLY | O_NONBLOCK, 0);
+        live = cfd < 0 ? cfd != -ENOENT : rpal__dom_claim_locked(cfd);
+        if (cfd >= 0)
+            close(cfd);
+    }
+    closedir(dir);
+    struct dom_meta m;
+    int mfd = rpal__prim_open_beneath(fd, "meta", O_RDONLY, 0);
+    int bad = mfd >= 0 && (pread(mfd, &m, sizeof m, 0) != (ssize_t)sizeof m ||
+                           rpal__dom_meta_validate(&m) < 0);
+    if (mfd >= 0)
+        close(mfd);
+    return !live && bad && unlinkat(fd, "meta", 0) == 0 ? 0 : -EBADMSG;
+}
+
+/* Open (creating if needed) <ns>/.domains/NAME and agree on its geometry. */
+static int dom_open_dir(const char *name, uint64_t want_size, int *dirfd,
+                        struct dom_meta *m)
+{
+    int nsfd = rpal__ns_open(1);
+    if (nsfd < 0)
+        return nsfd;
+    char path[80];
+    snprintf(path, sizeof path, ".domains/%s", name);
+    size_t made;
+    /* .domains is shared like the namespace root (1777 in the default
+     * one), so that every user may have domains; joining one is decided by
+     * its own directory's mode, like any file access: 0700. */
+    struct stat ns;
+    int err = fstat(nsfd, &ns) < 0 ? -errno : 0;
+    if (err == 0)
+        err = rpal__prim_mkdirs_beneath(nsfd, ".domains", ns.st_mode & 07777, &made);
+    if (err == 0)
+        err = rpal__prim_mkdirs_beneath(nsfd, path, 0700, &made);
+    int fd = err < 0 ? err : dom_dirs_trusted(nsfd, path);
+    close(nsfd);
+    if (fd < 0)
+        return fd;
+
+    int err2 = meta_get(fd, want_size, m);
+    /* A corrupt meta (same-user tampering, issue 16) is replaced when no
+     * member is alive to depend on it, instead of failing every join. */
+    if (err2 == -EBADMSG && meta_repair(fd) == 0)
+        err2 = meta_get(fd, want_size, m);
+    if (err2 < 0) {
         close(fd);
-        return -EINVAL;
+        return err2;
     }
     *dirfd = fd;
     return 0;

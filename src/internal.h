@@ -256,14 +256,23 @@ struct dispatch_rec {
 #define HS_KIND_CHAN  1u
 /* Every handshake message starts with these (src/service.c, src/channel.c). */
 #define HS_MAGIC 0x3153484c41505231ull /* "1RPALHS1" */
-#define HS_VERSION 1u
+/* Version 2: the key never travels. The requester's first message (its
+ * hello: kind, service, slot, a fresh nonce) carries nothing of value; the
+ * service answers with a challenge (its slot, its own nonce, and a MAC
+ * proving it holds the key); the requester checks the kernel's word on who
+ * listens against that slot's live claim and the MAC, and only then sends
+ * its request (its MAC, its slot's memfd). See docs/domains.md. */
+#define HS_VERSION 2u
+#define HS_NONCE 16
+#define HS_MAC 32
 
 struct hs_req {
     uint64_t magic;
     uint32_t version, slot;
     uint64_t slot_size;
     char service[COMPONENT_MAX + 1];
-    uint8_t key[16];
+    uint8_t nonce[HS_NONCE]; /* the requester's, the same in hello and request */
+    uint8_t mac[HS_MAC];     /* SHARE request: proves the key (hs_mac) */
     uint32_t kind;   /* HS_KIND_* */
     uint32_t depth;  /* CHAN: ring entries */
     uint64_t addr;   /* CHAN: the caller's ring, in its slot */
@@ -276,6 +285,8 @@ struct hs_rep {
     uint32_t slot, pad;
     uint64_t slot_size;
     uint64_t addr;   /* CHAN: the service's ring, in its slot */
+    uint8_t nonce[HS_NONCE]; /* challenge: the service's */
+    uint8_t mac[HS_MAC];     /* challenge: proves the service holds the key */
 };
 
 struct ucred;
@@ -304,6 +315,11 @@ struct pending {
     struct watch w;
     struct rpal_service *svc;
     int fd;
+    int stage;              /* 0: hello expected, 1: request expected */
+    pid_t pid;              /* the kernel's word on who connected */
+    uid_t uid;
+    uint64_t since;         /* accepted at (CLOCK_MONOTONIC ns): the deadline */
+    uint8_t nonces[2 * HS_NONCE]; /* the requester's, then ours */
     struct pending *next;
 };
 
@@ -497,8 +513,17 @@ RPAL_HIDDEN void rpal__svc_sock_file(char file[SVC_FILE_MAX], const char *name);
  * connection (or -1), the caller's to close, whatever the result. */
 struct hs_req;
 struct hs_rep;
-RPAL_HIDDEN int rpal__svc_exchange(rpal_domain *d, const char *file, const struct hs_req *req, int fd,
-                             int timeout_ms, struct hs_rep *rep, int *rfd, int *sock);
+/* The requester's side of a handshake on the service socket FILE: hello,
+ * challenge (the listener checked, and its MAC with KEY unless NULL), then
+ * REQ with FD (-1 none) and the answer *REP with *RFD; *SOCK the connection. */
+RPAL_HIDDEN int rpal__svc_exchange(rpal_domain *d, const char *file, const struct hs_req *req,
+                                   const rpal_key *key, int fd, int timeout_ms,
+                                   struct hs_rep *rep, int *rfd, int *sock);
+/* The MAC of a handshake (src/service.c): LABEL "requester" or "service",
+ * over both nonces (NONCES: the requester's, then the service's), the
+ * service's NAME and SLOT (the sender's slot), with the service's KEY. */
+RPAL_HIDDEN void rpal__svc_hs_mac(const uint8_t key[16], const char *label, const uint8_t *nonces,
+                                  const char *name, uint32_t slot, uint8_t out[HS_MAC]);
 /* Path of the rendezvous socket of service NAME of D. */
 struct sockaddr_un;
 RPAL_HIDDEN int rpal__svc_path(const rpal_domain *d, const char *name, struct sockaddr_un *a);
@@ -879,8 +904,24 @@ RPAL_HIDDEN int rpal__dom_member_validate(struct member_rec *rec, unsigned slot)
 /* service (src/service.c): a handshake request as received; 0 if it is one
  * of our version (its service name then ends in a NUL), else -EPROTO. */
 RPAL_HIDDEN int rpal__svc_req_check(struct hs_req *req);
-/* A HS_KIND_SHARE request for the service NAME whose key is KEY: 0, or
- * -EPROTO (another kind) or -EACCES (another service, a wrong key). */
-RPAL_HIDDEN int rpal__svc_req_admit(const struct hs_req *req, const char *name, const uint8_t *key);
+/* A HS_KIND_SHARE request for the service NAME whose key is KEY, answering
+ * the challenge of NONCES (the requester's nonce, then ours): 0, or
+ * -EPROTO (another kind) or -EACCES (another service, a wrong MAC). */
+RPAL_HIDDEN int rpal__svc_req_admit(const struct hs_req *req, const char *name, const uint8_t *key,
+                                    const uint8_t *nonces);
+
+/* ---- mac.c: HMAC-SHA-256 for the service handshake ---- */
+
+/* One piece of the text a MAC covers. */
+struct rpal__mac_part {
+    const void *p;
+    size_t n;
+};
+/* HMAC-SHA-256 (RFC 2104, FIPS 180-4) with KEY of KLEN bytes over the
+ * concatenation of PARTS[0..NPARTS) into OUT. */
+RPAL_HIDDEN void rpal__mac_hmac(const void *key, size_t klen, const struct rpal__mac_part *parts,
+                                int nparts, uint8_t out[32]);
+/* 1 if the N bytes at A and B are equal, in time independent of where they differ. */
+RPAL_HIDDEN int rpal__mac_equal(const uint8_t *a, const uint8_t *b, size_t n);
 
 #endif

@@ -25,6 +25,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/statfs.h>
@@ -1064,6 +1065,30 @@ const char *rpal_version(void)
         RPAL_VERSION_PATCH);
 }
 
+int rpal_harden(unsigned flags)
+{
+    if (flags & ~RPAL_HARDEN_NO_PTRACE)
+        return -EINVAL;
+    /* Not dumpable: the kernel's ptrace check (behind /proc/PID/mem,
+     * process_vm_writev, /proc/PID/fd and map_files) then wants
+     * CAP_SYS_PTRACE even from a process of our own user. */
+    if ((flags & RPAL_HARDEN_NO_PTRACE) && prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+        return -errno;
+    return 0;
+}
+
+int rpal__prim_dir_trusted(int fd)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return -errno;
+    if (st.st_uid != geteuid() && st.st_uid != 0)
+        return -EPERM;
+    if ((st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX))
+        return -EPERM;
+    return 0;
+}
+
 const char *rpal_strerror(int err)
 {
     switch (-err) {
@@ -1077,6 +1102,11 @@ const char *rpal_strerror(int err)
         return "the address range (region or domain window) is already in use in this process";
     case ELOOP:
         return "a symbolic link in the namespace (never followed)";
+    case EPERM:
+        return "operation not permitted, or a namespace, .domains or domain directory not "
+               "trusted: owned by another user (not root), or writable by others without "
+               "the sticky bit (rpal ls names it; have root make it, or use a private "
+               "RPAL_DIR)";
     case EFBIG:
         return "size larger than the address window";
     case ENOSPC:

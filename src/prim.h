@@ -82,6 +82,10 @@ RPAL_HIDDEN int rpal__prim_ofd_test(int fd, uint64_t off, uint64_t len,
                               uint64_t *start, uint64_t *llen);
 RPAL_HIDDEN int rpal__prim_ofd_lock(int fd, int type, uint64_t off, uint64_t len,
                               int64_t timeout_ns);
+/* May we trust the directory FD (ssh's StrictModes)? 0 if it is ours or
+ * root's and, when others may write it, sticky; else -EPERM: its owner (or
+ * anyone, for a non-sticky writable one) could swap what we find in it. */
+RPAL_HIDDEN int rpal__prim_dir_trusted(int fd);
 RPAL_HIDDEN uint64_t rpal__prim_now_ns(void); /* CLOCK_MONOTONIC */
 /* The rpal__prim_now_ns() at which TIMEOUT_MS (-1: never) runs out, UINT64_MAX
  * for never; and the milliseconds left until DEADLINE (rounded up; 0: it

@@ -100,6 +100,16 @@ RPAL_HIDDEN int rpal__ns_name_validate(const char *name)
     return 0;
 }
 
+/* FD, the namespace root, if we may trust it (owned by us or root, sticky
+ * if others may write it: issue 16); else closed and -EPERM. */
+static int ns_trusted(int fd)
+{
+    int err = rpal__prim_dir_trusted(fd);
+    if (err < 0)
+        close(fd);
+    return err < 0 ? err : fd;
+}
+
 /* Open the namespace root as an O_PATH descriptor. With CREATE, a missing
  * root is made: the default one shared by all users like /tmp (1777), one
  * named by RPAL_DIR private to its creator (0700). */
@@ -108,14 +118,14 @@ RPAL_HIDDEN int rpal__ns_open(int create)
     const char *dir = rpal_ns_dir();
     int fd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (fd >= 0 || errno != ENOENT || !create)
-        return fd >= 0 ? fd : -errno;
+        return fd >= 0 ? ns_trusted(fd) : -errno;
     mode_t m = getenv("RPAL_DIR") && *getenv("RPAL_DIR") ? 0700 : 01777;
     if (mkdir(dir, m) == 0)
         chmod(dir, m); /* mkdir applied the umask */
     else if (errno != EEXIST)
         return -errno;
     fd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    return fd >= 0 ? fd : -errno;
+    return fd >= 0 ? ns_trusted(fd) : -errno;
 }
 
 /* ---- the address registry ------------------------------------------------ */
@@ -159,6 +169,8 @@ static unsigned reg_used(const struct reg_file *f)
     return f->used < REG_CAP ? f->used : REG_CAP;
 }
 
+static void reg_rebuild(int nsfd, struct reg_file *f);
+
 static int reg_lock(int nsfd, struct reg *r)
 {
     struct stat st;
@@ -191,16 +203,15 @@ static int reg_lock(int nsfd, struct reg *r)
         close(fd);
         return -EBADMSG;
     }
-    int fresh = st.st_size == 0;
-    if (fresh) {
-        if (ftruncate(fd, sizeof(struct reg_file)) < 0) {
-            int e = -errno;
-            close(fd);
-            return e;
-        }
-    } else if ((uint64_t)st.st_size != sizeof(struct reg_file)) {
+    /* New (empty), or cut or grown by someone who may write it (issue 16:
+     * `truncate -s 1` stopped every other user's region creation): set to
+     * its size; what was cut reads as zeros (free entries, or a header that
+     * starts over below), like a corrupt one. */
+    if ((uint64_t)st.st_size != sizeof(struct reg_file) &&
+        ftruncate(fd, sizeof(struct reg_file)) < 0) {
+        int e = -errno;
         close(fd);
-        return -EBADMSG;
+        return e;
     }
     /* Read into private memory, not mapped: anyone who may write the
      * registry may also truncate it, and a mapping of a truncated file
@@ -225,12 +236,15 @@ static int reg_lock(int nsfd, struct reg *r)
     r->f = f;
     r->used0 = f->magic == REG_MAGIC ? reg_used(f) : 0;
     if (f->magic != REG_MAGIC) {
-        /* A fresh file reads as zeros; a corrupt one starts over. */
+        /* A fresh file reads as zeros; a corrupt one starts over, from the
+         * region files we can read (issue 16: the reservations of regions
+         * that exist must not be handed out again). */
         memset(f, 0, head);
         f->version = 1;
         f->cap = REG_CAP;
         f->cursor = 0;
         f->magic = REG_MAGIC;
+        reg_rebuild(nsfd, f);
     }
     return 0;
 }
@@ -1095,6 +1109,39 @@ static void free_names(char **names, size_t n)
     for (size_t i = 0; i < n; i++)
         free(names[i]);
     free(names);
+}
+
+/* A registry F started over: an entry for each region file of the
+ * namespace NSFD whose header we can read (another user's 0600 region's
+ * address stays unknown: it may be handed out again, and then attaching
+ * both in one process says -EADDRINUSE). Under the registry lock. */
+static void reg_rebuild(int nsfd, struct reg_file *f)
+{
+    char **names;
+    size_t n;
+    if (list_names(nsfd, &names, &n) < 0) {
+        free_names(names, n);
+        return;
+    }
+    uint64_t g = RPAL_REGION_GRANULE;
+    for (size_t i = 0; i < n && f->used < REG_CAP; i++) {
+        struct region_hdr h;
+        struct stat st;
+        int fd = region_open(nsfd, names[i], O_RDONLY, &h, &st);
+        if (fd < 0)
+            continue;
+        close(fd);
+        struct reg_entry *e = &f->e[f->used];
+        memset(e, 0, sizeof *e);
+        e->base = h.base;
+        e->len = g + (h.size + g - 1) / g * g;
+        e->ino = (uint64_t)st.st_ino;
+        snprintf(e->name, sizeof e->name, "%s", names[i]);
+        e->state = REG_LIVE;
+        if (entry_valid(e))
+            f->used++;
+    }
+    free_names(names, n);
 }
 
 /* The regions of the namespace, by name, and room for one's info: for

@@ -1,11 +1,16 @@
 /* service: registration, keys, the consent handshake, release and death.
  *
  * A service listens on a SOCK_SEQPACKET socket <domain dir>/svc.NAME whose
- * file mode says who may ask at all. A requester connects and sends its slot
- * number, the key and its slot's memfd (SCM_RIGHTS); the service checks the
- * key, the kernel-given credentials against the requester's slot claim, the
- * memfd's size and seals, asks its policy, maps the requester's slot
- * read-only and answers with its own memfd. Both ends keep the connection and
+ * file mode says who may ask at all. A requester connects and says hello
+ * (its slot, a fresh nonce); the service answers with a challenge (its slot,
+ * its nonce, a MAC over both nonces under the key). The requester checks
+ * that the process the kernel says listens holds the live claim of that
+ * slot and knows the key, and only then sends its own MAC and its slot's
+ * memfd (SCM_RIGHTS): the key never travels, and nothing of value goes to
+ * an impostor. The service checks the MAC, the kernel-given credentials
+ * against the requester's slot claim, the memfd's size and seals, asks its
+ * policy, maps the requester's slot read-only and answers with its own
+ * memfd. Both ends keep the connection and
  * a pidfd of the other: EOF is a release, a readable pidfd a death.
  * See docs/domains.md.
  */
@@ -26,9 +31,17 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_PENDING 64
+/* A handshake not finished this long after its connection was accepted is
+ * dropped (a silent requester cannot hold a place for long), and one
+ * process, or one user, holds at most so many places at once: past them a
+ * requester is told the service is busy (-EAGAIN), not refused. */
+#define HS_PENDING_MS 1000
+#define HS_PER_PID 8
+#define HS_PER_UID (MAX_PENDING / 2)
 
 /* Defined with the service's side of the handshake, below. */
 static const struct dom_layer service_layer;
@@ -68,13 +81,18 @@ int rpal_key_parse(const char *text, rpal_key *key)
     return 0;
 }
 
-/* Constant time, so that the answer's timing does not leak the key. */
-static int key_equal(const uint8_t *a, const uint8_t *b)
+void rpal__svc_hs_mac(const uint8_t key[16], const char *label, const uint8_t *nonces,
+                      const char *name, uint32_t slot, uint8_t out[HS_MAC])
 {
-    unsigned diff = 0;
-    for (int i = 0; i < 16; i++)
-        diff |= (unsigned)(a[i] ^ b[i]);
-    return diff == 0;
+    /* The label keeps a service's answer from being replayed as a
+     * requester's; the nonces make every MAC good for one handshake. */
+    char nm[COMPONENT_MAX + 1] = {0};
+    snprintf(nm, sizeof nm, "%s", name);
+    uint8_t sl[4] = {(uint8_t)slot, (uint8_t)(slot >> 8), (uint8_t)(slot >> 16),
+                     (uint8_t)(slot >> 24)};
+    struct rpal__mac_part parts[] = {{"rpal handshake 2 ", 17}, {label, strlen(label) + 1},
+                                     {nonces, 2 * HS_NONCE}, {nm, sizeof nm}, {sl, sizeof sl}};
+    rpal__mac_hmac(key, 16, parts, 5, out);
 }
 
 /* ---- plumbing ---- */
@@ -290,6 +308,18 @@ int rpal_service_key(const rpal_service *s, rpal_key *key)
     return 0;
 }
 
+/* Unlink *Q from d->pending and close its connection (a refusal).
+ * d->lock held. */
+static void pending_free(rpal_domain *d, struct pending **q)
+{
+    struct pending *x = *q;
+    *q = x->next;
+    epoll_ctl(d->epfd, EPOLL_CTL_DEL, x->fd, NULL);
+    close(x->fd);
+    free(x);
+    d->npending--;
+}
+
 int rpal_service_unregister(rpal_service *s)
 {
     if (!s)
@@ -311,16 +341,10 @@ int rpal_service_unregister(rpal_service *s)
     *pp = s->next;
     /* Handshakes still waiting for this service are refused by closing. */
     for (struct pending **q = &d->pending; *q;) {
-        struct pending *x = *q;
-        if (x->svc == s) {
-            *q = x->next;
-            epoll_ctl(d->epfd, EPOLL_CTL_DEL, x->fd, NULL);
-            close(x->fd);
-            free(x);
-            d->npending--;
-        } else {
-            q = &x->next;
-        }
+        if ((*q)->svc == s)
+            pending_free(d, q);
+        else
+            q = &(*q)->next;
     }
     char file[SVC_FILE_MAX];
     rpal__svc_sock_file(file, s->name);
@@ -380,6 +404,18 @@ static const struct dom_layer service_layer = {services_leave, services_fork_chi
 
 /* ---- the requester's side ---- */
 
+/* Has the other end of SOCK (pid PID, 0 from another pid namespace) exited,
+ * or does it within WAIT_MS? */
+static int peer_exited(int sock, pid_t pid, int wait_ms)
+{
+    int pfd = rpal__prim_peer_pidfd(sock, pid);
+    if (pfd < 0)
+        return pfd == -ESRCH;
+    int gone = poll(&(struct pollfd){pfd, POLLIN, 0}, 1, wait_ms) == 1;
+    close(pfd);
+    return gone;
+}
+
 /* The service closed our handshake connection without an answer: a
  * refusal (-EACCES), unless it died (its socket closed with it): then
  * -ECONNREFUSED, as for a socket nobody listens on, so that a requester
@@ -391,39 +427,136 @@ static int closed_unanswered(int sock)
     struct ucred cr;
     socklen_t cl = sizeof cr;
     int err = -EACCES;
-    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cr, &cl) == 0) {
-        int pfd = rpal__prim_peer_pidfd(sock, cr.pid); /* cr.pid may be 0: another pid ns */
-        struct pollfd pp = {pfd, POLLIN, 0};
-        if (pfd < 0 ? pfd == -ESRCH : poll(&pp, 1, 100) == 1)
-            err = -ECONNREFUSED;
-        if (pfd >= 0)
-            close(pfd);
-    }
+    /* cr.pid may be 0: another pid namespace (peer_exited asks the socket) */
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cr, &cl) == 0 && peer_exited(sock, cr.pid, 100))
+        err = -ECONNREFUSED;
     return err;
 }
 
-int rpal__svc_exchange(rpal_domain *d, const char *file, const struct hs_req *req, int fd,
-                 int timeout_ms, struct hs_rep *rep, int *rfd, int *sock)
+/* Send MSG (with FD, -1 none) on SOCK and wait until DEADLINE for the
+ * answer *REP of exactly its size (with *RFD, -1 none) from an rpal
+ * service of our version. */
+static int hs_round(int sock, const struct hs_req *msg, int fd, uint64_t deadline,
+                    struct hs_rep *rep, int *rfd)
 {
-    uint64_t deadline = rpal__prim_deadline(timeout_ms);
-    *rfd = -1;
+    int err = rpal__svc_send_with_fd(sock, msg, sizeof *msg, fd);
+    /* Closed before we sent: an answer may be waiting all the same (a
+     * busy service answers at once and closes). */
+    if (err == -EPIPE || err == -ECONNRESET)
+        err = poll(&(struct pollfd){sock, POLLIN, 0}, 1, 0) == 1 ? 0 : -ECONNRESET;
+    if (err == 0)
+        err = rpal__prim_poll_until(sock, POLLIN, deadline);
+    if (err == 0)
+        err = rpal__svc_recv_with_fd(sock, rep, sizeof *rep, rfd);
+    /* A service that closed with our message unread leaves an error that
+     * comes before the answer it queued (a busy one): take it, once. */
+    if (err == -ECONNRESET)
+        err = rpal__svc_recv_with_fd(sock, rep, sizeof *rep, rfd);
+    if (err == 0 && (rep->magic != HS_MAGIC || rep->version != HS_VERSION))
+        err = -EPROTO; /* not an rpal service of our version */
+    return err;
+}
+
+/* Connect to FILE and say hello: REQ's kind, service and slot and a fresh
+ * nonce (NONCES[0..HS_NONCE)), nothing of value; read the challenge into
+ * *CH and its nonce into the rest of NONCES. */
+static int hs_hello(rpal_domain *d, const char *file, const struct hs_req *req,
+                    uint64_t deadline, uint8_t *nonces, struct hs_rep *ch, int *sock)
+{
     /* Non-blocking: a full listen queue answers -EAGAIN at once instead
      * of blocking past the deadline. */
     *sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (*sock < 0)
         return -errno;
+    struct hs_req hello = {.magic = HS_MAGIC, .version = HS_VERSION, .slot = req->slot,
+                           .slot_size = req->slot_size, .kind = req->kind};
+    memcpy(hello.service, req->service, sizeof hello.service);
+    if (getrandom(nonces, HS_NONCE, 0) != HS_NONCE)
+        return -EIO;
+    memcpy(hello.nonce, nonces, HS_NONCE);
     /* Not connect() by name: it would follow a link planted there. */
-    int err = rpal__prim_connect_beneath(d->dirfd, file, *sock);
+    int err = rpal__prim_connect_beneath(d->dirfd, file, *sock), fd = -1;
     if (err == 0)
-        err = rpal__svc_send_with_fd(*sock, req, sizeof *req, fd);
-    if (err == -EPIPE) /* closed before we sent */
-        err = -ECONNRESET;
+        err = hs_round(*sock, &hello, -1, deadline, ch, &fd);
+    if (fd >= 0) {
+        close(fd);
+        err = err < 0 ? err : -EPROTO;
+    }
+    if (err == 0 && ch->status == -EBUSY)
+        err = -EAGAIN; /* too many handshakes in progress: try again */
+    else if (err == 0 && ch->status != 0)
+        err = -EPROTO;
     if (err == 0)
-        err = rpal__prim_poll_until(*sock, POLLIN, deadline);
+        memcpy(nonces + HS_NONCE, ch->nonce, HS_NONCE);
+    return err;
+}
+
+/* Has process PID ended (or is it ending: its pidfd is readable)? */
+/* Before anything of value goes out: the process the kernel says listens
+ * on SOCK must hold the live claim of the slot the challenge CH names,
+ * offering NAME (else -EPROTO: a socket swapped in by someone else), and,
+ * given the KEY, prove it holds it (else -EACCES: our key is not this
+ * service's). */
+static int hs_listener_check(rpal_domain *d, int sock, const char *name, const struct hs_rep *ch,
+                             const rpal_key *key, const uint8_t *nonces)
+{
+    struct ucred cr;
+    socklen_t cl = sizeof cr;
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cr, &cl) < 0)
+        return -errno;
+    if (ch->slot >= d->nslots || ch->slot == d->slot || ch->slot_size != d->slot_size)
+        return -EPROTO;
+    struct member_rec *rec = malloc(sizeof *rec);
+    if (!rec)
+        return -ENOMEM;
+    int err = rpal__dom_read_member(d->dirfd, ch->slot, rec);
+    /* By pid and pidfs inode: the pid is 0 or another's across pid namespaces. */
     if (err == 0)
-        err = rpal__svc_recv_with_fd(*sock, rep, sizeof *rep, rfd);
-    if (err == 0 && (rep->magic != HS_MAGIC || rep->version != HS_VERSION))
-        err = -EPROTO; /* not an rpal service of our version */
+        err = rpal__peer_rec_match_who(rec, cr.pid, rpal__prim_sock_peer_ino(sock), name);
+    free(rec);
+    /* A claim released because the service just died is its death
+     * (-ESRCH, as after its answer), not an impostor. */
+    if (err == -ESRCH && peer_exited(sock, cr.pid, 0))
+        return -ESRCH;
+    if (err < 0)
+        return -EPROTO;
+    uint8_t want[HS_MAC];
+    if (key) {
+        rpal__svc_hs_mac(key->bytes, "service", nonces, name, ch->slot, want);
+        if (!rpal__mac_equal(ch->mac, want, HS_MAC))
+            return -EACCES;
+    }
+    return 0;
+}
+
+int rpal__svc_exchange(rpal_domain *d, const char *file, const struct hs_req *req,
+                       const rpal_key *key, int fd, int timeout_ms, struct hs_rep *rep,
+                       int *rfd, int *sock)
+{
+    uint64_t deadline = rpal__prim_deadline(timeout_ms);
+    *rfd = -1;
+    uint8_t nonces[2 * HS_NONCE];
+    struct hs_rep ch;
+    int err = hs_hello(d, file, req, deadline, nonces, &ch, sock);
+    /* Busy (too many handshakes in progress): again, until the deadline. */
+    for (int ms = 1; err == -EAGAIN && rpal__prim_now_ns() + ms * 1000000ull < deadline;
+         ms = ms < 64 ? 2 * ms : ms) {
+        close(*sock);
+        nanosleep(&(struct timespec){0, ms * 1000000L}, NULL);
+        err = hs_hello(d, file, req, deadline, nonces, &ch, sock);
+    }
+    if (err == 0)
+        err = hs_listener_check(d, *sock, req->service, &ch, key, nonces);
+    if (err == 0) {
+        struct hs_req r = *req;
+        memcpy(r.nonce, nonces, HS_NONCE);
+        if (key)
+            rpal__svc_hs_mac(key->bytes, "requester", nonces, req->service, req->slot, r.mac);
+        err = hs_round(*sock, &r, fd, deadline, rep, rfd);
+    }
+    /* The answer comes from the slot the challenge named, or from nobody. */
+    if (err == 0 && rep->slot != ch.slot)
+        err = -EPROTO;
     if (err < 0 && *rfd >= 0) {
         close(*rfd);
         *rfd = -1;
@@ -476,10 +609,9 @@ int rpal_service_request(rpal_domain *d, const char *name, const rpal_key *key,
     struct hs_req req = {.magic = HS_MAGIC, .version = HS_VERSION, .slot = d->slot,
                          .slot_size = d->slot_size};
     snprintf(req.service, sizeof req.service, "%s", name);
-    memcpy(req.key, key->bytes, sizeof req.key);
     struct hs_rep rep;
     int memfd, sock;
-    err = rpal__svc_exchange(d, file, &req, d->memfd, timeout_ms, &rep, &memfd, &sock);
+    err = rpal__svc_exchange(d, file, &req, key, d->memfd, timeout_ms, &rep, &memfd, &sock);
     if (err == -ECONNRESET)
         err = closed_unanswered(sock);
     else if (err == 0 && rep.status != 0)
@@ -508,11 +640,53 @@ int rpal__svc_req_check(struct hs_req *req)
     return req->magic == HS_MAGIC && req->version == HS_VERSION ? 0 : -EPROTO;
 }
 
-int rpal__svc_req_admit(const struct hs_req *req, const char *name, const uint8_t *key)
+int rpal__svc_req_admit(const struct hs_req *req, const char *name, const uint8_t *key,
+                        const uint8_t *nonces)
 {
     if (req->kind != HS_KIND_SHARE)
         return -EPROTO;
-    return strcmp(req->service, name) || !key_equal(req->key, key) ? -EACCES : 0;
+    if (strcmp(req->service, name))
+        return -EACCES;
+    uint8_t want[HS_MAC];
+    rpal__svc_hs_mac(key, "requester", nonces, name, req->slot, want);
+    return rpal__mac_equal(req->mac, want, HS_MAC) ? 0 : -EACCES;
+}
+
+/* A requester's hello came (x->stage 0): answer with our challenge, a
+ * fresh nonce and our proof of the key, and wait for its request. Its
+ * hello carries nothing we act on but its nonce. */
+static int challenge(rpal_domain *d, struct pending *x)
+{
+    struct hs_req hello;
+    int fd = -1;
+    int err = rpal__svc_recv_with_fd(x->fd, &hello, sizeof hello, &fd);
+    if (err == -EAGAIN)
+        return -EAGAIN; /* spurious wake-up: keep waiting */
+    if (fd >= 0) {
+        close(fd);
+        err = err < 0 ? err : -EPROTO;
+    }
+    if (err == 0)
+        err = rpal__svc_req_check(&hello);
+    if (err == 0 && strcmp(hello.service, x->svc->name))
+        err = -EACCES;
+    struct hs_rep ch = {.magic = HS_MAGIC, .version = HS_VERSION, .slot = d->slot,
+                        .slot_size = d->slot_size};
+    memcpy(x->nonces, hello.nonce, HS_NONCE);
+    if (err == 0 && getrandom(x->nonces + HS_NONCE, HS_NONCE, 0) != HS_NONCE)
+        err = -EIO;
+    if (err == 0) {
+        memcpy(ch.nonce, x->nonces + HS_NONCE, HS_NONCE);
+        rpal__svc_hs_mac(x->svc->key.bytes, "service", x->nonces, x->svc->name, d->slot, ch.mac);
+        err = rpal__svc_send_with_fd(x->fd, &ch, sizeof ch, -1);
+    }
+    if (err < 0) {
+        close(x->fd);
+        return err;
+    }
+    x->stage = 1;
+    x->since = rpal__prim_now_ns(); /* its deadline runs from our challenge */
+    return -EAGAIN;
 }
 
 static int answer(rpal_domain *d, struct pending *x, struct rpal_event *ev)
@@ -554,7 +728,7 @@ static int answer(rpal_domain *d, struct pending *x, struct rpal_event *ev)
         return err < 0 ? err : -EINPROGRESS; /* no event for the app */
     }
     if (err == 0)
-        err = rpal__svc_req_admit(&req, s->name, s->key.bytes);
+        err = rpal__svc_req_admit(&req, s->name, s->key.bytes, x->nonces);
     if (err == 0)
         err = rpal__peer_claim_check_who(d, req.slot, req.slot_size, cr.pid, ino, NULL);
     if (err == 0)
@@ -596,7 +770,7 @@ static int pending_watch(rpal_domain *d, struct watch *w, uint32_t events, struc
     (void)events;
     struct pending *x = w->obj;
     epoll_ctl(d->epfd, EPOLL_CTL_DEL, x->fd, NULL);
-    int err = answer(d, x, ev);
+    int err = x->stage == 0 ? challenge(d, x) : answer(d, x, ev);
     if (err == -EAGAIN) {
         struct epoll_event ee = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = &x->w};
         if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, x->fd, &ee) == 0)
@@ -613,8 +787,28 @@ static int pending_watch(rpal_domain *d, struct watch *w, uint32_t events, struc
     return err == 0 ? 1 : 0;
 }
 
+/* May the requester CR have one more handshake in progress? Those whose
+ * requester has been silent past the deadline are dropped first, whoever
+ * made them (one that has spoken waits for us, not we for it). */
+static int pending_room(rpal_domain *d, const struct ucred *cr, uint64_t now)
+{
+    int pid = 0, uid = 0;
+    for (struct pending **q = &d->pending; *q;) {
+        if (now - (*q)->since > HS_PENDING_MS * 1000000ull &&
+            poll(&(struct pollfd){(*q)->fd, POLLIN, 0}, 1, 0) == 0) {
+            pending_free(d, q);
+            continue;
+        }
+        pid += cr->pid > 0 && (*q)->pid == cr->pid; /* 0: another pid namespace */
+        uid += (*q)->uid == cr->uid;
+        q = &(*q)->next;
+    }
+    return d->npending < MAX_PENDING && pid < HS_PER_PID && uid < HS_PER_UID;
+}
+
 /* Requesters are waiting on the service's socket: each connection is kept
- * until its request comes (at most MAX_PENDING unanswered). */
+ * until its request comes, within a deadline and limits per process and
+ * user (pending_room); past them the requester is told we are busy. */
 static int listen_watch(rpal_domain *d, struct watch *w, uint32_t events, struct rpal_event *ev)
 {
     (void)events;
@@ -624,14 +818,28 @@ static int listen_watch(rpal_domain *d, struct watch *w, uint32_t events, struct
         int c = accept4(s->lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
         if (c < 0)
             break;
-        struct pending *x = d->npending < MAX_PENDING ? calloc(1, sizeof *x) : NULL;
+        struct ucred cr;
+        socklen_t cl = sizeof cr;
+        uint64_t now = rpal__prim_now_ns();
+        struct pending *x = NULL;
+        if (getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cr, &cl) == 0 && pending_room(d, &cr, now))
+            x = calloc(1, sizeof *x);
         if (!x) {
-            close(c); /* too many unanswered: the requester sees a refusal */
+            (void)reply(c, d, -EBUSY, -1);
+            /* Its hello read first: closed unread, it would reach the
+             * requester as a reset instead of our answer. */
+            char buf[sizeof(struct hs_req)];
+            for (int i = 0; i < 2 && recv(c, buf, sizeof buf, MSG_DONTWAIT) > 0; i++)
+                ;
+            close(c);
             continue;
         }
         x->w = (struct watch){.obj = x, .handle = pending_watch};
         x->svc = s;
         x->fd = c;
+        x->pid = cr.pid;
+        x->uid = cr.uid;
+        x->since = now;
         struct epoll_event ee = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = &x->w};
         if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, c, &ee) < 0) {
             close(c);

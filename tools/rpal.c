@@ -264,6 +264,52 @@ static int parse(const char *cmd, int argc, char **argv, unsigned allowed, int m
 
 /* ---- the namespace directory ---- */
 
+/* Say on stderr why the directory PATH (lstat'ed into ST) is not trusted
+ * by the library (-EPERM: src/prim.c rpal__prim_dir_trusted), and how to
+ * fix it. Returns 1 if it is not, else 0. */
+static int untrusted(const char *cmd, const char *path, const struct stat *st)
+{
+    if (!S_ISDIR(st->st_mode))
+        return 0;
+    if (st->st_uid != geteuid() && st->st_uid != 0) {
+        fprintf(stderr, "rpal: %s: not trusted: %s is owned by uid %u (not you, not root), who "
+                        "could swap what is in it: remove it (its owner or root), or have root "
+                        "make it\n", cmd, path, (unsigned)st->st_uid);
+        return 1;
+    }
+    if ((st->st_mode & (S_IWGRP | S_IWOTH)) && !(st->st_mode & S_ISVTX)) {
+        fprintf(stderr, "rpal: %s: not trusted: %s is writable by others without the sticky "
+                        "bit: chmod +t %s (or go-w)\n", cmd, path, path);
+        return 1;
+    }
+    return 0;
+}
+
+/* Report the directories of the namespace DIR that rpal refuses to trust:
+ * DIR, DIR/.domains and each domain's. Their count. */
+static int trust_report(const char *cmd, const char *dir)
+{
+    char path[PATH_MAX];
+    struct stat st;
+    int n = stat(dir, &st) == 0 && untrusted(cmd, dir, &st);
+    snprintf(path, sizeof path, "%s/.domains", dir);
+    if (lstat(path, &st) < 0)
+        return n;
+    n += untrusted(cmd, path, &st);
+    DIR *dd = opendir(path);
+    for (struct dirent *e; dd && (e = readdir(dd));) {
+        char sub[PATH_MAX + 256];
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
+        if (lstat(sub, &st) == 0)
+            n += untrusted(cmd, sub, &st);
+    }
+    if (dd)
+        closedir(dd);
+    return n;
+}
+
 /* Is the namespace directory there, and on memory? NEED: it must exist
  * (for commands that only read it). Returns 0, 1 if it does not exist yet
  * (the default one, which the first region or domain member makes), or
@@ -290,6 +336,7 @@ static int ns_check(const char *cmd, int need)
                 dir);
         return -ENOTDIR;
     }
+    trust_report(cmd, dir);
     if (statfs(dir, &fs) == 0 && fs.f_type != TMPFS_MAGIC && fs.f_type != HUGETLBFS_MAGIC &&
         fs.f_type != RAMFS_MAGIC)
         fprintf(stderr, "rpal: warning: the namespace directory %s is not on tmpfs: the "

@@ -1077,12 +1077,34 @@ int rpal_harden(unsigned flags)
     return 0;
 }
 
+/* 1 if UID is what the kernel shows for an owner outside our user
+ * namespace (the overflow uid, while we are not in the initial one): the
+ * host's root or any other user, which cannot be told apart from inside. A
+ * rootless container sees the volume its runtime (root) made that way. */
+static int uid_unmapped(uid_t uid)
+{
+    char buf[64];
+    int fd = open("/proc/sys/kernel/overflowuid", O_RDONLY | O_CLOEXEC);
+    ssize_t n = fd < 0 ? -1 : read(fd, buf, sizeof buf - 1);
+    if (fd >= 0)
+        close(fd);
+    if (n <= 0 || (buf[n] = 0, (uid_t)strtoul(buf, NULL, 10) != uid))
+        return 0;
+    unsigned long in = 0, out = 0, count = 0;
+    FILE *f = fopen("/proc/self/uid_map", "re");
+    int initial = !f || (fscanf(f, "%lu %lu %lu", &in, &out, &count) == 3 && in == 0 &&
+                         out == 0 && count == 4294967295ul);
+    if (f)
+        fclose(f);
+    return !initial;
+}
+
 int rpal__prim_dir_trusted(int fd)
 {
     struct stat st;
     if (fstat(fd, &st) < 0)
         return -errno;
-    if (st.st_uid != geteuid() && st.st_uid != 0)
+    if (st.st_uid != geteuid() && st.st_uid != 0 && !uid_unmapped(st.st_uid))
         return -EPERM;
     if ((st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX))
         return -EPERM;

@@ -24,6 +24,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -34,6 +35,8 @@
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/select.h>
+#include <sys/sendfile.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -108,6 +111,9 @@ static int (*real_epoll_wait)(int, struct epoll_event *, int, int);
 static int (*real_epoll_pwait)(int, struct epoll_event *, int, int, const sigset_t *);
 static int (*real_epoll_pwait2)(int, struct epoll_event *, int, const struct timespec *,
                                 const sigset_t *);
+static ssize_t (*real_sendfile)(int, int, off_t *, size_t);
+static ssize_t (*real_sendfile64)(int, int, off64_t *, size_t);
+static ssize_t (*real_splice)(int, loff_t *, int, loff_t *, size_t, unsigned);
 
 /* ---- the table ---- */
 
@@ -249,6 +255,17 @@ static int state_err(int st, int nb)
     return 0;
 }
 
+/* Settle FD for a call that may wait for the other end's hello unless NB
+ * or O_NONBLOCK: ST_PLAIN (the kernel's), ST_UP, or -1 with errno set for
+ * a descriptor that cannot carry data in its state. */
+static int settle_io(int fd, int nb)
+{
+    nb = nb || nonblocking(fd);
+    int st = settle(fd, nb ? W_SHORT : W_LONG);
+    int err = state_err(st, nb);
+    return err ? (int)fail(err) : st;
+}
+
 /* ---- reading ---- */
 
 /* Wait until FD (upgraded) is readable (or writable if OUT), or the end;
@@ -260,23 +277,30 @@ static int wait_one(int fd, int out, int64_t timeout_ns)
     return run_poll(&p, 1, timeout_ns, NULL);
 }
 
+/* Up to LEN bytes of FD's ring (upgraded) copied without consuming them,
+ * waiting for the first unless NB or O_NONBLOCK; 0: the end. MSG_PEEK,
+ * and sendfile/splice, which consume only what they could pass on. */
+static ssize_t ring_look(int fd, void *buf, size_t len, int nb)
+{
+    for (;;) {
+        inside++;
+        ssize_t n = rpal__cx_peek(fd, buf, len);
+        int ev = n == 0 ? rpal__cx_poll(fd, POLLIN, 0) : 0;
+        inside--;
+        if (n != 0 || (ev & POLLHUP) || len == 0)
+            return n < 0 ? fail((int)-n) : n;
+        if (nb || nonblocking(fd))
+            return fail(EAGAIN);
+        if (wait_one(fd, 0, -1) < 0)
+            return -1;
+    }
+}
+
 static ssize_t up_read(int fd, void *buf, size_t len, int flags)
 {
     int nb = (flags & MSG_DONTWAIT) != 0;
-    if (flags & MSG_PEEK) {
-        for (;;) {
-            inside++;
-            ssize_t n = rpal__cx_peek(fd, buf, len);
-            int ev = n == 0 ? rpal__cx_poll(fd, POLLIN, 0) : 0;
-            inside--;
-            if (n != 0 || (ev & POLLHUP) || len == 0)
-                return n < 0 ? fail((int)-n) : n;
-            if (nb || nonblocking(fd))
-                return fail(EAGAIN);
-            if (wait_one(fd, 0, -1) < 0)
-                return -1;
-        }
-    }
+    if (flags & MSG_PEEK)
+        return ring_look(fd, buf, len, nb);
     size_t got = 0;
     do {
         if (nb || (got && !(flags & MSG_WAITALL))) {
@@ -302,13 +326,11 @@ static ssize_t run_recv(int fd, void *buf, size_t len, int flags)
 {
     if (state(fd) == ST_UP) /* O_NONBLOCK is compat's to ask, when it would wait */
         return up_read(fd, buf, len, flags);
-    int nb = (flags & MSG_DONTWAIT) || nonblocking(fd);
-    int st = settle(fd, nb ? W_SHORT : W_LONG);
+    int st = settle_io(fd, flags & MSG_DONTWAIT);
+    if (st < 0)
+        return -1;
     if (st == ST_PLAIN)
         return REAL(recv)(fd, buf, len, flags);
-    int err = state_err(st, nb);
-    if (err)
-        return fail(err);
     return up_read(target(fd), buf, len, flags);
 }
 
@@ -414,13 +436,11 @@ static ssize_t run_send(int fd, const void *buf, size_t len, int flags)
 {
     if (state(fd) == ST_UP)
         return up_write(fd, buf, len, flags);
-    int nb = (flags & MSG_DONTWAIT) || nonblocking(fd);
-    int st = settle(fd, nb ? W_SHORT : W_LONG);
+    int st = settle_io(fd, flags & MSG_DONTWAIT);
+    if (st < 0)
+        return -1;
     if (st == ST_PLAIN)
         return REAL(send)(fd, buf, len, flags);
-    int err = state_err(st, nb);
-    if (err)
-        return fail(err);
     return up_write(target(fd), buf, len, flags);
 }
 
@@ -495,6 +515,164 @@ EXPORT ssize_t sendmsg(int fd, const struct msghdr *m, int flags)
     if (m->msg_name && m->msg_namelen)
         return fail(EISCONN);
     return run_writev(fd, m->msg_iov, (int)m->msg_iovlen, flags);
+}
+
+/* ---- copying between descriptors: sendfile, splice ---- */
+
+/* The kernel would move the socket's bytes, which are only wake-ups once
+ * the connection is on the rings: the bytes go through a buffer instead,
+ * read and written with our calls for the upgraded end, the kernel's for
+ * the other. sendfile from a socket, splice between two sockets, tee and
+ * copy_file_range on one are the kernel's EINVAL whether it is upgraded or
+ * not, so they are not interposed. See docs/run.md. */
+
+static int is_pipe(int fd)
+{
+    struct stat st;
+    return fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode);
+}
+
+/* Consume the N bytes that ring_look found at FD (they are there). */
+static void ring_drop(int fd, char *buf, size_t n)
+{
+    inside++;
+    for (size_t got = 0; got < n;) {
+        ssize_t r = rpal_read(fd, buf, n - got);
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    inside--;
+}
+
+/* Up to LEN bytes from IN (read, or pread at *OFF) into the ring of OUT
+ * (upgraded), room first so that nothing taken from IN waits for it. As
+ * the kernel's: a blocking OUT takes all of LEN unless IN runs short; a
+ * pipe IN is waited for only before the first bytes; NB: SPLICE_F_NONBLOCK. */
+static ssize_t copy_to_ring(int out, int in, off64_t *off, size_t len, int from_pipe, int nb)
+{
+    char *b = scratch();
+    if (!b)
+        return fail(ENOMEM);
+    size_t done = 0;
+    while (done < len) {
+        inside++;
+        int ev = rpal__cx_poll(out, POLLOUT, 0);
+        inside--;
+        if (!(ev & (POLLOUT | POLLHUP))) {
+            if (nb || nonblocking(out))
+                break;
+            if (wait_one(out, 1, -1) < 0)
+                return done ? (ssize_t)done : -1;
+            continue;
+        }
+        struct pollfd p = {in, POLLIN, 0};
+        if (from_pipe && (done || nb) &&
+            (REAL(poll)(&p, 1, 0) <= 0 || !(p.revents & (POLLIN | POLLHUP | POLLERR))))
+            break;
+        size_t want = len - done < GATHER ? len - done : GATHER;
+        ssize_t n = off ? pread64(in, b, want, *off) : REAL(read)(in, b, want);
+        if (n <= 0)
+            return done ? (ssize_t)done : n;
+        ssize_t w = up_write(out, b, (size_t)n, 0);
+        if (w < n && !off && !from_pipe) /* give the file back what did not go */
+            lseek64(in, -(off64_t)(n - (w > 0 ? w : 0)), SEEK_CUR);
+        if (w < 0)
+            return done ? (ssize_t)done : -1;
+        done += (size_t)w;
+        if (off)
+            *off += w;
+        if (w < n || (size_t)n < want)
+            break;
+    }
+    return done || !len ? (ssize_t)done : fail(EAGAIN);
+}
+
+/* Up to LEN bytes of IN's ring (upgraded) into the pipe OUT, consuming
+ * only what the pipe took. The pipe takes PIPE_BUF bytes at a time, each
+ * when it has a free slot (which holds them whole): as the kernel's
+ * splice, it waits (unless NB) for room for the first only, and a thread
+ * that drains the pipe itself after the call never waits for itself. */
+static ssize_t splice_from_ring(int in, int out, size_t len, int nb)
+{
+    char *b = scratch();
+    if (!b)
+        return fail(ENOMEM);
+    ssize_t n = ring_look(in, b, len < GATHER ? len : GATHER, nb);
+    if (n <= 0)
+        return n;
+    size_t w = 0;
+    while (w < (size_t)n) {
+        struct pollfd p = {out, POLLOUT, 0};
+        int r = REAL(poll)(&p, 1, w || nb ? 0 : -1);
+        ssize_t k = r > 0 ? REAL(write)(out, b + w, (size_t)n - w < PIPE_BUF ? (size_t)n - w : PIPE_BUF)
+                          : r == 0 ? fail(EAGAIN) : -1;
+        if (k < 0) {
+            if (!w)
+                return -1;
+            break;
+        }
+        w += (size_t)k;
+    }
+    ring_drop(in, b, w);
+    return (ssize_t)w;
+}
+
+static ssize_t run_sendfile(int out, int in, off64_t *off, size_t count)
+{
+    int st = settle_io(out, 0);
+    if (st < 0)
+        return -1;
+    if (st == ST_PLAIN)
+        return REAL(sendfile64)(out, in, off, count);
+    /* The kernel's checks of IN (a file, readable; an offset where it
+     * seeks) and of OUT: with a count of 0 it moves nothing. */
+    if (REAL(sendfile64)(out, in, off, 0) < 0)
+        return -1;
+    if (count > 0x7ffff000)
+        count = 0x7ffff000; /* the kernel's MAX_RW_COUNT */
+    return copy_to_ring(target(out), in, off, count, 0, 0);
+}
+
+EXPORT ssize_t sendfile64(int out, int in, off64_t *off, size_t count)
+{
+    return tracked(out) ? run_sendfile(out, in, off, count) : REAL(sendfile64)(out, in, off, count);
+}
+
+EXPORT ssize_t sendfile(int out, int in, off_t *off, size_t count)
+{
+    if (!tracked(out))
+        return REAL(sendfile)(out, in, off, count);
+    off64_t o = off ? *off : 0;
+    ssize_t n = run_sendfile(out, in, off ? &o : NULL, count);
+    if (off)
+        *off = (off_t)o;
+    return n;
+}
+
+
+EXPORT ssize_t splice(int in, loff_t *offin, int out, loff_t *offout, size_t len, unsigned flags)
+{
+    if (!len || (!tracked(in) && !tracked(out)))
+        return REAL(splice)(in, offin, out, offout, len, flags);
+    int nb = (flags & SPLICE_F_NONBLOCK) != 0;
+    int si = tracked(in) ? settle_io(in, nb) : ST_PLAIN;
+    int so = si >= 0 && tracked(out) ? settle_io(out, nb) : ST_PLAIN;
+    if (si < 0 || so < 0)
+        return -1;
+    if (si == ST_PLAIN && so == ST_PLAIN)
+        return REAL(splice)(in, offin, out, offout, len, flags);
+    /* The kernel's rules: one end a pipe; no offset on a socket (EINVAL)
+     * nor on a pipe (ESPIPE). */
+    int from_ring = si != ST_PLAIN, other = from_ring ? out : in;
+    if ((flags & ~0xfu) || (si != ST_PLAIN && so != ST_PLAIN) || !is_pipe(other) ||
+        (from_ring ? offin : offout))
+        return fail(EINVAL);
+    if (from_ring ? offout : offin)
+        return fail(ESPIPE);
+    if (from_ring)
+        return splice_from_ring(target(in), out, len, nb);
+    return copy_to_ring(target(out), in, NULL, len, 1, nb);
 }
 
 /* ---- making and ending connections ---- */

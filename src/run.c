@@ -655,7 +655,9 @@ EXPORT ssize_t splice(int in, loff_t *offin, int out, loff_t *offout, size_t len
 {
     if (!len || (!tracked(in) && !tracked(out)))
         return REAL(splice)(in, offin, out, offout, len, flags);
-    int nb = (flags & SPLICE_F_NONBLOCK) != 0;
+    /* The pipe's O_NONBLOCK makes the whole call non-blocking, as in the
+     * kernel's splice. */
+    int nb = (flags & SPLICE_F_NONBLOCK) || nonblocking(tracked(in) ? out : in);
     int si = tracked(in) ? settle_io(in, nb) : ST_PLAIN;
     int so = si >= 0 && tracked(out) ? settle_io(out, nb) : ST_PLAIN;
     if (si < 0 || so < 0)

@@ -59,6 +59,10 @@ static void server_copies(int fd, const char *path)
           !memcmp(b, "splice-me", 9));
     errno = 0;
     CHECK(splice(fd, NULL, p[1], NULL, sizeof b, SPLICE_F_NONBLOCK) == -1 && errno == EAGAIN);
+    CHECK(fcntl(p[1], F_SETFL, O_NONBLOCK) == 0);
+    errno = 0;
+    CHECK(splice(fd, NULL, p[1], NULL, sizeof b, 0) == -1 && errno == EAGAIN);
+    CHECK(fcntl(p[1], F_SETFL, 0) == 0);
     loff_t lo = 0;
     errno = 0;
     CHECK(splice(fd, &lo, p[1], NULL, 4, 0) == -1 && errno == EINVAL);

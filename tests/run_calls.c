@@ -88,6 +88,19 @@ static void server_copies(int fd, const char *path)
         n = got < SPLICED ? splice(fd, NULL, p[1], NULL, SPLICED - got, 0) : 0;
     }
     CHECK(got == SPLICED);
+    /* A non-blocking descriptor whose ring is full (the client waits before
+     * reading): sendfile sends what has room, the file's position moves
+     * by that much. */
+    int fl = fcntl(fd, F_GETFL);
+    CHECK(fcntl(fd, F_SETFL, fl | O_NONBLOCK) == 0 && lseek(f, 0, SEEK_SET) == 0);
+    memset(big, 'F', 4096);
+    while (write(fd, big, 4096) > 0)
+        ;
+    errno = 0;
+    n = sendfile(fd, f, NULL, 1000);
+    CHECK((n == -1 && errno == EAGAIN) || (n > 0 && n <= 1000));
+    CHECK(lseek(f, 0, SEEK_CUR) == (n > 0 ? n : 0));
+    CHECK(fcntl(fd, F_SETFL, fl) == 0 && write(fd, "\xff", 1) == 1);
     close(p[0]);
     close(p[1]);
     close(f);
@@ -111,6 +124,11 @@ static void client_copies(int fd)
     CHECK(read_n(fd, big, 4) == 0 && !memcmp(big, "back", 4));
     memset(big, 'q', SPLICED);
     CHECK(write(fd, big, SPLICED) == SPLICED);
+    usleep(300000); /* the server fills the ring meanwhile */
+    char c = 0;
+    while (read(fd, &c, 1) == 1 && c != '\xff')
+        ;
+    CHECK(c == '\xff');
     free(big);
 }
 

@@ -29,6 +29,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,10 +49,13 @@
 #define EXPORT   __attribute__((visibility("default")))
 #define GATHER   65536 /* writev/sendmsg: gathered into one message up to this */
 
-enum { ST_PLAIN = 0, ST_CAND, ST_HALF, ST_UP, ST_ALIAS, ST_PARENT, ST_BROKEN };
+/* ST_HIDDEN: upgraded, closed by the program while a dup of it is open
+ * (the connection lives on: the dup is an alias of this descriptor). */
+enum { ST_PLAIN = 0, ST_CAND, ST_HALF, ST_UP, ST_ALIAS, ST_PARENT, ST_BROKEN, ST_HIDDEN };
 
 static _Atomic unsigned char fdst[RUN_FDS];
 static int alias_of[RUN_FDS];
+static int nalias[RUN_FDS]; /* the open aliases of an upgraded descriptor */
 /* Set while rpal's own code runs: its calls go to the kernel. */
 static __thread int inside __attribute__((tls_model("initial-exec")));
 static pthread_mutex_t join_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -150,8 +154,13 @@ static void on_fork_child(void)
      * joins on its own (lazily) and keeps its inherited candidates. */
     for (int fd = 0; fd < RUN_FDS; fd++) {
         int st = fdst[fd];
+        nalias[fd] = 0;
         if (st == ST_UP || st == ST_HALF || st == ST_ALIAS)
             fdst[fd] = ST_PARENT;
+        if (st == ST_HIDDEN) { /* the program closed it: so does the child */
+            REAL(close)(fd);
+            fdst[fd] = ST_PLAIN;
+        }
     }
 }
 
@@ -210,7 +219,7 @@ static int settle(int fd, int wait)
 {
     int st = state(fd);
     if (st == ST_ALIAS)
-        return state(alias_of[fd]) == ST_UP ? ST_UP : ST_BROKEN;
+        return state(alias_of[fd]) == ST_UP || state(alias_of[fd]) == ST_HIDDEN ? ST_UP : ST_BROKEN;
     if (st != ST_CAND && st != ST_HALF)
         return st;
     rpal_domain *d = joined();
@@ -252,6 +261,8 @@ static int state_err(int st, int nb)
         return ECONNRESET;
     if (st == ST_PARENT)
         return EIO; /* upgraded by the parent before fork: see docs/run.md */
+    if (st == ST_HIDDEN)
+        return EBADF; /* closed, as far as the program knows */
     return 0;
 }
 
@@ -739,27 +750,78 @@ EXPORT int accept4(int fd, struct sockaddr *sa, socklen_t *len, int flags)
     return accepted(REAL(accept4)(fd, sa, len, flags));
 }
 
+/* A descriptor the program cannot use: closed while a dup was open. */
+static int hidden(int fd)
+{
+    return tracked(fd) && state(fd) == ST_HIDDEN;
+}
+
+/* End the upgraded connection at FD (the other end reads the end); its
+ * aliases, if a dup2 onto FD ends it under them, are broken. */
+static int up_close(int fd)
+{
+    if (__atomic_exchange_n(&nalias[fd], 0, __ATOMIC_SEQ_CST) > 0)
+        for (int a = 0; a < RUN_FDS; a++)
+            if (fdst[a] == ST_ALIAS && alias_of[a] == fd)
+                fdst[a] = ST_BROKEN;
+    struct rpal_stats s;
+    if (rpal_fd_stats(fd, &s) == 0)
+        run_log("close", fd, (long long)s.msgs_in, (long long)s.msgs_out);
+    return rpal_close(fd);
+}
+
+/* Close the upgraded FD while aliases of it are open: as the kernel keeps
+ * a socket until its last descriptor, the connection lives on; the number
+ * stays taken (close-on-exec) until the last alias closes. Whoever turns
+ * ST_HIDDEN into ST_PLAIN ends it: this call if the aliases went
+ * meanwhile, or the close of the last one (seq_cst: one of the two sees
+ * the other's store). */
+static int up_hide(int fd)
+{
+    REAL(fcntl)(fd, F_SETFD, FD_CLOEXEC);
+    fdst[fd] = ST_HIDDEN;
+    unsigned char h = ST_HIDDEN;
+    if (__atomic_load_n(&nalias[fd], __ATOMIC_SEQ_CST) == 0 &&
+        atomic_compare_exchange_strong(&fdst[fd], &h, ST_PLAIN))
+        return up_close(fd);
+    return 0;
+}
+
+/* An alias of T closed: the last one ends T if the program closed it. */
+static void alias_gone(int t)
+{
+    unsigned char h = ST_HIDDEN;
+    if (__atomic_sub_fetch(&nalias[t], 1, __ATOMIC_SEQ_CST) == 0 &&
+        atomic_compare_exchange_strong(&fdst[t], &h, ST_PLAIN))
+        up_close(t);
+}
+
 /* Forget FD before its number can be reused; the kernel's close is the
  * caller's (REAL close or dup2's implicit one), except for an upgraded
- * connection, which rpal_close ends (the other end reads the end). */
+ * connection, which rpal_close ends (the other end reads the end), or
+ * hides while a dup of it is open. */
 static int run_close(int fd, int kernel)
 {
     int st = state(fd);
-    set_state(fd, ST_PLAIN);
+    if (st == ST_HIDDEN && kernel)
+        return (int)fail(EBADF);
     inside++;
     int r = 0;
-    if (st == ST_UP) {
-        struct rpal_stats s;
-        if (rpal_fd_stats(fd, &s) == 0)
-            run_log("close", fd, (long long)s.msgs_in, (long long)s.msgs_out);
-        r = rpal_close(fd);
+    if (st == ST_UP && kernel && __atomic_load_n(&nalias[fd], __ATOMIC_SEQ_CST) > 0) {
+        r = up_hide(fd);
+    } else if (st == ST_UP || st == ST_HIDDEN) {
+        unsigned char was = (unsigned char)st; /* a hidden one: unless its last alias ends it now */
+        r = atomic_compare_exchange_strong(&fdst[fd], &was, ST_PLAIN) ? up_close(fd) : 0;
         if (!kernel)
             r = 0;
     } else {
+        set_state(fd, ST_PLAIN);
         if (st == ST_HALF)
             rpal__cx_fdmap_drop(fd);
         r = kernel ? REAL(close)(fd) : 0;
         r = r < 0 ? -errno : 0;
+        if (st == ST_ALIAS)
+            alias_gone(alias_of[fd]);
     }
     inside--;
     return r < 0 ? (int)fail(-r) : 0;
@@ -772,6 +834,8 @@ EXPORT int close(int fd)
 
 EXPORT int shutdown(int fd, int how)
 {
+    if (hidden(fd))
+        return (int)fail(EBADF);
     if (!tracked(fd) || settle(fd, W_NONE) != ST_UP)
         return REAL(shutdown)(fd, how);
     inside++;
@@ -789,6 +853,7 @@ static int dup_of(int old, int nfd)
     int st = settle(old, W_NONE);
     if (st == ST_UP || st == ST_ALIAS) {
         alias_of[nfd] = target(old);
+        __atomic_add_fetch(&nalias[alias_of[nfd]], 1, __ATOMIC_SEQ_CST);
         set_state(nfd, ST_ALIAS);
     } else {
         set_state(nfd, st == ST_PLAIN ? ST_PLAIN : ST_BROKEN);
@@ -798,6 +863,8 @@ static int dup_of(int old, int nfd)
 
 EXPORT int dup(int fd)
 {
+    if (hidden(fd))
+        return (int)fail(EBADF);
     return tracked(fd) ? dup_of(fd, REAL(dup)(fd)) : REAL(dup)(fd);
 }
 
@@ -805,6 +872,8 @@ EXPORT int dup3(int fd, int nfd, int flags)
 {
     if (inside || (!tracked(fd) && !tracked(nfd)))
         return REAL(dup3)(fd, nfd, flags);
+    if (hidden(fd))
+        return (int)fail(EBADF);
     if (fd != nfd && tracked(nfd))
         run_close(nfd, 0);
     return dup_of(fd, REAL(dup3)(fd, nfd, flags));
@@ -814,6 +883,8 @@ EXPORT int dup2(int fd, int nfd)
 {
     if (inside || (!tracked(fd) && !tracked(nfd)) || fd == nfd)
         return REAL(dup2)(fd, nfd);
+    if (hidden(fd))
+        return (int)fail(EBADF);
     if (tracked(nfd))
         run_close(nfd, 0);
     return dup_of(fd, REAL(dup2)(fd, nfd));
@@ -821,6 +892,8 @@ EXPORT int dup2(int fd, int nfd)
 
 static int run_fcntl(int (*f)(int, int, ...), int fd, int cmd, void *arg)
 {
+    if (hidden(fd))
+        return (int)fail(EBADF);
     int r = f(fd, cmd, arg);
     if ((cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && tracked(fd))
         return dup_of(fd, r);
@@ -851,6 +924,8 @@ EXPORT int ioctl(int fd, unsigned long req, ...)
     va_start(ap, req);
     void *arg = va_arg(ap, void *);
     va_end(ap);
+    if (hidden(fd))
+        return (int)fail(EBADF);
     if (req != FIONREAD || !tracked(fd) || settle(fd, W_NONE) != ST_UP)
         return REAL(ioctl)(fd, req, arg);
     /* What a read would find now (a hint, as on the socket: at most a
@@ -900,7 +975,7 @@ static int poll_look(struct pollfd *fds, struct pollfd *k, nfds_t n, int how, in
             continue;
         }
         k[i].fd = -1; /* the kernel looks at it only while we sleep */
-        if (st == ST_UP || st == ST_ALIAS) {
+        if (st == ST_UP || st == ST_ALIAS || st == ST_HIDDEN) {
             inside++;
             int r = rpal__cx_poll(target(fd), fds[i].events, how);
             inside--;
@@ -947,7 +1022,8 @@ static int run_poll(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const sigs
             left = 0;
         /* Asleep, upgraded ones are watched on the socket: wake-ups, the end. */
         for (nfds_t i = 0; i < n && !ready; i++)
-            if (k[i].fd < 0 && fds[i].fd >= 0 && (state(fds[i].fd) == ST_UP || state(fds[i].fd) == ST_ALIAS))
+            if (k[i].fd < 0 && fds[i].fd >= 0 && (state(fds[i].fd) == ST_UP || state(fds[i].fd) == ST_ALIAS ||
+                                                      state(fds[i].fd) == ST_HIDDEN))
                 k[i].fd = fds[i].fd;
         struct timespec ts = {left / 1000000000, left % 1000000000};
         int r = REAL(ppoll)(k, n, left < 0 ? NULL : &ts, ready ? NULL : mask);
@@ -1069,6 +1145,8 @@ EXPORT int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
 {
     if (inside)
         return REAL(epoll_ctl)(epfd, op, fd, ev);
+    if (hidden(fd))
+        return (int)fail(EBADF);
     inside++;
     int r = rpal_epoll_ctl(epfd, op, fd, ev);
     inside--;

@@ -185,6 +185,15 @@ static void server(const char *path)
     CHECK(d2 >= 0 && d3 >= 100);
     CHECK(write(d2, "x", 1) == 1 && send(d3, "y", 1, 0) == 1);
     CHECK(close(d2) == 0 && close(d3) == 0);
+    /* The first descriptor closed while a dup is open: the connection goes
+     * on through the dup (to the end of the test), the number is closed. */
+    int moved = fcntl(fd, F_DUPFD, 300);
+    CHECK(moved >= 300 && close(fd) == 0);
+    errno = 0;
+    CHECK(write(fd, "n", 1) == -1 && errno == EBADF);
+    errno = 0;
+    CHECK(close(fd) == -1 && errno == EBADF);
+    fd = moved;
     server_copies(fd, path);
     /* e. the client's half close: the end for us, we may still write */
     CHECK(read(fd, b, 4) == 0);

@@ -517,8 +517,33 @@ EXPORT ssize_t writev(int fd, const struct iovec *iov, int cnt)
     return run_writev(fd, iov, cnt, 0);
 }
 
+/* Whether M passes (SCM_RIGHTS) a descriptor whose connection is on the
+ * rings (or being moved there): the receiver would see the socket, which
+ * holds only wake-up bytes, and nothing brings the connection back to the
+ * socket yet (docs/run.md). 0, or the errno for sendmsg. */
+static int passes_ring(const struct msghdr *m)
+{
+    for (struct cmsghdr *h = CMSG_FIRSTHDR(m); h; h = CMSG_NXTHDR((struct msghdr *)m, h)) {
+        if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS)
+            continue;
+        for (size_t i = 0; i < (h->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(h) + i * sizeof fd, sizeof fd);
+            int st = tracked(fd) ? state(fd) : ST_PLAIN;
+            if (st == ST_HIDDEN)
+                return EBADF; /* closed, as far as the program knows */
+            if (st == ST_HALF || st == ST_UP || st == ST_ALIAS || st == ST_PARENT)
+                return EOPNOTSUPP;
+        }
+    }
+    return 0;
+}
+
 EXPORT ssize_t sendmsg(int fd, const struct msghdr *m, int flags)
 {
+    int err = m && m->msg_controllen && !inside ? passes_ring(m) : 0;
+    if (err)
+        return fail(err);
     if (!tracked(fd) || settle(fd, W_NONE) == ST_PLAIN)
         return REAL(sendmsg)(fd, m, flags);
     if (m->msg_controllen)

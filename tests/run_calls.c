@@ -193,7 +193,32 @@ static void server(const char *path)
     CHECK(write(fd, "n", 1) == -1 && errno == EBADF);
     errno = 0;
     CHECK(close(fd) == -1 && errno == EBADF);
+    int first = fd;
     fd = moved;
+    /* An upgraded descriptor cannot be passed (SCM_RIGHTS) yet: an error,
+     * not a receiver reading wake-up bytes; a closed one is EBADF. */
+    int sp[2];
+    REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, sp) == 0);
+    union {
+        struct cmsghdr h;
+        char b[CMSG_SPACE(sizeof(int))];
+    } cm;
+    struct iovec one = {"r", 1};
+    struct msghdr pm = {.msg_iov = &one, .msg_iovlen = 1, .msg_control = cm.b,
+                        .msg_controllen = sizeof cm.b};
+    cm.h.cmsg_level = SOL_SOCKET;
+    cm.h.cmsg_type = SCM_RIGHTS;
+    cm.h.cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(&cm.h), &fd, sizeof fd);
+    errno = 0;
+    CHECK(sendmsg(sp[0], &pm, 0) == -1 && errno == EOPNOTSUPP);
+    memcpy(CMSG_DATA(&cm.h), &first, sizeof first);
+    errno = 0;
+    CHECK(sendmsg(sp[0], &pm, 0) == -1 && errno == EBADF);
+    memcpy(CMSG_DATA(&cm.h), &sp[1], sizeof sp[1]);
+    CHECK(sendmsg(sp[0], &pm, 0) == 1);
+    close(sp[0]);
+    close(sp[1]);
     server_copies(fd, path);
     /* e. the client's half close: the end for us, we may still write */
     CHECK(read(fd, b, 4) == 0);

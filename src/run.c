@@ -523,10 +523,18 @@ EXPORT ssize_t writev(int fd, const struct iovec *iov, int cnt)
  * socket yet (docs/run.md). 0, or the errno for sendmsg. */
 static int passes_ring(const struct msghdr *m)
 {
+    if (!m->msg_control)
+        return 0; /* the kernel's EFAULT */
+    const char *end = (const char *)m->msg_control + m->msg_controllen;
     for (struct cmsghdr *h = CMSG_FIRSTHDR(m); h; h = CMSG_NXTHDR((struct msghdr *)m, h)) {
+        /* The header as the kernel bounds it: within the control buffer. */
+        size_t len = h->cmsg_len < (size_t)(end - (const char *)h) ? h->cmsg_len
+                                                                    : (size_t)(end - (const char *)h);
+        if (len < CMSG_LEN(0))
+            break;
         if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS)
             continue;
-        for (size_t i = 0; i < (h->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
+        for (size_t i = 0; i < (len - CMSG_LEN(0)) / sizeof(int); i++) {
             int fd;
             memcpy(&fd, CMSG_DATA(h) + i * sizeof fd, sizeof fd);
             int st = tracked(fd) ? state(fd) : ST_PLAIN;

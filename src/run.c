@@ -24,16 +24,20 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/select.h>
+#include <sys/sendfile.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -45,10 +49,13 @@
 #define EXPORT   __attribute__((visibility("default")))
 #define GATHER   65536 /* writev/sendmsg: gathered into one message up to this */
 
-enum { ST_PLAIN = 0, ST_CAND, ST_HALF, ST_UP, ST_ALIAS, ST_PARENT, ST_BROKEN };
+/* ST_HIDDEN: upgraded, closed by the program while a dup of it is open
+ * (the connection lives on: the dup is an alias of this descriptor). */
+enum { ST_PLAIN = 0, ST_CAND, ST_HALF, ST_UP, ST_ALIAS, ST_PARENT, ST_BROKEN, ST_HIDDEN };
 
 static _Atomic unsigned char fdst[RUN_FDS];
 static int alias_of[RUN_FDS];
+static int nalias[RUN_FDS]; /* the open aliases of an upgraded descriptor */
 /* Set while rpal's own code runs: its calls go to the kernel. */
 static __thread int inside __attribute__((tls_model("initial-exec")));
 static pthread_mutex_t join_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -108,6 +115,9 @@ static int (*real_epoll_wait)(int, struct epoll_event *, int, int);
 static int (*real_epoll_pwait)(int, struct epoll_event *, int, int, const sigset_t *);
 static int (*real_epoll_pwait2)(int, struct epoll_event *, int, const struct timespec *,
                                 const sigset_t *);
+static ssize_t (*real_sendfile)(int, int, off_t *, size_t);
+static ssize_t (*real_sendfile64)(int, int, off64_t *, size_t);
+static ssize_t (*real_splice)(int, loff_t *, int, loff_t *, size_t, unsigned);
 
 /* ---- the table ---- */
 
@@ -144,8 +154,13 @@ static void on_fork_child(void)
      * joins on its own (lazily) and keeps its inherited candidates. */
     for (int fd = 0; fd < RUN_FDS; fd++) {
         int st = fdst[fd];
+        nalias[fd] = 0;
         if (st == ST_UP || st == ST_HALF || st == ST_ALIAS)
             fdst[fd] = ST_PARENT;
+        if (st == ST_HIDDEN) { /* the program closed it: so does the child */
+            REAL(close)(fd);
+            fdst[fd] = ST_PLAIN;
+        }
     }
 }
 
@@ -204,7 +219,7 @@ static int settle(int fd, int wait)
 {
     int st = state(fd);
     if (st == ST_ALIAS)
-        return state(alias_of[fd]) == ST_UP ? ST_UP : ST_BROKEN;
+        return state(alias_of[fd]) == ST_UP || state(alias_of[fd]) == ST_HIDDEN ? ST_UP : ST_BROKEN;
     if (st != ST_CAND && st != ST_HALF)
         return st;
     rpal_domain *d = joined();
@@ -246,7 +261,20 @@ static int state_err(int st, int nb)
         return ECONNRESET;
     if (st == ST_PARENT)
         return EIO; /* upgraded by the parent before fork: see docs/run.md */
+    if (st == ST_HIDDEN)
+        return EBADF; /* closed, as far as the program knows */
     return 0;
+}
+
+/* Settle FD for a call that may wait for the other end's hello unless NB
+ * or O_NONBLOCK: ST_PLAIN (the kernel's), ST_UP, or -1 with errno set for
+ * a descriptor that cannot carry data in its state. */
+static int settle_io(int fd, int nb)
+{
+    nb = nb || nonblocking(fd);
+    int st = settle(fd, nb ? W_SHORT : W_LONG);
+    int err = state_err(st, nb);
+    return err ? (int)fail(err) : st;
 }
 
 /* ---- reading ---- */
@@ -260,23 +288,30 @@ static int wait_one(int fd, int out, int64_t timeout_ns)
     return run_poll(&p, 1, timeout_ns, NULL);
 }
 
+/* Up to LEN bytes of FD's ring (upgraded) copied without consuming them,
+ * waiting for the first unless NB or O_NONBLOCK; 0: the end. MSG_PEEK,
+ * and sendfile/splice, which consume only what they could pass on. */
+static ssize_t ring_look(int fd, void *buf, size_t len, int nb)
+{
+    for (;;) {
+        inside++;
+        ssize_t n = rpal__cx_peek(fd, buf, len);
+        int ev = n == 0 ? rpal__cx_poll(fd, POLLIN, 0) : 0;
+        inside--;
+        if (n != 0 || (ev & POLLHUP) || len == 0)
+            return n < 0 ? fail((int)-n) : n;
+        if (nb || nonblocking(fd))
+            return fail(EAGAIN);
+        if (wait_one(fd, 0, -1) < 0)
+            return -1;
+    }
+}
+
 static ssize_t up_read(int fd, void *buf, size_t len, int flags)
 {
     int nb = (flags & MSG_DONTWAIT) != 0;
-    if (flags & MSG_PEEK) {
-        for (;;) {
-            inside++;
-            ssize_t n = rpal__cx_peek(fd, buf, len);
-            int ev = n == 0 ? rpal__cx_poll(fd, POLLIN, 0) : 0;
-            inside--;
-            if (n != 0 || (ev & POLLHUP) || len == 0)
-                return n < 0 ? fail((int)-n) : n;
-            if (nb || nonblocking(fd))
-                return fail(EAGAIN);
-            if (wait_one(fd, 0, -1) < 0)
-                return -1;
-        }
-    }
+    if (flags & MSG_PEEK)
+        return ring_look(fd, buf, len, nb);
     size_t got = 0;
     do {
         if (nb || (got && !(flags & MSG_WAITALL))) {
@@ -302,13 +337,11 @@ static ssize_t run_recv(int fd, void *buf, size_t len, int flags)
 {
     if (state(fd) == ST_UP) /* O_NONBLOCK is compat's to ask, when it would wait */
         return up_read(fd, buf, len, flags);
-    int nb = (flags & MSG_DONTWAIT) || nonblocking(fd);
-    int st = settle(fd, nb ? W_SHORT : W_LONG);
+    int st = settle_io(fd, flags & MSG_DONTWAIT);
+    if (st < 0)
+        return -1;
     if (st == ST_PLAIN)
         return REAL(recv)(fd, buf, len, flags);
-    int err = state_err(st, nb);
-    if (err)
-        return fail(err);
     return up_read(target(fd), buf, len, flags);
 }
 
@@ -414,13 +447,11 @@ static ssize_t run_send(int fd, const void *buf, size_t len, int flags)
 {
     if (state(fd) == ST_UP)
         return up_write(fd, buf, len, flags);
-    int nb = (flags & MSG_DONTWAIT) || nonblocking(fd);
-    int st = settle(fd, nb ? W_SHORT : W_LONG);
+    int st = settle_io(fd, flags & MSG_DONTWAIT);
+    if (st < 0)
+        return -1;
     if (st == ST_PLAIN)
         return REAL(send)(fd, buf, len, flags);
-    int err = state_err(st, nb);
-    if (err)
-        return fail(err);
     return up_write(target(fd), buf, len, flags);
 }
 
@@ -486,8 +517,41 @@ EXPORT ssize_t writev(int fd, const struct iovec *iov, int cnt)
     return run_writev(fd, iov, cnt, 0);
 }
 
+/* Whether M passes (SCM_RIGHTS) a descriptor whose connection is on the
+ * rings (or being moved there): the receiver would see the socket, which
+ * holds only wake-up bytes, and nothing brings the connection back to the
+ * socket yet (docs/run.md). 0, or the errno for sendmsg. */
+static int passes_ring(const struct msghdr *m)
+{
+    if (!m->msg_control)
+        return 0; /* the kernel's EFAULT */
+    const char *end = (const char *)m->msg_control + m->msg_controllen;
+    for (struct cmsghdr *h = CMSG_FIRSTHDR(m); h; h = CMSG_NXTHDR((struct msghdr *)m, h)) {
+        /* The header as the kernel bounds it: within the control buffer. */
+        size_t len = h->cmsg_len < (size_t)(end - (const char *)h) ? h->cmsg_len
+                                                                    : (size_t)(end - (const char *)h);
+        if (len < CMSG_LEN(0))
+            break;
+        if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS)
+            continue;
+        for (size_t i = 0; i < (len - CMSG_LEN(0)) / sizeof(int); i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(h) + i * sizeof fd, sizeof fd);
+            int st = tracked(fd) ? state(fd) : ST_PLAIN;
+            if (st == ST_HIDDEN)
+                return EBADF; /* closed, as far as the program knows */
+            if (st == ST_HALF || st == ST_UP || st == ST_ALIAS || st == ST_PARENT)
+                return EOPNOTSUPP;
+        }
+    }
+    return 0;
+}
+
 EXPORT ssize_t sendmsg(int fd, const struct msghdr *m, int flags)
 {
+    int err = m && m->msg_controllen && !inside ? passes_ring(m) : 0;
+    if (err)
+        return fail(err);
     if (!tracked(fd) || settle(fd, W_NONE) == ST_PLAIN)
         return REAL(sendmsg)(fd, m, flags);
     if (m->msg_controllen)
@@ -495,6 +559,166 @@ EXPORT ssize_t sendmsg(int fd, const struct msghdr *m, int flags)
     if (m->msg_name && m->msg_namelen)
         return fail(EISCONN);
     return run_writev(fd, m->msg_iov, (int)m->msg_iovlen, flags);
+}
+
+/* ---- copying between descriptors: sendfile, splice ---- */
+
+/* The kernel would move the socket's bytes, which are only wake-ups once
+ * the connection is on the rings: the bytes go through a buffer instead,
+ * read and written with our calls for the upgraded end, the kernel's for
+ * the other. sendfile from a socket, splice between two sockets, tee and
+ * copy_file_range on one are the kernel's EINVAL whether it is upgraded or
+ * not, so they are not interposed. See docs/run.md. */
+
+static int is_pipe(int fd)
+{
+    struct stat st;
+    return fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode);
+}
+
+/* Consume the N bytes that ring_look found at FD (they are there). */
+static void ring_drop(int fd, char *buf, size_t n)
+{
+    inside++;
+    for (size_t got = 0; got < n;) {
+        ssize_t r = rpal_read(fd, buf, n - got);
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    inside--;
+}
+
+/* Up to LEN bytes from IN (read, or pread at *OFF) into the ring of OUT
+ * (upgraded), room first so that nothing taken from IN waits for it. As
+ * the kernel's: a blocking OUT takes all of LEN unless IN runs short; a
+ * pipe IN is waited for only before the first bytes; NB: SPLICE_F_NONBLOCK. */
+static ssize_t copy_to_ring(int out, int in, off64_t *off, size_t len, int from_pipe, int nb)
+{
+    char *b = scratch();
+    if (!b)
+        return fail(ENOMEM);
+    size_t done = 0;
+    while (done < len) {
+        inside++;
+        int ev = rpal__cx_poll(out, POLLOUT, 0);
+        inside--;
+        if (!(ev & (POLLOUT | POLLHUP))) {
+            if (nb || nonblocking(out))
+                break;
+            if (wait_one(out, 1, -1) < 0)
+                return done ? (ssize_t)done : -1;
+            continue;
+        }
+        struct pollfd p = {in, POLLIN, 0};
+        if (from_pipe && (done || nb) &&
+            (REAL(poll)(&p, 1, 0) <= 0 || !(p.revents & (POLLIN | POLLHUP | POLLERR))))
+            break;
+        size_t want = len - done < GATHER ? len - done : GATHER;
+        ssize_t n = off ? pread64(in, b, want, *off) : REAL(read)(in, b, want);
+        if (n <= 0)
+            return done ? (ssize_t)done : n;
+        ssize_t w = up_write(out, b, (size_t)n, 0);
+        if (w < n && !off && !from_pipe) /* give the file back what did not go */
+            lseek64(in, -(off64_t)(n - (w > 0 ? w : 0)), SEEK_CUR);
+        if (w < 0)
+            return done ? (ssize_t)done : -1;
+        done += (size_t)w;
+        if (off)
+            *off += w;
+        if (w < n || (size_t)n < want)
+            break;
+    }
+    return done || !len ? (ssize_t)done : fail(EAGAIN);
+}
+
+/* Up to LEN bytes of IN's ring (upgraded) into the pipe OUT, consuming
+ * only what the pipe took. The pipe takes PIPE_BUF bytes at a time, each
+ * when it has a free slot (which holds them whole): as the kernel's
+ * splice, it waits (unless NB) for room for the first only, and a thread
+ * that drains the pipe itself after the call never waits for itself. */
+static ssize_t splice_from_ring(int in, int out, size_t len, int nb)
+{
+    char *b = scratch();
+    if (!b)
+        return fail(ENOMEM);
+    ssize_t n = ring_look(in, b, len < GATHER ? len : GATHER, nb);
+    if (n <= 0)
+        return n;
+    size_t w = 0;
+    while (w < (size_t)n) {
+        struct pollfd p = {out, POLLOUT, 0};
+        int r = REAL(poll)(&p, 1, w || nb ? 0 : -1);
+        ssize_t k = r > 0 ? REAL(write)(out, b + w, (size_t)n - w < PIPE_BUF ? (size_t)n - w : PIPE_BUF)
+                          : r == 0 ? fail(EAGAIN) : -1;
+        if (k < 0) {
+            if (!w)
+                return -1;
+            break;
+        }
+        w += (size_t)k;
+    }
+    ring_drop(in, b, w);
+    return (ssize_t)w;
+}
+
+static ssize_t run_sendfile(int out, int in, off64_t *off, size_t count)
+{
+    int st = settle_io(out, 0);
+    if (st < 0)
+        return -1;
+    if (st == ST_PLAIN)
+        return REAL(sendfile64)(out, in, off, count);
+    /* The kernel's checks of IN (a file, readable; an offset where it
+     * seeks) and of OUT: with a count of 0 it moves nothing. */
+    if (REAL(sendfile64)(out, in, off, 0) < 0)
+        return -1;
+    if (count > 0x7ffff000)
+        count = 0x7ffff000; /* the kernel's MAX_RW_COUNT */
+    return copy_to_ring(target(out), in, off, count, 0, 0);
+}
+
+EXPORT ssize_t sendfile64(int out, int in, off64_t *off, size_t count)
+{
+    return tracked(out) ? run_sendfile(out, in, off, count) : REAL(sendfile64)(out, in, off, count);
+}
+
+EXPORT ssize_t sendfile(int out, int in, off_t *off, size_t count)
+{
+    if (!tracked(out))
+        return REAL(sendfile)(out, in, off, count);
+    off64_t o = off ? *off : 0;
+    ssize_t n = run_sendfile(out, in, off ? &o : NULL, count);
+    if (off)
+        *off = (off_t)o;
+    return n;
+}
+
+
+EXPORT ssize_t splice(int in, loff_t *offin, int out, loff_t *offout, size_t len, unsigned flags)
+{
+    if (!len || (!tracked(in) && !tracked(out)))
+        return REAL(splice)(in, offin, out, offout, len, flags);
+    /* The pipe's O_NONBLOCK makes the whole call non-blocking, as in the
+     * kernel's splice. */
+    int nb = (flags & SPLICE_F_NONBLOCK) || nonblocking(tracked(in) ? out : in);
+    int si = tracked(in) ? settle_io(in, nb) : ST_PLAIN;
+    int so = si >= 0 && tracked(out) ? settle_io(out, nb) : ST_PLAIN;
+    if (si < 0 || so < 0)
+        return -1;
+    if (si == ST_PLAIN && so == ST_PLAIN)
+        return REAL(splice)(in, offin, out, offout, len, flags);
+    /* The kernel's rules: one end a pipe; no offset on a socket (EINVAL)
+     * nor on a pipe (ESPIPE). */
+    int from_ring = si != ST_PLAIN, other = from_ring ? out : in;
+    if ((flags & ~0xfu) || (si != ST_PLAIN && so != ST_PLAIN) || !is_pipe(other) ||
+        (from_ring ? offin : offout))
+        return fail(EINVAL);
+    if (from_ring ? offout : offin)
+        return fail(ESPIPE);
+    if (from_ring)
+        return splice_from_ring(target(in), out, len, nb);
+    return copy_to_ring(target(out), in, NULL, len, 1, nb);
 }
 
 /* ---- making and ending connections ---- */
@@ -559,27 +783,78 @@ EXPORT int accept4(int fd, struct sockaddr *sa, socklen_t *len, int flags)
     return accepted(REAL(accept4)(fd, sa, len, flags));
 }
 
+/* A descriptor the program cannot use: closed while a dup was open. */
+static int hidden(int fd)
+{
+    return tracked(fd) && state(fd) == ST_HIDDEN;
+}
+
+/* End the upgraded connection at FD (the other end reads the end); its
+ * aliases, if a dup2 onto FD ends it under them, are broken. */
+static int up_close(int fd)
+{
+    if (__atomic_exchange_n(&nalias[fd], 0, __ATOMIC_SEQ_CST) > 0)
+        for (int a = 0; a < RUN_FDS; a++)
+            if (fdst[a] == ST_ALIAS && alias_of[a] == fd)
+                fdst[a] = ST_BROKEN;
+    struct rpal_stats s;
+    if (rpal_fd_stats(fd, &s) == 0)
+        run_log("close", fd, (long long)s.msgs_in, (long long)s.msgs_out);
+    return rpal_close(fd);
+}
+
+/* Close the upgraded FD while aliases of it are open: as the kernel keeps
+ * a socket until its last descriptor, the connection lives on; the number
+ * stays taken (close-on-exec) until the last alias closes. Whoever turns
+ * ST_HIDDEN into ST_PLAIN ends it: this call if the aliases went
+ * meanwhile, or the close of the last one (seq_cst: one of the two sees
+ * the other's store). */
+static int up_hide(int fd)
+{
+    REAL(fcntl)(fd, F_SETFD, FD_CLOEXEC);
+    fdst[fd] = ST_HIDDEN;
+    unsigned char h = ST_HIDDEN;
+    if (__atomic_load_n(&nalias[fd], __ATOMIC_SEQ_CST) == 0 &&
+        atomic_compare_exchange_strong(&fdst[fd], &h, ST_PLAIN))
+        return up_close(fd);
+    return 0;
+}
+
+/* An alias of T closed: the last one ends T if the program closed it. */
+static void alias_gone(int t)
+{
+    unsigned char h = ST_HIDDEN;
+    if (__atomic_sub_fetch(&nalias[t], 1, __ATOMIC_SEQ_CST) == 0 &&
+        atomic_compare_exchange_strong(&fdst[t], &h, ST_PLAIN))
+        up_close(t);
+}
+
 /* Forget FD before its number can be reused; the kernel's close is the
  * caller's (REAL close or dup2's implicit one), except for an upgraded
- * connection, which rpal_close ends (the other end reads the end). */
+ * connection, which rpal_close ends (the other end reads the end), or
+ * hides while a dup of it is open. */
 static int run_close(int fd, int kernel)
 {
     int st = state(fd);
-    set_state(fd, ST_PLAIN);
+    if (st == ST_HIDDEN && kernel)
+        return (int)fail(EBADF);
     inside++;
     int r = 0;
-    if (st == ST_UP) {
-        struct rpal_stats s;
-        if (rpal_fd_stats(fd, &s) == 0)
-            run_log("close", fd, (long long)s.msgs_in, (long long)s.msgs_out);
-        r = rpal_close(fd);
+    if (st == ST_UP && kernel && __atomic_load_n(&nalias[fd], __ATOMIC_SEQ_CST) > 0) {
+        r = up_hide(fd);
+    } else if (st == ST_UP || st == ST_HIDDEN) {
+        unsigned char was = (unsigned char)st; /* a hidden one: unless its last alias ends it now */
+        r = atomic_compare_exchange_strong(&fdst[fd], &was, ST_PLAIN) ? up_close(fd) : 0;
         if (!kernel)
             r = 0;
     } else {
+        set_state(fd, ST_PLAIN);
         if (st == ST_HALF)
             rpal__cx_fdmap_drop(fd);
         r = kernel ? REAL(close)(fd) : 0;
         r = r < 0 ? -errno : 0;
+        if (st == ST_ALIAS)
+            alias_gone(alias_of[fd]);
     }
     inside--;
     return r < 0 ? (int)fail(-r) : 0;
@@ -592,6 +867,8 @@ EXPORT int close(int fd)
 
 EXPORT int shutdown(int fd, int how)
 {
+    if (hidden(fd))
+        return (int)fail(EBADF);
     if (!tracked(fd) || settle(fd, W_NONE) != ST_UP)
         return REAL(shutdown)(fd, how);
     inside++;
@@ -609,6 +886,7 @@ static int dup_of(int old, int nfd)
     int st = settle(old, W_NONE);
     if (st == ST_UP || st == ST_ALIAS) {
         alias_of[nfd] = target(old);
+        __atomic_add_fetch(&nalias[alias_of[nfd]], 1, __ATOMIC_SEQ_CST);
         set_state(nfd, ST_ALIAS);
     } else {
         set_state(nfd, st == ST_PLAIN ? ST_PLAIN : ST_BROKEN);
@@ -618,6 +896,8 @@ static int dup_of(int old, int nfd)
 
 EXPORT int dup(int fd)
 {
+    if (hidden(fd))
+        return (int)fail(EBADF);
     return tracked(fd) ? dup_of(fd, REAL(dup)(fd)) : REAL(dup)(fd);
 }
 
@@ -625,6 +905,8 @@ EXPORT int dup3(int fd, int nfd, int flags)
 {
     if (inside || (!tracked(fd) && !tracked(nfd)))
         return REAL(dup3)(fd, nfd, flags);
+    if (hidden(fd))
+        return (int)fail(EBADF);
     if (fd != nfd && tracked(nfd))
         run_close(nfd, 0);
     return dup_of(fd, REAL(dup3)(fd, nfd, flags));
@@ -634,6 +916,8 @@ EXPORT int dup2(int fd, int nfd)
 {
     if (inside || (!tracked(fd) && !tracked(nfd)) || fd == nfd)
         return REAL(dup2)(fd, nfd);
+    if (hidden(fd))
+        return (int)fail(EBADF);
     if (tracked(nfd))
         run_close(nfd, 0);
     return dup_of(fd, REAL(dup2)(fd, nfd));
@@ -641,6 +925,8 @@ EXPORT int dup2(int fd, int nfd)
 
 static int run_fcntl(int (*f)(int, int, ...), int fd, int cmd, void *arg)
 {
+    if (hidden(fd))
+        return (int)fail(EBADF);
     int r = f(fd, cmd, arg);
     if ((cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && tracked(fd))
         return dup_of(fd, r);
@@ -671,6 +957,8 @@ EXPORT int ioctl(int fd, unsigned long req, ...)
     va_start(ap, req);
     void *arg = va_arg(ap, void *);
     va_end(ap);
+    if (hidden(fd))
+        return (int)fail(EBADF);
     if (req != FIONREAD || !tracked(fd) || settle(fd, W_NONE) != ST_UP)
         return REAL(ioctl)(fd, req, arg);
     /* What a read would find now (a hint, as on the socket: at most a
@@ -720,7 +1008,7 @@ static int poll_look(struct pollfd *fds, struct pollfd *k, nfds_t n, int how, in
             continue;
         }
         k[i].fd = -1; /* the kernel looks at it only while we sleep */
-        if (st == ST_UP || st == ST_ALIAS) {
+        if (st == ST_UP || st == ST_ALIAS || st == ST_HIDDEN) {
             inside++;
             int r = rpal__cx_poll(target(fd), fds[i].events, how);
             inside--;
@@ -767,7 +1055,8 @@ static int run_poll(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const sigs
             left = 0;
         /* Asleep, upgraded ones are watched on the socket: wake-ups, the end. */
         for (nfds_t i = 0; i < n && !ready; i++)
-            if (k[i].fd < 0 && fds[i].fd >= 0 && (state(fds[i].fd) == ST_UP || state(fds[i].fd) == ST_ALIAS))
+            if (k[i].fd < 0 && fds[i].fd >= 0 && (state(fds[i].fd) == ST_UP || state(fds[i].fd) == ST_ALIAS ||
+                                                      state(fds[i].fd) == ST_HIDDEN))
                 k[i].fd = fds[i].fd;
         struct timespec ts = {left / 1000000000, left % 1000000000};
         int r = REAL(ppoll)(k, n, left < 0 ? NULL : &ts, ready ? NULL : mask);
@@ -889,6 +1178,8 @@ EXPORT int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
 {
     if (inside)
         return REAL(epoll_ctl)(epfd, op, fd, ev);
+    if (hidden(fd))
+        return (int)fail(EBADF);
     inside++;
     int r = rpal_epoll_ctl(epfd, op, fd, ev);
     inside--;

@@ -9,6 +9,7 @@
 
 #include <fcntl.h>
 #include <sys/ioctl.h>
+#include <sys/sendfile.h>
 #include <sys/select.h>
 #include <sys/time.h>
 #include <sys/uio.h>
@@ -28,6 +29,107 @@ static int read_n(int fd, char *b, size_t n)
         got += (size_t)r;
     }
     return 0;
+}
+
+#define FILE_LEN 100000
+#define SPLICED 20000
+
+static char pat(size_t i) { return (char)(i * 7 % 251); }
+
+/* g. sendfile from a file into the ring (with and without an offset);
+ * splice from the ring into a pipe and back; what the kernel refuses on a
+ * socket, refused the same, nothing consumed. */
+static void server_copies(int fd, const char *path)
+{
+    char fp[600], *big = malloc(FILE_LEN);
+    REQUIRE(big);
+    snprintf(fp, sizeof fp, "%s.file", path);
+    int f = open(fp, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    REQUIRE(f >= 0);
+    for (size_t i = 0; i < FILE_LEN; i++)
+        big[i] = pat(i);
+    REQUIRE(write(f, big, FILE_LEN) == FILE_LEN && lseek(f, 0, SEEK_SET) == 0);
+    off_t o = 1000;
+    CHECK(sendfile(fd, f, &o, 50000) == 50000 && o == 51000 && lseek(f, 0, SEEK_CUR) == 0);
+    CHECK(sendfile(fd, f, NULL, 2 * FILE_LEN) == FILE_LEN && lseek(f, 0, SEEK_CUR) == FILE_LEN);
+    int p[2];
+    REQUIRE(pipe(p) == 0);
+    char b[64];
+    CHECK(splice(fd, NULL, p[1], NULL, sizeof b, 0) == 9 && read(p[0], b, sizeof b) == 9 &&
+          !memcmp(b, "splice-me", 9));
+    errno = 0;
+    CHECK(splice(fd, NULL, p[1], NULL, sizeof b, SPLICE_F_NONBLOCK) == -1 && errno == EAGAIN);
+    CHECK(fcntl(p[1], F_SETFL, O_NONBLOCK) == 0);
+    errno = 0;
+    CHECK(splice(fd, NULL, p[1], NULL, sizeof b, 0) == -1 && errno == EAGAIN);
+    CHECK(fcntl(p[1], F_SETFL, 0) == 0);
+    loff_t lo = 0;
+    errno = 0;
+    CHECK(splice(fd, &lo, p[1], NULL, 4, 0) == -1 && errno == EINVAL);
+    errno = 0;
+    CHECK(splice(fd, NULL, f, NULL, 4, 0) == -1 && errno == EINVAL);
+    errno = 0;
+    CHECK(copy_file_range(fd, NULL, f, NULL, 4, 0) == -1 && errno == EINVAL);
+    errno = 0;
+    CHECK(tee(fd, p[1], 4, 0) == -1 && errno == EINVAL);
+    errno = 0;
+    CHECK(sendfile(f, fd, NULL, 4) == -1 && errno == EINVAL);
+    CHECK(write(p[1], "back", 4) == 4 && splice(p[0], NULL, fd, NULL, sizeof b, 0) == 4);
+    /* A pipe with one free slot: a part comes, the call does not wait for
+     * this thread to drain the pipe. */
+    CHECK(write(p[1], big, 61440) == 61440);
+    ssize_t n = splice(fd, NULL, p[1], NULL, SPLICED, 0);
+    CHECK(n > 0 && n <= 4096);
+    CHECK(read_n(p[0], big, 61440) == 0);
+    size_t got = 0;
+    while (n > 0) {
+        CHECK(read_n(p[0], big, (size_t)n) == 0 && big[0] == 'q' && big[n - 1] == 'q');
+        got += (size_t)n;
+        n = got < SPLICED ? splice(fd, NULL, p[1], NULL, SPLICED - got, 0) : 0;
+    }
+    CHECK(got == SPLICED);
+    /* A non-blocking descriptor whose ring is full (the client waits before
+     * reading): sendfile sends what has room, the file's position moves
+     * by that much. */
+    int fl = fcntl(fd, F_GETFL);
+    CHECK(fcntl(fd, F_SETFL, fl | O_NONBLOCK) == 0 && lseek(f, 0, SEEK_SET) == 0);
+    memset(big, 'F', 4096);
+    while (write(fd, big, 4096) > 0)
+        ;
+    errno = 0;
+    n = sendfile(fd, f, NULL, 1000);
+    CHECK((n == -1 && errno == EAGAIN) || (n > 0 && n <= 1000));
+    CHECK(lseek(f, 0, SEEK_CUR) == (n > 0 ? n : 0));
+    CHECK(fcntl(fd, F_SETFL, fl) == 0 && write(fd, "\xff", 1) == 1);
+    close(p[0]);
+    close(p[1]);
+    close(f);
+    unlink(fp);
+    free(big);
+}
+
+static void client_copies(int fd)
+{
+    char *big = malloc(FILE_LEN);
+    REQUIRE(big);
+    int same = read_n(fd, big, 50000) == 0;
+    for (size_t i = 0; same && i < 50000; i++)
+        same = big[i] == pat(i + 1000);
+    CHECK(same);
+    same = read_n(fd, big, FILE_LEN) == 0;
+    for (size_t i = 0; same && i < FILE_LEN; i++)
+        same = big[i] == pat(i);
+    CHECK(same);
+    CHECK(write(fd, "splice-me", 9) == 9);
+    CHECK(read_n(fd, big, 4) == 0 && !memcmp(big, "back", 4));
+    memset(big, 'q', SPLICED);
+    CHECK(write(fd, big, SPLICED) == SPLICED);
+    usleep(300000); /* the server fills the ring meanwhile */
+    char c = 0;
+    while (read(fd, &c, 1) == 1 && c != '\xff')
+        ;
+    CHECK(c == '\xff');
+    free(big);
 }
 
 static void server(const char *path)
@@ -83,6 +185,41 @@ static void server(const char *path)
     CHECK(d2 >= 0 && d3 >= 100);
     CHECK(write(d2, "x", 1) == 1 && send(d3, "y", 1, 0) == 1);
     CHECK(close(d2) == 0 && close(d3) == 0);
+    /* The first descriptor closed while a dup is open: the connection goes
+     * on through the dup (to the end of the test), the number is closed. */
+    int moved = fcntl(fd, F_DUPFD, 300);
+    CHECK(moved >= 300 && close(fd) == 0);
+    errno = 0;
+    CHECK(write(fd, "n", 1) == -1 && errno == EBADF);
+    errno = 0;
+    CHECK(close(fd) == -1 && errno == EBADF);
+    int first = fd;
+    fd = moved;
+    /* An upgraded descriptor cannot be passed (SCM_RIGHTS) yet: an error,
+     * not a receiver reading wake-up bytes; a closed one is EBADF. */
+    int sp[2];
+    REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, sp) == 0);
+    union {
+        struct cmsghdr h;
+        char b[CMSG_SPACE(sizeof(int))];
+    } cm;
+    struct iovec one = {"r", 1};
+    struct msghdr pm = {.msg_iov = &one, .msg_iovlen = 1, .msg_control = cm.b,
+                        .msg_controllen = sizeof cm.b};
+    cm.h.cmsg_level = SOL_SOCKET;
+    cm.h.cmsg_type = SCM_RIGHTS;
+    cm.h.cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(&cm.h), &fd, sizeof fd);
+    errno = 0;
+    CHECK(sendmsg(sp[0], &pm, 0) == -1 && errno == EOPNOTSUPP);
+    memcpy(CMSG_DATA(&cm.h), &first, sizeof first);
+    errno = 0;
+    CHECK(sendmsg(sp[0], &pm, 0) == -1 && errno == EBADF);
+    memcpy(CMSG_DATA(&cm.h), &sp[1], sizeof sp[1]);
+    CHECK(sendmsg(sp[0], &pm, 0) == 1);
+    close(sp[0]);
+    close(sp[1]);
+    server_copies(fd, path);
     /* e. the client's half close: the end for us, we may still write */
     CHECK(read(fd, b, 4) == 0);
     CHECK(write(fd, "bye", 3) == 3);
@@ -119,6 +256,7 @@ static void client(const char *path)
     struct msghdr m = {.msg_iov = &i2, .msg_iovlen = 1};
     CHECK(sendmsg(fd, &m, 0) == 2);
     CHECK(read_n(fd, b, 2) == 0 && !memcmp(b, "xy", 2));
+    client_copies(fd);
     CHECK(shutdown(fd, SHUT_WR) == 0);
     CHECK(read_n(fd, b, 3) == 0 && !memcmp(b, "bye", 3));
     struct sigaction sa = {.sa_handler = on_alarm}; /* no SA_RESTART */

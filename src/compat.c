@@ -927,6 +927,18 @@ static int conn_adopt(struct conn *c, const struct fm_hello *their, int memfd,
     return 0;
 }
 
+/* The hello exchange of C failed with ERR: let go of what it brought
+ * (MEMFD, PIDFD: -1 none) and of C; the error for the caller. */
+static int hello_failed(struct conn *c, int memfd, int pidfd, int err)
+{
+    if (memfd >= 0)
+        close(memfd);
+    if (pidfd >= 0)
+        close(pidfd);
+    conn_free(c);
+    return err == -ECONNRESET || err == -EBADMSG || err == -EINVAL ? -EPROTO : err;
+}
+
 /* Take the other end's hello THEIR (with its slot's MEMFD, and the
  * credentials CR and pidfd PIDFD): check it, map its ring and enter C in
  * the table of connections. 1, or a negative errno with C freed. */
@@ -947,11 +959,7 @@ static int conn_publish(struct conn *c, const struct fm_hello *their, int memfd,
         rpal_fetch_add_relaxed(&conn_gen, 1);
         pthread_mutex_unlock(&cx_lock);
     }
-    if (err < 0) {
-        conn_free(c);
-        return err == -ECONNRESET || err == -EBADMSG || err == -EINVAL ? -EPROTO : err;
-    }
-    return 1;
+    return err < 0 ? hello_failed(c, -1, -1, err) : 1;
 }
 
 int rpal_uds_fdmap(rpal_domain *d, int fd, int timeout_ms)
@@ -974,14 +982,8 @@ int rpal_uds_fdmap(rpal_domain *d, int fd, int timeout_ms)
         return -ENOMEM;
     struct fm_hello their;
     int memfd = -1, pidfd = -1;
-    if ((err = hello_exchange(c, deadline, &their, &memfd, &cr, &pidfd)) < 0) {
-        if (memfd >= 0)
-            close(memfd);
-        if (pidfd >= 0)
-            close(pidfd);
-        conn_free(c);
-        return err == -ECONNRESET || err == -EBADMSG || err == -EINVAL ? -EPROTO : err;
-    }
+    if ((err = hello_exchange(c, deadline, &their, &memfd, &cr, &pidfd)) < 0)
+        return hello_failed(c, memfd, pidfd, err);
     return conn_publish(c, &their, memfd, &cr, pidfd);
 }
 
@@ -1044,14 +1046,8 @@ int rpal__cx_fdmap_end(int fd, int timeout_ms)
     pthread_mutex_unlock(&cx_lock);
     struct conn *c = h->c;
     free(h);
-    if (err < 0) {
-        if (memfd >= 0)
-            close(memfd);
-        if (pidfd >= 0)
-            close(pidfd);
-        conn_free(c);
-        return err == -ECONNRESET || err == -EBADMSG || err == -EINVAL ? -EPROTO : err;
-    }
+    if (err < 0)
+        return hello_failed(c, memfd, pidfd, err);
     /* A connection closed a moment ago to a process that has exited since
      * may still hold its peer, in the slot the answering process now has
      * (a client that reconnects to a server forking one process per

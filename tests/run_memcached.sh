@@ -6,20 +6,12 @@
 # The interposer's log must show connections upgraded and messages through
 # the rings, and none upgraded with a process not under rpal run.
 set -u
-BIN=${RPAL_BIN:-$(pwd)/build}
-for p in memcached memcslap memccp memccat; do
-  command -v $p >/dev/null || { echo "no $p (Debian: apt-get install memcached libmemcached-tools)"; exit 77; }
-done
-# Under emulation (tests/vm/arm64.sh) the programs are the host's and the
-# library is not: the loader would ignore it.
-[ -z "${RPAL_EMULATED:-}" ] || { echo "the programs are the host's, not the emulated build's ($RPAL_EMULATED)"; exit 77; }
-[ -r "$BIN/librpal-run.so" ] || { echo "no $BIN/librpal-run.so (the sanitizer, valgrind and static builds do not make it)"; exit 77; }
+. tests/apps.inc
+apps_need "memcached libmemcached-tools" memcached memcslap memccp memccat
 tmp=$(mktemp -d)
 export RPAL_DIR=${RPAL_DIR:-$tmp/ns} RPAL_RUN_LOG=$tmp/log
 pids=
 trap 'for p in $pids; do kill $p 2>/dev/null; done; rm -rf "$tmp"' EXIT
-fail=0
-bad() { echo "FAIL: $*"; fail=1; }
 RUN="$BIN/rpal run --"
 user=; [ "$(id -u)" = 0 ] && user="-u root"
 

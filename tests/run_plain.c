@@ -64,18 +64,8 @@ int main(int argc, char **argv)
         under_run(argv[1], argv[2]);
         return t_failures ? 1 : 0;
     }
-    const char *bd = getenv("RPAL_BIN") ? getenv("RPAL_BIN") : "build";
     char lib[512], dir[] = "/tmp/rpal-run-plain-XXXXXX", path[100], logp[100], file[100];
-    snprintf(lib, sizeof lib, "%s/librpal-run.so", bd);
-    if (getenv("RPAL_EMULATED")) {
-        /* Not tried under qemu-user yet: its loader and LD_PRELOAD. */
-        printf("rpal run under emulation (%s) is not tested yet\n", getenv("RPAL_EMULATED"));
-        return T_SKIP;
-    }
-    if (access(lib, R_OK) != 0) {
-        printf("no %s (the sanitizer, valgrind and static builds do not make it)\n", lib);
-        return T_SKIP;
-    }
+    t_run_lib(lib, sizeof lib);
     REQUIRE(mkdtemp(dir));
     snprintf(path, sizeof path, "%s/s", dir);
     snprintf(logp, sizeof logp, "%s/log", dir);

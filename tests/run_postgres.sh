@@ -11,21 +11,13 @@
 # I/O: the test of the upgrade after fork. PostgreSQL refuses root: as root
 # the test runs it as nobody (setpriv). Bounded by timeouts.
 set -u
-BIN=${RPAL_BIN:-$(pwd)/build}
+. tests/apps.inc
 PGB=${PG_BIN:-/usr/lib/postgresql/15/bin}
-for p in initdb postgres pgbench psql; do
-  [ -x "$PGB/$p" ] || { echo "no $PGB/$p (Debian: apt-get install postgresql-15)"; exit 77; }
-done
-# Under emulation (tests/vm/arm64.sh) the programs are the host's and the
-# library is not: the loader would ignore it.
-[ -z "${RPAL_EMULATED:-}" ] || { echo "the programs are the host's, not the emulated build's ($RPAL_EMULATED)"; exit 77; }
-[ -r "$BIN/librpal-run.so" ] || { echo "no $BIN/librpal-run.so (the sanitizer, valgrind and static builds do not make it)"; exit 77; }
+apps_need postgresql-15 "$PGB/initdb" "$PGB/postgres" "$PGB/pgbench" "$PGB/psql"
 tmp=$(mktemp -d)
 chmod 755 "$tmp"
 pid=
 trap '[ -n "$pid" ] && kill -INT $pid 2>/dev/null; sleep 0.5; rm -rf "$tmp"' EXIT
-fail=0
-bad() { echo "FAIL: $*"; fail=1; }
 # The library and the command where the unprivileged user can read them.
 cp "$BIN/rpal" "$BIN/librpal-run.so" "$tmp/"
 mkdir "$tmp/data" "$tmp/sock" "$tmp/ns"

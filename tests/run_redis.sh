@@ -9,20 +9,12 @@
 # messages through the rings, and no connection with a process that is not
 # under rpal run upgraded. Everything is bounded by timeouts.
 set -u
-BIN=${RPAL_BIN:-$(pwd)/build}
-for p in redis-server redis-benchmark redis-cli; do
-  command -v $p >/dev/null || { echo "no $p (Debian: apt-get install redis-server redis-tools)"; exit 77; }
-done
-# Under emulation (tests/vm/arm64.sh) the programs are the host's and the
-# library is not: the loader would ignore it.
-[ -z "${RPAL_EMULATED:-}" ] || { echo "the programs are the host's, not the emulated build's ($RPAL_EMULATED)"; exit 77; }
-[ -r "$BIN/librpal-run.so" ] || { echo "no $BIN/librpal-run.so (the sanitizer, valgrind and static builds do not make it)"; exit 77; }
+. tests/apps.inc
+apps_need "redis-server redis-tools" redis-server redis-benchmark redis-cli
 tmp=$(mktemp -d)
 export RPAL_DIR=${RPAL_DIR:-$tmp/ns} RPAL_RUN_LOG=$tmp/log
 pids=
 trap 'for p in $pids; do kill $p 2>/dev/null; done; rm -rf "$tmp"' EXIT
-fail=0
-bad() { echo "FAIL: $*"; fail=1; }
 RUN="$BIN/rpal run --"
 
 # start_server NAME [rpal]: a redis-server on $tmp/NAME.sock

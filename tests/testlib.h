@@ -68,6 +68,19 @@ static inline void t_skip(const char *fmt, ...)
     exit(T_SKIP);
 }
 
+/* The interposer of `rpal run` in the build under test ($RPAL_BIN) into
+ * LIB, or a skip: not under emulation (qemu-user's loader and LD_PRELOAD
+ * are not tried yet), nor where the build has none. */
+static inline void t_run_lib(char *lib, size_t len)
+{
+    const char *b = getenv("RPAL_BIN") ? getenv("RPAL_BIN") : "build";
+    snprintf(lib, len, "%s/librpal-run.so", b);
+    if (getenv("RPAL_EMULATED"))
+        t_skip("rpal run under emulation (%s) is not tested yet", getenv("RPAL_EMULATED"));
+    if (access(lib, R_OK) != 0)
+        t_skip("no %s (the sanitizer, valgrind and static builds do not make it)", lib);
+}
+
 /* A private namespace directory for this test, removed at exit. The runner
  * gives each test its own RPAL_DIR; a test run by hand gets one here. */
 static char t_dir[256];

@@ -102,7 +102,7 @@ cp tests/vm/pku-init $R/init
 chmod 755 $R/init
 echo 'root:x:0:0:root:/:/bin/sh' >$R/etc/passwd
 echo 'root:x:0:' >$R/etc/group
-cp tests/run.sh $R/rpal/tests/
+cp tests/run.sh tests/*.inc $R/rpal/tests/
 for t in $TESTS; do
   case $t in *.sh) cp tests/$t $R/rpal/tests/ ;; esac
 done

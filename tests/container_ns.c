@@ -130,12 +130,24 @@ static pid_t container(const char *name, int kind, int (*fn)(void *, const char 
 }
 
 /* Can a child make the namespaces of KIND (as enter_namespaces)? */
-static int can_enter(int kind)
+/* 1 if a child can enter the namespaces of KIND; else 0, and why in
+ * *WHY (an errno, where the child could say). */
+static int can_enter_why(int kind, int *why)
 {
     pid_t p = fork();
-    if (p == 0)
-        _exit(enter_namespaces(kind) < 0);
-    return p > 0 && t_wait(p) == 0;
+    if (p == 0) {
+        int err = enter_namespaces(kind);
+        _exit(err < 0 && -err < 126 ? -err : err < 0);
+    }
+    int rc = p > 0 ? t_wait(p) : -1;
+    if (why)
+        *why = rc > 0 ? rc : 0;
+    return rc == 0;
+}
+
+static int can_enter(int kind)
+{
+    return can_enter_why(kind, NULL);
 }
 
 static int have_pidns(void)
@@ -143,9 +155,11 @@ static int have_pidns(void)
     return can_enter(C_ROOT);
 }
 
+static int userns_why; /* why no user namespace could be made (an errno) */
+
 static int have_userns(void)
 {
-    return can_enter(C_USERNS) && can_enter(C_ROOTLESS);
+    return can_enter_why(C_USERNS, &userns_why) && can_enter_why(C_ROOTLESS, &userns_why);
 }
 
 /* ---- the echo pair over an upgraded connection ---- */
@@ -598,6 +612,9 @@ int main(void)
     }
     rmdir(vol);
     if (!t_failures && !userns)
-        t_skip("the rest passed; no user namespaces here (CONFIG_USER_NS, or user.max_user_namespaces 0)");
+        t_skip("the rest passed; no user namespace could be made here (%s: the kernel without "
+               "CONFIG_USER_NS, user.max_user_namespaces 0, or, EINVAL, a process with threads: "
+               "ThreadSanitizer's)",
+               userns_why ? strerror(userns_why) : "unknown");
     return t_done();
 }

@@ -26,10 +26,14 @@ int main(void)
     int err = rpal_region_create("b", 1 << 20, 0600, 0, &b);
     printf("create after the registry was cut to 1 byte: %s\n", rpal_strerror(err));
     CHECK(err == 0);
+    if (err == 0)
+        rpal_region_detach(b);
     resize(64 << 20);
     err = rpal_region_create("c", 1 << 20, 0600, 0, &c);
     printf("create after the registry was grown to 64 MiB: %s\n", rpal_strerror(err));
     CHECK(err == 0);
+    if (err == 0)
+        rpal_region_detach(c);
     err = rpal_region_attach("a", 0, &a2);
     printf("attach of a region made before: %s\n", rpal_strerror(err));
     CHECK(err == 0);

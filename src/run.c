@@ -1023,12 +1023,15 @@ static int poll_look(struct pollfd *fds, struct pollfd *k, nfds_t n, int how, in
     return ready;
 }
 
-/* The kernel's answer K for the descriptors it answers for. */
+/* The kernel's answer K for the descriptors it answers for (a negative
+ * one is ignored: revents 0, as the kernel's poll says). */
 static int poll_merge(struct pollfd *fds, const struct pollfd *k, nfds_t n)
 {
     int ready = 0;
     for (nfds_t i = 0; i < n; i++) {
-        if (k[i].fd >= 0 && fds[i].fd >= 0 && state(fds[i].fd) != ST_HALF)
+        if (fds[i].fd < 0)
+            fds[i].revents = 0;
+        else if (k[i].fd >= 0 && state(fds[i].fd) != ST_HALF)
             fds[i].revents = k[i].revents;
         ready += fds[i].revents != 0;
     }

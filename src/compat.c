@@ -63,6 +63,10 @@ struct conn {
     int bell, their_bell;
     uint32_t drained;        /* wake-up bytes read from the socket */
     struct wt_learn learn;   /* of blocking reads and writes */
+    /* Of rpal run's poll and select (rpal__cx_wait_begin): apart, since a
+     * program that reads until EAGAIN after each poll (libpq) teaches the
+     * reads' record that waits end in nothing. */
+    struct wt_learn poll_learn;
     struct wt_stats st;
     struct conn *next_zombie;
 };
@@ -949,6 +953,7 @@ static int conn_publish(struct conn *c, const struct fm_hello *their, int memfd,
         close(memfd);
     if (err == 0) {
         rpal__wt_learn_init(&c->learn);
+        rpal__wt_learn_init(&c->poll_learn);
         c->st.kind = RPAL_STATS_CONN;
         c->st.peer_pid = cr->pid;
         c->st.fd = c->fd;
@@ -1073,14 +1078,14 @@ int rpal__cx_wait_begin(int fd, struct wt_wait *w)
     struct conn *c = conn_of(fd);
     if (!c || rpal__dom_check(c->d) < 0)
         return -ENOENT;
-    rpal__wt_begin(w, &c->learn, &c->st, &adaptive, rpal_load_relaxed(&c->rd.their->pub.cpu));
+    rpal__wt_begin(w, &c->poll_learn, &c->st, &adaptive, rpal_load_relaxed(&c->rd.their->pub.cpu));
     return 0;
 }
 
 void rpal__cx_wait_end(int fd, struct wt_wait *w)
 {
     struct conn *c = conn_of(fd);
-    if (!c || w->l != &c->learn)
+    if (!c || w->l != &c->poll_learn)
         return; /* closed meanwhile (by another thread): nothing to learn */
     rpal__wt_end(w, w->slept ? wait_stamp(c) : 0);
     if (rpal__wt_stats_due(&c->st, w->now))

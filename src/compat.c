@@ -37,7 +37,6 @@
 #define CX_MAX_MSG (1u << 30)    /* larger writes are split */
 #define FD_PAGE    1024          /* two-level fd tables: pages of this many */
 #define FD_PAGES   1024          /* so fds below 1,048,576 */
-#define KCHECK_NS  10000         /* while spinning, look at the kernel this often */
 #define BELL_TAG   (1ull << 32)  /* a kernel event's cookie: FD's bell, not FD */
 
 /* The owner's half of a connection, in its slot, is a struct cx_ring
@@ -64,6 +63,10 @@ struct conn {
     int bell, their_bell;
     uint32_t drained;        /* wake-up bytes read from the socket */
     struct wt_learn learn;   /* of blocking reads and writes */
+    /* Of rpal run's poll and select (rpal__cx_wait_begin): apart, since a
+     * program that reads until EAGAIN after each poll (libpq) teaches the
+     * reads' record that waits end in nothing. */
+    struct wt_learn poll_learn;
     struct wt_stats st;
     struct conn *next_zombie;
 };
@@ -950,6 +953,7 @@ static int conn_publish(struct conn *c, const struct fm_hello *their, int memfd,
         close(memfd);
     if (err == 0) {
         rpal__wt_learn_init(&c->learn);
+        rpal__wt_learn_init(&c->poll_learn);
         c->st.kind = RPAL_STATS_CONN;
         c->st.peer_pid = cr->pid;
         c->st.fd = c->fd;
@@ -1068,6 +1072,26 @@ void rpal__cx_fdmap_drop(int fd)
     free(h);
 }
 
+int rpal__cx_wait_begin(int fd, struct wt_wait *w)
+{
+    static const struct rpal_chan_opts adaptive;
+    struct conn *c = conn_of(fd);
+    if (!c || rpal__dom_check(c->d) < 0)
+        return -ENOENT;
+    rpal__wt_begin(w, &c->poll_learn, &c->st, &adaptive, rpal_load_relaxed(&c->rd.their->pub.cpu));
+    return 0;
+}
+
+void rpal__cx_wait_end(int fd, struct wt_wait *w)
+{
+    struct conn *c = conn_of(fd);
+    if (!c || w->l != &c->poll_learn)
+        return; /* closed meanwhile (by another thread): nothing to learn */
+    rpal__wt_end(w, w->slept ? wait_stamp(c) : 0);
+    if (rpal__wt_stats_due(&c->st, w->now))
+        rpal__dom_stats_flush(c->d, &c->st);
+}
+
 int rpal__cx_poll(int fd, int events, int how)
 {
     struct conn *c = conn_of(fd);
@@ -1086,6 +1110,12 @@ int rpal__cx_poll(int fd, int events, int how)
             rpal_store_relaxed(&c->my->want_room, 1);
         rpal_fence_seq_cst(); /* pairs with the fences in rpal_write and take() */
     }
+    if (how & CX_POLL_AWAKE) {
+        set_cpu(c, rpal__wt_my_cpu());
+        set_sleeps(c, 0);
+    }
+    if (how & CX_POLL_IDLE)
+        set_sleeps(c, idle_sleeps(c)); /* nobody looks after we return */
     int r = 0;
     if (c->rd.off || next_ready(c))
         r |= POLLIN;

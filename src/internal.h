@@ -673,6 +673,10 @@ RPAL_HIDDEN void rpal__wt_note_wake(uint64_t ns);
 RPAL_HIDDEN int rpal__wt_stats_due(const struct wt_stats *st, uint64_t now);
 RPAL_HIDDEN void rpal__wt_stats_copy(const struct wt_stats *st, struct rpal_stats *out);
 
+/* While a wait spins on rings, it looks at the kernel's descriptors this
+ * often (an epoll set's or a poll's plain ones). */
+#define KCHECK_NS 10000
+
 /* Deadlines, written once for every wait of the channel and compat layers.
  * A timeout in ms (-1: none) becomes a limit in ns from the wait's start
  * (wt_limit_ns), or a deadline on rpal__prim_now_ns()'s clock (rpal__prim_deadline);
@@ -784,7 +788,16 @@ RPAL_HIDDEN void rpal__cx_fdmap_drop(int fd);
  * CX_POLL_DRAIN, read the socket's wake-up bytes (it was readable). */
 #define CX_POLL_ARM   1
 #define CX_POLL_DRAIN 2
+/* CX_POLL_AWAKE: the caller looks at the rings (it spins), so the other end
+ * sends no wake-up; CX_POLL_IDLE: it no longer does (it returns). */
+#define CX_POLL_AWAKE 4
+#define CX_POLL_IDLE  8
 RPAL_HIDDEN int rpal__cx_poll(int fd, int events, int how);
+/* A poll or select over upgraded descriptors waits as rpal_epoll_wait does
+ * (src/wait.c), with what FD's connection learned and on its counters:
+ * -ENOENT if FD is not upgraded here. */
+RPAL_HIDDEN int rpal__cx_wait_begin(int fd, struct wt_wait *w);
+RPAL_HIDDEN void rpal__cx_wait_end(int fd, struct wt_wait *w);
 /* Copy what is there to read without consuming it (MSG_PEEK). */
 RPAL_HIDDEN ssize_t rpal__cx_peek(int fd, void *buf, size_t len);
 /* shutdown(2) on FD; an upgraded one's other end is woken to see it. */

@@ -1023,16 +1023,112 @@ static int poll_look(struct pollfd *fds, struct pollfd *k, nfds_t n, int how, in
     return ready;
 }
 
-/* The kernel's answer K for the descriptors it answers for. */
+/* The kernel's answer K for the descriptors it answers for (a negative
+ * one is ignored: revents 0, as the kernel's poll says). */
 static int poll_merge(struct pollfd *fds, const struct pollfd *k, nfds_t n)
 {
     int ready = 0;
     for (nfds_t i = 0; i < n; i++) {
-        if (k[i].fd >= 0 && fds[i].fd >= 0 && state(fds[i].fd) != ST_HALF)
+        if (fds[i].fd < 0)
+            fds[i].revents = 0;
+        else if (k[i].fd >= 0 && state(fds[i].fd) != ST_HALF)
             fds[i].revents = k[i].revents;
         ready += fds[i].revents != 0;
     }
     return ready;
+}
+
+/* The connections of FDS (upgraded ones) with HOW: CX_POLL_AWAKE or
+ * CX_POLL_IDLE. */
+static void poll_mark(const struct pollfd *fds, nfds_t n, int how)
+{
+    for (nfds_t i = 0; i < n; i++) {
+        int st = state(fds[i].fd);
+        if (st == ST_UP || st == ST_ALIAS || st == ST_HIDDEN) {
+            inside++;
+            (void)rpal__cx_poll(target(fds[i].fd), 0, how);
+            inside--;
+        }
+    }
+}
+
+/* Whether K holds a descriptor the kernel must look at. */
+static int poll_kernel(const struct pollfd *k, nfds_t n)
+{
+    for (nfds_t i = 0; i < n; i++)
+        if (k[i].fd >= 0)
+            return 1;
+    return 0;
+}
+
+/* Nothing was ready at the first look: wait as rpal_epoll_wait does
+ * (docs/waiting.md), on what the first upgraded descriptor's connection
+ * learned. While spinning pays, look at the rings, which costs no system
+ * call, and at the kernel's descriptors every KCHECK_NS; the count ready,
+ * or 0 when it is time to sleep (W->mode WT_SLEEP at once when waits here
+ * are long), the deadline is past, or the kernel has something (the
+ * caller's kernel poll then says what). *WFD: the descriptor whose
+ * connection lent its learning, -1 none. */
+static int poll_spin(struct pollfd *fds, struct pollfd *k, nfds_t n, int64_t timeout_ns,
+                     struct wt_wait *w, int *wfd)
+{
+    for (nfds_t i = 0; i < n && *wfd < 0; i++) {
+        int st = state(fds[i].fd);
+        if (st != ST_UP && st != ST_ALIAS && st != ST_HIDDEN)
+            continue;
+        inside++;
+        if (rpal__cx_wait_begin(target(fds[i].fd), w) == 0)
+            *wfd = target(fds[i].fd);
+        inside--;
+    }
+    if (*wfd < 0 || w->mode == WT_SLEEP)
+        return 0;
+    poll_mark(fds, n, CX_POLL_AWAKE); /* then look: its messages need no wake-up */
+    int kern = poll_kernel(k, n), nup, ready;
+    uint64_t next_k = UINT64_MAX;
+    while ((ready = poll_look(fds, k, n, 0, &nup)) == 0) {
+        int step = rpal__wt_pause(w);
+        if (step == 0)
+            continue;
+        if (step == WT_SLEEP || (timeout_ns >= 0 && w->now - w->t0 >= (uint64_t)timeout_ns))
+            return 0;
+        if (next_k == UINT64_MAX)
+            next_k = w->t0 + KCHECK_NS;
+        if (kern && w->now >= next_k) {
+            struct timespec zero = {0, 0};
+            next_k = w->now + KCHECK_NS;
+            if (REAL(ppoll)(k, n, &zero, NULL) != 0)
+                return 0;
+        }
+    }
+    return ready;
+}
+
+/* The kernel's part of a poll: K for LEFT ns (< 0: forever), with the
+ * sleep timed for the learned wait W when the rings had nothing. */
+static int poll_kernel_wait(struct pollfd *k, nfds_t n, int64_t left, const sigset_t *mask,
+                            int ready, struct wt_wait *w, int wfd)
+{
+    if (ready && !poll_kernel(k, n))
+        return 0; /* only rings: no system call */
+    struct timespec ts = {left / 1000000000, left % 1000000000};
+    uint64_t cpu0 = 0;
+    if (!ready && wfd >= 0)
+        rpal__wt_sleep_begin(w, 0, &cpu0);
+    int r = REAL(ppoll)(k, n, left < 0 ? NULL : &ts, ready ? NULL : mask);
+    if (!ready && wfd >= 0) {
+        int e = errno;
+        rpal__wt_sleep_end(w, cpu0);
+        errno = e;
+    }
+    return r;
+}
+
+/* What is left of TIMEOUT_NS (< 0: forever) from T0, never below 0. */
+static int64_t poll_left(int64_t timeout_ns, uint64_t t0)
+{
+    int64_t left = timeout_ns - (int64_t)(now_ns() - t0);
+    return timeout_ns < 0 ? -1 : left < 0 ? 0 : left;
 }
 
 /* poll/ppoll over descriptors some of which are upgraded. TIMEOUT_NS < 0:
@@ -1043,23 +1139,23 @@ static int run_poll(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const sigs
     if (!k)
         return (int)fail(ENOMEM);
     uint64_t t0 = now_ns();
-    int ready, nup, how = 0;
+    int ready, nup, how = 0, wfd = -1;
+    struct wt_wait w;
     for (;;) {
         ready = poll_look(fds, k, n, how, &nup);
+        if (!ready && !how && nup && timeout_ns != 0)
+            ready = poll_spin(fds, k, n, poll_left(timeout_ns, t0), &w, &wfd);
         if (!ready && !(how & CX_POLL_ARM)) {
             how |= CX_POLL_ARM; /* then look again: the other end sees it or we see its message */
             continue;
         }
-        int64_t left = timeout_ns < 0 ? -1 : timeout_ns - (int64_t)(now_ns() - t0);
-        if (ready || (timeout_ns >= 0 && left < 0))
-            left = 0;
+        int64_t left = ready ? 0 : poll_left(timeout_ns, t0);
         /* Asleep, upgraded ones are watched on the socket: wake-ups, the end. */
         for (nfds_t i = 0; i < n && !ready; i++)
             if (k[i].fd < 0 && fds[i].fd >= 0 && (state(fds[i].fd) == ST_UP || state(fds[i].fd) == ST_ALIAS ||
                                                       state(fds[i].fd) == ST_HIDDEN))
                 k[i].fd = fds[i].fd;
-        struct timespec ts = {left / 1000000000, left % 1000000000};
-        int r = REAL(ppoll)(k, n, left < 0 ? NULL : &ts, ready ? NULL : mask);
+        int r = poll_kernel_wait(k, n, left, mask, ready, &w, wfd);
         if (r < 0) {
             ready = -1;
             break;
@@ -1080,6 +1176,14 @@ static int run_poll(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const sigs
             break;
         }
         how = CX_POLL_ARM | CX_POLL_DRAIN; /* a ring descriptor's socket spoke */
+    }
+    if (wfd >= 0) {
+        int e = errno;
+        poll_mark(fds, n, CX_POLL_IDLE);
+        inside++;
+        rpal__cx_wait_end(wfd, &w);
+        inside--;
+        errno = e;
     }
     if (k != kst)
         free(k);

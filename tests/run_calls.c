@@ -276,27 +276,108 @@ static void client(const char *path)
     CHECK(close(fd) == 0);
 }
 
-int main(int argc, char **argv)
+/* h. poll and select in a request/response loop, with the learned wait on
+ * (a spin in poll looks at the rings, and at the kernel's descriptors now
+ * and then): revents stay exact, a plain descriptor that becomes readable
+ * while the ring is quiet is seen, a timeout is kept, a bad descriptor is
+ * POLLNVAL, a negative one is ignored. PW: a pipe's write end, given to
+ * the server by the parent; PR its read end, the client's. */
+static void spin_server(const char *path, int pw)
 {
-    if (argc == 3) {
-        if (!strcmp(argv[1], "server"))
-            server(argv[2]);
-        else
-            client(argv[2]);
-        return t_failures ? 1 : 0;
+    int l = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
+    REQUIRE(bind(l, (struct sockaddr *)&a, sizeof a) == 0 && listen(l, 4) == 0);
+    int fd = accept(l, NULL, NULL);
+    REQUIRE(fd >= 0);
+    char c;
+    for (int i = 0; i < 3000; i++) {
+        REQUIRE(read(fd, &c, 1) == 1);
+        REQUIRE(write(fd, &c, 1) == 1);
     }
-    char lib[512], dir[] = "/tmp/rpal-run-calls-XXXXXX", path[600], logp[600];
-    t_run_lib(lib, sizeof lib);
-    REQUIRE(mkdtemp(dir));
-    snprintf(path, sizeof path, "%s/s", dir);
-    snprintf(logp, sizeof logp, "%s/log", dir);
-    setenv("LD_PRELOAD", lib, 1);
+    usleep(20000);
+    CHECK(write(pw, "p", 1) == 1); /* the plain descriptor, the ring quiet */
+    CHECK(read(fd, &c, 1) == 1 && c == 's');
+    usleep(2000);
+    CHECK(write(fd, "S", 1) == 1); /* select */
+    CHECK(read(fd, &c, 1) == 1 && c == 'q');
+    CHECK(close(fd) == 0);
+    close(l);
+}
+
+static void spin_client(const char *path, int pr)
+{
+    int fd = -1;
+    for (int i = 0; i < 500 && fd < 0; i++) {
+        fd = socket(AF_UNIX, SOCK_STREAM, 0);
+        struct sockaddr_un a = {.sun_family = AF_UNIX};
+        snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
+        if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
+            close(fd);
+            fd = -1;
+            usleep(10000);
+        }
+    }
+    REQUIRE(fd >= 0);
+    struct pollfd p[3] = {{fd, POLLIN, 0}, {-1, POLLIN, 0}, {pr, POLLIN, 0}};
+    int bad = 0;
+    for (int i = 0; i < 3000; i++) {
+        char c = (char)i, r = 0;
+        REQUIRE(write(fd, &c, 1) == 1);
+        p[0].revents = p[1].revents = p[2].revents = -1;
+        bad += !(poll(p, 3, 5000) == 1 && p[0].revents == POLLIN && p[1].revents == 0 &&
+                 p[2].revents == 0);
+        bad += !(read(fd, &r, 1) == 1 && r == c);
+    }
+    CHECK(bad == 0);
+    /* The plain descriptor speaks while the ring is quiet. */
+    CHECK(poll(p, 3, 5000) == 1 && p[0].revents == 0 && p[1].revents == 0 && p[2].revents == POLLIN);
+    char c;
+    CHECK(read(pr, &c, 1) == 1 && c == 'p');
+    /* A timeout with nothing: all revents 0, not before it. */
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    CHECK(poll(p, 3, 30) == 0 && p[0].revents == 0 && p[2].revents == 0);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    CHECK((t1.tv_sec - t0.tv_sec) * 1000000000L + (t1.tv_nsec - t0.tv_nsec) >= 30000000L);
+    /* A closed descriptor's number: POLLNVAL, found while the ring is quiet. */
+    int gone = dup(pr);
+    CHECK(gone >= 0 && close(gone) == 0);
+    struct pollfd q[2] = {{fd, POLLIN, 0}, {gone, POLLIN, 0}};
+    CHECK(poll(q, 2, 5000) == 1 && q[0].revents == 0 && q[1].revents == POLLNVAL);
+    /* select, and the ring's answer after the server's 2 ms. */
+    CHECK(write(fd, "s", 1) == 1);
+    fd_set rs;
+    FD_ZERO(&rs);
+    FD_SET(fd, &rs);
+    FD_SET(pr, &rs);
+    struct timeval tv = {5, 0};
+    CHECK(select((fd > pr ? fd : pr) + 1, &rs, NULL, NULL, &tv) == 1 && FD_ISSET(fd, &rs) &&
+          !FD_ISSET(pr, &rs));
+    CHECK(read(fd, &c, 1) == 1 && c == 'S');
+    CHECK(write(fd, "q", 1) == 1);
+    CHECK(poll(p, 1, 5000) == 1 && (p[0].revents & POLLIN) && read(fd, &c, 1) == 0);
+    CHECK(close(fd) == 0);
+}
+
+/* Run the server and the client (MODE "" or "spin") under the library;
+ * 0 if both passed and both ends were upgraded. */
+static int run_pair(const char *self, const char *dir, const char *mode, int pr, int pw)
+{
+    char path[600], logp[600], a3[16], a4[16];
+    snprintf(path, sizeof path, "%s/s%s", dir, mode);
+    snprintf(logp, sizeof logp, "%s/log%s", dir, mode);
+    snprintf(a3, sizeof a3, "%d", pr);
+    snprintf(a4, sizeof a4, "%d", pw);
     setenv("RPAL_RUN_LOG", logp, 1);
-    setenv("RPAL_SPIN_US", "0", 1); /* a signal interrupts a sleep, not a spin: docs/run.md */
     pid_t kids[2];
     for (int i = 0; i < 2; i++) {
         if ((kids[i] = fork()) == 0) {
-            execl("/proc/self/exe", argv[0], i ? "client" : "server", path, (char *)NULL);
+            const char *who = i ? "client" : "server";
+            if (*mode)
+                execl("/proc/self/exe", self, who, path, a3, a4, (char *)NULL);
+            else
+                execl("/proc/self/exe", self, who, path, (char *)NULL);
             _exit(127);
         }
     }
@@ -305,19 +386,49 @@ int main(int argc, char **argv)
         int st;
         waitpid(kids[i], &st, 0);
         if (!WIFEXITED(st) || WEXITSTATUS(st)) {
-            fprintf(stderr, "%s failed (status %#x)\n", i ? "client" : "server", st);
+            fprintf(stderr, "%s%s failed (status %#x)\n", mode, i ? "client" : "server", st);
             ok = 0;
         }
     }
-    unsetenv("LD_PRELOAD");
     char cmd[700];
     snprintf(cmd, sizeof cmd, "test $(grep -c '^up ' %s) = 2", logp);
     if (system(cmd) != 0) {
-        fprintf(stderr, "not both ends upgraded; the log:\n");
+        fprintf(stderr, "not both ends upgraded (%s); the log:\n", *mode ? mode : "calls");
         snprintf(cmd, sizeof cmd, "cat %s >&2", logp);
         (void)!system(cmd);
         ok = 0;
     }
+    return ok ? 0 : -1;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 5) {
+        if (!strcmp(argv[1], "server"))
+            spin_server(argv[2], atoi(argv[4]));
+        else
+            spin_client(argv[2], atoi(argv[3]));
+        return t_failures ? 1 : 0;
+    }
+    if (argc == 3) {
+        if (!strcmp(argv[1], "server"))
+            server(argv[2]);
+        else
+            client(argv[2]);
+        return t_failures ? 1 : 0;
+    }
+    char lib[512], dir[] = "/tmp/rpal-run-calls-XXXXXX";
+    t_run_lib(lib, sizeof lib);
+    REQUIRE(mkdtemp(dir));
+    int pp[2];
+    REQUIRE(pipe(pp) == 0);
+    setenv("LD_PRELOAD", lib, 1);
+    setenv("RPAL_SPIN_US", "0", 1); /* a signal interrupts a sleep, not a spin: docs/run.md */
+    int ok = run_pair(argv[0], dir, "", -1, -1) == 0;
+    unsetenv("RPAL_SPIN_US"); /* the learned wait, as by default */
+    ok &= run_pair(argv[0], dir, "spin", pp[0], pp[1]) == 0;
+    unsetenv("LD_PRELOAD");
+    char cmd[700];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     (void)!system(cmd);
     return ok ? 0 : 1;

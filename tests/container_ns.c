@@ -20,6 +20,7 @@
  * - a volume too small: join says -ENOSPC, never a SIGBUS later.
  * Needs root (CI runs as root); otherwise a skip. */
 #include "testlib.h"
+#include "prim.h"
 
 #include <fcntl.h>
 #include <sched.h>
@@ -556,9 +557,56 @@ static int join_full(void *p, const char *dir)
     return t_done();
 }
 
-int main(void)
+/* Across pid namespaces a member is known by its pidfs inode (Linux 6.9)
+ * and the pidfd the kernel gives for a socket's other end (SO_PEERPIDFD,
+ * 6.5) or with a message (SCM_PIDFD, 6.5); without them rpal falls back to
+ * pids, which mean nothing across namespaces (docs/containers.md). A skip
+ * with the reason where the kernel, or an emulator (qemu-user passes no
+ * SCM_PIDFD), cannot. */
+static void cross_pidns_probe(void)
+{
+    int sp[2], one = 1, got = -1;
+    REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, sp) == 0);
+    int pfd = rpal__prim_sock_pidfd(sp[0]);
+    if (pfd >= 0 && setsockopt(sp[1], SOL_SOCKET, 76 /* SO_PASSPIDFD */, &one, sizeof one) == 0 &&
+        write(sp[0], "x", 1) == 1) {
+        union {
+            struct cmsghdr h;
+            char b[CMSG_SPACE(sizeof(int)) * 2];
+        } u;
+        char c;
+        struct iovec iov = {&c, 1};
+        struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.b,
+                           .msg_controllen = sizeof u.b};
+        if (recvmsg(sp[1], &m, MSG_CMSG_CLOEXEC) == 1)
+            for (struct cmsghdr *h = CMSG_FIRSTHDR(&m); h; h = CMSG_NXTHDR(&m, h))
+                if (h->cmsg_level == SOL_SOCKET && h->cmsg_type == 0x04 /* SCM_PIDFD */)
+                    memcpy(&got, CMSG_DATA(h), sizeof got);
+    }
+    uint64_t self = rpal__prim_self_ino();
+    int same = got >= 0 && self && rpal__prim_pidfd_ino(got) == self;
+    close(sp[0]);
+    close(sp[1]);
+    if (got >= 0)
+        close(got);
+    if (pfd >= 0)
+        close(pfd);
+    if (pfd < 0 || !self || !same)
+        t_skip("this kernel (or emulator) cannot name a process across pid namespaces: %s "
+               "(docs/containers.md: share the pid namespace there)",
+               pfd < 0 ? "no SO_PEERPIDFD (Linux 6.5)"
+               : !self ? "no pidfs inodes (Linux 6.9)"
+                       : "no SCM_PIDFD with a message (Linux 6.5; qemu-user passes none)");
+}
+
+int main(int argc, char **argv)
 {
     t_init();
+    /* tests/container_unshare.sh asks first. */
+    if (argc > 1 && !strcmp(argv[1], "--probe")) {
+        cross_pidns_probe();
+        return 0;
+    }
     if (geteuid() != 0)
         t_skip("needs root to make pid, mount and user namespaces (CI runs as root)");
     /* Our own mount namespace, so that nothing mounted here outlives us. */
@@ -566,6 +614,7 @@ int main(void)
         t_skip("no mount namespace: %s", strerror(errno));
     if (!have_pidns())
         t_skip("no pid namespaces in this kernel (CONFIG_PID_NS)");
+    cross_pidns_probe();
     snprintf(vol, sizeof vol, "/tmp/rpal-pod-XXXXXX");
     if (!mkdtemp(vol))
         t_skip("no /tmp to make the volume in: %s", strerror(errno));

@@ -22,6 +22,12 @@ command -v unshare >/dev/null || { echo "no unshare(1) (util-linux)"; exit 77; }
 # options (busybox), is a skip; so is a date(1) without nanoseconds.
 unshare -p -f -m --mount-proc --propagation private true 2>/dev/null ||
   { echo "unshare(1) here cannot make pid and mount namespaces with their own /proc"; exit 77; }
+# Across pid namespaces a member is known by its pidfs inode and pidfds
+# (Linux 6.9): the same probe as tests/container_ns, which says why not.
+if [ -x "$B/tests/container_ns" ]; then
+  why=$("$B/tests/container_ns" --probe)
+  [ $? -eq 77 ] && { echo "$why"; exit 77; }
+fi
 case $(date +%N) in *[!0-9]* | '') echo "date(1) here has no %N"; exit 77 ;; esac
 # Everything below in a mount namespace of our own: the volume's mounts go with it.
 if [ -z "${RPAL_POD_NS:-}" ]; then

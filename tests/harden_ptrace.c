@@ -17,6 +17,10 @@
 
 /* The service: a word (42) in its slot; ITS address and the key go out on
  * OUT; prints the word's value on OUT when STOP says 'v', leaves on EOF. */
+/* How many ways of writing another process's memory the machine has (2:
+ * process_vm_writev and /proc/PID/mem). */
+static int ways = 2;
+
 static void service(int harden, int out, int stop)
 {
     rpal_domain *d;
@@ -80,6 +84,8 @@ static uint64_t attack(rpal_domain *d, int harden, int *wrote)
     *wrote = 0;
     struct iovec l = {&v, sizeof v}, r = {(void *)(uintptr_t)addr, sizeof v};
     ssize_t n = process_vm_writev(p, &l, 1, &r, 1, 0);
+    /* qemu-user has no process_vm_writev (ENOSYS): one way fewer to try. */
+    ways = 1 + !(n < 0 && errno == ENOSYS);
     printf("%s service: process_vm_writev %s\n", harden ? "hardened" : "plain",
            n == sizeof v ? "wrote" : strerror(errno));
     *wrote += n == sizeof v;
@@ -122,7 +128,7 @@ int main(void)
            (unsigned long long)v);
     if (wrote == 0)
         t_skip("this kernel stops same-user ptrace writes already (Yama ptrace_scope?)");
-    CHECK(wrote == 2 && v == 777);
+    CHECK(wrote == ways && v == 777);
     CHECK(rpal_harden(0x80) == -EINVAL);
     v = attack(d, 1, &wrote);
     printf("hardened service: %d writes went through, the word reads %llu\n", wrote,

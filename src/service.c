@@ -611,7 +611,24 @@ int rpal_service_request(rpal_domain *d, const char *name, const rpal_key *key,
     snprintf(req.service, sizeof req.service, "%s", name);
     struct hs_rep rep;
     int memfd, sock;
-    err = rpal__svc_exchange(d, file, &req, key, d->memfd, timeout_ms, &rep, &memfd, &sock);
+    uint64_t deadline = rpal__prim_deadline(timeout_ms);
+    /* -EBUSY: the service still holds our last sharing (its release not
+     * handled yet): again, 1 to 64 ms apart, until the deadline (-EAGAIN). */
+    for (int ms = 1;; ms = ms < 64 ? 2 * ms : ms) {
+        err = rpal__svc_exchange(d, file, &req, key, d->memfd, rpal__prim_ms_left(deadline), &rep,
+                                 &memfd, &sock);
+        if (err != 0 || rep.status != -EBUSY)
+            break;
+        if (memfd >= 0)
+            close(memfd);
+        if (sock >= 0)
+            close(sock);
+        memfd = sock = -1;
+        err = -EAGAIN;
+        if (rpal__prim_now_ns() + ms * 1000000ull >= deadline)
+            break;
+        nanosleep(&(struct timespec){0, ms * 1000000L}, NULL);
+    }
     if (err == -ECONNRESET)
         err = closed_unanswered(sock);
     else if (err == 0 && rep.status != 0)

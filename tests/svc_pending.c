@@ -93,7 +93,10 @@ int main(void)
     err = rpal_service_request(d, "svc", &key, 200, &p);
     printf("eight processes holding 8: quick request %s in %lld ms\n", rpal_strerror(err),
            (long long)(t_now_ms() - t0));
-    CHECK(err == -EAGAIN);
+    /* Busy: -EAGAIN, or, where the service has not yet taken in every idle
+     * connection when we ask (an emulator: it may then admit us and not
+     * answer within 200 ms), -ETIMEDOUT; never "wrong key" nor a share. */
+    CHECK(err == -EAGAIN || err == -ETIMEDOUT);
     t0 = t_now_ms();
     err = rpal_service_request(d, "svc", &key, 5000, &p);
     printf("eight processes holding 8: patient request %s in %lld ms\n", rpal_strerror(err),

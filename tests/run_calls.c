@@ -231,7 +231,8 @@ static void server(const char *path)
     close(l);
 }
 
-static void client(const char *path)
+/* A connection to the server at PATH, which may not listen yet (5 s). */
+static int connect_retry(const char *path)
 {
     int fd = -1;
     for (int i = 0; i < 500 && fd < 0; i++) {
@@ -245,6 +246,12 @@ static void client(const char *path)
         }
     }
     REQUIRE(fd >= 0);
+    return fd;
+}
+
+static void client(const char *path)
+{
+    int fd = connect_retry(path);
     CHECK(write(fd, "abcdef", 6) == 6);
     struct pollfd p = {fd, POLLIN, 0};
     CHECK(poll(&p, 1, 5000) == 1 && (p.revents & POLLIN));
@@ -307,18 +314,7 @@ static void spin_server(const char *path, int pw)
 
 static void spin_client(const char *path, int pr)
 {
-    int fd = -1;
-    for (int i = 0; i < 500 && fd < 0; i++) {
-        fd = socket(AF_UNIX, SOCK_STREAM, 0);
-        struct sockaddr_un a = {.sun_family = AF_UNIX};
-        snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
-        if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
-            close(fd);
-            fd = -1;
-            usleep(10000);
-        }
-    }
-    REQUIRE(fd >= 0);
+    int fd = connect_retry(path);
     struct pollfd p[3] = {{fd, POLLIN, 0}, {-1, POLLIN, 0}, {pr, POLLIN, 0}};
     int bad = 0;
     for (int i = 0; i < 3000; i++) {

@@ -92,10 +92,7 @@ int main(void)
 {
     t_init();
     struct t_svc sv = t_svc_start(DOMAIN, NULL, -1, 0, 0);
-    char text[33];
-    REQUIRE(read(sv.key_fd, text, 33) == 33);
-    rpal_key key;
-    REQUIRE(rpal_key_parse(text, &key) == 0);
+    rpal_key key = t_svc_key(&sv);
     rpal_domain *d;
     REQUIRE(rpal_domain_join(DOMAIN, NULL, &d) == 0);
 

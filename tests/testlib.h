@@ -524,6 +524,16 @@ static inline struct t_svc t_svc_start(const char *domain, const struct rpal_cha
 }
 
 /* Stop the service; its exit code. */
+/* The key the service SV sent on its key pipe. */
+static inline rpal_key t_svc_key(const struct t_svc *sv)
+{
+    char text[33];
+    rpal_key key;
+    REQUIRE(read(sv->key_fd, text, 33) == 33);
+    REQUIRE(rpal_key_parse(text, &key) == 0);
+    return key;
+}
+
 static inline int t_svc_stop(struct t_svc *sv)
 {
     close(sv->stop_fd);

@@ -49,11 +49,7 @@ static int service(int wait, int same_cpu)
     struct rpal_chan_opts o = {.wait = wait, .same_cpu = same_cpu};
     pthread_t th;
     pthread_create(&th, NULL, receiver_main, &o);
-    rpal_key k;
-    char text[33];
-    rpal_service_key(svc, &k);
-    rpal_key_format(&k, text);
-    REQUIRE(write(pfd[1], text, 33) == 33);
+    t_key_send(pfd[1], svc);
     t_dispatch_until(d, kfd[0]); /* until the client says it is done */
     atomic_store(&stop_recv, 1);
     pthread_join(th, NULL);
@@ -74,10 +70,7 @@ static int check_reply(const unsigned char *req, size_t len, const unsigned char
 
 static void client(pid_t spid, int wait, int same_cpu)
 {
-    char text[33];
-    REQUIRE(read(pfd[0], text, 33) == 33);
-    rpal_key k;
-    REQUIRE(rpal_key_parse(text, &k) == 0);
+    rpal_key k = t_key_recv(pfd[0]);
     rpal_domain *d;
     REQUIRE(rpal_domain_join("calls", NULL, &d) == 0);
     rpal_peer *p;

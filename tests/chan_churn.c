@@ -45,11 +45,7 @@ static int service(void)
     REQUIRE(rpal_service_register(d, "echo", 0, NULL, NULL, &svc) == 0);
     pthread_t th;
     REQUIRE(pthread_create(&th, NULL, receiver_main, NULL) == 0);
-    rpal_key k;
-    char text[33];
-    rpal_service_key(svc, &k);
-    rpal_key_format(&k, text);
-    REQUIRE(write(keyp[1], text, 33) == 33);
+    t_key_send(keyp[1], svc);
     long gone = 0;
     for (;;) {
         struct rpal_event ev[8];
@@ -152,10 +148,7 @@ int main(void)
     REQUIRE(spid >= 0);
     if (spid == 0)
         _exit(service());
-    char text[33];
-    REQUIRE(read(keyp[0], text, 33) == 33);
-    rpal_key k;
-    REQUIRE(rpal_key_parse(text, &k) == 0);
+    rpal_key k = t_key_recv(keyp[0]);
     unsigned seed = (unsigned)getpid();
     int bad = 0, ended[NENDINGS] = {0};
     for (int round = 0; round < rounds && !bad; round++) {

@@ -18,11 +18,7 @@ static int service(void)
     REQUIRE(rpal_domain_join("sendlen", NULL, &d) == 0);
     REQUIRE(rpal_service_register(d, "xor", 0, NULL, NULL, &svc) == 0);
     REQUIRE(rpal_receiver_create(svc, NULL, &r) == 0);
-    rpal_key k;
-    char text[33];
-    rpal_service_key(svc, &k);
-    rpal_key_format(&k, text);
-    REQUIRE(write(pfd[1], text, 33) == 33);
+    t_key_send(pfd[1], svc);
     for (;;) {
         struct rpal_msg m;
         struct rpal_event ev;
@@ -48,10 +44,7 @@ static int service(void)
 
 static void client(void)
 {
-    char text[33];
-    REQUIRE(read(pfd[0], text, 33) == 33);
-    rpal_key k;
-    REQUIRE(rpal_key_parse(text, &k) == 0);
+    rpal_key k = t_key_recv(pfd[0]);
     rpal_domain *d;
     REQUIRE(rpal_domain_join("sendlen", NULL, &d) == 0);
     rpal_peer *p;

@@ -61,11 +61,7 @@ static pid_t silent_service(int accept, int *key_fd)
         rpal_service *s;
         REQUIRE(rpal_domain_join(DOMAIN, NULL, &d) == 0);
         REQUIRE(rpal_service_register(d, "svc", 0, NULL, NULL, &s) == 0);
-        rpal_key k;
-        char text[33];
-        rpal_service_key(s, &k);
-        rpal_key_format(&k, text);
-        REQUIRE(write(kp[1], text, 33) == 33);
+        t_key_send(kp[1], s);
         for (int seen = 0; seen < accept;) {
             struct rpal_event ev;
             int n = rpal_domain_dispatch(d, &ev, 1, 1000);
@@ -78,15 +74,6 @@ static pid_t silent_service(int accept, int *key_fd)
     close(kp[1]);
     *key_fd = kp[0];
     return c;
-}
-
-static rpal_key read_key(int fd)
-{
-    char text[33];
-    REQUIRE(read(fd, text, 33) == 33);
-    rpal_key k;
-    REQUIRE(rpal_key_parse(text, &k) == 0);
-    return k;
 }
 
 static void reap(pid_t c)
@@ -104,7 +91,7 @@ int main(void)
     /* 1. The sharing request. */
     int kfd;
     pid_t c = silent_service(0, &kfd);
-    rpal_key k = read_key(kfd);
+    rpal_key k = t_key_recv(kfd);
     rpal_peer *p = NULL;
     ticks_start();
     int64_t t0 = t_now_ms();
@@ -119,7 +106,7 @@ int main(void)
 
     /* 2. The channel request. */
     c = silent_service(1, &kfd);
-    k = read_key(kfd);
+    k = t_key_recv(kfd);
     REQUIRE(rpal_service_request(d, "svc", &k, 5000, &p) == 0);
     rpal_chan *ch = NULL;
     ticks_start();

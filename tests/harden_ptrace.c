@@ -32,12 +32,9 @@ static void service(int harden, int out, int stop)
     *w = 42;
     if (harden)
         REQUIRE(rpal_harden(RPAL_HARDEN_NO_PTRACE) == 0);
-    rpal_key k;
-    char text[33];
-    rpal_service_key(s, &k);
-    rpal_key_format(&k, text);
     uint64_t addr = (uint64_t)(uintptr_t)w;
-    REQUIRE(write(out, &addr, sizeof addr) == sizeof addr && write(out, text, 33) == 33);
+    REQUIRE(write(out, &addr, sizeof addr) == sizeof addr);
+    t_key_send(out, s);
     for (;;) {
         struct rpal_event ev[4];
         rpal_domain_dispatch(d, ev, 4, 20);
@@ -69,10 +66,8 @@ static uint64_t attack(rpal_domain *d, int harden, int *wrote)
     close(op[1]);
     close(sp[0]);
     uint64_t addr, v = 666;
-    char text[33];
-    REQUIRE(read(op[0], &addr, sizeof addr) == sizeof addr && read(op[0], text, 33) == 33);
-    rpal_key k;
-    REQUIRE(rpal_key_parse(text, &k) == 0);
+    REQUIRE(read(op[0], &addr, sizeof addr) == sizeof addr);
+    rpal_key k = t_key_recv(op[0]);
     rpal_peer *peer;
     int err = rpal_service_request(d, "svc", &k, 2000, &peer);
     CHECK(err == 0); /* the hardening does not stop the sharing */

@@ -164,14 +164,6 @@ static int recv_fd(int sock)
     return fd;
 }
 
-static void put_key(int fd, rpal_service *s)
-{
-    rpal_key k;
-    char text[33];
-    REQUIRE(rpal_service_key(s, &k) == 0 && rpal_key_format(&k, text) == 0);
-    REQUIRE(write(fd, text, 33) == 33);
-}
-
 /* ---- the services' receivers ---- */
 
 struct svc_ctx {
@@ -241,7 +233,7 @@ static int good_main(int keyfd, int qfd)
     REQUIRE(rpal_service_register(d, "good", 0, NULL, NULL, &x.s) == 0);
     pthread_t th;
     REQUIRE(pthread_create(&th, NULL, receiver_main, &x) == 0);
-    put_key(keyfd, x.s);
+    t_key_send(keyfd, x.s);
     while (!ctl_pending(qfd)) {
         struct rpal_event ev[8];
         REQUIRE(rpal_domain_dispatch(d, ev, 8, 20) >= 0);
@@ -755,7 +747,7 @@ static int evil_main(int keyfd, int qfd, int startfd, int fdsock, uint64_t seed)
     hx.seed = seed ^ 0x4ec;
     REQUIRE(pthread_create(&dt, NULL, h_dispatch_main, &dseed) == 0);
     REQUIRE(pthread_create(&rt, NULL, receiver_main, &hx) == 0);
-    put_key(keyfd, hx.s);
+    t_key_send(keyfd, hx.s);
     static uint64_t cseed;
     cseed = seed ^ 0xc0;
     REQUIRE(pthread_create(&ct, NULL, h_compat_main, &cseed) == 0);
@@ -1115,10 +1107,7 @@ static int victim_main(int gkey, int hkey, int startfd, uint64_t seed)
     rpal_domain *d;
     struct rpal_domain_opts o = {.slot_size = SLOT_SIZE};
     REQUIRE(rpal_domain_join(DOM, &o, &d) == 0);
-    char text[33] = {0};
-    rpal_key kg, kh;
-    REQUIRE(read(gkey, text, 33) == 33 && rpal_key_parse(text, &kg) == 0);
-    REQUIRE(read(hkey, text, 33) == 33 && rpal_key_parse(text, &kh) == 0);
+    rpal_key kg = t_key_recv(gkey), kh = t_key_recv(hkey);
     rpal_peer *pg, *ph;
     REQUIRE(rpal_service_request(d, "good", &kg, 3000, &pg) == 0);
     REQUIRE(rpal_service_request(d, "evil", &kh, 3000, &ph) == 0);

@@ -565,11 +565,7 @@ static int svc_child(int keyfd, int qfd)
     REQUIRE(rpal_service_register(d, "svc2", 0, NULL, NULL, &s) == 0);
     rpal_receiver *r;
     REQUIRE(rpal_receiver_create(s, NULL, &r) == 0);
-    rpal_key k;
-    char text[33];
-    rpal_service_key(s, &k);
-    rpal_key_format(&k, text);
-    REQUIRE(write(keyfd, text, 33) == 33);
+    t_key_send(keyfd, s);
     struct pollfd pf = {qfd, POLLIN, 0};
     while (poll(&pf, 1, 0) == 0) {
         struct rpal_event ev[4];
@@ -730,8 +726,7 @@ static void symlinks(void)
         t_failures = 0;
         _exit(svc_child(kp[1], qp[0]));
     }
-    char text[33];
-    REQUIRE(read(kp[0], text, 33) == 33 && rpal_key_parse(text, &key) == 0);
+    key = t_key_recv(kp[0]);
     REQUIRE(rpal_service_request(d, "svc2", &key, 2000, &p) == 0);
     REQUIRE(unlink(at(ns, ".domains/dd/svc.svc2")) == 0);
     REQUIRE(symlink(at(out, "sock"), at(ns, ".domains/dd/svc.svc2")) == 0);

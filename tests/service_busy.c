@@ -22,13 +22,9 @@ int main(void)
     CHECK(rpal_domain_leave(d) == -EBUSY);
 
     /* Still registered and listed: a caller process gets a channel. */
-    rpal_key k;
-    char text[33];
-    rpal_service_key(s, &k);
-    rpal_key_format(&k, text);
     int kp[2];
     REQUIRE(pipe(kp) == 0);
-    REQUIRE(write(kp[1], text, 33) == 33);
+    t_key_send(kp[1], s);
     pid_t c = fork();
     REQUIRE(c >= 0);
     if (c == 0) {

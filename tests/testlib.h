@@ -476,6 +476,26 @@ static inline void *t_svc_receiver(void *arg)
     return NULL;
 }
 
+/* Send service S's key as text on FD (33 bytes), as tests hand a key from
+ * a service process to its callers through a pipe. */
+static inline void t_key_send(int fd, const rpal_service *s)
+{
+    rpal_key k;
+    char text[33];
+    REQUIRE(rpal_service_key(s, &k) == 0 && rpal_key_format(&k, text) == 0);
+    REQUIRE(write(fd, text, 33) == 33);
+}
+
+/* The key that t_key_send wrote on FD. */
+static inline rpal_key t_key_recv(int fd)
+{
+    char text[33];
+    rpal_key key;
+    REQUIRE(read(fd, text, 33) == 33);
+    REQUIRE(rpal_key_parse(text, &key) == 0);
+    return key;
+}
+
 /* Fork a service process: domain DOMAIN, service "svc", one receiver thread
  * with options O on CPU (-1: anywhere) serving the XOR echo, dispatch on
  * its main thread. */
@@ -499,11 +519,7 @@ static inline struct t_svc t_svc_start(const char *domain, const struct rpal_cha
         REQUIRE(rpal_service_register(d, "svc", 0, NULL, NULL, &a.s) == 0);
         pthread_t th;
         REQUIRE(pthread_create(&th, NULL, t_svc_receiver, &a) == 0);
-        rpal_key k;
-        char text[33];
-        rpal_service_key(a.s, &k);
-        rpal_key_format(&k, text);
-        REQUIRE(write(kp[1], text, 33) == 33);
+        t_key_send(kp[1], a.s);
         for (;;) {
             struct rpal_event ev[8];
             int n = rpal_domain_dispatch(d, ev, 8, 20);
@@ -523,17 +539,13 @@ static inline struct t_svc t_svc_start(const char *domain, const struct rpal_cha
     return sv;
 }
 
-/* Stop the service; its exit code. */
 /* The key the service SV sent on its key pipe. */
 static inline rpal_key t_svc_key(const struct t_svc *sv)
 {
-    char text[33];
-    rpal_key key;
-    REQUIRE(read(sv->key_fd, text, 33) == 33);
-    REQUIRE(rpal_key_parse(text, &key) == 0);
-    return key;
+    return t_key_recv(sv->key_fd);
 }
 
+/* Stop the service; its exit code. */
 static inline int t_svc_stop(struct t_svc *sv)
 {
     close(sv->stop_fd);
@@ -546,10 +558,7 @@ static inline int t_svc_stop(struct t_svc *sv)
 static inline rpal_chan *t_svc_open_key(int key_fd, const char *domain,
                                         const struct rpal_chan_opts *o, rpal_domain **dout)
 {
-    char text[33];
-    REQUIRE(read(key_fd, text, 33) == 33);
-    rpal_key k;
-    REQUIRE(rpal_key_parse(text, &k) == 0);
+    rpal_key k = t_key_recv(key_fd);
     rpal_domain *d;
     REQUIRE(rpal_domain_join(domain, NULL, &d) == 0);
     rpal_peer *p;

@@ -526,6 +526,10 @@ struct rpal_stats_entry {
     char service[65];      /* CALLER, SERVICE: the service */
     uint32_t state;        /* 0 running, 1 spinning, 2 yielding, 3 asleep */
     struct rpal_stats s;
+    /* 1 if the member (PID), or its peer (PEER_PID), is in another pid
+     * namespace than the caller's: the pid is then its pid in its own
+     * namespace, as rpal_member_info says (0 if no one could name it). */
+    int other_pidns, peer_other_pidns;
 };
 
 /* Call FN for every channel and upgraded connection of every live member

@@ -314,6 +314,12 @@ int rpal__dom_read_member(int dirfd, unsigned slot, struct member_rec *rec)
     return err < 0 ? err : rpal__dom_member_validate(rec, slot);
 }
 
+/* 1 if the member of REC lives in another pid namespace than ours. */
+static int rec_other_pidns(const struct member_rec *rec)
+{
+    return rec->pidns && rec->pidns != rpal__prim_self_pidns();
+}
+
 int rpal__dom_member_validate(struct member_rec *rec, unsigned slot)
 {
     /* Written by another process: checked before use (nothing read from a peer is trusted). */
@@ -822,7 +828,7 @@ static int foreach_domain(int dirfd, const char *name, const struct dom_meta *m,
         info->slot_size = m->slot_size;
         info->base = m->window + (uint64_t)s * m->slot_size;
         info->pid = rec->pid;
-        info->other_pidns = rec->pidns && rec->pidns != rpal__prim_self_pidns();
+        info->other_pidns = rec_other_pidns(rec);
         info->pidns = rec->pidns;
         info->uid = rec->uid;
         info->nservices = rec->nservices;
@@ -908,10 +914,26 @@ struct stats_arg {
     void *arg;
 };
 
+
+/* E's peer as the reader can name it: the writer's word when it could name
+ * the peer in the writer's pid namespace and that is ours; otherwise (a
+ * peer in another container: the writer saw pid 0) the pid from the peer's
+ * own claim record, in its namespace, marked. PREC is scratch space. */
+static void stats_peer(int dirfd, const struct member_rec *rec, const struct stats_rec *r,
+                       struct member_rec *prec, struct rpal_stats_entry *e)
+{
+    if (r->peer_pid && !rec_other_pidns(rec))
+        return;
+    if (rpal__dom_read_member(dirfd, r->peer_slot, prec) == 0) {
+        e->peer_pid = prec->pid;
+        e->peer_other_pidns = rec_other_pidns(prec);
+    }
+}
+
 static int stats_domain(int dirfd, const char *name, const struct dom_meta *m, void *arg)
 {
     struct stats_arg *sa = arg;
-    struct member_rec *rec = malloc(sizeof *rec);
+    struct member_rec *rec = malloc(2 * sizeof *rec);
     struct stats_rec *tab = malloc(STATS_MAX * sizeof *tab);
     int err = rec && tab ? 0 : -ENOMEM;
     for (unsigned s = 0; s < m->nslots && !err; s++) {
@@ -930,7 +952,9 @@ static int stats_domain(int dirfd, const char *name, const struct dom_meta *m, v
                 continue;
             struct rpal_stats_entry e = {.slot = s, .pid = rec->pid, .kind = (int)r->kind,
                                          .peer_slot = r->peer_slot, .peer_pid = r->peer_pid,
-                                         .fd = r->fd, .state = r->state};
+                                         .fd = r->fd, .state = r->state,
+                                         .other_pidns = rec_other_pidns(rec)};
+            stats_peer(dirfd, rec, r, rec + 1, &e);
             snprintf(e.domain, sizeof e.domain, "%s", name);
             snprintf(e.service, sizeof e.service, "%s", r->name);
             uint64_t *c = r->c;

@@ -85,6 +85,10 @@ cpid=$!
 # every 100 ms) moving.
 if stat_until "$tmp/stat" '"kind":"conn".*"msgs_out":[1-9]' 2; then
   sed 's/^/    /' "$tmp/stat"
+  # Each end named by its pid in its own namespace, marked, its peer too
+  # (the writer saw pid 0 for it: the reader takes it from the peer's claim).
+  n=$(grep -o '"pid":[1-9][0-9]*,"other_pidns":true,"kind":"conn","peer_slot":[0-9]*,"peer_pid":[1-9][0-9]*,"peer_other_pidns":true' "$tmp/stat" | wc -l)
+  [ "$n" -eq 2 ] || fail "rpal stat from a third pid namespace: $n connections with both pids named and marked, want 2"
   in_container ops "$B/rpal" ls --json >"$tmp/ls" 2>/dev/null
   sed 's/^/    /' "$tmp/ls"
   n=$(grep -o '"other_pidns":true' "$tmp/ls" | wc -l)

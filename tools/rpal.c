@@ -1135,6 +1135,7 @@ static int cmd_run(int argc, char **argv)
  * "why does this connection cost what it costs". */
 struct stat_state {
     int json, count;
+    int other_pidns; /* rows naming a process of another pid namespace */
 };
 
 static const char *const stat_kind[] = {"?", "caller", "service", "conn"};
@@ -1147,8 +1148,10 @@ static int stat_one(const struct rpal_stats_entry *e, void *arg)
     if (st->json) {
         printf("%s{\"domain\":", st->count ? ",\n  " : "\n  ");
         json_str(e->domain);
-        printf(",\"slot\":%u,\"pid\":%d,\"kind\":\"%s\",\"peer_slot\":%u,\"peer_pid\":%d,",
-               e->slot, (int)e->pid, stat_kind[e->kind], e->peer_slot, (int)e->peer_pid);
+        printf(",\"slot\":%u,\"pid\":%d,\"other_pidns\":%s,\"kind\":\"%s\",\"peer_slot\":%u,"
+               "\"peer_pid\":%d,\"peer_other_pidns\":%s,",
+               e->slot, (int)e->pid, e->other_pidns ? "true" : "false", stat_kind[e->kind],
+               e->peer_slot, (int)e->peer_pid, e->peer_other_pidns ? "true" : "false");
         if (e->kind == RPAL_STATS_CONN) {
             printf("\"fd\":%d,", e->fd);
         } else {
@@ -1167,18 +1170,21 @@ static int stat_one(const struct rpal_stats_entry *e, void *arg)
                (unsigned long long)s->sleeps, (unsigned long long)s->spin_hits,
                (unsigned long long)s->yields, (unsigned long long)s->spin_ns, s->budget_ns);
     } else {
-        char what[80];
+        char what[80], pid[16];
         if (!st->count)
             printf("%-12s %4s %-8s %-8s %-22s %10s %10s %8s %10s %8s %10s %8s %8s %s\n",
                    "DOMAIN", "SLOT", "PID", "KIND", "PEER", "MSGS OUT", "MSGS IN", "WAKES",
                    "NO WAKE", "SLEEPS", "SPUN OK", "YIELDS", "SPIN ms", "BUDGET us");
+        const char *mark = e->peer_other_pidns ? "*" : "";
         if (e->kind == RPAL_STATS_CONN)
-            snprintf(what, sizeof what, "fd %d, slot %u", e->fd, e->peer_slot);
+            snprintf(what, sizeof what, "fd %d, slot %u%s", e->fd, e->peer_slot, mark);
         else
-            snprintf(what, sizeof what, "%s %.14s, slot %u",
-                     e->kind == RPAL_STATS_CALLER ? "to" : "of", e->service, e->peer_slot);
-        printf("%-12s %4u %-8d %-8s %-22s %10llu %10llu %8llu %10llu %8llu %10llu %8llu %8.1f %.1f\n",
-               e->domain, e->slot, (int)e->pid, stat_kind[e->kind], what,
+            snprintf(what, sizeof what, "%s %.14s, slot %u%s",
+                     e->kind == RPAL_STATS_CALLER ? "to" : "of", e->service, e->peer_slot, mark);
+        snprintf(pid, sizeof pid, "%d%s", (int)e->pid, e->other_pidns ? "*" : "");
+        st->other_pidns += e->other_pidns || e->peer_other_pidns;
+        printf("%-12s %4u %-8s %-8s %-22s %10llu %10llu %8llu %10llu %8llu %10llu %8llu %8.1f %.1f\n",
+               e->domain, e->slot, pid, stat_kind[e->kind], what,
                (unsigned long long)s->msgs_out, (unsigned long long)s->msgs_in,
                (unsigned long long)s->wakes, (unsigned long long)s->wakes_skipped,
                (unsigned long long)s->sleeps, (unsigned long long)s->spin_hits,
@@ -1194,7 +1200,7 @@ static int cmd_stat(int argc, char **argv)
     int json, ns, rc = json_only("stat", argc, argv, &json, &ns);
     if (rc >= 0)
         return rc;
-    struct stat_state st = {json, 0};
+    struct stat_state st = {json, 0, 0};
     if (st.json) {
         printf("{\"dir\":");
         json_str(rpal_ns_dir());
@@ -1206,6 +1212,8 @@ static int cmd_stat(int argc, char **argv)
     else if (!st.count && err == 0)
         printf("no channels or connections in %s%s\n", rpal_ns_dir(),
                ns ? " (not made yet: the first region or domain member makes it)" : "");
+    if (!st.json && st.other_pidns)
+        printf("* in another pid namespace (a container): its pid is its own there\n");
     return err < 0 ? fail("stat", NULL, err) : 0;
 }
 

@@ -559,8 +559,15 @@ static void scribble_rx(struct m_rx *x)
     case 6: /* the copies large replies point at */
         for (unsigned i = 0; i < DEPTH; i++) {
             struct ch_entry *e = &x->e[i];
-            if (FLAG_OF(e->seqf) == E_PTR && span_inside(e->ptr, e->len, h_base, h_size))
-                rnd_fill((void *)(uintptr_t)e->ptr, e->len < 4096 ? e->len : 4096);
+            if (FLAG_OF(e->seqf) == E_PTR && span_inside(e->ptr, e->len, h_base, h_size)) {
+                /* Under a guard: a pointer we scribbled may lie past the
+                 * end of our slot's file (it grows with our heap), where
+                 * even we take SIGBUS. */
+                unsigned char junk[4096];
+                size_t n = e->len < 4096 ? e->len : 4096;
+                rnd_fill(junk, n);
+                (void)rpal_guard_copy((void *)(uintptr_t)e->ptr, junk, n);
+            }
         }
         break;
     case 7: /* a stale entry replayed as the next one */

@@ -69,43 +69,6 @@ static int s_slot_fd(int rdonly)
     return found;
 }
 
-static void send_fd(int sock, int fd)
-{
-    char c = 'F';
-    struct iovec iov = {&c, 1};
-    union {
-        struct cmsghdr h;
-        char b[CMSG_SPACE(sizeof(int))];
-    } u;
-    memset(&u, 0, sizeof u);
-    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.b,
-                       .msg_controllen = sizeof u.b};
-    struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
-    cm->cmsg_level = SOL_SOCKET;
-    cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(cm), &fd, sizeof fd);
-    REQUIRE(sendmsg(sock, &m, 0) == 1);
-}
-
-static int recv_fd(int sock)
-{
-    char c;
-    struct iovec iov = {&c, 1};
-    union {
-        struct cmsghdr h;
-        char b[CMSG_SPACE(sizeof(int))];
-    } u;
-    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.b,
-                       .msg_controllen = sizeof u.b};
-    REQUIRE(recvmsg(sock, &m, MSG_CMSG_CLOEXEC) == 1);
-    struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
-    REQUIRE(cm && cm->cmsg_type == SCM_RIGHTS);
-    int fd;
-    memcpy(&fd, CMSG_DATA(cm), sizeof fd);
-    return fd;
-}
-
 /* A command from P on CMD, answered on ANS; 1 when told to quit. */
 static int s_command(int cmd, int ans, int sock)
 {
@@ -128,7 +91,7 @@ static int s_command(int cmd, int ans, int sock)
         t_put_line(ans, "STAT %" PRIu64 " %" PRIu64 "\n", (uint64_t)st.st_size,
                    (uint64_t)st.st_blocks * 512);
     } else if (!strcmp(line, "FD")) {
-        send_fd(sock, s_slot_fd(1));
+        t_send_fd(sock, s_slot_fd(1));
         t_put_line(ans, "SENT\n");
     } else if (!strcmp(line, "PING")) {
         t_put_line(ans, "ALIVE\n");
@@ -349,7 +312,7 @@ static int peer(int cmd, int ans, int sock)
     CHECK(w.eio == SLOT / PAGE - w.raw && w.other == 0);
 
     t_put_line(cmd, "FD\n");
-    int fd = recv_fd(sock);
+    int fd = t_recv_fd(sock);
     REQUIRE(t_get_line(ans, line, sizeof line, 10000) == 0 && !strcmp(line, "SENT"));
     attack_fd(fd, size0);
     close(fd);

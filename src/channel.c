@@ -720,17 +720,25 @@ int rpal__ch_tx_check(const struct hs_req *req, uint64_t base, uint64_t size)
     return tx->magic == TX_MAGIC && tx->depth == depth ? 0 : -EINVAL;
 }
 
+/* The request ring REQ names in the caller P's slot, checked where it lies
+ * (d->lock held: the dispatch). It must be backed by P's file first: past
+ * its end a read is SIGBUS. */
+static int tx_check_peer(rpal_peer *p, const struct hs_req *req)
+{
+    if (!rpal__peer_readable(p, req->addr, tx_bytes(req)))
+        return -EINVAL;
+    rpal__peer_access_begin_locked(p, 1);
+    int err = rpal__ch_tx_check(req, p->base, p->size);
+    rpal__peer_access_end_locked(p, 1);
+    return err;
+}
+
 static int chan_accept(rpal_service *s, rpal_peer *p, int sock,
                        const struct hs_req *req, uint64_t *addr, int *fd)
 {
     rpal_domain *d = s->d;
     uint32_t depth = req->depth;
-    /* Its ring must be backed by the caller's file before we read it. */
-    if (!rpal__peer_readable(p, req->addr, tx_bytes(req)))
-        return -EINVAL;
-    rpal__peer_access_begin_locked(p, 1); /* d->lock is held (the dispatch) */
-    int err = rpal__ch_tx_check(req, p->base, p->size);
-    rpal__peer_access_end_locked(p, 1);
+    int err = tx_check_peer(p, req);
     if (err < 0)
         return err;
     const struct ch_tx *tx = (const struct ch_tx *)(uintptr_t)req->addr;

@@ -327,26 +327,28 @@ static int peer(int cmd, int ans, int sock)
     return t_done();
 }
 
+/* FN(A, B, SOCK) in a child process, which closes the pipe ends C and D
+ * that belong to the other side. */
+static pid_t spawn(int (*fn)(int, int, int), int a, int b, int sock, int c, int d)
+{
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        close(c);
+        close(d);
+        _exit(fn(a, b, sock));
+    }
+    return pid;
+}
+
 int main(void)
 {
     t_init();
     int cmd[2], ans[2], sv[2];
     REQUIRE(pipe(cmd) == 0 && pipe(ans) == 0);
     REQUIRE(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv) == 0);
-    pid_t s = fork();
-    REQUIRE(s >= 0);
-    if (s == 0) {
-        close(cmd[1]);
-        close(ans[0]);
-        _exit(service(cmd[0], ans[1], sv[0]));
-    }
-    pid_t pp = fork();
-    REQUIRE(pp >= 0);
-    if (pp == 0) {
-        close(cmd[0]);
-        close(ans[1]);
-        _exit(peer(cmd[1], ans[0], sv[1]));
-    }
+    pid_t s = spawn(service, cmd[0], ans[1], sv[0], cmd[1], ans[0]);
+    pid_t pp = spawn(peer, cmd[1], ans[0], sv[1], cmd[0], ans[1]);
     close(cmd[0]);
     close(cmd[1]);
     close(ans[0]);

@@ -7,9 +7,15 @@
  * give ns per malloc+free pair. rpal is measured through its public path
  * (rpal_malloc/rpal_free over a heap made current with rpal__heap_set_current).
  *
- * Usage: heap [--json] [--max-ratio R]
+ * Usage: heap [--json] [--max-ratio R] [--slot]
  *   --json         one JSON object per line per allocator and pattern
  *   --max-ratio R  exit 1 if rpal's median "pair" is more than R x glibc's
+ *   --slot         rpal's heap is a real slot's (rpal_domain_join of the
+ *                  domain "bench-heap" in $RPAL_DIR), whose file grows with
+ *                  it; first, on the fresh heap, "grow64k": 4,096 blocks of
+ *                  64 KiB (256 MiB) allocated and touched, in batches of 64
+ *                  (one 4 MiB growth step of the slot's file each), then
+ *                  freed; ns per block (rpal only)
  */
 #include "rpal.h"
 /* The allocator is measured directly (rpal__heap_create, rpal__heap_set_current): an
@@ -86,6 +92,31 @@ static double batch_burst(int rpal)
     return (now_ns() - t) / BURST;
 }
 
+#define GROW_BLOCK (64u << 10)
+#define GROW_BATCH 64
+#define GROW_BATCHES 64
+
+/* The "grow64k" batches of --slot into V; -1 if memory ran out. */
+static int batches_grow(double *v)
+{
+    static void *big[GROW_BATCH * GROW_BATCHES];
+    int n = 0;
+    for (int b = 0; b < GROW_BATCHES; b++) {
+        double t = now_ns();
+        for (int i = 0; i < GROW_BATCH; i++, n++) {
+            char *p = rpal_malloc(GROW_BLOCK);
+            if (!p)
+                return -1;
+            *(volatile char *)p = 1; /* a page fault, as an application's first use */
+            big[n] = p;
+        }
+        v[b] = (now_ns() - t) / GROW_BATCH;
+    }
+    for (int i = 0; i < n; i++)
+        rpal_free(big[i]);
+    return 0;
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -120,16 +151,18 @@ static int pin(void)
 
 /* --help prints the usage on stdout (exit 0); a bad option prints it on
  * stderr (exit 2). */
-static void parse_args(int argc, char **argv, int *json, double *max_ratio)
+static void parse_args(int argc, char **argv, int *json, double *max_ratio, int *slot)
 {
     for (int i = 1; i < argc; i++) {
         int help = !strcmp(argv[i], "--help") || !strcmp(argv[i], "-h");
         if (!strcmp(argv[i], "--json")) {
             *json = 1;
+        } else if (!strcmp(argv[i], "--slot")) {
+            *slot = 1;
         } else if (!strcmp(argv[i], "--max-ratio") && i + 1 < argc) {
             *max_ratio = atof(argv[++i]);
         } else {
-            fprintf(help ? stdout : stderr, "usage: %s [--json] [--max-ratio R]\n",
+            fprintf(help ? stdout : stderr, "usage: %s [--json] [--max-ratio R] [--slot]\n",
                     argv[0]);
             exit(help ? 0 : 2);
         }
@@ -160,12 +193,55 @@ static int measure(struct result res[2][2])
     return 0;
 }
 
+static void print_result(int json, const char *pattern, const char *alloc, struct result r,
+                         double ratio)
+{
+    if (json)
+        printf("{\"allocator\":\"%s\",\"pattern\":\"%s\","
+               "\"ns_per_pair_p50\":%.2f,\"ns_per_pair_p99\":%.2f,"
+               "\"ratio_to_glibc\":%.3f}\n",
+               alloc, pattern, r.p50, r.p99, ratio);
+    else
+        printf("%-8s %-6s %10.2f %10.2f %8.2f\n", pattern, alloc, r.p50, r.p99, ratio);
+}
+
+/* --slot: the same over a real slot's heap, after "grow64k" on it fresh. */
+static int slot_main(int json, int cpu)
+{
+    rpal_domain *d;
+    int err = rpal_domain_join("bench-heap", NULL, &d);
+    if (err < 0) {
+        fprintf(stderr, "rpal_domain_join: %s\n", rpal_strerror(err));
+        return 1;
+    }
+    double g[GROW_BATCHES];
+    struct result res[2][2];
+    if (batches_grow(g) < 0 || measure(res) < 0) {
+        fprintf(stderr, "out of memory\n");
+        return 1;
+    }
+    rpal_domain_leave(d);
+    if (!json)
+        printf("64-byte blocks in a slot, pinned to CPU %d; ns per malloc+free pair "
+               "(grow64k: ns per 64 KiB block)\n", cpu);
+    print_result(json, "grow64k", "rpal", summarize(g, GROW_BATCHES), 0);
+    static const char *patterns[2] = {"pair", "1000x"};
+    static const char *names[2] = {"glibc", "rpal"};
+    for (int pat = 0; pat < 2; pat++)
+        for (int a = 0; a < 2; a++)
+            print_result(json, patterns[pat], names[a], res[pat][a],
+                         res[pat][a].p50 / res[pat][0].p50);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
-    int json = 0;
+    int json = 0, slot = 0;
     double max_ratio = 0;
-    parse_args(argc, argv, &json, &max_ratio);
+    parse_args(argc, argv, &json, &max_ratio, &slot);
     int cpu = pin();
+    if (slot)
+        return slot_main(json, cpu);
 
     void *base = mmap(NULL, HEAP_LEN, PROT_READ | PROT_WRITE,
                       MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -194,18 +270,9 @@ int main(int argc, char **argv)
                "ratio");
     }
     for (int pat = 0; pat < 2; pat++)
-        for (int a = 0; a < 2; a++) {
-            struct result r = res[pat][a];
-            double ratio = r.p50 / res[pat][0].p50;
-            if (json)
-                printf("{\"allocator\":\"%s\",\"pattern\":\"%s\","
-                       "\"ns_per_pair_p50\":%.2f,\"ns_per_pair_p99\":%.2f,"
-                       "\"ratio_to_glibc\":%.3f}\n",
-                       names[a], patterns[pat], r.p50, r.p99, ratio);
-            else
-                printf("%-8s %-6s %10.2f %10.2f %8.2f\n", patterns[pat],
-                       names[a], r.p50, r.p99, ratio);
-        }
+        for (int a = 0; a < 2; a++)
+            print_result(json, patterns[pat], names[a], res[pat][a],
+                         res[pat][a].p50 / res[pat][0].p50);
     rpal__heap_set_current(NULL);
     rpal__heap_destroy(h);
     munmap(base, HEAP_LEN);

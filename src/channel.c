@@ -325,7 +325,8 @@ static int chan_take_reply(rpal_chan *c, rpal_peer *peer, const struct hs_rep *r
                                                       ? rep->status : -EPROTO;
     /* The service's ring must lie inside its slot, aligned, with our depth. */
     uint64_t rsize = sizeof(struct ch_rx) + c->depth * sizeof(struct ch_entry);
-    if (rep->addr % 64 || !span_inside(rep->addr, rsize, c->sbase, c->ssize))
+    if (rep->addr % 64 || !span_inside(rep->addr, rsize, c->sbase, c->ssize) ||
+        !rpal__peer_readable(peer, rep->addr, rsize))
         return -EPROTO;
     c->rx = (const struct ch_rx *)(uintptr_t)rep->addr;
     /* The service's ring is read on every call, from whichever thread
@@ -608,6 +609,10 @@ int rpal_complete(rpal_chan *c, uint64_t *tag, void *reply, size_t reply_max,
     }
     struct ch_entry e;
     int kind = rpal__ch_entry_take(slot, c->sbase, c->ssize, &e);
+    /* Inside the slot is not enough: past the end of its file a read is
+     * SIGBUS. */
+    if (kind == E_PTR && !rpal__peer_readable(c->peer, e.ptr, e.len))
+        kind = -EPROTO;
     c->done++;
     prefetch_ahead(&c->seen_rtail, &c->rx->rtail, c->done, c->rx->e, c->depth);
     c->st.msgs_in++;
@@ -698,16 +703,34 @@ static int rxc_hook(rpal_domain *d, struct watch *w, uint32_t events, struct rpa
     return 0;
 }
 
+/* The bytes of the request ring a channel handshake REQ names. */
+static uint64_t tx_bytes(const struct hs_req *req)
+{
+    return sizeof(struct ch_tx) + (uint64_t)req->depth * sizeof(struct ch_entry);
+}
+
 int rpal__ch_tx_check(const struct hs_req *req, uint64_t base, uint64_t size)
 {
     uint32_t depth = req->depth;
     if (!depth || depth > MAX_DEPTH || (depth & (depth - 1)))
         return -EINVAL;
-    uint64_t tsize = sizeof(struct ch_tx) + depth * sizeof(struct ch_entry);
-    if (req->addr % 64 || !span_inside(req->addr, tsize, base, size))
+    if (req->addr % 64 || !span_inside(req->addr, tx_bytes(req), base, size))
         return -EINVAL;
     const struct ch_tx *tx = (const struct ch_tx *)(uintptr_t)req->addr;
     return tx->magic == TX_MAGIC && tx->depth == depth ? 0 : -EINVAL;
+}
+
+/* The request ring REQ names in the caller P's slot, checked where it lies
+ * (d->lock held: the dispatch). It must be backed by P's file first: past
+ * its end a read is SIGBUS. */
+static int tx_check_peer(rpal_peer *p, const struct hs_req *req)
+{
+    if (!rpal__peer_readable(p, req->addr, tx_bytes(req)))
+        return -EINVAL;
+    rpal__peer_access_begin_locked(p, 1);
+    int err = rpal__ch_tx_check(req, p->base, p->size);
+    rpal__peer_access_end_locked(p, 1);
+    return err;
 }
 
 static int chan_accept(rpal_service *s, rpal_peer *p, int sock,
@@ -715,9 +738,7 @@ static int chan_accept(rpal_service *s, rpal_peer *p, int sock,
 {
     rpal_domain *d = s->d;
     uint32_t depth = req->depth;
-    rpal__peer_access_begin_locked(p, 1); /* d->lock is held (the dispatch) */
-    int err = rpal__ch_tx_check(req, p->base, p->size);
-    rpal__peer_access_end_locked(p, 1);
+    int err = tx_check_peer(p, req);
     if (err < 0)
         return err;
     const struct ch_tx *tx = (const struct ch_tx *)(uintptr_t)req->addr;
@@ -1118,6 +1139,8 @@ static inline struct rx_chan *scan(rpal_receiver *r, struct rx_chan **chs, int n
             continue;
         struct ch_entry e;
         int kind = rpal__ch_entry_take(slot, x->cbase, x->csize, &e);
+        if (kind == E_PTR && !rpal__peer_readable(x->peer, e.ptr, e.len))
+            kind = -EPROTO; /* past the end of the caller's file: SIGBUS to read */
         if (kind < 0) {
             poison(x);
             *reaped = 1;

@@ -243,6 +243,8 @@ size_t rpal__cx_take(struct cx_reader *r, char *buf, size_t len)
          * other end may rewrite it meanwhile: nothing it says is trusted). */
         struct ch_entry e;
         int kind = rpal__ch_entry_take(&r->their->e[r->head & (r->tdepth - 1)], r->sbase, r->ssize, &e);
+        if (kind == E_PTR && r->peer && !rpal__peer_readable(r->peer, e.ptr, e.len))
+            kind = -EPROTO; /* past the end of their slot's file: SIGBUS to read */
         uint32_t elen = e.len;
         if (kind < 0 || r->off > elen) {
             r->broken = 1;
@@ -632,10 +634,15 @@ int rpal__cx_hello_check(const struct fm_hello *h, pid_t pid, unsigned pslot, ui
     return 0;
 }
 
+/* The bytes of the ring a hello H names. */
+static uint64_t cx_ring_bytes(const struct fm_hello *h)
+{
+    return sizeof(struct cx_ring) + (uint64_t)h->depth * sizeof(struct ch_entry);
+}
+
 int rpal__cx_ring_check(const struct fm_hello *h, uint64_t base, uint64_t size)
 {
-    uint64_t rsize = sizeof(struct cx_ring) + (uint64_t)h->depth * sizeof(struct ch_entry);
-    if (!span_inside(h->ring, rsize, base, size))
+    if (!span_inside(h->ring, cx_ring_bytes(h), base, size))
         return -EPROTO;
     const struct cx_ring *r = (const struct cx_ring *)(uintptr_t)h->ring;
     return r->magic == CX_MAGIC && r->depth == h->depth ? 0 : -EPROTO;
@@ -915,6 +922,7 @@ static int conn_adopt(struct conn *c, const struct fm_hello *their, int memfd,
     rpal_fetch_add_acq_rel(&c->peer->nchans, 1);
     c->rd.sbase = c->peer->base;
     c->rd.ssize = c->peer->size;
+    c->rd.peer = c->peer;
     if ((err = rpal__peer_pin(c->peer)) < 0) {
         if (created)
             rpal_peer_release(c->peer);
@@ -922,6 +930,8 @@ static int conn_adopt(struct conn *c, const struct fm_hello *their, int memfd,
         c->peer = NULL;
         return err;
     }
+    if (!rpal__peer_readable(c->peer, their->ring, cx_ring_bytes(their)))
+        return -EPROTO; /* not backed by their slot's file: SIGBUS to read */
     if ((err = rpal__cx_ring_check(their, c->rd.sbase, c->rd.ssize)) < 0)
         return err;
     c->rd.their = (const struct cx_ring *)(uintptr_t)their->ring;

@@ -363,6 +363,7 @@ static void atfork_child(void)
         return;
     close(d->claimfd);
     close(d->memfd);
+    close(d->growfd);
     close(d->epfd);
     close(d->dirfd);
     /* Nothing is mapped there in the child (MADV_DONTFORK): a no-op for
@@ -393,7 +394,7 @@ static rpal_domain *dom_new(const char *name)
     rpal_domain *d = calloc(1, sizeof *d);
     if (!d)
         return NULL;
-    d->dirfd = d->claimfd = d->memfd = d->epfd = -1;
+    d->dirfd = d->claimfd = d->memfd = d->growfd = d->epfd = -1;
     d->pid = getpid();
     snprintf(d->name, sizeof d->name, "%s", name);
     pthread_mutex_init(&d->lock, NULL);
@@ -402,29 +403,57 @@ static rpal_domain *dom_new(const char *name)
     return d;
 }
 
+/* The descriptor peers get (d->memfd): the slot's file reopened read-only,
+ * so that a peer can neither grow it (ftruncate, fallocate) nor add seals,
+ * which need a writable descriptor; and the file made 0400, so that a peer
+ * of another user cannot reopen it for writing through /proc/self/fd (the
+ * kernel checks the file's mode there). Root can, and a peer of our own
+ * user can chmod it back (it owns the file): docs/hardening.md. */
+static int slot_peer_fd(rpal_domain *d)
+{
+    char proc[PRIM_FD_PATH];
+    rpal__prim_fd_path(proc, d->growfd);
+    d->memfd = open(proc, O_RDONLY | O_CLOEXEC);
+    if (d->memfd < 0 || fchmod(d->growfd, 0400) < 0)
+        return -errno;
+    return 0;
+}
+
 /* Our slot: a memfd mapped writable at the slot's address, then sealed, so
  * that after the seals nobody, the owner included, can make a new writable
- * mapping, write(), shrink or grow it, while this first mapping stays
- * writable (peers map it read-only and trust its size). Its header and
- * heap are written here. */
+ * mapping, write(), shrink it or change its seals, while this first mapping
+ * stays writable (peers map it read-only). The file is not the slot's size:
+ * it covers the header and grows with the heap (rpal__heap_set_file), so
+ * that peers reading pages the owner never used cannot make its memory
+ * grow; F_SEAL_GROW is therefore not set, and only our read-write
+ * descriptor (d->growfd, never sent) can grow it. F_SEAL_SEAL stays: a
+ * process holding a writable descriptor (root) could otherwise seal it
+ * against growing and starve our heap. Its header and heap are written
+ * here. */
 static int slot_create(rpal_domain *d)
 {
-    d->memfd = memfd_create("rpal-slot", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-    if (d->memfd < 0 || ftruncate(d->memfd, (off_t)d->slot_size) < 0)
+    d->growfd = memfd_create("rpal-slot", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    uint64_t first = SLOT_GROW_STEP < d->slot_size ? SLOT_GROW_STEP : d->slot_size;
+    if (d->growfd < 0 || ftruncate(d->growfd, (off_t)first) < 0)
         return -errno;
     void *slot = mmap((void *)(uintptr_t)rpal__dom_slot_addr(d, d->slot), d->slot_size,
-                      PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, d->memfd, 0);
+                      PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, d->growfd, 0);
     if (slot == MAP_FAILED)
         return -errno;
     madvise(slot, d->slot_size, MADV_DONTFORK);
-    if (fcntl(d->memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW |
-                                         F_SEAL_FUTURE_WRITE | F_SEAL_SEAL) < 0)
+    if (fcntl(d->growfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL) < 0)
         return -errno;
+    int err = slot_peer_fd(d);
+    if (err < 0)
+        return err;
     struct slot_hdr *h = slot;
     h->magic = SLOT_MAGIC;
     h->slot = d->slot;
     h->pid = d->pid;
-    return rpal__heap_create((char *)slot + SLOT_HDR_SIZE, d->slot_size - SLOT_HDR_SIZE, &d->heap);
+    err = rpal__heap_create((char *)slot + SLOT_HDR_SIZE, d->slot_size - SLOT_HDR_SIZE, &d->heap);
+    if (err == 0)
+        rpal__heap_set_file(d->heap, d->growfd, SLOT_HDR_SIZE);
+    return err;
 }
 
 /* Undo a join that failed after dom_new (RESERVED: the window is). */
@@ -438,6 +467,8 @@ static void join_undo(rpal_domain *d, int reserved)
         close(d->epfd);
     if (d->memfd >= 0)
         close(d->memfd);
+    if (d->growfd >= 0)
+        close(d->growfd);
     if (d->claimfd >= 0) {
         char claim[CLAIM_NAME_MAX];
         claim_name(claim, d->slot);
@@ -638,6 +669,7 @@ int rpal_domain_leave(rpal_domain *d)
     unlinkat(d->dirfd, claim, 0);
     close(d->claimfd);
     close(d->memfd);
+    close(d->growfd);
     close(d->epfd);
     close(d->dirfd);
     pthread_mutex_destroy(&d->lock);

@@ -25,6 +25,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #define likely(x)   __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)
@@ -171,6 +173,9 @@ struct heap {
     uint32_t nspans;
     size_t info_bytes, meta_bytes;
     size_t meta_open;      /* bytes of meta made accessible (page lock) */
+    int file_fd;           /* the file the heap lies in, or -1 */
+    uint64_t file_off;     /* where the heap starts in it */
+    uint64_t file_size;    /* how far it reaches (page lock) */
     struct heap *next;     /* live heaps, under heaps_lock */
 
     _Alignas(64) pthread_mutex_t page_lock;
@@ -291,6 +296,41 @@ static void run_free(struct heap *h, uint32_t s, uint32_t n)
     bin_insert(h, s, n);
 }
 
+/* Spans [0, B) are about to be handed out: make the file the heap lies in
+ * (a slot's memfd) reach them. It grows in SLOT_GROW_STEP steps, so at most
+ * once per step of the bump pointer, which only moves forward, and is never
+ * longer than the high-water mark plus a step: peers that read the slot
+ * cannot make pages exist beyond that (docs/heap.md). */
+static int file_reach(struct heap *h, uint32_t b)
+{
+    uint64_t end = h->file_off + ((uint64_t)b << SPAN_SHIFT);
+    if (h->file_fd < 0 || end <= h->file_size)
+        return 0;
+    uint64_t to = (end + SLOT_GROW_STEP - 1) / SLOT_GROW_STEP * SLOT_GROW_STEP;
+    if (to > h->file_off + h->len)
+        to = h->file_off + h->len;
+    if (ftruncate(h->file_fd, (off_t)to) < 0) {
+        /* Sealed against shrinking: someone with a writable descriptor
+         * (root) made it longer already. Longer is fine. */
+        struct stat st;
+        if (fstat(h->file_fd, &st) < 0 || (uint64_t)st.st_size < end)
+            return -ENOMEM;
+        to = (uint64_t)st.st_size;
+    }
+    h->file_size = to;
+    return 0;
+}
+
+void rpal__heap_set_file(struct heap *h, int fd, uint64_t off)
+{
+    struct stat st;
+    lock(&h->page_lock);
+    h->file_fd = fd;
+    h->file_off = off;
+    h->file_size = fd >= 0 && fstat(fd, &st) == 0 ? (uint64_t)st.st_size : 0;
+    unlock(&h->page_lock);
+}
+
 /* Move the bump pointer to B, first making the metadata of the new spans
  * accessible. The meta table is reserved PROT_NONE and opened in steps as
  * the heap grows, so that a 64 GiB slot does not charge 1.5 GiB of
@@ -307,6 +347,8 @@ static int bump_to(struct heap *h, uint32_t b)
             return -ENOMEM;
         h->meta_open = open;
     }
+    if (file_reach(h, b) < 0)
+        return -ENOMEM;
     h->bump = b;
     return 0;
 }
@@ -793,6 +835,7 @@ int rpal__heap_create(void *base, uint64_t len, struct heap **out)
     h->base = b;
     h->len = len;
     h->nspans = (uint32_t)(len / SPAN);
+    h->file_fd = -1;
     /* Both tables cover the whole slot and cost memory only where touched:
      * untouched anonymous memory reads as zeros (K_NONE). info (8 bytes a
      * span) stays readable everywhere, since rpal__heap_free reads it for any

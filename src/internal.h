@@ -172,6 +172,11 @@ RPAL_HIDDEN void *rpal__heap_realloc(struct heap *h, void *p, size_t size);
 RPAL_HIDDEN int rpal__heap_free(struct heap *h, void *p);
 /* Walk every internal structure and check its invariants: 0 or -EUCLEAN. */
 RPAL_HIDDEN int rpal__heap_check(struct heap *h);
+/* H lies in the file FD from offset OFF on (a member's slot memfd, its
+ * header before): the heap keeps the file as long as its high-water mark
+ * (plus less than SLOT_GROW_STEP) by growing it, never shrinking. Without
+ * it (FD -1: the default) the memory is the caller's affair. */
+RPAL_HIDDEN void rpal__heap_set_file(struct heap *h, int fd, uint64_t off);
 /* The heap behind rpal_malloc() and friends (NULL: not in a domain). */
 RPAL_HIDDEN void rpal__heap_set_current(struct heap *h);
 
@@ -189,6 +194,10 @@ RPAL_HIDDEN void rpal__heap_set_current(struct heap *h);
 #endif
 #define DOM_MAX_SLOTS   1024u
 #define SLOT_HDR_SIZE   (1ull << 20) /* slot header area; the heap follows */
+/* A slot's file grows with its heap in steps of this: what peers can make
+ * us allocate by reading is the heap's high-water mark plus less than a
+ * step (docs/heap.md, "The slot's file"). */
+#define SLOT_GROW_STEP  (4ull << 20)
 #define SLOT_MAGIC      0x31544f534c415052ull /* "RPALSOT1" */
 #define MEMBER_MAGIC    0x314d454d4c415052ull /* "RPALMEM1" */
 #define MEMBER_MAX_SERVICES 8
@@ -329,6 +338,8 @@ struct rpal_peer {
     struct rpal_peer_info info;
     int sock, pidfd;
     uint64_t base, size;
+    _Atomic uint64_t readable; /* bytes from BASE known to be backed by its file
+                                  (which never shrinks); see rpal__peer_readable */
     int mapped, reason;
     _Atomic int gone;    /* set under d->lock by the dispatch thread; read
                             without it by callers on their hot paths */
@@ -380,7 +391,8 @@ struct rpal_domain {
     pid_t pid;           /* the member; a forked child is not */
     int dirfd;           /* O_PATH of <ns>/.domains/NAME */
     int claimfd;         /* slot.N, OFD-locked while we live */
-    int memfd;           /* our sealed slot, handed to peers */
+    int memfd;           /* our sealed slot, read-only: handed to peers */
+    int growfd;          /* the same file read-write: only the heap grows it */
     int epfd;
     uint64_t slot_size, window;
     unsigned nslots, slot;
@@ -443,9 +455,14 @@ RPAL_HIDDEN int rpal__dom_member_find(rpal_domain *d, pid_t pid, uint64_t ino, u
 
 /* ---- peers (src/peer.c) ---- */
 
-/* FD is a peer's slot: exactly SIZE bytes, sealed against shrinking,
- * growing and writing (else -EBADMSG). */
+/* FD is a peer's slot (of SIZE bytes, of which its file backs a part that
+ * grows with its heap): sealed against shrinking, writing and new seals
+ * (else -EBADMSG). */
 RPAL_HIDDEN int rpal__peer_fd_check(int fd, uint64_t size);
+/* 1 if [ADDR, ADDR+LEN) lies in P's slot and in the part its file backs,
+ * so that reading it cannot raise SIGBUS; else 0. Every pointer and ring a
+ * peer names is checked so before the library reads it or hands it on. */
+RPAL_HIDDEN int rpal__peer_readable(rpal_peer *p, uint64_t addr, uint64_t len);
 /* The live peer at SLOT, or NULL. d->lock held. */
 RPAL_HIDDEN rpal_peer *rpal__peer_at_slot(rpal_domain *d, unsigned slot);
 /* A peer's claimed SLOT and SIZE against its claim record and the kernel's
@@ -762,6 +779,7 @@ struct cx_reader {
     uint32_t off;     /* bytes of their current message already read */
     int broken;       /* the other end broke the ring's rules */
     uint64_t sbase, ssize;
+    rpal_peer *peer;  /* whose slot it is: what its file covers (NULL: not checked) */
 };
 /* Copy up to LEN bytes of the messages published in R's ring into BUF,
  * advancing R; the number copied (0: none is there, or R->broken). */

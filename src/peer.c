@@ -87,21 +87,51 @@ static int peers_leave(rpal_domain *d)
 
 static const struct dom_layer peer_layer = {peers_leave, peers_fork_child};
 
-/* The memfd of a peer's slot must be exactly a slot and sealed so that it
- * can neither shrink (no SIGBUS for us) nor be written through a new
- * mapping; that is what makes our read-only mapping of it safe. */
+/* The memfd of a peer's slot must be sealed so that it cannot shrink (no
+ * SIGBUS for us on what we have seen of it), nor be written through a new
+ * mapping, nor have its seals changed; that is what makes our read-only
+ * mapping of it safe. Its size is not the slot's: the file grows with its
+ * owner's heap (F_SEAL_GROW is not set), and what lies past its end is
+ * never read (rpal__peer_readable). SIZE, the slot's, is what we map. */
 int rpal__peer_fd_check(int fd, uint64_t size)
 {
     struct stat st;
-    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
-        (uint64_t)st.st_size != size)
+    (void)size;
+    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
         return -EBADMSG;
     int seals = fcntl(fd, F_GET_SEALS);
-    int need = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
+    int need = F_SEAL_SHRINK | F_SEAL_SEAL;
     if (seals < 0 || (seals & need) != need ||
         !(seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE)))
         return -EBADMSG;
     return 0;
+}
+
+/* The part of P's slot that its file backs: the file only grows (sealed
+ * against shrinking), so what was backed once stays backed, and a length
+ * learnt once is kept. A span past it is asked of the kernel, which reads
+ * its last byte for us (-EFAULT past the end of the file, not SIGBUS):
+ * once per growth step of an honest peer, at every call for a peer that
+ * points past its end (the call fails anyway). */
+int rpal__peer_readable(rpal_peer *p, uint64_t addr, uint64_t len)
+{
+    uint64_t known = rpal_load_relaxed(&p->readable);
+    if (span_inside(addr, len, p->base, known))
+        return 1;
+    if (!span_inside(addr, len, p->base, p->size))
+        return 0;
+    if (len == 0)
+        return 1; /* nothing is read */
+    char b;
+    if (rpal__prim_mem_read(&b, (const void *)(uintptr_t)(addr + len - 1), 1) < 0)
+        return 0;
+    /* Whole pages: the page that holds a backed byte is readable. */
+    uint64_t end = (addr - p->base + len + RPAL_PAGE - 1) & ~(uint64_t)(RPAL_PAGE - 1);
+    if (end > p->size)
+        end = p->size;
+    while (known < end && !rpal_cas_acq_rel(&p->readable, &known, end))
+        ;
+    return 1;
 }
 
 rpal_peer *rpal__peer_at_slot(rpal_domain *d, unsigned slot)
@@ -207,6 +237,11 @@ int rpal__peer_create_pidfd(rpal_domain *d, int sock, int memfd, const struct uc
     snprintf(p->info.service, sizeof p->info.service, "%s", service);
     p->base = rpal__dom_slot_addr(d, slot);
     p->size = d->slot_size;
+    struct stat st;
+    if (fstat(memfd, &st) == 0 && st.st_size > 0)
+        rpal_store_relaxed(&p->readable, (uint64_t)st.st_size < p->size
+                                             ? (uint64_t)st.st_size & ~(uint64_t)(RPAL_PAGE - 1)
+                                             : p->size);
     int err = 0;
     void *m = mmap((void *)(uintptr_t)p->base, p->size, PROT_READ,
                    MAP_SHARED | MAP_FIXED, memfd, 0);

@@ -8,7 +8,7 @@
  * slot and knows the key, and only then sends its own MAC and its slot's
  * memfd (SCM_RIGHTS): the key never travels, and nothing of value goes to
  * an impostor. The service checks the MAC, the kernel-given credentials
- * against the requester's slot claim, the memfd's size and seals, asks its
+ * against the requester's slot claim, the memfd's seals, asks its
  * policy, maps the requester's slot read-only and answers with its own
  * memfd. Both ends keep the connection and
  * a pidfd of the other: EOF is a release, a readable pidfd a death.

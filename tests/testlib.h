@@ -232,6 +232,44 @@ static inline int t_get_line(int fd, char *buf, size_t size, int ms)
     }
 }
 
+/* Pass the descriptor FD over the Unix socket SOCK (SCM_RIGHTS, one byte
+ * along), and take one on the other end. */
+static inline void t_send_fd(int sock, int fd)
+{
+    char b = 'F';
+    struct iovec iov = {&b, 1};
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } u = {0};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
+                        .msg_controllen = sizeof u.buf};
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cm), &fd, sizeof fd);
+    REQUIRE(sendmsg(sock, &mh, 0) == 1);
+}
+
+static inline int t_recv_fd(int sock)
+{
+    char b;
+    struct iovec iov = {&b, 1};
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
+                        .msg_controllen = sizeof u.buf};
+    REQUIRE(recvmsg(sock, &mh, MSG_CMSG_CLOEXEC) == 1);
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+    REQUIRE(cm && cm->cmsg_type == SCM_RIGHTS);
+    int fd;
+    memcpy(&fd, CMSG_DATA(cm), sizeof fd);
+    return fd;
+}
+
 /* The permissions and file of the /proc/self/maps line covering ADDR
  * (path "" for anonymous memory); 0, or -1 if nothing covers it. */
 static inline int t_map_of(uint64_t addr, char perms[5], char *path, size_t pathsize)

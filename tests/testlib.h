@@ -13,6 +13,7 @@
 #include <time.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -494,7 +495,7 @@ static inline void *t_svc_receiver(void *arg)
     t_pin(a->cpu);
     REQUIRE(rpal_receiver_create(a->s, &a->o, &r) == 0);
     unsigned seed = (unsigned)getpid();
-    while (!__atomic_load_n(&a->stop, __ATOMIC_ACQUIRE)) {
+    while (!atomic_load_explicit(&a->stop, memory_order_acquire)) {
         struct rpal_msg m;
         int err = rpal_receive(r, &m, 50);
         if (err == -ETIMEDOUT)
@@ -566,7 +567,7 @@ static inline struct t_svc t_svc_start(const char *domain, const struct rpal_cha
             if (poll(&pf, 1, 0) == 1)
                 break;
         }
-        __atomic_store_n(&a.stop, 1, __ATOMIC_RELEASE);
+        atomic_store_explicit(&a.stop, 1, memory_order_release);
         pthread_join(th, NULL);
         rpal_service_unregister(a.s);
         rpal_domain_leave(d);

@@ -508,7 +508,8 @@ void rpal__dom_publish(rpal_domain *d)
 {
     char claim[CLAIM_NAME_MAX];
     claim_name(claim, d->slot);
-    if (!same_file(d->dirfd, claim, d->claimfd))
+    /* Not at the first (the join has just checked the name). */
+    if (d->rec_sum && !same_file(d->dirfd, claim, d->claimfd))
         (void)claim_relink(d); /* else the record goes where it was */
     struct member_rec *r = calloc(1, sizeof *r);
     if (!r)

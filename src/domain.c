@@ -936,7 +936,6 @@ int rpal__dom_dispatch(rpal_domain *d, struct rpal_event *ev, int max, int timeo
      * this epoll_wait may return for it. */
     struct dispatch_rec me;
     pthread_mutex_lock(&d->lock);
-    claim_audit(d);
     me.start = d->nretired;
     me.next = d->dispatching;
     d->dispatching = &me;
@@ -948,6 +947,9 @@ int rpal__dom_dispatch(rpal_domain *d, struct rpal_event *ev, int max, int timeo
         int k = epoll_wait(d->epfd, ee, want, n ? 0 : wait);
         int saved = errno;
         pthread_mutex_lock(&d->lock);
+        /* Before the events: a requester woke us, and is about to read our
+         * record (issue 16, attack 7). */
+        claim_audit(d);
         if (k < 0 && saved == EINTR && !any) {
             pthread_mutex_unlock(&d->lock);
             continue;

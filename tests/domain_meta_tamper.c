@@ -8,7 +8,8 @@
  *    joins, and the two share slots: the joiner reads the member's slot;
  *  - removed while a member lives: the joiner writes the member's geometry,
  *    not the default one (which would cut the window otherwise);
- *  - `rpal gc` (rpal_gc) rebuilds it too, and says so ("meta-rebuilt").
+ *  - `rpal gc` and rpal_gc rebuild it too, and say so ("repaired meta",
+ *    kind "meta-rebuilt").
  */
 #include "tamper.h"
 
@@ -85,6 +86,11 @@ int main(void)
     REQUIRE(unlink(tm_path(path, sizeof path, DOMAIN, "meta")) == 0);
     CHECK(join_and_talk(&m, "removed") == 0);
 
+    tamper();
+    char out[2048];
+    if (tm_rpal_gc(out, sizeof out) == 0)
+        CHECK(strstr(out, "repaired meta " DOMAIN " (") != NULL);
+    CHECK(meta_ok() == 0);
     tamper();
     int rebuilt = 0;
     CHECK(rpal_gc(gc_note, &rebuilt) >= 1);

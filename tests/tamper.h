@@ -125,4 +125,27 @@ static inline const char *tm_path(char *buf, size_t size, const char *domain, co
     return buf;
 }
 
+/* `rpal gc`'s output (the command of $RPAL_BIN, else build/) into OUT: 0,
+ * or -1 if there is no such command (the caller then says so and checks
+ * the library's rpal_gc alone). */
+static inline int tm_rpal_gc(char *out, size_t size)
+{
+    const char *bin = getenv("RPAL_BIN");
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "%s/rpal", bin && *bin ? bin : "build");
+    out[0] = 0;
+    if (access(cmd, X_OK) != 0) {
+        printf("no rpal command at %s: its gc lines are not checked\n", cmd);
+        return -1;
+    }
+    strncat(cmd, " gc", sizeof cmd - strlen(cmd) - 1);
+    FILE *p = popen(cmd, "r");
+    REQUIRE(p);
+    size_t n = fread(out, 1, size - 1, p);
+    out[n] = 0;
+    pclose(p);
+    printf("rpal gc:\n%s", out);
+    return 0;
+}
+
 #endif

@@ -31,7 +31,7 @@
  *            exit status other than 0: sanitizer reports included);
  *   leaks    after every worker is gone and rpal_gc() ran, anything in the
  *            namespace directory but its fixed furniture (the empty address
- *            registry, .domains/NAME/meta);
+ *            registry, .domains/NAME/meta and pins);
  *   corrupt  a reply whose bytes do not match what its request determines,
  *            a request whose checksum fails at the service (unless its
  *            caller is the victim, whose slot may read as zeros once it is

@@ -360,22 +360,32 @@ static int dom_claim(rpal_domain *d)
  * A process of the same user can unlink or replace a live member's claim
  * file (issue 16, attack 7): its lock then no longer stands for the slot,
  * and a joiner would lock a new slot.N and share the slot with a live
- * member. So a member also holds byte N of the domain's pin file (an OFD
- * lock, dropped by the kernel when it dies like the claim's): a joiner
- * takes slot N only if it gets both. */
-#define PIN_NAME "pins"
+ * member. So a member also holds a read lock (OFD, dropped by the kernel
+ * when it dies, like the claim's) on byte N of the domain's directory: a
+ * directory cannot be unlinked or replaced while it holds files, and read
+ * locks are what a directory opened for reading can take. A joiner takes
+ * slot N only if it gets the claim and no one else holds byte N. (Read
+ * locks do not exclude each other, so the test and the lock are two steps:
+ * the claim's lock keeps two joiners of slot N apart meanwhile.) */
 
-static int pin_open(int dirfd)
+/* 1 if someone else holds the pin of SLOT in the domain directory DFD
+ * (opened for reading). */
+static int pin_held(int dfd, unsigned slot)
 {
-    int fd = rpal__prim_open_beneath(dirfd, PIN_NAME, O_RDWR, 0);
-    if (fd == -ENOENT) {
-        fd = rpal__prim_open_beneath(dirfd, PIN_NAME, O_RDWR | O_CREAT, 0666);
-        /* Every member locks it, whoever its user in a domain opened to
-         * several; what it holds is never read. */
-        if (fd >= 0)
-            (void)fchmod(fd, 0666);
-    }
-    return fd;
+    return rpal__prim_ofd_test(dfd, slot, 1, NULL, NULL) > 0;
+}
+
+/* Pin SLOT, into *PFD (-1: the directory DIRFD not opened yet): 0, or
+ * -EBUSY if a live member holds it. */
+static int pin_take(int dirfd, unsigned slot, int *pfd)
+{
+    if (*pfd < 0 && (*pfd = rpal__prim_open_beneath(dirfd, ".", O_RDONLY | O_DIRECTORY, 0)) < 0)
+        return *pfd;
+    if (pin_held(*pfd, slot))
+        return -EBUSY;
+    struct flock fl = {.l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = (off_t)slot,
+                       .l_len = 1};
+    return fcntl(*pfd, F_OFD_SETLK, &fl) < 0 ? -errno : 0;
 }
 
 /* 1 if the file under NAME in DIRFD is FD's. */
@@ -384,26 +394,6 @@ static int same_file(int dirfd, const char *name, int fd)
     struct stat a, b;
     return fstat(fd, &a) == 0 && fstatat(dirfd, name, &b, AT_SYMLINK_NOFOLLOW) == 0 &&
            a.st_ino == b.st_ino && a.st_dev == b.st_dev;
-}
-
-/* Pin SLOT in the pin file now under its name, into *PFD (-1: none yet):
- * 0, or -EBUSY if a live member holds it. */
-static int pin_take(int dirfd, unsigned slot, int *pfd)
-{
-    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = (off_t)slot,
-                       .l_len = 1};
-    for (int tries = 0; tries < 8; tries++) {
-        if (*pfd < 0 && (*pfd = pin_open(dirfd)) < 0)
-            return *pfd;
-        if (fcntl(*pfd, F_OFD_SETLK, &fl) < 0)
-            return errno == EAGAIN || errno == EACCES ? -EBUSY : -errno;
-        /* Replaced after our open: a pin on a file nobody else opens. */
-        if (same_file(dirfd, PIN_NAME, *pfd))
-            return 0;
-        close(*pfd);
-        *pfd = -1;
-    }
-    return -EBUSY;
 }
 
 /* dom_claim, and the pin of the slot it got (into d->pinfd). A slot whose
@@ -476,9 +466,9 @@ static int claim_relink(rpal_domain *d)
 }
 
 /* Is our claim still ours: the file under its name, holding the record we
- * last wrote, and our pin in the pin file under its name? If not (someone
- * of our user wrote over it, unlinked or replaced it), put it right. A few
- * system calls, at most every CLAIM_AUDIT_NS, from dispatch. d->lock held. */
+ * last wrote? If not (someone of our user wrote over it, unlinked or
+ * replaced it), put it right. A few system calls, at most every
+ * CLAIM_AUDIT_NS, from dispatch. d->lock held. */
 #define CLAIM_AUDIT_NS 100000000ull
 static void claim_audit(rpal_domain *d)
 {
@@ -486,13 +476,6 @@ static void claim_audit(rpal_domain *d)
     if (now - d->audit_ns < CLAIM_AUDIT_NS)
         return;
     d->audit_ns = now;
-    if (!same_file(d->dirfd, PIN_NAME, d->pinfd)) {
-        int pfd = -1;
-        if (pin_take(d->dirfd, d->slot, &pfd) == 0)
-            (void)dup3(pfd, d->pinfd, O_CLOEXEC);
-        if (pfd >= 0)
-            close(pfd);
-    }
     struct member_rec r;
     char name[CLAIM_NAME_MAX];
     claim_name(name, d->slot);
@@ -1230,10 +1213,10 @@ struct gc_arg {
  * between its pin and its first record, during its join, is reported too.) */
 static void gc_pins(int dirfd, const char *name, const struct dom_meta *m, struct gc_arg *g)
 {
-    int pfd = rpal__prim_open_beneath(dirfd, PIN_NAME, O_RDONLY | O_NONBLOCK, 0);
+    int pfd = rpal__prim_open_beneath(dirfd, ".", O_RDONLY | O_DIRECTORY, 0);
     struct member_rec *rec = pfd < 0 ? NULL : malloc(sizeof *rec);
     for (unsigned s = 0; rec && g->fn && s < m->nslots; s++) {
-        if (rpal__prim_ofd_test(pfd, s, 1, NULL, NULL) <= 0 ||
+        if (!pin_held(pfd, s) ||
             rpal__dom_read_member(dirfd, s, rec) == 0)
             continue;
         char what[160];

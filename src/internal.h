@@ -405,9 +405,10 @@ struct rpal_domain {
     struct watch *retired;            /* watches waiting for them to end */
     uint64_t nretired;                /* retirements so far */
     uint64_t stats_used[STATS_MAX / 64]; /* records of the claim file in use */
-    /* Against same-user tampering with our claim (issue 16, attack 7): our
-     * byte of the domain's pin file, locked while we live; the FNV-1a of the
-     * record we last wrote, and when dispatch last checked it. d->lock. */
+    /* Against same-user tampering with our claim (issue 16, attack 7): the
+     * domain directory opened for reading, byte N read-locked while we
+     * live; the FNV-1a of the record we last wrote, and when dispatch last
+     * checked it. d->lock. */
     int pinfd;
     uint64_t rec_sum, audit_ns;
 };

@@ -38,9 +38,9 @@ fail() {
 }
 
 # What the namespace holds, other than what any use of it makes once (the
-# address registry, the domains' directories and their meta and pins files).
+# address registry, the domains' directories and their meta files).
 ns_state() {
-  (cd "$RPAL_DIR" 2>/dev/null && find . ! -name .rpal-registry ! -name meta ! -name pins ! -type d | sort)
+  (cd "$RPAL_DIR" 2>/dev/null && find . ! -name .rpal-registry ! -name meta ! -type d | sort)
 }
 
 # one NAME CMD...: run CMD, which must exit 0 and print what $want says.

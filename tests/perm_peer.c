@@ -474,7 +474,6 @@ static void modes(void)
             {".domains/dm", 0700},
             {".domains/dm/meta", 0644},   /* geometry: no secret */
             {".domains/dm/slot.0", 0644}, /* claims: services read requesters' */
-            {".domains/dm/pins", 0666},   /* every member locks a byte; never read */
             {".domains/dm/svc.sv", 0600},
             {".domains/dm/svc.sw", 0660},
             {NULL, 0},

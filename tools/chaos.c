@@ -31,7 +31,7 @@
  *            exit status other than 0: sanitizer reports included);
  *   leaks    after every worker is gone and rpal_gc() ran, anything in the
  *            namespace directory but its fixed furniture (the empty address
- *            registry, .domains/NAME/meta and pins);
+ *            registry, .domains/NAME/meta);
  *   corrupt  a reply whose bytes do not match what its request determines,
  *            a request whose checksum fails at the service (unless its
  *            caller is the victim, whose slot may read as zeros once it is
@@ -877,12 +877,11 @@ static int leak_walk(const char *path, const struct stat *st, int type, struct F
         registry_leaks(path);
         return 0;
     }
-    /* The furniture of a domain: its directory, its geometry and the pin
-     * file whose bytes live members lock (src/domain.c). */
+    /* The furniture of a domain: its directory and its geometry. */
     if (!strcmp(rel, ".domains") || (type == FTW_D && !strncmp(rel, ".domains/", 9) &&
                                      !strchr(rel + 9, '/')))
         return 0;
-    if (!strncmp(rel, ".domains/", 9) && (!strcmp(leaf, "meta") || !strcmp(leaf, "pins")) &&
+    if (!strncmp(rel, ".domains/", 9) && !strcmp(leaf, "meta") &&
         strchr(rel + 9, '/') == strrchr(rel, '/'))
         return 0;
     const char *what = type == FTW_D ? "directory" : S_ISSOCK(st->st_mode) ? "socket"

@@ -8,11 +8,13 @@
  *    next dispatch puts a claim with its record back, and the joiner's
  *    request to M's service succeeds;
  *  - slot.N replaced by a copy (rename over it): the same;
+ *  - slot.N unlinked, six processes joining at once: six slots, none M's;
  *  - the record written over with garbage: reported by rpal_gc, restored
  *    by M's next dispatch;
  *  - written over with another pid: a request to M's service wakes M's
  *    dispatch, which restores the record before it answers; the request
  *    succeeds.
+ * M's leave then removes the claim it made anew.
  */
 #include "tamper.h"
 
@@ -85,6 +87,50 @@ static void join_beside(struct tm_member *m, const char *what)
     }
 }
 
+/* NJOIN processes join at once while M's claim file is gone: each gets a
+ * slot of its own, none M's. */
+#define NJOIN 6
+static void many_joiners(const struct tm_member *m)
+{
+    int go[2], rep[2];
+    REQUIRE(pipe(go) == 0 && pipe(rep) == 0);
+    pid_t kids[NJOIN];
+    for (int i = 0; i < NJOIN; i++) {
+        REQUIRE((kids[i] = fork()) >= 0);
+        if (kids[i] == 0) {
+            close(go[1]);
+            rpal_domain *d;
+            unsigned slot = 0;
+            int err = rpal_domain_join(DOMAIN, NULL, &d);
+            if (err == 0)
+                err = rpal_domain_slot(d, &slot, NULL, NULL);
+            t_put_line(rep[1], "%d %u\n", err, slot);
+            t_get(go[0]); /* hold the slot until all have said theirs */
+            _exit(err == 0 && rpal_domain_leave(d) == 0 ? 0 : 1);
+        }
+    }
+    close(rep[1]);
+    unsigned seen[NJOIN];
+    for (int i = 0; i < NJOIN; i++) {
+        char line[64];
+        int err = -1;
+        REQUIRE(t_get_line(rep[0], line, sizeof line, 10000) == 0 &&
+                sscanf(line, "%d %u", &err, &seen[i]) == 2);
+        CHECK(err == 0 && seen[i] != m->slot);
+        for (int j = 0; j < i; j++)
+            CHECK(seen[j] != seen[i]);
+    }
+    printf("%d joiners at once, the member's claim gone: slots", NJOIN);
+    for (int i = 0; i < NJOIN; i++)
+        printf(" %u", seen[i]);
+    printf(" (the member's: %u)\n", m->slot);
+    close(go[1]);
+    for (int i = 0; i < NJOIN; i++)
+        CHECK(t_wait(kids[i]) == 0);
+    close(go[0]);
+    close(rep[0]);
+}
+
 static void write_rec(const char *claim, const void *p, size_t n)
 {
     int fd = open(claim, O_WRONLY);
@@ -154,6 +200,17 @@ int main(void)
     CHECK(err == 0 && slot_pid(m.slot) == m.pid);
     CHECK(rpal_domain_leave(d) == 0);
 
+    REQUIRE(tm_member_dispatch(&m) == 0);
+    REQUIRE(unlink(claim) == 0);
+    many_joiners(&m);
+    REQUIRE(tm_member_dispatch(&m) == 0);
+    CHECK(slot_pid(m.slot) == m.pid);
+
+    /* M leaves: its claim (the one it made anew) goes with it, and gc
+     * finds nothing of it. */
     CHECK(tm_member_stop(&m) == 0);
+    char got[64] = "";
+    REQUIRE(rpal_gc(gc_note, got) >= 0);
+    CHECK(got[0] == 0 && access(claim, F_OK) != 0);
     return t_done();
 }

@@ -362,8 +362,9 @@ static int dom_claim(rpal_domain *d)
  * and a joiner would lock a new slot.N and share the slot with a live
  * member. So a member also holds a read lock (OFD, dropped by the kernel
  * when it dies, like the claim's) on byte N of the domain's directory: a
- * directory cannot be unlinked or replaced while it holds files, and read
- * locks are what a directory opened for reading can take. A joiner takes
+ * directory cannot be unlinked while it holds files (renamed away, it takes
+ * its members along), and read locks are what a directory opened for
+ * reading can take. A joiner takes
  * slot N only if it gets the claim and no one else holds byte N. (Read
  * locks do not exclude each other, so the test and the lock are two steps:
  * the claim's lock keeps two joiners of slot N apart meanwhile.) */

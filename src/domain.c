@@ -376,17 +376,22 @@ static int pin_held(int dfd, unsigned slot)
     return rpal__prim_ofd_test(dfd, slot, 1, NULL, NULL) > 0;
 }
 
-/* Pin SLOT, into *PFD (-1: the directory DIRFD not opened yet): 0, or
- * -EBUSY if a live member holds it. */
+/* Pin SLOT, with *PFD (-1: the directory DIRFD not opened yet): 0, or
+ * -EBUSY if a live member holds it. Where the directory cannot be read or
+ * locked (a filesystem without locks on directories), 0 without a pin: the
+ * claim's lock alone holds the slot, as before. */
 static int pin_take(int dirfd, unsigned slot, int *pfd)
 {
-    if (*pfd < 0 && (*pfd = rpal__prim_open_beneath(dirfd, ".", O_RDONLY | O_DIRECTORY, 0)) < 0)
-        return *pfd;
+    if (*pfd < 0)
+        *pfd = rpal__prim_open_beneath(dirfd, ".", O_RDONLY | O_DIRECTORY, 0);
+    if (*pfd < 0)
+        return 0;
     if (pin_held(*pfd, slot))
         return -EBUSY;
     struct flock fl = {.l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = (off_t)slot,
                        .l_len = 1};
-    return fcntl(*pfd, F_OFD_SETLK, &fl) < 0 ? -errno : 0;
+    return fcntl(*pfd, F_OFD_SETLK, &fl) < 0 && (errno == EAGAIN || errno == EACCES) ? -EBUSY
+                                                                                       : 0;
 }
 
 /* 1 if the file under NAME in DIRFD is FD's. */
@@ -587,7 +592,8 @@ static void atfork_child(void)
     if (!d)
         return;
     close(d->claimfd);
-    close(d->pinfd);
+    if (d->pinfd >= 0)
+        close(d->pinfd);
     close(d->memfd);
     close(d->epfd);
     close(d->dirfd);
@@ -866,7 +872,8 @@ int rpal_domain_leave(rpal_domain *d)
     claim_name(claim, d->slot);
     unlinkat(d->dirfd, claim, 0);
     close(d->claimfd);
-    close(d->pinfd); /* after the claim: a joiner then finds both free */
+    if (d->pinfd >= 0)
+        close(d->pinfd); /* after the claim: a joiner then finds both free */
     close(d->memfd);
     close(d->epfd);
     close(d->dirfd);

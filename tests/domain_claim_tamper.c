@@ -3,10 +3,10 @@
  * taken by the next joiner (two members in one slot: the same addresses),
  * and a record written over stayed so, the member unknown to its peers and
  * to `rpal ls` for good. Now, with the member M alive:
- *  - slot.N unlinked: a joiner gets another slot, never M's (M's read lock on
- *    byte N of the domain's directory holds it); rpal_gc reports M's claim ("claim"); M's
- *    next dispatch puts a claim with its record back, and the joiner's
- *    request to M's service succeeds;
+ *  - slot.N unlinked: a joiner gets another slot, never M's (M's read lock
+ *    on byte N of the domain's directory holds it); rpal_gc reports M's
+ *    claim ("claim"); M's next dispatch puts a claim with its record back,
+ *    and the joiner's request to M's service succeeds;
  *  - slot.N replaced by a copy (rename over it): the same;
  *  - slot.N unlinked, six processes joining at once: six slots, none M's;
  *  - the record written over with garbage: reported by rpal_gc, restored

@@ -63,8 +63,9 @@ LIB_OBJ := $(LIB_SRC:src/%.c=$(B)/obj/%.o)
 LIB_PIC := $(LIB_SRC:src/%.c=$(B)/pic/%.o)
 HDRS := include/rpal.h src/internal.h src/prim.h src/atomics.h Makefile
 # Test and benchmark support (tests/hugesetup.h mounts hugetlbfs for
-# tests/region_huge, tests/perm_peer and bench/pagetables).
-TEST_HDRS := tests/testlib.h tests/hugesetup.h
+# tests/region_huge, tests/perm_peer and bench/pagetables; tests/tamper.h runs
+# the member processes of the tampering tests).
+TEST_HDRS := tests/testlib.h tests/hugesetup.h tests/tamper.h
 
 SO := $(B)/librpal.so.$(VERSION)
 A := $(B)/librpal.a

@@ -96,6 +96,106 @@ static int dom_dirs_trusted(int nsfd, const char *path)
     return fd;
 }
 
+/* Write M as the domain FD's meta, never seen half written: a file made
+ * whole first (O_TMPFILE), then linked as "meta", or, to REPLACE a corrupt
+ * one, linked under a name of its own and renamed over it. 0, -ENOSPC on a
+ * full volume, or another error; the caller reads meta again anyway. */
+static int meta_link(int fd, const struct dom_meta *m, int replace)
+{
+    int tfd = rpal__prim_open_beneath(fd, ".", O_TMPFILE | O_RDWR, 0644);
+    if (tfd < 0)
+        return tfd;
+    char proc[PRIM_FD_PATH], tmp[32];
+    rpal__prim_fd_path(proc, tfd);
+    snprintf(tmp, sizeof tmp, "meta.%d", (int)getpid());
+    int err = 0;
+    if (fchmod(tfd, 0644) < 0 || pwrite(tfd, m, sizeof *m, 0) != (ssize_t)sizeof *m) {
+        err = errno == ENOSPC || errno == EDQUOT ? -ENOSPC : -EIO;
+    } else if (!replace) {
+        (void)linkat(AT_FDCWD, proc, fd, "meta", AT_SYMLINK_FOLLOW);
+    } else if (linkat(AT_FDCWD, proc, fd, tmp, AT_SYMLINK_FOLLOW) < 0 ||
+               renameat(fd, tmp, fd, "meta") < 0) {
+        err = -errno;
+        unlinkat(fd, tmp, 0);
+    }
+    close(tfd);
+    return err;
+}
+
+/* The geometry that the claim record R of SLOT says its member joined
+ * with, as a meta: 0 if it is one a joiner would accept. */
+static int rec_geometry(const struct member_rec *r, unsigned slot, struct dom_meta *m)
+{
+    *m = (struct dom_meta){.magic = META_MAGIC, .version = META_VERSION,
+                           .nslots = r->geo_nslots, .slot_size = r->geo_slot_size,
+                           .window = r->geo_window};
+    m->check = rpal__dom_meta_check(m);
+    return rpal__dom_meta_validate(m) == 0 && slot < m->nslots ? 0 : -EBADMSG;
+}
+
+/* The slot N of the claim file NAME ("slot.N"), or -1. */
+static int claim_slot_of(const char *name)
+{
+    char *end;
+    if (strncmp(name, "slot.", 5) || name[5] < '0' || name[5] > '9')
+        return -1;
+    unsigned long n = strtoul(name + 5, &end, 10);
+    return *end || n >= DOM_MAX_SLOTS ? -1 : (int)n;
+}
+
+/* Scan the claims of the domain directory DIR (FD): *LIVE if any is held,
+ * and into *BEST the geometry that most live members' records give (0 if
+ * there is one). Ties go to the first found. */
+static int claims_geometry(int fd, DIR *dir, int *live, struct dom_meta *best)
+{
+    struct member_rec *rec = malloc(sizeof *rec);
+    struct dom_meta cand[4];
+    unsigned votes[4] = {0}, ncand = 0, top = 0;
+    *live = 0;
+    for (struct dirent *e; (e = readdir(dir));) {
+        if (strncmp(e->d_name, "slot.", 5))
+            continue;
+        int cfd = rpal__prim_open_beneath(fd, e->d_name, O_RDONLY | O_NONBLOCK, 0);
+        int held = cfd < 0 ? cfd != -ENOENT : rpal__dom_claim_locked(cfd);
+        if (cfd >= 0)
+            close(cfd);
+        *live |= held;
+        int slot = claim_slot_of(e->d_name);
+        struct dom_meta m;
+        if (!held || !rec || slot < 0 || rpal__dom_read_member(fd, (unsigned)slot, rec) < 0 ||
+            rec_geometry(rec, (unsigned)slot, &m) < 0)
+            continue;
+        unsigned i = 0;
+        while (i < ncand && memcmp(&cand[i], &m, sizeof m))
+            i++;
+        if (i == ncand && ncand < 4)
+            cand[ncand++] = m;
+        if (i < ncand && ++votes[i] > votes[top])
+            top = i;
+    }
+    free(rec);
+    if (ncand)
+        *best = cand[top];
+    return ncand ? 0 : -ESRCH;
+}
+
+/* live members and the geometry they give (claims_geometry) of the
+ * domain directory FD: 0 and *BEST if they give one. */
+static int live_geometry(int fd, int *live, struct dom_meta *best)
+{
+    int dfd = rpal__prim_open_beneath(fd, ".", O_RDONLY | O_DIRECTORY, 0);
+    DIR *dir = dfd < 0 ? NULL : fdopendir(dfd);
+    if (!dir) {
+        if (dfd >= 0)
+            close(dfd);
+        *live = 1; /* not known: as if some were */
+        return dfd < 0 ? dfd : -errno;
+    }
+    int err = claims_geometry(fd, dir, live, best);
+    closedir(dir);
+    return err;
+}
+
 /* The geometry of the domain directory FD into *M: written by the first
  * member (exclusively), read by the others, who must agree. */
 static int meta_get(int fd, uint64_t want_size, struct dom_meta *m)
@@ -112,17 +212,14 @@ static int meta_get(int fd, uint64_t want_size, struct dom_meta *m)
     mine.check = rpal__dom_meta_check(&mine);
     int mfd = rpal__prim_open_beneath(fd, "meta", O_RDONLY, 0), werr = 0;
     if (mfd == -ENOENT) {
-        int tfd = rpal__prim_open_beneath(fd, ".", O_TMPFILE | O_RDWR, 0644);
-        if (tfd >= 0) {
-            char proc[PRIM_FD_PATH];
-            rpal__prim_fd_path(proc, tfd);
-            if (fchmod(tfd, 0644) == 0 &&
-                pwrite(tfd, &mine, sizeof mine, 0) == (ssize_t)sizeof mine)
-                (void)linkat(AT_FDCWD, proc, fd, "meta", AT_SYMLINK_FOLLOW);
-            else if (errno == ENOSPC || errno == EDQUOT)
-                werr = -ENOSPC; /* a full volume: say so, not "no meta" */
-            close(tfd);
-        }
+        /* Gone while members live (unlinked by a process of their user,
+         * issue 16): theirs, not ours. */
+        int live;
+        struct dom_meta theirs;
+        if (live_geometry(fd, &live, &theirs) == 0)
+            mine = theirs;
+        /* A full volume: say so, not "no meta". */
+        werr = meta_link(fd, &mine, 0) == -ENOSPC ? -ENOSPC : 0;
         mfd = rpal__prim_open_beneath(fd, "meta", O_RDONLY, 0);
     }
     if (mfd < 0)
@@ -134,34 +231,27 @@ static int meta_get(int fd, uint64_t want_size, struct dom_meta *m)
     return want_size && want_size != m->slot_size ? -EINVAL : 0;
 }
 
-/* The domain FD's meta is corrupt: remove it if no claim is held (no live
- * member depends on its geometry) and it is still corrupt. 0 if removed. */
+/* The domain FD's meta is corrupt (a process of the same user wrote over
+ * it, issue 16). No claim held: no live member depends on its geometry, it
+ * is removed (the next meta_get writes it anew). Members alive: it is
+ * rebuilt from the geometry their records give and put in place at once.
+ * 1 if it was removed or rewritten, 0 if it is good or missing now (another
+ * process repaired it), else -EBADMSG. */
 static int meta_repair(int fd)
 {
-    int dfd = rpal__prim_open_beneath(fd, ".", O_RDONLY | O_DIRECTORY, 0);
-    DIR *dir = dfd < 0 ? NULL : fdopendir(dfd);
-    if (!dir) {
-        if (dfd >= 0)
-            close(dfd);
-        return -EBADMSG;
-    }
-    int live = 0;
-    for (struct dirent *e; !live && (e = readdir(dir));) {
-        if (strncmp(e->d_name, "slot.", 5))
-            continue;
-        int cfd = rpal__prim_open_beneath(fd, e->d_name, O_RDONLY | O_NONBLOCK, 0);
-        live = cfd < 0 ? cfd != -ENOENT : rpal__dom_claim_locked(cfd);
-        if (cfd >= 0)
-            close(cfd);
-    }
-    closedir(dir);
-    struct dom_meta m;
+    int live;
+    struct dom_meta good, m;
+    int have = live_geometry(fd, &live, &good) == 0;
     int mfd = rpal__prim_open_beneath(fd, "meta", O_RDONLY, 0);
     int bad = mfd >= 0 && (pread(mfd, &m, sizeof m, 0) != (ssize_t)sizeof m ||
                            rpal__dom_meta_validate(&m) < 0);
     if (mfd >= 0)
         close(mfd);
-    return !live && bad && unlinkat(fd, "meta", 0) == 0 ? 0 : -EBADMSG;
+    if (!bad)
+        return 0; /* repaired meanwhile, or gone: read it again */
+    if (!live)
+        return unlinkat(fd, "meta", 0) == 0 ? 1 : -EBADMSG;
+    return have && meta_link(fd, &good, 1) == 0 ? 1 : -EBADMSG;
 }
 
 /* Open (creating if needed) <ns>/.domains/NAME and agree on its geometry. */
@@ -189,9 +279,10 @@ static int dom_open_dir(const char *name, uint64_t want_size, int *dirfd,
         return fd;
 
     int err2 = meta_get(fd, want_size, m);
-    /* A corrupt meta (same-user tampering, issue 16) is replaced when no
-     * member is alive to depend on it, instead of failing every join. */
-    if (err2 == -EBADMSG && meta_repair(fd) == 0)
+    /* A corrupt meta (same-user tampering, issue 16) is replaced, from
+     * what the live members' records say if there are any, instead of
+     * failing every join. */
+    if (err2 == -EBADMSG && meta_repair(fd) >= 0)
         err2 = meta_get(fd, want_size, m);
     if (err2 < 0) {
         close(fd);
@@ -264,10 +355,151 @@ static int dom_claim(rpal_domain *d)
     return -ENOSPC;
 }
 
+/* ---- pins: a live member's slot whatever becomes of its claim file ----
+ *
+ * A process of the same user can unlink or replace a live member's claim
+ * file (issue 16, attack 7): its lock then no longer stands for the slot,
+ * and a joiner would lock a new slot.N and share the slot with a live
+ * member. So a member also holds a read lock (OFD, dropped by the kernel
+ * when it dies, like the claim's) on byte N of the domain's directory: a
+ * directory cannot be unlinked while it holds files (renamed away, it takes
+ * its members along), and read locks are what a directory opened for
+ * reading can take. A joiner takes
+ * slot N only if it gets the claim and no one else holds byte N. (Read
+ * locks do not exclude each other, so the test and the lock are two steps:
+ * the claim's lock keeps two joiners of slot N apart meanwhile.) */
+
+/* 1 if someone else holds the pin of SLOT in the domain directory DFD
+ * (opened for reading). */
+static int pin_held(int dfd, unsigned slot)
+{
+    return rpal__prim_ofd_test(dfd, slot, 1, NULL, NULL) > 0;
+}
+
+/* Pin SLOT, with *PFD (-1: the directory DIRFD not opened yet): 0, or
+ * -EBUSY if a live member holds it. Where the directory cannot be read or
+ * locked (a filesystem without locks on directories), 0 without a pin: the
+ * claim's lock alone holds the slot, as before. */
+static int pin_take(int dirfd, unsigned slot, int *pfd)
+{
+    if (*pfd < 0)
+        *pfd = rpal__prim_open_beneath(dirfd, ".", O_RDONLY | O_DIRECTORY, 0);
+    if (*pfd < 0)
+        return 0;
+    if (pin_held(*pfd, slot))
+        return -EBUSY;
+    struct flock fl = {.l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = (off_t)slot,
+                       .l_len = 1};
+    return fcntl(*pfd, F_OFD_SETLK, &fl) < 0 && (errno == EAGAIN || errno == EACCES) ? -EBUSY
+                                                                                       : 0;
+}
+
+/* 1 if the file under NAME in DIRFD is FD's. */
+static int same_file(int dirfd, const char *name, int fd)
+{
+    struct stat a, b;
+    return fstat(fd, &a) == 0 && fstatat(dirfd, name, &b, AT_SYMLINK_NOFOLLOW) == 0 &&
+           a.st_ino == b.st_ino && a.st_dev == b.st_dev;
+}
+
+/* dom_claim, and the pin of the slot it got (into d->pinfd). A slot whose
+ * pin a live member holds is passed by: its claim stays locked by us
+ * meanwhile, so that dom_claim moves on to the next. */
+static int dom_claim_pinned(rpal_domain *d)
+{
+    int *held = calloc(d->nslots, sizeof *held), nheld = 0, err;
+    if (!held)
+        return -ENOMEM;
+    for (;;) {
+        if ((err = dom_claim(d)) < 0)
+            break;
+        if ((err = pin_take(d->dirfd, d->slot, &d->pinfd)) == 0)
+            break;
+        held[nheld++] = d->claimfd; /* not ours: left for its member to restore */
+        d->claimfd = -1;
+        if (err != -EBUSY || nheld == (int)d->nslots)
+            break;
+    }
+    while (nheld)
+        close(held[--nheld]);
+    free(held);
+    return err;
+}
+
+/* Copy the counters' records of the claim file FROM into TO. */
+static int claim_copy_stats(int from, int to)
+{
+    char buf[4096];
+    for (off_t off = STATS_OFF; off < STATS_OFF + (off_t)STATS_MAX * (off_t)sizeof(struct stats_rec);) {
+        ssize_t n = pread(from, buf, sizeof buf, off);
+        if (n <= 0)
+            return n < 0 ? -errno : 0;
+        if (pwrite(to, buf, (size_t)n, off) != n)
+            return -ENOSPC;
+        off += n;
+    }
+    return 0;
+}
+
+/* Our claim file is no longer under its name (unlinked or replaced): put a
+ * new one there, locked, with our counters' records, in place at once
+ * (rename over whatever is there: our pin says the slot is ours), under
+ * the same descriptor number (other threads write counters through it). The
+ * record follows (rpal__dom_publish). d->lock held. */
+static int claim_relink(rpal_domain *d)
+{
+    char name[CLAIM_NAME_MAX], tmp[CLAIM_NAME_MAX + 8], proc[PRIM_FD_PATH];
+    claim_name(name, d->slot);
+    snprintf(tmp, sizeof tmp, "%s.new", name); /* rpal gc removes it if we die */
+    int tfd = rpal__prim_open_beneath(d->dirfd, ".", O_TMPFILE | O_RDWR, 0644);
+    if (tfd < 0)
+        return tfd;
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+    int err = fchmod(tfd, 0644) < 0 || fcntl(tfd, F_OFD_SETLK, &fl) < 0 ? -errno : 0;
+    if (err == 0 && (err = claim_reserve(tfd)) == 0)
+        err = claim_copy_stats(d->claimfd, tfd);
+    rpal__prim_fd_path(proc, tfd);
+    unlinkat(d->dirfd, tmp, 0); /* left by a member of this slot that died here */
+    if (err == 0 && (linkat(AT_FDCWD, proc, d->dirfd, tmp, AT_SYMLINK_FOLLOW) < 0 ||
+                     renameat(d->dirfd, tmp, d->dirfd, name) < 0)) {
+        err = -errno;
+        unlinkat(d->dirfd, tmp, 0);
+    }
+    if (err == 0 && dup3(tfd, d->claimfd, O_CLOEXEC) < 0)
+        err = -errno;
+    close(tfd);
+    return err;
+}
+
+/* Is our claim still ours: the file under its name, holding the record we
+ * last wrote? If not (someone of our user wrote over it, unlinked or
+ * replaced it), put it right. A few system calls, at most every
+ * CLAIM_AUDIT_NS, from dispatch. d->lock held. */
+#define CLAIM_AUDIT_NS 100000000ull
+static void claim_audit(rpal_domain *d)
+{
+    uint64_t now = rpal__prim_now_ns();
+    if (now - d->audit_ns < CLAIM_AUDIT_NS)
+        return;
+    d->audit_ns = now;
+    struct member_rec r;
+    char name[CLAIM_NAME_MAX];
+    claim_name(name, d->slot);
+    if (!same_file(d->dirfd, name, d->claimfd) ||
+        pread(d->claimfd, &r, sizeof r, 0) != (ssize_t)sizeof r ||
+        rpal__prim_fnv1a(&r, sizeof r) != d->rec_sum)
+        rpal__dom_publish(d);
+}
+
 /* Rewrite our claim record: who we are, our services, whom we share with.
  * Called with d->lock held. */
 void rpal__dom_publish(rpal_domain *d)
 {
+    char claim[CLAIM_NAME_MAX];
+    claim_name(claim, d->slot);
+    /* Not at the first (the join has just checked the name). */
+    if (d->rec_sum && !same_file(d->dirfd, claim, d->claimfd))
+        (void)claim_relink(d); /* else the record goes where it was */
     struct member_rec *r = calloc(1, sizeof *r);
     if (!r)
         return;
@@ -284,6 +516,10 @@ void rpal__dom_publish(rpal_domain *d)
     for (struct rpal_peer *p = d->peers; p && r->npeers < MEMBER_MAX_PEERS; p = p->next)
         if (!rpal_load_relaxed(&p->gone))
             r->peers[r->npeers++] = (uint16_t)p->info.slot;
+    r->geo_slot_size = d->slot_size;
+    r->geo_window = d->window;
+    r->geo_nslots = d->nslots;
+    d->rec_sum = rpal__prim_fnv1a(r, sizeof *r);
     if (pwrite(d->claimfd, r, sizeof *r, 0) != (ssize_t)sizeof *r) {
         /* A torn record must read as invalid; not by truncating, which
          * would drop the counters' table behind it. */
@@ -362,6 +598,8 @@ static void atfork_child(void)
     if (!d)
         return;
     close(d->claimfd);
+    if (d->pinfd >= 0)
+        close(d->pinfd);
     close(d->memfd);
     close(d->growfd);
     close(d->epfd);
@@ -395,6 +633,7 @@ static rpal_domain *dom_new(const char *name)
     if (!d)
         return NULL;
     d->dirfd = d->claimfd = d->memfd = d->growfd = d->epfd = -1;
+    d->pinfd = -1;
     d->pid = getpid();
     snprintf(d->name, sizeof d->name, "%s", name);
     pthread_mutex_init(&d->lock, NULL);
@@ -475,6 +714,8 @@ static void join_undo(rpal_domain *d, int reserved)
         unlinkat(d->dirfd, claim, 0); /* under our lock: see leave */
         close(d->claimfd);            /* drops the lock */
     }
+    if (d->pinfd >= 0)
+        close(d->pinfd);
     if (d->dirfd >= 0)
         close(d->dirfd);
     pthread_mutex_destroy(&d->lock);
@@ -499,7 +740,7 @@ static int join_steps(rpal_domain *d, uint64_t want, int *reserved)
         return err;
     *reserved = 1;
     madvise((void *)(uintptr_t)d->window, (size_t)d->nslots * d->slot_size, MADV_DONTFORK);
-    if ((err = dom_claim(d)) < 0 || (err = slot_create(d)) < 0)
+    if ((err = dom_claim_pinned(d)) < 0 || (err = slot_create(d)) < 0)
         return err;
     d->epfd = epoll_create1(EPOLL_CLOEXEC);
     return d->epfd < 0 ? -errno : 0;
@@ -668,6 +909,8 @@ int rpal_domain_leave(rpal_domain *d)
     claim_name(claim, d->slot);
     unlinkat(d->dirfd, claim, 0);
     close(d->claimfd);
+    if (d->pinfd >= 0)
+        close(d->pinfd); /* after the claim: a joiner then finds both free */
     close(d->memfd);
     close(d->growfd);
     close(d->epfd);
@@ -733,6 +976,9 @@ int rpal__dom_dispatch(rpal_domain *d, struct rpal_event *ev, int max, int timeo
         int k = epoll_wait(d->epfd, ee, want, n ? 0 : wait);
         int saved = errno;
         pthread_mutex_lock(&d->lock);
+        /* Before the events: a requester woke us, and is about to read our
+         * record (issue 16, attack 7). */
+        claim_audit(d);
         if (k < 0 && saved == EINTR && !any) {
             pthread_mutex_unlock(&d->lock);
             continue;
@@ -789,7 +1035,7 @@ static int name_cmp(const void *a, const void *b)
 /* Call FN(domain dirfd, domain name, meta) for every domain directory. */
 static int dom_walk(int (*fn)(int dirfd, const char *name, const struct dom_meta *m,
                               void *arg),
-                    void *arg)
+                    int (*bad)(int dirfd, const char *name, void *arg), void *arg)
 {
     int nsfd = rpal__ns_open(0);
     if (nsfd < 0)
@@ -831,6 +1077,8 @@ static int dom_walk(int (*fn)(int dirfd, const char *name, const struct dom_meta
         if (mfd >= 0 && pread(mfd, &m, sizeof m, 0) == (ssize_t)sizeof m &&
             rpal__dom_meta_validate(&m) == 0)
             err = fn(fd, names[i], &m, arg);
+        else if (mfd >= 0 && bad)
+            err = bad(fd, names[i], arg);
         if (mfd >= 0)
             close(mfd);
         close(fd);
@@ -1005,7 +1253,7 @@ int rpal_stats_foreach(int (*fn)(const struct rpal_stats_entry *e, void *arg), v
     if (!fn)
         return -EINVAL;
     struct stats_arg sa = {fn, arg};
-    return dom_walk(stats_domain, &sa);
+    return dom_walk(stats_domain, NULL, &sa);
 }
 
 int rpal_domain_foreach(int (*fn)(const struct rpal_member_info *, void *), void *arg)
@@ -1013,7 +1261,7 @@ int rpal_domain_foreach(int (*fn)(const struct rpal_member_info *, void *), void
     if (!fn)
         return -EINVAL;
     struct foreach_arg fa = {fn, arg};
-    return dom_walk(foreach_domain, &fa);
+    return dom_walk(foreach_domain, NULL, &fa);
 }
 
 struct gc_arg {
@@ -1022,10 +1270,32 @@ struct gc_arg {
     int removed;
 };
 
+/* Report the live members of the domain DIRFD whose claim is not a live
+ * record (unlinked, replaced or written over by a process of their user,
+ * issue 16): their pin is held. Each puts its claim right at its next
+ * dispatch; nobody else can, since only it knows its record. (A member
+ * between its pin and its first record, during its join, is reported too.) */
+static void gc_pins(int dirfd, const char *name, const struct dom_meta *m, struct gc_arg *g)
+{
+    int pfd = rpal__prim_open_beneath(dirfd, ".", O_RDONLY | O_DIRECTORY, 0);
+    struct member_rec *rec = pfd < 0 ? NULL : malloc(sizeof *rec);
+    for (unsigned s = 0; rec && g->fn && s < m->nslots; s++) {
+        if (!pin_held(pfd, s) ||
+            rpal__dom_read_member(dirfd, s, rec) == 0)
+            continue;
+        char what[160];
+        snprintf(what, sizeof what, "%.64s/slot.%u", name, s);
+        g->fn("claim", what, g->arg);
+    }
+    free(rec);
+    if (pfd >= 0)
+        close(pfd);
+}
+
 static int gc_domain(int dirfd, const char *name, const struct dom_meta *m, void *arg)
 {
     struct gc_arg *g = arg;
-    (void)m;
+    gc_pins(dirfd, name, m, g);
     DIR *dir;
     int fd = rpal__prim_open_beneath(dirfd, ".", O_RDONLY | O_DIRECTORY, 0);
     if (fd < 0 || !(dir = fdopendir(fd))) {
@@ -1075,12 +1345,32 @@ static int gc_domain(int dirfd, const char *name, const struct dom_meta *m, void
     return 0;
 }
 
+/* A domain whose meta is corrupt: rebuilt from its live members' records
+ * ("meta-rebuilt"), or removed if none is alive ("meta"); then collected
+ * like the others. */
+static int gc_meta(int dirfd, const char *name, void *arg)
+{
+    struct gc_arg *g = arg;
+    if (meta_repair(dirfd) <= 0)
+        return 0; /* members alive, none of which says its geometry */
+    struct dom_meta m;
+    int mfd = rpal__prim_open_beneath(dirfd, "meta", O_RDONLY | O_NONBLOCK, 0);
+    int ok = mfd >= 0 && pread(mfd, &m, sizeof m, 0) == (ssize_t)sizeof m &&
+             rpal__dom_meta_validate(&m) == 0;
+    if (mfd >= 0)
+        close(mfd);
+    g->removed++;
+    if (g->fn)
+        g->fn(ok ? "meta-rebuilt" : "meta", name, g->arg);
+    return ok ? gc_domain(dirfd, name, &m, arg) : 0;
+}
+
 int rpal_gc(void (*fn)(const char *kind, const char *name, void *arg), void *arg)
 {
     int n = rpal__region_gc(fn, arg);
     if (n < 0)
         return n;
     struct gc_arg g = {fn, arg, 0};
-    int err = dom_walk(gc_domain, &g);
+    int err = dom_walk(gc_domain, gc_meta, &g);
     return err < 0 ? err : n + g.removed;
 }

@@ -225,6 +225,11 @@ struct member_rec {
      * in its own): its pidfs inode and its pid namespace's inode, 0 where
      * the kernel cannot say (docs/containers.md). */
     uint64_t pidino, pidns;
+    /* Still version 2, read by older members as before: the geometry the
+     * member joined with (struct dom_meta's fields), from which a joiner
+     * rebuilds a corrupt meta while members live (issue 16, attack 7). */
+    uint64_t geo_slot_size, geo_window;
+    uint32_t geo_nslots, geo_pad;
 };
 
 /* What an epoll event of the domain's set points at: the layer that added
@@ -412,6 +417,12 @@ struct rpal_domain {
     struct watch *retired;            /* watches waiting for them to end */
     uint64_t nretired;                /* retirements so far */
     uint64_t stats_used[STATS_MAX / 64]; /* records of the claim file in use */
+    /* Against same-user tampering with our claim (issue 16, attack 7): the
+     * domain directory opened for reading, byte N read-locked while we
+     * live; the FNV-1a of the record we last wrote, and when dispatch last
+     * checked it. d->lock. */
+    int pinfd;
+    uint64_t rec_sum, audit_ns;
 };
 
 struct wt_stats;

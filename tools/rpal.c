@@ -682,6 +682,13 @@ static void gc_one(const char *kind, const char *name, void *arg)
         printf("%s{\"kind\":\"%s\",\"name\":", s->count ? "," : "", kind);
         json_str(name);
         printf("}");
+    } else if (!strcmp(kind, "meta-rebuilt")) {
+        printf("repaired meta %s (rewritten from its live members' records)\n", name);
+    } else if (!strcmp(kind, "claim")) {
+        /* Not removed, not counted: only its live member can rewrite it. */
+        printf("tampered claim %s (its member is alive and rewrites it when it next "
+               "dispatches)\n", name);
+        return;
     } else {
         printf("removed %s %s\n", kind, name);
     }

@@ -231,7 +231,7 @@ static void down_plain(int t)
     fdst[t] = ST_PLAIN;
     if (st == ST_HIDDEN)
         REAL(close)(t); /* closed by the program: its aliases hold the socket */
-    run_log("plain", t, 1, 0);
+    run_log("kernel", t, 0, 0);
 }
 
 /* Connections the other end moved back to the socket (compat took its

@@ -26,6 +26,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/epoll.h>
 #include <sys/un.h>
 
 #define M1_LEN 100
@@ -76,6 +77,40 @@ static void finish(int fd)
     CHECK(close(fd) == 0);
 }
 
+/* Exactly N bytes of FD with blocking reads (no poll first: the downgrade
+ * is then taken in a read). */
+static int read_full(int fd, char *b, size_t n)
+{
+    for (size_t got = 0; got < n;) {
+        ssize_t r = read(fd, b + got, n - got);
+        if (r <= 0)
+            return -1;
+        got += (size_t)r;
+    }
+    return 0;
+}
+
+/* Exactly N bytes of FD, waiting in an epoll set (the downgrade is then
+ * taken in the wait, and the kernel's set reports the socket after it). */
+static int read_epoll(int fd, char *b, size_t n)
+{
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd};
+    if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0)
+        return -1;
+    size_t got = 0;
+    while (got < n) {
+        if (epoll_wait(ep, &ev, 1, 5000) != 1 || ev.data.fd != fd)
+            break;
+        ssize_t r = recv(fd, b + got, n - got, MSG_DONTWAIT);
+        if (r == 0 || (r < 0 && errno != EAGAIN))
+            break;
+        got += r > 0 ? (size_t)r : 0;
+    }
+    close(ep);
+    return got == n ? 0 : -1;
+}
+
 static int listen_on(const char *path)
 {
     int l = socket(AF_UNIX, SOCK_STREAM, 0);
@@ -109,8 +144,9 @@ static int accept_within(int l, int ms)
 /* The server, ROUNDS connections: after the hello it writes two messages,
  * sleeps SLEEP_MS (the client leaves meanwhile), then reads the client's
  * last message (from its ring, taken at the downgrade) and the answer of
- * whoever has the connection now (from the socket). KILLED: the client
- * dies during its downgrade: its last message, then the end. */
+ * whoever has the connection now (from the socket). SLEEP_MS -1: it does
+ * not sleep but waits for both in an epoll set, -2 in poll. KILLED: the
+ * client dies during its downgrade: its last message, then the end. */
 static void server(const char *path, int sleep_ms, int rounds, int killed)
 {
     int l = listen_on(path);
@@ -123,8 +159,17 @@ static void server(const char *path, int sleep_ms, int rounds, int killed)
         CHECK(write(fd, b, M1_LEN) == M1_LEN);
         fill(b, M2_LEN, 'a');
         CHECK(write(fd, b, M2_LEN) == M2_LEN);
+        if (sleep_ms < 0) {
+            CHECK((sleep_ms == -1 ? read_epoll : read_n)(fd, b, 14) == 0 &&
+                  !memcmp(b, "a-unreadfrom-c", 14));
+            CHECK(write(fd, "s-final", 7) == 7);
+            struct pollfd p = {fd, POLLIN, 0};
+            CHECK(poll(&p, 1, 5000) == 1 && read(fd, b, 1) == 0);
+            CHECK(close(fd) == 0);
+            continue;
+        }
         usleep((useconds_t)sleep_ms * 1000);
-        CHECK(read_n(fd, b, 8) == 0 && !memcmp(b, "a-unread", 8));
+        CHECK(read_full(fd, b, 8) == 0 && !memcmp(b, "a-unread", 8));
         if (killed) {
             struct pollfd p = {fd, POLLIN, 0};
             CHECK(poll(&p, 1, 5000) == 1 && read(fd, b, 1) <= 0);
@@ -185,10 +230,8 @@ static void receiver(const char *carrier, int expect)
     int l = listen_on(carrier);
     int c = accept_within(l, expect == 'n' ? 3000 : 10000);
     if (expect == 'n') {
-        if (c >= 0) { /* the client died before or during its sendmsg */
-            char x;
-            CHECK(read(c, &x, 1) <= 0);
-        }
+        if (c >= 0) /* the client died before or during its sendmsg */
+            close(c);
         return;
     }
     REQUIRE(c >= 0);
@@ -280,13 +323,14 @@ static int log_says(const char *log, int up, int down)
 }
 
 /* One scenario in DIR: NAME pass (RECV_PRELOAD: the receiver under rpal
- * run), exec, kill-server or kill-client. 0 if it passed. */
-static int scenario(const char *dir, const char *name, int recv_preload)
+ * run; the server waits in a sleep, or in epoll or poll for WAIT "-1",
+ * "-2"), exec, kill-server or kill-client. 0 if it passed. */
+static int scenario(const char *dir, const char *name, int recv_preload, const char *wait)
 {
     char path[600], carrier[600], log[600];
-    snprintf(path, sizeof path, "%s/s-%s-%d", dir, name, recv_preload);
-    snprintf(carrier, sizeof carrier, "%s/c-%s-%d", dir, name, recv_preload);
-    snprintf(log, sizeof log, "%s/log-%s-%d", dir, name, recv_preload);
+    snprintf(path, sizeof path, "%s/s-%s-%d%s", dir, name, recv_preload, wait);
+    snprintf(carrier, sizeof carrier, "%s/c-%s-%d%s", dir, name, recv_preload, wait);
+    snprintf(log, sizeof log, "%s/log-%s-%d%s", dir, name, recv_preload, wait);
     setenv("RPAL_RUN_LOG", log, 1);
     int exec = !strcmp(name, "exec"), ks = !strcmp(name, "kill-server"),
         kc = !strcmp(name, "kill-client");
@@ -296,7 +340,7 @@ static int scenario(const char *dir, const char *name, int recv_preload)
     snprintf(sigfd, sizeof sigfd, "%d", sig[1]);
     if (ks || kc)
         setenv("T_SIGFD", sigfd, 1);
-    const char *sa[] = {"t", "server", path, ks ? "30000" : kc ? "1000" : "300",
+    const char *sa[] = {"t", "server", path, ks ? "30000" : kc ? "3000" : wait,
                         exec ? "2" : "1", kc ? "1" : "0", NULL};
     const char *ra[] = {"t", "receiver", carrier, ks ? "e" : kc ? "n" : "d", NULL};
     const char *ca[] = {"t", "client", path, carrier, exec ? "exec" : "pass", NULL};
@@ -318,7 +362,8 @@ static int scenario(const char *dir, const char *name, int recv_preload)
      * killed one had no time to say so). */
     if (!kc)
         bad |= log_says(log, exec ? 4 : 2, exec ? 2 : 1);
-    fprintf(stderr, "%s%s: %s\n", name, recv_preload ? "" : " (receiver not under rpal run)",
+    fprintf(stderr, "%s%s%s: %s\n", name, recv_preload ? "" : " (receiver not under rpal run)",
+            !strcmp(wait, "-1") ? " (server in epoll)" : !strcmp(wait, "-2") ? " (server in poll)" : "",
             bad ? "FAILED" : "ok");
     return bad;
 }
@@ -350,8 +395,10 @@ int main(int argc, char **argv)
     t_run_lib(lib, sizeof lib);
     REQUIRE(mkdtemp(dir));
     setenv("LD_PRELOAD", lib, 1);
-    int bad = scenario(dir, "pass", 1) | scenario(dir, "pass", 0) | scenario(dir, "exec", 1) |
-              scenario(dir, "kill-server", 1) | scenario(dir, "kill-client", 1);
+    int bad = scenario(dir, "pass", 1, "300") | scenario(dir, "pass", 0, "300") |
+              scenario(dir, "pass", 1, "-1") | scenario(dir, "pass", 1, "-2") |
+              scenario(dir, "exec", 1, "300") | scenario(dir, "kill-server", 1, "") |
+              scenario(dir, "kill-client", 1, "");
     unsetenv("LD_PRELOAD");
     char cmd[700];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);

@@ -1917,32 +1917,40 @@ static void down_enter(int fd, struct cx_down *dn)
 }
 
 /* Acknowledge the other end's DOWN on C (FD): its counted wake-up bytes
- * read, our DOWN_ACK set, and what it had not read of our ring sent on the
- * socket (up to CX_DOWN_MS for room; the rest in DN, sent before anything
- * new). */
-static void down_ack(struct conn *c, int fd, struct cx_down *dn)
+ * read (all sent before its DOWN), where we stopped reading its ring
+ * published (it sends the rest on the socket), our DOWN_ACK set. */
+static void down_ack(struct conn *c, int fd)
 {
-    uint64_t deadline = rpal__prim_deadline(CX_DOWN_MS);
-    if (ring_unread(c, &dn->out, &dn->out_len) < 0)
-        dn->out_len = 0; /* its head was a lie: nothing of ours to give back */
     uint32_t skip = rpal_load_relaxed(&c->rd.their->pub.sock_bytes) - c->drained;
     if (skip < CX_SKIP_MAX)
-        (void)sock_skip(fd, skip, deadline); /* an end: the socket says it next */
-    /* Our sock_bytes are final (C is out of the table: no more wake-ups);
-     * pairs with the acquire in leave_finish. */
+        (void)sock_skip(fd, skip, rpal__prim_deadline(CX_DOWN_MS)); /* an end: the socket says it next */
+    rpal_store_relaxed(&c->my->down_off, c->rd.off);
+    /* Our head, down_off and sock_bytes are final (C is out of the table:
+     * no more reads or wake-ups); pairs with the acquire in leave_finish. */
     rpal_store_release(&c->my->down_ack, 1);
     rpal__prim_futex_wake(&c->my->down_ack, INT_MAX, 1);
-    (void)down_flush(fd, dn, deadline);
 }
 
-/* The other end of C (FD) leaves the rings: take it (above). What we had
- * not read of its ring is kept, read before the socket's bytes. 0 or
- * -ENOMEM (then nothing changed). */
+/* Send on C's socket (FD) what the other end had not read of our ring,
+ * before anything new: waiting for room until DEADLINE, the rest kept in
+ * DN. 0, or -EAGAIN if some is left. */
+static int down_resend(struct conn *c, int fd, struct cx_down *dn, uint64_t deadline)
+{
+    if (ring_unread(c, &dn->out, &dn->out_len) < 0)
+        dn->out_len = 0; /* its head was a lie: nothing of ours to give back */
+    return down_flush(fd, dn, deadline);
+}
+
+/* The other end of C (FD) leaves the rings: take it (above), and send
+ * what it had not read of our ring (up to CX_DOWN_MS for room; the rest
+ * before anything new). It sends what we had not read of its ring itself;
+ * if it is gone already, we keep a copy of that, read before the
+ * socket's end. 0 or -ENOMEM (then nothing changed). */
 static int down_take(struct conn *c, int fd)
 {
     struct cx_down *dn = calloc(1, sizeof *dn);
     struct cx_reader r = c->rd; /* a copy: nothing consumed if memory runs out */
-    if (!dn || ring_rest(&r, &dn->in, &dn->in_len) < 0) {
+    if (!dn || (down_peer_gone(c) && ring_rest(&r, &dn->in, &dn->in_len) < 0)) {
         free(dn);
         return -ENOMEM;
     }
@@ -1950,7 +1958,8 @@ static int down_take(struct conn *c, int fd)
      * woken by the socket only). */
     dn->infd = dn->in_len ? eventfd(1, EFD_CLOEXEC | EFD_NONBLOCK) : -1;
     conn_unlist(c, fd, dn->infd);
-    down_ack(c, fd, dn);
+    down_ack(c, fd);
+    (void)down_resend(c, fd, dn, rpal__prim_deadline(CX_DOWN_MS));
     down_enter(fd, dn);
     conn_free(c); /* the other end no longer reads our ring: we sent the rest */
     rpal_fetch_add_relaxed(&rpal__cx_down_gen, 1);
@@ -1979,22 +1988,24 @@ static void down_publish(struct conn *c, int fd, uint64_t deadline)
         ;
 }
 
-/* Wait for the other end's DOWN_ACK until DEADLINE, then read its counted
- * wake-up bytes, and forget the connection: 0, or -ETIMEDOUT. */
+/* Wait for the other end's DOWN_ACK until DEADLINE (or its own DOWN: both
+ * leave at once, and each acknowledges the other's), read its counted
+ * wake-up bytes, send what it had not read of our ring, and forget the
+ * connection: 0, or -ETIMEDOUT (no answer; or bytes left to send, kept in
+ * DN and sent before anything new). */
 static int leave_finish(int fd, struct cx_down *dn, uint64_t deadline)
 {
     struct conn *c = dn->leaving;
+    int gone = 0;
     for (;;) {
-        /* pairs with the release store in down_ack: its sock_bytes are final */
-        if (rpal_load_acquire(&c->rd.their->down_ack) || down_peer_gone(c))
-            break;
+        /* Pairs with the release stores in down_ack (its head, down_off and
+         * sock_bytes are final) and down_publish (the same, at its DOWN). */
         if (!dn->took && down_asked(c)) {
-            /* It leaves too: each end gives back what the other had not
-             * read of its ring, and keeps nothing. */
             dn->took = 1;
-            down_ack(c, fd, dn);
-            continue;
+            down_ack(c, fd);
         }
+        if (dn->took || rpal_load_acquire(&c->rd.their->down_ack) || (gone = down_peer_gone(c)))
+            break;
         uint64_t now = rpal__prim_now_ns();
         if (now >= deadline)
             return -ETIMEDOUT;
@@ -2004,8 +2015,11 @@ static int leave_finish(int fd, struct cx_down *dn, uint64_t deadline)
     uint32_t skip = rpal_load_relaxed(&c->rd.their->pub.sock_bytes) - c->drained;
     if (!dn->took && skip < CX_SKIP_MAX)
         (void)sock_skip(fd, skip, rpal__prim_deadline(CX_DOWN_MS));
-    down_drop(fd, dn, 1);
-    return 0;
+    int err = gone ? 0 : down_resend(c, fd, dn, deadline);
+    dn->leaving = NULL;
+    conn_free(c);
+    down_drop(fd, dn, 0);
+    return err < 0 ? -ETIMEDOUT : 0;
 }
 
 int rpal__cx_leave(int fd, int timeout_ms)
@@ -2023,9 +2037,15 @@ int rpal__cx_leave(int fd, int timeout_ms)
         down_publish(c, fd, deadline);
         down_enter(fd, dn);
     }
-    if (!dn || !dn->leaving)
-        return c || dn ? 0 : -ENOENT; /* went down at the other end's word: what it held stays here */
-    return leave_finish(fd, dn, deadline);
+    if (dn && dn->leaving)
+        return leave_finish(fd, dn, deadline);
+    if (!dn)
+        return -ENOENT;
+    /* Back on the socket already: what we still owe the other end goes
+     * first. (What a dead one had sent stays readable here.) */
+    int err = down_flush(fd, dn, deadline);
+    down_drop(fd, dn, 0);
+    return err == -EAGAIN ? -ETIMEDOUT : 0;
 }
 
 int rpal__cx_state(int fd)

@@ -27,6 +27,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/un.h>
 
 #define M1_LEN 100
@@ -145,8 +146,10 @@ static int accept_within(int l, int ms)
  * sleeps SLEEP_MS (the client leaves meanwhile), then reads the client's
  * last message (from its ring, taken at the downgrade) and the answer of
  * whoever has the connection now (from the socket). SLEEP_MS -1: it does
- * not sleep but waits for both in an epoll set, -2 in poll. KILLED: the
- * client dies during its downgrade: its last message, then the end. */
+ * not sleep but waits for both in an epoll set, -2 in poll. KILLED 1: the
+ * client dies during its downgrade: its last message, then the end; 2:
+ * the server execs the exec-server after its sleep, leaving the rings
+ * while the client leaves them too. */
 static void server(const char *path, int sleep_ms, int rounds, int killed)
 {
     int l = listen_on(path);
@@ -169,6 +172,12 @@ static void server(const char *path, int sleep_ms, int rounds, int killed)
             continue;
         }
         usleep((useconds_t)sleep_ms * 1000);
+        if (killed == 2) { /* leaves too: both ends at once */
+            char a[16];
+            snprintf(a, sizeof a, "%d", fd);
+            execl("/proc/self/exe", "t", "exec-server", a, (char *)NULL);
+            CHECK(!"exec");
+        }
         CHECK(read_full(fd, b, 8) == 0 && !memcmp(b, "a-unread", 8));
         if (killed) {
             struct pollfd p = {fd, POLLIN, 0};
@@ -191,6 +200,13 @@ static int client_start(const char *path)
     int fd = connect_retry(path);
     char b[PART], want[PART];
     CHECK(write(fd, "hello", 5) == 5);
+    /* Both messages there before we go on: the server is asleep (or waits)
+     * when we leave, not in its write. */
+    int n = 0;
+    for (int i = 0; i < 500 && n < M1_LEN + M2_LEN; i++)
+        if (ioctl(fd, FIONREAD, &n) < 0 || n < M1_LEN + M2_LEN)
+            usleep(10000);
+    CHECK(n >= M1_LEN + M2_LEN);
     fill(want, PART, 'A');
     CHECK(read_n(fd, b, PART) == 0 && !memcmp(b, want, PART));
     CHECK(write(fd, "a-unread", 8) == 8);
@@ -216,7 +232,10 @@ static void pass(int fd, const char *carrier, int sigfd)
     if (sigfd >= 0)
         CHECK(write(sigfd, "k", 1) == 1);
     int64_t t0 = t_now_ms();
-    CHECK(sendmsg(c, &m, 0) == 1);
+    ssize_t sent = sendmsg(c, &m, 0);
+    if (sent != 1)
+        fprintf(stderr, "sendmsg: %zd %s\n", sent, strerror(errno));
+    CHECK(sent == 1);
     CHECK(t_now_ms() - t0 < 5000); /* a dead server: no hang */
     close(c);
     close(fd);
@@ -230,8 +249,10 @@ static void receiver(const char *carrier, int expect)
     int l = listen_on(carrier);
     int c = accept_within(l, expect == 'n' ? 3000 : 10000);
     if (expect == 'n') {
-        if (c >= 0) /* the client died before or during its sendmsg */
-            close(c);
+        char x;
+        if (c >= 0) /* the client died before or during its sendmsg: the end */
+            while (read_n(c, &x, 1) == 0)
+                ;
         return;
     }
     REQUIRE(c >= 0);
@@ -267,15 +288,18 @@ static void receiver(const char *carrier, int expect)
 }
 
 /* The exec scenario's client: a failing exec (the connection stays on the
- * socket, working), then an exec of the exec-child with a second one. */
-static void exec_client(const char *path, const char *self)
+ * socket, working), unless ONCE, then an exec of the exec-child with a
+ * second one. */
+static void exec_client(const char *path, const char *self, int once)
 {
     int fd = client_start(path);
     char *argv[] = {"rpal-no-such-program-downgrade", NULL};
-    errno = 0;
-    CHECK(execvp(argv[0], argv) == -1 && errno == ENOENT);
-    finish(fd); /* on the socket now */
-    fd = client_start(path);
+    if (!once) {
+        errno = 0;
+        CHECK(execvp(argv[0], argv) == -1 && errno == ENOENT);
+        finish(fd); /* on the socket now */
+        fd = client_start(path);
+    }
     char a[16];
     snprintf(a, sizeof a, "%d", fd);
     execl(self, self, "exec-child", a, (char *)NULL);
@@ -328,12 +352,14 @@ static int log_says(const char *log, int up, int down)
 static int scenario(const char *dir, const char *name, int recv_preload, const char *wait)
 {
     char path[600], carrier[600], log[600];
+    if (getenv("T_ONLY") && strcmp(getenv("T_ONLY"), name))
+        return 0; /* one scenario, by hand */
     snprintf(path, sizeof path, "%s/s-%s-%d%s", dir, name, recv_preload, wait);
     snprintf(carrier, sizeof carrier, "%s/c-%s-%d%s", dir, name, recv_preload, wait);
     snprintf(log, sizeof log, "%s/log-%s-%d%s", dir, name, recv_preload, wait);
     setenv("RPAL_RUN_LOG", log, 1);
-    int exec = !strcmp(name, "exec"), ks = !strcmp(name, "kill-server"),
-        kc = !strcmp(name, "kill-client");
+    int both = !strcmp(name, "exec-both"), exec = !strcmp(name, "exec") || both,
+        ks = !strcmp(name, "kill-server"), kc = !strcmp(name, "kill-client");
     int sig[2] = {-1, -1};
     char sigfd[16];
     REQUIRE(pipe(sig) == 0);
@@ -341,9 +367,9 @@ static int scenario(const char *dir, const char *name, int recv_preload, const c
     if (ks || kc)
         setenv("T_SIGFD", sigfd, 1);
     const char *sa[] = {"t", "server", path, ks ? "30000" : kc ? "3000" : wait,
-                        exec ? "2" : "1", kc ? "1" : "0", NULL};
+                        exec && !both ? "2" : "1", kc ? "1" : both ? "2" : "0", NULL};
     const char *ra[] = {"t", "receiver", carrier, ks ? "e" : kc ? "n" : "d", NULL};
-    const char *ca[] = {"t", "client", path, carrier, exec ? "exec" : "pass", NULL};
+    const char *ca[] = {"t", "client", path, carrier, both ? "exec1" : exec ? "exec" : "pass", NULL};
     pid_t s = spawn(1, sa), r = exec ? -1 : spawn(recv_preload, ra), c = spawn(1, ca);
     unsetenv("T_SIGFD");
     close(sig[1]);
@@ -361,7 +387,7 @@ static int scenario(const char *dir, const char *name, int recv_preload, const c
     /* Both ends were on the rings first, and the client went down (a
      * killed one had no time to say so). */
     if (!kc)
-        bad |= log_says(log, exec ? 4 : 2, exec ? 2 : 1);
+        bad |= log_says(log, exec && !both ? 4 : 2, exec ? 2 : 1);
     fprintf(stderr, "%s%s%s: %s\n", name, recv_preload ? "" : " (receiver not under rpal run)",
             !strcmp(wait, "-1") ? " (server in epoll)" : !strcmp(wait, "-2") ? " (server in poll)" : "",
             bad ? "FAILED" : "ok");
@@ -375,6 +401,16 @@ int main(int argc, char **argv)
         finish(atoi(argv[2]));
         return t_failures ? 1 : 0;
     }
+    if (argc >= 3 && !strcmp(argv[1], "exec-server")) {
+        /* The server's part after both left: the client's last message and
+         * its answer, all from the socket. */
+        int fd = atoi(argv[2]);
+        char b[16];
+        CHECK(read_n(fd, b, 14) == 0 && !memcmp(b, "a-unreadfrom-c", 14));
+        CHECK(write(fd, "s-final", 7) == 7);
+        CHECK(read_n(fd, b, 1) < 0);
+        return t_failures ? 1 : 0;
+    }
     if (argc >= 6 && !strcmp(argv[1], "server")) {
         server(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
         return t_failures ? 1 : 0;
@@ -384,8 +420,8 @@ int main(int argc, char **argv)
         return t_failures ? 1 : 0;
     }
     if (argc >= 5 && !strcmp(argv[1], "client")) {
-        if (!strcmp(argv[4], "exec"))
-            exec_client(argv[2], "/proc/self/exe");
+        if (!strncmp(argv[4], "exec", 4))
+            exec_client(argv[2], "/proc/self/exe", !strcmp(argv[4], "exec1"));
         else
             pass(client_start(argv[2]), argv[3],
                  getenv("T_SIGFD") ? atoi(getenv("T_SIGFD")) : -1);
@@ -397,7 +433,8 @@ int main(int argc, char **argv)
     setenv("LD_PRELOAD", lib, 1);
     int bad = scenario(dir, "pass", 1, "300") | scenario(dir, "pass", 0, "300") |
               scenario(dir, "pass", 1, "-1") | scenario(dir, "pass", 1, "-2") |
-              scenario(dir, "exec", 1, "300") | scenario(dir, "kill-server", 1, "") |
+              scenario(dir, "exec", 1, "300") | scenario(dir, "exec-both", 1, "300") |
+              scenario(dir, "kill-server", 1, "") |
               scenario(dir, "kill-client", 1, "");
     unsetenv("LD_PRELOAD");
     char cmd[700];

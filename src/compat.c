@@ -69,6 +69,7 @@ struct conn {
     struct wt_learn poll_learn;
     struct wt_stats st;
     struct conn *next_zombie;
+    uint64_t down_until;     /* downgraded: its ring kept until then (down_retire) */
 };
 
 /* A table indexed by descriptor that readers use without a lock: pages are
@@ -1749,6 +1750,8 @@ static struct fdtab downs;          /* fd -> struct cx_down */
 static _Atomic unsigned downs_live; /* entries in DOWNS: none spares the look-up */
 _Atomic unsigned rpal__cx_down_gen;
 
+static void down_retire(struct conn *c);
+
 static struct cx_down *down_of(int fd)
 {
     return rpal_load_relaxed(&downs_live) ? fdtab_get(&downs, fd) : NULL;
@@ -1819,12 +1822,23 @@ static int ring_rest(struct cx_reader *r, char **out, size_t *len)
     return 0;
 }
 
-/* What the other end had not read of our ring: from its final head and the
- * offset in the message there (its word, checked), to our last message. */
-static int ring_unread(struct conn *c, char **out, size_t *len)
+/* Where the other end stopped reading our ring: its final head, and the
+ * offset in the message there. */
+struct down_pos {
+    uint32_t head, off;
+};
+
+static void down_pos_take(const struct conn *c, struct down_pos *p)
 {
-    uint32_t head = rpal_load_acquire(&c->rd.their->head);
-    uint32_t off = rpal_load_relaxed(&c->rd.their->down_off);
+    p->head = rpal_load_acquire(&c->rd.their->head);
+    p->off = rpal_load_relaxed(&c->rd.their->down_off);
+}
+
+/* What the other end had not read of our ring: from where it stopped (P:
+ * its word, checked) to our last message. */
+static int ring_unread(struct conn *c, const struct down_pos *p, char **out, size_t *len)
+{
+    uint32_t head = p->head, off = p->off;
     *out = NULL;
     *len = 0;
     if (c->sent - head > c->depth)
@@ -1868,7 +1882,7 @@ static void down_drop(int fd, struct cx_down *dn, int force)
     if (dn->infd >= 0)
         close(dn->infd); /* out of the epoll sets with it */
     if (dn->leaving)
-        conn_free(dn->leaving);
+        down_retire(dn->leaving); /* the other end may still read where we stopped */
     free(dn->in);
     free(dn->out);
     free(dn);
@@ -1916,11 +1930,42 @@ static void down_enter(int fd, struct cx_down *dn)
     pthread_mutex_unlock(&cx_lock);
 }
 
-/* Acknowledge the other end's DOWN on C (FD): its counted wake-up bytes
- * read (all sent before its DOWN), where we stopped reading its ring
- * published (it sends the rest on the socket), our DOWN_ACK set. */
-static void down_ack(struct conn *c, int fd)
+/* Rings of downgraded connections, kept CX_DOWN_MS after the downgrade:
+ * the other end reads where we stopped (and our counts) after our
+ * DOWN_ACK, or after our DOWN when both leave, and must not find the
+ * memory reused. Freed at a later downgrade, or when the other end is
+ * gone. */
+static struct conn *down_retired;
+
+static void down_retire(struct conn *c)
 {
+    pthread_mutex_lock(&cx_lock);
+    uint64_t now = rpal__prim_now_ns();
+    c->down_until = now + (uint64_t)CX_DOWN_MS * 1000000;
+    c->next_zombie = down_retired;
+    down_retired = c;
+    for (struct conn **pp = &c->next_zombie; *pp;) {
+        struct conn *o = *pp;
+        /* Its pidfd, not its descriptor: that number may be another's now. */
+        struct pollfd pf = {o->peer ? o->peer->pidfd : -1, POLLIN, 0};
+        if (now >= o->down_until || poll(&pf, 1, 0) > 0) {
+            *pp = o->next_zombie;
+            conn_free(o);
+        } else {
+            pp = &o->next_zombie;
+        }
+    }
+    pthread_mutex_unlock(&cx_lock);
+}
+
+/* Acknowledge the other end's DOWN on C (FD): where it stopped reading
+ * our ring into *THEIRS (read before the acknowledgement: it may free its
+ * ring once it sees it), its counted wake-up bytes read (all sent before
+ * its DOWN), where we stopped reading its ring published (it sends the
+ * rest on the socket), our DOWN_ACK set. */
+static void down_ack(struct conn *c, int fd, struct down_pos *theirs)
+{
+    down_pos_take(c, theirs);
     uint32_t skip = rpal_load_relaxed(&c->rd.their->pub.sock_bytes) - c->drained;
     if (skip < CX_SKIP_MAX)
         (void)sock_skip(fd, skip, rpal__prim_deadline(CX_DOWN_MS)); /* an end: the socket says it next */
@@ -1931,12 +1976,13 @@ static void down_ack(struct conn *c, int fd)
     rpal__prim_futex_wake(&c->my->down_ack, INT_MAX, 1);
 }
 
-/* Send on C's socket (FD) what the other end had not read of our ring,
- * before anything new: waiting for room until DEADLINE, the rest kept in
- * DN. 0, or -EAGAIN if some is left. */
-static int down_resend(struct conn *c, int fd, struct cx_down *dn, uint64_t deadline)
+/* Send on C's socket (FD) what the other end had not read of our ring
+ * (from THEIRS) before anything new: waiting for room until DEADLINE, the
+ * rest kept in DN. 0, or -EAGAIN if some is left. */
+static int down_resend(struct conn *c, int fd, struct cx_down *dn, const struct down_pos *theirs,
+                       uint64_t deadline)
 {
-    if (ring_unread(c, &dn->out, &dn->out_len) < 0)
+    if (ring_unread(c, theirs, &dn->out, &dn->out_len) < 0)
         dn->out_len = 0; /* its head was a lie: nothing of ours to give back */
     return down_flush(fd, dn, deadline);
 }
@@ -1958,10 +2004,11 @@ static int down_take(struct conn *c, int fd)
      * woken by the socket only). */
     dn->infd = dn->in_len ? eventfd(1, EFD_CLOEXEC | EFD_NONBLOCK) : -1;
     conn_unlist(c, fd, dn->infd);
-    down_ack(c, fd);
-    (void)down_resend(c, fd, dn, rpal__prim_deadline(CX_DOWN_MS));
+    struct down_pos theirs;
+    down_ack(c, fd, &theirs);
+    (void)down_resend(c, fd, dn, &theirs, rpal__prim_deadline(CX_DOWN_MS));
     down_enter(fd, dn);
-    conn_free(c); /* the other end no longer reads our ring: we sent the rest */
+    down_retire(c);
     rpal_fetch_add_relaxed(&rpal__cx_down_gen, 1);
     down_drop(fd, dn, 0);
     return 0;
@@ -1996,13 +2043,14 @@ static void down_publish(struct conn *c, int fd, uint64_t deadline)
 static int leave_finish(int fd, struct cx_down *dn, uint64_t deadline)
 {
     struct conn *c = dn->leaving;
+    struct down_pos theirs;
     int gone = 0;
     for (;;) {
         /* Pairs with the release stores in down_ack (its head, down_off and
          * sock_bytes are final) and down_publish (the same, at its DOWN). */
         if (!dn->took && down_asked(c)) {
             dn->took = 1;
-            down_ack(c, fd);
+            down_ack(c, fd, &theirs);
         }
         if (dn->took || rpal_load_acquire(&c->rd.their->down_ack) || (gone = down_peer_gone(c)))
             break;
@@ -2012,12 +2060,16 @@ static int leave_finish(int fd, struct cx_down *dn, uint64_t deadline)
         int64_t slice = wt_slice_ns(wt_left_ns(0, deadline, now), 20000000);
         rpal__prim_futex_wait(&c->rd.their->down_ack, 0, 1, slice);
     }
-    uint32_t skip = rpal_load_relaxed(&c->rd.their->pub.sock_bytes) - c->drained;
-    if (!dn->took && skip < CX_SKIP_MAX)
-        (void)sock_skip(fd, skip, rpal__prim_deadline(CX_DOWN_MS));
-    int err = gone ? 0 : down_resend(c, fd, dn, deadline);
+    if (!dn->took) {
+        /* Its ring stays CX_DOWN_MS after its acknowledgement (down_retire). */
+        down_pos_take(c, &theirs);
+        uint32_t skip = rpal_load_relaxed(&c->rd.their->pub.sock_bytes) - c->drained;
+        if (skip < CX_SKIP_MAX)
+            (void)sock_skip(fd, skip, rpal__prim_deadline(CX_DOWN_MS));
+    }
+    int err = gone ? 0 : down_resend(c, fd, dn, &theirs, deadline);
     dn->leaving = NULL;
-    conn_free(c);
+    down_retire(c);
     down_drop(fd, dn, 0);
     return err < 0 ? -ETIMEDOUT : 0;
 }

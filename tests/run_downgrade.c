@@ -62,9 +62,14 @@ static int read_rest(int fd)
     char want[M1_LEN + M2_LEN], got[sizeof want];
     fill(want, M1_LEN, 'A');
     fill(want + M1_LEN, M2_LEN, 'a');
-    if (read_n(fd, got, sizeof want - PART) < 0)
+    if (read_n(fd, got, sizeof want - PART) < 0) {
+        fprintf(stderr, "the rest of the stream: not all there\n");
         return -1;
-    return memcmp(got, want + PART, sizeof want - PART) ? -1 : 0;
+    }
+    if (!memcmp(got, want + PART, sizeof want - PART))
+        return 0;
+    fprintf(stderr, "the rest of the stream: %.*s\n", (int)(sizeof want - PART), got);
+    return -1;
 }
 
 /* Whoever has the connection last: reads the rest, answers, reads the

@@ -33,6 +33,8 @@
 #define M1_LEN 100
 #define M2_LEN 50
 #define PART   10 /* what the client reads of the first message */
+#define BIG    65536 /* T_BIG: the server's large messages, after the second */
+#define BIG_N  24
 
 static void fill(char *b, size_t n, char base)
 {
@@ -66,10 +68,25 @@ static int read_rest(int fd)
         fprintf(stderr, "the rest of the stream: not all there\n");
         return -1;
     }
-    if (!memcmp(got, want + PART, sizeof want - PART))
+    if (memcmp(got, want + PART, sizeof want - PART)) {
+        fprintf(stderr, "the rest of the stream: %.*s\n", (int)(sizeof want - PART), got);
+        return -1;
+    }
+    if (!getenv("T_BIG"))
         return 0;
-    fprintf(stderr, "the rest of the stream: %.*s\n", (int)(sizeof want - PART), got);
-    return -1;
+    /* Then BIG_N messages of BIG bytes: more than the socket holds, so that
+     * the server's re-send waits for room while the new owner reads. */
+    char *b = malloc(BIG), *w = malloc(BIG);
+    int bad = !b || !w;
+    for (int i = 0; i < BIG_N && !bad; i++) {
+        fill(w, BIG, (char)('0' + i % 10));
+        bad = read_n(fd, b, BIG) < 0 || memcmp(b, w, BIG);
+    }
+    if (bad)
+        fprintf(stderr, "the rest of the stream: the large messages differ\n");
+    free(b);
+    free(w);
+    return bad ? -1 : 0;
 }
 
 /* Whoever has the connection last: reads the rest, answers, reads the
@@ -167,6 +184,15 @@ static void server(const char *path, int sleep_ms, int rounds, int killed)
         CHECK(write(fd, b, M1_LEN) == M1_LEN);
         fill(b, M2_LEN, 'a');
         CHECK(write(fd, b, M2_LEN) == M2_LEN);
+        if (getenv("T_BIG")) {
+            char *w = malloc(BIG);
+            REQUIRE(w);
+            for (int i = 0; i < BIG_N; i++) {
+                fill(w, BIG, (char)('0' + i % 10));
+                CHECK(write(fd, w, BIG) == BIG);
+            }
+            free(w);
+        }
         if (sleep_ms < 0) {
             CHECK((sleep_ms == -1 ? read_epoll : read_n)(fd, b, 14) == 0 &&
                   !memcmp(b, "a-unreadfrom-c", 14));
@@ -359,6 +385,9 @@ static int scenario(const char *dir, const char *name, int recv_preload, const c
     char path[600], carrier[600], log[600];
     if (getenv("T_ONLY") && strcmp(getenv("T_ONLY"), name))
         return 0; /* one scenario, by hand */
+    int big = !strcmp(name, "pass-big");
+    if (big)
+        setenv("T_BIG", "1", 1); /* otherwise as pass */
     snprintf(path, sizeof path, "%s/s-%s-%d%s", dir, name, recv_preload, wait);
     snprintf(carrier, sizeof carrier, "%s/c-%s-%d%s", dir, name, recv_preload, wait);
     snprintf(log, sizeof log, "%s/log-%s-%d%s", dir, name, recv_preload, wait);
@@ -377,6 +406,7 @@ static int scenario(const char *dir, const char *name, int recv_preload, const c
     const char *ca[] = {"t", "client", path, carrier, both ? "exec1" : exec ? "exec" : "pass", NULL};
     pid_t s = spawn(1, sa), r = exec ? -1 : spawn(recv_preload, ra), c = spawn(1, ca);
     unsetenv("T_SIGFD");
+    unsetenv("T_BIG");
     close(sig[1]);
     if (ks || kc) {
         char x;
@@ -393,7 +423,7 @@ static int scenario(const char *dir, const char *name, int recv_preload, const c
      * killed one had no time to say so). */
     if (!kc)
         bad |= log_says(log, exec && !both ? 4 : 2, exec ? 2 : 1);
-    fprintf(stderr, "%s%s%s: %s\n", name, recv_preload ? "" : " (receiver not under rpal run)",
+    fprintf(stderr, "%s%s%s: %s\n", big ? "pass (1.5 MiB unread)" : name, recv_preload ? "" : " (receiver not under rpal run)",
             !strcmp(wait, "-1") ? " (server in epoll)" : !strcmp(wait, "-2") ? " (server in poll)" : "",
             bad ? "FAILED" : "ok");
     return bad;
@@ -438,6 +468,7 @@ int main(int argc, char **argv)
     setenv("LD_PRELOAD", lib, 1);
     int bad = scenario(dir, "pass", 1, "300") | scenario(dir, "pass", 0, "300") |
               scenario(dir, "pass", 1, "-1") | scenario(dir, "pass", 1, "-2") |
+              scenario(dir, "pass-big", 1, "300") |
               scenario(dir, "exec", 1, "300") | scenario(dir, "exec-both", 1, "300") |
               scenario(dir, "kill-server", 1, "") |
               scenario(dir, "kill-client", 1, "");

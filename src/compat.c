@@ -69,6 +69,7 @@ struct conn {
     struct wt_learn poll_learn;
     struct wt_stats st;
     struct conn *next_zombie;
+    uint64_t down_until;     /* downgraded: its ring kept until then (down_retire) */
 };
 
 /* A table indexed by descriptor that readers use without a lock: pages are
@@ -128,6 +129,17 @@ static _Atomic unsigned conn_gen = 1; /* bumped when either table changes */
 static struct conn *zombies; /* closed; the other end may still read our ring */
 
 static struct conn *conn_of(int fd) { return fdtab_get(&conns, fd); }
+
+/* The downgrade (at the end of this file). */
+struct cx_down;
+static struct cx_down *down_of(int fd);
+static int down_asked(const struct conn *c);
+static int down_take(struct conn *c, int fd);
+static ssize_t down_read(int fd, struct cx_down *dn, void *buf, size_t len);
+static ssize_t down_write(int fd, struct cx_down *dn);
+static int down_poll(int fd, struct cx_down *dn, int events);
+static ssize_t down_peek(struct cx_down *dn, void *buf, size_t len);
+static void down_drop(int fd, struct cx_down *dn, int force);
 
 /* ---- the rings ---- */
 
@@ -326,7 +338,7 @@ static int conn_wait(struct conn *c, int for_room)
     set_cpu(c, w.my_cpu);
     set_sleeps(c, 0);
     for (unsigned slow = 0;;) {
-        if ((for_room ? has_room(c) : next_ready(c)) || at_end(c))
+        if ((for_room ? has_room(c) : next_ready(c)) || at_end(c) || down_asked(c))
             break;
         int step = rpal__wt_pause(&w);
         if (step == 0)
@@ -382,11 +394,16 @@ static int conn_wait(struct conn *c, int for_room)
 }
 
 
-ssize_t rpal_read(int fd, void *buf, size_t len)
+/* rpal_read; KERNEL 0: -EXDEV instead of the kernel's read. */
+static ssize_t cx_read(int fd, void *buf, size_t len, int kernel)
 {
     struct conn *c = conn_of(fd);
     if (!c) {
-        ssize_t n = read(fd, buf, len);
+        struct cx_down *dn = down_of(fd);
+        ssize_t n = dn ? down_read(fd, dn, buf, len) : -EXDEV;
+        if (n != -EXDEV || !kernel)
+            return n;
+        n = read(fd, buf, len);
         return n < 0 ? -errno : n;
     }
     if (rpal__dom_check(c->d) < 0)
@@ -401,6 +418,10 @@ ssize_t rpal_read(int fd, void *buf, size_t len)
         ssize_t n = take(c, buf, len);
         if (n != 0)
             return n;
+        if (down_asked(c)) { /* the other end leaves the rings */
+            int err = down_take(c, fd);
+            return err < 0 ? err : cx_read(fd, buf, len, kernel);
+        }
         if (at_end(c)) {
             /* The closed flag is stored after the last message: one more look. */
             n = take(c, buf, len);
@@ -424,11 +445,21 @@ ssize_t rpal_read(int fd, void *buf, size_t len)
     }
 }
 
-ssize_t rpal_write(int fd, const void *buf, size_t len)
+ssize_t rpal_read(int fd, void *buf, size_t len)
+{
+    return cx_read(fd, buf, len, 1);
+}
+
+/* rpal_write; KERNEL 0: -EXDEV instead of the kernel's write. */
+static ssize_t cx_write(int fd, const void *buf, size_t len, int kernel)
 {
     struct conn *c = conn_of(fd);
+    struct cx_down *dn = c ? NULL : down_of(fd);
+    ssize_t n = dn ? down_write(fd, dn) : -EXDEV;
+    if (!c && (n != -EXDEV || !kernel))
+        return n;
     if (!c) {
-        ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+        n = send(fd, buf, len, MSG_NOSIGNAL);
         if (n < 0 && errno == ENOTSOCK)
             n = write(fd, buf, len);
         return n < 0 ? -errno : n;
@@ -442,6 +473,10 @@ ssize_t rpal_write(int fd, const void *buf, size_t len)
     if (len > CX_MAX_MSG)
         len = CX_MAX_MSG; /* a short write, as a socket may do */
     for (;;) {
+        if (down_asked(c)) { /* the other end leaves the rings */
+            int err = down_take(c, fd);
+            return err < 0 ? err : cx_write(fd, buf, len, kernel);
+        }
         if (write_end(c))
             return c->rd.broken ? -EPROTO : -EPIPE;
         if (has_room(c))
@@ -486,6 +521,11 @@ ssize_t rpal_write(int fd, const void *buf, size_t len)
                              sleeps: it sees our message or we see it sleeps */
     wake_peer(c, &c->my->tail);
     return (ssize_t)len;
+}
+
+ssize_t rpal_write(int fd, const void *buf, size_t len)
+{
+    return cx_write(fd, buf, len, 1);
 }
 
 /* ---- the upgrade ---- */
@@ -1105,10 +1145,14 @@ void rpal__cx_wait_end(int fd, struct wt_wait *w)
 int rpal__cx_poll(int fd, int events, int how)
 {
     struct conn *c = conn_of(fd);
-    if (!c)
-        return -ENOENT;
+    if (!c) {
+        struct cx_down *dn = down_of(fd);
+        return dn ? down_poll(fd, dn, events) : -ENOENT;
+    }
     if (rpal__dom_check(c->d) < 0)
         return POLLNVAL;
+    if (down_asked(c)) /* the other end leaves the rings */
+        return down_take(c, fd) < 0 ? POLLERR : rpal__cx_poll(fd, events, how);
     if (how & CX_POLL_DRAIN)
         drain(c); /* the socket said something: wake-up bytes, or the end */
     if (how & CX_POLL_ARM) {
@@ -1141,10 +1185,14 @@ int rpal__cx_poll(int fd, int events, int how)
 ssize_t rpal__cx_peek(int fd, void *buf, size_t len)
 {
     struct conn *c = conn_of(fd);
-    if (!c)
-        return -ENOENT;
+    if (!c) {
+        struct cx_down *dn = down_of(fd);
+        return dn ? down_peek(dn, buf, len) : -EXDEV;
+    }
     if (rpal__dom_check(c->d) < 0)
         return -ECHILD;
+    if (down_asked(c) && down_take(c, fd) == 0)
+        return rpal__cx_peek(fd, buf, len);
     struct cx_reader r = c->rd; /* a copy: nothing is consumed */
     size_t got = rpal__cx_take(&r, buf, len);
     return got == 0 && r.broken ? -EPROTO : (ssize_t)got;
@@ -1203,6 +1251,9 @@ int rpal_close(int fd)
             }
         }
     }
+    struct cx_down *dn = c ? NULL : down_of(fd);
+    if (dn)
+        down_drop(fd, dn, 1); /* what it held goes with it, as a socket's buffer */
     int r = close(fd);
     int err = r < 0 ? -errno : 0;
     if (c) {
@@ -1299,6 +1350,12 @@ static int collect(struct ep_set *s, struct epoll_event *ev, int max, int peek)
         struct conn *c = conn_of(fd);
         if (!c || !it || !it->in_use || it->disabled)
             continue;
+        if (down_asked(c)) {
+            /* The other end leaves the rings: FD is the kernel's in the
+             * set from now on, which reports it. */
+            (void)down_take(c, fd);
+            continue;
+        }
         uint32_t want = it->events, r = 0;
         int end = at_end(c);
         if (want & EPOLLIN) {
@@ -1670,4 +1727,481 @@ int rpal_epoll_timeout(int epfd)
     set_sleeping(s, WT_WAKE_BELL, 0);
     rpal_fence_seq_cst(); /* as before sleeping in rpal_epoll_wait */
     return collect(s, NULL, 1, 1) ? 0 : -1;
+}
+
+/* ---- the downgrade: back to the kernel socket (docs/run.md) ----
+ *
+ * An end that must leave the rings (rpal run: before an exec that keeps
+ * the descriptor, before a sendmsg that passes it) stops, publishes where
+ * it stands and its DOWN flag, and waits for the other end's DOWN_ACK.
+ * The other end, at its next call on the connection, takes it: it keeps a
+ * copy of what it had not read of the leaver's ring, reads exactly the
+ * wake-up bytes the leaver counted, acknowledges, and sends on the socket,
+ * before anything new, what the leaver had not read of its own ring. Both
+ * ends then read and write the socket: its next bytes are data. */
+
+#define CX_DOWN_MS 10000 /* a taker's wait for the socket: the leaver's last byte, room */
+#define CX_SKIP_MAX (1u << 24) /* more wake-up bytes than that: not an honest count */
+
+/* What a downgraded connection still holds in user space. At the end that
+ * took the downgrade: the leaver's messages it had not read (IN), read
+ * before the socket's bytes, and its own the leaver had not read (OUT),
+ * sent before anything new; INFD, an eventfd that keeps FD readable in the
+ * epoll sets while IN holds bytes. At an end that left and had no answer
+ * yet: its connection (LEAVING), and the next call tries again. */
+struct cx_down {
+    char *in, *out;
+    size_t in_len, in_off, out_len, out_off;
+    int infd;
+    struct conn *leaving;
+    int took; /* LEAVING took the other end's own DOWN (both left at once) */
+};
+static struct fdtab downs;          /* fd -> struct cx_down */
+static _Atomic unsigned downs_live; /* entries in DOWNS: none spares the look-up */
+_Atomic unsigned rpal__cx_down_gen;
+
+static void down_retire(struct conn *c);
+
+static struct cx_down *down_of(int fd)
+{
+    return rpal_load_relaxed(&downs_live) ? fdtab_get(&downs, fd) : NULL;
+}
+
+static int down_asked(const struct conn *c)
+{
+    /* pairs with the release store in down_publish: the leaver's tail,
+     * head, down_off and sock_bytes are final */
+    return rpal_load_acquire(&c->rd.their->down) != 0;
+}
+
+/* The other end is gone (closed its socket, or exited). */
+static int down_peer_gone(const struct conn *c)
+{
+    struct pollfd pf[2] = {{c->fd, POLLRDHUP, 0}, {c->peer ? c->peer->pidfd : -1, POLLIN, 0}};
+    return poll(pf, 2, 0) > 0 && ((pf[0].revents & (POLLRDHUP | POLLHUP | POLLERR)) || pf[1].revents);
+}
+
+/* Read and drop exactly N bytes of FD (the other end's counted wake-ups),
+ * waiting for them until DEADLINE: 0, or -ECONNRESET when the socket ends
+ * first, -ETIMEDOUT. */
+static int sock_skip(int fd, uint32_t n, uint64_t deadline)
+{
+    char b[256];
+    while (n) {
+        ssize_t r = recv(fd, b, n < sizeof b ? n : sizeof b, MSG_DONTWAIT);
+        if (r > 0) {
+            n -= (uint32_t)r;
+            continue;
+        }
+        if (r == 0 || (errno != EAGAIN && errno != EINTR))
+            return -ECONNRESET;
+        int err = rpal__prim_poll_until(fd, POLLIN, deadline);
+        if (err < 0)
+            return err;
+    }
+    return 0;
+}
+
+/* All that R has not read of its ring, into a new buffer *OUT (*LEN
+ * bytes; NULL when none): 0, or -ENOMEM. */
+static int ring_rest(struct cx_reader *r, char **out, size_t *len)
+{
+    size_t cap = 0;
+    *out = NULL;
+    *len = 0;
+    for (;;) {
+        if (cap - *len < 65536) {
+            char *p = realloc(*out, cap + 65536);
+            if (!p) {
+                free(*out);
+                *out = NULL;
+                return -ENOMEM;
+            }
+            *out = p;
+            cap += 65536;
+        }
+        size_t n = rpal__cx_take(r, *out + *len, cap - *len);
+        *len += n;
+        if (n == 0)
+            break;
+    }
+    if (*len == 0) {
+        free(*out);
+        *out = NULL;
+    }
+    return 0;
+}
+
+/* Where the other end stopped reading our ring: its final head, and the
+ * offset in the message there. */
+struct down_pos {
+    uint32_t head, off;
+};
+
+static void down_pos_take(const struct conn *c, struct down_pos *p)
+{
+    p->head = rpal_load_acquire(&c->rd.their->head);
+    p->off = rpal_load_relaxed(&c->rd.their->down_off);
+}
+
+/* What the other end had not read of our ring: from where it stopped (P:
+ * its word, checked) to our last message. */
+static int ring_unread(struct conn *c, const struct down_pos *p, char **out, size_t *len)
+{
+    uint32_t head = p->head, off = p->off;
+    *out = NULL;
+    *len = 0;
+    if (c->sent - head > c->depth)
+        return -EPROTO;
+    /* Our own ring: its entries and staging copies are ours to trust. */
+    struct cx_reader r = {.their = c->my, .tdepth = c->depth, .head = head, .off = off,
+                          .sbase = 0, .ssize = UINT64_MAX};
+    return ring_rest(&r, out, len);
+}
+
+/* Send what DN holds for the other end, waiting until DEADLINE (0: do not
+ * wait) for room: 0 when all went, -EAGAIN, or the socket's error. */
+static int down_flush(int fd, struct cx_down *dn, uint64_t deadline)
+{
+    while (dn->out_off < dn->out_len) {
+        ssize_t r = send(fd, dn->out + dn->out_off, dn->out_len - dn->out_off,
+                         MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (r > 0) {
+            dn->out_off += (size_t)r;
+            continue;
+        }
+        if (r < 0 && errno != EAGAIN && errno != EINTR) {
+            dn->out_off = dn->out_len; /* the other end is gone: so are its bytes */
+            return -errno;
+        }
+        if (deadline == 0 || rpal__prim_poll_until(fd, POLLOUT, deadline) < 0)
+            return -EAGAIN;
+    }
+    return 0;
+}
+
+/* DN (FD's) holds nothing more: forget it. */
+static void down_drop(int fd, struct cx_down *dn, int force)
+{
+    if (!force && (dn->in_off < dn->in_len || dn->out_off < dn->out_len || dn->leaving))
+        return;
+    pthread_mutex_lock(&cx_lock);
+    fdtab_put(&downs, fd, NULL);
+    rpal_fetch_add_relaxed(&downs_live, (unsigned)-1);
+    pthread_mutex_unlock(&cx_lock);
+    if (dn->infd >= 0)
+        close(dn->infd); /* out of the epoll sets with it */
+    if (dn->leaving)
+        down_retire(dn->leaving); /* the other end may still read where we stopped */
+    free(dn->in);
+    free(dn->out);
+    free(dn);
+    rpal_fetch_add_relaxed(&rpal__cx_down_gen, 1);
+}
+
+/* FD (C's) leaves the table of connections; in every epoll set that held
+ * it for the rings, the kernel's registration becomes the application's (a
+ * plain descriptor there), with INFD (-1: none) beside it, under FD's
+ * cookie, while bytes are held for it. */
+static void conn_unlist(struct conn *c, int fd, int infd)
+{
+    pthread_mutex_lock(&cx_lock);
+    fdtab_put(&conns, fd, NULL);
+    for (int pg = 0; pg < FD_PAGES; pg++) {
+        void **sp = rpal_load_relaxed(&sets.pages[pg]); /* cx_lock: as every store */
+        for (int k = 0; sp && k < FD_PAGE; k++) {
+            struct ep_set *s = rpal_plain_load_relaxed(&sp[k]);
+            struct ep_item *it = s ? fdtab_get(s->items, fd) : NULL;
+            if (!it || !it->kmapped)
+                continue;
+            if (it->kbell)
+                epoll_ctl(s->epfd, EPOLL_CTL_DEL, c->bell, NULL);
+            struct epoll_event kev = {.events = it->events, .data.u64 = (uint64_t)fd};
+            if (it->in_use) {
+                epoll_ctl(s->epfd, EPOLL_CTL_MOD, fd, &kev);
+                kev.events = EPOLLIN | (it->events & (EPOLLET | EPOLLONESHOT));
+                if (infd >= 0 && (it->events & EPOLLIN))
+                    epoll_ctl(s->epfd, EPOLL_CTL_ADD, infd, &kev);
+            } else {
+                epoll_ctl(s->epfd, EPOLL_CTL_DEL, fd, NULL); /* parked: deleted by the application */
+            }
+            it->kmapped = it->kbell = it->parked = 0;
+        }
+    }
+    rpal_fetch_add_relaxed(&conn_gen, 1);
+    pthread_mutex_unlock(&cx_lock);
+}
+
+static void down_enter(int fd, struct cx_down *dn)
+{
+    pthread_mutex_lock(&cx_lock);
+    fdtab_put(&downs, fd, dn);
+    rpal_fetch_add_relaxed(&downs_live, 1);
+    pthread_mutex_unlock(&cx_lock);
+}
+
+/* Rings of downgraded connections, kept CX_DOWN_MS after the downgrade:
+ * the other end reads where we stopped (and our counts) after our
+ * DOWN_ACK, or after our DOWN when both leave, and must not find the
+ * memory reused. Freed at a later downgrade, or when the other end is
+ * gone. */
+static struct conn *down_retired;
+
+static void down_retire(struct conn *c)
+{
+    pthread_mutex_lock(&cx_lock);
+    uint64_t now = rpal__prim_now_ns();
+    c->down_until = now + (uint64_t)CX_DOWN_MS * 1000000;
+    c->next_zombie = down_retired;
+    down_retired = c;
+    for (struct conn **pp = &c->next_zombie; *pp;) {
+        struct conn *o = *pp;
+        /* Its pidfd, not its descriptor: that number may be another's now. */
+        struct pollfd pf = {o->peer ? o->peer->pidfd : -1, POLLIN, 0};
+        if (now >= o->down_until || poll(&pf, 1, 0) > 0) {
+            *pp = o->next_zombie;
+            conn_free(o);
+        } else {
+            pp = &o->next_zombie;
+        }
+    }
+    pthread_mutex_unlock(&cx_lock);
+}
+
+/* Acknowledge the other end's DOWN on C (FD): where it stopped reading
+ * our ring into *THEIRS (read before the acknowledgement: it may free its
+ * ring once it sees it), its counted wake-up bytes read (all sent before
+ * its DOWN), where we stopped reading its ring published (it sends the
+ * rest on the socket), our DOWN_ACK set. */
+static void down_ack(struct conn *c, int fd, struct down_pos *theirs)
+{
+    down_pos_take(c, theirs);
+    uint32_t skip = rpal_load_relaxed(&c->rd.their->pub.sock_bytes) - c->drained;
+    if (skip < CX_SKIP_MAX)
+        (void)sock_skip(fd, skip, rpal__prim_deadline(CX_DOWN_MS)); /* an end: the socket says it next */
+    rpal_store_relaxed(&c->my->down_off, c->rd.off);
+    /* Our head, down_off and sock_bytes are final (C is out of the table:
+     * no more reads or wake-ups); pairs with the acquire in leave_finish. */
+    rpal_store_release(&c->my->down_ack, 1);
+    rpal__prim_futex_wake(&c->my->down_ack, INT_MAX, 1);
+}
+
+/* Send on C's socket (FD) what the other end had not read of our ring
+ * (from THEIRS) before anything new: waiting for room until DEADLINE, the
+ * rest kept in DN. 0, or -EAGAIN if some is left. */
+static int down_resend(struct conn *c, int fd, struct cx_down *dn, const struct down_pos *theirs,
+                       uint64_t deadline)
+{
+    if (ring_unread(c, theirs, &dn->out, &dn->out_len) < 0)
+        dn->out_len = 0; /* its head was a lie: nothing of ours to give back */
+    return down_flush(fd, dn, deadline);
+}
+
+/* The other end of C (FD) leaves the rings: take it (above), and send
+ * what it had not read of our ring (up to CX_DOWN_MS for room; the rest
+ * before anything new). It sends what we had not read of its ring itself;
+ * if it is gone already, we keep a copy of that, read before the
+ * socket's end. 0 or -ENOMEM (then nothing changed). */
+static int down_take(struct conn *c, int fd)
+{
+    struct cx_down *dn = calloc(1, sizeof *dn);
+    struct cx_reader r = c->rd; /* a copy: nothing consumed if memory runs out */
+    if (!dn || (down_peer_gone(c) && ring_rest(&r, &dn->in, &dn->in_len) < 0)) {
+        free(dn);
+        return -ENOMEM;
+    }
+    /* Readable in the epoll sets while IN holds bytes (a sleeper there is
+     * woken by the socket only). */
+    dn->infd = dn->in_len ? eventfd(1, EFD_CLOEXEC | EFD_NONBLOCK) : -1;
+    conn_unlist(c, fd, dn->infd);
+    struct down_pos theirs;
+    down_ack(c, fd, &theirs);
+    (void)down_resend(c, fd, dn, &theirs, rpal__prim_deadline(CX_DOWN_MS));
+    down_enter(fd, dn);
+    down_retire(c);
+    rpal_fetch_add_relaxed(&rpal__cx_down_gen, 1);
+    down_drop(fd, dn, 0);
+    return 0;
+}
+
+/* Leave the rings (rpal__cx_leave): stop, say where we stand, and wake the
+ * other end however it waits, with a counted byte on the socket last. */
+static void down_publish(struct conn *c, int fd, uint64_t deadline)
+{
+    conn_unlist(c, fd, -1);
+    rpal_store_relaxed(&c->my->down_off, c->rd.off);
+    rpal_store_relaxed(&c->my->pub.sock_bytes, rpal_load_relaxed(&c->my->pub.sock_bytes) + 1);
+    rpal_store_release(&c->my->down, 1); /* pairs with the acquire in down_asked */
+    rpal_fence_seq_cst();
+    rpal__prim_futex_wake(&c->my->tail, INT_MAX, 1);
+    rpal__prim_futex_wake(&c->my->head, INT_MAX, 1);
+    uint64_t one = 1;
+    if (c->their_bell >= 0)
+        (void)!write(c->their_bell, &one, sizeof one);
+    /* The byte counted above: the other end waits for it before it acks. */
+    while (send(fd, "", 1, MSG_DONTWAIT | MSG_NOSIGNAL) != 1 &&
+           (errno == EAGAIN || errno == EINTR) &&
+           rpal__prim_poll_until(fd, POLLOUT, deadline) == 0)
+        ;
+}
+
+/* Wait for the other end's DOWN_ACK until DEADLINE (or its own DOWN: both
+ * leave at once, and each acknowledges the other's), read its counted
+ * wake-up bytes, send what it had not read of our ring, and forget the
+ * connection: 0, or -ETIMEDOUT (no answer; or bytes left to send, kept in
+ * DN and sent before anything new). */
+static int leave_finish(int fd, struct cx_down *dn, uint64_t deadline)
+{
+    struct conn *c = dn->leaving;
+    struct down_pos theirs;
+    int gone = 0;
+    for (;;) {
+        /* Pairs with the release stores in down_ack (its head, down_off and
+         * sock_bytes are final) and down_publish (the same, at its DOWN). */
+        if (!dn->took && down_asked(c)) {
+            dn->took = 1;
+            down_ack(c, fd, &theirs);
+        }
+        if (dn->took || rpal_load_acquire(&c->rd.their->down_ack) || (gone = down_peer_gone(c)))
+            break;
+        uint64_t now = rpal__prim_now_ns();
+        if (now >= deadline)
+            return -ETIMEDOUT;
+        int64_t slice = wt_slice_ns(wt_left_ns(0, deadline, now), 20000000);
+        rpal__prim_futex_wait(&c->rd.their->down_ack, 0, 1, slice);
+    }
+    if (!dn->took) {
+        /* Its ring stays CX_DOWN_MS after its acknowledgement (down_retire). */
+        down_pos_take(c, &theirs);
+        uint32_t skip = rpal_load_relaxed(&c->rd.their->pub.sock_bytes) - c->drained;
+        if (skip < CX_SKIP_MAX)
+            (void)sock_skip(fd, skip, rpal__prim_deadline(CX_DOWN_MS));
+    }
+    int err = gone ? 0 : down_resend(c, fd, dn, &theirs, deadline);
+    dn->leaving = NULL;
+    down_retire(c);
+    down_drop(fd, dn, 0);
+    return err < 0 ? -ETIMEDOUT : 0;
+}
+
+int rpal__cx_leave(int fd, int timeout_ms)
+{
+    struct conn *c = conn_of(fd);
+    struct cx_down *dn = down_of(fd);
+    uint64_t deadline = rpal__prim_deadline(timeout_ms);
+    if (c) {
+        if (rpal__dom_check(c->d) < 0)
+            return -ECHILD;
+        if (!(dn = calloc(1, sizeof *dn)))
+            return -ENOMEM;
+        dn->infd = -1;
+        dn->leaving = c;
+        down_publish(c, fd, deadline);
+        down_enter(fd, dn);
+    }
+    if (dn && dn->leaving)
+        return leave_finish(fd, dn, deadline);
+    if (!dn)
+        return -ENOENT;
+    /* Back on the socket already: what we still owe the other end goes
+     * first. (What a dead one had sent stays readable here.) */
+    int err = down_flush(fd, dn, deadline);
+    down_drop(fd, dn, 0);
+    return err == -EAGAIN ? -ETIMEDOUT : 0;
+}
+
+int rpal__cx_state(int fd)
+{
+    return conn_of(fd) ? 2 : down_of(fd) ? 1 : 0;
+}
+
+/* Until the bytes DN holds for the other end went, a read of the socket
+ * that would wait sends them as room comes (the other end may wait for
+ * them before it writes what we wait for). */
+static void down_wait_room(int fd, struct cx_down *dn)
+{
+    int fl = fcntl(fd, F_GETFL);
+    while (dn->out_off < dn->out_len && fl >= 0 && !(fl & O_NONBLOCK)) {
+        struct pollfd pf = {fd, POLLIN | POLLOUT, 0};
+        if (poll(&pf, 1, -1) < 0 && errno != EINTR)
+            return;
+        if (pf.revents & (POLLIN | POLLHUP | POLLERR))
+            return;
+        (void)down_flush(fd, dn, 0);
+    }
+}
+
+/* A read of FD, which went back to the socket: what DN holds first; an end
+ * that left without an answer yet tries again (up to CX_DOWN_MS). -EXDEV:
+ * nothing held, the socket's next bytes are the stream's. */
+static ssize_t down_read(int fd, struct cx_down *dn, void *buf, size_t len)
+{
+    if (dn->leaving) {
+        int err = leave_finish(fd, dn, rpal__prim_deadline(CX_DOWN_MS));
+        return err < 0 ? err : -EXDEV;
+    }
+    (void)down_flush(fd, dn, 0);
+    size_t n = dn->in_len - dn->in_off < len ? dn->in_len - dn->in_off : len;
+    memcpy(buf, dn->in + dn->in_off, n);
+    dn->in_off += n;
+    if (dn->in_off == dn->in_len && dn->infd >= 0) {
+        close(dn->infd);
+        dn->infd = -1;
+    }
+    if (!n)
+        down_wait_room(fd, dn);
+    down_drop(fd, dn, 0);
+    return n ? (ssize_t)n : -EXDEV;
+}
+
+/* A write of FD, which went back to the socket: what DN holds goes first
+ * (-EAGAIN if it cannot all go and FD is non-blocking); -EXDEV: write to
+ * the socket now. */
+static ssize_t down_write(int fd, struct cx_down *dn)
+{
+    if (dn->leaving) {
+        int err = leave_finish(fd, dn, rpal__prim_deadline(CX_DOWN_MS));
+        return err < 0 ? err : -EXDEV;
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (down_flush(fd, dn, fl >= 0 && (fl & O_NONBLOCK) ? 0 : UINT64_MAX) == -EAGAIN)
+        return -EAGAIN;
+    down_drop(fd, dn, 0);
+    return -EXDEV;
+}
+
+/* poll() of FD, which went back to the socket: the kernel's answer, and
+ * readable while DN holds bytes. */
+static int down_poll(int fd, struct cx_down *dn, int events)
+{
+    if (dn->leaving)
+        return events & (POLLIN | POLLOUT); /* the call then waits for the answer */
+    (void)down_flush(fd, dn, 0);
+    struct pollfd pf = {fd, (short)events, 0};
+    int r = poll(&pf, 1, 0) > 0 ? pf.revents : 0;
+    if (dn->in_off < dn->in_len)
+        r |= POLLIN;
+    down_drop(fd, dn, 0);
+    return r & (events | POLLHUP | POLLERR | POLLNVAL);
+}
+
+ssize_t rpal__cx_read(int fd, void *buf, size_t len)
+{
+    return cx_read(fd, buf, len, 0);
+}
+
+ssize_t rpal__cx_write(int fd, const void *buf, size_t len)
+{
+    return cx_write(fd, buf, len, 0);
+}
+
+/* MSG_PEEK of FD, which went back to the socket: what DN holds; -EXDEV if
+ * nothing (or an end that left: the call then waits for the answer). */
+static ssize_t down_peek(struct cx_down *dn, void *buf, size_t len)
+{
+    size_t n = dn->in_len - dn->in_off < len ? dn->in_len - dn->in_off : len;
+    if (dn->leaving || !n)
+        return -EXDEV;
+    memcpy(buf, dn->in + dn->in_off, n);
+    return (ssize_t)n;
 }

@@ -770,6 +770,12 @@ struct cx_ring {
     _Alignas(64) struct wt_pub pub;          /* the owner's: asleep, and how to wake it */
     _Atomic uint32_t want_room;              /* 1: the owner waits for room */
     _Atomic uint32_t closed;                 /* 1: the owner closed; nothing follows */
+    /* The downgrade back to the socket (rpal__cx_leave; docs/run.md):
+     * DOWN 1, the owner leaves the rings (its tail, head and sock_bytes are
+     * final) and DOWN_OFF is how far it read the message at its head;
+     * DOWN_ACK 1, the owner took the other end's DOWN (its sock_bytes are
+     * final, and what the leaving end had not read of its ring is its). */
+    _Atomic uint32_t down, down_off, down_ack;
     _Alignas(64) struct ch_entry e[];
 };
 struct fm_hello {
@@ -829,6 +835,23 @@ RPAL_HIDDEN int rpal__cx_wait_begin(int fd, struct wt_wait *w);
 RPAL_HIDDEN void rpal__cx_wait_end(int fd, struct wt_wait *w);
 /* Copy what is there to read without consuming it (MSG_PEEK). */
 RPAL_HIDDEN ssize_t rpal__cx_peek(int fd, void *buf, size_t len);
+/* The downgrade (docs/run.md): FD's connection leaves the rings for the
+ * kernel socket, with no byte lost, duplicated or reordered, waiting up to
+ * TIMEOUT_MS for the other end's acknowledgement. 0: FD is a plain socket
+ * now (also when the other end is gone); -ENOENT: FD was not upgraded;
+ * -ETIMEDOUT: the other end did not answer (the next call tries again). */
+RPAL_HIDDEN int rpal__cx_leave(int fd, int timeout_ms);
+/* rpal_read and rpal_write for src/run.c: -EXDEV instead of the kernel's
+ * read or write once FD's connection went back to the socket (nothing of
+ * it left in user space): the caller makes the kernel's call itself. */
+RPAL_HIDDEN ssize_t rpal__cx_read(int fd, void *buf, size_t len);
+RPAL_HIDDEN ssize_t rpal__cx_write(int fd, const void *buf, size_t len);
+/* 2: FD is upgraded; 1: downgraded, with bytes still held in user space;
+ * 0: neither (a plain descriptor). */
+RPAL_HIDDEN int rpal__cx_state(int fd);
+/* Bumped when a connection goes back to the socket at the other end's
+ * request, or its last held bytes are gone. */
+RPAL_HIDDEN extern _Atomic unsigned rpal__cx_down_gen;
 /* shutdown(2) on FD; an upgraded one's other end is woken to see it. */
 RPAL_HIDDEN int rpal__cx_shutdown(int fd, int how);
 

@@ -48,6 +48,10 @@
 #define RUN_FDS  65536 /* descriptors above are left to the kernel */
 #define EXPORT   __attribute__((visibility("default")))
 #define GATHER   65536 /* writev/sendmsg: gathered into one message up to this */
+/* What the calls on an upgraded descriptor return when its connection went
+ * back to the kernel socket meanwhile (the other end left the rings: the
+ * downgrade, docs/run.md): the caller makes the kernel's call instead. */
+#define DOWNED   (-2)
 
 /* ST_HIDDEN: upgraded, closed by the program while a dup of it is open
  * (the connection lives on: the dup is an alias of this descriptor). */
@@ -118,6 +122,11 @@ static int (*real_epoll_pwait2)(int, struct epoll_event *, int, const struct tim
 static ssize_t (*real_sendfile)(int, int, off_t *, size_t);
 static ssize_t (*real_sendfile64)(int, int, off64_t *, size_t);
 static ssize_t (*real_splice)(int, loff_t *, int, loff_t *, size_t, unsigned);
+static int (*real_execve)(const char *, char *const[], char *const[]);
+static int (*real_execv)(const char *, char *const[]);
+static int (*real_execvp)(const char *, char *const[]);
+static int (*real_execvpe)(const char *, char *const[], char *const[]);
+static int (*real_fexecve)(int, char *const[], char *const[]);
 
 /* ---- the table ---- */
 
@@ -210,6 +219,37 @@ static int nonblocking(int fd)
     return fl >= 0 && (fl & O_NONBLOCK);
 }
 
+/* FD's connection (FD upgraded, or hidden) went back to the kernel socket
+ * and holds nothing more in user space: FD and its aliases are plain. */
+static void down_plain(int t)
+{
+    int st = fdst[t];
+    __atomic_store_n(&nalias[t], 0, __ATOMIC_SEQ_CST);
+    for (int a = 0; a < RUN_FDS; a++)
+        if (fdst[a] == ST_ALIAS && alias_of[a] == t)
+            fdst[a] = ST_PLAIN;
+    fdst[t] = ST_PLAIN;
+    if (st == ST_HIDDEN)
+        REAL(close)(t); /* closed by the program: its aliases hold the socket */
+    run_log("kernel", t, 0, 0);
+}
+
+/* Connections the other end moved back to the socket (compat took its
+ * word at one of our calls): their descriptors are plain once compat
+ * holds nothing more of them. Cheap unless one did. */
+static void down_sync(void)
+{
+    static _Atomic unsigned seen;
+    unsigned g = atomic_load_explicit(&rpal__cx_down_gen, memory_order_acquire);
+    if (atomic_exchange(&seen, g) == g)
+        return;
+    for (int fd = 0; fd < RUN_FDS; fd++) {
+        int st = fdst[fd];
+        if ((st == ST_UP || st == ST_HIDDEN) && rpal__cx_state(fd) == 0)
+            down_plain(fd);
+    }
+}
+
 /* Take a candidate or a half-done upgrade one step further; the state it
  * is in then. WAIT: how long the caller may wait for the other end's hello:
  * W_NONE (poll: not at all), W_SHORT (a non-blocking call: then EAGAIN),
@@ -218,6 +258,9 @@ enum { W_NONE, W_SHORT, W_LONG };
 static int settle(int fd, int wait)
 {
     int st = state(fd);
+    if (st == ST_UP || st == ST_ALIAS)
+        down_sync();
+    st = state(fd);
     if (st == ST_ALIAS)
         return state(alias_of[fd]) == ST_UP || state(alias_of[fd]) == ST_HIDDEN ? ST_UP : ST_BROKEN;
     if (st != ST_CAND && st != ST_HALF)
@@ -298,6 +341,8 @@ static ssize_t ring_look(int fd, void *buf, size_t len, int nb)
         ssize_t n = rpal__cx_peek(fd, buf, len);
         int ev = n == 0 ? rpal__cx_poll(fd, POLLIN, 0) : 0;
         inside--;
+        if (n == -EXDEV || ev == -ENOENT)
+            return DOWNED;
         if (n != 0 || (ev & POLLHUP) || len == 0)
             return n < 0 ? fail((int)-n) : n;
         if (nb || nonblocking(fd))
@@ -318,12 +363,20 @@ static ssize_t up_read(int fd, void *buf, size_t len, int flags)
             inside++;
             int ev = rpal__cx_poll(fd, POLLIN, 0);
             inside--;
+            if (ev == -ENOENT)
+                return got ? (ssize_t)got : DOWNED;
             if (!(ev & (POLLIN | POLLHUP)))
                 return got ? (ssize_t)got : fail(EAGAIN);
         }
         inside++;
-        ssize_t n = rpal_read(fd, (char *)buf + got, len - got);
+        ssize_t n = rpal__cx_read(fd, (char *)buf + got, len - got);
         inside--;
+        if (n == -EXDEV && got && (flags & MSG_WAITALL)) {
+            n = REAL(recv)(fd, (char *)buf + got, len - got, flags); /* the rest: the socket's */
+            return n > 0 ? (ssize_t)got + n : (ssize_t)got;
+        }
+        if (n == -EXDEV)
+            return got ? (ssize_t)got : DOWNED;
         if (n < 0)
             return got ? (ssize_t)got : fail((int)-n);
         if (n == 0)
@@ -333,16 +386,37 @@ static ssize_t up_read(int fd, void *buf, size_t len, int flags)
     return (ssize_t)got;
 }
 
+/* recvmsg's, while it reads through run_readv: the connection went back
+ * to the socket before a byte was read, so recvmsg makes the kernel's
+ * call itself, with the control data that may come now. */
+static __thread struct msghdr *redo_msg __attribute__((tls_model("initial-exec")));
+static __thread int redo_msg_due __attribute__((tls_model("initial-exec")));
+
+/* The kernel's recv, FD's connection being back on the socket. */
+static ssize_t recv_redo(int fd, void *buf, size_t len, int flags)
+{
+    down_sync();
+    if (redo_msg) {
+        redo_msg_due = 1;
+        return fail(EXDEV);
+    }
+    return REAL(recv)(fd, buf, len, flags);
+}
+
 static ssize_t run_recv(int fd, void *buf, size_t len, int flags)
 {
-    if (state(fd) == ST_UP) /* O_NONBLOCK is compat's to ask, when it would wait */
-        return up_read(fd, buf, len, flags);
+    ssize_t n;
+    if (state(fd) == ST_UP) { /* O_NONBLOCK is compat's to ask, when it would wait */
+        n = up_read(fd, buf, len, flags);
+        return n == DOWNED ? recv_redo(fd, buf, len, flags) : n;
+    }
     int st = settle_io(fd, flags & MSG_DONTWAIT);
     if (st < 0)
         return -1;
     if (st == ST_PLAIN)
         return REAL(recv)(fd, buf, len, flags);
-    return up_read(target(fd), buf, len, flags);
+    n = up_read(target(fd), buf, len, flags);
+    return n == DOWNED ? recv_redo(fd, buf, len, flags) : n;
 }
 
 EXPORT ssize_t read(int fd, void *buf, size_t len)
@@ -403,7 +477,12 @@ EXPORT ssize_t recvmsg(int fd, struct msghdr *m, int flags)
 {
     if (!tracked(fd) || settle(fd, W_NONE) == ST_PLAIN)
         return REAL(recvmsg)(fd, m, flags);
+    redo_msg = m;
+    redo_msg_due = 0;
     ssize_t n = run_readv(fd, m->msg_iov, (int)m->msg_iovlen, flags);
+    redo_msg = NULL;
+    if (n < 0 && redo_msg_due)
+        return REAL(recvmsg)(fd, m, flags);
     if (n >= 0) {
         m->msg_controllen = 0;
         m->msg_flags = 0;
@@ -432,12 +511,16 @@ static ssize_t up_write(int fd, const void *buf, size_t len, int flags)
         inside++;
         int ev = rpal__cx_poll(fd, POLLOUT, 0);
         inside--;
+        if (ev == -ENOENT)
+            return DOWNED;
         if (!(ev & (POLLOUT | POLLHUP)))
             return fail(EAGAIN);
     }
     inside++;
-    ssize_t n = rpal_write(fd, buf, len);
+    ssize_t n = rpal__cx_write(fd, buf, len);
     inside--;
+    if (n == -EXDEV)
+        return DOWNED;
     if (n == -EPIPE && !(flags & MSG_NOSIGNAL))
         raise(SIGPIPE); /* as the kernel does, to this thread */
     return n < 0 ? fail((int)-n) : n;
@@ -445,14 +528,21 @@ static ssize_t up_write(int fd, const void *buf, size_t len, int flags)
 
 static ssize_t run_send(int fd, const void *buf, size_t len, int flags)
 {
-    if (state(fd) == ST_UP)
-        return up_write(fd, buf, len, flags);
-    int st = settle_io(fd, flags & MSG_DONTWAIT);
-    if (st < 0)
-        return -1;
-    if (st == ST_PLAIN)
-        return REAL(send)(fd, buf, len, flags);
-    return up_write(target(fd), buf, len, flags);
+    ssize_t n;
+    if (state(fd) == ST_UP) {
+        n = up_write(fd, buf, len, flags);
+    } else {
+        int st = settle_io(fd, flags & MSG_DONTWAIT);
+        if (st < 0)
+            return -1;
+        if (st == ST_PLAIN)
+            return REAL(send)(fd, buf, len, flags);
+        n = up_write(target(fd), buf, len, flags);
+    }
+    if (n != DOWNED)
+        return n;
+    down_sync(); /* back on the socket: the kernel's */
+    return REAL(send)(fd, buf, len, flags);
 }
 
 EXPORT ssize_t write(int fd, const void *buf, size_t len)
@@ -517,10 +607,38 @@ EXPORT ssize_t writev(int fd, const struct iovec *iov, int cnt)
     return run_writev(fd, iov, cnt, 0);
 }
 
-/* Whether M passes (SCM_RIGHTS) a descriptor whose connection is on the
- * rings (or being moved there): the receiver would see the socket, which
- * holds only wake-up bytes, and nothing brings the connection back to the
- * socket yet (docs/run.md). 0, or the errno for sendmsg. */
+/* FD's connection (FD upgraded, an alias of one, or half-way there) goes
+ * back to the kernel socket (the downgrade, docs/run.md), so that another
+ * process, or the program an exec starts, reads and writes the socket: 0,
+ * FD and its aliases plain; or -1 with errno (ETIMEDOUT: the other end did
+ * not answer within RPAL_RUN_HELLO_MS). */
+static int run_leave(int fd)
+{
+    int st = state(fd);
+    if (st == ST_HALF) /* its hello would reach the receiver */
+        st = settle(fd, W_LONG);
+    if (st == ST_ALIAS)
+        st = settle(fd, W_NONE);
+    if (st == ST_HALF)
+        return (int)fail(ETIMEDOUT);
+    if (st != ST_UP)
+        return 0; /* plain, or broken: the kernel's either way */
+    int t = target(fd);
+    inside++;
+    int r = rpal__cx_leave(t, hello_ms);
+    int left = rpal__cx_state(t);
+    inside--;
+    run_log("down", t, r, left);
+    if (r < 0 && r != -ENOENT)
+        return (int)fail(-r);
+    if (left == 0)
+        down_plain(t);
+    return 0;
+}
+
+/* M passes (SCM_RIGHTS) descriptors: each whose connection is on the rings
+ * goes back to the kernel socket first (the receiver reads the socket).
+ * 0, or the errno for sendmsg. */
 static int passes_ring(const struct msghdr *m)
 {
     if (!m->msg_control)
@@ -540,8 +658,10 @@ static int passes_ring(const struct msghdr *m)
             int st = tracked(fd) ? state(fd) : ST_PLAIN;
             if (st == ST_HIDDEN)
                 return EBADF; /* closed, as far as the program knows */
-            if (st == ST_HALF || st == ST_UP || st == ST_ALIAS || st == ST_PARENT)
-                return EOPNOTSUPP;
+            if (st == ST_PARENT)
+                return EOPNOTSUPP; /* the rings are the parent's: docs/run.md */
+            if ((st == ST_HALF || st == ST_UP || st == ST_ALIAS) && run_leave(fd) < 0)
+                return errno;
         }
     }
     return 0;
@@ -554,8 +674,16 @@ EXPORT ssize_t sendmsg(int fd, const struct msghdr *m, int flags)
         return fail(err);
     if (!tracked(fd) || settle(fd, W_NONE) == ST_PLAIN)
         return REAL(sendmsg)(fd, m, flags);
-    if (m->msg_controllen)
-        return fail(EOPNOTSUPP); /* descriptors cannot travel in a ring: docs/run.md */
+    if (m->msg_controllen) {
+        /* Control data cannot travel in a ring: the connection goes back
+         * to the socket, which carries it. */
+        int st = state(fd);
+        if (st != ST_UP && st != ST_ALIAS && st != ST_HALF)
+            return fail(st == ST_HIDDEN ? EBADF : st == ST_BROKEN ? ECONNRESET : EOPNOTSUPP);
+        if (run_leave(fd) < 0)
+            return -1;
+        return REAL(sendmsg)(fd, m, flags);
+    }
     if (m->msg_name && m->msg_namelen)
         return fail(EISCONN);
     return run_writev(fd, m->msg_iov, (int)m->msg_iovlen, flags);
@@ -603,6 +731,8 @@ static ssize_t copy_to_ring(int out, int in, off64_t *off, size_t len, int from_
         inside++;
         int ev = rpal__cx_poll(out, POLLOUT, 0);
         inside--;
+        if (ev == -ENOENT)
+            return done ? (ssize_t)done : DOWNED;
         if (!(ev & (POLLOUT | POLLHUP))) {
             if (nb || nonblocking(out))
                 break;
@@ -619,6 +749,8 @@ static ssize_t copy_to_ring(int out, int in, off64_t *off, size_t len, int from_
         if (n <= 0)
             return done ? (ssize_t)done : n;
         ssize_t w = up_write(out, b, (size_t)n, 0);
+        if (w == DOWNED) /* back on the socket: the rest is the kernel's */
+            w = REAL(send)(out, b, (size_t)n, 0);
         if (w < n && !off && !from_pipe) /* give the file back what did not go */
             lseek64(in, -(off64_t)(n - (w > 0 ? w : 0)), SEEK_CUR);
         if (w < 0)
@@ -675,7 +807,11 @@ static ssize_t run_sendfile(int out, int in, off64_t *off, size_t count)
         return -1;
     if (count > 0x7ffff000)
         count = 0x7ffff000; /* the kernel's MAX_RW_COUNT */
-    return copy_to_ring(target(out), in, off, count, 0, 0);
+    ssize_t n = copy_to_ring(target(out), in, off, count, 0, 0);
+    if (n != DOWNED)
+        return n;
+    down_sync();
+    return REAL(sendfile64)(out, in, off, count);
 }
 
 EXPORT ssize_t sendfile64(int out, int in, off64_t *off, size_t count)
@@ -716,9 +852,12 @@ EXPORT ssize_t splice(int in, loff_t *offin, int out, loff_t *offout, size_t len
         return fail(EINVAL);
     if (from_ring ? offout : offin)
         return fail(ESPIPE);
-    if (from_ring)
-        return splice_from_ring(target(in), out, len, nb);
-    return copy_to_ring(target(out), in, NULL, len, 1, nb);
+    ssize_t n = from_ring ? splice_from_ring(target(in), out, len, nb)
+                          : copy_to_ring(target(out), in, NULL, len, 1, nb);
+    if (n != DOWNED)
+        return n;
+    down_sync();
+    return REAL(splice)(in, offin, out, offout, len, flags);
 }
 
 /* ---- making and ending connections ---- */
@@ -969,6 +1108,10 @@ EXPORT int ioctl(int fd, unsigned long req, ...)
     inside++;
     ssize_t n = rpal__cx_peek(target(fd), b, GATHER);
     inside--;
+    if (n == -EXDEV) {
+        down_sync(); /* back on the socket */
+        return REAL(ioctl)(fd, req, arg);
+    }
     if (n < 0)
         return (int)fail((int)-n);
     *(int *)arg = (int)n;
@@ -1007,15 +1150,20 @@ static int poll_look(struct pollfd *fds, struct pollfd *k, nfds_t n, int how, in
             k[i].events = POLLIN; /* its hello: nothing else counts yet */
             continue;
         }
-        k[i].fd = -1; /* the kernel looks at it only while we sleep */
         if (st == ST_UP || st == ST_ALIAS || st == ST_HIDDEN) {
             inside++;
             int r = rpal__cx_poll(target(fd), fds[i].events, how);
             inside--;
+            if (r == -ENOENT) {
+                down_sync(); /* back on the socket: the kernel's to answer */
+                continue;
+            }
+            k[i].fd = -1; /* the kernel looks at it only while we sleep */
             fds[i].revents = (short)(r < 0 ? POLLNVAL : r);
             k[i].events = POLLIN | POLLRDHUP;
             (*nup)++;
         } else {
+            k[i].fd = -1;
             fds[i].revents = st == ST_BROKEN ? POLLERR | POLLHUP : POLLNVAL;
         }
         ready += fds[i].revents != 0;
@@ -1327,6 +1475,92 @@ EXPORT int epoll_pwait2(int epfd, struct epoll_event *ev, int max, const struct 
     int64_t ns = ts_ns(ts);
     int ms = ns < 0 ? -1 : (int)((ns + 999999) / 1000000);
     return run_epoll_wait(epfd, ev, max, ms, mask);
+}
+
+/* ---- exec: the new program gets the kernel's sockets ---- */
+
+/* Before an exec: every connection on the rings whose descriptor (or a dup
+ * of it) stays open in the new program goes back to the kernel socket,
+ * which is all the new program will know. 0, or -1 with errno: the exec is
+ * not made (the connections moved so far stay on the socket, working).
+ * glibc's execvp and execl* call __execve, not execve: each is
+ * interposed itself. */
+static int exec_prepare(void)
+{
+    if (inside)
+        return 0;
+    for (int fd = 0; fd < RUN_FDS; fd++) {
+        int st = fdst[fd];
+        if (st != ST_UP && st != ST_ALIAS && st != ST_HALF)
+            continue;
+        int fl = REAL(fcntl)(fd, F_GETFD);
+        if (fl >= 0 && !(fl & FD_CLOEXEC) && run_leave(fd) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+EXPORT int execve(const char *path, char *const argv[], char *const envp[])
+{
+    return exec_prepare() < 0 ? -1 : REAL(execve)(path, argv, envp);
+}
+
+EXPORT int execv(const char *path, char *const argv[])
+{
+    return exec_prepare() < 0 ? -1 : REAL(execv)(path, argv);
+}
+
+EXPORT int execvp(const char *file, char *const argv[])
+{
+    return exec_prepare() < 0 ? -1 : REAL(execvp)(file, argv);
+}
+
+EXPORT int execvpe(const char *file, char *const argv[], char *const envp[])
+{
+    return exec_prepare() < 0 ? -1 : REAL(execvpe)(file, argv, envp);
+}
+
+EXPORT int fexecve(int fd, char *const argv[], char *const envp[])
+{
+    return exec_prepare() < 0 ? -1 : REAL(fexecve)(fd, argv, envp);
+}
+
+/* The list forms: ARG and what follows it up to the NULL, as a vector;
+ * then, if ENV is not NULL, the environment into *ENV (execle's). */
+#define LIST_ARGV(arg, argv, env)                                            \
+    size_t n_ = 1;                                                           \
+    va_list ap_;                                                             \
+    va_start(ap_, arg);                                                      \
+    while (va_arg(ap_, char *))                                              \
+        n_++;                                                                \
+    va_end(ap_);                                                             \
+    char *argv[n_ + 1];                                                      \
+    argv[0] = (char *)(arg);                                                 \
+    va_start(ap_, arg);                                                      \
+    for (size_t i_ = 1; i_ <= n_; i_++)                                      \
+        argv[i_] = va_arg(ap_, char *);                                      \
+    char *const **env_ = (env);                                              \
+    if (env_)                                                                \
+        *env_ = va_arg(ap_, char *const *);                                  \
+    va_end(ap_)
+
+EXPORT int execl(const char *path, const char *arg, ...)
+{
+    LIST_ARGV(arg, argv, (char *const **)NULL);
+    return execv(path, argv);
+}
+
+EXPORT int execlp(const char *file, const char *arg, ...)
+{
+    LIST_ARGV(arg, argv, (char *const **)NULL);
+    return execvp(file, argv);
+}
+
+EXPORT int execle(const char *path, const char *arg, ...)
+{
+    char *const *env = NULL;
+    LIST_ARGV(arg, argv, &env);
+    return execve(path, argv, env);
 }
 
 /* ---- the fortified forms (_FORTIFY_SOURCE), as distributions build ---- */

@@ -28,6 +28,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -127,6 +128,13 @@ static int (*real_execv)(const char *, char *const[]);
 static int (*real_execvp)(const char *, char *const[]);
 static int (*real_execvpe)(const char *, char *const[], char *const[]);
 static int (*real_fexecve)(int, char *const[], char *const[]);
+static int (*real_posix_spawn_file_actions_adddup2)(posix_spawn_file_actions_t *, int, int);
+static int (*real_posix_spawn)(pid_t *, const char *, const posix_spawn_file_actions_t *,
+                               const posix_spawnattr_t *, char *const[], char *const[]);
+static int (*real_posix_spawnp)(pid_t *, const char *, const posix_spawn_file_actions_t *,
+                                const posix_spawnattr_t *, char *const[], char *const[]);
+static int (*real_system)(const char *);
+static FILE *(*real_popen)(const char *, const char *);
 
 /* ---- the table ---- */
 
@@ -1479,13 +1487,17 @@ EXPORT int epoll_pwait2(int epfd, struct epoll_event *ev, int max, const struct 
 
 /* ---- exec: the new program gets the kernel's sockets ---- */
 
-/* Before an exec: every connection on the rings whose descriptor (or a dup
- * of it) stays open in the new program goes back to the kernel socket,
- * which is all the new program will know. 0, or -1 with errno: the exec is
- * not made (the connections moved so far stay on the socket, working).
- * glibc's execvp and execl* call __execve, not execve: each is
- * interposed itself. */
-static int exec_prepare(void)
+/* Descriptors named as the source of a posix_spawn_file_actions_adddup2:
+ * the spawned program gets a copy without FD_CLOEXEC whatever this one
+ * has. Never cleared (the actions' object may serve many spawns; its
+ * layout is glibc's own): a stale mark costs a downgrade, never a byte. */
+static _Atomic unsigned char dup2_src[RUN_FDS];
+
+/* Every connection on the rings whose descriptor (or a dup of it) the next
+ * program keeps open: without FD_CLOEXEC, or, ACTIONS (a posix_spawn with
+ * file actions), marked by an adddup2. Back to the kernel socket: 0, or -1
+ * with errno, and the connections moved so far stay on the socket. */
+static int leave_inherited(int actions)
 {
     if (inside)
         return 0;
@@ -1494,10 +1506,22 @@ static int exec_prepare(void)
         if (st != ST_UP && st != ST_ALIAS && st != ST_HALF)
             continue;
         int fl = REAL(fcntl)(fd, F_GETFD);
-        if (fl >= 0 && !(fl & FD_CLOEXEC) && run_leave(fd) < 0)
+        int kept = fl >= 0 && (!(fl & FD_CLOEXEC) || (actions && dup2_src[fd]));
+        if (kept && run_leave(fd) < 0)
             return -1;
     }
     return 0;
+}
+
+/* Before an exec: every connection on the rings whose descriptor (or a dup
+ * of it) stays open in the new program goes back to the kernel socket,
+ * which is all the new program will know. 0, or -1 with errno: the exec is
+ * not made (the connections moved so far stay on the socket, working).
+ * glibc's execvp and execl* call __execve, not execve: each is
+ * interposed itself. */
+static int exec_prepare(void)
+{
+    return leave_inherited(0);
 }
 
 EXPORT int execve(const char *path, char *const argv[], char *const envp[])
@@ -1543,6 +1567,48 @@ EXPORT int fexecve(int fd, char *const argv[], char *const envp[])
     if (env_)                                                                \
         *env_ = va_arg(ap_, char *const *);                                  \
     va_end(ap_)
+
+/* posix_spawn, system and popen start their program from a child that
+ * glibc makes with clone (no fork handlers) and that calls __execve inside
+ * libc: none of the calls above sees it, so each is interposed itself, and
+ * the connections the program inherits go back to the socket first, in
+ * the parent, which keeps them there. File actions: an adddup2's source
+ * counts as inherited (its copy has no FD_CLOEXEC); addclose, addopen and
+ * addclosefrom are not read, so a descriptor they close may be moved back
+ * for nothing. */
+EXPORT int posix_spawn_file_actions_adddup2(posix_spawn_file_actions_t *fa, int fd, int newfd)
+{
+    if (fd >= 0 && fd < RUN_FDS)
+        dup2_src[fd] = 1;
+    return REAL(posix_spawn_file_actions_adddup2)(fa, fd, newfd);
+}
+
+EXPORT int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *fa,
+                       const posix_spawnattr_t *attr, char *const argv[], char *const envp[])
+{
+    if (leave_inherited(fa != NULL) < 0)
+        return errno;
+    return REAL(posix_spawn)(pid, path, fa, attr, argv, envp);
+}
+
+EXPORT int posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_actions_t *fa,
+                        const posix_spawnattr_t *attr, char *const argv[], char *const envp[])
+{
+    if (leave_inherited(fa != NULL) < 0)
+        return errno;
+    return REAL(posix_spawnp)(pid, file, fa, attr, argv, envp);
+}
+
+EXPORT int system(const char *cmd)
+{
+    /* system(NULL) only asks whether a shell exists: nothing is started. */
+    return cmd && exec_prepare() < 0 ? -1 : REAL(system)(cmd);
+}
+
+EXPORT FILE *popen(const char *cmd, const char *mode)
+{
+    return exec_prepare() < 0 ? NULL : REAL(popen)(cmd, mode);
+}
 
 EXPORT int execl(const char *path, const char *arg, ...)
 {

@@ -14,6 +14,11 @@
  * - exec: a failing exec leaves the connection downgraded but working
  *   (the client goes on, on the socket), then an exec of a program that
  *   reads the rest of a second connection and answers;
+ * - spawn: the client starts a program that reads the rest of the stream
+ *   from the inherited descriptor and answers, with posix_spawn,
+ *   posix_spawnp (the descriptor close-on-exec, given to the program by a
+ *   file action's adddup2), system or popen; then the client goes on, on
+ *   the socket, with the server;
  * - killed: the server is killed while the client waits for its answer
  *   (the client's sendmsg returns, the receiver reads the end), and the
  *   client is killed during its downgrade (the server reads what it had
@@ -26,6 +31,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <spawn.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/un.h>
@@ -171,7 +177,8 @@ static int accept_within(int l, int ms)
  * not sleep but waits for both in an epoll set, -2 in poll. KILLED 1: the
  * client dies during its downgrade: its last message, then the end; 2:
  * the server execs the exec-server after its sleep, leaving the rings
- * while the client leaves them too. */
+ * while the client leaves them too; 3: the client's spawned program
+ * answers, then the client itself ("parent", answered "s-bye"). */
 static void server(const char *path, int sleep_ms, int rounds, int killed)
 {
     int l = listen_on(path);
@@ -210,12 +217,16 @@ static void server(const char *path, int sleep_ms, int rounds, int killed)
             CHECK(!"exec");
         }
         CHECK(read_full(fd, b, 8) == 0 && !memcmp(b, "a-unread", 8));
-        if (killed) {
+        if (killed == 1) {
             struct pollfd p = {fd, POLLIN, 0};
             CHECK(poll(&p, 1, 5000) == 1 && read(fd, b, 1) <= 0);
         } else {
             CHECK(read_n(fd, b, 6) == 0 && !memcmp(b, "from-c", 6));
             CHECK(write(fd, "s-final", 7) == 7);
+            if (killed == 3) {
+                CHECK(read_n(fd, b, 6) == 0 && !memcmp(b, "parent", 6));
+                CHECK(write(fd, "s-bye", 5) == 5);
+            }
             struct pollfd p = {fd, POLLIN, 0};
             CHECK(poll(&p, 1, 5000) == 1 && read(fd, b, 1) == 0);
         }
@@ -337,6 +348,51 @@ static void exec_client(const char *path, const char *self, int once)
     CHECK(!"exec");
 }
 
+/* The spawn scenario's client: a program started with HOW (spawn,
+ * spawnp-dup2, system, popen) reads the rest of the stream and answers
+ * (finish(), as exec-child), then the client goes on, on the socket. */
+static void spawn_client(const char *path, const char *how)
+{
+    extern char **environ;
+    int fd = client_start(path), dup2 = !strcmp(how, "spawnp-dup2"), st = -1;
+    char self[512], a[16], cmd[600];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    REQUIRE(n > 0);
+    self[n] = 0; /* the shell's /proc/self/exe would be the shell */
+    snprintf(a, sizeof a, "%d", dup2 ? 200 : fd);
+    char *argv[] = {self, "exec-child", a, NULL};
+    if (!strcmp(how, "spawn") || dup2) {
+        posix_spawn_file_actions_t fa;
+        pid_t p;
+        if (dup2) { /* the copy the program gets has no FD_CLOEXEC */
+            CHECK(fcntl(fd, F_SETFD, FD_CLOEXEC) == 0);
+            REQUIRE(posix_spawn_file_actions_init(&fa) == 0 &&
+                    posix_spawn_file_actions_adddup2(&fa, fd, 200) == 0);
+        }
+        int e = dup2 ? posix_spawnp(&p, self, &fa, NULL, argv, environ)
+                     : posix_spawn(&p, self, NULL, NULL, argv, environ);
+        CHECK(e == 0 && waitpid(p, &st, 0) == p);
+        if (dup2)
+            posix_spawn_file_actions_destroy(&fa);
+    } else {
+        snprintf(cmd, sizeof cmd, "%s exec-child %s", self, a);
+        if (!strcmp(how, "system")) {
+            st = system(cmd);
+        } else {
+            FILE *f = popen(cmd, "r");
+            REQUIRE(f);
+            while (fgets(a, sizeof a, f))
+                ;
+            st = pclose(f);
+        }
+    }
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    char b[8];
+    CHECK(write(fd, "parent", 6) == 6);
+    CHECK(read_n(fd, b, 5) == 0 && !memcmp(b, "s-bye", 5));
+    CHECK(close(fd) == 0);
+}
+
 static pid_t spawn(int preload, const char *const args[])
 {
     pid_t p = fork();
@@ -392,6 +448,8 @@ static int scenario(const char *dir, const char *name, int recv_preload, const c
     snprintf(carrier, sizeof carrier, "%s/c-%s-%d%s", dir, name, recv_preload, wait);
     snprintf(log, sizeof log, "%s/log-%s-%d%s", dir, name, recv_preload, wait);
     setenv("RPAL_RUN_LOG", log, 1);
+    int sp = !strcmp(name, "spawn") || !strcmp(name, "spawnp-dup2") ||
+             !strcmp(name, "system") || !strcmp(name, "popen");
     int both = !strcmp(name, "exec-both"), exec = !strcmp(name, "exec") || both,
         ks = !strcmp(name, "kill-server"), kc = !strcmp(name, "kill-client");
     int sig[2] = {-1, -1};
@@ -401,10 +459,10 @@ static int scenario(const char *dir, const char *name, int recv_preload, const c
     if (ks || kc)
         setenv("T_SIGFD", sigfd, 1);
     const char *sa[] = {"t", "server", path, ks ? "30000" : kc ? "3000" : wait,
-                        exec && !both ? "2" : "1", kc ? "1" : both ? "2" : "0", NULL};
+                        exec && !both ? "2" : "1", kc ? "1" : both ? "2" : sp ? "3" : "0", NULL};
     const char *ra[] = {"t", "receiver", carrier, ks ? "e" : kc ? "n" : "d", NULL};
-    const char *ca[] = {"t", "client", path, carrier, both ? "exec1" : exec ? "exec" : "pass", NULL};
-    pid_t s = spawn(1, sa), r = exec ? -1 : spawn(recv_preload, ra), c = spawn(1, ca);
+    const char *ca[] = {"t", "client", path, carrier, both ? "exec1" : exec ? "exec" : sp ? name : "pass", NULL};
+    pid_t s = spawn(1, sa), r = exec || sp ? -1 : spawn(recv_preload, ra), c = spawn(1, ca);
     unsetenv("T_SIGFD");
     unsetenv("T_BIG");
     close(sig[1]);
@@ -457,6 +515,8 @@ int main(int argc, char **argv)
     if (argc >= 5 && !strcmp(argv[1], "client")) {
         if (!strncmp(argv[4], "exec", 4))
             exec_client(argv[2], "/proc/self/exe", !strcmp(argv[4], "exec1"));
+        else if (strcmp(argv[4], "pass"))
+            spawn_client(argv[2], argv[4]);
         else
             pass(client_start(argv[2]), argv[3],
                  getenv("T_SIGFD") ? atoi(getenv("T_SIGFD")) : -1);
@@ -470,6 +530,8 @@ int main(int argc, char **argv)
               scenario(dir, "pass", 1, "-1") | scenario(dir, "pass", 1, "-2") |
               scenario(dir, "pass-big", 1, "300") |
               scenario(dir, "exec", 1, "300") | scenario(dir, "exec-both", 1, "300") |
+              scenario(dir, "spawn", 1, "300") | scenario(dir, "spawnp-dup2", 1, "300") |
+              scenario(dir, "system", 1, "300") | scenario(dir, "popen", 1, "300") |
               scenario(dir, "kill-server", 1, "") |
               scenario(dir, "kill-client", 1, "");
     unsetenv("LD_PRELOAD");

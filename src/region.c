@@ -170,6 +170,27 @@ static unsigned reg_used(const struct reg_file *f)
 }
 
 static void reg_rebuild(int nsfd, struct reg_file *f);
+static int region_open(int nsfd, const char *name, int oflags,
+                       struct region_hdr *h, struct stat *st);
+static int quota_reclaim(int nsfd, struct reg_file *f);
+
+/* Quotas (below): what one user may hold of a shared registry. */
+struct quota {
+    uint64_t window;  /* bytes of the window a user may hold */
+    unsigned regions; /* registry entries a user may hold */
+};
+
+/* The registry judged once, for the attaches and listings that need it. */
+struct qtab {
+    int state; /* 0 not read yet, 1 read, -1 unreadable (nothing judged) */
+    unsigned n;
+    struct qent *j;
+    struct quota q;
+};
+
+static int quota_check(int nsfd, struct qtab *t, const struct region_hdr *h,
+                       const struct stat *st);
+static void qtab_free(struct qtab *t);
 
 static int reg_lock(int nsfd, struct reg *r)
 {
@@ -340,6 +361,23 @@ static int reg_alloc(struct reg_file *f, uint64_t len, uint64_t align,
     }
 }
 
+/* A free entry *SLOT and a free range of LEN bytes at *START in F. */
+static int reg_place(struct reg_file *f, uint64_t len, uint64_t align, unsigned *slot,
+                     uint64_t *start)
+{
+    unsigned i;
+    for (i = 0; i < reg_used(f); i++)
+        if (!entry_valid(&f->e[i]))
+            break;
+    if (i == REG_CAP)
+        return -ENOSPC;
+    int err = reg_alloc(f, len, align, start);
+    if (err == 0 && i == reg_used(f))
+        f->used = i + 1;
+    *slot = i;
+    return err;
+}
+
 static int reg_reserve(int nsfd, const char *name, uint64_t size,
                        uint64_t align, uint64_t *base, unsigned *slot)
 {
@@ -349,16 +387,13 @@ static int reg_reserve(int nsfd, const char *name, uint64_t size,
         return err;
     uint64_t g = RPAL_REGION_GRANULE;
     uint64_t len = g + (size + g - 1) / g * g, start = 0;
-    unsigned i;
-    for (i = 0; i < reg_used(r.f); i++)
-        if (!entry_valid(&r.f->e[i]))
-            break;
-    if (i == REG_CAP)
-        err = -ENOSPC;
-    else
-        err = reg_alloc(r.f, len, align, &start);
-    if (err == 0 && i == reg_used(r.f))
-        r.f->used = i + 1;
+    unsigned i = 0;
+    err = reg_place(r.f, len, align, &i, &start);
+    /* No room: what other users hold beyond their quota, and entries that
+     * stand for nothing, are taken back (issue 16), then tried again. The
+     * usual create never pays for judging the entries. */
+    if (err == -ENOSPC && quota_reclaim(nsfd, r.f) > 0)
+        err = reg_place(r.f, len, align, &i, &start);
     if (err == 0) {
         struct reg_entry *e = &r.f->e[i];
         memset(e, 0, sizeof *e);
@@ -769,6 +804,14 @@ int rpal_region_attach(const char *name, unsigned flags, rpal_region **out)
     struct region_hdr h;
     struct stat st;
     int fd = region_open(nsfd, name, writable ? O_RDWR : O_RDONLY, &h, &st);
+    /* Another user's region beyond its quota: its range may have been
+     * handed out again (issue 16). */
+    struct qtab qt = {0};
+    if (fd >= 0 && (err = quota_check(nsfd, &qt, &h, &st)) < 0) {
+        close(fd);
+        fd = err;
+    }
+    qtab_free(&qt);
     if (fd < 0) {
         close(nsfd);
         return fd;
@@ -937,7 +980,8 @@ static void info_fill(struct rpal_region_info *info, const char *name,
     info->nattached = s.n;
 }
 
-static int stat_at(int nsfd, const char *name, struct rpal_region_info *info)
+/* With T, another user's region beyond its quota is flagged. */
+static int stat_at(int nsfd, const char *name, struct rpal_region_info *info, struct qtab *t)
 {
     struct region_hdr h;
     struct stat st;
@@ -947,6 +991,8 @@ static int stat_at(int nsfd, const char *name, struct rpal_region_info *info)
         return fd;
     close(fd);
     info_fill(info, name, &h, &st);
+    if (t && quota_check(nsfd, t, &h, &st) < 0)
+        info->flags |= RPAL_REGION_OVERQUOTA;
     return 0;
 }
 
@@ -960,7 +1006,9 @@ int rpal_region_stat(const char *name, struct rpal_region_info *info)
     int nsfd = rpal__ns_open(0);
     if (nsfd < 0)
         return nsfd;
-    err = stat_at(nsfd, name, info);
+    struct qtab qt = {0};
+    err = stat_at(nsfd, name, info, &qt);
+    qtab_free(&qt);
     close(nsfd);
     return err;
 }
@@ -1144,6 +1192,241 @@ static void reg_rebuild(int nsfd, struct reg_file *f)
     free_names(names, n);
 }
 
+/* ---- quotas: one user's share of a shared registry (issue 16) ----------- */
+
+/* The registry is writable by every user of a shared namespace, so nothing
+ * in it is believed as written. What the kernel keeps is: a region file's
+ * owner (st_uid) and inode. An entry counts only if it names a region file
+ * with its inode (and, where we may read the header, its address), once
+ * per file; it is that file owner's. An honest process then honours, of
+ * every other user but root, only a quota of entries and bytes of window,
+ * in registry order: the rest is free to it (docs/regions.md). */
+
+/* In-flight reservations honoured, all users together: a creator holds one
+ * only between reserving and linking its file, and nothing the kernel
+ * keeps says whose it is (the pid it names may be anybody's). */
+#define QUOTA_PENDING 16u
+#define QUOTA_NOUID   UINT32_MAX
+
+enum { Q_FREE, Q_OK, Q_STALE, Q_OVER };
+
+
+/* One entry judged: the file's inode (0: a reservation), range, owner. */
+struct qent {
+    uint64_t ino, base, len;
+    uint32_t uid;
+    unsigned verdict;
+};
+
+/* A size from the environment: a number of bytes, or of KiB, MiB, GiB or
+ * TiB with K, M, G or T after it; missing, 0 or unreadable: DFLT. */
+static uint64_t env_size(const char *var, uint64_t dflt, uint64_t max)
+{
+    const char *s = getenv(var);
+    if (!s || *s < '0' || *s > '9')
+        return dflt;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    const char *units = "KMGT", *u = *end ? strchr(units, *end) : NULL;
+    unsigned shift = u ? 10 * (unsigned)(u - units + 1) : 0;
+    if (v == 0 || v == ULLONG_MAX || (*end && (!u || end[1])))
+        return dflt;
+    return v > max >> shift ? max : v << shift;
+}
+
+static void quota_get(struct quota *q)
+{
+    q->window = env_size("RPAL_QUOTA_WINDOW", RPAL_REGION_WINDOW_SIZE / 4,
+                         RPAL_REGION_WINDOW_SIZE);
+    q->regions = (unsigned)env_size("RPAL_QUOTA_REGIONS", REG_CAP / 4, REG_CAP);
+}
+
+/* The owner of the region file the live entry E names, into *UID, if the
+ * file is there with E's inode and (where we may read its header) E's
+ * address; else -ESTALE: a forgery, or a region unlinked or renamed
+ * behind rpal's back. */
+static int entry_owner(int nsfd, const struct reg_entry *e, uint32_t *uid)
+{
+    struct region_hdr h;
+    struct stat st;
+    int fd = region_open(nsfd, e->name, O_RDONLY, &h, &st);
+    if (fd >= 0) {
+        close(fd);
+        if (h.base != e->base)
+            return -ESTALE;
+    } else if (fd == -EACCES) { /* another user's 0600 region */
+        if ((fd = rpal__prim_open_beneath(nsfd, e->name, O_PATH, 0)) < 0)
+            return -ESTALE;
+        int ok = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+        close(fd);
+        if (!ok)
+            return -ESTALE;
+    } else {
+        return -ESTALE;
+    }
+    *uid = st.st_uid;
+    return (uint64_t)st.st_ino == e->ino ? 0 : -ESTALE;
+}
+
+static int cmp_ino(const void *a, const void *b)
+{
+    const struct qent *x = *(struct qent *const *)a, *y = *(struct qent *const *)b;
+    return x->ino != y->ino ? (x->ino < y->ino ? -1 : 1) : (x < y ? -1 : x > y);
+}
+
+/* Of the entries of J (N) that name one file, the first counts; copies
+ * (which could fill the registry with one file of root's or ours) not. */
+static void quota_dedup(struct qent *j, unsigned n)
+{
+    struct qent **v = malloc((n ? n : 1) * sizeof *v);
+    unsigned m = 0;
+    if (!v)
+        return;
+    for (unsigned i = 0; i < n; i++)
+        if (j[i].verdict == Q_OK && j[i].ino)
+            v[m++] = &j[i];
+    qsort(v, m, sizeof *v, cmp_ino);
+    for (unsigned i = 1; i < m; i++)
+        if (v[i]->ino == v[i - 1]->ino)
+            v[i]->verdict = Q_STALE;
+    free(v);
+}
+
+/* Each other user's (not root's, not ours) live entries, in registry
+ * order, honoured while they fit in Q: the others are over quota. Root's
+ * are trusted as the system's, and ours are mapped by our own processes:
+ * handing them out again would only hurt ourselves. */
+static void quota_rank(const struct quota *q, struct qent *j, unsigned n)
+{
+    struct quse {
+        uint32_t uid, cnt;
+        uint64_t bytes;
+    } *u = calloc(n ? n : 1, sizeof *u);
+    uint32_t me = geteuid();
+    unsigned nu = 0;
+    if (!u)
+        return; /* out of memory: everything honoured, as without quotas */
+    for (unsigned i = 0; i < n; i++) {
+        struct qent *x = &j[i];
+        if (x->verdict != Q_OK || !x->ino || x->uid == 0 || x->uid == me)
+            continue;
+        unsigned k = 0;
+        while (k < nu && u[k].uid != x->uid)
+            k++;
+        if (k == nu)
+            u[nu++].uid = x->uid;
+        if (u[k].cnt >= q->regions || x->len > q->window - u[k].bytes) {
+            x->verdict = Q_OVER;
+        } else {
+            u[k].cnt++;
+            u[k].bytes += x->len;
+        }
+    }
+    free(u);
+}
+
+/* Judge the entries of F into J (reg_used(F) of them): free, honoured,
+ * stale (names nothing, a copy, or a dead or surplus reservation) or over
+ * its owner's quota. Under the registry lock. */
+static void quota_judge(int nsfd, const struct reg_file *f, const struct quota *q,
+                        struct qent *j)
+{
+    unsigned n = reg_used(f), pending = 0;
+    uint64_t pending_bytes = 0;
+    for (unsigned i = 0; i < n; i++) {
+        const struct reg_entry *e = &f->e[i];
+        struct qent *x = &j[i];
+        *x = (struct qent){0, e->base, e->len, QUOTA_NOUID, Q_STALE};
+        if (!entry_valid(e)) {
+            x->verdict = e->state == REG_FREE ? Q_FREE : Q_STALE;
+        } else if (e->state == REG_RESERVED) {
+            if (pending < QUOTA_PENDING && e->len <= q->window - pending_bytes &&
+                rpal__prim_proc_alive(e->pid, e->pid_start)) {
+                pending++;
+                pending_bytes += e->len;
+                x->verdict = Q_OK;
+            }
+        } else if (entry_owner(nsfd, e, &x->uid) == 0) {
+            x->ino = e->ino;
+            x->verdict = Q_OK;
+        }
+    }
+    quota_dedup(j, n);
+    quota_rank(q, j, n);
+}
+
+/* quota_judge over F, into a new array (NULL: out of memory). */
+static struct qent *quota_judged(int nsfd, const struct reg_file *f, struct quota *q)
+{
+    struct qent *j = malloc((reg_used(f) ? reg_used(f) : 1) * sizeof *j);
+    quota_get(q);
+    if (j)
+        quota_judge(nsfd, f, q, j);
+    return j;
+}
+
+/* A create found no room in F: the entries that stand for nothing and the
+ * ones beyond another user's quota are cleared, so that their slots and
+ * ranges are handed out again. Returns how many were. */
+static int quota_reclaim(int nsfd, struct reg_file *f)
+{
+    struct quota q;
+    struct qent *j = quota_judged(nsfd, f, &q);
+    int n = 0;
+    for (unsigned i = 0; j && i < reg_used(f); i++)
+        if (j[i].verdict == Q_STALE || j[i].verdict == Q_OVER) {
+            memset(&f->e[i], 0, sizeof f->e[i]);
+            n++;
+        }
+    free(j);
+    return n;
+}
+
+
+static void qtab_load(int nsfd, struct qtab *t)
+{
+    struct reg r;
+    t->state = -1;
+    if (reg_lock(nsfd, &r) < 0)
+        return; /* no registry to judge by: as without quotas */
+    t->n = reg_used(r.f);
+    if ((t->j = quota_judged(nsfd, r.f, &t->q)))
+        t->state = 1;
+    reg_unlock(&r);
+}
+
+/* -EDQUOT if the region of header H and file ST belongs to another user
+ * (not root) and is beyond that user's quota: its entry is over quota, or,
+ * without an entry (taken back, or lost), it would not fit. Else 0. */
+static int quota_check(int nsfd, struct qtab *t, const struct region_hdr *h,
+                       const struct stat *st)
+{
+    if (st->st_uid == 0 || st->st_uid == geteuid())
+        return 0;
+    if (t->state == 0)
+        qtab_load(nsfd, t);
+    if (t->state < 0)
+        return 0;
+    uint64_t g = RPAL_REGION_GRANULE, len = g + (h->size + g - 1) / g * g, bytes = 0;
+    unsigned cnt = 0;
+    for (unsigned i = 0; i < t->n; i++) {
+        const struct qent *x = &t->j[i];
+        if (x->ino == (uint64_t)st->st_ino && x->base == h->base &&
+            (x->verdict == Q_OK || x->verdict == Q_OVER))
+            return x->verdict == Q_OVER ? -EDQUOT : 0;
+        if (x->verdict == Q_OK && x->ino && x->uid == st->st_uid) {
+            cnt++;
+            bytes += x->len;
+        }
+    }
+    return cnt >= t->q.regions || len > t->q.window - bytes ? -EDQUOT : 0;
+}
+
+static void qtab_free(struct qtab *t)
+{
+    free(t->j);
+}
+
 /* The regions of the namespace, by name, and room for one's info: for
  * foreach and gc. walk_begin: 1, 0 if there is no namespace yet (nothing
  * to walk), or a negative errno (then nothing is left to free). */
@@ -1185,9 +1468,11 @@ int rpal_region_foreach(int (*fn)(const struct rpal_region_info *, void *),
     if (err <= 0)
         return err;
     err = 0;
+    struct qtab qt = {0}; /* judged once, when a region needs it */
     for (size_t i = 0; i < w.n && err == 0; i++)
-        if (stat_at(w.nsfd, w.names[i], w.info) == 0)
+        if (stat_at(w.nsfd, w.names[i], w.info, &qt) == 0)
             err = fn(w.info, arg);
+    qtab_free(&qt);
     walk_end(&w);
     return err;
 }
@@ -1283,7 +1568,7 @@ static int gc_regions(int nsfd, char **names, size_t n, uint64_t *inos,
         struct stat st;
         if (fstatat(nsfd, names[i], &st, AT_SYMLINK_NOFOLLOW) == 0)
             inos[i] = st.st_ino;
-        if (stat_at(nsfd, names[i], info) < 0)
+        if (stat_at(nsfd, names[i], info, NULL) < 0)
             continue;
         if (!(info->flags & RPAL_REGION_TRANSIENT) || info->creator_alive ||
             info->nattached)
@@ -1350,6 +1635,31 @@ static int gc_reservations(int nsfd, struct reg *r, char **names, size_t n,
     return removed;
 }
 
+/* gc, third pass (registry locked): the entries beyond another user's
+ * quota freed (a create short of room would take them back anyway), and
+ * named, so that the user learns why others cannot attach them. */
+static int gc_quota(int nsfd, struct reg *r,
+                    void (*fn)(const char *kind, const char *name, void *arg), void *arg)
+{
+    struct quota q;
+    struct qent *j = quota_judged(nsfd, r->f, &q);
+    int removed = 0;
+    for (unsigned i = 0; j && i < reg_used(r->f); i++) {
+        struct reg_entry *e = &r->f->e[i];
+        if (j[i].verdict != Q_OVER)
+            continue;
+        char what[sizeof e->name + 64];
+        snprintf(what, sizeof what, "%.*s (uid %u, beyond its quota)", (int)RPAL_NAME_MAX,
+                 e->name, (unsigned)j[i].uid);
+        memset(e, 0, sizeof *e);
+        removed++;
+        if (fn)
+            fn("quota", what, arg);
+    }
+    free(j);
+    return removed;
+}
+
 int rpal__region_gc(void (*fn)(const char *kind, const char *name, void *arg),
               void *arg)
 {
@@ -1368,6 +1678,7 @@ int rpal__region_gc(void (*fn)(const char *kind, const char *name, void *arg),
     struct reg r;
     if (reg_lock(w.nsfd, &r) == 0) {
         removed += gc_reservations(w.nsfd, &r, w.names, w.n, inos, fn, arg);
+        removed += gc_quota(w.nsfd, &r, fn, arg);
         struct gc_use u = {r.f, inos, w.n};
         removed += lock_gc(w.nsfd, &r, &u, fn, arg);
         /* Data files of huge regions that lost their header (removed by

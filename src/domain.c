@@ -246,6 +246,16 @@ static int dom_shared(int dirfd)
     return fstat(dirfd, &st) == 0 && (st.st_mode & 0022);
 }
 
+/* The domain directory DIRFD, for reading its entries (NULL if it cannot). */
+static DIR *dom_opendir(int dirfd)
+{
+    int fd = rpal__prim_open_beneath(dirfd, ".", O_RDONLY | O_DIRECTORY, 0);
+    DIR *dir = fd < 0 ? NULL : fdopendir(fd);
+    if (!dir && fd >= 0)
+        close(fd);
+    return dir;
+}
+
 /* "slot.N" (*UID = CLAIM_NOUID), "slot.N.uUID" or "slot.N.uUID.HEX" (the
  * name another user planted as ours taken): 0 and *SLOT, *UID. */
 static int claim_parse(const char *leaf, unsigned *slot, uint32_t *uid)
@@ -308,13 +318,9 @@ static int claim_counts(int dirfd, unsigned slot, const char *leaf, uint32_t own
 {
     if (owner == 0 || owner == geteuid())
         return 1;
-    int fd = rpal__prim_open_beneath(dirfd, ".", O_RDONLY | O_DIRECTORY, 0);
-    DIR *dir = fd < 0 ? NULL : fdopendir(fd);
-    if (!dir) {
-        if (fd >= 0)
-            close(fd);
+    DIR *dir = dom_opendir(dirfd);
+    if (!dir)
         return 0;
-    }
     unsigned before = 0, q = claim_quota(dirfd), s;
     uint32_t u, o;
     for (struct dirent *e; (e = readdir(dir));) {
@@ -340,13 +346,9 @@ static int claim_find(int dirfd, unsigned slot, uint64_t not, char name[CLAIM_NA
     if (claim_live(dirfd, name, &owner) && claim_counts(dirfd, slot, name, owner) &&
         fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_ino != not)
         return 1;
-    int fd = rpal__prim_open_beneath(dirfd, ".", O_RDONLY | O_DIRECTORY, 0);
-    DIR *dir = fd < 0 ? NULL : fdopendir(fd);
-    if (!dir) {
-        if (fd >= 0)
-            close(fd);
+    DIR *dir = dom_opendir(dirfd);
+    if (!dir)
         return 0;
-    }
     int found = 0;
     unsigned s;
     uint32_t u;
@@ -470,13 +472,9 @@ static void claim_unlink(rpal_domain *d)
         unlinkat(d->dirfd, name, 0);
         return;
     }
-    int fd = rpal__prim_open_beneath(d->dirfd, ".", O_RDONLY | O_DIRECTORY, 0);
-    DIR *dir = fd < 0 ? NULL : fdopendir(fd);
-    if (!dir) {
-        if (fd >= 0)
-            close(fd);
+    DIR *dir = dom_opendir(d->dirfd);
+    if (!dir)
         return;
-    }
     unsigned s;
     uint32_t u;
     for (struct dirent *e; (e = readdir(dir));)

@@ -145,13 +145,35 @@ int main(void)
     CHECK(s.n == JOINERS);
     for (int i = 0; i < s.n; i++)
         CHECK(s.uid[i] != NOBODY);
+    /* The handshake checks each side's claim: a service of 65533's (its
+     * process started with that effective uid) and a caller of root's,
+     * both through claims of their own. */
+    REQUIRE(setegid(OTHER) == 0 && seteuid(OTHER) == 0);
+    struct t_svc sv = t_svc_start("open", NULL, -1, 0, 0);
+    REQUIRE(seteuid(0) == 0 && setegid(0) == 0);
+    pid_t caller = fork();
+    REQUIRE(caller >= 0);
+    if (caller == 0) {
+        rpal_domain *cd;
+        rpal_chan *c = t_svc_open(&sv, "open", NULL, &cd);
+        char rep[8];
+        size_t rlen = 0;
+        int err = rpal_call(c, "ab", 2, rep, sizeof rep, &rlen, 5000);
+        if (err < 0)
+            fprintf(stderr, "call across users in the shared domain: %s\n", rpal_strerror(err));
+        _exit(err == 0 && rlen == 2 && rep[0] == ('a' ^ 0x5A) ? 0 : 1);
+    }
+    CHECK(t_wait(caller) == 0);
+    CHECK(t_svc_stop(&sv) == 0);
     for (int i = 0; i < JOINERS; i++) {
         REQUIRE(write(go[i], "x", 1) == 1); /* not a close: later children hold it too */
         CHECK(t_wait(pids[i]) == 0);
         close(go[i]);
         close(out[i]);
     }
-    /* Members that left leave no claim of theirs behind. */
+    /* Members that left leave no claim of theirs behind, and gc removes
+     * the claim of the caller that exited without leaving. */
+    CHECK(rpal_gc(NULL, NULL) >= 1);
     DIR *dir = opendir(dom);
     REQUIRE(dir);
     int left = 0;

@@ -221,8 +221,10 @@ const char *rpal_ns_dir(void);
  * processes that died while creating a region, reservations of regions
  * whose file was removed by other means, lock files of regions that never
  * got (or lost) their name, slot claims and service sockets of dead domain
- * members. FN (may be NULL) is called once per removed item with a short
- * kind ("region", "reservation", "lock", "member", "service") and a name.
+ * members; in a namespace shared by several users, registry entries of
+ * another user (not root) beyond its quota. FN (may be NULL) is called once
+ * per removed item with a short kind ("region", "reservation", "quota",
+ * "lock", "member", "service") and a name.
  * Returns the number of items removed, or a negative errno. */
 int rpal_gc(void (*fn)(const char *kind, const char *name, void *arg),
             void *arg);

@@ -1216,6 +1216,7 @@ struct qent {
     uint64_t ino, base, len;
     uint32_t uid;
     unsigned verdict;
+    int file; /* 1: a region file's (ino), 2: hidden from us, 0: a reservation */
 };
 
 /* A size from the environment: a number of bytes, or of KiB, MiB, GiB or
@@ -1241,10 +1242,37 @@ static void quota_get(struct quota *q)
     q->regions = (unsigned)env_size("RPAL_QUOTA_REGIONS", REG_CAP / 4, REG_CAP);
 }
 
-/* The owner of the region file the live entry E names, into *UID, if the
- * file is there with E's inode and (where we may read its header) E's
- * address; else -ESTALE: a forgery, or a region unlinked or renamed
- * behind rpal's back. */
+/* The owner of the directory on the way to NAME that we may not search,
+ * into *UID: 0, or -ESTALE if the way is not barred (the name is gone). */
+static int hidden_owner(int nsfd, const char *name, uint32_t *uid)
+{
+    char path[RPAL_NAME_MAX + 16];
+    int have = 0;
+    snprintf(path, sizeof path, "%s", name);
+    /* Each directory on the way opens (O_PATH needs no search right on it)
+     * until the one below the directory that hides the name. */
+    for (char *p = strchr(path, '/');; p = strchr(p + 1, '/')) {
+        if (p)
+            *p = 0;
+        struct stat st;
+        int fd = rpal__prim_open_beneath(nsfd, path, O_PATH | (p ? O_DIRECTORY : 0), 0);
+        if (fd < 0)
+            return fd == -EACCES && have ? 0 : -ESTALE;
+        int ok = fstat(fd, &st) == 0;
+        close(fd);
+        if (!ok || !p)
+            return -ESTALE; /* the name itself was reached: not hidden */
+        *uid = st.st_uid;
+        have = 1;
+        *p = '/';
+    }
+}
+
+/* The owner of the region file the live entry E names, into *UID: 1 if
+ * the file is there with E's inode and (where we may read its header) E's
+ * address; 2 if a directory we may not search hides it (*UID is that
+ * directory's owner); else -ESTALE: a forgery, or a region unlinked or
+ * renamed behind rpal's back. */
 static int entry_owner(int nsfd, const struct reg_entry *e, uint32_t *uid)
 {
     struct region_hdr h;
@@ -1254,9 +1282,9 @@ static int entry_owner(int nsfd, const struct reg_entry *e, uint32_t *uid)
         close(fd);
         if (h.base != e->base)
             return -ESTALE;
-    } else if (fd == -EACCES) { /* another user's 0600 region */
+    } else if (fd == -EACCES) { /* another user's 0600 region, or its directory */
         if ((fd = rpal__prim_open_beneath(nsfd, e->name, O_PATH, 0)) < 0)
-            return -ESTALE;
+            return fd == -EACCES && hidden_owner(nsfd, e->name, uid) == 0 ? 2 : -ESTALE;
         int ok = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
         close(fd);
         if (!ok)
@@ -1265,7 +1293,7 @@ static int entry_owner(int nsfd, const struct reg_entry *e, uint32_t *uid)
         return -ESTALE;
     }
     *uid = st.st_uid;
-    return (uint64_t)st.st_ino == e->ino ? 0 : -ESTALE;
+    return (uint64_t)st.st_ino == e->ino ? 1 : -ESTALE;
 }
 
 static int cmp_ino(const void *a, const void *b)
@@ -1283,7 +1311,7 @@ static void quota_dedup(struct qent *j, unsigned n)
     if (!v)
         return;
     for (unsigned i = 0; i < n; i++)
-        if (j[i].verdict == Q_OK && j[i].ino)
+        if (j[i].verdict == Q_OK && j[i].file == 1)
             v[m++] = &j[i];
     qsort(v, m, sizeof *v, cmp_ino);
     for (unsigned i = 1; i < m; i++)
@@ -1295,7 +1323,9 @@ static void quota_dedup(struct qent *j, unsigned n)
 /* Each other user's (not root's, not ours) live entries, in registry
  * order, honoured while they fit in Q: the others are over quota. Root's
  * are trusted as the system's, and ours are mapped by our own processes:
- * handing them out again would only hurt ourselves. */
+ * handing them out again would only hurt ourselves. Entries hidden from us
+ * by a directory we may not search count against its owner, root and we
+ * included: anyone may forge those names, so none is exempt. */
 static void quota_rank(const struct quota *q, struct qent *j, unsigned n)
 {
     struct quse {
@@ -1308,7 +1338,7 @@ static void quota_rank(const struct quota *q, struct qent *j, unsigned n)
         return; /* out of memory: everything honoured, as without quotas */
     for (unsigned i = 0; i < n; i++) {
         struct qent *x = &j[i];
-        if (x->verdict != Q_OK || !x->ino || x->uid == 0 || x->uid == me)
+        if (x->verdict != Q_OK || !x->file || (x->file == 1 && (x->uid == 0 || x->uid == me)))
             continue;
         unsigned k = 0;
         while (k < nu && u[k].uid != x->uid)
@@ -1336,7 +1366,7 @@ static void quota_judge(int nsfd, const struct reg_file *f, const struct quota *
     for (unsigned i = 0; i < n; i++) {
         const struct reg_entry *e = &f->e[i];
         struct qent *x = &j[i];
-        *x = (struct qent){0, e->base, e->len, QUOTA_NOUID, Q_STALE};
+        *x = (struct qent){0, e->base, e->len, QUOTA_NOUID, Q_STALE, 0};
         if (!entry_valid(e)) {
             x->verdict = e->state == REG_FREE ? Q_FREE : Q_STALE;
         } else if (e->state == REG_RESERVED) {
@@ -1346,8 +1376,8 @@ static void quota_judge(int nsfd, const struct reg_file *f, const struct quota *
                 pending_bytes += e->len;
                 x->verdict = Q_OK;
             }
-        } else if (entry_owner(nsfd, e, &x->uid) == 0) {
-            x->ino = e->ino;
+        } else if ((x->file = entry_owner(nsfd, e, &x->uid)) > 0) {
+            x->ino = x->file == 1 ? e->ino : 0;
             x->verdict = Q_OK;
         }
     }
@@ -1414,7 +1444,7 @@ static int quota_check(int nsfd, struct qtab *t, const struct region_hdr *h,
         if (x->ino == (uint64_t)st->st_ino && x->base == h->base &&
             (x->verdict == Q_OK || x->verdict == Q_OVER))
             return x->verdict == Q_OVER ? -EDQUOT : 0;
-        if (x->verdict == Q_OK && x->ino && x->uid == st->st_uid) {
+        if (x->verdict == Q_OK && x->file && x->uid == st->st_uid) {
             cnt++;
             bytes += x->len;
         }

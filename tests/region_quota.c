@@ -23,7 +23,8 @@ static void become(uid_t uid)
 }
 
 /* As UID: create the region NAME of SIZE (the whole window if 0) with
- * FLAGS; the child's exit status is 0 on success, else 1. */
+ * FLAGS, mode 0644 (0600 under priv/, whose directory is then 0700); the
+ * child's exit status is 0 on success, else 1. */
 static int create_as(uid_t uid, const char *name, size_t size, unsigned flags)
 {
     pid_t p = fork();
@@ -35,9 +36,10 @@ static int create_as(uid_t uid, const char *name, size_t size, unsigned flags)
          * before): its size depends on the build (the sanitizer
          * builds have a smaller one). */
         size_t want = size ? size : (16ull << 40) - (8u << 20);
-        int err = rpal_region_create(name, want, 0644, flags, &r);
+        unsigned mode = strncmp(name, "priv/", 5) ? 0644 : 0600;
+        int err = rpal_region_create(name, want, mode, flags, &r);
         if (err == -EFBIG && !size)
-            err = rpal_region_create(name, (128ull << 30) - (8u << 20), 0644, flags, &r);
+            err = rpal_region_create(name, (128ull << 30) - (8u << 20), mode, flags, &r);
         if (err < 0)
             fprintf(stderr, "uid %u creating %s: %s\n", (unsigned)uid, name, rpal_strerror(err));
         _exit(err < 0);

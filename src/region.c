@@ -182,9 +182,9 @@ struct quota {
 
 /* The registry judged once, for the attaches and listings that need it. */
 struct qtab {
-    int state; /* 0 not read yet, 1 read, -1 unreadable (nothing judged) */
-    unsigned n;
-    struct qent *j;
+    int state;          /* 0 not read yet, 1 read, 2 judged, -1 unreadable */
+    struct reg_file *f; /* a copy of the entries in use */
+    struct qent *j;     /* judged, when a region needed it */
     struct quota q;
 };
 
@@ -1417,12 +1417,41 @@ static void qtab_load(int nsfd, struct qtab *t)
 {
     struct reg r;
     t->state = -1;
+    quota_get(&t->q);
     if (reg_lock(nsfd, &r) < 0)
         return; /* no registry to judge by: as without quotas */
-    t->n = reg_used(r.f);
-    if ((t->j = quota_judged(nsfd, r.f, &t->q)))
+    size_t len = offsetof(struct reg_file, e) + reg_used(r.f) * sizeof r.f->e[0];
+    if ((t->f = malloc(len))) {
+        memcpy(t->f, r.f, len);
         t->state = 1;
-    reg_unlock(&r);
+    }
+    if (r.used0 == 0) {
+        reg_unlock(&r); /* new or rebuilt: worth writing */
+    } else {
+        free(r.f); /* only read: nothing to write back */
+        close(r.fd);
+    }
+}
+
+/* Whether the entries of T before the one of the region (ST, H), or all
+ * of them if it has none, fit in one user's quota with it: then its owner
+ * cannot be over quota there, whoever owns them, and nothing need be
+ * judged (the usual case: one open per entry is saved). */
+static int quota_surely_fits(const struct qtab *t, const struct region_hdr *h,
+                             const struct stat *st, uint64_t len)
+{
+    unsigned before = 0;
+    uint64_t bytes = 0;
+    for (unsigned i = 0; i < reg_used(t->f); i++) {
+        const struct reg_entry *e = &t->f->e[i];
+        if (!entry_valid(e))
+            continue;
+        if (e->state == REG_LIVE && e->ino == (uint64_t)st->st_ino && e->base == h->base)
+            break;
+        before++;
+        bytes += e->len;
+    }
+    return before < t->q.regions && bytes <= t->q.window && len <= t->q.window - bytes;
 }
 
 /* -EDQUOT if the region of header H and file ST belongs to another user
@@ -1435,11 +1464,17 @@ static int quota_check(int nsfd, struct qtab *t, const struct region_hdr *h,
         return 0;
     if (t->state == 0)
         qtab_load(nsfd, t);
-    if (t->state < 0)
-        return 0;
     uint64_t g = RPAL_REGION_GRANULE, len = g + (h->size + g - 1) / g * g, bytes = 0;
+    if (t->state < 0 || quota_surely_fits(t, h, st, len))
+        return 0;
+    if (!t->j && !(t->j = malloc((reg_used(t->f) ? reg_used(t->f) : 1) * sizeof *t->j)))
+        return 0; /* out of memory: as without quotas */
+    if (t->state == 1) {
+        quota_judge(nsfd, t->f, &t->q, t->j);
+        t->state = 2;
+    }
     unsigned cnt = 0;
-    for (unsigned i = 0; i < t->n; i++) {
+    for (unsigned i = 0; i < reg_used(t->f); i++) {
         const struct qent *x = &t->j[i];
         if (x->ino == (uint64_t)st->st_ino && x->base == h->base &&
             (x->verdict == Q_OK || x->verdict == Q_OVER))
@@ -1454,6 +1489,7 @@ static int quota_check(int nsfd, struct qtab *t, const struct region_hdr *h,
 
 static void qtab_free(struct qtab *t)
 {
+    free(t->f);
     free(t->j);
 }
 

@@ -1136,7 +1136,7 @@ const char *rpal_strerror(int err)
     case EDQUOT:
         return "another user's region beyond that user's quota of the shared namespace "
                "(RPAL_QUOTA_WINDOW, RPAL_QUOTA_REGIONS): its address range may be in use "
-               "by another region";
+               "by another region; or a filesystem quota";
     case ENODEV:
         return "no hugetlbfs with 2 MiB pages here (mount one, or set RPAL_HUGE_DIR)";
     case ENAMETOOLONG:

@@ -117,6 +117,14 @@ static void ls_says(const char *want_name, const char *want)
     CHECK(line && strstr(line, want));
 }
 
+static void count_quota(const char *kind, const char *name, void *arg)
+{
+    if (!strcmp(kind, "quota")) {
+        printf("rpal gc: %s %s\n", kind, name);
+        ++*(int *)arg;
+    }
+}
+
 int main(void)
 {
     if (geteuid() != 0)
@@ -149,6 +157,13 @@ int main(void)
     CHECK(attach_as(NOBODY, "hog") == 0); /* its own: as it was */
     CHECK(attach_as(OTHER, "mine") == 0);
     ls_says("hog", "over quota");
+    /* rpal gc frees, and names, what is beyond a quota: with 1 MiB of
+     * window, every entry of 65533 (2) and 65532 (1); not root's. */
+    setenv("RPAL_QUOTA_WINDOW", "1M", 1);
+    int quota = 0;
+    CHECK(rpal_gc(count_quota, &quota) >= 3);
+    CHECK(quota == 3 && registry_has("mine") && !registry_has("theirs"));
+    unsetenv("RPAL_QUOTA_WINDOW");
 
     /* (b) The registry's 4096 entries, in a second shared namespace. */
     snprintf(ns2, sizeof ns2, "%s/b", ns);

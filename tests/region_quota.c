@@ -5,8 +5,10 @@
  * the window and of the entries is bounded (RPAL_QUOTA_WINDOW, a quarter
  * of the window; RPAL_QUOTA_REGIONS, 1024): what is beyond it counts as
  * free for everyone else, whose creation works; the over-quota regions
- * attach for others as -EDQUOT, and `rpal ls` marks them. Root only (it
- * switches to other uids; a skip otherwise).
+ * attach for others as -EDQUOT, `rpal ls` marks them and `rpal gc` frees
+ * their entries. A region hidden in a directory others may not search
+ * keeps its entry. Root only (it switches to other uids; a skip
+ * otherwise).
  */
 #include "testlib.h"
 

@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -192,6 +193,28 @@ static int quota_check(int nsfd, struct qtab *t, const struct region_hdr *h,
                        const struct stat *st);
 static void qtab_free(struct qtab *t);
 
+/* The thread's buffer for a copy of the registry (NULL: out of memory).
+ * One lock at a time per thread: a second reg_lock in the thread would
+ * wait for its own flock forever, so nothing nests. */
+static pthread_key_t reg_key;
+static pthread_once_t reg_key_once = PTHREAD_ONCE_INIT;
+
+static void reg_key_make(void)
+{
+    (void)pthread_key_create(&reg_key, free);
+}
+
+static struct reg_file *reg_buf(void)
+{
+    pthread_once(&reg_key_once, reg_key_make);
+    struct reg_file *f = pthread_getspecific(reg_key);
+    if (!f && (f = malloc(sizeof *f)) && pthread_setspecific(reg_key, f) != 0) {
+        free(f);
+        f = NULL;
+    }
+    return f;
+}
+
 static int reg_lock(int nsfd, struct reg *r)
 {
     struct stat st;
@@ -239,9 +262,10 @@ static int reg_lock(int nsfd, struct reg *r)
      * raises SIGBUS in whoever touches it. Only the entries in use are read
      * (and written back), and only they are ever looked at (an entry is
      * appended at index `used` by writing it whole): the rest of the copy
-     * is left as it is, not cleared (clearing 1 MiB for every create was
-     * most of the time of 4,096 creates). */
-    struct reg_file *f = malloc(sizeof *f);
+     * is left as it is, not cleared, in a buffer of the thread's that is
+     * kept (clearing, or even allocating, 1 MiB for every create was most
+     * of the time of 4,096 creates). */
+    struct reg_file *f = reg_buf();
     const size_t head = offsetof(struct reg_file, e);
     if (!f) {
         close(fd);
@@ -251,7 +275,7 @@ static int reg_lock(int nsfd, struct reg *r)
         (f->magic == REG_MAGIC &&
          pread(fd, f->e, reg_used(f) * sizeof f->e[0], (off_t)head) !=
              (ssize_t)(reg_used(f) * sizeof f->e[0]))) {
-        free(f); /* shrunk under our lock by someone who ignores it */
+        /* shrunk under our lock by someone who ignores it */
         close(fd);
         return -EBADMSG;
     }
@@ -286,7 +310,6 @@ static int reg_unlock(struct reg *r)
     ssize_t w = pwrite(r->fd, r->f, len, 0);
     /* A full volume (a small tmpfs) says so rather than "I/O error". */
     int err = w == (ssize_t)len ? 0 : w < 0 && (errno == ENOSPC || errno == EDQUOT) ? -ENOSPC : -EIO;
-    free(r->f);
     close(r->fd); /* releases the flock */
     return err;
 }
@@ -1431,8 +1454,7 @@ static void qtab_load(int nsfd, struct qtab *t)
     if (r.used0 == 0) {
         reg_unlock(&r); /* new or rebuilt: worth writing */
     } else {
-        free(r.f); /* only read: nothing to write back */
-        close(r.fd);
+        close(r.fd); /* only read: nothing to write back */
     }
 }
 

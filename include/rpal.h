@@ -73,6 +73,10 @@ int rpal_guard_copy(void *dst, const void *src, size_t len);
                                       1 GiB, so that every attacher shares
                                       the kernel's page tables of the data
                                       (see rpal_region_create()) */
+#define RPAL_REGION_OVERQUOTA 0x20u /* info only (stat, foreach): a region of
+                                       another user (not root) beyond its
+                                       owner's quota of the shared window:
+                                       attach says -EDQUOT (rpal.7) */
 
 typedef struct rpal_region rpal_region;
 
@@ -114,7 +118,8 @@ struct rpal_region_info {
     uint64_t size;         /* bytes of data */
     uint64_t base;         /* address of the data in every process */
     uint32_t mode;         /* file permission bits */
-    uint32_t flags;        /* RPAL_REGION_TRANSIENT, RPAL_REGION_HUGE */
+    uint32_t flags;        /* RPAL_REGION_TRANSIENT, RPAL_REGION_HUGE,
+                              RPAL_REGION_OVERQUOTA */
     uint32_t uid, gid;     /* owner of the region's file */
     int32_t creator_pid;
     uint32_t creator_uid;
@@ -216,8 +221,10 @@ const char *rpal_ns_dir(void);
  * processes that died while creating a region, reservations of regions
  * whose file was removed by other means, lock files of regions that never
  * got (or lost) their name, slot claims and service sockets of dead domain
- * members. FN (may be NULL) is called once per removed item with a short
- * kind ("region", "reservation", "lock", "member", "service") and a name.
+ * members; in a namespace shared by several users, registry entries of
+ * another user (not root) beyond its quota. FN (may be NULL) is called once
+ * per removed item with a short kind ("region", "reservation", "quota",
+ * "lock", "member", "service") and a name.
  * Returns the number of items removed, or a negative errno. */
 int rpal_gc(void (*fn)(const char *kind, const char *name, void *arg),
             void *arg);

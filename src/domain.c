@@ -24,14 +24,16 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
-/* A slot's claim file in the domain's directory: "slot.N". */
-#define CLAIM_NAME_MAX 32
+/* A slot's claim file in the domain's directory: "slot.N" (or in a shared
+ * domain "slot.N.uUID[.HEX]", below). */
+#define CLAIM_NAME_MAX 48
 static void claim_name(char buf[CLAIM_NAME_MAX], unsigned slot)
 {
     snprintf(buf, CLAIM_NAME_MAX, "slot.%u", slot);
@@ -313,8 +315,271 @@ static int claim_reserve(int fd)
     return err;
 }
 
+/* ---- claims in a domain open to other users (issue 16) ---- */
+
+/* A domain directory others may write (chmod 1777: docs/hardening.md) is
+ * shared like the registry: one user could create and lock every slot.N
+ * and so refuse every later join. What the kernel keeps is a file's owner,
+ * so there a claim counts for a process only if its owner is root, the
+ * process's own user, or a user within its quota of claims (its first
+ * RPAL_QUOTA_CLAIMS live claims in slot order; default a quarter of the
+ * slots). A slot whose slot.N is free but not ours to write, or held
+ * beyond its owner's quota, is claimed through a file of our own,
+ * slot.N.uUID, which counts only if owned by UID. Joiners lock, then look
+ * for a rival claim of the slot and back off if there is one, so two
+ * honest members never hold one slot (docs/domains.md). */
+
+#define CLAIM_NOUID UINT32_MAX
+
+static int dom_shared(int dirfd)
+{
+    struct stat st;
+    return fstat(dirfd, &st) == 0 && (st.st_mode & 0022);
+}
+
+/* The domain directory DIRFD, for reading its entries (NULL if it cannot). */
+static DIR *dom_opendir(int dirfd)
+{
+    int fd = rpal__prim_open_beneath(dirfd, ".", O_RDONLY | O_DIRECTORY, 0);
+    DIR *dir = fd < 0 ? NULL : fdopendir(fd);
+    if (!dir && fd >= 0)
+        close(fd);
+    return dir;
+}
+
+/* "slot.N" (*UID = CLAIM_NOUID), "slot.N.uUID" or "slot.N.uUID.HEX" (the
+ * name another user planted as ours taken): 0 and *SLOT, *UID. */
+static int claim_parse(const char *leaf, unsigned *slot, uint32_t *uid)
+{
+    char *end;
+    if (strncmp(leaf, "slot.", 5) || leaf[5] < '0' || leaf[5] > '9')
+        return -EINVAL;
+    unsigned long s = strtoul(leaf + 5, &end, 10), u = CLAIM_NOUID;
+    if (*end == '.' && end[1] == 'u' && end[2] >= '0' && end[2] <= '9')
+        u = strtoul(end + 2, &end, 10);
+    if (u != CLAIM_NOUID && *end == '.' && end[1])
+        strtoul(end + 1, &end, 16);
+    if (*end || s >= DOM_MAX_SLOTS || u > CLAIM_NOUID)
+        return -EINVAL;
+    *slot = (unsigned)s;
+    *uid = (uint32_t)u;
+    return 0;
+}
+
+/* The claim file LEAF of the directory DIRFD, if it is one at all: a
+ * regular file, owned by the uid its name says, locked. Its owner in *UID. */
+static int claim_live(int dirfd, const char *leaf, uint32_t *uid)
+{
+    unsigned s;
+    uint32_t u;
+    struct stat st;
+    if (claim_parse(leaf, &s, &u) < 0)
+        return 0;
+    int fd = rpal__prim_open_beneath(dirfd, leaf, O_RDONLY | O_NONBLOCK, 0);
+    if (fd < 0)
+        return 0;
+    int live = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+               (u == CLAIM_NOUID || u == st.st_uid) && rpal__dom_claim_locked(fd);
+    close(fd);
+    if (live)
+        *uid = st.st_uid;
+    return live;
+}
+
+/* How many claims a user may hold, as this process honours them. */
+static unsigned claim_quota(int dirfd)
+{
+    struct dom_meta m;
+    unsigned n = DOM_MAX_SLOTS;
+    int fd = rpal__prim_open_beneath(dirfd, "meta", O_RDONLY, 0);
+    if (fd >= 0 && pread(fd, &m, sizeof m, 0) == (ssize_t)sizeof m &&
+        rpal__dom_meta_validate(&m) == 0)
+        n = m.nslots;
+    if (fd >= 0)
+        close(fd);
+    const char *e = getenv("RPAL_QUOTA_CLAIMS");
+    unsigned long q = e && *e >= '1' && *e <= '9' ? strtoul(e, NULL, 10) : 0;
+    return q ? (q < n ? (unsigned)q : n) : (n / 4 ? n / 4 : 1);
+}
+
+/* Whether the live claim LEAF (of SLOT, owned by OWNER) counts: OWNER is
+ * root or us, or holds fewer than its quota of live claims before it (in
+ * slot order, slot.N before slot.N.uUID). */
+static int claim_counts(int dirfd, unsigned slot, const char *leaf, uint32_t owner)
+{
+    if (owner == 0 || owner == geteuid())
+        return 1;
+    DIR *dir = dom_opendir(dirfd);
+    if (!dir)
+        return 0;
+    unsigned before = 0, q = claim_quota(dirfd), s;
+    uint32_t u, o;
+    for (struct dirent *e; (e = readdir(dir));) {
+        if (claim_parse(e->d_name, &s, &u) < 0 || s > slot ||
+            (s == slot && (u != CLAIM_NOUID || !strcmp(e->d_name, leaf))))
+            continue; /* not before LEAF */
+        struct stat st;
+        if (fstatat(dirfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_uid == owner &&
+            claim_live(dirfd, e->d_name, &o))
+            before++;
+    }
+    closedir(dir);
+    return before < q;
+}
+
+/* The claim that stands for SLOT in the shared domain DIRFD, other than
+ * the file of inode NOT: its name into NAME and 1, or 0 if there is none. */
+static int claim_find(int dirfd, unsigned slot, uint64_t not, char name[CLAIM_NAME_MAX])
+{
+    uint32_t owner;
+    struct stat st;
+    claim_name(name, slot);
+    if (claim_live(dirfd, name, &owner) && claim_counts(dirfd, slot, name, owner) &&
+        fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_ino != not)
+        return 1;
+    DIR *dir = dom_opendir(dirfd);
+    if (!dir)
+        return 0;
+    int found = 0;
+    unsigned s;
+    uint32_t u;
+    for (struct dirent *e; !found && (e = readdir(dir));)
+        found = claim_parse(e->d_name, &s, &u) == 0 && s == slot && u != CLAIM_NOUID &&
+                fstatat(dirfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_ino != not &&
+                claim_live(dirfd, e->d_name, &owner) && claim_counts(dirfd, slot, e->d_name, owner) &&
+                snprintf(name, CLAIM_NAME_MAX, "%s", e->d_name) > 0;
+    closedir(dir);
+    return found;
+}
+
+/* Open our claim file LEAF for SLOT (made if missing) and lock it: the
+ * descriptor, or -1 if it is not ours to hold. */
+static int claim_take(int dirfd, const char *leaf)
+{
+    int fd = rpal__prim_open_beneath(dirfd, leaf, O_RDWR | O_NONBLOCK, 0);
+    if (fd == -ENOENT && (fd = rpal__prim_open_beneath(dirfd, leaf, O_RDWR | O_CREAT | O_EXCL,
+                                                       0644)) >= 0)
+        fchmod(fd, 0644);
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 1};
+    struct stat a, b;
+    if (fd >= 0 && (fstat(fd, &a) < 0 || a.st_uid != geteuid() || !S_ISREG(a.st_mode) ||
+                    fcntl(fd, F_OFD_SETLK, &fl) < 0 ||
+                    fstatat(dirfd, leaf, &b, AT_SYMLINK_NOFOLLOW) < 0 || a.st_ino != b.st_ino)) {
+        close(fd);
+        fd = -1;
+    }
+    return fd < 0 ? -1 : fd;
+}
+
+/* Slot I of the shared domain D, if free to us: our locked claim, or -1.
+ * *BUSY is set when we backed off from a rival that came at once. */
+static int claim_slot_shared(rpal_domain *d, unsigned i, int *busy)
+{
+    char name[CLAIM_NAME_MAX], mine[CLAIM_NAME_MAX], rival[CLAIM_NAME_MAX];
+    uint32_t owner;
+    struct stat st;
+    unsigned r = 0;
+    claim_name(name, i);
+    snprintf(mine, sizeof mine, "slot.%u.u%u", i, (unsigned)geteuid());
+    int fd = -1;
+    const char *took = name;
+    if (claim_live(d->dirfd, name, &owner)) {
+        if (claim_counts(d->dirfd, i, name, owner))
+            return -1; /* held, and it counts */
+    } else if (fstatat(d->dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0 || st.st_uid == geteuid()) {
+        fd = claim_take(d->dirfd, name); /* missing, or a dead claim of ours */
+    }
+    if (fd < 0) {
+        took = mine;
+        fd = claim_take(d->dirfd, mine);
+    }
+    if (fd < 0 && fstatat(d->dirfd, mine, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+        st.st_uid != geteuid() && getrandom(&r, sizeof r, 0) == (ssize_t)sizeof r) {
+        /* Our name, planted by another user: one nobody can guess. */
+        snprintf(mine, sizeof mine, "slot.%u.u%u.%x", i, (unsigned)geteuid(), r);
+        fd = claim_take(d->dirfd, mine);
+    }
+    if (fd < 0)
+        return -1;
+    if (fstat(fd, &st) < 0 || claim_find(d->dirfd, i, st.st_ino, rival)) {
+        /* A rival locked the slot too: the later one gives way, and
+         * removes its file under its lock (as leave does). */
+        unlinkat(d->dirfd, took, 0);
+        close(fd);
+        *busy = 1;
+        return -1;
+    }
+    return fd;
+}
+
+/* dom_claim in a shared domain: a few rounds, with a random pause between
+ * them, where rivals made each other back off. */
+static int dom_claim_shared(rpal_domain *d)
+{
+    for (int round = 0; round < 8; round++) {
+        int busy = 0;
+        for (unsigned i = 0; i < d->nslots; i++) {
+            int fd = claim_slot_shared(d, i, &busy);
+            if (fd < 0)
+                continue;
+            int err = ftruncate(fd, 0) < 0 ? -errno : claim_reserve(fd);
+            if (err < 0) {
+                close(fd);
+                return err;
+            }
+            d->slot = i;
+            d->claimfd = fd;
+            return 0;
+        }
+        if (!busy)
+            break;
+        unsigned r = 0;
+        (void)!getrandom(&r, sizeof r, 0);
+        nanosleep(&(struct timespec){0, (long)(1 + r % 5) * 1000000L}, NULL);
+    }
+    return -ENOSPC;
+}
+
+/* The claim file that stands for SLOT in DIRFD, opened for reading, its
+ * name in NAME: slot.N, or in a shared domain the claim that counts. */
+static int claim_open(int dirfd, unsigned slot, char name[CLAIM_NAME_MAX])
+{
+    claim_name(name, slot);
+    if (dom_shared(dirfd) && !claim_find(dirfd, slot, 0, name))
+        return -ESRCH;
+    return rpal__prim_open_beneath(dirfd, name, O_RDONLY | O_NONBLOCK, 0);
+}
+
+/* Remove our claim D->claimfd's file from its name: slot.N, or in a
+ * shared domain the name of ours it has. */
+static void claim_unlink(rpal_domain *d)
+{
+    char name[CLAIM_NAME_MAX];
+    struct stat a, b;
+    claim_name(name, d->slot);
+    if (fstat(d->claimfd, &a) < 0 ||
+        (fstatat(d->dirfd, name, &b, AT_SYMLINK_NOFOLLOW) == 0 && a.st_ino == b.st_ino) ||
+        !dom_shared(d->dirfd)) {
+        unlinkat(d->dirfd, name, 0);
+        return;
+    }
+    DIR *dir = dom_opendir(d->dirfd);
+    if (!dir)
+        return;
+    unsigned s;
+    uint32_t u;
+    for (struct dirent *e; (e = readdir(dir));)
+        if (claim_parse(e->d_name, &s, &u) == 0 && s == d->slot && e->d_ino == a.st_ino) {
+            unlinkat(d->dirfd, e->d_name, 0);
+            break;
+        }
+    closedir(dir);
+}
+
 static int dom_claim(rpal_domain *d)
 {
+    if (dom_shared(d->dirfd))
+        return dom_claim_shared(d);
     for (unsigned i = 0; i < d->nslots; i++) {
         char name[CLAIM_NAME_MAX];
         claim_name(name, i);
@@ -369,6 +634,19 @@ static int dom_claim(rpal_domain *d)
  * locks do not exclude each other, so the test and the lock are two steps:
  * the claim's lock keeps two joiners of slot N apart meanwhile.) */
 
+/* 1 if pins mean anything in the domain directory DIRFD: only its owner
+ * (and root) may read it. Any user who may read a directory may take read
+ * locks on it, so in a domain opened to others (chmod 1777, or readable by
+ * a group) anyone could pin every slot and refuse every join; there pins are
+ * neither taken nor honoured, and the claims in a domain open to other
+ * users (dom_shared: its per-user claims and quotas) are what holds a slot.
+ * Same-user tampering with a claim there is not repaired (docs/domains.md). */
+static int pins_used(int dirfd)
+{
+    struct stat st;
+    return fstat(dirfd, &st) == 0 && !(st.st_mode & 0066);
+}
+
 /* 1 if someone else holds the pin of SLOT in the domain directory DFD
  * (opened for reading). */
 static int pin_held(int dfd, unsigned slot)
@@ -382,6 +660,8 @@ static int pin_held(int dfd, unsigned slot)
  * claim's lock alone holds the slot, as before. */
 static int pin_take(int dirfd, unsigned slot, int *pfd)
 {
+    if (!pins_used(dirfd))
+        return 0;
     if (*pfd < 0)
         *pfd = rpal__prim_open_beneath(dirfd, ".", O_RDONLY | O_DIRECTORY, 0);
     if (*pfd < 0)
@@ -400,6 +680,16 @@ static int same_file(int dirfd, const char *name, int fd)
     struct stat a, b;
     return fstat(fd, &a) == 0 && fstatat(dirfd, name, &b, AT_SYMLINK_NOFOLLOW) == 0 &&
            a.st_ino == b.st_ino && a.st_dev == b.st_dev;
+}
+
+/* 1 if D's claim file is still under its name slot.N, or if that is not
+ * ours to judge: in a domain open to other users our claim may have
+ * another name (slot.N.uUID) and is never relinked (see pins_used). */
+static int claim_in_place(rpal_domain *d)
+{
+    char name[CLAIM_NAME_MAX];
+    claim_name(name, d->slot);
+    return !pins_used(d->dirfd) || same_file(d->dirfd, name, d->claimfd);
 }
 
 /* dom_claim, and the pin of the slot it got (into d->pinfd). A slot whose
@@ -483,9 +773,7 @@ static void claim_audit(rpal_domain *d)
         return;
     d->audit_ns = now;
     struct member_rec r;
-    char name[CLAIM_NAME_MAX];
-    claim_name(name, d->slot);
-    if (!same_file(d->dirfd, name, d->claimfd) ||
+    if (!claim_in_place(d) ||
         pread(d->claimfd, &r, sizeof r, 0) != (ssize_t)sizeof r ||
         rpal__prim_fnv1a(&r, sizeof r) != d->rec_sum)
         rpal__dom_publish(d);
@@ -495,10 +783,8 @@ static void claim_audit(rpal_domain *d)
  * Called with d->lock held. */
 void rpal__dom_publish(rpal_domain *d)
 {
-    char claim[CLAIM_NAME_MAX];
-    claim_name(claim, d->slot);
     /* Not at the first (the join has just checked the name). */
-    if (d->rec_sum && !same_file(d->dirfd, claim, d->claimfd))
+    if (d->rec_sum && !claim_in_place(d))
         (void)claim_relink(d); /* else the record goes where it was */
     struct member_rec *r = calloc(1, sizeof *r);
     if (!r)
@@ -534,8 +820,7 @@ void rpal__dom_publish(rpal_domain *d)
 int rpal__dom_read_member(int dirfd, unsigned slot, struct member_rec *rec)
 {
     char name[CLAIM_NAME_MAX];
-    claim_name(name, slot);
-    int fd = rpal__prim_open_beneath(dirfd, name, O_RDONLY | O_NONBLOCK, 0);
+    int fd = claim_open(dirfd, slot, name);
     if (fd < 0)
         return fd;
     struct stat st;
@@ -709,10 +994,8 @@ static void join_undo(rpal_domain *d, int reserved)
     if (d->growfd >= 0)
         close(d->growfd);
     if (d->claimfd >= 0) {
-        char claim[CLAIM_NAME_MAX];
-        claim_name(claim, d->slot);
-        unlinkat(d->dirfd, claim, 0); /* under our lock: see leave */
-        close(d->claimfd);            /* drops the lock */
+        claim_unlink(d); /* under our lock: see leave */
+        close(d->claimfd); /* drops the lock */
     }
     if (d->pinfd >= 0)
         close(d->pinfd);
@@ -905,9 +1188,7 @@ int rpal_domain_leave(rpal_domain *d)
         pkey_free(d->lockkey);
     /* Unlinked while we still hold its lock: a joiner that opened it just
      * before finds it gone from the name after locking, and moves on. */
-    char claim[CLAIM_NAME_MAX];
-    claim_name(claim, d->slot);
-    unlinkat(d->dirfd, claim, 0);
+    claim_unlink(d);
     close(d->claimfd);
     if (d->pinfd >= 0)
         close(d->pinfd); /* after the claim: a joiner then finds both free */
@@ -1218,10 +1499,9 @@ static int stats_domain(int dirfd, const char *name, const struct dom_meta *m, v
     int err = rec && tab ? 0 : -ENOMEM;
     for (unsigned s = 0; s < m->nslots && !err; s++) {
         char file[CLAIM_NAME_MAX];
-        claim_name(file, s);
         if (rpal__dom_read_member(dirfd, s, rec) < 0)
             continue;
-        int fd = rpal__prim_open_beneath(dirfd, file, O_RDONLY | O_NONBLOCK, 0);
+        int fd = claim_open(dirfd, s, file);
         if (fd < 0)
             continue;
         ssize_t n = pread(fd, tab, STATS_MAX * sizeof *tab, STATS_OFF);
@@ -1277,6 +1557,8 @@ struct gc_arg {
  * between its pin and its first record, during its join, is reported too.) */
 static void gc_pins(int dirfd, const char *name, const struct dom_meta *m, struct gc_arg *g)
 {
+    if (!pins_used(dirfd))
+        return;
     int pfd = rpal__prim_open_beneath(dirfd, ".", O_RDONLY | O_DIRECTORY, 0);
     struct member_rec *rec = pfd < 0 ? NULL : malloc(sizeof *rec);
     for (unsigned s = 0; rec && g->fn && s < m->nslots; s++) {

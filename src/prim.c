@@ -1133,6 +1133,10 @@ const char *rpal_strerror(int err)
         return "size larger than the address window";
     case ENOSPC:
         return "no room left (address window, registry, the filesystem, or free huge pages)";
+    case EDQUOT:
+        return "another user's region beyond that user's quota of the shared namespace "
+               "(RPAL_QUOTA_WINDOW, RPAL_QUOTA_REGIONS): its address range may be in use "
+               "by another region; or a filesystem quota";
     case ENODEV:
         return "no hugetlbfs with 2 MiB pages here (mount one, or set RPAL_HUGE_DIR)";
     case ENAMETOOLONG:

@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -170,6 +171,49 @@ static unsigned reg_used(const struct reg_file *f)
 }
 
 static void reg_rebuild(int nsfd, struct reg_file *f);
+static int region_open(int nsfd, const char *name, int oflags,
+                       struct region_hdr *h, struct stat *st);
+static int quota_reclaim(int nsfd, struct reg_file *f);
+
+/* Quotas (below): what one user may hold of a shared registry. */
+struct quota {
+    uint64_t window;  /* bytes of the window a user may hold */
+    unsigned regions; /* registry entries a user may hold */
+};
+
+/* The registry judged once, for the attaches and listings that need it. */
+struct qtab {
+    int state;          /* 0 not read yet, 1 read, 2 judged, -1 unreadable */
+    struct reg_file *f; /* a copy of the entries in use */
+    struct qent *j;     /* judged, when a region needed it */
+    struct quota q;
+};
+
+static int quota_check(int nsfd, struct qtab *t, const struct region_hdr *h,
+                       const struct stat *st);
+static void qtab_free(struct qtab *t);
+
+/* The thread's buffer for a copy of the registry (NULL: out of memory).
+ * One lock at a time per thread: a second reg_lock in the thread would
+ * wait for its own flock forever, so nothing nests. */
+static pthread_key_t reg_key;
+static pthread_once_t reg_key_once = PTHREAD_ONCE_INIT;
+
+static void reg_key_make(void)
+{
+    (void)pthread_key_create(&reg_key, free);
+}
+
+static struct reg_file *reg_buf(void)
+{
+    pthread_once(&reg_key_once, reg_key_make);
+    struct reg_file *f = pthread_getspecific(reg_key);
+    if (!f && (f = malloc(sizeof *f)) && pthread_setspecific(reg_key, f) != 0) {
+        free(f);
+        f = NULL;
+    }
+    return f;
+}
 
 static int reg_lock(int nsfd, struct reg *r)
 {
@@ -216,9 +260,12 @@ static int reg_lock(int nsfd, struct reg *r)
     /* Read into private memory, not mapped: anyone who may write the
      * registry may also truncate it, and a mapping of a truncated file
      * raises SIGBUS in whoever touches it. Only the entries in use are read
-     * (and written back); the rest of the copy reads as zeros, like the
-     * file's never-used tail. */
-    struct reg_file *f = calloc(1, sizeof *f);
+     * (and written back), and only they are ever looked at (an entry is
+     * appended at index `used` by writing it whole): the rest of the copy
+     * is left as it is, not cleared, in a buffer of the thread's that is
+     * kept (clearing, or even allocating, 1 MiB for every create was most
+     * of the time of 4,096 creates). */
+    struct reg_file *f = reg_buf();
     const size_t head = offsetof(struct reg_file, e);
     if (!f) {
         close(fd);
@@ -228,7 +275,7 @@ static int reg_lock(int nsfd, struct reg *r)
         (f->magic == REG_MAGIC &&
          pread(fd, f->e, reg_used(f) * sizeof f->e[0], (off_t)head) !=
              (ssize_t)(reg_used(f) * sizeof f->e[0]))) {
-        free(f); /* shrunk under our lock by someone who ignores it */
+        /* shrunk under our lock by someone who ignores it */
         close(fd);
         return -EBADMSG;
     }
@@ -263,7 +310,6 @@ static int reg_unlock(struct reg *r)
     ssize_t w = pwrite(r->fd, r->f, len, 0);
     /* A full volume (a small tmpfs) says so rather than "I/O error". */
     int err = w == (ssize_t)len ? 0 : w < 0 && (errno == ENOSPC || errno == EDQUOT) ? -ENOSPC : -EIO;
-    free(r->f);
     close(r->fd); /* releases the flock */
     return err;
 }
@@ -340,6 +386,23 @@ static int reg_alloc(struct reg_file *f, uint64_t len, uint64_t align,
     }
 }
 
+/* A free entry *SLOT and a free range of LEN bytes at *START in F. */
+static int reg_place(struct reg_file *f, uint64_t len, uint64_t align, unsigned *slot,
+                     uint64_t *start)
+{
+    unsigned i;
+    for (i = 0; i < reg_used(f); i++)
+        if (!entry_valid(&f->e[i]))
+            break;
+    if (i == REG_CAP)
+        return -ENOSPC;
+    int err = reg_alloc(f, len, align, start);
+    if (err == 0 && i == reg_used(f))
+        f->used = i + 1;
+    *slot = i;
+    return err;
+}
+
 static int reg_reserve(int nsfd, const char *name, uint64_t size,
                        uint64_t align, uint64_t *base, unsigned *slot)
 {
@@ -349,16 +412,13 @@ static int reg_reserve(int nsfd, const char *name, uint64_t size,
         return err;
     uint64_t g = RPAL_REGION_GRANULE;
     uint64_t len = g + (size + g - 1) / g * g, start = 0;
-    unsigned i;
-    for (i = 0; i < reg_used(r.f); i++)
-        if (!entry_valid(&r.f->e[i]))
-            break;
-    if (i == REG_CAP)
-        err = -ENOSPC;
-    else
-        err = reg_alloc(r.f, len, align, &start);
-    if (err == 0 && i == reg_used(r.f))
-        r.f->used = i + 1;
+    unsigned i = 0;
+    err = reg_place(r.f, len, align, &i, &start);
+    /* No room: what other users hold beyond their quota, and entries that
+     * stand for nothing, are taken back (issue 16), then tried again. The
+     * usual create never pays for judging the entries. */
+    if (err == -ENOSPC && quota_reclaim(nsfd, r.f) > 0)
+        err = reg_place(r.f, len, align, &i, &start);
     if (err == 0) {
         struct reg_entry *e = &r.f->e[i];
         memset(e, 0, sizeof *e);
@@ -381,8 +441,9 @@ static void reg_settle(int nsfd, unsigned slot, uint64_t base, uint64_t ino)
     struct reg r;
     if (reg_lock(nsfd, &r) < 0)
         return; /* gc frees the reservation once we are gone */
-    struct reg_entry *e = &r.f->e[slot];
-    if (e->state == REG_RESERVED && e->pid == getpid() && e->base == base) {
+    /* SLOT is past the entries in use if someone cut `used` meanwhile. */
+    struct reg_entry *e = &r.f->e[slot < reg_used(r.f) ? slot : 0];
+    if (slot < reg_used(r.f) && e->state == REG_RESERVED && e->pid == getpid() && e->base == base) {
         if (ino) {
             e->ino = ino;
             e->state = REG_LIVE;
@@ -769,6 +830,14 @@ int rpal_region_attach(const char *name, unsigned flags, rpal_region **out)
     struct region_hdr h;
     struct stat st;
     int fd = region_open(nsfd, name, writable ? O_RDWR : O_RDONLY, &h, &st);
+    /* Another user's region beyond its quota: its range may have been
+     * handed out again (issue 16). */
+    struct qtab qt = {0};
+    if (fd >= 0 && (err = quota_check(nsfd, &qt, &h, &st)) < 0) {
+        close(fd);
+        fd = err;
+    }
+    qtab_free(&qt);
     if (fd < 0) {
         close(nsfd);
         return fd;
@@ -937,7 +1006,8 @@ static void info_fill(struct rpal_region_info *info, const char *name,
     info->nattached = s.n;
 }
 
-static int stat_at(int nsfd, const char *name, struct rpal_region_info *info)
+/* With T, another user's region beyond its quota is flagged. */
+static int stat_at(int nsfd, const char *name, struct rpal_region_info *info, struct qtab *t)
 {
     struct region_hdr h;
     struct stat st;
@@ -947,6 +1017,8 @@ static int stat_at(int nsfd, const char *name, struct rpal_region_info *info)
         return fd;
     close(fd);
     info_fill(info, name, &h, &st);
+    if (t && quota_check(nsfd, t, &h, &st) < 0)
+        info->flags |= RPAL_REGION_OVERQUOTA;
     return 0;
 }
 
@@ -960,7 +1032,9 @@ int rpal_region_stat(const char *name, struct rpal_region_info *info)
     int nsfd = rpal__ns_open(0);
     if (nsfd < 0)
         return nsfd;
-    err = stat_at(nsfd, name, info);
+    struct qtab qt = {0};
+    err = stat_at(nsfd, name, info, &qt);
+    qtab_free(&qt);
     close(nsfd);
     return err;
 }
@@ -1144,6 +1218,306 @@ static void reg_rebuild(int nsfd, struct reg_file *f)
     free_names(names, n);
 }
 
+/* ---- quotas: one user's share of a shared registry (issue 16) ----------- */
+
+/* The registry is writable by every user of a shared namespace, so nothing
+ * in it is believed as written. What the kernel keeps is: a region file's
+ * owner (st_uid) and inode. An entry counts only if it names a region file
+ * with its inode (and, where we may read the header, its address), once
+ * per file; it is that file owner's. An honest process then honours, of
+ * every other user but root, only a quota of entries and bytes of window,
+ * in registry order: the rest is free to it (docs/regions.md). */
+
+/* In-flight reservations honoured, all users together: a creator holds one
+ * only between reserving and linking its file, and nothing the kernel
+ * keeps says whose it is (the pid it names may be anybody's). */
+#define QUOTA_PENDING 16u
+#define QUOTA_NOUID   UINT32_MAX
+
+enum { Q_FREE, Q_OK, Q_STALE, Q_OVER };
+
+
+/* One entry judged: the file's inode (0: a reservation), range, owner. */
+struct qent {
+    uint64_t ino, base, len;
+    uint32_t uid;
+    unsigned verdict;
+    int file; /* 1: a region file's (ino), 2: hidden from us, 0: a reservation */
+};
+
+/* A size from the environment: a number of bytes, or of KiB, MiB, GiB or
+ * TiB with K, M, G or T after it; missing, 0 or unreadable: DFLT. */
+static uint64_t env_size(const char *var, uint64_t dflt, uint64_t max)
+{
+    const char *s = getenv(var);
+    if (!s || *s < '0' || *s > '9')
+        return dflt;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    const char *units = "KMGT", *u = *end ? strchr(units, *end) : NULL;
+    unsigned shift = u ? 10 * (unsigned)(u - units + 1) : 0;
+    if (v == 0 || v == ULLONG_MAX || (*end && (!u || end[1])))
+        return dflt;
+    return v > max >> shift ? max : v << shift;
+}
+
+static void quota_get(struct quota *q)
+{
+    q->window = env_size("RPAL_QUOTA_WINDOW", RPAL_REGION_WINDOW_SIZE / 4,
+                         RPAL_REGION_WINDOW_SIZE);
+    q->regions = (unsigned)env_size("RPAL_QUOTA_REGIONS", REG_CAP / 4, REG_CAP);
+}
+
+/* The owner of the directory on the way to NAME that we may not search,
+ * into *UID: 0, or -ESTALE if the way is not barred (the name is gone). */
+static int hidden_owner(int nsfd, const char *name, uint32_t *uid)
+{
+    char path[RPAL_NAME_MAX + 16];
+    int have = 0;
+    snprintf(path, sizeof path, "%s", name);
+    /* Each directory on the way opens (O_PATH needs no search right on it)
+     * until the one below the directory that hides the name. */
+    for (char *p = strchr(path, '/');; p = strchr(p + 1, '/')) {
+        if (p)
+            *p = 0;
+        struct stat st;
+        int fd = rpal__prim_open_beneath(nsfd, path, O_PATH | (p ? O_DIRECTORY : 0), 0);
+        if (fd < 0)
+            return fd == -EACCES && have ? 0 : -ESTALE;
+        int ok = fstat(fd, &st) == 0;
+        close(fd);
+        if (!ok || !p)
+            return -ESTALE; /* the name itself was reached: not hidden */
+        *uid = st.st_uid;
+        have = 1;
+        *p = '/';
+    }
+}
+
+/* The owner of the region file the live entry E names, into *UID: 1 if
+ * the file is there with E's inode and (where we may read its header) E's
+ * address; 2 if a directory we may not search hides it (*UID is that
+ * directory's owner); else -ESTALE: a forgery, or a region unlinked or
+ * renamed behind rpal's back. */
+static int entry_owner(int nsfd, const struct reg_entry *e, uint32_t *uid)
+{
+    struct region_hdr h;
+    struct stat st;
+    int fd = region_open(nsfd, e->name, O_RDONLY, &h, &st);
+    if (fd >= 0) {
+        close(fd);
+        if (h.base != e->base)
+            return -ESTALE;
+    } else if (fd == -EACCES) { /* another user's 0600 region, or its directory */
+        if ((fd = rpal__prim_open_beneath(nsfd, e->name, O_PATH, 0)) < 0)
+            return fd == -EACCES && hidden_owner(nsfd, e->name, uid) == 0 ? 2 : -ESTALE;
+        int ok = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+        close(fd);
+        if (!ok)
+            return -ESTALE;
+    } else {
+        return -ESTALE;
+    }
+    *uid = st.st_uid;
+    return (uint64_t)st.st_ino == e->ino ? 1 : -ESTALE;
+}
+
+static int cmp_ino(const void *a, const void *b)
+{
+    const struct qent *x = *(struct qent *const *)a, *y = *(struct qent *const *)b;
+    return x->ino != y->ino ? (x->ino < y->ino ? -1 : 1) : (x < y ? -1 : x > y);
+}
+
+/* Of the entries of J (N) that name one file, the first counts; copies
+ * (which could fill the registry with one file of root's or ours) not. */
+static void quota_dedup(struct qent *j, unsigned n)
+{
+    struct qent **v = malloc((n ? n : 1) * sizeof *v);
+    unsigned m = 0;
+    if (!v)
+        return;
+    for (unsigned i = 0; i < n; i++)
+        if (j[i].verdict == Q_OK && j[i].file == 1)
+            v[m++] = &j[i];
+    qsort(v, m, sizeof *v, cmp_ino);
+    for (unsigned i = 1; i < m; i++)
+        if (v[i]->ino == v[i - 1]->ino)
+            v[i]->verdict = Q_STALE;
+    free(v);
+}
+
+/* Each other user's (not root's, not ours) live entries, in registry
+ * order, honoured while they fit in Q: the others are over quota. Root's
+ * are trusted as the system's, and ours are mapped by our own processes:
+ * handing them out again would only hurt ourselves. Entries hidden from us
+ * by a directory we may not search count against its owner, root and we
+ * included: anyone may forge those names, so none is exempt. */
+static void quota_rank(const struct quota *q, struct qent *j, unsigned n)
+{
+    struct quse {
+        uint32_t uid, cnt;
+        uint64_t bytes;
+    } *u = calloc(n ? n : 1, sizeof *u);
+    uint32_t me = geteuid();
+    unsigned nu = 0;
+    if (!u)
+        return; /* out of memory: everything honoured, as without quotas */
+    for (unsigned i = 0; i < n; i++) {
+        struct qent *x = &j[i];
+        if (x->verdict != Q_OK || !x->file || (x->file == 1 && (x->uid == 0 || x->uid == me)))
+            continue;
+        unsigned k = 0;
+        while (k < nu && u[k].uid != x->uid)
+            k++;
+        if (k == nu)
+            u[nu++].uid = x->uid;
+        if (u[k].cnt >= q->regions || x->len > q->window - u[k].bytes) {
+            x->verdict = Q_OVER;
+        } else {
+            u[k].cnt++;
+            u[k].bytes += x->len;
+        }
+    }
+    free(u);
+}
+
+/* Judge the entries of F into J (reg_used(F) of them): free, honoured,
+ * stale (names nothing, a copy, or a dead or surplus reservation) or over
+ * its owner's quota. Under the registry lock. */
+static void quota_judge(int nsfd, const struct reg_file *f, const struct quota *q,
+                        struct qent *j)
+{
+    unsigned n = reg_used(f), pending = 0;
+    uint64_t pending_bytes = 0;
+    for (unsigned i = 0; i < n; i++) {
+        const struct reg_entry *e = &f->e[i];
+        struct qent *x = &j[i];
+        *x = (struct qent){0, e->base, e->len, QUOTA_NOUID, Q_STALE, 0};
+        if (!entry_valid(e)) {
+            x->verdict = e->state == REG_FREE ? Q_FREE : Q_STALE;
+        } else if (e->state == REG_RESERVED) {
+            if (pending < QUOTA_PENDING && e->len <= q->window - pending_bytes &&
+                rpal__prim_proc_alive(e->pid, e->pid_start)) {
+                pending++;
+                pending_bytes += e->len;
+                x->verdict = Q_OK;
+            }
+        } else if ((x->file = entry_owner(nsfd, e, &x->uid)) > 0) {
+            x->ino = x->file == 1 ? e->ino : 0;
+            x->verdict = Q_OK;
+        }
+    }
+    quota_dedup(j, n);
+    quota_rank(q, j, n);
+}
+
+/* quota_judge over F, into a new array (NULL: out of memory). */
+static struct qent *quota_judged(int nsfd, const struct reg_file *f, struct quota *q)
+{
+    struct qent *j = malloc((reg_used(f) ? reg_used(f) : 1) * sizeof *j);
+    quota_get(q);
+    if (j)
+        quota_judge(nsfd, f, q, j);
+    return j;
+}
+
+/* A create found no room in F: the entries that stand for nothing and the
+ * ones beyond another user's quota are cleared, so that their slots and
+ * ranges are handed out again. Returns how many were. */
+static int quota_reclaim(int nsfd, struct reg_file *f)
+{
+    struct quota q;
+    struct qent *j = quota_judged(nsfd, f, &q);
+    int n = 0;
+    for (unsigned i = 0; j && i < reg_used(f); i++)
+        if (j[i].verdict == Q_STALE || j[i].verdict == Q_OVER) {
+            memset(&f->e[i], 0, sizeof f->e[i]);
+            n++;
+        }
+    free(j);
+    return n;
+}
+
+
+static void qtab_load(int nsfd, struct qtab *t)
+{
+    struct reg r;
+    t->state = -1;
+    quota_get(&t->q);
+    if (reg_lock(nsfd, &r) < 0)
+        return; /* no registry to judge by: as without quotas */
+    size_t len = offsetof(struct reg_file, e) + reg_used(r.f) * sizeof r.f->e[0];
+    if ((t->f = malloc(len))) {
+        memcpy(t->f, r.f, len);
+        t->state = 1;
+    }
+    if (r.used0 == 0) {
+        reg_unlock(&r); /* new or rebuilt: worth writing */
+    } else {
+        close(r.fd); /* only read: nothing to write back */
+    }
+}
+
+/* Whether the entries of T before the one of the region (ST, H), or all
+ * of them if it has none, fit in one user's quota with it: then its owner
+ * cannot be over quota there, whoever owns them, and nothing need be
+ * judged (the usual case: one open per entry is saved). */
+static int quota_surely_fits(const struct qtab *t, const struct region_hdr *h,
+                             const struct stat *st, uint64_t len)
+{
+    unsigned before = 0;
+    uint64_t bytes = 0;
+    for (unsigned i = 0; i < reg_used(t->f); i++) {
+        const struct reg_entry *e = &t->f->e[i];
+        if (!entry_valid(e))
+            continue;
+        if (e->state == REG_LIVE && e->ino == (uint64_t)st->st_ino && e->base == h->base)
+            break;
+        before++;
+        bytes += e->len;
+    }
+    return before < t->q.regions && bytes <= t->q.window && len <= t->q.window - bytes;
+}
+
+/* -EDQUOT if the region of header H and file ST belongs to another user
+ * (not root) and is beyond that user's quota: its entry is over quota, or,
+ * without an entry (taken back, or lost), it would not fit. Else 0. */
+static int quota_check(int nsfd, struct qtab *t, const struct region_hdr *h,
+                       const struct stat *st)
+{
+    if (st->st_uid == 0 || st->st_uid == geteuid())
+        return 0;
+    if (t->state == 0)
+        qtab_load(nsfd, t);
+    uint64_t g = RPAL_REGION_GRANULE, len = g + (h->size + g - 1) / g * g, bytes = 0;
+    if (t->state < 0 || quota_surely_fits(t, h, st, len))
+        return 0;
+    if (!t->j && !(t->j = malloc((reg_used(t->f) ? reg_used(t->f) : 1) * sizeof *t->j)))
+        return 0; /* out of memory: as without quotas */
+    if (t->state == 1) {
+        quota_judge(nsfd, t->f, &t->q, t->j);
+        t->state = 2;
+    }
+    unsigned cnt = 0;
+    for (unsigned i = 0; i < reg_used(t->f); i++) {
+        const struct qent *x = &t->j[i];
+        if (x->ino == (uint64_t)st->st_ino && x->base == h->base &&
+            (x->verdict == Q_OK || x->verdict == Q_OVER))
+            return x->verdict == Q_OVER ? -EDQUOT : 0;
+        if (x->verdict == Q_OK && x->file && x->uid == st->st_uid) {
+            cnt++;
+            bytes += x->len;
+        }
+    }
+    return cnt >= t->q.regions || len > t->q.window - bytes ? -EDQUOT : 0;
+}
+
+static void qtab_free(struct qtab *t)
+{
+    free(t->f);
+    free(t->j);
+}
+
 /* The regions of the namespace, by name, and room for one's info: for
  * foreach and gc. walk_begin: 1, 0 if there is no namespace yet (nothing
  * to walk), or a negative errno (then nothing is left to free). */
@@ -1185,9 +1559,11 @@ int rpal_region_foreach(int (*fn)(const struct rpal_region_info *, void *),
     if (err <= 0)
         return err;
     err = 0;
+    struct qtab qt = {0}; /* judged once, when a region needs it */
     for (size_t i = 0; i < w.n && err == 0; i++)
-        if (stat_at(w.nsfd, w.names[i], w.info) == 0)
+        if (stat_at(w.nsfd, w.names[i], w.info, &qt) == 0)
             err = fn(w.info, arg);
+    qtab_free(&qt);
     walk_end(&w);
     return err;
 }
@@ -1283,7 +1659,7 @@ static int gc_regions(int nsfd, char **names, size_t n, uint64_t *inos,
         struct stat st;
         if (fstatat(nsfd, names[i], &st, AT_SYMLINK_NOFOLLOW) == 0)
             inos[i] = st.st_ino;
-        if (stat_at(nsfd, names[i], info) < 0)
+        if (stat_at(nsfd, names[i], info, NULL) < 0)
             continue;
         if (!(info->flags & RPAL_REGION_TRANSIENT) || info->creator_alive ||
             info->nattached)
@@ -1350,6 +1726,31 @@ static int gc_reservations(int nsfd, struct reg *r, char **names, size_t n,
     return removed;
 }
 
+/* gc, third pass (registry locked): the entries beyond another user's
+ * quota freed (a create short of room would take them back anyway), and
+ * named, so that the user learns why others cannot attach them. */
+static int gc_quota(int nsfd, struct reg *r,
+                    void (*fn)(const char *kind, const char *name, void *arg), void *arg)
+{
+    struct quota q;
+    struct qent *j = quota_judged(nsfd, r->f, &q);
+    int removed = 0;
+    for (unsigned i = 0; j && i < reg_used(r->f); i++) {
+        struct reg_entry *e = &r->f->e[i];
+        if (j[i].verdict != Q_OVER)
+            continue;
+        char what[sizeof e->name + 64];
+        snprintf(what, sizeof what, "%.*s (uid %u, beyond its quota)", (int)RPAL_NAME_MAX,
+                 e->name, (unsigned)j[i].uid);
+        memset(e, 0, sizeof *e);
+        removed++;
+        if (fn)
+            fn("quota", what, arg);
+    }
+    free(j);
+    return removed;
+}
+
 int rpal__region_gc(void (*fn)(const char *kind, const char *name, void *arg),
               void *arg)
 {
@@ -1368,6 +1769,7 @@ int rpal__region_gc(void (*fn)(const char *kind, const char *name, void *arg),
     struct reg r;
     if (reg_lock(w.nsfd, &r) == 0) {
         removed += gc_reservations(w.nsfd, &r, w.names, w.n, inos, fn, arg);
+        removed += gc_quota(w.nsfd, &r, fn, arg);
         struct gc_use u = {r.f, inos, w.n};
         removed += lock_gc(w.nsfd, &r, &u, fn, arg);
         /* Data files of huge regions that lost their header (removed by

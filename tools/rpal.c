@@ -510,11 +510,13 @@ static void print_json(const struct rpal_region_info *i)
     json_str(i->name);
     printf(",\"size\":%llu,\"base\":\"0x%llx\",\"mode\":\"%04o\",\"uid\":%u,"
            "\"gid\":%u,\"transient\":%s,\"huge\":%s,\"creator_pid\":%d,\"creator_uid\":%u,"
-           "\"creator_alive\":%s,\"creator_other_pidns\":%s,\"created_ns\":%llu,\"attached\":[",
+           "\"creator_alive\":%s,\"creator_other_pidns\":%s,\"created_ns\":%llu,"
+           "\"over_quota\":%s,\"attached\":[",
            (unsigned long long)i->size, (unsigned long long)i->base, i->mode,
            i->uid, i->gid, (i->flags & RPAL_REGION_TRANSIENT) ? "true" : "false",
            (i->flags & RPAL_REGION_HUGE) ? "true" : "false", i->creator_pid, i->creator_uid, i->creator_alive ? "true" : "false",
-           i->creator_alive == 2 ? "true" : "false", (unsigned long long)i->created_ns);
+           i->creator_alive == 2 ? "true" : "false", (unsigned long long)i->created_ns,
+           (i->flags & RPAL_REGION_OVERQUOTA) ? "true" : "false");
     int shown = i->nattached < 16 ? i->nattached : 16;
     for (int k = 0; k < shown; k++)
         printf("%s%d", k ? "," : "", (int)i->attached[k]);
@@ -588,8 +590,11 @@ static void print_info(const struct rpal_region_info *i)
     printf("size:      %llu (%s)\n", (unsigned long long)i->size, sz);
     printf("base:      0x%llx\n", (unsigned long long)i->base);
     printf("mode:      %04o  owner %s\n", i->mode, user_name(i->uid, user, sizeof user));
-    printf("flags:     %s%s\n", (i->flags & RPAL_REGION_TRANSIENT) ? "transient" : "persistent",
-           (i->flags & RPAL_REGION_HUGE) ? ", huge (2 MiB pages on hugetlbfs)" : "");
+    printf("flags:     %s%s%s\n", (i->flags & RPAL_REGION_TRANSIENT) ? "transient" : "persistent",
+           (i->flags & RPAL_REGION_HUGE) ? ", huge (2 MiB pages on hugetlbfs)" : "",
+           (i->flags & RPAL_REGION_OVERQUOTA)
+               ? ", over quota (its owner holds more than its share: others cannot attach it)"
+               : "");
     printf("creator:   pid %d (%s), uid %u, %s\n", i->creator_pid,
            i->creator_alive == 2 ? "in another pid namespace" : i->creator_alive ? "alive" : "dead",
            i->creator_uid, when);
@@ -621,9 +626,10 @@ static int ls_one(const struct rpal_region_info *i, void *arg)
         snprintf(creator, sizeof creator, "%d%s", i->creator_pid,
                  i->creator_alive == 2 ? "*" : i->creator_alive ? "" : " (dead)");
         s->other_pidns += i->creator_alive == 2;
-        printf("%-24s %10s  0x%-14llx %04o  %-8s %-14s %d\n", i->name, sz,
+        printf("%-24s %10s  0x%-14llx %04o  %-8s %-14s %d%s\n", i->name, sz,
                (unsigned long long)i->base, i->mode,
-               user_name(i->uid, user, sizeof user), creator, i->nattached);
+               user_name(i->uid, user, sizeof user), creator, i->nattached,
+               (i->flags & RPAL_REGION_OVERQUOTA) ? "  over quota" : "");
     }
     s->count++;
     return 0;

@@ -1215,29 +1215,45 @@ int rpal__cx_shutdown(int fd, int how)
     return 0;
 }
 
+/* FD (C's) leaves the table of connections, and FN runs on FD's item in
+ * every epoll set that has one, under cx_lock (with ARG). */
+static void conn_forget(struct conn *c, int fd,
+                        void (*fn)(struct conn *c, struct ep_set *s, struct ep_item *it, int fd,
+                                   int arg),
+                        int arg)
+{
+    pthread_mutex_lock(&cx_lock);
+    fdtab_put(&conns, fd, NULL);
+    for (int pg = 0; pg < FD_PAGES; pg++) {
+        void **sp = rpal_load_relaxed(&sets.pages[pg]); /* cx_lock: as every store */
+        for (int k = 0; sp && k < FD_PAGE; k++) {
+            struct ep_set *s = rpal_plain_load_relaxed(&sp[k]);
+            struct ep_item *it = s ? fdtab_get(s->items, fd) : NULL;
+            if (it)
+                fn(c, s, it, fd, arg);
+        }
+    }
+    rpal_fetch_add_relaxed(&conn_gen, 1);
+    pthread_mutex_unlock(&cx_lock);
+}
+
+/* A closed connection's item: its bell out of the set, the item free. */
+static void item_closed(struct conn *c, struct ep_set *s, struct ep_item *it, int fd, int arg)
+{
+    (void)fd, (void)arg;
+    if (it->kbell)
+        epoll_ctl(s->epfd, EPOLL_CTL_DEL, c->bell, NULL);
+    it->in_use = 0;
+    it->kbell = 0;
+    it->parked = 0;
+}
+
 int rpal_close(int fd)
 {
     struct conn *c = conn_of(fd);
     if (c) {
-        pthread_mutex_lock(&cx_lock);
-        fdtab_put(&conns, fd, NULL);
         /* As close() takes a descriptor out of every epoll set. */
-        for (int pg = 0; pg < FD_PAGES; pg++) {
-            void **sp = rpal_load_relaxed(&sets.pages[pg]); /* cx_lock: as every store */
-            for (int k = 0; sp && k < FD_PAGE; k++) {
-                struct ep_set *s = rpal_plain_load_relaxed(&sp[k]);
-                struct ep_item *it = s ? fdtab_get(s->items, fd) : NULL;
-                if (it && it->kbell)
-                    epoll_ctl(s->epfd, EPOLL_CTL_DEL, c->bell, NULL);
-                if (it) {
-                    it->in_use = 0;
-                    it->kbell = 0;
-                    it->parked = 0;
-                }
-            }
-        }
-        rpal_fetch_add_relaxed(&conn_gen, 1);
-        pthread_mutex_unlock(&cx_lock);
+        conn_forget(c, fd, item_closed, -1);
         if (rpal__dom_check(c->d) < 0) {
             c = NULL; /* a forked child: the rings are its parent's */
         } else {
@@ -1903,33 +1919,27 @@ static void down_drop(int fd, struct cx_down *dn, int force)
  * it for the rings, the kernel's registration becomes the application's (a
  * plain descriptor there), with INFD (-1: none) beside it, under FD's
  * cookie, while bytes are held for it. */
+static void item_unlisted(struct conn *c, struct ep_set *s, struct ep_item *it, int fd, int infd)
+{
+    if (!it->kmapped)
+        return;
+    if (it->kbell)
+        epoll_ctl(s->epfd, EPOLL_CTL_DEL, c->bell, NULL);
+    struct epoll_event kev = {.events = it->events, .data.u64 = (uint64_t)fd};
+    if (it->in_use) {
+        epoll_ctl(s->epfd, EPOLL_CTL_MOD, fd, &kev);
+        kev.events = EPOLLIN | (it->events & (EPOLLET | EPOLLONESHOT));
+        if (infd >= 0 && (it->events & EPOLLIN))
+            epoll_ctl(s->epfd, EPOLL_CTL_ADD, infd, &kev);
+    } else {
+        epoll_ctl(s->epfd, EPOLL_CTL_DEL, fd, NULL); /* parked: deleted by the application */
+    }
+    it->kmapped = it->kbell = it->parked = 0;
+}
+
 static void conn_unlist(struct conn *c, int fd, int infd)
 {
-    pthread_mutex_lock(&cx_lock);
-    fdtab_put(&conns, fd, NULL);
-    for (int pg = 0; pg < FD_PAGES; pg++) {
-        void **sp = rpal_load_relaxed(&sets.pages[pg]); /* cx_lock: as every store */
-        for (int k = 0; sp && k < FD_PAGE; k++) {
-            struct ep_set *s = rpal_plain_load_relaxed(&sp[k]);
-            struct ep_item *it = s ? fdtab_get(s->items, fd) : NULL;
-            if (!it || !it->kmapped)
-                continue;
-            if (it->kbell)
-                epoll_ctl(s->epfd, EPOLL_CTL_DEL, c->bell, NULL);
-            struct epoll_event kev = {.events = it->events, .data.u64 = (uint64_t)fd};
-            if (it->in_use) {
-                epoll_ctl(s->epfd, EPOLL_CTL_MOD, fd, &kev);
-                kev.events = EPOLLIN | (it->events & (EPOLLET | EPOLLONESHOT));
-                if (infd >= 0 && (it->events & EPOLLIN))
-                    epoll_ctl(s->epfd, EPOLL_CTL_ADD, infd, &kev);
-            } else {
-                epoll_ctl(s->epfd, EPOLL_CTL_DEL, fd, NULL); /* parked: deleted by the application */
-            }
-            it->kmapped = it->kbell = it->parked = 0;
-        }
-    }
-    rpal_fetch_add_relaxed(&conn_gen, 1);
-    pthread_mutex_unlock(&cx_lock);
+    conn_forget(c, fd, item_unlisted, infd);
 }
 
 static void down_enter(int fd, struct cx_down *dn)

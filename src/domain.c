@@ -512,6 +512,21 @@ static int claim_slot_shared(rpal_domain *d, unsigned i, int *busy)
     return fd;
 }
 
+/* Slot I is ours through the locked claim FD: emptied (a dead member's
+ * record and counters may still be in it) and its room reserved; 0, or an
+ * error with FD closed. */
+static int claim_keep(rpal_domain *d, unsigned i, int fd)
+{
+    int err = ftruncate(fd, 0) < 0 ? -errno : claim_reserve(fd);
+    if (err < 0) {
+        close(fd);
+        return err;
+    }
+    d->slot = i;
+    d->claimfd = fd;
+    return 0;
+}
+
 /* dom_claim in a shared domain: a few rounds, with a random pause between
  * them, where rivals made each other back off. */
 static int dom_claim_shared(rpal_domain *d)
@@ -520,16 +535,8 @@ static int dom_claim_shared(rpal_domain *d)
         int busy = 0;
         for (unsigned i = 0; i < d->nslots; i++) {
             int fd = claim_slot_shared(d, i, &busy);
-            if (fd < 0)
-                continue;
-            int err = ftruncate(fd, 0) < 0 ? -errno : claim_reserve(fd);
-            if (err < 0) {
-                close(fd);
-                return err;
-            }
-            d->slot = i;
-            d->claimfd = fd;
-            return 0;
+            if (fd >= 0)
+                return claim_keep(d, i, fd);
         }
         if (!busy)
             break;
@@ -603,19 +610,7 @@ static int dom_claim(rpal_domain *d)
             close(fd);
             continue;
         }
-        /* A dead member's record and counters may still be in it. */
-        if (ftruncate(fd, 0) < 0) {
-            close(fd);
-            continue;
-        }
-        int err = claim_reserve(fd);
-        if (err < 0) {
-            close(fd);
-            return err;
-        }
-        d->slot = i;
-        d->claimfd = fd;
-        return 0;
+        return claim_keep(d, i, fd);
     }
     return -ENOSPC;
 }

@@ -69,14 +69,8 @@ int main(void)
     CHECK(err == -EPERM);
 
     /* rpal ls names it. */
-    const char *b = getenv("B");
-    char cmd[600], out[4096] = "";
-    snprintf(cmd, sizeof cmd, "%s/rpal ls 2>&1", b && *b ? b : "build");
-    FILE *f = popen(cmd, "r");
-    REQUIRE(f);
-    size_t n = fread(out, 1, sizeof out - 1, f);
-    out[n] = 0;
-    pclose(f);
+    char out[4096];
+    t_rpal_out("ls", out, sizeof out);
     printf("rpal ls says:\n%s", out);
     CHECK(strstr(out, "hd2") && strstr(out, "not trusted") && strstr(out, "65534"));
 

@@ -103,14 +103,8 @@ static int registry_has(const char *name)
 
 static void ls_says(const char *want_name, const char *want)
 {
-    const char *b = getenv("B");
-    char cmd[600], out[8192] = "";
-    snprintf(cmd, sizeof cmd, "%s/rpal ls 2>&1", b && *b ? b : "build");
-    FILE *f = popen(cmd, "r");
-    REQUIRE(f);
-    size_t n = fread(out, 1, sizeof out - 1, f);
-    out[n] = 0;
-    pclose(f);
+    char out[8192];
+    t_rpal_out("ls", out, sizeof out);
     printf("rpal ls says:\n%s", out);
     char *line = strstr(out, want_name);
     char *eol = line ? strchr(line, '\n') : NULL;

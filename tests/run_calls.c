@@ -19,18 +19,6 @@ static volatile sig_atomic_t pipes, alarms;
 static void on_pipe(int s) { (void)s; pipes++; }
 static void on_alarm(int s) { (void)s; alarms++; }
 
-/* Read exactly N bytes (blocking). */
-static int read_n(int fd, char *b, size_t n)
-{
-    for (size_t got = 0; got < n;) {
-        ssize_t r = read(fd, b + got, n - got);
-        if (r <= 0)
-            return -1;
-        got += (size_t)r;
-    }
-    return 0;
-}
-
 #define FILE_LEN 100000
 #define SPLICED 20000
 
@@ -80,10 +68,10 @@ static void server_copies(int fd, const char *path)
     CHECK(write(p[1], big, 61440) == 61440);
     ssize_t n = splice(fd, NULL, p[1], NULL, SPLICED, 0);
     CHECK(n > 0 && n <= 4096);
-    CHECK(read_n(p[0], big, 61440) == 0);
+    CHECK(t_read_all(p[0], big, 61440) == 0);
     size_t got = 0;
     while (n > 0) {
-        CHECK(read_n(p[0], big, (size_t)n) == 0 && big[0] == 'q' && big[n - 1] == 'q');
+        CHECK(t_read_all(p[0], big, (size_t)n) == 0 && big[0] == 'q' && big[n - 1] == 'q');
         got += (size_t)n;
         n = got < SPLICED ? splice(fd, NULL, p[1], NULL, SPLICED - got, 0) : 0;
     }
@@ -112,16 +100,16 @@ static void client_copies(int fd)
 {
     char *big = malloc(FILE_LEN);
     REQUIRE(big);
-    int same = read_n(fd, big, 50000) == 0;
+    int same = t_read_all(fd, big, 50000) == 0;
     for (size_t i = 0; same && i < 50000; i++)
         same = big[i] == pat(i + 1000);
     CHECK(same);
-    same = read_n(fd, big, FILE_LEN) == 0;
+    same = t_read_all(fd, big, FILE_LEN) == 0;
     for (size_t i = 0; same && i < FILE_LEN; i++)
         same = big[i] == pat(i);
     CHECK(same);
     CHECK(write(fd, "splice-me", 9) == 9);
-    CHECK(read_n(fd, big, 4) == 0 && !memcmp(big, "back", 4));
+    CHECK(t_read_all(fd, big, 4) == 0 && !memcmp(big, "back", 4));
     memset(big, 'q', SPLICED);
     CHECK(write(fd, big, SPLICED) == SPLICED);
     usleep(300000); /* the server fills the ring meanwhile */
@@ -146,7 +134,7 @@ static void server(const char *path)
     REQUIRE(fd >= 0);
     char b[64] = {0};
     /* a. peek, FIONREAD, read, readv */
-    REQUIRE(read_n(fd, b, 1) == 0 && b[0] == 'a');
+    REQUIRE(t_read_all(fd, b, 1) == 0 && b[0] == 'a');
     CHECK(recv(fd, b, 3, MSG_PEEK | MSG_WAITALL) == 3 && !memcmp(b, "bcd", 3));
     int avail = -1;
     CHECK(ioctl(fd, FIONREAD, &avail) == 0 && avail == 5);
@@ -203,21 +191,10 @@ static void server(const char *path)
      * An upgraded one goes back to the socket first: tests/run_downgrade.c. */
     int sp[2];
     REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, sp) == 0);
-    union {
-        struct cmsghdr h;
-        char b[CMSG_SPACE(sizeof(int))];
-    } cm;
-    struct iovec one = {"r", 1};
-    struct msghdr pm = {.msg_iov = &one, .msg_iovlen = 1, .msg_control = cm.b,
-                        .msg_controllen = sizeof cm.b};
-    cm.h.cmsg_level = SOL_SOCKET;
-    cm.h.cmsg_type = SCM_RIGHTS;
-    cm.h.cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(&cm.h), &first, sizeof first);
+    struct t_fdmsg pm;
     errno = 0;
-    CHECK(sendmsg(sp[0], &pm, 0) == -1 && errno == EBADF);
-    memcpy(CMSG_DATA(&cm.h), &sp[1], sizeof sp[1]);
-    CHECK(sendmsg(sp[0], &pm, 0) == 1);
+    CHECK(sendmsg(sp[0], t_fdmsg(&pm, first), 0) == -1 && errno == EBADF);
+    CHECK(sendmsg(sp[0], t_fdmsg(&pm, sp[1]), 0) == 1);
     close(sp[0]);
     close(sp[1]);
     server_copies(fd, path);
@@ -266,10 +243,10 @@ static void client(const char *path)
     struct iovec i2 = {"78", 2};
     struct msghdr m = {.msg_iov = &i2, .msg_iovlen = 1};
     CHECK(sendmsg(fd, &m, 0) == 2);
-    CHECK(read_n(fd, b, 2) == 0 && !memcmp(b, "xy", 2));
+    CHECK(t_read_all(fd, b, 2) == 0 && !memcmp(b, "xy", 2));
     client_copies(fd);
     CHECK(shutdown(fd, SHUT_WR) == 0);
-    CHECK(read_n(fd, b, 3) == 0 && !memcmp(b, "bye", 3));
+    CHECK(t_read_all(fd, b, 3) == 0 && !memcmp(b, "bye", 3));
     struct sigaction sa = {.sa_handler = on_alarm}; /* no SA_RESTART */
     sigaction(SIGALRM, &sa, NULL);
     /* Every 50 ms until the read returns: one that comes before the read

@@ -106,19 +106,6 @@ static void finish(int fd)
     CHECK(close(fd) == 0);
 }
 
-/* Exactly N bytes of FD with blocking reads (no poll first: the downgrade
- * is then taken in a read). */
-static int read_full(int fd, char *b, size_t n)
-{
-    for (size_t got = 0; got < n;) {
-        ssize_t r = read(fd, b + got, n - got);
-        if (r <= 0)
-            return -1;
-        got += (size_t)r;
-    }
-    return 0;
-}
-
 /* Exactly N bytes of FD, waiting in an epoll set (the downgrade is then
  * taken in the wait, and the kernel's set reports the socket after it). */
 static int read_epoll(int fd, char *b, size_t n)
@@ -216,7 +203,7 @@ static void server(const char *path, int sleep_ms, int rounds, int killed)
             execl("/proc/self/exe", "t", "exec-server", a, (char *)NULL);
             CHECK(!"exec");
         }
-        CHECK(read_full(fd, b, 8) == 0 && !memcmp(b, "a-unread", 8));
+        CHECK(t_read_all(fd, b, 8) == 0 && !memcmp(b, "a-unread", 8));
         if (killed == 1) {
             struct pollfd p = {fd, POLLIN, 0};
             CHECK(poll(&p, 1, 5000) == 1 && read(fd, b, 1) <= 0);
@@ -260,21 +247,12 @@ static int client_start(const char *path)
 static void pass(int fd, const char *carrier, int sigfd)
 {
     int c = connect_retry(carrier);
-    union {
-        struct cmsghdr h;
-        char b[CMSG_SPACE(sizeof(int))];
-    } cm;
-    struct iovec one = {"r", 1};
-    struct msghdr m = {.msg_iov = &one, .msg_iovlen = 1, .msg_control = cm.b,
-                       .msg_controllen = sizeof cm.b};
-    cm.h.cmsg_level = SOL_SOCKET;
-    cm.h.cmsg_type = SCM_RIGHTS;
-    cm.h.cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(&cm.h), &fd, sizeof fd);
+    struct t_fdmsg m;
+    t_fdmsg(&m, fd);
     if (sigfd >= 0)
         CHECK(write(sigfd, "k", 1) == 1);
     int64_t t0 = t_now_ms();
-    ssize_t sent = sendmsg(c, &m, 0);
+    ssize_t sent = sendmsg(c, &m.m, 0);
     if (sent != 1)
         fprintf(stderr, "sendmsg: %zd %s\n", sent, strerror(errno));
     CHECK(sent == 1);
@@ -306,7 +284,7 @@ static void receiver(const char *carrier, int expect)
     struct iovec one = {&x, 1};
     struct msghdr m = {.msg_iov = &one, .msg_iovlen = 1, .msg_control = cm.b,
                        .msg_controllen = sizeof cm.b};
-    CHECK(recvmsg(c, &m, 0) == 1 && x == 'r');
+    CHECK(recvmsg(c, &m, 0) == 1 && x == 'F'); /* t_fdmsg's byte */
     struct cmsghdr *h = CMSG_FIRSTHDR(&m);
     REQUIRE(h && h->cmsg_type == SCM_RIGHTS);
     int fd;

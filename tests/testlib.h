@@ -233,24 +233,65 @@ static inline int t_get_line(int fd, char *buf, size_t size, int ms)
     }
 }
 
+/* Exactly N bytes of FD with blocking read()s (under rpal run: the
+ * interposed ones): 0, or -1 at an error or the end. */
+static inline int t_read_all(int fd, char *b, size_t n)
+{
+    for (size_t got = 0; got < n;) {
+        ssize_t r = read(fd, b + got, n - got);
+        if (r <= 0)
+            return -1;
+        got += (size_t)r;
+    }
+    return 0;
+}
+
+/* The output (standard output and error) of `$B/rpal ARGS` in OUT. */
+static inline void t_rpal_out(const char *args, char *out, size_t size)
+{
+    const char *b = getenv("B");
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "%s/rpal %s 2>&1", b && *b ? b : "build", args);
+    FILE *f = popen(cmd, "r");
+    REQUIRE(f);
+    size_t n = fread(out, 1, size - 1, f);
+    out[n] = 0;
+    pclose(f);
+}
+
 /* Pass the descriptor FD over the Unix socket SOCK (SCM_RIGHTS, one byte
  * along), and take one on the other end. */
-static inline void t_send_fd(int sock, int fd)
-{
-    char b = 'F';
-    struct iovec iov = {&b, 1};
+/* A message of one byte carrying the descriptor FD (SCM_RIGHTS): fill
+ * *M and pass &M->m to sendmsg. */
+struct t_fdmsg {
+    char byte;
+    struct iovec iov;
     union {
         char buf[CMSG_SPACE(sizeof(int))];
         struct cmsghdr align;
-    } u = {0};
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
-                        .msg_controllen = sizeof u.buf};
-    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+    } u;
+    struct msghdr m;
+};
+
+static inline struct msghdr *t_fdmsg(struct t_fdmsg *m, int fd)
+{
+    memset(m, 0, sizeof *m);
+    m->byte = 'F';
+    m->iov = (struct iovec){&m->byte, 1};
+    m->m = (struct msghdr){.msg_iov = &m->iov, .msg_iovlen = 1, .msg_control = m->u.buf,
+                           .msg_controllen = sizeof m->u.buf};
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&m->m);
     cm->cmsg_level = SOL_SOCKET;
     cm->cmsg_type = SCM_RIGHTS;
     cm->cmsg_len = CMSG_LEN(sizeof(int));
     memcpy(CMSG_DATA(cm), &fd, sizeof fd);
-    REQUIRE(sendmsg(sock, &mh, 0) == 1);
+    return &m->m;
+}
+
+static inline void t_send_fd(int sock, int fd)
+{
+    struct t_fdmsg m;
+    REQUIRE(sendmsg(sock, t_fdmsg(&m, fd), 0) == 1);
 }
 
 static inline int t_recv_fd(int sock)

@@ -960,6 +960,7 @@ static int slot_create(rpal_domain *d)
     if (slot == MAP_FAILED)
         return -errno;
     madvise(slot, d->slot_size, MADV_DONTFORK);
+    RPAL_VG_ABSENT((char *)slot + first, d->slot_size - first);
     if (fcntl(d->growfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL) < 0)
         return -errno;
     int err = slot_peer_fd(d);

@@ -317,6 +317,7 @@ static int file_reach(struct heap *h, uint32_t b)
             return -ENOMEM;
         to = (uint64_t)st.st_size;
     }
+    RPAL_VG_PRESENT((char *)h->base + (h->file_size - h->file_off), to - h->file_size);
     h->file_size = to;
     return 0;
 }

@@ -198,6 +198,10 @@ RPAL_HIDDEN void rpal__heap_set_current(struct heap *h);
  * us allocate by reading is the heap's high-water mark plus less than a
  * step (docs/heap.md, "The slot's file"). */
 #define SLOT_GROW_STEP  (4ull << 20)
+#define SLOT_MAGIC      0x31544f534c415052ull /* "RPALSOT1" */
+#define MEMBER_MAGIC    0x314d454d4c415052ull /* "RPALMEM1" */
+#define MEMBER_MAX_SERVICES 8
+#define MEMBER_MAX_PEERS    256
 
 /* memcheck's leak check at exit reads every word of every writable mapping
  * it thinks addressable: a slot's pages past its file's end each raise a
@@ -213,10 +217,6 @@ RPAL_HIDDEN void rpal__heap_set_current(struct heap *h);
 #define RPAL_VG_ABSENT(p, n)  ((void)(p), (void)(n))
 #define RPAL_VG_PRESENT(p, n) ((void)(p), (void)(n))
 #endif
-#define SLOT_MAGIC      0x31544f534c415052ull /* "RPALSOT1" */
-#define MEMBER_MAGIC    0x314d454d4c415052ull /* "RPALMEM1" */
-#define MEMBER_MAX_SERVICES 8
-#define MEMBER_MAX_PEERS    256
 
 /* The start of every slot, written by its owner. */
 struct slot_hdr {

@@ -23,6 +23,7 @@ export RPAL_DIR
 spid=
 trap '[ -n "$spid" ] && kill $spid 2>/dev/null; rm -rf "$tmp" "$RPAL_DIR"' EXIT
 COUNT=${VG_COUNT:-200}
+LIMIT=${VG_LIMIT:-300} # seconds per process under valgrind
 sock=$tmp/echo.sock
 failures=0
 skipped=
@@ -33,7 +34,7 @@ vg() {
   # Bounded: a process that does not end (memcheck took 20 minutes per
   # process over a slot's unbacked pages once) fails here, not by CI's
   # clock. 124 is timeout's status.
-  timeout -k 10 "${VG_LIMIT:-300}" valgrind --error-exitcode=1 --leak-check=full \
+  timeout -k 10 "$LIMIT" valgrind --error-exitcode=1 --leak-check=full \
     --errors-for-leak-kinds=definite,indirect,possible \
     --show-leak-kinds=definite,indirect,possible \
     --suppressions="$here/rpal.supp" --trace-children=yes \
@@ -45,7 +46,7 @@ check() {
   what=$1 rc=$2
   bad=
   [ "$rc" -eq 0 ] || bad="exit $rc"
-  [ "$rc" -eq 124 ] && bad="$bad (killed after ${VG_LIMIT:-300} s)"
+  [ "$rc" -eq 124 ] && bad="$bad (killed after $LIMIT s)"
   [ -n "$(ls "$tmp/$what".* 2>/dev/null)" ] || bad="$bad; no valgrind log"
   for f in "$tmp/$what".*; do
     [ -e "$f" ] || continue

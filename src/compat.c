@@ -718,10 +718,15 @@ static void conn_free(struct conn *c)
     free(c);
 }
 
-/* Free the closed connections whose other end read everything or went. */
+static void retired_reap(uint64_t now);
+
+/* Free the closed connections whose other end read everything or went, and
+ * the downgraded ones it can no longer read (before a hello: each holds
+ * its peer's record, which a new process in that slot must not find). */
 static void zombies_reap(void)
 {
     pthread_mutex_lock(&cx_lock);
+    retired_reap(rpal__prim_now_ns());
     struct conn **pp = &zombies;
     while (*pp) {
         struct conn *c = *pp;
@@ -1961,10 +1966,18 @@ static void down_retire(struct conn *c)
 {
     pthread_mutex_lock(&cx_lock);
     uint64_t now = rpal__prim_now_ns();
+    retired_reap(now);
     c->down_until = now + (uint64_t)CX_DOWN_MS * 1000000;
     c->next_zombie = down_retired;
     down_retired = c;
-    for (struct conn **pp = &c->next_zombie; *pp;) {
+    pthread_mutex_unlock(&cx_lock);
+}
+
+/* Free the retired connections whose time is up or whose other end is
+ * gone (cx_lock held). */
+static void retired_reap(uint64_t now)
+{
+    for (struct conn **pp = &down_retired; *pp;) {
         struct conn *o = *pp;
         /* Its pidfd, not its descriptor: that number may be another's now. */
         struct pollfd pf = {o->peer ? o->peer->pidfd : -1, POLLIN, 0};
@@ -1975,7 +1988,6 @@ static void down_retire(struct conn *c)
             pp = &o->next_zombie;
         }
     }
-    pthread_mutex_unlock(&cx_lock);
 }
 
 /* Acknowledge the other end's DOWN on C (FD): where it stopped reading

@@ -165,6 +165,19 @@ static void run_log(const char *what, int fd, long long a, long long b)
     (void)!REAL(write)(log_fd, line, (size_t)n);
 }
 
+/* Which connections go back to the socket before a fork: those a program
+ * the child execs would keep (no FD_CLOEXEC; the default), or all of them
+ * (RPAL_RUN_FORK=all, for programs whose children use a connection
+ * themselves). See docs/run.md, "fork". */
+static int fork_all;
+enum { LEAVE_EXEC, LEAVE_SPAWN, LEAVE_FORK };
+static int leave_inherited(int how);
+
+static void on_fork_prepare(void)
+{
+    (void)leave_inherited(LEAVE_FORK);
+}
+
 static void on_fork_child(void)
 {
     /* The rings of connections upgraded here are the parent's: the child
@@ -188,7 +201,8 @@ __attribute__((constructor)) static void run_init(void)
         log_fd = open(e, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
     if ((e = getenv("RPAL_RUN_HELLO_MS")) && atoi(e) > 0)
         hello_ms = atoi(e);
-    pthread_atfork(NULL, NULL, on_fork_child);
+    fork_all = (e = getenv("RPAL_RUN_FORK")) && !strcmp(e, "all");
+    pthread_atfork(on_fork_prepare, NULL, on_fork_child);
 }
 
 /* The domain, joined at the first candidate (and again in a forked child,
@@ -1036,7 +1050,8 @@ static int dup_of(int old, int nfd)
         __atomic_add_fetch(&nalias[alias_of[nfd]], 1, __ATOMIC_SEQ_CST);
         set_state(nfd, ST_ALIAS);
     } else {
-        set_state(nfd, st == ST_PLAIN ? ST_PLAIN : ST_BROKEN);
+        /* A copy of a connection the parent upgraded is the parent's too. */
+        set_state(nfd, st == ST_PLAIN ? ST_PLAIN : st == ST_PARENT ? ST_PARENT : ST_BROKEN);
     }
     return nfd;
 }
@@ -1494,23 +1509,47 @@ EXPORT int epoll_pwait2(int epfd, struct epoll_event *ev, int max, const struct 
 static _Atomic unsigned char dup2_src[RUN_FDS];
 
 /* Every connection on the rings whose descriptor (or a dup of it) the next
- * program keeps open: without FD_CLOEXEC, or, ACTIONS (a posix_spawn with
- * file actions), marked by an adddup2. Back to the kernel socket: 0, or -1
- * with errno, and the connections moved so far stay on the socket. */
-static int leave_inherited(int actions)
+ * program keeps open: without FD_CLOEXEC, or, HOW LEAVE_SPAWN (a
+ * posix_spawn with file actions), marked by an adddup2; at a fork
+ * (LEAVE_FORK), the same as for an exec (the child may exec), or every
+ * one with RPAL_RUN_FORK=all. Back to the kernel socket: 0, or -1 with
+ * errno, and the connections moved so far stay on the socket. A fork
+ * cannot fail: one that gets no answer goes on with the next, and stays
+ * the parent's in the child (EIO there). In a forked child, a connection
+ * the parent upgraded that the next program would keep refuses the exec
+ * (EIO): that program would read the wake-up bytes of rings it cannot
+ * see. */
+static int leave_inherited(int how)
 {
     if (inside)
         return 0;
+    int err = 0;
     for (int fd = 0; fd < RUN_FDS; fd++) {
         int st = fdst[fd];
-        if (st != ST_UP && st != ST_ALIAS && st != ST_HALF)
+        if (st != ST_UP && st != ST_ALIAS && st != ST_HALF && st != ST_PARENT)
             continue;
         int fl = REAL(fcntl)(fd, F_GETFD);
-        int kept = fl >= 0 && (!(fl & FD_CLOEXEC) || (actions && dup2_src[fd]));
-        if (kept && run_leave(fd) < 0)
-            return -1;
+        int kept = fl >= 0 && (!(fl & FD_CLOEXEC) || (how == LEAVE_SPAWN && dup2_src[fd]) ||
+                               (how == LEAVE_FORK && fork_all));
+        if (!kept)
+            continue;
+        if (st == ST_PARENT) {
+            if (how == LEAVE_FORK)
+                continue; /* the grandchild's, as the child's: EIO */
+            run_log("parent", fd, 0, 0);
+            static const char msg[] = "librpal-run: exec refused (EIO): a descriptor it would "
+                                      "keep is a connection upgraded before a fork; see "
+                                      "RPAL_RUN_FORK in docs/run.md\n";
+            (void)!REAL(write)(2, msg, sizeof msg - 1);
+            return (int)fail(EIO);
+        }
+        if (run_leave(fd) < 0) {
+            if (how != LEAVE_FORK)
+                return -1;
+            err = -1;
+        }
     }
-    return 0;
+    return err;
 }
 
 /* Before an exec: every connection on the rings whose descriptor (or a dup
@@ -1521,7 +1560,7 @@ static int leave_inherited(int actions)
  * interposed itself. */
 static int exec_prepare(void)
 {
-    return leave_inherited(0);
+    return leave_inherited(LEAVE_EXEC);
 }
 
 EXPORT int execve(const char *path, char *const argv[], char *const envp[])
@@ -1586,7 +1625,7 @@ EXPORT int posix_spawn_file_actions_adddup2(posix_spawn_file_actions_t *fa, int 
 EXPORT int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *fa,
                        const posix_spawnattr_t *attr, char *const argv[], char *const envp[])
 {
-    if (leave_inherited(fa != NULL) < 0)
+    if (leave_inherited(fa ? LEAVE_SPAWN : LEAVE_EXEC) < 0)
         return errno;
     return REAL(posix_spawn)(pid, path, fa, attr, argv, envp);
 }
@@ -1594,7 +1633,7 @@ EXPORT int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_acti
 EXPORT int posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_actions_t *fa,
                         const posix_spawnattr_t *attr, char *const argv[], char *const envp[])
 {
-    if (leave_inherited(fa != NULL) < 0)
+    if (leave_inherited(fa ? LEAVE_SPAWN : LEAVE_EXEC) < 0)
         return errno;
     return REAL(posix_spawnp)(pid, file, fa, attr, argv, envp);
 }

@@ -19,6 +19,12 @@
  *   posix_spawnp (the descriptor close-on-exec, given to the program by a
  *   file action's adddup2), system or popen; then the client goes on, on
  *   the socket, with the server;
+ * - system, twice: a second client process after the first, downgraded,
+ *   left: the server's hello with it must not meet the first's record;
+ * - fork: the client forks; without FD_CLOEXEC the connection goes back
+ *   to the socket and the child reads the rest and answers (or execs a
+ *   program that does); with it, it stays the parent's (the child's read
+ *   is EIO, its dup2 + exec refused), unless RPAL_RUN_FORK=all;
  * - killed: the server is killed while the client waits for its answer
  *   (the client's sendmsg returns, the receiver reads the end), and the
  *   client is killed during its downgrade (the server reads what it had
@@ -371,6 +377,56 @@ static void spawn_client(const char *path, const char *how)
     CHECK(close(fd) == 0);
 }
 
+/* The fork scenarios' client: after client_start, fork. HOW "fork": the
+ * child reads the rest of the stream and answers (finish()) on the
+ * connection itself; "fork-exec": the child execs the exec-child with it;
+ * then the client goes on, on the socket. "fork-cloexec": the descriptor
+ * has FD_CLOEXEC, so it stays on the rings, the parent's: the child's read
+ * is EIO, and an exec that would keep a copy of it is refused (EIO) before
+ * the program could read the rings' wake-up bytes; the client reads the
+ * rest and answers itself. "fork-all" (RPAL_RUN_FORK=all): FD_CLOEXEC
+ * too, and the child execs the exec-child with a copy (dup2), which works:
+ * every connection went back to the socket at the fork. */
+static void fork_client(const char *path, const char *how)
+{
+    int fd = client_start(path), st = -1;
+    int cloexec = !strcmp(how, "fork-cloexec") || !strcmp(how, "fork-all");
+    if (cloexec)
+        CHECK(fcntl(fd, F_SETFD, FD_CLOEXEC) == 0);
+    pid_t p = fork();
+    REQUIRE(p >= 0);
+    if (p == 0) {
+        char a[16], b[4];
+        if (!strcmp(how, "fork")) {
+            finish(fd);
+        } else if (!strcmp(how, "fork-cloexec")) {
+            errno = 0;
+            CHECK(read(fd, b, sizeof b) == -1 && errno == EIO);
+            CHECK(dup2(fd, 200) == 200);
+            snprintf(a, sizeof a, "%d", 200);
+            errno = 0;
+            CHECK(execl("/proc/self/exe", "t", "exec-child", a, (char *)NULL) == -1 &&
+                  errno == EIO);
+        } else {
+            CHECK(dup2(fd, 200) == 200); /* the copy has no FD_CLOEXEC */
+            snprintf(a, sizeof a, "%d", strcmp(how, "fork-exec") ? 200 : fd);
+            execl("/proc/self/exe", "t", "exec-child", a, (char *)NULL);
+            CHECK(!"exec");
+        }
+        _exit(t_failures ? 1 : 0);
+    }
+    CHECK(waitpid(p, &st, 0) == p && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    char b[8];
+    if (!strcmp(how, "fork-cloexec")) { /* the parent's part on the rings */
+        CHECK(read_rest(fd) == 0);
+        CHECK(write(fd, "from-c", 6) == 6);
+        CHECK(read_n(fd, b, 7) == 0 && !memcmp(b, "s-final", 7));
+    }
+    CHECK(write(fd, "parent", 6) == 6);
+    CHECK(read_n(fd, b, 5) == 0 && !memcmp(b, "s-bye", 5));
+    CHECK(close(fd) == 0);
+}
+
 static pid_t spawn(int preload, const char *const args[])
 {
     pid_t p = fork();
@@ -426,8 +482,11 @@ static int scenario(const char *dir, const char *name, int recv_preload, const c
     snprintf(carrier, sizeof carrier, "%s/c-%s-%d%s", dir, name, recv_preload, wait);
     snprintf(log, sizeof log, "%s/log-%s-%d%s", dir, name, recv_preload, wait);
     setenv("RPAL_RUN_LOG", log, 1);
+    int fk = !strncmp(name, "fork", 4), twice = !strcmp(name, "system-twice");
+    if (twice)
+        name = "system";
     int sp = !strcmp(name, "spawn") || !strcmp(name, "spawnp-dup2") ||
-             !strcmp(name, "system") || !strcmp(name, "popen");
+             !strcmp(name, "system") || !strcmp(name, "popen") || fk;
     int both = !strcmp(name, "exec-both"), exec = !strcmp(name, "exec") || both,
         ks = !strcmp(name, "kill-server"), kc = !strcmp(name, "kill-client");
     int sig[2] = {-1, -1};
@@ -436,13 +495,16 @@ static int scenario(const char *dir, const char *name, int recv_preload, const c
     snprintf(sigfd, sizeof sigfd, "%d", sig[1]);
     if (ks || kc)
         setenv("T_SIGFD", sigfd, 1);
+    if (!strcmp(name, "fork-all"))
+        setenv("RPAL_RUN_FORK", "all", 1);
     const char *sa[] = {"t", "server", path, ks ? "30000" : kc ? "3000" : wait,
-                        exec && !both ? "2" : "1", kc ? "1" : both ? "2" : sp ? "3" : "0", NULL};
+                        exec && !both ? "2" : twice ? "2" : "1", kc ? "1" : both ? "2" : sp ? "3" : "0", NULL};
     const char *ra[] = {"t", "receiver", carrier, ks ? "e" : kc ? "n" : "d", NULL};
     const char *ca[] = {"t", "client", path, carrier, both ? "exec1" : exec ? "exec" : sp ? name : "pass", NULL};
     pid_t s = spawn(1, sa), r = exec || sp ? -1 : spawn(recv_preload, ra), c = spawn(1, ca);
     unsetenv("T_SIGFD");
     unsetenv("T_BIG");
+    unsetenv("RPAL_RUN_FORK");
     close(sig[1]);
     if (ks || kc) {
         char x;
@@ -452,14 +514,30 @@ static int scenario(const char *dir, const char *name, int recv_preload, const c
         kill(ks ? s : c, SIGKILL);
     }
     close(sig[0]);
-    int bad = reap(c, "client", kc) | reap(s, "server", ks);
+    int bad = reap(c, "client", kc);
+    if (twice) {
+        /* A second client, a new process (in the first's slot, most
+         * likely), while the server still keeps the first's downgraded
+         * connection retired: its hello must find no stale record. */
+        c = spawn(1, ca);
+        bad |= reap(c, "second client", 0);
+    }
+    bad |= reap(s, "server", ks);
     if (r > 0)
         bad |= reap(r, "receiver", 0);
     /* Both ends were on the rings first, and the client went down (a
      * killed one had no time to say so). */
     if (!kc)
-        bad |= log_says(log, exec && !both ? 4 : 2, exec ? 2 : 1);
-    fprintf(stderr, "%s%s%s: %s\n", big ? "pass (1.5 MiB unread)" : name, recv_preload ? "" : " (receiver not under rpal run)",
+        bad |= log_says(log, exec && !both ? 4 : twice ? 4 : 2, exec ? 2 : !strcmp(name, "fork-cloexec") ? 0 : 1);
+    if (!strcmp(name, "fork-cloexec")) { /* it stayed on the rings */
+        char cmd[700];
+        snprintf(cmd, sizeof cmd, "grep -q '^down ' %s", log);
+        if (system(cmd) == 0) {
+            fprintf(stderr, "fork-cloexec: a connection went back to the socket\n");
+            bad = 1;
+        }
+    }
+    fprintf(stderr, "%s%s%s: %s\n", big ? "pass (1.5 MiB unread)" : twice ? "system, twice" : name, recv_preload ? "" : " (receiver not under rpal run)",
             !strcmp(wait, "-1") ? " (server in epoll)" : !strcmp(wait, "-2") ? " (server in poll)" : "",
             bad ? "FAILED" : "ok");
     return bad;
@@ -493,6 +571,8 @@ int main(int argc, char **argv)
     if (argc >= 5 && !strcmp(argv[1], "client")) {
         if (!strncmp(argv[4], "exec", 4))
             exec_client(argv[2], "/proc/self/exe", !strcmp(argv[4], "exec1"));
+        else if (!strncmp(argv[4], "fork", 4))
+            fork_client(argv[2], argv[4]);
         else if (strcmp(argv[4], "pass"))
             spawn_client(argv[2], argv[4]);
         else
@@ -510,6 +590,9 @@ int main(int argc, char **argv)
               scenario(dir, "exec", 1, "300") | scenario(dir, "exec-both", 1, "300") |
               scenario(dir, "spawn", 1, "300") | scenario(dir, "spawnp-dup2", 1, "300") |
               scenario(dir, "system", 1, "300") | scenario(dir, "popen", 1, "300") |
+              scenario(dir, "system-twice", 1, "300") |
+              scenario(dir, "fork", 1, "300") | scenario(dir, "fork-exec", 1, "300") |
+              scenario(dir, "fork-cloexec", 1, "300") | scenario(dir, "fork-all", 1, "300") |
               scenario(dir, "kill-server", 1, "") |
               scenario(dir, "kill-client", 1, "");
     unsetenv("LD_PRELOAD");

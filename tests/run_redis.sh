@@ -48,6 +48,20 @@ msgs=$(awk '/^close / { n += $4 + $5 } END { print n + 0 }' "$tmp/log")
 [ "$msgs" -gt 1000 ] || bad "only $msgs messages counted through the rings"
 grep -q '^broken ' "$tmp/log" && bad "a connection broke: $(grep '^broken ' "$tmp/log" | head -3)"
 
+# BGSAVE forks with every client connection on the rings: Redis's are
+# close-on-exec, so none goes back to the socket (docs/run.md, fork), and
+# the clients go on.
+$RUN redis-benchmark -s "$tmp/both.sock" -n 200000 -c 4 -t get -q >"$tmp/bg.out" 2>&1 &
+bp=$!
+sleep 0.3
+[ "$(timeout 20 $RUN redis-cli -s "$tmp/both.sock" BGSAVE)" = "Background saving started" ] ||
+  bad "BGSAVE was not started"
+timeout 60 sh -c "while kill -0 $bp 2>/dev/null; do sleep 0.1; done" || { kill -9 $bp; bad "redis-benchmark hung across BGSAVE"; }
+wait $bp || bad "redis-benchmark across BGSAVE: $(tr '\r' '\n' <"$tmp/bg.out" | tail -2)"
+for i in $(seq 100); do grep -q 'Background saving terminated with success' "$tmp/both.log" && break; sleep 0.1; done
+grep -q 'Background saving terminated with success' "$tmp/both.log" || bad "BGSAVE did not finish: $(tail -3 "$tmp/both.log")"
+grep -q '^down ' "$tmp/log" && bad "a connection went back to the socket at BGSAVE's fork: $(grep '^down ' "$tmp/log" | head -3)"
+
 # Kills: a client killed mid-run leaves the server serving; a server killed
 # mid-run ends its clients' runs with the error the kernel gives (the end of
 # the connection, ECONNRESET or EPIPE), never a hang. The killed client is

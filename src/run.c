@@ -143,10 +143,16 @@ static int state(int fd)
     return fd >= 0 && fd < RUN_FDS ? fdst[fd] : ST_PLAIN;
 }
 
+/* Set once a connection got as far as our hello: until then a fork or an
+ * exec has nothing to move back, and skips the table. */
+static _Atomic int ever_up;
+
 static void set_state(int fd, int st)
 {
     if (fd >= 0 && fd < RUN_FDS)
         fdst[fd] = (unsigned char)st;
+    if ((st == ST_HALF || st == ST_UP) && !ever_up)
+        ever_up = 1;
 }
 
 /* Ours to handle: known to the table, and not a call rpal itself makes. */
@@ -1521,7 +1527,7 @@ static _Atomic unsigned char dup2_src[RUN_FDS];
  * see. */
 static int leave_inherited(int how)
 {
-    if (inside)
+    if (inside || !ever_up)
         return 0;
     int err = 0;
     for (int fd = 0; fd < RUN_FDS; fd++) {

@@ -943,6 +943,43 @@ static int hello_exchange(struct conn *c, uint64_t deadline, struct fm_hello *th
  * against what the kernel says (credentials CR, its claim, its slot's
  * MEMFD), then map its slot (c->peer, pinned: their ring is read on every
  * wait, from whichever thread) and take its ring. */
+/* Before a hello from the process (PID, INO) in slot PSLOT: if our record
+ * of that slot is another process's, which is gone, the connections that
+ * still hold it (the application has not read their end yet) go back to
+ * their socket here, keeping what it wrote and we did not read (down_take,
+ * as when an end leaves); the record goes with them. Otherwise the new
+ * process would meet the dead one's record and be refused as an impostor
+ * (its connection broken). Like any downgrade, this assumes that no other
+ * thread is in a call on one of those connections meanwhile. */
+static void stale_evict(rpal_domain *d, unsigned pslot, pid_t pid, uint64_t ino)
+{
+    pthread_mutex_lock(&d->lock);
+    rpal_peer *p = pslot < d->nslots ? rpal__peer_at_slot(d, pslot) : NULL;
+    int stale = p && !rpal__peer_is(p, pid, ino) && p->pidfd >= 0 &&
+                poll(&(struct pollfd){p->pidfd, POLLIN, 0}, 1, 0) > 0;
+    pthread_mutex_unlock(&d->lock);
+    while (stale) {
+        int fd = -1;
+        struct conn *c = NULL;
+        pthread_mutex_lock(&cx_lock);
+        for (int pg = 0; pg < FD_PAGES && !c; pg++) {
+            void **cp = rpal_load_relaxed(&conns.pages[pg]); /* cx_lock: as every store */
+            for (int k = 0; cp && k < FD_PAGE && !c; k++) {
+                struct conn *x = rpal_plain_load_relaxed(&cp[k]);
+                if (x && x->peer == p) {
+                    c = x;
+                    fd = pg * FD_PAGE + k;
+                }
+            }
+        }
+        pthread_mutex_unlock(&cx_lock);
+        if (!c || down_take(c, fd) < 0)
+            break;
+    }
+    if (stale)
+        zombies_reap(); /* the retired ones: their other end is gone */
+}
+
 static int conn_adopt(struct conn *c, const struct fm_hello *their, int memfd,
                       const struct ucred *cr, int pidfd)
 {
@@ -957,6 +994,7 @@ static int conn_adopt(struct conn *c, const struct fm_hello *their, int memfd,
         return -EPROTO;
     }
     uint64_t ino = rpal__prim_pidfd_ino(pidfd);
+    stale_evict(d, pslot, cr->pid, ino);
     if ((err = rpal__peer_adopt_who(d, memfd, cr, pidfd, ino, pslot, their->slot_size, &c->peer,
                                     &created)) < 0) {
         c->peer = NULL;

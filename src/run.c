@@ -97,6 +97,8 @@ static ssize_t (*real_recvfrom)(int, void *, size_t, int, struct sockaddr *, soc
 static ssize_t (*real_sendto)(int, const void *, size_t, int, const struct sockaddr *, socklen_t);
 static ssize_t (*real_recvmsg)(int, struct msghdr *, int);
 static ssize_t (*real_sendmsg)(int, const struct msghdr *, int);
+static int (*real_sendmmsg)(int, struct mmsghdr *, unsigned int, int);
+static int (*real_recvmmsg)(int, struct mmsghdr *, unsigned int, int, struct timespec *);
 static int (*real_socket)(int, int, int);
 static int (*real_connect)(int, const struct sockaddr *, socklen_t);
 static int (*real_listen)(int, int);
@@ -715,6 +717,57 @@ EXPORT ssize_t sendmsg(int fd, const struct msghdr *m, int flags)
     if (m->msg_name && m->msg_namelen)
         return fail(EISCONN);
     return run_writev(fd, m->msg_iov, (int)m->msg_iovlen, flags);
+}
+
+/* sendmmsg and recvmmsg on an upgraded descriptor: one sendmsg or
+ * recvmsg (above) per message, as the kernel does for a stream socket: the
+ * count of those done, or -1 with errno if the first fails. recvmmsg:
+ * MSG_WAITFORONE makes every message after the first non-blocking; the
+ * timeout, as the kernel's, is looked at only after each message; an end
+ * of the stream ends the batch (the kernel would go on counting empty
+ * messages). */
+EXPORT int sendmmsg(int fd, struct mmsghdr *v, unsigned int n, int flags)
+{
+    if (!tracked(fd) || settle(fd, W_NONE) == ST_PLAIN)
+        return REAL(sendmmsg)(fd, v, n, flags);
+    unsigned int i = 0;
+    for (; i < n && i < UIO_MAXIOV; i++) {
+        ssize_t r = sendmsg(fd, &v[i].msg_hdr, flags);
+        if (r < 0)
+            return i ? (int)i : -1;
+        v[i].msg_len = (unsigned int)r;
+    }
+    return (int)i;
+}
+
+EXPORT int recvmmsg(int fd, struct mmsghdr *v, unsigned int n, int flags, struct timespec *tmo)
+{
+    if (!tracked(fd) || settle(fd, W_NONE) == ST_PLAIN)
+        return REAL(recvmmsg)(fd, v, n, flags, tmo);
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    unsigned int i = 0;
+    for (; i < n && i < UIO_MAXIOV; i++) {
+        int f = (flags & ~MSG_WAITFORONE) | (i && (flags & MSG_WAITFORONE) ? MSG_DONTWAIT : 0);
+        ssize_t r = recvmsg(fd, &v[i].msg_hdr, f);
+        if (r < 0)
+            return i ? (int)i : -1;
+        v[i].msg_len = (unsigned int)r;
+        if (r == 0) {
+            i++;
+            break;
+        }
+        if (tmo) {
+            struct timespec t;
+            clock_gettime(CLOCK_MONOTONIC, &t);
+            int64_t used = (int64_t)(t.tv_sec - t0.tv_sec) * 1000000000 + (t.tv_nsec - t0.tv_nsec);
+            if (used >= (int64_t)tmo->tv_sec * 1000000000 + tmo->tv_nsec) {
+                i++;
+                break;
+            }
+        }
+    }
+    return (int)i;
 }
 
 /* ---- copying between descriptors: sendfile, splice ---- */

@@ -449,8 +449,12 @@ static int hs_round(int sock, const struct hs_req *msg, int fd, uint64_t deadlin
     if (err == 0)
         err = rpal__svc_recv_with_fd(sock, rep, sizeof *rep, rfd);
     /* A service that closed with our message unread leaves an error that
-     * comes before the answer it queued (a busy one): take it, once. */
-    if (err == -ECONNRESET)
+     * comes before the answer it queued (a busy one): take it, once. poll
+     * reports it (POLLERR) without taking it, so after a poll's
+     * -ECONNRESET the first read takes the error and the second the
+     * answer (seen under emulation: a busy service's answer lost, and the
+     * requester told -EACCES). */
+    for (int i = 0; i < 2 && err == -ECONNRESET; i++)
         err = rpal__svc_recv_with_fd(sock, rep, sizeof *rep, rfd);
     if (err == 0 && (rep->magic != HS_MAGIC || rep->version != HS_VERSION))
         err = -EPROTO; /* not an rpal service of our version */

@@ -148,11 +148,20 @@ static int state(int fd)
 /* Set once a connection got as far as our hello: until then a fork or an
  * exec has nothing to move back, and skips the table. */
 static _Atomic int ever_up;
+/* Above every descriptor the table ever held in a state but plain: the
+ * scans of the table (fork, exec, aliases) stop there. */
+static _Atomic int fd_top;
 
 static void set_state(int fd, int st)
 {
-    if (fd >= 0 && fd < RUN_FDS)
-        fdst[fd] = (unsigned char)st;
+    if (fd < 0 || fd >= RUN_FDS)
+        return;
+    if (st != ST_PLAIN) {
+        int top = atomic_load_explicit(&fd_top, memory_order_relaxed);
+        while (fd >= top && !atomic_compare_exchange_weak(&fd_top, &top, fd + 1))
+            ;
+    }
+    fdst[fd] = (unsigned char)st;
     if ((st == ST_HALF || st == ST_UP) && !ever_up)
         ever_up = 1;
 }
@@ -190,7 +199,7 @@ static void on_fork_child(void)
 {
     /* The rings of connections upgraded here are the parent's: the child
      * joins on its own (lazily) and keeps its inherited candidates. */
-    for (int fd = 0; fd < RUN_FDS; fd++) {
+    for (int fd = 0; fd < fd_top; fd++) {
         int st = fdst[fd];
         nalias[fd] = 0;
         if (st == ST_UP || st == ST_HALF || st == ST_ALIAS)
@@ -255,7 +264,7 @@ static void down_plain(int t)
 {
     int st = fdst[t];
     __atomic_store_n(&nalias[t], 0, __ATOMIC_SEQ_CST);
-    for (int a = 0; a < RUN_FDS; a++)
+    for (int a = 0; a < fd_top; a++)
         if (fdst[a] == ST_ALIAS && alias_of[a] == t)
             fdst[a] = ST_PLAIN;
     fdst[t] = ST_PLAIN;
@@ -273,7 +282,7 @@ static void down_sync(void)
     unsigned g = atomic_load_explicit(&rpal__cx_down_gen, memory_order_acquire);
     if (atomic_exchange(&seen, g) == g)
         return;
-    for (int fd = 0; fd < RUN_FDS; fd++) {
+    for (int fd = 0; fd < fd_top; fd++) {
         int st = fdst[fd];
         if ((st == ST_UP || st == ST_HIDDEN) && rpal__cx_state(fd) == 0)
             down_plain(fd);
@@ -1014,7 +1023,7 @@ static int hidden(int fd)
 static int up_close(int fd)
 {
     if (__atomic_exchange_n(&nalias[fd], 0, __ATOMIC_SEQ_CST) > 0)
-        for (int a = 0; a < RUN_FDS; a++)
+        for (int a = 0; a < fd_top; a++)
             if (fdst[a] == ST_ALIAS && alias_of[a] == fd)
                 fdst[a] = ST_BROKEN;
     struct rpal_stats s;
@@ -1583,7 +1592,7 @@ static int leave_inherited(int how)
     if (inside || !ever_up)
         return 0;
     int err = 0;
-    for (int fd = 0; fd < RUN_FDS; fd++) {
+    for (int fd = 0; fd < fd_top; fd++) {
         int st = fdst[fd];
         if (st != ST_UP && st != ST_ALIAS && st != ST_HALF && st != ST_PARENT)
             continue;

@@ -939,10 +939,6 @@ static int hello_exchange(struct conn *c, uint64_t deadline, struct fm_hello *th
     return err;
 }
 
-/* Everything in the hello THEIR is the other process's word: check it
- * against what the kernel says (credentials CR, its claim, its slot's
- * MEMFD), then map its slot (c->peer, pinned: their ring is read on every
- * wait, from whichever thread) and take its ring. */
 /* Before a hello from the process (PID, INO) in slot PSLOT: if our record
  * of that slot is another process's, which is gone, the connections that
  * still hold it (the application has not read their end yet) go back to
@@ -980,6 +976,10 @@ static void stale_evict(rpal_domain *d, unsigned pslot, pid_t pid, uint64_t ino)
         zombies_reap(); /* the retired ones: their other end is gone */
 }
 
+/* Everything in the hello THEIR is the other process's word: check it
+ * against what the kernel says (credentials CR, its claim, its slot's
+ * MEMFD), then map its slot (c->peer, pinned: their ring is read on every
+ * wait, from whichever thread) and take its ring. */
 static int conn_adopt(struct conn *c, const struct fm_hello *their, int memfd,
                       const struct ucred *cr, int pidfd)
 {

@@ -145,9 +145,6 @@ static int state(int fd)
     return fd >= 0 && fd < RUN_FDS ? fdst[fd] : ST_PLAIN;
 }
 
-/* Set once a connection got as far as our hello: until then a fork or an
- * exec has nothing to move back, and skips the table. */
-static _Atomic int ever_up;
 /* Above every descriptor the table ever held in a state but plain: the
  * scans of the table (fork, exec, aliases) stop there. */
 static _Atomic int fd_top;
@@ -162,8 +159,6 @@ static void set_state(int fd, int st)
             ;
     }
     fdst[fd] = (unsigned char)st;
-    if ((st == ST_HALF || st == ST_UP) && !ever_up)
-        ever_up = 1;
 }
 
 /* Ours to handle: known to the table, and not a call rpal itself makes. */
@@ -754,7 +749,8 @@ EXPORT int recvmmsg(int fd, struct mmsghdr *v, unsigned int n, int flags, struct
     if (!tracked(fd) || settle(fd, W_NONE) == ST_PLAIN)
         return REAL(recvmmsg)(fd, v, n, flags, tmo);
     struct timespec t0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    if (tmo)
+        clock_gettime(CLOCK_MONOTONIC, &t0);
     unsigned int i = 0;
     for (; i < n && i < UIO_MAXIOV; i++) {
         int f = (flags & ~MSG_WAITFORONE) | (i && (flags & MSG_WAITFORONE) ? MSG_DONTWAIT : 0);
@@ -1589,7 +1585,7 @@ static _Atomic unsigned char dup2_src[RUN_FDS];
  * see. */
 static int leave_inherited(int how)
 {
-    if (inside || !ever_up)
+    if (inside)
         return 0;
     int err = 0;
     for (int fd = 0; fd < fd_top; fd++) {

@@ -62,6 +62,11 @@ struct conn {
      * the socket carries them. */
     int bell, their_bell;
     uint32_t drained;        /* wake-up bytes read from the socket */
+    /* O_NONBLOCK of the socket as last asked (NB_KNOWN | NB_SET), kept
+     * only under rpal run, which sees every change (rpal__cx_nb_forget
+     * adds NB_GEN: an answer asked before a change is not kept). */
+    _Atomic uint32_t nb;
+    uint64_t eagain_ns;      /* when a read that found nothing last looked at the socket */
     struct wt_learn learn;   /* of blocking reads and writes */
     /* Of rpal run's poll and select (rpal__cx_wait_begin): apart, since a
      * program that reads until EAGAIN after each poll (libpq) teaches the
@@ -301,10 +306,36 @@ static ssize_t take(struct conn *c, char *buf, size_t len)
 
 /* O_NONBLOCK as it is now: asked only when we would block (the
  * application may change it at any time, as with a socket). */
+enum { NB_SET = 1, NB_KNOWN = 2, NB_GEN = 4 };
+static int nb_track; /* rpal run: every change of O_NONBLOCK is seen */
+
+void rpal__cx_nb_track(void)
+{
+    nb_track = 1;
+}
+
+void rpal__cx_nb_forget(int fd)
+{
+    struct conn *c = conn_of(fd);
+    if (!c)
+        return;
+    uint32_t v = rpal_load_relaxed(&c->nb);
+    while (!rpal_cas_acq_rel(&c->nb, &v, (v & ~(uint32_t)(NB_SET | NB_KNOWN)) + NB_GEN))
+        ;
+}
+
+/* A read or write that would wait asks the socket's O_NONBLOCK: a system
+ * call per wait that found nothing, unless rpal run keeps the answer. */
 static int nonblocking(struct conn *c)
 {
+    uint32_t v = rpal_load_relaxed(&c->nb);
+    if (nb_track && (v & NB_KNOWN))
+        return v & NB_SET;
     int fl = fcntl(c->fd, F_GETFL);
-    return fl >= 0 && (fl & O_NONBLOCK);
+    int nb = fl >= 0 && (fl & O_NONBLOCK);
+    if (nb_track && fl >= 0)
+        rpal_cas_acq_rel(&c->nb, &v, v | NB_KNOWN | (nb ? NB_SET : 0));
+    return nb;
 }
 
 /* The socket's SO_RCVTIMEO (SO_SNDTIMEO if FOR_ROOM) in ns, UINT64_MAX if
@@ -433,8 +464,15 @@ static ssize_t cx_read(int fd, void *buf, size_t len, int kernel)
             return -EAGAIN;
         int err = conn_wait(c, 0);
         if (err == -EAGAIN) {
-            /* Non-blocking, nothing came: look at the socket for the
-             * end, as a read would. */
+            /* Non-blocking, nothing came: look at the socket for the end
+             * (the other end killed), as a read would; at most once a
+             * millisecond, since a program that reads until EAGAIN after
+             * every message would pay a system call each time. A poll
+             * looks at the socket whenever it sleeps. */
+            uint64_t now = rpal__prim_now_ns();
+            if (now - c->eagain_ns < 1000000)
+                return -EAGAIN;
+            c->eagain_ns = now;
             drain(c);
             if (!c->eof)
                 return -EAGAIN;
@@ -1223,6 +1261,36 @@ int rpal__cx_poll(int fd, int events, int how)
     if (c->rd.broken)
         r |= POLLERR;
     return r & (events | POLLHUP | POLLERR | POLLNVAL);
+}
+
+int rpal__cx_poll_sleep(int fd, int64_t max_ns, struct wt_wait *w)
+{
+    struct conn *c = conn_of(fd);
+    if (!c || c->nsets > 0 || rpal__dom_check(c->d) < 0)
+        return -EXDEV;
+    /* As conn_wait: the other end's tail, our state published, a fence,
+     * one more look (one of the two sees the other). */
+    const _Atomic uint32_t *word = &c->rd.their->tail;
+    uint32_t v = rpal_load_relaxed(word);
+    set_sleeps(c, WT_WAKE_FUTEX);
+    rpal_fence_seq_cst(); /* pairs with the fences in take() and rpal_write */
+    int r = 0;
+    if (!c->rd.off && !next_ready(c) && !at_end(c) && !down_asked(c)) {
+        uint64_t cpu0 = 0;
+        if (w)
+            rpal__wt_sleep_begin(w, 0, &cpu0);
+        /* 20 ms at most: then the socket says whether the other end is gone */
+        r = rpal__prim_futex_wait(word, v, 1, wt_slice_ns((uint64_t)max_ns, 20000000));
+        if (w)
+            rpal__wt_sleep_end(w, cpu0);
+        if (r == -ETIMEDOUT) {
+            struct pollfd pf = {c->fd, POLLIN | POLLRDHUP, 0};
+            if (poll(&pf, 1, 0) > 0)
+                drain(c);
+        }
+    }
+    set_sleeps(c, idle_sleeps(c));
+    return r == -EINTR ? -EINTR : 0;
 }
 
 ssize_t rpal__cx_peek(int fd, void *buf, size_t len)

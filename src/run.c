@@ -215,6 +215,7 @@ __attribute__((constructor)) static void run_init(void)
         hello_ms = atoi(e);
     fork_all = (e = getenv("RPAL_RUN_FORK")) && !strcmp(e, "all");
     pthread_atfork(on_fork_prepare, NULL, on_fork_child);
+    rpal__cx_nb_track(); /* F_SETFL and FIONBIO pass here: nb_forget() */
 }
 
 /* The domain, joined at the first candidate (and again in a forked child,
@@ -1149,6 +1150,20 @@ EXPORT int dup2(int fd, int nfd)
     return dup_of(fd, REAL(dup2)(fd, nfd));
 }
 
+/* FD's O_NONBLOCK changed (it may be a dup of a connection's socket, which
+ * shares it): the connection asks again at its next wait. */
+static void nb_forget(int fd)
+{
+    if (!tracked(fd))
+        return;
+    int st = state(fd);
+    if (st == ST_UP || st == ST_ALIAS || st == ST_HIDDEN) {
+        inside++;
+        rpal__cx_nb_forget(target(fd));
+        inside--;
+    }
+}
+
 static int run_fcntl(int (*f)(int, int, ...), int fd, int cmd, void *arg)
 {
     if (hidden(fd))
@@ -1156,6 +1171,8 @@ static int run_fcntl(int (*f)(int, int, ...), int fd, int cmd, void *arg)
     int r = f(fd, cmd, arg);
     if ((cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && tracked(fd))
         return dup_of(fd, r);
+    if (cmd == F_SETFL)
+        nb_forget(fd);
     return r;
 }
 
@@ -1185,6 +1202,11 @@ EXPORT int ioctl(int fd, unsigned long req, ...)
     va_end(ap);
     if (hidden(fd))
         return (int)fail(EBADF);
+    if (req == FIONBIO) {
+        int r = REAL(ioctl)(fd, req, arg);
+        nb_forget(fd);
+        return r;
+    }
     if (req != FIONREAD || !tracked(fd) || settle(fd, W_NONE) != ST_UP)
         return REAL(ioctl)(fd, req, arg);
     /* What a read would find now (a hint, as on the socket: at most a
@@ -1385,6 +1407,23 @@ static int run_poll(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const sigs
             continue;
         }
         int64_t left = ready ? 0 : poll_left(timeout_ns, t0);
+        /* One upgraded descriptor, for reading (a client waiting for its
+         * answer): a futex, as a blocking read sleeps, not the socket, whose
+         * wake-up byte costs the other end a send and us reading it. */
+        if (!ready && left != 0 && n == 1 && !mask && fds[0].fd >= 0 && !(fds[0].events & POLLOUT) &&
+            (state(fds[0].fd) == ST_UP || state(fds[0].fd) == ST_ALIAS || state(fds[0].fd) == ST_HIDDEN)) {
+            inside++;
+            int r = rpal__cx_poll_sleep(target(fds[0].fd), left, wfd >= 0 ? &w : NULL);
+            inside--;
+            if (r == -EINTR) {
+                ready = (int)fail(EINTR);
+                break;
+            }
+            if (r == 0) {
+                how = CX_POLL_ARM;
+                continue;
+            }
+        }
         /* Asleep, upgraded ones are watched on the socket: wake-ups, the end. */
         for (nfds_t i = 0; i < n && !ready; i++)
             if (k[i].fd < 0 && fds[i].fd >= 0 && (state(fds[i].fd) == ST_UP || state(fds[i].fd) == ST_ALIAS ||

@@ -157,6 +157,26 @@ static void server(const char *path)
     struct timeval tv = {0, 0};
     CHECK(select(fd + 1, &rs, NULL, NULL, &tv) == 0 && !FD_ISSET(fd, &rs));
     CHECK(fcntl(fd, F_SETFL, fl) == 0);
+    /* O_NONBLOCK is kept per connection under rpal run: every change, on
+     * the descriptor or a dup, by fcntl or FIONBIO, is seen at the next
+     * read (a blocking one here waits out its SO_RCVTIMEO of 100 ms). */
+    int dn = dup(fd), on = 1, off = 0;
+    struct timeval rto = {0, 100000}, none = {0, 0};
+    REQUIRE(dn >= 0 && setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &rto, sizeof rto) == 0);
+    CHECK(ioctl(dn, FIONBIO, &on) == 0);
+    int64_t t0 = t_now_ms();
+    errno = 0;
+    CHECK(read(fd, b, 1) == -1 && errno == EAGAIN && t_now_ms() - t0 < 50);
+    CHECK(fcntl(dn, F_SETFL, fl) == 0);
+    t0 = t_now_ms();
+    errno = 0;
+    CHECK(read(fd, b, 1) == -1 && errno == EAGAIN && t_now_ms() - t0 >= 90);
+    CHECK(ioctl(fd, FIONBIO, &on) == 0);
+    t0 = t_now_ms();
+    errno = 0;
+    CHECK(read(dn, b, 1) == -1 && errno == EAGAIN && t_now_ms() - t0 < 50);
+    CHECK(ioctl(fd, FIONBIO, &off) == 0 && close(dn) == 0);
+    CHECK(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none) == 0);
     int err = -1;
     socklen_t el = sizeof err;
     CHECK(getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) == 0 && err == 0);

@@ -4,7 +4,8 @@
  * never exceeds a channel's cap or RPAL_SPIN_US; RPAL_SPIN_US=0 never spins
  * and fixed:N always spins N. And the placement rule: a waiter whose other
  * side published our CPU yields or sleeps, never spins; one whose other side
- * is elsewhere spins. */
+ * is elsewhere spins; a spin that was preempted stops every spin of the
+ * process for 10 ms. */
 #include "testlib.h"
 #include "internal.h"
 
@@ -119,5 +120,23 @@ int main(void)
         CHECK(w.mode == WT_SLEEP);
         CHECK(steps < 1000);
     }
+
+    /* A spin that was preempted (its clock jumps: here a sleep of 2 ms
+     * between two looks stands for another thread taking the CPU) ends,
+     * and nobody in the process spins for 10 ms; then spinning comes back. */
+    feed(&l, 400, 200);
+    uint32_t elsewhere = rpal__wt_my_cpu() + 1; /* (pinned above, maybe) */
+    rpal__wt_begin(&w, &l, NULL, &adaptive, elsewhere);
+    REQUIRE(w.mode == WT_SPIN);
+    int ticks = 0, guard = 0;
+    while (ticks < 2 && guard++ < 100000)
+        if (rpal__wt_pause(&w) == WT_TICK && ++ticks == 1)
+            usleep(2000);
+    CHECK(w.mode == WT_SLEEP);
+    CHECK(rpal__wt_budget(&l, UINT32_MAX) == 0);
+    rpal__wt_begin(&w, &l, NULL, &adaptive, elsewhere);
+    CHECK(w.mode == WT_SLEEP);
+    usleep(12000);
+    CHECK(rpal__wt_budget(&l, UINT32_MAX) > 0);
     return t_done();
 }

@@ -169,6 +169,7 @@ static void wake(struct wt_pub *me, const _Atomic uint32_t *word, struct wt_stat
     rpal__prim_futex_wake(word, 1, 1);
     if (!same)
         rpal__wt_note_wake(rpal__prim_now_ns() - t);
+    rpal__wt_woke();
     st->wakes++;
 }
 

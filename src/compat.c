@@ -173,6 +173,7 @@ static void wake_peer(struct conn *c, const _Atomic uint32_t *word)
     }
     if (rpal_load_relaxed(&c->rd.their->pub.cpu) != rpal_load_relaxed(&c->my->pub.cpu))
         rpal__wt_note_wake(rpal__prim_now_ns() - t); /* on one CPU it included the switch */
+    rpal__wt_woke();
     c->st.wakes++;
 }
 

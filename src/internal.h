@@ -649,9 +649,16 @@ enum { WT_WAKE_FUTEX = 1, /* asleep on a futex the publisher wakes */
        WT_WAKE_SOCK };    /* not waiting in rpal: a byte on the socket */
 
 /* What a waiter learned from its waits (private). */
-struct wt_learn {
+struct wt_odds {
     uint32_t p16;      /* how often a wait was short, out of 65536 */
     uint32_t short_ns; /* how long the short ones were */
+};
+struct wt_learn {
+    struct wt_odds calm;
+    /* Of waits that began just after this thread woke the other side:
+     * they hold its wake-up (a server that sleeps between sparse requests),
+     * which waits of a pair that stays awake do not. */
+    struct wt_odds woke;
 };
 
 /* One channel's or connection's counters (rpal_stats in rpal.h), private
@@ -680,6 +687,7 @@ struct wt_wait {
     uint64_t spun;        /* time spent spinning before a sleep */
     uint32_t spins, yields, cap, budget, peer_cpu, my_cpu;
     uint8_t mode, policy, same, slept;
+    uint8_t woke;         /* it began just after we woke the other side */
 };
 
 RPAL_HIDDEN void rpal__wt_learn_init(struct wt_learn *l);
@@ -712,6 +720,9 @@ RPAL_HIDDEN void rpal__wt_end(struct wt_wait *w, uint64_t stamp);
 RPAL_HIDDEN void rpal__wt_end_empty(struct wt_wait *w);
 /* A wake-up's system call took NS (the sender's share of a sleep's cost). */
 RPAL_HIDDEN void rpal__wt_note_wake(uint64_t ns);
+/* This thread just woke the other side (a system call to a sleeper): its
+ * next wait is learned apart (struct wt_learn). */
+RPAL_HIDDEN void rpal__wt_woke(void);
 /* Should ST's counters be written out now (NOW: a clock reading, or 0)? */
 RPAL_HIDDEN int rpal__wt_stats_due(const struct wt_stats *st, uint64_t now);
 RPAL_HIDDEN void rpal__wt_stats_copy(const struct wt_stats *st, struct rpal_stats *out);

@@ -221,8 +221,17 @@ static void average(_Atomic uint32_t *avg, uint64_t sample)
 void rpal__wt_learn_init(struct wt_learn *l)
 {
     init();
-    l->p16 = 1u << 15;               /* half the waits short, to begin with */
-    l->short_ns = INIT_COST_NS / 4;
+    l->calm.p16 = 1u << 15;          /* half the waits short, to begin with */
+    l->calm.short_ns = INIT_COST_NS / 4;
+    l->woke = l->calm;
+}
+
+/* Set by a wake-up this thread made, taken by its next wait. */
+static _Thread_local uint8_t tl_woke;
+
+void rpal__wt_woke(void)
+{
+    tl_woke = 1;
 }
 
 static uint64_t bmax_ns(uint32_t cap)
@@ -233,7 +242,7 @@ static uint64_t bmax_ns(uint32_t cap)
     return b < cap ? b : cap;
 }
 
-uint32_t rpal__wt_budget(const struct wt_learn *l, uint32_t cap)
+static uint32_t budget_of(const struct wt_odds *l, uint32_t cap)
 {
     if (g.fixed_ns != UINT32_MAX)
         return g.fixed_ns < cap ? g.fixed_ns : cap;
@@ -257,7 +266,12 @@ uint32_t rpal__wt_budget(const struct wt_learn *l, uint32_t cap)
     return 0;
 }
 
-void rpal__wt_learn_note(struct wt_learn *l, uint64_t w_ns, uint32_t cap)
+uint32_t rpal__wt_budget(const struct wt_learn *l, uint32_t cap)
+{
+    return budget_of(&l->calm, cap);
+}
+
+static void note_of(struct wt_odds *l, uint64_t w_ns, uint32_t cap)
 {
     int shrt = w_ns <= bmax_ns(cap);
     int64_t p = l->p16;
@@ -266,6 +280,11 @@ void rpal__wt_learn_note(struct wt_learn *l, uint64_t w_ns, uint32_t cap)
         int64_t s = l->short_ns;
         l->short_ns = (uint32_t)(s + ((int64_t)w_ns - s) / 8);
     }
+}
+
+void rpal__wt_learn_note(struct wt_learn *l, uint64_t w_ns, uint32_t cap)
+{
+    note_of(&l->calm, w_ns, cap);
 }
 
 /* ---- following the waker's CPU ---- */
@@ -351,7 +370,9 @@ void rpal__wt_begin(struct wt_wait *w, struct wt_learn *l, struct wt_stats *st,
         w->budget = 0;
         return;
     }
-    w->budget = rpal__wt_budget(l, w->cap);
+    w->woke = tl_woke;
+    tl_woke = 0;
+    w->budget = budget_of(w->woke ? &l->woke : &l->calm, w->cap);
     /* Busy enough to spin: the two sides are better apart, each spinning
      * on its own CPU; let the scheduler spread us again. */
     if (w->budget && tf.to)
@@ -475,7 +496,7 @@ void rpal__wt_end(struct wt_wait *w, uint64_t stamp)
         }
     }
     if (w->policy == RPAL_WAIT_ADAPTIVE)
-        rpal__wt_learn_note(w->l, len, w->cap);
+        note_of(w->woke ? &w->l->woke : &w->l->calm, len, w->cap);
 }
 
 void rpal__wt_end_empty(struct wt_wait *w)
@@ -485,7 +506,7 @@ void rpal__wt_end_empty(struct wt_wait *w)
         w->st->yields += w->yields;
     }
     if (w->policy == RPAL_WAIT_ADAPTIVE)
-        rpal__wt_learn_note(w->l, UINT64_MAX, w->cap);
+        note_of(w->woke ? &w->l->woke : &w->l->calm, UINT64_MAX, w->cap);
 }
 
 void rpal__wt_note_wake(uint64_t ns)

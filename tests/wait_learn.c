@@ -4,8 +4,8 @@
  * never exceeds a channel's cap or RPAL_SPIN_US; RPAL_SPIN_US=0 never spins
  * and fixed:N always spins N. And the placement rule: a waiter whose other
  * side published our CPU yields or sleeps, never spins; one whose other side
- * is elsewhere spins; a spin that was preempted stops every spin of the
- * process for 10 ms. */
+ * is elsewhere spins; waits after a wake-up are learned apart; a spin that
+ * was preempted stops every spin of the process for 10 ms. */
 #include "testlib.h"
 #include "internal.h"
 
@@ -121,11 +121,28 @@ int main(void)
         CHECK(steps < 1000);
     }
 
+    /* Waits that begin just after this thread woke the other side are
+     * learned apart: long ones there (a server asleep between sparse
+     * requests) do not stop the spin of waits that need no wake-up. */
+    uint32_t elsewhere = 1u << 20; /* no such CPU: never ours, wherever we run */
+    feed(&l, 400, 200);
+    for (int i = 0; i < 64; i++) {
+        rpal__wt_woke();
+        rpal__wt_begin(&w, &l, NULL, &adaptive, elsewhere);
+        rpal__wt_end_empty(&w); /* learned as a long wait */
+    }
+    rpal__wt_woke();
+    rpal__wt_begin(&w, &l, NULL, &adaptive, elsewhere);
+    CHECK(w.mode == WT_SLEEP && w.woke);
+    rpal__wt_end_empty(&w);
+    rpal__wt_begin(&w, &l, NULL, &adaptive, elsewhere);
+    CHECK(w.mode == WT_SPIN && !w.woke);
+    CHECK(rpal__wt_budget(&l, UINT32_MAX) > 0);
+
     /* A spin that was preempted (its clock jumps: here a sleep of 2 ms
      * between two looks stands for another thread taking the CPU) ends,
      * and nobody in the process spins for 10 ms; then spinning comes back. */
     feed(&l, 400, 200);
-    uint32_t elsewhere = rpal__wt_my_cpu() + 1; /* (pinned above, maybe) */
     rpal__wt_begin(&w, &l, NULL, &adaptive, elsewhere);
     REQUIRE(w.mode == WT_SPIN);
     int ticks = 0, guard = 0;

@@ -228,6 +228,9 @@ void rpal__wt_learn_init(struct wt_learn *l)
 
 /* Set by a wake-up this thread made, taken by its next wait. */
 static _Thread_local uint8_t tl_woke;
+/* Waits after a wake-up that their odds said to sleep through. */
+static _Thread_local uint32_t tl_woke_sleeps;
+#define PROBE_EVERY 16u
 
 void rpal__wt_woke(void)
 {
@@ -242,16 +245,22 @@ static uint64_t bmax_ns(uint32_t cap)
     return b < cap ? b : cap;
 }
 
+/* Whether spinning may pay at all: not under a low CPU quota, nor while
+ * more threads want the CPUs than there are (a spin takes the CPU from one
+ * of them, maybe the very side it waits for). */
+static int may_spin(void)
+{
+    if (g.quota_low)
+        return 0;
+    uint64_t crowded = rpal_load_relaxed(&g.crowded_ns);
+    return !crowded || rpal__prim_now_ns() - crowded >= CROWDED_NS;
+}
+
 static uint32_t budget_of(const struct wt_odds *l, uint32_t cap)
 {
     if (g.fixed_ns != UINT32_MAX)
         return g.fixed_ns < cap ? g.fixed_ns : cap;
-    if (g.quota_low)
-        return 0;
-    /* More threads want the CPUs than there are: a spin takes the CPU from
-     * one of them, maybe the very side it waits for. */
-    uint64_t crowded = rpal_load_relaxed(&g.crowded_ns);
-    if (crowded && rpal__prim_now_ns() - crowded < CROWDED_NS)
+    if (!may_spin())
         return 0;
     uint64_t c = sleep_cost_ns(), bmax = bmax_ns(cap);
     /* Spin for as long as a sleep costs (BMAX: then a wait costs at most
@@ -373,6 +382,15 @@ void rpal__wt_begin(struct wt_wait *w, struct wt_learn *l, struct wt_stats *st,
     w->woke = tl_woke;
     tl_woke = 0;
     w->budget = budget_of(w->woke ? &l->woke : &l->calm, w->cap);
+    /* Two sides that both sleep wake each other at every message, so each
+     * one's waits hold the other's wake-up and say "sleep": they would stay
+     * there even where both spinning costs less. One wait in PROBE_EVERY of
+     * those spins all the same (at most 1/16 of a sleep's cost each): if
+     * the other side answers within it, it finds us awake, its next wait
+     * needs no wake-up, and the pair can stay awake. */
+    if (w->woke && !w->budget && o->wait == RPAL_WAIT_ADAPTIVE && g.fixed_ns == UINT32_MAX &&
+        ++tl_woke_sleeps % PROBE_EVERY == 0 && may_spin())
+        w->budget = (uint32_t)bmax_ns(w->cap);
     /* Busy enough to spin: the two sides are better apart, each spinning
      * on its own CPU; let the scheduler spread us again. */
     if (w->budget && tf.to)
@@ -501,6 +519,7 @@ void rpal__wt_end(struct wt_wait *w, uint64_t stamp)
 
 void rpal__wt_end_empty(struct wt_wait *w)
 {
+    tl_woke = w->woke; /* not a wait (a read that would not wait): the next one is */
     if (w->st) {
         w->st->waits++;
         w->st->yields += w->yields;

@@ -131,13 +131,24 @@ int main(void)
         rpal__wt_begin(&w, &l, NULL, &adaptive, elsewhere);
         rpal__wt_end_empty(&w); /* learned as a long wait */
     }
-    rpal__wt_woke();
+    /* ... and sleep at once, but for one in 16, which spins all the same
+     * (the probe that lets two sleeping sides find they could stay awake);
+     * a wait that ends empty (a read that would not wait) hands the mark
+     * on to the next. */
+    int probes = 0;
+    for (int i = 0; i < 32; i++) {
+        rpal__wt_begin(&w, &l, NULL, &adaptive, elsewhere);
+        CHECK(w.woke);
+        probes += w.mode == WT_SPIN;
+        rpal__wt_end_empty(&w);
+    }
+    CHECK(probes >= 1 && probes <= 3);
     rpal__wt_begin(&w, &l, NULL, &adaptive, elsewhere);
-    CHECK(w.mode == WT_SLEEP && w.woke);
-    rpal__wt_end_empty(&w);
+    rpal__wt_end(&w, 0); /* a wait: the mark is taken */
     rpal__wt_begin(&w, &l, NULL, &adaptive, elsewhere);
     CHECK(w.mode == WT_SPIN && !w.woke);
     CHECK(rpal__wt_budget(&l, UINT32_MAX) > 0);
+    rpal__wt_end(&w, 0);
 
     /* A spin that was preempted (its clock jumps: here a sleep of 2 ms
      * between two looks stands for another thread taking the CPU) ends,

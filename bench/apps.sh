@@ -56,9 +56,24 @@ cleanup() { for p in $pids; do kill -INT $p 2>/dev/null; done; sleep 0.3; for p 
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 cp "$RPAL" "$LIB" "$tmp/"
-mkdir -p "$tmp/ns"
-export RPAL_DIR=$tmp/ns
 RUN="$tmp/rpal run --"
+# space NAME [OWNER]: a namespace directory and a run log of its own for
+# workload NAME (a directory made by root is one that nobody, PostgreSQL's
+# user here, may not join, and the reverse: rpal refuses both)
+space() {
+  mkdir -p "$tmp/ns-$1"
+  : >"$tmp/log-$1"
+  if [ -n "${2:-}" ]; then chown "$2" "$tmp/ns-$1" "$tmp/log-$1"; fi
+  export RPAL_DIR=$tmp/ns-$1 RPAL_RUN_LOG=$tmp/log-$1
+}
+# upgraded NAME PREFIX: unless the rpal side of workload NAME moved a
+# connection to the rings, its figures measure nothing of rpal: drop them
+# (results starting with PREFIX), and say why
+upgraded() {
+  grep -q '^up ' "$tmp/log-$1" && return 0
+  echo "rpal bench apps: $1: no connection moved to rpal's rings, its figures are left out ($(grep -m1 -v '^close ' "$tmp/log-$1" || echo 'rpal run logged nothing'))" >&2
+  grep -v "^$2" "$results" >"$results.tmp"; mv "$results.tmp" "$results"
+}
 HZ=$(getconf CLK_TCK)
 say() { [ $JSON = 1 ] || echo "$@"; }
 say "load: $(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min), $(nproc) CPUs; $ROUNDS round(s) per side"
@@ -107,6 +122,7 @@ wait_sock() { for i in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done;
 bench_redis() {
   command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null ||
     { say "redis: skipped (no redis-server/redis-benchmark: apt-get install redis-server redis-tools)"; return; }
+  space redis
   redis-server --port 0 --unixsocket "$tmp/rp.sock" --save '' --appendonly no --dir "$tmp" --logfile "$tmp/rp.log" & p0=$!
   $RUN redis-server --port 0 --unixsocket "$tmp/rr.sock" --save '' --appendonly no --dir "$tmp" --logfile "$tmp/rr.log" & p1=$!
   pids="$pids $p0 $p1"
@@ -119,6 +135,7 @@ bench_redis() {
       one redis-$1-c$2 redis rpal $p1 $n $RUN redis-benchmark -s "$tmp/rr.sock" -n $n -c $2 -t $1 -q
     done
   done
+  upgraded redis redis-
 }
 
 bench_postgres() {
@@ -126,13 +143,13 @@ bench_postgres() {
   [ -x "$PGB/postgres" ] && [ -x "$PGB/pgbench" ] ||
     { say "postgres: skipped (no $PGB/postgres: apt-get install postgresql-15)"; return; }
   AS=
-  if [ "$(id -u)" = 0 ]; then AS="setpriv --reuid=nobody --regid=nogroup --clear-groups"; chown nobody "$tmp/ns"; fi
+  if [ "$(id -u)" = 0 ]; then AS="setpriv --reuid=nobody --regid=nogroup --clear-groups"; space pg nobody; else space pg; fi
   for side in plain rpal; do
     mkdir "$tmp/pg-$side" "$tmp/pgs-$side"
     [ -n "$AS" ] && chown nobody "$tmp/pg-$side" "$tmp/pgs-$side"
     $AS env HOME=$tmp "$PGB/initdb" -D "$tmp/pg-$side" -A trust -U postgres >/dev/null 2>&1 || { echo "rpal bench apps: initdb failed" >&2; return; }
   done
-  E="env HOME=$tmp RPAL_DIR=$tmp/ns PGUSER=postgres PGDATABASE=postgres"
+  E="env HOME=$tmp PGUSER=postgres PGDATABASE=postgres"
   $AS $E "$PGB/postgres" -D "$tmp/pg-plain" -k "$tmp/pgs-plain" -c listen_addresses= -c fsync=off >"$tmp/pg.log" 2>&1 & q0=$!
   $AS $E $RUN "$PGB/postgres" -D "$tmp/pg-rpal" -k "$tmp/pgs-rpal" -c listen_addresses= -c fsync=off >>"$tmp/pg.log" 2>&1 & q1=$!
   pids="$pids $q0 $q1"
@@ -147,12 +164,14 @@ bench_postgres() {
       one pgbench-S-c$c pg rpal $q1 -$t $AS $E $RUN "$PGB/pgbench" -h "$tmp/pgs-rpal" -S -c $c -j $c -T $t
     done
   done
+  upgraded pg pgbench-
 }
 
 bench_memcached() {
   command -v memcached >/dev/null && command -v memcslap >/dev/null ||
     { say "memcached: skipped (no memcached/memcslap: apt-get install memcached libmemcached-tools)"; return; }
   u=; [ "$(id -u)" = 0 ] && u="-u root"
+  space mc
   memcached -s "$tmp/mp.sock" $u -t 1 & m0=$!
   $RUN memcached -s "$tmp/mr.sock" $u -t 1 & m1=$!
   pids="$pids $m0 $m1"
@@ -162,11 +181,13 @@ bench_memcached() {
     one memcached-get-c1 mc plain $m0 $n memcslap --servers="$tmp/mp.sock" --concurrency=1 --execute-number=$n --test=get
     one memcached-get-c1 mc rpal $m1 $n $RUN memcslap --servers="$tmp/mr.sock" --concurrency=1 --execute-number=$n --test=get
   done
+  upgraded mc memcached-
 }
 
 # What rpal run costs where it upgrades nothing: 64-byte reads and writes
 # through a pipe between two dd, and a file read 64 bytes at a time.
 bench_plain() {
+  space plain
   sleep 100000 & idle=$!
   pids="$pids $idle"
   n=400000; [ $QUICK = 1 ] && n=40000

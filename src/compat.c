@@ -305,8 +305,6 @@ static ssize_t take(struct conn *c, char *buf, size_t len)
     return (ssize_t)got;
 }
 
-/* O_NONBLOCK as it is now: asked only when we would block (the
- * application may change it at any time, as with a socket). */
 enum { NB_SET = 1, NB_KNOWN = 2, NB_GEN = 4 };
 static int nb_track; /* rpal run: every change of O_NONBLOCK is seen */
 
@@ -325,8 +323,9 @@ void rpal__cx_nb_forget(int fd)
         ;
 }
 
-/* A read or write that would wait asks the socket's O_NONBLOCK: a system
- * call per wait that found nothing, unless rpal run keeps the answer. */
+/* O_NONBLOCK as it is now: asked only when we would block (the
+ * application may change it at any time, as with a socket): a system call
+ * per wait that found nothing, unless rpal run keeps the answer. */
 static int nonblocking(struct conn *c)
 {
     uint32_t v = rpal_load_relaxed(&c->nb);

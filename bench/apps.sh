@@ -71,7 +71,7 @@ space() {
 # (results starting with PREFIX), and say why
 upgraded() {
   grep -q '^up ' "$tmp/log-$1" && return 0
-  echo "rpal bench apps: $1: no connection moved to rpal's rings, its figures are left out ($(grep -m1 -v '^close ' "$tmp/log-$1" || echo 'rpal run logged nothing'))" >&2
+  echo "rpal bench apps: $1: no connection moved to rpal's rings, its figures are left out ($(grep -m1 -E '^(nojoin|plain|broken|parent) ' "$tmp/log-$1" || echo 'rpal run logged no reason'))" >&2
   grep -v "^$2" "$results" >"$results.tmp"; mv "$results.tmp" "$results"
 }
 HZ=$(getconf CLK_TCK)

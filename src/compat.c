@@ -1283,7 +1283,10 @@ int rpal__cx_poll_sleep(int fd, int64_t max_ns, struct wt_wait *w)
         r = rpal__prim_futex_wait(word, v, 1, wt_slice_ns((uint64_t)max_ns, 20000000));
         if (w)
             rpal__wt_sleep_end(w, cpu0);
-        if (r == -ETIMEDOUT) {
+        /* Woken with no message: the other end's half close (its end
+         * travels on the socket) or its leaving; the slice's end: whether
+         * it is gone. */
+        if (r == -ETIMEDOUT || (!c->rd.off && !next_ready(c) && !at_end(c) && !down_asked(c))) {
             struct pollfd pf = {c->fd, POLLIN | POLLRDHUP, 0};
             if (poll(&pf, 1, 0) > 0)
                 drain(c);

@@ -688,6 +688,7 @@ struct wt_wait {
     uint32_t spins, yields, cap, budget, peer_cpu, my_cpu;
     uint8_t mode, policy, same, slept;
     uint8_t woke;         /* it began just after we woke the other side */
+    uint32_t tick_min;    /* the shortest time between two clock reads of the spin */
 };
 
 RPAL_HIDDEN void rpal__wt_learn_init(struct wt_learn *l);

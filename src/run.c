@@ -1410,7 +1410,8 @@ static int run_poll(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const sigs
         /* One upgraded descriptor, for reading (a client waiting for its
          * answer): a futex, as a blocking read sleeps, not the socket, whose
          * wake-up byte costs the other end a send and us reading it. */
-        if (!ready && left != 0 && n == 1 && !mask && fds[0].fd >= 0 && !(fds[0].events & POLLOUT) &&
+        if (!ready && left != 0 && n == 1 && !mask && fds[0].fd >= 0 && (fds[0].events & POLLIN) &&
+            !(fds[0].events & POLLOUT) &&
             (state(fds[0].fd) == ST_UP || state(fds[0].fd) == ST_ALIAS || state(fds[0].fd) == ST_HIDDEN)) {
             inside++;
             int r = rpal__cx_poll_sleep(target(fds[0].fd), left, wfd >= 0 ? &w : NULL);

@@ -363,6 +363,8 @@ void rpal__wt_begin(struct wt_wait *w, struct wt_learn *l, struct wt_stats *st,
     w->st = st;
     w->t0 = w->now = w->spun = 0;
     w->spins = w->yields = 0;
+    w->woke = 0;
+    w->tick_min = UINT32_MAX;
     w->slept = 0;
     w->cap = o->spin_us ? o->spin_us * 1000u : UINT32_MAX;
     w->policy = (uint8_t)o->wait;
@@ -382,6 +384,11 @@ void rpal__wt_begin(struct wt_wait *w, struct wt_learn *l, struct wt_stats *st,
     w->woke = tl_woke;
     tl_woke = 0;
     w->budget = budget_of(w->woke ? &l->woke : &l->calm, w->cap);
+    /* Busy enough to spin: the two sides are better apart, each spinning
+     * on its own CPU; let the scheduler spread us again (not for a probe,
+     * below: one wait in 16 would keep a sleeping pair from following). */
+    if (w->budget && tf.to)
+        wt_unfollow();
     /* Two sides that both sleep wake each other at every message, so each
      * one's waits hold the other's wake-up and say "sleep": they would stay
      * there even where both spinning costs less. One wait in PROBE_EVERY of
@@ -391,10 +398,6 @@ void rpal__wt_begin(struct wt_wait *w, struct wt_learn *l, struct wt_stats *st,
     if (w->woke && !w->budget && o->wait == RPAL_WAIT_ADAPTIVE && g.fixed_ns == UINT32_MAX &&
         ++tl_woke_sleeps % PROBE_EVERY == 0 && may_spin())
         w->budget = (uint32_t)bmax_ns(w->cap);
-    /* Busy enough to spin: the two sides are better apart, each spinning
-     * on its own CPU; let the scheduler spread us again. */
-    if (w->budget && tf.to)
-        wt_unfollow();
     w->mode = !w->budget ? WT_SLEEP : w->same ? WT_YIELD : WT_SPIN;
     if (st)
         st->budget_ns = w->budget;
@@ -418,7 +421,15 @@ int rpal__wt_pause(struct wt_wait *w)
         if (++w->spins % every == 0) {
             uint64_t before = w->now;
             tick(w);
-            if (before && w->now - before >= PREEMPTED_NS && w->policy != RPAL_WAIT_POLL) {
+            /* A jump, against the shortest round of 32 looks seen in this
+             * wait (a caller that looks at many descriptors per spin has
+             * long rounds, not a preemption). */
+            uint64_t dt = before ? w->now - before : 0;
+            int jumped = before && w->tick_min != UINT32_MAX && dt >= PREEMPTED_NS &&
+                         dt >= 8 * (uint64_t)w->tick_min;
+            if (before && dt < w->tick_min)
+                w->tick_min = (uint32_t)dt;
+            if (jumped && w->policy != RPAL_WAIT_POLL) {
                 rpal_store_relaxed(&g.crowded_ns, w->now);
                 w->spun = w->now - w->t0;
                 w->mode = WT_SLEEP;

@@ -157,8 +157,8 @@ int main(void)
     rpal__wt_begin(&w, &l, NULL, &adaptive, elsewhere);
     REQUIRE(w.mode == WT_SPIN);
     int ticks = 0, guard = 0;
-    while (ticks < 2 && guard++ < 100000)
-        if (rpal__wt_pause(&w) == WT_TICK && ++ticks == 1)
+    while (ticks < 3 && guard++ < 100000) /* one round to compare with, then the jump */
+        if (rpal__wt_pause(&w) == WT_TICK && ++ticks == 2)
             usleep(2000);
     CHECK(w.mode == WT_SLEEP);
     CHECK(rpal__wt_budget(&l, UINT32_MAX) == 0);

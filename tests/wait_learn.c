@@ -150,16 +150,19 @@ int main(void)
     CHECK(rpal__wt_budget(&l, UINT32_MAX) > 0);
     rpal__wt_end(&w, 0);
 
-    /* A spin that was preempted (its clock jumps: here a sleep of 2 ms
+    /* A spin that was preempted (its clock jumps: here a sleep of 20 ms
      * between two looks stands for another thread taking the CPU) ends,
      * and nobody in the process spins for 10 ms; then spinning comes back. */
     feed(&l, 400, 200);
     rpal__wt_begin(&w, &l, NULL, &adaptive, elsewhere);
     REQUIRE(w.mode == WT_SPIN);
+    /* (a budget that does not run out first, however slow the rounds: an
+     * emulator's can take longer than the learned one) */
+    w.budget = UINT32_MAX;
     int ticks = 0, guard = 0;
-    while (ticks < 3 && guard++ < 100000) /* one round to compare with, then the jump */
+    while (ticks < 3 && guard++ < 1000000) /* one round to compare with, then the jump */
         if (rpal__wt_pause(&w) == WT_TICK && ++ticks == 2)
-            usleep(2000);
+            usleep(20000);
     CHECK(w.mode == WT_SLEEP);
     CHECK(rpal__wt_budget(&l, UINT32_MAX) == 0);
     rpal__wt_begin(&w, &l, NULL, &adaptive, elsewhere);

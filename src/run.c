@@ -161,6 +161,12 @@ static void set_state(int fd, int st)
     fdst[fd] = (unsigned char)st;
 }
 
+/* A state whose descriptor stands for a connection on the rings. */
+static inline int on_rings(int st)
+{
+    return st == ST_UP || st == ST_ALIAS || st == ST_HIDDEN;
+}
+
 /* Ours to handle: known to the table, and not a call rpal itself makes. */
 static inline int tracked(int fd)
 {
@@ -1157,7 +1163,7 @@ static void nb_forget(int fd)
     if (!tracked(fd))
         return;
     int st = state(fd);
-    if (st == ST_UP || st == ST_ALIAS || st == ST_HIDDEN) {
+    if (on_rings(st)) {
         inside++;
         rpal__cx_nb_forget(target(fd));
         inside--;
@@ -1259,7 +1265,7 @@ static int poll_look(struct pollfd *fds, struct pollfd *k, nfds_t n, int how, in
             k[i].events = POLLIN; /* its hello: nothing else counts yet */
             continue;
         }
-        if (st == ST_UP || st == ST_ALIAS || st == ST_HIDDEN) {
+        if (on_rings(st)) {
             inside++;
             int r = rpal__cx_poll(target(fd), fds[i].events, how);
             inside--;
@@ -1301,7 +1307,7 @@ static void poll_mark(const struct pollfd *fds, nfds_t n, int how)
 {
     for (nfds_t i = 0; i < n; i++) {
         int st = state(fds[i].fd);
-        if (st == ST_UP || st == ST_ALIAS || st == ST_HIDDEN) {
+        if (on_rings(st)) {
             inside++;
             (void)rpal__cx_poll(target(fds[i].fd), 0, how);
             inside--;
@@ -1331,7 +1337,7 @@ static int poll_spin(struct pollfd *fds, struct pollfd *k, nfds_t n, int64_t tim
 {
     for (nfds_t i = 0; i < n && *wfd < 0; i++) {
         int st = state(fds[i].fd);
-        if (st != ST_UP && st != ST_ALIAS && st != ST_HIDDEN)
+        if (!on_rings(st))
             continue;
         inside++;
         if (rpal__cx_wait_begin(target(fds[i].fd), w) == 0)
@@ -1412,7 +1418,7 @@ static int run_poll(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const sigs
          * wake-up byte costs the other end a send and us reading it. */
         if (!ready && left != 0 && n == 1 && !mask && fds[0].fd >= 0 && (fds[0].events & POLLIN) &&
             !(fds[0].events & POLLOUT) &&
-            (state(fds[0].fd) == ST_UP || state(fds[0].fd) == ST_ALIAS || state(fds[0].fd) == ST_HIDDEN)) {
+            on_rings(state(fds[0].fd))) {
             inside++;
             int r = rpal__cx_poll_sleep(target(fds[0].fd), left, wfd >= 0 ? &w : NULL);
             inside--;
@@ -1427,8 +1433,7 @@ static int run_poll(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const sigs
         }
         /* Asleep, upgraded ones are watched on the socket: wake-ups, the end. */
         for (nfds_t i = 0; i < n && !ready; i++)
-            if (k[i].fd < 0 && fds[i].fd >= 0 && (state(fds[i].fd) == ST_UP || state(fds[i].fd) == ST_ALIAS ||
-                                                      state(fds[i].fd) == ST_HIDDEN))
+            if (k[i].fd < 0 && fds[i].fd >= 0 && on_rings(state(fds[i].fd)))
                 k[i].fd = fds[i].fd;
         int r = poll_kernel_wait(k, n, left, mask, ready, &w, wfd);
         if (r < 0) {

@@ -975,12 +975,16 @@ static int receiver_sleep(rpal_receiver *r, struct rx_chan **chs, int n, uint32_
     fw[nw++] = (struct futex_waitv){.val = bell, .uaddr = (uintptr_t)&r->doorbell,
                                     .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG};
     if (!ready && rpal_load_acquire(&r->doorbell) == bell) {
-        /* Where futex_waitv is missing (Linux before 5.16, or valgrind
-         * 3.19), wait on the doorbell alone and look at the rings again
-         * every millisecond. */
+        /* Where futex_waitv is missing (Linux before 5.16, qemu-user, or
+         * valgrind 3.19), wait on the doorbell alone and look at the rings
+         * again every millisecond. With no ring to look at, the doorbell
+         * is the whole wait: it sleeps the whole slice, so that a signal
+         * finds it asleep (-EINTR) rather than between two slices, where
+         * the handler runs and the wait goes on to its timeout. */
         err = rpal__prim_futex_waitv(fw, nw, slice);
         if (err == -ENOSYS)
-            err = rpal__prim_futex_wait(&r->doorbell, bell, 0, slice < 1000000 ? slice : 1000000);
+            err = rpal__prim_futex_wait(&r->doorbell, bell, 0,
+                                        nw == 1 || slice < 1000000 ? slice : 1000000);
     }
     for (int k = 0; k < n; k++)
         rpal_store_relaxed(&chs[k]->rx->pub.sleeps, 0);

@@ -378,9 +378,90 @@ static void spin_client(const char *path, int pr)
     CHECK(close(fd) == 0);
 }
 
-/* Run the server and the client (MODE "" or "spin") under the library;
- * 0 if both passed and both ends were upgraded. */
-static int run_pair(const char *self, const char *dir, const char *mode, int pr, int pw)
+/* i. poll of several upgraded connections (every one for reading: it
+ * sleeps on their futexes, src/compat.c): the one that speaks is the one
+ * reported, a close on another is its end (POLLIN|POLLHUP), a signal is
+ * EINTR, a timeout is kept. Run with RPAL_SPIN_US=0, so that each poll
+ * sleeps. */
+#define MANY 3
+static void many_server(const char *path)
+{
+    int l = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
+    REQUIRE(bind(l, (struct sockaddr *)&a, sizeof a) == 0 && listen(l, MANY) == 0);
+    int fd[MANY];
+    char c;
+    for (int i = 0; i < MANY; i++) {
+        REQUIRE((fd[i] = accept(l, NULL, NULL)) >= 0);
+        REQUIRE(read(fd[i], &c, 1) == 1 && write(fd[i], "H", 1) == 1);
+    }
+    for (int round = 0; round < 20; round++) { /* the client asks one, then waits */
+        int k = round % MANY;
+        CHECK(read(fd[k], &c, 1) == 1 && c == (char)round);
+        usleep(3000);
+        CHECK(write(fd[k], &c, 1) == 1);
+    }
+    CHECK(read(fd[0], &c, 1) == 1 && c == 'c');
+    usleep(20000);
+    CHECK(close(fd[1]) == 0); /* while the client sleeps in poll */
+    CHECK(read(fd[0], &c, 1) == 0 && close(fd[0]) == 0 && close(fd[2]) == 0);
+    close(l);
+}
+
+static void many_client(const char *path)
+{
+    int fd[MANY];
+    struct pollfd p[MANY + 1];
+    char c;
+    for (int i = 0; i < MANY; i++) { /* the first I/O upgrades each */
+        fd[i] = connect_retry(path);
+        REQUIRE(write(fd[i], "h", 1) == 1 && read(fd[i], &c, 1) == 1 && c == 'H');
+        p[i] = (struct pollfd){fd[i], POLLIN, 0};
+    }
+    p[MANY] = (struct pollfd){-1, POLLIN, 0};
+    int bad = 0;
+    for (int round = 0; round < 20; round++) {
+        int k = round % MANY;
+        c = (char)round;
+        REQUIRE(write(fd[k], &c, 1) == 1);
+        for (int i = 0; i <= MANY; i++)
+            p[i].revents = -1;
+        bad += !(poll(p, MANY + 1, 5000) == 1 && p[MANY].revents == 0);
+        for (int i = 0; i < MANY; i++)
+            bad += p[i].revents != (i == k ? POLLIN : 0);
+        bad += !(read(fd[k], &c, 1) == 1 && c == (char)round);
+    }
+    CHECK(bad == 0);
+    /* A timeout with nothing: all revents 0, not before it. */
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    CHECK(poll(p, MANY, 30) == 0 && p[0].revents == 0 && p[1].revents == 0 && p[2].revents == 0);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    CHECK((t1.tv_sec - t0.tv_sec) * 1000000000L + (t1.tv_nsec - t0.tv_nsec) >= 30000000L);
+    /* A signal (no SA_RESTART) ends the sleep with EINTR (5 ms in, not at
+     * the end of a 20 ms slice: one that lands between two runs its
+     * handler while the poll goes on, docs/run.md). */
+    struct sigaction sa = {.sa_handler = on_alarm};
+    sigaction(SIGALRM, &sa, NULL);
+    ualarm(5000, 0);
+    errno = 0;
+    CHECK(poll(p, MANY, 5000) == -1 && errno == EINTR && alarms == 1);
+    /* The server closes fd[1] while we sleep: its end, and only there. */
+    CHECK(write(fd[0], "c", 1) == 1);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    CHECK(poll(p, MANY, 5000) == 1 && p[0].revents == 0 && (p[1].revents & (POLLIN | POLLHUP)) &&
+          p[2].revents == 0);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    CHECK((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000 < 2000);
+    CHECK(read(fd[1], &c, 1) == 0);
+    for (int i = 0; i < MANY; i++)
+        CHECK(close(fd[i]) == 0);
+}
+
+/* Run the server and the client (MODE "", "spin" or "many") under the
+ * library; 0 if both passed and UPS connection ends were upgraded. */
+static int run_pair(const char *self, const char *dir, const char *mode, int pr, int pw, int ups)
 {
     char path[600], logp[600], a3[16], a4[16];
     snprintf(path, sizeof path, "%s/s%s", dir, mode);
@@ -392,7 +473,9 @@ static int run_pair(const char *self, const char *dir, const char *mode, int pr,
     for (int i = 0; i < 2; i++) {
         if ((kids[i] = fork()) == 0) {
             const char *who = i ? "client" : "server";
-            if (*mode)
+            if (!strcmp(mode, "many"))
+                execl("/proc/self/exe", self, who, path, mode, a3, a4, (char *)NULL);
+            else if (*mode)
                 execl("/proc/self/exe", self, who, path, a3, a4, (char *)NULL);
             else
                 execl("/proc/self/exe", self, who, path, (char *)NULL);
@@ -409,7 +492,7 @@ static int run_pair(const char *self, const char *dir, const char *mode, int pr,
         }
     }
     char cmd[700];
-    snprintf(cmd, sizeof cmd, "test $(grep -c '^up ' %s) = 2", logp);
+    snprintf(cmd, sizeof cmd, "test $(grep -c '^up ' %s) = %d", logp, ups);
     if (system(cmd) != 0) {
         fprintf(stderr, "not both ends upgraded (%s); the log:\n", *mode ? mode : "calls");
         snprintf(cmd, sizeof cmd, "cat %s >&2", logp);
@@ -421,6 +504,13 @@ static int run_pair(const char *self, const char *dir, const char *mode, int pr,
 
 int main(int argc, char **argv)
 {
+    if (argc == 6) {
+        if (!strcmp(argv[1], "server"))
+            many_server(argv[2]);
+        else
+            many_client(argv[2]);
+        return t_failures ? 1 : 0;
+    }
     if (argc == 5) {
         if (!strcmp(argv[1], "server"))
             spin_server(argv[2], atoi(argv[4]));
@@ -442,9 +532,10 @@ int main(int argc, char **argv)
     REQUIRE(pipe(pp) == 0);
     setenv("LD_PRELOAD", lib, 1);
     setenv("RPAL_SPIN_US", "0", 1); /* a signal interrupts a sleep, not a spin: docs/run.md */
-    int ok = run_pair(argv[0], dir, "", -1, -1) == 0;
+    int ok = run_pair(argv[0], dir, "", -1, -1, 2) == 0;
+    ok &= run_pair(argv[0], dir, "many", -1, -1, 2 * MANY) == 0;
     unsetenv("RPAL_SPIN_US"); /* the learned wait, as by default */
-    ok &= run_pair(argv[0], dir, "spin", pp[0], pp[1]) == 0;
+    ok &= run_pair(argv[0], dir, "spin", pp[0], pp[1], 2) == 0;
     unsetenv("LD_PRELOAD");
     char cmd[700];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);

@@ -1449,13 +1449,16 @@ static int run_poll(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const sigs
             inside++;
             int r = rpal__cx_poll_sleep(tg, ntg, left, wfd >= 0 ? &w : NULL);
             inside--;
-            if (r == -ENOSYS)
-                no_waitv = 1;
             if (r == -EINTR) {
                 ready = (int)fail(EINTR);
                 break;
             }
-            if (r == 0) {
+            /* -ENOSYS: no futex_waitv here. The other ends may have woken
+             * a futex meanwhile, not the socket: look again, armed, then
+             * sleep in the kernel. */
+            if (r == -ENOSYS)
+                no_waitv = 1;
+            if (r == 0 || r == -ENOSYS) {
                 how = CX_POLL_ARM;
                 continue;
             }

@@ -187,13 +187,14 @@ bench_memcached() {
 # What rpal run costs where it upgrades nothing: 64-byte reads and writes
 # through a pipe between two dd, and a file read 64 bytes at a time. The
 # difference sought is a few percent and this machine's speed drifts by
-# more within seconds: so many short runs (8 per round, a quarter of a
-# second each), alternated, and their median.
+# more within seconds: so several runs per round (3, of about a second
+# each: shorter ones would count rpal run's start, an exec and the
+# library's loading, 2-3 ms here), alternated, and their median.
 bench_plain() {
   space plain
   sleep 100000 & idle=$!
   pids="$pids $idle"
-  n=100000 k=8; [ $QUICK = 1 ] && n=40000 k=1
+  n=400000 k=3; [ $QUICK = 1 ] && n=40000 k=1
   head -c $((n * 64)) /dev/zero >"$tmp/file"
   for r in $(seq $((ROUNDS * k))); do
     for side in plain rpal; do

@@ -24,7 +24,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <linux/futex.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1264,70 +1263,37 @@ int rpal__cx_poll(int fd, int events, int how)
     return r & (events | POLLHUP | POLLERR | POLLNVAL);
 }
 
-/* Whether a read of C would not wait: a message, the end, or a downgrade. */
-static int read_ready(const struct conn *c)
+int rpal__cx_poll_sleep(int fd, int64_t max_ns, struct wt_wait *w)
 {
-    return c->rd.off || next_ready(c) || at_end(c) || down_asked(c);
-}
-
-int rpal__cx_poll_sleep(const int *fds, int n, int64_t max_ns, struct wt_wait *w)
-{
-    struct conn *cs[CX_SLEEP_MAX];
-    struct futex_waitv fw[CX_SLEEP_MAX];
-    int nc = 0;
-    for (int i = 0; i < n; i++) {
-        struct conn *c = conn_of(fds[i]);
-        if (!c || c->nsets > 0 || rpal__dom_check(c->d) < 0)
-            return -EXDEV;
-        int seen = 0; /* a descriptor twice, or two dups: one futex */
-        for (int j = 0; j < nc && !seen; j++)
-            seen = cs[j] == c;
-        if (!seen)
-            cs[nc++] = c;
-    }
-    if (nc == 0 || nc > CX_SLEEP_MAX)
+    struct conn *c = conn_of(fd);
+    if (!c || c->nsets > 0 || rpal__dom_check(c->d) < 0)
         return -EXDEV;
-    /* As conn_wait: the other ends' tails, our state published, a fence,
+    /* As conn_wait: the other end's tail, our state published, a fence,
      * one more look (one of the two sees the other). */
-    for (int i = 0; i < nc; i++) {
-        fw[i] = (struct futex_waitv){.val = rpal_load_relaxed(&cs[i]->rd.their->tail),
-                                     .uaddr = (uintptr_t)&cs[i]->rd.their->tail,
-                                     .flags = FUTEX_32};
-        set_sleeps(cs[i], WT_WAKE_FUTEX);
-    }
+    const _Atomic uint32_t *word = &c->rd.their->tail;
+    uint32_t v = rpal_load_relaxed(word);
+    set_sleeps(c, WT_WAKE_FUTEX);
     rpal_fence_seq_cst(); /* pairs with the fences in take() and rpal_write */
-    int r = 0, ready = 0;
-    for (int i = 0; i < nc && !ready; i++)
-        ready = read_ready(cs[i]);
-    if (!ready) {
+    int r = 0;
+    if (!c->rd.off && !next_ready(c) && !at_end(c) && !down_asked(c)) {
         uint64_t cpu0 = 0;
         if (w)
             rpal__wt_sleep_begin(w, 0, &cpu0);
-        /* 20 ms at most: then the sockets say whether the other ends are
-         * gone. One descriptor needs no futex_waitv (Linux 5.16). */
-        int64_t slice = wt_slice_ns((uint64_t)max_ns, 20000000);
-        r = nc == 1 ? rpal__prim_futex_wait(&cs[0]->rd.their->tail, (uint32_t)fw[0].val, 1, slice)
-                    : rpal__prim_futex_waitv(fw, (unsigned)nc, slice);
+        /* 20 ms at most: then the socket says whether the other end is gone */
+        r = rpal__prim_futex_wait(word, v, 1, wt_slice_ns((uint64_t)max_ns, 20000000));
         if (w)
             rpal__wt_sleep_end(w, cpu0);
-        /* Woken with no message: another end's half close (its end travels
-         * on the socket) or its leaving; the slice's end: whether one is
-         * gone. */
-        for (int i = 0; i < nc && !ready; i++)
-            ready = read_ready(cs[i]);
-        if (r != -ENOSYS && (r == -ETIMEDOUT || !ready)) {
-            struct pollfd pf[CX_SLEEP_MAX];
-            for (int i = 0; i < nc; i++)
-                pf[i] = (struct pollfd){cs[i]->fd, POLLIN | POLLRDHUP, 0};
-            if (poll(pf, (nfds_t)nc, 0) > 0)
-                for (int i = 0; i < nc; i++)
-                    if (pf[i].revents)
-                        drain(cs[i]);
+        /* Woken with no message: the other end's half close (its end
+         * travels on the socket) or its leaving; the slice's end: whether
+         * it is gone. */
+        if (r == -ETIMEDOUT || (!c->rd.off && !next_ready(c) && !at_end(c) && !down_asked(c))) {
+            struct pollfd pf = {c->fd, POLLIN | POLLRDHUP, 0};
+            if (poll(&pf, 1, 0) > 0)
+                drain(c);
         }
     }
-    for (int i = 0; i < nc; i++)
-        set_sleeps(cs[i], idle_sleeps(cs[i]));
-    return r == -EINTR || r == -ENOSYS ? r : 0;
+    set_sleeps(c, idle_sleeps(c));
+    return r == -EINTR ? -EINTR : 0;
 }
 
 ssize_t rpal__cx_peek(int fd, void *buf, size_t len)

@@ -860,17 +860,14 @@ RPAL_HIDDEN int rpal__cx_poll(int fd, int events, int how);
  * (rpal__cx_nb_track), and forget it at each change (rpal__cx_nb_forget). */
 RPAL_HIDDEN void rpal__cx_nb_track(void);
 RPAL_HIDDEN void rpal__cx_nb_forget(int fd);
-/* rpal run's poll of the N upgraded descriptors FDS (at most
- * CX_SLEEP_MAX), all for reading: sleep as a blocking read does, on the
- * futexes that the other ends' next messages, their close or their leaving
- * wake (several: futex_waitv), for at most MAX_NS (< 0: no limit; never
- * above 20 ms, after which the sockets say whether the other ends are
- * gone). 0: look again; -EINTR; -ENOSYS: no futex_waitv here; -EXDEV: one
- * is not upgraded here, or in an epoll set (whose bell wakes it): wait in
- * the kernel's poll on the sockets. W: the learned wait the sleep belongs
- * to (src/wait.c: its cost is measured), or NULL. */
-#define CX_SLEEP_MAX 64
-RPAL_HIDDEN int rpal__cx_poll_sleep(const int *fds, int n, int64_t max_ns, struct wt_wait *w);
+/* rpal run's poll of FD alone, for reading: sleep as a blocking read does,
+ * on a futex the other end's next message, its close or its leaving wakes,
+ * for at most MAX_NS (< 0: no limit; never above 20 ms, after which the
+ * socket says whether the other end is gone). 0: look again; -EINTR;
+ * -EXDEV: not upgraded here, or in an epoll set (whose bell wakes it):
+ * wait in the kernel's poll on the socket. W: the learned wait the sleep
+ * belongs to (src/wait.c: its cost is measured), or NULL. */
+RPAL_HIDDEN int rpal__cx_poll_sleep(int fd, int64_t max_ns, struct wt_wait *w);
 /* A poll or select over upgraded descriptors waits as rpal_epoll_wait does
  * (src/wait.c), with what FD's connection learned and on its counters:
  * -ENOENT if FD is not upgraded here. */

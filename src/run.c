@@ -1400,28 +1400,6 @@ static int64_t poll_left(int64_t timeout_ns, uint64_t t0)
     return timeout_ns < 0 ? -1 : left < 0 ? 0 : left;
 }
 
-/* Set once futex_waitv answered ENOSYS (Linux before 5.16, qemu-user):
- * polls of several descriptors then sleep in the kernel. */
-static int no_waitv;
-
-/* The targets of FDS into TG, if a poll of them can sleep on futexes: every
- * descriptor (those below 0 are skipped, as poll does) upgraded, asked for
- * reading and not for room (a writer's room has no futex here). The count,
- * or 0. */
-static int futex_set(const struct pollfd *fds, nfds_t n, int *tg)
-{
-    int m = 0;
-    for (nfds_t i = 0; i < n; i++) {
-        if (fds[i].fd < 0)
-            continue;
-        if (m == CX_SLEEP_MAX || (m == 1 && no_waitv) || !(fds[i].events & POLLIN) ||
-            (fds[i].events & POLLOUT) || !on_rings(state(fds[i].fd)))
-            return 0;
-        tg[m++] = target(fds[i].fd);
-    }
-    return m;
-}
-
 /* poll/ppoll over descriptors some of which are upgraded. TIMEOUT_NS < 0:
  * forever. */
 static int run_poll(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const sigset_t *mask)
@@ -1441,24 +1419,20 @@ static int run_poll(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const sigs
             continue;
         }
         int64_t left = ready ? 0 : poll_left(timeout_ns, t0);
-        /* Upgraded descriptors only, for reading (a client waiting for its
-         * answers): futexes, as a blocking read sleeps, not the sockets,
-         * whose wake-up byte costs the other end a send and us reading it. */
-        int tg[CX_SLEEP_MAX], ntg = 0;
-        if (!ready && left != 0 && !mask && (ntg = futex_set(fds, n, tg)) > 0) {
+        /* One upgraded descriptor, for reading (a client waiting for its
+         * answer): a futex, as a blocking read sleeps, not the socket, whose
+         * wake-up byte costs the other end a send and us reading it. */
+        if (!ready && left != 0 && n == 1 && !mask && fds[0].fd >= 0 && (fds[0].events & POLLIN) &&
+            !(fds[0].events & POLLOUT) &&
+            on_rings(state(fds[0].fd))) {
             inside++;
-            int r = rpal__cx_poll_sleep(tg, ntg, left, wfd >= 0 ? &w : NULL);
+            int r = rpal__cx_poll_sleep(target(fds[0].fd), left, wfd >= 0 ? &w : NULL);
             inside--;
             if (r == -EINTR) {
                 ready = (int)fail(EINTR);
                 break;
             }
-            /* -ENOSYS: no futex_waitv here. The other ends may have woken
-             * a futex meanwhile, not the socket: look again, armed, then
-             * sleep in the kernel. */
-            if (r == -ENOSYS)
-                no_waitv = 1;
-            if (r == 0 || r == -ENOSYS) {
+            if (r == 0) {
                 how = CX_POLL_ARM;
                 continue;
             }

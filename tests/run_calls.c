@@ -8,12 +8,7 @@
 #include "testlib.h"
 
 #include <fcntl.h>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
-#include <stddef.h>
 #include <sys/ioctl.h>
-#include <sys/prctl.h>
-#include <sys/syscall.h>
 #include <sys/sendfile.h>
 #include <sys/select.h>
 #include <sys/time.h>
@@ -383,11 +378,11 @@ static void spin_client(const char *path, int pr)
     CHECK(close(fd) == 0);
 }
 
-/* i. poll of several upgraded connections (every one for reading: it
- * sleeps on their futexes, src/compat.c): the one that speaks is the one
- * reported, a close on another is its end (POLLIN|POLLHUP), a signal is
- * EINTR, a timeout is kept. Run with RPAL_SPIN_US=0, so that each poll
- * sleeps. */
+/* i. poll of several upgraded connections, asleep (RPAL_SPIN_US=0): the
+ * one that speaks is the one reported, a close on another is its end
+ * (POLLIN|POLLHUP), a signal is EINTR, a timeout is kept. Such a poll
+ * sleeps in the kernel on the sockets (docs/run.md says why not on
+ * futex_waitv). */
 #define MANY 3
 static void many_server(const char *path)
 {
@@ -444,9 +439,7 @@ static void many_client(const char *path)
     CHECK(poll(p, MANY, 30) == 0 && p[0].revents == 0 && p[1].revents == 0 && p[2].revents == 0);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     CHECK((t1.tv_sec - t0.tv_sec) * 1000000000L + (t1.tv_nsec - t0.tv_nsec) >= 30000000L);
-    /* A signal (no SA_RESTART) ends the sleep with EINTR (5 ms in, not at
-     * the end of a 20 ms slice: one that lands between two runs its
-     * handler while the poll goes on, docs/run.md). */
+    /* A signal (no SA_RESTART) ends the sleep with EINTR. */
     struct sigaction sa = {.sa_handler = on_alarm};
     sigaction(SIGALRM, &sa, NULL);
     ualarm(5000, 0);
@@ -464,27 +457,8 @@ static void many_client(const char *path)
         CHECK(close(fd[i]) == 0);
 }
 
-/* Make futex_waitv answer ENOSYS, as before Linux 5.16 and under
- * qemu-user, in this process and what it execs: 0, or -errno. */
-static int deny_waitv(void)
-{
-    struct sock_filter f[] = {
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 449 /* futex_waitv */, 0, 1),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-    };
-    struct sock_fprog prog = {sizeof f / sizeof f[0], f};
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
-        return -errno;
-    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) < 0)
-        return -errno;
-    return 0;
-}
-
-/* Run the server and the client (MODE "", "spin", "many", or "nowaitv":
- * "many" where futex_waitv answers ENOSYS) under the library; 0 if both
- * passed and UPS connection ends were upgraded. */
+/* Run the server and the client (MODE "", "spin" or "many") under the
+ * library; 0 if both passed and UPS connection ends were upgraded. */
 static int run_pair(const char *self, const char *dir, const char *mode, int pr, int pw, int ups)
 {
     char path[600], logp[600], a3[16], a4[16];
@@ -497,9 +471,7 @@ static int run_pair(const char *self, const char *dir, const char *mode, int pr,
     for (int i = 0; i < 2; i++) {
         if ((kids[i] = fork()) == 0) {
             const char *who = i ? "client" : "server";
-            if (!strcmp(mode, "nowaitv") && deny_waitv() < 0)
-                _exit(99);
-            if (!strcmp(mode, "many") || !strcmp(mode, "nowaitv"))
+            if (!strcmp(mode, "many"))
                 execl("/proc/self/exe", self, who, path, mode, a3, a4, (char *)NULL);
             else if (*mode)
                 execl("/proc/self/exe", self, who, path, a3, a4, (char *)NULL);
@@ -560,9 +532,6 @@ int main(int argc, char **argv)
     setenv("RPAL_SPIN_US", "0", 1); /* a signal interrupts a sleep, not a spin: docs/run.md */
     int ok = run_pair(argv[0], dir, "", -1, -1, 2) == 0;
     ok &= run_pair(argv[0], dir, "many", -1, -1, 2 * MANY) == 0;
-    /* the same where poll must fall back from futex_waitv (Linux before
-     * 5.16): to the kernel's poll on the sockets, no wake-up lost */
-    ok &= run_pair(argv[0], dir, "nowaitv", -1, -1, 2 * MANY) == 0;
     unsetenv("RPAL_SPIN_US"); /* the learned wait, as by default */
     ok &= run_pair(argv[0], dir, "spin", pp[0], pp[1], 2) == 0;
     unsetenv("LD_PRELOAD");

@@ -218,6 +218,14 @@ static void drain(struct conn *c)
     }
 }
 
+/* Gone without closing (killed), or its half close? Its socket says so. */
+static void look_socket(struct conn *c)
+{
+    struct pollfd pf = {c->fd, POLLIN | POLLRDHUP, 0};
+    if (poll(&pf, 1, 0) > 0)
+        drain(c);
+}
+
 static int cx_ready(const struct cx_reader *r)
 {
     const struct ch_entry *e = &r->their->e[r->head & (r->tdepth - 1)];
@@ -410,12 +418,8 @@ static int conn_wait(struct conn *c, int for_room)
             if (err)
                 break;
         }
-        /* Gone without closing (killed)? Its socket says so. */
-        if (timed_out || (w.mode == WT_SPIN ? w.spins % 1024 == 0 : ++slow % 32 == 0)) {
-            struct pollfd pf = {c->fd, POLLIN | POLLRDHUP, 0};
-            if (poll(&pf, 1, 0) > 0)
-                drain(c);
-        }
+        if (timed_out || (w.mode == WT_SPIN ? w.spins % 1024 == 0 : ++slow % 32 == 0))
+            look_socket(c);
     }
     rpal__wt_end(&w, w.slept ? wait_stamp(c) : 0);
     set_sleeps(c, idle_sleeps(c)); /* nobody looks after we return */
@@ -1263,6 +1267,12 @@ int rpal__cx_poll(int fd, int events, int how)
     return r & (events | POLLHUP | POLLERR | POLLNVAL);
 }
 
+/* Whether a read of C would not wait: a message, the end, or a downgrade. */
+static int read_ready(const struct conn *c)
+{
+    return c->rd.off || next_ready(c) || at_end(c) || down_asked(c);
+}
+
 int rpal__cx_poll_sleep(int fd, int64_t max_ns, struct wt_wait *w)
 {
     struct conn *c = conn_of(fd);
@@ -1275,7 +1285,7 @@ int rpal__cx_poll_sleep(int fd, int64_t max_ns, struct wt_wait *w)
     set_sleeps(c, WT_WAKE_FUTEX);
     rpal_fence_seq_cst(); /* pairs with the fences in take() and rpal_write */
     int r = 0;
-    if (!c->rd.off && !next_ready(c) && !at_end(c) && !down_asked(c)) {
+    if (!read_ready(c)) {
         uint64_t cpu0 = 0;
         if (w)
             rpal__wt_sleep_begin(w, 0, &cpu0);
@@ -1286,11 +1296,8 @@ int rpal__cx_poll_sleep(int fd, int64_t max_ns, struct wt_wait *w)
         /* Woken with no message: the other end's half close (its end
          * travels on the socket) or its leaving; the slice's end: whether
          * it is gone. */
-        if (r == -ETIMEDOUT || (!c->rd.off && !next_ready(c) && !at_end(c) && !down_asked(c))) {
-            struct pollfd pf = {c->fd, POLLIN | POLLRDHUP, 0};
-            if (poll(&pf, 1, 0) > 0)
-                drain(c);
-        }
+        if (r == -ETIMEDOUT || !read_ready(c))
+            look_socket(c);
     }
     set_sleeps(c, idle_sleeps(c));
     return r == -EINTR ? -EINTR : 0;

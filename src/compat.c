@@ -313,6 +313,8 @@ static ssize_t take(struct conn *c, char *buf, size_t len)
     return (ssize_t)got;
 }
 
+__thread struct rpal_sigs rpal__sigs __attribute__((tls_model("initial-exec")));
+
 enum { NB_SET = 1, NB_KNOWN = 2, NB_GEN = 4 };
 static int nb_track; /* rpal run: every change of O_NONBLOCK is seen */
 
@@ -371,14 +373,25 @@ static int conn_wait(struct conn *c, int for_room)
     static const struct rpal_chan_opts adaptive;
     const _Atomic uint32_t *word = for_room ? &c->rd.their->head : &c->rd.their->tail;
     struct wt_wait w;
-    int err = 0;
-    uint64_t limit = UINT64_MAX; /* the socket's timeout, read when we first sleep */
+    int err = 0, have_limit = 0;
+    uint64_t limit = UINT64_MAX; /* the socket's timeout, read when first needed */
+    struct rpal_sigs sigs = {rpal__sigs.all, rpal__sigs.intr};
     rpal__wt_begin(&w, &c->learn, &c->st, &adaptive, rpal_load_relaxed(&c->rd.their->pub.cpu));
     set_cpu(c, w.my_cpu);
     set_sleeps(c, 0);
     for (unsigned slow = 0;;) {
         if ((for_room ? has_room(c) : next_ready(c)) || at_end(c) || down_asked(c))
             break;
+        if (rpal__sigs.all != sigs.all) {
+            /* A handler ran (rpal run counts them): the kernel's call ends
+             * with EINTR unless it has SA_RESTART and the socket has no
+             * timeout (sock_intr_errno); else it goes on. */
+            if (!have_limit)
+                limit = sock_timeout(c->fd, for_room), have_limit = 1;
+            if ((err = rpal__sig_ends(&sigs, limit == UINT64_MAX)) != 0)
+                break;
+            sigs.all = rpal__sigs.all;
+        }
         int step = rpal__wt_pause(&w);
         if (step == 0)
             continue;
@@ -388,7 +401,8 @@ static int conn_wait(struct conn *c, int for_room)
                 rpal__wt_end_empty(&w);
                 return -EAGAIN;
             }
-            limit = sock_timeout(c->fd, for_room);
+            if (!have_limit)
+                limit = sock_timeout(c->fd, for_room), have_limit = 1;
         }
         if (w.slept && w.now - w.t0 >= limit) {
             rpal__wt_end_empty(&w); /* SO_RCVTIMEO / SO_SNDTIMEO ran out, as on the socket */
@@ -403,12 +417,15 @@ static int conn_wait(struct conn *c, int for_room)
                 rpal_store_relaxed(&c->my->want_room, 1);
             set_sleeps(c, WT_WAKE_FUTEX);
             rpal_fence_seq_cst(); /* pairs with the fences in take() and rpal_write */
-            if (!(for_room ? has_room(c) : next_ready(c)) && !at_end(c)) {
+            if (!(for_room ? has_room(c) : next_ready(c)) && !at_end(c) &&
+                rpal__sigs.all == sigs.all) {
                 /* 20 ms: then the socket says whether the other end is gone */
                 int64_t slice = wt_slice_ns(wt_left_ns(w.t0, limit, w.now), 20000000);
                 int r = rpal__prim_futex_wait(word, v, 1, slice);
                 timed_out = r == -ETIMEDOUT;
-                if (r == -EINTR)
+                /* A handler rpal run did not count (or no rpal run): EINTR,
+                 * the futex's answer; a counted one: the look above. */
+                if (r == -EINTR && rpal__sigs.all == sigs.all)
                     err = -EINTR;
             }
             set_sleeps(c, 0);
@@ -1273,7 +1290,8 @@ static int read_ready(const struct conn *c)
     return c->rd.off || next_ready(c) || at_end(c) || down_asked(c);
 }
 
-int rpal__cx_poll_sleep(int fd, int64_t max_ns, struct wt_wait *w)
+int rpal__cx_poll_sleep(int fd, int64_t max_ns, struct wt_wait *w, const struct rpal_sigs *sigs,
+                        int restarts)
 {
     struct conn *c = conn_of(fd);
     if (!c || c->nsets > 0 || rpal__dom_check(c->d) < 0)
@@ -1285,7 +1303,9 @@ int rpal__cx_poll_sleep(int fd, int64_t max_ns, struct wt_wait *w)
     set_sleeps(c, WT_WAKE_FUTEX);
     rpal_fence_seq_cst(); /* pairs with the fences in take() and rpal_write */
     int r = 0;
-    if (!read_ready(c)) {
+    if (!read_ready(c) && rpal__sig_ends(sigs, restarts)) {
+        r = -EINTR; /* a handler ran since the call began, before we sleep */
+    } else if (!read_ready(c)) {
         uint64_t cpu0 = 0;
         if (w)
             rpal__wt_sleep_begin(w, 0, &cpu0);
@@ -1298,6 +1318,10 @@ int rpal__cx_poll_sleep(int fd, int64_t max_ns, struct wt_wait *w)
          * it is gone. */
         if (r == -ETIMEDOUT || !read_ready(c))
             look_socket(c);
+        /* Only SA_RESTART handlers ran (rpal run counted them), and the
+         * kernel would restart this call: look again. */
+        if (r == -EINTR && rpal__sigs.all != sigs->all && !rpal__sig_ends(sigs, restarts))
+            r = 0;
     }
     set_sleeps(c, idle_sleeps(c));
     return r == -EINTR ? -EINTR : 0;
@@ -1640,10 +1664,15 @@ static int set_wait(struct ep_set *s, struct epoll_event *ev, int max, int timeo
     rpal__wt_begin(&w, &s->learn, NULL, &adaptive, peers);
     set_sleeping(s, 0, w.my_cpu);
     uint64_t next_k = UINT64_MAX;
+    unsigned sigs = rpal__sigs.all; /* epoll_wait is never restarted: any handler ends it */
     int n;
     for (;;) {
         if ((n = collect(s, ev, max, 0)) != 0)
             break;
+        if (rpal__sigs.all != sigs) {
+            n = -EINTR;
+            break;
+        }
         int step = rpal__wt_pause(&w);
         if (step == 0)
             continue;
@@ -1667,9 +1696,10 @@ static int set_wait(struct ep_set *s, struct epoll_event *ev, int max, int timeo
         set_sleeping(s, WT_WAKE_BELL, moved);
         rpal_fence_seq_cst(); /* pairs with the fence in rpal_write: we see its
                                  message, or it sees we sleep */
-        if ((n = collect(s, ev, max, 0)) == 0) {
-            n = kernel_wait(s, ev, max, wt_poll_ms(wt_left_ns(w.t0, limit, w.now)), 1);
-        }
+        if ((n = collect(s, ev, max, 0)) == 0)
+            n = rpal__sigs.all != sigs
+                    ? -EINTR
+                    : kernel_wait(s, ev, max, wt_poll_ms(wt_left_ns(w.t0, limit, w.now)), 1);
         set_sleeping(s, 0, 0);
         rpal__wt_sleep_end(&w, cpu0);
         if (n != 0 || w.now - w.t0 >= limit)

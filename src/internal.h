@@ -2,6 +2,7 @@
 #ifndef RPAL_INTERNAL_H
 #define RPAL_INTERNAL_H
 
+#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -866,8 +867,34 @@ RPAL_HIDDEN void rpal__cx_nb_forget(int fd);
  * socket says whether the other end is gone). 0: look again; -EINTR;
  * -EXDEV: not upgraded here, or in an epoll set (whose bell wakes it):
  * wait in the kernel's poll on the socket. W: the learned wait the sleep
- * belongs to (src/wait.c: its cost is measured), or NULL. */
-RPAL_HIDDEN int rpal__cx_poll_sleep(int fd, int64_t max_ns, struct wt_wait *w);
+ * belongs to (src/wait.c: its cost is measured), or NULL. SIGS, RESTARTS:
+ * the handlers counted when the call began, and whether SA_RESTART ones
+ * let it go on (rpal__sig_ends). */
+struct rpal_sigs;
+RPAL_HIDDEN int rpal__cx_poll_sleep(int fd, int64_t max_ns, struct wt_wait *w,
+                                    const struct rpal_sigs *sigs, int restarts);
+/* The signal handlers run on this thread, as rpal run counts them (it
+ * wraps the program's handlers, src/run.c): ALL of them, and INTR, those
+ * that end a call the kernel would restart (no SA_RESTART). A wait on the
+ * rings runs in user space, where a handler that runs while it spins, or
+ * between two of its sleeps, would not end it as it ends the kernel's
+ * sleep; and a futex sleep ends with -EINTR for any handler, also one
+ * after which the kernel would restart the call. The waits look at these
+ * (docs/run.md, "Signals"). Both stay 0 outside rpal run, and for a
+ * handler installed behind its back (a raw rt_sigaction): a futex sleep's
+ * -EINTR with nothing counted is then -EINTR, as before. */
+struct rpal_sigs {
+    volatile unsigned all, intr;
+};
+extern RPAL_HIDDEN __thread struct rpal_sigs rpal__sigs __attribute__((tls_model("initial-exec")));
+/* -EINTR if a handler counted since SNAP (a copy of rpal__sigs taken when
+ * the call began) ends the call: any for a call the kernel never restarts
+ * (poll, select, epoll_wait; RESTARTS 0), one without SA_RESTART for one
+ * it restarts (a blocking read or write with no socket timeout). */
+static inline int rpal__sig_ends(const struct rpal_sigs *snap, int restarts)
+{
+    return (restarts ? rpal__sigs.intr != snap->intr : rpal__sigs.all != snap->all) ? -EINTR : 0;
+}
 /* A poll or select over upgraded descriptors waits as rpal_epoll_wait does
  * (src/wait.c), with what FD's connection learned and on its counters:
  * -ENOENT if FD is not upgraded here. */

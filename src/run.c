@@ -202,8 +202,11 @@ static void on_fork_prepare(void)
     (void)leave_inherited(LEAVE_FORK);
 }
 
+static atomic_flag act_lock;
+
 static void on_fork_child(void)
 {
+    atomic_flag_clear(&act_lock); /* held by another thread of the parent, maybe */
     /* The rings of connections upgraded here are the parent's: the child
      * joins on its own (lazily) and keeps its inherited candidates. */
     for (int fd = 0; fd < fd_top; fd++) {
@@ -371,11 +374,12 @@ static int settle_io(int fd, int nb)
 
 /* Wait until FD (upgraded) is readable (or writable if OUT), or the end;
  * TIMEOUT_NS < 0: forever. */
-static int run_poll(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const sigset_t *mask);
+static int run_poll(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const sigset_t *mask,
+                    int restarts);
 static int wait_one(int fd, int out, int64_t timeout_ns)
 {
     struct pollfd p = {fd, (short)(out ? POLLOUT : POLLIN), 0};
-    return run_poll(&p, 1, timeout_ns, NULL);
+    return run_poll(&p, 1, timeout_ns, NULL, 1); /* a read or write: SA_RESTART restarts it */
 }
 
 /* Up to LEN bytes of FD's ring (upgraded) copied without consuming them,
@@ -1239,6 +1243,142 @@ EXPORT int ioctl(int fd, unsigned long req, ...)
     return 0;
 }
 
+/* ---- signals: the program's handlers, counted ---- */
+
+/* A call that waits on the rings runs in user space: a handler that runs
+ * while it spins, or between two of its sleeps, would not end it as it
+ * ends the kernel's sleep (a program whose handler sets a flag and whose
+ * loop waits in epoll_wait(-1) would not see it), and a futex sleep ends
+ * with EINTR for any handler, also one with SA_RESTART, after which the
+ * kernel restarts a read. So the program's handlers are wrapped: tramp()
+ * counts each on its thread (rpal__sigs, which the waits look at) and
+ * calls the program's. sigaction and friends give the program back its
+ * own action. Not wrapped: the signals of a faulting instruction, which
+ * never come while a thread waits (and rpal's own fault guard, src/prim.c,
+ * takes SIGSEGV and SIGBUS). docs/run.md, "Signals". */
+static int (*real_sigaction)(int, const struct sigaction *, struct sigaction *);
+/* The program's action for each signal: two copies, so that tramp(), on
+ * any thread, never reads one half written; the writer fills the one not
+ * in use and then flips ACT_CUR (bit 0: the copy; ACT_OURS: tramp() is in
+ * the kernel's place). Writers take act_lock with every signal blocked. */
+static struct sigaction user_act[NSIG][2];
+static _Atomic unsigned char act_cur[NSIG];
+#define ACT_OURS 2
+static atomic_flag act_lock = ATOMIC_FLAG_INIT;
+static sigset_t intr_set; /* siginterrupt(SIG, 1): signal() gives it no SA_RESTART */
+
+static int wrappable(int sig)
+{
+    return sig > 0 && sig < NSIG && sig != SIGKILL && sig != SIGSTOP && sig != SIGSEGV &&
+           sig != SIGBUS && sig != SIGILL && sig != SIGFPE && sig != SIGTRAP && sig != SIGSYS;
+}
+
+static void tramp(int sig, siginfo_t *si, void *uc)
+{
+    unsigned cur = atomic_load_explicit(&act_cur[sig], memory_order_acquire);
+    const struct sigaction *a = &user_act[sig][cur & 1];
+    int flags = a->sa_flags;
+    void (*fn)(int) = a->sa_handler;
+    void (*fn3)(int, siginfo_t *, void *) = a->sa_sigaction;
+    /* Counted before the program's handler runs: it may leave by siglongjmp. */
+    rpal__sigs.all++;
+    if (!(flags & SA_RESTART))
+        rpal__sigs.intr++;
+    if (flags & SA_RESETHAND) /* the kernel put SIG_DFL back */
+        atomic_store_explicit(&act_cur[sig], cur & 1, memory_order_release);
+    if (flags & SA_SIGINFO)
+        fn3(sig, si, uc);
+    else if (fn != SIG_DFL && fn != SIG_IGN)
+        fn(sig);
+}
+
+EXPORT int sigaction(int sig, const struct sigaction *act, struct sigaction *old)
+{
+    if (!wrappable(sig) || inside)
+        return REAL(sigaction)(sig, act, old);
+    sigset_t all, mask;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &mask);
+    while (atomic_flag_test_and_set_explicit(&act_lock, memory_order_acquire))
+        ;
+    /* What the program sees: its own action while tramp() is the kernel's
+     * (a raw rt_sigaction, or SA_RESETHAND, may have replaced it). */
+    struct sigaction now;
+    int r = REAL(sigaction)(sig, NULL, &now);
+    unsigned cur = atomic_load_explicit(&act_cur[sig], memory_order_relaxed);
+    if (r == 0 && (cur & ACT_OURS) && (now.sa_flags & SA_SIGINFO) && now.sa_sigaction == tramp)
+        now = user_act[sig][cur & 1];
+    else
+        cur &= 1;
+    if (r == 0 && act && act->sa_handler != SIG_DFL && act->sa_handler != SIG_IGN) {
+        unsigned next = (cur & 1) ^ 1;
+        user_act[sig][next] = *act;
+        struct sigaction k = *act;
+        k.sa_sigaction = tramp;
+        k.sa_flags |= SA_SIGINFO;
+        /* Flipped first: from the kernel's change on, tramp() reads it. */
+        atomic_store_explicit(&act_cur[sig], next | ACT_OURS, memory_order_release);
+        if ((r = REAL(sigaction)(sig, &k, NULL)) < 0)
+            atomic_store_explicit(&act_cur[sig], cur, memory_order_release);
+    } else if (r == 0 && act) {
+        if ((r = REAL(sigaction)(sig, act, NULL)) == 0)
+            atomic_store_explicit(&act_cur[sig], cur & 1, memory_order_release);
+    }
+    int e = errno;
+    atomic_flag_clear_explicit(&act_lock, memory_order_release);
+    pthread_sigmask(SIG_SETMASK, &mask, NULL);
+    if (r == 0 && old)
+        *old = now;
+    errno = e;
+    return r;
+}
+
+/* signal() and its kin call libc's sigaction inside libc, where this one
+ * is not seen: each is here, with glibc's flags. */
+static void (*set_handler(int sig, void (*fn)(int), int flags, int mask_self))(int)
+{
+    struct sigaction a = {.sa_handler = fn, .sa_flags = flags}, old;
+    sigemptyset(&a.sa_mask);
+    if (mask_self && sig > 0 && sig < NSIG)
+        sigaddset(&a.sa_mask, sig);
+    if (fn == SIG_ERR || sigaction(sig, &a, &old) < 0) {
+        errno = EINVAL;
+        return SIG_ERR;
+    }
+    return old.sa_handler;
+}
+
+EXPORT void (*signal(int sig, void (*fn)(int)))(int)
+{
+    int intr = sig > 0 && sig < NSIG && sigismember(&intr_set, sig) == 1;
+    return set_handler(sig, fn, intr ? 0 : SA_RESTART, 1);
+}
+
+EXPORT void (*bsd_signal(int sig, void (*fn)(int)))(int)
+{
+    return signal(sig, fn);
+}
+
+EXPORT void (*sysv_signal(int sig, void (*fn)(int)))(int)
+{
+    return set_handler(sig, fn, SA_RESETHAND | SA_NODEFER, 0);
+}
+
+EXPORT int siginterrupt(int sig, int flag)
+{
+    struct sigaction a;
+    if (sig <= 0 || sig >= NSIG || sigaction(sig, NULL, &a) < 0)
+        return (int)fail(EINVAL);
+    if (flag) {
+        sigaddset(&intr_set, sig);
+        a.sa_flags &= ~SA_RESTART;
+    } else {
+        sigdelset(&intr_set, sig);
+        a.sa_flags |= SA_RESTART;
+    }
+    return sigaction(sig, &a, NULL);
+}
+
 /* ---- waiting: poll, select, epoll ---- */
 
 static uint64_t now_ns(void)
@@ -1339,7 +1479,7 @@ static int poll_kernel(const struct pollfd *k, nfds_t n)
  * caller's kernel poll then says what). *WFD: the descriptor whose
  * connection lent its learning, -1 none. */
 static int poll_spin(struct pollfd *fds, struct pollfd *k, nfds_t n, int64_t timeout_ns,
-                     struct wt_wait *w, int *wfd)
+                     struct wt_wait *w, int *wfd, const struct rpal_sigs *sigs, int restarts)
 {
     for (nfds_t i = 0; i < n && *wfd < 0; i++) {
         int st = state(fds[i].fd);
@@ -1356,6 +1496,8 @@ static int poll_spin(struct pollfd *fds, struct pollfd *k, nfds_t n, int64_t tim
     int kern = poll_kernel(k, n), nup, ready;
     uint64_t next_k = UINT64_MAX;
     while ((ready = poll_look(fds, k, n, 0, &nup)) == 0) {
+        if (rpal__sig_ends(sigs, restarts))
+            return 0; /* a handler ran: the caller's look says EINTR */
         int step = rpal__wt_pause(w);
         if (step == 0)
             continue;
@@ -1401,8 +1543,11 @@ static int64_t poll_left(int64_t timeout_ns, uint64_t t0)
 }
 
 /* poll/ppoll over descriptors some of which are upgraded. TIMEOUT_NS < 0:
- * forever. */
-static int run_poll(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const sigset_t *mask)
+ * forever. RESTARTS: the wait of a read or write (MSG_PEEK, sendfile,
+ * splice), which a handler with SA_RESTART does not end; poll's ends with
+ * EINTR for any (rpal__sig_ends). */
+static int run_poll(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const sigset_t *mask,
+                    int restarts)
 {
     struct pollfd kst[32], *k = n <= 32 ? kst : malloc(n * sizeof *k);
     if (!k)
@@ -1410,15 +1555,22 @@ static int run_poll(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const sigs
     uint64_t t0 = now_ns();
     int ready, nup, how = 0, wfd = -1;
     struct wt_wait w;
+    struct rpal_sigs sigs = {rpal__sigs.all, rpal__sigs.intr};
     for (;;) {
         ready = poll_look(fds, k, n, how, &nup);
         if (!ready && !how && nup && timeout_ns != 0)
-            ready = poll_spin(fds, k, n, poll_left(timeout_ns, t0), &w, &wfd);
+            ready = poll_spin(fds, k, n, poll_left(timeout_ns, t0), &w, &wfd, &sigs, restarts);
         if (!ready && !(how & CX_POLL_ARM)) {
             how |= CX_POLL_ARM; /* then look again: the other end sees it or we see its message */
             continue;
         }
         int64_t left = ready ? 0 : poll_left(timeout_ns, t0);
+        /* A handler ran while we spun or between two sleeps: the kernel's
+         * call would have been asleep, and ended. */
+        if (!ready && left != 0 && rpal__sig_ends(&sigs, restarts)) {
+            ready = (int)fail(EINTR);
+            break;
+        }
         /* One upgraded descriptor, for reading (a client waiting for its
          * answer): a futex, as a blocking read sleeps, not the socket, whose
          * wake-up byte costs the other end a send and us reading it. */
@@ -1426,7 +1578,8 @@ static int run_poll(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const sigs
             !(fds[0].events & POLLOUT) &&
             on_rings(state(fds[0].fd))) {
             inside++;
-            int r = rpal__cx_poll_sleep(target(fds[0].fd), left, wfd >= 0 ? &w : NULL);
+            int r = rpal__cx_poll_sleep(target(fds[0].fd), left, wfd >= 0 ? &w : NULL, &sigs,
+                                        restarts);
             inside--;
             if (r == -EINTR) {
                 ready = (int)fail(EINTR);
@@ -1442,6 +1595,12 @@ static int run_poll(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const sigs
             if (k[i].fd < 0 && fds[i].fd >= 0 && on_rings(state(fds[i].fd)))
                 k[i].fd = fds[i].fd;
         int r = poll_kernel_wait(k, n, left, mask, ready, &w, wfd);
+        if (r < 0 && errno == EINTR && restarts && rpal__sigs.all != sigs.all &&
+            !rpal__sig_ends(&sigs, restarts)) {
+            sigs.all = rpal__sigs.all; /* only SA_RESTART handlers: go on, as the kernel */
+            how = CX_POLL_ARM;
+            continue;
+        }
         if (r < 0) {
             ready = -1;
             break;
@@ -1490,7 +1649,7 @@ EXPORT int poll(struct pollfd *fds, nfds_t n, int timeout_ms)
 {
     if (!any_tracked(fds, n))
         return REAL(poll)(fds, n, timeout_ms);
-    return run_poll(fds, n, timeout_ms < 0 ? -1 : (int64_t)timeout_ms * 1000000, NULL);
+    return run_poll(fds, n, timeout_ms < 0 ? -1 : (int64_t)timeout_ms * 1000000, NULL, 0);
 }
 
 static int64_t ts_ns(const struct timespec *ts)
@@ -1502,7 +1661,7 @@ EXPORT int ppoll(struct pollfd *fds, nfds_t n, const struct timespec *ts, const 
 {
     if (!any_tracked(fds, n))
         return REAL(ppoll)(fds, n, ts, mask);
-    return run_poll(fds, n, ts_ns(ts), mask);
+    return run_poll(fds, n, ts_ns(ts), mask, 0);
 }
 
 /* select and pselect as poll: only when a set holds a descriptor of ours. */
@@ -1519,7 +1678,7 @@ static int run_select(int nfds, fd_set *r, fd_set *w, fd_set *x, int64_t timeout
         if (ev)
             p[n++] = (struct pollfd){fd, ev, 0};
     }
-    int got = run_poll(p, n, timeout_ns, mask), count = 0;
+    int got = run_poll(p, n, timeout_ns, mask, 0), count = 0;
     if (got >= 0) {
         for (nfds_t i = 0; i < n; i++) {
             int fd = p[i].fd;

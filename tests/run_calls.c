@@ -8,6 +8,7 @@
 #include "testlib.h"
 
 #include <fcntl.h>
+#include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/sendfile.h>
 #include <sys/select.h>
@@ -457,7 +458,122 @@ static void many_client(const char *path)
         CHECK(close(fd[i]) == 0);
 }
 
-/* Run the server and the client (MODE "", "spin" or "many") under the
+/* j. signals (docs/run.md, "Signals"): rpal run wraps the program's
+ * handlers and counts them, so that a wait on the rings ends as the
+ * kernel's: with EINTR for a handler without SA_RESTART, also one that
+ * runs while the wait spins (MODE "sigspin": RPAL_SPIN_US=fixed:1000000,
+ * a second's spin; before, the signal was lost); a read goes on after one
+ * with SA_RESTART (MODE "sig": RPAL_SPIN_US=0, every wait sleeps on a
+ * futex, which any handler ends), poll and epoll_wait never do. The
+ * program sees its own actions. The server answers 'w' 100 ms later;
+ * after 'e' it writes nothing, unless 2 s pass with no next command:
+ * then 'L', which ends the client's read, so a lost signal fails the test
+ * instead of hanging it. */
+static volatile sig_atomic_t usr2s;
+static void on_usr2(int s) { (void)s; usr2s++; }
+
+static void sig_server(const char *path)
+{
+    int l = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
+    REQUIRE(bind(l, (struct sockaddr *)&a, sizeof a) == 0 && listen(l, 1) == 0);
+    int fd = accept(l, NULL, NULL);
+    REQUIRE(fd >= 0);
+    struct pollfd p = {fd, POLLIN, 0};
+    char c;
+    while (poll(&p, 1, 10000) == 1 && read(fd, &c, 1) == 1) {
+        if (c == 'w') {
+            usleep(100000);
+            CHECK(write(fd, "r", 1) == 1);
+        } else if (c == 'e' && poll(&p, 1, 2000) == 0) {
+            CHECK(write(fd, "L", 1) == 1);
+        }
+    }
+    CHECK(close(fd) == 0);
+    close(l);
+}
+
+/* SIGALRM to FN with SA_RESTART or not, first in 20 ms, then every
+ * EVERY_US (0: once). */
+static void alarm_in(void (*fn)(int), int restart, long every_us)
+{
+    struct sigaction sa = {.sa_handler = fn, .sa_flags = restart ? SA_RESTART : 0};
+    sigemptyset(&sa.sa_mask);
+    REQUIRE(sigaction(SIGALRM, &sa, NULL) == 0);
+    alarms = 0;
+    struct itimerval it = {.it_interval = {0, every_us}, .it_value = {0, 20000}};
+    setitimer(ITIMER_REAL, &it, NULL);
+}
+
+static void alarm_off(void)
+{
+    struct itimerval off = {{0, 0}, {0, 0}};
+    setitimer(ITIMER_REAL, &off, NULL);
+}
+
+static void sig_client(const char *path)
+{
+    int fd = connect_retry(path);
+    char c;
+    CHECK(write(fd, "w", 1) == 1 && read(fd, &c, 1) == 1 && c == 'r'); /* the upgrade */
+    /* No SA_RESTART: the read ends. */
+    CHECK(write(fd, "e", 1) == 1);
+    alarm_in(on_alarm, 0, 0);
+    errno = 0;
+    CHECK(read(fd, &c, 1) == -1 && errno == EINTR && alarms == 1);
+    /* poll and epoll_wait end even with SA_RESTART. */
+    CHECK(write(fd, "e", 1) == 1);
+    alarm_in(on_alarm, 1, 0);
+    struct pollfd p = {fd, POLLIN, 0};
+    errno = 0;
+    CHECK(poll(&p, 1, -1) == -1 && errno == EINTR && alarms == 1);
+    int ep = epoll_create1(0);
+    struct epoll_event ev = {.events = EPOLLIN}, out;
+    CHECK(ep >= 0 && epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) == 0);
+    CHECK(write(fd, "e", 1) == 1);
+    alarm_in(on_alarm, 1, 0);
+    errno = 0;
+    CHECK(epoll_wait(ep, &out, 1, -1) == -1 && errno == EINTR && alarms == 1);
+    CHECK(close(ep) == 0);
+    /* SA_RESTART: the read goes on through the handlers to its byte. */
+    CHECK(write(fd, "w", 1) == 1);
+    alarm_in(on_alarm, 1, 10000);
+    CHECK(read(fd, &c, 1) == 1 && c == 'r' && alarms >= 3);
+    alarm_off();
+    /* signal() is BSD's (SA_RESTART) ... */
+    CHECK(signal(SIGALRM, on_alarm) != SIG_ERR);
+    struct itimerval it = {.it_interval = {0, 10000}, .it_value = {0, 20000}};
+    CHECK(write(fd, "w", 1) == 1);
+    alarms = 0;
+    setitimer(ITIMER_REAL, &it, NULL);
+    CHECK(read(fd, &c, 1) == 1 && c == 'r' && alarms >= 3);
+    alarm_off();
+    /* ... until siginterrupt(, 1). */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations" /* programs still call it */
+    CHECK(siginterrupt(SIGALRM, 1) == 0);
+#pragma GCC diagnostic pop
+    CHECK(write(fd, "e", 1) == 1);
+    it.it_interval.tv_usec = 0;
+    alarms = 0;
+    setitimer(ITIMER_REAL, &it, NULL);
+    errno = 0;
+    CHECK(read(fd, &c, 1) == -1 && errno == EINTR && alarms == 1);
+    /* The program sees its own actions, not the wrapper. */
+    struct sigaction q;
+    CHECK(sigaction(SIGALRM, NULL, &q) == 0 && q.sa_handler == on_alarm &&
+          !(q.sa_flags & (SA_RESTART | SA_SIGINFO)));
+    CHECK(signal(SIGALRM, SIG_IGN) == on_alarm);
+    CHECK(sigaction(SIGALRM, NULL, &q) == 0 && q.sa_handler == SIG_IGN);
+    struct sigaction once = {.sa_handler = on_usr2, .sa_flags = SA_RESETHAND};
+    sigemptyset(&once.sa_mask);
+    CHECK(sigaction(SIGUSR2, &once, NULL) == 0 && raise(SIGUSR2) == 0 && usr2s == 1);
+    CHECK(sigaction(SIGUSR2, NULL, &q) == 0 && q.sa_handler == SIG_DFL);
+    CHECK(close(fd) == 0);
+}
+
+/* Run the server and the client (MODE "", "spin", "many", "sig" or "sigspin") under the
  * library; 0 if both passed and UPS connection ends were upgraded. */
 static int run_pair(const char *self, const char *dir, const char *mode, int pr, int pw, int ups)
 {
@@ -471,7 +587,7 @@ static int run_pair(const char *self, const char *dir, const char *mode, int pr,
     for (int i = 0; i < 2; i++) {
         if ((kids[i] = fork()) == 0) {
             const char *who = i ? "client" : "server";
-            if (!strcmp(mode, "many"))
+            if (!strcmp(mode, "many") || !strncmp(mode, "sig", 3))
                 execl("/proc/self/exe", self, who, path, mode, a3, a4, (char *)NULL);
             else if (*mode)
                 execl("/proc/self/exe", self, who, path, a3, a4, (char *)NULL);
@@ -503,10 +619,11 @@ static int run_pair(const char *self, const char *dir, const char *mode, int pr,
 int main(int argc, char **argv)
 {
     if (argc == 6) {
+        int sig = !strncmp(argv[3], "sig", 3);
         if (!strcmp(argv[1], "server"))
-            many_server(argv[2]);
+            (sig ? sig_server : many_server)(argv[2]);
         else
-            many_client(argv[2]);
+            (sig ? sig_client : many_client)(argv[2]);
         return t_failures ? 1 : 0;
     }
     if (argc == 5) {
@@ -532,6 +649,9 @@ int main(int argc, char **argv)
     setenv("RPAL_SPIN_US", "0", 1); /* a signal interrupts a sleep, not a spin: docs/run.md */
     int ok = run_pair(argv[0], dir, "", -1, -1, 2) == 0;
     ok &= run_pair(argv[0], dir, "many", -1, -1, 2 * MANY) == 0;
+    ok &= run_pair(argv[0], dir, "sig", -1, -1, 2) == 0;
+    setenv("RPAL_SPIN_US", "fixed:1000000", 1); /* a signal lands in the spin */
+    ok &= run_pair(argv[0], dir, "sigspin", -1, -1, 2) == 0;
     unsetenv("RPAL_SPIN_US"); /* the learned wait, as by default */
     ok &= run_pair(argv[0], dir, "spin", pp[0], pp[1], 2) == 0;
     unsetenv("LD_PRELOAD");

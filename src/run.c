@@ -1542,6 +1542,22 @@ static int64_t poll_left(int64_t timeout_ns, uint64_t t0)
     return timeout_ns < 0 ? -1 : left < 0 ? 0 : left;
 }
 
+/* One upgraded descriptor, for reading (a client waiting for its answer):
+ * sleep on a futex, as a blocking read does, not on the socket, whose
+ * wake-up byte costs the other end a send and us reading it. 1: look
+ * again; -1: EINTR (errno); 0: not such a poll, the kernel's sleep. */
+static int poll_futex(struct pollfd *fds, nfds_t n, int64_t left, const sigset_t *mask,
+                      struct wt_wait *w, int wfd, const struct rpal_sigs *sigs, int restarts)
+{
+    if (n != 1 || mask || fds[0].fd < 0 || !(fds[0].events & POLLIN) || (fds[0].events & POLLOUT) ||
+        !on_rings(state(fds[0].fd)))
+        return 0;
+    inside++;
+    int r = rpal__cx_poll_sleep(target(fds[0].fd), left, wfd >= 0 ? w : NULL, sigs, restarts);
+    inside--;
+    return r == -EINTR ? (int)fail(EINTR) : r == 0;
+}
+
 /* poll/ppoll over descriptors some of which are upgraded. TIMEOUT_NS < 0:
  * forever. RESTARTS: the wait of a read or write (MSG_PEEK, sendfile,
  * splice), which a handler with SA_RESTART does not end; poll's ends with
@@ -1571,24 +1587,14 @@ static int run_poll(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const sigs
             ready = (int)fail(EINTR);
             break;
         }
-        /* One upgraded descriptor, for reading (a client waiting for its
-         * answer): a futex, as a blocking read sleeps, not the socket, whose
-         * wake-up byte costs the other end a send and us reading it. */
-        if (!ready && left != 0 && n == 1 && !mask && fds[0].fd >= 0 && (fds[0].events & POLLIN) &&
-            !(fds[0].events & POLLOUT) &&
-            on_rings(state(fds[0].fd))) {
-            inside++;
-            int r = rpal__cx_poll_sleep(target(fds[0].fd), left, wfd >= 0 ? &w : NULL, &sigs,
-                                        restarts);
-            inside--;
-            if (r == -EINTR) {
-                ready = (int)fail(EINTR);
-                break;
-            }
-            if (r == 0) {
-                how = CX_POLL_ARM;
-                continue;
-            }
+        int f = ready || left == 0 ? 0 : poll_futex(fds, n, left, mask, &w, wfd, &sigs, restarts);
+        if (f < 0) {
+            ready = -1;
+            break;
+        }
+        if (f > 0) {
+            how = CX_POLL_ARM;
+            continue;
         }
         /* Asleep, upgraded ones are watched on the socket: wake-ups, the end. */
         for (nfds_t i = 0; i < n && !ready; i++)

@@ -74,6 +74,11 @@ struct conn {
     struct wt_learn poll_learn;
     struct wt_stats st;
     struct conn *next_zombie;
+    /* Threads asleep on it (a blocking read or write, rpal run's poll).
+     * A close by another thread sets CLOSING and wakes them; they leave
+     * (the read or write with -EBADF), and the connection is freed only
+     * after the last (zombies_reap). */
+    _Atomic uint32_t sleepers, closing;
     uint64_t down_until;     /* downgraded: its ring kept until then (down_retire) */
 };
 
@@ -368,7 +373,7 @@ static uint64_t sock_timeout(int fd, int for_room)
  * sleep: a non-blocking descriptor then gives -EAGAIN, so it may have
  * spun for the learned budget first (which learns that such waits end in
  * nothing, and stops). */
-static int conn_wait(struct conn *c, int for_room)
+static int conn_wait_in(struct conn *c, int for_room)
 {
     static const struct rpal_chan_opts adaptive;
     const _Atomic uint32_t *word = for_room ? &c->rd.their->head : &c->rd.their->tail;
@@ -380,6 +385,10 @@ static int conn_wait(struct conn *c, int for_room)
     set_cpu(c, w.my_cpu);
     set_sleeps(c, 0);
     for (unsigned slow = 0;;) {
+        if (rpal_load_relaxed(&c->closing)) {
+            err = -EBADF; /* another thread closed it: before the end it caused */
+            break;
+        }
         if ((for_room ? has_room(c) : next_ready(c)) || at_end(c) || down_asked(c))
             break;
         if (rpal__sigs.all != sigs.all) {
@@ -418,7 +427,7 @@ static int conn_wait(struct conn *c, int for_room)
             set_sleeps(c, WT_WAKE_FUTEX);
             rpal_fence_seq_cst(); /* pairs with the fences in take() and rpal_write */
             if (!(for_room ? has_room(c) : next_ready(c)) && !at_end(c) &&
-                rpal__sigs.all == sigs.all) {
+                rpal__sigs.all == sigs.all && !rpal_load_relaxed(&c->closing)) {
                 /* 20 ms: then the socket says whether the other end is gone */
                 int64_t slice = wt_slice_ns(wt_left_ns(w.t0, limit, w.now), 20000000);
                 int r = rpal__prim_futex_wait(word, v, 1, slice);
@@ -435,7 +444,8 @@ static int conn_wait(struct conn *c, int for_room)
             if (err)
                 break;
         }
-        if (timed_out || (w.mode == WT_SPIN ? w.spins % 1024 == 0 : ++slow % 32 == 0))
+        if ((timed_out || (w.mode == WT_SPIN ? w.spins % 1024 == 0 : ++slow % 32 == 0)) &&
+            !rpal_load_relaxed(&c->closing)) /* closed: the number may be another file's */
             look_socket(c);
     }
     rpal__wt_end(&w, w.slept ? wait_stamp(c) : 0);
@@ -445,6 +455,15 @@ static int conn_wait(struct conn *c, int for_room)
     return err;
 }
 
+/* conn_wait_in, counted in C's sleepers: a close by another thread meanwhile
+ * does not free C under us. */
+static int conn_wait(struct conn *c, int for_room)
+{
+    rpal_fetch_add_acq_rel(&c->sleepers, 1);
+    int err = conn_wait_in(c, for_room);
+    rpal_fetch_add_acq_rel(&c->sleepers, (uint32_t)-1);
+    return err;
+}
 
 /* rpal_read; KERNEL 0: -EXDEV instead of the kernel's read. */
 static ssize_t cx_read(int fd, void *buf, size_t len, int kernel)
@@ -789,7 +808,7 @@ static void zombies_reap(void)
     struct conn **pp = &zombies;
     while (*pp) {
         struct conn *c = *pp;
-        if (rpal__dom_check(c->d) == 0 &&
+        if (rpal__dom_check(c->d) == 0 && !rpal_load_acquire(&c->sleepers) &&
             (rpal_load_acquire(&c->peer->gone) || rpal_load_acquire(&c->rd.their->head) == c->sent ||
              poll(&(struct pollfd){c->peer->pidfd, POLLIN, 0}, 1, 0) != 0)) {
             *pp = c->next_zombie;
@@ -1300,12 +1319,13 @@ int rpal__cx_poll_sleep(int fd, int64_t max_ns, struct wt_wait *w, const struct 
      * one more look (one of the two sees the other). */
     const _Atomic uint32_t *word = &c->rd.their->tail;
     uint32_t v = rpal_load_relaxed(word);
+    rpal_fetch_add_acq_rel(&c->sleepers, 1); /* as conn_wait */
     set_sleeps(c, WT_WAKE_FUTEX);
     rpal_fence_seq_cst(); /* pairs with the fences in take() and rpal_write */
     int r = 0;
     if (!read_ready(c) && rpal__sig_ends(sigs, restarts)) {
         r = -EINTR; /* a handler ran since the call began, before we sleep */
-    } else if (!read_ready(c)) {
+    } else if (!read_ready(c) && !rpal_load_relaxed(&c->closing)) {
         uint64_t cpu0 = 0;
         if (w)
             rpal__wt_sleep_begin(w, 0, &cpu0);
@@ -1316,15 +1336,16 @@ int rpal__cx_poll_sleep(int fd, int64_t max_ns, struct wt_wait *w, const struct 
         /* Woken with no message: the other end's half close (its end
          * travels on the socket) or its leaving; the slice's end: whether
          * it is gone. */
-        if (r == -ETIMEDOUT || !read_ready(c))
-            look_socket(c);
+        if ((r == -ETIMEDOUT || !read_ready(c)) && !rpal_load_relaxed(&c->closing))
+            look_socket(c); /* (closed: the number may be another file's now) */
         /* Only SA_RESTART handlers ran (rpal run counted them), and the
          * kernel would restart this call: look again. */
         if (r == -EINTR && rpal__sigs.all != sigs->all && !rpal__sig_ends(sigs, restarts))
             r = 0;
     }
     set_sleeps(c, idle_sleeps(c));
-    return r == -EINTR ? -EINTR : 0;
+    rpal_fetch_add_acq_rel(&c->sleepers, (uint32_t)-1);
+    return r == -EINTR ? -EINTR : 0; /* closed meanwhile: the look says POLLNVAL */
 }
 
 ssize_t rpal__cx_peek(int fd, void *buf, size_t len)
@@ -1409,6 +1430,14 @@ int rpal_close(int fd)
             if (rpal_load_relaxed(&c->rd.their->pub.sleeps) == WT_WAKE_FUTEX) {
                 rpal__prim_futex_wake(&c->my->tail, INT_MAX, 1);
                 rpal__prim_futex_wake(&c->my->head, INT_MAX, 1);
+            }
+            /* Our threads asleep on it (they look at CLOSING after the
+             * fence before they sleep): they leave. */
+            rpal_store_relaxed(&c->closing, 1);
+            rpal_fence_seq_cst();
+            if (rpal_load_relaxed(&c->sleepers)) {
+                rpal__prim_futex_wake(&c->rd.their->tail, INT_MAX, 1);
+                rpal__prim_futex_wake(&c->rd.their->head, INT_MAX, 1);
             }
         }
     }
@@ -1575,10 +1604,11 @@ static int collect(struct ep_set *s, struct epoll_event *ev, int max, int peek)
  * mapped ones only had a wake-up or a hang-up, read here; then, if
  * RECOLLECT, their ring events follow. */
 static int kernel_wait(struct ep_set *s, struct epoll_event *ev, int max, int timeout_ms,
-                       int recollect)
+                       int recollect, const sigset_t *mask)
 {
     struct epoll_event kev[64];
-    int k = epoll_wait(s->epfd, kev, max < 64 ? max : 64, timeout_ms);
+    int k = mask && timeout_ms != 0 ? epoll_pwait(s->epfd, kev, max < 64 ? max : 64, timeout_ms, mask)
+                                    : epoll_wait(s->epfd, kev, max < 64 ? max : 64, timeout_ms);
     if (k < 0)
         return -errno;
     int n = 0, touched = 0;
@@ -1655,7 +1685,8 @@ static uint32_t set_peers_cpu(struct ep_set *s)
  * to wait is learned (src/wait.c): spin on the rings (looking at the kernel
  * every KCHECK_NS), yield when the other ends run on our CPU, or sleep in
  * the kernel, where their bells wake us. */
-static int set_wait(struct ep_set *s, struct epoll_event *ev, int max, int timeout_ms)
+static int set_wait(struct ep_set *s, struct epoll_event *ev, int max, int timeout_ms,
+                    const sigset_t *mask)
 {
     static const struct rpal_chan_opts adaptive;
     uint64_t limit = wt_limit_ns(timeout_ms);
@@ -1683,7 +1714,7 @@ static int set_wait(struct ep_set *s, struct epoll_event *ev, int max, int timeo
                 next_k = w.t0 + KCHECK_NS;
             if (w.now >= next_k) {
                 next_k = w.now + KCHECK_NS;
-                if ((n = kernel_wait(s, ev, max, 0, 1)) != 0)
+                if ((n = kernel_wait(s, ev, max, 0, 1, NULL)) != 0)
                     break;
             }
             continue;
@@ -1699,7 +1730,7 @@ static int set_wait(struct ep_set *s, struct epoll_event *ev, int max, int timeo
         if ((n = collect(s, ev, max, 0)) == 0)
             n = rpal__sigs.all != sigs
                     ? -EINTR
-                    : kernel_wait(s, ev, max, wt_poll_ms(wt_left_ns(w.t0, limit, w.now)), 1);
+                    : kernel_wait(s, ev, max, wt_poll_ms(wt_left_ns(w.t0, limit, w.now)), 1, mask);
         set_sleeping(s, 0, 0);
         rpal__wt_sleep_end(&w, cpu0);
         if (n != 0 || w.now - w.t0 >= limit)
@@ -1825,11 +1856,16 @@ int rpal_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
 
 int rpal_epoll_wait(int epfd, struct epoll_event *ev, int max, int timeout_ms)
 {
+    return rpal__ep_wait(epfd, ev, max, timeout_ms, NULL);
+}
+
+int rpal__ep_wait(int epfd, struct epoll_event *ev, int max, int timeout_ms, const sigset_t *mask)
+{
     if (!ev || max <= 0)
         return -EINVAL;
     struct ep_set *s = fdtab_get(&sets, epfd);
     if (!s) { /* nothing of ours in it */
-        int r = epoll_wait(epfd, ev, max, timeout_ms);
+        int r = mask ? epoll_pwait(epfd, ev, max, timeout_ms, mask) : epoll_wait(epfd, ev, max, timeout_ms);
         return r < 0 ? -errno : r;
     }
     int err = set_sync(s);
@@ -1846,19 +1882,19 @@ int rpal_epoll_wait(int epfd, struct epoll_event *ev, int max, int timeout_ms)
         if (++s->nosys < 64)
             return n;
         s->nosys = 0;
-        int k = kernel_wait(s, ev + n, max - n, 0, 0);
+        int k = kernel_wait(s, ev + n, max - n, 0, 0, NULL);
         return k > 0 ? n + k : n;
     }
     s->nosys = 0;
     /* Plain descriptors: looked at now if we may not wait, else while
      * waiting (every KCHECK_NS of spinning, and in the sleep). */
     if (timeout_ms == 0 || !s->nmapped) {
-        n = kernel_wait(s, ev, max, 0, 1);
+        n = kernel_wait(s, ev, max, 0, 1, NULL);
         if (n != 0 || timeout_ms == 0)
             return n;
     }
     if (s->nmapped)
-        return set_wait(s, ev, max, timeout_ms);
+        return set_wait(s, ev, max, timeout_ms, mask);
     /* Nothing of ours to wait for: the kernel's wait, until an event the
      * application asked for (a stale record's is dropped) or the deadline. */
     uint64_t deadline = rpal__prim_deadline(timeout_ms);
@@ -1866,7 +1902,7 @@ int rpal_epoll_wait(int epfd, struct epoll_event *ev, int max, int timeout_ms)
         uint64_t left = wt_left_ns(0, deadline, deadline == UINT64_MAX ? 0 : rpal__prim_now_ns());
         if (left == 0)
             return 0;
-        if ((n = kernel_wait(s, ev, max, wt_poll_ms(left), 1)) != 0)
+        if ((n = kernel_wait(s, ev, max, wt_poll_ms(left), 1, mask)) != 0)
             return n;
     }
 }

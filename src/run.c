@@ -1263,6 +1263,7 @@ static int (*real_sigaction)(int, const struct sigaction *, struct sigaction *);
  * the kernel's place). Writers take act_lock with every signal blocked. */
 static struct sigaction user_act[NSIG][2];
 static _Atomic unsigned char act_cur[NSIG];
+static _Atomic unsigned act_seq[NSIG]; /* bumped by each write of a copy */
 #define ACT_OURS 2
 static atomic_flag act_lock = ATOMIC_FLAG_INIT;
 static sigset_t intr_set; /* siginterrupt(SIG, 1): signal() gives it no SA_RESTART */
@@ -1275,17 +1276,24 @@ static int wrappable(int sig)
 
 static void tramp(int sig, siginfo_t *si, void *uc)
 {
-    unsigned cur = atomic_load_explicit(&act_cur[sig], memory_order_acquire);
-    const struct sigaction *a = &user_act[sig][cur & 1];
-    int flags = a->sa_flags;
-    void (*fn)(int) = a->sa_handler;
-    void (*fn3)(int, siginfo_t *, void *) = a->sa_sigaction;
-    /* Counted before the program's handler runs: it may leave by siglongjmp. */
+    int flags;
+    void (*fn)(int);
+    void (*fn3)(int, siginfo_t *, void *);
+    unsigned seq;
+    do { /* a copy that no sigaction on another thread changed meanwhile */
+        seq = atomic_load_explicit(&act_seq[sig], memory_order_acquire);
+        const struct sigaction *a =
+            &user_act[sig][atomic_load_explicit(&act_cur[sig], memory_order_acquire) & 1];
+        flags = a->sa_flags;
+        fn = a->sa_handler;
+        fn3 = a->sa_sigaction;
+        atomic_thread_fence(memory_order_acquire);
+    } while (atomic_load_explicit(&act_seq[sig], memory_order_relaxed) != seq);
+    /* Counted before the program's handler runs: it may leave by siglongjmp.
+     * (SA_RESETHAND: the kernel put SIG_DFL back; sigaction sees it.) */
     rpal__sigs.all++;
     if (!(flags & SA_RESTART))
         rpal__sigs.intr++;
-    if (flags & SA_RESETHAND) /* the kernel put SIG_DFL back */
-        atomic_store_explicit(&act_cur[sig], cur & 1, memory_order_release);
     if (flags & SA_SIGINFO)
         fn3(sig, si, uc);
     else if (fn != SIG_DFL && fn != SIG_IGN)
@@ -1294,7 +1302,7 @@ static void tramp(int sig, siginfo_t *si, void *uc)
 
 EXPORT int sigaction(int sig, const struct sigaction *act, struct sigaction *old)
 {
-    if (!wrappable(sig) || inside)
+    if (!wrappable(sig))
         return REAL(sigaction)(sig, act, old);
     sigset_t all, mask;
     sigfillset(&all);
@@ -1306,13 +1314,21 @@ EXPORT int sigaction(int sig, const struct sigaction *act, struct sigaction *old
     struct sigaction now;
     int r = REAL(sigaction)(sig, NULL, &now);
     unsigned cur = atomic_load_explicit(&act_cur[sig], memory_order_relaxed);
-    if (r == 0 && (cur & ACT_OURS) && (now.sa_flags & SA_SIGINFO) && now.sa_sigaction == tramp)
-        now = user_act[sig][cur & 1];
-    else
+    if (r == 0 && (cur & ACT_OURS) && (now.sa_flags & SA_SIGINFO) && now.sa_sigaction == tramp) {
+        /* The kernel's, with the program's handler and SA_SIGINFO (the
+         * rest is as it gave it, and SA_RESTORER as libc added it). */
+        const struct sigaction *u = &user_act[sig][cur & 1];
+        now.sa_sigaction = u->sa_sigaction;
+        now.sa_flags = (now.sa_flags & ~SA_SIGINFO) | (u->sa_flags & SA_SIGINFO);
+    } else {
         cur &= 1;
+    }
     if (r == 0 && act && act->sa_handler != SIG_DFL && act->sa_handler != SIG_IGN) {
         unsigned next = (cur & 1) ^ 1;
+        atomic_fetch_add_explicit(&act_seq[sig], 1, memory_order_relaxed);
+        atomic_thread_fence(memory_order_release);
         user_act[sig][next] = *act;
+        atomic_fetch_add_explicit(&act_seq[sig], 1, memory_order_release);
         struct sigaction k = *act;
         k.sa_sigaction = tramp;
         k.sa_flags |= SA_SIGINFO;
@@ -1362,6 +1378,23 @@ EXPORT void (*bsd_signal(int sig, void (*fn)(int)))(int)
 EXPORT void (*sysv_signal(int sig, void (*fn)(int)))(int)
 {
     return set_handler(sig, fn, SA_RESETHAND | SA_NODEFER, 0);
+}
+
+/* What <signal.h> makes of signal() under a strict standard (-std=c11
+ * without _DEFAULT_SOURCE), and the other names glibc exports. */
+EXPORT void (*__sysv_signal(int sig, void (*fn)(int)))(int)
+{
+    return sysv_signal(sig, fn);
+}
+
+EXPORT void (*ssignal(int sig, void (*fn)(int)))(int)
+{
+    return signal(sig, fn);
+}
+
+EXPORT int __sigaction(int sig, const struct sigaction *act, struct sigaction *old)
+{
+    return sigaction(sig, act, old);
 }
 
 EXPORT int siginterrupt(int sig, int flag)
@@ -1741,17 +1774,15 @@ EXPORT int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
     return r < 0 ? (int)fail(-r) : r;
 }
 
+/* MASK goes to the kernel's sleep (epoll_pwait), atomic with it as the
+ * program expects; the spin before it runs with the thread's own mask, so
+ * a signal that only MASK lets in ends the wait once it sleeps. */
 static int run_epoll_wait(int epfd, struct epoll_event *ev, int max, int timeout_ms,
                           const sigset_t *mask)
 {
-    sigset_t old;
-    if (mask)
-        pthread_sigmask(SIG_SETMASK, mask, &old); /* not atomic with the wait: docs/run.md */
     inside++;
-    int r = rpal_epoll_wait(epfd, ev, max, timeout_ms);
+    int r = rpal__ep_wait(epfd, ev, max, timeout_ms, mask);
     inside--;
-    if (mask)
-        pthread_sigmask(SIG_SETMASK, &old, NULL);
     return r < 0 ? (int)fail(-r) : r;
 }
 

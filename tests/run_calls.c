@@ -8,6 +8,7 @@
 #include "testlib.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/sendfile.h>
@@ -462,18 +463,57 @@ static void many_client(const char *path)
  * handlers and counts them, so that a wait on the rings ends as the
  * kernel's: with EINTR for a handler without SA_RESTART, also one that
  * runs while the wait spins (MODE "sigspin": RPAL_SPIN_US=fixed:1000000,
- * a second's spin; before, the signal was lost); a read goes on after one
- * with SA_RESTART (MODE "sig": RPAL_SPIN_US=0, every wait sleeps on a
- * futex, which any handler ends), poll and epoll_wait never do. The
- * program sees its own actions. The server answers 'w' 100 ms later;
- * after 'e' it writes nothing, unless 2 s pass with no next command:
- * then 'L', which ends the client's read, so a lost signal fails the test
- * instead of hanging it. */
-static volatile sig_atomic_t usr2s;
+ * a second's spin, the two ends on two CPUs; before, the signal was
+ * lost); a read goes on after one with SA_RESTART (MODE "sig":
+ * RPAL_SPIN_US=0, every wait sleeps on a futex, which any handler ends),
+ * poll and epoll_wait never do. The program sees its own actions. The
+ * server answers 'w' 300 ms later; after 'e' it writes nothing, unless 2 s
+ * pass with no next command: then 'L', which ends the client's read, so
+ * a lost signal fails the test instead of hanging it. Alarms come 100 ms
+ * after they are set, well after the call began. */
+static volatile sig_atomic_t usr2s, usr1s;
 static void on_usr2(int s) { (void)s; usr2s++; }
-
-static void sig_server(const char *path)
+static void on_usr1(int s) { (void)s; usr1s++; }
+static void on_rearm(int s)
 {
+    signal(s, on_rearm);
+    alarms++;
+}
+struct t_reader {
+    int fd;
+    ssize_t n;
+    int err;
+};
+static void *t_read_one(void *arg)
+{
+    struct t_reader *r = arg;
+    char c;
+    r->n = read(r->fd, &c, 1);
+    r->err = errno;
+    return NULL;
+}
+
+/* MODE "sigspin": the server on the first CPU we may use, the client on
+ * the second, so that the client spins (not yields); 0 if there is one. */
+static int sig_pin(int second)
+{
+    cpu_set_t set;
+    REQUIRE(sched_getaffinity(0, sizeof set, &set) == 0);
+    for (int cpu = 0, seen = 0; cpu < CPU_SETSIZE; cpu++) {
+        if (!CPU_ISSET(cpu, &set) || seen++ != second)
+            continue;
+        CPU_ZERO(&set);
+        CPU_SET(cpu, &set);
+        REQUIRE(sched_setaffinity(0, sizeof set, &set) == 0);
+        return 1;
+    }
+    return 0;
+}
+
+static void sig_server(const char *path, int spin)
+{
+    if (spin)
+        sig_pin(0);
     int l = socket(AF_UNIX, SOCK_STREAM, 0);
     struct sockaddr_un a = {.sun_family = AF_UNIX};
     snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
@@ -484,7 +524,7 @@ static void sig_server(const char *path)
     char c;
     while (poll(&p, 1, 10000) == 1 && read(fd, &c, 1) == 1) {
         if (c == 'w') {
-            usleep(100000);
+            usleep(300000);
             CHECK(write(fd, "r", 1) == 1);
         } else if (c == 'e' && poll(&p, 1, 2000) == 0) {
             CHECK(write(fd, "L", 1) == 1);
@@ -494,7 +534,7 @@ static void sig_server(const char *path)
     close(l);
 }
 
-/* SIGALRM to FN with SA_RESTART or not, first in 20 ms, then every
+/* SIGALRM to FN with SA_RESTART or not, first in 100 ms, then every
  * EVERY_US (0: once). */
 static void alarm_in(void (*fn)(int), int restart, long every_us)
 {
@@ -502,7 +542,7 @@ static void alarm_in(void (*fn)(int), int restart, long every_us)
     sigemptyset(&sa.sa_mask);
     REQUIRE(sigaction(SIGALRM, &sa, NULL) == 0);
     alarms = 0;
-    struct itimerval it = {.it_interval = {0, every_us}, .it_value = {0, 20000}};
+    struct itimerval it = {.it_interval = {0, every_us}, .it_value = {0, 100000}};
     setitimer(ITIMER_REAL, &it, NULL);
 }
 
@@ -512,8 +552,10 @@ static void alarm_off(void)
     setitimer(ITIMER_REAL, &off, NULL);
 }
 
-static void sig_client(const char *path)
+static void sig_client(const char *path, int spin)
 {
+    if (spin && !sig_pin(1))
+        printf("sigspin: one CPU, the client yields instead of spinning\n");
     int fd = connect_retry(path);
     char c;
     CHECK(write(fd, "w", 1) == 1 && read(fd, &c, 1) == 1 && c == 'r'); /* the upgrade */
@@ -535,20 +577,41 @@ static void sig_client(const char *path)
     alarm_in(on_alarm, 1, 0);
     errno = 0;
     CHECK(epoll_wait(ep, &out, 1, -1) == -1 && errno == EINTR && alarms == 1);
+    /* epoll_pwait's mask is the kernel's, with its sleep: a pending signal
+     * that only the mask lets in ends it (it ran before the wait, and was
+     * lost, when the mask was set around the wait). */
+    sigset_t usr1, cur;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    struct sigaction su = {.sa_handler = on_usr1};
+    sigemptyset(&su.sa_mask);
+    REQUIRE(sigaction(SIGUSR1, &su, NULL) == 0 && sigprocmask(SIG_BLOCK, &usr1, &cur) == 0);
+    CHECK(raise(SIGUSR1) == 0 && usr1s == 0 && write(fd, "e", 1) == 1);
+    errno = 0;
+    CHECK(epoll_pwait(ep, &out, 1, 3000, &cur) == -1 && errno == EINTR && usr1s == 1);
+    REQUIRE(sigprocmask(SIG_SETMASK, &cur, NULL) == 0);
     CHECK(close(ep) == 0);
     /* SA_RESTART: the read goes on through the handlers to its byte. */
     CHECK(write(fd, "w", 1) == 1);
     alarm_in(on_alarm, 1, 10000);
     CHECK(read(fd, &c, 1) == 1 && c == 'r' && alarms >= 3);
     alarm_off();
-    /* signal() is BSD's (SA_RESTART) ... */
-    CHECK(signal(SIGALRM, on_alarm) != SIG_ERR);
-    struct itimerval it = {.it_interval = {0, 10000}, .it_value = {0, 20000}};
+    /* The same for a read that peeks (it waits as a poll of one). */
+    CHECK(write(fd, "w", 1) == 1);
+    alarm_in(on_alarm, 1, 10000);
+    CHECK(recv(fd, &c, 1, MSG_PEEK) == 1 && c == 'r' && alarms >= 3);
+    alarm_off();
+    CHECK(read(fd, &c, 1) == 1 && c == 'r');
+    /* signal() is BSD's (SA_RESTART), also from the handler itself (the
+     * SysV habit of setting it again there), in the middle of a wait ... */
+    CHECK(signal(SIGALRM, on_rearm) != SIG_ERR);
+    struct itimerval it = {.it_interval = {0, 10000}, .it_value = {0, 100000}};
     CHECK(write(fd, "w", 1) == 1);
     alarms = 0;
     setitimer(ITIMER_REAL, &it, NULL);
     CHECK(read(fd, &c, 1) == 1 && c == 'r' && alarms >= 3);
     alarm_off();
+    CHECK(signal(SIGALRM, on_alarm) == on_rearm);
     /* ... until siginterrupt(, 1). */
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations" /* programs still call it */
@@ -570,7 +633,24 @@ static void sig_client(const char *path)
     sigemptyset(&once.sa_mask);
     CHECK(sigaction(SIGUSR2, &once, NULL) == 0 && raise(SIGUSR2) == 0 && usr2s == 1);
     CHECK(sigaction(SIGUSR2, NULL, &q) == 0 && q.sa_handler == SIG_DFL);
+    /* k. Another thread closes the descriptor while a read waits on it
+     * (asleep in MODE "sig", spinning in "sigspin"): the read leaves with
+     * EBADF, and the connection is not freed under it (it was, before).
+     * A read that a loaded machine started only as the close began reads
+     * the socket, as the kernel's would: the end, once the server saw
+     * ours. Never the watchdog's byte, nor a hang. */
+    CHECK(write(fd, "e", 1) == 1);
+    pthread_t t;
+    struct t_reader r = {fd, 0, 0};
+    REQUIRE(pthread_create(&t, NULL, t_read_one, &r) == 0);
+    usleep(50000);
     CHECK(close(fd) == 0);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    REQUIRE(pthread_join(t, NULL) == 0);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    CHECK((r.n == -1 && r.err == EBADF) || r.n == 0);
+    CHECK((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000 < 1000);
 }
 
 /* Run the server and the client (MODE "", "spin", "many", "sig" or "sigspin") under the
@@ -619,11 +699,11 @@ static int run_pair(const char *self, const char *dir, const char *mode, int pr,
 int main(int argc, char **argv)
 {
     if (argc == 6) {
-        int sig = !strncmp(argv[3], "sig", 3);
-        if (!strcmp(argv[1], "server"))
-            (sig ? sig_server : many_server)(argv[2]);
+        int sig = !strncmp(argv[3], "sig", 3), spin = !strcmp(argv[3], "sigspin");
+        if (sig)
+            (!strcmp(argv[1], "server") ? sig_server : sig_client)(argv[2], spin);
         else
-            (sig ? sig_client : many_client)(argv[2]);
+            (!strcmp(argv[1], "server") ? many_server : many_client)(argv[2]);
         return t_failures ? 1 : 0;
     }
     if (argc == 5) {
@@ -651,7 +731,9 @@ int main(int argc, char **argv)
     ok &= run_pair(argv[0], dir, "many", -1, -1, 2 * MANY) == 0;
     ok &= run_pair(argv[0], dir, "sig", -1, -1, 2) == 0;
     setenv("RPAL_SPIN_US", "fixed:1000000", 1); /* a signal lands in the spin */
+    setenv("RPAL_FOLLOW", "0", 1);                /* as rpal run sets it */
     ok &= run_pair(argv[0], dir, "sigspin", -1, -1, 2) == 0;
+    unsetenv("RPAL_FOLLOW");
     unsetenv("RPAL_SPIN_US"); /* the learned wait, as by default */
     ok &= run_pair(argv[0], dir, "spin", pp[0], pp[1], 2) == 0;
     unsetenv("LD_PRELOAD");

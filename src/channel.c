@@ -168,7 +168,7 @@ static void wake(struct wt_pub *me, const _Atomic uint32_t *word, struct wt_stat
     rpal_store_release(&me->woke_ns, t); /* pairs with the sleeper's acquire after it wakes */
     rpal__prim_futex_wake(word, 1, 1);
     if (!same)
-        rpal__wt_note_wake(rpal__prim_now_ns() - t);
+        rpal__wt_note_wake(t);
     rpal__wt_woke();
     st->wakes++;
 }

@@ -177,7 +177,7 @@ static void wake_peer(struct conn *c, const _Atomic uint32_t *word)
         rpal_store_relaxed(&c->my->pub.sock_bytes, rpal_load_relaxed(&c->my->pub.sock_bytes) + 1);
     }
     if (rpal_load_relaxed(&c->rd.their->pub.cpu) != rpal_load_relaxed(&c->my->pub.cpu))
-        rpal__wt_note_wake(rpal__prim_now_ns() - t); /* on one CPU it included the switch */
+        rpal__wt_note_wake(t); /* on one CPU it included the switch */
     rpal__wt_woke();
     c->st.wakes++;
 }

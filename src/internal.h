@@ -720,8 +720,9 @@ RPAL_HIDDEN void rpal__wt_end(struct wt_wait *w, uint64_t stamp);
 /* The wait is over with nothing (a non-blocking caller will not sleep):
  * learned as a long wait. */
 RPAL_HIDDEN void rpal__wt_end_empty(struct wt_wait *w);
-/* A wake-up's system call took NS (the sender's share of a sleep's cost). */
-RPAL_HIDDEN void rpal__wt_note_wake(uint64_t ns);
+/* A wake-up's system call began at T0 and is over (the sender's share of a
+ * sleep's cost; one in SAMPLE_SLEEPS is measured, src/wait.c). */
+RPAL_HIDDEN void rpal__wt_note_wake(uint64_t t0);
 /* This thread just woke the other side (a system call to a sleeper): its
  * next wait is learned apart (struct wt_learn). */
 RPAL_HIDDEN void rpal__wt_woke(void);

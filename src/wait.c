@@ -36,7 +36,7 @@
 
 #define DEFAULT_CAP_NS 100000u /* RPAL_SPIN_US's default: 100 us */
 #define INIT_COST_NS   10000u  /* a sleep and a wake-up, until measured */
-#define SAMPLE_SLEEPS  16u     /* the CPU of one sleep in this many is measured */
+#define SAMPLE_SLEEPS  16u     /* one sleep (wake-up, late run) in this many is measured */
 #define LAZY_SPINS     32u     /* spins before a wait first reads the clock */
 #define POLL_SPINS     64u     /* RPAL_WAIT_POLL: spins between clock reads */
 #define FLUSH_NS       100000000ull /* counters reach the claim file this often */
@@ -54,7 +54,9 @@ static struct {
     int follow;         /* RPAL_FOLLOW: sleepers move to their waker's CPU */
     int bells;          /* RPAL_WAKE=sock: no eventfd bells, bytes on sockets */
     uint32_t pause_ps;  /* one cpu_relax(), in picoseconds */
-    _Atomic uint32_t wake_ns;  /* running average: a wake-up, as its sender pays it */
+    /* Written as waits go (sampled): a line of their own, apart from the
+     * settings every wait reads. */
+    _Alignas(64) _Atomic uint32_t wake_ns;  /* running average: a wake-up, as its sender pays it */
     _Atomic uint32_t sleep_ns; /* running average: the CPU a sleep costs the sleeper */
     /* running average: from the other side's message to the sleeper
      * running again, woken across CPUs (the delay a sleep adds) */
@@ -63,7 +65,6 @@ static struct {
      * CPU): no spinning for a while after */
     _Atomic uint64_t crowded_ns;
     _Atomic uint32_t yield_ns; /* the cheapest yield seen: one that ran nobody */
-    _Atomic uint32_t nsleeps;
 } g = {.once = PTHREAD_ONCE_INIT};
 
 /* QUOTA and PERIOD of the cgroup directory DIR (v2 cpu.max, or v1
@@ -226,6 +227,11 @@ void rpal__wt_learn_init(struct wt_learn *l)
     l->woke = l->calm;
 }
 
+/* The costs above are averaged over one sleep, wake-up and late run in
+ * SAMPLE_SLEEPS of each thread: a count shared by the threads, or a store
+ * at every one, would move the line between CPUs at every wait of a
+ * many-threaded client (pgbench -j 8). */
+static _Thread_local uint32_t tl_nsleeps, tl_nwakes, tl_nlate;
 /* Set by a wake-up this thread made, taken by its next wait. */
 static _Thread_local uint8_t tl_woke;
 /* Waits after a wake-up that their odds said to sleep through. */
@@ -468,7 +474,7 @@ uint32_t rpal__wt_sleep_begin(struct wt_wait *w, int may_follow, uint64_t *cpu0)
     if (!w->now)
         tick(w);
     *cpu0 = 0;
-    if ((rpal_fetch_add_relaxed(&g.nsleeps, 1) % SAMPLE_SLEEPS) == 0) {
+    if (tl_nsleeps++ % SAMPLE_SLEEPS == 0) {
         struct timespec ts;
         if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == 0)
             *cpu0 = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec + 1;
@@ -507,7 +513,7 @@ void rpal__wt_end(struct wt_wait *w, uint64_t stamp)
             len = stamp - w->t0;
             /* Woken from another CPU: how late we run after the message
              * (on our own CPU, it is the waker's turn running, not a cost). */
-            if (w->peer_cpu && rpal__wt_my_cpu() != w->peer_cpu)
+            if (w->peer_cpu && rpal__wt_my_cpu() != w->peer_cpu && tl_nlate++ % SAMPLE_SLEEPS == 0)
                 average(&g.late_ns, now - stamp);
         }
         w->now = now;
@@ -539,9 +545,10 @@ void rpal__wt_end_empty(struct wt_wait *w)
         note_of(w->woke ? &w->l->woke : &w->l->calm, UINT64_MAX, w->cap);
 }
 
-void rpal__wt_note_wake(uint64_t ns)
+void rpal__wt_note_wake(uint64_t t0)
 {
-    average(&g.wake_ns, ns);
+    if (tl_nwakes++ % SAMPLE_SLEEPS == 0)
+        average(&g.wake_ns, rpal__prim_now_ns() - t0);
 }
 
 int rpal__wt_stats_due(const struct wt_stats *st, uint64_t now)

@@ -24,6 +24,16 @@ static void on_alarm(int s) { (void)s; alarms++; }
 #define FILE_LEN 100000
 #define SPLICED 20000
 
+/* A Unix stream socket listening at PATH. */
+static int listen_at(const char *path, int backlog)
+{
+    int l = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
+    REQUIRE(bind(l, (struct sockaddr *)&a, sizeof a) == 0 && listen(l, backlog) == 0);
+    return l;
+}
+
 static char pat(size_t i) { return (char)(i * 7 % 251); }
 
 /* g. sendfile from a file into the ring (with and without an offset);
@@ -124,10 +134,7 @@ static void client_copies(int fd)
 
 static void server(const char *path)
 {
-    int l = socket(AF_UNIX, SOCK_STREAM, 0);
-    struct sockaddr_un a = {.sun_family = AF_UNIX};
-    snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
-    REQUIRE(bind(l, (struct sockaddr *)&a, sizeof a) == 0 && listen(l, 4) == 0);
+    int l = listen_at(path, 4);
     sigset_t usr1; /* f.: the client's word that its read was interrupted */
     sigemptyset(&usr1);
     sigaddset(&usr1, SIGUSR1);
@@ -315,10 +322,7 @@ static void client(const char *path)
  * the server by the parent; PR its read end, the client's. */
 static void spin_server(const char *path, int pw)
 {
-    int l = socket(AF_UNIX, SOCK_STREAM, 0);
-    struct sockaddr_un a = {.sun_family = AF_UNIX};
-    snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
-    REQUIRE(bind(l, (struct sockaddr *)&a, sizeof a) == 0 && listen(l, 4) == 0);
+    int l = listen_at(path, 4);
     int fd = accept(l, NULL, NULL);
     REQUIRE(fd >= 0);
     char c;
@@ -388,10 +392,7 @@ static void spin_client(const char *path, int pr)
 #define MANY 3
 static void many_server(const char *path)
 {
-    int l = socket(AF_UNIX, SOCK_STREAM, 0);
-    struct sockaddr_un a = {.sun_family = AF_UNIX};
-    snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
-    REQUIRE(bind(l, (struct sockaddr *)&a, sizeof a) == 0 && listen(l, MANY) == 0);
+    int l = listen_at(path, MANY);
     int fd[MANY];
     char c;
     for (int i = 0; i < MANY; i++) {
@@ -514,10 +515,7 @@ static void sig_server(const char *path, int spin)
 {
     if (spin)
         sig_pin(0);
-    int l = socket(AF_UNIX, SOCK_STREAM, 0);
-    struct sockaddr_un a = {.sun_family = AF_UNIX};
-    snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
-    REQUIRE(bind(l, (struct sockaddr *)&a, sizeof a) == 0 && listen(l, 1) == 0);
+    int l = listen_at(path, 1);
     int fd = accept(l, NULL, NULL);
     REQUIRE(fd >= 0);
     struct pollfd p = {fd, POLLIN, 0};

@@ -25,6 +25,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -455,13 +456,18 @@ static int conn_wait_in(struct conn *c, int for_room)
     return err;
 }
 
+static void zombies_reap(void);
+
 /* conn_wait_in, counted in C's sleepers: a close by another thread meanwhile
  * does not free C under us. */
 static int conn_wait(struct conn *c, int for_room)
 {
     rpal_fetch_add_acq_rel(&c->sleepers, 1);
     int err = conn_wait_in(c, for_room);
+    int closed = rpal_load_relaxed(&c->closing) != 0; /* read while C is ours */
     rpal_fetch_add_acq_rel(&c->sleepers, (uint32_t)-1);
+    if (closed)
+        zombies_reap(); /* a close skipped it for us */
     return err;
 }
 
@@ -1249,7 +1255,9 @@ int rpal__cx_wait_begin(int fd, struct wt_wait *w)
     struct conn *c = conn_of(fd);
     if (!c || rpal__dom_check(c->d) < 0)
         return -ENOENT;
-    rpal__wt_begin(w, &c->poll_learn, &c->st, &adaptive, rpal_load_relaxed(&c->rd.their->pub.cpu));
+    /* No counters (W->st) while the poll waits: another thread may close
+     * FD meanwhile and free C; rpal__cx_wait_end finds it again. */
+    rpal__wt_begin(w, &c->poll_learn, NULL, &adaptive, rpal_load_relaxed(&c->rd.their->pub.cpu));
     return 0;
 }
 
@@ -1258,6 +1266,8 @@ void rpal__cx_wait_end(int fd, struct wt_wait *w)
     struct conn *c = conn_of(fd);
     if (!c || w->l != &c->poll_learn)
         return; /* closed meanwhile (by another thread): nothing to learn */
+    w->st = &c->st;
+    c->st.budget_ns = w->budget;
     rpal__wt_end(w, w->slept ? wait_stamp(c) : 0);
     if (rpal__wt_stats_due(&c->st, w->now))
         rpal__dom_stats_flush(c->d, &c->st);
@@ -1344,7 +1354,10 @@ int rpal__cx_poll_sleep(int fd, int64_t max_ns, struct wt_wait *w, const struct 
             r = 0;
     }
     set_sleeps(c, idle_sleeps(c));
+    int closed = rpal_load_relaxed(&c->closing) != 0;
     rpal_fetch_add_acq_rel(&c->sleepers, (uint32_t)-1);
+    if (closed)
+        zombies_reap();
     return r == -EINTR ? -EINTR : 0; /* closed meanwhile: the look says POLLNVAL */
 }
 
@@ -1681,6 +1694,25 @@ static uint32_t set_peers_cpu(struct ep_set *s)
     return cpu;
 }
 
+/* set_wait's sleep in the kernel: -EINTR if a handler ran since SIGS (the
+ * count when the wait began). With MASK (epoll_pwait's, which the caller
+ * set on the thread), every signal is blocked for that last look and MASK
+ * given to the sleep, so that none runs in between, as with the kernel's
+ * epoll_pwait. */
+static int set_sleep(struct ep_set *s, struct epoll_event *ev, int max, int timeout_ms,
+                     const sigset_t *mask, unsigned sigs)
+{
+    sigset_t all;
+    if (mask) {
+        sigfillset(&all);
+        pthread_sigmask(SIG_BLOCK, &all, NULL);
+    }
+    int n = rpal__sigs.all != sigs ? -EINTR : kernel_wait(s, ev, max, timeout_ms, 1, mask);
+    if (mask)
+        pthread_sigmask(SIG_SETMASK, mask, NULL);
+    return n;
+}
+
 /* Wait for the set's events: nothing was there at the first look. The way
  * to wait is learned (src/wait.c): spin on the rings (looking at the kernel
  * every KCHECK_NS), yield when the other ends run on our CPU, or sleep in
@@ -1728,9 +1760,7 @@ static int set_wait(struct ep_set *s, struct epoll_event *ev, int max, int timeo
         rpal_fence_seq_cst(); /* pairs with the fence in rpal_write: we see its
                                  message, or it sees we sleep */
         if ((n = collect(s, ev, max, 0)) == 0)
-            n = rpal__sigs.all != sigs
-                    ? -EINTR
-                    : kernel_wait(s, ev, max, wt_poll_ms(wt_left_ns(w.t0, limit, w.now)), 1, mask);
+            n = set_sleep(s, ev, max, wt_poll_ms(wt_left_ns(w.t0, limit, w.now)), mask, sigs);
         set_sleeping(s, 0, 0);
         rpal__wt_sleep_end(&w, cpu0);
         if (n != 0 || w.now - w.t0 >= limit)
@@ -1857,6 +1887,11 @@ int rpal_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
 int rpal_epoll_wait(int epfd, struct epoll_event *ev, int max, int timeout_ms)
 {
     return rpal__ep_wait(epfd, ev, max, timeout_ms, NULL);
+}
+
+int rpal__ep_ours(int epfd)
+{
+    return fdtab_get(&sets, epfd) != NULL;
 }
 
 int rpal__ep_wait(int epfd, struct epoll_event *ev, int max, int timeout_ms, const sigset_t *mask)
@@ -2163,7 +2198,7 @@ static void retired_reap(uint64_t now)
         struct conn *o = *pp;
         /* Its pidfd, not its descriptor: that number may be another's now. */
         struct pollfd pf = {o->peer ? o->peer->pidfd : -1, POLLIN, 0};
-        if (now >= o->down_until || poll(&pf, 1, 0) > 0) {
+        if (!rpal_load_acquire(&o->sleepers) && (now >= o->down_until || poll(&pf, 1, 0) > 0)) {
             *pp = o->next_zombie;
             conn_free(o);
         } else {

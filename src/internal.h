@@ -896,11 +896,13 @@ static inline int rpal__sig_ends(const struct rpal_sigs *snap, int restarts)
 {
     return (restarts ? rpal__sigs.intr != snap->intr : rpal__sigs.all != snap->all) ? -EINTR : 0;
 }
-/* rpal_epoll_wait, whose sleep in the kernel takes MASK (epoll_pwait's,
- * atomic with the sleep as in the kernel; NULL: none). The spin before it
- * runs with the thread's own mask. */
+/* rpal_epoll_wait with epoll_pwait's MASK (NULL: none), which the caller
+ * has set on the thread: the sleep in the kernel takes it too, with every
+ * signal blocked for the last look before it (src/compat.c set_sleep). */
 RPAL_HIDDEN int rpal__ep_wait(int epfd, struct epoll_event *ev, int max, int timeout_ms,
                               const sigset_t *mask);
+/* Whether EPFD is a set rpal knows (else the kernel's, untouched). */
+RPAL_HIDDEN int rpal__ep_ours(int epfd);
 /* A poll or select over upgraded descriptors waits as rpal_epoll_wait does
  * (src/wait.c), with what FD's connection learned and on its counters:
  * -ENOENT if FD is not upgraded here. */

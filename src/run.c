@@ -1281,7 +1281,8 @@ static void tramp(int sig, siginfo_t *si, void *uc)
     void (*fn3)(int, siginfo_t *, void *);
     unsigned seq;
     do { /* a copy that no sigaction on another thread changed meanwhile */
-        seq = atomic_load_explicit(&act_seq[sig], memory_order_acquire);
+        while ((seq = atomic_load_explicit(&act_seq[sig], memory_order_acquire)) & 1)
+            ; /* being written: a writer holds act_lock for a few instructions */
         const struct sigaction *a =
             &user_act[sig][atomic_load_explicit(&act_cur[sig], memory_order_acquire) & 1];
         flags = a->sa_flags;
@@ -1325,15 +1326,15 @@ EXPORT int sigaction(int sig, const struct sigaction *act, struct sigaction *old
     }
     if (r == 0 && act && act->sa_handler != SIG_DFL && act->sa_handler != SIG_IGN) {
         unsigned next = (cur & 1) ^ 1;
-        atomic_fetch_add_explicit(&act_seq[sig], 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&act_seq[sig], 1, memory_order_relaxed); /* odd: writing */
         atomic_thread_fence(memory_order_release);
         user_act[sig][next] = *act;
+        /* Flipped before the kernel's change: from then on tramp() reads it. */
+        atomic_store_explicit(&act_cur[sig], next | ACT_OURS, memory_order_relaxed);
         atomic_fetch_add_explicit(&act_seq[sig], 1, memory_order_release);
         struct sigaction k = *act;
         k.sa_sigaction = tramp;
         k.sa_flags |= SA_SIGINFO;
-        /* Flipped first: from the kernel's change on, tramp() reads it. */
-        atomic_store_explicit(&act_cur[sig], next | ACT_OURS, memory_order_release);
         if ((r = REAL(sigaction)(sig, &k, NULL)) < 0)
             atomic_store_explicit(&act_cur[sig], cur, memory_order_release);
     } else if (r == 0 && act) {
@@ -1774,15 +1775,28 @@ EXPORT int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
     return r < 0 ? (int)fail(-r) : r;
 }
 
-/* MASK goes to the kernel's sleep (epoll_pwait), atomic with it as the
- * program expects; the spin before it runs with the thread's own mask, so
- * a signal that only MASK lets in ends the wait once it sleeps. */
+/* MASK holds for the whole call, the spin included: a handler it lets in
+ * (one pending already runs as it is set) ends the wait, one it keeps out
+ * waits for the call's end, as in the kernel; rpal__ep_wait gives it to
+ * the kernel's sleep too, so that no handler runs between the last look
+ * and the sleep. */
 static int run_epoll_wait(int epfd, struct epoll_event *ev, int max, int timeout_ms,
                           const sigset_t *mask)
 {
-    inside++;
-    int r = rpal__ep_wait(epfd, ev, max, timeout_ms, mask);
-    inside--;
+    if (mask && !rpal__ep_ours(epfd)) /* the kernel's set: its own call, mask and all */
+        return REAL(epoll_pwait)(epfd, ev, max, timeout_ms, mask);
+    sigset_t old;
+    unsigned before = rpal__sigs.all;
+    if (mask)
+        pthread_sigmask(SIG_SETMASK, mask, &old);
+    int r = -EINTR;
+    if (rpal__sigs.all == before) {
+        inside++;
+        r = rpal__ep_wait(epfd, ev, max, timeout_ms, mask);
+        inside--;
+    }
+    if (mask)
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
     return r < 0 ? (int)fail(-r) : r;
 }
 

@@ -588,6 +588,14 @@ static void sig_client(const char *path, int spin)
     errno = 0;
     CHECK(epoll_pwait(ep, &out, 1, 3000, &cur) == -1 && errno == EINTR && usr1s == 1);
     REQUIRE(sigprocmask(SIG_SETMASK, &cur, NULL) == 0);
+    /* ... and one it keeps out does not end it, also while it spins: the
+     * handler runs once the call returned. */
+    sigset_t noalrm = cur;
+    sigaddset(&noalrm, SIGALRM);
+    CHECK(write(fd, "w", 1) == 1);
+    alarm_in(on_alarm, 0, 0);
+    CHECK(epoll_pwait(ep, &out, 1, 3000, &noalrm) == 1 && (out.events & EPOLLIN) && alarms == 1);
+    CHECK(read(fd, &c, 1) == 1 && c == 'r');
     CHECK(close(ep) == 0);
     /* SA_RESTART: the read goes on through the handlers to its byte. */
     CHECK(write(fd, "w", 1) == 1);

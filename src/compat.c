@@ -75,11 +75,13 @@ struct conn {
     struct wt_learn poll_learn;
     struct wt_stats st;
     struct conn *next_zombie;
-    /* Threads asleep on it (a blocking read or write, rpal run's poll).
-     * A close by another thread sets CLOSING and wakes them; they leave
-     * (the read or write with -EBADF), and the connection is freed only
-     * after the last (zombies_reap). */
-    _Atomic uint32_t sleepers, closing;
+    /* Threads asleep on it (a blocking read or write, rpal run's poll),
+     * and CONN_CLOSING: a close by another thread sets it and wakes them;
+     * they leave (the read or write with -EBADF), and the connection is
+     * freed only after the last, which reaps it if the close could not.
+     * One word, so that the close and the last one's leaving each see the
+     * other. */
+    _Atomic uint32_t sleepers;
     uint64_t down_until;     /* downgraded: its ring kept until then (down_retire) */
 };
 
@@ -374,6 +376,13 @@ static uint64_t sock_timeout(int fd, int for_room)
  * sleep: a non-blocking descriptor then gives -EAGAIN, so it may have
  * spun for the learned budget first (which learns that such waits end in
  * nothing, and stops). */
+#define CONN_CLOSING 0x80000000u
+
+static int closing(const struct conn *c)
+{
+    return (rpal_load_relaxed(&c->sleepers) & CONN_CLOSING) != 0;
+}
+
 static int conn_wait_in(struct conn *c, int for_room)
 {
     static const struct rpal_chan_opts adaptive;
@@ -386,7 +395,7 @@ static int conn_wait_in(struct conn *c, int for_room)
     set_cpu(c, w.my_cpu);
     set_sleeps(c, 0);
     for (unsigned slow = 0;;) {
-        if (rpal_load_relaxed(&c->closing)) {
+        if (closing(c)) {
             err = -EBADF; /* another thread closed it: before the end it caused */
             break;
         }
@@ -428,7 +437,7 @@ static int conn_wait_in(struct conn *c, int for_room)
             set_sleeps(c, WT_WAKE_FUTEX);
             rpal_fence_seq_cst(); /* pairs with the fences in take() and rpal_write */
             if (!(for_room ? has_room(c) : next_ready(c)) && !at_end(c) &&
-                rpal__sigs.all == sigs.all && !rpal_load_relaxed(&c->closing)) {
+                rpal__sigs.all == sigs.all && !closing(c)) {
                 /* 20 ms: then the socket says whether the other end is gone */
                 int64_t slice = wt_slice_ns(wt_left_ns(w.t0, limit, w.now), 20000000);
                 int r = rpal__prim_futex_wait(word, v, 1, slice);
@@ -446,7 +455,7 @@ static int conn_wait_in(struct conn *c, int for_room)
                 break;
         }
         if ((timed_out || (w.mode == WT_SPIN ? w.spins % 1024 == 0 : ++slow % 32 == 0)) &&
-            !rpal_load_relaxed(&c->closing)) /* closed: the number may be another file's */
+            !closing(c)) /* closed: the number may be another file's */
             look_socket(c);
     }
     rpal__wt_end(&w, w.slept ? wait_stamp(c) : 0);
@@ -464,10 +473,8 @@ static int conn_wait(struct conn *c, int for_room)
 {
     rpal_fetch_add_acq_rel(&c->sleepers, 1);
     int err = conn_wait_in(c, for_room);
-    int closed = rpal_load_relaxed(&c->closing) != 0; /* read while C is ours */
-    rpal_fetch_add_acq_rel(&c->sleepers, (uint32_t)-1);
-    if (closed)
-        zombies_reap(); /* a close skipped it for us */
+    if (rpal_fetch_add_acq_rel(&c->sleepers, (uint32_t)-1) == (CONN_CLOSING | 1))
+        zombies_reap(); /* closed while we waited: its reap skipped C for us */
     return err;
 }
 
@@ -814,7 +821,7 @@ static void zombies_reap(void)
     struct conn **pp = &zombies;
     while (*pp) {
         struct conn *c = *pp;
-        if (rpal__dom_check(c->d) == 0 && !rpal_load_acquire(&c->sleepers) &&
+        if (rpal__dom_check(c->d) == 0 && !(rpal_load_acquire(&c->sleepers) & ~CONN_CLOSING) &&
             (rpal_load_acquire(&c->peer->gone) || rpal_load_acquire(&c->rd.their->head) == c->sent ||
              poll(&(struct pollfd){c->peer->pidfd, POLLIN, 0}, 1, 0) != 0)) {
             *pp = c->next_zombie;
@@ -1335,7 +1342,7 @@ int rpal__cx_poll_sleep(int fd, int64_t max_ns, struct wt_wait *w, const struct 
     int r = 0;
     if (!read_ready(c) && rpal__sig_ends(sigs, restarts)) {
         r = -EINTR; /* a handler ran since the call began, before we sleep */
-    } else if (!read_ready(c) && !rpal_load_relaxed(&c->closing)) {
+    } else if (!read_ready(c) && !closing(c)) {
         uint64_t cpu0 = 0;
         if (w)
             rpal__wt_sleep_begin(w, 0, &cpu0);
@@ -1346,7 +1353,7 @@ int rpal__cx_poll_sleep(int fd, int64_t max_ns, struct wt_wait *w, const struct 
         /* Woken with no message: the other end's half close (its end
          * travels on the socket) or its leaving; the slice's end: whether
          * it is gone. */
-        if ((r == -ETIMEDOUT || !read_ready(c)) && !rpal_load_relaxed(&c->closing))
+        if ((r == -ETIMEDOUT || !read_ready(c)) && !closing(c))
             look_socket(c); /* (closed: the number may be another file's now) */
         /* Only SA_RESTART handlers ran (rpal run counted them), and the
          * kernel would restart this call: look again. */
@@ -1354,9 +1361,7 @@ int rpal__cx_poll_sleep(int fd, int64_t max_ns, struct wt_wait *w, const struct 
             r = 0;
     }
     set_sleeps(c, idle_sleeps(c));
-    int closed = rpal_load_relaxed(&c->closing) != 0;
-    rpal_fetch_add_acq_rel(&c->sleepers, (uint32_t)-1);
-    if (closed)
+    if (rpal_fetch_add_acq_rel(&c->sleepers, (uint32_t)-1) == (CONN_CLOSING | 1))
         zombies_reap();
     return r == -EINTR ? -EINTR : 0; /* closed meanwhile: the look says POLLNVAL */
 }
@@ -1444,11 +1449,10 @@ int rpal_close(int fd)
                 rpal__prim_futex_wake(&c->my->tail, INT_MAX, 1);
                 rpal__prim_futex_wake(&c->my->head, INT_MAX, 1);
             }
-            /* Our threads asleep on it (they look at CLOSING after the
-             * fence before they sleep): they leave. */
-            rpal_store_relaxed(&c->closing, 1);
-            rpal_fence_seq_cst();
-            if (rpal_load_relaxed(&c->sleepers)) {
+            /* Our threads asleep on it (they look at CONN_CLOSING after
+             * the fence before they sleep): they leave. */
+            if (atomic_fetch_or_explicit(&c->sleepers, CONN_CLOSING, memory_order_seq_cst) &
+                ~CONN_CLOSING) {
                 rpal__prim_futex_wake(&c->rd.their->tail, INT_MAX, 1);
                 rpal__prim_futex_wake(&c->rd.their->head, INT_MAX, 1);
             }
@@ -1718,7 +1722,7 @@ static int set_sleep(struct ep_set *s, struct epoll_event *ev, int max, int time
  * every KCHECK_NS), yield when the other ends run on our CPU, or sleep in
  * the kernel, where their bells wake us. */
 static int set_wait(struct ep_set *s, struct epoll_event *ev, int max, int timeout_ms,
-                    const sigset_t *mask)
+                    const sigset_t *mask, unsigned sigs)
 {
     static const struct rpal_chan_opts adaptive;
     uint64_t limit = wt_limit_ns(timeout_ms);
@@ -1727,7 +1731,8 @@ static int set_wait(struct ep_set *s, struct epoll_event *ev, int max, int timeo
     rpal__wt_begin(&w, &s->learn, NULL, &adaptive, peers);
     set_sleeping(s, 0, w.my_cpu);
     uint64_t next_k = UINT64_MAX;
-    unsigned sigs = rpal__sigs.all; /* epoll_wait is never restarted: any handler ends it */
+    /* SIGS: the handlers counted when the call began. epoll_wait is never
+     * restarted: any handler since ends it. */
     int n;
     for (;;) {
         if ((n = collect(s, ev, max, 0)) != 0)
@@ -1886,7 +1891,7 @@ int rpal_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev)
 
 int rpal_epoll_wait(int epfd, struct epoll_event *ev, int max, int timeout_ms)
 {
-    return rpal__ep_wait(epfd, ev, max, timeout_ms, NULL);
+    return rpal__ep_wait(epfd, ev, max, timeout_ms, NULL, rpal__sigs.all);
 }
 
 int rpal__ep_ours(int epfd)
@@ -1894,7 +1899,8 @@ int rpal__ep_ours(int epfd)
     return fdtab_get(&sets, epfd) != NULL;
 }
 
-int rpal__ep_wait(int epfd, struct epoll_event *ev, int max, int timeout_ms, const sigset_t *mask)
+int rpal__ep_wait(int epfd, struct epoll_event *ev, int max, int timeout_ms, const sigset_t *mask,
+                  unsigned sigs)
 {
     if (!ev || max <= 0)
         return -EINVAL;
@@ -1929,7 +1935,7 @@ int rpal__ep_wait(int epfd, struct epoll_event *ev, int max, int timeout_ms, con
             return n;
     }
     if (s->nmapped)
-        return set_wait(s, ev, max, timeout_ms, mask);
+        return set_wait(s, ev, max, timeout_ms, mask, sigs);
     /* Nothing of ours to wait for: the kernel's wait, until an event the
      * application asked for (a stale record's is dropped) or the deadline. */
     uint64_t deadline = rpal__prim_deadline(timeout_ms);
@@ -1937,7 +1943,7 @@ int rpal__ep_wait(int epfd, struct epoll_event *ev, int max, int timeout_ms, con
         uint64_t left = wt_left_ns(0, deadline, deadline == UINT64_MAX ? 0 : rpal__prim_now_ns());
         if (left == 0)
             return 0;
-        if ((n = kernel_wait(s, ev, max, wt_poll_ms(left), 1, mask)) != 0)
+        if ((n = set_sleep(s, ev, max, wt_poll_ms(left), mask, sigs)) != 0)
             return n;
     }
 }
@@ -2198,7 +2204,7 @@ static void retired_reap(uint64_t now)
         struct conn *o = *pp;
         /* Its pidfd, not its descriptor: that number may be another's now. */
         struct pollfd pf = {o->peer ? o->peer->pidfd : -1, POLLIN, 0};
-        if (!rpal_load_acquire(&o->sleepers) && (now >= o->down_until || poll(&pf, 1, 0) > 0)) {
+        if (!(rpal_load_acquire(&o->sleepers) & ~CONN_CLOSING) && (now >= o->down_until || poll(&pf, 1, 0) > 0)) {
             *pp = o->next_zombie;
             conn_free(o);
         } else {

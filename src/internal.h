@@ -898,9 +898,11 @@ static inline int rpal__sig_ends(const struct rpal_sigs *snap, int restarts)
 }
 /* rpal_epoll_wait with epoll_pwait's MASK (NULL: none), which the caller
  * has set on the thread: the sleep in the kernel takes it too, with every
- * signal blocked for the last look before it (src/compat.c set_sleep). */
+ * signal blocked for the last look before it (src/compat.c set_sleep).
+ * SIGS: rpal__sigs.all when the call began (a handler counted since ends
+ * it with -EINTR). */
 RPAL_HIDDEN int rpal__ep_wait(int epfd, struct epoll_event *ev, int max, int timeout_ms,
-                              const sigset_t *mask);
+                              const sigset_t *mask, unsigned sigs);
 /* Whether EPFD is a set rpal knows (else the kernel's, untouched). */
 RPAL_HIDDEN int rpal__ep_ours(int epfd);
 /* A poll or select over upgraded descriptors waits as rpal_epoll_wait does

@@ -203,10 +203,16 @@ static void on_fork_prepare(void)
 }
 
 static atomic_flag act_lock;
+static _Atomic unsigned act_seq[NSIG];
 
 static void on_fork_child(void)
 {
-    atomic_flag_clear(&act_lock); /* held by another thread of the parent, maybe */
+    /* Held by another thread of the parent, maybe, in the middle of a
+     * write: tramp() would wait for an odd count for ever. */
+    atomic_flag_clear(&act_lock);
+    for (int sig = 0; sig < NSIG; sig++)
+        if (atomic_load_explicit(&act_seq[sig], memory_order_relaxed) & 1)
+            atomic_fetch_add_explicit(&act_seq[sig], 1, memory_order_relaxed);
     /* The rings of connections upgraded here are the parent's: the child
      * joins on its own (lazily) and keeps its inherited candidates. */
     for (int fd = 0; fd < fd_top; fd++) {
@@ -1263,7 +1269,7 @@ static int (*real_sigaction)(int, const struct sigaction *, struct sigaction *);
  * the kernel's place). Writers take act_lock with every signal blocked. */
 static struct sigaction user_act[NSIG][2];
 static _Atomic unsigned char act_cur[NSIG];
-static _Atomic unsigned act_seq[NSIG]; /* bumped by each write of a copy */
+static _Atomic unsigned act_seq[NSIG]; /* odd while a copy is written */
 #define ACT_OURS 2
 static atomic_flag act_lock = ATOMIC_FLAG_INIT;
 static sigset_t intr_set; /* siginterrupt(SIG, 1): signal() gives it no SA_RESTART */
@@ -1305,6 +1311,11 @@ EXPORT int sigaction(int sig, const struct sigaction *act, struct sigaction *old
 {
     if (!wrappable(sig))
         return REAL(sigaction)(sig, act, old);
+    struct sigaction mine;
+    if (act) { /* copied before the lock: a bad pointer faults here, not holding it */
+        mine = *act;
+        act = &mine;
+    }
     sigset_t all, mask;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &mask);
@@ -1792,7 +1803,7 @@ static int run_epoll_wait(int epfd, struct epoll_event *ev, int max, int timeout
     int r = -EINTR;
     if (rpal__sigs.all == before) {
         inside++;
-        r = rpal__ep_wait(epfd, ev, max, timeout_ms, mask);
+        r = rpal__ep_wait(epfd, ev, max, timeout_ms, mask, before);
         inside--;
     }
     if (mask)

@@ -321,8 +321,6 @@ static ssize_t take(struct conn *c, char *buf, size_t len)
     return (ssize_t)got;
 }
 
-__thread struct rpal_sigs rpal__sigs __attribute__((tls_model("initial-exec")));
-
 enum { NB_SET = 1, NB_KNOWN = 2, NB_GEN = 4 };
 static int nb_track; /* rpal run: every change of O_NONBLOCK is seen */
 
@@ -369,6 +367,32 @@ static uint64_t sock_timeout(int fd, int for_room)
     return (uint64_t)tv.tv_sec * 1000000000u + (uint64_t)tv.tv_usec * 1000u;
 }
 
+__thread struct rpal_sigs rpal__sigs __attribute__((tls_model("initial-exec")));
+
+#define CONN_CLOSING 0x80000000u /* in struct conn's sleepers */
+
+static int closing(const struct conn *c)
+{
+    return (rpal_load_relaxed(&c->sleepers) & CONN_CLOSING) != 0;
+}
+
+static void zombies_reap(void);
+
+/* A wait on C begins: a close by another thread meanwhile does not free C
+ * under it (zombies_reap skips C while it counts). */
+static void sleeper_in(struct conn *c)
+{
+    rpal_fetch_add_acq_rel(&c->sleepers, 1);
+}
+
+/* It ends: C is not ours after this. The last one out of a closed C reaps
+ * it, since the close's reap had to skip it. */
+static void sleeper_out(struct conn *c)
+{
+    if (rpal_fetch_add_acq_rel(&c->sleepers, (uint32_t)-1) == (CONN_CLOSING | 1))
+        zombies_reap();
+}
+
 /* Wait until data (or the end), or room when FOR_ROOM. The way to wait is
  * learned (src/wait.c); asleep, we wait on a futex on the other end's
  * index, in 20 ms slices after which the socket says whether the other end
@@ -376,13 +400,6 @@ static uint64_t sock_timeout(int fd, int for_room)
  * sleep: a non-blocking descriptor then gives -EAGAIN, so it may have
  * spun for the learned budget first (which learns that such waits end in
  * nothing, and stops). */
-#define CONN_CLOSING 0x80000000u
-
-static int closing(const struct conn *c)
-{
-    return (rpal_load_relaxed(&c->sleepers) & CONN_CLOSING) != 0;
-}
-
 static int conn_wait_in(struct conn *c, int for_room)
 {
     static const struct rpal_chan_opts adaptive;
@@ -465,16 +482,12 @@ static int conn_wait_in(struct conn *c, int for_room)
     return err;
 }
 
-static void zombies_reap(void);
-
-/* conn_wait_in, counted in C's sleepers: a close by another thread meanwhile
- * does not free C under us. */
+/* conn_wait_in, counted as a sleeper of C. */
 static int conn_wait(struct conn *c, int for_room)
 {
-    rpal_fetch_add_acq_rel(&c->sleepers, 1);
+    sleeper_in(c);
     int err = conn_wait_in(c, for_room);
-    if (rpal_fetch_add_acq_rel(&c->sleepers, (uint32_t)-1) == (CONN_CLOSING | 1))
-        zombies_reap(); /* closed while we waited: its reap skipped C for us */
+    sleeper_out(c);
     return err;
 }
 
@@ -1336,13 +1349,13 @@ int rpal__cx_poll_sleep(int fd, int64_t max_ns, struct wt_wait *w, const struct 
      * one more look (one of the two sees the other). */
     const _Atomic uint32_t *word = &c->rd.their->tail;
     uint32_t v = rpal_load_relaxed(word);
-    rpal_fetch_add_acq_rel(&c->sleepers, 1); /* as conn_wait */
+    sleeper_in(c);
     set_sleeps(c, WT_WAKE_FUTEX);
     rpal_fence_seq_cst(); /* pairs with the fences in take() and rpal_write */
-    int r = 0;
-    if (!read_ready(c) && rpal__sig_ends(sigs, restarts)) {
+    int r = 0, ready = read_ready(c);
+    if (!ready && rpal__sig_ends(sigs, restarts)) {
         r = -EINTR; /* a handler ran since the call began, before we sleep */
-    } else if (!read_ready(c) && !closing(c)) {
+    } else if (!ready && !closing(c)) {
         uint64_t cpu0 = 0;
         if (w)
             rpal__wt_sleep_begin(w, 0, &cpu0);
@@ -1361,8 +1374,7 @@ int rpal__cx_poll_sleep(int fd, int64_t max_ns, struct wt_wait *w, const struct 
             r = 0;
     }
     set_sleeps(c, idle_sleeps(c));
-    if (rpal_fetch_add_acq_rel(&c->sleepers, (uint32_t)-1) == (CONN_CLOSING | 1))
-        zombies_reap();
+    sleeper_out(c);
     return r == -EINTR ? -EINTR : 0; /* closed meanwhile: the look says POLLNVAL */
 }
 

@@ -202,17 +202,11 @@ static void on_fork_prepare(void)
     (void)leave_inherited(LEAVE_FORK);
 }
 
-static atomic_flag act_lock;
-static _Atomic unsigned act_seq[NSIG];
+static void acts_fork_child(void);
 
 static void on_fork_child(void)
 {
-    /* Held by another thread of the parent, maybe, in the middle of a
-     * write: tramp() would wait for an odd count for ever. */
-    atomic_flag_clear(&act_lock);
-    for (int sig = 0; sig < NSIG; sig++)
-        if (atomic_load_explicit(&act_seq[sig], memory_order_relaxed) & 1)
-            atomic_fetch_add_explicit(&act_seq[sig], 1, memory_order_relaxed);
+    acts_fork_child();
     /* The rings of connections upgraded here are the parent's: the child
      * joins on its own (lazily) and keeps its inherited candidates. */
     for (int fd = 0; fd < fd_top; fd++) {
@@ -1273,6 +1267,17 @@ static _Atomic unsigned act_seq[NSIG]; /* odd while a copy is written */
 #define ACT_OURS 2
 static atomic_flag act_lock = ATOMIC_FLAG_INIT;
 static sigset_t intr_set; /* siginterrupt(SIG, 1): signal() gives it no SA_RESTART */
+
+/* In a forked child: the lock and a copy may have been another thread's
+ * of the parent, in the middle of a write (tramp() would wait for an odd
+ * count for ever). */
+static void acts_fork_child(void)
+{
+    atomic_flag_clear(&act_lock);
+    for (int sig = 0; sig < NSIG; sig++)
+        if (atomic_load_explicit(&act_seq[sig], memory_order_relaxed) & 1)
+            atomic_fetch_add_explicit(&act_seq[sig], 1, memory_order_relaxed);
+}
 
 static int wrappable(int sig)
 {

@@ -129,6 +129,32 @@ static inline int t_wait(pid_t child)
     return 128 + WTERMSIG(st);
 }
 
+/* The threads (tasks) this process has now, or -1. */
+static inline int t_ntasks(void)
+{
+    DIR *d = opendir("/proc/self/task");
+    if (!d)
+        return -1;
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+/* Wait (at most 10 s) until this process has at most N threads: call after
+ * pthread_join and before a fork whose child starts a thread. pthread_join
+ * returns once the thread's id word is cleared; under QEMU's user mode the
+ * thread does that while it still holds QEMU's clone lock, and a child
+ * forked then inherits the lock held and hangs in its first pthread_create
+ * (tests/region_guard hung 8 runs in 100 so). On a kernel the wait ends at
+ * once or within the thread's last instructions. */
+static inline void t_tasks_settle(int n)
+{
+    for (int i = 0; i < 10000 && t_ntasks() > n; i++)
+        usleep(1000);
+}
+
 /* ---- helpers shared by the multi-process tests ---- */
 
 /* Serve one message of R within MS milliseconds with the XOR echo (each

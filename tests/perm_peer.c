@@ -98,12 +98,13 @@ static int drop_to_nobody(void)
     return geteuid() == NOBODY && getegid() == NOBODY ? 0 : -1;
 }
 
-static atomic_int stop_dispatch;
+static atomic_int stop_dispatch, dispatch_runs;
 static rpal_domain *root_dom;
 
 static void *dispatch_main(void *arg)
 {
     (void)arg;
+    atomic_store(&dispatch_runs, 1);
     while (!atomic_load(&stop_dispatch)) {
         struct rpal_event ev[4];
         rpal_domain_dispatch(root_dom, ev, 4, 20);
@@ -225,6 +226,12 @@ static void other_uid(void)
     rpal_service_key(s666, &k666);
     pthread_t th;
     REQUIRE(pthread_create(&th, NULL, dispatch_main, NULL) == 0);
+    /* Fork once the thread runs its own code: under QEMU's user mode a new
+     * thread takes QEMU's clone lock after pthread_create returned, and a
+     * child forked then (which starts a thread: the region agent) would
+     * inherit it held and hang (t_tasks_settle in testlib.h). */
+    while (!atomic_load(&dispatch_runs))
+        sched_yield();
 
     pid_t kid = fork();
     REQUIRE(kid >= 0);

@@ -147,7 +147,7 @@ static inline int t_ntasks(void)
  * returns once the thread's id word is cleared; under QEMU's user mode the
  * thread does that while it still holds QEMU's clone lock, and a child
  * forked then inherits the lock held and hangs in its first pthread_create
- * (tests/region_guard hung 8 runs in 100 so). On a kernel the wait ends at
+ * (tests/region_guard hung in 8 runs of 100). On a kernel the wait ends at
  * once or within the thread's last instructions. */
 static inline void t_tasks_settle(int n)
 {

@@ -367,6 +367,15 @@ static uint64_t sock_timeout(int fd, int for_room)
     return (uint64_t)tv.tv_sec * 1000000000u + (uint64_t)tv.tv_usec * 1000u;
 }
 
+/* *LIMIT, sock_timeout's answer for FD read once (0: not read yet; it
+ * never answers 0). */
+static uint64_t timeout_once(uint64_t *limit, int fd, int for_room)
+{
+    if (!*limit)
+        *limit = sock_timeout(fd, for_room);
+    return *limit;
+}
+
 __thread struct rpal_sigs rpal__sigs __attribute__((tls_model("initial-exec")));
 
 #define CONN_CLOSING 0x80000000u /* in struct conn's sleepers */
@@ -374,6 +383,12 @@ __thread struct rpal_sigs rpal__sigs __attribute__((tls_model("initial-exec")));
 static int closing(const struct conn *c)
 {
     return (rpal_load_relaxed(&c->sleepers) & CONN_CLOSING) != 0;
+}
+
+/* Whether a wait counts itself on C (then nothing frees it). */
+static int has_sleepers(const struct conn *c)
+{
+    return (rpal_load_acquire(&c->sleepers) & ~CONN_CLOSING) != 0;
 }
 
 static void zombies_reap(void);
@@ -405,8 +420,8 @@ static int conn_wait_in(struct conn *c, int for_room)
     static const struct rpal_chan_opts adaptive;
     const _Atomic uint32_t *word = for_room ? &c->rd.their->head : &c->rd.their->tail;
     struct wt_wait w;
-    int err = 0, have_limit = 0;
-    uint64_t limit = UINT64_MAX; /* the socket's timeout, read when first needed */
+    int err = 0;
+    uint64_t limit = 0; /* the socket's timeout, read when first needed */
     struct rpal_sigs sigs = {rpal__sigs.all, rpal__sigs.intr};
     rpal__wt_begin(&w, &c->learn, &c->st, &adaptive, rpal_load_relaxed(&c->rd.their->pub.cpu));
     set_cpu(c, w.my_cpu);
@@ -422,9 +437,7 @@ static int conn_wait_in(struct conn *c, int for_room)
             /* A handler ran (rpal run counts them): the kernel's call ends
              * with EINTR unless it has SA_RESTART and the socket has no
              * timeout (sock_intr_errno); else it goes on. */
-            if (!have_limit)
-                limit = sock_timeout(c->fd, for_room), have_limit = 1;
-            if ((err = rpal__sig_ends(&sigs, limit == UINT64_MAX)) != 0)
+            if ((err = rpal__sig_ends(&sigs, timeout_once(&limit, c->fd, for_room) == UINT64_MAX)))
                 break;
             sigs.all = rpal__sigs.all;
         }
@@ -437,8 +450,7 @@ static int conn_wait_in(struct conn *c, int for_room)
                 rpal__wt_end_empty(&w);
                 return -EAGAIN;
             }
-            if (!have_limit)
-                limit = sock_timeout(c->fd, for_room), have_limit = 1;
+            timeout_once(&limit, c->fd, for_room);
         }
         if (w.slept && w.now - w.t0 >= limit) {
             rpal__wt_end_empty(&w); /* SO_RCVTIMEO / SO_SNDTIMEO ran out, as on the socket */
@@ -834,7 +846,7 @@ static void zombies_reap(void)
     struct conn **pp = &zombies;
     while (*pp) {
         struct conn *c = *pp;
-        if (rpal__dom_check(c->d) == 0 && !(rpal_load_acquire(&c->sleepers) & ~CONN_CLOSING) &&
+        if (rpal__dom_check(c->d) == 0 && !has_sleepers(c) &&
             (rpal_load_acquire(&c->peer->gone) || rpal_load_acquire(&c->rd.their->head) == c->sent ||
              poll(&(struct pollfd){c->peer->pidfd, POLLIN, 0}, 1, 0) != 0)) {
             *pp = c->next_zombie;
@@ -1370,7 +1382,7 @@ int rpal__cx_poll_sleep(int fd, int64_t max_ns, struct wt_wait *w, const struct 
             look_socket(c); /* (closed: the number may be another file's now) */
         /* Only SA_RESTART handlers ran (rpal run counted them), and the
          * kernel would restart this call: look again. */
-        if (r == -EINTR && rpal__sigs.all != sigs->all && !rpal__sig_ends(sigs, restarts))
+        if (r == -EINTR && rpal__sig_restarts(sigs, restarts))
             r = 0;
     }
     set_sleeps(c, idle_sleeps(c));
@@ -2216,7 +2228,7 @@ static void retired_reap(uint64_t now)
         struct conn *o = *pp;
         /* Its pidfd, not its descriptor: that number may be another's now. */
         struct pollfd pf = {o->peer ? o->peer->pidfd : -1, POLLIN, 0};
-        if (!(rpal_load_acquire(&o->sleepers) & ~CONN_CLOSING) && (now >= o->down_until || poll(&pf, 1, 0) > 0)) {
+        if (!has_sleepers(o) && (now >= o->down_until || poll(&pf, 1, 0) > 0)) {
             *pp = o->next_zombie;
             conn_free(o);
         } else {

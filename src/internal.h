@@ -896,6 +896,12 @@ static inline int rpal__sig_ends(const struct rpal_sigs *snap, int restarts)
 {
     return (restarts ? rpal__sigs.intr != snap->intr : rpal__sigs.all != snap->all) ? -EINTR : 0;
 }
+/* Handlers ran since SNAP, and none ends the call (RESTARTS, and all had
+ * SA_RESTART): the kernel would restart it, so it goes on. */
+static inline int rpal__sig_restarts(const struct rpal_sigs *snap, int restarts)
+{
+    return restarts && rpal__sigs.all != snap->all && !rpal__sig_ends(snap, restarts);
+}
 /* rpal_epoll_wait with epoll_pwait's MASK (NULL: none), which the caller
  * has set on the thread: the sleep in the kernel takes it too, with every
  * signal blocked for the last look before it (src/compat.c set_sleep).

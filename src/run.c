@@ -1651,8 +1651,7 @@ static int run_poll(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const sigs
             if (k[i].fd < 0 && fds[i].fd >= 0 && on_rings(state(fds[i].fd)))
                 k[i].fd = fds[i].fd;
         int r = poll_kernel_wait(k, n, left, mask, ready, &w, wfd);
-        if (r < 0 && errno == EINTR && restarts && rpal__sigs.all != sigs.all &&
-            !rpal__sig_ends(&sigs, restarts)) {
+        if (r < 0 && errno == EINTR && rpal__sig_restarts(&sigs, restarts)) {
             sigs.all = rpal__sigs.all; /* only SA_RESTART handlers: go on, as the kernel */
             how = CX_POLL_ARM;
             continue;

@@ -1316,13 +1316,20 @@ int rpal__cx_poll(int fd, int events, int how)
         return POLLNVAL;
     if (down_asked(c)) /* the other end leaves the rings */
         return down_take(c, fd) < 0 ? POLLERR : rpal__cx_poll(fd, events, how);
-    if (how & CX_POLL_DRAIN)
-        drain(c); /* the socket said something: wake-up bytes, or the end */
+    /* The socket said something: wake-up bytes, or the end. Bytes that
+     * came with a message the caller will now read are left to that read
+     * (take() reads them): meanwhile the socket stays readable for any
+     * other waiter of the connection (an rpal epoll set, another thread's
+     * poll), as it would with the kernel's own data. */
+    if ((how & CX_POLL_DRAIN) && !((events & POLLIN) && (c->rd.off || next_ready(c))))
+        drain(c);
     if (how & CX_POLL_ARM) {
         /* The caller is about to wait outside rpal (poll, select, a set of
-         * the kernel's): the other end must wake it with a byte on the
-         * socket, and say when it makes room. */
-        set_sleeps(c, idle_sleeps(c));
+         * the kernel's), on the socket: the other end must wake it with a
+         * byte there, even if the connection is in an rpal epoll set too
+         * (whose bell this caller does not watch; the set watches the
+         * socket as well), and say when it makes room. */
+        set_sleeps(c, WT_WAKE_SOCK);
         if (events & POLLOUT)
             rpal_store_relaxed(&c->my->want_room, 1);
         rpal_fence_seq_cst(); /* pairs with the fences in rpal_write and take() */
@@ -1342,7 +1349,10 @@ int rpal__cx_poll(int fd, int events, int how)
         r |= POLLOUT;
     if (c->rd.broken)
         r |= POLLERR;
-    return r & (events | POLLHUP | POLLERR | POLLNVAL);
+    r &= events | POLLHUP | POLLERR | POLLNVAL;
+    /* In a set as well: the set's thread may publish its own way to wake
+     * it while the caller sleeps on the socket. */
+    return (how & CX_POLL_ARM) && c->nsets > 0 ? r | CX_POLL_SHARED : r;
 }
 
 /* Whether a read of C would not wait: a message, the end, or a downgrade. */

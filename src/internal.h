@@ -856,6 +856,13 @@ RPAL_HIDDEN void rpal__cx_fdmap_drop(int fd);
  * sends no wake-up; CX_POLL_IDLE: it no longer does (it returns). */
 #define CX_POLL_AWAKE 4
 #define CX_POLL_IDLE  8
+/* Added to what an armed look returns (beyond poll's bits) when the
+ * connection is also in an rpal epoll set: another thread waiting there
+ * may publish the set's way to be woken (its bell, or none while it
+ * looks) over the socket's, so a sleep on the socket must not be long
+ * (CX_SHARED_SLICE_NS at most, as the futex sleeps, then look again). */
+#define CX_POLL_SHARED 0x10000
+#define CX_SHARED_SLICE_NS 20000000
 RPAL_HIDDEN int rpal__cx_poll(int fd, int events, int how);
 /* rpal run sees every change of a descriptor's O_NONBLOCK (fcntl F_SETFL,
  * ioctl FIONBIO): connections then keep it instead of asking at each wait

@@ -1440,11 +1440,14 @@ static uint64_t now_ns(void)
 
 /* One look at FDS: the rings of upgraded descriptors into their revents
  * (the count of those ready), and into K what the kernel must watch for
- * each. HOW: CX_POLL_* for the rings. */
-static int poll_look(struct pollfd *fds, struct pollfd *k, nfds_t n, int how, int *nup)
+ * each. HOW: CX_POLL_* for the rings. *NUP: how many are upgraded;
+ * *SHARED: whether an armed one is in an rpal epoll set too
+ * (CX_POLL_SHARED). */
+static int poll_look(struct pollfd *fds, struct pollfd *k, nfds_t n, int how, int *nup,
+                     int *shared)
 {
     int ready = 0;
-    *nup = 0;
+    *nup = *shared = 0;
     for (nfds_t i = 0; i < n; i++) {
         int fd = fds[i].fd;
         k[i] = fds[i];
@@ -1470,6 +1473,10 @@ static int poll_look(struct pollfd *fds, struct pollfd *k, nfds_t n, int how, in
                 continue;
             }
             k[i].fd = -1; /* the kernel looks at it only while we sleep */
+            if (r >= 0 && (r & CX_POLL_SHARED)) {
+                *shared = 1;
+                r &= ~CX_POLL_SHARED;
+            }
             fds[i].revents = (short)(r < 0 ? POLLNVAL : r);
             k[i].events = POLLIN | POLLRDHUP;
             (*nup)++;
@@ -1543,9 +1550,9 @@ static int poll_spin(struct pollfd *fds, struct pollfd *k, nfds_t n, int64_t tim
     if (*wfd < 0 || w->mode == WT_SLEEP)
         return 0;
     poll_mark(fds, n, CX_POLL_AWAKE); /* then look: its messages need no wake-up */
-    int kern = poll_kernel(k, n), nup, ready;
+    int kern = poll_kernel(k, n), nup, shared, ready;
     uint64_t next_k = UINT64_MAX;
-    while ((ready = poll_look(fds, k, n, 0, &nup)) == 0) {
+    while ((ready = poll_look(fds, k, n, 0, &nup, &shared)) == 0) {
         if (rpal__sig_ends(sigs, restarts))
             return 0; /* a handler ran: the caller's look says EINTR */
         int step = rpal__wt_pause(w);
@@ -1619,11 +1626,11 @@ static int run_poll(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const sigs
     if (!k)
         return (int)fail(ENOMEM);
     uint64_t t0 = now_ns();
-    int ready, nup, how = 0, wfd = -1;
+    int ready, nup, shared, how = 0, wfd = -1;
     struct wt_wait w;
     struct rpal_sigs sigs = {rpal__sigs.all, rpal__sigs.intr};
     for (;;) {
-        ready = poll_look(fds, k, n, how, &nup);
+        ready = poll_look(fds, k, n, how, &nup, &shared);
         if (!ready && !how && nup && timeout_ns != 0)
             ready = poll_spin(fds, k, n, poll_left(timeout_ns, t0), &w, &wfd, &sigs, restarts);
         if (!ready && !(how & CX_POLL_ARM)) {
@@ -1650,7 +1657,14 @@ static int run_poll(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const sigs
         for (nfds_t i = 0; i < n && !ready; i++)
             if (k[i].fd < 0 && fds[i].fd >= 0 && on_rings(state(fds[i].fd)))
                 k[i].fd = fds[i].fd;
-        int r = poll_kernel_wait(k, n, left, mask, ready, &w, wfd);
+        /* One in an epoll set too: its wake-up may go to the set's bell
+         * instead (CX_POLL_SHARED), so look again every slice. */
+        int sliced = !ready && shared && (left < 0 || left > CX_SHARED_SLICE_NS);
+        int r = poll_kernel_wait(k, n, sliced ? CX_SHARED_SLICE_NS : left, mask, ready, &w, wfd);
+        if (r == 0 && sliced) {
+            how = CX_POLL_ARM;
+            continue;
+        }
         if (r < 0 && errno == EINTR && rpal__sig_restarts(&sigs, restarts)) {
             sigs.all = rpal__sigs.all; /* only SA_RESTART handlers: go on, as the kernel */
             how = CX_POLL_ARM;

@@ -659,8 +659,73 @@ static void sig_client(const char *path, int spin)
     CHECK((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000 < 1000);
 }
 
-/* Run the server and the client (MODE "", "spin", "many", "sig" or "sigspin") under the
- * library; 0 if both passed and UPS connection ends were upgraded. */
+/* k. a connection that is in an epoll set and also polled (MODE "shared"):
+ * with the set idle, the poll must see the message (it slept on the
+ * socket while the other end rang the set's bell, and timed out); with
+ * the set's epoll_wait in another thread at the same time, both must see
+ * it, as with the kernel's socket (the first to wake read the byte the
+ * other was waiting for). The client writes SHARED_ROUNDS bytes, each a
+ * few ms after the server's answer, and the server looks with 5 s
+ * timeouts: a lost wake-up is a failed check, not a slow one. */
+#define SHARED_ROUNDS 30
+static int shared_ep;
+static void *t_shared_epoll(void *arg)
+{
+    struct epoll_event out;
+    *(int *)arg = epoll_wait(shared_ep, &out, 1, 5000) == 1 && (out.events & EPOLLIN);
+    return NULL;
+}
+
+static void shared_server(const char *path)
+{
+    int l = listen_at(path, 1);
+    int fd = accept(l, NULL, NULL);
+    char c;
+    REQUIRE(fd >= 0 && read(fd, &c, 1) == 1 && write(fd, "H", 1) == 1);
+    shared_ep = epoll_create1(0);
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd};
+    REQUIRE(epoll_ctl(shared_ep, EPOLL_CTL_ADD, fd, &ev) == 0);
+    int lost_poll = 0, lost_epoll = 0;
+    for (int round = 0; round < SHARED_ROUNDS; round++) {
+        int both = round >= SHARED_ROUNDS / 3, got_epoll = 0;
+        pthread_t t;
+        if (both)
+            REQUIRE(pthread_create(&t, NULL, t_shared_epoll, &got_epoll) == 0);
+        if (both && round % 2)
+            usleep(2000); /* the set asleep first, then the poll */
+        struct pollfd p = {fd, POLLIN, 0};
+        lost_poll += !(poll(&p, 1, 5000) == 1 && p.revents == POLLIN);
+        if (both) {
+            pthread_join(t, NULL);
+            lost_epoll += !got_epoll;
+        }
+        CHECK(read(fd, &c, 1) == 1 && c == (char)round);
+        CHECK(write(fd, &c, 1) == 1);
+    }
+    CHECK(lost_poll == 0);
+    CHECK(lost_epoll == 0);
+    close(shared_ep);
+    close(fd);
+    close(l);
+}
+
+static void shared_client(const char *path)
+{
+    int fd = connect_retry(path);
+    char c;
+    REQUIRE(write(fd, "h", 1) == 1 && read(fd, &c, 1) == 1 && c == 'H'); /* upgraded */
+    for (int round = 0; round < SHARED_ROUNDS; round++) {
+        usleep(5000 + round % 4 * 1000); /* the server's waits go to sleep */
+        c = (char)round;
+        REQUIRE(write(fd, &c, 1) == 1);
+        CHECK(read(fd, &c, 1) == 1 && c == (char)round);
+    }
+    close(fd);
+}
+
+/* Run the server and the client (MODE "", "spin", "many", "sig", "sigspin"
+ * or "shared") under the library; 0 if both passed and UPS connection ends
+ * were upgraded. */
 static int run_pair(const char *self, const char *dir, const char *mode, int pr, int pw, int ups)
 {
     char path[600], logp[600], a3[16], a4[16];
@@ -673,7 +738,7 @@ static int run_pair(const char *self, const char *dir, const char *mode, int pr,
     for (int i = 0; i < 2; i++) {
         if ((kids[i] = fork()) == 0) {
             const char *who = i ? "client" : "server";
-            if (!strcmp(mode, "many") || !strncmp(mode, "sig", 3))
+            if (!strcmp(mode, "many") || !strcmp(mode, "shared") || !strncmp(mode, "sig", 3))
                 execl("/proc/self/exe", self, who, path, mode, a3, a4, (char *)NULL);
             else if (*mode)
                 execl("/proc/self/exe", self, who, path, a3, a4, (char *)NULL);
@@ -708,6 +773,8 @@ int main(int argc, char **argv)
         int sig = !strncmp(argv[3], "sig", 3), spin = !strcmp(argv[3], "sigspin");
         if (sig)
             (!strcmp(argv[1], "server") ? sig_server : sig_client)(argv[2], spin);
+        else if (!strcmp(argv[3], "shared"))
+            (!strcmp(argv[1], "server") ? shared_server : shared_client)(argv[2]);
         else
             (!strcmp(argv[1], "server") ? many_server : many_client)(argv[2]);
         return t_failures ? 1 : 0;
@@ -742,6 +809,7 @@ int main(int argc, char **argv)
     unsetenv("RPAL_FOLLOW");
     unsetenv("RPAL_SPIN_US"); /* the learned wait, as by default */
     ok &= run_pair(argv[0], dir, "spin", pp[0], pp[1], 2) == 0;
+    ok &= run_pair(argv[0], dir, "shared", -1, -1, 2) == 0;
     unsetenv("LD_PRELOAD");
     char cmd[700];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);

@@ -1573,10 +1573,15 @@ static int poll_spin(struct pollfd *fds, struct pollfd *k, nfds_t n, int64_t tim
 }
 
 /* The kernel's part of a poll: K for LEFT ns (< 0: forever), with the
- * sleep timed for the learned wait W when the rings had nothing. */
-static int poll_kernel_wait(struct pollfd *k, nfds_t n, int64_t left, const sigset_t *mask,
-                            int ready, struct wt_wait *w, int wfd)
+ * sleep timed for the learned wait W when the rings had nothing; asleep,
+ * the upgraded descriptors of FDS are watched on their sockets (wake-ups,
+ * the end). */
+static int poll_kernel_wait(const struct pollfd *fds, struct pollfd *k, nfds_t n, int64_t left,
+                            const sigset_t *mask, int ready, struct wt_wait *w, int wfd)
 {
+    for (nfds_t i = 0; i < n && !ready; i++)
+        if (k[i].fd < 0 && fds[i].fd >= 0 && on_rings(state(fds[i].fd)))
+            k[i].fd = fds[i].fd;
     if (ready && !poll_kernel(k, n))
         return 0; /* only rings: no system call */
     struct timespec ts = {left / 1000000000, left % 1000000000};
@@ -1653,14 +1658,11 @@ static int run_poll(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const sigs
             how = CX_POLL_ARM;
             continue;
         }
-        /* Asleep, upgraded ones are watched on the socket: wake-ups, the end. */
-        for (nfds_t i = 0; i < n && !ready; i++)
-            if (k[i].fd < 0 && fds[i].fd >= 0 && on_rings(state(fds[i].fd)))
-                k[i].fd = fds[i].fd;
         /* One in an epoll set too: its wake-up may go to the set's bell
          * instead (CX_POLL_SHARED), so look again every slice. */
         int sliced = !ready && shared && (left < 0 || left > CX_SHARED_SLICE_NS);
-        int r = poll_kernel_wait(k, n, sliced ? CX_SHARED_SLICE_NS : left, mask, ready, &w, wfd);
+        int r = poll_kernel_wait(fds, k, n, sliced ? CX_SHARED_SLICE_NS : left, mask, ready, &w,
+                                 wfd);
         if (r == 0 && sliced) {
             how = CX_POLL_ARM;
             continue;

@@ -357,7 +357,7 @@ static int nonblocking(struct conn *c)
 /* The socket's SO_RCVTIMEO (SO_SNDTIMEO if FOR_ROOM) in ns, UINT64_MAX if
  * none: a blocking read or write on it gives up with -EAGAIN after that
  * long, as the kernel's would. */
-static uint64_t sock_timeout(int fd, int for_room)
+uint64_t rpal__cx_sock_timeout(int fd, int for_room)
 {
     struct timeval tv;
     socklen_t l = sizeof tv;
@@ -367,12 +367,12 @@ static uint64_t sock_timeout(int fd, int for_room)
     return (uint64_t)tv.tv_sec * 1000000000u + (uint64_t)tv.tv_usec * 1000u;
 }
 
-/* *LIMIT, sock_timeout's answer for FD read once (0: not read yet; it
+/* *LIMIT, rpal__cx_sock_timeout's answer for FD read once (0: not read yet; it
  * never answers 0). */
 static uint64_t timeout_once(uint64_t *limit, int fd, int for_room)
 {
     if (!*limit)
-        *limit = sock_timeout(fd, for_room);
+        *limit = rpal__cx_sock_timeout(fd, for_room);
     return *limit;
 }
 

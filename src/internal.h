@@ -925,6 +925,9 @@ RPAL_HIDDEN int rpal__cx_wait_begin(int fd, struct wt_wait *w);
 RPAL_HIDDEN void rpal__cx_wait_end(int fd, struct wt_wait *w);
 /* Copy what is there to read without consuming it (MSG_PEEK). */
 RPAL_HIDDEN ssize_t rpal__cx_peek(int fd, void *buf, size_t len);
+/* The socket FD's SO_RCVTIMEO (SO_SNDTIMEO if FOR_ROOM) in ns, UINT64_MAX
+ * for none: how long its blocking calls wait (a system call). */
+RPAL_HIDDEN uint64_t rpal__cx_sock_timeout(int fd, int for_room);
 /* The downgrade (docs/run.md): FD's connection leaves the rings for the
  * kernel socket, with no byte lost, duplicated or reordered, waiting up to
  * TIMEOUT_MS for the other end's acknowledgement. 0: FD is a plain socket

@@ -372,14 +372,19 @@ static int settle_io(int fd, int nb)
 
 /* ---- reading ---- */
 
-/* Wait until FD (upgraded) is readable (or writable if OUT), or the end;
- * TIMEOUT_NS < 0: forever. */
+/* Wait until FD (upgraded) is readable (or writable if OUT), or the end,
+ * for as long as the socket's own blocking calls would (SO_RCVTIMEO,
+ * SO_SNDTIMEO): -1 with EAGAIN once that is over, as theirs. */
 static int run_poll(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const sigset_t *mask,
                     int restarts);
-static int wait_one(int fd, int out, int64_t timeout_ns)
+static int wait_one(int fd, int out)
 {
     struct pollfd p = {fd, (short)(out ? POLLOUT : POLLIN), 0};
-    return run_poll(&p, 1, timeout_ns, NULL, 1); /* a read or write: SA_RESTART restarts it */
+    uint64_t t = rpal__cx_sock_timeout(fd, out);
+    /* A read or write: an SA_RESTART handler restarts it, unless the
+     * socket has a timeout (the kernel's sock_intr_errno). */
+    int r = run_poll(&p, 1, t == UINT64_MAX ? -1 : (int64_t)t, NULL, t == UINT64_MAX);
+    return r == 0 ? (int)fail(EAGAIN) : r;
 }
 
 /* Up to LEN bytes of FD's ring (upgraded) copied without consuming them,
@@ -398,7 +403,7 @@ static ssize_t ring_look(int fd, void *buf, size_t len, int nb)
             return n < 0 ? fail((int)-n) : n;
         if (nb || nonblocking(fd))
             return fail(EAGAIN);
-        if (wait_one(fd, 0, -1) < 0)
+        if (wait_one(fd, 0) < 0)
             return -1;
     }
 }
@@ -839,7 +844,7 @@ static ssize_t copy_to_ring(int out, int in, off64_t *off, size_t len, int from_
         if (!(ev & (POLLOUT | POLLHUP))) {
             if (nb || nonblocking(out))
                 break;
-            if (wait_one(out, 1, -1) < 0)
+            if (wait_one(out, 1) < 0)
                 return done ? (ssize_t)done : -1;
             continue;
         }

@@ -185,6 +185,10 @@ static void server(const char *path)
     errno = 0;
     CHECK(read(dn, b, 1) == -1 && errno == EAGAIN && t_now_ms() - t0 < 50);
     CHECK(ioctl(fd, FIONBIO, &off) == 0 && close(dn) == 0);
+    /* So does a peek that waits (it waited forever before). */
+    t0 = t_now_ms();
+    errno = 0;
+    CHECK(recv(fd, b, 1, MSG_PEEK) == -1 && errno == EAGAIN && t_now_ms() - t0 >= 90);
     CHECK(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none) == 0);
     int err = -1;
     socklen_t el = sizeof err;

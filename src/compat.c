@@ -1320,9 +1320,17 @@ int rpal__cx_poll(int fd, int events, int how)
      * came with a message the caller will now read are left to that read
      * (take() reads them): meanwhile the socket stays readable for any
      * other waiter of the connection (an rpal epoll set, another thread's
-     * poll), as it would with the kernel's own data. */
-    if ((how & CX_POLL_DRAIN) && !((events & POLLIN) && (c->rd.off || next_ready(c))))
+     * poll), as it would with the kernel's own data. Bytes read here may
+     * have been what a set of ours, asleep in another thread, waits for:
+     * its bell passes them on. */
+    if ((how & CX_POLL_DRAIN) && !((events & POLLIN) && (c->rd.off || next_ready(c)))) {
+        uint32_t before = c->drained;
         drain(c);
+        if (c->drained != before && c->nsets > 0 && c->bell >= 0) {
+            uint64_t one = 1;
+            (void)!write(c->bell, &one, sizeof one);
+        }
+    }
     if (how & CX_POLL_ARM) {
         /* The caller is about to wait outside rpal (poll, select, a set of
          * the kernel's), on the socket: the other end must wake it with a
@@ -1336,7 +1344,10 @@ int rpal__cx_poll(int fd, int events, int how)
     }
     if (how & CX_POLL_AWAKE) {
         set_cpu(c, rpal__wt_my_cpu());
-        set_sleeps(c, 0);
+        /* In a set, whose thread may be asleep on its bell: that stays
+         * published (the other end rings it in vain while we spin). */
+        if (c->nsets == 0)
+            set_sleeps(c, 0);
     }
     if (how & CX_POLL_IDLE)
         set_sleeps(c, idle_sleeps(c)); /* nobody looks after we return */

@@ -1625,6 +1625,24 @@ static int poll_futex(struct pollfd *fds, nfds_t n, int64_t left, const sigset_t
     return r == -EINTR ? (int)fail(EINTR) : r == 0;
 }
 
+/* The end of run_poll (HOW, W and WFD as it left them): an armed or
+ * spinning poll puts back the way to wake its connections when idle (a
+ * set's bell rather than the socket's byte the arming asked for), and the
+ * wait is learned. Keeps errno. */
+static void poll_done(const struct pollfd *fds, nfds_t n, int how, struct wt_wait *w, int wfd)
+{
+    if (wfd < 0 && !(how & CX_POLL_ARM))
+        return;
+    int e = errno;
+    poll_mark(fds, n, CX_POLL_IDLE);
+    if (wfd >= 0) {
+        inside++;
+        rpal__cx_wait_end(wfd, w);
+        inside--;
+    }
+    errno = e;
+}
+
 /* poll/ppoll over descriptors some of which are upgraded. TIMEOUT_NS < 0:
  * forever. RESTARTS: the wait of a read or write (MSG_PEEK, sendfile,
  * splice), which a handler with SA_RESTART does not end; poll's ends with
@@ -1698,14 +1716,7 @@ static int run_poll(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const sigs
         }
         how = CX_POLL_ARM | CX_POLL_DRAIN; /* a ring descriptor's socket spoke */
     }
-    if (wfd >= 0) {
-        int e = errno;
-        poll_mark(fds, n, CX_POLL_IDLE);
-        inside++;
-        rpal__cx_wait_end(wfd, &w);
-        inside--;
-        errno = e;
-    }
+    poll_done(fds, n, how, &w, wfd);
     if (k != kst)
         free(k);
     return ready;

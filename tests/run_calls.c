@@ -670,7 +670,11 @@ static void sig_client(const char *path, int spin)
  * it, as with the kernel's socket (the first to wake read the byte the
  * other was waiting for). The client writes SHARED_ROUNDS bytes, each a
  * few ms after the server's answer, and the server looks with 5 s
- * timeouts: a lost wake-up is a failed check, not a slow one. */
+ * timeouts: a lost wake-up is a failed check, not a slow one. MODE
+ * "sharedspin" (SPIN: RPAL_SPIN_US=fixed:50000): in every other round
+ * with both, the set spins its 50 ms and sleeps, then the poll begins and
+ * spins while the message comes, which must not take the set's wake-up
+ * away (the poll told the other end it was awake). */
 #define SHARED_ROUNDS 30
 static int shared_ep;
 static void *t_shared_epoll(void *arg)
@@ -680,7 +684,7 @@ static void *t_shared_epoll(void *arg)
     return NULL;
 }
 
-static void shared_server(const char *path)
+static void shared_server(const char *path, int spin)
 {
     int l = listen_at(path, 1);
     int fd = accept(l, NULL, NULL);
@@ -696,7 +700,7 @@ static void shared_server(const char *path)
         if (both)
             REQUIRE(pthread_create(&t, NULL, t_shared_epoll, &got_epoll) == 0);
         if (both && round % 2)
-            usleep(2000); /* the set asleep first, then the poll */
+            usleep(spin ? 60000 : 2000); /* the set asleep first, then the poll */
         struct pollfd p = {fd, POLLIN, 0};
         lost_poll += !(poll(&p, 1, 5000) == 1 && p.revents == POLLIN);
         if (both) {
@@ -713,13 +717,15 @@ static void shared_server(const char *path)
     close(l);
 }
 
-static void shared_client(const char *path)
+static void shared_client(const char *path, int spin)
 {
     int fd = connect_retry(path);
     char c;
     REQUIRE(write(fd, "h", 1) == 1 && read(fd, &c, 1) == 1 && c == 'H'); /* upgraded */
     for (int round = 0; round < SHARED_ROUNDS; round++) {
-        usleep(5000 + round % 4 * 1000); /* the server's waits go to sleep */
+        /* The server's waits go to sleep; with SPIN, 20 ms into the poll's spin. */
+        int odd = spin && round >= SHARED_ROUNDS / 3 && round % 2;
+        usleep(odd ? 80000 : 5000 + round % 4 * 1000);
         c = (char)round;
         REQUIRE(write(fd, &c, 1) == 1);
         CHECK(read(fd, &c, 1) == 1 && c == (char)round);
@@ -727,9 +733,9 @@ static void shared_client(const char *path)
     close(fd);
 }
 
-/* Run the server and the client (MODE "", "spin", "many", "sig", "sigspin"
- * or "shared") under the library; 0 if both passed and UPS connection ends
- * were upgraded. */
+/* Run the server and the client (MODE "", "spin", "many", "sig", "sigspin",
+ * "shared" or "sharedspin") under the library; 0 if both passed and UPS
+ * connection ends were upgraded. */
 static int run_pair(const char *self, const char *dir, const char *mode, int pr, int pw, int ups)
 {
     char path[600], logp[600], a3[16], a4[16];
@@ -742,7 +748,7 @@ static int run_pair(const char *self, const char *dir, const char *mode, int pr,
     for (int i = 0; i < 2; i++) {
         if ((kids[i] = fork()) == 0) {
             const char *who = i ? "client" : "server";
-            if (!strcmp(mode, "many") || !strcmp(mode, "shared") || !strncmp(mode, "sig", 3))
+            if (!strcmp(mode, "many") || !strncmp(mode, "shared", 6) || !strncmp(mode, "sig", 3))
                 execl("/proc/self/exe", self, who, path, mode, a3, a4, (char *)NULL);
             else if (*mode)
                 execl("/proc/self/exe", self, who, path, a3, a4, (char *)NULL);
@@ -777,8 +783,9 @@ int main(int argc, char **argv)
         int sig = !strncmp(argv[3], "sig", 3), spin = !strcmp(argv[3], "sigspin");
         if (sig)
             (!strcmp(argv[1], "server") ? sig_server : sig_client)(argv[2], spin);
-        else if (!strcmp(argv[3], "shared"))
-            (!strcmp(argv[1], "server") ? shared_server : shared_client)(argv[2]);
+        else if (!strncmp(argv[3], "shared", 6))
+            (!strcmp(argv[1], "server") ? shared_server : shared_client)(
+                argv[2], !strcmp(argv[3], "sharedspin"));
         else
             (!strcmp(argv[1], "server") ? many_server : many_client)(argv[2]);
         return t_failures ? 1 : 0;
@@ -814,6 +821,9 @@ int main(int argc, char **argv)
     unsetenv("RPAL_SPIN_US"); /* the learned wait, as by default */
     ok &= run_pair(argv[0], dir, "spin", pp[0], pp[1], 2) == 0;
     ok &= run_pair(argv[0], dir, "shared", -1, -1, 2) == 0;
+    setenv("RPAL_SPIN_US", "fixed:50000", 1); /* the polls spin while messages come */
+    ok &= run_pair(argv[0], dir, "sharedspin", -1, -1, 2) == 0;
+    unsetenv("RPAL_SPIN_US");
     unsetenv("LD_PRELOAD");
     char cmd[700];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);

@@ -156,6 +156,14 @@ static void down_drop(int fd, struct cx_down *dn, int force);
 
 /* ---- the rings ---- */
 
+/* One wake-up on the eventfd BELL (an epoll set of one end holds it,
+ * edge-triggered: no count is ever read). */
+static void ring_bell(int bell)
+{
+    uint64_t one = 1;
+    (void)!write(bell, &one, sizeof one);
+}
+
 /* Wake the other end if it said it sleeps (its pub.sleeps), the way it
  * said: a futex on our index WORD (a blocking read or write), its bell (an
  * epoll set), or a byte on the socket (not waiting in rpal: it may poll the
@@ -172,8 +180,7 @@ static void wake_peer(struct conn *c, const _Atomic uint32_t *word)
     if (how == WT_WAKE_FUTEX) {
         rpal__prim_futex_wake(word, INT_MAX, 1);
     } else if (how == WT_WAKE_BELL && c->their_bell >= 0) {
-        uint64_t one = 1;
-        (void)!write(c->their_bell, &one, sizeof one);
+        ring_bell(c->their_bell);
     } else if (send(c->fd, "", 1, MSG_DONTWAIT | MSG_NOSIGNAL) == 1) {
         /* Counted, so that the other end reads them only when there are
          * some (see take()). */
@@ -468,7 +475,7 @@ static int conn_wait_in(struct conn *c, int for_room)
             if (!(for_room ? has_room(c) : next_ready(c)) && !at_end(c) &&
                 rpal__sigs.all == sigs.all && !closing(c)) {
                 /* 20 ms: then the socket says whether the other end is gone */
-                int64_t slice = wt_slice_ns(wt_left_ns(w.t0, limit, w.now), 20000000);
+                int64_t slice = wt_slice_ns(wt_left_ns(w.t0, limit, w.now), CX_SLICE_NS);
                 int r = rpal__prim_futex_wait(word, v, 1, slice);
                 timed_out = r == -ETIMEDOUT;
                 /* A handler rpal run did not count (or no rpal run): EINTR,
@@ -1326,10 +1333,8 @@ int rpal__cx_poll(int fd, int events, int how)
     if ((how & CX_POLL_DRAIN) && !((events & POLLIN) && (c->rd.off || next_ready(c)))) {
         uint32_t before = c->drained;
         drain(c);
-        if (c->drained != before && c->nsets > 0 && c->bell >= 0) {
-            uint64_t one = 1;
-            (void)!write(c->bell, &one, sizeof one);
-        }
+        if (c->drained != before && c->nsets > 0 && c->bell >= 0)
+            ring_bell(c->bell);
     }
     if (how & CX_POLL_ARM) {
         /* The caller is about to wait outside rpal (poll, select, a set of
@@ -1393,7 +1398,7 @@ int rpal__cx_poll_sleep(int fd, int64_t max_ns, struct wt_wait *w, const struct 
         if (w)
             rpal__wt_sleep_begin(w, 0, &cpu0);
         /* 20 ms at most: then the socket says whether the other end is gone */
-        r = rpal__prim_futex_wait(word, v, 1, wt_slice_ns((uint64_t)max_ns, 20000000));
+        r = rpal__prim_futex_wait(word, v, 1, wt_slice_ns((uint64_t)max_ns, CX_SLICE_NS));
         if (w)
             rpal__wt_sleep_end(w, cpu0);
         /* Woken with no message: the other end's half close (its end
@@ -2325,9 +2330,8 @@ static void down_publish(struct conn *c, int fd, uint64_t deadline)
     rpal_fence_seq_cst();
     rpal__prim_futex_wake(&c->my->tail, INT_MAX, 1);
     rpal__prim_futex_wake(&c->my->head, INT_MAX, 1);
-    uint64_t one = 1;
     if (c->their_bell >= 0)
-        (void)!write(c->their_bell, &one, sizeof one);
+        ring_bell(c->their_bell);
     /* The byte counted above: the other end waits for it before it acks. */
     while (send(fd, "", 1, MSG_DONTWAIT | MSG_NOSIGNAL) != 1 &&
            (errno == EAGAIN || errno == EINTR) &&
@@ -2357,7 +2361,7 @@ static int leave_finish(int fd, struct cx_down *dn, uint64_t deadline)
         uint64_t now = rpal__prim_now_ns();
         if (now >= deadline)
             return -ETIMEDOUT;
-        int64_t slice = wt_slice_ns(wt_left_ns(0, deadline, now), 20000000);
+        int64_t slice = wt_slice_ns(wt_left_ns(0, deadline, now), CX_SLICE_NS);
         rpal__prim_futex_wait(&c->rd.their->down_ack, 0, 1, slice);
     }
     if (!dn->took) {

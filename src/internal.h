@@ -860,9 +860,11 @@ RPAL_HIDDEN void rpal__cx_fdmap_drop(int fd);
  * connection is also in an rpal epoll set: another thread waiting there
  * may publish the set's way to be woken (its bell, or none while it
  * looks) over the socket's, so a sleep on the socket must not be long
- * (CX_SHARED_SLICE_NS at most, as the futex sleeps, then look again). */
+ * (CX_SLICE_NS at most, then look again). */
 #define CX_POLL_SHARED 0x10000
-#define CX_SHARED_SLICE_NS 20000000
+/* The longest sleep of a wait on a connection before it looks again: at
+ * the rings, and at the socket for the other end's death. */
+#define CX_SLICE_NS 20000000
 RPAL_HIDDEN int rpal__cx_poll(int fd, int events, int how);
 /* rpal run sees every change of a descriptor's O_NONBLOCK (fcntl F_SETFL,
  * ioctl FIONBIO): connections then keep it instead of asking at each wait

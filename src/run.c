@@ -1661,8 +1661,10 @@ static int run_poll(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const sigs
         ready = poll_look(fds, k, n, how, &nup, &shared);
         if (!ready && !how && nup && timeout_ns != 0)
             ready = poll_spin(fds, k, n, poll_left(timeout_ns, t0), &w, &wfd, &sigs, restarts);
-        if (!ready && !(how & CX_POLL_ARM)) {
-            how |= CX_POLL_ARM; /* then look again: the other end sees it or we see its message */
+        if (!ready && !(how & CX_POLL_ARM) && timeout_ns != 0) {
+            /* then look again: the other end sees it or we see its message (a
+             * poll of timeout 0 never sleeps: nothing to arm, nor to put back) */
+            how |= CX_POLL_ARM;
             continue;
         }
         int64_t left = ready ? 0 : poll_left(timeout_ns, t0);
@@ -1683,8 +1685,8 @@ static int run_poll(struct pollfd *fds, nfds_t n, int64_t timeout_ns, const sigs
         }
         /* One in an epoll set too: its wake-up may go to the set's bell
          * instead (CX_POLL_SHARED), so look again every slice. */
-        int sliced = !ready && shared && (left < 0 || left > CX_SHARED_SLICE_NS);
-        int r = poll_kernel_wait(fds, k, n, sliced ? CX_SHARED_SLICE_NS : left, mask, ready, &w,
+        int sliced = !ready && shared && (left < 0 || left > CX_SLICE_NS);
+        int r = poll_kernel_wait(fds, k, n, sliced ? CX_SLICE_NS : left, mask, ready, &w,
                                  wfd);
         if (r == 0 && sliced) {
             how = CX_POLL_ARM;
